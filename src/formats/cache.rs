@@ -1,0 +1,323 @@
+//! Cache events: what a service did to its cache (DESIGN.md section 2).
+
+use serde_json::value::RawValue;
+
+use super::json::{
+    Field, Object, Scalar, array, parse_object, scalar, string, text, uint_or_digits, wrong_type,
+};
+use super::timestamp::{epoch_number_ms, parse_rfc3339};
+use crate::dead_letter::{Reason, RecordError};
+use crate::model::{CacheAction, CacheEvent, CacheOperation, Millis, is_glob};
+
+/// Decodes one cache event. Without a `timestamp` the event time is the
+/// Kafka timestamp `kafka_ts_ms`; without either the record is a
+/// `missing_timestamp` error. Unknown fields are ignored.
+pub fn decode_cache(value: &str, kafka_ts_ms: Option<Millis>) -> Result<CacheEvent, RecordError> {
+    let event = parse_object(value)?;
+    let name = event.required("operation", string)?;
+    let operation = CacheOperation::parse(&name).ok_or_else(|| {
+        RecordError::new(
+            Reason::UnknownOp,
+            format!("{} has unknown operation {name:?}", event.path("operation")),
+        )
+    })?;
+    let keys = keys(&event, operation)?;
+    let ts_ms = match event.field("timestamp", timestamp)? {
+        Some(ts_ms) => ts_ms,
+        None => kafka_ts_ms.ok_or_else(|| {
+            RecordError::new(
+                Reason::MissingTimestamp,
+                "field \"timestamp\" is missing and the record has no Kafka timestamp",
+            )
+        })?,
+    };
+    Ok(CacheEvent {
+        operation,
+        keys,
+        entity_type: event.field("entity_type", string)?.map(Into::into),
+        entity_id: event.field("entity_id", text)?.map(Into::into),
+        source_service: event.field("source_service", string)?.map(Into::into),
+        version: event.field("version", uint_or_digits)?,
+        ts_ms,
+    })
+}
+
+/// The keys of `cache_keys` then `cache_key`, each once, in that order.
+fn keys(event: &Object, operation: CacheOperation) -> Result<Vec<String>, RecordError> {
+    let listed = event.field("cache_keys", array)?.unwrap_or_default();
+    let single = event.get("cache_key").filter(|value| value.get() != "null");
+    let mut keys: Vec<String> = Vec::with_capacity(listed.len() + 1);
+    let fields = (0..).map(|i| Field::new("cache_keys").at(i));
+    for (value, field) in listed
+        .into_iter()
+        .zip(fields)
+        .chain(single.map(|v| (v, event.path("cache_key"))))
+    {
+        let key = key(value, field, operation)?;
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    if keys.is_empty() {
+        return Err(RecordError::new(
+            Reason::MissingField,
+            "no cache key: fields \"cache_keys\" and \"cache_key\" are missing, null or empty",
+        ));
+    }
+    Ok(keys)
+}
+
+/// One cache key: a non-empty string, a glob only in an invalidation.
+fn key(value: &RawValue, field: Field, operation: CacheOperation) -> Result<String, RecordError> {
+    let key = string(value, field)?;
+    if key.is_empty() {
+        return Err(RecordError::new(
+            Reason::InvalidKey,
+            format!("{field} is an empty cache key"),
+        ));
+    }
+    if operation.action() == CacheAction::Fill && is_glob(&key) {
+        return Err(RecordError::new(
+            Reason::InvalidKey,
+            format!(
+                "{field} is the glob {key:?}, but a {} writes keys: only invalidations may use globs",
+                operation.as_str()
+            ),
+        ));
+    }
+    Ok(key.into_owned())
+}
+
+/// `timestamp`: an epoch number (seconds below 1e11, else ms) or an RFC 3339
+/// string.
+fn timestamp(value: &RawValue, field: Field) -> Result<Millis, RecordError> {
+    match scalar(value) {
+        Scalar::Number(number) => epoch_number_ms(number),
+        Scalar::Str(text) => parse_rfc3339(&text),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        wrong_type(
+            field,
+            "epoch seconds, epoch milliseconds or an RFC 3339 date-time",
+            value,
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::data_file;
+    use super::decode_cache;
+    use crate::dead_letter::Reason;
+    use crate::model::{CacheEvent, CacheOperation};
+
+    const KAFKA_TS: i64 = 1714564806000;
+
+    fn event(
+        operation: CacheOperation,
+        keys: &[&str],
+        version: Option<u64>,
+        ts_ms: i64,
+    ) -> CacheEvent {
+        CacheEvent {
+            operation,
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            entity_type: None,
+            entity_id: None,
+            source_service: None,
+            version,
+            ts_ms,
+        }
+    }
+
+    #[test]
+    fn fixture_decodes() {
+        let text = data_file("formats/cache-events.ndjson");
+        let decoded: Vec<CacheEvent> = text
+            .lines()
+            .map(|line| {
+                decode_cache(line, Some(KAFKA_TS)).unwrap_or_else(|e| panic!("{line}: {e}"))
+            })
+            .collect();
+        assert_eq!(
+            decoded,
+            [
+                CacheEvent {
+                    entity_type: Some("order".into()),
+                    entity_id: Some("42".into()),
+                    source_service: Some("orders-api".into()),
+                    ..event(
+                        CacheOperation::Invalidate,
+                        &["order:42", "order-summary:42"],
+                        Some(2),
+                        1714564801000
+                    )
+                },
+                CacheEvent {
+                    entity_type: Some("order".into()),
+                    entity_id: Some("42".into()),
+                    ..event(CacheOperation::Delete, &["order:42"], None, 1714564802500)
+                },
+                event(
+                    CacheOperation::Update,
+                    &["order:42", "order-list:7"],
+                    Some(3),
+                    1714564803123
+                ),
+                CacheEvent {
+                    entity_type: Some("order".into()),
+                    entity_id: Some("42".into()),
+                    ..event(CacheOperation::Set, &["order:42"], Some(2), 1714564804000)
+                },
+                event(CacheOperation::Fill, &["order:42"], None, 1714564805250),
+                CacheEvent {
+                    source_service: Some("admin".into()),
+                    ..event(
+                        CacheOperation::Invalidate,
+                        &["order:*"],
+                        None,
+                        1714564800000
+                    )
+                },
+                event(CacheOperation::Invalidate, &["product:9"], None, KAFKA_TS),
+                event(CacheOperation::Set, &["product:9"], None, 1700000000123),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_events() {
+        let cases = [
+            (
+                "{\"operation\":\"invalidate\",",
+                Reason::InvalidJson,
+                "JSON",
+            ),
+            ("[1]", Reason::UnknownFormat, "array"),
+            (
+                r#"{"cache_key":"a"}"#,
+                Reason::MissingField,
+                "\"operation\"",
+            ),
+            (
+                r#"{"operation":7,"cache_key":"a"}"#,
+                Reason::WrongType,
+                "\"operation\"",
+            ),
+            (
+                r#"{"operation":"purge","cache_key":"a"}"#,
+                Reason::UnknownOp,
+                "\"purge\"",
+            ),
+            (
+                r#"{"operation":"invalidate"}"#,
+                Reason::MissingField,
+                "cache_keys",
+            ),
+            (
+                r#"{"operation":"invalidate","cache_keys":[]}"#,
+                Reason::MissingField,
+                "cache_keys",
+            ),
+            (
+                r#"{"operation":"invalidate","cache_keys":null,"cache_key":null}"#,
+                Reason::MissingField,
+                "cache_key",
+            ),
+            (
+                r#"{"operation":"invalidate","cache_key":""}"#,
+                Reason::InvalidKey,
+                "\"cache_key\"",
+            ),
+            (
+                r#"{"operation":"invalidate","cache_keys":["a",""]}"#,
+                Reason::InvalidKey,
+                "\"cache_keys[1]\"",
+            ),
+            (
+                r#"{"operation":"invalidate","cache_keys":["a",1]}"#,
+                Reason::WrongType,
+                "\"cache_keys[1]\"",
+            ),
+            (
+                r#"{"operation":"invalidate","cache_keys":"a"}"#,
+                Reason::WrongType,
+                "\"cache_keys\"",
+            ),
+            (
+                r#"{"operation":"fill","cache_key":"user:*"}"#,
+                Reason::InvalidKey,
+                "glob",
+            ),
+            (
+                r#"{"operation":"set","cache_keys":["user:1","user:*"]}"#,
+                Reason::InvalidKey,
+                "\"cache_keys[1]\"",
+            ),
+            (
+                r#"{"operation":"set","cache_key":"a","version":-1}"#,
+                Reason::WrongType,
+                "\"version\"",
+            ),
+            (
+                r#"{"operation":"set","cache_key":"a","version":1.5}"#,
+                Reason::WrongType,
+                "\"version\"",
+            ),
+            (
+                r#"{"operation":"set","cache_key":"a","version":"v2"}"#,
+                Reason::WrongType,
+                "\"version\"",
+            ),
+            (
+                r#"{"operation":"set","cache_key":"a","entity_id":{}}"#,
+                Reason::WrongType,
+                "\"entity_id\"",
+            ),
+            (
+                r#"{"operation":"set","cache_key":"a","timestamp":"yesterday"}"#,
+                Reason::WrongType,
+                "yesterday",
+            ),
+            (
+                r#"{"operation":"set","cache_key":"a","timestamp":{"s":1}}"#,
+                Reason::WrongType,
+                "\"timestamp\"",
+            ),
+            (
+                r#"{"operation":"set","cache_key":"a","timestamp":true}"#,
+                Reason::WrongType,
+                "\"timestamp\"",
+            ),
+            (
+                r#"{"operation":"set","cache_key":"a","timestamp":1e300}"#,
+                Reason::WrongType,
+                "\"timestamp\"",
+            ),
+        ];
+        for (value, reason, mention) in cases {
+            let error = decode_cache(value, Some(KAFKA_TS)).expect_err(value);
+            assert_eq!(error.reason, reason, "{value}: {error}");
+            assert!(error.message.contains(mention), "{value}: {error}");
+        }
+    }
+
+    #[test]
+    fn timestamp_falls_back_to_kafka() {
+        let value = r#"{"operation":"delete","cache_key":"a","timestamp":null}"#;
+        assert_eq!(decode_cache(value, Some(5)).map(|e| e.ts_ms), Ok(5));
+        let error = decode_cache(value, None).expect_err("no time");
+        assert_eq!(error.reason, Reason::MissingTimestamp);
+        // A time in the record wins over the Kafka one.
+        let value = r#"{"operation":"delete","cache_key":"a","timestamp":1700000000}"#;
+        assert_eq!(
+            decode_cache(value, Some(5)).map(|e| e.ts_ms),
+            Ok(1700000000000)
+        );
+        assert_eq!(
+            decode_cache(value, None).map(|e| e.ts_ms),
+            Ok(1700000000000)
+        );
+    }
+}

@@ -1,0 +1,602 @@
+//! Debezium change events (the `op`/`before`/`after`/`source` envelope), and
+//! the reading of Debezium source metadata that the flattened format shares.
+
+use std::borrow::Cow;
+
+use serde_json::value::RawValue;
+
+use super::json::{
+    Field, Object, binlog_file_index, digits, millis, row, string, text, uint, uint_or_digits,
+    wrong_type,
+};
+use super::{CdcFormat, DecodedCdc, RawChange, Skip, SourcePos, TableRef};
+use crate::dead_letter::{Reason, RecordError};
+use crate::model::{Millis, Op};
+
+/// Decodes a Debezium envelope (a record with `op`).
+pub(super) fn decode<'a>(envelope: &Object<'a>) -> Result<DecodedCdc<'a>, RecordError> {
+    let code = envelope.required("op", string)?;
+    let Some(op) = parse_op(&code, envelope.path("op"))? else {
+        return Ok(DecodedCdc::Skipped(Skip::LogicalMessage));
+    };
+    let before = envelope.field("before", row)?;
+    let after = envelope.field("after", row)?;
+
+    let mut source = SourceMeta::default();
+    if let Some(block) = envelope.object("source")? {
+        for (name, value) in &block.fields {
+            source.read(name, value, block.path(name))?;
+        }
+    }
+    source.envelope_ts_ms = envelope.field("ts_ms", millis)?;
+    let (table, mut pos) = source.finish();
+
+    if let Some(transaction) = envelope.object("transaction")? {
+        if let Some(id) = transaction.field("id", text)? {
+            pos.tx_id = Some(id);
+        }
+        pos.tx_order = transaction.field("total_order", uint)?;
+    }
+
+    Ok(DecodedCdc::Changes(vec![RawChange {
+        format: CdcFormat::Debezium,
+        table,
+        op,
+        before,
+        after,
+        pk_columns: None,
+        pos,
+    }]))
+}
+
+/// A Debezium schema-change event (the schema history topic's value).
+pub(super) fn is_schema_change(object: &Object) -> bool {
+    object.has("ddl") && object.has("tableChanges")
+}
+
+/// Maps a Debezium operation code; `None` for `m`, a logical-decoding
+/// message, which carries no row change.
+pub(super) fn parse_op(code: &str, field: Field) -> Result<Option<Op>, RecordError> {
+    Ok(Some(match code {
+        "c" => Op::Create,
+        "u" => Op::Update,
+        "d" => Op::Delete,
+        "r" => Op::Read,
+        "t" => Op::Truncate,
+        "m" => return Ok(None),
+        other => {
+            return Err(RecordError::new(
+                Reason::UnknownOp,
+                format!("{field} has unknown operation {other:?}"),
+            ));
+        }
+    }))
+}
+
+/// Debezium source metadata, collected field by field (from the `source`
+/// block, or from a flattened record's `__` fields) and then resolved into a
+/// table and a [`SourcePos`].
+#[derive(Default)]
+pub(super) struct SourceMeta<'a> {
+    table: TableRef<'a>,
+    pos: SourcePos<'a>,
+    ts_ms: Option<Millis>,
+    ts_us: Option<u64>,
+    ts_usec: Option<u64>,
+    /// The envelope's `ts_ms`: when the connector processed the change, the
+    /// last fallback for the commit time.
+    pub(super) envelope_ts_ms: Option<Millis>,
+}
+
+impl<'a> SourceMeta<'a> {
+    /// Reads one field of the source block, `key` being its name there and
+    /// `field` how errors name it. `null` and unknown fields are ignored.
+    pub(super) fn read(
+        &mut self,
+        key: &str,
+        value: &'a RawValue,
+        field: Field,
+    ) -> Result<(), RecordError> {
+        if value.get() == "null" {
+            return Ok(());
+        }
+        match key {
+            "ts_ms" => self.ts_ms = Some(millis(value, field)?),
+            "ts_us" => self.ts_us = Some(uint(value, field)?),
+            "ts_usec" => self.ts_usec = Some(uint(value, field)?),
+            "lsn" => self.pos.lsn = Some(uint_or_digits(value, field)?),
+            "sequence" => self.pos.commit_lsn = commit_lsn(value, field)?,
+            "file" => self.pos.binlog_file = binlog_file(value, field)?,
+            "pos" => self.pos.binlog_pos = Some(uint_or_digits(value, field)?),
+            "row" => self.pos.binlog_row = Some(uint(value, field)?),
+            "gtid" => self.pos.gtid_seq = Some(gtid_seq(value, field)?),
+            "txId" => self.pos.tx_id = Some(text(value, field)?),
+            "schema" => self.table.schema = name(value, field)?,
+            "db" => self.table.db = name(value, field)?,
+            "table" => self.table.table = name(value, field)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The table and position. The commit time is the first positive one of
+    /// `ts_ms`, `ts_us`/1000, `ts_usec`/1000 (Debezium 0.9) and the
+    /// envelope's `ts_ms` (MySQL snapshot events carry `source.ts_ms` = 0).
+    pub(super) fn finish(self) -> (TableRef<'a>, SourcePos<'a>) {
+        let from_us = |us: Option<u64>| us.and_then(|us| Millis::try_from(us / 1000).ok());
+        let commit_ts_ms = [
+            self.ts_ms,
+            from_us(self.ts_us),
+            from_us(self.ts_usec),
+            self.envelope_ts_ms,
+        ]
+        .into_iter()
+        .flatten()
+        .find(|&ts| ts > 0);
+        let pos = SourcePos {
+            commit_ts_ms,
+            ..self.pos
+        };
+        (self.table, pos)
+    }
+}
+
+/// A table-naming field; the empty string (logical messages carry
+/// `"table": ""`) names nothing.
+fn name<'a>(value: &'a RawValue, field: Field) -> Result<Option<Cow<'a, str>>, RecordError> {
+    let name = string(value, field)?;
+    Ok((!name.is_empty()).then_some(name))
+}
+
+/// PostgreSQL's `source.sequence`: a string holding a JSON array of LSN
+/// strings, `["last commit LSN", "LSN"]`; the commit LSN is the first one,
+/// which may be null.
+fn commit_lsn(value: &RawValue, field: Field) -> Result<Option<u64>, RecordError> {
+    let expected = "a string holding a JSON array of LSNs";
+    let sequence = string(value, field).map_err(|_| wrong_type(field, expected, value))?;
+    let lsns: Vec<&RawValue> =
+        serde_json::from_str(&sequence).map_err(|_| wrong_type(field, expected, value))?;
+    match lsns.first() {
+        Some(first) if first.get() != "null" => uint_or_digits(first, field.at(0)).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// MySQL's `source.file` (`mysql-bin.000003` -> 3); the empty name, which
+/// some snapshot events carry, gives `None`.
+fn binlog_file(value: &RawValue, field: Field) -> Result<Option<u64>, RecordError> {
+    let file = string(value, field)?;
+    if file.is_empty() {
+        return Ok(None);
+    }
+    binlog_file_index(&file)
+        .map(Some)
+        .ok_or_else(|| wrong_type(field, "a binlog file name like \"mysql-bin.000003\"", value))
+}
+
+/// The transaction number of `source.gtid`: a MySQL GTID `uuid:23`, the
+/// upper end of a GTID set interval `uuid:1-23`, or the sequence number of a
+/// MariaDB GTID `0-1-23`.
+fn gtid_seq(value: &RawValue, field: Field) -> Result<u64, RecordError> {
+    let gtid = string(value, field)?;
+    let last = gtid.rsplit(':').next().unwrap_or_default();
+    let seq = last.rsplit('-').next().unwrap_or_default();
+    digits(seq).ok_or_else(|| wrong_type(field, "a GTID like \"uuid:23\"", value))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::super::testing::{change, cols, data_file, failure, samples, skipped};
+    use super::super::{CdcFormat, DecodedCdc, Skip, SourcePos, TableRef, decode_cdc, decode_key};
+    use crate::dead_letter::Reason;
+    use crate::model::Op;
+
+    fn table<'a>(schema: Option<&'a str>, db: &'a str, table: &'a str) -> TableRef<'a> {
+        TableRef {
+            schema: schema.map(Cow::Borrowed),
+            db: Some(Cow::Borrowed(db)),
+            table: Some(Cow::Borrowed(table)),
+        }
+    }
+
+    #[test]
+    fn postgres_samples() {
+        let text = data_file("samples/debezium-postgres.ndjson");
+        let lines = samples(&text);
+        assert_eq!(lines.len(), 10);
+        for line in &lines {
+            decode_cdc(Some(line.value.get())).unwrap_or_else(|e| panic!("{}: {e}", line.what));
+        }
+
+        let create = change(lines[0].value.get());
+        assert_eq!(create.format, CdcFormat::Debezium);
+        assert_eq!(create.op, Op::Create);
+        assert_eq!(create.table, table(Some("public"), "postgres", "customers"));
+        assert!(create.before.is_none());
+        assert_eq!(
+            cols(&create.after),
+            [
+                ("id", "1"),
+                ("first_name", "\"Anne\""),
+                ("last_name", "\"Kretchmar\""),
+                ("email", "\"annek@noanswer.org\"")
+            ]
+        );
+        assert_eq!(
+            create.pos,
+            SourcePos {
+                commit_ts_ms: Some(1559033904863),
+                lsn: Some(24023128),
+                commit_lsn: Some(24023119),
+                tx_id: Some("555".into()),
+                ..SourcePos::default()
+            }
+        );
+
+        // Debezium 0.9: the commit time is in `source.ts_usec`.
+        let update = change(lines[1].value.get());
+        assert_eq!(update.op, Op::Update);
+        assert_eq!(
+            update.table,
+            table(Some("inventory"), "postgres", "products")
+        );
+        assert_eq!(cols(&update.before)[1], ("name", "\"rocks\""));
+        assert_eq!(cols(&update.after)[1], ("name", "\"1111111111\""));
+        assert_eq!(update.pos.commit_ts_ms, Some(1559208957661));
+        assert_eq!(update.pos.lsn, Some(23862872));
+        assert_eq!(update.pos.commit_lsn, None);
+        assert_eq!(update.pos.tx_id.as_deref(), Some("577"));
+        let key = lines[1].key.get();
+        assert_eq!(cols(&decode_key(key)), [("id", "107")]);
+
+        let update = change(lines[2].value.get());
+        assert_eq!(update.op, Op::Update);
+        assert_eq!(
+            cols(&update.before)[2],
+            ("description", "\"16oz carpenter's hammer\"")
+        );
+        assert_eq!(
+            cols(&update.after)[2],
+            ("description", "\"18oz carpenter hammer\"")
+        );
+        assert_eq!(update.pos.commit_ts_ms, Some(1596010889629));
+        assert_eq!(update.pos.lsn, Some(34131104));
+        assert_eq!(update.pos.tx_id.as_deref(), Some("602"));
+
+        let delete = change(lines[3].value.get());
+        assert_eq!(delete.op, Op::Delete);
+        assert_eq!(cols(&delete.before)[0], ("id", "111"));
+        assert!(delete.after.is_none());
+        assert_eq!(delete.pos.commit_ts_ms, Some(1596010988168));
+
+        let read = change(lines[4].value.get());
+        assert_eq!(read.op, Op::Read);
+        assert_eq!(cols(&read.after)[0], ("id", "101"));
+        assert_eq!(read.pos.lsn, Some(34078720));
+
+        // Schemaless payloads decode like the wrapped ones.
+        assert_eq!(change(lines[6].value.get()), change(lines[2].value.get()));
+        assert_eq!(change(lines[7].value.get()), change(lines[3].value.get()));
+
+        let bare_delete = change(lines[8].value.get());
+        assert_eq!(bare_delete.op, Op::Delete);
+        assert!(bare_delete.before.is_none() && bare_delete.after.is_none());
+
+        assert_eq!(skipped(lines[9].value.get()), Skip::LogicalMessage);
+        let key = lines[9].key.get();
+        assert_eq!(cols(&decode_key(key)), [("prefix", "\"test-prefix\"")]);
+    }
+
+    #[test]
+    fn mysql_samples() {
+        let text = data_file("samples/debezium-mysql.ndjson");
+        let lines = samples(&text);
+        assert_eq!(lines.len(), 8);
+
+        let read = change(lines[0].value.get());
+        assert_eq!(read.op, Op::Read);
+        assert_eq!(
+            read.table,
+            TableRef {
+                schema: None,
+                db: Some("inventory".into()),
+                table: Some("orders".into()),
+            }
+        );
+        assert_eq!(cols(&read.after)[0], ("order_number", "10004"));
+        assert_eq!(
+            read.pos,
+            SourcePos {
+                commit_ts_ms: Some(1718461481000),
+                binlog_file: Some(3),
+                binlog_pos: Some(824),
+                binlog_row: Some(0),
+                ..SourcePos::default()
+            }
+        );
+        assert_eq!(
+            cols(&decode_key(lines[0].key.get())),
+            [("order_number", "10004")]
+        );
+
+        let delete = change(lines[1].value.get());
+        assert_eq!(delete.op, Op::Delete);
+        assert_eq!(cols(&delete.before)[1], ("first_name", "\"Anne\""));
+        assert_eq!(delete.pos.binlog_pos, Some(632));
+        assert_eq!(delete.pos.commit_ts_ms, Some(1718486007000));
+        assert_eq!(cols(&decode_key(lines[1].key.get())), [("id", "1004")]);
+
+        // Debezium 0.10 writes `source.ts_ms` = 0: the envelope time is used.
+        let create = change(lines[2].value.get());
+        assert_eq!(create.op, Op::Create);
+        assert_eq!(create.pos.commit_ts_ms, Some(1465491411815));
+        assert_eq!(
+            (
+                create.pos.binlog_file,
+                create.pos.binlog_pos,
+                create.pos.binlog_row
+            ),
+            (Some(3), Some(154), Some(0))
+        );
+        assert_eq!(change(lines[3].value.get()), create);
+
+        let update = change(lines[4].value.get());
+        assert_eq!(update.op, Op::Update);
+        assert_eq!(cols(&update.before)[1], ("first_name", "\"Anne-Marie\""));
+
+        let read = change(lines[5].value.get());
+        assert_eq!((read.op, read.pos.binlog_pos), (Op::Read, Some(797)));
+
+        let update = change(lines[6].value.get());
+        assert_eq!(update.pos.binlog_pos, Some(1041));
+        assert_eq!(update.pos.commit_ts_ms, Some(1731327659000));
+        assert_eq!(cols(&update.after)[1], ("first_name", "\"Sarah\""));
+
+        assert_eq!(skipped(lines[7].value.get()), Skip::Tombstone);
+        assert_eq!(cols(&decode_key(lines[7].key.get())), [("id", "1004")]);
+    }
+
+    #[test]
+    fn metadata_samples() {
+        let text = data_file("samples/debezium-metadata.ndjson");
+        let lines = samples(&text);
+        assert_eq!(lines.len(), 6);
+        for line in lines {
+            assert_eq!(
+                skipped(line.value.get()),
+                Skip::TransactionMetadata,
+                "{}",
+                line.what
+            );
+        }
+    }
+
+    #[test]
+    fn postgres_fixture() {
+        let text = data_file("formats/debezium-postgres.ndjson");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 6);
+
+        let create = change(lines[0]);
+        assert_eq!(create.op, Op::Create);
+        assert_eq!(create.table, table(Some("public"), "shop", "orders"));
+        assert_eq!(
+            cols(&create.after),
+            [("id", "42"), ("status", "\"NEW\""), ("version", "1")]
+        );
+        assert_eq!(
+            create.pos,
+            SourcePos {
+                commit_ts_ms: Some(1714564800123),
+                lsn: Some(38117256),
+                commit_lsn: Some(38117000),
+                tx_id: Some("7781:38117256".into()),
+                tx_order: Some(1),
+                ..SourcePos::default()
+            }
+        );
+
+        let update = change(lines[1]);
+        assert_eq!(update.op, Op::Update);
+        assert_eq!(cols(&update.before)[2], ("version", "1"));
+        assert_eq!(cols(&update.after)[2], ("version", "2"));
+        assert_eq!(
+            (update.pos.commit_lsn, update.pos.lsn, update.pos.tx_order),
+            (Some(38117256), Some(38117512), Some(2))
+        );
+
+        // `sequence` with a null commit LSN; no transaction block: `txId`.
+        let delete = change(lines[2]);
+        assert_eq!(delete.op, Op::Delete);
+        assert_eq!(
+            (delete.pos.commit_lsn, delete.pos.lsn),
+            (None, Some(38117800))
+        );
+        assert_eq!(delete.pos.tx_id.as_deref(), Some("7783"));
+        assert_eq!(delete.pos.tx_order, None);
+
+        let read = change(lines[3]);
+        assert_eq!(read.op, Op::Read);
+        assert_eq!(read.pos.commit_ts_ms, Some(1714560000000));
+
+        let truncate = change(lines[4]);
+        assert_eq!(truncate.op, Op::Truncate);
+        assert!(truncate.before.is_none() && truncate.after.is_none());
+        assert_eq!(truncate.table, table(Some("public"), "shop", "orders"));
+        assert_eq!(truncate.pos.tx_order, Some(1));
+
+        // Escaped names, string `txId` and `lsn`, no `sequence`.
+        let create = change(lines[5]);
+        assert_eq!(create.table, table(Some("sales"), "shop", "order_items"));
+        assert_eq!(
+            cols(&create.after),
+            [
+                ("id", "43"),
+                ("na\"me", "\"quote\\\"d\""),
+                ("tags", "[\"a\", \"b\"]")
+            ]
+        );
+        assert!(matches!(create.after.as_ref().unwrap()[0].0, Cow::Owned(_)));
+        assert_eq!(create.pos.tx_id.as_deref(), Some("7791"));
+        assert_eq!(
+            (create.pos.lsn, create.pos.commit_lsn),
+            (Some(38118200), None)
+        );
+    }
+
+    #[test]
+    fn mysql_fixture() {
+        let text = data_file("formats/debezium-mysql.ndjson");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5);
+
+        let create = change(lines[0]);
+        assert_eq!(create.op, Op::Create);
+        assert_eq!(
+            create.pos,
+            SourcePos {
+                commit_ts_ms: Some(1718461500000),
+                binlog_file: Some(3),
+                binlog_pos: Some(1520),
+                binlog_row: Some(0),
+                gtid_seq: Some(23),
+                tx_id: Some("3E11FA47-71CA-11E1-9E33-C80AA9429562:23".into()),
+                tx_order: Some(1),
+                ..SourcePos::default()
+            }
+        );
+
+        // A GTID set: the upper end of the interval; `pos` as a string.
+        let update = change(lines[1]);
+        assert_eq!(update.op, Op::Update);
+        assert_eq!(update.pos.gtid_seq, Some(57));
+        assert_eq!(
+            (
+                update.pos.binlog_file,
+                update.pos.binlog_pos,
+                update.pos.binlog_row
+            ),
+            (Some(12), Some(48213), Some(1))
+        );
+
+        let delete = change(lines[2]);
+        assert_eq!(delete.op, Op::Delete);
+        assert_eq!(delete.pos.commit_ts_ms, Some(1718461700333));
+        assert_eq!(delete.pos.gtid_seq, None);
+        assert_eq!(delete.pos.binlog_row, Some(2));
+
+        // MariaDB: `ts_ms` 0 and `ts_us`; GTID `domain-server-seq`.
+        let create = change(lines[3]);
+        assert_eq!(create.pos.commit_ts_ms, Some(1718461800444));
+        assert_eq!(create.pos.gtid_seq, Some(42));
+        assert_eq!(create.pos.binlog_file, Some(7));
+
+        let read = change(lines[4]);
+        assert_eq!(read.op, Op::Read);
+        assert_eq!(read.pos.commit_ts_ms, Some(1718461000000));
+    }
+
+    #[test]
+    fn heartbeats_and_schema_changes_are_skipped() {
+        assert_eq!(skipped(r#"{"ts_ms":1714564800000}"#), Skip::Heartbeat);
+        assert_eq!(
+            skipped(
+                r#"{"schema":{"type":"struct","fields":[{"type":"int64","optional":false,"field":"ts_ms"}],"optional":false,"name":"io.debezium.connector.common.Heartbeat"},"payload":{"ts_ms":1714564800000}}"#
+            ),
+            Skip::Heartbeat
+        );
+        assert_eq!(skipped(r#"{"schema":{},"payload":null}"#), Skip::Tombstone);
+        assert_eq!(skipped("null"), Skip::Tombstone);
+        assert_eq!(decode_cdc(None), Ok(DecodedCdc::Skipped(Skip::Tombstone)));
+        assert_eq!(
+            skipped(
+                r#"{"source":{"server":"inventory","file":"mysql-bin.000003","pos":154},"position":{"file":"mysql-bin.000003","pos":154},"databaseName":"inventory","ddl":"ALTER TABLE customers ADD COLUMN phone VARCHAR(32)","tableChanges":[]}"#
+            ),
+            Skip::Ddl
+        );
+    }
+
+    #[test]
+    fn bad_envelopes() {
+        let cases = [
+            (r#"{"op":1,"after":{"id":1}}"#, Reason::WrongType, "\"op\""),
+            (
+                r#"{"op":null,"after":{"id":1}}"#,
+                Reason::MissingField,
+                "\"op\"",
+            ),
+            (r#"{"op":"x","after":{"id":1}}"#, Reason::UnknownOp, "\"x\""),
+            (
+                r#"{"op":"c","before":"nope","after":{"id":1}}"#,
+                Reason::WrongType,
+                "\"before\"",
+            ),
+            (r#"{"op":"c","after":[1]}"#, Reason::WrongType, "\"after\""),
+            (
+                r#"{"op":"c","after":{"id":1},"source":"pg"}"#,
+                Reason::WrongType,
+                "\"source\"",
+            ),
+            (
+                r#"{"op":"c","after":{"id":1},"source":{"ts_ms":"1714564800000"}}"#,
+                Reason::WrongType,
+                "\"source.ts_ms\"",
+            ),
+            (
+                r#"{"op":"c","after":{"id":1},"source":{"lsn":-5}}"#,
+                Reason::WrongType,
+                "\"source.lsn\"",
+            ),
+            (
+                r#"{"op":"c","after":{"id":1},"source":{"pos":1.5}}"#,
+                Reason::WrongType,
+                "\"source.pos\"",
+            ),
+            (
+                r#"{"op":"c","after":{"id":1},"source":{"sequence":"[\"1\""}}"#,
+                Reason::WrongType,
+                "\"source.sequence\"",
+            ),
+            (
+                r#"{"op":"c","after":{"id":1},"source":{"sequence":"[\"x\"]"}}"#,
+                Reason::WrongType,
+                "\"source.sequence[0]\"",
+            ),
+            (
+                r#"{"op":"c","after":{"id":1},"source":{"file":"binlog"}}"#,
+                Reason::WrongType,
+                "\"source.file\"",
+            ),
+            (
+                r#"{"op":"c","after":{"id":1},"source":{"gtid":"uuid:"}}"#,
+                Reason::WrongType,
+                "\"source.gtid\"",
+            ),
+            (
+                r#"{"op":"c","after":{"id":1},"source":{"table":7}}"#,
+                Reason::WrongType,
+                "\"source.table\"",
+            ),
+            (
+                r#"{"op":"c","after":{"id":1},"transaction":{"id":"1","total_order":"first"}}"#,
+                Reason::WrongType,
+                "\"transaction.total_order\"",
+            ),
+            (
+                r#"{"op":"c","after":{"id":1},"ts_ms":-1}"#,
+                Reason::WrongType,
+                "\"ts_ms\"",
+            ),
+            (
+                r#"{"schema":{},"payload":[1]}"#,
+                Reason::WrongType,
+                "\"payload\"",
+            ),
+        ];
+        for (value, reason, mention) in cases {
+            assert_eq!(failure(value, mention), reason, "{value}");
+        }
+    }
+}

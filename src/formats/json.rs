@@ -1,0 +1,734 @@
+//! Borrowed JSON access shared by the format decoders: parsing an object into
+//! its fields without decoding their values, typed reads whose errors name the
+//! field, scalar views and hashes of raw values, and the recognition of a CDC
+//! value's format from the shape of its top-level object.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use xxhash_rust::xxh3::Xxh3Default;
+
+use super::{DecodedCdc, Row, Skip, canal, debezium, flat, maxwell};
+use crate::dead_letter::{Reason, RecordError};
+use crate::model::Millis;
+
+/// A JSON value seen without decoding nested structures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scalar<'a> {
+    Null,
+    Bool(bool),
+    /// The number's text as written (`1`, `-2.5`, `1e3`).
+    Number(&'a str),
+    /// A string's content, unescaped.
+    Str(Cow<'a, str>),
+    /// The raw text of an object or an array.
+    Nested(&'a str),
+}
+
+/// Classifies a raw JSON value by its first byte; strings are unescaped.
+pub fn scalar<'a>(v: &'a RawValue) -> Scalar<'a> {
+    let text = v.get();
+    match text.as_bytes().first() {
+        Some(b'n') => Scalar::Null,
+        Some(b't') => Scalar::Bool(true),
+        Some(b'f') => Scalar::Bool(false),
+        Some(b'"') => Scalar::Str(unescape(text)),
+        Some(b'{' | b'[') => Scalar::Nested(text),
+        _ => Scalar::Number(text),
+    }
+}
+
+/// The content of a quoted JSON string, borrowed when it has no escapes.
+fn unescape(quoted: &str) -> Cow<'_, str> {
+    let inner = quoted
+        .get(1..quoted.len().saturating_sub(1))
+        .unwrap_or_default();
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(quoted).map_or(Cow::Borrowed(inner), Cow::Owned)
+    } else {
+        Cow::Borrowed(inner)
+    }
+}
+
+/// An order-independent hash of a row image.
+///
+/// Each field contributes the xxh3 hash of its name, a `0xff` byte and the
+/// canonical text of its value (a `"` marker then the unescaped content for
+/// strings, so that `"1"` and `1` differ; the raw text for numbers, booleans
+/// and null; the raw text without insignificant whitespace for objects and
+/// arrays). The field hashes are combined by wrapping addition, so neither
+/// field order nor whitespace changes the result.
+pub fn row_hash(row: &Row) -> u64 {
+    let mut hasher = Xxh3Default::new();
+    row.iter().fold(0u64, |sum, (name, value)| {
+        hasher.reset();
+        hasher.update(name.as_bytes());
+        hasher.update(&[0xff]);
+        match scalar(value) {
+            Scalar::Str(s) => {
+                hasher.update(b"\"");
+                hasher.update(s.as_bytes());
+            }
+            Scalar::Nested(text) => update_without_whitespace(&mut hasher, text),
+            Scalar::Null | Scalar::Bool(_) | Scalar::Number(_) => {
+                hasher.update(value.get().as_bytes());
+            }
+        }
+        sum.wrapping_add(hasher.digest())
+    })
+}
+
+/// Feeds JSON text to the hasher, leaving out whitespace outside strings.
+fn update_without_whitespace(hasher: &mut Xxh3Default, json: &str) {
+    let bytes = json.as_bytes();
+    let mut start = 0;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            hasher.update(&bytes[start..i]);
+            start = i + 1;
+        }
+    }
+    hasher.update(&bytes[start..]);
+}
+
+// ---------------------------------------------------------------------------
+// Parsing
+
+/// The top level of a JSON text.
+pub(crate) enum Top<'a> {
+    Object(Object<'a>),
+    Null,
+    /// Any other value, by its JSON type name.
+    Other(&'static str),
+}
+
+/// Parses a JSON text, decoding only the top level. Invalid JSON (truncated,
+/// trailing garbage...) is an `invalid_json` error.
+pub(crate) fn parse(text: &str) -> Result<Top<'_>, RecordError> {
+    serde_json::from_str::<TopLevel>(text)
+        .map(|top| top.0)
+        .map_err(|e| RecordError::new(Reason::InvalidJson, format!("not valid JSON: {e}")))
+}
+
+/// Parses a JSON text that must be an object; anything else is
+/// `unknown_format`.
+pub(crate) fn parse_object(text: &str) -> Result<Object<'_>, RecordError> {
+    match parse(text)? {
+        Top::Object(object) => Ok(object),
+        Top::Null => Err(not_an_object("null")),
+        Top::Other(kind) => Err(not_an_object(kind)),
+    }
+}
+
+fn not_an_object(kind: &str) -> RecordError {
+    RecordError::new(
+        Reason::UnknownFormat,
+        format!("expected a JSON object, found {kind}"),
+    )
+}
+
+struct TopLevel<'a>(Top<'a>);
+
+impl<'de> Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TopVisitor).map(TopLevel)
+    }
+}
+
+struct TopVisitor;
+
+impl<'de> Visitor<'de> for TopVisitor {
+    type Value = Top<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        FieldsVisitor.visit_map(map).map(|fields| {
+            Top::Object(Object {
+                fields,
+                parent: None,
+            })
+        })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Top::Other("array"))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Top::Null)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Top::Other("bool"))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Top::Other("number"))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Top::Other("number"))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Top::Other("number"))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Top::Other("string"))
+    }
+}
+
+/// The fields of a JSON object, values undecoded.
+struct Fields<'a>(Row<'a>);
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(FieldsVisitor).map(Fields)
+    }
+}
+
+struct FieldsVisitor;
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = Row<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = Vec::with_capacity(16);
+        while let Some(Name(name)) = map.next_key()? {
+            fields.push((name, map.next_value()?));
+        }
+        Ok(fields)
+    }
+}
+
+/// An object key, borrowed from the input unless it has escapes.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(NameVisitor)
+    }
+}
+
+struct NameVisitor;
+
+impl<'de> Visitor<'de> for NameVisitor {
+    type Value = Name<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Name(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Name(Cow::Owned(v.to_owned())))
+    }
+}
+
+/// Parses the text of a raw value known to be an object.
+fn fields_of(v: &RawValue) -> Result<Row<'_>, RecordError> {
+    serde_json::from_str::<Fields>(v.get())
+        .map(|fields| fields.0)
+        .map_err(|e| RecordError::new(Reason::InvalidJson, format!("not valid JSON: {e}")))
+}
+
+/// A JSON object: its fields in the order of the text, values undecoded.
+pub(crate) struct Object<'a> {
+    pub(crate) fields: Row<'a>,
+    /// The field this object is the value of, for error messages.
+    parent: Option<&'static str>,
+}
+
+impl<'a> Object<'a> {
+    /// The value of a field; the first one when the name repeats.
+    pub(crate) fn get(&self, name: &str) -> Option<&'a RawValue> {
+        super::column(&self.fields, name)
+    }
+
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// How errors name a field of this object.
+    pub(crate) fn path<'p>(&self, name: &'p str) -> Field<'p> {
+        Field {
+            parent: self.parent,
+            name,
+            index: None,
+        }
+    }
+
+    /// Reads an optional field: absent and `null` give `None`.
+    pub(crate) fn field<T>(
+        &self,
+        name: &str,
+        read: impl FnOnce(&'a RawValue, Field<'_>) -> Result<T, RecordError>,
+    ) -> Result<Option<T>, RecordError> {
+        match self.get(name) {
+            Some(v) if v.get() != "null" => read(v, self.path(name)).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Reads a field that must be present and not `null` (else
+    /// `missing_field`).
+    pub(crate) fn required<T>(
+        &self,
+        name: &str,
+        read: impl FnOnce(&'a RawValue, Field<'_>) -> Result<T, RecordError>,
+    ) -> Result<T, RecordError> {
+        self.field(name, read)?
+            .ok_or_else(|| missing(self.path(name)))
+    }
+
+    /// Reads an optional field that must be an object.
+    pub(crate) fn object(&self, name: &'static str) -> Result<Option<Object<'a>>, RecordError> {
+        self.field(name, row).map(|fields| {
+            fields.map(|fields| Object {
+                fields,
+                parent: Some(name),
+            })
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Typed reads: each takes a non-null raw value and the field it came from.
+
+/// Names a field in error messages: `"source.ts_ms"`, `"data[2]"`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Field<'p> {
+    parent: Option<&'p str>,
+    name: &'p str,
+    index: Option<usize>,
+}
+
+impl<'p> Field<'p> {
+    /// A top-level field.
+    pub(crate) fn new(name: &'p str) -> Self {
+        Field {
+            parent: None,
+            name,
+            index: None,
+        }
+    }
+
+    /// An element of this field's array.
+    pub(crate) fn at(self, index: usize) -> Self {
+        Field {
+            index: Some(index),
+            ..self
+        }
+    }
+}
+
+impl fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("field \"")?;
+        if let Some(parent) = self.parent {
+            write!(f, "{parent}.")?;
+        }
+        f.write_str(self.name)?;
+        if let Some(index) = self.index {
+            write!(f, "[{index}]")?;
+        }
+        f.write_str("\"")
+    }
+}
+
+/// `missing_field` for an absent or null field.
+pub(crate) fn missing(field: Field) -> RecordError {
+    RecordError::new(Reason::MissingField, format!("{field} is missing"))
+}
+
+/// `wrong_type`: what the field must be and what it holds.
+pub(crate) fn wrong_type(field: Field, expected: &str, found: &RawValue) -> RecordError {
+    RecordError::new(
+        Reason::WrongType,
+        format!("{field} must be {expected}, found {}", describe(found)),
+    )
+}
+
+/// A value's JSON type, with its text when that is short enough to help.
+fn describe(v: &RawValue) -> String {
+    const MAX: usize = 64;
+    let kind = match scalar(v) {
+        Scalar::Null => return "null".to_owned(),
+        Scalar::Bool(_) => "bool",
+        Scalar::Number(_) => "number",
+        Scalar::Str(_) => "string",
+        Scalar::Nested(text) if text.starts_with('[') => return "array".to_owned(),
+        Scalar::Nested(_) => return "object".to_owned(),
+    };
+    let text = v.get();
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{kind} {}...", &text[..cut]),
+        None => format!("{kind} {text}"),
+    }
+}
+
+pub(crate) fn string<'a>(v: &'a RawValue, field: Field) -> Result<Cow<'a, str>, RecordError> {
+    match scalar(v) {
+        Scalar::Str(s) => Ok(s),
+        _ => Err(wrong_type(field, "a string", v)),
+    }
+}
+
+/// A non-negative JSON integer.
+pub(crate) fn uint(v: &RawValue, field: Field) -> Result<u64, RecordError> {
+    match scalar(v) {
+        Scalar::Number(text) => digits(text),
+        _ => None,
+    }
+    .ok_or_else(|| wrong_type(field, "a non-negative integer", v))
+}
+
+/// A non-negative integer, as a JSON number or a string of decimal digits.
+pub(crate) fn uint_or_digits(v: &RawValue, field: Field) -> Result<u64, RecordError> {
+    match scalar(v) {
+        Scalar::Number(text) => digits(text),
+        Scalar::Str(text) => digits(&text),
+        _ => None,
+    }
+    .ok_or_else(|| wrong_type(field, "a non-negative integer", v))
+}
+
+/// Parses a non-empty string of ASCII decimal digits that fits a `u64`.
+pub(crate) fn digits(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// A time in ms since the epoch, as a non-negative JSON integer.
+pub(crate) fn millis(v: &RawValue, field: Field) -> Result<Millis, RecordError> {
+    Millis::try_from(uint(v, field)?)
+        .map_err(|_| wrong_type(field, "a time in ms since the epoch", v))
+}
+
+/// An identifier: a string, or a number taken as its text.
+pub(crate) fn text<'a>(v: &'a RawValue, field: Field) -> Result<Cow<'a, str>, RecordError> {
+    match scalar(v) {
+        Scalar::Str(s) => Ok(s),
+        Scalar::Number(n) => Ok(Cow::Borrowed(n)),
+        _ => Err(wrong_type(field, "a string or a number", v)),
+    }
+}
+
+/// A boolean, also written as the string `"true"` or `"false"`.
+pub(crate) fn flag(v: &RawValue, field: Field) -> Result<bool, RecordError> {
+    match scalar(v) {
+        Scalar::Bool(b) => Ok(b),
+        Scalar::Str(s) if s == "true" => Ok(true),
+        Scalar::Str(s) if s == "false" => Ok(false),
+        _ => Err(wrong_type(field, "a boolean", v)),
+    }
+}
+
+/// An object, as a row image.
+pub(crate) fn row<'a>(v: &'a RawValue, field: Field) -> Result<Row<'a>, RecordError> {
+    if v.get().starts_with('{') {
+        fields_of(v)
+    } else {
+        Err(wrong_type(field, "an object", v))
+    }
+}
+
+/// An array, elements undecoded.
+pub(crate) fn array<'a>(v: &'a RawValue, field: Field) -> Result<Vec<&'a RawValue>, RecordError> {
+    if v.get().starts_with('[') {
+        serde_json::from_str(v.get())
+            .map_err(|e| RecordError::new(Reason::InvalidJson, format!("not valid JSON: {e}")))
+    } else {
+        Err(wrong_type(field, "an array", v))
+    }
+}
+
+/// An array of strings (column names).
+pub(crate) fn strings<'a>(v: &'a RawValue, field: Field) -> Result<Vec<Cow<'a, str>>, RecordError> {
+    array(v, field)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, element)| string(element, field.at(i)))
+        .collect()
+}
+
+/// The index of a MySQL binlog file: the digits after the last `.` of its
+/// name (`mysql-bin.000003` -> 3).
+pub(crate) fn binlog_file_index(name: &str) -> Option<u64> {
+    name.rsplit_once('.').and_then(|(_, index)| digits(index))
+}
+
+/// A before image: the after image with the values of `old` (the previous
+/// values of the changed columns, as Maxwell and Canal give them) put back.
+/// Columns only in `old` are appended.
+pub(crate) fn overlay<'a>(after: &Row<'a>, old: Row<'a>) -> Row<'a> {
+    let mut before = after.clone();
+    for (name, value) in old {
+        match before.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => before.push((name, value)),
+        }
+    }
+    before
+}
+
+// ---------------------------------------------------------------------------
+// Recognition
+
+/// Decodes a CDC value, recognising its format from its shape (DESIGN.md
+/// section 2).
+pub(crate) fn decode_cdc_text(text: &str) -> Result<DecodedCdc<'_>, RecordError> {
+    let mut object = match parse(text)? {
+        Top::Object(object) => object,
+        Top::Null => return Ok(DecodedCdc::Skipped(Skip::Tombstone)),
+        Top::Other(kind) => return Err(not_an_object(kind)),
+    };
+    if object.has("schema") && object.has("payload") {
+        match object.object("payload")? {
+            Some(payload) => object = payload,
+            None => return Ok(DecodedCdc::Skipped(Skip::Tombstone)),
+        }
+    }
+    if is_transaction_marker(&object) {
+        Ok(DecodedCdc::Skipped(Skip::TransactionMetadata))
+    } else if object.fields.len() == 1 && object.has("ts_ms") {
+        Ok(DecodedCdc::Skipped(Skip::Heartbeat))
+    } else if object.has("op") {
+        debezium::decode(&object)
+    } else if debezium::is_schema_change(&object) {
+        Ok(DecodedCdc::Skipped(Skip::Ddl))
+    } else if canal::matches(&object) {
+        canal::decode(&object)
+    } else if maxwell::matches(&object) {
+        maxwell::decode(&object)
+    } else {
+        flat::decode(object)
+    }
+}
+
+/// A Debezium transaction BEGIN or END record.
+fn is_transaction_marker(object: &Object) -> bool {
+    object.has("id")
+        && object
+            .get("status")
+            .is_some_and(|s| matches!(s.get(), "\"BEGIN\"" | "\"END\""))
+}
+
+/// Decodes a Kafka key into primary-key columns (see [`super::decode_key`]).
+pub(crate) fn decode_key_text(text: &str) -> Option<Row<'_>> {
+    let columns = if text.trim_ascii_start().starts_with('[') {
+        maxwell_array_key(text)?
+    } else {
+        let Top::Object(mut object) = parse(text).ok()? else {
+            return None;
+        };
+        if object.has("schema") && object.has("payload") {
+            object = object.object("payload").ok()??;
+        }
+        strip_pk_prefix(object.fields)
+    };
+    (!columns.is_empty()).then_some(columns)
+}
+
+/// Maxwell's array key: `["db", "table", [{"id": 1}, ...]]`.
+fn maxwell_array_key(text: &str) -> Option<Row<'_>> {
+    let parts: Vec<&RawValue> = serde_json::from_str(text).ok()?;
+    let pk = parts.get(2)?;
+    let mut columns = Vec::new();
+    for part in array(pk, Field::new("pk")).ok()? {
+        columns.extend(row(part, Field::new("pk")).ok()?);
+    }
+    Some(columns)
+}
+
+/// Maxwell's hash key (`{"database", "table", "pk.id"}`): keeps the `pk.`
+/// columns without their prefix. Other keys are all primary-key columns.
+fn strip_pk_prefix(fields: Row<'_>) -> Row<'_> {
+    const PREFIX: &str = "pk.";
+    if !fields.iter().any(|(name, _)| name.starts_with(PREFIX)) {
+        return fields;
+    }
+    fields
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let name = match name {
+                Cow::Borrowed(name) => Cow::Borrowed(name.strip_prefix(PREFIX)?),
+                Cow::Owned(name) => Cow::Owned(name.strip_prefix(PREFIX)?.to_owned()),
+            };
+            Some((name, value))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use serde_json::value::RawValue;
+
+    use super::super::testing::{cols, failure};
+    use super::super::{Row, decode_key};
+    use super::{Scalar, row_hash, scalar};
+    use crate::dead_letter::Reason;
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_owned()).expect("valid JSON")
+    }
+
+    /// The fields of an object text.
+    fn fields(text: &str) -> Row<'_> {
+        super::parse_object(text).expect("an object").fields
+    }
+
+    #[test]
+    fn scalars() {
+        assert_eq!(scalar(&raw("null")), Scalar::Null);
+        assert_eq!(scalar(&raw("true")), Scalar::Bool(true));
+        assert_eq!(scalar(&raw("false")), Scalar::Bool(false));
+        assert_eq!(scalar(&raw("-1.5e3")), Scalar::Number("-1.5e3"));
+        assert_eq!(
+            scalar(&raw(r#""plain""#)),
+            Scalar::Str(Cow::Borrowed("plain"))
+        );
+        assert_eq!(
+            scalar(&raw(r#""a\"b\u00e9\n""#)),
+            Scalar::Str(Cow::Owned("a\"b\u{e9}\n".to_owned()))
+        );
+        assert_eq!(
+            scalar(&raw(r#"{"a": [1]}"#)),
+            Scalar::Nested(r#"{"a": [1]}"#)
+        );
+        assert_eq!(scalar(&raw("[]")), Scalar::Nested("[]"));
+    }
+
+    #[test]
+    fn row_hash_ignores_order_and_whitespace() {
+        let a = fields(r#"{"id":1,"name":"x","tags":["a","b"],"meta":{"k":"v w"}}"#);
+        let b = fields(
+            r#"{ "meta" : { "k" : "v w" } , "tags" : [ "a" , "b" ] , "name" : "x" , "id" : 1 }"#,
+        );
+        assert_eq!(row_hash(&a), row_hash(&b));
+        let escaped =
+            fields(r#"{"id":1,"n\u0061me":"\u0078","tags":["a","b"],"meta":{"k":"v w"}}"#);
+        assert_eq!(row_hash(&a), row_hash(&escaped));
+    }
+
+    #[test]
+    fn row_hash_sees_value_changes() {
+        let base = r#"{"id":1,"name":"x","tags":["a","b"],"meta":{"k":"v w"}}"#;
+        let hash = row_hash(&fields(base));
+        for changed in [
+            r#"{"id":2,"name":"x","tags":["a","b"],"meta":{"k":"v w"}}"#,
+            r#"{"id":"1","name":"x","tags":["a","b"],"meta":{"k":"v w"}}"#,
+            r#"{"id":1,"name":"y","tags":["a","b"],"meta":{"k":"v w"}}"#,
+            r#"{"id":1,"name":null,"tags":["a","b"],"meta":{"k":"v w"}}"#,
+            r#"{"id":1,"name":"x","tags":["b","a"],"meta":{"k":"v w"}}"#,
+            r#"{"id":1,"name":"x","tags":["a","b"],"meta":{"k":"vw"}}"#,
+            r#"{"id":1,"nam":"x","tags":["a","b"],"meta":{"k":"v w"}}"#,
+            r#"{"id":1,"tags":["a","b"],"meta":{"k":"v w"}}"#,
+        ] {
+            assert_ne!(row_hash(&fields(changed)), hash, "{changed}");
+        }
+        assert_ne!(
+            row_hash(&fields(r#"{"a":"1"}"#)),
+            row_hash(&fields(r#"{"a":1}"#))
+        );
+        assert_ne!(
+            row_hash(&fields(r#"{"a":"true"}"#)),
+            row_hash(&fields(r#"{"a":true}"#))
+        );
+        assert_ne!(
+            row_hash(&fields(r#"{"a":"b"}"#)),
+            row_hash(&fields(r#"{"b":"a"}"#))
+        );
+    }
+
+    #[test]
+    fn keys() {
+        assert_eq!(cols(&decode_key(r#"{"id":1}"#)), [("id", "1")]);
+        assert_eq!(
+            cols(&decode_key(
+                r#"{"schema":{"type":"struct"},"payload":{"id":1,"region":"eu"}}"#
+            )),
+            [("id", "1"), ("region", "\"eu\"")]
+        );
+        assert_eq!(
+            cols(&decode_key(
+                r#"{"database":"test","table":"e","pk.id":1,"pk.c":"2016-10-21"}"#
+            )),
+            [("id", "1"), ("c", "\"2016-10-21\"")]
+        );
+        assert_eq!(
+            cols(&decode_key(
+                r#"{"database":"test","table":"e","pk\u002eid":1}"#
+            )),
+            [("id", "1")]
+        );
+        assert_eq!(
+            cols(&decode_key(
+                r#" ["test","e",[{"id":1},{"c":"2016-10-21"}]]"#
+            )),
+            [("id", "1"), ("c", "\"2016-10-21\"")]
+        );
+        for key in [
+            "",
+            "1",
+            "\"abc\"",
+            "null",
+            "{}",
+            "{\"id\":",
+            "[]",
+            "[\"test\",\"e\"]",
+            "[\"test\",\"e\",[1]]",
+            r#"{"schema":{},"payload":null}"#,
+            r#"{"schema":{},"payload":5}"#,
+        ] {
+            assert!(decode_key(key).is_none(), "{key}");
+        }
+    }
+
+    #[test]
+    fn unrecognised_values() {
+        assert_eq!(
+            failure(r#"{"op":"c","after":{"id":1}"#, "JSON"),
+            Reason::InvalidJson
+        );
+        assert_eq!(failure(r#"{"op":"c"} x"#, "JSON"), Reason::InvalidJson);
+        assert_eq!(failure("", "JSON"), Reason::InvalidJson);
+        assert_eq!(failure("not json", "JSON"), Reason::InvalidJson);
+        assert_eq!(failure("[1,2]", "array"), Reason::UnknownFormat);
+        assert_eq!(failure(r#""a string""#, "string"), Reason::UnknownFormat);
+        assert_eq!(failure("42", "number"), Reason::UnknownFormat);
+        assert_eq!(failure("true", "bool"), Reason::UnknownFormat);
+        assert_eq!(failure("{}", "empty"), Reason::UnknownFormat);
+    }
+}

@@ -1,0 +1,418 @@
+//! Decoders: bytes of one input record in, a format-neutral view out.
+//!
+//! CDC values are decoded by [`decode_cdc`] (Debezium with or without the
+//! `schema`/`payload` wrapper, Debezium flattened by `ExtractNewRecordState`,
+//! Maxwell, Canal), their Kafka keys by [`decode_key`], cache events by
+//! [`decode_cache`], and `kcat -J` lines by [`parse_kcat_line`]. Decoders
+//! borrow from the input text and do no I/O; every failure is a
+//! [`RecordError`] with a reason code.
+
+mod cache;
+mod canal;
+mod debezium;
+mod flat;
+mod json;
+mod kcat;
+mod maxwell;
+#[cfg(test)]
+mod testing;
+mod timestamp;
+
+use std::borrow::Cow;
+
+use serde_json::value::RawValue;
+
+use crate::dead_letter::RecordError;
+use crate::model::{Millis, Op};
+
+pub use cache::decode_cache;
+pub use json::{Scalar, row_hash, scalar};
+pub use kcat::{KcatRecord, parse_kcat_line};
+
+/// One row image: column names and their undecoded JSON values, in the order
+/// of the record.
+pub type Row<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+
+/// Finds a column of a row image.
+pub fn column<'a>(row: &Row<'a>, name: &str) -> Option<&'a RawValue> {
+    row.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+}
+
+/// Which CDC format a record was recognised as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CdcFormat {
+    Debezium,
+    DebeziumFlat,
+    Maxwell,
+    Canal,
+}
+
+/// The table a change belongs to, as the record names it. Mapping resolves it
+/// against `[[tables]]`: `schema.table`, then `db.table`, then the bare name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TableRef<'a> {
+    /// PostgreSQL schema (Debezium `source.schema`, flattened `__schema`).
+    pub schema: Option<Cow<'a, str>>,
+    /// Database (Debezium `source.db`, Maxwell/Canal `database`, flattened `__db`).
+    pub db: Option<Cow<'a, str>>,
+    /// Table name; `None` when the record does not say (a flattened record
+    /// without `__table`): the caller then falls back to the topic name.
+    pub table: Option<Cow<'a, str>>,
+}
+
+/// Position and time metadata of a change, from which versions and the
+/// commit time are derived. Every field is optional: formats carry different
+/// subsets.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SourcePos<'a> {
+    /// Commit time in ms: Debezium `source.ts_ms` (when > 0), else
+    /// `source.ts_us`/1000, `source.ts_usec`/1000, the envelope `ts_ms`;
+    /// flattened `__source_ts_ms`, else `__ts_ms`; Maxwell `ts_ms`, else
+    /// `ts`*1000; Canal `es`, else `ts`. `None` when the record has none (the
+    /// caller falls back to the Kafka timestamp).
+    pub commit_ts_ms: Option<Millis>,
+    /// PostgreSQL change LSN (Debezium `source.lsn`, flattened `__lsn`).
+    pub lsn: Option<u64>,
+    /// PostgreSQL commit LSN: the first element of Debezium's
+    /// `source.sequence` (`"[\"last_commit_lsn\",\"lsn\"]"`).
+    pub commit_lsn: Option<u64>,
+    /// MySQL binlog file index (`mysql-bin.000003` -> 3): Debezium
+    /// `source.file`, Maxwell `position` before the `:`.
+    pub binlog_file: Option<u64>,
+    /// MySQL binlog position: Debezium `source.pos`, Maxwell `position` after the `:`.
+    pub binlog_pos: Option<u64>,
+    /// Row within the binlog event: Debezium `source.row`.
+    pub binlog_row: Option<u64>,
+    /// Transaction number of a GTID (`uuid:23` -> 23): Debezium `source.gtid`.
+    pub gtid_seq: Option<u64>,
+    /// Transaction id: Debezium `transaction.id`, else `source.txId`; Maxwell
+    /// `xid`; Canal `id`.
+    pub tx_id: Option<Cow<'a, str>>,
+    /// Order of the change within its transaction: Debezium
+    /// `transaction.total_order`, Maxwell `xoffset`, Canal row index.
+    pub tx_order: Option<u64>,
+}
+
+/// A change as a format describes it, before mapping to cache keys.
+/// Equality compares row values by their raw JSON text.
+#[derive(Debug, Clone)]
+pub struct RawChange<'a> {
+    pub format: CdcFormat,
+    pub table: TableRef<'a>,
+    pub op: Op,
+    /// Row before the change (updates with a before image, deletes). For
+    /// Maxwell and Canal updates: the after image overlaid with `old`.
+    pub before: Option<Row<'a>>,
+    /// Row after the change (creates, updates, snapshot reads).
+    pub after: Option<Row<'a>>,
+    /// Primary-key column names the record itself declares (Maxwell
+    /// `primary_key_columns`, Canal `pkNames`).
+    pub pk_columns: Option<Vec<Cow<'a, str>>>,
+    pub pos: SourcePos<'a>,
+}
+
+// `RawValue` has no `PartialEq`: rows compare by names and raw value text.
+impl PartialEq for RawChange<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        fn same_rows(a: &Option<Row>, b: &Option<Row>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    a.len() == b.len()
+                        && a.iter()
+                            .zip(b)
+                            .all(|((n, v), (m, w))| n == m && v.get() == w.get())
+                }
+                _ => a.is_none() && b.is_none(),
+            }
+        }
+        let RawChange {
+            format,
+            table,
+            op,
+            before,
+            after,
+            pk_columns,
+            pos,
+        } = self;
+        *format == other.format
+            && *table == other.table
+            && *op == other.op
+            && same_rows(before, &other.before)
+            && same_rows(after, &other.after)
+            && *pk_columns == other.pk_columns
+            && *pos == other.pos
+    }
+}
+
+impl Eq for RawChange<'_> {}
+
+/// Records that are recognised and counted but carry no change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Skip {
+    /// A null value (a Kafka tombstone).
+    Tombstone,
+    /// A Debezium heartbeat (`{"ts_ms": ...}` only).
+    Heartbeat,
+    /// A Debezium transaction BEGIN/END record.
+    TransactionMetadata,
+    /// A Debezium logical-decoding message (`op` = `m`).
+    LogicalMessage,
+    /// A schema change (Canal `isDdl`, Maxwell `table-create`..., a Debezium
+    /// schema-change event with `ddl` and `tableChanges`).
+    Ddl,
+    /// Maxwell `bootstrap-start` / `bootstrap-complete` markers.
+    BootstrapMarker,
+}
+
+impl Skip {
+    pub const ALL: [Skip; 6] = [
+        Skip::Tombstone,
+        Skip::Heartbeat,
+        Skip::TransactionMetadata,
+        Skip::LogicalMessage,
+        Skip::Ddl,
+        Skip::BootstrapMarker,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::Tombstone => "tombstone",
+            Skip::Heartbeat => "heartbeat",
+            Skip::TransactionMetadata => "transaction_metadata",
+            Skip::LogicalMessage => "logical_message",
+            Skip::Ddl => "ddl",
+            Skip::BootstrapMarker => "bootstrap_marker",
+        }
+    }
+}
+
+/// What one CDC value decodes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodedCdc<'a> {
+    /// One change per row (a Canal message can carry several rows).
+    Changes(Vec<RawChange<'a>>),
+    Skipped(Skip),
+}
+
+/// Decodes one CDC message value; `None` is a tombstone (null value).
+/// The format is recognised per record.
+pub fn decode_cdc(value: Option<&str>) -> Result<DecodedCdc<'_>, RecordError> {
+    match value {
+        None => Ok(DecodedCdc::Skipped(Skip::Tombstone)),
+        Some(text) => json::decode_cdc_text(text),
+    }
+}
+
+/// Decodes a Kafka message key into primary-key columns: a Debezium key
+/// (`{"id": 1}` or `{"schema": ..., "payload": {"id": 1}}`), a Maxwell key
+/// (`{"database": ..., "table": ..., "pk.id": 1}` or
+/// `["db", "table", [{"id": 1}]]`). Any other key (not JSON, a scalar, an
+/// empty object) gives `None`: the primary key then comes from the row.
+pub fn decode_key(key: &str) -> Option<Row<'_>> {
+    json::decode_key_text(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::LazyLock;
+
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::testing::{data_file, samples};
+    use super::*;
+    use crate::dead_letter::Reason;
+
+    /// Every fixture line and every sample value and key.
+    static CORPUS: LazyLock<Vec<String>> = LazyLock::new(corpus);
+
+    fn corpus() -> Vec<String> {
+        let mut corpus = Vec::new();
+        for name in [
+            "debezium-postgres",
+            "debezium-mysql",
+            "debezium-flattened",
+            "maxwell",
+            "canal",
+            "cache-events",
+            "kcat",
+        ] {
+            let text = data_file(&format!("formats/{name}.ndjson"));
+            corpus.extend(text.lines().map(str::to_owned));
+        }
+        for name in [
+            "debezium-postgres",
+            "debezium-mysql",
+            "debezium-metadata",
+            "debezium-flattened",
+            "maxwell",
+            "canal",
+        ] {
+            let text = data_file(&format!("samples/{name}.ndjson"));
+            for sample in samples(&text) {
+                corpus.push(sample.value.get().to_owned());
+                corpus.push(sample.key.get().to_owned());
+            }
+        }
+        corpus
+    }
+
+    /// Runs every decoder on a text. None may panic, and valid JSON is never
+    /// reported as invalid.
+    fn decode_all(text: &str) {
+        let valid = serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
+        let not_invalid = |e: &RecordError| !(valid && e.reason == Reason::InvalidJson);
+        match decode_cdc(Some(text)) {
+            Ok(DecodedCdc::Changes(changes)) => {
+                for change in &changes {
+                    change.before.iter().chain(&change.after).for_each(|row| {
+                        row_hash(row);
+                    });
+                }
+            }
+            Ok(DecodedCdc::Skipped(_)) => {}
+            Err(e) => assert!(not_invalid(&e), "{text}: {e}"),
+        }
+        if let Some(row) = decode_key(text) {
+            row_hash(&row);
+        }
+        if let Err(e) = decode_cache(text, None) {
+            assert!(not_invalid(&e), "{text}: {e}");
+        }
+        if let Some(Ok(record)) = parse_kcat_line(text) {
+            if let Some(payload) = record.payload {
+                decode_all(&payload);
+            }
+            if let Some(key) = record.key {
+                decode_key(&key);
+            }
+        }
+    }
+
+    /// The `n`th node of a JSON value, in pre-order.
+    fn nth_node(value: &mut Value, n: usize) -> Option<&mut Value> {
+        let mut stack = vec![value];
+        let mut seen = 0;
+        while let Some(node) = stack.pop() {
+            if seen == n {
+                return Some(node);
+            }
+            seen += 1;
+            match node {
+                Value::Array(items) => stack.extend(items.iter_mut().rev()),
+                Value::Object(fields) => stack.extend(fields.values_mut().rev()),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    fn node_count(value: &Value) -> usize {
+        1 + match value {
+            Value::Array(items) => items.iter().map(node_count).sum(),
+            Value::Object(fields) => fields.values().map(node_count).sum(),
+            _ => 0,
+        }
+    }
+
+    const REPLACEMENTS: [&str; 18] = [
+        "null",
+        "true",
+        "0",
+        "-1",
+        "1.5",
+        "1e300",
+        "18446744073709551616",
+        "\"\"",
+        "\"x\"",
+        "\"c\"",
+        "\"INSERT\"",
+        "\"true\"",
+        "\"[\\\"1\\\"]\"",
+        "\"a:1-\"",
+        "[]",
+        "[null]",
+        "{}",
+        "{\"a\":1}",
+    ];
+
+    #[test]
+    fn every_prefix_of_every_record() {
+        for text in CORPUS.iter() {
+            for end in (0..=text.len()).filter(|&end| text.is_char_boundary(end)) {
+                decode_all(&text[..end]);
+            }
+        }
+    }
+
+    #[test]
+    fn every_value_replaced_and_every_field_removed() {
+        let replacements: Vec<Value> = REPLACEMENTS
+            .iter()
+            .map(|r| serde_json::from_str(r).expect("valid JSON"))
+            .collect();
+        for text in CORPUS.iter() {
+            let Ok(original) = serde_json::from_str::<Value>(text) else {
+                continue;
+            };
+            for n in 0..node_count(&original) {
+                let mutate = |change: &dyn Fn(&mut Value)| {
+                    let mut mutated = original.clone();
+                    if let Some(node) = nth_node(&mut mutated, n) {
+                        change(node);
+                    }
+                    decode_all(&mutated.to_string());
+                };
+                for replacement in &replacements {
+                    mutate(&|node| *node = replacement.clone());
+                }
+                let mut node = original.clone();
+                if let Some(Value::Object(fields)) = nth_node(&mut node, n) {
+                    for name in fields.keys() {
+                        mutate(&|node| {
+                            if let Value::Object(fields) = node {
+                                fields.remove(name);
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in any::<String>()) {
+            decode_all(&text);
+        }
+
+        #[test]
+        fn json_like_text_never_panics(text in r#"[{}\[\]":,\\a-z0-9 .+-]{0,80}"#) {
+            decode_all(&text);
+        }
+
+        #[test]
+        fn byte_mutations_never_panic(
+            pick in any::<prop::sample::Index>(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..6),
+        ) {
+            let mut bytes = CORPUS[pick.index(CORPUS.len())].clone().into_bytes();
+            for (at, byte, kind) in edits {
+                if bytes.is_empty() {
+                    break;
+                }
+                let at = at.index(bytes.len());
+                match kind {
+                    0 => {
+                        bytes.remove(at);
+                    }
+                    1 => bytes.insert(at, byte),
+                    _ => bytes[at] = byte,
+                }
+            }
+            decode_all(&String::from_utf8_lossy(&bytes));
+        }
+    }
+}

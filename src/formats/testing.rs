@@ -1,0 +1,72 @@
+//! Helpers for the decoders' unit tests: data files and assertions on
+//! decoded records.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{DecodedCdc, RawChange, Row, Skip, decode_cdc};
+use crate::dead_letter::Reason;
+
+/// The text of a file under `tests/data`.
+pub(crate) fn data_file(path: &str) -> String {
+    let full = format!("{}/tests/data/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+}
+
+/// One line of `tests/data/samples/*.ndjson`.
+#[derive(Deserialize)]
+pub(crate) struct Sample<'a> {
+    pub(crate) what: String,
+    #[serde(borrow)]
+    pub(crate) key: &'a RawValue,
+    #[serde(borrow)]
+    pub(crate) value: &'a RawValue,
+}
+
+pub(crate) fn samples(text: &str) -> Vec<Sample<'_>> {
+    text.lines()
+        .map(|line| serde_json::from_str(line).expect("a sample line"))
+        .collect()
+}
+
+/// The changes of a CDC value that must decode to changes.
+pub(crate) fn changes(value: &str) -> Vec<RawChange<'_>> {
+    match decode_cdc(Some(value)) {
+        Ok(DecodedCdc::Changes(changes)) => changes,
+        other => panic!("{value}: expected changes, got {other:?}"),
+    }
+}
+
+/// The one change of a CDC value.
+pub(crate) fn change(value: &str) -> RawChange<'_> {
+    let mut changes = changes(value);
+    assert_eq!(changes.len(), 1, "{value}");
+    changes.remove(0)
+}
+
+/// Why a CDC value that must be skipped is.
+pub(crate) fn skipped(value: &str) -> Skip {
+    match decode_cdc(Some(value)) {
+        Ok(DecodedCdc::Skipped(skip)) => skip,
+        other => panic!("{value}: expected a skip, got {other:?}"),
+    }
+}
+
+/// The reason a CDC value fails, checking that the message names `mention`.
+pub(crate) fn failure(value: &str, mention: &str) -> Reason {
+    match decode_cdc(Some(value)) {
+        Err(e) => {
+            assert!(e.message.contains(mention), "{value}: {e}");
+            e.reason
+        }
+        Ok(decoded) => panic!("{value}: expected an error, got {decoded:?}"),
+    }
+}
+
+/// A row image as (name, raw JSON text) pairs.
+pub(crate) fn cols<'r>(row: &'r Option<Row>) -> Vec<(&'r str, &'r str)> {
+    row.iter()
+        .flatten()
+        .map(|(name, value)| (name.as_ref(), value.get()))
+        .collect()
+}

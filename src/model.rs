@@ -1,0 +1,168 @@
+//! Domain types shared by every stage: what a decoded database change and a
+//! decoded cache event are once they leave the decoders, and where a record
+//! came from.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// Event time in milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// The operation a CDC record describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Op {
+    Create,
+    Update,
+    Delete,
+    /// A snapshot read (Debezium `r`, Maxwell `bootstrap-insert`).
+    Read,
+    Truncate,
+}
+
+impl Op {
+    /// The short code used in outputs and ids (Debezium's letters).
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Create => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Read => "r",
+            Op::Truncate => "t",
+        }
+    }
+
+    /// Creates, updates and deletes oblige the services to invalidate the
+    /// cache keys of the row; snapshot reads and truncates do not.
+    pub fn obliges_invalidation(self) -> bool {
+        matches!(self, Op::Create | Op::Update | Op::Delete)
+    }
+}
+
+/// A row version, compared lexicographically.
+///
+/// For `column` version sources `major` is the column value and `minor` is 0.
+/// For `lsn` it is (commit LSN, change LSN), for `binlog` (file and position,
+/// row) or (GTID transaction number, row), for `ts_ms` (commit time, order in
+/// the transaction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Version {
+    pub major: u64,
+    pub minor: u64,
+}
+
+impl Version {
+    pub fn new(major: u64, minor: u64) -> Self {
+        Version { major, minor }
+    }
+
+    /// A single-component version (a version column's value).
+    pub fn scalar(major: u64) -> Self {
+        Version { major, minor: 0 }
+    }
+
+    /// Whether a cache event that carries version `v` is at least this
+    /// version. Cache events carry one integer, compared with `major`.
+    pub fn covered_by(self, v: u64) -> bool {
+        v >= self.major
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.minor == 0 {
+            write!(f, "{}", self.major)
+        } else {
+            write!(f, "{}.{}", self.major, self.minor)
+        }
+    }
+}
+
+/// Where a record came from, carried into the `evidence` of the events that
+/// rest on it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The Kafka topic, or the input file's path for a bare line of a file.
+    pub topic: Arc<str>,
+    /// The Kafka partition (0 for a bare line of a file).
+    pub partition: i32,
+    /// The Kafka offset, or the 1-based line number for a bare line of a file.
+    pub offset: i64,
+    /// True when `topic` is a file path and `offset` a line number.
+    pub from_file: bool,
+}
+
+/// Whether a cache event removes keys from the cache or writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CacheAction {
+    Invalidate,
+    Fill,
+}
+
+/// The `operation` field of a cache event, as the service wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CacheOperation {
+    Invalidate,
+    Delete,
+    Update,
+    Set,
+    Fill,
+}
+
+impl CacheOperation {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "invalidate" => CacheOperation::Invalidate,
+            "delete" => CacheOperation::Delete,
+            "update" => CacheOperation::Update,
+            "set" => CacheOperation::Set,
+            "fill" => CacheOperation::Fill,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOperation::Invalidate => "invalidate",
+            CacheOperation::Delete => "delete",
+            CacheOperation::Update => "update",
+            CacheOperation::Set => "set",
+            CacheOperation::Fill => "fill",
+        }
+    }
+
+    pub fn action(self) -> CacheAction {
+        match self {
+            CacheOperation::Invalidate | CacheOperation::Delete | CacheOperation::Update => {
+                CacheAction::Invalidate
+            }
+            CacheOperation::Set | CacheOperation::Fill => CacheAction::Fill,
+        }
+    }
+}
+
+/// A decoded cache event (DESIGN.md section 2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheEvent {
+    pub operation: CacheOperation,
+    /// The cache keys, never empty; a key containing `*` is a glob (only
+    /// invalidations may carry globs).
+    pub keys: Vec<String>,
+    pub entity_type: Option<String>,
+    pub entity_id: Option<String>,
+    pub source_service: Option<String>,
+    pub version: Option<u64>,
+    pub ts_ms: Millis,
+}
+
+impl CacheEvent {
+    pub fn action(&self) -> CacheAction {
+        self.operation.action()
+    }
+}
+
+/// Whether a cache key is a glob pattern (wildcard invalidation).
+pub fn is_glob(key: &str) -> bool {
+    key.contains('*')
+}
