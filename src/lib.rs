@@ -1,10 +1,45 @@
 //! # vigil: a consistency watchdog for cached data
 //!
+//! vigil reads a database's change stream and the cache invalidations and
+//! fills that services publish, and reports, as they happen, the ways a cache
+//! comes to lie: changes whose keys were not invalidated in time, fills of
+//! stale versions, fills after deletes, and version regressions, gaps and
+//! conflicts in the change stream. `../shared/DESIGN.md` is the contract.
+//!
+//! ## Map of the crate, in the order data flows
+//!
 //! - [`formats`]: decoders for Debezium, Maxwell, Canal, cache events and
 //!   `kcat -J` lines (bytes in, format-neutral views out);
-//! - [`model`]: the domain types every stage shares;
-//! - [`dead_letter`]: the reasons a record cannot be used.
+//! - [`mapping`]: a decoded change and `[[tables]]` in, a [`mapping::Change`]
+//!   with entity, cache keys, version and commit time out;
+//! - [`ingest`]: decode + map for one raw record, shared by every source;
+//!   failures become [`dead_letter`]s with a reason code;
+//! - [`pipeline`]: router, workers and sink on threads and bounded channels:
+//!   watermarks, sharding by key and entity, checkpoints;
+//! - [`detect`]: the pure detectors ([`detect::entity`], [`detect::key`]);
+//! - [`time`]: clock, watermarks, timer queue;
+//! - [`state`]: the RocksDB store (and an in-memory one for tests);
+//! - [`events`]: violations and their CloudEvents form, [`hash`] their ids;
+//! - [`io`]: file inputs and outputs;
+//! - [`modes`]: `vigil check`, `vigil gen` ([`modes::generate`]); [`cli`] their flags;
+//! - [`config`]: the TOML configuration; [`telemetry`]: counters and logs;
+//! - [`model`]: the domain types every stage shares; [`workload`]: the
+//!   synthetic workload generator behind `vigil gen`.
 
+pub mod cli;
+pub mod config;
 pub mod dead_letter;
+pub mod detect;
+pub mod events;
 pub mod formats;
+pub mod hash;
+pub mod ingest;
+pub mod io;
+pub mod mapping;
 pub mod model;
+pub mod modes;
+pub mod pipeline;
+pub mod state;
+pub mod telemetry;
+pub mod time;
+pub mod workload;

@@ -1,0 +1,209 @@
+//! The command line: subcommands and their flags, with the help text users
+//! read (`vigil <command> --help`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// vigil: a real-time consistency watchdog for cached data.
+///
+/// vigil reads a database's change stream (Debezium, Maxwell or Canal JSON)
+/// and the cache invalidations and fills that services publish, keeps
+/// per-key version state in RocksDB, and reports caches that lie: changes
+/// whose keys were not invalidated in time, fills of stale versions, fills
+/// after deletes, and version regressions, gaps and conflicts.
+///
+/// Exit status: 0 ran; 1 violations found (with --fail-on-violation);
+/// 2 usage or configuration error; 4 runtime failure (I/O, state store).
+#[derive(Debug, Parser)]
+#[command(
+    name = "vigil",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, help_heading = "Logging")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing syntax: "info", "vigil=debug", ...); the
+    /// RUST_LOG environment variable overrides it.
+    #[arg(long, global = true, default_value = "info", help_heading = "Logging")]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line, for log pipelines.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check CDC and cache-event files offline: every violation, every dead
+    /// letter, and a JSON summary.
+    ///
+    /// Reads CDC files and cache-event files as parallel streams, runs the same
+    /// engine as `vigil run`, and writes:
+    ///
+    ///   DIR/violations.ndjson  one CloudEvents 1.0 JSON object a line per
+    ///                          violation (type vigil.violation.<kind>);
+    ///   DIR/dlq.ndjson         one line per input line that could not be
+    ///                          decoded or mapped: file, line, reason (a fixed
+    ///                          code), stage, message and the original line.
+    ///
+    /// A JSON summary goes to stdout: records read per input, changes, cache
+    /// events, violations by kind, dead letters by reason, records skipped by
+    /// kind (tombstones, heartbeats, transaction metadata...), elapsed seconds
+    /// and events per second. Progress goes to stderr every few seconds.
+    ///
+    /// Input lines are either a bare message value or a `kcat -J` line (topic,
+    /// partition, offset, ts, key, payload), so a topic dumped with kcat can be
+    /// checked as it is. The end of input makes every verdict final.
+    ///
+    /// Exit status: 0 it ran; 1 violations were found and --fail-on-violation
+    /// was given; 2 usage or configuration error; 4 runtime failure (I/O,
+    /// state store).
+    #[command(verbatim_doc_comment)]
+    Check(CheckArgs),
+    /// Generate a synthetic workload with labelled faults, and the
+    /// violations a correct engine must report for it.
+    ///
+    /// Writes DIR/cdc.ndjson (CDC records), DIR/cache.ndjson (invalidations
+    /// and fills), DIR/expected.ndjson (the violations a correct engine must
+    /// report, one JSON object a line: kind, key, table, pk, version and, for
+    /// late invalidations, lag_ms) and
+    /// DIR/vigil.toml (the configuration that maps the generated tables).
+    ///
+    /// Every change's keys are invalidated in time and fills carry the current
+    /// version, except where a fault is injected. Duplicate deliveries, clock
+    /// skew within tolerance and reordering between the two files are added
+    /// as noise that a correct engine must not report.
+    #[command(verbatim_doc_comment)]
+    Gen(GenArgs),
+}
+
+/// Flags of `vigil check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Configuration file (TOML); without it the embedded default
+    /// (config/default.toml, no tables mapped) is used.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// CDC input files (Debezium, Maxwell or Canal JSON; repeat the flag or
+    /// list several paths).
+    #[arg(long, value_name = "PATH", num_args = 1..)]
+    pub cdc: Vec<PathBuf>,
+
+    /// Cache-event input files (invalidations and fills).
+    #[arg(long, value_name = "PATH", num_args = 1..)]
+    pub cache: Vec<PathBuf>,
+
+    /// Output directory (created if missing; its two files are replaced).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// RocksDB state directory to use and keep. Without it a fresh one is
+    /// made in DIR and removed at the end, so that runs are independent.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+
+    /// Exit with status 1 when any violation was found.
+    #[arg(long)]
+    pub fail_on_violation: bool,
+
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Flags of `vigil gen`.
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Output directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Total number of records (CDC and cache events together).
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+
+    /// Number of distinct entities (rows), each cached under one or two keys.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+
+    /// Number of tables.
+    #[arg(long, default_value_t = 3)]
+    pub tables: u32,
+
+    /// Records per second of event time (the span of the workload).
+    #[arg(long, default_value_t = 10_000)]
+    pub rate: u64,
+
+    /// Format of the CDC records.
+    #[arg(long, value_enum, default_value_t = CdcFormatArg::Debezium)]
+    pub format: CdcFormatArg,
+
+    /// Write `kcat -J` lines (topic, partition, offset, key, payload)
+    /// instead of bare message values.
+    #[arg(long)]
+    pub kcat: bool,
+
+    /// Share of changes whose invalidation of one key is dropped.
+    #[arg(long, default_value_t = 0.01)]
+    pub missing_rate: f64,
+
+    /// Share of changes whose invalidation of one key comes after the deadline.
+    #[arg(long, default_value_t = 0.01)]
+    pub late_rate: f64,
+
+    /// Share of updates followed by a fill of the previous version.
+    #[arg(long, default_value_t = 0.01)]
+    pub stale_fill_rate: f64,
+
+    /// Share of deletes followed by a fill of the deleted row.
+    #[arg(long, default_value_t = 0.05)]
+    pub fill_after_delete_rate: f64,
+
+    /// Share of updates followed by a change with an older version.
+    #[arg(long, default_value_t = 0.005)]
+    pub regression_rate: f64,
+
+    /// Share of updates that skip a version.
+    #[arg(long, default_value_t = 0.005)]
+    pub gap_rate: f64,
+
+    /// Share of updates followed by another change of the same version
+    /// with different data.
+    #[arg(long, default_value_t = 0.005)]
+    pub conflict_rate: f64,
+
+    /// Share of records delivered twice.
+    #[arg(long, default_value_t = 0.01)]
+    pub duplicate_rate: f64,
+
+    /// Seed of the random generator: the same seed gives the same files.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CdcFormatArg {
+    /// Debezium envelope (before/after/source/op) without schema.
+    Debezium,
+    /// Debezium envelope inside the JSON converter's schema/payload wrapper.
+    DebeziumSchema,
+    /// Debezium flattened by ExtractNewRecordState (__op, __table, ...).
+    DebeziumFlat,
+    /// Maxwell JSON.
+    Maxwell,
+    /// Canal flat-message JSON.
+    Canal,
+}

@@ -1,0 +1,507 @@
+//! Configuration: TOML with environment overrides, every field documented
+//! with its default (the same text as `config/default.toml`), validated at
+//! start so that a bad setting fails with a message naming it.
+//!
+//! Environment overrides: `VIGIL_<SECTION>__<FIELD>=value`, for example
+//! `VIGIL_DETECT__DEADLINE=10s` or `VIGIL_STATE__PATH=/var/lib/vigil`. The
+//! value is read as a TOML value when it parses as one (numbers, booleans,
+//! arrays), else as a string. `[[tables]]` cannot be overridden this way.
+
+mod template;
+mod units;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use template::{KeyTemplate, Segment, VersionSource};
+pub use units::{ByteSize, Dur};
+
+/// The embedded default configuration: every setting at its default.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// Prefix of environment variables that override settings.
+pub const ENV_PREFIX: &str = "VIGIL_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("invalid environment override {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid setting `{setting}`: {message}")]
+    Invalid { setting: String, message: String },
+}
+
+fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting: setting.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub detect: DetectConfig,
+    /// Tables and the cache keys that cache their rows. Default: none.
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
+    #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
+    pub inputs: InputsConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub outputs: OutputsConfig,
+}
+
+/// `[detect]`: the semantics knobs of DESIGN.md sections 4 and 6.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    /// Time a change's cache keys have to be invalidated. Default `"30s"`.
+    pub deadline: Dur,
+    /// Clock skew tolerated between the database and the services.
+    /// Default `"100ms"`.
+    pub skew: Dur,
+    /// How long the watermark waits for slower inputs. Default `"5s"`.
+    pub allowed_lateness: Dur,
+    /// An input partition idle for longer stops holding the watermark back
+    /// (live mode). Default `"10s"`.
+    pub idle_timeout: Dur,
+    /// After a `missing_invalidation`, how long (event time) vigil waits for
+    /// a late invalidation to report as `late_invalidation`. Default `"1h"`.
+    pub late_window: Dur,
+    /// Changes remembered per cache key (pending ones and recent history).
+    /// When a key exceeds it, its oldest decided changes are forgotten first
+    /// (counted in `key_history_evictions`). Default `64`.
+    pub max_changes_per_key: usize,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            deadline: Dur::from_secs(30),
+            skew: Dur::from_millis(100),
+            allowed_lateness: Dur::from_secs(5),
+            idle_timeout: Dur::from_secs(10),
+            late_window: Dur::from_secs(3_600),
+            max_changes_per_key: 64,
+        }
+    }
+}
+
+/// `[[tables]]`: one table and the cache keys that cache its rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// PostgreSQL `schema.table`; MySQL, Maxwell and Canal `database.table`.
+    pub table: String,
+    /// Primary-key columns, used when a record carries no Kafka key.
+    /// Default: none (the Kafka key, or the record's own primary-key list).
+    #[serde(default)]
+    pub pk: Vec<String>,
+    /// Cache-key templates over row columns, such as `"user:{id}"`.
+    pub keys: Vec<KeyTemplate>,
+    /// Version source: `"column:NAME"`, `"lsn"`, `"binlog"` or `"ts_ms"`.
+    /// Default `"ts_ms"`.
+    #[serde(default = "default_version")]
+    pub version: VersionSource,
+    /// Versions step by exactly one (only with a version column).
+    /// Default `false`.
+    #[serde(default)]
+    pub contiguous: bool,
+    /// Overrides `detect.deadline` for this table. Default: none.
+    #[serde(default)]
+    pub deadline: Option<Dur>,
+}
+
+fn default_version() -> VersionSource {
+    VersionSource::TsMs
+}
+
+/// `[state]`: where and how long state is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// RocksDB directory. Default `"./vigil-state"`.
+    pub path: PathBuf,
+    /// Keys and entities untouched for longer (event time) are removed.
+    /// Default `"7d"`.
+    pub retention: Dur,
+    /// How often state and input offsets are committed together.
+    /// Default `"1s"`.
+    pub checkpoint_interval: Dur,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            path: PathBuf::from("./vigil-state"),
+            retention: Dur::from_secs(7 * 86_400),
+            checkpoint_interval: Dur::from_secs(1),
+        }
+    }
+}
+
+/// What to do with changes of tables that `[[tables]]` does not map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmappedTables {
+    /// Send them to the dead-letter output (reason `unmapped_table`), so they
+    /// can be replayed once the table is mapped.
+    Dlq,
+    /// Count them (`unmapped` in the summary) and go on.
+    Count,
+}
+
+/// `[inputs]`: how input records are read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputsConfig {
+    /// `"dlq"` or `"count"`. Default `"dlq"`.
+    pub unmapped_tables: UnmappedTables,
+    /// Larger records are dead letters (`record_too_large`). Default `"1MiB"`.
+    pub max_record_bytes: ByteSize,
+}
+
+impl Default for InputsConfig {
+    fn default() -> Self {
+        InputsConfig {
+            unmapped_tables: UnmappedTables::Dlq,
+            max_record_bytes: ByteSize(1 << 20),
+        }
+    }
+}
+
+/// `[pipeline]`: threads and batching.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Worker threads that own key and entity state; 0 means one per core.
+    /// Default `0`.
+    pub workers: usize,
+    /// Records per batch between stages. Default `1024`.
+    pub batch_size: usize,
+    /// Batches queued between two stages before the producer waits
+    /// (back-pressure). Default `16`.
+    pub queue_batches: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            workers: 0,
+            batch_size: 1024,
+            queue_batches: 16,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// The number of workers, resolving `0` to the number of cores.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        }
+    }
+}
+
+/// `[outputs]`: how output events are written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputsConfig {
+    /// CloudEvents `source` attribute of every event. Default `"/vigil"`.
+    pub source: String,
+}
+
+impl Default for OutputsConfig {
+    fn default() -> Self {
+        OutputsConfig {
+            source: "/vigil".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads a config file (or the embedded default when `path` is `None`),
+    /// applies `VIGIL_*` environment overrides and validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// [`Config::load`] with the environment given explicitly (for tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (origin, text) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                (p.display().to_string(), text)
+            }
+            None => ("(embedded default)".to_string(), DEFAULT_TOML.to_string()),
+        };
+        Self::parse_with_env(&origin, &text, env)
+    }
+
+    /// Parses TOML text (`origin` names it in errors), applies environment
+    /// overrides and validates.
+    pub fn parse_with_env(
+        origin: &str,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let parse_err = |e: toml::de::Error| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        };
+        // Parse the file on its own first: errors then carry line and column.
+        let from_file: Config = toml::from_str(text).map_err(parse_err)?;
+        let overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        let config = if overrides.is_empty() {
+            from_file
+        } else {
+            let mut tree: toml::Table = toml::from_str(text).map_err(parse_err)?;
+            for (var, value) in &overrides {
+                apply_override(&mut tree, var, value)?;
+            }
+            let vars: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
+            Config::deserialize(toml::Value::Table(tree)).map_err(|e| ConfigError::Env {
+                var: vars.join(", "),
+                message: e.to_string(),
+            })?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot: relations between settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.detect;
+        if d.deadline.0.is_zero() {
+            return Err(invalid("detect.deadline", "must be greater than zero"));
+        }
+        if d.skew >= d.deadline {
+            return Err(invalid(
+                "detect.skew",
+                format!(
+                    "({}) must be smaller than detect.deadline ({})",
+                    d.skew, d.deadline
+                ),
+            ));
+        }
+        if d.max_changes_per_key < 2 {
+            return Err(invalid("detect.max_changes_per_key", "must be at least 2"));
+        }
+        let mut names = BTreeSet::new();
+        for (i, t) in self.tables.iter().enumerate() {
+            let at = |field: &str| format!("tables[{i}].{field}");
+            if t.table.trim().is_empty() {
+                return Err(invalid(at("table"), "must not be empty"));
+            }
+            if !names.insert(t.table.as_str()) {
+                return Err(invalid(
+                    at("table"),
+                    format!("{:?} is mapped twice", t.table),
+                ));
+            }
+            if t.keys.is_empty() {
+                return Err(invalid(
+                    at("keys"),
+                    format!("table {:?} needs at least one key template", t.table),
+                ));
+            }
+            if t.pk.iter().any(|c| c.trim().is_empty()) {
+                return Err(invalid(at("pk"), "column names must not be empty"));
+            }
+            if t.contiguous && !t.version.is_row_version() {
+                return Err(invalid(
+                    at("contiguous"),
+                    format!(
+                        "table {:?}: contiguous versions need a version column (version = \"column:NAME\"), not {:?}",
+                        t.table,
+                        String::from(t.version.clone())
+                    ),
+                ));
+            }
+            if let Some(dl) = t.deadline
+                && dl <= d.skew
+            {
+                return Err(invalid(
+                    at("deadline"),
+                    format!("({dl}) must be greater than detect.skew ({})", d.skew),
+                ));
+            }
+        }
+        if self.state.checkpoint_interval.0.is_zero() {
+            return Err(invalid(
+                "state.checkpoint_interval",
+                "must be greater than zero",
+            ));
+        }
+        if self.state.retention < d.late_window {
+            return Err(invalid(
+                "state.retention",
+                format!(
+                    "({}) must be at least detect.late_window ({})",
+                    self.state.retention, d.late_window
+                ),
+            ));
+        }
+        if self.inputs.max_record_bytes.0 < 1024 {
+            return Err(invalid("inputs.max_record_bytes", "must be at least 1KiB"));
+        }
+        if self.pipeline.batch_size == 0 {
+            return Err(invalid("pipeline.batch_size", "must be at least 1"));
+        }
+        if self.pipeline.queue_batches == 0 {
+            return Err(invalid("pipeline.queue_batches", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The deadline of a table (its override, else `detect.deadline`).
+    pub fn deadline_of(&self, table: &TableConfig) -> Dur {
+        table.deadline.unwrap_or(self.detect.deadline)
+    }
+}
+
+/// Applies `VIGIL_SECTION__FIELD=value` to a parsed TOML tree.
+fn apply_override(tree: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
+    let env_err = |message: String| ConfigError::Env {
+        var: var.to_string(),
+        message,
+    };
+    let path: Vec<String> = var[ENV_PREFIX.len()..]
+        .split("__")
+        .map(|p| p.to_ascii_lowercase())
+        .collect();
+    if path.len() < 2 || path.iter().any(String::is_empty) {
+        return Err(env_err(format!(
+            "expected {ENV_PREFIX}<SECTION>__<FIELD>, like VIGIL_DETECT__DEADLINE"
+        )));
+    }
+    if path[0] == "tables" {
+        return Err(env_err(
+            "[[tables]] cannot be set from the environment".into(),
+        ));
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let (last, sections) = path.split_last().expect("path has at least two parts");
+    let mut node = tree;
+    for section in sections {
+        let entry = node
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = entry
+            .as_table_mut()
+            .ok_or_else(|| env_err(format!("`{section}` is not a section")))?;
+    }
+    node.insert(last.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_with_env("test", text, Vec::new())
+    }
+
+    #[test]
+    fn default_toml_is_exactly_the_defaults() {
+        let parsed = parse(DEFAULT_TOML).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn example_toml_parses() {
+        let text = include_str!("../../config/example.toml");
+        let config = parse(text).unwrap();
+        assert!(!config.tables.is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let err = parse("[detect]\ndedline = \"3s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dedline"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let err = parse("[detect]\ndeadline = \"3 parsecs\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("deadline") && err.contains("3 parsecs"),
+            "{err}"
+        );
+        let err = parse("[[tables]]\ntable = \"a.b\"\nkeys = [\"k:{id\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unclosed"), "{err}");
+        let err = parse("[[tables]]\ntable = \"a.b\"\nkeys = [\"k:{id}\"]\ncontiguous = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tables[0].contiguous"), "{err}");
+        let err = parse("[detect]\nskew = \"40s\"\n").unwrap_err().to_string();
+        assert!(err.contains("detect.skew"), "{err}");
+        let twice = "[[tables]]\ntable = \"a.b\"\nkeys = [\"k:{id}\"]\n".repeat(2);
+        assert!(
+            parse(&twice)
+                .unwrap_err()
+                .to_string()
+                .contains("mapped twice")
+        );
+    }
+
+    #[test]
+    fn environment_overrides_apply_and_are_named_when_wrong() {
+        let env = vec![
+            ("VIGIL_DETECT__DEADLINE".to_string(), "12s".to_string()),
+            ("VIGIL_PIPELINE__WORKERS".to_string(), "3".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let c = Config::parse_with_env("t", "", env).unwrap();
+        assert_eq!(c.detect.deadline, Dur::from_secs(12));
+        assert_eq!(c.pipeline.workers, 3);
+
+        let bad = vec![("VIGIL_DETECT__DEADLINE".to_string(), "soon".to_string())];
+        let err = Config::parse_with_env("t", "", bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("VIGIL_DETECT__DEADLINE") && err.contains("soon"),
+            "{err}"
+        );
+
+        let tables = vec![("VIGIL_TABLES__X".to_string(), "1".to_string())];
+        assert!(Config::parse_with_env("t", "", tables).is_err());
+    }
+}

@@ -1,0 +1,473 @@
+//! Key checks (DESIGN.md section 4): missing and late invalidations, stale
+//! fills and fills after a delete, for one cache key. Pure: records and the
+//! watermark in, verdicts out.
+//!
+//! Verdicts wait for the watermark, so they do not depend on how the CDC and
+//! cache inputs interleave:
+//! - a change is judged once the watermark passes its deadline (`t +
+//!   deadline`): covered in time, or `missing_invalidation`; a missed change
+//!   then waits up to `late_window` for its first covering invalidation, and
+//!   reports it as `late_invalidation` once the watermark passes it;
+//! - a fill is judged once the watermark passes its time, against `L`, the
+//!   latest create, update or delete of the key committed more than `skew`
+//!   before it.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::{Violation, ViolationKind};
+use crate::hash;
+use crate::mapping::Change;
+use crate::model::{Millis, Op, Provenance, Version};
+
+/// Ids of changes and fills remembered per key to recognise redeliveries.
+pub const SEEN_IDS: usize = 32;
+
+/// The knobs of the key checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRules {
+    pub skew_ms: i64,
+    pub late_window_ms: i64,
+    pub max_changes: usize,
+}
+
+/// Where a change stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// Waiting for its deadline.
+    Pending,
+    /// Reported missing; waiting for a late invalidation.
+    Missed,
+    /// Nothing more to report; kept as history for fills.
+    Decided,
+}
+
+/// The earliest invalidation that covers a change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cover {
+    pub ts: Millis,
+    pub service: Option<Arc<str>>,
+    pub evidence: Provenance,
+}
+
+/// A change as the key remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyChange {
+    pub id: u64,
+    pub entity: u64,
+    pub table: Arc<str>,
+    pub pk: Arc<str>,
+    pub op: Op,
+    pub version: Option<Version>,
+    pub ts: Millis,
+    pub deadline_ms: i64,
+    pub status: Status,
+    pub cover: Option<Cover>,
+    pub evidence: Provenance,
+}
+
+impl KeyChange {
+    fn due(&self) -> Millis {
+        self.ts.saturating_add(self.deadline_ms)
+    }
+
+    /// The end of the late window of a missed change.
+    fn window_end(&self, rules: &KeyRules) -> Millis {
+        self.due().saturating_add(rules.late_window_ms)
+    }
+
+    /// The cover that can still resolve a missed change: one within its late
+    /// window. (An invalidation beyond it must not count, whether or not it
+    /// happened to be read before the window closed.)
+    fn late_cover(&self, rules: &KeyRules) -> Option<&Cover> {
+        self.cover
+            .as_ref()
+            .filter(|c| c.ts <= self.window_end(rules))
+    }
+
+    /// Ordering by commit time; version and id break ties deterministically.
+    fn order(&self) -> (Millis, Option<Version>, u64) {
+        (self.ts, self.version, self.id)
+    }
+}
+
+/// An invalidation of the key (or of a glob matching it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invalidation {
+    pub ts: Millis,
+    pub version: Option<u64>,
+    pub service: Option<Arc<str>>,
+    pub evidence: Provenance,
+}
+
+impl Invalidation {
+    /// DESIGN.md section 4: I covers C = (K, V, t) when I.ts >= t - skew and,
+    /// where both carry a version, I.version >= V.
+    pub fn covers(&self, c: &KeyChange, skew_ms: i64) -> bool {
+        self.ts >= c.ts.saturating_sub(skew_ms)
+            && match (self.version, c.version) {
+                (Some(iv), Some(cv)) => cv.covered_by(iv),
+                _ => true,
+            }
+    }
+}
+
+/// A fill waiting for the watermark.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fill {
+    pub id: u64,
+    pub ts: Millis,
+    pub version: Option<u64>,
+    pub service: Option<Arc<str>>,
+    pub evidence: Provenance,
+}
+
+/// What advancing the watermark over a key decided.
+#[derive(Debug, Default)]
+pub struct Decisions {
+    pub violations: Vec<Violation>,
+    /// Changes invalidated within their deadline: table and lag (ms).
+    pub in_time: Vec<(Arc<str>, i64)>,
+    /// Missed changes whose late window ended without an invalidation.
+    pub expired: u64,
+    /// Undecided changes forgotten because the key exceeded its limit.
+    pub evicted: u64,
+}
+
+/// Everything vigil remembers of one cache key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyState {
+    /// Sorted by [`KeyChange::order`].
+    pub changes: Vec<KeyChange>,
+    /// Recent invalidations, kept for changes that arrive after them.
+    pub invalidations: Vec<Invalidation>,
+    pub fills: Vec<Fill>,
+    /// Recent change and fill ids, oldest first.
+    pub seen: Vec<u64>,
+    /// Latest event time seen at this key (drives retention).
+    pub touched: Millis,
+}
+
+impl KeyState {
+    /// Remembers an id; false if it was already seen (a redelivery).
+    fn first_sighting(&mut self, id: u64) -> bool {
+        if self.seen.contains(&id) {
+            return false;
+        }
+        if self.seen.len() == SEEN_IDS {
+            self.seen.remove(0);
+        }
+        self.seen.push(id);
+        true
+    }
+
+    fn touch(&mut self, ts: Millis) {
+        self.touched = self.touched.max(ts);
+    }
+
+    /// A create, update or delete of a row cached under this key.
+    /// `wildcards` are the retained glob invalidations matching the key.
+    /// Returns false for a redelivery, which changes nothing.
+    pub fn on_change<'a>(
+        &mut self,
+        change: &Change,
+        wildcards: impl Iterator<Item = &'a Invalidation>,
+        rules: &KeyRules,
+    ) -> bool {
+        debug_assert!(change.op.obliges_invalidation());
+        if !self.first_sighting(change.id) {
+            return false;
+        }
+        self.touch(change.commit_ts_ms);
+        let mut entry = KeyChange {
+            id: change.id,
+            entity: change.entity,
+            table: Arc::clone(&change.table),
+            pk: Arc::clone(&change.pk),
+            op: change.op,
+            version: change.version,
+            ts: change.commit_ts_ms,
+            deadline_ms: change.rules.deadline_ms,
+            status: Status::Pending,
+            cover: None,
+            evidence: change.provenance.clone(),
+        };
+        for inv in &self.invalidations {
+            offer_cover(&mut entry, inv, rules.skew_ms);
+        }
+        for inv in wildcards {
+            offer_cover(&mut entry, inv, rules.skew_ms);
+        }
+        let at = self.changes.partition_point(|c| c.order() < entry.order());
+        self.changes.insert(at, entry);
+        true
+    }
+
+    /// An invalidation of this key. `retain` keeps it for changes that
+    /// arrive later (glob invalidations are retained by the caller instead).
+    pub fn on_invalidation(&mut self, inv: &Invalidation, retain: bool, rules: &KeyRules) {
+        self.touch(inv.ts);
+        for c in &mut self.changes {
+            if c.status != Status::Decided {
+                offer_cover(c, inv, rules.skew_ms);
+            }
+        }
+        if retain {
+            if self.invalidations.len() >= rules.max_changes {
+                self.invalidations.remove(0);
+            }
+            self.invalidations.push(inv.clone());
+        }
+    }
+
+    /// A fill of this key. Returns false for a redelivery.
+    pub fn on_fill(&mut self, fill: Fill) -> bool {
+        if !self.first_sighting(fill.id) {
+            return false;
+        }
+        self.touch(fill.ts);
+        self.fills.push(fill);
+        true
+    }
+
+    /// Decides everything the watermark `wm` has made final, forgets what no
+    /// later record can need, and returns when the key next needs the
+    /// watermark (its next due time), if ever.
+    pub fn advance(
+        &mut self,
+        key: &Arc<str>,
+        wm: Millis,
+        rules: &KeyRules,
+        out: &mut Decisions,
+    ) -> Option<Millis> {
+        for c in &mut self.changes {
+            decide_change(c, key, wm, rules, out);
+        }
+        let (ready, waiting): (Vec<Fill>, Vec<Fill>) = std::mem::take(&mut self.fills)
+            .into_iter()
+            .partition(|f| f.ts <= wm);
+        self.fills = waiting;
+        for fill in &ready {
+            if let Some(v) = self.judge_fill(fill, key, rules) {
+                out.violations.push(v);
+            }
+        }
+        let horizon = wm.saturating_sub(rules.skew_ms);
+        self.invalidations.retain(|i| i.ts >= horizon);
+        self.forget_history(horizon, rules.max_changes, out);
+        self.next_due(rules)
+    }
+
+    /// Whether the key holds nothing worth keeping.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.invalidations.is_empty() && self.fills.is_empty()
+    }
+
+    /// The next time the watermark must reach for something to happen here.
+    pub fn next_due(&self, rules: &KeyRules) -> Option<Millis> {
+        let changes = self.changes.iter().filter_map(|c| match c.status {
+            Status::Pending => Some(c.due()),
+            Status::Missed => Some(
+                c.late_cover(rules)
+                    .map_or(c.window_end(rules), |cover| cover.ts),
+            ),
+            Status::Decided => None,
+        });
+        let fills = self.fills.iter().map(|f| f.ts);
+        let expiries = self
+            .invalidations
+            .iter()
+            .map(|i| i.ts.saturating_add(rules.skew_ms).saturating_add(1));
+        changes.chain(fills).chain(expiries).min()
+    }
+
+    /// L: the latest create, update or delete committed before `before`.
+    fn latest_before(&self, before: Millis) -> Option<&KeyChange> {
+        let end = self.changes.partition_point(|c| c.ts < before);
+        self.changes[..end].last()
+    }
+
+    fn judge_fill(&self, fill: &Fill, key: &Arc<str>, rules: &KeyRules) -> Option<Violation> {
+        let latest = self.latest_before(fill.ts.saturating_sub(rules.skew_ms))?;
+        let kind = match latest.op {
+            Op::Create | Op::Update => match (fill.version, latest.version) {
+                (Some(vf), Some(vl)) if vf < vl.major => ViolationKind::StaleFill,
+                _ => return None,
+            },
+            Op::Delete => {
+                let recreated = self.changes.iter().any(|c| {
+                    c.entity == latest.entity
+                        && matches!(c.op, Op::Create | Op::Update)
+                        && c.ts > latest.ts
+                        && c.ts <= fill.ts
+                });
+                if recreated {
+                    return None;
+                }
+                ViolationKind::FillAfterDelete
+            }
+            Op::Read | Op::Truncate => return None,
+        };
+        Some(Violation {
+            id: hash::event_id(kind.as_str(), Some(key), fill.id),
+            kind,
+            key: Some(Arc::clone(key)),
+            table: Arc::clone(&latest.table),
+            pk: Arc::clone(&latest.pk),
+            op: Some(latest.op),
+            version: fill.version.map(Version::scalar),
+            latest_version: latest.version,
+            expected_version: None,
+            change_ts_ms: Some(latest.ts),
+            cache_ts_ms: Some(fill.ts),
+            deadline_ms: None,
+            lag_ms: None,
+            source_service: fill.service.clone(),
+            evidence: vec![fill.evidence.clone(), latest.evidence.clone()],
+            time_ms: fill.ts,
+        })
+    }
+
+    /// Keeps what later records may need: undecided changes, every change at
+    /// or after `horizon` (the fills still to come look back from there), and
+    /// the latest change before it (their `L`); then enforces the limit.
+    fn forget_history(&mut self, horizon: Millis, max_changes: usize, out: &mut Decisions) {
+        let before = self.changes.partition_point(|c| c.ts < horizon);
+        if before > 1 {
+            let mut index = 0;
+            self.changes.retain(|c| {
+                let keep = index + 1 >= before || c.status != Status::Decided;
+                index += 1;
+                keep
+            });
+        }
+        while self.changes.len() > max_changes {
+            let victim = self
+                .changes
+                .iter()
+                .position(|c| c.status == Status::Decided)
+                .unwrap_or_else(|| {
+                    out.evicted += 1;
+                    0
+                });
+            self.changes.remove(victim);
+        }
+    }
+}
+
+/// Records `inv` as the change's cover if it covers it and is earlier than
+/// the cover known so far.
+fn offer_cover(c: &mut KeyChange, inv: &Invalidation, skew_ms: i64) {
+    if inv.covers(c, skew_ms) && c.cover.as_ref().is_none_or(|cover| inv.ts < cover.ts) {
+        c.cover = Some(Cover {
+            ts: inv.ts,
+            service: inv.service.clone(),
+            evidence: inv.evidence.clone(),
+        });
+    }
+}
+
+fn decide_change(
+    c: &mut KeyChange,
+    key: &Arc<str>,
+    wm: Millis,
+    rules: &KeyRules,
+    out: &mut Decisions,
+) {
+    if c.status == Status::Pending && c.due() <= wm {
+        match &c.cover {
+            Some(cover) if cover.ts <= c.due() => {
+                c.status = Status::Decided;
+                out.in_time
+                    .push((Arc::clone(&c.table), (cover.ts - c.ts).max(0)));
+            }
+            _ => {
+                c.status = Status::Missed;
+                out.violations.push(change_violation(
+                    c,
+                    key,
+                    ViolationKind::MissingInvalidation,
+                    c.due(),
+                ));
+            }
+        }
+    }
+    if c.status == Status::Missed {
+        match c.late_cover(rules) {
+            Some(cover) if cover.ts <= wm => {
+                let mut v = change_violation(c, key, ViolationKind::LateInvalidation, cover.ts);
+                v.lag_ms = Some(cover.ts - c.ts);
+                v.cache_ts_ms = Some(cover.ts);
+                v.source_service = cover.service.clone();
+                v.evidence.push(cover.evidence.clone());
+                out.violations.push(v);
+                c.status = Status::Decided;
+            }
+            None if c.window_end(rules) <= wm => {
+                out.expired += 1;
+                c.status = Status::Decided;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn change_violation(
+    c: &KeyChange,
+    key: &Arc<str>,
+    kind: ViolationKind,
+    time_ms: Millis,
+) -> Violation {
+    Violation {
+        id: hash::event_id(kind.as_str(), Some(key), c.id),
+        kind,
+        key: Some(Arc::clone(key)),
+        table: Arc::clone(&c.table),
+        pk: Arc::clone(&c.pk),
+        op: Some(c.op),
+        version: c.version,
+        latest_version: None,
+        expected_version: None,
+        change_ts_ms: Some(c.ts),
+        cache_ts_ms: None,
+        deadline_ms: Some(c.deadline_ms),
+        lag_ms: None,
+        source_service: None,
+        evidence: vec![c.evidence.clone()],
+        time_ms,
+    }
+}
+
+/// Whether a cache key matches a glob where `*` stands for any run of
+/// characters (including none).
+pub fn glob_matches(pattern: &str, key: &str) -> bool {
+    let (p, k) = (pattern.as_bytes(), key.as_bytes());
+    let (mut pi, mut ki) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while ki < k.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            backtrack = Some((pi, ki));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == k[ki] {
+            pi += 1;
+            ki += 1;
+        } else if let Some((star, matched)) = backtrack {
+            pi = star + 1;
+            ki = matched + 1;
+            backtrack = Some((star, matched + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&b| b == b'*')
+}
+
+/// The literal text before a glob's first `*`: every matching key starts
+/// with it, so an ordered index can be scanned from there.
+pub fn glob_prefix(pattern: &str) -> &str {
+    pattern.split('*').next().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

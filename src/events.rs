@@ -1,0 +1,332 @@
+//! Output events: violations, and their CloudEvents 1.0 structured JSON form
+//! (DESIGN.md section 7).
+
+use std::sync::Arc;
+
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Millis, Op, Provenance, Version};
+
+/// The seven kinds of DESIGN.md section 4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViolationKind {
+    MissingInvalidation,
+    LateInvalidation,
+    StaleFill,
+    FillAfterDelete,
+    VersionRegression,
+    VersionGap,
+    ConflictingVersion,
+}
+
+impl ViolationKind {
+    pub const ALL: [ViolationKind; 7] = [
+        ViolationKind::MissingInvalidation,
+        ViolationKind::LateInvalidation,
+        ViolationKind::StaleFill,
+        ViolationKind::FillAfterDelete,
+        ViolationKind::VersionRegression,
+        ViolationKind::VersionGap,
+        ViolationKind::ConflictingVersion,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViolationKind::MissingInvalidation => "missing_invalidation",
+            ViolationKind::LateInvalidation => "late_invalidation",
+            ViolationKind::StaleFill => "stale_fill",
+            ViolationKind::FillAfterDelete => "fill_after_delete",
+            ViolationKind::VersionRegression => "version_regression",
+            ViolationKind::VersionGap => "version_gap",
+            ViolationKind::ConflictingVersion => "conflicting_version",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        ViolationKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// How urgent it is: `high` when users may be served wrong data now,
+    /// `medium` when the change stream itself is suspect, `low` when the
+    /// cache was repaired, only late.
+    pub fn severity(self) -> &'static str {
+        match self {
+            ViolationKind::MissingInvalidation
+            | ViolationKind::StaleFill
+            | ViolationKind::FillAfterDelete
+            | ViolationKind::ConflictingVersion => "high",
+            ViolationKind::VersionRegression | ViolationKind::VersionGap => "medium",
+            ViolationKind::LateInvalidation => "low",
+        }
+    }
+
+    /// Entity-level kinds concern a row, not a cache key.
+    pub fn is_entity_level(self) -> bool {
+        matches!(
+            self,
+            ViolationKind::VersionRegression
+                | ViolationKind::VersionGap
+                | ViolationKind::ConflictingVersion
+        )
+    }
+}
+
+/// One detected violation. Optional fields are present where the kind gives
+/// them meaning (see [`ViolationKind`] and DESIGN.md section 7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    /// Deterministic: a replay or restart gives the same id.
+    pub id: String,
+    pub kind: ViolationKind,
+    /// The cache key; `None` for entity-level kinds.
+    pub key: Option<Arc<str>>,
+    pub table: Arc<str>,
+    /// The primary key as a JSON object text.
+    pub pk: Arc<str>,
+    /// Op of the change concerned (for fills: of the latest change).
+    pub op: Option<Op>,
+    /// Version of the change (or, for fills, of the fill) concerned.
+    pub version: Option<Version>,
+    /// The latest version known: the database's for fills, the highest seen
+    /// for version regressions.
+    pub latest_version: Option<Version>,
+    /// For version gaps: the version that was expected.
+    pub expected_version: Option<Version>,
+    /// Commit time of the change concerned (for fills: the latest change).
+    pub change_ts_ms: Option<Millis>,
+    /// Time of the cache event concerned (the fill, or the late invalidation).
+    pub cache_ts_ms: Option<Millis>,
+    pub deadline_ms: Option<i64>,
+    /// Invalidation lag (late invalidations).
+    pub lag_ms: Option<i64>,
+    pub source_service: Option<Arc<str>>,
+    /// The input records the verdict rests on.
+    pub evidence: Vec<Provenance>,
+    /// Event time of the violation: when it became true.
+    pub time_ms: Millis,
+}
+
+/// A version as JSON: a number for single-component versions (version
+/// columns), else the text `"major.minor"`.
+struct JsonVersion(Version);
+
+impl Serialize for JsonVersion {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.minor == 0 {
+            s.serialize_u64(self.0.major)
+        } else {
+            s.collect_str(&self.0)
+        }
+    }
+}
+
+/// Evidence in outputs: `topic`/`partition`/`offset`, or `file`/`line`.
+struct JsonEvidence<'a>(&'a Provenance);
+
+impl Serialize for JsonEvidence<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let p = self.0;
+        let mut m = s.serialize_map(Some(if p.from_file { 2 } else { 3 }))?;
+        if p.from_file {
+            m.serialize_entry("file", &*p.topic)?;
+            m.serialize_entry("line", &p.offset)?;
+        } else {
+            m.serialize_entry("topic", &*p.topic)?;
+            m.serialize_entry("partition", &p.partition)?;
+            m.serialize_entry("offset", &p.offset)?;
+        }
+        m.end()
+    }
+}
+
+/// The `data` of a violation's CloudEvent.
+struct Data<'a>(&'a Violation);
+
+impl Serialize for Data<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let v = self.0;
+        let pk: &serde_json::value::RawValue = serde_json::from_str(&v.pk)
+            .map_err(|e| serde::ser::Error::custom(format!("primary key is not JSON: {e}")))?;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("kind", v.kind.as_str())?;
+        m.serialize_entry("key", &v.key.as_deref())?;
+        m.serialize_entry("table", &*v.table)?;
+        m.serialize_entry("pk", pk)?;
+        m.serialize_entry("op", &v.op.map(Op::code))?;
+        m.serialize_entry("version", &v.version.map(JsonVersion))?;
+        if let Some(lv) = v.latest_version {
+            m.serialize_entry("latest_version", &JsonVersion(lv))?;
+        }
+        if let Some(ev) = v.expected_version {
+            m.serialize_entry("expected", &JsonVersion(ev))?;
+        }
+        m.serialize_entry("change_ts", &v.change_ts_ms.map(rfc3339_ms))?;
+        if let Some(ts) = v.cache_ts_ms {
+            m.serialize_entry("cache_ts", &rfc3339_ms(ts))?;
+        }
+        m.serialize_entry("deadline_ms", &v.deadline_ms)?;
+        if let Some(lag) = v.lag_ms {
+            m.serialize_entry("lag_ms", &lag)?;
+        }
+        m.serialize_entry("severity", v.kind.severity())?;
+        m.serialize_entry("source_service", &v.source_service.as_deref())?;
+        let evidence: Vec<JsonEvidence<'_>> = v.evidence.iter().map(JsonEvidence).collect();
+        m.serialize_entry("evidence", &evidence)?;
+        m.end()
+    }
+}
+
+impl Violation {
+    /// The CloudEvents `type`.
+    pub fn event_type(&self) -> String {
+        format!("vigil.violation.{}", self.kind.as_str())
+    }
+
+    /// The CloudEvents `subject`: the cache key, or for entity-level kinds
+    /// `table/pk`.
+    pub fn subject(&self) -> String {
+        match &self.key {
+            Some(k) => k.to_string(),
+            None => format!("{}/{}", self.table, self.pk),
+        }
+    }
+
+    /// The Kafka key of the output record: the cache key, or the subject.
+    pub fn kafka_key(&self) -> String {
+        self.subject()
+    }
+
+    /// The CloudEvents 1.0 structured JSON form, one line.
+    pub fn to_cloudevent(&self, source: &str) -> String {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            specversion: &'static str,
+            id: &'a str,
+            source: &'a str,
+            #[serde(rename = "type")]
+            kind: String,
+            time: String,
+            subject: String,
+            datacontenttype: &'static str,
+            data: Data<'a>,
+        }
+        let envelope = Envelope {
+            specversion: "1.0",
+            id: &self.id,
+            source,
+            kind: self.event_type(),
+            time: rfc3339_ms(self.time_ms),
+            subject: self.subject(),
+            datacontenttype: "application/json",
+            data: Data(self),
+        };
+        serde_json::to_string(&envelope)
+            .expect("violations always serialize: the pk was checked to be JSON")
+    }
+}
+
+/// Content type of every output record (Kafka header `content-type`).
+pub const CLOUDEVENTS_CONTENT_TYPE: &str = "application/cloudevents+json";
+
+/// Epoch milliseconds as RFC 3339 UTC text with milliseconds.
+pub fn rfc3339_ms(ms: Millis) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
+/// algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Violation {
+        Violation {
+            id: "0123".into(),
+            kind: ViolationKind::StaleFill,
+            key: Some(Arc::from("user:1")),
+            table: Arc::from("public.users"),
+            pk: Arc::from("{\"id\":1}"),
+            op: Some(Op::Update),
+            version: Some(Version::scalar(3)),
+            latest_version: Some(Version::scalar(4)),
+            expected_version: None,
+            change_ts_ms: Some(1_596_010_889_629),
+            cache_ts_ms: Some(1_596_010_890_000),
+            deadline_ms: Some(30_000),
+            lag_ms: None,
+            source_service: Some(Arc::from("users-api")),
+            evidence: vec![Provenance {
+                topic: Arc::from("cache"),
+                partition: 2,
+                offset: 17,
+                from_file: false,
+            }],
+            time_ms: 1_596_010_890_000,
+        }
+    }
+
+    #[test]
+    fn cloudevent_has_every_required_attribute() {
+        let json: serde_json::Value =
+            serde_json::from_str(&sample().to_cloudevent("/vigil")).unwrap();
+        assert_eq!(json["specversion"], "1.0");
+        assert_eq!(json["id"], "0123");
+        assert_eq!(json["source"], "/vigil");
+        assert_eq!(json["type"], "vigil.violation.stale_fill");
+        assert_eq!(json["time"], "2020-07-29T08:21:30.000Z");
+        assert_eq!(json["subject"], "user:1");
+        assert_eq!(json["datacontenttype"], "application/json");
+        let data = &json["data"];
+        assert_eq!(data["kind"], "stale_fill");
+        assert_eq!(data["pk"], serde_json::json!({"id": 1}));
+        assert_eq!(data["version"], 3);
+        assert_eq!(data["latest_version"], 4);
+        assert_eq!(data["severity"], "high");
+        assert_eq!(data["source_service"], "users-api");
+        assert_eq!(data["evidence"][0]["offset"], 17);
+    }
+
+    #[test]
+    fn entity_level_subject_names_the_row_and_composite_versions_are_text() {
+        let mut v = sample();
+        v.kind = ViolationKind::VersionGap;
+        v.key = None;
+        v.version = Some(Version::new(24_023_119, 24_023_128));
+        let json: serde_json::Value = serde_json::from_str(&v.to_cloudevent("/vigil")).unwrap();
+        assert_eq!(json["subject"], "public.users/{\"id\":1}");
+        assert_eq!(json["data"]["key"], serde_json::Value::Null);
+        assert_eq!(json["data"]["version"], "24023119.24023128");
+    }
+
+    #[test]
+    fn rfc3339_handles_epoch_leap_days_and_negative_times() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
+    }
+}

@@ -1,0 +1,432 @@
+//! Files as inputs and outputs: one record a line, either a bare message
+//! value or a `kcat -J` line (DESIGN.md section 2), read with bounded memory
+//! whatever the line length; violations and dead letters written as NDJSON.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+
+use crate::dead_letter::{DeadLetter, KEPT_PREFIX_BYTES, KafkaRecord, Origin, Reason, RecordError};
+use crate::events::Violation;
+use crate::formats::{self, KcatRecord};
+use crate::ingest::{Ingest, RawInput, Record, Stream};
+use crate::model::Provenance;
+use crate::pipeline::{OutputError, Outputs, Position, SourceMsg};
+use crate::telemetry::Stats;
+
+/// One line of a file, or the start of a line that exceeded the limit.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line<'a> {
+    Text(&'a [u8]),
+    /// The first [`KEPT_PREFIX_BYTES`] of a line of `len` bytes.
+    TooLong {
+        prefix: &'a [u8],
+        len: usize,
+    },
+}
+
+/// Reads lines without ever holding more than `max` bytes of one.
+pub struct LineReader<R> {
+    inner: R,
+    max: usize,
+    buf: Vec<u8>,
+}
+
+impl<R: BufRead> LineReader<R> {
+    pub fn new(inner: R, max: usize) -> Self {
+        LineReader {
+            inner,
+            max,
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// The next line without its `\n` (and `\r\n`), or `None` at the end.
+    pub fn next_line(&mut self) -> io::Result<Option<Line<'_>>> {
+        self.buf.clear();
+        let mut len = 0usize;
+        let mut seen_any = false;
+        loop {
+            let chunk = match self.inner.fill_buf() {
+                Ok(c) => c,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            seen_any = true;
+            let (take, done) = match memchr::memchr(b'\n', chunk) {
+                Some(i) => (i, true),
+                None => (chunk.len(), false),
+            };
+            let room = if len <= self.max {
+                (self.max + 1 - len).min(take)
+            } else {
+                0
+            };
+            self.buf.extend_from_slice(&chunk[..room]);
+            len += take;
+            let consumed = if done { take + 1 } else { take };
+            self.inner.consume(consumed);
+            if done {
+                break;
+            }
+        }
+        if !seen_any {
+            return Ok(None);
+        }
+        if len > self.max {
+            self.buf.truncate(KEPT_PREFIX_BYTES.min(self.max));
+            return Ok(Some(Line::TooLong {
+                prefix: &self.buf,
+                len,
+            }));
+        }
+        if self.buf.last() == Some(&b'\r') {
+            self.buf.pop();
+        }
+        Ok(Some(Line::Text(&self.buf)))
+    }
+}
+
+/// An input file and the stream it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInput {
+    pub path: PathBuf,
+    pub stream: Stream,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {path}: {source}")]
+pub struct FileError {
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Reuses the topic name of consecutive `kcat` lines.
+struct Topics(Option<Arc<str>>);
+
+impl Topics {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        match &self.0 {
+            Some(t) if t.as_ref() == name => Arc::clone(t),
+            _ => {
+                let t: Arc<str> = Arc::from(name);
+                self.0 = Some(Arc::clone(&t));
+                t
+            }
+        }
+    }
+}
+
+/// Settings of a file reader.
+pub struct ReadOptions<'a> {
+    pub ingest: &'a Ingest,
+    pub stats: &'a Stats,
+    pub max_record_bytes: usize,
+    pub batch_size: usize,
+}
+
+/// Reads one file into the pipeline as watermark partition `partition`,
+/// then sends its end. Returns early without error if the pipeline has
+/// stopped (its own error is what matters then).
+pub fn read_file(
+    input: &FileInput,
+    partition: usize,
+    opts: &ReadOptions<'_>,
+    tx: &Sender<SourceMsg>,
+) -> Result<(), FileError> {
+    let file_err = |source| FileError {
+        path: input.path.clone(),
+        source,
+    };
+    let file = File::open(&input.path).map_err(file_err)?;
+    let mut reader = LineReader::new(
+        BufReader::with_capacity(1 << 20, file),
+        opts.max_record_bytes,
+    );
+    let name: Arc<str> = Arc::from(input.path.display().to_string());
+    let mut topics = Topics(None);
+    let mut records = Vec::with_capacity(opts.batch_size);
+    let mut dead = Vec::new();
+    let mut read = 0u64;
+    let mut line_no = 0u64;
+    loop {
+        let line = reader.next_line().map_err(file_err)?;
+        let Some(line) = line else { break };
+        line_no += 1;
+        match line {
+            Line::Text(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => continue,
+            Line::Text(bytes) => {
+                read += 1;
+                if let Err((error, kafka)) = read_line(
+                    bytes,
+                    line_no,
+                    &name,
+                    input.stream,
+                    &mut topics,
+                    opts.ingest,
+                    &mut records,
+                ) {
+                    dead.push(DeadLetter {
+                        error,
+                        origin: Origin::Line {
+                            file: Arc::clone(&name),
+                            line: line_no,
+                            text: bytes.to_vec(),
+                            len: bytes.len(),
+                            kafka,
+                        },
+                    });
+                }
+            }
+            Line::TooLong { prefix, len } => {
+                read += 1;
+                dead.push(DeadLetter {
+                    error: RecordError::new(
+                        Reason::RecordTooLarge,
+                        format!(
+                            "line of {len} bytes exceeds inputs.max_record_bytes ({} bytes)",
+                            opts.max_record_bytes
+                        ),
+                    ),
+                    origin: Origin::Line {
+                        file: Arc::clone(&name),
+                        line: line_no,
+                        text: prefix.to_vec(),
+                        len,
+                        kafka: None,
+                    },
+                });
+            }
+        }
+        if records.len() >= opts.batch_size || dead.len() >= opts.batch_size {
+            opts.stats.add_records(&name, std::mem::take(&mut read));
+            if !send_batch(tx, partition, &mut records, &mut dead, &name, line_no) {
+                return Ok(());
+            }
+        }
+    }
+    opts.stats.add_records(&name, read);
+    if send_batch(tx, partition, &mut records, &mut dead, &name, line_no) {
+        let _ = tx.send(SourceMsg::End { partition });
+    }
+    Ok(())
+}
+
+fn send_batch(
+    tx: &Sender<SourceMsg>,
+    partition: usize,
+    records: &mut Vec<Record>,
+    dead: &mut Vec<DeadLetter>,
+    name: &Arc<str>,
+    line_no: u64,
+) -> bool {
+    let msg = SourceMsg::Batch {
+        partition,
+        records: std::mem::replace(records, Vec::with_capacity(records.capacity())),
+        dead: std::mem::take(dead),
+        position: Some(Position {
+            source: Arc::clone(name),
+            partition: 0,
+            next_offset: line_no as i64 + 1,
+        }),
+    };
+    tx.send(msg).is_ok()
+}
+
+/// Decodes one non-empty line. On failure, returns the error and, for a
+/// `kcat` line, the Kafka record it carried.
+fn read_line(
+    bytes: &[u8],
+    line_no: u64,
+    file: &Arc<str>,
+    stream: Stream,
+    topics: &mut Topics,
+    ingest: &Ingest,
+    out: &mut Vec<Record>,
+) -> Result<(), (RecordError, Option<Box<KafkaRecord>>)> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let error = RecordError::new(
+            Reason::InvalidUtf8,
+            format!(
+                "line is not valid UTF-8 (first bad byte at offset {})",
+                e.valid_up_to()
+            ),
+        );
+        (error, None)
+    })?;
+    match formats::parse_kcat_line(text) {
+        Some(Ok(k)) => {
+            let provenance = Provenance {
+                topic: topics.get(&k.topic),
+                partition: k.partition,
+                offset: k.offset,
+                from_file: false,
+            };
+            let input = RawInput {
+                stream,
+                key: k.key.as_deref().map(str::as_bytes),
+                value: k.payload.as_deref().map(str::as_bytes),
+                timestamp_ms: k.ts_ms,
+            };
+            ingest
+                .ingest(input, &provenance, out)
+                .map_err(|e| (e, Some(Box::new(kafka_record(k)))))
+        }
+        Some(Err(e)) => Err((e, None)),
+        None => {
+            let provenance = Provenance {
+                topic: Arc::clone(file),
+                partition: 0,
+                offset: line_no as i64,
+                from_file: true,
+            };
+            let input = RawInput {
+                stream,
+                key: None,
+                value: Some(bytes),
+                timestamp_ms: None,
+            };
+            ingest
+                .ingest(input, &provenance, out)
+                .map_err(|e| (e, None))
+        }
+    }
+}
+
+fn kafka_record(k: KcatRecord) -> KafkaRecord {
+    KafkaRecord {
+        topic: k.topic,
+        partition: k.partition,
+        offset: k.offset,
+        key: k.key.map(String::into_bytes),
+        value: k.payload.map(String::into_bytes),
+        headers: k
+            .headers
+            .into_iter()
+            .map(|(name, v)| (name, v.map(String::into_bytes)))
+            .collect(),
+        timestamp_ms: k.ts_ms,
+    }
+}
+
+/// A `kcat -J` line: what `kcat -C -J` prints for a consumed record.
+pub fn kcat_line(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    ts_ms: Option<i64>,
+    key: Option<&str>,
+    payload: Option<&str>,
+) -> String {
+    serde_json::json!({
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "tstype": if ts_ms.is_some() { "create" } else { "none" },
+        "ts": ts_ms.unwrap_or(-1),
+        "broker": 0,
+        "headers": [],
+        "key": key,
+        "payload": payload,
+    })
+    .to_string()
+}
+
+/// `violations.ndjson` (CloudEvents, one a line) and `dlq.ndjson` in a
+/// directory.
+pub struct FileOutputs {
+    violations: BufWriter<File>,
+    dlq: BufWriter<File>,
+    source: String,
+    dir: PathBuf,
+}
+
+impl FileOutputs {
+    /// Creates (truncating) the two files in `dir`.
+    pub fn create(dir: &Path, source: &str) -> Result<Self, OutputError> {
+        let open = |name: &str| {
+            let path = dir.join(name);
+            File::create(&path)
+                .map(|f| BufWriter::with_capacity(1 << 20, f))
+                .map_err(|source| OutputError::Io {
+                    what: path.display().to_string(),
+                    source,
+                })
+        };
+        Ok(FileOutputs {
+            violations: open("violations.ndjson")?,
+            dlq: open("dlq.ndjson")?,
+            source: source.to_string(),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn io_err(&self, name: &str, source: io::Error) -> OutputError {
+        OutputError::Io {
+            what: self.dir.join(name).display().to_string(),
+            source,
+        }
+    }
+}
+
+impl Outputs for FileOutputs {
+    fn violation(&mut self, v: &Violation) -> Result<(), OutputError> {
+        let line = v.to_cloudevent(&self.source);
+        writeln!(self.violations, "{line}").map_err(|e| self.io_err("violations.ndjson", e))
+    }
+
+    fn dead_letter(&mut self, d: &DeadLetter) -> Result<(), OutputError> {
+        let line = d.to_file_json().to_string();
+        writeln!(self.dlq, "{line}").map_err(|e| self.io_err("dlq.ndjson", e))
+    }
+
+    fn flush(&mut self) -> Result<(), OutputError> {
+        self.violations
+            .flush()
+            .map_err(|e| self.io_err("violations.ndjson", e))?;
+        self.dlq.flush().map_err(|e| self.io_err("dlq.ndjson", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8], max: usize) -> Vec<String> {
+        let mut r = LineReader::new(BufReader::with_capacity(7, input), max);
+        let mut out = Vec::new();
+        while let Some(line) = r.next_line().unwrap() {
+            out.push(match line {
+                Line::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                Line::TooLong { prefix, len } => format!("TOO LONG {len} {}", prefix.len()),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn lines_split_on_newlines_with_or_without_final_newline() {
+        assert_eq!(lines(b"a\nbb\r\n\nccc", 100), vec!["a", "bb", "", "ccc"]);
+        assert_eq!(lines(b"a\n", 100), vec!["a"]);
+        assert!(lines(b"", 100).is_empty());
+    }
+
+    #[test]
+    fn long_lines_are_reported_with_their_length_and_the_next_line_survives() {
+        let mut input = vec![b'x'; 5000];
+        input.extend_from_slice(b"\nok\n");
+        assert_eq!(
+            lines(&input, 1024),
+            vec!["TOO LONG 5000 1024".to_string(), "ok".to_string()]
+        );
+        assert_eq!(lines(b"12345\n", 5), vec!["12345"]);
+        assert_eq!(lines(b"123456\n", 5), vec!["TOO LONG 6 5"]);
+    }
+}

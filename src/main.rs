@@ -1,0 +1,29 @@
+//! The `vigil` binary: parse the command line, start logging, run a mode,
+//! map the outcome to an exit status.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use vigil::cli::{Cli, Command};
+use vigil::config::ConfigError;
+use vigil::modes::{self, FAILURE_EXIT, USAGE_EXIT, UsageError};
+use vigil::telemetry;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_logging(cli.log_format, &cli.log_level);
+    let result = match &cli.command {
+        Command::Check(args) => modes::check::run(args),
+        Command::Gen(args) => modes::generate::run(args),
+    };
+    match result {
+        Ok(status) => ExitCode::from(status.code()),
+        Err(e) => {
+            eprintln!("vigil: error: {e:#}");
+            let usage = e.downcast_ref::<UsageError>().is_some()
+                || e.downcast_ref::<ConfigError>().is_some();
+            ExitCode::from(if usage { USAGE_EXIT } else { FAILURE_EXIT })
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! Mapping: a decoded change and its table's `[[tables]]` entry in, a
+//! [`Change`] out, with its entity (table + primary key), its cache keys
+//! rendered from the key templates, its version and its commit time.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, KeyTemplate, Segment, TableConfig, VersionSource};
+use crate::dead_letter::{Reason, RecordError};
+use crate::formats::{self, RawChange, Row, Scalar, TableRef, column};
+use crate::hash;
+use crate::model::{Millis, Op, Provenance, Version};
+
+/// The per-table rules the detectors need, carried with every change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableRules {
+    /// Deadline for invalidating the table's keys, in ms.
+    pub deadline_ms: i64,
+    /// Versions step by exactly one.
+    pub contiguous: bool,
+    /// Deletes carry the version of their before image (a version column),
+    /// rather than a fresh position of their own.
+    pub row_version: bool,
+}
+
+/// A mapped database change: one row of one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Identity of this change record: a redelivery has the same id (see
+    /// [`hash::change`]).
+    pub id: u64,
+    /// Identity of the entity (table + primary key).
+    pub entity: u64,
+    pub table: Arc<str>,
+    /// The primary key as a JSON object, columns in key order: `{"id":1}`.
+    pub pk: Arc<str>,
+    pub op: Op,
+    /// `None` only for a delete without a before image in a table versioned
+    /// by a column: coverage then falls back to timestamps.
+    pub version: Option<Version>,
+    pub commit_ts_ms: Millis,
+    pub tx_id: Option<Box<str>>,
+    /// Hash of the row image (after, or before for deletes).
+    pub row_hash: u64,
+    /// Cache keys of the row (from the after and the before image).
+    pub keys: Vec<Arc<str>>,
+    pub rules: TableRules,
+    pub provenance: Provenance,
+}
+
+/// What mapping a decoded change gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mapped {
+    Change(Change),
+    /// A truncate of a mapped table: counted, obliges nothing.
+    Truncate,
+    /// A change of a table that `[[tables]]` does not map.
+    Unmapped {
+        table: String,
+    },
+}
+
+struct Table {
+    name: Arc<str>,
+    config: TableConfig,
+    rules: TableRules,
+}
+
+/// Compiled `[[tables]]`, shared by the decoding threads.
+pub struct Mapper {
+    tables: Vec<Table>,
+    /// Qualified name -> table index.
+    by_name: HashMap<String, usize>,
+    /// Bare table name -> table index, for names that are unambiguous.
+    by_bare_name: HashMap<String, usize>,
+}
+
+impl Mapper {
+    pub fn new(config: &Config) -> Self {
+        let tables: Vec<Table> = config
+            .tables
+            .iter()
+            .map(|t| Table {
+                name: Arc::from(t.table.as_str()),
+                config: t.clone(),
+                rules: TableRules {
+                    deadline_ms: config.deadline_of(t).as_millis_i64(),
+                    contiguous: t.contiguous,
+                    row_version: t.version.is_row_version(),
+                },
+            })
+            .collect();
+        let by_name = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.config.table.clone(), i))
+            .collect();
+        let mut bare: HashMap<String, Option<usize>> = HashMap::new();
+        for (i, t) in tables.iter().enumerate() {
+            let name = t
+                .config
+                .table
+                .rsplit('.')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            bare.entry(name)
+                .and_modify(|e| *e = None)
+                .or_insert(Some(i));
+        }
+        let by_bare_name = bare
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|i| (k, i)))
+            .collect();
+        Mapper {
+            tables,
+            by_name,
+            by_bare_name,
+        }
+    }
+
+    /// Maps one decoded change. `key` is the decoded Kafka key, `kafka_ts_ms`
+    /// the record's Kafka timestamp (a fallback commit time).
+    pub fn map(
+        &self,
+        raw: &RawChange<'_>,
+        key: Option<&Row<'_>>,
+        provenance: &Provenance,
+        kafka_ts_ms: Option<Millis>,
+    ) -> Result<Mapped, RecordError> {
+        let Some(table) = self.resolve(&raw.table, provenance) else {
+            return Ok(Mapped::Unmapped {
+                table: describe_table(&raw.table, provenance),
+            });
+        };
+        if raw.op == Op::Truncate {
+            return Ok(Mapped::Truncate);
+        }
+        let commit_ts_ms = raw.pos.commit_ts_ms.or(kafka_ts_ms).ok_or_else(|| {
+            RecordError::new(
+                Reason::MissingTimestamp,
+                "the change carries no commit time (source.ts_ms or equivalent) and no Kafka timestamp",
+            )
+        })?;
+        let image = match raw.op {
+            Op::Delete => raw.before.as_ref(),
+            _ => raw.after.as_ref(),
+        };
+        let pk_row = primary_key(table, raw, key, image)?;
+        let pk = pk_json(&pk_row);
+        let version = version_of(table, raw, image)?;
+        let keys = render_keys(table, raw, &pk_row)?;
+        let row_hash = image.map_or(0, formats::row_hash);
+        let entity = hash::entity(&table.name, &pk);
+        let id = hash::change(entity, raw.op, version, commit_ts_ms, row_hash);
+        Ok(Mapped::Change(Change {
+            id,
+            entity,
+            table: table.name.clone(),
+            pk: Arc::from(pk),
+            op: raw.op,
+            version,
+            commit_ts_ms,
+            tx_id: raw.pos.tx_id.as_deref().map(Box::from),
+            row_hash,
+            keys,
+            rules: table.rules,
+            provenance: provenance.clone(),
+        }))
+    }
+
+    /// Finds the `[[tables]]` entry of a record: `schema.table`, `db.table`,
+    /// then an unambiguous bare name; without a table name, the topic's last
+    /// two segments (`server.schema.table`) or its last one.
+    fn resolve(&self, t: &TableRef<'_>, provenance: &Provenance) -> Option<&Table> {
+        let index = match &t.table {
+            Some(name) => [t.schema.as_deref(), t.db.as_deref()]
+                .into_iter()
+                .flatten()
+                .find_map(|q| self.by_name.get(&format!("{q}.{name}")))
+                .or_else(|| self.by_name.get(name.as_ref()))
+                .or_else(|| self.by_bare_name.get(name.as_ref())),
+            None if provenance.from_file => None,
+            None => {
+                let topic = provenance.topic.as_ref();
+                let mut parts = topic.rsplitn(3, '.');
+                let last = parts.next()?;
+                let qualified = parts.next().map(|q| format!("{q}.{last}"));
+                qualified
+                    .and_then(|q| self.by_name.get(&q))
+                    .or_else(|| self.by_bare_name.get(last))
+            }
+        };
+        index.map(|&i| &self.tables[i])
+    }
+}
+
+fn describe_table(t: &TableRef<'_>, provenance: &Provenance) -> String {
+    match (&t.table, t.schema.as_deref().or(t.db.as_deref())) {
+        (Some(name), Some(q)) => format!("{q}.{name}"),
+        (Some(name), None) => name.to_string(),
+        (None, _) if provenance.from_file => "(unnamed)".to_string(),
+        (None, _) => provenance.topic.to_string(),
+    }
+}
+
+/// The primary-key columns of the change, in key order: from the Kafka key,
+/// else the `pk` columns of the table, else the record's own primary-key list.
+fn primary_key<'a>(
+    table: &Table,
+    raw: &RawChange<'a>,
+    key: Option<&Row<'a>>,
+    image: Option<&Row<'a>>,
+) -> Result<Row<'a>, RecordError> {
+    let configured = &table.config.pk;
+    if let Some(key) = key.filter(|k| !k.is_empty()) {
+        if configured.is_empty() {
+            return Ok(key.clone());
+        }
+        if let Some(cols) = pick(configured.iter().map(String::as_str), key) {
+            return Ok(cols);
+        }
+    }
+    let image = image.or(raw.after.as_ref()).or(raw.before.as_ref());
+    let names: Vec<&str> = if configured.is_empty() {
+        raw.pk_columns
+            .iter()
+            .flatten()
+            .map(|c| c.as_ref())
+            .collect()
+    } else {
+        configured.iter().map(String::as_str).collect()
+    };
+    if names.is_empty() {
+        return Err(RecordError::new(
+            Reason::MissingPk,
+            format!(
+                "no primary key for table {}: the record has no Kafka key and the table has no `pk` columns",
+                table.name
+            ),
+        ));
+    }
+    image
+        .and_then(|row| pick(names.iter().copied(), row))
+        .ok_or_else(|| {
+            RecordError::new(
+                Reason::MissingPk,
+                format!(
+                    "primary-key columns {names:?} of table {} are not all in the record (and no Kafka key supplies them)",
+                    table.name
+                ),
+            )
+        })
+}
+
+/// The named columns of a row, if it has them all (non-null).
+fn pick<'a, 'n>(names: impl Iterator<Item = &'n str>, row: &Row<'a>) -> Option<Row<'a>> {
+    names
+        .map(|n| {
+            row.iter()
+                .find(|(c, v)| c == n && v.get() != "null")
+                .map(|(c, v)| (c.clone(), *v))
+        })
+        .collect()
+}
+
+/// The primary key as a compact JSON object.
+fn pk_json(row: &Row<'_>) -> String {
+    let mut out = String::with_capacity(32);
+    out.push('{');
+    for (i, (name, value)) in row.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(name.as_ref()).unwrap_or_default());
+        out.push(':');
+        out.push_str(value.get().trim());
+    }
+    out.push('}');
+    out
+}
+
+/// The version of a change according to its table's version source.
+fn version_of(
+    table: &Table,
+    raw: &RawChange<'_>,
+    image: Option<&Row<'_>>,
+) -> Result<Option<Version>, RecordError> {
+    let missing = |what: String| {
+        RecordError::new(
+            Reason::MissingVersion,
+            format!("table {} is versioned by {what}", table.name),
+        )
+    };
+    let pos = &raw.pos;
+    let order = pos.tx_order.or(pos.binlog_row).unwrap_or(0);
+    match &table.config.version {
+        VersionSource::Column(name) => {
+            let value = image
+                .and_then(|row| column(row, name))
+                .filter(|v| v.get() != "null");
+            match value {
+                None if raw.op == Op::Delete => Ok(None),
+                None => Err(missing(format!(
+                    "column {name:?}, which this {} record lacks",
+                    raw.op.code()
+                ))),
+                Some(v) => integer(v).map(|n| Some(Version::scalar(n))).ok_or_else(|| {
+                    missing(format!(
+                        "column {name:?}, whose value {} is not a non-negative integer",
+                        v.get()
+                    ))
+                }),
+            }
+        }
+        VersionSource::Lsn => pos
+            .lsn
+            .map(|lsn| Some(Version::new(pos.commit_lsn.unwrap_or(lsn), lsn)))
+            .ok_or_else(|| missing("the PostgreSQL LSN, which this record does not carry".into())),
+        VersionSource::Binlog => match (pos.binlog_file, pos.binlog_pos, pos.gtid_seq) {
+            (Some(file), Some(p), _) => {
+                Ok(Some(Version::new((file << 32) | (p & 0xffff_ffff), order)))
+            }
+            (_, _, Some(gtid)) => Ok(Some(Version::new(gtid, order))),
+            _ => Err(missing(
+                "the MySQL binlog position or GTID, which this record does not carry".into(),
+            )),
+        },
+        VersionSource::TsMs => Ok(pos
+            .commit_ts_ms
+            .map(|ts| Version::new(u64::try_from(ts).unwrap_or(0), order))),
+    }
+}
+
+/// A non-negative integer from a JSON number or a string of digits (Canal
+/// sends every value as a string).
+fn integer(v: &serde_json::value::RawValue) -> Option<u64> {
+    match formats::scalar(v) {
+        Scalar::Number(text) => text.parse().ok(),
+        Scalar::Str(text) => text.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Renders every key template from the after image and from the before image
+/// (an update that changes a key column must invalidate the old key too),
+/// with the primary-key columns available to both.
+fn render_keys(
+    table: &Table,
+    raw: &RawChange<'_>,
+    pk: &Row<'_>,
+) -> Result<Vec<Arc<str>>, RecordError> {
+    let mut keys: Vec<Arc<str>> = Vec::with_capacity(table.config.keys.len() * 2);
+    let mut buf = String::with_capacity(48);
+    for template in &table.config.keys {
+        let images = [raw.after.as_ref(), raw.before.as_ref()];
+        let mut rendered_any = false;
+        for (i, image) in images.into_iter().enumerate() {
+            let Some(image) = image else { continue };
+            match render(template, image, pk, &mut buf) {
+                Ok(()) => {
+                    rendered_any = true;
+                    if !keys.iter().any(|k| k.as_ref() == buf) {
+                        keys.push(Arc::from(buf.as_str()));
+                    }
+                }
+                // A partial before image (PostgreSQL's default replica
+                // identity) need not carry every key column.
+                Err(_) if i == 1 && rendered_any => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !rendered_any {
+            render(template, &Row::new(), pk, &mut buf)?;
+            keys.push(Arc::from(buf.as_str()));
+        }
+    }
+    Ok(keys)
+}
+
+fn render(
+    template: &KeyTemplate,
+    image: &Row<'_>,
+    pk: &Row<'_>,
+    out: &mut String,
+) -> Result<(), RecordError> {
+    out.clear();
+    for segment in template.segments() {
+        match segment {
+            Segment::Literal(text) => out.push_str(text),
+            Segment::Column(name) => {
+                let value = column(image, name).or_else(|| column(pk, name));
+                match value.map(formats::scalar) {
+                    Some(Scalar::Str(s)) => out.push_str(&s),
+                    Some(Scalar::Number(n)) => out.push_str(n),
+                    Some(Scalar::Bool(b)) => {
+                        let _ = write!(out, "{b}");
+                    }
+                    Some(Scalar::Null) | None => {
+                        return Err(RecordError::new(
+                            Reason::MissingColumn,
+                            format!(
+                                "key template {template:?} needs column {name:?}, which the row lacks or has null"
+                            ),
+                        ));
+                    }
+                    Some(Scalar::Nested(_)) => {
+                        return Err(RecordError::new(
+                            Reason::InvalidKey,
+                            format!(
+                                "key template {template:?}: column {name:?} is an object or array, not a scalar"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,197 @@
+//! `vigil check`: files in, files out, a JSON summary.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::{ExitStatus, UsageError};
+use crate::cli::CheckArgs;
+use crate::config::Config;
+use crate::ingest::{Ingest, Stream};
+use crate::io::file::{FileInput, FileOutputs, ReadOptions, read_file};
+use crate::pipeline::{Engine, EngineOptions};
+use crate::state::RocksStore;
+use crate::telemetry::{Stats, StatsSnapshot};
+use crate::time::SystemClock;
+
+/// How often progress is printed on long runs.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// The summary printed on stdout.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    #[serde(flatten)]
+    pub stats: StatsSnapshot,
+    pub violations_total: u64,
+    pub dead_letters_total: u64,
+    pub elapsed_seconds: f64,
+    pub events_per_second: f64,
+    pub outputs: OutputPaths,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OutputPaths {
+    pub violations: PathBuf,
+    pub dlq: PathBuf,
+    /// The state directory, when kept (`--state`).
+    pub state: Option<PathBuf>,
+}
+
+pub fn run(args: &CheckArgs) -> anyhow::Result<ExitStatus> {
+    let config = Config::load(args.config.as_deref())?;
+    let inputs = inputs(args)?;
+    std::fs::create_dir_all(&args.out).map_err(|e| {
+        UsageError(format!(
+            "cannot create output directory {}: {e}",
+            args.out.display()
+        ))
+    })?;
+    let scratch = args.out.join(".vigil-check-state");
+    let state_dir = args.state.clone().unwrap_or_else(|| scratch.clone());
+    if args.state.is_none() && scratch.exists() {
+        std::fs::remove_dir_all(&scratch)
+            .with_context(|| format!("removing stale {}", scratch.display()))?;
+    }
+    let summary = check(&config, &inputs, &args.out, &state_dir, args.quiet)?;
+    if args.state.is_none() {
+        std::fs::remove_dir_all(&scratch)
+            .with_context(|| format!("removing {}", scratch.display()))?;
+    }
+    let summary = Summary {
+        outputs: OutputPaths {
+            state: args.state.clone(),
+            ..summary.outputs
+        },
+        ..summary
+    };
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    let found = summary.violations_total > 0;
+    Ok(if found && args.fail_on_violation {
+        ExitStatus::Violations
+    } else {
+        ExitStatus::Ok
+    })
+}
+
+fn inputs(args: &CheckArgs) -> Result<Vec<FileInput>, UsageError> {
+    let all: Vec<FileInput> = args
+        .cdc
+        .iter()
+        .map(|p| (p, Stream::Cdc))
+        .chain(args.cache.iter().map(|p| (p, Stream::Cache)))
+        .map(|(path, stream)| FileInput {
+            path: path.clone(),
+            stream,
+        })
+        .collect();
+    if all.is_empty() {
+        return Err(UsageError(
+            "no input: give at least one --cdc or --cache file".into(),
+        ));
+    }
+    for input in &all {
+        if !input.path.is_file() {
+            return Err(UsageError(format!(
+                "input {} is not a readable file",
+                input.path.display()
+            )));
+        }
+    }
+    Ok(all)
+}
+
+/// Runs the engine over the files; the building block of `vigil check`,
+/// also used by tests and benchmarks.
+pub fn check(
+    config: &Config,
+    inputs: &[FileInput],
+    out: &Path,
+    state_dir: &Path,
+    quiet: bool,
+) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let store = Arc::new(RocksStore::open(state_dir)?);
+    let stats = Arc::new(Stats::default());
+    let ingest = Ingest::new(config, Arc::clone(&stats));
+    let options = EngineOptions::from_config(config, true);
+    let outputs = FileOutputs::create(out, &config.outputs.source)?;
+    let read_opts = ReadOptions {
+        ingest: &ingest,
+        stats: &stats,
+        max_record_bytes: usize::try_from(config.inputs.max_record_bytes.0).unwrap_or(usize::MAX),
+        batch_size: options.batch_size,
+    };
+    let (tx, rx) = crossbeam_channel::bounded(options.queue_batches * inputs.len());
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+    let engine = Engine {
+        options,
+        store,
+        stats: Arc::clone(&stats),
+        clock: Arc::new(SystemClock),
+        partitions: inputs.len(),
+    };
+    let (report, read_results) = std::thread::scope(|s| {
+        let readers: Vec<_> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| {
+                let tx = tx.clone();
+                let read_opts = &read_opts;
+                s.spawn(move || read_file(input, i, read_opts, &tx))
+            })
+            .collect();
+        drop(tx);
+        if !quiet {
+            let stats = &stats;
+            s.spawn(move || progress(stats, started, &done_rx));
+        }
+        let report = engine.run(rx, Box::new(outputs));
+        drop(done_tx);
+        let read_results: Vec<_> = readers
+            .into_iter()
+            .map(|h| h.join().expect("file readers do not panic"))
+            .collect();
+        (report, read_results)
+    });
+    for r in read_results {
+        r?;
+    }
+    report?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let snapshot = stats.snapshot();
+    let records = stats.records_total();
+    Ok(Summary {
+        violations_total: stats.violations_total(),
+        dead_letters_total: stats.dead_letters_total(),
+        elapsed_seconds: elapsed,
+        events_per_second: if elapsed > 0.0 {
+            records as f64 / elapsed
+        } else {
+            0.0
+        },
+        outputs: OutputPaths {
+            violations: out.join("violations.ndjson"),
+            dlq: out.join("dlq.ndjson"),
+            state: Some(state_dir.to_path_buf()),
+        },
+        stats: snapshot,
+    })
+}
+
+/// Prints a progress line on stderr every few seconds until `done` closes.
+fn progress(stats: &Stats, started: Instant, done: &crossbeam_channel::Receiver<()>) {
+    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = done.recv_timeout(PROGRESS_EVERY)
+    {
+        let secs = started.elapsed().as_secs_f64();
+        let records = stats.records_total();
+        eprintln!(
+            "vigil check: {secs:.0}s, {records} records read ({:.0}/s), {} violations, {} dead letters",
+            records as f64 / secs,
+            stats.violations_total(),
+            stats.dead_letters_total()
+        );
+    }
+}

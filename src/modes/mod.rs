@@ -1,0 +1,33 @@
+//! The subcommands. Each mode wires sources, the engine and outputs for one
+//! way of using vigil, and returns how the process should exit.
+
+pub mod check;
+pub mod generate;
+
+/// How a mode ended, as the process exit status (documented in `--help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It ran.
+    Ok,
+    /// Violations were found and the user asked to fail on them.
+    Violations,
+}
+
+impl ExitStatus {
+    pub fn code(self) -> u8 {
+        match self {
+            ExitStatus::Ok => 0,
+            ExitStatus::Violations => 1,
+        }
+    }
+}
+
+/// Exit status of usage and configuration errors.
+pub const USAGE_EXIT: u8 = 2;
+/// Exit status of runtime failures (I/O, state store).
+pub const FAILURE_EXIT: u8 = 4;
+
+/// A mistake in how vigil was called (a missing input file...): exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);

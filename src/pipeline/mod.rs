@@ -1,0 +1,273 @@
+//! The engine that runs in every mode (DESIGN.md sections 1 and 8):
+//!
+//! ```text
+//! sources ──► router ──► workers (key + entity shards) ──► sink
+//!   decode      watermark,    state, timers, detectors        outputs, then
+//!   + map       routing,                                      state + offsets
+//!               checkpoints                                   in one batch
+//! ```
+//!
+//! Sources (file readers, the Kafka consumer) decode and map in their own
+//! threads and send [`SourceMsg`] batches. The router is the single
+//! sequencer: it tracks the watermark, splits records by cache key and by
+//! entity onto the workers over bounded channels (back-pressure), and
+//! injects checkpoint barriers. Each worker owns a shard of key state, entity
+//! state and deadline timers, so no state is shared. The sink writes the
+//! outputs and, once every worker has delivered its state changes for a
+//! checkpoint, flushes the outputs and commits those changes with the input
+//! positions in one atomic write.
+//!
+//! Channels only flow downstream (no cycles), so back-pressure cannot
+//! deadlock, and watermarks and barriers travel in-band: everything a
+//! worker receives before a watermark was routed before it.
+
+mod router;
+mod sink;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+
+use crate::dead_letter::DeadLetter;
+use crate::detect::key::{Fill, Invalidation, KeyRules};
+use crate::events::Violation;
+use crate::ingest::Record;
+use crate::mapping::Change;
+use crate::model::Millis;
+use crate::state::{StateBatch, StateError, Store};
+use crate::telemetry::Stats;
+use crate::time::Clock;
+
+/// A position in an input: the next offset to read of a source partition
+/// (a topic partition, or a file with its line number).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub source: Arc<str>,
+    pub partition: i32,
+    pub next_offset: i64,
+}
+
+/// What a source sends to the router.
+#[derive(Debug)]
+pub enum SourceMsg {
+    /// Records of one input partition, in order.
+    Batch {
+        /// Index of the partition in the watermark (see [`Engine::partitions`]).
+        partition: usize,
+        records: Vec<Record>,
+        dead: Vec<DeadLetter>,
+        /// The position after this batch.
+        position: Option<Position>,
+    },
+    /// The partition has no more records (end of file).
+    End { partition: usize },
+}
+
+/// What the router sends a worker.
+enum WorkMsg {
+    /// Records to apply, then the watermark to advance to.
+    Batch {
+        items: Vec<WorkItem>,
+        watermark: Millis,
+    },
+    /// Hand the state changes since the last checkpoint to the sink.
+    Checkpoint { epoch: u64 },
+}
+
+/// One unit of work for the shard that owns its key or entity.
+enum WorkItem {
+    /// A change, for the entity checks.
+    Entity(Arc<Change>),
+    /// A change, for one of its cache keys.
+    Change {
+        key: Arc<str>,
+        change: Arc<Change>,
+    },
+    Invalidation {
+        key: Arc<str>,
+        inv: Invalidation,
+    },
+    /// A glob invalidation: every worker gets it.
+    Wildcard {
+        pattern: Arc<str>,
+        inv: Invalidation,
+    },
+    Fill {
+        key: Arc<str>,
+        fill: Fill,
+    },
+}
+
+/// What the router and the workers send the sink.
+enum SinkMsg {
+    DeadLetters(Vec<DeadLetter>),
+    Violations(Vec<Violation>),
+    /// The router's part of a checkpoint: positions reached, and the watermark.
+    Barrier {
+        epoch: u64,
+        positions: Vec<Position>,
+        watermark: Millis,
+    },
+    /// A worker's part of a checkpoint: its state changes.
+    Fragment {
+        epoch: u64,
+        batch: StateBatch,
+    },
+}
+
+/// Where violations and dead letters go.
+pub trait Outputs: Send {
+    fn violation(&mut self, v: &Violation) -> Result<(), OutputError>;
+    fn dead_letter(&mut self, d: &DeadLetter) -> Result<(), OutputError>;
+    /// Makes everything written so far durable (files flushed, records
+    /// acknowledged by the broker). Called before each state commit.
+    fn flush(&mut self) -> Result<(), OutputError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("cannot write {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot produce to Kafka topic {topic}: {message}")]
+    Kafka { topic: String, message: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("pipeline stage {0} stopped unexpectedly")]
+    Disconnected(&'static str),
+    #[error("pipeline thread {0} panicked")]
+    Panicked(&'static str),
+}
+
+/// Settings of the engine, resolved from the configuration.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub workers: usize,
+    pub batch_size: usize,
+    pub queue_batches: usize,
+    pub key_rules: KeyRules,
+    pub allowed_lateness_ms: Millis,
+    /// `None` for finite inputs (files).
+    pub idle_timeout_ms: Option<Millis>,
+    pub checkpoint_every: Duration,
+    pub retention_ms: Millis,
+}
+
+impl EngineOptions {
+    pub fn from_config(config: &crate::config::Config, finite_inputs: bool) -> Self {
+        let d = &config.detect;
+        EngineOptions {
+            workers: config.pipeline.worker_count(),
+            batch_size: config.pipeline.batch_size,
+            queue_batches: config.pipeline.queue_batches,
+            key_rules: KeyRules {
+                skew_ms: d.skew.as_millis_i64(),
+                late_window_ms: d.late_window.as_millis_i64(),
+                max_changes: d.max_changes_per_key,
+            },
+            allowed_lateness_ms: d.allowed_lateness.as_millis_i64(),
+            idle_timeout_ms: (!finite_inputs).then(|| d.idle_timeout.as_millis_i64()),
+            checkpoint_every: config.state.checkpoint_interval.0,
+            retention_ms: config.state.retention.as_millis_i64(),
+        }
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    /// The last watermark ([`crate::time::END_OF_TIME`] when every input ended).
+    pub watermark: Millis,
+    /// Checkpoints committed.
+    pub checkpoints: u64,
+}
+
+/// A configured engine, ready to run over the sources' channel.
+pub struct Engine {
+    pub options: EngineOptions,
+    pub store: Arc<dyn Store>,
+    pub stats: Arc<Stats>,
+    pub clock: Arc<dyn Clock>,
+    /// Number of input partitions the sources will send (indices `0..n`).
+    pub partitions: usize,
+}
+
+impl Engine {
+    /// Runs until every partition has ended or every source has hung up,
+    /// then commits a last checkpoint. Blocks the calling thread.
+    pub fn run(
+        self,
+        sources: Receiver<SourceMsg>,
+        outputs: Box<dyn Outputs>,
+    ) -> Result<RunReport, PipelineError> {
+        let n = self.options.workers.max(1);
+        let cap = self.options.queue_batches;
+        let (sink_tx, sink_rx) = crossbeam_channel::bounded(cap * (n + 1));
+        let mut work_txs = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
+        for index in 0..n {
+            let (tx, rx) = crossbeam_channel::bounded(cap);
+            work_txs.push(tx);
+            let w = worker::Worker::new(index, n, &self, sink_tx.clone())?;
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("vigil-worker-{index}"))
+                    .spawn(move || w.run(rx))
+                    .expect("spawning a thread only fails when the OS is out of resources"),
+            );
+        }
+        let sink = sink::Sink::new(
+            n,
+            Arc::clone(&self.store),
+            outputs,
+            Arc::clone(&self.stats),
+            self.options.retention_ms,
+        );
+        let sink_handle = std::thread::Builder::new()
+            .name("vigil-sink".into())
+            .spawn(move || sink.run(sink_rx))
+            .expect("spawning a thread only fails when the OS is out of resources");
+
+        let router = router::Router::new(&self, work_txs, sink_tx);
+        let routed = router.run(sources);
+        let workers: Vec<Result<(), PipelineError>> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(Err(PipelineError::Panicked("worker"))))
+            .collect();
+        let sunk = sink_handle
+            .join()
+            .unwrap_or(Err(PipelineError::Panicked("sink")));
+
+        // When a stage fails the others see their channels close; report the
+        // failure itself, not those echoes.
+        let mut errors: Vec<PipelineError> = workers.into_iter().filter_map(Result::err).collect();
+        match (routed, sunk) {
+            (Ok(watermark), Ok(checkpoints)) if errors.is_empty() => Ok(RunReport {
+                watermark,
+                checkpoints,
+            }),
+            (routed, sunk) => {
+                errors.extend(sunk.err());
+                errors.extend(routed.err());
+                let first_real = errors
+                    .iter()
+                    .position(|e| !matches!(e, PipelineError::Disconnected(_)));
+                Err(errors.swap_remove(first_real.unwrap_or(0)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

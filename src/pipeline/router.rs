@@ -1,0 +1,239 @@
+//! The router: the single sequencer between the sources and the workers. It
+//! advances the watermark on the records it routes, splits every record by
+//! entity and by cache key onto the workers, and injects checkpoints.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::{Engine, PipelineError, Position, SinkMsg, SourceMsg, WorkItem, WorkMsg};
+use crate::detect::key::{Fill, Invalidation};
+use crate::hash;
+use crate::ingest::Record;
+use crate::model::{CacheAction, CacheEvent, Millis, Provenance, is_glob};
+use crate::telemetry::Stats;
+use crate::time::{Clock, Watermarks};
+
+/// How often the router wakes without input (idle watermarks, checkpoints).
+const TICK: Duration = Duration::from_millis(100);
+
+pub(super) struct Router {
+    work: Vec<Sender<WorkMsg>>,
+    sink: Sender<SinkMsg>,
+    pending: Vec<Vec<WorkItem>>,
+    watermarks: Watermarks,
+    /// The watermark the workers were last given.
+    sent_watermark: Millis,
+    partitions: usize,
+    ended: usize,
+    positions: BTreeMap<(Arc<str>, i32), i64>,
+    epoch: u64,
+    last_checkpoint: Instant,
+    checkpoint_every: Duration,
+    clock: Arc<dyn Clock>,
+    stats: Arc<Stats>,
+}
+
+fn disconnected<T>(_: T) -> PipelineError {
+    PipelineError::Disconnected("worker or sink")
+}
+
+impl Router {
+    pub(super) fn new(engine: &Engine, work: Vec<Sender<WorkMsg>>, sink: Sender<SinkMsg>) -> Self {
+        let o = &engine.options;
+        let now = engine.clock.now_ms();
+        let mut watermarks = Watermarks::new(o.allowed_lateness_ms, o.idle_timeout_ms);
+        for _ in 0..engine.partitions {
+            watermarks.add_partition(now);
+        }
+        let n = work.len();
+        Router {
+            work,
+            sink,
+            pending: (0..n).map(|_| Vec::new()).collect(),
+            watermarks,
+            sent_watermark: Millis::MIN,
+            partitions: engine.partitions,
+            ended: 0,
+            positions: BTreeMap::new(),
+            epoch: 0,
+            last_checkpoint: Instant::now(),
+            checkpoint_every: o.checkpoint_every,
+            clock: Arc::clone(&engine.clock),
+            stats: Arc::clone(&engine.stats),
+        }
+    }
+
+    /// Routes until every partition has ended or every source has hung up,
+    /// commits a last checkpoint and returns the final watermark.
+    pub(super) fn run(mut self, sources: Receiver<SourceMsg>) -> Result<Millis, PipelineError> {
+        while self.partitions == 0 || self.ended < self.partitions {
+            match sources.recv_timeout(TICK) {
+                Ok(SourceMsg::Batch {
+                    partition,
+                    records,
+                    dead,
+                    position,
+                }) => self.route(partition, records, dead, position)?,
+                Ok(SourceMsg::End { partition }) => {
+                    self.watermarks.end(partition);
+                    self.ended += 1;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.dispatch()?;
+            if self.last_checkpoint.elapsed() >= self.checkpoint_every {
+                self.checkpoint()?;
+            }
+        }
+        self.checkpoint()?;
+        Ok(self.sent_watermark)
+    }
+
+    fn route(
+        &mut self,
+        partition: usize,
+        records: Vec<Record>,
+        dead: Vec<crate::dead_letter::DeadLetter>,
+        position: Option<Position>,
+    ) -> Result<(), PipelineError> {
+        if !dead.is_empty() {
+            self.sink
+                .send(SinkMsg::DeadLetters(dead))
+                .map_err(disconnected)?;
+        }
+        let now = self.clock.now_ms();
+        let mut late = 0;
+        for record in records {
+            let ts = record.event_time();
+            if self.watermarks.is_late(ts) {
+                late += 1;
+            }
+            self.watermarks.observe(partition, ts, now);
+            match record {
+                Record::Change(change) => self.route_change(change),
+                Record::Cache(event, provenance) => self.route_cache(event, provenance),
+            }
+        }
+        self.stats.add_late_records(late);
+        if let Some(p) = position {
+            self.positions
+                .insert((p.source, p.partition), p.next_offset);
+        }
+        Ok(())
+    }
+
+    fn route_change(&mut self, change: crate::mapping::Change) {
+        self.stats.add_change(change.op);
+        let n = self.work.len();
+        let change = Arc::new(change);
+        self.pending[hash::shard_of_entity(change.entity, n)]
+            .push(WorkItem::Entity(Arc::clone(&change)));
+        if change.op.obliges_invalidation() {
+            for key in &change.keys {
+                self.pending[hash::shard_of_key(key, n)].push(WorkItem::Change {
+                    key: Arc::clone(key),
+                    change: Arc::clone(&change),
+                });
+            }
+        }
+    }
+
+    fn route_cache(&mut self, event: CacheEvent, evidence: Provenance) {
+        let n = self.work.len();
+        let service: Option<Arc<str>> = event.source_service.as_deref().map(Arc::from);
+        match event.action() {
+            CacheAction::Invalidate => {
+                self.stats.add_cache_events(1, 0);
+                let inv = Invalidation {
+                    ts: event.ts_ms,
+                    version: event.version,
+                    service,
+                    evidence,
+                };
+                for key in event.keys {
+                    let key: Arc<str> = Arc::from(key);
+                    if is_glob(&key) {
+                        for pending in &mut self.pending {
+                            pending.push(WorkItem::Wildcard {
+                                pattern: Arc::clone(&key),
+                                inv: inv.clone(),
+                            });
+                        }
+                    } else {
+                        self.pending[hash::shard_of_key(&key, n)].push(WorkItem::Invalidation {
+                            key,
+                            inv: inv.clone(),
+                        });
+                    }
+                }
+            }
+            CacheAction::Fill => {
+                self.stats.add_cache_events(0, 1);
+                for key in event.keys {
+                    let fill = Fill {
+                        id: hash::fill(&key, event.ts_ms, event.version, service.as_deref()),
+                        ts: event.ts_ms,
+                        version: event.version,
+                        service: service.clone(),
+                        evidence: evidence.clone(),
+                    };
+                    let key: Arc<str> = Arc::from(key);
+                    self.pending[hash::shard_of_key(&key, n)].push(WorkItem::Fill { key, fill });
+                }
+            }
+        }
+    }
+
+    /// Sends what was routed (sources already batch their records), and an
+    /// empty batch to every worker whose only news is a newer watermark.
+    fn dispatch(&mut self) -> Result<(), PipelineError> {
+        let watermark = self.watermarks.update(self.clock.now_ms());
+        let moved = watermark > self.sent_watermark;
+        for (i, items) in self.pending.iter_mut().enumerate() {
+            if moved || !items.is_empty() {
+                let items = std::mem::take(items);
+                self.work[i]
+                    .send(WorkMsg::Batch { items, watermark })
+                    .map_err(disconnected)?;
+            }
+        }
+        if moved {
+            self.sent_watermark = watermark;
+        }
+        Ok(())
+    }
+
+    /// Flushes everything routed so far, then asks every worker and the sink
+    /// for their part of checkpoint `epoch`.
+    fn checkpoint(&mut self) -> Result<(), PipelineError> {
+        self.dispatch()?;
+        let watermark = self.sent_watermark;
+        self.epoch += 1;
+        for w in &self.work {
+            w.send(WorkMsg::Checkpoint { epoch: self.epoch })
+                .map_err(disconnected)?;
+        }
+        let positions = self
+            .positions
+            .iter()
+            .map(|((source, partition), next)| Position {
+                source: Arc::clone(source),
+                partition: *partition,
+                next_offset: *next,
+            })
+            .collect();
+        self.sink
+            .send(SinkMsg::Barrier {
+                epoch: self.epoch,
+                positions,
+                watermark,
+            })
+            .map_err(disconnected)?;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+}

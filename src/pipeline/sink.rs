@@ -1,0 +1,122 @@
+//! The sink: writes violations and dead letters as they come, and commits
+//! each checkpoint once it is whole (the router's positions and every
+//! worker's state changes): outputs flushed first, then state and positions
+//! in one atomic write (DESIGN.md section 8).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+
+use super::{Outputs, PipelineError, Position, SinkMsg};
+use crate::model::Millis;
+use crate::state::{Cf, StateBatch, Store, codec};
+use crate::telemetry::Stats;
+use crate::time::END_OF_TIME;
+
+#[derive(Default)]
+struct PendingCheckpoint {
+    fragments: usize,
+    batch: StateBatch,
+    barrier: Option<(Vec<Position>, Millis)>,
+}
+
+pub(super) struct Sink {
+    workers: usize,
+    store: Arc<dyn Store>,
+    outputs: Box<dyn Outputs>,
+    stats: Arc<Stats>,
+    retention_ms: Millis,
+    pending: BTreeMap<u64, PendingCheckpoint>,
+    committed: u64,
+}
+
+impl Sink {
+    pub(super) fn new(
+        workers: usize,
+        store: Arc<dyn Store>,
+        outputs: Box<dyn Outputs>,
+        stats: Arc<Stats>,
+        retention_ms: Millis,
+    ) -> Self {
+        Sink {
+            workers,
+            store,
+            outputs,
+            stats,
+            retention_ms,
+            pending: BTreeMap::new(),
+            committed: 0,
+        }
+    }
+
+    /// Runs until every sender has hung up; returns the checkpoints committed.
+    pub(super) fn run(mut self, inbox: Receiver<SinkMsg>) -> Result<u64, PipelineError> {
+        for msg in inbox {
+            match msg {
+                SinkMsg::DeadLetters(dead) => {
+                    for d in &dead {
+                        self.outputs.dead_letter(d)?;
+                        self.stats.add_dead_letter(d.error.reason);
+                    }
+                }
+                SinkMsg::Violations(violations) => {
+                    for v in &violations {
+                        self.outputs.violation(v)?;
+                        self.stats.add_violation(v.kind);
+                    }
+                }
+                SinkMsg::Barrier {
+                    epoch,
+                    positions,
+                    watermark,
+                } => {
+                    self.pending.entry(epoch).or_default().barrier = Some((positions, watermark));
+                    self.commit_if_whole(epoch)?;
+                }
+                SinkMsg::Fragment { epoch, batch } => {
+                    let p = self.pending.entry(epoch).or_default();
+                    p.fragments += 1;
+                    p.batch.append(batch);
+                    self.commit_if_whole(epoch)?;
+                }
+            }
+        }
+        self.outputs.flush()?;
+        Ok(self.committed)
+    }
+
+    fn commit_if_whole(&mut self, epoch: u64) -> Result<(), PipelineError> {
+        let whole = self
+            .pending
+            .get(&epoch)
+            .is_some_and(|p| p.fragments == self.workers && p.barrier.is_some());
+        if !whole {
+            return Ok(());
+        }
+        let PendingCheckpoint {
+            mut batch, barrier, ..
+        } = self.pending.remove(&epoch).expect("checked above");
+        let (positions, watermark) = barrier.expect("checked above");
+        // Outputs first: a crash between the two re-emits (same ids) rather
+        // than loses.
+        self.outputs.flush()?;
+        for p in positions {
+            batch.put(
+                Cf::Offsets,
+                codec::offset_key(&p.source, p.partition),
+                p.next_offset.to_le_bytes().to_vec(),
+            );
+        }
+        self.store.write(batch)?;
+        // At the end of time (every input ended) nothing has aged: what the
+        // run kept stays for inspection and later runs.
+        if watermark != END_OF_TIME {
+            self.store
+                .retention()
+                .advance(watermark.saturating_sub(self.retention_ms));
+        }
+        self.committed += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,72 @@
+//! The in-memory [`Store`]: the same contract as RocksDB, for unit tests.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::{Cf, RetentionHorizon, StateBatch, StateError, Store};
+
+type Entries = BTreeMap<(Cf, Vec<u8>), Vec<u8>>;
+
+#[derive(Debug, Default)]
+pub struct MemStore {
+    data: Mutex<Entries>,
+    retention: RetentionHorizon,
+}
+
+impl MemStore {
+    pub fn new() -> Self {
+        MemStore {
+            data: Mutex::new(BTreeMap::new()),
+            retention: RetentionHorizon::new(),
+        }
+    }
+
+    fn data(&self) -> std::sync::MutexGuard<'_, Entries> {
+        // A panic while holding the lock leaves the map consistent (every
+        // operation is a single insert/remove), so a poisoned lock is usable.
+        self.data.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Store for MemStore {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self.data().get(&(cf, key.to_vec())).cloned())
+    }
+
+    fn write(&self, batch: StateBatch) -> Result<(), StateError> {
+        let mut data = self.data();
+        for w in batch.writes {
+            match w.value {
+                Some(v) => data.insert((w.cf, w.key), v),
+                None => data.remove(&(w.cf, w.key)),
+            };
+        }
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError> {
+        let data = self.data();
+        for ((c, k), v) in data.range((cf, prefix.to_vec())..) {
+            if *c != cf || !k.starts_with(prefix) {
+                break;
+            }
+            if !f(k, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn retention(&self) -> &RetentionHorizon {
+        &self.retention
+    }
+
+    fn approximate_len(&self, cf: Cf) -> u64 {
+        self.data().keys().filter(|(c, _)| *c == cf).count() as u64
+    }
+}

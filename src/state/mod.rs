@@ -1,0 +1,148 @@
+//! Durable state: a key-value [`Store`] with column families, written in
+//! atomic batches. [`RocksStore`] is the real one; [`MemStore`] keeps the same
+//! contract in memory for unit tests (a property test keeps them in
+//! agreement). Values are encoded by [`codec`] with a leading format byte.
+
+pub mod codec;
+mod memory;
+mod rocks;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+pub use memory::MemStore;
+pub use rocks::RocksStore;
+
+/// The column families of DESIGN.md section 8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cf {
+    /// Per entity (table + primary key): versions seen.
+    Entities,
+    /// Per cache key: pending changes, recent history, invalidations, fills.
+    Keys,
+    /// Pending deadlines, ordered by due time (see [`codec::timer_key`]).
+    Timers,
+    /// Input positions: the next offset to read per source and partition.
+    Offsets,
+}
+
+impl Cf {
+    pub const ALL: [Cf; 4] = [Cf::Entities, Cf::Keys, Cf::Timers, Cf::Offsets];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Entities => "entities",
+            Cf::Keys => "keys",
+            Cf::Timers => "timers",
+            Cf::Offsets => "offsets",
+        }
+    }
+
+    /// Whether entries of this family expire with the state retention.
+    pub fn expires(self) -> bool {
+        matches!(self, Cf::Entities | Cf::Keys)
+    }
+}
+
+/// One write of a batch: a put, or a delete when `value` is `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    pub cf: Cf,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Writes applied atomically: all or none.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StateBatch {
+    pub writes: Vec<Write>,
+}
+
+impl StateBatch {
+    pub fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.push(Write {
+            cf,
+            key,
+            value: Some(value),
+        });
+    }
+
+    pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
+        self.writes.push(Write {
+            cf,
+            key,
+            value: None,
+        });
+    }
+
+    pub fn append(&mut self, other: StateBatch) {
+        self.writes.extend(other.writes);
+    }
+
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state store at {path}: {message}")]
+    Rocks { path: String, message: String },
+    #[error("corrupt state value in {cf}: {message}")]
+    Corrupt { cf: &'static str, message: String },
+}
+
+/// The event-time horizon before which expiring entries may be removed
+/// (watermark minus retention), shared with the store's compaction filter.
+#[derive(Debug, Clone, Default)]
+pub struct RetentionHorizon(Arc<AtomicI64>);
+
+impl RetentionHorizon {
+    pub fn new() -> Self {
+        RetentionHorizon(Arc::new(AtomicI64::new(i64::MIN)))
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Moves the horizon forward (it never goes back).
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Whether a value last touched at `touched_ms` has expired.
+    pub fn expired(&self, touched_ms: i64) -> bool {
+        touched_ms < self.get()
+    }
+}
+
+/// A key-value store with column families and atomic batches.
+pub trait Store: Send + Sync {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StateError>;
+
+    /// Applies every write of the batch, atomically.
+    fn write(&self, batch: StateBatch) -> Result<(), StateError>;
+
+    /// Calls `f` on every entry whose key starts with `prefix`, in key order,
+    /// until `f` returns false.
+    fn scan(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError>;
+
+    /// The horizon that retention removes expired entries against.
+    fn retention(&self) -> &RetentionHorizon;
+
+    /// Approximate number of entries in a family (for metrics).
+    fn approximate_len(&self, cf: Cf) -> u64;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,163 @@
+//! The RocksDB [`Store`].
+//!
+//! Tuning (documented here because it is part of the contract with
+//! operators): one shared LRU block cache, bloom filters on the families that
+//! are read by point lookups (entities, keys), LZ4 compression, 64 MiB
+//! memtables, WAL on without an fsync per batch (a crash of the machine, not
+//! of the process, can lose the last batches; vigil then resumes from the
+//! offsets of the last batch that reached disk, so state and position still
+//! agree). Entries of the expiring families are dropped by a compaction
+//! filter once their touch time is older than the retention horizon.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::compaction_filter::Decision;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode, Options,
+    WriteBatch, WriteOptions,
+};
+
+use super::codec;
+use super::{Cf, RetentionHorizon, StateBatch, StateError, Store};
+
+/// Size of the shared block cache.
+const BLOCK_CACHE_BYTES: usize = 256 << 20;
+/// Memtable size per column family.
+const WRITE_BUFFER_BYTES: usize = 64 << 20;
+
+pub struct RocksStore {
+    db: Arc<DB>,
+    path: PathBuf,
+    retention: RetentionHorizon,
+}
+
+impl std::fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl RocksStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let retention = RetentionHorizon::new();
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let descriptors = Cf::ALL
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf, &cache, &retention)));
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_background_jobs(2);
+        let db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| {
+            StateError::Rocks {
+                path: path.display().to_string(),
+                message: e.into_string(),
+            }
+        })?;
+        Ok(RocksStore {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+            retention,
+        })
+    }
+
+    fn err(&self, e: rocksdb::Error) -> StateError {
+        StateError::Rocks {
+            path: self.path.display().to_string(),
+            message: e.into_string(),
+        }
+    }
+
+    fn handle(&self, cf: Cf) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(cf.name())
+            .expect("every column family is created when the store is opened")
+    }
+
+    /// Compacts a family now, applying the retention filter (for tests and
+    /// maintenance; RocksDB also compacts in the background).
+    pub fn compact(&self, cf: Cf) {
+        self.db
+            .compact_range_cf(self.handle(cf), None::<&[u8]>, None::<&[u8]>);
+    }
+}
+
+fn cf_options(cf: Cf, cache: &Cache, retention: &RetentionHorizon) -> Options {
+    let mut opts = Options::default();
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_write_buffer_size(WRITE_BUFFER_BYTES);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    if matches!(cf, Cf::Entities | Cf::Keys) {
+        table.set_bloom_filter(10.0, false);
+    }
+    opts.set_block_based_table_factory(&table);
+    if cf.expires() {
+        let horizon = retention.clone();
+        opts.set_compaction_filter(
+            "vigil-retention",
+            move |_level: u32, _key: &[u8], value: &[u8]| match codec::touched(value) {
+                Some(t) if horizon.expired(t) => Decision::Remove,
+                _ => Decision::Keep,
+            },
+        );
+    }
+    opts
+}
+
+impl Store for RocksStore {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        self.db
+            .get_pinned_cf(self.handle(cf), key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| self.err(e))
+    }
+
+    fn write(&self, batch: StateBatch) -> Result<(), StateError> {
+        let mut wb = WriteBatch::default();
+        for w in &batch.writes {
+            let h = self.handle(w.cf);
+            match &w.value {
+                Some(v) => wb.put_cf(h, &w.key, v),
+                None => wb.delete_cf(h, &w.key),
+            }
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(false);
+        self.db.write_opt(wb, &opts).map_err(|e| self.err(e))
+    }
+
+    fn scan(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError> {
+        let iter = self.db.iterator_cf(
+            self.handle(cf),
+            IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if !k.starts_with(prefix) || !f(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn retention(&self) -> &RetentionHorizon {
+        &self.retention
+    }
+
+    fn approximate_len(&self, cf: Cf) -> u64 {
+        self.db
+            .property_int_value_cf(self.handle(cf), "rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,245 @@
+//! Time: an injectable wall clock, the event-time watermark over input
+//! partitions (DESIGN.md section 6), and the queue of deadline timers.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use crate::model::Millis;
+
+/// The watermark once every input has ended: every verdict is final.
+pub const END_OF_TIME: Millis = Millis::MAX;
+
+/// Wall-clock time, injected so that tests and replays are deterministic.
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> Millis;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> Millis {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as Millis)
+    }
+}
+
+/// A clock that only moves when told to (tests).
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock(Arc<AtomicI64>);
+
+impl ManualClock {
+    pub fn new(start_ms: Millis) -> Self {
+        ManualClock(Arc::new(AtomicI64::new(start_ms)))
+    }
+
+    pub fn advance(&self, ms: Millis) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> Millis {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Partition {
+    /// Highest event time seen.
+    max_ts: Option<Millis>,
+    /// Wall time of the last record (or of registration).
+    last_record_wall: Millis,
+    ended: bool,
+}
+
+/// The watermark: the minimum over active input partitions of the highest
+/// event time seen, minus the allowed lateness. It never goes back.
+///
+/// A partition that has seen nothing yet holds the watermark back (its first
+/// record may be old). With an idle timeout (live mode), a partition without
+/// records for that long stops holding it back, and when every partition is
+/// idle the watermark follows the wall clock minus the lateness. A partition
+/// that has ended (end of file) no longer counts; once all have ended the
+/// watermark is [`END_OF_TIME`].
+#[derive(Debug, Clone)]
+pub struct Watermarks {
+    lateness_ms: Millis,
+    idle_timeout_ms: Option<Millis>,
+    partitions: Vec<Partition>,
+    current: Millis,
+}
+
+impl Watermarks {
+    /// `idle_timeout_ms`: `None` for finite inputs (files), where waiting is
+    /// always right.
+    pub fn new(lateness_ms: Millis, idle_timeout_ms: Option<Millis>) -> Self {
+        Watermarks {
+            lateness_ms,
+            idle_timeout_ms,
+            partitions: Vec::new(),
+            current: Millis::MIN,
+        }
+    }
+
+    /// Registers an input partition and returns its index.
+    pub fn add_partition(&mut self, now_ms: Millis) -> usize {
+        self.partitions.push(Partition {
+            max_ts: None,
+            last_record_wall: now_ms,
+            ended: false,
+        });
+        self.partitions.len() - 1
+    }
+
+    /// A record of partition `p` with event time `ts`, seen at wall time `now_ms`.
+    pub fn observe(&mut self, p: usize, ts: Millis, now_ms: Millis) {
+        let part = &mut self.partitions[p];
+        part.max_ts = Some(part.max_ts.map_or(ts, |m| m.max(ts)));
+        part.last_record_wall = now_ms;
+    }
+
+    /// Partition `p` has no more records (end of file, revoked partition).
+    pub fn end(&mut self, p: usize) {
+        self.partitions[p].ended = true;
+    }
+
+    /// Partition `p` is active again (a re-assigned Kafka partition).
+    pub fn reopen(&mut self, p: usize, now_ms: Millis) {
+        let part = &mut self.partitions[p];
+        part.ended = false;
+        part.last_record_wall = now_ms;
+    }
+
+    /// Whether a record with event time `ts` arrives behind the watermark.
+    pub fn is_late(&self, ts: Millis) -> bool {
+        ts < self.current
+    }
+
+    pub fn current(&self) -> Millis {
+        self.current
+    }
+
+    /// Recomputes the watermark at wall time `now_ms` and returns it.
+    pub fn update(&mut self, now_ms: Millis) -> Millis {
+        let idle = |p: &Partition| {
+            self.idle_timeout_ms
+                .is_some_and(|t| now_ms.saturating_sub(p.last_record_wall) >= t)
+        };
+        let mut active = self.partitions.iter().filter(|p| !p.ended).peekable();
+        let candidate = if active.peek().is_none() {
+            END_OF_TIME
+        } else {
+            let holding: Vec<&Partition> = active.filter(|p| !idle(p)).collect();
+            if holding.is_empty() {
+                now_ms.saturating_sub(self.lateness_ms)
+            } else if holding.iter().any(|p| p.max_ts.is_none()) {
+                Millis::MIN
+            } else {
+                holding
+                    .iter()
+                    .filter_map(|p| p.max_ts)
+                    .min()
+                    .map_or(Millis::MIN, |m| m.saturating_sub(self.lateness_ms))
+            }
+        };
+        self.current = self.current.max(candidate);
+        self.current
+    }
+}
+
+/// Due times of cache keys, earliest first. A key may be queued more than
+/// once; the owner ignores entries that no longer match the key's armed time.
+#[derive(Debug, Default)]
+pub struct TimerQueue {
+    heap: BinaryHeap<Reverse<(Millis, Arc<str>)>>,
+}
+
+impl TimerQueue {
+    pub fn push(&mut self, due: Millis, key: Arc<str>) {
+        self.heap.push(Reverse((due, key)));
+    }
+
+    /// Removes and returns the earliest timer due at or before `wm`.
+    pub fn pop_due(&mut self, wm: Millis) -> Option<(Millis, Arc<str>)> {
+        match self.heap.peek() {
+            Some(Reverse((due, _))) if *due <= wm => self.heap.pop().map(|Reverse(t)| t),
+            _ => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_is_the_slowest_partition_minus_lateness() {
+        let mut w = Watermarks::new(5, None);
+        let a = w.add_partition(0);
+        let b = w.add_partition(0);
+        w.observe(a, 100, 0);
+        assert_eq!(w.update(0), Millis::MIN, "b has not spoken yet");
+        w.observe(b, 50, 0);
+        assert_eq!(w.update(0), 45);
+        w.observe(b, 200, 0);
+        assert_eq!(w.update(0), 95);
+        assert!(w.is_late(90) && !w.is_late(95));
+        w.end(a);
+        assert_eq!(w.update(0), 195);
+        w.end(b);
+        assert_eq!(w.update(0), END_OF_TIME);
+    }
+
+    #[test]
+    fn watermark_never_goes_back() {
+        let mut w = Watermarks::new(0, None);
+        let a = w.add_partition(0);
+        w.observe(a, 100, 0);
+        assert_eq!(w.update(0), 100);
+        w.add_partition(0);
+        assert_eq!(w.update(0), 100);
+    }
+
+    #[test]
+    fn idle_partitions_stop_holding_and_all_idle_follows_the_clock() {
+        let clock = ManualClock::new(1_000);
+        let mut w = Watermarks::new(10, Some(100));
+        let a = w.add_partition(clock.now_ms());
+        w.add_partition(clock.now_ms());
+        w.observe(a, 500, clock.now_ms());
+        assert_eq!(w.update(clock.now_ms()), Millis::MIN);
+        clock.advance(60);
+        w.observe(a, 520, clock.now_ms());
+        clock.advance(50);
+        // b idle for 110 ms: only a holds.
+        assert_eq!(w.update(clock.now_ms()), 510);
+        clock.advance(200);
+        // Both idle: wall clock minus lateness.
+        assert_eq!(w.update(clock.now_ms()), 1_300);
+    }
+
+    #[test]
+    fn timers_pop_in_due_order_up_to_the_watermark() {
+        let mut q = TimerQueue::default();
+        q.push(30, Arc::from("c"));
+        q.push(10, Arc::from("a"));
+        q.push(20, Arc::from("b"));
+        assert_eq!(q.pop_due(25).map(|t| t.0), Some(10));
+        assert_eq!(q.pop_due(25).map(|t| t.0), Some(20));
+        assert_eq!(q.pop_due(25), None);
+        assert_eq!(q.len(), 1);
+    }
+}

@@ -1,0 +1,771 @@
+//! The synthetic workload behind `vigil gen`, the demo and the benchmarks:
+//! CDC records and cache events of a simulated application, with faults
+//! injected at configurable rates and the violations a correct engine must
+//! report for them ([`Expected`]).
+//!
+//! The expected violations follow from how the workload is built, not from
+//! the engine: each entity lives through *episodes* (a create, update or
+//! delete, the invalidation of its keys, sometimes a fill), and an entity's
+//! episodes are [`SPACING_MS`] apart, longer than a deadline plus a late
+//! window, so that a fault in one episode cannot interact with another. Noise
+//! that a correct engine must not report is added everywhere: redeliveries,
+//! invalidations stamped before the change within the clock skew, cache
+//! events out of order within the allowed lateness, wildcard and multi-key
+//! invalidations, snapshot reads, tombstones and heartbeats.
+
+pub mod encode;
+mod rng;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::events::ViolationKind;
+use crate::ingest::Stream;
+use crate::model::{Millis, Op};
+use encode::{CdcFormat, GenCacheEvent, GenChange, GenRow, TsForm, encode_cache, encode_change};
+use rng::Rng;
+
+/// Deadline of the generated tables.
+pub const DEADLINE_MS: i64 = 1_000;
+/// Clock skew of the generated configuration.
+pub const SKEW_MS: i64 = 100;
+/// Late window of the generated configuration.
+pub const LATE_WINDOW_MS: i64 = 500;
+/// Allowed lateness of the generated configuration (cache events are out of
+/// order by up to [`JITTER_MS`]).
+pub const LATENESS_MS: i64 = 2_000;
+/// Minimum time between two episodes of one entity.
+pub const SPACING_MS: i64 = 3_000;
+/// Event time of the first episode (2023-11-14T22:13:20Z).
+pub const START_MS: Millis = 1_700_000_000_000;
+/// How far a cache event may be written after its timestamp.
+pub const JITTER_MS: i64 = 300;
+
+const P_DELETE: f64 = 0.08;
+const P_FILL: f64 = 0.3;
+const P_WILDCARD: f64 = 0.05;
+const P_COMBINED: f64 = 0.3;
+const P_UNVERSIONED_INVALIDATION: f64 = 0.1;
+/// Average records per episode, to turn a record rate into an episode rate.
+const RECORDS_PER_EPISODE: f64 = 2.6;
+/// Debezium emits a heartbeat every this many CDC records here.
+const HEARTBEAT_EVERY: u64 = 2_000;
+/// Kafka partitions of each generated topic (for `kcat` lines).
+pub const PARTITIONS: i32 = 3;
+
+/// Rates (0..1) of each injected fault, and of redeliveries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaultRates {
+    pub missing: f64,
+    pub late: f64,
+    pub stale_fill: f64,
+    pub fill_after_delete: f64,
+    pub regression: f64,
+    pub gap: f64,
+    pub conflict: f64,
+    pub duplicate: f64,
+}
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    /// Records to write (CDC and cache together).
+    pub events: u64,
+    /// Distinct entities (rows).
+    pub keys: u64,
+    pub tables: u32,
+    /// Records per second of event time.
+    pub rate: u64,
+    pub format: CdcFormat,
+    pub seed: u64,
+    pub faults: FaultRates,
+}
+
+/// A generated record, in the order it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenRecord {
+    pub stream: Stream,
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub key: Option<String>,
+    /// `None` is a tombstone.
+    pub value: Option<String>,
+    /// Kafka timestamp: the record's event time.
+    pub ts_ms: Millis,
+}
+
+/// A violation the engine must report.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Expected {
+    pub kind: &'static str,
+    pub key: Option<String>,
+    pub table: String,
+    pub pk: String,
+    pub version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<i64>,
+}
+
+impl Expected {
+    /// The line of `expected.ndjson` (pk as a JSON object).
+    pub fn to_json(&self) -> Value {
+        let mut v = serde_json::to_value(self).expect("expected violations serialize");
+        v["pk"] = serde_json::from_str(&self.pk).unwrap_or(Value::Null);
+        v
+    }
+}
+
+/// Counts of what was generated.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GenStats {
+    pub cdc_records: u64,
+    pub cache_records: u64,
+    pub episodes: u64,
+    pub injected: BTreeMap<&'static str, u64>,
+    pub redeliveries: u64,
+    pub first_event_ms: Option<Millis>,
+    pub last_event_ms: Option<Millis>,
+    /// The record rate after spacing episodes of an entity at least
+    /// [`SPACING_MS`] apart (lower than asked when there are few keys).
+    pub effective_rate: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Missing,
+    Late,
+    StaleFill,
+    FillAfterDelete,
+    Regression,
+    Gap,
+    Conflict,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Missing => "missing_invalidation",
+            Fault::Late => "late_invalidation",
+            Fault::StaleFill => "stale_fill",
+            Fault::FillAfterDelete => "fill_after_delete",
+            Fault::Regression => "version_regression",
+            Fault::Gap => "version_gap",
+            Fault::Conflict => "conflicting_version",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Entity {
+    exists: bool,
+    version: u64,
+}
+
+struct Pending {
+    emit: Millis,
+    seq: u64,
+    record: GenRecord,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, o: &Self) -> bool {
+        (self.emit, self.seq) == (o.emit, o.seq)
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.emit, self.seq).cmp(&(o.emit, o.seq))
+    }
+}
+
+/// Generates the workload record by record, in write order, with memory
+/// bounded by the records of the episodes in flight.
+pub struct Generator {
+    spec: Spec,
+    rng: Rng,
+    entities: Vec<Entity>,
+    /// Microseconds between episode starts.
+    interval_us: u64,
+    episode: u64,
+    snapshots_left: u64,
+    /// Records created so far (written or waiting in `heap`).
+    created: u64,
+    heap: BinaryHeap<Reverse<Pending>>,
+    seq: u64,
+    position: u64,
+    tx: u64,
+    expected: Vec<Expected>,
+    stats: GenStats,
+    cdc_topics: Vec<Arc<str>>,
+    cache_topic: Arc<str>,
+}
+
+impl Generator {
+    pub fn new(spec: Spec) -> Self {
+        let keys = spec.keys.max(1);
+        let wanted_us = (1e6 * RECORDS_PER_EPISODE / spec.rate.max(1) as f64) as u64;
+        let min_us = (SPACING_MS as u64 * 1000).div_ceil(keys);
+        let interval_us = wanted_us.max(min_us).max(1);
+        let snapshots = if spec.format.has_snapshots() {
+            (keys / 2).min(spec.events / 10)
+        } else {
+            0
+        };
+        let cdc_topics = (0..spec.tables.max(1))
+            .map(|t| match spec.format {
+                CdcFormat::Maxwell => Arc::from("maxwell"),
+                CdcFormat::Canal => Arc::from("canal"),
+                _ => Arc::from(format!("gen.public.t{t}")),
+            })
+            .collect();
+        let stats = GenStats {
+            effective_rate: RECORDS_PER_EPISODE * 1e6 / interval_us as f64,
+            ..GenStats::default()
+        };
+        Generator {
+            rng: Rng::new(spec.seed),
+            entities: vec![Entity::default(); keys as usize],
+            interval_us,
+            episode: 0,
+            snapshots_left: snapshots,
+            created: 0,
+            heap: BinaryHeap::new(),
+            seq: 0,
+            position: 1_000,
+            tx: 500,
+            expected: Vec::new(),
+            stats,
+            cdc_topics,
+            cache_topic: Arc::from("cache-events"),
+            spec,
+        }
+    }
+
+    /// The configuration that maps the generated tables.
+    pub fn config_toml(&self) -> String {
+        let mut out = format!(
+            "# Generated by `vigil gen` (seed {seed}, format {format:?}).\n\
+             [detect]\n\
+             deadline = \"{DEADLINE_MS}ms\"\n\
+             skew = \"{SKEW_MS}ms\"\n\
+             allowed_lateness = \"{LATENESS_MS}ms\"\n\
+             late_window = \"{LATE_WINDOW_MS}ms\"\n\n\
+             [inputs]\n\
+             unmapped_tables = \"dlq\"\n",
+            seed = self.spec.seed,
+            format = self.spec.format,
+        );
+        for t in 0..self.spec.tables.max(1) {
+            let keys: Vec<String> = key_templates(t)
+                .iter()
+                .map(|k| format!("\"{k}\""))
+                .collect();
+            out.push_str(&format!(
+                "\n[[tables]]\ntable = \"{}\"\npk = [\"id\"]\nkeys = [{}]\nversion = \"column:version\"\ncontiguous = true\n",
+                self.spec.format.table_name(t),
+                keys.join(", ")
+            ));
+        }
+        out
+    }
+
+    /// The violations a correct engine reports for what was generated so far
+    /// (complete once the generator is exhausted), sorted.
+    pub fn expected(&self) -> Vec<Expected> {
+        let mut e = self.expected.clone();
+        e.sort();
+        e
+    }
+
+    pub fn stats(&self) -> &GenStats {
+        &self.stats
+    }
+
+    fn done(&self) -> bool {
+        self.created >= self.spec.events
+    }
+
+    /// Records written before the next episode's start minus the skew are
+    /// final: no later episode can write anything earlier.
+    fn frontier(&self) -> Millis {
+        self.episode_start(self.episode) - SKEW_MS
+    }
+
+    fn episode_start(&self, i: u64) -> Millis {
+        START_MS + (u128::from(i) * u128::from(self.interval_us) / 1000) as Millis
+    }
+
+    fn push(&mut self, emit: Millis, record: GenRecord, may_repeat: bool) {
+        if may_repeat && self.rng.chance(self.spec.faults.duplicate) {
+            let later = emit + self.rng.range(100, 1_500);
+            self.stats.redeliveries += 1;
+            self.enqueue(later, record.clone());
+        }
+        self.enqueue(emit, record);
+    }
+
+    fn enqueue(&mut self, emit: Millis, record: GenRecord) {
+        self.created += 1;
+        match record.stream {
+            Stream::Cdc => self.stats.cdc_records += 1,
+            Stream::Cache => self.stats.cache_records += 1,
+        }
+        self.seq += 1;
+        self.heap.push(Reverse(Pending {
+            emit,
+            seq: self.seq,
+            record,
+        }));
+    }
+
+    fn expect(
+        &mut self,
+        kind: ViolationKind,
+        key: Option<&str>,
+        table: u32,
+        id: u64,
+        version: u64,
+        lag_ms: Option<i64>,
+    ) {
+        let pk = if self.spec.format.stringly() {
+            json!({ "id": id.to_string() })
+        } else {
+            json!({ "id": id })
+        };
+        self.expected.push(Expected {
+            kind: kind.as_str(),
+            key: key.map(str::to_string),
+            table: self.spec.format.table_name(table),
+            pk: pk.to_string(),
+            version,
+            lag_ms,
+        });
+    }
+
+    fn change(&mut self, c: GenChange, may_repeat: bool) {
+        let (key, value) = encode_change(self.spec.format, &c);
+        let id = c.after.as_ref().or(c.before.as_ref()).map_or(0, |r| r.id);
+        let record = GenRecord {
+            stream: Stream::Cdc,
+            topic: Arc::clone(&self.cdc_topics[c.table as usize]),
+            partition: (id % PARTITIONS as u64) as i32,
+            key: key.clone(),
+            value: Some(value),
+            ts_ms: c.commit_ts_ms,
+        };
+        self.push(c.commit_ts_ms, record, may_repeat);
+        if c.op == Op::Delete && self.spec.format.is_debezium() {
+            let tombstone = GenRecord {
+                stream: Stream::Cdc,
+                topic: Arc::clone(&self.cdc_topics[c.table as usize]),
+                partition: (id % PARTITIONS as u64) as i32,
+                key,
+                value: None,
+                ts_ms: c.commit_ts_ms,
+            };
+            self.push(c.commit_ts_ms, tombstone, false);
+        }
+        if self.spec.format.is_debezium() && self.stats.cdc_records.is_multiple_of(HEARTBEAT_EVERY)
+        {
+            let heartbeat = GenRecord {
+                stream: Stream::Cdc,
+                topic: Arc::from("__debezium-heartbeat.gen"),
+                partition: 0,
+                key: Some("{\"serverName\":\"gen\"}".into()),
+                value: Some(json!({ "ts_ms": c.commit_ts_ms }).to_string()),
+                ts_ms: c.commit_ts_ms,
+            };
+            self.push(c.commit_ts_ms, heartbeat, false);
+        }
+    }
+
+    fn cache_event(&mut self, e: GenCacheEvent) {
+        let (key, value) = encode_cache(&e);
+        let partition = key.as_deref().map_or(0, |k| {
+            (xxhash_rust::xxh3::xxh3_64(k.as_bytes()) % PARTITIONS as u64) as i32
+        });
+        let record = GenRecord {
+            stream: Stream::Cache,
+            topic: Arc::clone(&self.cache_topic),
+            partition,
+            key,
+            value: Some(value),
+            ts_ms: e.ts_ms,
+        };
+        let emit = e.ts_ms + self.rng.range(0, JITTER_MS);
+        self.push(emit, record, true);
+    }
+
+    fn ts_form(&mut self) -> TsForm {
+        *self
+            .rng
+            .pick(&[TsForm::Millis, TsForm::FractionalSeconds, TsForm::Rfc3339])
+    }
+
+    fn next_position(&mut self) -> (u64, u64) {
+        self.position += 100;
+        self.tx += 1;
+        (self.position, self.tx)
+    }
+
+    fn snapshot(&mut self) {
+        let e = self.snapshots_left * 2 - 2;
+        self.snapshots_left -= 1;
+        let table = (e % u64::from(self.spec.tables.max(1))) as u32;
+        let (position, tx_id) = self.next_position();
+        self.entities[e as usize] = Entity {
+            exists: true,
+            version: 1,
+        };
+        let row = GenRow {
+            id: e + 1,
+            version: 1,
+            note: "",
+        };
+        self.change(
+            GenChange {
+                table,
+                op: Op::Read,
+                before: None,
+                after: Some(row),
+                commit_ts_ms: START_MS - 10 * SPACING_MS,
+                position,
+                tx_id,
+            },
+            false,
+        );
+    }
+
+    fn draw_fault(&mut self, op: Op) -> Option<Fault> {
+        let f = self.spec.faults;
+        let candidates: &[(Fault, f64)] = match op {
+            Op::Update => &[
+                (Fault::Missing, f.missing),
+                (Fault::Late, f.late),
+                (Fault::StaleFill, f.stale_fill),
+                (Fault::Regression, f.regression),
+                (Fault::Gap, f.gap),
+                (Fault::Conflict, f.conflict),
+            ],
+            Op::Delete => &[
+                (Fault::Missing, f.missing),
+                (Fault::Late, f.late),
+                (Fault::FillAfterDelete, f.fill_after_delete),
+            ],
+            _ => &[(Fault::Missing, f.missing), (Fault::Late, f.late)],
+        };
+        let mut u = self.rng.unit();
+        for &(fault, rate) in candidates {
+            if u < rate {
+                return Some(fault);
+            }
+            u -= rate;
+        }
+        None
+    }
+
+    fn episode(&mut self) {
+        let i = self.episode;
+        self.episode += 1;
+        self.stats.episodes += 1;
+        let e = (i % self.entities.len() as u64) as usize;
+        let mut t = self.episode_start(i);
+        if self.spec.format.whole_seconds() {
+            t -= t.rem_euclid(1000);
+        }
+        let table = (e as u64 % u64::from(self.spec.tables.max(1))) as u32;
+        let id = e as u64 + 1;
+        let keys = keys_of(table, id);
+        let entity = self.entities[e];
+        let op = if !entity.exists {
+            Op::Create
+        } else if self.rng.chance(P_DELETE) {
+            Op::Delete
+        } else {
+            Op::Update
+        };
+        let fault = self.draw_fault(op);
+        if let Some(f) = fault {
+            *self.stats.injected.entry(f.name()).or_default() += 1;
+        }
+        let row = |version: u64, note: &'static str| GenRow { id, version, note };
+        let (before, after, version) = match op {
+            Op::Create => (None, Some(row(1, "")), 1),
+            Op::Delete => (Some(row(entity.version, "")), None, entity.version),
+            _ => {
+                let step = if fault == Some(Fault::Gap) { 2 } else { 1 };
+                let v = entity.version + step;
+                (Some(row(entity.version, "")), Some(row(v, "")), v)
+            }
+        };
+        self.entities[e] = Entity {
+            exists: op != Op::Delete,
+            version,
+        };
+        let (position, tx_id) = self.next_position();
+        self.change(
+            GenChange {
+                table,
+                op,
+                before,
+                after: after.clone(),
+                commit_ts_ms: t,
+                position,
+                tx_id,
+            },
+            true,
+        );
+
+        // Entity faults: an extra change just after the main one.
+        let extra_ts = if self.spec.format.whole_seconds() {
+            t
+        } else {
+            t + 5
+        };
+        match fault {
+            Some(Fault::Gap) => {
+                self.expect(ViolationKind::VersionGap, None, table, id, version, None)
+            }
+            Some(Fault::Regression) => {
+                let (position, tx_id) = self.next_position();
+                self.change(
+                    GenChange {
+                        table,
+                        op: Op::Update,
+                        before: after.clone(),
+                        after: Some(row(version - 1, "regressed")),
+                        commit_ts_ms: extra_ts,
+                        position,
+                        tx_id,
+                    },
+                    true,
+                );
+                self.expect(
+                    ViolationKind::VersionRegression,
+                    None,
+                    table,
+                    id,
+                    version - 1,
+                    None,
+                );
+            }
+            Some(Fault::Conflict) => {
+                let (position, tx_id) = self.next_position();
+                self.change(
+                    GenChange {
+                        table,
+                        op: Op::Update,
+                        before: after.clone(),
+                        after: Some(row(version, "conflict")),
+                        commit_ts_ms: extra_ts,
+                        position,
+                        tx_id,
+                    },
+                    true,
+                );
+                self.expect(
+                    ViolationKind::ConflictingVersion,
+                    None,
+                    table,
+                    id,
+                    version,
+                    None,
+                );
+            }
+            _ => {}
+        }
+
+        self.invalidate(table, id, &keys, t, version, fault);
+
+        // Fills: normally of the current version; faults fill a stale
+        // version, or a deleted row.
+        let fill_ts = t + self.rng.range(2 * SKEW_MS, DEADLINE_MS);
+        let fill = match fault {
+            Some(Fault::StaleFill) => Some(version - 1),
+            Some(Fault::FillAfterDelete) => Some(version),
+            _ if op != Op::Delete && self.rng.chance(P_FILL) => Some(version),
+            _ => None,
+        };
+        if let Some(fill_version) = fill {
+            let key = self.rng.pick(&keys).clone();
+            match fault {
+                Some(Fault::StaleFill) => {
+                    self.expect(
+                        ViolationKind::StaleFill,
+                        Some(&key),
+                        table,
+                        id,
+                        fill_version,
+                        None,
+                    );
+                }
+                Some(Fault::FillAfterDelete) => {
+                    self.expect(
+                        ViolationKind::FillAfterDelete,
+                        Some(&key),
+                        table,
+                        id,
+                        fill_version,
+                        None,
+                    );
+                }
+                _ => {}
+            }
+            let operation = *self.rng.pick(&["set", "fill"]);
+            let ts_form = self.ts_form();
+            self.cache_event(GenCacheEvent {
+                operation,
+                keys: vec![key],
+                service: format!("reader-{}", id % 4),
+                version: Some(fill_version),
+                entity: Some((table, id)),
+                ts_ms: fill_ts,
+                ts_form,
+            });
+        }
+    }
+
+    /// The invalidations of an episode's change: all keys in time, except
+    /// the one a missing or late fault picks.
+    fn invalidate(
+        &mut self,
+        table: u32,
+        id: u64,
+        keys: &[String],
+        t: Millis,
+        version: u64,
+        fault: Option<Fault>,
+    ) {
+        let faulty = match fault {
+            Some(Fault::Missing | Fault::Late) => Some(self.rng.pick(keys).clone()),
+            _ => None,
+        };
+        let service = format!("svc-t{table}");
+        let mut groups: Vec<(Vec<String>, Millis)> = Vec::new();
+        let lag = self.rng.range(-(SKEW_MS * 8 / 10), DEADLINE_MS / 2);
+        if faulty.is_none() && self.rng.chance(P_WILDCARD) {
+            groups.push((vec![format!("t{table}:{id}:*")], t + lag));
+        } else if faulty.is_none() && keys.len() > 1 && self.rng.chance(P_COMBINED) {
+            groups.push((keys.to_vec(), t + lag));
+        } else {
+            for key in keys {
+                let ts = if faulty.as_ref() == Some(key) {
+                    match fault {
+                        Some(Fault::Late) => {
+                            let late = t + DEADLINE_MS + self.rng.range(1, LATE_WINDOW_MS / 2);
+                            self.expect(
+                                ViolationKind::MissingInvalidation,
+                                Some(key),
+                                table,
+                                id,
+                                version,
+                                None,
+                            );
+                            self.expect(
+                                ViolationKind::LateInvalidation,
+                                Some(key),
+                                table,
+                                id,
+                                version,
+                                Some(late - t),
+                            );
+                            late
+                        }
+                        _ => {
+                            self.expect(
+                                ViolationKind::MissingInvalidation,
+                                Some(key),
+                                table,
+                                id,
+                                version,
+                                None,
+                            );
+                            continue;
+                        }
+                    }
+                } else {
+                    t + self.rng.range(-(SKEW_MS * 8 / 10), DEADLINE_MS / 2)
+                };
+                groups.push((vec![key.clone()], ts));
+            }
+        }
+        for (keys, ts) in groups {
+            let operation = *self.rng.pick(&["invalidate", "delete", "update"]);
+            let versioned = !self.rng.chance(P_UNVERSIONED_INVALIDATION);
+            let ts_form = self.ts_form();
+            self.cache_event(GenCacheEvent {
+                operation,
+                keys,
+                service: service.clone(),
+                version: versioned.then_some(version),
+                entity: Some((table, id)),
+                ts_ms: ts,
+                ts_form,
+            });
+        }
+    }
+}
+
+impl Iterator for Generator {
+    type Item = GenRecord;
+
+    fn next(&mut self) -> Option<GenRecord> {
+        loop {
+            let ready = match self.heap.peek() {
+                Some(Reverse(p)) => self.done() || p.emit < self.frontier(),
+                None => false,
+            };
+            if ready {
+                let Reverse(p) = self.heap.pop()?;
+                self.stats.first_event_ms = Some(
+                    self.stats
+                        .first_event_ms
+                        .map_or(p.record.ts_ms, |f| f.min(p.record.ts_ms)),
+                );
+                self.stats.last_event_ms = Some(
+                    self.stats
+                        .last_event_ms
+                        .map_or(p.record.ts_ms, |l| l.max(p.record.ts_ms)),
+                );
+                return Some(p.record);
+            }
+            if self.done() {
+                return None;
+            }
+            if self.snapshots_left > 0 {
+                self.snapshot();
+            } else {
+                self.episode();
+            }
+        }
+    }
+}
+
+/// Key templates of generated table `t`: odd tables are cached under two keys.
+pub fn key_templates(t: u32) -> Vec<String> {
+    let mut keys = vec![format!("t{t}:{{id}}:row")];
+    if t % 2 == 1 {
+        keys.push(format!("t{t}:{{id}}:page"));
+    }
+    keys
+}
+
+fn keys_of(table: u32, id: u64) -> Vec<String> {
+    key_templates(table)
+        .iter()
+        .map(|k| k.replace("{id}", &id.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,96 @@
+//! The generator is deterministic, keeps an entity's episodes apart, and
+//! expects one violation per injected fault (two for a late invalidation:
+//! the missing one it resolves, and itself).
+
+use std::collections::BTreeMap;
+
+use super::encode::CdcFormat;
+use super::*;
+
+fn spec(seed: u64) -> Spec {
+    Spec {
+        events: 20_000,
+        keys: 500,
+        tables: 3,
+        rate: 5_000,
+        format: CdcFormat::Debezium,
+        seed,
+        faults: FaultRates {
+            missing: 0.05,
+            late: 0.05,
+            stale_fill: 0.05,
+            fill_after_delete: 0.3,
+            regression: 0.05,
+            gap: 0.05,
+            conflict: 0.05,
+            duplicate: 0.05,
+        },
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_workload() {
+    let a: Vec<GenRecord> = Generator::new(spec(3)).collect();
+    let b: Vec<GenRecord> = Generator::new(spec(3)).collect();
+    let c: Vec<GenRecord> = Generator::new(spec(4)).collect();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert!(a.len() as u64 >= 20_000);
+}
+
+#[test]
+fn every_injected_fault_is_expected_once_and_late_ones_twice() {
+    let mut g = Generator::new(spec(9));
+    g.by_ref().for_each(drop);
+    let mut expected: BTreeMap<&str, u64> = BTreeMap::new();
+    for e in g.expected() {
+        *expected.entry(e.kind).or_default() += 1;
+    }
+    let injected = &g.stats().injected;
+    for (kind, n) in injected {
+        let want = match *kind {
+            "missing_invalidation" => n + injected["late_invalidation"],
+            _ => *n,
+        };
+        assert_eq!(expected[kind], want, "{kind}");
+        assert!(*n > 0, "{kind} was injected");
+    }
+}
+
+#[test]
+fn records_come_out_in_timestamp_order_within_the_allowed_lateness() {
+    let mut latest = [Millis::MIN; 2];
+    let mut redelivered = 0;
+    for r in Generator::new(spec(5)) {
+        let stream = r.stream as usize;
+        if r.ts_ms + LATENESS_MS < latest[stream] {
+            redelivered += 1;
+        }
+        latest[stream] = latest[stream].max(r.ts_ms);
+    }
+    assert_eq!(
+        redelivered, 0,
+        "only redeliveries may come later than the lateness, and they come within 1.5 s"
+    );
+}
+
+#[test]
+fn an_entitys_episodes_are_spaced_apart() {
+    let s = spec(1);
+    let g = Generator::new(s.clone());
+    let per_entity_ms = g.episode_start(s.keys) - g.episode_start(0);
+    assert!(per_entity_ms >= SPACING_MS, "{per_entity_ms}");
+    assert!(g.stats().effective_rate <= s.rate as f64 + 1.0);
+}
+
+#[test]
+fn the_generated_config_maps_every_table() {
+    for format in [CdcFormat::Debezium, CdcFormat::Maxwell, CdcFormat::Canal] {
+        let g = Generator::new(Spec { format, ..spec(1) });
+        let config =
+            crate::config::Config::parse_with_env("gen", &g.config_toml(), Vec::new()).unwrap();
+        assert_eq!(config.tables.len(), 3);
+        assert_eq!(config.tables[1].keys.len(), 2, "odd tables have two keys");
+        assert_eq!(config.tables[0].table, format.table_name(0));
+    }
+}

@@ -1,0 +1,157 @@
+//! Helpers shared by the integration tests: running the binary, generating
+//! workloads, comparing violations with the expected ones.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The `vigil` binary under test.
+pub fn vigil() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+}
+
+/// Runs a command and returns its output, failing with stderr on a spawn error.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("the vigil binary runs")
+}
+
+/// Runs `vigil gen --out dir` with extra flags and returns its summary.
+pub fn generate(dir: &Path, args: &[&str]) -> Value {
+    let out = run(vigil().arg("gen").arg("--out").arg(dir).args(args));
+    assert!(
+        out.status.success(),
+        "vigil gen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("gen prints a JSON summary")
+}
+
+/// The result of a `vigil check` run.
+pub struct Checked {
+    pub code: i32,
+    pub summary: Value,
+    pub stderr: String,
+    pub out: PathBuf,
+}
+
+impl Checked {
+    pub fn violations(&self) -> Vec<Value> {
+        read_ndjson(&self.out.join("violations.ndjson"))
+    }
+
+    pub fn dead_letters(&self) -> Vec<Value> {
+        read_ndjson(&self.out.join("dlq.ndjson"))
+    }
+}
+
+/// Runs `vigil check` and parses its summary (when it printed one).
+pub fn check(
+    config: Option<&Path>,
+    cdc: &[&Path],
+    cache: &[&Path],
+    out: &Path,
+    extra: &[&str],
+) -> Checked {
+    let mut cmd = vigil();
+    cmd.arg("check").arg("--quiet").arg("--out").arg(out);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    for p in cdc {
+        cmd.arg("--cdc").arg(p);
+    }
+    for p in cache {
+        cmd.arg("--cache").arg(p);
+    }
+    cmd.args(extra);
+    let output = run(&mut cmd);
+    Checked {
+        code: output.status.code().unwrap_or(-1),
+        summary: serde_json::from_slice(&output.stdout).unwrap_or(Value::Null),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        out: out.to_path_buf(),
+    }
+}
+
+pub fn read_ndjson(path: &Path) -> Vec<Value> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{}: bad line {l}: {e}", path.display()))
+        })
+        .collect()
+}
+
+/// What identifies a violation in `expected.ndjson` and in a CloudEvent's data.
+pub type Fingerprint = (String, Option<String>, String, String, String, Option<i64>);
+
+fn fingerprint(v: &Value) -> Fingerprint {
+    (
+        v["kind"].as_str().unwrap_or_default().to_string(),
+        v["key"].as_str().map(str::to_string),
+        v["table"].as_str().unwrap_or_default().to_string(),
+        v["pk"].to_string(),
+        v["version"].to_string(),
+        v["lag_ms"].as_i64(),
+    )
+}
+
+/// Counts of each fingerprint (a multiset).
+pub fn multiset(items: impl IntoIterator<Item = Fingerprint>) -> BTreeMap<Fingerprint, usize> {
+    let mut m = BTreeMap::new();
+    for f in items {
+        *m.entry(f).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Asserts that the violations of a run are exactly the expected ones, and
+/// describes the first differences when they are not.
+pub fn assert_matches_expected(expected_file: &Path, checked: &Checked) {
+    let expected = multiset(read_ndjson(expected_file).iter().map(fingerprint));
+    let actual = multiset(checked.violations().iter().map(|e| fingerprint(&e["data"])));
+    if expected != actual {
+        let missing: Vec<_> = expected
+            .keys()
+            .filter(|k| expected.get(*k) != actual.get(*k))
+            .take(5)
+            .collect();
+        let extra: Vec<_> = actual
+            .keys()
+            .filter(|k| !expected.contains_key(*k))
+            .take(5)
+            .collect();
+        panic!(
+            "violations differ from {}: {} expected, {} reported\nfirst expected not matched: {missing:#?}\nfirst unexpected: {extra:#?}",
+            expected_file.display(),
+            expected.values().sum::<usize>(),
+            actual.values().sum::<usize>()
+        );
+    }
+}
+
+/// Counts of expected violations per kind.
+pub fn expected_kinds(expected_file: &Path) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for v in read_ndjson(expected_file) {
+        *m.entry(v["kind"].as_str().unwrap_or_default().to_string())
+            .or_insert(0) += 1;
+    }
+    m
+}
+
+/// The seven violation kinds.
+pub const KINDS: [&str; 7] = [
+    "missing_invalidation",
+    "late_invalidation",
+    "stale_fill",
+    "fill_after_delete",
+    "version_regression",
+    "version_gap",
+    "conflicting_version",
+];
