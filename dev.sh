@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# vigil's entry point for people and CI: installs what a fresh machine lacks,
+# builds one profile (release), and runs.
+#
+#   ./dev.sh demo    build, then run vigil's main job on its embedded default
+#   ./dev.sh test    build, then run the whole test suite
+#   ./dev.sh build   build only
+#
+# The Cargo target directory lives outside the clone
+# ($CARGO_TARGET_DIR, default ~/.cache/vigil/target), so fresh clones and CI
+# runs reuse the slow RocksDB and librdkafka builds.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vigil/target}"
+VIGIL="$CARGO_TARGET_DIR/release/vigil"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# System packages the native dependencies need: libclang for RocksDB's
+# bindgen, cmake and the curl/SSL/SASL headers for librdkafka.
+ensure_packages() {
+  local wanted=(build-essential pkg-config clang libclang-dev cmake libssl-dev libsasl2-dev libcurl4-openssl-dev)
+  local missing=()
+  if command -v dpkg-query >/dev/null 2>&1; then
+    for p in "${wanted[@]}"; do
+      dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+  fi
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if ! command -v apt-get >/dev/null 2>&1; then
+    say "missing system packages: ${missing[*]} (install their equivalents, then run again)"
+    exit 1
+  fi
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  say "installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+ensure_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    say "cargo is not installed: install Rust 1.95 or later (https://rustup.rs), then run again"
+    exit 1
+  fi
+}
+
+build() {
+  ensure_packages
+  ensure_rust
+  if [ ! -x "$VIGIL" ]; then
+    say "building vigil (release); the first build compiles RocksDB and librdkafka and takes about 15 minutes"
+  fi
+  cargo build --release --locked
+}
+
+cmd="${1:-}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  build)
+    build
+    ;;
+  demo)
+    build
+    work="${TMPDIR:-/tmp}/vigil-demo"
+    rm -rf "$work"
+    say "generating a workload with injected faults into $work"
+    "$VIGIL" gen --out "$work" --events 200000 --keys 20000 "$@" >"$work.gen.json"
+    say "vigil check: every violation and dead letter, then the summary"
+    "$VIGIL" check --config "$work/vigil.toml" --cdc "$work/cdc.ndjson" --cache "$work/cache.ndjson" --out "$work/out"
+    say "injected faults (expected violations) per kind:"
+    python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["expected_violations"], indent=2))' "$work.gen.json" 2>/dev/null \
+      || cat "$work.gen.json"
+    say "violations are in $work/out/violations.ndjson"
+    ;;
+  test)
+    build
+    if cargo nextest --version >/dev/null 2>&1; then
+      cargo nextest run --release --locked --no-fail-fast "$@"
+    else
+      say "cargo-nextest not found: running the suite with cargo test"
+      cargo test --release --locked --no-fail-fast "$@"
+    fi
+    ;;
+  *)
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
