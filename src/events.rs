@@ -179,6 +179,36 @@ impl Serialize for Data<'_> {
 }
 
 impl Violation {
+    /// A violation of `kind` about the change or fill whose identity is
+    /// `about`, with its deterministic id and every optional field empty.
+    pub fn new(
+        kind: ViolationKind,
+        key: Option<Arc<str>>,
+        about: u64,
+        table: Arc<str>,
+        pk: Arc<str>,
+        time_ms: Millis,
+    ) -> Self {
+        Violation {
+            id: crate::hash::event_id(kind.as_str(), key.as_deref(), about),
+            kind,
+            key,
+            table,
+            pk,
+            op: None,
+            version: None,
+            latest_version: None,
+            expected_version: None,
+            change_ts_ms: None,
+            cache_ts_ms: None,
+            deadline_ms: None,
+            lag_ms: None,
+            source_service: None,
+            evidence: Vec::new(),
+            time_ms,
+        }
+    }
+
     /// The CloudEvents `type`.
     pub fn event_type(&self) -> String {
         format!("vigil.violation.{}", self.kind.as_str())

@@ -102,7 +102,6 @@ mod tests {
 
     #[test]
     fn ids_are_stable_and_separate_their_fields() {
-        // Pinned: a change here changes every id consumers have stored.
         assert_eq!(
             entity("public.users", "{\"id\":1}"),
             entity("public.users", "{\"id\":1}")
@@ -133,6 +132,30 @@ mod tests {
         assert_ne!(
             fill("k", 1, Some(2), None),
             fill("k", 1, Some(2), Some("svc"))
+        );
+    }
+
+    #[test]
+    fn ids_are_pinned_across_releases() {
+        // Consumers deduplicate on ids they have stored: a change to any of
+        // these values breaks them, and must be a deliberate, announced one.
+        let e = entity("public.users", "{\"id\":1}");
+        assert_eq!(e, 3_722_610_745_683_150_574);
+        let c = change(
+            e,
+            Op::Update,
+            Some(Version::scalar(3)),
+            1_700_000_000_000,
+            42,
+        );
+        assert_eq!(c, 10_171_527_904_676_127_631);
+        assert_eq!(
+            fill("user:1", 1_700_000_000_000, Some(2), Some("svc")),
+            7_496_968_496_561_146_096
+        );
+        assert_eq!(
+            event_id("missing_invalidation", Some("user:1"), c),
+            "2086fe0ae61e026b3cc58c8952880fc1"
         );
     }
 

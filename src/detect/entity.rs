@@ -7,7 +7,6 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::events::{Violation, ViolationKind};
-use crate::hash;
 use crate::mapping::Change;
 use crate::model::{Op, Version};
 
@@ -124,22 +123,20 @@ fn violation(
     expected: Option<Version>,
 ) -> Violation {
     Violation {
-        id: hash::event_id(kind.as_str(), None, change.id),
-        kind,
-        key: None,
-        table: Arc::clone(&change.table),
-        pk: Arc::clone(&change.pk),
         op: Some(change.op),
         version: change.version,
         latest_version: latest,
         expected_version: expected,
         change_ts_ms: Some(change.commit_ts_ms),
-        cache_ts_ms: None,
-        deadline_ms: None,
-        lag_ms: None,
-        source_service: None,
         evidence: vec![change.provenance.clone()],
-        time_ms: change.commit_ts_ms,
+        ..Violation::new(
+            kind,
+            None,
+            change.id,
+            Arc::clone(&change.table),
+            Arc::clone(&change.pk),
+            change.commit_ts_ms,
+        )
     }
 }
 

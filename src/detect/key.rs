@@ -17,7 +17,6 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::events::{Violation, ViolationKind};
-use crate::hash;
 use crate::mapping::Change;
 use crate::model::{Millis, Op, Provenance, Version};
 
@@ -310,22 +309,21 @@ impl KeyState {
             Op::Read | Op::Truncate => return None,
         };
         Some(Violation {
-            id: hash::event_id(kind.as_str(), Some(key), fill.id),
-            kind,
-            key: Some(Arc::clone(key)),
-            table: Arc::clone(&latest.table),
-            pk: Arc::clone(&latest.pk),
             op: Some(latest.op),
             version: fill.version.map(Version::scalar),
             latest_version: latest.version,
-            expected_version: None,
             change_ts_ms: Some(latest.ts),
             cache_ts_ms: Some(fill.ts),
-            deadline_ms: None,
-            lag_ms: None,
             source_service: fill.service.clone(),
             evidence: vec![fill.evidence.clone(), latest.evidence.clone()],
-            time_ms: fill.ts,
+            ..Violation::new(
+                kind,
+                Some(Arc::clone(key)),
+                fill.id,
+                Arc::clone(&latest.table),
+                Arc::clone(&latest.pk),
+                fill.ts,
+            )
         })
     }
 
@@ -420,22 +418,19 @@ fn change_violation(
     time_ms: Millis,
 ) -> Violation {
     Violation {
-        id: hash::event_id(kind.as_str(), Some(key), c.id),
-        kind,
-        key: Some(Arc::clone(key)),
-        table: Arc::clone(&c.table),
-        pk: Arc::clone(&c.pk),
         op: Some(c.op),
         version: c.version,
-        latest_version: None,
-        expected_version: None,
         change_ts_ms: Some(c.ts),
-        cache_ts_ms: None,
         deadline_ms: Some(c.deadline_ms),
-        lag_ms: None,
-        source_service: None,
         evidence: vec![c.evidence.clone()],
-        time_ms,
+        ..Violation::new(
+            kind,
+            Some(Arc::clone(key)),
+            c.id,
+            Arc::clone(&c.table),
+            Arc::clone(&c.pk),
+            time_ms,
+        )
     }
 }
 

@@ -526,63 +526,40 @@ impl Generator {
             true,
         );
 
-        // Entity faults: an extra change just after the main one.
-        let extra_ts = if self.spec.format.whole_seconds() {
-            t
-        } else {
-            t + 5
-        };
-        match fault {
+        // Entity faults: a gap in the main change, or an extra update just
+        // after it, of an older version (regression) or of the same version
+        // with other data (conflict).
+        let extra = match fault {
             Some(Fault::Gap) => {
-                self.expect(ViolationKind::VersionGap, None, table, id, version, None)
+                self.expect(ViolationKind::VersionGap, None, table, id, version, None);
+                None
             }
             Some(Fault::Regression) => {
-                let (position, tx_id) = self.next_position();
-                self.change(
-                    GenChange {
-                        table,
-                        op: Op::Update,
-                        before: after.clone(),
-                        after: Some(row(version - 1, "regressed")),
-                        commit_ts_ms: extra_ts,
-                        position,
-                        tx_id,
-                    },
-                    true,
-                );
-                self.expect(
-                    ViolationKind::VersionRegression,
-                    None,
-                    table,
-                    id,
-                    version - 1,
-                    None,
-                );
+                Some((ViolationKind::VersionRegression, version - 1, "regressed"))
             }
-            Some(Fault::Conflict) => {
-                let (position, tx_id) = self.next_position();
-                self.change(
-                    GenChange {
-                        table,
-                        op: Op::Update,
-                        before: after.clone(),
-                        after: Some(row(version, "conflict")),
-                        commit_ts_ms: extra_ts,
-                        position,
-                        tx_id,
-                    },
-                    true,
-                );
-                self.expect(
-                    ViolationKind::ConflictingVersion,
-                    None,
+            Some(Fault::Conflict) => Some((ViolationKind::ConflictingVersion, version, "conflict")),
+            _ => None,
+        };
+        if let Some((kind, extra_version, note)) = extra {
+            let (position, tx_id) = self.next_position();
+            let commit_ts_ms = if self.spec.format.whole_seconds() {
+                t
+            } else {
+                t + 5
+            };
+            self.change(
+                GenChange {
                     table,
-                    id,
-                    version,
-                    None,
-                );
-            }
-            _ => {}
+                    op: Op::Update,
+                    before: after.clone(),
+                    after: Some(row(extra_version, note)),
+                    commit_ts_ms,
+                    position,
+                    tx_id,
+                },
+                true,
+            );
+            self.expect(kind, None, table, id, extra_version, None);
         }
 
         self.invalidate(table, id, &keys, t, version, fault);
