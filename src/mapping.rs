@@ -151,7 +151,7 @@ impl Mapper {
         };
         let pk_row = primary_key(table, raw, key, image)?;
         let pk = pk_json(&pk_row);
-        let version = version_of(table, raw, image)?;
+        let version = version_of(table, raw, image, commit_ts_ms)?;
         let keys = render_keys(table, raw, &pk_row)?;
         let row_hash = image.map_or(0, formats::row_hash);
         let entity = hash::entity(&table.name, &pk);
@@ -288,6 +288,7 @@ fn version_of(
     table: &Table,
     raw: &RawChange<'_>,
     image: Option<&Row<'_>>,
+    commit_ts_ms: Millis,
 ) -> Result<Option<Version>, RecordError> {
     let missing = |what: String| {
         RecordError::new(
@@ -329,9 +330,10 @@ fn version_of(
                 "the MySQL binlog position or GTID, which this record does not carry".into(),
             )),
         },
-        VersionSource::TsMs => Ok(pos
-            .commit_ts_ms
-            .map(|ts| Version::new(u64::try_from(ts).unwrap_or(0), order))),
+        VersionSource::TsMs => Ok(Some(Version::new(
+            u64::try_from(commit_ts_ms).unwrap_or(0),
+            order,
+        ))),
     }
 }
 
