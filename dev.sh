@@ -3,6 +3,7 @@
 # builds one profile (release), and runs.
 #
 #   ./dev.sh demo    build, then run vigil's main job on its embedded default
+#                    (vigil demo: embedded broker, live workload, real pipeline)
 #   ./dev.sh test    build, then run the whole test suite
 #   ./dev.sh build   build only
 #
@@ -63,16 +64,7 @@ case "$cmd" in
     ;;
   demo)
     build
-    work="${TMPDIR:-/tmp}/vigil-demo"
-    rm -rf "$work"
-    say "generating a workload with injected faults into $work"
-    "$VIGIL" gen --out "$work" --events 200000 --keys 20000 "$@" >"$work.gen.json"
-    say "vigil check: every violation and dead letter, then the summary"
-    "$VIGIL" check --config "$work/vigil.toml" --cdc "$work/cdc.ndjson" --cache "$work/cache.ndjson" --out "$work/out"
-    say "injected faults (expected violations) per kind:"
-    python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["expected_violations"], indent=2))' "$work.gen.json" 2>/dev/null \
-      || cat "$work.gen.json"
-    say "violations are in $work/out/violations.ndjson"
+    "$VIGIL" demo "$@"
     ;;
   test)
     build
@@ -84,7 +76,7 @@ case "$cmd" in
     fi
     ;;
   *)
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

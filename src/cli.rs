@@ -87,6 +87,71 @@ pub enum Command {
     /// as noise that a correct engine must not report.
     #[command(verbatim_doc_comment)]
     Gen(GenArgs),
+    /// Run the watchdog on Kafka: consume CDC and cache topics, produce
+    /// violations and dead letters as they happen.
+    ///
+    /// Consumes `inputs.cdc_topics` and `inputs.cache_topics` in the consumer
+    /// group `inputs.group_id` (librdkafka settings in `[kafka]`), runs the
+    /// same engine as `vigil check`, and produces:
+    ///
+    ///   outputs.violations_topic  CloudEvents, keyed by cache key;
+    ///   outputs.dlq_topic         undecodable records unchanged, with Kafka
+    ///                             Connect's __connect.errors.* headers and
+    ///                             vigil.error.reason.
+    ///
+    /// State and input offsets are committed together in RocksDB
+    /// (state.path); after a crash vigil resumes from them. Metrics are
+    /// served at metrics.listen (/metrics, Prometheus). SIGINT or SIGTERM
+    /// stops it cleanly: stop reading, finish the batch, flush outputs,
+    /// commit state and offsets; a second signal stops waiting for the
+    /// broker.
+    ///
+    /// Exit status: 0 stopped cleanly; 2 usage or configuration error;
+    /// 4 runtime failure.
+    #[command(verbatim_doc_comment)]
+    Run(RunArgs),
+    /// Watch vigil work: an embedded broker, a live workload with injected
+    /// faults, the real pipeline, figures every second, and the injected
+    /// faults against the violations detected.
+    ///
+    /// Starts an in-process Kafka-protocol broker (librdkafka's mock
+    /// cluster; its address is printed so that kcat can watch the topics),
+    /// streams a `vigil gen` workload into it at --rate records per second
+    /// for --duration, runs the `vigil run` pipeline against it, prints a line
+    /// a second (records consumed per second, violations by kind, watermark
+    /// delay), and ends with a table of injected faults against detected
+    /// violations per kind. Ctrl-C stops it early.
+    #[command(verbatim_doc_comment)]
+    Demo(DemoArgs),
+}
+
+/// Flags of `vigil demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How long the workload streams (then the last verdicts come in).
+    #[arg(long, default_value = "30s")]
+    pub duration: crate::config::Dur,
+
+    /// Records per second streamed into the broker.
+    #[arg(long, default_value_t = 3_000)]
+    pub rate: u64,
+
+    /// Distinct entities (rows) of the workload.
+    #[arg(long, default_value_t = 5_000)]
+    pub keys: u64,
+
+    /// Seed of the workload.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// Flags of `vigil run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Configuration file (TOML): [kafka], [inputs] topics, [outputs],
+    /// [[tables]]... (see config/example.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// Flags of `vigil check`.

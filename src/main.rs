@@ -16,6 +16,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Check(args) => modes::check::run(args),
         Command::Gen(args) => modes::generate::run(args),
+        Command::Run(args) => modes::run::run(args),
+        Command::Demo(args) => modes::demo::run(args),
     };
     match result {
         Ok(status) => ExitCode::from(status.code()),

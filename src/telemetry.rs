@@ -1,13 +1,18 @@
 //! What vigil counts. [`Stats`] is the one place where every counted event is
 //! counted: stages add to it per batch, `vigil check` prints it as its
-//! summary, and the metrics exporter publishes it. No counter is labelled by
-//! a cache key or any other unbounded value (tables are bounded by the
-//! configuration, unmapped table names by [`MAX_UNMAPPED_NAMES`]).
+//! summary, and [`publish`] hands it to the Prometheus exporter (metric
+//! names in [`names`]). No metric is labelled by a cache key or any other
+//! unbounded value: tables are bounded by the configuration, topics and
+//! partitions by the subscription, unmapped table names by
+//! [`MAX_UNMAPPED_NAMES`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Instant;
 
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 use serde::Serialize;
 
 use crate::dead_letter::Reason;
@@ -96,7 +101,6 @@ impl Histogram {
 }
 
 /// Every counter of a run.
-#[derive(Debug, Default)]
 pub struct Stats {
     records_by_input: Mutex<BTreeMap<String, u64>>,
     changes: [AtomicU64; 5],
@@ -113,8 +117,81 @@ pub struct Stats {
     expired_missed: AtomicU64,
     key_history_evictions: AtomicU64,
     tables: Mutex<BTreeMap<String, TableTally>>,
-    pub invalidation_lag_ms: Histogram,
+    /// Per table, decided and in-time changes in 10-second buckets of wall
+    /// time over the last 10 minutes.
+    windows: Mutex<BTreeMap<String, VecDeque<(u64, TableTally)>>>,
+    invalidation_lag_ms: Histogram,
+    checkpoints: AtomicU64,
+    /// Gauges.
+    watermark_ms: AtomicI64,
+    producer_queue: AtomicI64,
+    consumer_lag: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Keys and entities held in memory, per worker.
+    state_size: Mutex<BTreeMap<usize, (u64, u64)>>,
+    /// Handles of the histograms that go to Prometheus sample by sample
+    /// (no-ops when no exporter is installed).
+    lag_seconds: metrics::Histogram,
+    batch_seconds: metrics::Histogram,
+    started: Instant,
 }
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            records_by_input: Mutex::default(),
+            changes: Default::default(),
+            truncates: AtomicU64::default(),
+            invalidations: AtomicU64::default(),
+            fills: AtomicU64::default(),
+            duplicates: AtomicU64::default(),
+            cache_redeliveries: AtomicU64::default(),
+            skipped: Default::default(),
+            unmapped: Mutex::default(),
+            dead_letters: Default::default(),
+            violations: Default::default(),
+            late_records: AtomicU64::default(),
+            expired_missed: AtomicU64::default(),
+            key_history_evictions: AtomicU64::default(),
+            tables: Mutex::default(),
+            windows: Mutex::default(),
+            invalidation_lag_ms: Histogram::default(),
+            checkpoints: AtomicU64::default(),
+            watermark_ms: AtomicI64::new(i64::MIN),
+            producer_queue: AtomicI64::default(),
+            consumer_lag: Mutex::default(),
+            state_size: Mutex::default(),
+            lag_seconds: metrics::histogram!(names::INVALIDATION_LAG),
+            batch_seconds: metrics::histogram!(names::BATCH_SECONDS),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Metric names: `vigil_` prefix, base units, `_total` on counters.
+pub mod names {
+    pub const RECORDS_CONSUMED: &str = "vigil_records_consumed_total";
+    pub const CHANGES: &str = "vigil_changes_total";
+    pub const CACHE_EVENTS: &str = "vigil_cache_events_total";
+    pub const DUPLICATES: &str = "vigil_duplicate_changes_total";
+    pub const SKIPPED: &str = "vigil_records_skipped_total";
+    pub const UNMAPPED: &str = "vigil_unmapped_changes_total";
+    pub const DEAD_LETTERS: &str = "vigil_dead_letters_total";
+    pub const VIOLATIONS: &str = "vigil_violations_total";
+    pub const LATE_RECORDS: &str = "vigil_late_records_total";
+    pub const CHECKPOINTS: &str = "vigil_checkpoints_total";
+    pub const INVALIDATION_LAG: &str = "vigil_invalidation_lag_seconds";
+    pub const BATCH_SECONDS: &str = "vigil_batch_processing_seconds";
+    pub const IN_TIME_RATIO: &str = "vigil_invalidated_in_time_ratio";
+    pub const WATERMARK_DELAY: &str = "vigil_watermark_delay_seconds";
+    pub const STATE_SIZE: &str = "vigil_state_size_keys";
+    pub const PRODUCER_QUEUE: &str = "vigil_producer_queue_records";
+    pub const CONSUMER_LAG: &str = "vigil_consumer_lag_records";
+}
+
+/// Length of a bucket of the in-time windows.
+const WINDOW_BUCKET_SECS: u64 = 10;
+/// The windows of the in-time ratio, in minutes.
+const WINDOWS_MIN: [u64; 3] = [1, 5, 10];
 
 fn op_index(op: Op) -> usize {
     match op {
@@ -198,12 +275,76 @@ impl Stats {
         if tallies.is_empty() {
             return;
         }
+        let bucket = self.started.elapsed().as_secs() / WINDOW_BUCKET_SECS;
+        let oldest = bucket.saturating_sub(WINDOWS_MIN[2] * 60 / WINDOW_BUCKET_SECS);
         let mut m = lock(&self.tables);
+        let mut windows = lock(&self.windows);
         for (table, t) in tallies {
             let e = m.entry(table.clone()).or_default();
             e.decided += t.decided;
             e.in_time += t.in_time;
+            let w = windows.entry(table.clone()).or_default();
+            match w.back_mut() {
+                Some((b, tally)) if *b == bucket => {
+                    tally.decided += t.decided;
+                    tally.in_time += t.in_time;
+                }
+                _ => w.push_back((bucket, t.clone())),
+            }
+            while w.front().is_some_and(|(b, _)| *b < oldest) {
+                w.pop_front();
+            }
         }
+    }
+
+    /// One invalidation lag (change to first covering invalidation).
+    pub fn record_invalidation_lag(&self, lag_ms: u64) {
+        self.invalidation_lag_ms.record(lag_ms);
+        self.lag_seconds.record(lag_ms as f64 / 1000.0);
+    }
+
+    /// How long a worker took over one batch.
+    pub fn record_batch(&self, seconds: f64) {
+        self.batch_seconds.record(seconds);
+    }
+
+    pub fn add_checkpoint(&self) {
+        bump(&self.checkpoints, 1);
+    }
+
+    pub fn set_watermark(&self, ms: i64) {
+        self.watermark_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn watermark(&self) -> i64 {
+        self.watermark_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn set_producer_queue(&self, records: i64) {
+        self.producer_queue.store(records, Ordering::Relaxed);
+    }
+
+    pub fn set_consumer_lag(&self, topic: &str, partition: i32, records: i64) {
+        lock(&self.consumer_lag).insert((topic.to_string(), partition), records);
+    }
+
+    /// Keys and entities a worker holds in memory.
+    pub fn set_state_size(&self, worker: usize, keys: u64, entities: u64) {
+        lock(&self.state_size).insert(worker, (keys, entities));
+    }
+
+    /// Share of a table's changes invalidated within the deadline over the
+    /// last `minutes`, or `None` when none was decided.
+    pub fn in_time_ratio(&self, table: &str, minutes: u64) -> Option<f64> {
+        let now = self.started.elapsed().as_secs() / WINDOW_BUCKET_SECS;
+        let since = now.saturating_sub(minutes * 60 / WINDOW_BUCKET_SECS);
+        let windows = lock(&self.windows);
+        let (decided, in_time) = windows
+            .get(table)?
+            .iter()
+            .filter(|(b, _)| *b >= since)
+            .fold((0, 0), |(d, i), (_, t)| (d + t.decided, i + t.in_time));
+        (decided > 0).then(|| in_time as f64 / decided as f64)
     }
 
     pub fn records_total(&self) -> u64 {
@@ -224,6 +365,10 @@ impl Stats {
 
     pub fn dead_letters_total(&self) -> u64 {
         self.dead_letters.iter().map(read).sum()
+    }
+
+    pub fn changes_total(&self) -> u64 {
+        self.changes.iter().map(read).sum()
     }
 
     /// A point-in-time copy of every counter, for summaries.
@@ -308,6 +453,85 @@ pub struct StatsSnapshot {
     pub invalidation_lag_ms: LagSummary,
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the metrics endpoint on {listen}: {source}")]
+pub struct ExporterError {
+    listen: SocketAddr,
+    #[source]
+    source: BuildError,
+}
+
+/// Starts the Prometheus endpoint (`GET /metrics`) on its own thread. Call
+/// it before creating [`Stats`], whose histograms register with it.
+pub fn install_exporter(listen: SocketAddr) -> Result<(), ExporterError> {
+    let err = |source| ExporterError { listen, source };
+    let lag_buckets: Vec<f64> = LAG_BUCKETS_MS
+        .iter()
+        .map(|ms| *ms as f64 / 1000.0)
+        .collect();
+    PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .set_buckets_for_metric(Matcher::Full(names::INVALIDATION_LAG.into()), &lag_buckets)
+        .map_err(err)?
+        .set_buckets_for_metric(
+            Matcher::Full(names::BATCH_SECONDS.into()),
+            &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0],
+        )
+        .map_err(err)?
+        .install()
+        .map_err(err)
+}
+
+/// Publishes the counters and gauges of `stats` to the installed recorder
+/// (a no-op without one). Called every second by `vigil run`.
+pub fn publish(stats: &Stats, now_ms: i64) {
+    use metrics::{counter, gauge};
+    let s = stats.snapshot();
+    for (topic, n) in &s.records_read {
+        counter!(names::RECORDS_CONSUMED, "topic" => topic.clone()).absolute(*n);
+    }
+    for (op, n) in &s.changes_by_op {
+        counter!(names::CHANGES, "op" => *op).absolute(*n);
+    }
+    counter!(names::CACHE_EVENTS, "action" => "invalidate").absolute(s.invalidations);
+    counter!(names::CACHE_EVENTS, "action" => "fill").absolute(s.fills);
+    counter!(names::DUPLICATES).absolute(s.duplicates);
+    for (kind, n) in &s.skipped {
+        counter!(names::SKIPPED, "kind" => *kind).absolute(*n);
+    }
+    counter!(names::UNMAPPED).absolute(s.unmapped.values().sum());
+    for reason in Reason::ALL {
+        counter!(names::DEAD_LETTERS, "reason" => reason.as_str())
+            .absolute(stats.dead_letters_of(reason));
+    }
+    for kind in ViolationKind::ALL {
+        counter!(names::VIOLATIONS, "kind" => kind.as_str()).absolute(stats.violations_of(kind));
+    }
+    counter!(names::LATE_RECORDS).absolute(s.late_records);
+    counter!(names::CHECKPOINTS).absolute(read(&stats.checkpoints));
+    for table in s.tables.keys() {
+        for minutes in WINDOWS_MIN {
+            if let Some(ratio) = stats.in_time_ratio(table, minutes) {
+                gauge!(names::IN_TIME_RATIO, "table" => table.clone(), "window" => format!("{minutes}m")).set(ratio);
+            }
+        }
+    }
+    let wm = stats.watermark();
+    if wm > i64::MIN && wm < i64::MAX {
+        gauge!(names::WATERMARK_DELAY).set((now_ms - wm) as f64 / 1000.0);
+    }
+    let (keys, entities) = lock(&stats.state_size)
+        .values()
+        .fold((0, 0), |(k, e), (wk, we)| (k + wk, e + we));
+    gauge!(names::STATE_SIZE, "kind" => "cache_key").set(keys as f64);
+    gauge!(names::STATE_SIZE, "kind" => "entity").set(entities as f64);
+    gauge!(names::PRODUCER_QUEUE).set(stats.producer_queue.load(Ordering::Relaxed) as f64);
+    for ((topic, partition), lag) in lock(&stats.consumer_lag).iter() {
+        gauge!(names::CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.to_string())
+            .set(*lag as f64);
+    }
+}
+
 /// Starts logging to stderr in the chosen format. `RUST_LOG` overrides
 /// `level`.
 pub fn init_logging(format: crate::cli::LogFormat, level: &str) {
@@ -317,6 +541,7 @@ pub fn init_logging(format: crate::cli::LogFormat, level: &str) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // A second initialisation (tests) keeps the first subscriber.
     let _ = match format {
@@ -342,6 +567,31 @@ mod tests {
         let (cumulative, sum) = h.snapshot();
         assert_eq!(*cumulative.last().unwrap(), 6);
         assert_eq!(sum, 10_000_053);
+    }
+
+    #[test]
+    fn in_time_ratio_covers_recent_decisions() {
+        let s = Stats::default();
+        assert_eq!(s.in_time_ratio("t", 1), None);
+        let mut tallies = BTreeMap::new();
+        tallies.insert(
+            "t".to_string(),
+            TableTally {
+                decided: 4,
+                in_time: 3,
+            },
+        );
+        s.add_table_tallies(&tallies);
+        s.add_table_tallies(&tallies);
+        assert_eq!(s.in_time_ratio("t", 1), Some(0.75));
+        assert_eq!(s.in_time_ratio("t", 10), Some(0.75));
+        assert_eq!(
+            s.snapshot().tables["t"],
+            TableTally {
+                decided: 8,
+                in_time: 6
+            }
+        );
     }
 
     #[test]

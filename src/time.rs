@@ -54,6 +54,8 @@ struct Partition {
     max_ts: Option<Millis>,
     /// Wall time of the last record (or of registration).
     last_record_wall: Millis,
+    /// Read up to its end (said by the source); only then can it be idle.
+    caught_up: bool,
     ended: bool,
 }
 
@@ -61,9 +63,10 @@ struct Partition {
 /// event time seen, minus the allowed lateness. It never goes back.
 ///
 /// A partition that has seen nothing yet holds the watermark back (its first
-/// record may be old). With an idle timeout (live mode), a partition without
-/// records for that long stops holding it back, and when every partition is
-/// idle the watermark follows the wall clock minus the lateness. A partition
+/// record may be old). With an idle timeout (live mode), a partition that is
+/// caught up (read to its end) and without records for that long stops
+/// holding it back, and when every partition is idle the watermark follows
+/// the wall clock minus the lateness. A partition
 /// that has ended (end of file) no longer counts; once all have ended the
 /// watermark is [`END_OF_TIME`].
 #[derive(Debug, Clone)]
@@ -91,13 +94,32 @@ impl Watermarks {
         self.partitions.push(Partition {
             max_ts: None,
             last_record_wall: now_ms,
+            caught_up: false,
             ended: false,
         });
         self.partitions.len() - 1
     }
 
+    /// Registers partitions up to index `p`, and (re)opens `p`.
+    pub fn open(&mut self, p: usize, now_ms: Millis) {
+        while self.partitions.len() <= p {
+            self.add_partition(now_ms);
+        }
+        self.reopen(p, now_ms);
+    }
+
+    /// Whether partition `p` has been read up to its end.
+    pub fn set_caught_up(&mut self, p: usize, caught_up: bool) {
+        if let Some(part) = self.partitions.get_mut(p) {
+            part.caught_up = caught_up;
+        }
+    }
+
     /// A record of partition `p` with event time `ts`, seen at wall time `now_ms`.
     pub fn observe(&mut self, p: usize, ts: Millis, now_ms: Millis) {
+        while self.partitions.len() <= p {
+            self.add_partition(now_ms);
+        }
         let part = &mut self.partitions[p];
         part.max_ts = Some(part.max_ts.map_or(ts, |m| m.max(ts)));
         part.last_record_wall = now_ms;
@@ -105,14 +127,22 @@ impl Watermarks {
 
     /// Partition `p` has no more records (end of file, revoked partition).
     pub fn end(&mut self, p: usize) {
-        self.partitions[p].ended = true;
+        if let Some(part) = self.partitions.get_mut(p) {
+            part.ended = true;
+        }
     }
 
     /// Partition `p` is active again (a re-assigned Kafka partition).
-    pub fn reopen(&mut self, p: usize, now_ms: Millis) {
+    fn reopen(&mut self, p: usize, now_ms: Millis) {
         let part = &mut self.partitions[p];
         part.ended = false;
+        part.caught_up = false;
         part.last_record_wall = now_ms;
+    }
+
+    /// Whether every registered partition has ended.
+    pub fn all_ended(&self) -> bool {
+        self.partitions.iter().all(|p| p.ended)
     }
 
     /// Whether a record with event time `ts` arrives behind the watermark.
@@ -127,12 +157,20 @@ impl Watermarks {
     /// Recomputes the watermark at wall time `now_ms` and returns it.
     pub fn update(&mut self, now_ms: Millis) -> Millis {
         let idle = |p: &Partition| {
-            self.idle_timeout_ms
-                .is_some_and(|t| now_ms.saturating_sub(p.last_record_wall) >= t)
+            p.caught_up
+                && self
+                    .idle_timeout_ms
+                    .is_some_and(|t| now_ms.saturating_sub(p.last_record_wall) >= t)
         };
         let mut active = self.partitions.iter().filter(|p| !p.ended).peekable();
         let candidate = if active.peek().is_none() {
-            END_OF_TIME
+            // Finite inputs have all ended; a live source with nothing
+            // assigned (yet) says nothing about time.
+            if self.idle_timeout_ms.is_none() {
+                END_OF_TIME
+            } else {
+                self.current
+            }
         } else {
             let holding: Vec<&Partition> = active.filter(|p| !idle(p)).collect();
             if holding.is_empty() {
@@ -218,17 +256,55 @@ mod tests {
         let clock = ManualClock::new(1_000);
         let mut w = Watermarks::new(10, Some(100));
         let a = w.add_partition(clock.now_ms());
-        w.add_partition(clock.now_ms());
+        let b = w.add_partition(clock.now_ms());
         w.observe(a, 500, clock.now_ms());
         assert_eq!(w.update(clock.now_ms()), Millis::MIN);
         clock.advance(60);
         w.observe(a, 520, clock.now_ms());
         clock.advance(50);
-        // b idle for 110 ms: only a holds.
+        assert_eq!(
+            w.update(clock.now_ms()),
+            Millis::MIN,
+            "b is silent but not known to be read to its end: it may be lagging"
+        );
+        w.set_caught_up(b, true);
+        // b caught up and silent for 110 ms: only a holds.
         assert_eq!(w.update(clock.now_ms()), 510);
         clock.advance(200);
+        assert_eq!(w.update(clock.now_ms()), 510, "a is not caught up");
+        w.set_caught_up(a, true);
         // Both idle: wall clock minus lateness.
         assert_eq!(w.update(clock.now_ms()), 1_300);
+    }
+
+    #[test]
+    fn partitions_can_be_assigned_revoked_and_reassigned() {
+        let mut w = Watermarks::new(0, Some(1_000));
+        assert_eq!(
+            w.update(0),
+            Millis::MIN,
+            "a live source without partitions holds time"
+        );
+        w.open(2, 0);
+        assert!(!w.all_ended());
+        for p in 0..3 {
+            w.observe(p, 100 + p as i64, 0);
+        }
+        assert_eq!(w.update(0), 100);
+        w.end(0);
+        assert_eq!(w.update(0), 101);
+        w.open(0, 0);
+        w.observe(0, 300, 0);
+        assert_eq!(w.update(0), 101, "never goes back, and 1 still holds");
+        for p in 0..3 {
+            w.end(p);
+        }
+        assert!(w.all_ended());
+        assert_eq!(
+            w.update(0),
+            101,
+            "revoking everything is not the end of time"
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@
 mod template;
 mod units;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -64,6 +65,44 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     #[serde(default)]
     pub outputs: OutputsConfig,
+    /// `[kafka]`: librdkafka properties, passed as they are
+    /// (`bootstrap.servers`, `security.protocol`, `sasl.*`, `ssl.*`...).
+    /// Default: none.
+    #[serde(default)]
+    pub kafka: BTreeMap<String, KafkaValue>,
+    #[serde(default)]
+    pub processing: ProcessingConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// A librdkafka property value: TOML strings, numbers and booleans are all
+/// passed as text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "toml::Value", into = "String")]
+pub struct KafkaValue(pub String);
+
+impl TryFrom<toml::Value> for KafkaValue {
+    type Error = String;
+
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::String(s) => Ok(KafkaValue(s)),
+            toml::Value::Integer(i) => Ok(KafkaValue(i.to_string())),
+            toml::Value::Float(f) => Ok(KafkaValue(f.to_string())),
+            toml::Value::Boolean(b) => Ok(KafkaValue(b.to_string())),
+            other => Err(format!(
+                "a librdkafka property must be a string, number or boolean, not {}",
+                other.type_str()
+            )),
+        }
+    }
+}
+
+impl From<KafkaValue> for String {
+    fn from(v: KafkaValue) -> String {
+        v.0
+    }
 }
 
 /// `[detect]`: the semantics knobs of DESIGN.md sections 4 and 6.
@@ -166,10 +205,18 @@ pub enum UnmappedTables {
     Count,
 }
 
-/// `[inputs]`: how input records are read.
+/// `[inputs]`: where records come from and how they are read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InputsConfig {
+    /// Kafka consumer group of `vigil run`. Default `"vigil"`.
+    pub group_id: String,
+    /// CDC topics (`vigil run`); an entry starting with `^` is a regular
+    /// expression matching topic names. Default: none.
+    pub cdc_topics: Vec<String>,
+    /// Cache-event topics (`vigil run`), patterns as for `cdc_topics`.
+    /// Default: none.
+    pub cache_topics: Vec<String>,
     /// `"dlq"` or `"count"`. Default `"dlq"`.
     pub unmapped_tables: UnmappedTables,
     /// Larger records are dead letters (`record_too_large`). Default `"1MiB"`.
@@ -179,6 +226,9 @@ pub struct InputsConfig {
 impl Default for InputsConfig {
     fn default() -> Self {
         InputsConfig {
+            group_id: "vigil".into(),
+            cdc_topics: Vec::new(),
+            cache_topics: Vec::new(),
             unmapped_tables: UnmappedTables::Dlq,
             max_record_bytes: ByteSize(1 << 20),
         }
@@ -226,12 +276,63 @@ impl PipelineConfig {
 pub struct OutputsConfig {
     /// CloudEvents `source` attribute of every event. Default `"/vigil"`.
     pub source: String,
+    /// Topic of violation events (`vigil run`). Default `"vigil.violations"`.
+    pub violations_topic: String,
+    /// Dead-letter topic (`vigil run`). Default `"vigil.dlq"`.
+    pub dlq_topic: String,
 }
 
 impl Default for OutputsConfig {
     fn default() -> Self {
         OutputsConfig {
             source: "/vigil".into(),
+            violations_topic: "vigil.violations".into(),
+            dlq_topic: "vigil.dlq".into(),
+        }
+    }
+}
+
+/// Delivery guarantee of `vigil run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    /// Outputs are acknowledged before the state and positions that caused
+    /// them are committed; after a crash some are produced again, with the
+    /// same ids.
+    AtLeastOnce,
+    /// Outputs and consumed offsets are committed in one Kafka transaction.
+    ExactlyOnce,
+}
+
+/// `[processing]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessingConfig {
+    /// `"at_least_once"` or `"exactly_once"`. Default `"at_least_once"`.
+    pub guarantee: Guarantee,
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        ProcessingConfig {
+            guarantee: Guarantee::AtLeastOnce,
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint of `vigil run`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the HTTP endpoint serving `/metrics`; an empty string
+    /// turns it off. Default `"127.0.0.1:9464"`.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9464".into(),
         }
     }
 }
@@ -377,6 +478,44 @@ impl Config {
         if self.pipeline.queue_batches == 0 {
             return Err(invalid("pipeline.queue_batches", "must be at least 1"));
         }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "metrics.listen",
+                format!(
+                    "{:?} is not an address like \"127.0.0.1:9464\"",
+                    self.metrics.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What `vigil run` needs beyond [`Config::validate`]: a broker and
+    /// input topics.
+    pub fn validate_for_run(&self) -> Result<(), ConfigError> {
+        if !self.kafka.contains_key("bootstrap.servers") {
+            return Err(invalid(
+                "kafka.\"bootstrap.servers\"",
+                "is required by vigil run (the brokers to connect to)",
+            ));
+        }
+        if self.inputs.cdc_topics.is_empty() && self.inputs.cache_topics.is_empty() {
+            return Err(invalid(
+                "inputs.cdc_topics",
+                "vigil run needs at least one CDC or cache topic (inputs.cdc_topics, inputs.cache_topics)",
+            ));
+        }
+        for (field, topic) in [
+            ("outputs.violations_topic", &self.outputs.violations_topic),
+            ("outputs.dlq_topic", &self.outputs.dlq_topic),
+        ] {
+            if topic.is_empty() {
+                return Err(invalid(field, "must not be empty"));
+            }
+        }
+        if self.inputs.group_id.is_empty() {
+            return Err(invalid("inputs.group_id", "must not be empty"));
+        }
         Ok(())
     }
 
@@ -405,6 +544,17 @@ fn apply_override(tree: &mut toml::Table, var: &str, value: &str) -> Result<(), 
         return Err(env_err(
             "[[tables]] cannot be set from the environment".into(),
         ));
+    }
+    if path[0] == "kafka" {
+        // librdkafka names use dots: VIGIL_KAFKA__BOOTSTRAP_SERVERS sets
+        // "bootstrap.servers".
+        let name = path[1..].join("__").replace('_', ".");
+        tree.entry("kafka")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| env_err("`kafka` is not a section".into()))?
+            .insert(name, toml::Value::String(value.to_string()));
+        return Ok(());
     }
     let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
         .ok()
@@ -503,5 +653,41 @@ mod tests {
 
         let tables = vec![("VIGIL_TABLES__X".to_string(), "1".to_string())];
         assert!(Config::parse_with_env("t", "", tables).is_err());
+
+        let kafka = vec![(
+            "VIGIL_KAFKA__BOOTSTRAP_SERVERS".to_string(),
+            "b:9092".to_string(),
+        )];
+        let c = Config::parse_with_env("t", "[kafka]\n\"linger.ms\" = 5\n", kafka).unwrap();
+        assert_eq!(c.kafka["bootstrap.servers"].0, "b:9092");
+        assert_eq!(c.kafka["linger.ms"].0, "5", "numbers are passed as text");
+    }
+
+    #[test]
+    fn run_needs_a_broker_and_topics() {
+        let err = parse("")
+            .unwrap()
+            .validate_for_run()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bootstrap.servers"), "{err}");
+        let c = parse("[kafka]\n\"bootstrap.servers\" = \"b:9092\"\n").unwrap();
+        assert!(
+            c.validate_for_run()
+                .unwrap_err()
+                .to_string()
+                .contains("inputs.cdc_topics")
+        );
+        let c = parse(
+            "[kafka]\n\"bootstrap.servers\" = \"b:9092\"\n[inputs]\ncache_topics = [\"c\"]\n",
+        )
+        .unwrap();
+        c.validate_for_run().unwrap();
+        assert!(
+            parse("[metrics]\nlisten = \"nowhere\"\n")
+                .unwrap_err()
+                .to_string()
+                .contains("metrics.listen")
+        );
     }
 }

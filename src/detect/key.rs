@@ -434,6 +434,55 @@ fn change_violation(
     }
 }
 
+/// Glob invalidations kept for the changes that arrive after them, indexed
+/// by the literal text before their first `*`: a key only needs the globs
+/// whose prefix it starts with, found by one lookup per distinct prefix
+/// length (usually one or two) instead of a match against every glob.
+#[derive(Debug, Default)]
+pub struct Wildcards {
+    by_prefix: std::collections::HashMap<Box<str>, Vec<(Arc<str>, Invalidation)>>,
+    /// Prefix lengths in use, with how many globs have each.
+    lengths: std::collections::BTreeMap<usize, usize>,
+}
+
+impl Wildcards {
+    pub fn insert(&mut self, pattern: Arc<str>, inv: Invalidation) {
+        let prefix = glob_prefix(&pattern);
+        *self.lengths.entry(prefix.len()).or_default() += 1;
+        self.by_prefix
+            .entry(Box::from(prefix))
+            .or_default()
+            .push((pattern, inv));
+    }
+
+    /// The retained invalidations whose glob matches `key`.
+    pub fn matching<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Invalidation> + 'a {
+        self.lengths
+            .keys()
+            .filter_map(move |&len| key.get(..len).and_then(|p| self.by_prefix.get(p)))
+            .flatten()
+            .filter(move |(pattern, _)| glob_matches(pattern, key))
+            .map(|(_, inv)| inv)
+    }
+
+    /// Forgets globs stamped before `horizon`: no change that can still
+    /// arrive in time is covered by them.
+    pub fn prune(&mut self, horizon: Millis) {
+        let lengths = &mut self.lengths;
+        self.by_prefix.retain(|prefix, globs| {
+            globs.retain(|(_, inv)| {
+                let keep = inv.ts >= horizon;
+                if !keep && let Some(n) = lengths.get_mut(&prefix.len()) {
+                    *n -= 1;
+                }
+                keep
+            });
+            !globs.is_empty()
+        });
+        lengths.retain(|_, n| *n > 0);
+    }
+}
+
 /// Whether a cache key matches a glob where `*` stands for any run of
 /// characters (including none).
 pub fn glob_matches(pattern: &str, key: &str) -> bool {

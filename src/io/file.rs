@@ -387,7 +387,7 @@ impl Outputs for FileOutputs {
         writeln!(self.dlq, "{line}").map_err(|e| self.io_err("dlq.ndjson", e))
     }
 
-    fn flush(&mut self) -> Result<(), OutputError> {
+    fn flush(&mut self, _positions: &[Position]) -> Result<(), OutputError> {
         self.violations
             .flush()
             .map_err(|e| self.io_err("violations.ndjson", e))?;

@@ -1,4 +1,5 @@
 //! Inputs and outputs of the pipeline: files (one record a line) for
-//! `vigil check`.
+//! `vigil check`, Kafka topics for `vigil run`.
 
 pub mod file;
+pub mod kafka;

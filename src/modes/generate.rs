@@ -95,6 +95,7 @@ pub fn spec(args: &GenArgs) -> Result<Spec, UsageError> {
         format,
         seed: args.seed,
         faults,
+        start_ms: crate::workload::START_MS,
     })
 }
 

@@ -2,7 +2,9 @@
 //! way of using vigil, and returns how the process should exit.
 
 pub mod check;
+pub mod demo;
 pub mod generate;
+pub mod run;
 
 /// How a mode ended, as the process exit status (documented in `--help`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,7 +28,7 @@ mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::dead_letter::DeadLetter;
 use crate::detect::key::{Fill, Invalidation, KeyRules};
@@ -61,8 +61,16 @@ pub enum SourceMsg {
         /// The position after this batch.
         position: Option<Position>,
     },
-    /// The partition has no more records (end of file).
+    /// The partition has no more records (end of file, revoked partition).
     End { partition: usize },
+    /// A partition was assigned: a new index, or one that ended before.
+    Assigned { partition: usize },
+    /// Whether a partition has been read up to its end (live inputs: only
+    /// a caught-up partition may be considered idle).
+    CaughtUp { partition: usize, caught_up: bool },
+    /// Commit a checkpoint now, and say so on `done` once it is committed
+    /// (a rebalance waits for it before releasing partitions).
+    Checkpoint { done: Sender<()> },
 }
 
 /// What the router sends a worker.
@@ -104,11 +112,13 @@ enum WorkItem {
 enum SinkMsg {
     DeadLetters(Vec<DeadLetter>),
     Violations(Vec<Violation>),
-    /// The router's part of a checkpoint: positions reached, and the watermark.
+    /// The router's part of a checkpoint: positions reached, the watermark,
+    /// and who waits for the commit.
     Barrier {
         epoch: u64,
         positions: Vec<Position>,
         watermark: Millis,
+        done: Vec<Sender<()>>,
     },
     /// A worker's part of a checkpoint: its state changes.
     Fragment {
@@ -122,8 +132,12 @@ pub trait Outputs: Send {
     fn violation(&mut self, v: &Violation) -> Result<(), OutputError>;
     fn dead_letter(&mut self, d: &DeadLetter) -> Result<(), OutputError>;
     /// Makes everything written so far durable (files flushed, records
-    /// acknowledged by the broker). Called before each state commit.
-    fn flush(&mut self) -> Result<(), OutputError>;
+    /// acknowledged by the broker, or a transaction committed with the input
+    /// `positions`). Called before the state and positions are committed.
+    fn flush(&mut self, positions: &[Position]) -> Result<(), OutputError>;
+    /// Called once the state and `positions` are committed, to publish the
+    /// progress (Kafka's committed offsets, for lag monitoring).
+    fn committed(&mut self, _positions: &[Position]) {}
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,8 +172,10 @@ pub struct EngineOptions {
     pub queue_batches: usize,
     pub key_rules: KeyRules,
     pub allowed_lateness_ms: Millis,
-    /// `None` for finite inputs (files).
-    pub idle_timeout_ms: Option<Millis>,
+    /// Inputs end (files): the run stops when every partition has ended,
+    /// partitions never idle, and the end makes every verdict final.
+    pub finite: bool,
+    pub idle_timeout_ms: Millis,
     pub checkpoint_every: Duration,
     pub retention_ms: Millis,
 }
@@ -177,7 +193,8 @@ impl EngineOptions {
                 max_changes: d.max_changes_per_key,
             },
             allowed_lateness_ms: d.allowed_lateness.as_millis_i64(),
-            idle_timeout_ms: (!finite_inputs).then(|| d.idle_timeout.as_millis_i64()),
+            finite: finite_inputs,
+            idle_timeout_ms: d.idle_timeout.as_millis_i64(),
             checkpoint_every: config.state.checkpoint_interval.0,
             retention_ms: config.state.retention.as_millis_i64(),
         }
@@ -199,13 +216,15 @@ pub struct Engine {
     pub store: Arc<dyn Store>,
     pub stats: Arc<Stats>,
     pub clock: Arc<dyn Clock>,
-    /// Number of input partitions the sources will send (indices `0..n`).
+    /// Number of input partitions known at start (files; indices `0..n`).
+    /// Live sources announce theirs with [`SourceMsg::Assigned`].
     pub partitions: usize,
 }
 
 impl Engine {
-    /// Runs until every partition has ended or every source has hung up,
-    /// then commits a last checkpoint. Blocks the calling thread.
+    /// Runs until every source has hung up (or, with finite inputs, every
+    /// partition has ended), then commits a last checkpoint. Blocks the
+    /// calling thread.
     pub fn run(
         self,
         sources: Receiver<SourceMsg>,

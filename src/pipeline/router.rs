@@ -26,8 +26,8 @@ pub(super) struct Router {
     watermarks: Watermarks,
     /// The watermark the workers were last given.
     sent_watermark: Millis,
-    partitions: usize,
-    ended: usize,
+    /// Inputs end (files): stop once every partition has ended.
+    finite: bool,
     positions: BTreeMap<(Arc<str>, i32), i64>,
     epoch: u64,
     last_checkpoint: Instant,
@@ -44,7 +44,8 @@ impl Router {
     pub(super) fn new(engine: &Engine, work: Vec<Sender<WorkMsg>>, sink: Sender<SinkMsg>) -> Self {
         let o = &engine.options;
         let now = engine.clock.now_ms();
-        let mut watermarks = Watermarks::new(o.allowed_lateness_ms, o.idle_timeout_ms);
+        let idle_timeout = (!o.finite).then_some(o.idle_timeout_ms);
+        let mut watermarks = Watermarks::new(o.allowed_lateness_ms, idle_timeout);
         for _ in 0..engine.partitions {
             watermarks.add_partition(now);
         }
@@ -55,8 +56,7 @@ impl Router {
             pending: (0..n).map(|_| Vec::new()).collect(),
             watermarks,
             sent_watermark: Millis::MIN,
-            partitions: engine.partitions,
-            ended: 0,
+            finite: o.finite,
             positions: BTreeMap::new(),
             epoch: 0,
             last_checkpoint: Instant::now(),
@@ -66,10 +66,12 @@ impl Router {
         }
     }
 
-    /// Routes until every partition has ended or every source has hung up,
-    /// commits a last checkpoint and returns the final watermark.
+    /// Routes until every source has hung up (or, with finite inputs, every
+    /// partition has ended), commits a last checkpoint and returns the final
+    /// watermark.
     pub(super) fn run(mut self, sources: Receiver<SourceMsg>) -> Result<Millis, PipelineError> {
-        while self.partitions == 0 || self.ended < self.partitions {
+        while !(self.finite && self.watermarks.all_ended()) {
+            let mut waiting = Vec::new();
             match sources.recv_timeout(TICK) {
                 Ok(SourceMsg::Batch {
                     partition,
@@ -77,19 +79,26 @@ impl Router {
                     dead,
                     position,
                 }) => self.route(partition, records, dead, position)?,
-                Ok(SourceMsg::End { partition }) => {
-                    self.watermarks.end(partition);
-                    self.ended += 1;
+                Ok(SourceMsg::End { partition }) => self.watermarks.end(partition),
+                Ok(SourceMsg::Assigned { partition }) => {
+                    self.watermarks.open(partition, self.clock.now_ms());
                 }
+                Ok(SourceMsg::CaughtUp {
+                    partition,
+                    caught_up,
+                }) => {
+                    self.watermarks.set_caught_up(partition, caught_up);
+                }
+                Ok(SourceMsg::Checkpoint { done }) => waiting.push(done),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             self.dispatch()?;
-            if self.last_checkpoint.elapsed() >= self.checkpoint_every {
-                self.checkpoint()?;
+            if !waiting.is_empty() || self.last_checkpoint.elapsed() >= self.checkpoint_every {
+                self.checkpoint(waiting)?;
             }
         }
-        self.checkpoint()?;
+        self.checkpoint(Vec::new())?;
         Ok(self.sent_watermark)
     }
 
@@ -203,13 +212,14 @@ impl Router {
         }
         if moved {
             self.sent_watermark = watermark;
+            self.stats.set_watermark(watermark);
         }
         Ok(())
     }
 
     /// Flushes everything routed so far, then asks every worker and the sink
-    /// for their part of checkpoint `epoch`.
-    fn checkpoint(&mut self) -> Result<(), PipelineError> {
+    /// for their part of the next checkpoint; `done` hear of its commit.
+    fn checkpoint(&mut self, done: Vec<Sender<()>>) -> Result<(), PipelineError> {
         self.dispatch()?;
         let watermark = self.sent_watermark;
         self.epoch += 1;
@@ -231,6 +241,7 @@ impl Router {
                 epoch: self.epoch,
                 positions,
                 watermark,
+                done,
             })
             .map_err(disconnected)?;
         self.last_checkpoint = Instant::now();

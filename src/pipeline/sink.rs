@@ -18,7 +18,14 @@ use crate::time::END_OF_TIME;
 struct PendingCheckpoint {
     fragments: usize,
     batch: StateBatch,
-    barrier: Option<(Vec<Position>, Millis)>,
+    barrier: Option<Barrier>,
+}
+
+/// The router's part of a checkpoint.
+struct Barrier {
+    positions: Vec<Position>,
+    watermark: Millis,
+    done: Vec<crossbeam_channel::Sender<()>>,
 }
 
 pub(super) struct Sink {
@@ -70,8 +77,13 @@ impl Sink {
                     epoch,
                     positions,
                     watermark,
+                    done,
                 } => {
-                    self.pending.entry(epoch).or_default().barrier = Some((positions, watermark));
+                    self.pending.entry(epoch).or_default().barrier = Some(Barrier {
+                        positions,
+                        watermark,
+                        done,
+                    });
                     self.commit_if_whole(epoch)?;
                 }
                 SinkMsg::Fragment { epoch, batch } => {
@@ -82,7 +94,6 @@ impl Sink {
                 }
             }
         }
-        self.outputs.flush()?;
         Ok(self.committed)
     }
 
@@ -97,11 +108,15 @@ impl Sink {
         let PendingCheckpoint {
             mut batch, barrier, ..
         } = self.pending.remove(&epoch).expect("checked above");
-        let (positions, watermark) = barrier.expect("checked above");
+        let Barrier {
+            positions,
+            watermark,
+            done,
+        } = barrier.expect("checked above");
         // Outputs first: a crash between the two re-emits (same ids) rather
         // than loses.
-        self.outputs.flush()?;
-        for p in positions {
+        self.outputs.flush(&positions)?;
+        for p in &positions {
             batch.put(
                 Cf::Offsets,
                 codec::offset_key(&p.source, p.partition),
@@ -117,6 +132,12 @@ impl Sink {
                 .advance(watermark.saturating_sub(self.retention_ms));
         }
         self.committed += 1;
+        self.stats.add_checkpoint();
+        self.outputs.committed(&positions);
+        for d in done {
+            // The waiter may have given up; the commit stands either way.
+            let _ = d.send(());
+        }
         Ok(())
     }
 }

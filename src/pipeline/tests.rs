@@ -46,7 +46,7 @@ impl Outputs for Collected {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), OutputError> {
+    fn flush(&mut self, _: &[Position]) -> Result<(), OutputError> {
         Ok(())
     }
 }

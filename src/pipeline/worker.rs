@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::{Engine, PipelineError, SinkMsg, WorkItem, WorkMsg};
 use crate::detect::entity::{self, EntityState, EntityVerdict};
 use crate::detect::key::{
-    Decisions, Invalidation, KeyRules, KeyState, Status, glob_matches, glob_prefix,
+    Decisions, KeyRules, KeyState, Status, Wildcards, glob_matches, glob_prefix,
 };
 use crate::events::{Violation, ViolationKind};
 use crate::hash;
@@ -63,7 +63,7 @@ pub(super) struct Worker {
     /// scan the keys sharing its literal prefix.
     open: BTreeSet<Arc<str>>,
     /// Glob invalidations kept for changes that arrive after them.
-    wildcards: Vec<(Arc<str>, Invalidation)>,
+    wildcards: Wildcards,
     watermark: Millis,
     violations: Vec<Violation>,
     tallies: BTreeMap<String, TableTally>,
@@ -145,7 +145,7 @@ impl Worker {
             dirty_entities: Vec::new(),
             timers,
             open,
-            wildcards: Vec::new(),
+            wildcards: Wildcards::default(),
             watermark: Millis::MIN,
             violations: Vec::new(),
             tallies: BTreeMap::new(),
@@ -157,10 +157,12 @@ impl Worker {
         for msg in inbox {
             match msg {
                 WorkMsg::Batch { items, watermark } => {
+                    let started = std::time::Instant::now();
                     for item in items {
                         self.apply(item)?;
                     }
                     self.advance(watermark)?;
+                    self.stats.record_batch(started.elapsed().as_secs_f64());
                     if !self.violations.is_empty() {
                         let v = std::mem::take(&mut self.violations);
                         self.sink
@@ -172,6 +174,11 @@ impl Worker {
                     let batch = self.persist();
                     self.stats
                         .add_table_tallies(&std::mem::take(&mut self.tallies));
+                    self.stats.set_state_size(
+                        self.index,
+                        self.keys.len() as u64,
+                        self.entities.len() as u64,
+                    );
                     self.sink
                         .send(SinkMsg::Fragment { epoch, batch })
                         .map_err(disconnected)?;
@@ -186,11 +193,7 @@ impl Worker {
             WorkItem::Entity(change) => self.check_entity(&change)?,
             WorkItem::Change { key, change } => {
                 let slot = key_slot(&mut self.keys, &*self.store, &key)?;
-                let wildcards = self
-                    .wildcards
-                    .iter()
-                    .filter(|(pattern, _)| glob_matches(pattern, &key))
-                    .map(|(_, inv)| inv);
+                let wildcards = self.wildcards.matching(&key);
                 slot.stored.state.on_change(&change, wildcards, &self.rules);
                 self.touched(&key);
             }
@@ -213,7 +216,7 @@ impl Worker {
                     slot.stored.state.on_invalidation(&inv, false, &self.rules);
                     self.touched(&key);
                 }
-                self.wildcards.push((pattern, inv));
+                self.wildcards.insert(pattern, inv);
             }
             WorkItem::Fill { key, fill } => {
                 let slot = key_slot(&mut self.keys, &*self.store, &key)?;
@@ -323,7 +326,7 @@ impl Worker {
             self.touched(&key);
         }
         let horizon = wm.saturating_sub(self.rules.skew_ms);
-        self.wildcards.retain(|(_, inv)| inv.ts >= horizon);
+        self.wildcards.prune(horizon);
         Ok(())
     }
 
@@ -332,7 +335,7 @@ impl Worker {
             let t = self.tallies.entry(table.to_string()).or_default();
             t.decided += 1;
             t.in_time += 1;
-            self.stats.invalidation_lag_ms.record(lag.max(0) as u64);
+            self.stats.record_invalidation_lag(lag.max(0) as u64);
         }
         for v in &d.violations {
             if v.kind == ViolationKind::MissingInvalidation {

@@ -40,7 +40,7 @@ pub const LATE_WINDOW_MS: i64 = 500;
 pub const LATENESS_MS: i64 = 2_000;
 /// Minimum time between two episodes of one entity.
 pub const SPACING_MS: i64 = 3_000;
-/// Event time of the first episode (2023-11-14T22:13:20Z).
+/// Default event time of the first episode (2023-11-14T22:13:20Z).
 pub const START_MS: Millis = 1_700_000_000_000;
 /// How far a cache event may be written after its timestamp.
 pub const JITTER_MS: i64 = 300;
@@ -54,8 +54,10 @@ const P_UNVERSIONED_INVALIDATION: f64 = 0.1;
 const RECORDS_PER_EPISODE: f64 = 2.6;
 /// Debezium emits a heartbeat every this many CDC records here.
 const HEARTBEAT_EVERY: u64 = 2_000;
-/// Kafka partitions of each generated topic (for `kcat` lines).
+/// Kafka partitions of each generated topic.
 pub const PARTITIONS: i32 = 3;
+/// Topic of the Debezium heartbeats the generator writes.
+const HEARTBEAT_TOPIC: &str = "__debezium-heartbeat.gen";
 
 /// Rates (0..1) of each injected fault, and of redeliveries.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -83,6 +85,8 @@ pub struct Spec {
     pub format: CdcFormat,
     pub seed: u64,
     pub faults: FaultRates,
+    /// Event time of the first episode (a live demo starts now).
+    pub start_ms: Millis,
 }
 
 /// A generated record, in the order it is written.
@@ -291,6 +295,28 @@ impl Generator {
         &self.stats
     }
 
+    /// Every topic the workload writes to.
+    pub fn topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.cdc_topics.iter().map(|t| t.to_string()).collect();
+        topics.dedup();
+        if self.spec.format.is_debezium() {
+            topics.push(HEARTBEAT_TOPIC.into());
+        }
+        topics.push(self.cache_topic.to_string());
+        topics
+    }
+
+    /// Which stream a topic of [`Generator::topics`] carries.
+    pub fn stream_of_topic(&self, topic: &str) -> Option<Stream> {
+        if topic == self.cache_topic.as_ref() {
+            Some(Stream::Cache)
+        } else if topic == HEARTBEAT_TOPIC || self.cdc_topics.iter().any(|t| t.as_ref() == topic) {
+            Some(Stream::Cdc)
+        } else {
+            None
+        }
+    }
+
     fn done(&self) -> bool {
         self.created >= self.spec.events
     }
@@ -302,7 +328,7 @@ impl Generator {
     }
 
     fn episode_start(&self, i: u64) -> Millis {
-        START_MS + (u128::from(i) * u128::from(self.interval_us) / 1000) as Millis
+        self.spec.start_ms + (u128::from(i) * u128::from(self.interval_us) / 1000) as Millis
     }
 
     fn push(&mut self, emit: Millis, record: GenRecord, may_repeat: bool) {
@@ -358,7 +384,7 @@ impl Generator {
         let record = GenRecord {
             stream: Stream::Cdc,
             topic: Arc::clone(&self.cdc_topics[c.table as usize]),
-            partition: (id % PARTITIONS as u64) as i32,
+            partition: partition_of(id),
             key: key.clone(),
             value: Some(value),
             ts_ms: c.commit_ts_ms,
@@ -368,7 +394,7 @@ impl Generator {
             let tombstone = GenRecord {
                 stream: Stream::Cdc,
                 topic: Arc::clone(&self.cdc_topics[c.table as usize]),
-                partition: (id % PARTITIONS as u64) as i32,
+                partition: partition_of(id),
                 key,
                 value: None,
                 ts_ms: c.commit_ts_ms,
@@ -379,7 +405,7 @@ impl Generator {
         {
             let heartbeat = GenRecord {
                 stream: Stream::Cdc,
-                topic: Arc::from("__debezium-heartbeat.gen"),
+                topic: Arc::from(HEARTBEAT_TOPIC),
                 partition: 0,
                 key: Some("{\"serverName\":\"gen\"}".into()),
                 value: Some(json!({ "ts_ms": c.commit_ts_ms }).to_string()),
@@ -438,7 +464,7 @@ impl Generator {
                 op: Op::Read,
                 before: None,
                 after: Some(row),
-                commit_ts_ms: START_MS - 10 * SPACING_MS,
+                commit_ts_ms: self.spec.start_ms - 10 * SPACING_MS,
                 position,
                 tx_id,
             },
@@ -726,6 +752,12 @@ impl Iterator for Generator {
             }
         }
     }
+}
+
+/// The partition of an entity's records in every topic: a hash of its id,
+/// so that each table spreads over all partitions.
+fn partition_of(id: u64) -> i32 {
+    (xxhash_rust::xxh3::xxh3_64(&id.to_le_bytes()) % PARTITIONS as u64) as i32
 }
 
 /// Key templates of generated table `t`: odd tables are cached under two keys.

@@ -25,6 +25,7 @@ fn spec(seed: u64) -> Spec {
             conflict: 0.05,
             duplicate: 0.05,
         },
+        start_ms: START_MS,
     }
 }
 

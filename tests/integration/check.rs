@@ -240,14 +240,6 @@ fn violations_are_cloudevents_with_the_documented_data() {
     assert_eq!(seen.len(), KINDS.len(), "every kind was checked: {seen:?}");
 }
 
-const USERS_CONFIG: &str = r#"
-[[tables]]
-table = "public.users"
-pk = ["id"]
-keys = ["user:{id}"]
-version = "column:version"
-"#;
-
 fn debezium_user(op: &str, id: Option<u64>, version: u64, ts: i64) -> String {
     let mut row = json!({ "name": "Ada", "version": version });
     if let Some(id) = id {

@@ -1,5 +1,7 @@
-//! End-to-end tests of the `vigil` binary: generated workloads, bad input,
-//! exit statuses, help text.
+//! End-to-end tests of the `vigil` binary: `vigil check` on generated
+//! workloads and bad input, `vigil run` through an embedded Kafka broker.
 
+mod broker;
 mod check;
+mod run;
 mod support;

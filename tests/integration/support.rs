@@ -90,7 +90,7 @@ pub fn read_ndjson(path: &Path) -> Vec<Value> {
 /// What identifies a violation in `expected.ndjson` and in a CloudEvent's data.
 pub type Fingerprint = (String, Option<String>, String, String, String, Option<i64>);
 
-fn fingerprint(v: &Value) -> Fingerprint {
+pub fn fingerprint(v: &Value) -> Fingerprint {
     (
         v["kind"].as_str().unwrap_or_default().to_string(),
         v["key"].as_str().map(str::to_string),
@@ -144,6 +144,15 @@ pub fn expected_kinds(expected_file: &Path) -> BTreeMap<String, usize> {
     }
     m
 }
+
+/// A configuration mapping one table, `public.users`, versioned by a column.
+pub const USERS_CONFIG: &str = r#"
+[[tables]]
+table = "public.users"
+pk = ["id"]
+keys = ["user:{id}"]
+version = "column:version"
+"#;
 
 /// The seven violation kinds.
 pub const KINDS: [&str; 7] = [

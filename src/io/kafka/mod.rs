@@ -1,0 +1,162 @@
+//! Kafka as input and output of `vigil run`: the consumer that feeds the
+//! pipeline ([`source`]) and the producer of violations and dead letters
+//! ([`outputs`]), with what they share: client configuration, the
+//! classification of topics into CDC and cache streams, and librdkafka's
+//! logs routed to `tracing`.
+
+pub mod outputs;
+pub mod source;
+
+use std::collections::HashMap;
+
+use rdkafka::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::message::{Headers, Message};
+use regex::Regex;
+
+use crate::config::{Config, InputsConfig};
+use crate::ingest::Stream;
+
+/// A client configuration from `[kafka]`, with vigil's defaults for what
+/// the user did not set.
+pub fn client_config(config: &Config, defaults: &[(&str, &str)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in defaults {
+        c.set(*k, *v);
+    }
+    for (k, v) in &config.kafka {
+        c.set(k, &v.0);
+    }
+    c.set_log_level(RDKafkaLogLevel::Info);
+    c
+}
+
+/// A message's headers, copied.
+pub fn owned_headers(msg: &impl Message) -> Vec<(String, Option<Vec<u8>>)> {
+    msg.headers()
+        .map(|h| {
+            h.iter()
+                .map(|header| (header.key.to_string(), header.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sends a librdkafka log line to `tracing` at the matching level.
+pub fn log_to_tracing(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", facility, "{message}")
+        }
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", facility, "{message}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("invalid topic pattern {pattern:?} in inputs.{field}: {source}")]
+    Pattern {
+        field: &'static str,
+        pattern: String,
+        #[source]
+        source: regex::Error,
+    },
+    #[error("cannot create the Kafka {what}: {source}")]
+    Client {
+        what: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+}
+
+/// Which stream each consumed topic belongs to: exact names from
+/// `inputs.cdc_topics` / `inputs.cache_topics`, then their `^` patterns.
+#[derive(Debug)]
+pub struct TopicKinds {
+    exact: HashMap<String, Stream>,
+    patterns: Vec<(Regex, Stream)>,
+    subscriptions: Vec<String>,
+}
+
+impl TopicKinds {
+    pub fn from_config(inputs: &InputsConfig) -> Result<Self, KafkaSetupError> {
+        let mut kinds = TopicKinds {
+            exact: HashMap::new(),
+            patterns: Vec::new(),
+            subscriptions: Vec::new(),
+        };
+        let lists = [
+            ("cdc_topics", &inputs.cdc_topics, Stream::Cdc),
+            ("cache_topics", &inputs.cache_topics, Stream::Cache),
+        ];
+        for (field, topics, stream) in lists {
+            for topic in topics {
+                if topic.starts_with('^') {
+                    let re = Regex::new(topic).map_err(|source| KafkaSetupError::Pattern {
+                        field,
+                        pattern: topic.clone(),
+                        source,
+                    })?;
+                    kinds.patterns.push((re, stream));
+                } else {
+                    kinds.exact.insert(topic.clone(), stream);
+                }
+                kinds.subscriptions.push(topic.clone());
+            }
+        }
+        Ok(kinds)
+    }
+
+    /// The stream of a topic; `None` for a topic no setting names (which the
+    /// subscription cannot deliver).
+    pub fn stream_of(&self, topic: &str) -> Option<Stream> {
+        self.exact.get(topic).copied().or_else(|| {
+            self.patterns
+                .iter()
+                .find(|(re, _)| re.is_match(topic))
+                .map(|(_, s)| *s)
+        })
+    }
+
+    /// What to subscribe to, as librdkafka takes it (names and `^` patterns).
+    pub fn subscriptions(&self) -> Vec<&str> {
+        self.subscriptions.iter().map(String::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_are_classified_by_name_then_pattern() {
+        let inputs = InputsConfig {
+            cdc_topics: vec!["^dbserver1\\..*".into(), "orders".into()],
+            cache_topics: vec!["cache-invalidation".into()],
+            ..InputsConfig::default()
+        };
+        let kinds = TopicKinds::from_config(&inputs).unwrap();
+        assert_eq!(kinds.stream_of("dbserver1.public.users"), Some(Stream::Cdc));
+        assert_eq!(kinds.stream_of("orders"), Some(Stream::Cdc));
+        assert_eq!(kinds.stream_of("cache-invalidation"), Some(Stream::Cache));
+        assert_eq!(kinds.stream_of("other"), None);
+        assert_eq!(kinds.subscriptions().len(), 3);
+        let bad = InputsConfig {
+            cdc_topics: vec!["^(".into()],
+            ..InputsConfig::default()
+        };
+        assert!(
+            TopicKinds::from_config(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("inputs.cdc_topics")
+        );
+    }
+}

@@ -1,0 +1,383 @@
+//! The Kafka producer of `vigil run`: violations (CloudEvents, keyed by cache
+//! key) and dead letters (the record unchanged, with Kafka Connect's error
+//! headers and vigil's reason code).
+//!
+//! At-least-once: at each checkpoint every record sent is acknowledged by
+//! the broker before the state is committed; a record the broker rejected
+//! is sent again (and the broker being away only makes the checkpoint
+//! wait). Exactly-once: outputs and consumed offsets are committed in one
+//! Kafka transaction, before the state; a crash between the two makes the
+//! last checkpoint's outputs appear again, with the same ids.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use super::source::VigilConsumer;
+use super::{KafkaSetupError, client_config, log_to_tracing, owned_headers};
+use crate::config::{Config, Guarantee};
+use crate::dead_letter::{DeadLetter, Origin};
+use crate::events::{CLOUDEVENTS_CONTENT_TYPE, Violation};
+use crate::pipeline::{OutputError, Outputs, Position};
+use crate::telemetry::Stats;
+
+/// Producer defaults; `[kafka]` overrides them.
+const PRODUCER_DEFAULTS: [(&str, &str); 5] = [
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("linger.ms", "5"),
+    ("compression.type", "lz4"),
+    ("message.timeout.ms", "300000"),
+];
+
+/// How long one wait for acknowledgements lasts before it is logged and
+/// resumed.
+const FLUSH_STEP: Duration = Duration::from_secs(5);
+/// Timeout of transactional calls.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A record to send (again).
+#[derive(Debug, Clone)]
+struct Outgoing {
+    topic: String,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+    timestamp_ms: Option<i64>,
+}
+
+/// Collects records the broker did not take, for sending again.
+pub struct DeliveryContext {
+    failed: Mutex<Vec<Outgoing>>,
+}
+
+impl ClientContext for DeliveryContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_to_tracing(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "Kafka producer error (librdkafka retries)");
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, msg)) = result {
+            tracing::warn!(topic = msg.topic(), error = %error, "a record was not delivered; it will be sent again");
+            let outgoing = Outgoing {
+                topic: msg.topic().to_string(),
+                key: msg.key().map(<[u8]>::to_vec),
+                payload: msg.payload().map(<[u8]>::to_vec),
+                headers: owned_headers(msg),
+                timestamp_ms: msg.timestamp().to_millis(),
+            };
+            self.failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(outgoing);
+        }
+    }
+}
+
+/// Violations and dead letters to Kafka topics.
+pub struct KafkaOutputs {
+    producer: ThreadedProducer<DeliveryContext>,
+    consumer: Arc<VigilConsumer>,
+    guarantee: Guarantee,
+    violations_topic: String,
+    dlq_topic: String,
+    source: String,
+    stats: Arc<Stats>,
+    /// Set when the process must stop waiting for the broker (shutdown).
+    give_up: Arc<AtomicBool>,
+}
+
+impl KafkaOutputs {
+    /// Creates the producer (and, for exactly-once, opens its first
+    /// transaction). `instance` tells apart the transactional ids of the
+    /// instances of one group.
+    pub fn new(
+        config: &Config,
+        consumer: Arc<VigilConsumer>,
+        stats: Arc<Stats>,
+        instance: &str,
+        give_up: Arc<AtomicBool>,
+    ) -> Result<Self, KafkaSetupError> {
+        let guarantee = config.processing.guarantee;
+        let mut client = match guarantee {
+            Guarantee::AtLeastOnce => client_config(config, &PRODUCER_DEFAULTS),
+            Guarantee::ExactlyOnce => {
+                // librdkafka wants message.timeout.ms <= transaction.timeout.ms.
+                let mut defaults = PRODUCER_DEFAULTS.to_vec();
+                defaults.push(("transaction.timeout.ms", "300000"));
+                client_config(config, &defaults)
+            }
+        };
+        if guarantee == Guarantee::ExactlyOnce {
+            client.set(
+                "transactional.id",
+                format!("vigil-{}-{instance}", config.inputs.group_id),
+            );
+        }
+        let context = DeliveryContext {
+            failed: Mutex::new(Vec::new()),
+        };
+        let producer: ThreadedProducer<DeliveryContext> = client
+            .create_with_context(context)
+            .map_err(|source| KafkaSetupError::Client {
+                what: "producer",
+                source,
+            })?;
+        if guarantee == Guarantee::ExactlyOnce {
+            producer
+                .init_transactions(TRANSACTION_TIMEOUT)
+                .and_then(|()| producer.begin_transaction())
+                .map_err(|source| KafkaSetupError::Client {
+                    what: "transactional producer",
+                    source,
+                })?;
+        }
+        Ok(KafkaOutputs {
+            producer,
+            consumer,
+            guarantee,
+            violations_topic: config.outputs.violations_topic.clone(),
+            dlq_topic: config.outputs.dlq_topic.clone(),
+            source: config.outputs.source.clone(),
+            stats,
+            give_up,
+        })
+    }
+
+    fn err(topic: &str, e: impl std::fmt::Display) -> OutputError {
+        OutputError::Kafka {
+            topic: topic.to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Hands a record to librdkafka, waiting while its queue is full.
+    fn send(&self, out: &Outgoing) -> Result<(), OutputError> {
+        let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
+        for (key, value) in &out.headers {
+            headers = headers.insert(Header {
+                key,
+                value: value.as_deref(),
+            });
+        }
+        loop {
+            let mut record: BaseRecord<'_, [u8], [u8]> =
+                BaseRecord::to(&out.topic).headers(headers.clone());
+            if let Some(k) = &out.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(p) = &out.payload {
+                record = record.payload(p.as_slice());
+            }
+            if let Some(ts) = out.timestamp_ms {
+                record = record.timestamp(ts);
+            }
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    if self.give_up.load(Ordering::Relaxed) {
+                        return Err(Self::err(
+                            &out.topic,
+                            "stopping with the producer queue full",
+                        ));
+                    }
+                    // Waits for deliveries to make room.
+                    let _ = self.producer.flush(Duration::from_millis(100));
+                }
+                Err((e, _)) => return Err(Self::err(&out.topic, e)),
+            }
+        }
+    }
+
+    /// Waits until every record sent is acknowledged, sending again the
+    /// ones the broker rejected.
+    fn acknowledge_all(&self) -> Result<(), OutputError> {
+        let started = Instant::now();
+        loop {
+            let _ = self.producer.flush(FLUSH_STEP);
+            let failed = std::mem::take(
+                &mut *self
+                    .producer
+                    .context()
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            let in_flight = self.producer.in_flight_count();
+            self.stats
+                .set_producer_queue(i64::from(in_flight) + failed.len() as i64);
+            if in_flight == 0 && failed.is_empty() {
+                return Ok(());
+            }
+            if self.give_up.load(Ordering::Relaxed) {
+                return Err(Self::err(
+                    &self.violations_topic,
+                    format!(
+                        "stopping with {} records not acknowledged",
+                        in_flight as usize + failed.len()
+                    ),
+                ));
+            }
+            if !failed.is_empty() {
+                tracing::warn!(
+                    records = failed.len(),
+                    "sending again records the broker did not take"
+                );
+            }
+            for out in &failed {
+                self.send(out)?;
+            }
+            if in_flight > 0 {
+                tracing::warn!(
+                    records = in_flight,
+                    waited_s = started.elapsed().as_secs(),
+                    "waiting for the broker to acknowledge outputs before committing"
+                );
+            }
+        }
+    }
+
+    fn offsets(&self, positions: &[Position]) -> TopicPartitionList {
+        let assigned = self.consumer.assignment().unwrap_or_default();
+        let mut tpl = TopicPartitionList::new();
+        for p in positions {
+            if assigned.find_partition(&p.source, p.partition).is_some() {
+                let _ =
+                    tpl.add_partition_offset(&p.source, p.partition, Offset::Offset(p.next_offset));
+            }
+        }
+        tpl
+    }
+}
+
+/// Kafka Connect's dead-letter headers, plus vigil's reason code.
+pub fn dead_letter_headers(d: &DeadLetter) -> Vec<(String, Option<Vec<u8>>)> {
+    let (topic, partition, offset) = match &d.origin {
+        Origin::Kafka(k) => (
+            k.topic.clone(),
+            k.partition.to_string(),
+            k.offset.to_string(),
+        ),
+        Origin::Line {
+            file, line, kafka, ..
+        } => match kafka {
+            Some(k) => (
+                k.topic.clone(),
+                k.partition.to_string(),
+                k.offset.to_string(),
+            ),
+            None => (file.to_string(), "0".into(), line.to_string()),
+        },
+    };
+    let text = |s: &str| Some(s.as_bytes().to_vec());
+    vec![
+        ("__connect.errors.topic".into(), text(&topic)),
+        ("__connect.errors.partition".into(), text(&partition)),
+        ("__connect.errors.offset".into(), text(&offset)),
+        (
+            "__connect.errors.stage".into(),
+            text(d.error.reason.stage().as_str()),
+        ),
+        (
+            "__connect.errors.exception.class.name".into(),
+            text("vigil.RecordError"),
+        ),
+        (
+            "__connect.errors.exception.message".into(),
+            text(&d.error.message),
+        ),
+        ("vigil.error.reason".into(), text(d.error.reason.as_str())),
+    ]
+}
+
+impl Outputs for KafkaOutputs {
+    fn violation(&mut self, v: &Violation) -> Result<(), OutputError> {
+        self.send(&Outgoing {
+            topic: self.violations_topic.clone(),
+            key: Some(v.kafka_key().into_bytes()),
+            payload: Some(v.to_cloudevent(&self.source).into_bytes()),
+            headers: vec![(
+                "content-type".into(),
+                Some(CLOUDEVENTS_CONTENT_TYPE.as_bytes().to_vec()),
+            )],
+            timestamp_ms: None,
+        })
+    }
+
+    fn dead_letter(&mut self, d: &DeadLetter) -> Result<(), OutputError> {
+        let mut headers = dead_letter_headers(d);
+        let (key, payload, timestamp_ms) = match &d.origin {
+            Origin::Kafka(k) => {
+                headers.splice(0..0, k.headers.iter().cloned());
+                (k.key.clone(), k.value.clone(), k.timestamp_ms)
+            }
+            Origin::Line { text, kafka, .. } => match kafka {
+                Some(k) => {
+                    headers.splice(0..0, k.headers.iter().cloned());
+                    (k.key.clone(), k.value.clone(), k.timestamp_ms)
+                }
+                None => (None, Some(text.clone()), None),
+            },
+        };
+        self.send(&Outgoing {
+            topic: self.dlq_topic.clone(),
+            key,
+            payload,
+            headers,
+            timestamp_ms,
+        })
+    }
+
+    fn flush(&mut self, positions: &[Position]) -> Result<(), OutputError> {
+        match self.guarantee {
+            Guarantee::AtLeastOnce => self.acknowledge_all(),
+            Guarantee::ExactlyOnce => {
+                let offsets = self.offsets(positions);
+                let group = self.consumer.group_metadata().ok_or_else(|| {
+                    Self::err(&self.violations_topic, "the consumer has no group metadata")
+                })?;
+                let committed = self
+                    .producer
+                    .send_offsets_to_transaction(&offsets, &group, TRANSACTION_TIMEOUT)
+                    .and_then(|()| self.producer.commit_transaction(TRANSACTION_TIMEOUT));
+                if let Err(e) = committed {
+                    let _ = self.producer.abort_transaction(TRANSACTION_TIMEOUT);
+                    return Err(Self::err(
+                        &self.violations_topic,
+                        format!("transaction failed: {e}"),
+                    ));
+                }
+                self.producer
+                    .begin_transaction()
+                    .map_err(|e| Self::err(&self.violations_topic, e))
+            }
+        }
+    }
+
+    fn committed(&mut self, positions: &[Position]) {
+        if self.guarantee == Guarantee::AtLeastOnce {
+            let offsets = self.offsets(positions);
+            if offsets.count() > 0
+                && let Err(e) = self.consumer.commit(&offsets, CommitMode::Async)
+            {
+                tracing::warn!(error = %e, "cannot commit offsets to Kafka (lag monitoring only; vigil's state has them)");
+            }
+        }
+    }
+}

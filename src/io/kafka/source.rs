@@ -1,0 +1,556 @@
+//! The Kafka consumer of `vigil run`: one consumer in the group, subscribed
+//! to the CDC and cache topics, decoding and mapping on its own thread and
+//! feeding the pipeline in per-partition batches.
+//!
+//! - **Positions**: on assignment, a partition resumes from the offset that
+//!   vigil's state store holds for it (committed with the state it produced),
+//!   else from Kafka's committed offset, else from `auto.offset.reset`.
+//! - **Rebalances**: before partitions are released, their pending records
+//!   are handed over, a checkpoint is committed (state and positions), and
+//!   their offsets are committed to Kafka, so the next owner resumes exactly
+//!   where this one stopped.
+//! - **Back-pressure**: when the pipeline is full the consumer pauses its
+//!   partitions instead of buffering, and keeps polling so that it stays in
+//!   the group; it resumes once the pipeline has room.
+//! - **Idleness**: librdkafka's statistics tell whether a partition is read
+//!   to its end; only such a partition may stop holding the watermark back.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError};
+use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+
+use super::{KafkaSetupError, TopicKinds, client_config, log_to_tracing, owned_headers};
+use crate::config::{Config, Guarantee};
+use crate::dead_letter::{DeadLetter, KafkaRecord, Origin, Reason, RecordError};
+use crate::ingest::{Ingest, RawInput, Record, Stream};
+use crate::model::Provenance;
+use crate::pipeline::{Position, SourceMsg};
+use crate::state::{Cf, Store, codec};
+use crate::telemetry::Stats;
+
+/// How long `poll` waits when there is nothing to read.
+const POLL_WAIT: Duration = Duration::from_millis(50);
+/// How often partitions are checked for being read to their end.
+const CAUGHT_UP_EVERY: Duration = Duration::from_millis(200);
+/// How long a rebalance waits for the checkpoint of the partitions it
+/// releases.
+const REBALANCE_COMMIT_WAIT: Duration = Duration::from_secs(60);
+
+/// Consumer defaults; `[kafka]` overrides them.
+const CONSUMER_DEFAULTS: [(&str, &str); 5] = [
+    ("enable.auto.commit", "false"),
+    ("auto.offset.reset", "earliest"),
+    ("statistics.interval.ms", "1000"),
+    ("isolation.level", "read_committed"),
+    ("partition.assignment.strategy", "range"),
+];
+
+/// Read state of one topic partition.
+struct Part {
+    /// Index of the partition in the pipeline's watermark.
+    index: usize,
+    topic: Arc<str>,
+    stream: Option<Stream>,
+    assigned: bool,
+    records: Vec<Record>,
+    dead: Vec<DeadLetter>,
+    read: u64,
+    /// Offset after the last record consumed.
+    next_offset: Option<i64>,
+    caught_up: bool,
+}
+
+/// The broker's view of a partition, from librdkafka's statistics.
+#[derive(Debug, Clone, Copy)]
+struct BrokerView {
+    hi_offset: i64,
+    fetch_offset: i64,
+    queued: i64,
+    active: bool,
+}
+
+/// State shared by the poll loop and the callbacks librdkafka runs inside
+/// `poll` (rebalances, statistics): all on the consumer thread.
+struct Shared {
+    parts: HashMap<(Arc<str>, i32), Part>,
+    next_index: usize,
+    /// Messages the pipeline had no room for yet.
+    outbox: VecDeque<SourceMsg>,
+    /// `None` once the source has stopped.
+    tx: Option<Sender<SourceMsg>>,
+    views: HashMap<(String, i32), BrokerView>,
+    paused: bool,
+}
+
+/// The consumer's context: rebalance, statistics and log callbacks.
+pub struct SourceContext {
+    shared: Mutex<Shared>,
+    store: Arc<dyn Store>,
+    kinds: TopicKinds,
+    stats: Arc<Stats>,
+    guarantee: Guarantee,
+}
+
+pub type VigilConsumer = BaseConsumer<SourceContext>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot subscribe to {topics:?}: {source}")]
+    Subscribe {
+        topics: Vec<String>,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+impl SourceContext {
+    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        // Only the consumer thread takes the lock; a panic there ends the
+        // source, so a poisoned lock is never used afterwards in practice.
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends everything waiting in the outbox; `block` waits for room (used
+    /// in rebalances, which must hand everything over before returning).
+    fn drain(&self, shared: &mut Shared, block: bool) -> bool {
+        let Some(tx) = shared.tx.clone() else {
+            shared.outbox.clear();
+            return true;
+        };
+        while let Some(msg) = shared.outbox.pop_front() {
+            let sent = if block {
+                tx.send(msg).map_err(|e| TrySendError::Disconnected(e.0))
+            } else {
+                tx.try_send(msg)
+            };
+            match sent {
+                Ok(()) => {}
+                Err(TrySendError::Full(msg)) => {
+                    shared.outbox.push_front(msg);
+                    return false;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    // The pipeline stopped; its error is reported by the run.
+                    shared.outbox.clear();
+                    shared.tx = None;
+                    return true;
+                }
+            }
+        }
+        true
+    }
+
+    /// Moves a partition's pending records into the outbox.
+    fn seal(&self, shared: &mut Shared, key: &(Arc<str>, i32)) {
+        let Some(part) = shared.parts.get_mut(key) else {
+            return;
+        };
+        if part.read == 0 {
+            return;
+        }
+        self.stats
+            .add_records(&part.topic, std::mem::take(&mut part.read));
+        let msg = SourceMsg::Batch {
+            partition: part.index,
+            records: std::mem::take(&mut part.records),
+            dead: std::mem::take(&mut part.dead),
+            position: part.next_offset.map(|next_offset| Position {
+                source: Arc::clone(&part.topic),
+                partition: key.1,
+                next_offset,
+            }),
+        };
+        shared.outbox.push_back(msg);
+    }
+
+    fn seal_all(&self, shared: &mut Shared) {
+        let keys: Vec<(Arc<str>, i32)> = shared.parts.keys().cloned().collect();
+        for key in keys {
+            self.seal(shared, &key);
+        }
+    }
+
+    fn part<'a>(&self, shared: &'a mut Shared, topic: &str, partition: i32) -> &'a mut Part {
+        let key = (Arc::<str>::from(topic), partition);
+        let next_index = shared.next_index;
+        let part = shared.parts.entry(key.clone()).or_insert_with(|| Part {
+            index: next_index,
+            topic: Arc::clone(&key.0),
+            stream: self.kinds.stream_of(topic),
+            assigned: false,
+            records: Vec::new(),
+            dead: Vec::new(),
+            read: 0,
+            next_offset: None,
+            caught_up: false,
+        });
+        if part.index == next_index {
+            shared.next_index += 1;
+        }
+        part
+    }
+
+    fn on_assign(&self, consumer: &VigilConsumer, tpl: &mut TopicPartitionList) {
+        let mut shared = self.shared();
+        let mut resumed = Vec::new();
+        for elem in tpl.elements() {
+            let (topic, partition) = (elem.topic().to_string(), elem.partition());
+            let stored = self
+                .store
+                .get(Cf::Offsets, &codec::offset_key(&topic, partition))
+                .ok()
+                .flatten()
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map(i64::from_le_bytes);
+            if let Some(offset) = stored {
+                resumed.push((topic.clone(), partition, offset));
+            }
+            let part = self.part(&mut shared, &topic, partition);
+            part.assigned = true;
+            part.caught_up = false;
+            part.next_offset = stored;
+            let index = part.index;
+            shared
+                .outbox
+                .push_back(SourceMsg::Assigned { partition: index });
+        }
+        for (topic, partition, offset) in &resumed {
+            if let Err(e) = tpl.set_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+                tracing::warn!(topic, partition, offset, error = %e, "cannot resume from vigil's stored offset");
+            }
+        }
+        self.drain(&mut shared, true);
+        drop(shared);
+        tracing::info!(
+            partitions = tpl.count(),
+            resumed_from_state = resumed.len(),
+            "partitions assigned"
+        );
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+            _ => consumer.assign(tpl),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot take the assigned partitions");
+        }
+    }
+
+    fn on_revoke(&self, consumer: &VigilConsumer, tpl: &TopicPartitionList) {
+        let mut shared = self.shared();
+        let mut offsets = TopicPartitionList::new();
+        for elem in tpl.elements() {
+            let key = (Arc::<str>::from(elem.topic()), elem.partition());
+            self.seal(&mut shared, &key);
+            if let Some(part) = shared.parts.get_mut(&key) {
+                part.assigned = false;
+                if let Some(next) = part.next_offset {
+                    let _ = offsets.add_partition_offset(
+                        elem.topic(),
+                        elem.partition(),
+                        Offset::Offset(next),
+                    );
+                }
+                let index = part.index;
+                shared.outbox.push_back(SourceMsg::End { partition: index });
+            }
+        }
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        shared
+            .outbox
+            .push_back(SourceMsg::Checkpoint { done: done_tx });
+        self.drain(&mut shared, true);
+        let live = shared.tx.is_some();
+        drop(shared);
+        if live {
+            match done_rx.recv_timeout(REBALANCE_COMMIT_WAIT) {
+                Ok(()) => {
+                    if self.guarantee == Guarantee::AtLeastOnce
+                        && offsets.count() > 0
+                        && let Err(e) = consumer.commit(&offsets, CommitMode::Sync)
+                    {
+                        tracing::warn!(error = %e, "cannot commit offsets of released partitions to Kafka (vigil's own state has them)");
+                    }
+                }
+                Err(_) => tracing::error!(
+                    "the checkpoint of the released partitions did not commit in time; their next owner will read again what was not committed"
+                ),
+            }
+        }
+        tracing::info!(partitions = tpl.count(), "partitions released");
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+            _ => consumer.unassign(),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot release the revoked partitions");
+        }
+    }
+
+    /// Tells the pipeline which partitions are read to their end.
+    fn update_caught_up(&self) {
+        let mut shared = self.shared();
+        let mut changes = Vec::new();
+        for ((topic, partition), part) in &shared.parts {
+            if !part.assigned {
+                continue;
+            }
+            let caught_up = shared
+                .views
+                .get(&(topic.to_string(), *partition))
+                .is_some_and(|v| {
+                    // An unknown end (negative: the leader is away) is not
+                    // an end reached.
+                    v.active
+                        && v.hi_offset >= 0
+                        && v.queued == 0
+                        && part.next_offset.unwrap_or(v.fetch_offset) >= v.hi_offset
+                });
+            if caught_up != part.caught_up {
+                changes.push(((Arc::clone(topic), *partition), part.index, caught_up));
+            }
+        }
+        for (key, index, caught_up) in changes {
+            if let Some(part) = shared.parts.get_mut(&key) {
+                part.caught_up = caught_up;
+            }
+            shared.outbox.push_back(SourceMsg::CaughtUp {
+                partition: index,
+                caught_up,
+            });
+        }
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_to_tracing(level, fac, log_message);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let mut shared = self.shared();
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition < 0 {
+                    continue;
+                }
+                let view = BrokerView {
+                    hi_offset: p.hi_offset,
+                    fetch_offset: p.next_offset,
+                    queued: p.fetchq_cnt,
+                    active: p.fetch_state == "active",
+                };
+                shared.views.insert((topic.clone(), *partition), view);
+                if p.hi_offset >= 0 && p.app_offset >= 0 {
+                    self.stats
+                        .set_consumer_lag(topic, *partition, p.hi_offset - p.app_offset);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "Kafka consumer error (librdkafka retries)");
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.on_assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.on_revoke(consumer, tpl),
+            other => {
+                tracing::error!(error = ?other, "rebalance failed; releasing every partition");
+                self.on_revoke(consumer, tpl);
+            }
+        }
+    }
+}
+
+/// The consumer, ready to run on its own thread.
+pub struct KafkaSource {
+    consumer: Arc<VigilConsumer>,
+    batch_size: usize,
+}
+
+impl KafkaSource {
+    /// Creates the consumer and subscribes it; nothing is read until [`run`].
+    ///
+    /// [`run`]: KafkaSource::run
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        stats: Arc<Stats>,
+        tx: Sender<SourceMsg>,
+    ) -> Result<Self, KafkaSetupError> {
+        let kinds = TopicKinds::from_config(&config.inputs)?;
+        let topics: Vec<String> = kinds
+            .subscriptions()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let context = SourceContext {
+            shared: Mutex::new(Shared {
+                parts: HashMap::new(),
+                next_index: 0,
+                outbox: VecDeque::new(),
+                tx: Some(tx),
+                views: HashMap::new(),
+                paused: false,
+            }),
+            store,
+            kinds,
+            stats,
+            guarantee: config.processing.guarantee,
+        };
+        let mut client = client_config(config, &CONSUMER_DEFAULTS);
+        client.set("group.id", &config.inputs.group_id);
+        let consumer: VigilConsumer =
+            client
+                .create_with_context(context)
+                .map_err(|source| KafkaSetupError::Client {
+                    what: "consumer",
+                    source,
+                })?;
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&refs)
+            .map_err(|source| KafkaSetupError::Client {
+                what: "subscription",
+                source,
+            })?;
+        Ok(KafkaSource {
+            consumer: Arc::new(consumer),
+            batch_size: config.pipeline.batch_size,
+        })
+    }
+
+    /// The consumer, for committing offsets and transactions from the sink.
+    pub fn consumer(&self) -> Arc<VigilConsumer> {
+        Arc::clone(&self.consumer)
+    }
+
+    /// Reads until `stop` is set, then hands over what it holds and hangs up
+    /// (the pipeline then commits a last checkpoint).
+    pub fn run(&self, ingest: &Ingest, stop: &AtomicBool) {
+        let ctx = self.consumer.context();
+        let mut last_check = Instant::now();
+        let mut wait = Duration::ZERO;
+        while !stop.load(Ordering::Relaxed) {
+            match self.consumer.poll(wait) {
+                Some(Ok(msg)) => {
+                    self.on_message(ctx, ingest, &msg);
+                    wait = Duration::ZERO;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Kafka consumer error (librdkafka retries)");
+                    wait = POLL_WAIT;
+                }
+                None => {
+                    let mut shared = ctx.shared();
+                    ctx.seal_all(&mut shared);
+                    drop(shared);
+                    wait = POLL_WAIT;
+                }
+            }
+            if last_check.elapsed() >= CAUGHT_UP_EVERY {
+                ctx.update_caught_up();
+                last_check = Instant::now();
+            }
+            self.deliver(ctx);
+        }
+        let mut shared = ctx.shared();
+        ctx.seal_all(&mut shared);
+        ctx.drain(&mut shared, true);
+        shared.tx = None;
+    }
+
+    /// Sends what the pipeline can take; pauses reading while it cannot.
+    fn deliver(&self, ctx: &SourceContext) {
+        let mut shared = ctx.shared();
+        let all_sent = ctx.drain(&mut shared, false);
+        if all_sent == shared.paused {
+            let assignment = self.consumer.assignment().unwrap_or_default();
+            let result = if all_sent {
+                self.consumer.resume(&assignment)
+            } else {
+                tracing::debug!("pipeline full: pausing the consumer");
+                self.consumer.pause(&assignment)
+            };
+            match result {
+                Ok(()) => shared.paused = !all_sent,
+                Err(e) => tracing::warn!(error = %e, "cannot pause or resume the consumer"),
+            }
+        }
+    }
+
+    fn on_message(&self, ctx: &SourceContext, ingest: &Ingest, msg: &BorrowedMessage<'_>) {
+        let mut shared = ctx.shared();
+        let part = ctx.part(&mut shared, msg.topic(), msg.partition());
+        let provenance = Provenance {
+            topic: Arc::clone(&part.topic),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            from_file: false,
+        };
+        let timestamp_ms = msg.timestamp().to_millis();
+        let result = match part.stream {
+            Some(stream) => {
+                let input = RawInput {
+                    stream,
+                    key: msg.key(),
+                    value: msg.payload(),
+                    timestamp_ms,
+                };
+                ingest.ingest(input, &provenance, &mut part.records)
+            }
+            None => Err(RecordError::new(
+                Reason::UnknownFormat,
+                format!(
+                    "topic {} is not in inputs.cdc_topics or inputs.cache_topics",
+                    msg.topic()
+                ),
+            )),
+        };
+        if let Err(error) = result {
+            part.dead.push(DeadLetter {
+                error,
+                origin: Origin::Kafka(kafka_record(msg)),
+            });
+        }
+        part.read += 1;
+        part.next_offset = Some(msg.offset() + 1);
+        if part.records.len() >= self.batch_size || part.dead.len() >= self.batch_size {
+            let key = (Arc::clone(&part.topic), msg.partition());
+            ctx.seal(&mut shared, &key);
+        }
+    }
+}
+
+/// A consumed record, unchanged, for its dead letter.
+fn kafka_record(msg: &BorrowedMessage<'_>) -> KafkaRecord {
+    KafkaRecord {
+        topic: msg.topic().to_string(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+        key: msg.key().map(<[u8]>::to_vec),
+        value: msg.payload().map(<[u8]>::to_vec),
+        headers: owned_headers(msg),
+        timestamp_ms: msg.timestamp().to_millis(),
+    }
+}

@@ -1,0 +1,260 @@
+//! An embedded Kafka-protocol broker (librdkafka's mock cluster) and the
+//! `vigil run` daemon as a child process connected to it.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::support::vigil;
+
+pub const VIOLATIONS: &str = "vigil.violations";
+pub const DLQ: &str = "vigil.dlq";
+
+/// A record to produce.
+pub struct Out<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub key: Option<&'a str>,
+    pub value: Option<&'a [u8]>,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub ts_ms: Option<i64>,
+}
+
+pub struct Broker {
+    pub cluster: MockCluster<'static, DefaultProducerContext>,
+    pub bootstrap: String,
+    producer: ThreadedProducer<DefaultProducerContext>,
+}
+
+impl Broker {
+    /// A cluster of three brokers (ids 1 to 3) with the given topics, their
+    /// partitions led by the brokers in turn.
+    pub fn new(topics: &[(&str, i32)]) -> Self {
+        let cluster = MockCluster::new(3).expect("the mock cluster starts");
+        let bootstrap = cluster.bootstrap_servers();
+        for (topic, partitions) in topics.iter().chain(&[(VIOLATIONS, 3), (DLQ, 1)]) {
+            cluster.create_topic(topic, *partitions, 1).unwrap();
+        }
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("linger.ms", "2")
+            .create()
+            .unwrap();
+        Broker {
+            cluster,
+            bootstrap,
+            producer,
+        }
+    }
+
+    pub fn produce(&self, r: &Out<'_>) {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in r.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(r.topic)
+            .partition(r.partition)
+            .headers(headers);
+        if let Some(k) = r.key {
+            record = record.key(k);
+        }
+        if let Some(v) = r.value {
+            record = record.payload(v);
+        }
+        if let Some(ts) = r.ts_ms {
+            record = record.timestamp(ts);
+        }
+        self.producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+
+    pub fn flush(&self) {
+        self.producer.flush(Duration::from_secs(30)).unwrap();
+    }
+
+    /// Reads `topic` from its beginning until `enough` says so or `timeout`
+    /// passes; returns what was read.
+    pub fn read_until(
+        &self,
+        topic: &str,
+        partitions: i32,
+        timeout: Duration,
+        enough: impl Fn(&[OwnedMessage]) -> bool,
+    ) -> Vec<OwnedMessage> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", "vigil-test-reader")
+            .set("enable.auto.commit", "false")
+            // The mock cluster writes no transaction markers: transactional
+            // outputs are only visible uncommitted.
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while !enough(&out) && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                out.push(m.detach());
+            }
+        }
+        out
+    }
+}
+
+/// The JSON values of a topic's records.
+pub fn json_values(messages: &[OwnedMessage]) -> Vec<serde_json::Value> {
+    messages
+        .iter()
+        .filter_map(|m| m.payload())
+        .map(|p| serde_json::from_slice(p).expect("outputs are JSON"))
+        .collect()
+}
+
+/// A `vigil run` child process. Its stderr is collected, so tests can wait
+/// for what it logs.
+pub struct Daemon {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    pub fn start(config: &Path) -> Self {
+        let mut child = vigil()
+            .args(["run", "--config"])
+            .arg(config)
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG_FILTER").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("vigil run starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Daemon { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        self.wait_for_log_after(0, needle, timeout)
+    }
+
+    /// Waits until the log after its first `from` bytes contains `needle`.
+    pub fn wait_for_log_after(&self, from: usize, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log()[from..].contains(needle) {
+                return true;
+            }
+            std::thread::park_timeout(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(mut self) -> (Option<i32>, String) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let code = self.child.wait().unwrap().code();
+        (code, self.log())
+    }
+
+    /// Kills the process outright (SIGKILL): no shutdown, no flush.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `vigil run` configuration: the workload's tables and timing (its
+/// `vigil.toml`), this broker, the given topics, a state directory, and
+/// `overrides` as (section, field, value).
+pub fn run_config(
+    dir: &Path,
+    base_toml: &str,
+    bootstrap: &str,
+    cdc: &[&str],
+    cache: &[&str],
+    overrides: &[(&str, &str, toml::Value)],
+) -> PathBuf {
+    let mut t: toml::Table = toml::from_str(base_toml).unwrap();
+    let list = |v: &[&str]| {
+        toml::Value::Array(
+            v.iter()
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        )
+    };
+    let text = |s: &str| toml::Value::String(s.to_string());
+    let mut set = |section: &str, field: &str, value: toml::Value| {
+        t.entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .unwrap()
+            .insert(field.to_string(), value);
+    };
+    set("kafka", "bootstrap.servers", text(bootstrap));
+    // A killed daemon leaves its group only when its session times out.
+    set("kafka", "session.timeout.ms", text("6000"));
+    set("kafka", "heartbeat.interval.ms", text("500"));
+    set("inputs", "group_id", text("vigil-it"));
+    set("inputs", "cdc_topics", list(cdc));
+    set("inputs", "cache_topics", list(cache));
+    set("outputs", "violations_topic", text(VIOLATIONS));
+    set("outputs", "dlq_topic", text(DLQ));
+    set(
+        "state",
+        "path",
+        text(&dir.join("state").display().to_string()),
+    );
+    set("state", "checkpoint_interval", text("200ms"));
+    set("detect", "idle_timeout", text("1s"));
+    set("metrics", "listen", text(""));
+    for (section, field, value) in overrides {
+        set(section, field, value.clone());
+    }
+    let path = dir.join("run.toml");
+    fs::write(&path, toml::to_string(&t).unwrap()).unwrap();
+    path
+}

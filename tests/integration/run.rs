@@ -1,0 +1,481 @@
+//! `vigil run` through an embedded broker: the same verdicts as `vigil
+//! check`, a crash that loses nothing, a broker outage survived, dead
+//! letters with their headers, metrics.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use rdkafka::message::{Headers, Message};
+use serde_json::Value;
+
+use vigil::workload::encode::CdcFormat;
+use vigil::workload::{FaultRates, GenRecord, Generator, PARTITIONS, START_MS, Spec};
+
+use crate::broker::*;
+use crate::support::*;
+
+const FAULTS: FaultRates = FaultRates {
+    missing: 0.03,
+    late: 0.03,
+    stale_fill: 0.03,
+    fill_after_delete: 0.3,
+    regression: 0.02,
+    gap: 0.02,
+    conflict: 0.02,
+    duplicate: 0.05,
+};
+
+/// How long a test waits for the daemon's verdicts.
+const VERDICTS: Duration = Duration::from_secs(120);
+
+/// A generated workload, produced to the broker and written to files.
+struct Workload {
+    generator: Generator,
+    records: Vec<GenRecord>,
+}
+
+impl Workload {
+    fn new(events: u64, seed: u64) -> Self {
+        let mut generator = Generator::new(Spec {
+            events,
+            keys: 1_000,
+            tables: 3,
+            rate: 2_000,
+            format: CdcFormat::Debezium,
+            seed,
+            faults: FAULTS,
+            start_ms: START_MS,
+        });
+        let records: Vec<GenRecord> = generator.by_ref().collect();
+        Workload { generator, records }
+    }
+
+    fn broker(&self) -> Broker {
+        let topics = self.generator.topics();
+        let with_partitions: Vec<(&str, i32)> =
+            topics.iter().map(|t| (t.as_str(), PARTITIONS)).collect();
+        Broker::new(&with_partitions)
+    }
+
+    fn produce(&self, broker: &Broker, range: std::ops::Range<usize>) {
+        for r in &self.records[range] {
+            broker.produce(&Out {
+                topic: &r.topic,
+                partition: r.partition,
+                key: r.key.as_deref(),
+                value: r.value.as_deref().map(str::as_bytes),
+                headers: &[],
+                ts_ms: Some(r.ts_ms),
+            });
+        }
+        broker.flush();
+    }
+
+    fn config(
+        &self,
+        dir: &Path,
+        broker: &Broker,
+        overrides: &[(&str, &str, toml::Value)],
+    ) -> std::path::PathBuf {
+        let topics = self.generator.topics();
+        let (cdc, cache): (Vec<&str>, Vec<&str>) = topics
+            .iter()
+            .map(String::as_str)
+            .partition(|t| self.generator.stream_of_topic(t) == Some(vigil::ingest::Stream::Cdc));
+        run_config(
+            dir,
+            &self.generator.config_toml(),
+            &broker.bootstrap,
+            &cdc,
+            &cache,
+            overrides,
+        )
+    }
+
+    /// The expected violations as fingerprints.
+    fn expected(&self, dir: &Path) -> BTreeMap<Fingerprint, usize> {
+        let path = dir.join("expected.ndjson");
+        let lines: Vec<String> = self
+            .generator
+            .expected()
+            .iter()
+            .map(|e| e.to_json().to_string())
+            .collect();
+        fs::write(&path, lines.join("\n")).unwrap();
+        multiset(read_ndjson(&path).iter().map(fingerprint))
+    }
+}
+
+/// Distinct violations (by id) read from the violations topic, checking
+/// that every copy of an id is the same event.
+fn distinct_by_id(values: &[Value]) -> BTreeMap<String, Value> {
+    let mut by_id: BTreeMap<String, Value> = BTreeMap::new();
+    for v in values {
+        let id = v["id"].as_str().unwrap().to_string();
+        if let Some(seen) = by_id.get(&id) {
+            assert_eq!(
+                seen["data"], v["data"],
+                "a re-emitted violation must be identical"
+            );
+        }
+        by_id.insert(id, v.clone());
+    }
+    by_id
+}
+
+fn fingerprints(by_id: &BTreeMap<String, Value>) -> BTreeMap<Fingerprint, usize> {
+    multiset(by_id.values().map(|v| fingerprint(&v["data"])))
+}
+
+/// Reads violations until their distinct fingerprints are `expected`; on
+/// failure shows the end of the daemon's log.
+fn await_verdicts(
+    broker: &Broker,
+    expected: &BTreeMap<Fingerprint, usize>,
+    daemon: &Daemon,
+) -> BTreeMap<String, Value> {
+    let total: usize = expected.values().sum();
+    let messages = broker.read_until(VIOLATIONS, 3, VERDICTS, |m| {
+        m.len() >= total && fingerprints(&distinct_by_id(&json_values(m))) == *expected
+    });
+    let by_id = distinct_by_id(&json_values(&messages));
+    let got = fingerprints(&by_id);
+    if got != *expected {
+        let log = daemon.log();
+        let tail: Vec<&str> = log
+            .lines()
+            .rev()
+            .take(60)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let by_kind = |m: &BTreeMap<Fingerprint, usize>, other: &BTreeMap<Fingerprint, usize>| {
+            let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+            for (f, n) in m {
+                let missing = n.saturating_sub(other.get(f).copied().unwrap_or(0));
+                if missing > 0 {
+                    *kinds.entry(f.0.clone()).or_default() += missing;
+                }
+            }
+            kinds
+        };
+        panic!(
+            "distinct violations read {} of {} expected; not reported {:?}; unexpected {:?}; end of the daemon's log:\n{}",
+            got.len(),
+            expected.len(),
+            by_kind(expected, &got),
+            by_kind(&got, expected),
+            tail.join("\n")
+        );
+    }
+    by_id
+}
+
+fn expected_kinds_of(expected: &BTreeMap<Fingerprint, usize>, kind: &str) -> usize {
+    expected
+        .iter()
+        .filter(|(f, _)| f.0 == kind)
+        .map(|(_, n)| n)
+        .sum()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn scrape(port: u16) -> String {
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("the metrics endpoint listens");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[test]
+fn run_reports_exactly_what_check_reports_and_serves_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::new(20_000, 21);
+    let broker = w.broker();
+    w.produce(&broker, 0..w.records.len());
+    let expected = w.expected(dir.path());
+
+    // vigil check over the same records, from files.
+    let (cdc, cache) = (
+        dir.path().join("cdc.ndjson"),
+        dir.path().join("cache.ndjson"),
+    );
+    let mut files = (
+        fs::File::create(&cdc).unwrap(),
+        fs::File::create(&cache).unwrap(),
+    );
+    for r in &w.records {
+        let f = match w.generator.stream_of_topic(&r.topic) {
+            Some(vigil::ingest::Stream::Cache) => &mut files.1,
+            _ => &mut files.0,
+        };
+        writeln!(f, "{}", r.value.as_deref().unwrap_or("null")).unwrap();
+    }
+    drop(files);
+    fs::write(dir.path().join("vigil.toml"), w.generator.config_toml()).unwrap();
+    let checked = check(
+        Some(&dir.path().join("vigil.toml")),
+        &[&cdc],
+        &[&cache],
+        &dir.path().join("out"),
+        &[],
+    );
+    assert_eq!(checked.code, 0, "{}", checked.stderr);
+    let check_ids: BTreeSet<String> = checked
+        .violations()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
+
+    let port = free_port();
+    let listen = toml::Value::String(format!("127.0.0.1:{port}"));
+    let config = w.config(dir.path(), &broker, &[("metrics", "listen", listen)]);
+    let daemon = Daemon::start(&config);
+    let by_id = await_verdicts(&broker, &expected, &daemon);
+    let run_ids: BTreeSet<String> = by_id.keys().cloned().collect();
+    assert_eq!(
+        run_ids, check_ids,
+        "the same verdicts carry the same ids in both modes"
+    );
+
+    let names = [
+        "vigil_records_consumed_total{topic=\"cache-events\"}",
+        "vigil_violations_total{kind=\"stale_fill\"}",
+        "vigil_dead_letters_total{reason=\"invalid_json\"} 0",
+        "vigil_changes_total{op=\"u\"}",
+        "vigil_cache_events_total{action=\"fill\"}",
+        "vigil_invalidation_lag_seconds_bucket",
+        "vigil_invalidated_in_time_ratio{",
+        "window=\"1m\"",
+        "vigil_watermark_delay_seconds",
+        "vigil_batch_processing_seconds_bucket",
+        "vigil_state_size_keys{kind=\"cache_key\"}",
+        "vigil_producer_queue_records",
+        "vigil_consumer_lag_records{",
+    ];
+    // Metrics are published once a second: wait for the counts of the end.
+    let deadline = std::time::Instant::now() + VERDICTS;
+    let stale = format!(
+        "vigil_violations_total{{kind=\"stale_fill\"}} {}",
+        expected_kinds_of(&expected, "stale_fill")
+    );
+    let mut metrics = scrape(port);
+    while !(metrics.contains(&stale) && names.iter().all(|n| metrics.contains(n)))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::park_timeout(Duration::from_millis(200));
+        metrics = scrape(port);
+    }
+    for name in names {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
+    assert!(
+        metrics.contains(&stale),
+        "/metrics lacks {stale}:\n{metrics}"
+    );
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "a clean stop exits 0:\n{log}");
+    assert!(
+        broker
+            .read_until(DLQ, 1, Duration::from_millis(500), |m| !m.is_empty())
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_killed_daemon_resumes_without_losing_or_changing_violations() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::new(30_000, 22);
+    let broker = w.broker();
+    let half = w.records.len() / 2;
+    w.produce(&broker, 0..half);
+    let expected = w.expected(dir.path());
+    let config = w.config(dir.path(), &broker, &[]);
+
+    let first = Daemon::start(&config);
+    let some = broker.read_until(VIOLATIONS, 3, VERDICTS, |m| m.len() >= 50);
+    assert!(some.len() >= 50, "the first run produced violations");
+    first.kill();
+
+    w.produce(&broker, half..w.records.len());
+    let second = Daemon::start(&config);
+    assert!(
+        second.wait_for_log("resumed_from_state", VERDICTS),
+        "{}",
+        second.log()
+    );
+    let by_id = await_verdicts(&broker, &expected, &second);
+    assert!(!by_id.is_empty());
+    let (code, log) = second.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[test]
+fn a_broker_outage_is_survived() {
+    let dir = tempfile::tempdir().unwrap();
+    // Big enough to be caught mid-way, small enough for the mock cluster's
+    // 5 MB a partition while vigil waits for the broker.
+    let w = Workload::new(90_000, 23);
+    let broker = w.broker();
+    w.produce(&broker, 0..w.records.len());
+    let expected = w.expected(dir.path());
+    let total: usize = expected.values().sum();
+    let config = w.config(dir.path(), &broker, &[]);
+    let daemon = Daemon::start(&config);
+    let some = broker.read_until(VIOLATIONS, 3, VERDICTS, |m| !m.is_empty());
+    assert!(
+        !some.is_empty() && some.len() < total,
+        "the outage starts mid-way"
+    );
+
+    // Broker 2 leads a third of every topic's partitions: while it is down
+    // vigil can neither read them nor write their outputs.
+    let before = daemon.log().len();
+    broker.cluster.broker_down(2).unwrap();
+    let noticed = daemon.wait_for_log_after(before, "Connection refused", VERDICTS);
+    assert!(
+        noticed,
+        "the outage is noticed and logged:\n{}",
+        &daemon.log()[before..]
+    );
+    broker.cluster.broker_up(2).unwrap();
+    let got = broker.read_until(VIOLATIONS, 3, Duration::from_secs(30), |m| m.len() >= total);
+    eprintln!(
+        "OUTAGEDEBUG read {} of {total}; log after outage:\n{}",
+        got.len(),
+        &daemon.log()[before..]
+    );
+
+    await_verdicts(&broker, &expected, &daemon);
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[test]
+fn exactly_once_commits_outputs_and_offsets_in_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::new(10_000, 24);
+    let broker = w.broker();
+    w.produce(&broker, 0..w.records.len());
+    let expected = w.expected(dir.path());
+    let guarantee = toml::Value::String("exactly_once".into());
+    let config = w.config(
+        dir.path(),
+        &broker,
+        &[("processing", "guarantee", guarantee)],
+    );
+    let daemon = Daemon::start(&config);
+    await_verdicts(&broker, &expected, &daemon);
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[test]
+fn malformed_records_reach_the_dlq_unchanged_with_their_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cdc, cache) = ("db.public.users", "cache");
+    let broker = Broker::new(&[(cdc, 1), (cache, 1)]);
+    let good = r#"{"op":"c","after":{"id":1,"version":1},"source":{"ts_ms":1000,"schema":"public","table":"users"}}"#;
+    let cases: [(&str, &[u8], &str); 5] = [
+        (cdc, br#"{"op":"c","after":{"id":2"#, "invalid_json"),
+        (cdc, br#"{"op":"x","after":{"id":3,"version":1},"source":{"ts_ms":1000}}"#, "unknown_op"),
+        (
+            cdc,
+            br#"{"op":"c","after":{"id":4,"version":1},"source":{"ts_ms":1000,"schema":"public","table":"orders"}}"#,
+            "unmapped_table",
+        ),
+        (cache, br#"{"operation":"invalidate","cache_key":"user:1","timestamp":"yesterday"}"#, "wrong_type"),
+        (cache, b"\xff\xfe not text", "invalid_utf8"),
+    ];
+    broker.produce(&Out {
+        topic: cdc,
+        partition: 0,
+        key: Some(r#"{"id":1}"#),
+        value: Some(good.as_bytes()),
+        headers: &[],
+        ts_ms: Some(1_000),
+    });
+    for (i, (topic, value, _)) in cases.iter().enumerate() {
+        broker.produce(&Out {
+            topic,
+            partition: 0,
+            key: Some(&format!("key-{i}")),
+            value: Some(value),
+            headers: &[("trace-id", &format!("t{i}"))],
+            ts_ms: Some(1_700_000_000_000 + i as i64),
+        });
+    }
+    broker.flush();
+    let config = run_config(
+        dir.path(),
+        USERS_CONFIG,
+        &broker.bootstrap,
+        &[cdc],
+        &[cache],
+        &[],
+    );
+    let daemon = Daemon::start(&config);
+    let dead = broker.read_until(DLQ, 1, VERDICTS, |m| m.len() >= cases.len());
+    assert_eq!(dead.len(), cases.len());
+    let mut by_key = BTreeMap::new();
+    for m in &dead {
+        by_key.insert(
+            String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
+            m.clone(),
+        );
+    }
+    for (i, (topic, value, reason)) in cases.iter().enumerate() {
+        let m = &by_key[&format!("key-{i}")];
+        assert_eq!(m.payload(), Some(*value), "the record is unchanged");
+        assert_eq!(
+            m.timestamp().to_millis(),
+            Some(1_700_000_000_000 + i as i64)
+        );
+        let headers: BTreeMap<String, String> = m
+            .headers()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h.key.to_string(),
+                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            headers["trace-id"],
+            format!("t{i}"),
+            "original headers are kept"
+        );
+        assert_eq!(headers["__connect.errors.topic"], *topic);
+        assert_eq!(headers["__connect.errors.partition"], "0");
+        let offset = if *topic == cdc { i + 1 } else { i - 3 };
+        assert_eq!(headers["__connect.errors.offset"], offset.to_string());
+        assert_eq!(headers["vigil.error.reason"], *reason);
+        assert!(!headers["__connect.errors.exception.message"].is_empty());
+        assert!(!headers["__connect.errors.exception.class.name"].is_empty());
+        assert!(
+            ["VALUE_CONVERTER", "TRANSFORMATION"]
+                .contains(&headers["__connect.errors.stage"].as_str())
+        );
+    }
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
