@@ -190,24 +190,38 @@ impl Watermarks {
     }
 }
 
-/// Due times of cache keys, earliest first. A key may be queued more than
-/// once; the owner ignores entries that no longer match the key's armed time.
-#[derive(Debug, Default)]
-pub struct TimerQueue {
-    heap: BinaryHeap<Reverse<(Millis, Arc<str>)>>,
+/// Due times of keys (of any ordered type), earliest first. A key may be
+/// queued more than once; the owner ignores entries that no longer match the
+/// key's armed time.
+#[derive(Debug)]
+pub struct TimerQueue<K: Ord> {
+    heap: BinaryHeap<Reverse<(Millis, K)>>,
 }
 
-impl TimerQueue {
-    pub fn push(&mut self, due: Millis, key: Arc<str>) {
+impl<K: Ord> Default for TimerQueue<K> {
+    fn default() -> Self {
+        TimerQueue {
+            heap: BinaryHeap::new(),
+        }
+    }
+}
+
+impl<K: Ord> TimerQueue<K> {
+    pub fn push(&mut self, due: Millis, key: K) {
         self.heap.push(Reverse((due, key)));
     }
 
     /// Removes and returns the earliest timer due at or before `wm`.
-    pub fn pop_due(&mut self, wm: Millis) -> Option<(Millis, Arc<str>)> {
+    pub fn pop_due(&mut self, wm: Millis) -> Option<(Millis, K)> {
         match self.heap.peek() {
             Some(Reverse((due, _))) if *due <= wm => self.heap.pop().map(|Reverse(t)| t),
             _ => None,
         }
+    }
+
+    /// Keeps only the timers whose key `keep` accepts.
+    pub fn retain(&mut self, keep: impl Fn(&K) -> bool) {
+        self.heap.retain(|Reverse((_, k))| keep(k));
     }
 
     pub fn len(&self) -> usize {
@@ -309,10 +323,12 @@ mod tests {
 
     #[test]
     fn timers_pop_in_due_order_up_to_the_watermark() {
-        let mut q = TimerQueue::default();
+        let mut q: TimerQueue<Arc<str>> = TimerQueue::default();
         q.push(30, Arc::from("c"));
         q.push(10, Arc::from("a"));
         q.push(20, Arc::from("b"));
+        q.push(15, Arc::from("x"));
+        q.retain(|k| k.as_ref() != "x");
         assert_eq!(q.pop_due(25).map(|t| t.0), Some(10));
         assert_eq!(q.pop_due(25).map(|t| t.0), Some(20));
         assert_eq!(q.pop_due(25), None);

@@ -217,6 +217,13 @@ pub struct InputsConfig {
     /// Cache-event topics (`vigil run`), patterns as for `cdc_topics`.
     /// Default: none.
     pub cache_topics: Vec<String>,
+    /// The CDC and cache topics are co-partitioned: an entity's changes and
+    /// the cache events of its keys carry the same partition number (same
+    /// partition counts, events keyed by the entity). Needed to run several
+    /// instances in one group: state is then kept per partition and handed
+    /// over through `outputs.changelog_topic` when partitions move.
+    /// Default `false` (one instance sees every partition).
+    pub co_partitioned: bool,
     /// `"dlq"` or `"count"`. Default `"dlq"`.
     pub unmapped_tables: UnmappedTables,
     /// Larger records are dead letters (`record_too_large`). Default `"1MiB"`.
@@ -229,6 +236,7 @@ impl Default for InputsConfig {
             group_id: "vigil".into(),
             cdc_topics: Vec::new(),
             cache_topics: Vec::new(),
+            co_partitioned: false,
             unmapped_tables: UnmappedTables::Dlq,
             max_record_bytes: ByteSize(1 << 20),
         }
@@ -280,6 +288,10 @@ pub struct OutputsConfig {
     pub violations_topic: String,
     /// Dead-letter topic (`vigil run`). Default `"vigil.dlq"`.
     pub dlq_topic: String,
+    /// Changelog of the state, one partition per input partition number
+    /// (with `inputs.co_partitioned`; create it compacted, with as many
+    /// partitions as the inputs). Default `"vigil.changelog"`.
+    pub changelog_topic: String,
 }
 
 impl Default for OutputsConfig {
@@ -288,6 +300,7 @@ impl Default for OutputsConfig {
             source: "/vigil".into(),
             violations_topic: "vigil.violations".into(),
             dlq_topic: "vigil.dlq".into(),
+            changelog_topic: "vigil.changelog".into(),
         }
     }
 }
@@ -508,6 +521,7 @@ impl Config {
         for (field, topic) in [
             ("outputs.violations_topic", &self.outputs.violations_topic),
             ("outputs.dlq_topic", &self.outputs.dlq_topic),
+            ("outputs.changelog_topic", &self.outputs.changelog_topic),
         ] {
             if topic.is_empty() {
                 return Err(invalid(field, "must not be empty"));

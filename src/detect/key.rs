@@ -434,25 +434,34 @@ fn change_violation(
     }
 }
 
-/// Glob invalidations kept for the changes that arrive after them, indexed
-/// by the literal text before their first `*`: a key only needs the globs
-/// whose prefix it starts with, found by one lookup per distinct prefix
-/// length (usually one or two) instead of a match against every glob.
+/// A glob invalidation kept for the changes that arrive after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetainedGlob {
+    pub pattern: Arc<str>,
+    pub inv: Invalidation,
+    /// The input partition number it came from.
+    pub scope: i32,
+}
+
+/// Retained glob invalidations, indexed by the literal text before their
+/// first `*`: a key only needs the globs whose prefix it starts with, found
+/// by one lookup per distinct prefix length (usually one or two) instead of
+/// a match against every glob.
 #[derive(Debug, Default)]
 pub struct Wildcards {
-    by_prefix: std::collections::HashMap<Box<str>, Vec<(Arc<str>, Invalidation)>>,
+    by_prefix: std::collections::HashMap<Box<str>, Vec<RetainedGlob>>,
     /// Prefix lengths in use, with how many globs have each.
     lengths: std::collections::BTreeMap<usize, usize>,
 }
 
 impl Wildcards {
-    pub fn insert(&mut self, pattern: Arc<str>, inv: Invalidation) {
-        let prefix = glob_prefix(&pattern);
+    pub fn insert(&mut self, glob: RetainedGlob) {
+        let prefix = glob_prefix(&glob.pattern);
         *self.lengths.entry(prefix.len()).or_default() += 1;
         self.by_prefix
             .entry(Box::from(prefix))
             .or_default()
-            .push((pattern, inv));
+            .push(glob);
     }
 
     /// The retained invalidations whose glob matches `key`.
@@ -461,25 +470,32 @@ impl Wildcards {
             .keys()
             .filter_map(move |&len| key.get(..len).and_then(|p| self.by_prefix.get(p)))
             .flatten()
-            .filter(move |(pattern, _)| glob_matches(pattern, key))
-            .map(|(_, inv)| inv)
+            .filter(move |g| glob_matches(&g.pattern, key))
+            .map(|g| &g.inv)
     }
 
-    /// Forgets globs stamped before `horizon`: no change that can still
-    /// arrive in time is covered by them.
-    pub fn prune(&mut self, horizon: Millis) {
+    /// Removes and returns the globs `drop` selects.
+    pub fn remove(&mut self, drop: impl Fn(&RetainedGlob) -> bool) -> Vec<RetainedGlob> {
+        let mut removed = Vec::new();
         let lengths = &mut self.lengths;
         self.by_prefix.retain(|prefix, globs| {
-            globs.retain(|(_, inv)| {
-                let keep = inv.ts >= horizon;
-                if !keep && let Some(n) = lengths.get_mut(&prefix.len()) {
-                    *n -= 1;
-                }
-                keep
-            });
+            let (gone, kept): (Vec<_>, Vec<_>) =
+                std::mem::take(globs).into_iter().partition(|g| drop(g));
+            if let Some(n) = lengths.get_mut(&prefix.len()) {
+                *n -= gone.len();
+            }
+            removed.extend(gone);
+            *globs = kept;
             !globs.is_empty()
         });
         lengths.retain(|_, n| *n > 0);
+        removed
+    }
+
+    /// Forgets globs stamped before `horizon` (no change that can still
+    /// arrive in time is covered by them) and returns them.
+    pub fn prune(&mut self, horizon: Millis) -> Vec<RetainedGlob> {
+        self.remove(|g| g.inv.ts < horizon)
     }
 }
 

@@ -71,6 +71,12 @@ pub enum SourceMsg {
     /// Commit a checkpoint now, and say so on `done` once it is committed
     /// (a rebalance waits for it before releasing partitions).
     Checkpoint { done: Sender<()> },
+    /// These scopes' partitions went to another instance: forget them (their
+    /// state was committed by a checkpoint before).
+    Release { scopes: Vec<i32> },
+    /// These scopes' state was just restored in the store: load their
+    /// timers and retained globs.
+    Load { scopes: Vec<i32> },
 }
 
 /// What the router sends a worker.
@@ -82,29 +88,38 @@ enum WorkMsg {
     },
     /// Hand the state changes since the last checkpoint to the sink.
     Checkpoint { epoch: u64 },
+    /// See [`SourceMsg::Release`].
+    Release { scopes: Vec<i32> },
+    /// See [`SourceMsg::Load`].
+    Load { scopes: Vec<i32> },
 }
 
-/// One unit of work for the shard that owns its key or entity.
+/// One unit of work for the shard that owns its key or entity; `scope` is
+/// the input partition number the record came from (0 unless partitioned).
 enum WorkItem {
     /// A change, for the entity checks.
-    Entity(Arc<Change>),
+    Entity { change: Arc<Change>, scope: i32 },
     /// A change, for one of its cache keys.
     Change {
         key: Arc<str>,
         change: Arc<Change>,
+        scope: i32,
     },
     Invalidation {
         key: Arc<str>,
         inv: Invalidation,
+        scope: i32,
     },
     /// A glob invalidation: every worker gets it.
     Wildcard {
         pattern: Arc<str>,
         inv: Invalidation,
+        scope: i32,
     },
     Fill {
         key: Arc<str>,
         fill: Fill,
+        scope: i32,
     },
 }
 
@@ -131,6 +146,11 @@ enum SinkMsg {
 pub trait Outputs: Send {
     fn violation(&mut self, v: &Violation) -> Result<(), OutputError>;
     fn dead_letter(&mut self, d: &DeadLetter) -> Result<(), OutputError>;
+    /// The state changes about to be committed (for a changelog). Called
+    /// before [`Outputs::flush`].
+    fn state(&mut self, _batch: &StateBatch) -> Result<(), OutputError> {
+        Ok(())
+    }
     /// Makes everything written so far durable (files flushed, records
     /// acknowledged by the broker, or a transaction committed with the input
     /// `positions`). Called before the state and positions are committed.
@@ -175,6 +195,8 @@ pub struct EngineOptions {
     /// Inputs end (files): the run stops when every partition has ended,
     /// partitions never idle, and the end makes every verdict final.
     pub finite: bool,
+    /// State is scoped by input partition number (`inputs.co_partitioned`).
+    pub partitioned: bool,
     pub idle_timeout_ms: Millis,
     pub checkpoint_every: Duration,
     pub retention_ms: Millis,
@@ -194,6 +216,7 @@ impl EngineOptions {
             },
             allowed_lateness_ms: d.allowed_lateness.as_millis_i64(),
             finite: finite_inputs,
+            partitioned: config.inputs.co_partitioned && !finite_inputs,
             idle_timeout_ms: d.idle_timeout.as_millis_i64(),
             checkpoint_every: config.state.checkpoint_interval.0,
             retention_ms: config.state.retention.as_millis_i64(),

@@ -28,7 +28,13 @@ pub(super) struct Router {
     sent_watermark: Millis,
     /// Inputs end (files): stop once every partition has ended.
     finite: bool,
-    positions: BTreeMap<(Arc<str>, i32), i64>,
+    /// State is scoped by the records' partition numbers.
+    partitioned: bool,
+    /// The position reached in each input partition (by watermark index).
+    positions: BTreeMap<usize, Position>,
+    /// Partitions that ended: their position goes into one more checkpoint,
+    /// then is no longer this instance's to write.
+    retiring: Vec<usize>,
     epoch: u64,
     last_checkpoint: Instant,
     checkpoint_every: Duration,
@@ -57,7 +63,9 @@ impl Router {
             watermarks,
             sent_watermark: Millis::MIN,
             finite: o.finite,
+            partitioned: o.partitioned,
             positions: BTreeMap::new(),
+            retiring: Vec::new(),
             epoch: 0,
             last_checkpoint: Instant::now(),
             checkpoint_every: o.checkpoint_every,
@@ -79,7 +87,10 @@ impl Router {
                     dead,
                     position,
                 }) => self.route(partition, records, dead, position)?,
-                Ok(SourceMsg::End { partition }) => self.watermarks.end(partition),
+                Ok(SourceMsg::End { partition }) => {
+                    self.watermarks.end(partition);
+                    self.retiring.push(partition);
+                }
                 Ok(SourceMsg::Assigned { partition }) => {
                     self.watermarks.open(partition, self.clock.now_ms());
                 }
@@ -90,6 +101,12 @@ impl Router {
                     self.watermarks.set_caught_up(partition, caught_up);
                 }
                 Ok(SourceMsg::Checkpoint { done }) => waiting.push(done),
+                Ok(SourceMsg::Release { scopes }) => self.broadcast(|| WorkMsg::Release {
+                    scopes: scopes.clone(),
+                })?,
+                Ok(SourceMsg::Load { scopes }) => self.broadcast(|| WorkMsg::Load {
+                    scopes: scopes.clone(),
+                })?,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -129,8 +146,26 @@ impl Router {
         }
         self.stats.add_late_records(late);
         if let Some(p) = position {
-            self.positions
-                .insert((p.source, p.partition), p.next_offset);
+            self.positions.insert(partition, p);
+        }
+        Ok(())
+    }
+
+    /// The scope of a record: its partition number when state is
+    /// partitioned, else the one scope 0.
+    fn scope(&self, provenance: &Provenance) -> i32 {
+        if self.partitioned {
+            provenance.partition
+        } else {
+            0
+        }
+    }
+
+    /// Sends every worker a message, after what was routed before it.
+    fn broadcast(&mut self, msg: impl Fn() -> WorkMsg) -> Result<(), PipelineError> {
+        self.dispatch()?;
+        for w in &self.work {
+            w.send(msg()).map_err(disconnected)?;
         }
         Ok(())
     }
@@ -138,14 +173,18 @@ impl Router {
     fn route_change(&mut self, change: crate::mapping::Change) {
         self.stats.add_change(change.op);
         let n = self.work.len();
+        let scope = self.scope(&change.provenance);
         let change = Arc::new(change);
-        self.pending[hash::shard_of_entity(change.entity, n)]
-            .push(WorkItem::Entity(Arc::clone(&change)));
+        self.pending[hash::shard_of_entity(change.entity, n)].push(WorkItem::Entity {
+            change: Arc::clone(&change),
+            scope,
+        });
         if change.op.obliges_invalidation() {
             for key in &change.keys {
                 self.pending[hash::shard_of_key(key, n)].push(WorkItem::Change {
                     key: Arc::clone(key),
                     change: Arc::clone(&change),
+                    scope,
                 });
             }
         }
@@ -153,6 +192,7 @@ impl Router {
 
     fn route_cache(&mut self, event: CacheEvent, evidence: Provenance) {
         let n = self.work.len();
+        let scope = self.scope(&evidence);
         let service: Option<Arc<str>> = event.source_service.as_deref().map(Arc::from);
         match event.action() {
             CacheAction::Invalidate => {
@@ -170,12 +210,14 @@ impl Router {
                             pending.push(WorkItem::Wildcard {
                                 pattern: Arc::clone(&key),
                                 inv: inv.clone(),
+                                scope,
                             });
                         }
                     } else {
                         self.pending[hash::shard_of_key(&key, n)].push(WorkItem::Invalidation {
                             key,
                             inv: inv.clone(),
+                            scope,
                         });
                     }
                 }
@@ -191,7 +233,11 @@ impl Router {
                         evidence: evidence.clone(),
                     };
                     let key: Arc<str> = Arc::from(key);
-                    self.pending[hash::shard_of_key(&key, n)].push(WorkItem::Fill { key, fill });
+                    self.pending[hash::shard_of_key(&key, n)].push(WorkItem::Fill {
+                        key,
+                        fill,
+                        scope,
+                    });
                 }
             }
         }
@@ -227,15 +273,10 @@ impl Router {
             w.send(WorkMsg::Checkpoint { epoch: self.epoch })
                 .map_err(disconnected)?;
         }
-        let positions = self
-            .positions
-            .iter()
-            .map(|((source, partition), next)| Position {
-                source: Arc::clone(source),
-                partition: *partition,
-                next_offset: *next,
-            })
-            .collect();
+        let positions: Vec<Position> = self.positions.values().cloned().collect();
+        for p in self.retiring.drain(..) {
+            self.positions.remove(&p);
+        }
         self.sink
             .send(SinkMsg::Barrier {
                 epoch: self.epoch,

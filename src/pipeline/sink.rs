@@ -113,16 +113,18 @@ impl Sink {
             watermark,
             done,
         } = barrier.expect("checked above");
-        // Outputs first: a crash between the two re-emits (same ids) rather
-        // than loses.
-        self.outputs.flush(&positions)?;
         for p in &positions {
             batch.put(
                 Cf::Offsets,
+                p.partition,
                 codec::offset_key(&p.source, p.partition),
                 p.next_offset.to_le_bytes().to_vec(),
             );
         }
+        // Outputs first: a crash between the two re-emits (same ids) rather
+        // than loses.
+        self.outputs.state(&batch)?;
+        self.outputs.flush(&positions)?;
         self.store.write(batch)?;
         // At the end of time (every input ended) nothing has aged: what the
         // run kept stays for inspection and later runs.

@@ -3,8 +3,13 @@
 //! watermark advances, and hands its state changes to the sink at each
 //! checkpoint. State lives in memory and is written behind to the store;
 //! a key or entity not in memory is read from the store on first use.
+//!
+//! Every key and entity belongs to a scope (its input partition number, see
+//! [`crate::state::Cf`]); when the partitions of a scope move to another
+//! instance the worker forgets the scope, and when they come (back) it loads
+//! the scope's timers and retained globs from the store.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -14,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::{Engine, PipelineError, SinkMsg, WorkItem, WorkMsg};
 use crate::detect::entity::{self, EntityState, EntityVerdict};
 use crate::detect::key::{
-    Decisions, KeyRules, KeyState, Status, Wildcards, glob_matches, glob_prefix,
+    Decisions, KeyRules, KeyState, RetainedGlob, Status, Wildcards, glob_matches, glob_prefix,
 };
 use crate::events::{Violation, ViolationKind};
 use crate::hash;
@@ -33,6 +38,7 @@ struct StoredKey {
 }
 
 struct KeySlot {
+    scope: i32,
     stored: StoredKey,
     dirty: bool,
     /// The timer as the store has it (to delete it when it changes).
@@ -42,6 +48,7 @@ struct KeySlot {
 }
 
 struct EntitySlot {
+    scope: i32,
     state: EntityState,
     touched: Millis,
     dirty: bool,
@@ -58,12 +65,15 @@ pub(super) struct Worker {
     entities: HashMap<Box<[u8]>, EntitySlot>,
     dirty_keys: Vec<Arc<str>>,
     dirty_entities: Vec<Box<[u8]>>,
-    timers: TimerQueue,
-    /// Keys with undecided changes, ordered so that a glob invalidation can
-    /// scan the keys sharing its literal prefix.
-    open: BTreeSet<Arc<str>>,
-    /// Glob invalidations kept for changes that arrive after them.
+    timers: TimerQueue<(Arc<str>, i32)>,
+    /// Keys with undecided changes (and their scope), ordered so that a glob
+    /// invalidation can scan the keys sharing its literal prefix.
+    open: BTreeMap<Arc<str>, i32>,
+    /// Glob invalidations kept for changes that arrive after them. Every
+    /// worker holds all of them; worker 0 stores them.
     wildcards: Wildcards,
+    /// Worker 0's glob puts and deletes since the last checkpoint.
+    glob_writes: StateBatch,
     watermark: Millis,
     violations: Vec<Violation>,
     tallies: BTreeMap<String, TableTally>,
@@ -73,8 +83,10 @@ fn disconnected<T>(_: T) -> PipelineError {
     PipelineError::Disconnected("sink")
 }
 
-fn entity_key(change: &Change) -> Box<[u8]> {
-    let mut k = Vec::with_capacity(change.table.len() + 1 + change.pk.len());
+/// Storage key of an entity: scope, table, a zero byte, primary key.
+fn entity_key(scope: i32, change: &Change) -> Box<[u8]> {
+    let mut k = Vec::with_capacity(4 + change.table.len() + 1 + change.pk.len());
+    k.extend_from_slice(&codec::scope_prefix(scope));
     k.extend_from_slice(change.table.as_bytes());
     k.push(0);
     k.extend_from_slice(change.pk.as_bytes());
@@ -82,12 +94,13 @@ fn entity_key(change: &Change) -> Box<[u8]> {
 }
 
 /// Reads a key's slot from the store.
-fn load_key(store: &dyn Store, key: &str) -> Result<Option<KeySlot>, StateError> {
-    let Some(bytes) = store.get(Cf::Keys, key.as_bytes())? else {
+fn load_key(store: &dyn Store, key: &str, scope: i32) -> Result<Option<KeySlot>, StateError> {
+    let Some(bytes) = store.get(Cf::Keys, &codec::scoped(scope, key.as_bytes()))? else {
         return Ok(None);
     };
     let (_, stored): (Millis, StoredKey) = codec::decode(Cf::Keys, &bytes)?;
     Ok(Some(KeySlot {
+        scope,
         persisted_armed: stored.armed,
         open: false,
         dirty: false,
@@ -100,9 +113,11 @@ fn key_slot<'a>(
     keys: &'a mut HashMap<Arc<str>, KeySlot>,
     store: &dyn Store,
     key: &Arc<str>,
+    scope: i32,
 ) -> Result<&'a mut KeySlot, StateError> {
     if !keys.contains_key(key) {
-        let slot = load_key(store, key)?.unwrap_or(KeySlot {
+        let slot = load_key(store, key, scope)?.unwrap_or(KeySlot {
+            scope,
             stored: StoredKey::default(),
             dirty: false,
             persisted_armed: None,
@@ -113,6 +128,47 @@ fn key_slot<'a>(
     Ok(keys.get_mut(key).expect("inserted above"))
 }
 
+/// Reads the timers and retained globs of a scope (`None`: of every scope)
+/// that belong to worker `index` of `shards`.
+fn load_scope(
+    store: &dyn Store,
+    scope: Option<i32>,
+    index: usize,
+    shards: usize,
+    timers: &mut TimerQueue<(Arc<str>, i32)>,
+    open: &mut BTreeMap<Arc<str>, i32>,
+    wildcards: &mut Wildcards,
+) -> Result<(), StateError> {
+    let prefix = scope.map(codec::scope_prefix);
+    let prefix: &[u8] = prefix.as_ref().map_or(&[], |p| p.as_slice());
+    store.scan(Cf::Timers, prefix, &mut |k, _| {
+        if let Some((scope, due, key)) = codec::parse_timer_key(k)
+            && hash::shard_of_key(key, shards) == index
+        {
+            let key: Arc<str> = Arc::from(key);
+            timers.push(due, (Arc::clone(&key), scope));
+            open.insert(key, scope);
+        }
+        true
+    })?;
+    let mut corrupt = None;
+    store.scan(
+        Cf::Wildcards,
+        prefix,
+        &mut |_, v| match codec::decode(Cf::Wildcards, v) {
+            Ok((_, glob)) => {
+                wildcards.insert(glob);
+                true
+            }
+            Err(e) => {
+                corrupt = Some(e);
+                false
+            }
+        },
+    )?;
+    corrupt.map_or(Ok(()), Err)
+}
+
 impl Worker {
     pub(super) fn new(
         index: usize,
@@ -121,17 +177,18 @@ impl Worker {
         sink: Sender<SinkMsg>,
     ) -> Result<Self, StateError> {
         let mut timers = TimerQueue::default();
-        let mut open = BTreeSet::new();
-        engine.store.scan(Cf::Timers, &[], &mut |k, _| {
-            if let Some((due, key)) = codec::parse_timer_key(k)
-                && hash::shard_of_key(key, shards) == index
-            {
-                let key: Arc<str> = Arc::from(key);
-                timers.push(due, Arc::clone(&key));
-                open.insert(key);
-            }
-            true
-        })?;
+        let mut open = BTreeMap::new();
+        let mut wildcards = Wildcards::default();
+        let store = &*engine.store;
+        load_scope(
+            store,
+            None,
+            index,
+            shards,
+            &mut timers,
+            &mut open,
+            &mut wildcards,
+        )?;
         Ok(Worker {
             index,
             shards,
@@ -145,7 +202,8 @@ impl Worker {
             dirty_entities: Vec::new(),
             timers,
             open,
-            wildcards: Wildcards::default(),
+            wildcards,
+            glob_writes: StateBatch::default(),
             watermark: Millis::MIN,
             violations: Vec::new(),
             tallies: BTreeMap::new(),
@@ -170,6 +228,20 @@ impl Worker {
                             .map_err(disconnected)?;
                     }
                 }
+                WorkMsg::Release { scopes } => self.release(&scopes),
+                WorkMsg::Load { scopes } => {
+                    for scope in scopes {
+                        load_scope(
+                            &*self.store,
+                            Some(scope),
+                            self.index,
+                            self.shards,
+                            &mut self.timers,
+                            &mut self.open,
+                            &mut self.wildcards,
+                        )?;
+                    }
+                }
                 WorkMsg::Checkpoint { epoch } => {
                     let batch = self.persist();
                     self.stats
@@ -190,36 +262,54 @@ impl Worker {
 
     fn apply(&mut self, item: WorkItem) -> Result<(), PipelineError> {
         match item {
-            WorkItem::Entity(change) => self.check_entity(&change)?,
-            WorkItem::Change { key, change } => {
-                let slot = key_slot(&mut self.keys, &*self.store, &key)?;
+            WorkItem::Entity { change, scope } => self.check_entity(&change, scope)?,
+            WorkItem::Change { key, change, scope } => {
+                let slot = key_slot(&mut self.keys, &*self.store, &key, scope)?;
                 let wildcards = self.wildcards.matching(&key);
                 slot.stored.state.on_change(&change, wildcards, &self.rules);
                 self.touched(&key);
             }
-            WorkItem::Invalidation { key, inv } => {
-                let slot = key_slot(&mut self.keys, &*self.store, &key)?;
+            WorkItem::Invalidation { key, inv, scope } => {
+                let slot = key_slot(&mut self.keys, &*self.store, &key, scope)?;
                 slot.stored.state.on_invalidation(&inv, true, &self.rules);
                 self.touched(&key);
             }
-            WorkItem::Wildcard { pattern, inv } => {
+            WorkItem::Wildcard {
+                pattern,
+                inv,
+                scope,
+            } => {
                 let prefix = glob_prefix(&pattern);
-                let matching: Vec<Arc<str>> = self
+                let matching: Vec<(Arc<str>, i32)> = self
                     .open
                     .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-                    .take_while(|k| k.starts_with(prefix))
-                    .filter(|k| glob_matches(&pattern, k))
-                    .cloned()
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .filter(|(k, _)| glob_matches(&pattern, k))
+                    .map(|(k, s)| (Arc::clone(k), *s))
                     .collect();
-                for key in matching {
-                    let slot = key_slot(&mut self.keys, &*self.store, &key)?;
+                for (key, key_scope) in matching {
+                    let slot = key_slot(&mut self.keys, &*self.store, &key, key_scope)?;
                     slot.stored.state.on_invalidation(&inv, false, &self.rules);
                     self.touched(&key);
                 }
-                self.wildcards.insert(pattern, inv);
+                let glob = RetainedGlob {
+                    pattern,
+                    inv,
+                    scope,
+                };
+                if self.index == 0 {
+                    let key = codec::timer_key(scope, glob.inv.ts, &glob.pattern);
+                    self.glob_writes.put(
+                        Cf::Wildcards,
+                        scope,
+                        key,
+                        codec::encode(glob.inv.ts, &glob),
+                    );
+                }
+                self.wildcards.insert(glob);
             }
-            WorkItem::Fill { key, fill } => {
-                let slot = key_slot(&mut self.keys, &*self.store, &key)?;
+            WorkItem::Fill { key, fill, scope } => {
+                let slot = key_slot(&mut self.keys, &*self.store, &key, scope)?;
                 if !slot.stored.state.on_fill(fill) {
                     self.stats.add_cache_redeliveries(1);
                 }
@@ -229,19 +319,21 @@ impl Worker {
         Ok(())
     }
 
-    fn check_entity(&mut self, change: &Change) -> Result<(), StateError> {
-        let key = entity_key(change);
+    fn check_entity(&mut self, change: &Change, scope: i32) -> Result<(), StateError> {
+        let key = entity_key(scope, change);
         if !self.entities.contains_key(&key) {
             let slot = match self.store.get(Cf::Entities, &key)? {
                 Some(bytes) => {
                     let (touched, state) = codec::decode(Cf::Entities, &bytes)?;
                     EntitySlot {
+                        scope,
                         state,
                         touched,
                         dirty: false,
                     }
                 }
                 None => EntitySlot {
+                    scope,
                     state: EntityState::default(),
                     touched: Millis::MIN,
                     dirty: false,
@@ -275,7 +367,7 @@ impl Worker {
             && slot.stored.armed.is_none_or(|armed| due < armed)
         {
             slot.stored.armed = Some(due);
-            self.timers.push(due, Arc::clone(key));
+            self.timers.push(due, (Arc::clone(key), slot.scope));
         }
         let open = slot
             .stored
@@ -286,7 +378,7 @@ impl Worker {
         if open != slot.open {
             slot.open = open;
             if open {
-                self.open.insert(Arc::clone(key));
+                self.open.insert(Arc::clone(key), slot.scope);
             } else {
                 self.open.remove(key);
             }
@@ -297,11 +389,11 @@ impl Worker {
     fn advance(&mut self, wm: Millis) -> Result<(), PipelineError> {
         self.watermark = self.watermark.max(wm);
         let wm = self.watermark;
-        while let Some((due, key)) = self.timers.pop_due(wm) {
+        while let Some((due, (key, scope))) = self.timers.pop_due(wm) {
             if !self.keys.contains_key(&key) {
                 // Not in memory: it was evicted or removed; only the store
                 // can say whether the timer is still armed.
-                match load_key(&*self.store, &key)? {
+                match load_key(&*self.store, &key, scope)? {
                     Some(slot) => {
                         self.keys.insert(Arc::clone(&key), slot);
                     }
@@ -320,14 +412,34 @@ impl Worker {
                 .advance(&key, wm, &self.rules, &mut decisions);
             if let Some(next) = next.filter(|n| *n > wm) {
                 slot.stored.armed = Some(next);
-                self.timers.push(next, Arc::clone(&key));
+                self.timers.push(next, (Arc::clone(&key), scope));
             }
             self.record(decisions);
             self.touched(&key);
         }
         let horizon = wm.saturating_sub(self.rules.skew_ms);
-        self.wildcards.prune(horizon);
+        for glob in self.wildcards.prune(horizon) {
+            if self.index == 0 {
+                let key = codec::timer_key(glob.scope, glob.inv.ts, &glob.pattern);
+                self.glob_writes.delete(Cf::Wildcards, glob.scope, key);
+            }
+        }
         Ok(())
+    }
+
+    /// Forgets the scopes whose partitions went to another instance (their
+    /// state was committed first): keys, entities, timers, globs.
+    fn release(&mut self, scopes: &[i32]) {
+        let gone = |scope: &i32| scopes.contains(scope);
+        self.keys.retain(|_, slot| !gone(&slot.scope));
+        self.entities.retain(|_, slot| !gone(&slot.scope));
+        let (keys, entities) = (&self.keys, &self.entities);
+        self.dirty_keys.retain(|k| keys.contains_key(k));
+        self.dirty_entities.retain(|k| entities.contains_key(k));
+        self.timers.retain(|(_, scope)| !gone(scope));
+        self.open.retain(|_, scope| !gone(scope));
+        self.wildcards.remove(|g| gone(&g.scope));
+        self.glob_writes.writes.retain(|w| !gone(&w.scope));
     }
 
     fn record(&mut self, d: Decisions) {
@@ -349,29 +461,37 @@ impl Worker {
 
     /// The state changes since the last checkpoint, as one batch.
     fn persist(&mut self) -> StateBatch {
-        let mut batch = StateBatch::default();
+        let mut batch = std::mem::take(&mut self.glob_writes);
         for key in std::mem::take(&mut self.dirty_keys) {
             let Some(slot) = self.keys.get_mut(&key) else {
                 continue;
             };
             slot.dirty = false;
+            let scope = slot.scope;
             if slot.persisted_armed != slot.stored.armed {
                 if let Some(old) = slot.persisted_armed {
-                    batch.delete(Cf::Timers, codec::timer_key(old, &key));
+                    batch.delete(Cf::Timers, scope, codec::timer_key(scope, old, &key));
                 }
                 if let Some(new) = slot.stored.armed {
-                    batch.put(Cf::Timers, codec::timer_key(new, &key), Vec::new());
+                    batch.put(
+                        Cf::Timers,
+                        scope,
+                        codec::timer_key(scope, new, &key),
+                        Vec::new(),
+                    );
                 }
                 slot.persisted_armed = slot.stored.armed;
             }
+            let storage_key = codec::scoped(scope, key.as_bytes());
             if slot.stored.state.is_empty() && slot.stored.armed.is_none() {
-                batch.delete(Cf::Keys, key.as_bytes().to_vec());
+                batch.delete(Cf::Keys, scope, storage_key);
                 self.keys.remove(&key);
             } else {
                 let touched = slot.stored.state.touched;
                 batch.put(
                     Cf::Keys,
-                    key.as_bytes().to_vec(),
+                    scope,
+                    storage_key,
                     codec::encode(touched, &slot.stored),
                 );
             }
@@ -383,6 +503,7 @@ impl Worker {
             slot.dirty = false;
             batch.put(
                 Cf::Entities,
+                slot.scope,
                 key.to_vec(),
                 codec::encode(slot.touched, &slot.state),
             );

@@ -66,24 +66,42 @@ pub fn from_ordered_i64(b: [u8; 8]) -> i64 {
     (u64::from_be_bytes(b) ^ (1 << 63)) as i64
 }
 
-/// Key of a timer: due time (ordered) then the cache key, so a scan returns
-/// timers in due order.
-pub fn timer_key(due_ms: i64, cache_key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + cache_key.len());
+/// The first bytes of every key of a scope.
+pub fn scope_prefix(scope: i32) -> [u8; 4] {
+    (scope as u32).to_be_bytes()
+}
+
+/// A key of a scoped family: the scope, then `key`.
+pub fn scoped(scope: i32, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&scope_prefix(scope));
+    k.extend_from_slice(key);
+    k
+}
+
+/// Splits a scoped key into scope and the rest.
+pub fn unscoped(key: &[u8]) -> Option<(i32, &[u8])> {
+    let (prefix, rest) = key.split_at_checked(4)?;
+    Some((u32::from_be_bytes(prefix.try_into().ok()?) as i32, rest))
+}
+
+/// Key of a timer (or of a retained glob): scope, due time (ordered) then
+/// the cache key (or glob), so that a scan returns a scope's timers in due
+/// order.
+pub fn timer_key(scope: i32, due_ms: i64, cache_key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(12 + cache_key.len());
+    k.extend_from_slice(&scope_prefix(scope));
     k.extend_from_slice(&ordered_i64(due_ms));
     k.extend_from_slice(cache_key.as_bytes());
     k
 }
 
-/// Splits a timer key into due time and cache key.
-pub fn parse_timer_key(key: &[u8]) -> Option<(i64, &str)> {
-    if key.len() < 8 {
-        return None;
-    }
-    let mut due = [0u8; 8];
-    due.copy_from_slice(&key[..8]);
-    let cache_key = std::str::from_utf8(&key[8..]).ok()?;
-    Some((from_ordered_i64(due), cache_key))
+/// Splits a timer key into scope, due time and cache key.
+pub fn parse_timer_key(key: &[u8]) -> Option<(i32, i64, &str)> {
+    let (scope, rest) = unscoped(key)?;
+    let (due, cache_key) = rest.split_at_checked(8)?;
+    let due = from_ordered_i64(due.try_into().ok()?);
+    Some((scope, due, std::str::from_utf8(cache_key).ok()?))
 }
 
 /// Key of an input position: source name, a zero byte, partition.
@@ -132,11 +150,20 @@ mod tests {
     #[test]
     fn ordered_keys_sort_numerically() {
         let mut ts = [i64::MIN, -5, -1, 0, 1, 1_700_000_000_000, i64::MAX];
-        let mut keys: Vec<_> = ts.iter().map(|t| timer_key(*t, "k")).collect();
+        let mut keys: Vec<_> = ts.iter().map(|t| timer_key(3, *t, "k")).collect();
         keys.sort();
-        let back: Vec<i64> = keys.iter().map(|k| parse_timer_key(k).unwrap().0).collect();
+        let back: Vec<i64> = keys.iter().map(|k| parse_timer_key(k).unwrap().1).collect();
         ts.sort();
         assert_eq!(back, ts);
+        assert_eq!(
+            parse_timer_key(&timer_key(7, 5, "user:1")),
+            Some((7, 5, "user:1"))
+        );
+        assert_eq!(unscoped(&scoped(2, b"abc")), Some((2, &b"abc"[..])));
+        assert!(
+            scoped(1, b"zzz") < scoped(2, b""),
+            "scopes are contiguous key ranges"
+        );
         assert_eq!(
             parse_offset_key(&offset_key("topic.a", 7)),
             Some(("topic.a", 7))

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{Cf, RetentionHorizon, StateBatch, StateError, Store};
+use super::{Cf, RetentionHorizon, StateBatch, StateError, Store, codec};
 
 type Entries = BTreeMap<(Cf, Vec<u8>), Vec<u8>>;
 
@@ -59,6 +59,18 @@ impl Store for MemStore {
                 break;
             }
         }
+        Ok(())
+    }
+
+    fn delete_scope(&self, scope: i32) -> Result<(), StateError> {
+        let prefix = codec::scope_prefix(scope);
+        self.data().retain(|(cf, key), _| {
+            if cf.scoped() {
+                !key.starts_with(&prefix)
+            } else {
+                codec::parse_offset_key(key).is_none_or(|(_, partition)| partition != scope)
+            }
+        });
         Ok(())
     }
 

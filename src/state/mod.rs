@@ -14,6 +14,12 @@ pub use memory::MemStore;
 pub use rocks::RocksStore;
 
 /// The column families of DESIGN.md section 8.
+///
+/// Every entry but an input position belongs to a *scope*, the input
+/// partition number its records come from (always 0 unless
+/// `inputs.co_partitioned`), written as the first 4 bytes of its key
+/// ([`codec::scoped`]), so that the state of one partition can be handed
+/// over on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Cf {
     /// Per entity (table + primary key): versions seen.
@@ -24,10 +30,18 @@ pub enum Cf {
     Timers,
     /// Input positions: the next offset to read per source and partition.
     Offsets,
+    /// Glob invalidations kept for changes that arrive after them.
+    Wildcards,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 4] = [Cf::Entities, Cf::Keys, Cf::Timers, Cf::Offsets];
+    pub const ALL: [Cf; 5] = [
+        Cf::Entities,
+        Cf::Keys,
+        Cf::Timers,
+        Cf::Offsets,
+        Cf::Wildcards,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -35,7 +49,22 @@ impl Cf {
             Cf::Keys => "keys",
             Cf::Timers => "timers",
             Cf::Offsets => "offsets",
+            Cf::Wildcards => "wildcards",
         }
+    }
+
+    /// The family's code in changelog records.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_code(code: u8) -> Option<Cf> {
+        Cf::ALL.into_iter().find(|cf| cf.code() == code)
+    }
+
+    /// Whether keys start with their scope (all but input positions).
+    pub fn scoped(self) -> bool {
+        self != Cf::Offsets
     }
 
     /// Whether entries of this family expire with the state retention.
@@ -48,6 +77,8 @@ impl Cf {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Write {
     pub cf: Cf,
+    /// The input partition number the entry belongs to.
+    pub scope: i32,
     pub key: Vec<u8>,
     pub value: Option<Vec<u8>>,
 }
@@ -59,17 +90,19 @@ pub struct StateBatch {
 }
 
 impl StateBatch {
-    pub fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
+    pub fn put(&mut self, cf: Cf, scope: i32, key: Vec<u8>, value: Vec<u8>) {
         self.writes.push(Write {
             cf,
+            scope,
             key,
             value: Some(value),
         });
     }
 
-    pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
+    pub fn delete(&mut self, cf: Cf, scope: i32, key: Vec<u8>) {
         self.writes.push(Write {
             cf,
+            scope,
             key,
             value: None,
         });
@@ -136,6 +169,12 @@ pub trait Store: Send + Sync {
         prefix: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StateError>;
+
+    /// Removes every entry of a scope (a partition number, never negative):
+    /// the entries of the scoped families whose key starts with it, and the
+    /// input positions of that partition number (before its state is
+    /// restored from elsewhere).
+    fn delete_scope(&self, scope: i32) -> Result<(), StateError>;
 
     /// The horizon that retention removes expired entries against.
     fn retention(&self) -> &RetentionHorizon;

@@ -149,6 +149,25 @@ impl Store for RocksStore {
         Ok(())
     }
 
+    fn delete_scope(&self, scope: i32) -> Result<(), StateError> {
+        let mut wb = WriteBatch::default();
+        let (from, to) = (
+            codec::scope_prefix(scope),
+            codec::scope_prefix(scope.saturating_add(1)),
+        );
+        for cf in Cf::ALL.into_iter().filter(|cf| cf.scoped()) {
+            wb.delete_range_cf(self.handle(cf), from, to);
+        }
+        let offsets = self.handle(Cf::Offsets);
+        for item in self.db.iterator_cf(offsets, IteratorMode::Start) {
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            if codec::parse_offset_key(&k).is_some_and(|(_, partition)| partition == scope) {
+                wb.delete_cf(offsets, &k);
+            }
+        }
+        self.db.write(wb).map_err(|e| self.err(e))
+    }
+
     fn retention(&self) -> &RetentionHorizon {
         &self.retention
     }

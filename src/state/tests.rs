@@ -10,6 +10,7 @@ enum Action {
     Batch(Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>),
     Get(Cf, Vec<u8>),
     Scan(Cf, Vec<u8>),
+    DeleteScope(i32),
 }
 
 fn cf() -> impl Strategy<Value = Cf> {
@@ -17,9 +18,10 @@ fn cf() -> impl Strategy<Value = Cf> {
 }
 
 /// Short keys from a small alphabet, so that batches overwrite, delete and
-/// prefix-match each other often.
+/// prefix-match each other often, and that some fall in the scopes the
+/// actions delete.
 fn key() -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec(prop::sample::select(vec![0u8, 1, b'a', b'b', 0xff]), 0..4)
+    prop::collection::vec(prop::sample::select(vec![0u8, 1, b'a', b'b', 0xff]), 0..7)
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -28,6 +30,7 @@ fn action() -> impl Strategy<Value = Action> {
             .prop_map(Action::Batch),
         2 => (cf(), key()).prop_map(|(c, k)| Action::Get(c, k)),
         1 => (cf(), key()).prop_map(|(c, k)| Action::Scan(c, k)),
+        1 => prop::sample::select(vec![0i32, 1, 0x6162]).prop_map(Action::DeleteScope),
     ]
 }
 
@@ -56,8 +59,8 @@ proptest! {
                     let mut batch = StateBatch::default();
                     for (c, k, v) in writes {
                         match v {
-                            Some(v) => batch.put(c, k, v),
-                            None => batch.delete(c, k),
+                            Some(v) => batch.put(c, 0, k, v),
+                            None => batch.delete(c, 0, k),
                         }
                     }
                     rocks.write(batch.clone()).unwrap();
@@ -65,6 +68,10 @@ proptest! {
                 }
                 Action::Get(c, k) => prop_assert_eq!(rocks.get(c, &k).unwrap(), mem.get(c, &k).unwrap()),
                 Action::Scan(c, p) => prop_assert_eq!(scan_all(&rocks, c, &p), scan_all(&mem, c, &p)),
+                Action::DeleteScope(scope) => {
+                    rocks.delete_scope(scope).unwrap();
+                    mem.delete_scope(scope).unwrap();
+                }
             }
         }
         for c in Cf::ALL {
@@ -81,10 +88,11 @@ fn reopening_keeps_what_was_written() {
         let mut batch = StateBatch::default();
         batch.put(
             Cf::Offsets,
+            0,
             codec::offset_key("t", 0),
             42i64.to_le_bytes().to_vec(),
         );
-        batch.put(Cf::Keys, b"user:1".to_vec(), codec::encode(5, &1u32));
+        batch.put(Cf::Keys, 0, b"user:1".to_vec(), codec::encode(5, &1u32));
         store.write(batch).unwrap();
     }
     let store = RocksStore::open(dir.path()).unwrap();
@@ -102,14 +110,15 @@ fn retention_removes_only_expired_entries_of_expiring_families() {
     let dir = tempfile::tempdir().unwrap();
     let store = RocksStore::open(dir.path()).unwrap();
     let mut batch = StateBatch::default();
-    batch.put(Cf::Keys, b"old".to_vec(), codec::encode(1_000, &0u8));
-    batch.put(Cf::Keys, b"new".to_vec(), codec::encode(9_000, &0u8));
+    batch.put(Cf::Keys, 0, b"old".to_vec(), codec::encode(1_000, &0u8));
+    batch.put(Cf::Keys, 0, b"new".to_vec(), codec::encode(9_000, &0u8));
     batch.put(
         Cf::Entities,
+        0,
         b"old-entity".to_vec(),
         codec::encode(1_000, &0u8),
     );
-    batch.put(Cf::Timers, codec::timer_key(1_000, "old"), Vec::new());
+    batch.put(Cf::Timers, 0, codec::timer_key(0, 1_000, "old"), Vec::new());
     store.write(batch).unwrap();
     store.retention().advance(5_000);
     for cf in Cf::ALL {
@@ -120,8 +129,59 @@ fn retention_removes_only_expired_entries_of_expiring_families() {
     assert_eq!(store.get(Cf::Entities, b"old-entity").unwrap(), None);
     assert!(
         store
-            .get(Cf::Timers, &codec::timer_key(1_000, "old"))
+            .get(Cf::Timers, &codec::timer_key(0, 1_000, "old"))
             .unwrap()
             .is_some()
+    );
+}
+
+#[test]
+fn deleting_a_scope_leaves_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RocksStore::open(dir.path()).unwrap();
+    let mut batch = StateBatch::default();
+    for scope in [1, 2] {
+        batch.put(
+            Cf::Keys,
+            scope,
+            codec::scoped(scope, b"user:1"),
+            codec::encode(1, &0u8),
+        );
+        batch.put(
+            Cf::Timers,
+            scope,
+            codec::timer_key(scope, 5, "user:1"),
+            Vec::new(),
+        );
+        batch.put(
+            Cf::Offsets,
+            scope,
+            codec::offset_key("cache", scope),
+            9i64.to_le_bytes().to_vec(),
+        );
+    }
+    store.write(batch).unwrap();
+    store.delete_scope(1).unwrap();
+    for cf in Cf::ALL {
+        let left = scan_all(&store, cf, &[]);
+        assert!(left.len() <= 1, "{cf:?}: {left:?}");
+    }
+    assert!(
+        store
+            .get(Cf::Keys, &codec::scoped(2, b"user:1"))
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .get(Cf::Offsets, &codec::offset_key("cache", 2))
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .get(Cf::Offsets, &codec::offset_key("cache", 1))
+            .unwrap()
+            .is_none()
     );
 }

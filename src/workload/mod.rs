@@ -417,9 +417,9 @@ impl Generator {
 
     fn cache_event(&mut self, e: GenCacheEvent) {
         let (key, value) = encode_cache(&e);
-        let partition = key.as_deref().map_or(0, |k| {
-            (xxhash_rust::xxh3::xxh3_64(k.as_bytes()) % PARTITIONS as u64) as i32
-        });
+        // Keyed by the entity, like its changes: the topics are
+        // co-partitioned.
+        let partition = e.entity.map_or(0, |(_, id)| partition_of(id));
         let record = GenRecord {
             stream: Stream::Cache,
             topic: Arc::clone(&self.cache_topic),

@@ -19,6 +19,7 @@ use crate::support::vigil;
 
 pub const VIOLATIONS: &str = "vigil.violations";
 pub const DLQ: &str = "vigil.dlq";
+pub const CHANGELOG: &str = "vigil.changelog";
 
 /// A record to produce.
 pub struct Out<'a> {
@@ -42,7 +43,10 @@ impl Broker {
     pub fn new(topics: &[(&str, i32)]) -> Self {
         let cluster = MockCluster::new(3).expect("the mock cluster starts");
         let bootstrap = cluster.bootstrap_servers();
-        for (topic, partitions) in topics.iter().chain(&[(VIOLATIONS, 3), (DLQ, 1)]) {
+        for (topic, partitions) in topics
+            .iter()
+            .chain(&[(VIOLATIONS, 3), (DLQ, 1), (CHANGELOG, 3)])
+        {
             cluster.create_topic(topic, *partitions, 1).unwrap();
         }
         let producer = ClientConfig::new()
@@ -243,6 +247,7 @@ pub fn run_config(
     set("inputs", "cache_topics", list(cache));
     set("outputs", "violations_topic", text(VIOLATIONS));
     set("outputs", "dlq_topic", text(DLQ));
+    set("outputs", "changelog_topic", text(CHANGELOG));
     set(
         "state",
         "path",

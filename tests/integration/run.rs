@@ -39,15 +39,20 @@ struct Workload {
 
 impl Workload {
     fn new(events: u64, seed: u64) -> Self {
+        Self::starting(events, seed, START_MS, 1_000)
+    }
+
+    /// A workload whose event time starts at `start_ms`, over `keys` entities.
+    fn starting(events: u64, seed: u64, start_ms: i64, keys: u64) -> Self {
         let mut generator = Generator::new(Spec {
             events,
-            keys: 1_000,
+            keys,
             tables: 3,
-            rate: 2_000,
+            rate: 4_000,
             format: CdcFormat::Debezium,
             seed,
             faults: FAULTS,
-            start_ms: START_MS,
+            start_ms,
         });
         let records: Vec<GenRecord> = generator.by_ref().collect();
         Workload { generator, records }
@@ -478,4 +483,58 @@ fn malformed_records_reach_the_dlq_unchanged_with_their_headers() {
     }
     let (code, log) = daemon.terminate();
     assert_eq!(code, Some(0), "{log}");
+}
+
+#[test]
+fn two_instances_share_the_partitions_and_a_rebalance_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Live event times: the second half comes after a pause, which must not
+    // make it late (the pause is shorter than the idle timeout).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let w = Workload::starting(30_000, 25, now, 4_000);
+    let broker = w.broker();
+    let half = w.records.len() / 2;
+    let expected = w.expected(dir.path());
+    let overrides = [
+        ("inputs", "co_partitioned", toml::Value::Boolean(true)),
+        ("detect", "idle_timeout", toml::Value::String("12s".into())),
+        (
+            "state",
+            "checkpoint_interval",
+            toml::Value::String("500ms".into()),
+        ),
+    ];
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    fs::create_dir_all(&dir_a).unwrap();
+    fs::create_dir_all(&dir_b).unwrap();
+    let (config_a, config_b) = (
+        w.config(&dir_a, &broker, &overrides),
+        w.config(&dir_b, &broker, &overrides),
+    );
+
+    w.produce(&broker, 0..half);
+    let a = Daemon::start(&config_a);
+    let first = broker.read_until(VIOLATIONS, 3, VERDICTS, |m| m.len() >= 20);
+    assert!(first.len() >= 20, "instance A works alone first");
+
+    let b = Daemon::start(&config_b);
+    assert!(
+        b.wait_for_log("state of partition restored", VERDICTS),
+        "B restores the state of the partitions it is given:\n{}",
+        b.log()
+    );
+    assert!(
+        a.wait_for_log("state of released partitions forgotten", VERDICTS),
+        "A hands partitions over:\n{}",
+        a.log()
+    );
+    w.produce(&broker, half..w.records.len());
+    await_verdicts(&broker, &expected, &b);
+    for daemon in [a, b] {
+        let (code, log) = daemon.terminate();
+        assert_eq!(code, Some(0), "{log}");
+    }
 }

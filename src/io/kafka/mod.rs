@@ -4,6 +4,7 @@
 //! classification of topics into CDC and cache streams, and librdkafka's
 //! logs routed to `tracing`.
 
+pub mod handover;
 pub mod outputs;
 pub mod source;
 

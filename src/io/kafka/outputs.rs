@@ -21,12 +21,14 @@ use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use super::handover::record_key;
 use super::source::VigilConsumer;
 use super::{KafkaSetupError, client_config, log_to_tracing, owned_headers};
 use crate::config::{Config, Guarantee};
 use crate::dead_letter::{DeadLetter, Origin};
 use crate::events::{CLOUDEVENTS_CONTENT_TYPE, Violation};
 use crate::pipeline::{OutputError, Outputs, Position};
+use crate::state::StateBatch;
 use crate::telemetry::Stats;
 
 /// Producer defaults; `[kafka]` overrides them.
@@ -48,6 +50,8 @@ const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 struct Outgoing {
     topic: String,
+    /// `None`: the partitioner chooses (by key).
+    partition: Option<i32>,
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
     headers: Vec<(String, Option<Vec<u8>>)>,
@@ -77,6 +81,7 @@ impl ProducerContext for DeliveryContext {
             tracing::warn!(topic = msg.topic(), error = %error, "a record was not delivered; it will be sent again");
             let outgoing = Outgoing {
                 topic: msg.topic().to_string(),
+                partition: Some(msg.partition()),
                 key: msg.key().map(<[u8]>::to_vec),
                 payload: msg.payload().map(<[u8]>::to_vec),
                 headers: owned_headers(msg),
@@ -97,6 +102,8 @@ pub struct KafkaOutputs {
     guarantee: Guarantee,
     violations_topic: String,
     dlq_topic: String,
+    /// With `inputs.co_partitioned`: where state changes are written.
+    changelog_topic: Option<String>,
     source: String,
     stats: Arc<Stats>,
     /// Set when the process must stop waiting for the broker (shutdown).
@@ -154,6 +161,10 @@ impl KafkaOutputs {
             guarantee,
             violations_topic: config.outputs.violations_topic.clone(),
             dlq_topic: config.outputs.dlq_topic.clone(),
+            changelog_topic: config
+                .inputs
+                .co_partitioned
+                .then(|| config.outputs.changelog_topic.clone()),
             source: config.outputs.source.clone(),
             stats,
             give_up,
@@ -187,6 +198,9 @@ impl KafkaOutputs {
             }
             if let Some(ts) = out.timestamp_ms {
                 record = record.timestamp(ts);
+            }
+            if let Some(p) = out.partition {
+                record = record.partition(p);
             }
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -310,6 +324,7 @@ impl Outputs for KafkaOutputs {
     fn violation(&mut self, v: &Violation) -> Result<(), OutputError> {
         self.send(&Outgoing {
             topic: self.violations_topic.clone(),
+            partition: None,
             key: Some(v.kafka_key().into_bytes()),
             payload: Some(v.to_cloudevent(&self.source).into_bytes()),
             headers: vec![(
@@ -337,11 +352,29 @@ impl Outputs for KafkaOutputs {
         };
         self.send(&Outgoing {
             topic: self.dlq_topic.clone(),
+            partition: None,
             key,
             payload,
             headers,
             timestamp_ms,
         })
+    }
+
+    fn state(&mut self, batch: &StateBatch) -> Result<(), OutputError> {
+        let Some(topic) = &self.changelog_topic else {
+            return Ok(());
+        };
+        for w in &batch.writes {
+            self.send(&Outgoing {
+                topic: topic.clone(),
+                partition: Some(w.scope),
+                key: Some(record_key(w)),
+                payload: w.value.clone(),
+                headers: Vec::new(),
+                timestamp_ms: None,
+            })?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self, positions: &[Position]) -> Result<(), OutputError> {

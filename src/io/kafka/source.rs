@@ -15,7 +15,7 @@
 //! - **Idleness**: librdkafka's statistics tell whether a partition is read
 //!   to its end; only such a partition may stop holding the watermark back.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,6 +30,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
+use super::handover::Changelog;
 use super::{KafkaSetupError, TopicKinds, client_config, log_to_tracing, owned_headers};
 use crate::config::{Config, Guarantee};
 use crate::dead_letter::{DeadLetter, KafkaRecord, Origin, Reason, RecordError};
@@ -91,6 +92,8 @@ struct Shared {
     tx: Option<Sender<SourceMsg>>,
     views: HashMap<(String, i32), BrokerView>,
     paused: bool,
+    /// Scopes (partition numbers) whose state this instance holds.
+    owned: BTreeSet<i32>,
 }
 
 /// The consumer's context: rebalance, statistics and log callbacks.
@@ -100,6 +103,8 @@ pub struct SourceContext {
     kinds: TopicKinds,
     stats: Arc<Stats>,
     guarantee: Guarantee,
+    /// Where state is handed over from, with `inputs.co_partitioned`.
+    changelog: Option<Changelog>,
 }
 
 pub type VigilConsumer = BaseConsumer<SourceContext>;
@@ -201,8 +206,57 @@ impl SourceContext {
         part
     }
 
+    /// With a changelog: forgets the scopes this instance no longer holds,
+    /// and restores from the changelog those it did not hold, before any of
+    /// their records is read.
+    fn hand_over(&self, shared: &mut Shared, consumer: &VigilConsumer, tpl: &TopicPartitionList) {
+        let Some(changelog) = &self.changelog else {
+            warn_if_shared(consumer, tpl);
+            return;
+        };
+        let assigned: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let released: Vec<i32> = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => Vec::new(),
+            _ => shared.owned.difference(&assigned).copied().collect(),
+        };
+        if !released.is_empty() {
+            tracing::info!(scopes = ?released, "state of released partitions forgotten");
+            shared.owned.retain(|s| !released.contains(s));
+            shared
+                .outbox
+                .push_back(SourceMsg::Release { scopes: released });
+        }
+        let new: Vec<i32> = assigned.difference(&shared.owned).copied().collect();
+        let mut loaded = Vec::new();
+        for scope in new {
+            let started = Instant::now();
+            match changelog.restore(&*self.store, scope) {
+                Ok(records) => {
+                    tracing::info!(
+                        scope,
+                        records,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        changelog = changelog.topic(),
+                        "state of partition restored"
+                    );
+                    loaded.push(scope);
+                }
+                Err(e) => tracing::error!(
+                    scope,
+                    error = %e,
+                    "cannot restore the state of an assigned partition; it starts empty"
+                ),
+            }
+            shared.owned.insert(scope);
+        }
+        if !loaded.is_empty() {
+            shared.outbox.push_back(SourceMsg::Load { scopes: loaded });
+        }
+    }
+
     fn on_assign(&self, consumer: &VigilConsumer, tpl: &mut TopicPartitionList) {
         let mut shared = self.shared();
+        self.hand_over(&mut shared, consumer, tpl);
         let mut resumed = Vec::new();
         for elem in tpl.elements() {
             let (topic, partition) = (elem.topic().to_string(), elem.partition());
@@ -288,9 +342,21 @@ impl SourceContext {
             }
         }
         tracing::info!(partitions = tpl.count(), "partitions released");
-        let result = match consumer.rebalance_protocol() {
-            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
-            _ => consumer.unassign(),
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        if cooperative && self.changelog.is_some() {
+            let mut shared = self.shared();
+            let scopes: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            shared.owned.retain(|s| !scopes.contains(s));
+            shared.outbox.push_back(SourceMsg::Release { scopes });
+            self.drain(&mut shared, true);
+        }
+        let result = if cooperative {
+            consumer.incremental_unassign(tpl)
+        } else {
+            consumer.unassign()
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "cannot release the revoked partitions");
@@ -412,11 +478,13 @@ impl KafkaSource {
                 tx: Some(tx),
                 views: HashMap::new(),
                 paused: false,
+                owned: BTreeSet::new(),
             }),
             store,
             kinds,
             stats,
             guarantee: config.processing.guarantee,
+            changelog: Changelog::from_config(config),
         };
         let mut client = client_config(config, &CONSUMER_DEFAULTS);
         client.set("group.id", &config.inputs.group_id);
@@ -539,6 +607,33 @@ impl KafkaSource {
             let key = (Arc::clone(&part.topic), msg.partition());
             ctx.seal(&mut shared, &key);
         }
+    }
+}
+
+/// Warns when this instance was given only part of its topics' partitions
+/// while state is not handed over (`inputs.co_partitioned = false`): another
+/// instance shares the group, and keys whose records move between instances
+/// lose their state.
+fn warn_if_shared(consumer: &VigilConsumer, tpl: &TopicPartitionList) {
+    let elements = tpl.elements();
+    let topics: BTreeSet<&str> = elements.iter().map(|e| e.topic()).collect();
+    let Ok(metadata) = consumer.fetch_metadata(None, Duration::from_secs(5)) else {
+        return;
+    };
+    let total: usize = metadata
+        .topics()
+        .iter()
+        .filter(|t| topics.contains(t.name()))
+        .map(|t| t.partitions().len())
+        .sum();
+    if tpl.count() < total {
+        tracing::warn!(
+            assigned = tpl.count(),
+            partitions = total,
+            "other instances share this consumer group, but inputs.co_partitioned is false: \
+             state is not handed over between instances, so verdicts about keys whose records \
+             move between them can be wrong (see inputs.co_partitioned)"
+        );
     }
 }
 
