@@ -123,6 +123,60 @@ pub enum Command {
     /// violations per kind. Ctrl-C stops it early.
     #[command(verbatim_doc_comment)]
     Demo(DemoArgs),
+    /// Measure vigil on this machine: vigil check on files of several
+    /// sizes, vigil run through an embedded broker, and latency.
+    ///
+    /// Generates workloads with the generator of `vigil gen` and measures:
+    ///
+    ///   vigil check (a child process) for each --check EVENTS:KEYS:
+    ///     records per second, time per record in each stage (ingest,
+    ///     route, detect, commit), peak memory; the violations found are
+    ///     checked against the expected ones;
+    ///   vigil run through an embedded broker (librdkafka's mock cluster,
+    ///     in this process): records per second end to end;
+    ///   latency at --latency-rate records per second: from a record's
+    ///     produce time to its violation's produce time, for the kinds that
+    ///     fire at once (regression, gap, conflict); and how long after the
+    ///     watermark passes a deadline its missing invalidation is produced.
+    ///
+    /// The report is one JSON object on stdout (BENCHMARKS.md is written from
+    /// it); progress goes to stderr.
+    #[command(verbatim_doc_comment)]
+    Bench(BenchArgs),
+}
+
+/// Flags of `vigil bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A vigil check run: records and distinct entities, like 1000000:100000
+    /// (repeat for several sizes).
+    #[arg(long, value_name = "EVENTS:KEYS", default_value = "1000000:100000")]
+    pub check: Vec<String>,
+
+    /// Records of the vigil run throughput measure.
+    #[arg(long, default_value_t = 300_000)]
+    pub kafka_events: u64,
+
+    /// Distinct entities of the vigil run workloads.
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: u64,
+
+    /// Records per second of the latency measure.
+    #[arg(long, default_value_t = 20_000)]
+    pub latency_rate: u64,
+
+    /// How long the latency measure streams.
+    #[arg(long, default_value = "20s")]
+    pub latency_seconds: crate::config::Dur,
+
+    /// Only the vigil check runs.
+    #[arg(long)]
+    pub skip_kafka: bool,
+
+    /// Working directory for the generated files (default: a temporary one,
+    /// removed at the end).
+    #[arg(long, value_name = "DIR")]
+    pub work: Option<PathBuf>,
 }
 
 /// Flags of `vigil demo`.

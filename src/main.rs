@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Command::Gen(args) => modes::generate::run(args),
         Command::Run(args) => modes::run::run(args),
         Command::Demo(args) => modes::demo::run(args),
+        Command::Bench(args) => modes::bench::run(args),
     };
     match result {
         Ok(status) => ExitCode::from(status.code()),

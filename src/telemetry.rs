@@ -122,6 +122,8 @@ pub struct Stats {
     windows: Mutex<BTreeMap<String, VecDeque<(u64, TableTally)>>>,
     invalidation_lag_ms: Histogram,
     checkpoints: AtomicU64,
+    /// Time spent per pipeline stage, in nanoseconds (summed over threads).
+    stage_ns: [AtomicU64; Stage::ALL.len()],
     /// Gauges.
     watermark_ms: AtomicI64,
     producer_queue: AtomicI64,
@@ -156,6 +158,7 @@ impl Default for Stats {
             windows: Mutex::default(),
             invalidation_lag_ms: Histogram::default(),
             checkpoints: AtomicU64::default(),
+            stage_ns: Default::default(),
             watermark_ms: AtomicI64::new(i64::MIN),
             producer_queue: AtomicI64::default(),
             consumer_lag: Mutex::default(),
@@ -163,6 +166,32 @@ impl Default for Stats {
             lag_seconds: metrics::histogram!(names::INVALIDATION_LAG),
             batch_seconds: metrics::histogram!(names::BATCH_SECONDS),
             started: Instant::now(),
+        }
+    }
+}
+
+/// The stages of the pipeline, for the time spent in each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Reading, decoding and mapping records (sources).
+    Ingest,
+    /// Watermarks and sharding (router).
+    Route,
+    /// State and detectors (workers).
+    Detect,
+    /// Writing outputs and committing state (sink).
+    Commit,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [Stage::Ingest, Stage::Route, Stage::Detect, Stage::Commit];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Ingest => "ingest",
+            Stage::Route => "route",
+            Stage::Detect => "detect",
+            Stage::Commit => "commit",
         }
     }
 }
@@ -304,8 +333,14 @@ impl Stats {
     }
 
     /// How long a worker took over one batch.
-    pub fn record_batch(&self, seconds: f64) {
-        self.batch_seconds.record(seconds);
+    pub fn record_batch(&self, elapsed: std::time::Duration) {
+        self.batch_seconds.record(elapsed.as_secs_f64());
+        self.add_stage_time(Stage::Detect, elapsed);
+    }
+
+    /// Time spent in a stage.
+    pub fn add_stage_time(&self, stage: Stage, elapsed: std::time::Duration) {
+        bump(&self.stage_ns[stage as usize], elapsed.as_nanos() as u64);
     }
 
     pub fn add_checkpoint(&self) {
@@ -373,6 +408,9 @@ impl Stats {
 
     /// A point-in-time copy of every counter, for summaries.
     pub fn snapshot(&self) -> StatsSnapshot {
+        // Taken first: the lock must not be held while the fields below
+        // take it again.
+        let records = self.records_total();
         let nonzero = |pairs: Vec<(&'static str, u64)>| -> BTreeMap<&'static str, u64> {
             pairs.into_iter().filter(|(_, n)| *n > 0).collect()
         };
@@ -419,6 +457,15 @@ impl Stats {
                 p50: self.invalidation_lag_ms.quantile_bound(0.5),
                 p99: self.invalidation_lag_ms.quantile_bound(0.99),
             },
+            stage_ns_per_record: Stage::ALL
+                .iter()
+                .map(|s| {
+                    (
+                        s.as_str(),
+                        read(&self.stage_ns[*s as usize]) / records.max(1),
+                    )
+                })
+                .collect(),
         }
     }
 }
@@ -434,6 +481,9 @@ pub struct LagSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct StatsSnapshot {
     pub records_read: BTreeMap<String, u64>,
+    /// Time per record spent in each stage (threads run in parallel, so
+    /// these add up to CPU time, not to elapsed time).
+    pub stage_ns_per_record: BTreeMap<&'static str, u64>,
     pub changes: u64,
     pub changes_by_op: BTreeMap<&'static str, u64>,
     pub truncates: u64,
@@ -530,6 +580,15 @@ pub fn publish(stats: &Stats, now_ms: i64) {
         gauge!(names::CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.to_string())
             .set(*lag as f64);
     }
+}
+
+/// The peak resident memory of this process in bytes (Linux: `VmHWM` of
+/// `/proc/self/status`), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Starts logging to stderr in the chosen format. `RUST_LOG` overrides

@@ -252,6 +252,10 @@ pub struct PipelineConfig {
     pub workers: usize,
     /// Records per batch between stages. Default `1024`.
     pub batch_size: usize,
+    /// How long a consumed record may wait for its batch to fill before it
+    /// is sent on anyway (`vigil run`; bounds the latency batching adds).
+    /// Default `"5ms"`.
+    pub linger: Dur,
     /// Batches queued between two stages before the producer waits
     /// (back-pressure). Default `16`.
     pub queue_batches: usize,
@@ -262,6 +266,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             workers: 0,
             batch_size: 1024,
+            linger: Dur::from_millis(5),
             queue_batches: 16,
         }
     }

@@ -28,6 +28,7 @@ use crate::model::{Millis, Op};
 pub use cache::decode_cache;
 pub use json::{Scalar, row_hash, scalar};
 pub use kcat::{KcatRecord, parse_kcat_line};
+pub use timestamp::parse_rfc3339;
 
 /// One row image: column names and their undecoded JSON values, in the order
 /// of the record.

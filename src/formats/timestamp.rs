@@ -26,7 +26,7 @@ pub(super) fn epoch_number_ms(text: &str) -> Option<Millis> {
 /// `2024-05-01T12:00:00.123+02:00`; `T` and `Z` in either case, 1 to 9
 /// fraction digits rounded to the nearest millisecond, a leap second `:60`
 /// taken as the next second).
-pub(super) fn parse_rfc3339(text: &str) -> Option<Millis> {
+pub fn parse_rfc3339(text: &str) -> Option<Millis> {
     let mut cursor = Cursor {
         bytes: text.as_bytes(),
         at: 0,

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
@@ -14,8 +15,8 @@ use crate::events::Violation;
 use crate::formats::{self, KcatRecord};
 use crate::ingest::{Ingest, RawInput, Record, Stream};
 use crate::model::Provenance;
-use crate::pipeline::{OutputError, Outputs, Position, SourceMsg};
-use crate::telemetry::Stats;
+use crate::pipeline::{OutputError, Outputs, PartitionBatch, Position, SourceMsg};
+use crate::telemetry::{Stage, Stats};
 
 /// One line of a file, or the start of a line that exceeded the limit.
 #[derive(Debug, PartialEq, Eq)]
@@ -156,6 +157,7 @@ pub fn read_file(
     let mut dead = Vec::new();
     let mut read = 0u64;
     let mut line_no = 0u64;
+    let mut started = Instant::now();
     loop {
         let line = reader.next_line().map_err(file_err)?;
         let Some(line) = line else { break };
@@ -207,12 +209,15 @@ pub fn read_file(
         }
         if records.len() >= opts.batch_size || dead.len() >= opts.batch_size {
             opts.stats.add_records(&name, std::mem::take(&mut read));
+            opts.stats.add_stage_time(Stage::Ingest, started.elapsed());
             if !send_batch(tx, partition, &mut records, &mut dead, &name, line_no) {
                 return Ok(());
             }
+            started = Instant::now();
         }
     }
     opts.stats.add_records(&name, read);
+    opts.stats.add_stage_time(Stage::Ingest, started.elapsed());
     if send_batch(tx, partition, &mut records, &mut dead, &name, line_no) {
         let _ = tx.send(SourceMsg::End { partition });
     }
@@ -227,7 +232,7 @@ fn send_batch(
     name: &Arc<str>,
     line_no: u64,
 ) -> bool {
-    let msg = SourceMsg::Batch {
+    let msg = SourceMsg::Batch(vec![PartitionBatch {
         partition,
         records: std::mem::replace(records, Vec::with_capacity(records.capacity())),
         dead: std::mem::take(dead),
@@ -236,7 +241,7 @@ fn send_batch(
             partition: 0,
             next_offset: line_no as i64 + 1,
         }),
-    };
+    }]);
     tx.send(msg).is_ok()
 }
 

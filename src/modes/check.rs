@@ -29,6 +29,8 @@ pub struct Summary {
     pub dead_letters_total: u64,
     pub elapsed_seconds: f64,
     pub events_per_second: f64,
+    /// Peak resident memory of the process (Linux), in bytes.
+    pub peak_rss_bytes: Option<u64>,
     pub outputs: OutputPaths,
 }
 
@@ -167,6 +169,7 @@ pub fn check(
         violations_total: stats.violations_total(),
         dead_letters_total: stats.dead_letters_total(),
         elapsed_seconds: elapsed,
+        peak_rss_bytes: crate::telemetry::peak_rss_bytes(),
         events_per_second: if elapsed > 0.0 {
             records as f64 / elapsed
         } else {

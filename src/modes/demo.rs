@@ -58,6 +58,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitStatus> {
         seed: args.seed,
         faults: DEMO_FAULTS,
         start_ms,
+        partitions: workload::PARTITIONS,
     });
     let topics = generator.topics();
     for topic in topics

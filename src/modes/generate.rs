@@ -96,6 +96,7 @@ pub fn spec(args: &GenArgs) -> Result<Spec, UsageError> {
         seed: args.seed,
         faults,
         start_ms: crate::workload::START_MS,
+        partitions: crate::workload::PARTITIONS,
     })
 }
 

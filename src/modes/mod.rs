@@ -1,6 +1,7 @@
 //! The subcommands. Each mode wires sources, the engine and outputs for one
 //! way of using vigil, and returns how the process should exit.
 
+pub mod bench;
 pub mod check;
 pub mod demo;
 pub mod generate;

@@ -49,18 +49,23 @@ pub struct Position {
     pub next_offset: i64,
 }
 
+/// Records of one input partition, in order.
+#[derive(Debug)]
+pub struct PartitionBatch {
+    /// Index of the partition in the watermark (see [`Engine::partitions`]).
+    pub partition: usize,
+    pub records: Vec<Record>,
+    pub dead: Vec<DeadLetter>,
+    /// The position after this batch.
+    pub position: Option<Position>,
+}
+
 /// What a source sends to the router.
 #[derive(Debug)]
 pub enum SourceMsg {
     /// Records of one input partition, in order.
-    Batch {
-        /// Index of the partition in the watermark (see [`Engine::partitions`]).
-        partition: usize,
-        records: Vec<Record>,
-        dead: Vec<DeadLetter>,
-        /// The position after this batch.
-        position: Option<Position>,
-    },
+    /// Records of one or more partitions.
+    Batch(Vec<PartitionBatch>),
     /// The partition has no more records (end of file, revoked partition).
     End { partition: usize },
     /// A partition was assigned: a new index, or one that ended before.

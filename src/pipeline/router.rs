@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::{Engine, PipelineError, Position, SinkMsg, SourceMsg, WorkItem, WorkMsg};
+use super::{
+    Engine, PartitionBatch, PipelineError, Position, SinkMsg, SourceMsg, WorkItem, WorkMsg,
+};
 use crate::detect::key::{Fill, Invalidation};
 use crate::hash;
 use crate::ingest::Record;
 use crate::model::{CacheAction, CacheEvent, Millis, Provenance, is_glob};
-use crate::telemetry::Stats;
+use crate::telemetry::{Stage, Stats};
 use crate::time::{Clock, Watermarks};
 
 /// How often the router wakes without input (idle watermarks, checkpoints).
@@ -81,12 +83,13 @@ impl Router {
         while !(self.finite && self.watermarks.all_ended()) {
             let mut waiting = Vec::new();
             match sources.recv_timeout(TICK) {
-                Ok(SourceMsg::Batch {
-                    partition,
-                    records,
-                    dead,
-                    position,
-                }) => self.route(partition, records, dead, position)?,
+                Ok(SourceMsg::Batch(batches)) => {
+                    let started = Instant::now();
+                    for batch in batches {
+                        self.route(batch)?;
+                    }
+                    self.stats.add_stage_time(Stage::Route, started.elapsed());
+                }
                 Ok(SourceMsg::End { partition }) => {
                     self.watermarks.end(partition);
                     self.retiring.push(partition);
@@ -119,13 +122,13 @@ impl Router {
         Ok(self.sent_watermark)
     }
 
-    fn route(
-        &mut self,
-        partition: usize,
-        records: Vec<Record>,
-        dead: Vec<crate::dead_letter::DeadLetter>,
-        position: Option<Position>,
-    ) -> Result<(), PipelineError> {
+    fn route(&mut self, batch: PartitionBatch) -> Result<(), PipelineError> {
+        let PartitionBatch {
+            partition,
+            records,
+            dead,
+            position,
+        } = batch;
         if !dead.is_empty() {
             self.sink
                 .send(SinkMsg::DeadLetters(dead))

@@ -11,7 +11,7 @@ use crossbeam_channel::Receiver;
 use super::{Outputs, PipelineError, Position, SinkMsg};
 use crate::model::Millis;
 use crate::state::{Cf, StateBatch, Store, codec};
-use crate::telemetry::Stats;
+use crate::telemetry::{Stage, Stats};
 use crate::time::END_OF_TIME;
 
 #[derive(Default)]
@@ -60,6 +60,7 @@ impl Sink {
     /// Runs until every sender has hung up; returns the checkpoints committed.
     pub(super) fn run(mut self, inbox: Receiver<SinkMsg>) -> Result<u64, PipelineError> {
         for msg in inbox {
+            let started = std::time::Instant::now();
             match msg {
                 SinkMsg::DeadLetters(dead) => {
                     for d in &dead {
@@ -93,6 +94,7 @@ impl Sink {
                     self.commit_if_whole(epoch)?;
                 }
             }
+            self.stats.add_stage_time(Stage::Commit, started.elapsed());
         }
         Ok(self.committed)
     }

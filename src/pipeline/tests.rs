@@ -168,12 +168,12 @@ fn send(tx: &Sender<SourceMsg>, ingest: &Ingest, partition: usize, line: &str, o
         partition: 0,
         next_offset: offset + 1,
     });
-    tx.send(SourceMsg::Batch {
+    tx.send(SourceMsg::Batch(vec![PartitionBatch {
         partition,
         records,
         dead: Vec::new(),
         position,
-    })
+    }]))
     .unwrap();
 }
 

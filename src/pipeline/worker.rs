@@ -220,7 +220,7 @@ impl Worker {
                         self.apply(item)?;
                     }
                     self.advance(watermark)?;
-                    self.stats.record_batch(started.elapsed().as_secs_f64());
+                    self.stats.record_batch(started.elapsed());
                     if !self.violations.is_empty() {
                         let v = std::mem::take(&mut self.violations);
                         self.sink

@@ -54,7 +54,7 @@ const P_UNVERSIONED_INVALIDATION: f64 = 0.1;
 const RECORDS_PER_EPISODE: f64 = 2.6;
 /// Debezium emits a heartbeat every this many CDC records here.
 const HEARTBEAT_EVERY: u64 = 2_000;
-/// Kafka partitions of each generated topic.
+/// Default number of Kafka partitions of each generated topic.
 pub const PARTITIONS: i32 = 3;
 /// Topic of the Debezium heartbeats the generator writes.
 const HEARTBEAT_TOPIC: &str = "__debezium-heartbeat.gen";
@@ -87,6 +87,8 @@ pub struct Spec {
     pub faults: FaultRates,
     /// Event time of the first episode (a live demo starts now).
     pub start_ms: Millis,
+    /// Kafka partitions of each topic (records of an entity share one).
+    pub partitions: i32,
 }
 
 /// A generated record, in the order it is written.
@@ -317,6 +319,12 @@ impl Generator {
         }
     }
 
+    /// The partition of an entity's records in every topic: a hash of its
+    /// id, so that each table spreads over all partitions.
+    fn partition_of(&self, id: u64) -> i32 {
+        (xxhash_rust::xxh3::xxh3_64(&id.to_le_bytes()) % self.spec.partitions.max(1) as u64) as i32
+    }
+
     fn done(&self) -> bool {
         self.created >= self.spec.events
     }
@@ -384,7 +392,7 @@ impl Generator {
         let record = GenRecord {
             stream: Stream::Cdc,
             topic: Arc::clone(&self.cdc_topics[c.table as usize]),
-            partition: partition_of(id),
+            partition: self.partition_of(id),
             key: key.clone(),
             value: Some(value),
             ts_ms: c.commit_ts_ms,
@@ -394,7 +402,7 @@ impl Generator {
             let tombstone = GenRecord {
                 stream: Stream::Cdc,
                 topic: Arc::clone(&self.cdc_topics[c.table as usize]),
-                partition: partition_of(id),
+                partition: self.partition_of(id),
                 key,
                 value: None,
                 ts_ms: c.commit_ts_ms,
@@ -419,7 +427,7 @@ impl Generator {
         let (key, value) = encode_cache(&e);
         // Keyed by the entity, like its changes: the topics are
         // co-partitioned.
-        let partition = e.entity.map_or(0, |(_, id)| partition_of(id));
+        let partition = e.entity.map_or(0, |(_, id)| self.partition_of(id));
         let record = GenRecord {
             stream: Stream::Cache,
             topic: Arc::clone(&self.cache_topic),
@@ -752,12 +760,6 @@ impl Iterator for Generator {
             }
         }
     }
-}
-
-/// The partition of an entity's records in every topic: a hash of its id,
-/// so that each table spreads over all partitions.
-fn partition_of(id: u64) -> i32 {
-    (xxhash_rust::xxh3::xxh3_64(&id.to_le_bytes()) % PARTITIONS as u64) as i32
 }
 
 /// Key templates of generated table `t`: odd tables are cached under two keys.

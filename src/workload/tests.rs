@@ -26,6 +26,7 @@ fn spec(seed: u64) -> Spec {
             duplicate: 0.05,
         },
         start_ms: START_MS,
+        partitions: PARTITIONS,
     }
 }
 

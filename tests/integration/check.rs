@@ -576,3 +576,38 @@ fn check_help_explains_every_flag_and_output() {
         );
     }
 }
+
+#[test]
+fn bench_measures_check_and_verifies_its_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(vigil()
+        .args([
+            "bench",
+            "--skip-kafka",
+            "--check",
+            "3000:300",
+            "--check",
+            "2000:100",
+            "--work",
+        ])
+        .arg(dir.path()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = report["check"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for r in runs {
+        assert!(r["records_per_second"].as_f64().unwrap() > 0.0);
+        assert!(r["peak_rss_bytes"].as_u64().unwrap() > 0);
+        assert_eq!(r["violations"], r["expected_violations"]);
+        for stage in ["ingest", "route", "detect", "commit"] {
+            assert!(r["stage_ns_per_record"][stage].is_u64(), "{stage} in {r}");
+        }
+    }
+    assert_eq!(runs[0]["events"], 3000);
+    assert_eq!(runs[1]["keys"], 100);
+    assert!(report["machine"]["cpus"].as_u64().unwrap() >= 1);
+}

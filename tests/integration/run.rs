@@ -53,6 +53,7 @@ impl Workload {
             seed,
             faults: FAULTS,
             start_ms,
+            partitions: PARTITIONS,
         });
         let records: Vec<GenRecord> = generator.by_ref().collect();
         Workload { generator, records }

@@ -36,14 +36,16 @@ use crate::config::{Config, Guarantee};
 use crate::dead_letter::{DeadLetter, KafkaRecord, Origin, Reason, RecordError};
 use crate::ingest::{Ingest, RawInput, Record, Stream};
 use crate::model::Provenance;
-use crate::pipeline::{Position, SourceMsg};
+use crate::pipeline::{PartitionBatch, Position, SourceMsg};
 use crate::state::{Cf, Store, codec};
-use crate::telemetry::Stats;
+use crate::telemetry::{Stage, Stats};
 
 /// How long `poll` waits when there is nothing to read.
 const POLL_WAIT: Duration = Duration::from_millis(50);
 /// How often partitions are checked for being read to their end.
 const CAUGHT_UP_EVERY: Duration = Duration::from_millis(200);
+/// Messages waiting for room in the pipeline before reading pauses.
+const PAUSE_AFTER: usize = 8;
 /// How long a rebalance waits for the checkpoint of the partitions it
 /// releases.
 const REBALANCE_COMMIT_WAIT: Duration = Duration::from_secs(60);
@@ -157,33 +159,41 @@ impl SourceContext {
     }
 
     /// Moves a partition's pending records into the outbox.
-    fn seal(&self, shared: &mut Shared, key: &(Arc<str>, i32)) {
-        let Some(part) = shared.parts.get_mut(key) else {
-            return;
-        };
+    /// Takes a partition's pending records as a batch.
+    fn take(&self, part: &mut Part, partition: i32) -> Option<PartitionBatch> {
         if part.read == 0 {
-            return;
+            return None;
         }
         self.stats
             .add_records(&part.topic, std::mem::take(&mut part.read));
-        let msg = SourceMsg::Batch {
+        Some(PartitionBatch {
             partition: part.index,
             records: std::mem::take(&mut part.records),
             dead: std::mem::take(&mut part.dead),
             position: part.next_offset.map(|next_offset| Position {
                 source: Arc::clone(&part.topic),
-                partition: key.1,
+                partition,
                 next_offset,
             }),
-        };
-        shared.outbox.push_back(msg);
+        })
+    }
+
+    /// Moves the pending records of the partitions `keys` selects into the
+    /// outbox, as one message.
+    fn seal(&self, shared: &mut Shared, keys: impl Fn(&(Arc<str>, i32)) -> bool) {
+        let batches: Vec<PartitionBatch> = shared
+            .parts
+            .iter_mut()
+            .filter(|(key, _)| keys(key))
+            .filter_map(|(key, part)| self.take(part, key.1))
+            .collect();
+        if !batches.is_empty() {
+            shared.outbox.push_back(SourceMsg::Batch(batches));
+        }
     }
 
     fn seal_all(&self, shared: &mut Shared) {
-        let keys: Vec<(Arc<str>, i32)> = shared.parts.keys().cloned().collect();
-        for key in keys {
-            self.seal(shared, &key);
-        }
+        self.seal(shared, |_| true);
     }
 
     fn part<'a>(&self, shared: &'a mut Shared, topic: &str, partition: i32) -> &'a mut Part {
@@ -303,9 +313,14 @@ impl SourceContext {
     fn on_revoke(&self, consumer: &VigilConsumer, tpl: &TopicPartitionList) {
         let mut shared = self.shared();
         let mut offsets = TopicPartitionList::new();
-        for elem in tpl.elements() {
+        let elements = tpl.elements();
+        self.seal(&mut shared, |(topic, partition)| {
+            elements
+                .iter()
+                .any(|e| e.topic() == topic.as_ref() && e.partition() == *partition)
+        });
+        for elem in &elements {
             let key = (Arc::<str>::from(elem.topic()), elem.partition());
-            self.seal(&mut shared, &key);
             if let Some(part) = shared.parts.get_mut(&key) {
                 part.assigned = false;
                 if let Some(next) = part.next_offset {
@@ -452,6 +467,8 @@ impl ConsumerContext for SourceContext {
 pub struct KafkaSource {
     consumer: Arc<VigilConsumer>,
     batch_size: usize,
+    /// Longest a record waits in a batch that is not full.
+    linger: Duration,
 }
 
 impl KafkaSource {
@@ -505,6 +522,7 @@ impl KafkaSource {
         Ok(KafkaSource {
             consumer: Arc::new(consumer),
             batch_size: config.pipeline.batch_size,
+            linger: config.pipeline.linger.0,
         })
     }
 
@@ -518,11 +536,14 @@ impl KafkaSource {
     pub fn run(&self, ingest: &Ingest, stop: &AtomicBool) {
         let ctx = self.consumer.context();
         let mut last_check = Instant::now();
+        let mut last_seal = Instant::now();
         let mut wait = Duration::ZERO;
         while !stop.load(Ordering::Relaxed) {
             match self.consumer.poll(wait) {
                 Some(Ok(msg)) => {
+                    let started = Instant::now();
                     self.on_message(ctx, ingest, &msg);
+                    ctx.stats.add_stage_time(Stage::Ingest, started.elapsed());
                     wait = Duration::ZERO;
                 }
                 Some(Err(e)) => {
@@ -530,11 +551,15 @@ impl KafkaSource {
                     wait = POLL_WAIT;
                 }
                 None => {
-                    let mut shared = ctx.shared();
-                    ctx.seal_all(&mut shared);
-                    drop(shared);
-                    wait = POLL_WAIT;
+                    // Nothing more to read now: send what is there.
+                    ctx.seal_all(&mut ctx.shared());
+                    last_seal = Instant::now();
+                    wait = POLL_WAIT.min(self.linger);
                 }
+            }
+            if last_seal.elapsed() >= self.linger {
+                ctx.seal_all(&mut ctx.shared());
+                last_seal = Instant::now();
             }
             if last_check.elapsed() >= CAUGHT_UP_EVERY {
                 ctx.update_caught_up();
@@ -552,7 +577,10 @@ impl KafkaSource {
     fn deliver(&self, ctx: &SourceContext) {
         let mut shared = ctx.shared();
         let all_sent = ctx.drain(&mut shared, false);
-        if all_sent == shared.paused {
+        // Pausing makes librdkafka drop what it prefetched: only when the
+        // pipeline stays full, not for a moment's burst.
+        let full = shared.outbox.len() > PAUSE_AFTER;
+        if (all_sent && shared.paused) || (full && !shared.paused) {
             let assignment = self.consumer.assignment().unwrap_or_default();
             let result = if all_sent {
                 self.consumer.resume(&assignment)
@@ -605,7 +633,7 @@ impl KafkaSource {
         part.next_offset = Some(msg.offset() + 1);
         if part.records.len() >= self.batch_size || part.dead.len() >= self.batch_size {
             let key = (Arc::clone(&part.topic), msg.partition());
-            ctx.seal(&mut shared, &key);
+            ctx.seal(&mut shared, |k| *k == key);
         }
     }
 }

@@ -1,0 +1,549 @@
+//! `vigil bench`: the end-to-end benchmark. Generates workloads with the
+//! generator of `vigil gen` and measures, on this machine:
+//!
+//! - `vigil check` (a child process) on files: records per second, time per
+//!   record in each stage, peak memory, for each EVENTS:KEYS size asked;
+//! - `vigil run` through the embedded broker (librdkafka's mock cluster, in
+//!   this process): records per second end to end, the producer kept just
+//!   ahead of vigil (the mock keeps only about 5 MB a partition);
+//! - latency at a fixed rate: from a record's produce time to its
+//!   violation's produce time, for the kinds that fire without waiting
+//!   (regression, gap, conflict), and how long after the watermark passes a
+//!   deadline its missing invalidation is produced.
+//!
+//! The report is one JSON object on stdout; progress goes to stderr.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::ExitStatus;
+use super::run::{Control, open_store, serve};
+use crate::cli::BenchArgs;
+use crate::config::{Config, Dur, KafkaValue};
+use crate::ingest::Stream;
+use crate::telemetry::Stats;
+use crate::time::{Clock, SystemClock};
+use crate::workload::encode::CdcFormat;
+use crate::workload::{self, FaultRates, Generator, Spec};
+
+/// Partitions of the benchmark topics: the mock cluster keeps about 5 MB
+/// a partition.
+const PARTITIONS: i32 = 12;
+/// Records produced ahead of what vigil has read, at most.
+const MAX_BACKLOG: u64 = 100_000;
+/// How long a phase may wait for vigil to catch up.
+const CATCH_UP: Duration = Duration::from_secs(300);
+
+const VIOLATIONS: &str = "vigil.violations";
+const DLQ: &str = "vigil.dlq";
+
+/// Fault rates of the benchmark workloads: the `vigil gen` defaults, with
+/// more entity faults so that latency has samples.
+const FAULTS: FaultRates = FaultRates {
+    missing: 0.01,
+    late: 0.01,
+    stale_fill: 0.01,
+    fill_after_delete: 0.05,
+    regression: 0.01,
+    gap: 0.01,
+    conflict: 0.01,
+    duplicate: 0.01,
+};
+
+#[derive(Debug, Serialize)]
+struct CheckFigures {
+    events: u64,
+    keys: u64,
+    input_bytes: u64,
+    records_per_second: f64,
+    elapsed_seconds: f64,
+    peak_rss_bytes: Option<u64>,
+    stage_ns_per_record: Value,
+    violations: u64,
+    expected_violations: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct KafkaFigures {
+    events: u64,
+    records_per_second: f64,
+    elapsed_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Percentiles {
+    samples: usize,
+    p50_ms: i64,
+    p99_ms: i64,
+    max_ms: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct LatencyFigures {
+    rate: u64,
+    seconds: u64,
+    /// Produce of the record to produce of its violation, for kinds that
+    /// fire at once (regression, gap, conflict).
+    immediate: Option<Percentiles>,
+    /// Produce of a missing invalidation after the watermark passed its
+    /// deadline (deadline + allowed lateness, with live event times).
+    deadline_firing: Option<Percentiles>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    machine: Value,
+    check: Vec<CheckFigures>,
+    kafka: Option<KafkaFigures>,
+    latency: Option<LatencyFigures>,
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<ExitStatus> {
+    let work = args.work.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("vigil-bench-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let mut report = Report {
+        machine: machine(),
+        check: Vec::new(),
+        kafka: None,
+        latency: None,
+    };
+    for size in &args.check {
+        let (events, keys) = parse_size(size)?;
+        report.check.push(bench_check(&work, events, keys)?);
+    }
+    if !args.skip_kafka {
+        report.kafka = Some(bench_kafka(&work, args.kafka_events, args.keys)?);
+        report.latency = Some(bench_latency(
+            &work,
+            args.latency_rate,
+            args.latency_seconds.0,
+            args.keys,
+        )?);
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitStatus::Ok)
+}
+
+fn parse_size(text: &str) -> anyhow::Result<(u64, u64)> {
+    let (e, k) = text
+        .split_once(':')
+        .with_context(|| format!("--check {text:?}: expected EVENTS:KEYS, like 1000000:1000000"))?;
+    let number = |s: &str| -> anyhow::Result<u64> {
+        s.replace('_', "")
+            .parse()
+            .with_context(|| format!("--check {text:?}: {s:?} is not a number"))
+    };
+    Ok((number(e)?, number(k)?))
+}
+
+fn machine() -> Value {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(str::to_string));
+    let model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+        c.lines()
+            .find(|l| l.starts_with("model name"))
+            .map(str::to_string)
+    });
+    serde_json::json!({ "cpus": cpus, "memory": mem, "cpu": model, "vigil": env!("CARGO_PKG_VERSION") })
+}
+
+fn spec(events: u64, keys: u64, rate: u64, start_ms: i64, partitions: i32) -> Spec {
+    Spec {
+        events,
+        keys,
+        tables: 3,
+        rate,
+        format: CdcFormat::Debezium,
+        seed: 7,
+        faults: FAULTS,
+        start_ms,
+        partitions,
+    }
+}
+
+/// `vigil check` in a child process over a generated workload.
+fn bench_check(work: &Path, events: u64, keys: u64) -> anyhow::Result<CheckFigures> {
+    let dir = work.join(format!("check-{events}-{keys}"));
+    std::fs::create_dir_all(&dir)?;
+    eprintln!("vigil bench: generating {events} records over {keys} keys");
+    let mut generator = Generator::new(spec(
+        events,
+        keys,
+        1_000_000,
+        workload::START_MS,
+        workload::PARTITIONS,
+    ));
+    super::generate::write(&mut generator, &dir, false)?;
+    let expected = generator.expected().len() as u64;
+    let input_bytes = ["cdc.ndjson", "cache.ndjson"]
+        .iter()
+        .map(|f| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len()))
+        .sum();
+    eprintln!(
+        "vigil bench: vigil check on {events} records ({} MB)",
+        input_bytes >> 20
+    );
+    let output = std::process::Command::new(std::env::current_exe()?)
+        .arg("check")
+        .arg("--quiet")
+        .arg("--config")
+        .arg(dir.join("vigil.toml"))
+        .arg("--cdc")
+        .arg(dir.join("cdc.ndjson"))
+        .arg("--cache")
+        .arg(dir.join("cache.ndjson"))
+        .arg("--out")
+        .arg(dir.join("out"))
+        .output()
+        .context("running vigil check")?;
+    if !output.status.success() {
+        bail!(
+            "vigil check failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let summary: Value =
+        serde_json::from_slice(&output.stdout).context("reading the summary of vigil check")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let figures = CheckFigures {
+        events,
+        keys,
+        input_bytes,
+        records_per_second: summary["events_per_second"].as_f64().unwrap_or(0.0),
+        elapsed_seconds: summary["elapsed_seconds"].as_f64().unwrap_or(0.0),
+        peak_rss_bytes: summary["peak_rss_bytes"].as_u64(),
+        stage_ns_per_record: summary["stage_ns_per_record"].clone(),
+        violations: summary["violations_total"].as_u64().unwrap_or(0),
+        expected_violations: expected,
+    };
+    eprintln!(
+        "vigil bench: check {events}:{keys}: {:.0} records/s, peak {} MB",
+        figures.records_per_second,
+        figures.peak_rss_bytes.unwrap_or(0) >> 20
+    );
+    if figures.violations != expected {
+        bail!(
+            "vigil check reported {} violations where {expected} were expected",
+            figures.violations
+        );
+    }
+    Ok(figures)
+}
+
+/// An embedded broker with the workload's topics, and a `vigil run`
+/// configuration pointed at it.
+struct Bench {
+    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    config: Config,
+}
+
+impl Bench {
+    fn new(generator: &Generator, state: PathBuf) -> anyhow::Result<Self> {
+        let cluster = MockCluster::new(1).context("starting the embedded broker")?;
+        for topic in generator.topics() {
+            cluster.create_topic(&topic, PARTITIONS, 1)?;
+        }
+        cluster.create_topic(VIOLATIONS, PARTITIONS, 1)?;
+        cluster.create_topic(DLQ, 1, 1)?;
+        let mut config =
+            Config::parse_with_env("vigil bench", &generator.config_toml(), Vec::new())?;
+        config.kafka.insert(
+            "bootstrap.servers".into(),
+            KafkaValue(cluster.bootstrap_servers()),
+        );
+        let (cdc, cache): (Vec<String>, Vec<String>) = generator
+            .topics()
+            .into_iter()
+            .partition(|t| generator.stream_of_topic(t) == Some(Stream::Cdc));
+        config.inputs.cdc_topics = cdc;
+        config.inputs.cache_topics = cache;
+        config.inputs.group_id = "vigil-bench".into();
+        // The mock broker answers a fetch of an empty partition only when
+        // the fetch wait runs out (a real broker answers when data comes):
+        // keep the wait short, or it dominates the latency.
+        config
+            .kafka
+            .insert("fetch.wait.max.ms".into(), KafkaValue("5".into()));
+        config.outputs.violations_topic = VIOLATIONS.into();
+        config.outputs.dlq_topic = DLQ.into();
+        config.metrics.listen = String::new();
+        config.detect.idle_timeout = Dur::from_secs(1);
+        config.state.path = state;
+        config.validate_for_run()?;
+        Ok(Bench { cluster, config })
+    }
+
+    fn bootstrap(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+}
+
+/// Remembers when each record was produced, by its position.
+struct ProduceTimes(Mutex<HashMap<(String, i32, i64), i64>>);
+
+impl ClientContext for ProduceTimes {}
+
+impl ProducerContext for ProduceTimes {
+    type DeliveryOpaque = Box<i64>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, produced_ms: Box<i64>) {
+        if let Ok(msg) = result {
+            let key = (msg.topic().to_string(), msg.partition(), msg.offset());
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, *produced_ms);
+        }
+    }
+}
+
+fn producer(bootstrap: &str) -> anyhow::Result<ThreadedProducer<ProduceTimes>> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create_with_context(ProduceTimes(Mutex::new(HashMap::new())))
+        .context("creating the workload producer")
+}
+
+/// Sends a record stamped with the current time, waiting while the queue is full.
+fn send(
+    producer: &ThreadedProducer<ProduceTimes>,
+    r: &workload::GenRecord,
+    now_ms: i64,
+) -> anyhow::Result<()> {
+    loop {
+        let mut record: BaseRecord<'_, str, str, Box<i64>> =
+            BaseRecord::with_opaque_to(&r.topic, Box::new(now_ms))
+                .partition(r.partition)
+                .timestamp(now_ms);
+        if let Some(k) = &r.key {
+            record = record.key(k.as_str());
+        }
+        if let Some(v) = &r.value {
+            record = record.payload(v.as_str());
+        }
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                _,
+            )) => {
+                let _ = producer.flush(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e).context("producing the workload"),
+        }
+    }
+}
+
+/// Waits until `done` holds, checking every millisecond, for at most `limit`.
+fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::park_timeout(Duration::from_millis(1));
+    }
+    true
+}
+
+/// `vigil run` reading as fast as it can, the producer kept just ahead.
+fn bench_kafka(work: &Path, events: u64, keys: u64) -> anyhow::Result<KafkaFigures> {
+    eprintln!("vigil bench: vigil run through the embedded broker, {events} records");
+    let clock = SystemClock;
+    let mut generator = Generator::new(spec(events, keys, 1_000_000, clock.now_ms(), PARTITIONS));
+    let state = work.join("kafka-state");
+    let bench = Bench::new(&generator, state.clone())?;
+    let store = open_store(&state)?;
+    let stats = Arc::new(Stats::default());
+    let control = Control::default();
+    let producer = producer(&bench.bootstrap())?;
+    let mut produced = 0u64;
+    let mut started = None;
+    let elapsed = std::thread::scope(|s| -> anyhow::Result<Duration> {
+        let pipeline = s.spawn(|| serve(&bench.config, store, Arc::clone(&stats), &control));
+        for record in generator.by_ref() {
+            if !wait_until(CATCH_UP, || {
+                produced.saturating_sub(stats.records_total()) < MAX_BACKLOG
+            }) {
+                bail!(
+                    "vigil did not keep up: {} of {produced} records read",
+                    stats.records_total()
+                );
+            }
+            send(&producer, &record, clock.now_ms())?;
+            started.get_or_insert_with(Instant::now);
+            produced += 1;
+        }
+        producer.flush(CATCH_UP).context("flushing the workload")?;
+        let caught_up = wait_until(CATCH_UP, || stats.records_total() >= produced);
+        let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
+        control.stop.store(true, Ordering::SeqCst);
+        pipeline.join().expect("the pipeline does not panic")?;
+        if !caught_up {
+            bail!("vigil read {} of {produced} records", stats.records_total());
+        }
+        Ok(elapsed)
+    })?;
+    let figures = KafkaFigures {
+        events: produced,
+        records_per_second: produced as f64 / elapsed.as_secs_f64(),
+        elapsed_seconds: elapsed.as_secs_f64(),
+    };
+    eprintln!(
+        "vigil bench: run: {:.0} records/s",
+        figures.records_per_second
+    );
+    Ok(figures)
+}
+
+fn percentiles(mut samples: Vec<i64>) -> Option<Percentiles> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_unstable();
+    let at =
+        |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
+    Some(Percentiles {
+        samples: samples.len(),
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+        max_ms: *samples.last().expect("not empty"),
+    })
+}
+
+/// A live workload at `rate` for `seconds`; latencies read back from the
+/// violations topic.
+fn bench_latency(
+    work: &Path,
+    rate: u64,
+    seconds: Duration,
+    keys: u64,
+) -> anyhow::Result<LatencyFigures> {
+    eprintln!(
+        "vigil bench: latency at {rate} records/s for {}s",
+        seconds.as_secs()
+    );
+    let clock = SystemClock;
+    let start_ms = clock.now_ms() + 5_000;
+    let events = rate * seconds.as_secs().max(1);
+    let mut generator = Generator::new(spec(events, keys, rate, start_ms, PARTITIONS));
+    let state = work.join("latency-state");
+    let bench = Bench::new(&generator, state.clone())?;
+    let lateness = bench.config.detect.allowed_lateness.as_millis_i64();
+    let store = open_store(&state)?;
+    let stats = Arc::new(Stats::default());
+    let control = Control::default();
+    let producer = producer(&bench.bootstrap())?;
+    let last_ts = AtomicI64::new(start_ms);
+    let mut produced = 0u64;
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let pipeline = s.spawn(|| serve(&bench.config, store, Arc::clone(&stats), &control));
+        for record in generator.by_ref() {
+            let wait = record.ts_ms - clock.now_ms();
+            if wait > 0 {
+                std::thread::sleep(Duration::from_millis(wait as u64));
+            }
+            send(&producer, &record, clock.now_ms())?;
+            last_ts.fetch_max(record.ts_ms, Ordering::Relaxed);
+            produced += 1;
+        }
+        producer.flush(CATCH_UP).context("flushing the workload")?;
+        let final_ms =
+            last_ts.load(Ordering::Relaxed) + workload::DEADLINE_MS + workload::LATE_WINDOW_MS;
+        let settled = wait_until(CATCH_UP, || {
+            stats.records_total() >= produced && stats.watermark() > final_ms
+        });
+        control.stop.store(true, Ordering::SeqCst);
+        pipeline.join().expect("the pipeline does not panic")?;
+        if !settled {
+            bail!("the last verdicts did not come in time");
+        }
+        Ok(())
+    })?;
+    let produce_times = std::mem::take(
+        &mut *producer
+            .context()
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
+    let (mut immediate, mut firing) = (Vec::new(), Vec::new());
+    for (produced_at, event) in read_violations(&bench.bootstrap(), stats.violations_total())? {
+        let data = &event["data"];
+        match data["kind"].as_str() {
+            Some("version_regression" | "version_gap" | "conflicting_version") => {
+                let e = &data["evidence"][0];
+                let position = (
+                    e["topic"].as_str().unwrap_or_default().to_string(),
+                    e["partition"].as_i64().unwrap_or(0) as i32,
+                    e["offset"].as_i64().unwrap_or(-1),
+                );
+                if let Some(source) = produce_times.get(&position) {
+                    immediate.push(produced_at - source);
+                }
+            }
+            Some("missing_invalidation") => {
+                let due = crate::formats::parse_rfc3339(event["time"].as_str().unwrap_or_default());
+                if let Some(due) = due {
+                    firing.push(produced_at - (due + lateness));
+                }
+            }
+            _ => {}
+        }
+    }
+    let figures = LatencyFigures {
+        rate,
+        seconds: seconds.as_secs(),
+        immediate: percentiles(immediate),
+        deadline_firing: percentiles(firing),
+    };
+    eprintln!("vigil bench: latency {:?}", figures.immediate);
+    Ok(figures)
+}
+
+/// The violations topic from its beginning: each event with the time it was
+/// produced.
+fn read_violations(bootstrap: &str, expected: u64) -> anyhow::Result<Vec<(i64, Value)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "vigil-bench-reader")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(VIOLATIONS, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut out = Vec::new();
+    let deadline = Instant::now() + CATCH_UP;
+    while (out.len() as u64) < expected && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100))
+            && let (Some(ts), Some(payload)) = (m.timestamp().to_millis(), m.payload())
+        {
+            out.push((ts, serde_json::from_slice(payload)?));
+        }
+    }
+    Ok(out)
+}
