@@ -15,7 +15,7 @@ mod json;
 mod kcat;
 mod maxwell;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod timestamp;
 
 use std::borrow::Cow;

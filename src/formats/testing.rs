@@ -7,9 +7,12 @@ use serde_json::value::RawValue;
 use super::{DecodedCdc, RawChange, Row, Skip, decode_cdc};
 use crate::dead_letter::Reason;
 
-/// The text of a file under `tests/data`.
+/// The text of a file under `tests/data`. The crate's directory is read when
+/// the test runs (cargo and nextest set it), so a test binary built from
+/// another checkout sharing the target directory still finds its data.
 pub(crate) fn data_file(path: &str) -> String {
-    let full = format!("{}/tests/data/{path}", env!("CARGO_MANIFEST_DIR"));
+    let root = std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo or nextest");
+    let full = format!("{root}/tests/data/{path}");
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
 }
 

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::*;
+use crate::formats::testing::data_file;
 use crate::formats::{DecodedCdc, decode_cdc, decode_key};
 
 // ---------------------------------------------------------------------------
@@ -118,11 +119,8 @@ struct Sample<'a> {
 /// The value and key texts of line `index` of a sample file (the key is
 /// `None` when the sample has none).
 fn sample(name: &str, index: usize) -> (String, Option<String>) {
-    let path = format!(
-        "{}/tests/data/samples/{name}.ndjson",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let path = format!("samples/{name}.ndjson");
+    let text = data_file(&path);
     let line = text
         .lines()
         .nth(index)

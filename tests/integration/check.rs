@@ -398,7 +398,8 @@ fn empty_inputs_make_an_empty_run() {
 /// Every sample message (copied from the tools' documentation and test
 /// fixtures), with its Kafka key, as a `kcat -J` line.
 fn samples_as_kcat(dir: &Path) -> PathBuf {
-    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/samples");
+    let samples = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo or nextest"))
+        .join("tests/data/samples");
     let mut lines = Vec::new();
     let mut files: Vec<_> = fs::read_dir(&samples)
         .unwrap()
