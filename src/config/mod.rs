@@ -615,6 +615,13 @@ mod tests {
     }
 
     #[test]
+    fn the_container_configuration_is_valid_for_run() {
+        let config = parse(include_str!("../../docker/vigil.toml")).unwrap();
+        config.validate().unwrap();
+        config.validate_for_run().unwrap();
+    }
+
+    #[test]
     fn unknown_fields_are_named() {
         let err = parse("[detect]\ndedline = \"3s\"\n")
             .unwrap_err()
