@@ -311,6 +311,20 @@ pub struct GenArgs {
     /// Seed of the random generator: the same seed gives the same files.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+
+    /// Inject an invalidation storm of every kind (global, prefix, service,
+    /// hot key, bulk, wildcard): after 90 s of normal traffic, 20 s each,
+    /// one a minute. They are written to expected-storms.ndjson, and the
+    /// workload lasts until the last one is over (about 7.5 minutes of event
+    /// time) whatever --events says. Needs at least 500 normal
+    /// invalidations/s (--rate 1000 or more) and 3 tables.
+    #[arg(long)]
+    pub storms: bool,
+
+    /// Vary the normal traffic by +-50% over ten minutes, with three 3x
+    /// bursts of two seconds each: traffic that must raise no storm.
+    #[arg(long)]
+    pub bursts: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,11 +1,12 @@
-//! Output events: violations, and their CloudEvents 1.0 structured JSON form
-//! (DESIGN.md section 7).
+//! Output events: violations, and the CloudEvents 1.0 structured JSON form
+//! of violations and storm events (DESIGN.md section 7).
 
 use std::sync::Arc;
 
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
+use crate::detect::storm::StormEvent;
 use crate::model::{Millis, Op, Provenance, Version};
 
 /// The seven kinds of DESIGN.md section 4.
@@ -230,31 +231,117 @@ impl Violation {
 
     /// The CloudEvents 1.0 structured JSON form, one line.
     pub fn to_cloudevent(&self, source: &str) -> String {
-        #[derive(Serialize)]
-        struct Envelope<'a> {
-            specversion: &'static str,
-            id: &'a str,
-            source: &'a str,
-            #[serde(rename = "type")]
-            kind: String,
-            time: String,
-            subject: String,
-            datacontenttype: &'static str,
-            data: Data<'a>,
-        }
-        let envelope = Envelope {
-            specversion: "1.0",
-            id: &self.id,
+        cloudevent(
+            &self.id,
             source,
-            kind: self.event_type(),
-            time: rfc3339_ms(self.time_ms),
-            subject: self.subject(),
-            datacontenttype: "application/json",
-            data: Data(self),
-        };
-        serde_json::to_string(&envelope)
-            .expect("violations always serialize: the pk was checked to be JSON")
+            self.event_type(),
+            self.time_ms,
+            self.subject(),
+            &Data(self),
+        )
+        .expect("violations always serialize: the pk was checked to be JSON")
     }
+}
+
+impl StormEvent {
+    /// The CloudEvents `type`: `vigil.storm.started|updated|ended`.
+    pub fn event_type(&self) -> String {
+        format!("vigil.storm.{}", self.phase.as_str())
+    }
+
+    /// The CloudEvents `subject` and Kafka key: `scope_type:scope`.
+    pub fn subject(&self) -> String {
+        format!("{}:{}", self.scope_type.as_str(), self.scope)
+    }
+
+    /// The CloudEvents 1.0 structured JSON form, one line.
+    pub fn to_cloudevent(&self, source: &str) -> String {
+        #[derive(Serialize)]
+        struct Counted<'a> {
+            name: &'a str,
+            count: u64,
+        }
+        #[derive(Serialize)]
+        struct StormData<'a> {
+            scope_type: &'static str,
+            scope: &'a str,
+            phase: &'static str,
+            start: String,
+            duration_ms: i64,
+            rate: f64,
+            peak: f64,
+            baseline: f64,
+            threshold: f64,
+            count: u64,
+            top_keys: Vec<Counted<'a>>,
+            top_services: Vec<Counted<'a>>,
+        }
+        fn counted(list: &[(String, u64)]) -> Vec<Counted<'_>> {
+            list.iter()
+                .map(|(name, count)| Counted {
+                    name,
+                    count: *count,
+                })
+                .collect()
+        }
+        let data = StormData {
+            scope_type: self.scope_type.as_str(),
+            scope: &self.scope,
+            phase: self.phase.as_str(),
+            start: rfc3339_ms(self.start_ms),
+            duration_ms: self.duration_ms,
+            rate: self.rate,
+            peak: self.peak,
+            // Averages: two decimals say enough.
+            baseline: (self.baseline * 100.0).round() / 100.0,
+            threshold: (self.threshold * 100.0).round() / 100.0,
+            count: self.count,
+            top_keys: counted(&self.top_keys),
+            top_services: counted(&self.top_services),
+        };
+        cloudevent(
+            &self.id,
+            source,
+            self.event_type(),
+            self.time_ms,
+            self.subject(),
+            &data,
+        )
+        .expect("storm events always serialize")
+    }
+}
+
+/// A CloudEvents 1.0 structured JSON object, one line.
+fn cloudevent(
+    id: &str,
+    source: &str,
+    kind: String,
+    time_ms: Millis,
+    subject: String,
+    data: &impl Serialize,
+) -> serde_json::Result<String> {
+    #[derive(Serialize)]
+    struct Envelope<'a, D> {
+        specversion: &'static str,
+        id: &'a str,
+        source: &'a str,
+        #[serde(rename = "type")]
+        kind: String,
+        time: String,
+        subject: String,
+        datacontenttype: &'static str,
+        data: &'a D,
+    }
+    serde_json::to_string(&Envelope {
+        specversion: "1.0",
+        id,
+        source,
+        kind,
+        time: rfc3339_ms(time_ms),
+        subject,
+        datacontenttype: "application/json",
+        data,
+    })
 }
 
 /// Content type of every output record (Kafka header `content-type`).

@@ -75,6 +75,15 @@ pub fn fill(key: &str, ts_ms: Millis, version: Option<u64>, source_service: Opti
     f.0.digest()
 }
 
+/// Identity of a storm report: when the storm started and the report's time.
+pub fn storm(start_ms: Millis, time_ms: Millis) -> u64 {
+    Fields::new("storm")
+        .u64(start_ms as u64)
+        .u64(time_ms as u64)
+        .0
+        .digest()
+}
+
 /// The shard of a cache key or entity among `n` workers.
 pub fn shard_of_key(key: &str, n: usize) -> usize {
     (xxh3_64(key.as_bytes()) % n as u64) as usize

@@ -16,6 +16,7 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 use serde::Serialize;
 
 use crate::dead_letter::Reason;
+use crate::detect::storm::{Phase, ScopeType};
 use crate::events::ViolationKind;
 use crate::formats::Skip;
 use crate::model::Op;
@@ -116,6 +117,12 @@ pub struct Stats {
     late_records: AtomicU64,
     expired_missed: AtomicU64,
     key_history_evictions: AtomicU64,
+    /// Storm events per scope type and phase.
+    storm_events: [[AtomicU64; Phase::ALL.len()]; ScopeType::ALL.len()],
+    /// Per scope type: invalidations in the last second of its busiest
+    /// scope, and storms in progress (gauges).
+    storm_rates: [AtomicU64; ScopeType::ALL.len()],
+    active_storms: [AtomicU64; ScopeType::ALL.len()],
     tables: Mutex<BTreeMap<String, TableTally>>,
     /// Per table, decided and in-time changes in 10-second buckets of wall
     /// time over the last 10 minutes.
@@ -154,6 +161,9 @@ impl Default for Stats {
             late_records: AtomicU64::default(),
             expired_missed: AtomicU64::default(),
             key_history_evictions: AtomicU64::default(),
+            storm_events: Default::default(),
+            storm_rates: Default::default(),
+            active_storms: Default::default(),
             tables: Mutex::default(),
             windows: Mutex::default(),
             invalidation_lag_ms: Histogram::default(),
@@ -181,10 +191,18 @@ pub enum Stage {
     Detect,
     /// Writing outputs and committing state (sink).
     Commit,
+    /// Storm detection (storm stage).
+    Storms,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [Stage::Ingest, Stage::Route, Stage::Detect, Stage::Commit];
+    pub const ALL: [Stage; 5] = [
+        Stage::Ingest,
+        Stage::Route,
+        Stage::Detect,
+        Stage::Commit,
+        Stage::Storms,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -192,6 +210,7 @@ impl Stage {
             Stage::Route => "route",
             Stage::Detect => "detect",
             Stage::Commit => "commit",
+            Stage::Storms => "storms",
         }
     }
 }
@@ -215,6 +234,9 @@ pub mod names {
     pub const STATE_SIZE: &str = "vigil_state_size_keys";
     pub const PRODUCER_QUEUE: &str = "vigil_producer_queue_records";
     pub const CONSUMER_LAG: &str = "vigil_consumer_lag_records";
+    pub const INVALIDATION_RATE: &str = "vigil_invalidations_per_second";
+    pub const ACTIVE_STORMS: &str = "vigil_active_storms";
+    pub const STORMS_STARTED: &str = "vigil_storms_started_total";
 }
 
 /// Length of a bucket of the in-time windows.
@@ -297,6 +319,30 @@ impl Stats {
 
     pub fn add_key_history_evictions(&self, n: u64) {
         bump(&self.key_history_evictions, n);
+    }
+
+    pub fn add_storm_event(&self, scope: ScopeType, phase: Phase) {
+        bump(&self.storm_events[scope as usize][phase as usize], 1);
+    }
+
+    /// Per scope type (in the order of [`ScopeType::ALL`]): the invalidations
+    /// of its busiest scope in the last second judged, and its storms in
+    /// progress.
+    pub fn set_storm_gauges(&self, rates: [u64; 6], active: [usize; 6]) {
+        for t in ScopeType::ALL {
+            let i = t as usize;
+            self.storm_rates[i].store(rates[i], Ordering::Relaxed);
+            self.active_storms[i].store(active[i] as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub fn storm_events_of(&self, scope: ScopeType, phase: Phase) -> u64 {
+        read(&self.storm_events[scope as usize][phase as usize])
+    }
+
+    /// Storms in progress, over every scope type.
+    pub fn active_storms_total(&self) -> u64 {
+        self.active_storms.iter().map(read).sum()
     }
 
     /// Adds per-table outcomes decided by a worker.
@@ -452,6 +498,18 @@ impl Stats {
             late_records: read(&self.late_records),
             expired_missed: read(&self.expired_missed),
             key_history_evictions: read(&self.key_history_evictions),
+            storms: ScopeType::ALL
+                .iter()
+                .filter_map(|t| {
+                    let phases = nonzero(
+                        Phase::ALL
+                            .iter()
+                            .map(|p| (p.as_str(), self.storm_events_of(*t, *p)))
+                            .collect(),
+                    );
+                    (!phases.is_empty()).then_some((t.as_str(), phases))
+                })
+                .collect(),
             tables: lock(&self.tables).clone(),
             invalidation_lag_ms: LagSummary {
                 p50: self.invalidation_lag_ms.quantile_bound(0.5),
@@ -499,6 +557,8 @@ pub struct StatsSnapshot {
     pub late_records: u64,
     pub expired_missed: u64,
     pub key_history_evictions: u64,
+    /// Storm events by scope type and phase.
+    pub storms: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
     pub tables: BTreeMap<String, TableTally>,
     pub invalidation_lag_ms: LagSummary,
 }
@@ -558,6 +618,16 @@ pub fn publish(stats: &Stats, now_ms: i64) {
         counter!(names::VIOLATIONS, "kind" => kind.as_str()).absolute(stats.violations_of(kind));
     }
     counter!(names::LATE_RECORDS).absolute(s.late_records);
+    for t in ScopeType::ALL {
+        let i = t as usize;
+        let scope_type = t.as_str();
+        counter!(names::STORMS_STARTED, "scope_type" => scope_type)
+            .absolute(stats.storm_events_of(t, Phase::Started));
+        gauge!(names::INVALIDATION_RATE, "scope_type" => scope_type)
+            .set(read(&stats.storm_rates[i]) as f64);
+        gauge!(names::ACTIVE_STORMS, "scope_type" => scope_type)
+            .set(read(&stats.active_storms[i]) as f64);
+    }
     counter!(names::CHECKPOINTS).absolute(read(&stats.checkpoints));
     for table in s.tables.keys() {
         for minutes in WINDOWS_MIN {

@@ -74,6 +74,8 @@ pub struct Config {
     pub processing: ProcessingConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub storms: StormsConfig,
 }
 
 /// A librdkafka property value: TOML strings, numbers and booleans are all
@@ -293,6 +295,8 @@ pub struct OutputsConfig {
     pub violations_topic: String,
     /// Dead-letter topic (`vigil run`). Default `"vigil.dlq"`.
     pub dlq_topic: String,
+    /// Topic of storm events (`vigil run`). Default `"vigil.storms"`.
+    pub storms_topic: String,
     /// Changelog of the state, one partition per input partition number
     /// (with `inputs.co_partitioned`; create it compacted, with as many
     /// partitions as the inputs). Default `"vigil.changelog"`.
@@ -305,6 +309,7 @@ impl Default for OutputsConfig {
             source: "/vigil".into(),
             violations_topic: "vigil.violations".into(),
             dlq_topic: "vigil.dlq".into(),
+            storms_topic: "vigil.storms".into(),
             changelog_topic: "vigil.changelog".into(),
         }
     }
@@ -352,6 +357,197 @@ impl Default for MetricsConfig {
         MetricsConfig {
             listen: "127.0.0.1:9464".into(),
         }
+    }
+}
+
+/// `[storms]`: invalidation-storm detection (DESIGN.md section 5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StormsConfig {
+    /// Detect storms at all. Default `true`.
+    pub enabled: bool,
+    /// Event time during which baselines learn and relative thresholds wait
+    /// (static thresholds apply at once). Default `"60s"`.
+    pub warmup: Dur,
+    /// Half-life of the baselines: how slowly they adapt. Default `"30m"`.
+    pub baseline_half_life: Dur,
+    /// Least event time between two `vigil.storm.updated` of one storm.
+    /// Default `"5s"`.
+    pub update_every: Dur,
+    /// An invalidation event with at least this many keys is a bulk event.
+    /// Default `20`.
+    pub bulk_min_keys: usize,
+    /// Regular expressions whose first capture group is a key's prefix,
+    /// tried in order; a key that none matches has the part before its first
+    /// `:` as prefix. Default: none.
+    pub prefix_patterns: Vec<PrefixPattern>,
+    /// Prefixes, services and hot keys followed at once, per scope type.
+    /// Default `256`.
+    pub max_tracked: usize,
+    /// Thresholds of each scope type; a section may give only some fields,
+    /// the others keep that scope type's defaults.
+    #[serde(deserialize_with = "thresholds_over::<_, 0>")]
+    pub global: ScopeThresholds,
+    #[serde(deserialize_with = "thresholds_over::<_, 1>")]
+    pub prefix: ScopeThresholds,
+    #[serde(deserialize_with = "thresholds_over::<_, 2>")]
+    pub service: ScopeThresholds,
+    #[serde(deserialize_with = "thresholds_over::<_, 3>")]
+    pub hot_key: ScopeThresholds,
+    #[serde(deserialize_with = "thresholds_over::<_, 4>")]
+    pub bulk: ScopeThresholds,
+    #[serde(deserialize_with = "thresholds_over::<_, 5>")]
+    pub wildcard: ScopeThresholds,
+}
+
+/// The thresholds of one scope type. A storm starts when the scope's average
+/// rate over `for` exceeds `rate` or `factor` times its baseline (but at
+/// least `min_rate`), and ends once its rate has stayed below `end_factor`
+/// times that starting threshold for `hold`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeThresholds {
+    /// Static threshold, invalidations per second; 0 turns it off.
+    pub rate: f64,
+    /// Relative threshold, a multiple of the baseline; 0 turns it off.
+    pub factor: f64,
+    /// Floor of the relative threshold, invalidations per second.
+    pub min_rate: f64,
+    /// How long the rate must stay above a threshold.
+    #[serde(rename = "for")]
+    pub sustain: Dur,
+    /// Fraction of the starting threshold below which a storm calms down.
+    pub end_factor: f64,
+    /// How long a storm must stay calm to end.
+    pub hold: Dur,
+}
+
+/// Defaults of `[storms.global|prefix|service|hot_key|bulk|wildcard]`, in
+/// that order.
+const STORM_THRESHOLDS: [ScopeThresholds; 6] = {
+    const RELATIVE: ScopeThresholds = ScopeThresholds {
+        rate: 0.0,
+        factor: 5.0,
+        min_rate: 100.0,
+        sustain: Dur::from_secs(3),
+        end_factor: 0.8,
+        hold: Dur::from_secs(10),
+    };
+    [
+        RELATIVE,
+        RELATIVE,
+        RELATIVE,
+        ScopeThresholds {
+            rate: 20.0,
+            factor: 0.0,
+            min_rate: 0.0,
+            ..RELATIVE
+        },
+        ScopeThresholds {
+            rate: 1_000.0,
+            min_rate: 1_000.0,
+            sustain: Dur::from_secs(1),
+            ..RELATIVE
+        },
+        ScopeThresholds {
+            min_rate: 10.0,
+            ..RELATIVE
+        },
+    ]
+};
+
+/// Some fields of a [`ScopeThresholds`] section.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartialThresholds {
+    rate: Option<f64>,
+    factor: Option<f64>,
+    min_rate: Option<f64>,
+    #[serde(rename = "for")]
+    sustain: Option<Dur>,
+    end_factor: Option<f64>,
+    hold: Option<Dur>,
+}
+
+/// Reads a thresholds section over the defaults of scope type `T`.
+fn thresholds_over<'de, D: serde::Deserializer<'de>, const T: usize>(
+    d: D,
+) -> Result<ScopeThresholds, D::Error> {
+    let p = PartialThresholds::deserialize(d)?;
+    let base = STORM_THRESHOLDS[T];
+    Ok(ScopeThresholds {
+        rate: p.rate.unwrap_or(base.rate),
+        factor: p.factor.unwrap_or(base.factor),
+        min_rate: p.min_rate.unwrap_or(base.min_rate),
+        sustain: p.sustain.unwrap_or(base.sustain),
+        end_factor: p.end_factor.unwrap_or(base.end_factor),
+        hold: p.hold.unwrap_or(base.hold),
+    })
+}
+
+impl Default for StormsConfig {
+    fn default() -> Self {
+        let [global, prefix, service, hot_key, bulk, wildcard] = STORM_THRESHOLDS;
+        StormsConfig {
+            enabled: true,
+            warmup: Dur::from_secs(60),
+            baseline_half_life: Dur::from_secs(30 * 60),
+            update_every: Dur::from_secs(5),
+            bulk_min_keys: 20,
+            prefix_patterns: Vec::new(),
+            max_tracked: 256,
+            global,
+            prefix,
+            service,
+            hot_key,
+            bulk,
+            wildcard,
+        }
+    }
+}
+
+impl StormsConfig {
+    /// The sections of every scope type, with their names.
+    pub fn sections(&self) -> [(&'static str, &ScopeThresholds); 6] {
+        [
+            ("global", &self.global),
+            ("prefix", &self.prefix),
+            ("service", &self.service),
+            ("hot_key", &self.hot_key),
+            ("bulk", &self.bulk),
+            ("wildcard", &self.wildcard),
+        ]
+    }
+}
+
+/// A key-prefix pattern: a regular expression with a capture group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PrefixPattern(pub regex::Regex);
+
+impl TryFrom<String> for PrefixPattern {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let re = regex::Regex::new(&text).map_err(|e| format!("invalid pattern {text:?}: {e}"))?;
+        if re.captures_len() < 2 {
+            return Err(format!(
+                "pattern {text:?} has no capture group; the first group is the prefix, like \"^([a-z]+)/\""
+            ));
+        }
+        Ok(PrefixPattern(re))
+    }
+}
+
+impl From<PrefixPattern> for String {
+    fn from(p: PrefixPattern) -> String {
+        p.0.as_str().to_string()
+    }
+}
+
+impl PartialEq for PrefixPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
     }
 }
 
@@ -496,6 +692,7 @@ impl Config {
         if self.pipeline.queue_batches == 0 {
             return Err(invalid("pipeline.queue_batches", "must be at least 1"));
         }
+        self.validate_storms()?;
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(
                 "metrics.listen",
@@ -504,6 +701,53 @@ impl Config {
                     self.metrics.listen
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_storms(&self) -> Result<(), ConfigError> {
+        let s = &self.storms;
+        if s.baseline_half_life.0 < std::time::Duration::from_secs(1) {
+            return Err(invalid("storms.baseline_half_life", "must be at least 1s"));
+        }
+        if s.bulk_min_keys < 2 {
+            return Err(invalid("storms.bulk_min_keys", "must be at least 2"));
+        }
+        if s.max_tracked == 0 {
+            return Err(invalid("storms.max_tracked", "must be at least 1"));
+        }
+        for (name, t) in s.sections() {
+            let at = |field: &str| format!("storms.{name}.{field}");
+            for (field, v) in [
+                ("rate", t.rate),
+                ("factor", t.factor),
+                ("min_rate", t.min_rate),
+            ] {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(invalid(at(field), format!("({v}) must be a number >= 0")));
+                }
+            }
+            if t.rate == 0.0 && t.factor == 0.0 {
+                return Err(invalid(
+                    at("rate"),
+                    "rate and factor are both 0: set one (or storms.enabled = false)",
+                ));
+            }
+            if t.sustain.0 < std::time::Duration::from_secs(1) {
+                return Err(invalid(
+                    at("for"),
+                    "must be at least 1s (rates are per second)",
+                ));
+            }
+            if t.hold.0 < std::time::Duration::from_secs(1) {
+                return Err(invalid(at("hold"), "must be at least 1s"));
+            }
+            if !(t.end_factor > 0.0 && t.end_factor <= 1.0) {
+                return Err(invalid(
+                    at("end_factor"),
+                    format!("({}) must be in (0, 1]", t.end_factor),
+                ));
+            }
         }
         Ok(())
     }
@@ -526,6 +770,7 @@ impl Config {
         for (field, topic) in [
             ("outputs.violations_topic", &self.outputs.violations_topic),
             ("outputs.dlq_topic", &self.outputs.dlq_topic),
+            ("outputs.storms_topic", &self.outputs.storms_topic),
             ("outputs.changelog_topic", &self.outputs.changelog_topic),
         ] {
             if topic.is_empty() {

@@ -3,7 +3,11 @@
 //!
 //! - [`entity`]: version regressions, gaps and conflicts of one row;
 //! - [`key`]: missing and late invalidations, stale fills, fills after a
-//!   delete, for one cache key.
+//!   delete, for one cache key;
+//! - [`storm`]: invalidation storms by scope, in fixed memory thanks to
+//!   [`sketch`].
 
 pub mod entity;
 pub mod key;
+pub mod sketch;
+pub mod storm;

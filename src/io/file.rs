@@ -5,16 +5,17 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
 use crate::dead_letter::{DeadLetter, KEPT_PREFIX_BYTES, KafkaRecord, Origin, Reason, RecordError};
+use crate::detect::storm::StormEvent;
 use crate::events::Violation;
 use crate::formats::{self, KcatRecord};
 use crate::ingest::{Ingest, RawInput, Record, Stream};
-use crate::model::Provenance;
+use crate::model::{Millis, Provenance};
 use crate::pipeline::{OutputError, Outputs, PartitionBatch, Position, SourceMsg};
 use crate::telemetry::{Stage, Stats};
 
@@ -131,6 +132,70 @@ pub struct ReadOptions<'a> {
     pub stats: &'a Stats,
     pub max_record_bytes: usize,
     pub batch_size: usize,
+    pub alignment: &'a Alignment,
+}
+
+/// Keeps the readers of several files within a window of event time of
+/// each other. The watermark is the minimum over the files, so a reader far
+/// ahead would only fill memory with records waiting for it, and storm
+/// detection (which counts each second once the watermark has passed it)
+/// would see a different split of traffic on every run. Aligned, a file run
+/// is deterministic and its memory bounded.
+pub struct Alignment {
+    window_ms: Millis,
+    /// Per reader, the highest event time it has sent ([`Millis::MAX`] once
+    /// it has finished).
+    progress: Mutex<Vec<Millis>>,
+    moved: Condvar,
+}
+
+/// How often a waiting reader looks again, whatever it was told.
+const ALIGNMENT_POLL: Duration = Duration::from_millis(100);
+
+impl Alignment {
+    pub fn new(readers: usize, window_ms: Millis) -> Self {
+        Alignment {
+            window_ms,
+            progress: Mutex::new(vec![Millis::MIN; readers]),
+            moved: Condvar::new(),
+        }
+    }
+
+    /// Reader `reader` is about to send records up to event time `ts`:
+    /// records its progress and waits while it is more than the window
+    /// ahead of the slowest reader still reading.
+    fn advance(&self, reader: usize, ts: Millis) {
+        let mut progress = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        progress[reader] = progress[reader].max(ts);
+        self.moved.notify_all();
+        loop {
+            let slowest = progress.iter().copied().min().unwrap_or(Millis::MAX);
+            if progress[reader] <= slowest.saturating_add(self.window_ms) {
+                return;
+            }
+            progress = self
+                .moved
+                .wait_timeout(progress, ALIGNMENT_POLL)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Reader `reader` has finished (or stopped): it holds no one back.
+    fn finish(&self, reader: usize) {
+        let mut progress = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        progress[reader] = Millis::MAX;
+        self.moved.notify_all();
+    }
+}
+
+/// Finishes a reader's alignment however it returns.
+struct Finished<'a>(&'a Alignment, usize);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.finish(self.1);
+    }
 }
 
 /// Reads one file into the pipeline as watermark partition `partition`,
@@ -146,6 +211,7 @@ pub fn read_file(
         path: input.path.clone(),
         source,
     };
+    let _finished = Finished(opts.alignment, partition);
     let file = File::open(&input.path).map_err(file_err)?;
     let mut reader = LineReader::new(
         BufReader::with_capacity(1 << 20, file),
@@ -210,6 +276,9 @@ pub fn read_file(
         if records.len() >= opts.batch_size || dead.len() >= opts.batch_size {
             opts.stats.add_records(&name, std::mem::take(&mut read));
             opts.stats.add_stage_time(Stage::Ingest, started.elapsed());
+            if let Some(ts) = records.iter().map(Record::event_time).max() {
+                opts.alignment.advance(partition, ts);
+            }
             if !send_batch(tx, partition, &mut records, &mut dead, &name, line_no) {
                 return Ok(());
             }
@@ -344,17 +413,18 @@ pub fn kcat_line(
     .to_string()
 }
 
-/// `violations.ndjson` (CloudEvents, one a line) and `dlq.ndjson` in a
-/// directory.
+/// `violations.ndjson` and `storms.ndjson` (CloudEvents, one a line) and
+/// `dlq.ndjson` in a directory.
 pub struct FileOutputs {
     violations: BufWriter<File>,
+    storms: BufWriter<File>,
     dlq: BufWriter<File>,
     source: String,
     dir: PathBuf,
 }
 
 impl FileOutputs {
-    /// Creates (truncating) the two files in `dir`.
+    /// Creates (truncating) the three files in `dir`.
     pub fn create(dir: &Path, source: &str) -> Result<Self, OutputError> {
         let open = |name: &str| {
             let path = dir.join(name);
@@ -367,6 +437,7 @@ impl FileOutputs {
         };
         Ok(FileOutputs {
             violations: open("violations.ndjson")?,
+            storms: open("storms.ndjson")?,
             dlq: open("dlq.ndjson")?,
             source: source.to_string(),
             dir: dir.to_path_buf(),
@@ -387,6 +458,11 @@ impl Outputs for FileOutputs {
         writeln!(self.violations, "{line}").map_err(|e| self.io_err("violations.ndjson", e))
     }
 
+    fn storm(&mut self, e: &StormEvent) -> Result<(), OutputError> {
+        let line = e.to_cloudevent(&self.source);
+        writeln!(self.storms, "{line}").map_err(|e| self.io_err("storms.ndjson", e))
+    }
+
     fn dead_letter(&mut self, d: &DeadLetter) -> Result<(), OutputError> {
         let line = d.to_file_json().to_string();
         writeln!(self.dlq, "{line}").map_err(|e| self.io_err("dlq.ndjson", e))
@@ -396,6 +472,9 @@ impl Outputs for FileOutputs {
         self.violations
             .flush()
             .map_err(|e| self.io_err("violations.ndjson", e))?;
+        self.storms
+            .flush()
+            .map_err(|e| self.io_err("storms.ndjson", e))?;
         self.dlq.flush().map_err(|e| self.io_err("dlq.ndjson", e))
     }
 }
@@ -414,6 +493,41 @@ mod tests {
             });
         }
         out
+    }
+
+    #[test]
+    fn a_reader_ahead_of_the_window_waits_for_the_slowest_or_its_end() {
+        let align = Alignment::new(2, 30_000);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let quiet = |what: &str| {
+            assert!(
+                rx.recv_timeout(Duration::from_millis(300)).is_err(),
+                "{what}"
+            );
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                align.advance(0, 100_000);
+                tx.send("within the window").unwrap();
+                align.advance(0, 200_000);
+                tx.send("the other reader finished").unwrap();
+            });
+            quiet("reader 1 has sent nothing yet: reader 0 waits");
+            // The slowest reader never waits.
+            align.advance(1, 50_000);
+            quiet("50 s behind is more than the window");
+            align.advance(1, 75_000);
+            assert_eq!(
+                rx.recv_timeout(Duration::from_secs(10)),
+                Ok("within the window")
+            );
+            quiet("reader 0 is 125 s ahead again");
+            align.finish(1);
+            assert_eq!(
+                rx.recv_timeout(Duration::from_secs(10)),
+                Ok("the other reader finished")
+            );
+        });
     }
 
     #[test]

@@ -37,6 +37,7 @@ use crate::ingest::Stream;
 use crate::telemetry::Stats;
 use crate::time::{Clock, SystemClock};
 use crate::workload::encode::CdcFormat;
+use crate::workload::storms::Traffic;
 use crate::workload::{self, FaultRates, Generator, Spec};
 
 /// Partitions of the benchmark topics: the mock cluster keeps about 5 MB
@@ -176,6 +177,8 @@ fn spec(events: u64, keys: u64, rate: u64, start_ms: i64, partitions: i32) -> Sp
         faults: FAULTS,
         start_ms,
         partitions,
+        traffic: Traffic::Steady,
+        storms: None,
     }
 }
 

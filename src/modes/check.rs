@@ -11,7 +11,7 @@ use super::{ExitStatus, UsageError};
 use crate::cli::CheckArgs;
 use crate::config::Config;
 use crate::ingest::{Ingest, Stream};
-use crate::io::file::{FileInput, FileOutputs, ReadOptions, read_file};
+use crate::io::file::{Alignment, FileInput, FileOutputs, ReadOptions, read_file};
 use crate::pipeline::{Engine, EngineOptions};
 use crate::state::RocksStore;
 use crate::telemetry::{Stats, StatsSnapshot};
@@ -19,6 +19,8 @@ use crate::time::SystemClock;
 
 /// How often progress is printed on long runs.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How far (event time) one input file may be read ahead of the slowest.
+const ALIGNMENT_WINDOW_MS: i64 = 30_000;
 
 /// The summary printed on stdout.
 #[derive(Debug, Serialize)]
@@ -120,11 +122,13 @@ pub fn check(
     let ingest = Ingest::new(config, Arc::clone(&stats));
     let options = EngineOptions::from_config(config, true);
     let outputs = FileOutputs::create(out, &config.outputs.source)?;
+    let alignment = Alignment::new(inputs.len(), ALIGNMENT_WINDOW_MS);
     let read_opts = ReadOptions {
         ingest: &ingest,
         stats: &stats,
         max_record_bytes: usize::try_from(config.inputs.max_record_bytes.0).unwrap_or(usize::MAX),
         batch_size: options.batch_size,
+        alignment: &alignment,
     };
     let (tx, rx) = crossbeam_channel::bounded(options.queue_batches * inputs.len());
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);

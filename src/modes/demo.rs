@@ -2,7 +2,8 @@
 //! Kafka-protocol broker (librdkafka's mock cluster), a live synthetic
 //! workload with injected faults streamed into it, the real `vigil run`
 //! pipeline consuming it, a line of figures a second, and at the end the
-//! injected faults against the violations detected, per kind.
+//! injected faults against the violations detected, per kind, and the
+//! injected invalidation storms against the storms reported.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,11 +19,13 @@ use super::ExitStatus;
 use super::run::{Control, open_store, serve};
 use crate::cli::DemoArgs;
 use crate::config::{Config, KafkaValue};
+use crate::detect::storm::{Phase, ScopeType};
 use crate::events::ViolationKind;
 use crate::ingest::Stream;
 use crate::telemetry::Stats;
 use crate::time::{Clock, SystemClock};
 use crate::workload::encode::CdcFormat;
+use crate::workload::storms::{ExpectedStorm, StormSchedule, Traffic};
 use crate::workload::{self, FaultRates, GenRecord, Generator, Spec};
 
 /// Fault rates of the demo: high enough to see every kind in 30 seconds.
@@ -42,6 +45,23 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 const VIOLATIONS_TOPIC: &str = "vigil.violations";
 const DLQ_TOPIC: &str = "vigil.dlq";
+const STORMS_TOPIC: &str = "vigil.storms";
+
+/// The storms of a demo lasting `duration_ms`: a hot key, a runaway service
+/// and bulk invalidations, 5 s each from 8 s on, as many as fit.
+fn demo_storms(duration_ms: i64) -> Option<StormSchedule> {
+    let mut schedule = StormSchedule {
+        warmup_ms: 8_000,
+        length_ms: 5_000,
+        every_ms: 7_000,
+        kinds: vec![ScopeType::HotKey, ScopeType::Service, ScopeType::Bulk],
+        settle_ms: 0,
+    };
+    while !schedule.kinds.is_empty() && schedule.span_ms() > duration_ms {
+        schedule.kinds.pop();
+    }
+    (!schedule.kinds.is_empty()).then_some(schedule)
+}
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<ExitStatus> {
     let clock = SystemClock;
@@ -49,7 +69,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitStatus> {
     let bootstrap = cluster.bootstrap_servers();
     let start_ms = clock.now_ms() + 2_000;
     let events = args.rate.saturating_mul(args.duration.0.as_secs().max(1));
-    let mut generator = Generator::new(Spec {
+    let spec = Spec {
         events,
         keys: args.keys,
         tables: 3,
@@ -59,11 +79,23 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitStatus> {
         faults: DEMO_FAULTS,
         start_ms,
         partitions: workload::PARTITIONS,
-    });
+        traffic: Traffic::Steady,
+        storms: demo_storms(args.duration.0.as_millis() as i64),
+    };
+    let mut generator = Generator::new(spec.clone());
+    if let Err(why) = generator.check_storms() {
+        println!("vigil demo: no storms injected ({why})");
+        generator = Generator::new(Spec {
+            storms: None,
+            ..spec
+        });
+    }
     let topics = generator.topics();
-    for topic in topics
-        .iter()
-        .chain([&VIOLATIONS_TOPIC.to_string(), &DLQ_TOPIC.to_string()])
+    for topic in
+        topics
+            .iter()
+            .map(String::as_str)
+            .chain([VIOLATIONS_TOPIC, DLQ_TOPIC, STORMS_TOPIC])
     {
         cluster
             .create_topic(topic, workload::PARTITIONS, 1)
@@ -72,11 +104,22 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitStatus> {
     let config = demo_config(&generator, &bootstrap)?;
     println!("vigil demo: embedded Kafka-protocol broker at {bootstrap}");
     println!("  watch the violations: kcat -b {bootstrap} -C -t {VIOLATIONS_TOPIC}");
+    println!("  watch the storms:     kcat -b {bootstrap} -C -t {STORMS_TOPIC}");
+    let storms: Vec<String> = generator
+        .expected_storms()
+        .iter()
+        .map(|s| s.scope_type.as_str().to_string())
+        .collect();
     println!(
-        "  streaming {events} records at {} records/s for {}s into {} topics, faults injected",
+        "  streaming {events} records at {} records/s for {}s into {} topics, faults injected, storms: {}",
         args.rate,
         args.duration.0.as_secs(),
-        topics.len()
+        topics.len(),
+        if storms.is_empty() {
+            "none".to_string()
+        } else {
+            storms.join(", ")
+        }
     );
 
     let state_dir = std::env::temp_dir().join(format!("vigil-demo-{}", std::process::id()));
@@ -91,6 +134,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitStatus> {
     let producing = AtomicBool::new(true);
     let last_ts = std::sync::atomic::AtomicI64::new(start_ms);
 
+    let generator_storms = generator.expected_storms();
     let outcome = std::thread::scope(|s| -> anyhow::Result<()> {
         let pipeline = s.spawn(|| serve(&config, store, Arc::clone(&stats), &control));
         let feeder = s.spawn(|| {
@@ -104,7 +148,14 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitStatus> {
             producing.store(false, Ordering::SeqCst);
             result
         });
-        watch(&stats, &produced, &producing, &last_ts, &control.stop);
+        watch(
+            &stats,
+            &generator_storms,
+            &produced,
+            &producing,
+            &last_ts,
+            &control.stop,
+        );
         control.stop.store(true, Ordering::SeqCst);
         feeder.join().expect("the feeder does not panic")?;
         pipeline.join().expect("the pipeline does not panic")?;
@@ -132,6 +183,9 @@ fn demo_config(generator: &Generator, bootstrap: &str) -> anyhow::Result<Config>
     config.inputs.cache_topics = cache;
     config.outputs.violations_topic = VIOLATIONS_TOPIC.into();
     config.outputs.dlq_topic = DLQ_TOPIC.into();
+    config.outputs.storms_topic = STORMS_TOPIC.into();
+    // Short enough for the runaway service to storm within the demo.
+    config.storms.warmup = crate::config::Dur::from_secs(5);
     config.detect.idle_timeout = crate::config::Dur::from_secs(2);
     config.metrics.listen = String::new();
     config.validate()?;
@@ -198,9 +252,11 @@ fn send(producer: &ThreadedProducer<DefaultProducerContext>, r: &GenRecord) -> a
 }
 
 /// Prints a line a second until the workload is in and judged (the
-/// watermark past its last deadline and late window), or `stop`.
+/// watermark past its last deadline and late window, every storm over), or
+/// `stop`.
 fn watch(
     stats: &Stats,
+    storms: &[ExpectedStorm],
     produced: &AtomicU64,
     producing: &AtomicBool,
     last_ts: &std::sync::atomic::AtomicI64,
@@ -224,19 +280,24 @@ fn watch(
             .iter()
             .map(|k| format!("{} {}", short(*k), stats.violations_of(*k)))
             .collect();
+        let storms_ended = storms_of(stats, Phase::Ended);
         println!(
-            "[{:>4}s] in {rate:>6} rec/s ({consumed}/{} read) | violations: {} | dead letters {} | watermark delay {delay}",
+            "[{:>4}s] in {rate:>6} rec/s ({consumed}/{} read) | violations: {} | dead letters {} | storms: {} active, {} started | watermark delay {delay}",
             started.elapsed().as_secs(),
             produced.load(Ordering::Relaxed),
             kinds.join(", "),
             stats.dead_letters_total(),
+            stats.active_storms_total(),
+            storms_of(stats, Phase::Started),
         );
         if producing.load(Ordering::SeqCst) {
             continue;
         }
         let final_verdicts =
             last_ts.load(Ordering::Relaxed) + workload::DEADLINE_MS + workload::LATE_WINDOW_MS;
-        let done = consumed >= produced.load(Ordering::Relaxed) && wm > final_verdicts;
+        let done = consumed >= produced.load(Ordering::Relaxed)
+            && wm > final_verdicts
+            && storms_ended >= storms.len() as u64;
         let since = *settled_since.get_or_insert_with(Instant::now);
         if done || since.elapsed() > SETTLE_TIMEOUT {
             if !done {
@@ -248,6 +309,14 @@ fn watch(
             return;
         }
     }
+}
+
+/// Storm events of a phase, over every scope type.
+fn storms_of(stats: &Stats, phase: Phase) -> u64 {
+    ScopeType::ALL
+        .iter()
+        .map(|&t| stats.storm_events_of(t, phase))
+        .sum()
 }
 
 fn short(kind: ViolationKind) -> &'static str {
@@ -288,10 +357,37 @@ fn print_table(generator: &Generator, stats: &Stats) {
     println!(
         "\n(a late invalidation is first a missing one: each injected late fault expects a missing_invalidation and a late_invalidation)"
     );
+    let storms = generator.expected_storms();
+    println!(
+        "\n{:<10} {:<14} {:>9} {:>9} {:>9}",
+        "storm", "scope", "injected", "started", "ended"
+    );
+    for t in ScopeType::ALL {
+        let injected: Vec<&ExpectedStorm> = storms.iter().filter(|s| s.scope_type == t).collect();
+        let (started, ended) = (
+            stats.storm_events_of(t, Phase::Started),
+            stats.storm_events_of(t, Phase::Ended),
+        );
+        if injected.is_empty() && started == 0 {
+            continue;
+        }
+        let n = injected.len() as u64;
+        let scope = injected.first().map_or("-", |s| s.scope.as_str());
+        all_match &= started == n && ended == n;
+        let mark = if started == n && ended == n {
+            "ok"
+        } else {
+            "DIFFERS"
+        };
+        println!(
+            "{:<10} {scope:<14} {n:>9} {started:>9} {ended:>9}  {mark}",
+            t.as_str()
+        );
+    }
     println!(
         "{}",
         if all_match {
-            "every injected fault was detected, and nothing else."
+            "every injected fault and storm was detected, and nothing else."
         } else {
             "detected differs from expected (see DIFFERS above)."
         }

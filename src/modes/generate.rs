@@ -14,6 +14,7 @@ use crate::cli::{CdcFormatArg, GenArgs};
 use crate::ingest::Stream;
 use crate::io::file::kcat_line;
 use crate::workload::encode::CdcFormat;
+use crate::workload::storms::{StormSchedule, Traffic};
 use crate::workload::{FaultRates, Generator, Spec};
 
 pub fn run(args: &GenArgs) -> anyhow::Result<ExitStatus> {
@@ -25,6 +26,7 @@ pub fn run(args: &GenArgs) -> anyhow::Result<ExitStatus> {
         ))
     })?;
     let mut generator = Generator::new(spec);
+    generator.check_storms().map_err(UsageError)?;
     let summary = write(&mut generator, &args.out, args.kcat)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(ExitStatus::Ok)
@@ -97,11 +99,18 @@ pub fn spec(args: &GenArgs) -> Result<Spec, UsageError> {
         faults,
         start_ms: crate::workload::START_MS,
         partitions: crate::workload::PARTITIONS,
+        traffic: if args.bursts {
+            Traffic::Bursts
+        } else {
+            Traffic::Steady
+        },
+        storms: args.storms.then(StormSchedule::standard),
     })
 }
 
-/// Writes `cdc.ndjson`, `cache.ndjson`, `expected.ndjson` and `vigil.toml`
-/// into `dir`, and returns a summary of what was written.
+/// Writes `cdc.ndjson`, `cache.ndjson`, `expected.ndjson`,
+/// `expected-storms.ndjson` and `vigil.toml` into `dir`, and returns a
+/// summary of what was written.
 pub fn write(
     generator: &mut Generator,
     dir: &Path,
@@ -149,14 +158,23 @@ pub fn write(
         writeln!(expected, "{}", e.to_json())?;
     }
     expected.flush()?;
+    let mut expected_storms = create("expected-storms.ndjson")?;
+    let mut storms_by_type: BTreeMap<&str, u64> = BTreeMap::new();
+    for storm in generator.expected_storms() {
+        *storms_by_type.entry(storm.scope_type.as_str()).or_default() += 1;
+        writeln!(expected_storms, "{}", serde_json::to_string(&storm)?)?;
+    }
+    expected_storms.flush()?;
     Ok(json!({
         "files": {
             "cdc": dir.join("cdc.ndjson"),
             "cache": dir.join("cache.ndjson"),
             "expected": dir.join("expected.ndjson"),
+            "expected_storms": dir.join("expected-storms.ndjson"),
             "config": dir.join("vigil.toml"),
         },
         "generated": generator.stats(),
         "expected_violations": by_kind,
+        "expected_storms": storms_by_type,
     }))
 }

@@ -2,9 +2,9 @@
 //!
 //! ```text
 //! sources ──► router ──► workers (key + entity shards) ──► sink
-//!   decode      watermark,    state, timers, detectors        outputs, then
-//!   + map       routing,                                      state + offsets
-//!               checkpoints                                   in one batch
+//!   decode      watermark,  │ state, timers, detectors        outputs, then
+//!   + map       routing,    │                                 state + offsets
+//!               checkpoints └► storms (counts by scope) ──►   in one batch
 //! ```
 //!
 //! Sources (file readers, the Kafka consumer) decode and map in their own
@@ -12,9 +12,10 @@
 //! sequencer: it tracks the watermark, splits records by cache key and by
 //! entity onto the workers over bounded channels (back-pressure), and
 //! injects checkpoint barriers. Each worker owns a shard of key state, entity
-//! state and deadline timers, so no state is shared. The sink writes the
+//! state and deadline timers, so no state is shared; the storm stage sees
+//! every invalidation and owns storm detection. The sink writes the
 //! outputs and, once every worker has delivered its state changes for a
-//! checkpoint, flushes the outputs and commits those changes with the input
+//! checkpoint (and the storm stage its baselines), flushes the outputs and commits those changes with the input
 //! positions in one atomic write.
 //!
 //! Channels only flow downstream (no cycles), so back-pressure cannot
@@ -23,6 +24,7 @@
 
 mod router;
 mod sink;
+mod storms;
 mod worker;
 
 use std::sync::Arc;
@@ -30,8 +32,10 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::config::{Config, StormsConfig};
 use crate::dead_letter::DeadLetter;
 use crate::detect::key::{Fill, Invalidation, KeyRules};
+use crate::detect::storm::{StormEvent, StormRules, Thresholds};
 use crate::events::Violation;
 use crate::ingest::Record;
 use crate::mapping::Change;
@@ -132,6 +136,7 @@ enum WorkItem {
 enum SinkMsg {
     DeadLetters(Vec<DeadLetter>),
     Violations(Vec<Violation>),
+    Storms(Vec<StormEvent>),
     /// The router's part of a checkpoint: positions reached, the watermark,
     /// and who waits for the commit.
     Barrier {
@@ -140,16 +145,18 @@ enum SinkMsg {
         watermark: Millis,
         done: Vec<Sender<()>>,
     },
-    /// A worker's part of a checkpoint: its state changes.
+    /// A worker's (or the storm stage's) part of a checkpoint: its state
+    /// changes.
     Fragment {
         epoch: u64,
         batch: StateBatch,
     },
 }
 
-/// Where violations and dead letters go.
+/// Where violations, storm events and dead letters go.
 pub trait Outputs: Send {
     fn violation(&mut self, v: &Violation) -> Result<(), OutputError>;
+    fn storm(&mut self, e: &StormEvent) -> Result<(), OutputError>;
     fn dead_letter(&mut self, d: &DeadLetter) -> Result<(), OutputError>;
     /// The state changes about to be committed (for a changelog). Called
     /// before [`Outputs::flush`].
@@ -205,10 +212,12 @@ pub struct EngineOptions {
     pub idle_timeout_ms: Millis,
     pub checkpoint_every: Duration,
     pub retention_ms: Millis,
+    /// Storm detection, unless `storms.enabled` is false.
+    pub storms: Option<StormRules>,
 }
 
 impl EngineOptions {
-    pub fn from_config(config: &crate::config::Config, finite_inputs: bool) -> Self {
+    pub fn from_config(config: &Config, finite_inputs: bool) -> Self {
         let d = &config.detect;
         EngineOptions {
             workers: config.pipeline.worker_count(),
@@ -225,8 +234,34 @@ impl EngineOptions {
             idle_timeout_ms: d.idle_timeout.as_millis_i64(),
             checkpoint_every: config.state.checkpoint_interval.0,
             retention_ms: config.state.retention.as_millis_i64(),
+            storms: config.storms.enabled.then(|| storm_rules(&config.storms)),
         }
     }
+}
+
+/// The rules of storm detection, from `[storms]`.
+pub fn storm_rules(c: &StormsConfig) -> StormRules {
+    StormRules {
+        thresholds: c.sections().map(|(_, t)| Thresholds {
+            rate: t.rate,
+            factor: t.factor,
+            min_rate: t.min_rate,
+            sustain_s: seconds(t.sustain.0),
+            end_factor: t.end_factor,
+            hold_s: seconds(t.hold.0),
+        }),
+        prefix_patterns: c.prefix_patterns.iter().map(|p| p.0.clone()).collect(),
+        bulk_min_keys: c.bulk_min_keys,
+        update_every_ms: c.update_every.as_millis_i64(),
+        warmup_s: seconds(c.warmup.0),
+        baseline_half_life_s: c.baseline_half_life.0.as_secs_f64(),
+        max_tracked: c.max_tracked,
+    }
+}
+
+/// Whole seconds, rounded up (rates are counted per second).
+fn seconds(d: Duration) -> u32 {
+    u32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(u32::MAX)
 }
 
 /// What a finished run reports.
@@ -274,8 +309,23 @@ impl Engine {
                     .expect("spawning a thread only fails when the OS is out of resources"),
             );
         }
+        let mut storm_tx = None;
+        let storm_handle = match self.options.storms.clone() {
+            Some(rules) => {
+                let (tx, rx) = crossbeam_channel::bounded(cap);
+                storm_tx = Some(tx);
+                let stage = storms::StormStage::new(&self, rules, sink_tx.clone())?;
+                Some(
+                    std::thread::Builder::new()
+                        .name("vigil-storms".into())
+                        .spawn(move || stage.run(rx))
+                        .expect("spawning a thread only fails when the OS is out of resources"),
+                )
+            }
+            None => None,
+        };
         let sink = sink::Sink::new(
-            n,
+            n + usize::from(storm_handle.is_some()),
             Arc::clone(&self.store),
             outputs,
             Arc::clone(&self.stats),
@@ -286,12 +336,15 @@ impl Engine {
             .spawn(move || sink.run(sink_rx))
             .expect("spawning a thread only fails when the OS is out of resources");
 
-        let router = router::Router::new(&self, work_txs, sink_tx);
+        let router = router::Router::new(&self, work_txs, storm_tx, sink_tx);
         let routed = router.run(sources);
-        let workers: Vec<Result<(), PipelineError>> = handles
+        let mut workers: Vec<Result<(), PipelineError>> = handles
             .into_iter()
             .map(|h| h.join().unwrap_or(Err(PipelineError::Panicked("worker"))))
             .collect();
+        workers.extend(
+            storm_handle.map(|h| h.join().unwrap_or(Err(PipelineError::Panicked("storms")))),
+        );
         let sunk = sink_handle
             .join()
             .unwrap_or(Err(PipelineError::Panicked("sink")));

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use super::storms::{Observed, StormMsg};
 use super::{
     Engine, PartitionBatch, PipelineError, Position, SinkMsg, SourceMsg, WorkItem, WorkMsg,
 };
@@ -23,8 +24,12 @@ const TICK: Duration = Duration::from_millis(100);
 
 pub(super) struct Router {
     work: Vec<Sender<WorkMsg>>,
+    /// The storm stage, when storms are detected.
+    storms: Option<Sender<StormMsg>>,
     sink: Sender<SinkMsg>,
     pending: Vec<Vec<WorkItem>>,
+    /// Invalidations for the storm stage.
+    pending_storms: Vec<Observed>,
     watermarks: Watermarks,
     /// The watermark the workers were last given.
     sent_watermark: Millis,
@@ -49,7 +54,12 @@ fn disconnected<T>(_: T) -> PipelineError {
 }
 
 impl Router {
-    pub(super) fn new(engine: &Engine, work: Vec<Sender<WorkMsg>>, sink: Sender<SinkMsg>) -> Self {
+    pub(super) fn new(
+        engine: &Engine,
+        work: Vec<Sender<WorkMsg>>,
+        storms: Option<Sender<StormMsg>>,
+        sink: Sender<SinkMsg>,
+    ) -> Self {
         let o = &engine.options;
         let now = engine.clock.now_ms();
         let idle_timeout = (!o.finite).then_some(o.idle_timeout_ms);
@@ -60,8 +70,10 @@ impl Router {
         let n = work.len();
         Router {
             work,
+            storms,
             sink,
             pending: (0..n).map(|_| Vec::new()).collect(),
+            pending_storms: Vec::new(),
             watermarks,
             sent_watermark: Millis::MIN,
             finite: o.finite,
@@ -200,14 +212,21 @@ impl Router {
         match event.action() {
             CacheAction::Invalidate => {
                 self.stats.add_cache_events(1, 0);
+                let keys: Vec<Arc<str>> = event.keys.into_iter().map(Arc::from).collect();
+                if self.storms.is_some() {
+                    self.pending_storms.push(Observed {
+                        ts: event.ts_ms,
+                        keys: keys.clone(),
+                        service: service.clone(),
+                    });
+                }
                 let inv = Invalidation {
                     ts: event.ts_ms,
                     version: event.version,
                     service,
                     evidence,
                 };
-                for key in event.keys {
-                    let key: Arc<str> = Arc::from(key);
+                for key in keys {
                     if is_glob(&key) {
                         for pending in &mut self.pending {
                             pending.push(WorkItem::Wildcard {
@@ -259,6 +278,14 @@ impl Router {
                     .map_err(disconnected)?;
             }
         }
+        if let Some(storms) = &self.storms
+            && (moved || !self.pending_storms.is_empty())
+        {
+            let items = std::mem::take(&mut self.pending_storms);
+            storms
+                .send(StormMsg::Batch { items, watermark })
+                .map_err(disconnected)?;
+        }
         if moved {
             self.sent_watermark = watermark;
             self.stats.set_watermark(watermark);
@@ -274,6 +301,11 @@ impl Router {
         self.epoch += 1;
         for w in &self.work {
             w.send(WorkMsg::Checkpoint { epoch: self.epoch })
+                .map_err(disconnected)?;
+        }
+        if let Some(storms) = &self.storms {
+            storms
+                .send(StormMsg::Checkpoint { epoch: self.epoch })
                 .map_err(disconnected)?;
         }
         let positions: Vec<Position> = self.positions.values().cloned().collect();

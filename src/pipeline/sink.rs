@@ -1,6 +1,6 @@
-//! The sink: writes violations and dead letters as they come, and commits
-//! each checkpoint once it is whole (the router's positions and every
-//! worker's state changes): outputs flushed first, then state and positions
+//! The sink: writes violations, storm events and dead letters as they come,
+//! and commits each checkpoint once it is whole (the router's positions,
+//! every worker's state changes and the storm stage's): outputs flushed first, then state and positions
 //! in one atomic write (DESIGN.md section 8).
 
 use std::collections::BTreeMap;
@@ -29,7 +29,9 @@ struct Barrier {
 }
 
 pub(super) struct Sink {
-    workers: usize,
+    /// State fragments that make a checkpoint whole (one per worker, and
+    /// the storm stage's).
+    parts: usize,
     store: Arc<dyn Store>,
     outputs: Box<dyn Outputs>,
     stats: Arc<Stats>,
@@ -40,14 +42,14 @@ pub(super) struct Sink {
 
 impl Sink {
     pub(super) fn new(
-        workers: usize,
+        parts: usize,
         store: Arc<dyn Store>,
         outputs: Box<dyn Outputs>,
         stats: Arc<Stats>,
         retention_ms: Millis,
     ) -> Self {
         Sink {
-            workers,
+            parts,
             store,
             outputs,
             stats,
@@ -72,6 +74,12 @@ impl Sink {
                     for v in &violations {
                         self.outputs.violation(v)?;
                         self.stats.add_violation(v.kind);
+                    }
+                }
+                SinkMsg::Storms(events) => {
+                    for e in &events {
+                        self.outputs.storm(e)?;
+                        self.stats.add_storm_event(e.scope_type, e.phase);
                     }
                 }
                 SinkMsg::Barrier {
@@ -103,7 +111,7 @@ impl Sink {
         let whole = self
             .pending
             .get(&epoch)
-            .is_some_and(|p| p.fragments == self.workers && p.barrier.is_some());
+            .is_some_and(|p| p.fragments == self.parts && p.barrier.is_some());
         if !whole {
             return Ok(());
         }

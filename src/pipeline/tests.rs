@@ -42,6 +42,16 @@ impl Outputs for Collected {
         Ok(())
     }
 
+    fn storm(&mut self, e: &StormEvent) -> Result<(), OutputError> {
+        self.0.lock().unwrap().push(format!(
+            "storm.{} {} {}",
+            e.phase.as_str(),
+            e.subject(),
+            e.id
+        ));
+        Ok(())
+    }
+
     fn dead_letter(&mut self, _: &DeadLetter) -> Result<(), OutputError> {
         Ok(())
     }

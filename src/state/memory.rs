@@ -64,12 +64,12 @@ impl Store for MemStore {
 
     fn delete_scope(&self, scope: i32) -> Result<(), StateError> {
         let prefix = codec::scope_prefix(scope);
-        self.data().retain(|(cf, key), _| {
-            if cf.scoped() {
-                !key.starts_with(&prefix)
-            } else {
+        self.data().retain(|(cf, key), _| match cf {
+            Cf::Offsets => {
                 codec::parse_offset_key(key).is_none_or(|(_, partition)| partition != scope)
             }
+            cf if cf.scoped() => !key.starts_with(&prefix),
+            _ => true,
         });
         Ok(())
     }

@@ -15,9 +15,9 @@ pub use rocks::RocksStore;
 
 /// The column families of DESIGN.md section 8.
 ///
-/// Every entry but an input position belongs to a *scope*, the input
-/// partition number its records come from (always 0 unless
-/// `inputs.co_partitioned`), written as the first 4 bytes of its key
+/// Every entry but input positions and storm baselines belongs to a
+/// *scope*, the input partition number its records come from (always 0
+/// unless `inputs.co_partitioned`), written as the first 4 bytes of its key
 /// ([`codec::scoped`]), so that the state of one partition can be handed
 /// over on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,15 +32,19 @@ pub enum Cf {
     Offsets,
     /// Glob invalidations kept for changes that arrive after them.
     Wildcards,
+    /// Storm detection's baselines and storms in progress: this instance's
+    /// own, never handed over.
+    Storms,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 5] = [
+    pub const ALL: [Cf; 6] = [
         Cf::Entities,
         Cf::Keys,
         Cf::Timers,
         Cf::Offsets,
         Cf::Wildcards,
+        Cf::Storms,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +54,7 @@ impl Cf {
             Cf::Timers => "timers",
             Cf::Offsets => "offsets",
             Cf::Wildcards => "wildcards",
+            Cf::Storms => "storms",
         }
     }
 
@@ -62,9 +67,16 @@ impl Cf {
         Cf::ALL.into_iter().find(|cf| cf.code() == code)
     }
 
-    /// Whether keys start with their scope (all but input positions).
+    /// Whether keys start with their scope (all but input positions and
+    /// storms).
     pub fn scoped(self) -> bool {
-        self != Cf::Offsets
+        !matches!(self, Cf::Offsets | Cf::Storms)
+    }
+
+    /// Whether entries go to the changelog, for the next owner of their
+    /// scope (all but storms: storm detection is each instance's own).
+    pub fn handed_over(self) -> bool {
+        self != Cf::Storms
     }
 
     /// Whether entries of this family expire with the state retention.

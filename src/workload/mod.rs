@@ -15,6 +15,7 @@
 
 pub mod encode;
 mod rng;
+pub mod storms;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -28,6 +29,7 @@ use crate::ingest::Stream;
 use crate::model::{Millis, Op};
 use encode::{CdcFormat, GenCacheEvent, GenChange, GenRow, TsForm, encode_cache, encode_change};
 use rng::Rng;
+use storms::{BaseRates, ExpectedStorm, Injection, StormSchedule, Traffic};
 
 /// Deadline of the generated tables.
 pub const DEADLINE_MS: i64 = 1_000;
@@ -89,6 +91,11 @@ pub struct Spec {
     pub start_ms: Millis,
     /// Kafka partitions of each topic (records of an entity share one).
     pub partitions: i32,
+    /// How the rate of the normal traffic varies.
+    pub traffic: Traffic,
+    /// Invalidation storms to inject; the workload lasts until they are
+    /// over, however few `events` it asks for.
+    pub storms: Option<StormSchedule>,
 }
 
 /// A generated record, in the order it is written.
@@ -138,6 +145,8 @@ pub struct GenStats {
     /// The record rate after spacing episodes of an entity at least
     /// [`SPACING_MS`] apart (lower than asked when there are few keys).
     pub effective_rate: f64,
+    /// Cache records of injected storms (counted in `cache_records` too).
+    pub storm_records: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,8 +209,10 @@ pub struct Generator {
     spec: Spec,
     rng: Rng,
     entities: Vec<Entity>,
-    /// Microseconds between episode starts.
+    /// Microseconds between episode starts at the average rate.
     interval_us: u64,
+    /// Start of the next episode, in microseconds after `spec.start_ms`.
+    next_start_us: u64,
     episode: u64,
     snapshots_left: u64,
     /// Records created so far (written or waiting in `heap`).
@@ -214,13 +225,19 @@ pub struct Generator {
     stats: GenStats,
     cdc_topics: Vec<Arc<str>>,
     cache_topic: Arc<str>,
+    storms: Vec<Injection>,
 }
+
+/// The table a prefix storm hits: the first with two keys.
+const STORM_TABLE: u32 = 1;
 
 impl Generator {
     pub fn new(spec: Spec) -> Self {
         let keys = spec.keys.max(1);
         let wanted_us = (1e6 * RECORDS_PER_EPISODE / spec.rate.max(1) as f64) as u64;
-        let min_us = (SPACING_MS as u64 * 1000).div_ceil(keys);
+        // The busiest moment of the traffic still spaces an entity's
+        // episodes apart.
+        let min_us = (SPACING_MS as f64 * 1000.0 * spec.traffic.peak() / keys as f64).ceil() as u64;
         let interval_us = wanted_us.max(min_us).max(1);
         let snapshots = if spec.format.has_snapshots() {
             (keys / 2).min(spec.events / 10)
@@ -238,10 +255,19 @@ impl Generator {
             effective_rate: RECORDS_PER_EPISODE * 1e6 / interval_us as f64,
             ..GenStats::default()
         };
+        let storms = match &spec.storms {
+            Some(schedule) => {
+                let table = STORM_TABLE.min(spec.tables.max(1) - 1);
+                let base = base_rates(spec.tables, interval_us, table);
+                Injection::plan(schedule, spec.start_ms, base, spec.tables, table)
+            }
+            None => Vec::new(),
+        };
         Generator {
             rng: Rng::new(spec.seed),
             entities: vec![Entity::default(); keys as usize],
             interval_us,
+            next_start_us: 0,
             episode: 0,
             snapshots_left: snapshots,
             created: 0,
@@ -253,8 +279,41 @@ impl Generator {
             stats,
             cdc_topics,
             cache_topic: Arc::from("cache-events"),
+            storms,
             spec,
         }
+    }
+
+    /// The normal invalidation traffic that storms are sized against, and
+    /// whether it is enough for them to cross their thresholds without
+    /// crossing others.
+    pub fn check_storms(&self) -> Result<(), String> {
+        if self.spec.storms.is_none() {
+            return Ok(());
+        }
+        if self.spec.tables < 3 {
+            return Err(format!(
+                "--storms needs at least 3 tables (--tables {}) so that one prefix can storm while \
+                 the global rate does not",
+                self.spec.tables
+            ));
+        }
+        let base = base_rates(self.spec.tables, self.interval_us, STORM_TABLE);
+        if base.global < storms::MIN_BASE_RATE {
+            return Err(format!(
+                "--storms needs at least {} invalidations/s of normal traffic to size its storms \
+                 against; this workload has {:.0}/s: raise --rate (and --keys, which spaces an \
+                 entity's changes {SPACING_MS} ms apart)",
+                storms::MIN_BASE_RATE,
+                base.global
+            ));
+        }
+        Ok(())
+    }
+
+    /// The storms a correct engine reports for this workload.
+    pub fn expected_storms(&self) -> Vec<ExpectedStorm> {
+        self.storms.iter().map(|s| s.expected.clone()).collect()
     }
 
     /// The configuration that maps the generated tables.
@@ -326,17 +385,63 @@ impl Generator {
     }
 
     fn done(&self) -> bool {
-        self.created >= self.spec.events
+        let storms_over = self
+            .spec
+            .storms
+            .as_ref()
+            .is_none_or(|s| self.next_start_ms() >= self.spec.start_ms + s.span_ms());
+        self.created >= self.spec.events && storms_over
     }
 
     /// Records written before the next episode's start minus the skew are
     /// final: no later episode can write anything earlier.
     fn frontier(&self) -> Millis {
-        self.episode_start(self.episode) - SKEW_MS
+        self.next_start_ms() - SKEW_MS
     }
 
-    fn episode_start(&self, i: u64) -> Millis {
-        self.spec.start_ms + (u128::from(i) * u128::from(self.interval_us) / 1000) as Millis
+    fn next_start_ms(&self) -> Millis {
+        self.spec.start_ms + (self.next_start_us / 1000) as Millis
+    }
+
+    /// Queues the storm invalidations stamped before the frontier.
+    fn inject_storms(&mut self) {
+        let until = if self.done() {
+            Millis::MAX
+        } else {
+            self.frontier()
+        };
+        for i in 0..self.storms.len() {
+            while let Some(inv) = self.storms[i].next_before(until) {
+                let (key, value) = encode_cache(&GenCacheEvent {
+                    operation: "invalidate",
+                    keys: inv.keys,
+                    service: inv.service,
+                    version: None,
+                    entity: None,
+                    ts_ms: inv.ts_ms,
+                    ts_form: TsForm::Millis,
+                });
+                let partition = key.as_deref().map_or(0, |k| {
+                    (xxhash_rust::xxh3::xxh3_64(k.as_bytes()) % self.spec.partitions.max(1) as u64)
+                        as i32
+                });
+                self.stats.storm_records += 1;
+                self.stats.cache_records += 1;
+                self.seq += 1;
+                self.heap.push(Reverse(Pending {
+                    emit: inv.ts_ms,
+                    seq: self.seq,
+                    record: GenRecord {
+                        stream: Stream::Cache,
+                        topic: Arc::clone(&self.cache_topic),
+                        partition,
+                        key,
+                        value: Some(value),
+                        ts_ms: inv.ts_ms,
+                    },
+                }));
+            }
+        }
     }
 
     fn push(&mut self, emit: Millis, record: GenRecord, may_repeat: bool) {
@@ -513,7 +618,9 @@ impl Generator {
         self.episode += 1;
         self.stats.episodes += 1;
         let e = (i % self.entities.len() as u64) as usize;
-        let mut t = self.episode_start(i);
+        let mut t = self.next_start_ms();
+        let factor = self.spec.traffic.factor(t - self.spec.start_ms);
+        self.next_start_us += ((self.interval_us as f64 / factor) as u64).max(1);
         if self.spec.format.whole_seconds() {
             t -= t.rem_euclid(1000);
         }
@@ -732,6 +839,7 @@ impl Iterator for Generator {
 
     fn next(&mut self) -> Option<GenRecord> {
         loop {
+            self.inject_storms();
             let ready = match self.heap.peek() {
                 Some(Reverse(p)) => self.done() || p.emit < self.frontier(),
                 None => false,
@@ -769,6 +877,20 @@ pub fn key_templates(t: u32) -> Vec<String> {
         keys.push(format!("t{t}:{{id}}:page"));
     }
     keys
+}
+
+/// The normal invalidation traffic of a workload with an episode every
+/// `interval_us`: globally, of `table`'s prefix, and of wildcards.
+fn base_rates(tables: u32, interval_us: u64, table: u32) -> BaseRates {
+    let episodes = 1e6 / interval_us.max(1) as f64;
+    let tables = tables.max(1);
+    let keys_of_table = |t: u32| key_templates(t).len() as f64;
+    let keys_per_episode = (0..tables).map(keys_of_table).sum::<f64>() / f64::from(tables);
+    BaseRates {
+        global: episodes * keys_per_episode,
+        prefix: episodes / f64::from(tables) * keys_of_table(table),
+        wildcard: episodes * P_WILDCARD,
+    }
 }
 
 fn keys_of(table: u32, id: u64) -> Vec<String> {

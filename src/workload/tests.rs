@@ -27,6 +27,8 @@ fn spec(seed: u64) -> Spec {
         },
         start_ms: START_MS,
         partitions: PARTITIONS,
+        traffic: Traffic::Steady,
+        storms: None,
     }
 }
 
@@ -77,12 +79,37 @@ fn records_come_out_in_timestamp_order_within_the_allowed_lateness() {
 }
 
 #[test]
-fn an_entitys_episodes_are_spaced_apart() {
-    let s = spec(1);
-    let g = Generator::new(s.clone());
-    let per_entity_ms = g.episode_start(s.keys) - g.episode_start(0);
-    assert!(per_entity_ms >= SPACING_MS, "{per_entity_ms}");
-    assert!(g.stats().effective_rate <= s.rate as f64 + 1.0);
+fn an_entitys_episodes_are_spaced_apart_even_in_bursts() {
+    for traffic in [Traffic::Steady, Traffic::Bursts] {
+        let s = Spec {
+            traffic,
+            faults: FaultRates {
+                duplicate: 0.0,
+                ..spec(1).faults
+            },
+            ..spec(1)
+        };
+        let mut g = Generator::new(s.clone());
+        let mut changes: BTreeMap<(Arc<str>, String), Vec<Millis>> = BTreeMap::new();
+        for r in g
+            .by_ref()
+            .filter(|r| r.stream == Stream::Cdc && r.value.is_some())
+        {
+            let key = (r.topic, r.key.unwrap_or_default());
+            changes.entry(key).or_default().push(r.ts_ms);
+        }
+        let mut apart = 0;
+        for times in changes.values() {
+            for pair in times.windows(2) {
+                let gap = pair[1] - pair[0];
+                // Within an episode, an extra change follows 5 ms later.
+                assert!(gap <= 5 || gap >= SPACING_MS - 5, "{traffic:?}: {gap} ms");
+                apart += usize::from(gap > 5);
+            }
+        }
+        assert!(apart > 1_000, "{traffic:?}: {apart} entities changed twice");
+        assert!(g.stats().effective_rate <= s.rate as f64 + 1.0);
+    }
 }
 
 #[test]
@@ -94,5 +121,38 @@ fn the_generated_config_maps_every_table() {
         assert_eq!(config.tables.len(), 3);
         assert_eq!(config.tables[1].keys.len(), 2, "odd tables have two keys");
         assert_eq!(config.tables[0].table, format.table_name(0));
+    }
+}
+
+#[test]
+fn bursts_vary_the_rate_and_triple_it_for_two_seconds() {
+    let s = Spec {
+        traffic: Traffic::Bursts,
+        events: 700_000,
+        keys: 5_000,
+        rate: 1_000,
+        ..spec(2)
+    };
+    let mut per_second: BTreeMap<Millis, u64> = BTreeMap::new();
+    // Changes are stamped with their episode's start.
+    for r in Generator::new(s).filter(|r| r.stream == Stream::Cdc && r.value.is_some()) {
+        *per_second
+            .entry((r.ts_ms - START_MS).div_euclid(1000))
+            .or_default() += 1;
+    }
+    let minute = |from: Millis| -> f64 {
+        (from..from + 60)
+            .map(|s| per_second.get(&s).copied().unwrap_or(0))
+            .sum::<u64>() as f64
+            / 60.0
+    };
+    // The wave: highest a quarter period in, lowest three quarters in.
+    let (high, low) = (minute(120), minute(420));
+    assert!(high > 2.0 * low, "{high} vs {low}");
+    // Each burst triples the rate around it for two seconds.
+    for at in [150, 330, 510] {
+        let burst = (per_second[&at] + per_second[&(at + 1)]) as f64;
+        let around = (per_second[&(at - 2)] + per_second[&(at + 3)]) as f64;
+        assert!(burst > 2.5 * around, "at {at} s: {burst} vs {around}");
     }
 }

@@ -19,6 +19,7 @@ use crate::support::vigil;
 
 pub const VIOLATIONS: &str = "vigil.violations";
 pub const DLQ: &str = "vigil.dlq";
+pub const STORMS: &str = "vigil.storms";
 pub const CHANGELOG: &str = "vigil.changelog";
 
 /// A record to produce.
@@ -43,9 +44,10 @@ impl Broker {
     pub fn new(topics: &[(&str, i32)]) -> Self {
         let cluster = MockCluster::new(3).expect("the mock cluster starts");
         let bootstrap = cluster.bootstrap_servers();
-        for (topic, partitions) in topics
-            .iter()
-            .chain(&[(VIOLATIONS, 3), (DLQ, 1), (CHANGELOG, 3)])
+        for (topic, partitions) in
+            topics
+                .iter()
+                .chain(&[(VIOLATIONS, 3), (DLQ, 1), (STORMS, 1), (CHANGELOG, 3)])
         {
             cluster.create_topic(topic, *partitions, 1).unwrap();
         }
@@ -247,6 +249,7 @@ pub fn run_config(
     set("inputs", "cache_topics", list(cache));
     set("outputs", "violations_topic", text(VIOLATIONS));
     set("outputs", "dlq_topic", text(DLQ));
+    set("outputs", "storms_topic", text(STORMS));
     set("outputs", "changelog_topic", text(CHANGELOG));
     set(
         "state",

@@ -4,4 +4,5 @@
 mod broker;
 mod check;
 mod run;
+mod storms;
 mod support;

@@ -11,7 +11,9 @@ use std::time::Duration;
 use rdkafka::message::{Headers, Message};
 use serde_json::Value;
 
+use vigil::detect::storm::ScopeType;
 use vigil::workload::encode::CdcFormat;
+use vigil::workload::storms::{StormSchedule, Traffic};
 use vigil::workload::{FaultRates, GenRecord, Generator, PARTITIONS, START_MS, Spec};
 
 use crate::broker::*;
@@ -37,24 +39,30 @@ struct Workload {
     records: Vec<GenRecord>,
 }
 
+/// A workload whose event time starts at `start_ms`, over `keys` entities.
+fn spec(events: u64, seed: u64, start_ms: i64, keys: u64) -> Spec {
+    Spec {
+        events,
+        keys,
+        tables: 3,
+        rate: 4_000,
+        format: CdcFormat::Debezium,
+        seed,
+        faults: FAULTS,
+        start_ms,
+        partitions: PARTITIONS,
+        traffic: Traffic::Steady,
+        storms: None,
+    }
+}
+
 impl Workload {
     fn new(events: u64, seed: u64) -> Self {
-        Self::starting(events, seed, START_MS, 1_000)
+        Self::of(spec(events, seed, START_MS, 1_000))
     }
 
-    /// A workload whose event time starts at `start_ms`, over `keys` entities.
-    fn starting(events: u64, seed: u64, start_ms: i64, keys: u64) -> Self {
-        let mut generator = Generator::new(Spec {
-            events,
-            keys,
-            tables: 3,
-            rate: 4_000,
-            format: CdcFormat::Debezium,
-            seed,
-            faults: FAULTS,
-            start_ms,
-            partitions: PARTITIONS,
-        });
+    fn of(spec: Spec) -> Self {
+        let mut generator = Generator::new(spec);
         let records: Vec<GenRecord> = generator.by_ref().collect();
         Workload { generator, records }
     }
@@ -213,7 +221,17 @@ fn scrape(port: u16) -> String {
 #[test]
 fn run_reports_exactly_what_check_reports_and_serves_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let w = Workload::new(20_000, 21);
+    // With two storms of the kinds whose thresholds need no warm-up.
+    let w = Workload::of(Spec {
+        storms: Some(StormSchedule {
+            warmup_ms: 1_000,
+            length_ms: 3_000,
+            every_ms: 4_000,
+            kinds: vec![ScopeType::HotKey, ScopeType::Bulk],
+            settle_ms: 0,
+        }),
+        ..spec(20_000, 21, START_MS, 1_000)
+    });
     let broker = w.broker();
     w.produce(&broker, 0..w.records.len());
     let expected = w.expected(dir.path());
@@ -260,6 +278,36 @@ fn run_reports_exactly_what_check_reports_and_serves_metrics() {
         run_ids, check_ids,
         "the same verdicts carry the same ids in both modes"
     );
+    let storm = |v: &Value| {
+        (
+            v["id"].as_str().unwrap().to_string(),
+            v["type"].as_str().unwrap().to_string(),
+            v["subject"].as_str().unwrap().to_string(),
+            v["data"]["count"].as_u64().unwrap(),
+        )
+    };
+    let check_storms: BTreeSet<_> = read_ndjson(&checked.out.join("storms.ndjson"))
+        .iter()
+        .map(storm)
+        .collect();
+    let started = |s: &BTreeSet<(String, String, String, u64)>| {
+        s.iter()
+            .filter(|e| e.1 == "vigil.storm.started")
+            .map(|e| e.2.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        started(&check_storms),
+        BTreeSet::from(["bulk:bulk".to_string(), "hot_key:t0:0:row".to_string()])
+    );
+    let messages = broker.read_until(STORMS, 1, VERDICTS, |m| {
+        json_values(m).iter().map(storm).collect::<BTreeSet<_>>() == check_storms
+    });
+    let run_storms: BTreeSet<_> = json_values(&messages).iter().map(storm).collect();
+    assert_eq!(
+        run_storms, check_storms,
+        "run publishes the storms check reports"
+    );
 
     let names = [
         "vigil_records_consumed_total{topic=\"cache-events\"}",
@@ -275,6 +323,9 @@ fn run_reports_exactly_what_check_reports_and_serves_metrics() {
         "vigil_state_size_keys{kind=\"cache_key\"}",
         "vigil_producer_queue_records",
         "vigil_consumer_lag_records{",
+        "vigil_invalidations_per_second{scope_type=\"global\"}",
+        "vigil_active_storms{scope_type=\"hot_key\"}",
+        "vigil_storms_started_total{scope_type=\"bulk\"} 1",
     ];
     // Metrics are published once a second: wait for the counts of the end.
     let deadline = std::time::Instant::now() + VERDICTS;
@@ -489,19 +540,22 @@ fn malformed_records_reach_the_dlq_unchanged_with_their_headers() {
 #[test]
 fn two_instances_share_the_partitions_and_a_rebalance_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    // Live event times: the second half comes after a pause, which must not
-    // make it late (the pause is shorter than the idle timeout).
+    // Live event times, starting 40 s from now: idle partitions move the
+    // watermark with the wall clock, and the second half, produced after a
+    // pause of a few seconds (two group joins and a handover, slower on a
+    // busy machine), must still be ahead of it. The last verdicts come once
+    // the wall clock has passed the workload.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let w = Workload::starting(30_000, 25, now, 4_000);
+    let w = Workload::of(spec(30_000, 25, now + 40_000, 4_000));
     let broker = w.broker();
     let half = w.records.len() / 2;
     let expected = w.expected(dir.path());
     let overrides = [
         ("inputs", "co_partitioned", toml::Value::Boolean(true)),
-        ("detect", "idle_timeout", toml::Value::String("12s".into())),
+        ("detect", "idle_timeout", toml::Value::String("3s".into())),
         (
             "state",
             "checkpoint_interval",

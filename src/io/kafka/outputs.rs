@@ -26,6 +26,7 @@ use super::source::VigilConsumer;
 use super::{KafkaSetupError, client_config, log_to_tracing, owned_headers};
 use crate::config::{Config, Guarantee};
 use crate::dead_letter::{DeadLetter, Origin};
+use crate::detect::storm::StormEvent;
 use crate::events::{CLOUDEVENTS_CONTENT_TYPE, Violation};
 use crate::pipeline::{OutputError, Outputs, Position};
 use crate::state::StateBatch;
@@ -95,12 +96,13 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
-/// Violations and dead letters to Kafka topics.
+/// Violations, storm events and dead letters to Kafka topics.
 pub struct KafkaOutputs {
     producer: ThreadedProducer<DeliveryContext>,
     consumer: Arc<VigilConsumer>,
     guarantee: Guarantee,
     violations_topic: String,
+    storms_topic: String,
     dlq_topic: String,
     /// With `inputs.co_partitioned`: where state changes are written.
     changelog_topic: Option<String>,
@@ -160,6 +162,7 @@ impl KafkaOutputs {
             consumer,
             guarantee,
             violations_topic: config.outputs.violations_topic.clone(),
+            storms_topic: config.outputs.storms_topic.clone(),
             dlq_topic: config.outputs.dlq_topic.clone(),
             changelog_topic: config
                 .inputs
@@ -320,19 +323,36 @@ pub fn dead_letter_headers(d: &DeadLetter) -> Vec<(String, Option<Vec<u8>>)> {
     ]
 }
 
+/// A CloudEvent record for a topic, keyed by its subject.
+fn cloudevent_record(topic: &str, key: String, event: String) -> Outgoing {
+    Outgoing {
+        topic: topic.to_string(),
+        partition: None,
+        key: Some(key.into_bytes()),
+        payload: Some(event.into_bytes()),
+        headers: vec![(
+            "content-type".into(),
+            Some(CLOUDEVENTS_CONTENT_TYPE.as_bytes().to_vec()),
+        )],
+        timestamp_ms: None,
+    }
+}
+
 impl Outputs for KafkaOutputs {
     fn violation(&mut self, v: &Violation) -> Result<(), OutputError> {
-        self.send(&Outgoing {
-            topic: self.violations_topic.clone(),
-            partition: None,
-            key: Some(v.kafka_key().into_bytes()),
-            payload: Some(v.to_cloudevent(&self.source).into_bytes()),
-            headers: vec![(
-                "content-type".into(),
-                Some(CLOUDEVENTS_CONTENT_TYPE.as_bytes().to_vec()),
-            )],
-            timestamp_ms: None,
-        })
+        self.send(&cloudevent_record(
+            &self.violations_topic,
+            v.kafka_key(),
+            v.to_cloudevent(&self.source),
+        ))
+    }
+
+    fn storm(&mut self, e: &StormEvent) -> Result<(), OutputError> {
+        self.send(&cloudevent_record(
+            &self.storms_topic,
+            e.subject(),
+            e.to_cloudevent(&self.source),
+        ))
     }
 
     fn dead_letter(&mut self, d: &DeadLetter) -> Result<(), OutputError> {
@@ -364,7 +384,7 @@ impl Outputs for KafkaOutputs {
         let Some(topic) = &self.changelog_topic else {
             return Ok(());
         };
-        for w in &batch.writes {
+        for w in batch.writes.iter().filter(|w| w.cf.handed_over()) {
             self.send(&Outgoing {
                 topic: topic.clone(),
                 partition: Some(w.scope),
