@@ -143,6 +143,113 @@ pub enum Command {
     /// it); progress goes to stderr.
     #[command(verbatim_doc_comment)]
     Bench(BenchArgs),
+    /// Replay a dead-letter queue after a fix: through the detection engine,
+    /// back to the original topics, or as a dry run.
+    ///
+    /// Reads the DLQ from --from-topic (the [kafka] settings of --config) or
+    /// from --from-file (kcat -J lines of a DLQ topic, or the dlq.ndjson of
+    /// `vigil check` run on kcat -J inputs), from its start (or --from-offset,
+    /// --since) up to where it ended when the replay started. Each record's
+    /// original topic, partition and offset come from its headers: Kafka
+    /// Connect's __connect.errors.* (text) or Spring Kafka's
+    /// kafka_dlt-original-* (binary big-endian). Then:
+    ///
+    ///   --to pipeline  decode it with the current configuration and run it
+    ///                  through the engine as if it had arrived live on its
+    ///                  original topic: state in --state (default state.path),
+    ///                  violations and storms into --out DIR. Limitation: the
+    ///                  state keeps no history of the invalidations of keys
+    ///                  it knows no change of, so a replayed change whose
+    ///                  invalidations came before the replay is reported as a
+    ///                  missing invalidation;
+    ///   --to original  publish it again to its original topic and partition
+    ///                  with its key, value and headers (error headers
+    ///                  removed, vigil.replay.count added); a record replayed
+    ///                  --max-replays times already is skipped (loop guard);
+    ///   --dry-run      decode it and report what would happen; write nothing.
+    ///
+    /// A replay stopped half-way continues where it stopped when run again:
+    /// --to pipeline keeps its position with the state (nothing is applied
+    /// twice), --to original in --progress once the broker has acknowledged.
+    /// Progress goes to stderr; a JSON summary to stdout: records read,
+    /// replayed, filtered, skipped by the loop guard, still failing by reason
+    /// with sample positions, elapsed seconds, records per second.
+    ///
+    /// Exit status: 0 every record was replayed; 3 some still fail (or were
+    /// stopped by the loop guard); 2 usage or configuration error; 4 runtime
+    /// failure.
+    #[command(verbatim_doc_comment)]
+    Replay(ReplayArgs),
+}
+
+/// Where `vigil replay` sends records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReplayTarget {
+    /// Through the detection engine.
+    Pipeline,
+    /// Back to the topic each record first came from.
+    Original,
+}
+
+/// Flags of `vigil replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Configuration file (TOML): the fixed [[tables]] and [inputs] topics,
+    /// and [kafka] for topics.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The DLQ topic to read.
+    #[arg(long, value_name = "TOPIC", conflicts_with = "from_file")]
+    pub from_topic: Option<String>,
+
+    /// A file of the DLQ: kcat -J lines, or vigil check's dlq.ndjson.
+    #[arg(long, value_name = "FILE")]
+    pub from_file: Option<PathBuf>,
+
+    /// Where replayed records go.
+    #[arg(long, value_enum, default_value_t = ReplayTarget::Pipeline)]
+    pub to: ReplayTarget,
+
+    /// Decode and report only; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Output directory of --to pipeline (violations.ndjson, storms.ndjson).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// State directory of --to pipeline [default: state.path].
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+
+    /// Replay only records dead-lettered for this reason (vigil's code, or
+    /// the exception class of Kafka Connect or Spring); repeatable.
+    #[arg(long, value_name = "REASON")]
+    pub filter_reason: Vec<String>,
+
+    /// At most this many records a second.
+    #[arg(long)]
+    pub rate: Option<u64>,
+
+    /// Start at this offset of every DLQ partition (a line number, from 1,
+    /// of a file) instead of the beginning.
+    #[arg(long)]
+    pub from_offset: Option<i64>,
+
+    /// Start at the first DLQ record at or after this time (RFC 3339 or
+    /// epoch milliseconds; topics only).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+
+    /// --to original skips a record replayed this many times already.
+    #[arg(long, default_value_t = 3)]
+    pub max_replays: u32,
+
+    /// Progress file of --to original [default:
+    /// STATE_PATH/replay/<source>.json].
+    #[arg(long, value_name = "FILE")]
+    pub progress: Option<PathBuf>,
 }
 
 /// Flags of `vigil bench`.

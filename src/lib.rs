@@ -16,12 +16,15 @@
 //!   failures become [`dead_letter`]s with a reason code;
 //! - [`pipeline`]: router, workers and sink on threads and bounded channels:
 //!   watermarks, sharding by key and entity, checkpoints;
-//! - [`detect`]: the pure detectors ([`detect::entity`], [`detect::key`]);
+//! - [`detect`]: the pure detectors ([`detect::entity`], [`detect::key`],
+//!   invalidation storms in [`detect::storm`] over [`detect::sketch`]);
 //! - [`time`]: clock, watermarks, timer queue;
 //! - [`state`]: the RocksDB store (and an in-memory one for tests);
 //! - [`events`]: violations and their CloudEvents form, [`hash`] their ids;
-//! - [`io`]: file inputs and outputs;
-//! - [`modes`]: `vigil check`, `vigil gen` ([`modes::generate`]); [`cli`] their flags;
+//! - [`io`]: file inputs and outputs, Kafka sources and outputs;
+//! - [`replay`]: what a dead letter says of its origin, for `vigil replay`;
+//! - [`modes`]: `vigil check`, `run`, `demo`, `gen` ([`modes::generate`]),
+//!   `bench`, `replay`; [`cli`] their flags;
 //! - [`config`]: the TOML configuration; [`telemetry`]: counters and logs;
 //! - [`model`]: the domain types every stage shares; [`workload`]: the
 //!   synthetic workload generator behind `vigil gen`.
@@ -39,6 +42,7 @@ pub mod mapping;
 pub mod model;
 pub mod modes;
 pub mod pipeline;
+pub mod replay;
 pub mod state;
 pub mod telemetry;
 pub mod time;

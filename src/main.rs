@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         Command::Run(args) => modes::run::run(args),
         Command::Demo(args) => modes::demo::run(args),
         Command::Bench(args) => modes::bench::run(args),
+        Command::Replay(args) => modes::replay::run(args),
     };
     match result {
         Ok(status) => ExitCode::from(status.code()),

@@ -13,7 +13,7 @@ use crossbeam_channel::Sender;
 use crate::dead_letter::{DeadLetter, KEPT_PREFIX_BYTES, KafkaRecord, Origin, Reason, RecordError};
 use crate::detect::storm::StormEvent;
 use crate::events::Violation;
-use crate::formats::{self, KcatRecord};
+use crate::formats;
 use crate::ingest::{Ingest, RawInput, Record, Stream};
 use crate::model::{Millis, Provenance};
 use crate::pipeline::{OutputError, Outputs, PartitionBatch, Position, SourceMsg};
@@ -351,7 +351,7 @@ fn read_line(
             };
             ingest
                 .ingest(input, &provenance, out)
-                .map_err(|e| (e, Some(Box::new(kafka_record(k)))))
+                .map_err(|e| (e, Some(Box::new(KafkaRecord::from(k)))))
         }
         Some(Err(e)) => Err((e, None)),
         None => {
@@ -371,22 +371,6 @@ fn read_line(
                 .ingest(input, &provenance, out)
                 .map_err(|e| (e, None))
         }
-    }
-}
-
-fn kafka_record(k: KcatRecord) -> KafkaRecord {
-    KafkaRecord {
-        topic: k.topic,
-        partition: k.partition,
-        offset: k.offset,
-        key: k.key.map(String::into_bytes),
-        value: k.payload.map(String::into_bytes),
-        headers: k
-            .headers
-            .into_iter()
-            .map(|(name, v)| (name, v.map(String::into_bytes)))
-            .collect(),
-        timestamp_ms: k.ts_ms,
     }
 }
 

@@ -21,7 +21,6 @@ use crate::cli::DemoArgs;
 use crate::config::{Config, KafkaValue};
 use crate::detect::storm::{Phase, ScopeType};
 use crate::events::ViolationKind;
-use crate::ingest::Stream;
 use crate::telemetry::Stats;
 use crate::time::{Clock, SystemClock};
 use crate::workload::encode::CdcFormat;
@@ -175,12 +174,6 @@ fn demo_config(generator: &Generator, bootstrap: &str) -> anyhow::Result<Config>
         KafkaValue(bootstrap.to_string()),
     );
     config.inputs.group_id = "vigil-demo".into();
-    let (cdc, cache): (Vec<String>, Vec<String>) = generator
-        .topics()
-        .into_iter()
-        .partition(|t| generator.stream_of_topic(t) == Some(Stream::Cdc));
-    config.inputs.cdc_topics = cdc;
-    config.inputs.cache_topics = cache;
     config.outputs.violations_topic = VIOLATIONS_TOPIC.into();
     config.outputs.dlq_topic = DLQ_TOPIC.into();
     config.outputs.storms_topic = STORMS_TOPIC.into();

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod check;
 pub mod demo;
 pub mod generate;
+pub mod replay;
 pub mod run;
 
 /// How a mode ended, as the process exit status (documented in `--help`).
@@ -14,6 +15,8 @@ pub enum ExitStatus {
     Ok,
     /// Violations were found and the user asked to fail on them.
     Violations,
+    /// Some replayed records still fail.
+    StillFailing,
 }
 
 impl ExitStatus {
@@ -21,6 +24,7 @@ impl ExitStatus {
         match self {
             ExitStatus::Ok => 0,
             ExitStatus::Violations => 1,
+            ExitStatus::StillFailing => 3,
         }
     }
 }

@@ -330,6 +330,19 @@ impl Generator {
             seed = self.spec.seed,
             format = self.spec.format,
         );
+        let quoted = |topics: Vec<String>| -> String {
+            let list: Vec<String> = topics.iter().map(|t| format!("\"{t}\"")).collect();
+            format!("[{}]", list.join(", "))
+        };
+        let (cdc, cache): (Vec<String>, Vec<String>) = self
+            .topics()
+            .into_iter()
+            .partition(|t| self.stream_of_topic(t) == Some(Stream::Cdc));
+        out.push_str(&format!(
+            "cdc_topics = {}\ncache_topics = {}\n",
+            quoted(cdc),
+            quoted(cache)
+        ));
         for t in 0..self.spec.tables.max(1) {
             let keys: Vec<String> = key_templates(t)
                 .iter()

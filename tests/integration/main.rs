@@ -3,6 +3,7 @@
 
 mod broker;
 mod check;
+mod replay;
 mod run;
 mod storms;
 mod support;

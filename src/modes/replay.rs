@@ -1,0 +1,791 @@
+//! `vigil replay`: reads a dead-letter queue (a topic, or a file of `kcat -J`
+//! lines or of `vigil check`'s `dlq.ndjson`) up to where it ended when the
+//! replay started, and sends each record through the detection engine as if
+//! it had arrived on its original topic (`--to pipeline`), back to that
+//! topic (`--to original`), or nowhere (`--dry-run`).
+//!
+//! Progress is kept so that a replay stopped half-way continues where it
+//! stopped: with the engine's state and positions in RocksDB for
+//! `--to pipeline` (one atomic write, so no record is applied twice), in a
+//! progress file written once the broker has acknowledged a batch for
+//! `--to original`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use crossbeam_channel::Sender;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+
+use super::{ExitStatus, UsageError};
+use crate::cli::{ReplayArgs, ReplayTarget};
+use crate::config::Config;
+use crate::dead_letter::KafkaRecord;
+use crate::events::ViolationKind;
+use crate::ingest::{Ingest, RawInput, Record};
+use crate::io::file::FileOutputs;
+use crate::io::kafka::{TopicKinds, client_config};
+use crate::model::Provenance;
+use crate::pipeline::{Engine, EngineOptions, PartitionBatch, Position, SourceMsg};
+use crate::replay::{self, Tally};
+use crate::state::{Cf, Store, codec};
+use crate::telemetry::Stats;
+use crate::time::SystemClock;
+
+/// Records sent to the engine, or republished, per batch.
+const BATCH: usize = 1_000;
+/// How long to wait for the broker at the start (metadata, end offsets).
+const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often progress is printed when stderr is not a terminal.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// One DLQ record and its position in the DLQ.
+struct DlqRecord {
+    partition: i32,
+    offset: i64,
+    record: Result<KafkaRecord, crate::dead_letter::RecordError>,
+}
+
+pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitStatus> {
+    let config = Config::load(args.config.as_deref())?;
+    let reasons: BTreeSet<String> = args.filter_reason.iter().cloned().collect();
+    let source = match (&args.from_topic, &args.from_file) {
+        (Some(t), None) => Source::Topic(t.clone()),
+        (None, Some(f)) => Source::File(f.clone()),
+        _ => {
+            return Err(
+                UsageError("give exactly one of --from-topic and --from-file".into()).into(),
+            );
+        }
+    };
+    if args.from_offset.is_some() && args.since.is_some() {
+        return Err(UsageError("give at most one of --from-offset and --since".into()).into());
+    }
+    let kinds = TopicKinds::from_config(&config.inputs).map_err(|e| UsageError(e.to_string()))?;
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    let name = source.name();
+    let destination = if args.dry_run {
+        "dry-run"
+    } else {
+        match args.to {
+            ReplayTarget::Pipeline => "pipeline",
+            ReplayTarget::Original => "original",
+        }
+    };
+    let stats = Arc::new(Stats::default());
+    let mut extra = serde_json::Map::new();
+    if args.dry_run {
+        let ingest = Ingest::new(&config, Arc::clone(&stats));
+        let mut records = source.open(&config, args, &BTreeMap::new())?;
+        let mut decoded = Vec::new();
+        let mut progress = Progress::new(records.total());
+        while let Some(r) = records.next_record()? {
+            decode(&r, &kinds, &ingest, &reasons, &mut tally, &mut decoded);
+            decoded.clear();
+            progress.tick(tally.read);
+        }
+    } else if args.to == ReplayTarget::Pipeline {
+        let out = args.out.as_ref().ok_or_else(|| {
+            UsageError("--to pipeline writes its violations to --out DIR: give one".into())
+        })?;
+        let state = args
+            .state
+            .clone()
+            .unwrap_or_else(|| config.state.path.clone());
+        let store = super::run::open_store(&state)?;
+        std::fs::create_dir_all(out)
+            .map_err(|e| UsageError(format!("cannot create {}: {e}", out.display())))?;
+        let resume = stored_positions(&*store, &name, &source, &config)?;
+        let mut records = source.open(&config, args, &resume)?;
+        let partitions = records.partitions();
+        let ingest = Ingest::new(&config, Arc::clone(&stats));
+        let engine = Engine {
+            options: EngineOptions::from_config(&config, true),
+            store,
+            stats: Arc::clone(&stats),
+            clock: Arc::new(SystemClock),
+            partitions: partitions.len(),
+        };
+        let outputs = FileOutputs::create(out, &config.outputs.source)?;
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        let name: Arc<str> = Arc::from(name.as_str());
+        let fed = std::thread::scope(|s| {
+            let feeder = s.spawn(|| {
+                feed(
+                    &mut *records,
+                    &partitions,
+                    &name,
+                    &kinds,
+                    &ingest,
+                    &reasons,
+                    args.rate,
+                    &mut tally,
+                    &tx,
+                )
+            });
+            let report = engine.run(rx, Box::new(outputs));
+            let fed = feeder.join().expect("the replay reader does not panic");
+            report.map_err(anyhow::Error::from).and(fed)
+        });
+        fed?;
+        let violations: BTreeMap<&str, u64> = ViolationKind::ALL
+            .iter()
+            .map(|k| (k.as_str(), stats.violations_of(*k)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        extra.insert("violations".into(), json!(violations));
+        extra.insert("out".into(), json!(out));
+        extra.insert("state".into(), json!(state));
+    } else {
+        let progress_file = args
+            .progress
+            .clone()
+            .unwrap_or_else(|| default_progress_file(&config, &name));
+        let resume = read_progress(&progress_file)?;
+        let mut records = source.open(&config, args, &resume)?;
+        republish(
+            &mut *records,
+            &config,
+            args,
+            &reasons,
+            &progress_file,
+            resume,
+            &mut tally,
+        )?;
+        extra.insert("progress_file".into(), json!(progress_file));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut summary = serde_json::to_value(&tally)?;
+    let obj = summary.as_object_mut().expect("the tally is an object");
+    obj.insert("source".into(), json!(name));
+    obj.insert("destination".into(), json!(destination));
+    obj.insert("elapsed_seconds".into(), json!(elapsed));
+    obj.insert(
+        "records_per_second".into(),
+        json!(if elapsed > 0.0 {
+            tally.read as f64 / elapsed
+        } else {
+            0.0
+        }),
+    );
+    obj.extend(extra);
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(
+        if tally.still_failing_total() > 0 || tally.skipped_by_loop_guard > 0 {
+            ExitStatus::StillFailing
+        } else {
+            ExitStatus::Ok
+        },
+    )
+}
+
+/// Where the DLQ is read from.
+enum Source {
+    Topic(String),
+    File(PathBuf),
+}
+
+impl Source {
+    /// The name positions are kept under.
+    fn name(&self) -> String {
+        match self {
+            Source::Topic(t) => format!("replay:{t}"),
+            Source::File(f) => format!("replay:{}", f.display()),
+        }
+    }
+
+    /// Opens the DLQ at the resume positions (or the start asked for).
+    fn open(
+        &self,
+        config: &Config,
+        args: &ReplayArgs,
+        resume: &BTreeMap<i32, i64>,
+    ) -> anyhow::Result<Box<dyn DlqReader>> {
+        Ok(match self {
+            Source::File(path) => Box::new(FileReader::open(
+                path,
+                resume.get(&0).copied().or(args.from_offset).unwrap_or(1),
+            )?),
+            Source::Topic(topic) => Box::new(TopicReader::open(config, topic, args, resume)?),
+        })
+    }
+}
+
+/// A DLQ being read, up to where it ended when the replay started.
+trait DlqReader: Send {
+    fn next_record(&mut self) -> anyhow::Result<Option<DlqRecord>>;
+    /// The DLQ's partitions (a file is partition 0).
+    fn partitions(&self) -> Vec<i32>;
+    /// Records to read, when known.
+    fn total(&self) -> Option<u64>;
+}
+
+/// A file: a record a line, offsets are line numbers (from 1).
+struct FileReader {
+    lines: std::io::Lines<BufReader<File>>,
+    line: i64,
+    from: i64,
+    /// Lines in the file when the replay started.
+    end: i64,
+}
+
+impl FileReader {
+    fn open(path: &Path, from: i64) -> anyhow::Result<Self> {
+        let open = || {
+            File::open(path).map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))
+        };
+        let end = BufReader::new(open()?).lines().count() as i64;
+        Ok(FileReader {
+            lines: BufReader::new(open()?).lines(),
+            line: 0,
+            from,
+            end,
+        })
+    }
+}
+
+impl DlqReader for FileReader {
+    fn next_record(&mut self) -> anyhow::Result<Option<DlqRecord>> {
+        loop {
+            if self.line >= self.end {
+                return Ok(None);
+            }
+            let Some(text) = self.lines.next().transpose()? else {
+                return Ok(None);
+            };
+            self.line += 1;
+            if self.line < self.from || text.trim().is_empty() {
+                continue;
+            }
+            return Ok(Some(DlqRecord {
+                partition: 0,
+                offset: self.line,
+                record: replay::dlq_file_record(&text, self.line as u64),
+            }));
+        }
+    }
+
+    fn partitions(&self) -> Vec<i32> {
+        vec![0]
+    }
+
+    fn total(&self) -> Option<u64> {
+        Some((self.end - self.from + 1).max(0) as u64)
+    }
+}
+
+/// A topic, every partition from its start position to its end offset at
+/// the start of the replay.
+struct TopicReader {
+    consumer: BaseConsumer,
+    /// Per partition, the offset to stop before.
+    ends: BTreeMap<i32, i64>,
+    /// Per partition, the next offset to read.
+    next: BTreeMap<i32, i64>,
+    total: u64,
+}
+
+impl TopicReader {
+    fn open(
+        config: &Config,
+        topic: &str,
+        args: &ReplayArgs,
+        resume: &BTreeMap<i32, i64>,
+    ) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer = client_config(
+            config,
+            &[
+                ("group.id", "vigil-replay"),
+                ("enable.auto.commit", "false"),
+                ("enable.partition.eof", "false"),
+            ],
+        )
+        .create()
+        .context("creating the DLQ consumer")?;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), BROKER_TIMEOUT)
+            .with_context(|| format!("reading the partitions of {topic}"))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(UsageError(format!("the DLQ topic {topic} does not exist")).into());
+        }
+        let since = match &args.since {
+            Some(text) => {
+                let ms = crate::formats::parse_rfc3339(text)
+                    .or_else(|| text.parse().ok())
+                    .ok_or_else(|| {
+                        UsageError(format!(
+                            "--since {text}: give an RFC 3339 time or epoch milliseconds"
+                        ))
+                    })?;
+                let mut tpl = TopicPartitionList::new();
+                for &p in &partitions {
+                    tpl.add_partition_offset(topic, p, Offset::Offset(ms))?;
+                }
+                Some(consumer.offsets_for_times(tpl, BROKER_TIMEOUT)?)
+            }
+            None => None,
+        };
+        let (mut ends, mut next) = (BTreeMap::new(), BTreeMap::new());
+        let mut tpl = TopicPartitionList::new();
+        let mut total = 0;
+        for &p in &partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, BROKER_TIMEOUT)
+                .with_context(|| format!("reading the end of {topic} [{p}]"))?;
+            let asked = match &since {
+                Some(found) => match found.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => high,
+                },
+                None => args.from_offset.unwrap_or(low),
+            };
+            let start = resume.get(&p).copied().unwrap_or(asked).max(low);
+            ends.insert(p, high);
+            next.insert(p, start);
+            total += (high - start).max(0) as u64;
+            tpl.add_partition_offset(topic, p, Offset::Offset(start))?;
+        }
+        consumer.assign(&tpl).context("reading the DLQ topic")?;
+        Ok(TopicReader {
+            consumer,
+            ends,
+            next,
+            total,
+        })
+    }
+}
+
+impl DlqReader for TopicReader {
+    fn next_record(&mut self) -> anyhow::Result<Option<DlqRecord>> {
+        loop {
+            if self.next.iter().all(|(p, n)| *n >= self.ends[p]) {
+                return Ok(None);
+            }
+            let Some(message) = self.consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let m = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the DLQ topic; retrying");
+                    continue;
+                }
+            };
+            let (p, offset) = (m.partition(), m.offset());
+            if offset >= self.ends.get(&p).copied().unwrap_or(0) {
+                continue;
+            }
+            self.next.insert(p, offset + 1);
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            return Ok(Some(DlqRecord {
+                partition: p,
+                offset,
+                record: Ok(KafkaRecord {
+                    topic: m.topic().to_string(),
+                    partition: p,
+                    offset,
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                    timestamp_ms: m.timestamp().to_millis(),
+                }),
+            }));
+        }
+    }
+
+    fn partitions(&self) -> Vec<i32> {
+        self.ends.keys().copied().collect()
+    }
+
+    fn total(&self) -> Option<u64> {
+        Some(self.total)
+    }
+}
+
+/// A DLQ record counted as read, with its origin, if it is readable and
+/// selected by `--filter-reason` (otherwise counted as failing or filtered).
+fn select<'r>(
+    r: &'r DlqRecord,
+    reasons: &BTreeSet<String>,
+    tally: &mut Tally,
+) -> Option<(&'r KafkaRecord, replay::Origin, String)> {
+    tally.read += 1;
+    let position = format!("{}:{}", r.partition, r.offset);
+    let record = match &r.record {
+        Ok(record) => record,
+        Err(e) => {
+            tally.fail(e.reason.as_str(), position);
+            return None;
+        }
+    };
+    let origin = match replay::origin(&record.headers) {
+        Ok(o) => o,
+        Err(e) => {
+            tally.fail(e.code(), position);
+            return None;
+        }
+    };
+    if !reasons.is_empty() && !origin.reason.as_ref().is_some_and(|r| reasons.contains(r)) {
+        tally.filtered += 1;
+        return None;
+    }
+    Some((record, origin, position))
+}
+
+/// Decodes one DLQ record as if it had arrived on its original topic,
+/// counting what happened; the decoded records go to `out`.
+fn decode(
+    r: &DlqRecord,
+    kinds: &TopicKinds,
+    ingest: &Ingest,
+    reasons: &BTreeSet<String>,
+    tally: &mut Tally,
+    out: &mut Vec<Record>,
+) {
+    let Some((record, origin, position)) = select(r, reasons, tally) else {
+        return;
+    };
+    let Some(stream) = kinds.stream_of(&origin.topic) else {
+        tally.fail("unknown_topic", position);
+        return;
+    };
+    let provenance = Provenance {
+        topic: Arc::from(origin.topic.as_str()),
+        partition: origin.partition,
+        offset: origin.offset,
+        from_file: false,
+    };
+    let input = RawInput {
+        stream,
+        key: record.key.as_deref(),
+        value: record.value.as_deref(),
+        timestamp_ms: origin.timestamp_ms.or(record.timestamp_ms),
+    };
+    match ingest.ingest(input, &provenance, out) {
+        Ok(()) => tally.replayed += 1,
+        Err(e) => tally.fail(e.reason.as_str(), position),
+    }
+}
+
+/// Reads the DLQ into the engine, a batch per DLQ partition at a time, each
+/// with its position so the engine commits progress with the state.
+#[allow(clippy::too_many_arguments)]
+fn feed(
+    records: &mut dyn DlqReader,
+    partitions: &[i32],
+    name: &Arc<str>,
+    kinds: &TopicKinds,
+    ingest: &Ingest,
+    reasons: &BTreeSet<String>,
+    rate: Option<u64>,
+    tally: &mut Tally,
+    tx: &Sender<SourceMsg>,
+) -> anyhow::Result<()> {
+    let index: BTreeMap<i32, usize> = partitions
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| (p, i))
+        .collect();
+    let mut pending: BTreeMap<i32, (Vec<Record>, i64)> = BTreeMap::new();
+    let mut pace = Pace::new(rate);
+    let mut progress = Progress::new(records.total());
+    let send = |p: i32, batch: (Vec<Record>, i64)| {
+        tx.send(SourceMsg::Batch(vec![PartitionBatch {
+            partition: index[&p],
+            records: batch.0,
+            dead: Vec::new(),
+            position: Some(Position {
+                source: Arc::clone(name),
+                partition: p,
+                next_offset: batch.1,
+            }),
+        }]))
+        .is_ok()
+    };
+    while let Some(r) = records.next_record()? {
+        pace.wait(tally.read);
+        let entry = pending.entry(r.partition).or_default();
+        decode(&r, kinds, ingest, reasons, tally, &mut entry.0);
+        entry.1 = r.offset + 1;
+        progress.tick(tally.read);
+        if entry.0.len() >= BATCH {
+            let batch = std::mem::take(entry);
+            if !send(r.partition, batch) {
+                return Ok(());
+            }
+        }
+    }
+    for (p, batch) in std::mem::take(&mut pending) {
+        if batch.1 > 0 && !send(p, batch) {
+            return Ok(());
+        }
+    }
+    for i in 0..partitions.len() {
+        let _ = tx.send(SourceMsg::End { partition: i });
+    }
+    Ok(())
+}
+
+/// Republishes DLQ records to their original topics, saving progress once
+/// each batch is acknowledged.
+fn republish(
+    records: &mut dyn DlqReader,
+    config: &Config,
+    args: &ReplayArgs,
+    reasons: &BTreeSet<String>,
+    progress_file: &Path,
+    mut done: BTreeMap<i32, i64>,
+    tally: &mut Tally,
+) -> anyhow::Result<()> {
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        client_config(config, &[("enable.idempotence", "true")])
+            .create()
+            .context("creating the producer")?;
+    let mut pace = Pace::new(args.rate);
+    let mut progress = Progress::new(records.total());
+    let mut in_batch = 0;
+    let flush = |done: &BTreeMap<i32, i64>| -> anyhow::Result<()> {
+        producer
+            .flush(BROKER_TIMEOUT)
+            .context("waiting for the broker to acknowledge republished records")?;
+        write_progress(progress_file, done)
+    };
+    while let Some(r) = records.next_record()? {
+        pace.wait(tally.read);
+        done.insert(r.partition, r.offset + 1);
+        let selected = select(&r, reasons, tally);
+        progress.tick(tally.read);
+        let Some((record, origin, _)) = selected else {
+            continue;
+        };
+        if origin.replays >= args.max_replays {
+            tally.skipped_by_loop_guard += 1;
+            continue;
+        }
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in replay::republished_headers(&record.headers, origin.replays + 1) {
+            headers = headers.insert(Header {
+                key: &k,
+                value: v.as_deref(),
+            });
+        }
+        let mut out: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&origin.topic)
+            .partition(origin.partition)
+            .headers(headers);
+        if let Some(k) = &record.key {
+            out = out.key(k.as_slice());
+        }
+        if let Some(v) = &record.value {
+            out = out.payload(v.as_slice());
+        }
+        if let Some(ts) = origin.timestamp_ms.or(record.timestamp_ms) {
+            out = out.timestamp(ts);
+        }
+        let mut out = out;
+        loop {
+            match producer.send(out) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
+                    out = back;
+                    producer.poll(Duration::from_millis(100));
+                }
+                Err((e, _)) => {
+                    return Err(e).with_context(|| format!("republishing to {}", origin.topic));
+                }
+            }
+        }
+        tally.replayed += 1;
+        in_batch += 1;
+        if in_batch >= BATCH {
+            flush(&done)?;
+            in_batch = 0;
+        }
+    }
+    flush(&done)
+}
+
+/// The positions a `--to pipeline` replay of this DLQ committed with its
+/// state.
+fn stored_positions(
+    store: &dyn Store,
+    name: &str,
+    source: &Source,
+    config: &Config,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let partitions: Vec<i32> = match source {
+        Source::File(_) => vec![0],
+        Source::Topic(topic) => {
+            let consumer: BaseConsumer = client_config(config, &[]).create()?;
+            let metadata = consumer.fetch_metadata(Some(topic), BROKER_TIMEOUT)?;
+            metadata
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect()
+        }
+    };
+    let mut out = BTreeMap::new();
+    for p in partitions {
+        if let Some(bytes) = store.get(Cf::Offsets, &codec::offset_key(name, p))? {
+            let next = i64::from_le_bytes(
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .context("a stored position is 8 bytes")?,
+            );
+            out.insert(p, next);
+        }
+    }
+    if !out.is_empty() {
+        tracing::info!(positions = ?out, "resuming a replay where it stopped");
+    }
+    Ok(out)
+}
+
+fn default_progress_file(config: &Config, name: &str) -> PathBuf {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    config
+        .state
+        .path
+        .join("replay")
+        .join(format!("{safe}.json"))
+}
+
+fn read_progress(path: &Path) -> anyhow::Result<BTreeMap<i32, i64>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let v: BTreeMap<i32, i64> = serde_json::from_str(&text)
+                .with_context(|| format!("reading the replay progress in {}", path.display()))?;
+            tracing::info!(positions = ?v, file = %path.display(), "resuming a replay where it stopped");
+            Ok(v)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Writes progress atomically (a new file renamed over the old one).
+fn write_progress(path: &Path, done: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(serde_json::to_string(done)?.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Keeps a replay at `--rate` records a second.
+struct Pace {
+    rate: Option<u64>,
+    started: Instant,
+}
+
+impl Pace {
+    fn new(rate: Option<u64>) -> Self {
+        Pace {
+            rate: rate.filter(|r| *r > 0),
+            started: Instant::now(),
+        }
+    }
+
+    fn wait(&mut self, done: u64) {
+        if let Some(rate) = self.rate {
+            let due = Duration::from_secs_f64(done as f64 / rate as f64);
+            if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(ahead);
+            }
+        }
+    }
+}
+
+/// A progress bar on a terminal, a line every few seconds otherwise.
+struct Progress {
+    total: Option<u64>,
+    terminal: bool,
+    started: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(total: Option<u64>) -> Self {
+        Progress {
+            total,
+            terminal: std::io::stderr().is_terminal(),
+            started: Instant::now(),
+            last: Instant::now(),
+        }
+    }
+
+    fn tick(&mut self, done: u64) {
+        let every = if self.terminal {
+            Duration::from_millis(200)
+        } else {
+            PROGRESS_EVERY
+        };
+        if self.last.elapsed() < every {
+            return;
+        }
+        self.last = Instant::now();
+        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+        let of = self.total.map_or(String::new(), |t| format!("/{t}"));
+        if self.terminal {
+            let bar = match self.total {
+                Some(t) if t > 0 => {
+                    let filled = (done.min(t) * 30 / t) as usize;
+                    format!("[{}{}] ", "#".repeat(filled), " ".repeat(30 - filled))
+                }
+                _ => String::new(),
+            };
+            eprint!("\r{bar}{done}{of} records, {rate:.0}/s ");
+        } else {
+            eprintln!("vigil replay: {done}{of} records, {rate:.0}/s");
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if self.terminal {
+            eprintln!();
+        }
+    }
+}
