@@ -604,7 +604,6 @@ fn republish(
         if let Some(ts) = origin.timestamp_ms.or(record.timestamp_ms) {
             out = out.timestamp(ts);
         }
-        let mut out = out;
         loop {
             match producer.send(out) {
                 Ok(()) => break,
