@@ -34,6 +34,7 @@ use super::run::{Control, open_store, serve};
 use crate::cli::BenchArgs;
 use crate::config::{Config, Dur, KafkaValue};
 use crate::ingest::Stream;
+use crate::io::kafka::send_waiting;
 use crate::telemetry::Stats;
 use crate::time::{Clock, SystemClock};
 use crate::workload::encode::CdcFormat;
@@ -333,30 +334,17 @@ fn send(
     r: &workload::GenRecord,
     now_ms: i64,
 ) -> anyhow::Result<()> {
-    loop {
-        let mut record: BaseRecord<'_, str, str, Box<i64>> =
-            BaseRecord::with_opaque_to(&r.topic, Box::new(now_ms))
-                .partition(r.partition)
-                .timestamp(now_ms);
-        if let Some(k) = &r.key {
-            record = record.key(k.as_str());
-        }
-        if let Some(v) = &r.value {
-            record = record.payload(v.as_str());
-        }
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                _,
-            )) => {
-                let _ = producer.flush(Duration::from_millis(10));
-            }
-            Err((e, _)) => return Err(e).context("producing the workload"),
-        }
+    let mut record: BaseRecord<'_, str, str, Box<i64>> =
+        BaseRecord::with_opaque_to(&r.topic, Box::new(now_ms))
+            .partition(r.partition)
+            .timestamp(now_ms);
+    if let Some(k) = &r.key {
+        record = record.key(k.as_str());
     }
+    if let Some(v) = &r.value {
+        record = record.payload(v.as_str());
+    }
+    send_waiting(producer, record).context("producing the workload")
 }
 
 /// Waits until `done` holds, checking every millisecond, for at most `limit`.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
-use super::{ExitStatus, UsageError};
+use super::{ExitStatus, UsageError, create_dir};
 use crate::cli::CheckArgs;
 use crate::config::Config;
 use crate::ingest::{Ingest, Stream};
@@ -47,12 +47,7 @@ pub struct OutputPaths {
 pub fn run(args: &CheckArgs) -> anyhow::Result<ExitStatus> {
     let config = Config::load(args.config.as_deref())?;
     let inputs = inputs(args)?;
-    std::fs::create_dir_all(&args.out).map_err(|e| {
-        UsageError(format!(
-            "cannot create output directory {}: {e}",
-            args.out.display()
-        ))
-    })?;
+    create_dir(&args.out, "output directory")?;
     let scratch = args.out.join(".vigil-check-state");
     let state_dir = args.state.clone().unwrap_or_else(|| scratch.clone());
     if args.state.is_none() && scratch.exists() {

@@ -21,6 +21,7 @@ use crate::cli::DemoArgs;
 use crate::config::{Config, KafkaValue};
 use crate::detect::storm::{Phase, ScopeType};
 use crate::events::ViolationKind;
+use crate::io::kafka::send_waiting;
 use crate::telemetry::Stats;
 use crate::time::{Clock, SystemClock};
 use crate::workload::encode::CdcFormat;
@@ -219,29 +220,16 @@ fn feed(
 }
 
 fn send(producer: &ThreadedProducer<DefaultProducerContext>, r: &GenRecord) -> anyhow::Result<()> {
-    loop {
-        let mut record: BaseRecord<'_, str, str> = BaseRecord::to(&r.topic)
-            .partition(r.partition)
-            .timestamp(r.ts_ms);
-        if let Some(k) = &r.key {
-            record = record.key(k.as_str());
-        }
-        if let Some(v) = &r.value {
-            record = record.payload(v.as_str());
-        }
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                _,
-            )) => {
-                let _ = producer.flush(Duration::from_millis(50));
-            }
-            Err((e, _)) => return Err(e).context("producing the workload"),
-        }
+    let mut record: BaseRecord<'_, str, str> = BaseRecord::to(&r.topic)
+        .partition(r.partition)
+        .timestamp(r.ts_ms);
+    if let Some(k) = &r.key {
+        record = record.key(k.as_str());
     }
+    if let Some(v) = &r.value {
+        record = record.payload(v.as_str());
+    }
+    send_waiting(producer, record).context("producing the workload")
 }
 
 /// Prints a line a second until the workload is in and judged (the

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde_json::json;
 
-use super::{ExitStatus, UsageError};
+use super::{ExitStatus, UsageError, create_dir};
 use crate::cli::{CdcFormatArg, GenArgs};
 use crate::ingest::Stream;
 use crate::io::file::kcat_line;
@@ -19,12 +19,7 @@ use crate::workload::{FaultRates, Generator, Spec};
 
 pub fn run(args: &GenArgs) -> anyhow::Result<ExitStatus> {
     let spec = spec(args)?;
-    std::fs::create_dir_all(&args.out).map_err(|e| {
-        UsageError(format!(
-            "cannot create output directory {}: {e}",
-            args.out.display()
-        ))
-    })?;
+    create_dir(&args.out, "output directory")?;
     let mut generator = Generator::new(spec);
     generator.check_storms().map_err(UsageError)?;
     let summary = write(&mut generator, &args.out, args.kcat)?;

@@ -38,3 +38,9 @@ pub const FAILURE_EXIT: u8 = 4;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// Creates a directory the user named (`what` says which), or says why not.
+pub fn create_dir(path: &std::path::Path, what: &str) -> Result<(), UsageError> {
+    std::fs::create_dir_all(path)
+        .map_err(|e| UsageError(format!("cannot create {what} {}: {e}", path.display())))
+}

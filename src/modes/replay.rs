@@ -26,14 +26,14 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 
-use super::{ExitStatus, UsageError};
+use super::{ExitStatus, UsageError, create_dir};
 use crate::cli::{ReplayArgs, ReplayTarget};
 use crate::config::Config;
 use crate::dead_letter::KafkaRecord;
 use crate::events::ViolationKind;
 use crate::ingest::{Ingest, RawInput, Record};
 use crate::io::file::FileOutputs;
-use crate::io::kafka::{TopicKinds, client_config};
+use crate::io::kafka::{TopicKinds, client_config, send_waiting};
 use crate::model::Provenance;
 use crate::pipeline::{Engine, EngineOptions, PartitionBatch, Position, SourceMsg};
 use crate::replay::{self, Tally};
@@ -103,9 +103,8 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitStatus> {
             .clone()
             .unwrap_or_else(|| config.state.path.clone());
         let store = super::run::open_store(&state)?;
-        std::fs::create_dir_all(out)
-            .map_err(|e| UsageError(format!("cannot create {}: {e}", out.display())))?;
-        let resume = stored_positions(&*store, &name, &source, &config)?;
+        create_dir(out, "output directory")?;
+        let resume = stored_positions(&*store, &name)?;
         let mut records = source.open(&config, args, &resume)?;
         let partitions = records.partitions();
         let ingest = Ingest::new(&config, Arc::clone(&stats));
@@ -232,23 +231,26 @@ trait DlqReader: Send {
 
 /// A file: a record a line, offsets are line numbers (from 1).
 struct FileReader {
-    lines: std::io::Lines<BufReader<File>>,
+    reader: BufReader<File>,
+    text: String,
     line: i64,
     from: i64,
-    /// Lines in the file when the replay started.
-    end: i64,
+    /// Bytes read, and the file's length when the replay started.
+    read: u64,
+    end: u64,
 }
 
 impl FileReader {
     fn open(path: &Path, from: i64) -> anyhow::Result<Self> {
-        let open = || {
-            File::open(path).map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))
-        };
-        let end = BufReader::new(open()?).lines().count() as i64;
+        let file = File::open(path)
+            .map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
+        let end = file.metadata()?.len();
         Ok(FileReader {
-            lines: BufReader::new(open()?).lines(),
+            reader: BufReader::new(file),
+            text: String::new(),
             line: 0,
             from,
+            read: 0,
             end,
         })
     }
@@ -256,23 +258,24 @@ impl FileReader {
 
 impl DlqReader for FileReader {
     fn next_record(&mut self) -> anyhow::Result<Option<DlqRecord>> {
-        loop {
-            if self.line >= self.end {
-                return Ok(None);
+        while self.read < self.end {
+            self.text.clear();
+            let n = self.reader.read_line(&mut self.text)?;
+            if n == 0 {
+                break;
             }
-            let Some(text) = self.lines.next().transpose()? else {
-                return Ok(None);
-            };
+            self.read += n as u64;
             self.line += 1;
-            if self.line < self.from || text.trim().is_empty() {
+            if self.line < self.from || self.text.trim().is_empty() {
                 continue;
             }
             return Ok(Some(DlqRecord {
                 partition: 0,
                 offset: self.line,
-                record: replay::dlq_file_record(&text, self.line as u64),
+                record: replay::dlq_file_record(self.text.trim_end(), self.line as u64),
             }));
         }
+        Ok(None)
     }
 
     fn partitions(&self) -> Vec<i32> {
@@ -280,7 +283,7 @@ impl DlqReader for FileReader {
     }
 
     fn total(&self) -> Option<u64> {
-        Some((self.end - self.from + 1).max(0) as u64)
+        None
     }
 }
 
@@ -604,23 +607,8 @@ fn republish(
         if let Some(ts) = origin.timestamp_ms.or(record.timestamp_ms) {
             out = out.timestamp(ts);
         }
-        loop {
-            match producer.send(out) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    back,
-                )) => {
-                    out = back;
-                    producer.poll(Duration::from_millis(100));
-                }
-                Err((e, _)) => {
-                    return Err(e).with_context(|| format!("republishing to {}", origin.topic));
-                }
-            }
-        }
+        send_waiting(&producer, out)
+            .with_context(|| format!("republishing to {}", origin.topic))?;
         tally.replayed += 1;
         in_batch += 1;
         if in_batch >= BATCH {
@@ -632,37 +620,19 @@ fn republish(
 }
 
 /// The positions a `--to pipeline` replay of this DLQ committed with its
-/// state.
-fn stored_positions(
-    store: &dyn Store,
-    name: &str,
-    source: &Source,
-    config: &Config,
-) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let partitions: Vec<i32> = match source {
-        Source::File(_) => vec![0],
-        Source::Topic(topic) => {
-            let consumer: BaseConsumer = client_config(config, &[]).create()?;
-            let metadata = consumer.fetch_metadata(Some(topic), BROKER_TIMEOUT)?;
-            metadata
-                .topics()
-                .iter()
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect()
-        }
-    };
+/// state, by DLQ partition.
+fn stored_positions(store: &dyn Store, name: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let mut prefix = name.as_bytes().to_vec();
+    prefix.push(0);
     let mut out = BTreeMap::new();
-    for p in partitions {
-        if let Some(bytes) = store.get(Cf::Offsets, &codec::offset_key(name, p))? {
-            let next = i64::from_le_bytes(
-                bytes
-                    .as_slice()
-                    .try_into()
-                    .context("a stored position is 8 bytes")?,
-            );
-            out.insert(p, next);
+    store.scan(Cf::Offsets, &prefix, &mut |key, value| {
+        if let (Some((source, p)), Ok(next)) = (codec::parse_offset_key(key), value.try_into())
+            && source == name
+        {
+            out.insert(p, i64::from_le_bytes(next));
         }
-    }
+        true
+    })?;
     if !out.is_empty() {
         tracing::info!(positions = ?out, "resuming a replay where it stopped");
     }

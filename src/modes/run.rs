@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use crossbeam_channel::RecvTimeoutError;
 
-use super::{ExitStatus, UsageError};
+use super::{ExitStatus, create_dir};
 use crate::cli::RunArgs;
 use crate::config::Config;
 use crate::ingest::Ingest;
@@ -48,12 +48,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitStatus> {
 
 /// Opens the state store, creating its directory.
 pub fn open_store(path: &Path) -> anyhow::Result<Arc<dyn Store>> {
-    std::fs::create_dir_all(path).map_err(|e| {
-        UsageError(format!(
-            "cannot create the state directory {}: {e}",
-            path.display()
-        ))
-    })?;
+    create_dir(path, "the state directory")?;
     let store = RocksStore::open(path)
         .with_context(|| format!("opening the state in {}", path.display()))?;
     Ok(Arc::new(store))

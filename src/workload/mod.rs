@@ -791,39 +791,28 @@ impl Generator {
         } else {
             for key in keys {
                 let ts = if faulty.as_ref() == Some(key) {
-                    match fault {
-                        Some(Fault::Late) => {
-                            let late = t + DEADLINE_MS + self.rng.range(1, LATE_WINDOW_MS / 2);
-                            self.expect(
-                                ViolationKind::MissingInvalidation,
-                                Some(key),
-                                table,
-                                id,
-                                version,
-                                None,
-                            );
-                            self.expect(
-                                ViolationKind::LateInvalidation,
-                                Some(key),
-                                table,
-                                id,
-                                version,
-                                Some(late - t),
-                            );
-                            late
-                        }
-                        _ => {
-                            self.expect(
-                                ViolationKind::MissingInvalidation,
-                                Some(key),
-                                table,
-                                id,
-                                version,
-                                None,
-                            );
-                            continue;
-                        }
+                    // Missing in time either way; a late fault comes later.
+                    self.expect(
+                        ViolationKind::MissingInvalidation,
+                        Some(key),
+                        table,
+                        id,
+                        version,
+                        None,
+                    );
+                    if fault != Some(Fault::Late) {
+                        continue;
                     }
+                    let late = t + DEADLINE_MS + self.rng.range(1, LATE_WINDOW_MS / 2);
+                    self.expect(
+                        ViolationKind::LateInvalidation,
+                        Some(key),
+                        table,
+                        id,
+                        version,
+                        Some(late - t),
+                    );
+                    late
                 } else {
                     t + self.rng.range(-(SKEW_MS * 8 / 10), DEADLINE_MS / 2)
                 };

@@ -10,13 +10,44 @@ pub mod source;
 
 use std::collections::HashMap;
 
+use std::time::Duration;
+
 use rdkafka::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::message::{Headers, Message};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{Headers, Message, ToBytes};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
 use regex::Regex;
 
 use crate::config::{Config, InputsConfig};
 use crate::ingest::Stream;
+
+/// How long a sender waits for deliveries when librdkafka's queue is full.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(10);
+
+/// Hands a record to librdkafka, waiting for deliveries to make room while
+/// its queue is full.
+pub fn send_waiting<C, K, P>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> KafkaResult<()>
+where
+    C: ProducerContext + 'static,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                let _ = producer.flush(QUEUE_FULL_WAIT);
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
 
 /// A client configuration from `[kafka]`, with vigil's defaults for what
 /// the user did not set.
