@@ -157,11 +157,11 @@ pub enum Command {
     ///   --to pipeline  decode it with the current configuration and run it
     ///                  through the engine as if it had arrived live on its
     ///                  original topic: state in --state (default state.path),
-    ///                  violations and storms into --out DIR. Limitation: the
-    ///                  state keeps no history of the invalidations of keys
-    ///                  it knows no change of, so a replayed change whose
-    ///                  invalidations came before the replay is reported as a
-    ///                  missing invalidation;
+    ///                  violations and storms into --out DIR. The changes are
+    ///                  judged against the invalidations and fills their keys
+    ///                  kept (detect.history), so state and violations (same
+    ///                  ids) end as if the fixed configuration had been used
+    ///                  from the start;
     ///   --to original  publish it again to its original topic and partition
     ///                  with its key, value and headers (error headers
     ///                  removed, vigil.replay.count added); a record replayed

@@ -126,8 +126,15 @@ pub struct DetectConfig {
     pub late_window: Dur,
     /// Changes remembered per cache key (pending ones and recent history).
     /// When a key exceeds it, its oldest decided changes are forgotten first
-    /// (counted in `key_history_evictions`). Default `64`.
+    /// (counted in `key_history_evictions`). It also bounds the
+    /// invalidations and fills a key keeps as history. Default `64`.
     pub max_changes_per_key: usize,
+    /// How long (event time, back from a key's latest record) a key keeps
+    /// its invalidations and judged fills, so that a change arriving later
+    /// (replayed from the dead-letter queue once its table is mapped) is
+    /// judged as it would have been live. `"0s"` turns it off.
+    /// Default `"1h"`.
+    pub history: Dur,
 }
 
 impl Default for DetectConfig {
@@ -139,6 +146,7 @@ impl Default for DetectConfig {
             idle_timeout: Dur::from_secs(10),
             late_window: Dur::from_secs(3_600),
             max_changes_per_key: 64,
+            history: Dur::from_secs(3_600),
         }
     }
 }

@@ -11,6 +11,12 @@
 //! - a fill is judged once the watermark passes its time, against `L`, the
 //!   latest create, update or delete of the key committed more than `skew`
 //!   before it.
+//!
+//! A key also keeps its invalidations and judged fills of the last
+//! `history_ms` of its own activity, so that a change arriving after them
+//! (replayed from the dead-letter queue once its table is mapped) is judged
+//! as it would have been live: covered by the invalidations already seen, and
+//! the fills after it judged again, reporting what their verdict gained.
 
 use std::sync::Arc;
 
@@ -28,7 +34,11 @@ pub const SEEN_IDS: usize = 32;
 pub struct KeyRules {
     pub skew_ms: i64,
     pub late_window_ms: i64,
+    /// Bounds the changes, retained invalidations and judged fills per key.
     pub max_changes: usize,
+    /// Event time, back from the key's latest record, for which its
+    /// invalidations and judged fills are kept for late changes.
+    pub history_ms: i64,
 }
 
 /// Where a change stands.
@@ -112,7 +122,7 @@ impl Invalidation {
     }
 }
 
-/// A fill waiting for the watermark.
+/// A fill of the key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fill {
     pub id: u64,
@@ -120,6 +130,9 @@ pub struct Fill {
     pub version: Option<u64>,
     pub service: Option<Arc<str>>,
     pub evidence: Provenance,
+    /// The violation already reported for it, if any: judged again after a
+    /// late change, a fill reports only a verdict it did not report before.
+    pub reported: Option<ViolationKind>,
 }
 
 /// What advancing the watermark over a key decided.
@@ -141,7 +154,11 @@ pub struct KeyState {
     pub changes: Vec<KeyChange>,
     /// Recent invalidations, kept for changes that arrive after them.
     pub invalidations: Vec<Invalidation>,
+    /// Fills waiting for the watermark.
     pub fills: Vec<Fill>,
+    /// Judged fills of the history, oldest first, judged again when a
+    /// change committed before them arrives late.
+    pub judged: Vec<Fill>,
     /// Recent change and fill ids, oldest first.
     pub seen: Vec<u64>,
     /// Latest event time seen at this key (drives retention).
@@ -200,6 +217,13 @@ impl KeyState {
         }
         let at = self.changes.partition_point(|c| c.order() < entry.order());
         self.changes.insert(at, entry);
+        if self.judged.iter().any(|f| f.ts > change.commit_ts_ms) {
+            let (after, before): (Vec<Fill>, Vec<Fill>) = std::mem::take(&mut self.judged)
+                .into_iter()
+                .partition(|f| f.ts > change.commit_ts_ms);
+            self.judged = before;
+            self.fills.extend(after);
+        }
         true
     }
 
@@ -213,10 +237,7 @@ impl KeyState {
             }
         }
         if retain {
-            if self.invalidations.len() >= rules.max_changes {
-                self.invalidations.remove(0);
-            }
-            self.invalidations.push(inv.clone());
+            push_bounded(&mut self.invalidations, inv.clone(), rules.max_changes);
         }
     }
 
@@ -247,20 +268,37 @@ impl KeyState {
             .into_iter()
             .partition(|f| f.ts <= wm);
         self.fills = waiting;
-        for fill in &ready {
-            if let Some(v) = self.judge_fill(fill, key, rules) {
+        for mut fill in ready {
+            if let Some(v) = self.judge_fill(&fill, key, rules)
+                && fill.reported != Some(v.kind)
+            {
+                fill.reported = Some(v.kind);
                 out.violations.push(v);
+            }
+            if fill.ts > self.history_start(rules) {
+                push_bounded(&mut self.judged, fill, rules.max_changes);
             }
         }
         let horizon = wm.saturating_sub(rules.skew_ms);
-        self.invalidations.retain(|i| i.ts >= horizon);
+        let history = self.history_start(rules);
+        self.invalidations
+            .retain(|i| i.ts >= horizon || i.ts > history);
+        self.judged.retain(|f| f.ts > history);
         self.forget_history(horizon, rules.max_changes, out);
         self.next_due(rules)
     }
 
+    /// Records stamped at or before this are beyond the key's history.
+    fn history_start(&self, rules: &KeyRules) -> Millis {
+        self.touched.saturating_sub(rules.history_ms)
+    }
+
     /// Whether the key holds nothing worth keeping.
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty() && self.invalidations.is_empty() && self.fills.is_empty()
+        self.changes.is_empty()
+            && self.invalidations.is_empty()
+            && self.fills.is_empty()
+            && self.judged.is_empty()
     }
 
     /// The next time the watermark must reach for something to happen here.
@@ -274,9 +312,11 @@ impl KeyState {
             Status::Decided => None,
         });
         let fills = self.fills.iter().map(|f| f.ts);
+        let history = self.history_start(rules);
         let expiries = self
             .invalidations
             .iter()
+            .filter(|i| i.ts <= history)
             .map(|i| i.ts.saturating_add(rules.skew_ms).saturating_add(1));
         changes.chain(fills).chain(expiries).min()
     }
@@ -352,6 +392,14 @@ impl KeyState {
             self.changes.remove(victim);
         }
     }
+}
+
+/// Appends `item`, first dropping the oldest item if `items` holds `max`.
+fn push_bounded<T>(items: &mut Vec<T>, item: T, max: usize) {
+    if items.len() >= max {
+        items.remove(0);
+    }
+    items.push(item);
 }
 
 /// Records `inv` as the change's cover if it covers it and is earlier than
@@ -493,9 +541,10 @@ impl Wildcards {
     }
 
     /// Forgets globs stamped before `horizon` (no change that can still
-    /// arrive in time is covered by them) and returns them.
-    pub fn prune(&mut self, horizon: Millis) -> Vec<RetainedGlob> {
-        self.remove(|g| g.inv.ts < horizon)
+    /// arrive in time is covered by them) and at or before `history` (the
+    /// start of the history kept for late changes), and returns them.
+    pub fn prune(&mut self, horizon: Millis, history: Millis) -> Vec<RetainedGlob> {
+        self.remove(|g| g.inv.ts < horizon && g.inv.ts <= history)
     }
 }
 

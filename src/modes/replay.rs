@@ -86,7 +86,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitStatus> {
     let mut extra = serde_json::Map::new();
     if args.dry_run {
         let ingest = Ingest::new(&config, Arc::clone(&stats));
-        let mut records = source.open(&config, args, &BTreeMap::new())?;
+        let mut records = source.open(&config, args, &BTreeMap::new(), &mut tally)?;
         let mut decoded = Vec::new();
         let mut progress = Progress::new(records.total());
         while let Some(r) = records.next_record()? {
@@ -105,7 +105,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitStatus> {
         let store = super::run::open_store(&state)?;
         create_dir(out, "output directory")?;
         let resume = stored_positions(&*store, &name)?;
-        let mut records = source.open(&config, args, &resume)?;
+        let mut records = source.open(&config, args, &resume, &mut tally)?;
         let partitions = records.partitions();
         let ingest = Ingest::new(&config, Arc::clone(&stats));
         let engine = Engine {
@@ -151,7 +151,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitStatus> {
             .clone()
             .unwrap_or_else(|| default_progress_file(&config, &name));
         let resume = read_progress(&progress_file)?;
-        let mut records = source.open(&config, args, &resume)?;
+        let mut records = source.open(&config, args, &resume, &mut tally)?;
         republish(
             &mut *records,
             &config,
@@ -203,19 +203,25 @@ impl Source {
         }
     }
 
-    /// Opens the DLQ at the resume positions (or the start asked for).
+    /// Opens the DLQ at the resume positions (or the start asked for), and
+    /// counts the records a stopped replay did already in `tally`.
     fn open(
         &self,
         config: &Config,
         args: &ReplayArgs,
         resume: &BTreeMap<i32, i64>,
+        tally: &mut Tally,
     ) -> anyhow::Result<Box<dyn DlqReader>> {
         Ok(match self {
-            Source::File(path) => Box::new(FileReader::open(
-                path,
-                resume.get(&0).copied().or(args.from_offset).unwrap_or(1),
-            )?),
-            Source::Topic(topic) => Box::new(TopicReader::open(config, topic, args, resume)?),
+            Source::File(path) => {
+                let asked = args.from_offset.unwrap_or(1);
+                let start = resume.get(&0).copied().unwrap_or(asked);
+                tally.resumed_past = (start - asked).max(0) as u64;
+                Box::new(FileReader::open(path, start)?)
+            }
+            Source::Topic(topic) => {
+                Box::new(TopicReader::open(config, topic, args, resume, tally)?)
+            }
         })
     }
 }
@@ -304,6 +310,7 @@ impl TopicReader {
         topic: &str,
         args: &ReplayArgs,
         resume: &BTreeMap<i32, i64>,
+        tally: &mut Tally,
     ) -> anyhow::Result<Self> {
         let consumer: BaseConsumer = client_config(
             config,
@@ -359,6 +366,7 @@ impl TopicReader {
                 None => args.from_offset.unwrap_or(low),
             };
             let start = resume.get(&p).copied().unwrap_or(asked).max(low);
+            tally.resumed_past += (start - asked.max(low)).max(0) as u64;
             ends.insert(p, high);
             next.insert(p, start);
             total += (high - start).max(0) as u64;

@@ -132,6 +132,19 @@ enum WorkItem {
     },
 }
 
+impl WorkItem {
+    /// The event time of the record behind the item.
+    fn event_ts(&self) -> Millis {
+        match self {
+            WorkItem::Entity { change, .. } | WorkItem::Change { change, .. } => {
+                change.commit_ts_ms
+            }
+            WorkItem::Invalidation { inv, .. } | WorkItem::Wildcard { inv, .. } => inv.ts,
+            WorkItem::Fill { fill, .. } => fill.ts,
+        }
+    }
+}
+
 /// What the router and the workers send the sink.
 enum SinkMsg {
     DeadLetters(Vec<DeadLetter>),
@@ -227,6 +240,7 @@ impl EngineOptions {
                 skew_ms: d.skew.as_millis_i64(),
                 late_window_ms: d.late_window.as_millis_i64(),
                 max_changes: d.max_changes_per_key,
+                history_ms: d.history.as_millis_i64(),
             },
             allowed_lateness_ms: d.allowed_lateness.as_millis_i64(),
             finite: finite_inputs,

@@ -253,6 +253,7 @@ impl Router {
                         version: event.version,
                         service: service.clone(),
                         evidence: evidence.clone(),
+                        reported: None,
                     };
                     let key: Arc<str> = Arc::from(key);
                     self.pending[hash::shard_of_key(&key, n)].push(WorkItem::Fill {

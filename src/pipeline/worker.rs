@@ -75,6 +75,9 @@ pub(super) struct Worker {
     /// Worker 0's glob puts and deletes since the last checkpoint.
     glob_writes: StateBatch,
     watermark: Millis,
+    /// The latest event time of the records applied (the globs' history
+    /// runs back from it).
+    latest: Millis,
     violations: Vec<Violation>,
     tallies: BTreeMap<String, TableTally>,
 }
@@ -205,6 +208,7 @@ impl Worker {
             wildcards,
             glob_writes: StateBatch::default(),
             watermark: Millis::MIN,
+            latest: Millis::MIN,
             violations: Vec::new(),
             tallies: BTreeMap::new(),
         })
@@ -261,6 +265,7 @@ impl Worker {
     }
 
     fn apply(&mut self, item: WorkItem) -> Result<(), PipelineError> {
+        self.latest = self.latest.max(item.event_ts());
         match item {
             WorkItem::Entity { change, scope } => self.check_entity(&change, scope)?,
             WorkItem::Change { key, change, scope } => {
@@ -418,7 +423,8 @@ impl Worker {
             self.touched(&key);
         }
         let horizon = wm.saturating_sub(self.rules.skew_ms);
-        for glob in self.wildcards.prune(horizon) {
+        let history = self.latest.saturating_sub(self.rules.history_ms);
+        for glob in self.wildcards.prune(horizon, history) {
             if self.index == 0 {
                 let key = codec::timer_key(glob.scope, glob.inv.ts, &glob.pattern);
                 self.glob_writes.delete(Cf::Wildcards, glob.scope, key);

@@ -1,15 +1,26 @@
 //! `vigil replay` on files: what still fails is named with its reason and
 //! exit status 3, a fixed configuration replays everything, a filter selects
-//! by reason, and a finished replay is not done again.
+//! by reason, a replay through the engine ends where a run with the fixed
+//! configuration from the start would have, and a finished replay is not
+//! done again.
 
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
 
+use rdkafka::message::{Headers, Message};
 use serde_json::Value;
+use vigil::detect::key::KeyState;
+use vigil::model::Millis;
+use vigil::state::{Cf, RocksStore, Store, codec};
 
+use crate::broker::{Broker, DLQ, Out, run_config};
 use crate::support::*;
 
-/// A generated workload in `kcat -J` lines, checked with table t2 unmapped:
-/// its changes end in `o1/dlq.ndjson`.
+/// A generated workload in `kcat -J` lines, checked with table t2 unmapped
+/// and its state in `s1`: the changes of t2 end in `o1/dlq.ndjson`.
 fn dead_lettered(dir: &Path) -> u64 {
     generate(
         dir,
@@ -29,7 +40,7 @@ fn dead_lettered(dir: &Path) -> u64 {
         &[&dir.join("cdc.ndjson")],
         &[&dir.join("cache.ndjson")],
         &dir.join("o1"),
-        &[],
+        &["--state", dir.join("s1").to_str().unwrap()],
     );
     assert_eq!(checked.code, 0, "{}", checked.stderr);
     checked.summary["dead_letters"]["unmapped_table"]
@@ -88,9 +99,11 @@ fn replay_reports_what_still_fails_and_replays_what_a_fix_decodes() {
         (0, Some(dead), Some(0))
     );
 
-    // Through the engine; run again, it has nothing left to do.
-    let state = dir.path().join("state");
-    let o2 = dir.path().join("o2");
+    // Through the engine, on the state the broken run left: the violations
+    // of both runs are those of a run with the fixed configuration from the
+    // start, with the same ids and contents, and so is the state. Run again,
+    // the replay has nothing left to do.
+    let (o2, s1) = (dir.path().join("o2"), dir.path().join("s1"));
     let pipeline = [
         "--config",
         fixed.to_str().unwrap(),
@@ -99,13 +112,161 @@ fn replay_reports_what_still_fails_and_replays_what_a_fix_decodes() {
         "--out",
         o2.to_str().unwrap(),
         "--state",
-        state.to_str().unwrap(),
+        s1.to_str().unwrap(),
     ];
     let (code, s) = replay(dir.path(), &pipeline);
     assert_eq!((code, s["replayed"].as_u64()), (0, Some(dead)), "{s}");
-    assert!(!read_ndjson(&dir.path().join("o2/violations.ndjson")).is_empty());
+    assert_ends_as_from_start(dir.path(), &s1, &[&o2]);
     let (code, s) = replay(dir.path(), &pipeline);
     assert_eq!((code, s["read"].as_u64()), (0, Some(0)), "{s}");
+}
+
+/// Checks that the state `state` and the violations of the broken run (in
+/// `o1`) and of the replays (in `replayed`) are those of a run with the
+/// fixed configuration from the start.
+fn assert_ends_as_from_start(dir: &Path, state: &Path, replayed: &[&Path]) {
+    let from_start = check(
+        Some(&dir.join("vigil.toml")),
+        &[&dir.join("cdc.ndjson")],
+        &[&dir.join("cache.ndjson")],
+        &dir.join("fixed"),
+        &["--state", dir.join("s2").to_str().unwrap()],
+    );
+    assert_eq!(from_start.code, 0, "{}", from_start.stderr);
+    let live = by_id(&[&dir.join("fixed/violations.ndjson")]);
+    let mut dirs = vec![dir.join("o1")];
+    dirs.extend(replayed.iter().map(|d| d.to_path_buf()));
+    let files: Vec<_> = dirs.iter().map(|d| d.join("violations.ndjson")).collect();
+    let replayed = by_id(&files.iter().map(|f| f.as_path()).collect::<Vec<_>>());
+    assert!(live.len() > 100, "{} violations", live.len());
+    assert!(
+        replayed == live,
+        "{} violations after the replay, {} from the start; differing ids: {:?}",
+        replayed.len(),
+        live.len(),
+        replayed
+            .keys()
+            .filter(|id| replayed.get(*id) != live.get(*id))
+            .chain(live.keys().filter(|id| !replayed.contains_key(*id)))
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    let (after_replay, from_start) = (state_of(state), state_of(&dir.join("s2")));
+    assert_eq!(after_replay.entities, from_start.entities);
+    assert!(
+        after_replay.keys == from_start.keys,
+        "key states differ after the replay"
+    );
+}
+
+/// Violations of some files by id (a violation written twice, with the same
+/// id, counts once; its copies must be equal).
+fn by_id(files: &[&Path]) -> BTreeMap<String, Value> {
+    files
+        .iter()
+        .flat_map(|f| read_ndjson(f))
+        .fold(BTreeMap::new(), |mut by_id, v| {
+            let id = v["id"].as_str().unwrap().to_owned();
+            if let Some(earlier) = by_id.insert(id, v.clone()) {
+                assert_eq!(earlier, v, "copies of a violation differ");
+            }
+            by_id
+        })
+}
+
+/// What a run leaves in its state: each entity's stored value, and each
+/// key's changes (id, version, verdict, cover).
+struct Snapshot {
+    entities: BTreeMap<Vec<u8>, Vec<u8>>,
+    keys: BTreeMap<Vec<u8>, Vec<String>>,
+}
+
+fn state_of(path: &Path) -> Snapshot {
+    let store = RocksStore::open(path).unwrap();
+    let mut entities = BTreeMap::new();
+    store
+        .scan(Cf::Entities, &[], &mut |k, v| {
+            entities.insert(k.to_vec(), v.to_vec());
+            true
+        })
+        .unwrap();
+    let mut keys = BTreeMap::new();
+    store
+        .scan(Cf::Keys, &[], &mut |k, v| {
+            let (_, (state, _)): (Millis, (KeyState, Option<Millis>)) =
+                codec::decode(Cf::Keys, v).unwrap();
+            let changes = state
+                .changes
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} {:?} {:?} {:?}",
+                        c.id,
+                        c.version,
+                        c.status,
+                        c.cover.as_ref().map(|cover| cover.ts)
+                    )
+                })
+                .collect();
+            keys.insert(k.to_vec(), changes);
+            true
+        })
+        .unwrap();
+    Snapshot { entities, keys }
+}
+
+#[test]
+fn a_replay_killed_half_way_and_run_again_does_every_record_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dead_lettered(dir.path());
+    let (s1, first, second) = (
+        dir.path().join("s1"),
+        dir.path().join("first"),
+        dir.path().join("second"),
+    );
+    let pipeline = |out: &Path| {
+        let mut cmd = vigil();
+        cmd.arg("replay")
+            .arg("--from-file")
+            .arg(dir.path().join("o1/dlq.ndjson"))
+            .arg("--config")
+            .arg(dir.path().join("vigil.toml"))
+            .args(["--to", "pipeline", "--out"])
+            .arg(out)
+            .arg("--state")
+            .arg(&s1);
+        cmd
+    };
+    // Paced to last about eight seconds; killed at its first progress line
+    // (five seconds in), after at least one batch was committed.
+    let rate = (dead / 8).to_string();
+    let mut child = pipeline(&first)
+        .args(["--rate", &rate])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let progress = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("vigil replay:"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(progress.is_some(), "the replay reports progress");
+
+    let out = run(&mut pipeline(&second));
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{s}");
+    let (done_before, read) = (
+        s["resumed_past"].as_u64().unwrap(),
+        s["read"].as_u64().unwrap(),
+    );
+    assert!(
+        done_before > 0 && done_before < dead,
+        "resumed half-way: {s}"
+    );
+    assert_eq!(done_before + read, dead, "{s}");
+    assert_ends_as_from_start(dir.path(), &s1, &[&first, &second]);
 }
 
 #[test]
@@ -120,4 +281,141 @@ fn replay_usage_errors_exit_2() {
     let out = run(vigil().arg("replay").arg("--dry-run"));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--from-topic"));
+}
+
+/// DLQ records as Kafka Connect (or vigil) and Spring Kafka write them, in a
+/// DLQ topic of the embedded broker; `vigil replay --to original` sends each
+/// back to its original topic and partition with its key, value and own
+/// headers, counts the replay, and skips a record replayed too often.
+#[test]
+fn replay_to_original_republishes_from_a_topic_and_the_loop_guard_stops_repeat_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::new(&[("orders", 3)]);
+    let connect = |offset: &'static str, replays: Option<&'static str>| {
+        let mut h = vec![
+            ("trace-id", "t-1"),
+            ("__connect.errors.topic", "orders"),
+            ("__connect.errors.partition", "2"),
+            ("__connect.errors.offset", offset),
+            ("__connect.errors.stage", "VALUE_CONVERTER"),
+            (
+                "__connect.errors.exception.class.name",
+                "vigil.error.InvalidJson",
+            ),
+            ("__connect.errors.exception.message", "expected a value"),
+            ("vigil.error.reason", "invalid_json"),
+        ];
+        h.extend(replays.map(|n| ("vigil.replay.count", n)));
+        h
+    };
+    let first = connect("41", None);
+    let spring = [
+        ("trace-id", "t-2"),
+        ("kafka_dlt-original-topic", "orders"),
+        ("kafka_dlt-original-partition", "\0\0\0\u{1}"),
+        ("kafka_dlt-original-offset", "\0\0\0\0\0\0\0\u{7}"),
+        ("kafka_dlt-original-timestamp", "\0\0\0\0\0\0\u{12}\u{34}"),
+        ("kafka_dlt-exception-message", "boom"),
+    ];
+    let again = connect("42", Some("2"));
+    let worn_out = connect("43", Some("3"));
+    let dead: [(&str, &[(&str, &str)]); 4] = [
+        ("k1", &first),
+        ("k2", &spring),
+        ("k3", &again),
+        ("k4", &worn_out),
+    ];
+    for (key, headers) in dead {
+        broker.produce(&Out {
+            topic: DLQ,
+            partition: 0,
+            key: Some(key),
+            value: Some(format!("{{\"id\":\"{key}\"}}").as_bytes()),
+            headers,
+            ts_ms: Some(1_000),
+        });
+    }
+    broker.flush();
+    let config = run_config(dir.path(), "", &broker.bootstrap, &["orders"], &[], &[]);
+    let progress = dir.path().join("progress.json");
+    let replay = || {
+        let out = run(vigil()
+            .args(["replay", "--to", "original", "--from-topic", DLQ])
+            .arg("--config")
+            .arg(&config)
+            .arg("--progress")
+            .arg(&progress));
+        let summary: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code(), summary)
+    };
+    let (code, s) = replay();
+    assert_eq!(code, Some(3), "a record skipped by the loop guard: {s}");
+    assert_eq!(
+        (s["read"].as_u64(), s["replayed"].as_u64()),
+        (Some(4), Some(3))
+    );
+    assert_eq!(s["skipped_by_loop_guard"], 1);
+
+    let republished = broker.read_until("orders", 3, Duration::from_secs(30), |m| m.len() >= 3);
+    // Key, partition, value, headers and timestamp of each record.
+    type Republished = (String, i32, String, Vec<(String, String)>, Option<i64>);
+    let mut seen: Vec<Republished> = republished
+        .iter()
+        .map(|m| {
+            let headers = m.headers().map_or(Vec::new(), |h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            });
+            (
+                String::from_utf8_lossy(m.key().unwrap()).into_owned(),
+                m.partition(),
+                String::from_utf8_lossy(m.payload().unwrap()).into_owned(),
+                headers,
+                m.timestamp().to_millis(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let headers = |trace: &str, count: &str| {
+        vec![
+            ("trace-id".to_owned(), trace.to_owned()),
+            ("vigil.replay.count".to_owned(), count.to_owned()),
+        ]
+    };
+    assert_eq!(
+        seen,
+        vec![
+            (
+                "k1".into(),
+                2,
+                r#"{"id":"k1"}"#.into(),
+                headers("t-1", "1"),
+                Some(1_000)
+            ),
+            (
+                "k2".into(),
+                1,
+                r#"{"id":"k2"}"#.into(),
+                headers("t-2", "1"),
+                Some(0x1234)
+            ),
+            (
+                "k3".into(),
+                2,
+                r#"{"id":"k3"}"#.into(),
+                headers("t-1", "3"),
+                Some(1_000)
+            ),
+        ]
+    );
+
+    let (code, s) = replay();
+    assert_eq!(code, Some(0), "{s}");
+    assert_eq!(s["read"], 0, "a finished replay is not done again: {s}");
 }

@@ -20,6 +20,7 @@ const RULES: KeyRules = KeyRules {
     skew_ms: SKEW,
     late_window_ms: LATE_WINDOW,
     max_changes: 64,
+    history_ms: 0,
 };
 
 const TABLE_RULES: TableRules = TableRules {
@@ -89,6 +90,7 @@ fn fill(ts: Millis, version: Option<u64>, offset: i64) -> Fill {
         version,
         service: Some(Arc::from("users-web")),
         evidence: prov("cache-events", 2, offset),
+        reported: None,
     }
 }
 
@@ -229,8 +231,17 @@ struct Outcome {
 }
 
 fn run_with(records: &[Rec], schedule: Schedule, rules: &KeyRules) -> (Outcome, KeyState) {
+    run_from(KeyState::default(), records, schedule, rules)
+}
+
+/// Runs `records` on a key that already holds `state`.
+fn run_from(
+    mut state: KeyState,
+    records: &[Rec],
+    schedule: Schedule,
+    rules: &KeyRules,
+) -> (Outcome, KeyState) {
     let key = key();
-    let mut state = KeyState::default();
     let mut globs: Vec<Invalidation> = Vec::new();
     let mut decisions = Decisions::default();
     let mut last_wm = Millis::MIN;
@@ -1424,4 +1435,152 @@ fn every_key_a_glob_matches_starts_with_its_prefix() {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// History: changes that arrive after the key's other records were judged
+
+const WITH_HISTORY: KeyRules = KeyRules {
+    history_ms: 3_600_000,
+    ..RULES
+};
+
+/// Runs `live` with the watermark following it to the end of time, then the
+/// `replayed` changes with a watermark of their own (as `vigil replay --to
+/// pipeline` feeds dead-lettered changes to a new engine on the state a live
+/// run left), and returns what both decided together.
+fn live_then_replayed(live: &[Rec], replayed: &[Rec], rules: &KeyRules) -> Outcome {
+    let (first, state) = run_from(KeyState::default(), live, Schedule::Eager, rules);
+    let (second, _) = run_from(state, replayed, Schedule::Eager, rules);
+    let mut violations = [first.violations, second.violations].concat();
+    violations.sort_by(|a, b| (a.time_ms, a.kind, &a.id).cmp(&(b.time_ms, b.kind, &b.id)));
+    let mut in_time = [first.in_time, second.in_time].concat();
+    in_time.sort();
+    Outcome {
+        violations,
+        in_time,
+        expired: first.expired + second.expired,
+        evicted: first.evicted + second.evicted,
+    }
+}
+
+/// What the key decides with every record in order from the start.
+fn in_order(records: &[Rec], rules: &KeyRules) -> Outcome {
+    let mut records = records.to_vec();
+    records.sort_by_key(Rec::ts);
+    run_with(&records, Schedule::Eager, rules).0
+}
+
+#[test]
+fn replayed_changes_are_covered_by_the_invalidations_seen_before_them() {
+    let covered = change(Op::Update, Some(1), T0, 10);
+    let missed = change(Op::Update, Some(2), T0 + 60_000, 11);
+    let i1 = inv(T0 + 200, Some(1), 20);
+    let i2 = inv(T0 + 60_000 + DEADLINE + 5_000, Some(2), 21);
+    let live = [Rec::Inv(i1), Rec::Inv(i2.clone())];
+    let replayed = [Rec::Change(covered.clone()), Rec::Change(missed.clone())];
+    let outcome = live_then_replayed(&live, &replayed, &WITH_HISTORY);
+    assert_eq!(
+        outcome,
+        in_order(&[&live[..], &replayed[..]].concat(), &WITH_HISTORY)
+    );
+    assert_eq!(outcome.in_time, in_time(200));
+    assert_eq!(
+        outcome.violations,
+        vec![missing(&missed), late(&missed, &i2)]
+    );
+
+    let forgetful = live_then_replayed(&live, &replayed, &RULES);
+    assert_eq!(
+        forgetful.violations,
+        vec![missing(&covered), missing(&missed)],
+        "without history both replayed changes are missing"
+    );
+}
+
+#[test]
+fn fills_are_judged_again_when_a_change_before_them_is_replayed() {
+    // Live: fills of a key whose changes all went to the dead-letter queue.
+    // Replayed: an update the first fill is stale against, and a delete
+    // then a re-creation around the second and third fills.
+    let create = change(Op::Create, Some(1), T0, 10);
+    let update = change(Op::Update, Some(2), T0 + 1_000, 11);
+    let delete = change(Op::Delete, Some(2), T0 + 3_000, 12);
+    let recreate = change(Op::Create, Some(3), T0 + 5_000, 13);
+    let stale = fill(T0 + 2_000, Some(1), 30);
+    let after_delete = fill(T0 + 4_000, Some(2), 31);
+    let after_recreate = fill(T0 + 6_000, Some(3), 32);
+    let live = [
+        Rec::Fill(stale.clone()),
+        Rec::Fill(after_delete.clone()),
+        Rec::Fill(after_recreate),
+    ];
+    let replayed = [create, update.clone(), delete.clone(), recreate].map(Rec::Change);
+    let outcome = live_then_replayed(&live, &replayed, &WITH_HISTORY);
+    assert_eq!(
+        outcome,
+        in_order(&[&live[..], &replayed[..]].concat(), &WITH_HISTORY)
+    );
+    let fills: Vec<&Violation> = outcome
+        .violations
+        .iter()
+        .filter(|v| v.cache_ts_ms.is_some())
+        .collect();
+    assert_eq!(
+        fills,
+        vec![
+            &stale_fill(&stale, &update),
+            &fill_after_delete(&after_delete, &delete)
+        ]
+    );
+}
+
+#[test]
+fn a_fill_judged_again_reports_only_a_verdict_it_had_not_reported() {
+    let create = change(Op::Create, Some(1), T0, 10);
+    let newest = change(Op::Update, Some(3), T0 + 1_000, 11);
+    let f = fill(T0 + 2_000, Some(1), 30);
+    let live = [
+        Rec::Change(create),
+        Rec::Change(newest.clone()),
+        Rec::Fill(f.clone()),
+    ];
+    let replayed = [Rec::Change(change(Op::Update, Some(2), T0 + 500, 12))];
+    let outcome = live_then_replayed(&live, &replayed, &WITH_HISTORY);
+    let stale: Vec<_> = outcome
+        .violations
+        .iter()
+        .filter(|v| v.kind == ViolationKind::StaleFill)
+        .collect();
+    assert_eq!(stale, vec![&stale_fill(&f, &newest)]);
+}
+
+#[test]
+fn history_keeps_what_the_last_hour_of_the_key_saw_and_no_more() {
+    let mut state = KeyState::default();
+    let old = inv(T0, None, 1);
+    let recent = inv(T0 + 3_600_000, None, 2);
+    let newest = inv(T0 + 3_600_001, None, 3);
+    let mut d = Decisions::default();
+    for i in [&old, &recent, &newest] {
+        state.on_invalidation(i, true, &WITH_HISTORY);
+        state.on_fill(fill(i.ts, None, i.evidence.offset));
+    }
+    assert_eq!(
+        state.advance(&key(), END_OF_TIME, &WITH_HISTORY, &mut d),
+        None
+    );
+    let kept: Vec<Millis> = state.invalidations.iter().map(|i| i.ts).collect();
+    assert_eq!(kept, vec![recent.ts, newest.ts]);
+    let judged: Vec<Millis> = state.judged.iter().map(|f| f.ts).collect();
+    assert_eq!(judged, vec![recent.ts, newest.ts]);
+
+    let mut state = KeyState::default();
+    state.on_invalidation(&newest, true, &RULES);
+    state.on_fill(fill(newest.ts, None, 3));
+    state.advance(&key(), END_OF_TIME, &RULES, &mut d);
+    assert!(
+        state.is_empty(),
+        "without history nothing is kept: {state:?}"
+    );
 }
