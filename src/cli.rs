@@ -336,8 +336,9 @@ pub struct CheckArgs {
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 
-    /// RocksDB state directory to use and keep. Without it a fresh one is
-    /// made in DIR and removed at the end, so that runs are independent.
+    /// RocksDB state directory to use and keep (state is written to it at
+    /// every checkpoint, and a later run resumes from it). Without it state
+    /// lives in memory for the run only, so that runs are independent.
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
 

@@ -500,10 +500,13 @@ pub struct Wildcards {
     by_prefix: std::collections::HashMap<Box<str>, Vec<RetainedGlob>>,
     /// Prefix lengths in use, with how many globs have each.
     lengths: std::collections::BTreeMap<usize, usize>,
+    /// The time of the oldest glob, if any.
+    oldest: Option<Millis>,
 }
 
 impl Wildcards {
     pub fn insert(&mut self, glob: RetainedGlob) {
+        self.oldest = Some(self.oldest.map_or(glob.inv.ts, |o| o.min(glob.inv.ts)));
         let prefix = glob_prefix(&glob.pattern);
         *self.lengths.entry(prefix.len()).or_default() += 1;
         self.by_prefix
@@ -525,26 +528,42 @@ impl Wildcards {
     /// Removes and returns the globs `drop` selects.
     pub fn remove(&mut self, drop: impl Fn(&RetainedGlob) -> bool) -> Vec<RetainedGlob> {
         let mut removed = Vec::new();
+        let mut oldest = None;
         let lengths = &mut self.lengths;
         self.by_prefix.retain(|prefix, globs| {
-            let (gone, kept): (Vec<_>, Vec<_>) =
-                std::mem::take(globs).into_iter().partition(|g| drop(g));
+            let before = globs.len();
+            globs.retain(|g| {
+                if drop(g) {
+                    removed.push(g.clone());
+                    return false;
+                }
+                oldest = Some(oldest.map_or(g.inv.ts, |o: Millis| o.min(g.inv.ts)));
+                true
+            });
             if let Some(n) = lengths.get_mut(&prefix.len()) {
-                *n -= gone.len();
+                *n -= before - globs.len();
             }
-            removed.extend(gone);
-            *globs = kept;
             !globs.is_empty()
         });
         lengths.retain(|_, n| *n > 0);
+        self.oldest = oldest;
         removed
     }
 
-    /// Forgets globs stamped before `horizon` (no change that can still
-    /// arrive in time is covered by them) and at or before `history` (the
-    /// start of the history kept for late changes), and returns them.
-    pub fn prune(&mut self, horizon: Millis, history: Millis) -> Vec<RetainedGlob> {
-        self.remove(|g| g.inv.ts < horizon && g.inv.ts <= history)
+    /// Forgets the globs stamped before `cutoff` (no change that can still
+    /// arrive in time, nor a late one within its keys' history, is covered
+    /// by them) and returns them. A pass over every glob is made only once
+    /// the oldest is `slack` older than the cutoff, so its cost is shared by
+    /// the globs of `slack` of event time; until then the few expired globs
+    /// are kept, which no verdict within the history can tell.
+    pub fn prune(&mut self, cutoff: Millis, slack: i64) -> Vec<RetainedGlob> {
+        if self
+            .oldest
+            .is_none_or(|o| o >= cutoff.saturating_sub(slack))
+        {
+            return Vec::new();
+        }
+        self.remove(|g| g.inv.ts < cutoff)
     }
 }
 

@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use serde::Serialize;
 
 use super::{ExitStatus, UsageError, create_dir};
@@ -13,7 +12,7 @@ use crate::config::Config;
 use crate::ingest::{Ingest, Stream};
 use crate::io::file::{Alignment, FileInput, FileOutputs, ReadOptions, read_file};
 use crate::pipeline::{Engine, EngineOptions};
-use crate::state::RocksStore;
+use crate::state::{MemStore, RocksStore, Store};
 use crate::telemetry::{Stats, StatsSnapshot};
 use crate::time::SystemClock;
 
@@ -48,24 +47,13 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitStatus> {
     let config = Config::load(args.config.as_deref())?;
     let inputs = inputs(args)?;
     create_dir(&args.out, "output directory")?;
-    let scratch = args.out.join(".vigil-check-state");
-    let state_dir = args.state.clone().unwrap_or_else(|| scratch.clone());
-    if args.state.is_none() && scratch.exists() {
-        std::fs::remove_dir_all(&scratch)
-            .with_context(|| format!("removing stale {}", scratch.display()))?;
-    }
-    let summary = check(&config, &inputs, &args.out, &state_dir, args.quiet)?;
-    if args.state.is_none() {
-        std::fs::remove_dir_all(&scratch)
-            .with_context(|| format!("removing {}", scratch.display()))?;
-    }
-    let summary = Summary {
-        outputs: OutputPaths {
-            state: args.state.clone(),
-            ..summary.outputs
-        },
-        ..summary
-    };
+    let summary = check(
+        &config,
+        &inputs,
+        &args.out,
+        args.state.as_deref(),
+        args.quiet,
+    )?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     let found = summary.violations_total > 0;
     Ok(if found && args.fail_on_violation {
@@ -103,19 +91,27 @@ fn inputs(args: &CheckArgs) -> Result<Vec<FileInput>, UsageError> {
 }
 
 /// Runs the engine over the files; the building block of `vigil check`,
-/// also used by tests and benchmarks.
+/// also used by tests and benchmarks. With a `state` directory, state is
+/// kept there (RocksDB, written at every checkpoint, resumed from); without,
+/// it lives in memory for the run and is not encoded at all.
 pub fn check(
     config: &Config,
     inputs: &[FileInput],
     out: &Path,
-    state_dir: &Path,
+    state: Option<&Path>,
     quiet: bool,
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
-    let store = Arc::new(RocksStore::open(state_dir)?);
+    let store: Arc<dyn Store> = match state {
+        Some(dir) => Arc::new(RocksStore::open(dir)?),
+        None => Arc::new(MemStore::new()),
+    };
     let stats = Arc::new(Stats::default());
     let ingest = Ingest::new(config, Arc::clone(&stats));
-    let options = EngineOptions::from_config(config, true);
+    let options = EngineOptions {
+        durable: state.is_some(),
+        ..EngineOptions::from_config(config, true)
+    };
     let outputs = FileOutputs::create(out, &config.outputs.source)?;
     let alignment = Alignment::new(inputs.len(), ALIGNMENT_WINDOW_MS);
     let read_opts = ReadOptions {
@@ -177,7 +173,7 @@ pub fn check(
         outputs: OutputPaths {
             violations: out.join("violations.ndjson"),
             dlq: out.join("dlq.ndjson"),
-            state: Some(state_dir.to_path_buf()),
+            state: state.map(Path::to_path_buf),
         },
         stats: snapshot,
     })

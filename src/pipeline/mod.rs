@@ -225,6 +225,10 @@ pub struct EngineOptions {
     pub idle_timeout_ms: Millis,
     pub checkpoint_every: Duration,
     pub retention_ms: Millis,
+    /// Key and entity state is written to the store at checkpoints. False
+    /// when it is thrown away at the end (`vigil check` without `--state`):
+    /// it then stays in memory, and checkpoints record input positions only.
+    pub durable: bool,
     /// Storm detection, unless `storms.enabled` is false.
     pub storms: Option<StormRules>,
 }
@@ -248,6 +252,7 @@ impl EngineOptions {
             idle_timeout_ms: d.idle_timeout.as_millis_i64(),
             checkpoint_every: config.state.checkpoint_interval.0,
             retention_ms: config.state.retention.as_millis_i64(),
+            durable: true,
             storms: config.storms.enabled.then(|| storm_rules(&config.storms)),
         }
     }

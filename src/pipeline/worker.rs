@@ -58,6 +58,8 @@ pub(super) struct Worker {
     index: usize,
     shards: usize,
     store: Arc<dyn Store>,
+    /// Whether state is written to the store (see [`super::EngineOptions`]).
+    durable: bool,
     rules: KeyRules,
     stats: Arc<Stats>,
     sink: Sender<SinkMsg>,
@@ -81,6 +83,10 @@ pub(super) struct Worker {
     violations: Vec<Violation>,
     tallies: BTreeMap<String, TableTally>,
 }
+
+/// The least event time by which the oldest retained glob must have expired
+/// before the globs are pruned.
+const GLOB_PRUNE_SLACK_MS: i64 = 1_000;
 
 fn disconnected<T>(_: T) -> PipelineError {
     PipelineError::Disconnected("sink")
@@ -196,6 +202,7 @@ impl Worker {
             index,
             shards,
             store: Arc::clone(&engine.store),
+            durable: engine.options.durable,
             rules: engine.options.key_rules,
             stats: Arc::clone(&engine.stats),
             sink,
@@ -422,9 +429,15 @@ impl Worker {
             self.record(decisions);
             self.touched(&key);
         }
-        let horizon = wm.saturating_sub(self.rules.skew_ms);
-        let history = self.latest.saturating_sub(self.rules.history_ms);
-        for glob in self.wildcards.prune(horizon, history) {
+        // Globs are kept while a change in time may need them (from the
+        // watermark less the skew) and for the history of late changes.
+        let cutoff = wm.saturating_sub(self.rules.skew_ms).min(
+            self.latest
+                .saturating_sub(self.rules.history_ms)
+                .saturating_add(1),
+        );
+        let slack = (self.rules.history_ms / 16).max(GLOB_PRUNE_SLACK_MS);
+        for glob in self.wildcards.prune(cutoff, slack) {
             if self.index == 0 {
                 let key = codec::timer_key(glob.scope, glob.inv.ts, &glob.pattern);
                 self.glob_writes.delete(Cf::Wildcards, glob.scope, key);
@@ -465,7 +478,9 @@ impl Worker {
         self.violations.extend(d.violations);
     }
 
-    /// The state changes since the last checkpoint, as one batch.
+    /// The state changes since the last checkpoint, as one batch. State that
+    /// is not kept (`durable` false) is not encoded: the batch is empty, and
+    /// only the keys left empty are forgotten.
     fn persist(&mut self) -> StateBatch {
         let mut batch = std::mem::take(&mut self.glob_writes);
         for key in std::mem::take(&mut self.dirty_keys) {
@@ -473,6 +488,13 @@ impl Worker {
                 continue;
             };
             slot.dirty = false;
+            let finished = slot.stored.state.is_empty() && slot.stored.armed.is_none();
+            if !self.durable {
+                if finished {
+                    self.keys.remove(&key);
+                }
+                continue;
+            }
             let scope = slot.scope;
             if slot.persisted_armed != slot.stored.armed {
                 if let Some(old) = slot.persisted_armed {
@@ -489,7 +511,7 @@ impl Worker {
                 slot.persisted_armed = slot.stored.armed;
             }
             let storage_key = codec::scoped(scope, key.as_bytes());
-            if slot.stored.state.is_empty() && slot.stored.armed.is_none() {
+            if finished {
                 batch.delete(Cf::Keys, scope, storage_key);
                 self.keys.remove(&key);
             } else {
@@ -507,13 +529,19 @@ impl Worker {
                 continue;
             };
             slot.dirty = false;
-            batch.put(
-                Cf::Entities,
-                slot.scope,
-                key.to_vec(),
-                codec::encode(slot.touched, &slot.state),
-            );
+            if self.durable {
+                batch.put(
+                    Cf::Entities,
+                    slot.scope,
+                    key.to_vec(),
+                    codec::encode(slot.touched, &slot.state),
+                );
+            }
         }
-        batch
+        if self.durable {
+            batch
+        } else {
+            StateBatch::default()
+        }
     }
 }
