@@ -5,6 +5,10 @@
 #   ./dev.sh demo    build, then run vigil's main job on its embedded default
 #                    (vigil demo: embedded broker, live workload, real pipeline)
 #   ./dev.sh test    build, then run the whole test suite
+#   ./dev.sh bench   build, then measure what BENCHMARKS.md reports: vigil
+#                    bench (check at 1M/10M records and 100k to 10M keys,
+#                    run through the embedded broker, latency) and the
+#                    per-stage criterion benches (about 15 minutes)
 #   ./dev.sh build   build only
 #
 # The Cargo target directory lives outside the clone
@@ -75,8 +79,14 @@ case "$cmd" in
       cargo test --release --locked --no-fail-fast "$@"
     fi
     ;;
+  bench)
+    build
+    "$VIGIL" bench --check 1000000:100000 --check 1000000:1000000 \
+      --check 10000000:1000000 --check 10000000:10000000 "$@"
+    cargo bench --locked --bench stages
+    ;;
   *)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
