@@ -41,6 +41,18 @@ pub struct KeyRules {
     pub history_ms: i64,
 }
 
+impl KeyRules {
+    /// Invalidations (of a key or a glob) stamped before this are forgotten,
+    /// at watermark `wm` with `latest` the latest event time they run back
+    /// from: none of them covers a change that can still arrive in time
+    /// (their time is before `wm - skew`), nor a late one within the
+    /// history (before `latest - history_ms`, or at it).
+    pub fn forget_before(&self, wm: Millis, latest: Millis) -> Millis {
+        wm.saturating_sub(self.skew_ms)
+            .min(latest.saturating_sub(self.history_ms).saturating_add(1))
+    }
+}
+
 /// Where a change stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
@@ -217,13 +229,8 @@ impl KeyState {
         }
         let at = self.changes.partition_point(|c| c.order() < entry.order());
         self.changes.insert(at, entry);
-        if self.judged.iter().any(|f| f.ts > change.commit_ts_ms) {
-            let (after, before): (Vec<Fill>, Vec<Fill>) = std::mem::take(&mut self.judged)
-                .into_iter()
-                .partition(|f| f.ts > change.commit_ts_ms);
-            self.judged = before;
-            self.fills.extend(after);
-        }
+        self.fills
+            .extend(self.judged.extract_if(.., |f| f.ts > change.commit_ts_ms));
         true
     }
 
@@ -268,6 +275,7 @@ impl KeyState {
             .into_iter()
             .partition(|f| f.ts <= wm);
         self.fills = waiting;
+        let history = self.history_start(rules);
         for mut fill in ready {
             if let Some(v) = self.judge_fill(&fill, key, rules)
                 && fill.reported != Some(v.kind)
@@ -275,16 +283,14 @@ impl KeyState {
                 fill.reported = Some(v.kind);
                 out.violations.push(v);
             }
-            if fill.ts > self.history_start(rules) {
+            if fill.ts > history {
                 push_bounded(&mut self.judged, fill, rules.max_changes);
             }
         }
-        let horizon = wm.saturating_sub(rules.skew_ms);
-        let history = self.history_start(rules);
-        self.invalidations
-            .retain(|i| i.ts >= horizon || i.ts > history);
+        let cutoff = rules.forget_before(wm, self.touched);
+        self.invalidations.retain(|i| i.ts >= cutoff);
         self.judged.retain(|f| f.ts > history);
-        self.forget_history(horizon, rules.max_changes, out);
+        self.forget_history(wm.saturating_sub(rules.skew_ms), rules.max_changes, out);
         self.next_due(rules)
     }
 
@@ -550,9 +556,8 @@ impl Wildcards {
         removed
     }
 
-    /// Forgets the globs stamped before `cutoff` (no change that can still
-    /// arrive in time, nor a late one within its keys' history, is covered
-    /// by them) and returns them. A pass over every glob is made only once
+    /// Forgets the globs stamped before `cutoff` (see
+    /// [`KeyRules::forget_before`]) and returns them. A pass over every glob is made only once
     /// the oldest is `slack` older than the cutoff, so its cost is shared by
     /// the globs of `slack` of event time; until then the few expired globs
     /// are kept, which no verdict within the history can tell.

@@ -74,7 +74,8 @@ pub(super) struct Worker {
     /// Glob invalidations kept for changes that arrive after them. Every
     /// worker holds all of them; worker 0 stores them.
     wildcards: Wildcards,
-    /// Worker 0's glob puts and deletes since the last checkpoint.
+    /// The glob puts and deletes since the last checkpoint (see
+    /// [`Worker::stores_globs`]).
     glob_writes: StateBatch,
     watermark: Millis,
     /// The latest event time of the records applied (the globs' history
@@ -309,7 +310,7 @@ impl Worker {
                     inv,
                     scope,
                 };
-                if self.index == 0 {
+                if self.stores_globs() {
                     let key = codec::timer_key(scope, glob.inv.ts, &glob.pattern);
                     self.glob_writes.put(
                         Cf::Wildcards,
@@ -429,16 +430,10 @@ impl Worker {
             self.record(decisions);
             self.touched(&key);
         }
-        // Globs are kept while a change in time may need them (from the
-        // watermark less the skew) and for the history of late changes.
-        let cutoff = wm.saturating_sub(self.rules.skew_ms).min(
-            self.latest
-                .saturating_sub(self.rules.history_ms)
-                .saturating_add(1),
-        );
+        let cutoff = self.rules.forget_before(wm, self.latest);
         let slack = (self.rules.history_ms / 16).max(GLOB_PRUNE_SLACK_MS);
         for glob in self.wildcards.prune(cutoff, slack) {
-            if self.index == 0 {
+            if self.stores_globs() {
                 let key = codec::timer_key(glob.scope, glob.inv.ts, &glob.pattern);
                 self.glob_writes.delete(Cf::Wildcards, glob.scope, key);
             }
@@ -479,8 +474,8 @@ impl Worker {
     }
 
     /// The state changes since the last checkpoint, as one batch. State that
-    /// is not kept (`durable` false) is not encoded: the batch is empty, and
-    /// only the keys left empty are forgotten.
+    /// is not kept (`durable` false) is not encoded: the batch is empty (no
+    /// glob writes either), and only the keys left empty are forgotten.
     fn persist(&mut self) -> StateBatch {
         let mut batch = std::mem::take(&mut self.glob_writes);
         for key in std::mem::take(&mut self.dirty_keys) {
@@ -538,10 +533,12 @@ impl Worker {
                 );
             }
         }
-        if self.durable {
-            batch
-        } else {
-            StateBatch::default()
-        }
+        batch
+    }
+
+    /// Whether this worker writes the globs to the store: every worker
+    /// holds all of them, worker 0 stores them, when state is kept.
+    fn stores_globs(&self) -> bool {
+        self.index == 0 && self.durable
     }
 }
