@@ -10,6 +10,15 @@ use serde::{Deserialize, Serialize};
 /// Event time in milliseconds since the Unix epoch.
 pub type Millis = i64;
 
+/// Makes room for one more item in a vector of per-key state, growing from
+/// one item and doubling: most keys hold one or two items, and a vector's
+/// first allocation would otherwise take room for four.
+pub fn room_for_one<T>(items: &mut Vec<T>) {
+    if items.len() == items.capacity() {
+        items.reserve_exact(items.len().max(1));
+    }
+}
+
 /// The operation a CDC record describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Op {

@@ -44,6 +44,7 @@ pub fn check(state: &mut EntityState, change: &Change) -> EntityVerdict {
     if state.recent.len() == RECENT_CHANGES {
         state.recent.remove(0);
     }
+    crate::model::room_for_one(&mut state.recent);
     state.recent.push(change.id);
 
     let verdict = match (change.version, state.highest) {

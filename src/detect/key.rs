@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::{Violation, ViolationKind};
 use crate::mapping::Change;
-use crate::model::{Millis, Op, Provenance, Version};
+use crate::model::{Millis, Op, Provenance, Version, room_for_one};
 
 /// Ids of changes and fills remembered per key to recognise redeliveries.
 pub const SEEN_IDS: usize = 32;
@@ -186,6 +186,7 @@ impl KeyState {
         if self.seen.len() == SEEN_IDS {
             self.seen.remove(0);
         }
+        room_for_one(&mut self.seen);
         self.seen.push(id);
         true
     }
@@ -228,6 +229,7 @@ impl KeyState {
             offer_cover(&mut entry, inv, rules.skew_ms);
         }
         let at = self.changes.partition_point(|c| c.order() < entry.order());
+        room_for_one(&mut self.changes);
         self.changes.insert(at, entry);
         self.fills
             .extend(self.judged.extract_if(.., |f| f.ts > change.commit_ts_ms));
@@ -254,6 +256,7 @@ impl KeyState {
             return false;
         }
         self.touch(fill.ts);
+        room_for_one(&mut self.fills);
         self.fills.push(fill);
         true
     }
@@ -405,6 +408,7 @@ fn push_bounded<T>(items: &mut Vec<T>, item: T, max: usize) {
     if items.len() >= max {
         items.remove(0);
     }
+    room_for_one(items);
     items.push(item);
 }
 
