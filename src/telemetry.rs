@@ -101,6 +101,15 @@ impl Histogram {
     }
 }
 
+/// What one worker keeps in memory.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StateSize {
+    pub keys: u64,
+    pub entities: u64,
+    /// Approximate bytes of those keys and entities.
+    pub bytes: u64,
+}
+
 /// Every counter of a run.
 pub struct Stats {
     records_by_input: Mutex<BTreeMap<String, u64>>,
@@ -117,6 +126,7 @@ pub struct Stats {
     late_records: AtomicU64,
     expired_missed: AtomicU64,
     key_history_evictions: AtomicU64,
+    state_evictions: AtomicU64,
     /// Storm events per scope type and phase.
     storm_events: [[AtomicU64; Phase::ALL.len()]; ScopeType::ALL.len()],
     /// Per scope type: invalidations in the last second of its busiest
@@ -136,7 +146,7 @@ pub struct Stats {
     producer_queue: AtomicI64,
     consumer_lag: Mutex<BTreeMap<(String, i32), i64>>,
     /// Keys and entities held in memory, per worker.
-    state_size: Mutex<BTreeMap<usize, (u64, u64)>>,
+    state_size: Mutex<BTreeMap<usize, StateSize>>,
     /// Handles of the histograms that go to Prometheus sample by sample
     /// (no-ops when no exporter is installed).
     lag_seconds: metrics::Histogram,
@@ -161,6 +171,7 @@ impl Default for Stats {
             late_records: AtomicU64::default(),
             expired_missed: AtomicU64::default(),
             key_history_evictions: AtomicU64::default(),
+            state_evictions: AtomicU64::default(),
             storm_events: Default::default(),
             storm_rates: Default::default(),
             active_storms: Default::default(),
@@ -232,6 +243,8 @@ pub mod names {
     pub const IN_TIME_RATIO: &str = "vigil_invalidated_in_time_ratio";
     pub const WATERMARK_DELAY: &str = "vigil_watermark_delay_seconds";
     pub const STATE_SIZE: &str = "vigil_state_size_keys";
+    pub const STATE_MEMORY: &str = "vigil_state_memory_bytes";
+    pub const STATE_EVICTIONS: &str = "vigil_state_evictions_total";
     pub const PRODUCER_QUEUE: &str = "vigil_producer_queue_records";
     pub const CONSUMER_LAG: &str = "vigil_consumer_lag_records";
     pub const INVALIDATION_RATE: &str = "vigil_invalidations_per_second";
@@ -319,6 +332,11 @@ impl Stats {
 
     pub fn add_key_history_evictions(&self, n: u64) {
         bump(&self.key_history_evictions, n);
+    }
+
+    /// Keys and entities that left memory (the store keeps them).
+    pub fn add_state_evictions(&self, n: u64) {
+        bump(&self.state_evictions, n);
     }
 
     pub fn add_storm_event(&self, scope: ScopeType, phase: Phase) {
@@ -410,8 +428,8 @@ impl Stats {
     }
 
     /// Keys and entities a worker holds in memory.
-    pub fn set_state_size(&self, worker: usize, keys: u64, entities: u64) {
-        lock(&self.state_size).insert(worker, (keys, entities));
+    pub fn set_state_size(&self, worker: usize, size: StateSize) {
+        lock(&self.state_size).insert(worker, size);
     }
 
     /// Share of a table's changes invalidated within the deadline over the
@@ -426,6 +444,17 @@ impl Stats {
             .filter(|(b, _)| *b >= since)
             .fold((0, 0), |(d, i), (_, t)| (d + t.decided, i + t.in_time));
         (decided > 0).then(|| in_time as f64 / decided as f64)
+    }
+
+    /// What the workers keep in memory, over all of them.
+    pub fn state_size(&self) -> StateSize {
+        lock(&self.state_size)
+            .values()
+            .fold(StateSize::default(), |sum, w| StateSize {
+                keys: sum.keys + w.keys,
+                entities: sum.entities + w.entities,
+                bytes: sum.bytes + w.bytes,
+            })
     }
 
     pub fn records_total(&self) -> u64 {
@@ -498,6 +527,7 @@ impl Stats {
             late_records: read(&self.late_records),
             expired_missed: read(&self.expired_missed),
             key_history_evictions: read(&self.key_history_evictions),
+            state_evictions: read(&self.state_evictions),
             storms: ScopeType::ALL
                 .iter()
                 .filter_map(|t| {
@@ -557,6 +587,9 @@ pub struct StatsSnapshot {
     pub late_records: u64,
     pub expired_missed: u64,
     pub key_history_evictions: u64,
+    /// Keys and entities that left memory to keep within
+    /// `state.cache_size` (read back from the store when needed again).
+    pub state_evictions: u64,
     /// Storm events by scope type and phase.
     pub storms: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
     pub tables: BTreeMap<String, TableTally>,
@@ -640,11 +673,11 @@ pub fn publish(stats: &Stats, now_ms: i64) {
     if wm > i64::MIN && wm < i64::MAX {
         gauge!(names::WATERMARK_DELAY).set((now_ms - wm) as f64 / 1000.0);
     }
-    let (keys, entities) = lock(&stats.state_size)
-        .values()
-        .fold((0, 0), |(k, e), (wk, we)| (k + wk, e + we));
-    gauge!(names::STATE_SIZE, "kind" => "cache_key").set(keys as f64);
-    gauge!(names::STATE_SIZE, "kind" => "entity").set(entities as f64);
+    let size = stats.state_size();
+    gauge!(names::STATE_SIZE, "kind" => "cache_key").set(size.keys as f64);
+    gauge!(names::STATE_SIZE, "kind" => "entity").set(size.entities as f64);
+    gauge!(names::STATE_MEMORY).set(size.bytes as f64);
+    counter!(names::STATE_EVICTIONS).absolute(read(&stats.state_evictions));
     gauge!(names::PRODUCER_QUEUE).set(stats.producer_queue.load(Ordering::Relaxed) as f64);
     for ((topic, partition), lag) in lock(&stats.consumer_lag).iter() {
         gauge!(names::CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.to_string())

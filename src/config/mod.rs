@@ -180,6 +180,9 @@ fn default_version() -> VersionSource {
     VersionSource::TsMs
 }
 
+/// The least `state.cache_size`: RocksDB needs a few memtables.
+pub const MIN_CACHE_SIZE: ByteSize = ByteSize(8 << 20);
+
 /// `[state]`: where and how long state is kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -192,6 +195,12 @@ pub struct StateConfig {
     /// How often state and input offsets are committed together.
     /// Default `"1s"`.
     pub checkpoint_interval: Dur,
+    /// Memory for state: keys and entities kept in memory (three quarters,
+    /// shared by the workers), RocksDB's block cache and its memtables (an
+    /// eighth each). Beyond it, the least recently written keys and
+    /// entities leave memory and are read back from RocksDB when needed.
+    /// Default `"1GiB"`.
+    pub cache_size: ByteSize,
 }
 
 impl Default for StateConfig {
@@ -200,6 +209,7 @@ impl Default for StateConfig {
             path: PathBuf::from("./vigil-state"),
             retention: Dur::from_secs(7 * 86_400),
             checkpoint_interval: Dur::from_secs(1),
+            cache_size: ByteSize(1 << 30),
         }
     }
 }
@@ -680,6 +690,15 @@ impl Config {
             return Err(invalid(
                 "state.checkpoint_interval",
                 "must be greater than zero",
+            ));
+        }
+        if self.state.cache_size.0 < MIN_CACHE_SIZE.0 {
+            return Err(invalid(
+                "state.cache_size",
+                format!(
+                    "({}) must be at least {MIN_CACHE_SIZE}",
+                    self.state.cache_size
+                ),
             ));
         }
         if self.state.retention < d.late_window {

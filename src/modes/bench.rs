@@ -366,7 +366,7 @@ fn bench_kafka(work: &Path, events: u64, keys: u64) -> anyhow::Result<KafkaFigur
     let mut generator = Generator::new(spec(events, keys, 1_000_000, clock.now_ms(), PARTITIONS));
     let state = work.join("kafka-state");
     let bench = Bench::new(&generator, state.clone())?;
-    let store = open_store(&state)?;
+    let store = open_store(&state, bench.config.state.cache_size)?;
     let stats = Arc::new(Stats::default());
     let control = Control::default();
     let producer = producer(&bench.bootstrap())?;
@@ -443,7 +443,7 @@ fn bench_latency(
     let state = work.join("latency-state");
     let bench = Bench::new(&generator, state.clone())?;
     let lateness = bench.config.detect.allowed_lateness.as_millis_i64();
-    let store = open_store(&state)?;
+    let store = open_store(&state, bench.config.state.cache_size)?;
     let stats = Arc::new(Stats::default());
     let control = Control::default();
     let producer = producer(&bench.bootstrap())?;

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use serde::Serialize;
 
 use super::{ExitStatus, UsageError, create_dir};
@@ -12,12 +13,14 @@ use crate::config::Config;
 use crate::ingest::{Ingest, Stream};
 use crate::io::file::{Alignment, FileInput, FileOutputs, ReadOptions, read_file};
 use crate::pipeline::{Engine, EngineOptions};
-use crate::state::{MemStore, RocksStore, Store};
+use crate::state::{MemoryBudget, RocksStore, Store};
 use crate::telemetry::{Stats, StatsSnapshot};
 use crate::time::SystemClock;
 
 /// How often progress is printed on long runs.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// The scratch store of a run without `--state`, in the output directory.
+const SCRATCH_DIR: &str = ".vigil-check-state";
 /// How far (event time) one input file may be read ahead of the slowest.
 const ALIGNMENT_WINDOW_MS: i64 = 30_000;
 
@@ -93,7 +96,9 @@ fn inputs(args: &CheckArgs) -> Result<Vec<FileInput>, UsageError> {
 /// Runs the engine over the files; the building block of `vigil check`,
 /// also used by tests and benchmarks. With a `state` directory, state is
 /// kept there (RocksDB, written at every checkpoint, resumed from); without,
-/// it lives in memory for the run and is not encoded at all.
+/// it lives in memory for the run and is not encoded, except what leaves
+/// memory beyond `state.cache_size`: that goes to a scratch store in
+/// `out/.vigil-check-state`, removed at the end.
 pub fn check(
     config: &Config,
     inputs: &[FileInput],
@@ -102,9 +107,14 @@ pub fn check(
     quiet: bool,
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
+    let memory = MemoryBudget::of(config.state.cache_size.0);
+    let scratch = out.join(SCRATCH_DIR);
     let store: Arc<dyn Store> = match state {
-        Some(dir) => Arc::new(RocksStore::open(dir)?),
-        None => Arc::new(MemStore::new()),
+        Some(dir) => Arc::new(RocksStore::open_with(dir, memory)?),
+        None => {
+            remove_scratch(&scratch)?;
+            Arc::new(RocksStore::open_with(&scratch, memory)?)
+        }
     };
     let stats = Arc::new(Stats::default());
     let ingest = Ingest::new(config, Arc::clone(&stats));
@@ -157,6 +167,9 @@ pub fn check(
         r?;
     }
     report?;
+    if state.is_none() {
+        remove_scratch(&scratch)?;
+    }
     let elapsed = started.elapsed().as_secs_f64();
     let snapshot = stats.snapshot();
     let records = stats.records_total();
@@ -179,17 +192,31 @@ pub fn check(
     })
 }
 
+/// Removes the scratch store of an earlier run, if any.
+fn remove_scratch(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing the scratch state {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Prints a progress line on stderr every few seconds until `done` closes.
 fn progress(stats: &Stats, started: Instant, done: &crossbeam_channel::Receiver<()>) {
     while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = done.recv_timeout(PROGRESS_EVERY)
     {
         let secs = started.elapsed().as_secs_f64();
         let records = stats.records_total();
+        let state = stats.state_size();
         eprintln!(
-            "vigil check: {secs:.0}s, {records} records read ({:.0}/s), {} violations, {} dead letters",
+            "vigil check: {secs:.0}s, {records} records read ({:.0}/s), {} violations, {} dead letters, {} keys and {} entities in memory (about {} MiB)",
             records as f64 / secs,
             stats.violations_total(),
-            stats.dead_letters_total()
+            stats.dead_letters_total(),
+            state.keys,
+            state.entities,
+            state.bytes >> 20
         );
     }
 }

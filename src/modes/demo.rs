@@ -126,7 +126,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitStatus> {
     let _ = std::fs::remove_dir_all(&state_dir);
     let mut config = config;
     config.state.path = state_dir.clone();
-    let store = open_store(&state_dir)?;
+    let store = open_store(&state_dir, config.state.cache_size)?;
     let stats = Arc::new(Stats::default());
     let control = Control::default();
     control.on_signals()?;

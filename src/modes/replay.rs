@@ -102,7 +102,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitStatus> {
             .state
             .clone()
             .unwrap_or_else(|| config.state.path.clone());
-        let store = super::run::open_store(&state)?;
+        let store = super::run::open_store(&state, config.state.cache_size)?;
         create_dir(out, "output directory")?;
         let resume = stored_positions(&*store, &name)?;
         let mut records = source.open(&config, args, &resume, &mut tally)?;

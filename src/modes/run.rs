@@ -12,12 +12,12 @@ use crossbeam_channel::RecvTimeoutError;
 
 use super::{ExitStatus, create_dir};
 use crate::cli::RunArgs;
-use crate::config::Config;
+use crate::config::{ByteSize, Config};
 use crate::ingest::Ingest;
 use crate::io::kafka::outputs::KafkaOutputs;
 use crate::io::kafka::source::KafkaSource;
 use crate::pipeline::{Engine, EngineOptions, RunReport};
-use crate::state::{RocksStore, Store};
+use crate::state::{MemoryBudget, RocksStore, Store};
 use crate::telemetry::{self, Stats};
 use crate::time::{Clock, SystemClock};
 
@@ -38,7 +38,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitStatus> {
         tracing::info!(%listen, "metrics on http://{listen}/metrics");
     }
     let stats = Arc::new(Stats::default());
-    let store = open_store(&config.state.path)?;
+    let store = open_store(&config.state.path, config.state.cache_size)?;
     let control = Control::default();
     control.on_signals()?;
     let report = serve(&config, store, stats, &control)?;
@@ -46,10 +46,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitStatus> {
     Ok(ExitStatus::Ok)
 }
 
-/// Opens the state store, creating its directory.
-pub fn open_store(path: &Path) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the state store, creating its directory, with its share of
+/// `state.cache_size`.
+pub fn open_store(path: &Path, cache_size: ByteSize) -> anyhow::Result<Arc<dyn Store>> {
     create_dir(path, "the state directory")?;
-    let store = RocksStore::open(path)
+    let store = RocksStore::open_with(path, MemoryBudget::of(cache_size.0))
         .with_context(|| format!("opening the state in {}", path.display()))?;
     Ok(Arc::new(store))
 }

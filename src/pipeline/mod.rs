@@ -22,12 +22,14 @@
 //! deadlock, and watermarks and barriers travel in-band: everything a
 //! worker receives before a watermark was routed before it.
 
+mod cache;
 mod router;
 mod sink;
 mod storms;
 mod worker;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -40,7 +42,7 @@ use crate::events::Violation;
 use crate::ingest::Record;
 use crate::mapping::Change;
 use crate::model::Millis;
-use crate::state::{StateBatch, StateError, Store};
+use crate::state::{MemoryBudget, StateBatch, StateError, Store};
 use crate::telemetry::Stats;
 use crate::time::Clock;
 
@@ -227,8 +229,13 @@ pub struct EngineOptions {
     pub retention_ms: Millis,
     /// Key and entity state is written to the store at checkpoints. False
     /// when it is thrown away at the end (`vigil check` without `--state`):
-    /// it then stays in memory, and checkpoints record input positions only.
+    /// it then stays in memory, and checkpoints record input positions only
+    /// (what leaves memory to keep within `slot_budget` is written still).
+    /// When false, the store must start empty of keys and entities.
     pub durable: bool,
+    /// Bytes of key and entity state kept in memory, over all workers (see
+    /// [`crate::state::MemoryBudget`]).
+    pub slot_budget: usize,
     /// Storm detection, unless `storms.enabled` is false.
     pub storms: Option<StormRules>,
 }
@@ -253,6 +260,7 @@ impl EngineOptions {
             checkpoint_every: config.state.checkpoint_interval.0,
             retention_ms: config.state.retention.as_millis_i64(),
             durable: true,
+            slot_budget: MemoryBudget::of(config.state.cache_size.0).slots,
             storms: config.storms.enabled.then(|| storm_rules(&config.storms)),
         }
     }
@@ -317,10 +325,11 @@ impl Engine {
         let (sink_tx, sink_rx) = crossbeam_channel::bounded(cap * (n + 1));
         let mut work_txs = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
+        let committed = Arc::new(AtomicU64::new(0));
         for index in 0..n {
             let (tx, rx) = crossbeam_channel::bounded(cap);
             work_txs.push(tx);
-            let w = worker::Worker::new(index, n, &self, sink_tx.clone())?;
+            let w = worker::Worker::new(index, n, &self, sink_tx.clone(), Arc::clone(&committed))?;
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("vigil-worker-{index}"))
@@ -349,6 +358,7 @@ impl Engine {
             outputs,
             Arc::clone(&self.stats),
             self.options.retention_ms,
+            committed,
         );
         let sink_handle = std::thread::Builder::new()
             .name("vigil-sink".into())

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_channel::Receiver;
 
@@ -38,6 +39,9 @@ pub(super) struct Sink {
     retention_ms: Millis,
     pending: BTreeMap<u64, PendingCheckpoint>,
     committed: u64,
+    /// The latest checkpoint committed, for the workers (what they wrote
+    /// by then may leave their memory).
+    committed_epoch: Arc<AtomicU64>,
 }
 
 impl Sink {
@@ -47,6 +51,7 @@ impl Sink {
         outputs: Box<dyn Outputs>,
         stats: Arc<Stats>,
         retention_ms: Millis,
+        committed_epoch: Arc<AtomicU64>,
     ) -> Self {
         Sink {
             parts,
@@ -56,6 +61,7 @@ impl Sink {
             retention_ms,
             pending: BTreeMap::new(),
             committed: 0,
+            committed_epoch,
         }
     }
 
@@ -144,6 +150,7 @@ impl Sink {
                 .advance(watermark.saturating_sub(self.retention_ms));
         }
         self.committed += 1;
+        self.committed_epoch.store(epoch, Ordering::Release);
         self.stats.add_checkpoint();
         self.outputs.committed(&positions);
         for d in done {

@@ -126,30 +126,55 @@ impl Harness {
     /// Runs the engine over `plan` (partition, line) in that order; ends the
     /// partitions when `end` is true (else hangs up, as a stopped consumer).
     fn run(&self, plan: &[(usize, String)], end: bool) -> (Vec<String>, RunReport) {
+        let options = EngineOptions::from_config(&self.config, true);
+        let (out, report, _) = self.run_with(options, plan, end, false);
+        (out, report)
+    }
+
+    /// [`Harness::run`] with `options`; with `checkpoint_each`, commits a
+    /// checkpoint after every record (waiting for each).
+    fn run_with(
+        &self,
+        options: EngineOptions,
+        plan: &[(usize, String)],
+        end: bool,
+        checkpoint_each: bool,
+    ) -> (Vec<String>, RunReport, Arc<crate::telemetry::Stats>) {
         let stats = Arc::new(crate::telemetry::Stats::default());
         let ingest = Ingest::new(&self.config, Arc::clone(&stats));
         let engine = Engine {
-            options: EngineOptions::from_config(&self.config, true),
+            options,
             store: Arc::clone(&self.store) as Arc<dyn Store>,
-            stats,
+            stats: Arc::clone(&stats),
             clock: Arc::new(SystemClock),
             partitions: 2,
         };
         let collected = Collected::default();
         let (tx, rx) = crossbeam_channel::unbounded();
-        for (i, (partition, line)) in plan.iter().enumerate() {
-            send(&tx, &ingest, *partition, line, i as i64);
-        }
-        if end {
-            for partition in 0..2 {
-                tx.send(SourceMsg::End { partition }).unwrap();
+        let report = std::thread::scope(|s| {
+            let outputs = Box::new(collected.clone());
+            let engine = s.spawn(move || engine.run(rx, outputs));
+            for (i, (partition, line)) in plan.iter().enumerate() {
+                send(&tx, &ingest, *partition, line, i as i64);
+                if checkpoint_each {
+                    let (done, committed) = crossbeam_channel::bounded(1);
+                    tx.send(SourceMsg::Checkpoint { done }).unwrap();
+                    committed
+                        .recv_timeout(std::time::Duration::from_secs(10))
+                        .expect("the checkpoint commits");
+                }
             }
-        }
-        drop(tx);
-        let report = engine.run(rx, Box::new(collected.clone())).unwrap();
+            if end {
+                for partition in 0..2 {
+                    tx.send(SourceMsg::End { partition }).unwrap();
+                }
+            }
+            drop(tx);
+            engine.join().unwrap().unwrap()
+        });
         let mut out = collected.0.lock().unwrap().clone();
         out.sort();
-        (out, report)
+        (out, report, stats)
     }
 }
 
@@ -270,4 +295,39 @@ fn a_restart_from_stored_state_finishes_what_the_first_run_started() {
     let mut both = [first, second].concat();
     both.sort();
     assert_eq!(both, whole, "state and timers carried across the restart");
+}
+
+#[test]
+fn state_that_leaves_memory_comes_back_with_the_same_verdicts() {
+    let (cdc, cache) = inputs();
+    let config = Harness::new().config;
+    let kept = EngineOptions::from_config(&config, true);
+    for plan in interleavings(&cdc, &cache) {
+        let (whole, _) = Harness::new().run(&plan, true);
+        for durable in [true, false] {
+            let h = Harness::new();
+            let options = EngineOptions {
+                durable,
+                slot_budget: 0,
+                ..kept.clone()
+            };
+            let (out, _, stats) = h.run_with(options, &plan, true, true);
+            assert_eq!(out, whole, "durable {durable}: {plan:#?}");
+            assert!(
+                stats.snapshot().state_evictions > 0,
+                "durable {durable}: keys and entities left memory"
+            );
+            let mut stored_keys = 0;
+            h.store
+                .scan(Cf::Keys, &[], &mut |_, _| {
+                    stored_keys += 1;
+                    true
+                })
+                .unwrap();
+            assert!(
+                stored_keys > 0,
+                "durable {durable}: what left memory is in the store"
+            );
+        }
+    }
 }

@@ -2,20 +2,24 @@
 //! applies the router's work items with the detectors, fires timers as the
 //! watermark advances, and hands its state changes to the sink at each
 //! checkpoint. State lives in memory and is written behind to the store;
-//! a key or entity not in memory is read from the store on first use.
+//! beyond the worker's share of `state.cache_size` the least recently
+//! written keys and entities leave memory ([`super::cache`]), and a key or
+//! entity not in memory is read from the store on first use.
 //!
 //! Every key and entity belongs to a scope (its input partition number, see
 //! [`crate::state::Cf`]); when the partitions of a scope move to another
 //! instance the worker forgets the scope, and when they come (back) it loads
 //! the scope's timers and retained globs from the store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
 
+use super::cache::{Cached, Footprint, Save, Slot, Slots};
 use super::{Engine, PipelineError, SinkMsg, WorkItem, WorkMsg};
 use crate::detect::entity::{self, EntityState, EntityVerdict};
 use crate::detect::key::{
@@ -26,7 +30,7 @@ use crate::hash;
 use crate::mapping::Change;
 use crate::model::Millis;
 use crate::state::{Cf, StateBatch, StateError, Store, codec};
-use crate::telemetry::{Stats, TableTally};
+use crate::telemetry::{StateSize, Stats, TableTally};
 use crate::time::TimerQueue;
 
 /// What is stored per cache key: the detector's state and the due time of
@@ -37,21 +41,54 @@ struct StoredKey {
     armed: Option<Millis>,
 }
 
-struct KeySlot {
-    scope: i32,
+/// A cache key in memory.
+#[derive(Default)]
+struct KeyEntry {
     stored: StoredKey,
-    dirty: bool,
     /// The timer as the store has it (to delete it when it changes).
     persisted_armed: Option<Millis>,
     /// Whether the key is in the index of keys with undecided changes.
     open: bool,
 }
 
-struct EntitySlot {
-    scope: i32,
+impl Footprint for KeyEntry {
+    fn heap_bytes(&self) -> usize {
+        self.stored.state.heap_bytes()
+    }
+}
+
+impl Cached for KeyEntry {
+    fn is_finished(&self) -> bool {
+        self.stored.state.is_empty() && self.stored.armed.is_none()
+    }
+}
+
+/// An entity in memory, with the latest commit time of its changes.
+struct EntityEntry {
     state: EntityState,
     touched: Millis,
-    dirty: bool,
+}
+
+impl Footprint for EntityEntry {
+    fn heap_bytes(&self) -> usize {
+        self.state.heap_bytes()
+    }
+}
+
+impl Cached for EntityEntry {
+    /// Entities are kept until retention removes them from the store.
+    fn is_finished(&self) -> bool {
+        false
+    }
+}
+
+impl Default for EntityEntry {
+    fn default() -> Self {
+        EntityEntry {
+            state: EntityState::default(),
+            touched: Millis::MIN,
+        }
+    }
 }
 
 pub(super) struct Worker {
@@ -63,10 +100,12 @@ pub(super) struct Worker {
     rules: KeyRules,
     stats: Arc<Stats>,
     sink: Sender<SinkMsg>,
-    keys: HashMap<Arc<str>, KeySlot>,
-    entities: HashMap<Box<[u8]>, EntitySlot>,
-    dirty_keys: Vec<Arc<str>>,
-    dirty_entities: Vec<Box<[u8]>>,
+    keys: Slots<Arc<str>, KeyEntry>,
+    entities: Slots<Arc<[u8]>, EntityEntry>,
+    /// Bytes of keys and entities this worker may keep in memory.
+    budget: usize,
+    /// The latest checkpoint the sink committed.
+    committed: Arc<AtomicU64>,
     timers: TimerQueue<(Arc<str>, i32)>,
     /// Keys with undecided changes (and their scope), ordered so that a glob
     /// invalidation can scan the keys sharing its literal prefix.
@@ -94,48 +133,121 @@ fn disconnected<T>(_: T) -> PipelineError {
 }
 
 /// Storage key of an entity: scope, table, a zero byte, primary key.
-fn entity_key(scope: i32, change: &Change) -> Box<[u8]> {
+fn entity_key(scope: i32, change: &Change) -> Arc<[u8]> {
     let mut k = Vec::with_capacity(4 + change.table.len() + 1 + change.pk.len());
     k.extend_from_slice(&codec::scope_prefix(scope));
     k.extend_from_slice(change.table.as_bytes());
     k.push(0);
     k.extend_from_slice(change.pk.as_bytes());
-    k.into_boxed_slice()
+    Arc::from(k)
 }
 
-/// Reads a key's slot from the store.
-fn load_key(store: &dyn Store, key: &str, scope: i32) -> Result<Option<KeySlot>, StateError> {
+/// Reads a key from the store; `open`: whether it is in the index of keys
+/// with undecided changes.
+fn load_key(
+    store: &dyn Store,
+    key: &str,
+    scope: i32,
+    open: &BTreeMap<Arc<str>, i32>,
+) -> Result<Option<KeyEntry>, StateError> {
     let Some(bytes) = store.get(Cf::Keys, &codec::scoped(scope, key.as_bytes()))? else {
         return Ok(None);
     };
     let (_, stored): (Millis, StoredKey) = codec::decode(Cf::Keys, &bytes)?;
-    Ok(Some(KeySlot {
-        scope,
+    Ok(Some(KeyEntry {
         persisted_armed: stored.armed,
-        open: false,
-        dirty: false,
+        open: open.contains_key(key),
         stored,
     }))
 }
 
-/// The slot of a key: in memory, else from the store, else a new one.
-fn key_slot<'a>(
-    keys: &'a mut HashMap<Arc<str>, KeySlot>,
-    store: &dyn Store,
+/// Reads an entity from the store.
+fn load_entity(store: &dyn Store, key: &[u8]) -> Result<Option<EntityEntry>, StateError> {
+    let Some(bytes) = store.get(Cf::Entities, key)? else {
+        return Ok(None);
+    };
+    let (touched, state) = codec::decode(Cf::Entities, &bytes)?;
+    Ok(Some(EntityEntry { state, touched }))
+}
+
+/// Bookkeeping after a key's state changed: its timer, and the index of
+/// keys with undecided changes.
+fn after_change(
+    key: &Arc<str>,
+    slot: &mut Slot<KeyEntry>,
+    rules: &KeyRules,
+    timers: &mut TimerQueue<(Arc<str>, i32)>,
+    open: &mut BTreeMap<Arc<str>, i32>,
+) {
+    let entry = &mut slot.value;
+    if let Some(due) = entry.stored.state.next_due(rules)
+        && entry.stored.armed.is_none_or(|armed| due < armed)
+    {
+        entry.stored.armed = Some(due);
+        timers.push(due, (Arc::clone(key), slot.scope));
+    }
+    let is_open = entry
+        .stored
+        .state
+        .changes
+        .iter()
+        .any(|c| c.status != Status::Decided);
+    if is_open != entry.open {
+        entry.open = is_open;
+        if is_open {
+            open.insert(Arc::clone(key), slot.scope);
+        } else {
+            open.remove(key);
+        }
+    }
+}
+
+/// Writes a key to `batch` (`durable`: with its timer).
+fn save_key(
+    batch: &mut StateBatch,
+    durable: bool,
     key: &Arc<str>,
     scope: i32,
-) -> Result<&'a mut KeySlot, StateError> {
-    if !keys.contains_key(key) {
-        let slot = load_key(store, key, scope)?.unwrap_or(KeySlot {
-            scope,
-            stored: StoredKey::default(),
-            dirty: false,
-            persisted_armed: None,
-            open: false,
-        });
-        keys.insert(Arc::clone(key), slot);
+    entry: &mut KeyEntry,
+    save: Save,
+) {
+    if durable && entry.persisted_armed != entry.stored.armed {
+        if let Some(old) = entry.persisted_armed {
+            batch.delete(Cf::Timers, scope, codec::timer_key(scope, old, key));
+        }
+        if let Some(new) = entry.stored.armed {
+            batch.put(
+                Cf::Timers,
+                scope,
+                codec::timer_key(scope, new, key),
+                Vec::new(),
+            );
+        }
+        entry.persisted_armed = entry.stored.armed;
     }
-    Ok(keys.get_mut(key).expect("inserted above"))
+    let storage_key = codec::scoped(scope, key.as_bytes());
+    match save {
+        Save::Delete => batch.delete(Cf::Keys, scope, storage_key),
+        Save::Put => batch.put(
+            Cf::Keys,
+            scope,
+            storage_key,
+            codec::encode(entry.stored.state.touched, &entry.stored),
+        ),
+    }
+}
+
+/// Writes an entity to `batch`.
+fn save_entity(batch: &mut StateBatch, key: &[u8], scope: i32, entry: &EntityEntry, save: Save) {
+    match save {
+        Save::Delete => batch.delete(Cf::Entities, scope, key.to_vec()),
+        Save::Put => batch.put(
+            Cf::Entities,
+            scope,
+            key.to_vec(),
+            codec::encode(entry.touched, &entry.state),
+        ),
+    }
 }
 
 /// Reads the timers and retained globs of a scope (`None`: of every scope)
@@ -185,6 +297,7 @@ impl Worker {
         shards: usize,
         engine: &Engine,
         sink: Sender<SinkMsg>,
+        committed: Arc<AtomicU64>,
     ) -> Result<Self, StateError> {
         let mut timers = TimerQueue::default();
         let mut open = BTreeMap::new();
@@ -207,10 +320,10 @@ impl Worker {
             rules: engine.options.key_rules,
             stats: Arc::clone(&engine.stats),
             sink,
-            keys: HashMap::new(),
-            entities: HashMap::new(),
-            dirty_keys: Vec::new(),
-            dirty_entities: Vec::new(),
+            keys: Slots::new(!engine.options.durable),
+            entities: Slots::new(!engine.options.durable),
+            budget: engine.options.slot_budget / shards,
+            committed,
             timers,
             open,
             wildcards,
@@ -255,13 +368,17 @@ impl Worker {
                     }
                 }
                 WorkMsg::Checkpoint { epoch } => {
-                    let batch = self.persist();
+                    let batch = self.persist(epoch)?;
                     self.stats
                         .add_table_tallies(&std::mem::take(&mut self.tallies));
                     self.stats.set_state_size(
                         self.index,
-                        self.keys.len() as u64,
-                        self.entities.len() as u64,
+                        StateSize {
+                            keys: self.keys.len() as u64,
+                            entities: self.entities.len() as u64,
+                            bytes: (self.keys.resident_bytes() + self.entities.resident_bytes())
+                                as u64,
+                        },
                     );
                     self.sink
                         .send(SinkMsg::Fragment { epoch, batch })
@@ -277,15 +394,14 @@ impl Worker {
         match item {
             WorkItem::Entity { change, scope } => self.check_entity(&change, scope)?,
             WorkItem::Change { key, change, scope } => {
-                let slot = key_slot(&mut self.keys, &*self.store, &key, scope)?;
-                let wildcards = self.wildcards.matching(&key);
-                slot.stored.state.on_change(&change, wildcards, &self.rules);
-                self.touched(&key);
+                self.update_key(&key, scope, |state, rules, globs| {
+                    state.on_change(&change, globs.matching(&key), rules)
+                })?;
             }
             WorkItem::Invalidation { key, inv, scope } => {
-                let slot = key_slot(&mut self.keys, &*self.store, &key, scope)?;
-                slot.stored.state.on_invalidation(&inv, true, &self.rules);
-                self.touched(&key);
+                self.update_key(&key, scope, |state, rules, _| {
+                    state.on_invalidation(&inv, true, rules)
+                })?;
             }
             WorkItem::Wildcard {
                 pattern,
@@ -301,9 +417,9 @@ impl Worker {
                     .map(|(k, s)| (Arc::clone(k), *s))
                     .collect();
                 for (key, key_scope) in matching {
-                    let slot = key_slot(&mut self.keys, &*self.store, &key, key_scope)?;
-                    slot.stored.state.on_invalidation(&inv, false, &self.rules);
-                    self.touched(&key);
+                    self.update_key(&key, key_scope, |state, rules, _| {
+                        state.on_invalidation(&inv, false, rules)
+                    })?;
                 }
                 let glob = RetainedGlob {
                     pattern,
@@ -322,80 +438,44 @@ impl Worker {
                 self.wildcards.insert(glob);
             }
             WorkItem::Fill { key, fill, scope } => {
-                let slot = key_slot(&mut self.keys, &*self.store, &key, scope)?;
-                if !slot.stored.state.on_fill(fill) {
+                if !self.update_key(&key, scope, |state, _, _| state.on_fill(fill))? {
                     self.stats.add_cache_redeliveries(1);
                 }
-                self.touched(&key);
             }
         }
         Ok(())
     }
 
+    /// Applies `f` to a key's state (read from the store if not in memory),
+    /// then re-arms its timer and files it among the open keys.
+    fn update_key<R>(
+        &mut self,
+        key: &Arc<str>,
+        scope: i32,
+        f: impl FnOnce(&mut KeyState, &KeyRules, &Wildcards) -> R,
+    ) -> Result<R, StateError> {
+        let (store, open) = (&*self.store, &self.open);
+        let slot = self
+            .keys
+            .change(Arc::clone(key), scope, |k| load_key(store, k, scope, open))?;
+        let result = f(&mut slot.value.stored.state, &self.rules, &self.wildcards);
+        after_change(key, slot, &self.rules, &mut self.timers, &mut self.open);
+        Ok(result)
+    }
+
     fn check_entity(&mut self, change: &Change, scope: i32) -> Result<(), StateError> {
-        let key = entity_key(scope, change);
-        if !self.entities.contains_key(&key) {
-            let slot = match self.store.get(Cf::Entities, &key)? {
-                Some(bytes) => {
-                    let (touched, state) = codec::decode(Cf::Entities, &bytes)?;
-                    EntitySlot {
-                        scope,
-                        state,
-                        touched,
-                        dirty: false,
-                    }
-                }
-                None => EntitySlot {
-                    scope,
-                    state: EntityState::default(),
-                    touched: Millis::MIN,
-                    dirty: false,
-                },
-            };
-            self.entities.insert(key.clone(), slot);
-        }
-        let slot = self.entities.get_mut(&key).expect("inserted above");
-        match entity::check(&mut slot.state, change) {
+        let store = &*self.store;
+        let slot = self
+            .entities
+            .change(entity_key(scope, change), scope, |k| load_entity(store, k))?;
+        let entry = &mut slot.value;
+        match entity::check(&mut entry.state, change) {
             EntityVerdict::Duplicate => self.stats.add_duplicate(),
             EntityVerdict::Accepted => {}
             EntityVerdict::Violation(v) => self.violations.push(*v),
         }
-        slot.touched = slot.touched.max(change.commit_ts_ms);
-        if !slot.dirty {
-            slot.dirty = true;
-            self.dirty_entities.push(key);
-        }
+        entry.touched = entry.touched.max(change.commit_ts_ms);
         Ok(())
-    }
-
-    /// Bookkeeping after a key's state changed: dirty list, timer, index of
-    /// keys with undecided changes.
-    fn touched(&mut self, key: &Arc<str>) {
-        let slot = self.keys.get_mut(key).expect("the caller loaded the slot");
-        if !slot.dirty {
-            slot.dirty = true;
-            self.dirty_keys.push(Arc::clone(key));
-        }
-        if let Some(due) = slot.stored.state.next_due(&self.rules)
-            && slot.stored.armed.is_none_or(|armed| due < armed)
-        {
-            slot.stored.armed = Some(due);
-            self.timers.push(due, (Arc::clone(key), slot.scope));
-        }
-        let open = slot
-            .stored
-            .state
-            .changes
-            .iter()
-            .any(|c| c.status != Status::Decided);
-        if open != slot.open {
-            slot.open = open;
-            if open {
-                self.open.insert(Arc::clone(key), slot.scope);
-            } else {
-                self.open.remove(key);
-            }
-        }
     }
 
     /// Advances to watermark `wm`: fires every timer due by then.
@@ -403,32 +483,32 @@ impl Worker {
         self.watermark = self.watermark.max(wm);
         let wm = self.watermark;
         while let Some((due, (key, scope))) = self.timers.pop_due(wm) {
-            if !self.keys.contains_key(&key) {
-                // Not in memory: it was evicted or removed; only the store
-                // can say whether the timer is still armed.
-                match load_key(&*self.store, &key, scope)? {
-                    Some(slot) => {
-                        self.keys.insert(Arc::clone(&key), slot);
-                    }
-                    None => continue,
-                }
-            }
-            let slot = self.keys.get_mut(&key).expect("present or loaded above");
-            if slot.stored.armed != Some(due) {
+            // A key not in memory left it (the store says whether its timer
+            // is still armed) or was removed.
+            let (store, open) = (&*self.store, &self.open);
+            let Some(slot) = self
+                .keys
+                .find(&key, scope, |k| load_key(store, k, scope, open))?
+            else {
+                continue;
+            };
+            let entry = &mut slot.value;
+            if entry.stored.armed != Some(due) {
                 continue;
             }
-            slot.stored.armed = None;
+            entry.stored.armed = None;
             let mut decisions = Decisions::default();
-            let next = slot
+            let next = entry
                 .stored
                 .state
                 .advance(&key, wm, &self.rules, &mut decisions);
             if let Some(next) = next.filter(|n| *n > wm) {
-                slot.stored.armed = Some(next);
+                entry.stored.armed = Some(next);
                 self.timers.push(next, (Arc::clone(&key), scope));
             }
+            after_change(&key, slot, &self.rules, &mut self.timers, &mut self.open);
+            self.keys.mark_changed(&key);
             self.record(decisions);
-            self.touched(&key);
         }
         let cutoff = self.rules.forget_before(wm, self.latest);
         let slack = (self.rules.history_ms / 16).max(GLOB_PRUNE_SLACK_MS);
@@ -444,16 +524,13 @@ impl Worker {
     /// Forgets the scopes whose partitions went to another instance (their
     /// state was committed first): keys, entities, timers, globs.
     fn release(&mut self, scopes: &[i32]) {
-        let gone = |scope: &i32| scopes.contains(scope);
-        self.keys.retain(|_, slot| !gone(&slot.scope));
-        self.entities.retain(|_, slot| !gone(&slot.scope));
-        let (keys, entities) = (&self.keys, &self.entities);
-        self.dirty_keys.retain(|k| keys.contains_key(k));
-        self.dirty_entities.retain(|k| entities.contains_key(k));
-        self.timers.retain(|(_, scope)| !gone(scope));
-        self.open.retain(|_, scope| !gone(scope));
-        self.wildcards.remove(|g| gone(&g.scope));
-        self.glob_writes.writes.retain(|w| !gone(&w.scope));
+        let gone = |scope: i32| scopes.contains(&scope);
+        self.keys.release(gone);
+        self.entities.release(gone);
+        self.timers.retain(|(_, scope)| !gone(*scope));
+        self.open.retain(|_, scope| !gone(*scope));
+        self.wildcards.remove(|g| gone(g.scope));
+        self.glob_writes.writes.retain(|w| !gone(w.scope));
     }
 
     fn record(&mut self, d: Decisions) {
@@ -473,67 +550,49 @@ impl Worker {
         self.violations.extend(d.violations);
     }
 
-    /// The state changes since the last checkpoint, as one batch. State that
-    /// is not kept (`durable` false) is not encoded: the batch is empty (no
-    /// glob writes either), and only the keys left empty are forgotten.
-    fn persist(&mut self) -> StateBatch {
+    /// The state changes since the last checkpoint, as checkpoint
+    /// `epoch`'s batch, with the writes of the keys and entities that leave
+    /// memory to keep the worker within its budget (see [`super::cache`]).
+    /// State that is not kept (`durable` false) is not encoded unless it
+    /// leaves memory, and then it is written to the store at once: the
+    /// checkpoint's batch is empty.
+    fn persist(&mut self, epoch: u64) -> Result<StateBatch, StateError> {
         let mut batch = std::mem::take(&mut self.glob_writes);
-        for key in std::mem::take(&mut self.dirty_keys) {
-            let Some(slot) = self.keys.get_mut(&key) else {
-                continue;
-            };
-            slot.dirty = false;
-            let finished = slot.stored.state.is_empty() && slot.stored.armed.is_none();
-            if !self.durable {
-                if finished {
-                    self.keys.remove(&key);
-                }
-                continue;
+        let durable = self.durable;
+        let save_key = |batch: &mut StateBatch, key: &Arc<str>, scope, entry: &mut _, save| {
+            save_key(batch, durable, key, scope, entry, save);
+        };
+        let save_entity = |batch: &mut StateBatch, key: &Arc<[u8]>, scope, entry: &mut _, save| {
+            save_entity(batch, key, scope, entry, save);
+        };
+        self.keys.persist(epoch, durable, &mut batch, save_key);
+        self.entities
+            .persist(epoch, durable, &mut batch, save_entity);
+        let (keys, entities) = (self.keys.resident_bytes(), self.entities.resident_bytes());
+        let excess = (keys + entities).saturating_sub(self.budget / 10 * 9);
+        let from_keys = (excess as u128 * keys as u128 / (keys + entities).max(1) as u128) as usize;
+        let committed = self.committed.load(Ordering::Acquire);
+        let mut evicted = self
+            .keys
+            .evict(from_keys, epoch, committed, &mut batch, save_key)
+            + self.entities.evict(
+                excess - from_keys,
+                epoch,
+                committed,
+                &mut batch,
+                save_entity,
+            );
+        let written = if durable {
+            committed
+        } else {
+            if !batch.is_empty() {
+                self.store.write(std::mem::take(&mut batch))?;
             }
-            let scope = slot.scope;
-            if slot.persisted_armed != slot.stored.armed {
-                if let Some(old) = slot.persisted_armed {
-                    batch.delete(Cf::Timers, scope, codec::timer_key(scope, old, &key));
-                }
-                if let Some(new) = slot.stored.armed {
-                    batch.put(
-                        Cf::Timers,
-                        scope,
-                        codec::timer_key(scope, new, &key),
-                        Vec::new(),
-                    );
-                }
-                slot.persisted_armed = slot.stored.armed;
-            }
-            let storage_key = codec::scoped(scope, key.as_bytes());
-            if finished {
-                batch.delete(Cf::Keys, scope, storage_key);
-                self.keys.remove(&key);
-            } else {
-                let touched = slot.stored.state.touched;
-                batch.put(
-                    Cf::Keys,
-                    scope,
-                    storage_key,
-                    codec::encode(touched, &slot.stored),
-                );
-            }
-        }
-        for key in std::mem::take(&mut self.dirty_entities) {
-            let Some(slot) = self.entities.get_mut(&key) else {
-                continue;
-            };
-            slot.dirty = false;
-            if self.durable {
-                batch.put(
-                    Cf::Entities,
-                    slot.scope,
-                    key.to_vec(),
-                    codec::encode(slot.touched, &slot.state),
-                );
-            }
-        }
-        batch
+            epoch
+        };
+        evicted += self.keys.drop_leaving(written) + self.entities.drop_leaving(written);
+        self.stats.add_state_evictions(evicted);
+        Ok(batch)
     }
 
     /// Whether this worker writes the globs to the store: every worker

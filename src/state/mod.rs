@@ -166,6 +166,28 @@ impl RetentionHorizon {
     }
 }
 
+/// How `state.cache_size` is shared out: three quarters for the keys and
+/// entities the workers keep in memory, an eighth for RocksDB's block cache,
+/// an eighth for its memtables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// Bytes of key and entity state in memory, over all workers.
+    pub slots: usize,
+    pub block_cache: usize,
+    pub memtables: usize,
+}
+
+impl MemoryBudget {
+    pub fn of(cache_size: u64) -> Self {
+        let total = usize::try_from(cache_size).unwrap_or(usize::MAX);
+        MemoryBudget {
+            slots: total / 4 * 3,
+            block_cache: total / 8,
+            memtables: total / 8,
+        }
+    }
+}
+
 /// A key-value store with column families and atomic batches.
 pub trait Store: Send + Sync {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StateError>;

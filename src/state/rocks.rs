@@ -1,9 +1,11 @@
 //! The RocksDB [`Store`].
 //!
 //! Tuning (documented here because it is part of the contract with
-//! operators): one shared LRU block cache, bloom filters on the families that
-//! are read by point lookups (entities, keys), LZ4 compression, 64 MiB
-//! memtables, WAL on without an fsync per batch (a crash of the machine, not
+//! operators): one shared LRU block cache and memtables of all families
+//! bounded together, each an eighth of `state.cache_size` ([`MemoryBudget`];
+//! 128 MiB each by default, a memtable flushed at half that), bloom filters
+//! on the families that are read by point lookups (entities, keys), LZ4
+//! compression, WAL on without an fsync per batch (a crash of the machine, not
 //! of the process, can lose the last batches; vigil then resumes from the
 //! offsets of the last batch that reached disk, so state and position still
 //! agree). Entries of the expiring families are dropped by a compaction
@@ -19,12 +21,8 @@ use rocksdb::{
 };
 
 use super::codec;
-use super::{Cf, RetentionHorizon, StateBatch, StateError, Store};
-
-/// Size of the shared block cache.
-const BLOCK_CACHE_BYTES: usize = 256 << 20;
-/// Memtable size per column family.
-const WRITE_BUFFER_BYTES: usize = 64 << 20;
+use super::{Cf, MemoryBudget, RetentionHorizon, StateBatch, StateError, Store};
+use crate::config::StateConfig;
 
 pub struct RocksStore {
     db: Arc<DB>,
@@ -41,16 +39,26 @@ impl std::fmt::Debug for RocksStore {
 }
 
 impl RocksStore {
-    /// Opens (creating if needed) the store at `path`.
+    /// Opens (creating if needed) the store at `path`, with the memory of
+    /// the default `state.cache_size`.
     pub fn open(path: &Path) -> Result<Self, StateError> {
+        Self::open_with(path, MemoryBudget::of(StateConfig::default().cache_size.0))
+    }
+
+    /// Opens (creating if needed) the store at `path`, with the block cache
+    /// and memtable sizes of `memory`.
+    pub fn open_with(path: &Path, memory: MemoryBudget) -> Result<Self, StateError> {
         let retention = RetentionHorizon::new();
-        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
-        let descriptors = Cf::ALL
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf, &cache, &retention)));
+        let cache = Cache::new_lru_cache(memory.block_cache);
+        let memtable = memory.memtables / 2;
+        let descriptors = Cf::ALL.map(|cf| {
+            ColumnFamilyDescriptor::new(cf.name(), cf_options(cf, &cache, memtable, &retention))
+        });
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
+        db_opts.set_db_write_buffer_size(memory.memtables);
         let db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| {
             StateError::Rocks {
                 path: path.display().to_string(),
@@ -85,10 +93,10 @@ impl RocksStore {
     }
 }
 
-fn cf_options(cf: Cf, cache: &Cache, retention: &RetentionHorizon) -> Options {
+fn cf_options(cf: Cf, cache: &Cache, memtable: usize, retention: &RetentionHorizon) -> Options {
     let mut opts = Options::default();
     opts.set_compression_type(DBCompressionType::Lz4);
-    opts.set_write_buffer_size(WRITE_BUFFER_BYTES);
+    opts.set_write_buffer_size(memtable);
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
     if matches!(cf, Cf::Entities | Cf::Keys) {

@@ -612,3 +612,46 @@ fn bench_measures_check_and_verifies_its_verdicts() {
     assert_eq!(runs[1]["keys"], 100);
     assert!(report["machine"]["cpus"].as_u64().unwrap() >= 1);
 }
+
+#[test]
+fn state_beyond_the_cache_size_leaves_memory_and_the_verdicts_stay_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "--events", "60000", "--keys", "30000", "--tables", "4", "--seed", "12",
+    ];
+    args.extend_from_slice(&FAULTY);
+    generate(dir.path(), &args);
+    let mut config: toml::Table =
+        toml::from_str(&fs::read_to_string(dir.path().join("vigil.toml")).unwrap()).unwrap();
+    let mut state = toml::Table::new();
+    state.insert("cache_size".into(), "8MiB".into());
+    state.insert("checkpoint_interval".into(), "20ms".into());
+    config.insert("state".into(), state.into());
+    let config_path = dir.path().join("small-cache.toml");
+    fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+    let expected = dir.path().join("expected.ndjson");
+
+    let kept = dir.path().join("state");
+    let kept_flags = ["--state", kept.to_str().unwrap()];
+    for (name, extra) in [("in memory", &[][..]), ("kept", &kept_flags[..])] {
+        let out = dir.path().join(name);
+        let checked = check(
+            Some(&config_path),
+            &[&dir.path().join("cdc.ndjson")],
+            &[&dir.path().join("cache.ndjson")],
+            &out,
+            extra,
+        );
+        assert_eq!(checked.code, 0, "{name}: {}", checked.stderr);
+        assert_matches_expected(&expected, &checked);
+        assert!(
+            checked.summary["state_evictions"].as_u64().unwrap() > 1000,
+            "{name}: keys and entities left memory: {}",
+            checked.summary
+        );
+        assert!(
+            !out.join(".vigil-check-state").exists(),
+            "{name}: the scratch store is removed"
+        );
+    }
+}

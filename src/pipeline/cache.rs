@@ -1,0 +1,401 @@
+//! A worker's slots: the key or entity state it keeps in memory, which of
+//! them changed since the last checkpoint, and which may leave memory.
+//!
+//! At each checkpoint the changed slots are persisted: written to the store
+//! when state is kept, else only noted as the most recently used. Then
+//! [`Slots::evict`] lets slots leave memory, oldest persisted first, until
+//! the worker is back under its share of `state.cache_size`. A slot may
+//! leave only when the store holds its current value and the checkpoint
+//! that wrote it is committed, so that reading it back gives the same
+//! state. When state is not kept (`vigil check` without `--state`) the
+//! store holds nothing of a slot until it is evicted: the worker then
+//! writes it ("spills" it) to the store at once, outside the checkpoint
+//! (nothing resumes from that store), and it leaves. Slots that hold
+//! nothing any more (finished keys) leave the same way, once their deletion
+//! is in the store.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::mem::size_of;
+use std::sync::Arc;
+
+use crate::detect::entity::EntityState;
+use crate::detect::key::KeyState;
+use crate::state::{StateBatch, StateError};
+
+/// Approximate heap bytes of a value, for the budget.
+pub(super) trait Footprint {
+    fn heap_bytes(&self) -> usize;
+}
+
+/// Bytes of a shared string: its text, the counts, the allocator's header.
+/// Strings shared with other slots are counted in each (the estimate errs
+/// on the side of memory).
+fn arc_bytes(s: &str) -> usize {
+    s.len() + 2 * size_of::<usize>() + 16
+}
+
+impl Footprint for Arc<str> {
+    fn heap_bytes(&self) -> usize {
+        arc_bytes(self)
+    }
+}
+
+impl Footprint for Arc<[u8]> {
+    fn heap_bytes(&self) -> usize {
+        self.len() + 2 * size_of::<usize>() + 16
+    }
+}
+
+impl Footprint for KeyState {
+    fn heap_bytes(&self) -> usize {
+        let strings = |service: &Option<Arc<str>>, topic: &str| {
+            service.as_deref().map_or(0, arc_bytes) + arc_bytes(topic)
+        };
+        let changes: usize = self
+            .changes
+            .iter()
+            .map(|c| {
+                arc_bytes(&c.table)
+                    + arc_bytes(&c.pk)
+                    + arc_bytes(&c.evidence.topic)
+                    + c.cover
+                        .as_ref()
+                        .map_or(0, |cv| strings(&cv.service, &cv.evidence.topic))
+            })
+            .sum();
+        let invalidations: usize = self
+            .invalidations
+            .iter()
+            .map(|i| strings(&i.service, &i.evidence.topic))
+            .sum();
+        let fills: usize = self
+            .fills
+            .iter()
+            .chain(&self.judged)
+            .map(|f| strings(&f.service, &f.evidence.topic))
+            .sum();
+        self.changes.capacity() * size_of::<crate::detect::key::KeyChange>()
+            + self.invalidations.capacity() * size_of::<crate::detect::key::Invalidation>()
+            + (self.fills.capacity() + self.judged.capacity())
+                * size_of::<crate::detect::key::Fill>()
+            + self.seen.capacity() * size_of::<u64>()
+            + changes
+            + invalidations
+            + fills
+    }
+}
+
+impl Footprint for EntityState {
+    fn heap_bytes(&self) -> usize {
+        self.recent.capacity() * size_of::<u64>()
+    }
+}
+
+/// What a slot's value says of itself at a checkpoint.
+pub(super) trait Cached: Footprint {
+    /// Holds nothing: the slot can leave memory, and the store forget it.
+    fn is_finished(&self) -> bool;
+}
+
+/// A write of a slot to the store: its current value, or its deletion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Save {
+    Put,
+    Delete,
+}
+
+pub(super) struct Slot<V> {
+    pub value: V,
+    /// The input partition number the slot belongs to.
+    pub scope: i32,
+    dirty: bool,
+    /// Approximate bytes in memory (as of its last persist or load).
+    bytes: usize,
+    /// The checkpoint that last persisted the slot (0: loaded, unchanged).
+    persisted_at: u64,
+    /// The store holds some value of the slot (to delete when finished).
+    stored: bool,
+    /// The store holds the value of `persisted_at`.
+    saved: bool,
+}
+
+/// Slots of one kind (keys or entities) with the bookkeeping of the module
+/// doc.
+pub(super) struct Slots<K, V> {
+    map: HashMap<K, Slot<V>>,
+    /// Slots changed since the last checkpoint.
+    dirty: Vec<K>,
+    /// Slots by the checkpoint that persisted (or loaded) them, oldest
+    /// first; an entry is stale when the slot was persisted again since.
+    recent: VecDeque<(u64, K)>,
+    /// Slots to drop once their checkpoint is committed (finished or
+    /// spilled), with their bytes.
+    leaving: VecDeque<(u64, K, usize)>,
+    /// Approximate bytes of all slots in memory.
+    bytes: usize,
+    /// Bytes of the slots in `leaving`.
+    leaving_bytes: usize,
+    /// The store holds none of these slots (state not kept, nothing
+    /// spilled yet): a slot not in memory is new, without a read.
+    store_empty: bool,
+}
+
+/// Bytes a slot costs beyond its value's heap: the map entry (with the
+/// map's spare room) and its place in the recency queue.
+fn entry_bytes<K, V>() -> usize {
+    (size_of::<(K, Slot<V>)>() + 1) * 8 / 7 + size_of::<(u64, K)>()
+}
+
+impl<K, V> Slots<K, V>
+where
+    K: Clone + Eq + Hash + Footprint,
+    V: Cached + Default,
+{
+    /// No slots; `store_empty`: the store holds none of them yet (a
+    /// fresh scratch store).
+    pub fn new(store_empty: bool) -> Self {
+        Slots {
+            map: HashMap::new(),
+            dirty: Vec::new(),
+            recent: VecDeque::new(),
+            leaving: VecDeque::new(),
+            bytes: 0,
+            leaving_bytes: 0,
+            store_empty,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Approximate bytes in memory, less what is already leaving.
+    pub fn resident_bytes(&self) -> usize {
+        self.bytes.saturating_sub(self.leaving_bytes)
+    }
+
+    fn size_of_slot(key: &K, value: &V) -> usize {
+        entry_bytes::<K, V>() + key.heap_bytes() + value.heap_bytes()
+    }
+
+    /// The slot of `key`, to change: in memory, else read by `load`, else
+    /// new. It is persisted at the next checkpoint.
+    pub fn change(
+        &mut self,
+        key: K,
+        scope: i32,
+        load: impl FnOnce(&K) -> Result<Option<V>, StateError>,
+    ) -> Result<&mut Slot<V>, StateError> {
+        if !self.map.contains_key(&key) {
+            let loaded = if self.store_empty { None } else { load(&key)? };
+            let slot = match loaded {
+                Some(value) => self.loaded(&key, scope, value),
+                None => Slot {
+                    value: V::default(),
+                    scope,
+                    dirty: false,
+                    bytes: 0,
+                    persisted_at: 0,
+                    stored: false,
+                    saved: false,
+                },
+            };
+            self.map.insert(key.clone(), slot);
+        }
+        let slot = self.map.get_mut(&key).expect("present or inserted above");
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty.push(key);
+        }
+        Ok(slot)
+    }
+
+    /// The slot of `key` if in memory or in the store (read by `load`),
+    /// unchanged; [`Slots::mark_changed`] if the caller changes it.
+    pub fn find(
+        &mut self,
+        key: &K,
+        scope: i32,
+        load: impl FnOnce(&K) -> Result<Option<V>, StateError>,
+    ) -> Result<Option<&mut Slot<V>>, StateError> {
+        if !self.map.contains_key(key) {
+            let Some(value) = (if self.store_empty { None } else { load(key)? }) else {
+                return Ok(None);
+            };
+            let slot = self.loaded(key, scope, value);
+            self.map.insert(key.clone(), slot);
+        }
+        Ok(self.map.get_mut(key))
+    }
+
+    /// A slot read from the store: saved, committed, the most recent.
+    fn loaded(&mut self, key: &K, scope: i32, value: V) -> Slot<V> {
+        let bytes = Self::size_of_slot(key, &value);
+        self.bytes += bytes;
+        self.recent.push_back((0, key.clone()));
+        Slot {
+            value,
+            scope,
+            dirty: false,
+            bytes,
+            persisted_at: 0,
+            stored: true,
+            saved: true,
+        }
+    }
+
+    pub fn mark_changed(&mut self, key: &K) {
+        if let Some(slot) = self.map.get_mut(key)
+            && !slot.dirty
+        {
+            slot.dirty = true;
+            self.dirty.push(key.clone());
+        }
+    }
+
+    /// Persists the slots changed since the last checkpoint as checkpoint
+    /// `epoch`: with `durable`, `save` writes each to `batch` (a finished one is
+    /// deleted); without, a finished one the store holds is deleted, and
+    /// the others are only counted. Finished slots leave memory once
+    /// deleted (or at once when the store never held them).
+    pub fn persist(
+        &mut self,
+        epoch: u64,
+        durable: bool,
+        batch: &mut StateBatch,
+        save: impl Fn(&mut StateBatch, &K, i32, &mut V, Save),
+    ) {
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(slot) = self.map.get_mut(&key) else {
+                continue;
+            };
+            slot.dirty = false;
+            let bytes = Self::size_of_slot(&key, &slot.value);
+            self.bytes = self.bytes + bytes - slot.bytes;
+            slot.bytes = bytes;
+            slot.persisted_at = epoch;
+            let finished = slot.value.is_finished();
+            if finished && !durable && !slot.stored {
+                self.bytes -= slot.bytes;
+                self.map.remove(&key);
+            } else if finished {
+                save(batch, &key, slot.scope, &mut slot.value, Save::Delete);
+                slot.saved = true;
+                self.leaving_bytes += bytes;
+                self.leaving.push_back((epoch, key, bytes));
+            } else {
+                if durable {
+                    save(batch, &key, slot.scope, &mut slot.value, Save::Put);
+                    self.store_empty = false;
+                    slot.stored = true;
+                }
+                slot.saved = durable;
+                self.recent.push_back((epoch, key));
+            }
+        }
+        if self.recent.len() > 2 * self.map.len() + 1024 {
+            let map = &self.map;
+            self.recent.retain(|(epoch, key)| {
+                map.get(key)
+                    .is_some_and(|s| !s.dirty && s.persisted_at == *epoch)
+            });
+        }
+    }
+
+    /// Drops the leaving slots whose writes are in the store: those of
+    /// checkpoints up to `written`. Returns how many left memory (finished
+    /// ones not counted).
+    pub fn drop_leaving(&mut self, written: u64) -> u64 {
+        let mut evicted = 0;
+        while let Some((at, key, bytes)) = self.leaving.pop_front_if(|(at, ..)| *at <= written) {
+            self.leaving_bytes -= bytes;
+            if let Some(slot) = self.drop_if_unchanged(&key, at)
+                && !slot.value.is_finished()
+            {
+                evicted += 1;
+            }
+        }
+        evicted
+    }
+
+    /// Lets about `free` bytes leave memory, oldest persisted first:
+    /// dropped when the store holds them as of a `committed` checkpoint,
+    /// else written to `batch` by `save` with checkpoint `epoch` and
+    /// dropped by [`Slots::drop_leaving`] once that write is in the store.
+    /// Stops at a slot saved by a checkpoint not yet committed. Returns how
+    /// many slots were dropped.
+    pub fn evict(
+        &mut self,
+        free: usize,
+        epoch: u64,
+        committed: u64,
+        batch: &mut StateBatch,
+        save: impl Fn(&mut StateBatch, &K, i32, &mut V, Save),
+    ) -> u64 {
+        let mut evicted = 0;
+        let mut freed = 0;
+        while freed < free {
+            let Some((at, key)) = self.recent.front() else {
+                break;
+            };
+            let at = *at;
+            let Some(slot) = self
+                .map
+                .get_mut(key)
+                .filter(|s| !s.dirty && s.persisted_at == at)
+            else {
+                self.recent.pop_front();
+                continue;
+            };
+            if slot.saved && at > committed {
+                break;
+            }
+            freed += slot.bytes;
+            let (_, key) = self.recent.pop_front().expect("the front was read above");
+            if slot.saved {
+                evicted += u64::from(self.drop_if_unchanged(&key, at).is_some());
+            } else {
+                save(batch, &key, slot.scope, &mut slot.value, Save::Put);
+                self.store_empty = false;
+                slot.stored = true;
+                slot.saved = true;
+                slot.persisted_at = epoch;
+                self.leaving_bytes += slot.bytes;
+                self.leaving.push_back((epoch, key, slot.bytes));
+            }
+        }
+        evicted
+    }
+
+    /// Removes the slot of `key` unless it changed since checkpoint
+    /// `persisted_at`; returns it.
+    fn drop_if_unchanged(&mut self, key: &K, persisted_at: u64) -> Option<Slot<V>> {
+        let unchanged = self
+            .map
+            .get(key)
+            .is_some_and(|s| !s.dirty && s.persisted_at == persisted_at);
+        if !unchanged {
+            return None;
+        }
+        let slot = self.map.remove(key)?;
+        self.bytes -= slot.bytes;
+        Some(slot)
+    }
+
+    /// Forgets every slot of the scopes `gone` says (their state was
+    /// committed, and now belongs to another instance).
+    pub fn release(&mut self, gone: impl Fn(i32) -> bool) {
+        let mut removed = 0;
+        self.map.retain(|_, slot| {
+            let keep = !gone(slot.scope);
+            if !keep {
+                removed += slot.bytes;
+            }
+            keep
+        });
+        self.bytes -= removed;
+        let map = &self.map;
+        self.dirty.retain(|k| map.contains_key(k));
+    }
+}
