@@ -288,7 +288,9 @@ pub fn read_file(
     opts.stats.add_records(&name, read);
     opts.stats.add_stage_time(Stage::Ingest, started.elapsed());
     if send_batch(tx, partition, &mut records, &mut dead, &name, line_no) {
-        let _ = tx.send(SourceMsg::End { partition });
+        let _ = tx.send(SourceMsg::End {
+            partitions: vec![partition],
+        });
     }
     Ok(())
 }

@@ -555,7 +555,9 @@ fn feed(
         }
     }
     for i in 0..partitions.len() {
-        let _ = tx.send(SourceMsg::End { partition: i });
+        let _ = tx.send(SourceMsg::End {
+            partitions: vec![i],
+        });
     }
     Ok(())
 }

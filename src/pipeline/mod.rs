@@ -72,10 +72,13 @@ pub enum SourceMsg {
     /// Records of one input partition, in order.
     /// Records of one or more partitions.
     Batch(Vec<PartitionBatch>),
-    /// The partition has no more records (end of file, revoked partition).
-    End { partition: usize },
-    /// A partition was assigned: a new index, or one that ended before.
-    Assigned { partition: usize },
+    /// The partitions have no more records (end of file, revoked
+    /// partitions). A rebalance sends all it revokes in one message, so
+    /// that the watermark never stands on the few not revoked yet.
+    End { partitions: Vec<usize> },
+    /// Partitions were assigned: new indices, or ones that ended before
+    /// (all of one assignment in one message).
+    Assigned { partitions: Vec<usize> },
     /// Whether a partition has been read up to its end (live inputs: only
     /// a caught-up partition may be considered idle).
     CaughtUp { partition: usize, caught_up: bool },

@@ -102,12 +102,17 @@ impl Router {
                     }
                     self.stats.add_stage_time(Stage::Route, started.elapsed());
                 }
-                Ok(SourceMsg::End { partition }) => {
-                    self.watermarks.end(partition);
-                    self.retiring.push(partition);
+                Ok(SourceMsg::End { partitions }) => {
+                    for partition in partitions {
+                        self.watermarks.end(partition);
+                        self.retiring.push(partition);
+                    }
                 }
-                Ok(SourceMsg::Assigned { partition }) => {
-                    self.watermarks.open(partition, self.clock.now_ms());
+                Ok(SourceMsg::Assigned { partitions }) => {
+                    let now = self.clock.now_ms();
+                    for partition in partitions {
+                        self.watermarks.open(partition, now);
+                    }
                 }
                 Ok(SourceMsg::CaughtUp {
                     partition,

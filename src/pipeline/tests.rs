@@ -166,7 +166,10 @@ impl Harness {
             }
             if end {
                 for partition in 0..2 {
-                    tx.send(SourceMsg::End { partition }).unwrap();
+                    tx.send(SourceMsg::End {
+                        partitions: vec![partition],
+                    })
+                    .unwrap();
                 }
             }
             drop(tx);

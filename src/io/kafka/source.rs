@@ -268,6 +268,7 @@ impl SourceContext {
         let mut shared = self.shared();
         self.hand_over(&mut shared, consumer, tpl);
         let mut resumed = Vec::new();
+        let mut assigned = Vec::new();
         for elem in tpl.elements() {
             let (topic, partition) = (elem.topic().to_string(), elem.partition());
             let stored = self
@@ -284,11 +285,11 @@ impl SourceContext {
             part.assigned = true;
             part.caught_up = false;
             part.next_offset = stored;
-            let index = part.index;
-            shared
-                .outbox
-                .push_back(SourceMsg::Assigned { partition: index });
+            assigned.push(part.index);
         }
+        shared.outbox.push_back(SourceMsg::Assigned {
+            partitions: assigned,
+        });
         for (topic, partition, offset) in &resumed {
             if let Err(e) = tpl.set_partition_offset(topic, *partition, Offset::Offset(*offset)) {
                 tracing::warn!(topic, partition, offset, error = %e, "cannot resume from vigil's stored offset");
@@ -314,6 +315,7 @@ impl SourceContext {
         let mut shared = self.shared();
         let mut offsets = TopicPartitionList::new();
         let elements = tpl.elements();
+        let mut ended = Vec::new();
         self.seal(&mut shared, |(topic, partition)| {
             elements
                 .iter()
@@ -330,10 +332,12 @@ impl SourceContext {
                         Offset::Offset(next),
                     );
                 }
-                let index = part.index;
-                shared.outbox.push_back(SourceMsg::End { partition: index });
+                ended.push(part.index);
             }
         }
+        shared
+            .outbox
+            .push_back(SourceMsg::End { partitions: ended });
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         shared
             .outbox
