@@ -14,13 +14,14 @@
 //! nothing any more (finished keys) leave the same way, once their deletion
 //! is in the store.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::mem::size_of;
 use std::sync::Arc;
 
 use crate::detect::entity::EntityState;
-use crate::detect::key::KeyState;
+use crate::detect::key::{Fill, Invalidation, KeyChange, KeyState};
 use crate::state::{StateBatch, StateError};
 
 /// Approximate heap bytes of a value, for the budget.
@@ -28,11 +29,15 @@ pub(super) trait Footprint {
     fn heap_bytes(&self) -> usize;
 }
 
-/// Bytes of a shared string: its text, the counts, the allocator's header.
-/// Strings shared with other slots are counted in each (the estimate errs
-/// on the side of memory).
+/// Bytes of a shared (`Arc`) slice of `len` bytes: the bytes, the counts,
+/// the allocator's header. Strings shared with other slots are counted in
+/// each (the estimate errs on the side of memory).
+fn shared_bytes(len: usize) -> usize {
+    len + 2 * size_of::<usize>() + 16
+}
+
 fn arc_bytes(s: &str) -> usize {
-    s.len() + 2 * size_of::<usize>() + 16
+    shared_bytes(s.len())
 }
 
 impl Footprint for Arc<str> {
@@ -43,7 +48,7 @@ impl Footprint for Arc<str> {
 
 impl Footprint for Arc<[u8]> {
     fn heap_bytes(&self) -> usize {
-        self.len() + 2 * size_of::<usize>() + 16
+        shared_bytes(self.len())
     }
 }
 
@@ -75,10 +80,9 @@ impl Footprint for KeyState {
             .chain(&self.judged)
             .map(|f| strings(&f.service, &f.evidence.topic))
             .sum();
-        self.changes.capacity() * size_of::<crate::detect::key::KeyChange>()
-            + self.invalidations.capacity() * size_of::<crate::detect::key::Invalidation>()
-            + (self.fills.capacity() + self.judged.capacity())
-                * size_of::<crate::detect::key::Fill>()
+        self.changes.capacity() * size_of::<KeyChange>()
+            + self.invalidations.capacity() * size_of::<Invalidation>()
+            + (self.fills.capacity() + self.judged.capacity()) * size_of::<Fill>()
             + self.seen.capacity() * size_of::<u64>()
             + changes
             + invalidations
@@ -114,10 +118,37 @@ pub(super) struct Slot<V> {
     bytes: usize,
     /// The checkpoint that last persisted the slot (0: loaded, unchanged).
     persisted_at: u64,
-    /// The store holds some value of the slot (to delete when finished).
-    stored: bool,
-    /// The store holds the value of `persisted_at`.
-    saved: bool,
+    in_store: InStore,
+}
+
+/// What the store holds of a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InStore {
+    Nothing,
+    /// An older value (to delete when the slot is finished).
+    Older,
+    /// The value as of `persisted_at`.
+    Current,
+}
+
+impl<V: Default> Slot<V> {
+    /// A slot the store does not hold.
+    fn new(scope: i32) -> Self {
+        Slot {
+            value: V::default(),
+            scope,
+            dirty: false,
+            bytes: 0,
+            persisted_at: 0,
+            in_store: InStore::Nothing,
+        }
+    }
+
+    /// Unchanged since checkpoint `at` persisted it (a queue entry of
+    /// checkpoint `at` still speaks for it).
+    fn unchanged_since(&self, at: u64) -> bool {
+        !self.dirty && self.persisted_at == at
+    }
 }
 
 /// Slots of one kind (keys or entities) with the bookkeeping of the module
@@ -187,62 +218,68 @@ where
         scope: i32,
         load: impl FnOnce(&K) -> Result<Option<V>, StateError>,
     ) -> Result<&mut Slot<V>, StateError> {
-        if !self.map.contains_key(&key) {
-            let loaded = if self.store_empty { None } else { load(&key)? };
-            let slot = match loaded {
-                Some(value) => self.loaded(&key, scope, value),
-                None => Slot {
-                    value: V::default(),
-                    scope,
-                    dirty: false,
-                    bytes: 0,
-                    persisted_at: 0,
-                    stored: false,
-                    saved: false,
-                },
-            };
-            self.map.insert(key.clone(), slot);
-        }
-        let slot = self.map.get_mut(&key).expect("present or inserted above");
-        if !slot.dirty {
-            slot.dirty = true;
-            self.dirty.push(key);
-        }
-        Ok(slot)
+        Ok(self
+            .slot(key, scope, load, true)?
+            .expect("created when absent"))
     }
 
     /// The slot of `key` if in memory or in the store (read by `load`),
     /// unchanged; [`Slots::mark_changed`] if the caller changes it.
     pub fn find(
         &mut self,
-        key: &K,
+        key: K,
         scope: i32,
         load: impl FnOnce(&K) -> Result<Option<V>, StateError>,
     ) -> Result<Option<&mut Slot<V>>, StateError> {
-        if !self.map.contains_key(key) {
-            let Some(value) = (if self.store_empty { None } else { load(key)? }) else {
-                return Ok(None);
-            };
-            let slot = self.loaded(key, scope, value);
-            self.map.insert(key.clone(), slot);
-        }
-        Ok(self.map.get_mut(key))
+        self.slot(key, scope, load, false)
     }
 
-    /// A slot read from the store: saved, committed, the most recent.
-    fn loaded(&mut self, key: &K, scope: i32, value: V) -> Slot<V> {
-        let bytes = Self::size_of_slot(key, &value);
-        self.bytes += bytes;
-        self.recent.push_back((0, key.clone()));
-        Slot {
-            value,
-            scope,
-            dirty: false,
-            bytes,
-            persisted_at: 0,
-            stored: true,
-            saved: true,
+    /// The slot of `key` in memory, else read by `load` (unless the store
+    /// is empty), else, `to_change`, a new one; `to_change` also marks it
+    /// changed. One map lookup.
+    fn slot(
+        &mut self,
+        key: K,
+        scope: i32,
+        load: impl FnOnce(&K) -> Result<Option<V>, StateError>,
+        to_change: bool,
+    ) -> Result<Option<&mut Slot<V>>, StateError> {
+        let (key, slot) = match self.map.entry(key) {
+            Entry::Occupied(e) => {
+                let key = (to_change && !e.get().dirty).then(|| e.key().clone());
+                (key, e.into_mut())
+            }
+            Entry::Vacant(vacant) => {
+                let loaded = if self.store_empty {
+                    None
+                } else {
+                    load(vacant.key())?
+                };
+                let slot = match loaded {
+                    Some(value) => {
+                        // Read from the store: saved, committed, the most recent.
+                        let bytes = Self::size_of_slot(vacant.key(), &value);
+                        self.bytes += bytes;
+                        self.recent.push_back((0, vacant.key().clone()));
+                        Slot {
+                            bytes,
+                            in_store: InStore::Current,
+                            value,
+                            ..Slot::new(scope)
+                        }
+                    }
+                    None if to_change => Slot::new(scope),
+                    None => return Ok(None),
+                };
+                let key = to_change.then(|| vacant.key().clone());
+                (key, vacant.insert(slot))
+            }
+        };
+        if let Some(key) = key {
+            slot.dirty = true;
+            self.dirty.push(key);
         }
+        Ok(Some(slot))
     }
 
     pub fn mark_changed(&mut self, key: &K) {
@@ -276,30 +313,29 @@ where
             slot.bytes = bytes;
             slot.persisted_at = epoch;
             let finished = slot.value.is_finished();
-            if finished && !durable && !slot.stored {
+            if finished && !durable && slot.in_store == InStore::Nothing {
                 self.bytes -= slot.bytes;
                 self.map.remove(&key);
             } else if finished {
                 save(batch, &key, slot.scope, &mut slot.value, Save::Delete);
-                slot.saved = true;
+                slot.in_store = InStore::Current;
                 self.leaving_bytes += bytes;
                 self.leaving.push_back((epoch, key, bytes));
             } else {
                 if durable {
                     save(batch, &key, slot.scope, &mut slot.value, Save::Put);
                     self.store_empty = false;
-                    slot.stored = true;
+                    slot.in_store = InStore::Current;
+                } else if slot.in_store == InStore::Current {
+                    slot.in_store = InStore::Older;
                 }
-                slot.saved = durable;
                 self.recent.push_back((epoch, key));
             }
         }
         if self.recent.len() > 2 * self.map.len() + 1024 {
             let map = &self.map;
-            self.recent.retain(|(epoch, key)| {
-                map.get(key)
-                    .is_some_and(|s| !s.dirty && s.persisted_at == *epoch)
-            });
+            self.recent
+                .retain(|(epoch, key)| map.get(key).is_some_and(|s| s.unchanged_since(*epoch)));
         }
     }
 
@@ -340,26 +376,22 @@ where
                 break;
             };
             let at = *at;
-            let Some(slot) = self
-                .map
-                .get_mut(key)
-                .filter(|s| !s.dirty && s.persisted_at == at)
-            else {
+            let Some(slot) = self.map.get_mut(key).filter(|s| s.unchanged_since(at)) else {
                 self.recent.pop_front();
                 continue;
             };
-            if slot.saved && at > committed {
+            let saved = slot.in_store == InStore::Current;
+            if saved && at > committed {
                 break;
             }
             freed += slot.bytes;
             let (_, key) = self.recent.pop_front().expect("the front was read above");
-            if slot.saved {
+            if saved {
                 evicted += u64::from(self.drop_if_unchanged(&key, at).is_some());
             } else {
                 save(batch, &key, slot.scope, &mut slot.value, Save::Put);
                 self.store_empty = false;
-                slot.stored = true;
-                slot.saved = true;
+                slot.in_store = InStore::Current;
                 slot.persisted_at = epoch;
                 self.leaving_bytes += slot.bytes;
                 self.leaving.push_back((epoch, key, slot.bytes));
@@ -371,11 +403,7 @@ where
     /// Removes the slot of `key` unless it changed since checkpoint
     /// `persisted_at`; returns it.
     fn drop_if_unchanged(&mut self, key: &K, persisted_at: u64) -> Option<Slot<V>> {
-        let unchanged = self
-            .map
-            .get(key)
-            .is_some_and(|s| !s.dirty && s.persisted_at == persisted_at);
-        if !unchanged {
+        if !self.map.get(key)?.unchanged_since(persisted_at) {
             return None;
         }
         let slot = self.map.remove(key)?;

@@ -488,7 +488,7 @@ impl Worker {
             let (store, open) = (&*self.store, &self.open);
             let Some(slot) = self
                 .keys
-                .find(&key, scope, |k| load_key(store, k, scope, open))?
+                .find(Arc::clone(&key), scope, |k| load_key(store, k, scope, open))?
             else {
                 continue;
             };
@@ -559,28 +559,28 @@ impl Worker {
     fn persist(&mut self, epoch: u64) -> Result<StateBatch, StateError> {
         let mut batch = std::mem::take(&mut self.glob_writes);
         let durable = self.durable;
-        let save_key = |batch: &mut StateBatch, key: &Arc<str>, scope, entry: &mut _, save| {
+        let write_key = |batch: &mut StateBatch, key: &Arc<str>, scope, entry: &mut _, save| {
             save_key(batch, durable, key, scope, entry, save);
         };
-        let save_entity = |batch: &mut StateBatch, key: &Arc<[u8]>, scope, entry: &mut _, save| {
+        let write_entity = |batch: &mut StateBatch, key: &Arc<[u8]>, scope, entry: &mut _, save| {
             save_entity(batch, key, scope, entry, save);
         };
-        self.keys.persist(epoch, durable, &mut batch, save_key);
+        self.keys.persist(epoch, durable, &mut batch, write_key);
         self.entities
-            .persist(epoch, durable, &mut batch, save_entity);
+            .persist(epoch, durable, &mut batch, write_entity);
         let (keys, entities) = (self.keys.resident_bytes(), self.entities.resident_bytes());
         let excess = (keys + entities).saturating_sub(self.budget / 10 * 9);
         let from_keys = (excess as u128 * keys as u128 / (keys + entities).max(1) as u128) as usize;
         let committed = self.committed.load(Ordering::Acquire);
         let mut evicted = self
             .keys
-            .evict(from_keys, epoch, committed, &mut batch, save_key)
+            .evict(from_keys, epoch, committed, &mut batch, write_key)
             + self.entities.evict(
                 excess - from_keys,
                 epoch,
                 committed,
                 &mut batch,
-                save_entity,
+                write_entity,
             );
         let written = if durable {
             committed
