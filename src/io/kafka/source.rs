@@ -49,6 +49,9 @@ const PAUSE_AFTER: usize = 8;
 /// How long a rebalance waits for the checkpoint of the partitions it
 /// releases.
 const REBALANCE_COMMIT_WAIT: Duration = Duration::from_secs(60);
+/// How long a stopping source polls for the group to take its partitions
+/// back before it hangs up anyway.
+const LEAVE_WAIT: Duration = Duration::from_secs(10);
 
 /// Consumer defaults; `[kafka]` overrides them.
 const CONSUMER_DEFAULTS: [(&str, &str); 5] = [
@@ -571,10 +574,25 @@ impl KafkaSource {
             }
             self.deliver(ctx);
         }
+        self.leave_group(ctx, ingest);
         let mut shared = ctx.shared();
         ctx.seal_all(&mut shared);
         ctx.drain(&mut shared, true);
         shared.tx = None;
+    }
+
+    /// Leaves the consumer group while still polling, so that the revoke of
+    /// the partitions is handled (checkpoint, unassign) before the consumer
+    /// is closed: answering a revoke raised by the close itself can hang
+    /// forever in librdkafka (confluentinc/librdkafka#4884).
+    fn leave_group(&self, ctx: &SourceContext, ingest: &Ingest) {
+        self.consumer.unsubscribe();
+        let until = Instant::now() + LEAVE_WAIT;
+        while Instant::now() < until && self.consumer.assignment().is_ok_and(|a| a.count() > 0) {
+            if let Some(Ok(msg)) = self.consumer.poll(POLL_WAIT) {
+                self.on_message(ctx, ingest, &msg);
+            }
+        }
     }
 
     /// Sends what the pipeline can take; pauses reading while it cannot.
