@@ -10,6 +10,12 @@ use vigil::config::ConfigError;
 use vigil::modes::{self, FAILURE_EXIT, USAGE_EXIT, UsageError};
 use vigil::telemetry;
 
+/// mimalloc instead of the system allocator: state is allocated on the
+/// workers and freed on other threads, where glibc's malloc spends about a
+/// fifth of the CPU (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init_logging(cli.log_format, &cli.log_level);
