@@ -108,6 +108,9 @@ pub struct StateSize {
     pub entities: u64,
     /// Approximate bytes of those keys and entities.
     pub bytes: u64,
+    /// The most bytes its keys and entities have taken since the start
+    /// (the highest of each, added).
+    pub peak_bytes: u64,
 }
 
 /// Every counter of a run.
@@ -454,6 +457,7 @@ impl Stats {
                 keys: sum.keys + w.keys,
                 entities: sum.entities + w.entities,
                 bytes: sum.bytes + w.bytes,
+                peak_bytes: sum.peak_bytes + w.peak_bytes,
             })
     }
 
@@ -528,6 +532,7 @@ impl Stats {
             expired_missed: read(&self.expired_missed),
             key_history_evictions: read(&self.key_history_evictions),
             state_evictions: read(&self.state_evictions),
+            state_peak_bytes: self.state_size().peak_bytes,
             storms: ScopeType::ALL
                 .iter()
                 .filter_map(|t| {
@@ -590,6 +595,9 @@ pub struct StatsSnapshot {
     /// Keys and entities that left memory to keep within
     /// `state.cache_size` (read back from the store when needed again).
     pub state_evictions: u64,
+    /// The most memory the workers' keys and entities took, by the
+    /// estimate that `state.cache_size` bounds.
+    pub state_peak_bytes: u64,
     /// Storm events by scope type and phase.
     pub storms: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
     pub tables: BTreeMap<String, TableTally>,

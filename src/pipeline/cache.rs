@@ -167,6 +167,8 @@ pub(super) struct Slots<K, V> {
     bytes: usize,
     /// Bytes of the slots in `leaving`.
     leaving_bytes: usize,
+    /// The most `bytes` has been.
+    peak_bytes: usize,
     /// The store holds none of these slots (state not kept, nothing
     /// spilled yet): a slot not in memory is new, without a read.
     store_empty: bool,
@@ -193,6 +195,7 @@ where
             leaving: VecDeque::new(),
             bytes: 0,
             leaving_bytes: 0,
+            peak_bytes: 0,
             store_empty,
         }
     }
@@ -204,6 +207,12 @@ where
     /// Approximate bytes in memory, less what is already leaving.
     pub fn resident_bytes(&self) -> usize {
         self.bytes.saturating_sub(self.leaving_bytes)
+    }
+
+    /// The most bytes the slots have taken in memory (as of their last
+    /// persist or load).
+    pub fn peak_bytes(&self) -> usize {
+        self.peak_bytes
     }
 
     fn size_of_slot(key: &K, value: &V) -> usize {
@@ -260,6 +269,7 @@ where
                         // Read from the store: saved, committed, the most recent.
                         let bytes = Self::size_of_slot(vacant.key(), &value);
                         self.bytes += bytes;
+                        self.peak_bytes = self.peak_bytes.max(self.bytes);
                         self.recent.push_back((0, vacant.key().clone()));
                         Slot {
                             bytes,
@@ -310,6 +320,7 @@ where
             slot.dirty = false;
             let bytes = Self::size_of_slot(&key, &slot.value);
             self.bytes = self.bytes + bytes - slot.bytes;
+            self.peak_bytes = self.peak_bytes.max(self.bytes);
             slot.bytes = bytes;
             slot.persisted_at = epoch;
             let finished = slot.value.is_finished();

@@ -334,3 +334,38 @@ fn state_that_leaves_memory_comes_back_with_the_same_verdicts() {
         }
     }
 }
+
+#[test]
+fn a_watermark_that_fires_many_timers_keeps_unkept_state_within_the_budget() {
+    // Rows changed within a deadline of each other and never invalidated:
+    // their timers all fire when the inputs end, and each reads its key back
+    // from the store (a checkpoint after every record lets it leave memory).
+    let cdc: Vec<(usize, String)> = (0..120)
+        .map(|id| (0, change(id, 1, "c", 1_000 + id as i64)))
+        .collect();
+    let config = Harness::new().config;
+    let run = |slot_budget| {
+        let options = EngineOptions {
+            durable: false,
+            slot_budget,
+            ..EngineOptions::from_config(&config, true)
+        };
+        let (out, _, stats) = Harness::new().run_with(options, &cdc, true, true);
+        (out, stats.snapshot().state_peak_bytes as usize)
+    };
+    let (whole, everything) = run(usize::MAX);
+    assert_eq!(
+        whole
+            .iter()
+            .filter(|v| v.starts_with("missing_invalidation"))
+            .count(),
+        240
+    );
+    let budget = everything / 10;
+    let (out, peak) = run(budget);
+    assert_eq!(out, whole);
+    assert!(
+        peak <= budget + everything / 40,
+        "peak {peak} B over a budget of {budget} B ({everything} B for everything)"
+    );
+}

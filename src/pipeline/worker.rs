@@ -106,6 +106,8 @@ pub(super) struct Worker {
     budget: usize,
     /// The latest checkpoint the sink committed.
     committed: Arc<AtomicU64>,
+    /// The latest checkpoint this worker took part in.
+    epoch: u64,
     timers: TimerQueue<(Arc<str>, i32)>,
     /// Keys with undecided changes (and their scope), ordered so that a glob
     /// invalidation can scan the keys sharing its literal prefix.
@@ -324,6 +326,7 @@ impl Worker {
             entities: Slots::new(!engine.options.durable),
             budget: engine.options.slot_budget / shards,
             committed,
+            epoch: 0,
             timers,
             open,
             wildcards,
@@ -368,6 +371,7 @@ impl Worker {
                     }
                 }
                 WorkMsg::Checkpoint { epoch } => {
+                    self.epoch = epoch;
                     let batch = self.persist(epoch)?;
                     self.stats
                         .add_table_tallies(&std::mem::take(&mut self.tallies));
@@ -377,6 +381,8 @@ impl Worker {
                             keys: self.keys.len() as u64,
                             entities: self.entities.len() as u64,
                             bytes: (self.keys.resident_bytes() + self.entities.resident_bytes())
+                                as u64,
+                            peak_bytes: (self.keys.peak_bytes() + self.entities.peak_bytes())
                                 as u64,
                         },
                     );
@@ -483,6 +489,17 @@ impl Worker {
         self.watermark = self.watermark.max(wm);
         let wm = self.watermark;
         while let Some((due, (key, scope))) = self.timers.pop_due(wm) {
+            if !self.durable && self.over_budget() {
+                // A watermark that passes many deadlines at once (the end of
+                // the input) reads many keys back: spill them on the way.
+                // Nothing resumes from state that is not kept, so this may
+                // happen between checkpoints.
+                let batch = self.persist(self.epoch)?;
+                debug_assert!(
+                    batch.is_empty(),
+                    "state that is not kept is written at once"
+                );
+            }
             // A key not in memory left it (the store says whether its timer
             // is still armed) or was removed.
             let (store, open) = (&*self.store, &self.open);
@@ -593,6 +610,11 @@ impl Worker {
         evicted += self.keys.drop_leaving(written) + self.entities.drop_leaving(written);
         self.stats.add_state_evictions(evicted);
         Ok(batch)
+    }
+
+    /// Whether the keys and entities in memory exceed this worker's budget.
+    fn over_budget(&self) -> bool {
+        self.keys.resident_bytes() + self.entities.resident_bytes() > self.budget
     }
 
     /// Whether this worker writes the globs to the store: every worker
