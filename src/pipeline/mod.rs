@@ -332,7 +332,7 @@ impl Engine {
         for index in 0..n {
             let (tx, rx) = crossbeam_channel::bounded(cap);
             work_txs.push(tx);
-            let w = worker::Worker::new(index, n, &self, sink_tx.clone(), Arc::clone(&committed))?;
+            let w = worker::Worker::new(index, n, &self, sink_tx.clone(), Arc::clone(&committed));
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("vigil-worker-{index}"))

@@ -252,47 +252,6 @@ fn save_entity(batch: &mut StateBatch, key: &[u8], scope: i32, entry: &EntityEnt
     }
 }
 
-/// Reads the timers and retained globs of a scope (`None`: of every scope)
-/// that belong to worker `index` of `shards`.
-fn load_scope(
-    store: &dyn Store,
-    scope: Option<i32>,
-    index: usize,
-    shards: usize,
-    timers: &mut TimerQueue<(Arc<str>, i32)>,
-    open: &mut BTreeMap<Arc<str>, i32>,
-    wildcards: &mut Wildcards,
-) -> Result<(), StateError> {
-    let prefix = scope.map(codec::scope_prefix);
-    let prefix: &[u8] = prefix.as_ref().map_or(&[], |p| p.as_slice());
-    store.scan(Cf::Timers, prefix, &mut |k, _| {
-        if let Some((scope, due, key)) = codec::parse_timer_key(k)
-            && hash::shard_of_key(key, shards) == index
-        {
-            let key: Arc<str> = Arc::from(key);
-            timers.push(due, (Arc::clone(&key), scope));
-            open.insert(key, scope);
-        }
-        true
-    })?;
-    let mut corrupt = None;
-    store.scan(
-        Cf::Wildcards,
-        prefix,
-        &mut |_, v| match codec::decode(Cf::Wildcards, v) {
-            Ok((_, glob)) => {
-                wildcards.insert(glob);
-                true
-            }
-            Err(e) => {
-                corrupt = Some(e);
-                false
-            }
-        },
-    )?;
-    corrupt.map_or(Ok(()), Err)
-}
-
 impl Worker {
     pub(super) fn new(
         index: usize,
@@ -300,21 +259,8 @@ impl Worker {
         engine: &Engine,
         sink: Sender<SinkMsg>,
         committed: Arc<AtomicU64>,
-    ) -> Result<Self, StateError> {
-        let mut timers = TimerQueue::default();
-        let mut open = BTreeMap::new();
-        let mut wildcards = Wildcards::default();
-        let store = &*engine.store;
-        load_scope(
-            store,
-            None,
-            index,
-            shards,
-            &mut timers,
-            &mut open,
-            &mut wildcards,
-        )?;
-        Ok(Worker {
+    ) -> Self {
+        Worker {
             index,
             shards,
             store: Arc::clone(&engine.store),
@@ -327,19 +273,32 @@ impl Worker {
             budget: engine.options.slot_budget / shards,
             committed,
             epoch: 0,
-            timers,
-            open,
-            wildcards,
+            timers: TimerQueue::default(),
+            open: BTreeMap::new(),
+            wildcards: Wildcards::default(),
             glob_writes: StateBatch::default(),
             watermark: Millis::MIN,
             latest: Millis::MIN,
             violations: Vec::new(),
             tallies: BTreeMap::new(),
-        })
+        }
     }
 
+    /// Reads the worker's timers and globs from the store (on its own
+    /// thread, so that the workers read theirs at the same time), then
+    /// applies the router's messages until it hangs up.
     pub(super) fn run(mut self, inbox: Receiver<WorkMsg>) -> Result<(), PipelineError> {
         debug_assert!(self.index < self.shards);
+        let started = std::time::Instant::now();
+        self.load(None)?;
+        if !self.timers.is_empty() {
+            tracing::info!(
+                worker = self.index,
+                timers = self.timers.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "read the timers of the keys in state"
+            );
+        }
         for msg in inbox {
             match msg {
                 WorkMsg::Batch { items, watermark } => {
@@ -359,15 +318,7 @@ impl Worker {
                 WorkMsg::Release { scopes } => self.release(&scopes),
                 WorkMsg::Load { scopes } => {
                     for scope in scopes {
-                        load_scope(
-                            &*self.store,
-                            Some(scope),
-                            self.index,
-                            self.shards,
-                            &mut self.timers,
-                            &mut self.open,
-                            &mut self.wildcards,
-                        )?;
+                        self.load(Some(scope))?;
                     }
                 }
                 WorkMsg::Checkpoint { epoch } => {
@@ -610,6 +561,42 @@ impl Worker {
         evicted += self.keys.drop_leaving(written) + self.entities.drop_leaving(written);
         self.stats.add_state_evictions(evicted);
         Ok(batch)
+    }
+
+    /// Reads the timers and retained globs of a scope (`None`: of every
+    /// scope) that belong to this worker.
+    fn load(&mut self, scope: Option<i32>) -> Result<(), StateError> {
+        let prefix = scope.map(codec::scope_prefix);
+        let prefix: &[u8] = prefix.as_ref().map_or(&[], |p| p.as_slice());
+        let (index, shards) = (self.index, self.shards);
+        let (timers, open) = (&mut self.timers, &mut self.open);
+        self.store.scan(Cf::Timers, prefix, &mut |k, _| {
+            if let Some((scope, due, key)) = codec::parse_timer_key(k)
+                && hash::shard_of_key(key, shards) == index
+            {
+                let key: Arc<str> = Arc::from(key);
+                timers.push(due, (Arc::clone(&key), scope));
+                open.insert(key, scope);
+            }
+            true
+        })?;
+        let mut corrupt = None;
+        let wildcards = &mut self.wildcards;
+        self.store.scan(
+            Cf::Wildcards,
+            prefix,
+            &mut |_, v| match codec::decode(Cf::Wildcards, v) {
+                Ok((_, glob)) => {
+                    wildcards.insert(glob);
+                    true
+                }
+                Err(e) => {
+                    corrupt = Some(e);
+                    false
+                }
+            },
+        )?;
+        corrupt.map_or(Ok(()), Err)
     }
 
     /// Whether the keys and entities in memory exceed this worker's budget.
