@@ -596,7 +596,8 @@ pub struct StatsSnapshot {
     /// `state.cache_size` (read back from the store when needed again).
     pub state_evictions: u64,
     /// The most memory the workers' keys and entities took, by the
-    /// estimate that `state.cache_size` bounds.
+    /// estimate that `state.cache_size` bounds (the highest of each kind
+    /// in each worker, added: an upper bound).
     pub state_peak_bytes: u64,
     /// Storm events by scope type and phase.
     pub storms: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,

@@ -10,7 +10,9 @@
 //! state. When state is not kept (`vigil check` without `--state`) the
 //! store holds nothing of a slot until it is evicted: the worker then
 //! writes it ("spills" it) to the store at once, outside the checkpoint
-//! (nothing resumes from that store), and it leaves. Slots that hold
+//! (nothing resumes from that store), and it leaves; such a worker also
+//! persists and evicts between checkpoints while a watermark fires more
+//! timers than its budget holds. Slots that hold
 //! nothing any more (finished keys) leave the same way, once their deletion
 //! is in the store.
 
