@@ -19,6 +19,15 @@ pub fn room_for_one<T>(items: &mut Vec<T>) {
     }
 }
 
+/// Appends `item`, first dropping the oldest item if `items` holds `max`.
+pub fn push_bounded<T>(items: &mut Vec<T>, item: T, max: usize) {
+    if items.len() >= max {
+        items.remove(0);
+    }
+    room_for_one(items);
+    items.push(item);
+}
+
 /// The operation a CDC record describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Op {

@@ -41,11 +41,7 @@ pub fn check(state: &mut EntityState, change: &Change) -> EntityVerdict {
     if state.recent.contains(&change.id) {
         return EntityVerdict::Duplicate;
     }
-    if state.recent.len() == RECENT_CHANGES {
-        state.recent.remove(0);
-    }
-    crate::model::room_for_one(&mut state.recent);
-    state.recent.push(change.id);
+    crate::model::push_bounded(&mut state.recent, change.id, RECENT_CHANGES);
 
     let verdict = match (change.version, state.highest) {
         (Some(v), Some(highest)) if applies(state, change) => {

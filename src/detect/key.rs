@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::{Violation, ViolationKind};
 use crate::mapping::Change;
-use crate::model::{Millis, Op, Provenance, Version, room_for_one};
+use crate::model::{Millis, Op, Provenance, Version, push_bounded, room_for_one};
 
 /// Ids of changes and fills remembered per key to recognise redeliveries.
 pub const SEEN_IDS: usize = 32;
@@ -183,11 +183,7 @@ impl KeyState {
         if self.seen.contains(&id) {
             return false;
         }
-        if self.seen.len() == SEEN_IDS {
-            self.seen.remove(0);
-        }
-        room_for_one(&mut self.seen);
-        self.seen.push(id);
+        push_bounded(&mut self.seen, id, SEEN_IDS);
         true
     }
 
@@ -403,15 +399,6 @@ impl KeyState {
     }
 }
 
-/// Appends `item`, first dropping the oldest item if `items` holds `max`.
-fn push_bounded<T>(items: &mut Vec<T>, item: T, max: usize) {
-    if items.len() >= max {
-        items.remove(0);
-    }
-    room_for_one(items);
-    items.push(item);
-}
-
 /// Records `inv` as the change's cover if it covers it and is earlier than
 /// the cover known so far.
 fn offer_cover(c: &mut KeyChange, inv: &Invalidation, skew_ms: i64) {
@@ -542,14 +529,8 @@ impl Wildcards {
         let lengths = &mut self.lengths;
         self.by_prefix.retain(|prefix, globs| {
             let before = globs.len();
-            globs.retain(|g| {
-                if drop(g) {
-                    removed.push(g.clone());
-                    return false;
-                }
-                oldest = Some(oldest.map_or(g.inv.ts, |o: Millis| o.min(g.inv.ts)));
-                true
-            });
+            removed.extend(globs.extract_if(.., |g| drop(g)));
+            oldest = globs.iter().map(|g| g.inv.ts).chain(oldest).min();
             if let Some(n) = lengths.get_mut(&prefix.len()) {
                 *n -= before - globs.len();
             }
