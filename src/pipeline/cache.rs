@@ -230,34 +230,40 @@ where
         load: impl FnOnce(&K) -> Result<Option<V>, StateError>,
     ) -> Result<&mut Slot<V>, StateError> {
         Ok(self
-            .slot(key, scope, load, true)?
+            .slot(key, scope, load, true, |_| true)?
             .expect("created when absent"))
     }
 
-    /// The slot of `key` if in memory or in the store (read by `load`),
-    /// unchanged; [`Slots::mark_changed`] if the caller changes it.
-    pub fn find(
+    /// The slot of `key` if in memory or in the store (read by `load`) and
+    /// `wanted` says the caller changes it; it is then persisted at the next
+    /// checkpoint. A slot read from the store stays in memory either way.
+    pub fn find_to_change(
         &mut self,
         key: K,
         scope: i32,
         load: impl FnOnce(&K) -> Result<Option<V>, StateError>,
+        wanted: impl FnOnce(&V) -> bool,
     ) -> Result<Option<&mut Slot<V>>, StateError> {
-        self.slot(key, scope, load, false)
+        self.slot(key, scope, load, false, wanted)
     }
 
     /// The slot of `key` in memory, else read by `load` (unless the store
-    /// is empty), else, `to_change`, a new one; `to_change` also marks it
-    /// changed. One map lookup.
+    /// is empty), else, with `create`, a new one; marked changed and
+    /// returned if `wanted`. One map lookup.
     fn slot(
         &mut self,
         key: K,
         scope: i32,
         load: impl FnOnce(&K) -> Result<Option<V>, StateError>,
-        to_change: bool,
+        create: bool,
+        wanted: impl FnOnce(&V) -> bool,
     ) -> Result<Option<&mut Slot<V>>, StateError> {
         let (key, slot) = match self.map.entry(key) {
             Entry::Occupied(e) => {
-                let key = (to_change && !e.get().dirty).then(|| e.key().clone());
+                if !wanted(&e.get().value) {
+                    return Ok(None);
+                }
+                let key = (!e.get().dirty).then(|| e.key().clone());
                 (key, e.into_mut())
             }
             Entry::Vacant(vacant) => {
@@ -280,11 +286,15 @@ where
                             ..Slot::new(scope)
                         }
                     }
-                    None if to_change => Slot::new(scope),
+                    None if create => Slot::new(scope),
                     None => return Ok(None),
                 };
-                let key = to_change.then(|| vacant.key().clone());
-                (key, vacant.insert(slot))
+                let key = wanted(&slot.value).then(|| vacant.key().clone());
+                let slot = vacant.insert(slot);
+                if key.is_none() {
+                    return Ok(None);
+                }
+                (key, slot)
             }
         };
         if let Some(key) = key {
@@ -292,15 +302,6 @@ where
             self.dirty.push(key);
         }
         Ok(Some(slot))
-    }
-
-    pub fn mark_changed(&mut self, key: &K) {
-        if let Some(slot) = self.map.get_mut(key)
-            && !slot.dirty
-        {
-            slot.dirty = true;
-            self.dirty.push(key.clone());
-        }
     }
 
     /// Persists the slots changed since the last checkpoint as checkpoint

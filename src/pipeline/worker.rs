@@ -136,12 +136,13 @@ fn disconnected<T>(_: T) -> PipelineError {
 
 /// Storage key of an entity: scope, table, a zero byte, primary key.
 fn entity_key(scope: i32, change: &Change) -> Arc<[u8]> {
-    let mut k = Vec::with_capacity(4 + change.table.len() + 1 + change.pk.len());
-    k.extend_from_slice(&codec::scope_prefix(scope));
-    k.extend_from_slice(change.table.as_bytes());
-    k.push(0);
-    k.extend_from_slice(change.pk.as_bytes());
-    Arc::from(k)
+    // A chain of slices has a known length: one allocation, no Vec first.
+    codec::scope_prefix(scope)
+        .into_iter()
+        .chain(change.table.as_bytes().iter().copied())
+        .chain([0])
+        .chain(change.pk.as_bytes().iter().copied())
+        .collect()
 }
 
 /// Reads a key from the store; `open`: whether it is in the index of keys
@@ -323,7 +324,7 @@ impl Worker {
                 }
                 WorkMsg::Checkpoint { epoch } => {
                     self.epoch = epoch;
-                    let batch = self.persist(epoch)?;
+                    let batch = self.persist()?;
                     self.stats
                         .add_table_tallies(&std::mem::take(&mut self.tallies));
                     self.stats.set_state_size(
@@ -445,25 +446,26 @@ impl Worker {
                 // the input) reads many keys back: spill them on the way.
                 // Nothing resumes from state that is not kept, so this may
                 // happen between checkpoints.
-                let batch = self.persist(self.epoch)?;
+                let batch = self.persist()?;
                 debug_assert!(
                     batch.is_empty(),
                     "state that is not kept is written at once"
                 );
             }
             // A key not in memory left it (the store says whether its timer
-            // is still armed) or was removed.
+            // is still armed) or was removed; a timer armed since replaces
+            // this one.
             let (store, open) = (&*self.store, &self.open);
-            let Some(slot) = self
-                .keys
-                .find(Arc::clone(&key), scope, |k| load_key(store, k, scope, open))?
+            let Some(slot) = self.keys.find_to_change(
+                Arc::clone(&key),
+                scope,
+                |k| load_key(store, k, scope, open),
+                |entry| entry.stored.armed == Some(due),
+            )?
             else {
                 continue;
             };
             let entry = &mut slot.value;
-            if entry.stored.armed != Some(due) {
-                continue;
-            }
             entry.stored.armed = None;
             let mut decisions = Decisions::default();
             let next = entry
@@ -475,7 +477,6 @@ impl Worker {
                 self.timers.push(next, (Arc::clone(&key), scope));
             }
             after_change(&key, slot, &self.rules, &mut self.timers, &mut self.open);
-            self.keys.mark_changed(&key);
             self.record(decisions);
         }
         let cutoff = self.rules.forget_before(wm, self.latest);
@@ -518,13 +519,14 @@ impl Worker {
         self.violations.extend(d.violations);
     }
 
-    /// The state changes since the last checkpoint, as checkpoint
-    /// `epoch`'s batch, with the writes of the keys and entities that leave
+    /// The state changes since the last checkpoint, as the batch of
+    /// checkpoint `self.epoch`, with the writes of the keys and entities that leave
     /// memory to keep the worker within its budget (see [`super::cache`]).
     /// State that is not kept (`durable` false) is not encoded unless it
     /// leaves memory, and then it is written to the store at once: the
     /// checkpoint's batch is empty.
-    fn persist(&mut self, epoch: u64) -> Result<StateBatch, StateError> {
+    fn persist(&mut self) -> Result<StateBatch, StateError> {
+        let epoch = self.epoch;
         let mut batch = std::mem::take(&mut self.glob_writes);
         let durable = self.durable;
         let write_key = |batch: &mut StateBatch, key: &Arc<str>, scope, entry: &mut _, save| {
