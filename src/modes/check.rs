@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::ingest::{Ingest, Stream};
 use crate::io::file::{Alignment, FileInput, FileOutputs, ReadOptions, read_file};
 use crate::pipeline::{Engine, EngineOptions};
-use crate::state::{MemoryBudget, RocksStore, Store};
+use crate::state::{MemoryBudget, RocksStore};
 use crate::telemetry::{Stats, StatsSnapshot};
 use crate::time::SystemClock;
 
@@ -109,13 +109,14 @@ pub fn check(
     let started = Instant::now();
     let memory = MemoryBudget::of(config.state.cache_size.0);
     let scratch = out.join(SCRATCH_DIR);
-    let store: Arc<dyn Store> = match state {
-        Some(dir) => Arc::new(RocksStore::open_with(dir, memory)?),
+    let dir = match state {
+        Some(dir) => dir,
         None => {
             remove_scratch(&scratch)?;
-            Arc::new(RocksStore::open_with(&scratch, memory)?)
+            &scratch
         }
     };
+    let store = Arc::new(RocksStore::open_with(dir, memory)?);
     let stats = Arc::new(Stats::default());
     let ingest = Ingest::new(config, Arc::clone(&stats));
     let options = EngineOptions {

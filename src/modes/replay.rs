@@ -554,11 +554,9 @@ fn feed(
             return Ok(());
         }
     }
-    for i in 0..partitions.len() {
-        let _ = tx.send(SourceMsg::End {
-            partitions: vec![i],
-        });
-    }
+    let _ = tx.send(SourceMsg::End {
+        partitions: (0..partitions.len()).collect(),
+    });
     Ok(())
 }
 
@@ -636,10 +634,12 @@ fn stored_positions(store: &dyn Store, name: &str) -> anyhow::Result<BTreeMap<i3
     prefix.push(0);
     let mut out = BTreeMap::new();
     store.scan(Cf::Offsets, &prefix, &mut |key, value| {
-        if let (Some((source, p)), Ok(next)) = (codec::parse_offset_key(key), value.try_into())
-            && source == name
+        if let (Some((source, p)), Some(next)) = (
+            codec::parse_offset_key(key),
+            codec::parse_offset_value(value),
+        ) && source == name
         {
-            out.insert(p, i64::from_le_bytes(next));
+            out.insert(p, next);
         }
         true
     })?;

@@ -69,8 +69,7 @@ pub struct PartitionBatch {
 /// What a source sends to the router.
 #[derive(Debug)]
 pub enum SourceMsg {
-    /// Records of one input partition, in order.
-    /// Records of one or more partitions.
+    /// Records of one or more partitions, each in order.
     Batch(Vec<PartitionBatch>),
     /// The partitions have no more records (end of file, revoked
     /// partitions). A rebalance sends all it revokes in one message, so

@@ -134,7 +134,7 @@ impl Sink {
                 Cf::Offsets,
                 p.partition,
                 codec::offset_key(&p.source, p.partition),
-                p.next_offset.to_le_bytes().to_vec(),
+                codec::offset_value(p.next_offset),
             );
         }
         // Outputs first: a crash between the two re-emits (same ids) rather

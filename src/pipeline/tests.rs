@@ -275,7 +275,7 @@ fn checkpoints_store_positions_with_the_state() {
         h.store
             .get(Cf::Offsets, &codec::offset_key(topic, 0))
             .unwrap()
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .map(|b| codec::parse_offset_value(&b).unwrap())
     };
     assert_eq!(offset("p0"), Some(cdc.len() as i64));
     assert_eq!(offset("p1"), Some(plan.len() as i64));

@@ -113,6 +113,16 @@ pub fn offset_key(source: &str, partition: i32) -> Vec<u8> {
     k
 }
 
+/// Value of an input position: the next offset to read.
+pub fn offset_value(next_offset: i64) -> Vec<u8> {
+    next_offset.to_le_bytes().to_vec()
+}
+
+/// The next offset an [`offset_value`] holds (`None`: not one).
+pub fn parse_offset_value(value: &[u8]) -> Option<i64> {
+    value.try_into().ok().map(i64::from_le_bytes)
+}
+
 /// Splits an offset key into source name and partition.
 pub fn parse_offset_key(key: &[u8]) -> Option<(&str, i32)> {
     let split = key.len().checked_sub(5)?;

@@ -279,8 +279,7 @@ impl SourceContext {
                 .get(Cf::Offsets, &codec::offset_key(&topic, partition))
                 .ok()
                 .flatten()
-                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-                .map(i64::from_le_bytes);
+                .and_then(|b| codec::parse_offset_value(&b));
             if let Some(offset) = stored {
                 resumed.push((topic.clone(), partition, offset));
             }
