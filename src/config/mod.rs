@@ -181,7 +181,7 @@ fn default_version() -> VersionSource {
 }
 
 /// The least `state.cache_size`: RocksDB needs a few memtables.
-pub const MIN_CACHE_SIZE: ByteSize = ByteSize(8 << 20);
+const MIN_CACHE_SIZE: ByteSize = ByteSize(8 << 20);
 
 /// `[state]`: where and how long state is kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -692,7 +692,7 @@ impl Config {
                 "must be greater than zero",
             ));
         }
-        if self.state.cache_size.0 < MIN_CACHE_SIZE.0 {
+        if self.state.cache_size < MIN_CACHE_SIZE {
             return Err(invalid(
                 "state.cache_size",
                 format!(

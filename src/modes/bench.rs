@@ -23,18 +23,17 @@ use anyhow::{Context, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, ClientContext};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::ExitStatus;
 use super::run::{Control, open_store, serve};
+use super::{ExitStatus, produce_generated};
 use crate::cli::BenchArgs;
 use crate::config::{Config, Dur, KafkaValue};
 use crate::ingest::Stream;
-use crate::io::kafka::send_waiting;
 use crate::telemetry::Stats;
 use crate::time::{Clock, SystemClock};
 use crate::workload::encode::CdcFormat;
@@ -328,25 +327,6 @@ fn producer(bootstrap: &str) -> anyhow::Result<ThreadedProducer<ProduceTimes>> {
         .context("creating the workload producer")
 }
 
-/// Sends a record stamped with the current time, waiting while the queue is full.
-fn send(
-    producer: &ThreadedProducer<ProduceTimes>,
-    r: &workload::GenRecord,
-    now_ms: i64,
-) -> anyhow::Result<()> {
-    let mut record: BaseRecord<'_, str, str, Box<i64>> =
-        BaseRecord::with_opaque_to(&r.topic, Box::new(now_ms))
-            .partition(r.partition)
-            .timestamp(now_ms);
-    if let Some(k) = &r.key {
-        record = record.key(k.as_str());
-    }
-    if let Some(v) = &r.value {
-        record = record.payload(v.as_str());
-    }
-    send_waiting(producer, record).context("producing the workload")
-}
-
 /// Waits until `done` holds, checking every millisecond, for at most `limit`.
 fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
     let deadline = Instant::now() + limit;
@@ -383,7 +363,8 @@ fn bench_kafka(work: &Path, events: u64, keys: u64) -> anyhow::Result<KafkaFigur
                     stats.records_total()
                 );
             }
-            send(&producer, &record, clock.now_ms())?;
+            let now = clock.now_ms();
+            produce_generated(&producer, &record, now, Box::new(now))?;
             started.get_or_insert_with(Instant::now);
             produced += 1;
         }
@@ -456,7 +437,8 @@ fn bench_latency(
             if wait > 0 {
                 std::thread::sleep(Duration::from_millis(wait as u64));
             }
-            send(&producer, &record, clock.now_ms())?;
+            let now = clock.now_ms();
+            produce_generated(&producer, &record, now, Box::new(now))?;
             last_ts.fetch_max(record.ts_ms, Ordering::Relaxed);
             produced += 1;
         }

@@ -13,20 +13,19 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 
-use super::ExitStatus;
 use super::run::{Control, open_store, serve};
+use super::{ExitStatus, produce_generated};
 use crate::cli::DemoArgs;
 use crate::config::{Config, KafkaValue};
 use crate::detect::storm::{Phase, ScopeType};
 use crate::events::ViolationKind;
-use crate::io::kafka::send_waiting;
 use crate::telemetry::Stats;
 use crate::time::{Clock, SystemClock};
 use crate::workload::encode::CdcFormat;
 use crate::workload::storms::{ExpectedStorm, StormSchedule, Traffic};
-use crate::workload::{self, FaultRates, GenRecord, Generator, Spec};
+use crate::workload::{self, FaultRates, Generator, Spec};
 
 /// Fault rates of the demo: high enough to see every kind in 30 seconds.
 const DEMO_FAULTS: FaultRates = FaultRates {
@@ -209,7 +208,7 @@ fn feed(
         if wait > 0 {
             std::thread::sleep(Duration::from_millis(wait as u64));
         }
-        send(&producer, &record)?;
+        produce_generated(&producer, &record, record.ts_ms, ())?;
         produced.fetch_add(1, Ordering::Relaxed);
         last_ts.fetch_max(record.ts_ms, Ordering::Relaxed);
     }
@@ -217,19 +216,6 @@ fn feed(
         .flush(Duration::from_secs(30))
         .context("flushing the workload")?;
     Ok(())
-}
-
-fn send(producer: &ThreadedProducer<DefaultProducerContext>, r: &GenRecord) -> anyhow::Result<()> {
-    let mut record: BaseRecord<'_, str, str> = BaseRecord::to(&r.topic)
-        .partition(r.partition)
-        .timestamp(r.ts_ms);
-    if let Some(k) = &r.key {
-        record = record.key(k.as_str());
-    }
-    if let Some(v) = &r.value {
-        record = record.payload(v.as_str());
-    }
-    send_waiting(producer, record).context("producing the workload")
 }
 
 /// Prints a line a second until the workload is in and judged (the

@@ -8,6 +8,12 @@ pub mod generate;
 pub mod replay;
 pub mod run;
 
+use anyhow::Context;
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
+
+use crate::io::kafka::send_waiting;
+use crate::workload::GenRecord;
+
 /// How a mode ended, as the process exit status (documented in `--help`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
@@ -38,6 +44,27 @@ pub const FAILURE_EXIT: u8 = 4;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// Produces a generated record stamped `ts_ms`, with `opaque` for its
+/// delivery report, waiting while librdkafka's queue is full (the workloads
+/// of `vigil demo` and `vigil bench`).
+fn produce_generated<C: ProducerContext + 'static>(
+    producer: &ThreadedProducer<C>,
+    r: &GenRecord,
+    ts_ms: i64,
+    opaque: C::DeliveryOpaque,
+) -> anyhow::Result<()> {
+    let mut record: BaseRecord<'_, str, str, _> = BaseRecord::with_opaque_to(&r.topic, opaque)
+        .partition(r.partition)
+        .timestamp(ts_ms);
+    if let Some(k) = &r.key {
+        record = record.key(k.as_str());
+    }
+    if let Some(v) = &r.value {
+        record = record.payload(v.as_str());
+    }
+    send_waiting(producer, record).context("producing the workload")
+}
 
 /// Creates a directory the user named (`what` says which), or says why not.
 pub fn create_dir(path: &std::path::Path, what: &str) -> Result<(), UsageError> {
