@@ -15,7 +15,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::support::vigil;
+use crate::support::{vigil, wait_until};
 
 pub const VIOLATIONS: &str = "vigil.violations";
 pub const DLQ: &str = "vigil.dlq";
@@ -178,14 +178,7 @@ impl Daemon {
 
     /// Waits until the log after its first `from` bytes contains `needle`.
     pub fn wait_for_log_after(&self, from: usize, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.log()[from..].contains(needle) {
-                return true;
-            }
-            std::thread::park_timeout(Duration::from_millis(50));
-        }
-        false
+        wait_until(timeout, || self.log()[from..].contains(needle))
     }
 
     /// Sends SIGTERM and waits for a clean exit.

@@ -161,7 +161,7 @@ impl Workload {
         let (cdc, cache): (Vec<&str>, Vec<&str>) = topics
             .iter()
             .map(String::as_str)
-            .partition(|t| self.generator.stream_of_topic(t) == Some(vigil::ingest::Stream::Cdc));
+            .partition(|t| self.generator.stream_of_topic(t) == Some(Stream::Cdc));
         run_config(
             dir,
             &self.generator.config_toml(),
@@ -403,18 +403,15 @@ fn run_reports_exactly_what_check_reports_and_serves_metrics() {
         "vigil_storms_started_total{scope_type=\"bulk\"} 1",
     ];
     // Metrics are published once a second: wait for the counts of the end.
-    let deadline = std::time::Instant::now() + VERDICTS;
     let stale = format!(
         "vigil_violations_total{{kind=\"stale_fill\"}} {}",
         expected_kinds_of(&expected, "stale_fill")
     );
-    let mut metrics = scrape(port);
-    while !(metrics.contains(&stale) && names.iter().all(|n| metrics.contains(n)))
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::park_timeout(Duration::from_millis(200));
+    let mut metrics = String::new();
+    wait_until(VERDICTS, || {
         metrics = scrape(port);
-    }
+        metrics.contains(&stale) && names.iter().all(|n| metrics.contains(n))
+    });
     for name in names {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
@@ -557,20 +554,19 @@ fn produce_malformed(broker: &Broker) {
 #[test]
 fn malformed_records_reach_the_dlq_unchanged_with_their_headers() {
     let dir = tempfile::tempdir().unwrap();
-    let (cdc, cache, cases) = (CDC, CACHE, MALFORMED);
-    let broker = Broker::new(&[(cdc, 1), (cache, 1)]);
+    let broker = Broker::new(&[(CDC, 1), (CACHE, 1)]);
     produce_malformed(&broker);
     let config = run_config(
         dir.path(),
         USERS_CONFIG,
         &broker.bootstrap,
-        &[cdc],
-        &[cache],
+        &[CDC],
+        &[CACHE],
         &[],
     );
     let daemon = Daemon::start(&config);
-    let dead = broker.read_until(DLQ, 1, VERDICTS, |m| m.len() >= cases.len());
-    assert_eq!(dead.len(), cases.len());
+    let dead = broker.read_until(DLQ, 1, VERDICTS, |m| m.len() >= MALFORMED.len());
+    assert_eq!(dead.len(), MALFORMED.len());
     let mut by_key = BTreeMap::new();
     for m in &dead {
         by_key.insert(
@@ -578,7 +574,7 @@ fn malformed_records_reach_the_dlq_unchanged_with_their_headers() {
             m.clone(),
         );
     }
-    for (i, (topic, value, reason)) in cases.iter().enumerate() {
+    for (i, (topic, value, reason)) in MALFORMED.iter().enumerate() {
         let m = &by_key[&format!("key-{i}")];
         assert_eq!(m.payload(), Some(*value), "the record is unchanged");
         assert_eq!(
@@ -603,7 +599,7 @@ fn malformed_records_reach_the_dlq_unchanged_with_their_headers() {
         );
         assert_eq!(headers["__connect.errors.topic"], *topic);
         assert_eq!(headers["__connect.errors.partition"], "0");
-        let offset = if *topic == cdc { i + 1 } else { i - 3 };
+        let offset = if *topic == CDC { i + 1 } else { i - 3 };
         assert_eq!(headers["__connect.errors.offset"], offset.to_string());
         assert_eq!(headers["vigil.error.reason"], *reason);
         assert!(!headers["__connect.errors.exception.message"].is_empty());
@@ -721,8 +717,11 @@ fn handover(cache_lags: bool) {
         w.config(&dir_a, &broker, &[&overrides[..], &[listen_a]].concat()),
         w.config(&dir_b, &broker, &overrides),
     );
-    let held =
-        |i: usize| cache_lags && i >= half / 4 && w.records[i].topic.as_ref() == "cache-events";
+    let held = |i: usize| {
+        cache_lags
+            && i >= half / 4
+            && w.generator.stream_of_topic(&w.records[i].topic) == Some(Stream::Cache)
+    };
     let (first_half, held_back): (Vec<usize>, Vec<usize>) = (0..half).partition(|i| !held(*i));
     let read_by_a = first_half.len() as u64;
 
@@ -731,10 +730,7 @@ fn handover(cache_lags: bool) {
     let first = broker.read_until(VIOLATIONS, 3, VERDICTS, |m| m.len() >= 20);
     assert!(first.len() >= 20, "instance A works alone first");
     // B joins once A has read what it was given, however loaded the machine.
-    let deadline = std::time::Instant::now() + VERDICTS;
-    while records_consumed(port_a) != Some(read_by_a) && std::time::Instant::now() < deadline {
-        std::thread::park_timeout(Duration::from_millis(200));
-    }
+    wait_until(VERDICTS, || records_consumed(port_a) == Some(read_by_a));
     assert_eq!(
         records_consumed(port_a),
         Some(read_by_a),
