@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,9 @@ use crate::workload::{self, FaultRates, Generator, Spec};
 const PARTITIONS: i32 = 12;
 /// Records produced ahead of what vigil has read, at most.
 const MAX_BACKLOG: u64 = 100_000;
+/// The share of the `vigil run` throughput that the latency measure streams
+/// at, unless `--latency-rate` says otherwise.
+const LATENCY_LOAD: f64 = 0.7;
 /// How long a phase may wait for vigil to catch up.
 const CATCH_UP: Duration = Duration::from_secs(300);
 
@@ -100,8 +103,12 @@ struct LatencyFigures {
     /// fire at once (regression, gap, conflict).
     immediate: Option<Percentiles>,
     /// Produce of a missing invalidation after the watermark passed its
-    /// deadline (deadline + allowed lateness, with live event times).
+    /// deadline.
     deadline_firing: Option<Percentiles>,
+    /// How long after a deadline (plus the allowed lateness; event times
+    /// are live) the watermark passed it: the watermark waits for the
+    /// slowest input partition, up to `detect.idle_timeout` for a quiet one.
+    watermark_wait: Option<Percentiles>,
 }
 
 #[derive(Debug, Serialize)]
@@ -128,10 +135,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitStatus> {
         report.check.push(bench_check(&work, events, keys)?);
     }
     if !args.skip_kafka {
-        report.kafka = Some(bench_kafka(&work, args.kafka_events, args.keys)?);
+        let kafka = bench_kafka(&work, args.kafka_events, args.keys)?;
+        let rate = args
+            .latency_rate
+            .unwrap_or((kafka.records_per_second * LATENCY_LOAD) as u64);
+        report.kafka = Some(kafka);
         report.latency = Some(bench_latency(
             &work,
-            args.latency_rate,
+            rate,
             args.latency_seconds.0,
             args.keys,
         )?);
@@ -430,8 +441,10 @@ fn bench_latency(
     let producer = producer(&bench.bootstrap())?;
     let last_ts = AtomicI64::new(start_ms);
     let mut produced = 0u64;
+    let mut moves = Vec::new();
     std::thread::scope(|s| -> anyhow::Result<()> {
         let pipeline = s.spawn(|| serve(&bench.config, store, Arc::clone(&stats), &control));
+        let sampler = s.spawn(|| watermark_moves(&stats, &control.stop));
         for record in generator.by_ref() {
             let wait = record.ts_ms - clock.now_ms();
             if wait > 0 {
@@ -450,6 +463,7 @@ fn bench_latency(
         });
         control.stop.store(true, Ordering::SeqCst);
         pipeline.join().expect("the pipeline does not panic")?;
+        moves = sampler.join().expect("the sampler does not panic");
         if !settled {
             bail!("the last verdicts did not come in time");
         }
@@ -462,7 +476,7 @@ fn bench_latency(
             .lock()
             .unwrap_or_else(|p| p.into_inner()),
     );
-    let (mut immediate, mut firing) = (Vec::new(), Vec::new());
+    let (mut immediate, mut firing, mut waits) = (Vec::new(), Vec::new(), Vec::new());
     for (produced_at, event) in read_violations(&bench.bootstrap(), stats.violations_total())? {
         let data = &event["data"];
         match data["kind"].as_str() {
@@ -479,8 +493,13 @@ fn bench_latency(
             }
             Some("missing_invalidation") => {
                 let due = crate::formats::parse_rfc3339(event["time"].as_str().unwrap_or_default());
-                if let Some(due) = due {
-                    firing.push(produced_at - (due + lateness));
+                let passed = due.and_then(|due| {
+                    let i = moves.partition_point(|&(_, wm)| wm < due);
+                    moves.get(i).map(|&(wall, _)| (due, wall))
+                });
+                if let Some((due, wall)) = passed {
+                    firing.push(produced_at - wall);
+                    waits.push(wall - (due + lateness));
                 }
             }
             _ => {}
@@ -491,9 +510,25 @@ fn bench_latency(
         seconds: seconds.as_secs(),
         immediate: percentiles(immediate),
         deadline_firing: percentiles(firing),
+        watermark_wait: percentiles(waits),
     };
     eprintln!("vigil bench: latency {:?}", figures.immediate);
     Ok(figures)
+}
+
+/// The wall-clock times (ms) at which the pipeline's watermark moved, with
+/// the watermark, sampled every millisecond until `stop` is set.
+fn watermark_moves(stats: &Stats, stop: &AtomicBool) -> Vec<(i64, i64)> {
+    let clock = SystemClock;
+    let mut moves: Vec<(i64, i64)> = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let wm = stats.watermark();
+        if moves.last().is_none_or(|&(_, last)| wm > last) {
+            moves.push((clock.now_ms(), wm));
+        }
+        std::thread::park_timeout(Duration::from_millis(1));
+    }
+    moves
 }
 
 /// The violations topic from its beginning: each event with the time it was

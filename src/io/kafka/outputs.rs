@@ -44,6 +44,10 @@ const PRODUCER_DEFAULTS: [(&str, &str); 5] = [
 /// How long one wait for acknowledgements lasts before it is logged and
 /// resumed.
 const FLUSH_STEP: Duration = Duration::from_secs(5);
+/// How long each look for acknowledgements waits. rdkafka's `flush` looks
+/// every 100 ms while the producer's poll thread serves the deliveries,
+/// which held every checkpoint, and the outputs behind it, that long.
+const ACK_LOOK: Duration = Duration::from_millis(1);
 /// Timeout of transactional calls.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -227,7 +231,7 @@ impl KafkaOutputs {
     fn acknowledge_all(&self) -> Result<(), OutputError> {
         let started = Instant::now();
         loop {
-            let _ = self.producer.flush(FLUSH_STEP);
+            self.await_deliveries(FLUSH_STEP);
             let failed = std::mem::take(
                 &mut *self
                     .producer
@@ -267,6 +271,15 @@ impl KafkaOutputs {
                     "waiting for the broker to acknowledge outputs before committing"
                 );
             }
+        }
+    }
+
+    /// Waits up to `step` until no record is in flight (each delivered or
+    /// failed). A flush also sends what lingers at once.
+    fn await_deliveries(&self, step: Duration) {
+        let until = Instant::now() + step;
+        while self.producer.in_flight_count() > 0 && Instant::now() < until {
+            let _ = self.producer.flush(ACK_LOOK);
         }
     }
 
