@@ -1,10 +1,11 @@
 //! The engine that runs in every mode (DESIGN.md sections 1 and 8):
 //!
 //! ```text
-//! sources ──► router ──► workers (key + entity shards) ──► sink
-//!   decode      watermark,  │ state, timers, detectors        outputs, then
-//!   + map       routing,    │                                 state + offsets
-//!               checkpoints └► storms (counts by scope) ──►   in one batch
+//! sources ──► router ──► workers (key + entity shards) ──► sink ──► committer
+//!   decode      watermark,  │ state, timers, detectors      outputs,  state +
+//!   + map       routing,    │                               flushed   offsets in
+//!               checkpoints └► storms (counts by scope) ──►  at each  one batch
+//!                                                           checkpoint
 //! ```
 //!
 //! Sources (file readers, the Kafka consumer) decode and map in their own
@@ -15,8 +16,9 @@
 //! state and deadline timers, so no state is shared; the storm stage sees
 //! every invalidation and owns storm detection. The sink writes the
 //! outputs and, once every worker has delivered its state changes for a
-//! checkpoint (and the storm stage its baselines), flushes the outputs and commits those changes with the input
-//! positions in one atomic write.
+//! checkpoint (and the storm stage its baselines), flushes the outputs and
+//! hands those changes with the input positions to the committer, which
+//! writes them in one atomic write on a thread of its own.
 //!
 //! Channels only flow downstream (no cycles), so back-pressure cannot
 //! deadlock, and watermarks and barriers travel in-band: everything a
@@ -354,13 +356,26 @@ impl Engine {
             }
             None => None,
         };
-        let sink = sink::Sink::new(
-            n + usize::from(storm_handle.is_some()),
+        // One checkpoint waits while one is written.
+        let (commit_tx, commit_rx) = crossbeam_channel::bounded(1);
+        let (committed_tx, committed_rx) = crossbeam_channel::unbounded();
+        let committer = sink::Committer::new(
             Arc::clone(&self.store),
-            outputs,
             Arc::clone(&self.stats),
             self.options.retention_ms,
             committed,
+            committed_tx,
+        );
+        let committer_handle = std::thread::Builder::new()
+            .name("vigil-commit".into())
+            .spawn(move || committer.run(commit_rx))
+            .expect("spawning a thread only fails when the OS is out of resources");
+        let sink = sink::Sink::new(
+            n + usize::from(storm_handle.is_some()),
+            outputs,
+            Arc::clone(&self.stats),
+            commit_tx,
+            committed_rx,
         );
         let sink_handle = std::thread::Builder::new()
             .name("vigil-sink".into())
@@ -369,27 +384,32 @@ impl Engine {
 
         let router = router::Router::new(&self, work_txs, storm_tx, sink_tx);
         let routed = router.run(sources);
-        let mut workers: Vec<Result<(), PipelineError>> = handles
+        let mut stages: Vec<Result<(), PipelineError>> = handles
             .into_iter()
             .map(|h| h.join().unwrap_or(Err(PipelineError::Panicked("worker"))))
             .collect();
-        workers.extend(
+        stages.extend(
             storm_handle.map(|h| h.join().unwrap_or(Err(PipelineError::Panicked("storms")))),
         );
-        let sunk = sink_handle
+        stages.push(
+            sink_handle
+                .join()
+                .unwrap_or(Err(PipelineError::Panicked("sink"))),
+        );
+        let committed = committer_handle
             .join()
-            .unwrap_or(Err(PipelineError::Panicked("sink")));
+            .unwrap_or(Err(PipelineError::Panicked("committer")));
 
         // When a stage fails the others see their channels close; report the
         // failure itself, not those echoes.
-        let mut errors: Vec<PipelineError> = workers.into_iter().filter_map(Result::err).collect();
-        match (routed, sunk) {
+        let mut errors: Vec<PipelineError> = stages.into_iter().filter_map(Result::err).collect();
+        match (routed, committed) {
             (Ok(watermark), Ok(checkpoints)) if errors.is_empty() => Ok(RunReport {
                 watermark,
                 checkpoints,
             }),
-            (routed, sunk) => {
-                errors.extend(sunk.err());
+            (routed, committed) => {
+                errors.extend(committed.err());
                 errors.extend(routed.err());
                 let first_real = errors
                     .iter()

@@ -1,13 +1,15 @@
 //! The sink: writes violations, storm events and dead letters as they come,
-//! and commits each checkpoint once it is whole (the router's positions,
-//! every worker's state changes and the storm stage's): outputs flushed first, then state and positions
-//! in one atomic write (DESIGN.md section 8).
+//! and completes each checkpoint once it is whole (the router's positions,
+//! every worker's state changes and the storm stage's): it flushes the
+//! outputs, then hands the state and positions to the committer, which
+//! writes them in one atomic write (DESIGN.md section 8). The write runs on
+//! the committer's thread so that outputs never wait for the store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 
 use super::{Outputs, PipelineError, Position, SinkMsg};
 use crate::model::Millis;
@@ -33,40 +35,56 @@ pub(super) struct Sink {
     /// State fragments that make a checkpoint whole (one per worker, and
     /// the storm stage's).
     parts: usize,
-    store: Arc<dyn Store>,
     outputs: Box<dyn Outputs>,
     stats: Arc<Stats>,
-    retention_ms: Millis,
     pending: BTreeMap<u64, PendingCheckpoint>,
-    committed: u64,
-    /// The latest checkpoint committed, for the workers (what they wrote
-    /// by then may leave their memory).
-    committed_epoch: Arc<AtomicU64>,
+    /// Checkpoints whose outputs are flushed, for the committer.
+    commits: Sender<Commit>,
+    /// The epochs the committer committed, in order.
+    committed: Receiver<u64>,
+    /// Positions of the checkpoints handed to the committer, to publish
+    /// (see [`Outputs::committed`]) once committed.
+    unpublished: VecDeque<(u64, Vec<Position>)>,
 }
 
 impl Sink {
     pub(super) fn new(
         parts: usize,
-        store: Arc<dyn Store>,
         outputs: Box<dyn Outputs>,
         stats: Arc<Stats>,
-        retention_ms: Millis,
-        committed_epoch: Arc<AtomicU64>,
+        commits: Sender<Commit>,
+        committed: Receiver<u64>,
     ) -> Self {
         Sink {
             parts,
-            store,
             outputs,
             stats,
-            retention_ms,
             pending: BTreeMap::new(),
-            committed: 0,
-            committed_epoch,
+            commits,
+            committed,
+            unpublished: VecDeque::new(),
         }
     }
 
-    /// Runs until every sender has hung up; returns the checkpoints committed.
-    pub(super) fn run(mut self, inbox: Receiver<SinkMsg>) -> Result<u64, PipelineError> {
+    /// Runs until every sender has hung up, then until the committer has
+    /// committed what it was given.
+    pub(super) fn run(mut self, inbox: Receiver<SinkMsg>) -> Result<(), PipelineError> {
+        let served = self.serve(inbox);
+        let Sink {
+            mut outputs,
+            commits,
+            committed,
+            mut unpublished,
+            ..
+        } = self;
+        drop(commits);
+        for epoch in committed {
+            publish(&mut unpublished, outputs.as_mut(), epoch);
+        }
+        served
+    }
+
+    fn serve(&mut self, inbox: Receiver<SinkMsg>) -> Result<(), PipelineError> {
         for msg in inbox {
             let started = std::time::Instant::now();
             match msg {
@@ -108,9 +126,12 @@ impl Sink {
                     self.commit_if_whole(epoch)?;
                 }
             }
+            while let Ok(epoch) = self.committed.try_recv() {
+                publish(&mut self.unpublished, self.outputs.as_mut(), epoch);
+            }
             self.stats.add_stage_time(Stage::Commit, started.elapsed());
         }
-        Ok(self.committed)
+        Ok(())
     }
 
     fn commit_if_whole(&mut self, epoch: u64) -> Result<(), PipelineError> {
@@ -141,22 +162,93 @@ impl Sink {
         // than loses.
         self.outputs.state(&batch)?;
         self.outputs.flush(&positions)?;
-        self.store.write(batch)?;
-        // At the end of time (every input ended) nothing has aged: what the
-        // run kept stays for inspection and later runs.
-        if watermark != END_OF_TIME {
-            self.store
-                .retention()
-                .advance(watermark.saturating_sub(self.retention_ms));
-        }
-        self.committed += 1;
-        self.committed_epoch.store(epoch, Ordering::Release);
-        self.stats.add_checkpoint();
-        self.outputs.committed(&positions);
-        for d in done {
-            // The waiter may have given up; the commit stands either way.
-            let _ = d.send(());
-        }
+        self.commits
+            .send(Commit {
+                epoch,
+                batch,
+                watermark,
+                done,
+            })
+            .map_err(|_| PipelineError::Disconnected("committer"))?;
+        self.unpublished.push_back((epoch, positions));
         Ok(())
+    }
+}
+
+/// Tells the outputs the positions of the checkpoints up to `epoch`, now
+/// committed.
+fn publish(
+    unpublished: &mut VecDeque<(u64, Vec<Position>)>,
+    outputs: &mut dyn Outputs,
+    epoch: u64,
+) {
+    while let Some((_, positions)) = unpublished.pop_front_if(|(e, _)| *e <= epoch) {
+        outputs.committed(&positions);
+    }
+}
+
+/// A checkpoint whose outputs are flushed, for the committer to write.
+pub(super) struct Commit {
+    epoch: u64,
+    batch: StateBatch,
+    watermark: Millis,
+    done: Vec<Sender<()>>,
+}
+
+/// Writes the checkpoints the sink completes, in order, each in one atomic
+/// write, and tells who waits for them.
+pub(super) struct Committer {
+    store: Arc<dyn Store>,
+    stats: Arc<Stats>,
+    retention_ms: Millis,
+    /// The latest checkpoint committed, for the workers (what they wrote
+    /// by then may leave their memory).
+    committed_epoch: Arc<AtomicU64>,
+    /// The epochs committed, for the sink.
+    committed: Sender<u64>,
+}
+
+impl Committer {
+    pub(super) fn new(
+        store: Arc<dyn Store>,
+        stats: Arc<Stats>,
+        retention_ms: Millis,
+        committed_epoch: Arc<AtomicU64>,
+        committed: Sender<u64>,
+    ) -> Self {
+        Committer {
+            store,
+            stats,
+            retention_ms,
+            committed_epoch,
+            committed,
+        }
+    }
+
+    /// Commits until the sink hangs up; returns the checkpoints committed.
+    pub(super) fn run(self, inbox: Receiver<Commit>) -> Result<u64, PipelineError> {
+        let mut count = 0;
+        for commit in inbox {
+            let started = std::time::Instant::now();
+            self.store.write(commit.batch)?;
+            // At the end of time (every input ended) nothing has aged: what
+            // the run kept stays for inspection and later runs.
+            if commit.watermark != END_OF_TIME {
+                self.store
+                    .retention()
+                    .advance(commit.watermark.saturating_sub(self.retention_ms));
+            }
+            count += 1;
+            self.committed_epoch.store(commit.epoch, Ordering::Release);
+            self.stats.add_checkpoint();
+            // The sink is gone only when the run is failing.
+            let _ = self.committed.send(commit.epoch);
+            for d in commit.done {
+                // The waiter may have given up; the commit stands either way.
+                let _ = d.send(());
+            }
+            self.stats.add_stage_time(Stage::Commit, started.elapsed());
+        }
+        Ok(count)
     }
 }

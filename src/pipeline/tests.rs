@@ -369,3 +369,115 @@ fn a_watermark_that_fires_many_timers_keeps_unkept_state_within_the_budget() {
         "peak {peak} B over a budget of {budget} B ({everything} B for everything)"
     );
 }
+
+/// The in-memory store, with each write held until the test lets it go.
+struct HeldWrites {
+    inner: MemStore,
+    /// Hears of each write as it starts.
+    started: Sender<()>,
+    /// Each write waits for a message here (or for the test to hang up).
+    release: crossbeam_channel::Receiver<()>,
+}
+
+impl Store for HeldWrites {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        self.inner.get(cf, key)
+    }
+
+    fn write(&self, batch: StateBatch) -> Result<(), StateError> {
+        let _ = self.started.send(());
+        let _ = self
+            .release
+            .recv_timeout(std::time::Duration::from_secs(30));
+        self.inner.write(batch)
+    }
+
+    fn scan(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError> {
+        self.inner.scan(cf, prefix, f)
+    }
+
+    fn delete_scope(&self, scope: i32) -> Result<(), StateError> {
+        self.inner.delete_scope(scope)
+    }
+
+    fn retention(&self) -> &crate::state::RetentionHorizon {
+        self.inner.retention()
+    }
+
+    fn approximate_len(&self, cf: Cf) -> u64 {
+        self.inner.approximate_len(cf)
+    }
+}
+
+#[test]
+fn outputs_do_not_wait_for_the_store_to_write_a_checkpoint() {
+    let wait = std::time::Duration::from_secs(10);
+    let config = Harness::new().config;
+    let (started_tx, started) = crossbeam_channel::unbounded();
+    let (release, release_rx) = crossbeam_channel::unbounded();
+    let store = Arc::new(HeldWrites {
+        inner: MemStore::new(),
+        started: started_tx,
+        release: release_rx,
+    });
+    let stats = Arc::new(crate::telemetry::Stats::default());
+    let ingest = Ingest::new(&config, Arc::clone(&stats));
+    let engine = Engine {
+        options: EngineOptions::from_config(&config, true),
+        store: Arc::clone(&store) as Arc<dyn Store>,
+        stats,
+        clock: Arc::new(SystemClock),
+        partitions: 2,
+    };
+    let collected = Collected::default();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::scope(|s| {
+        let outputs = Box::new(collected.clone());
+        let engine = s.spawn(move || engine.run(rx, outputs));
+        send(&tx, &ingest, 0, &change(1, 5, "c", 1_000), 0);
+        let (done, committed) = crossbeam_channel::bounded(1);
+        tx.send(SourceMsg::Checkpoint { done }).unwrap();
+        started
+            .recv_timeout(wait)
+            .expect("the checkpoint is written");
+
+        // A version regression is reported as soon as it is seen.
+        send(&tx, &ingest, 0, &change(1, 3, "u", 2_000), 1);
+        let until = std::time::Instant::now() + wait;
+        let reported = || {
+            let out = collected.0.lock().unwrap();
+            out.iter().any(|v| v.starts_with("version_regression"))
+        };
+        while !reported() && std::time::Instant::now() < until {
+            std::thread::park_timeout(std::time::Duration::from_millis(1));
+        }
+        assert!(
+            reported(),
+            "the regression reaches the outputs while the store writes"
+        );
+        assert!(
+            committed.try_recv().is_err(),
+            "the checkpoint is not committed before its write ends"
+        );
+
+        drop(release);
+        committed
+            .recv_timeout(wait)
+            .expect("the checkpoint commits once its write ends");
+        drop(tx);
+        engine.join().unwrap().unwrap();
+    });
+    let mut positions = 0;
+    store
+        .scan(Cf::Offsets, &[], &mut |_, _| {
+            positions += 1;
+            true
+        })
+        .unwrap();
+    assert_eq!(positions, 1, "the checkpoint's position is in the store");
+}
