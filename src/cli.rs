@@ -273,7 +273,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub latency_rate: Option<u64>,
 
-    /// How long the latency measure streams.
+    /// How long the latency measure streams (its first second warms the
+    /// clients up and is not measured).
     #[arg(long, default_value = "20s")]
     pub latency_seconds: crate::config::Dur,
 

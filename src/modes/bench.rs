@@ -48,6 +48,10 @@ const MAX_BACKLOG: u64 = 100_000;
 /// The share of the `vigil run` throughput that the latency measure streams
 /// at, unless `--latency-rate` says otherwise.
 const LATENCY_LOAD: f64 = 0.7;
+/// The first records of the latency measure warm the clients up (the
+/// producer's first metadata, the consumer's first fetches): their
+/// latencies are not counted.
+const LATENCY_WARMUP_MS: i64 = 1_000;
 /// How long a phase may wait for vigil to catch up.
 const CATCH_UP: Duration = Duration::from_secs(300);
 
@@ -476,6 +480,7 @@ fn bench_latency(
             .lock()
             .unwrap_or_else(|p| p.into_inner()),
     );
+    let measured_from = start_ms + LATENCY_WARMUP_MS;
     let (mut immediate, mut firing, mut waits) = (Vec::new(), Vec::new(), Vec::new());
     for (produced_at, event) in read_violations(&bench.bootstrap(), stats.violations_total())? {
         let data = &event["data"];
@@ -487,13 +492,15 @@ fn bench_latency(
                     e["partition"].as_i64().unwrap_or(0) as i32,
                     e["offset"].as_i64().unwrap_or(-1),
                 );
-                if let Some(source) = produce_times.get(&position) {
+                if let Some(&source) = produce_times.get(&position)
+                    && source >= measured_from
+                {
                     immediate.push(produced_at - source);
                 }
             }
             Some("missing_invalidation") => {
                 let due = crate::formats::parse_rfc3339(event["time"].as_str().unwrap_or_default());
-                let passed = due.and_then(|due| {
+                let passed = due.filter(|due| *due >= measured_from).and_then(|due| {
                     let i = moves.partition_point(|&(_, wm)| wm < due);
                     moves.get(i).map(|&(wall, _)| (due, wall))
                 });
