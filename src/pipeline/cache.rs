@@ -2,7 +2,12 @@
 //! them changed since the last checkpoint, and which may leave memory.
 //!
 //! At each checkpoint the changed slots are persisted: written to the store
-//! when state is kept, else only noted as the most recently used. Then
+//! when state is kept, else only noted as the most recently used. Writing
+//! them need not stop the worker: [`Slots::begin`] marks the slots changed
+//! before the checkpoint, [`Slots::save_some`] writes some of them at a
+//! time, and a marked slot about to change is written first, so the
+//! checkpoint holds every slot as it was at the checkpoint (copy on write).
+//! Then
 //! [`Slots::evict`] lets slots leave memory, oldest persisted first, until
 //! the worker is back under its share of `state.cache_size`. A slot may
 //! leave only when the store holds its current value and the checkpoint
@@ -111,11 +116,20 @@ pub(super) enum Save {
     Delete,
 }
 
+/// Writes a slot to a batch: the slot's key, scope and value, whether state
+/// is kept (`durable`), and what to write.
+pub(super) type Saver<K, V> = fn(&mut StateBatch, bool, &K, i32, &mut V, Save);
+
+/// [`Slot::changed_in`] of a slot unchanged since it was persisted or read.
+const UNCHANGED: u64 = 0;
+
 pub(super) struct Slot<V> {
     pub value: V,
     /// The input partition number the slot belongs to.
     pub scope: i32,
-    dirty: bool,
+    /// The stamp ([`Slots::stamp`]) of the checkpoint interval it last
+    /// changed in, or [`UNCHANGED`] once persisted.
+    changed_in: u64,
     /// Approximate bytes in memory (as of its last persist or load).
     bytes: usize,
     /// The checkpoint that last persisted the slot (0: loaded, unchanged).
@@ -139,7 +153,7 @@ impl<V: Default> Slot<V> {
         Slot {
             value: V::default(),
             scope,
-            dirty: false,
+            changed_in: UNCHANGED,
             bytes: 0,
             persisted_at: 0,
             in_store: InStore::Nothing,
@@ -149,7 +163,7 @@ impl<V: Default> Slot<V> {
     /// Unchanged since checkpoint `at` persisted it (a queue entry of
     /// checkpoint `at` still speaks for it).
     fn unchanged_since(&self, at: u64) -> bool {
-        !self.dirty && self.persisted_at == at
+        self.changed_in == UNCHANGED && self.persisted_at == at
     }
 }
 
@@ -159,6 +173,18 @@ pub(super) struct Slots<K, V> {
     map: HashMap<K, Slot<V>>,
     /// Slots changed since the last checkpoint.
     dirty: Vec<K>,
+    /// The stamp of changes since the last checkpoint (from 1).
+    stamp: u64,
+    /// Slots changed before the checkpoint being saved, not all saved yet.
+    saving: Vec<K>,
+    /// The stamp of the slots `saving` holds ([`UNCHANGED`]: none).
+    saving_stamp: u64,
+    /// The checkpoint being saved, and its writes so far.
+    saving_epoch: u64,
+    saved: StateBatch,
+    /// Whether state is kept (see [`super::EngineOptions::durable`]).
+    durable: bool,
+    save: Saver<K, V>,
     /// Slots by the checkpoint that persisted (or loaded) them, oldest
     /// first; an entry is stale when the slot was persisted again since.
     recent: VecDeque<(u64, K)>,
@@ -187,18 +213,25 @@ where
     K: Clone + Eq + Hash + Footprint,
     V: Cached + Default,
 {
-    /// No slots; `store_empty`: the store holds none of them yet (a
-    /// fresh scratch store).
-    pub fn new(store_empty: bool) -> Self {
+    /// No slots; `durable`: state is kept (else the store holds none of
+    /// them yet, a fresh scratch store); `save` writes one.
+    pub fn new(durable: bool, save: Saver<K, V>) -> Self {
         Slots {
             map: HashMap::new(),
             dirty: Vec::new(),
+            stamp: 1,
+            saving: Vec::new(),
+            saving_stamp: UNCHANGED,
+            saving_epoch: 0,
+            saved: StateBatch::default(),
+            durable,
+            save,
             recent: VecDeque::new(),
             leaving: VecDeque::new(),
             bytes: 0,
             leaving_bytes: 0,
             peak_bytes: 0,
-            store_empty,
+            store_empty: !durable,
         }
     }
 
@@ -258,12 +291,16 @@ where
         create: bool,
         wanted: impl FnOnce(&V) -> bool,
     ) -> Result<Option<&mut Slot<V>>, StateError> {
+        if !self.saving.is_empty() {
+            self.save_if_marked(&key);
+        }
+        let stamp = self.stamp;
         let (key, slot) = match self.map.entry(key) {
             Entry::Occupied(e) => {
                 if !wanted(&e.get().value) {
                     return Ok(None);
                 }
-                let key = (!e.get().dirty).then(|| e.key().clone());
+                let key = (e.get().changed_in != stamp).then(|| e.key().clone());
                 (key, e.into_mut())
             }
             Entry::Vacant(vacant) => {
@@ -298,58 +335,95 @@ where
             }
         };
         if let Some(key) = key {
-            slot.dirty = true;
+            slot.changed_in = stamp;
             self.dirty.push(key);
         }
         Ok(Some(slot))
     }
 
-    /// Persists the slots changed since the last checkpoint as checkpoint
-    /// `epoch`: with `durable`, `save` writes each to `batch` (a finished one is
-    /// deleted); without, a finished one the store holds is deleted, and
-    /// the others are only counted. Finished slots leave memory once
-    /// deleted (or at once when the store never held them).
-    pub fn persist(
-        &mut self,
-        epoch: u64,
-        durable: bool,
-        batch: &mut StateBatch,
-        save: impl Fn(&mut StateBatch, &K, i32, &mut V, Save),
-    ) {
-        for key in std::mem::take(&mut self.dirty) {
-            let Some(slot) = self.map.get_mut(&key) else {
-                continue;
+    /// Marks the slots changed since the last checkpoint, to persist as
+    /// checkpoint `epoch` (by [`Slots::save_some`], or before they change
+    /// again). The slots of the previous checkpoint must all be saved.
+    pub fn begin(&mut self, epoch: u64) {
+        debug_assert!(self.saving.is_empty(), "the previous checkpoint is saved");
+        self.saving = std::mem::take(&mut self.dirty);
+        self.saving_stamp = self.stamp;
+        self.saving_epoch = epoch;
+        self.stamp += 1;
+    }
+
+    /// Persists up to `n` of the marked slots; returns whether none is left.
+    pub fn save_some(&mut self, n: usize) -> bool {
+        for _ in 0..n {
+            let Some(key) = self.saving.pop() else {
+                break;
             };
-            slot.dirty = false;
-            let bytes = Self::size_of_slot(&key, &slot.value);
-            self.bytes = self.bytes + bytes - slot.bytes;
-            self.peak_bytes = self.peak_bytes.max(self.bytes);
-            slot.bytes = bytes;
-            slot.persisted_at = epoch;
-            let finished = slot.value.is_finished();
-            if finished && !durable && slot.in_store == InStore::Nothing {
-                self.bytes -= slot.bytes;
-                self.map.remove(&key);
-            } else if finished {
-                save(batch, &key, slot.scope, &mut slot.value, Save::Delete);
-                slot.in_store = InStore::Current;
-                self.leaving_bytes += bytes;
-                self.leaving.push_back((epoch, key, bytes));
-            } else {
-                if durable {
-                    save(batch, &key, slot.scope, &mut slot.value, Save::Put);
-                    self.store_empty = false;
-                    slot.in_store = InStore::Current;
-                } else if slot.in_store == InStore::Current {
-                    slot.in_store = InStore::Older;
-                }
-                self.recent.push_back((epoch, key));
-            }
+            self.save_if_marked(&key);
         }
+        self.saving.is_empty()
+    }
+
+    /// The writes of the checkpoint begun last, once every marked slot is
+    /// saved.
+    pub fn take_saved(&mut self) -> StateBatch {
+        debug_assert!(self.saving.is_empty(), "every marked slot is saved");
+        self.saving_stamp = UNCHANGED;
         if self.recent.len() > 2 * self.map.len() + 1024 {
             let map = &self.map;
             self.recent
                 .retain(|(epoch, key)| map.get(key).is_some_and(|s| s.unchanged_since(*epoch)));
+        }
+        std::mem::take(&mut self.saved)
+    }
+
+    /// Persists the slot of `key` if it is marked: with `durable`, writes it
+    /// (a finished one is deleted); without, a finished one the store holds
+    /// is deleted, and the others are only counted. Finished slots leave
+    /// memory once deleted (or at once when the store never held them).
+    fn save_if_marked(&mut self, key: &K) {
+        let (epoch, durable, stamp) = (self.saving_epoch, self.durable, self.saving_stamp);
+        let Some(slot) = self
+            .map
+            .get_mut(key)
+            .filter(|s| stamp != UNCHANGED && s.changed_in == stamp)
+        else {
+            return;
+        };
+        slot.changed_in = UNCHANGED;
+        let bytes = Self::size_of_slot(key, &slot.value);
+        self.bytes = self.bytes + bytes - slot.bytes;
+        self.peak_bytes = self.peak_bytes.max(self.bytes);
+        slot.bytes = bytes;
+        slot.persisted_at = epoch;
+        let finished = slot.value.is_finished();
+        if finished && !durable && slot.in_store == InStore::Nothing {
+            self.bytes -= slot.bytes;
+            self.map.remove(key);
+            return;
+        }
+        let write = if finished {
+            Some(Save::Delete)
+        } else {
+            durable.then_some(Save::Put)
+        };
+        if let Some(what) = write {
+            (self.save)(
+                &mut self.saved,
+                durable,
+                key,
+                slot.scope,
+                &mut slot.value,
+                what,
+            );
+            slot.in_store = InStore::Current;
+        } else if slot.in_store == InStore::Current {
+            slot.in_store = InStore::Older;
+        }
+        if finished {
+            self.leaving_bytes += bytes;
+            self.leaving.push_back((epoch, key.clone(), bytes));
+        } else {
+            self.recent.push_back((epoch, key.clone()));
         }
     }
 
@@ -371,7 +445,7 @@ where
 
     /// Lets about `free` bytes leave memory, oldest persisted first:
     /// dropped when the store holds them as of a `committed` checkpoint,
-    /// else written to `batch` by `save` with checkpoint `epoch` and
+    /// else written to `batch` with checkpoint `epoch` and
     /// dropped by [`Slots::drop_leaving`] once that write is in the store.
     /// Stops at a slot saved by a checkpoint not yet committed. Returns how
     /// many slots were dropped.
@@ -381,7 +455,6 @@ where
         epoch: u64,
         committed: u64,
         batch: &mut StateBatch,
-        save: impl Fn(&mut StateBatch, &K, i32, &mut V, Save),
     ) -> u64 {
         let mut evicted = 0;
         let mut freed = 0;
@@ -403,7 +476,14 @@ where
             if saved {
                 evicted += u64::from(self.drop_if_unchanged(&key, at).is_some());
             } else {
-                save(batch, &key, slot.scope, &mut slot.value, Save::Put);
+                (self.save)(
+                    batch,
+                    self.durable,
+                    &key,
+                    slot.scope,
+                    &mut slot.value,
+                    Save::Put,
+                );
                 self.store_empty = false;
                 slot.in_store = InStore::Current;
                 slot.persisted_at = epoch;
@@ -439,5 +519,84 @@ where
         self.bytes -= removed;
         let map = &self.map;
         self.dirty.retain(|k| map.contains_key(k));
+        self.saving.retain(|k| map.contains_key(k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Cf;
+
+    /// A counter: the simplest value a slot can hold.
+    #[derive(Default)]
+    struct Count(u64);
+
+    impl Footprint for Count {
+        fn heap_bytes(&self) -> usize {
+            0
+        }
+    }
+
+    impl Cached for Count {
+        fn is_finished(&self) -> bool {
+            false
+        }
+    }
+
+    fn save(batch: &mut StateBatch, _: bool, key: &Arc<str>, scope: i32, c: &mut Count, _: Save) {
+        batch.put(
+            Cf::Keys,
+            scope,
+            key.as_bytes().to_vec(),
+            c.0.to_le_bytes().to_vec(),
+        );
+    }
+
+    fn set(slots: &mut Slots<Arc<str>, Count>, key: &str, n: u64) {
+        slots
+            .change(Arc::from(key), 0, |_| Ok(None))
+            .unwrap()
+            .value
+            .0 = n;
+    }
+
+    /// The saved (key, count) pairs, in key order.
+    fn saved(slots: &mut Slots<Arc<str>, Count>) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = slots
+            .take_saved()
+            .writes
+            .into_iter()
+            .map(|w| {
+                let n = u64::from_le_bytes(w.value.unwrap().try_into().unwrap());
+                (String::from_utf8(w.key).unwrap(), n)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_slot_changed_while_its_checkpoint_is_saved_is_saved_as_it_was_at_the_checkpoint() {
+        let mut slots = Slots::new(true, save);
+        for key in ["a", "b", "c"] {
+            set(&mut slots, key, 1);
+        }
+        slots.begin(1);
+        assert!(!slots.save_some(1), "two slots are left to save");
+        set(&mut slots, "a", 2);
+        set(&mut slots, "b", 2);
+        set(&mut slots, "d", 2);
+        assert!(slots.save_some(usize::MAX));
+        let expected = |n| vec![("a".into(), n), ("b".into(), n), ("c".into(), 1)];
+        assert_eq!(saved(&mut slots), expected(1), "checkpoint 1 as it was");
+
+        slots.begin(2);
+        assert!(slots.save_some(usize::MAX));
+        assert_eq!(
+            saved(&mut slots),
+            vec![("a".into(), 2), ("b".into(), 2), ("d".into(), 2)],
+            "checkpoint 2: what changed after checkpoint 1"
+        );
     }
 }

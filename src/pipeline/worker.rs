@@ -1,7 +1,8 @@
 //! A worker: owns one shard of key state, entity state and deadline timers,
 //! applies the router's work items with the detectors, fires timers as the
 //! watermark advances, and hands its state changes to the sink at each
-//! checkpoint. State lives in memory and is written behind to the store;
+//! checkpoint (written out between batches of work, copy on write: see
+//! [`super::cache`]). State lives in memory and is written behind to the store;
 //! beyond the worker's share of `state.cache_size` the least recently
 //! written keys and entities leave memory ([`super::cache`]), and a key or
 //! entity not in memory is read from the store on first use.
@@ -16,7 +17,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use serde::{Deserialize, Serialize};
 
 use super::cache::{Cached, Footprint, Save, Slot, Slots};
@@ -108,6 +109,9 @@ pub(super) struct Worker {
     committed: Arc<AtomicU64>,
     /// The latest checkpoint this worker took part in.
     epoch: u64,
+    /// The glob writes of checkpoint `epoch` while its keys and entities
+    /// are saved behind the work (state that is kept).
+    saving: Option<StateBatch>,
     timers: TimerQueue<(Arc<str>, i32)>,
     /// Keys with undecided changes (and their scope), ordered so that a glob
     /// invalidation can scan the keys sharing its literal prefix.
@@ -125,6 +129,10 @@ pub(super) struct Worker {
     violations: Vec<Violation>,
     tallies: BTreeMap<String, TableTally>,
 }
+
+/// Keys (and as many entities) saved at a time while a checkpoint is saved
+/// behind the work: about a millisecond each.
+const SAVE_CHUNK: usize = 1024;
 
 /// The least event time by which the oldest retained glob must have expired
 /// before the globs are pruned.
@@ -240,8 +248,15 @@ fn save_key(
     }
 }
 
-/// Writes an entity to `batch`.
-fn save_entity(batch: &mut StateBatch, key: &[u8], scope: i32, entry: &EntityEntry, save: Save) {
+/// Writes an entity to `batch` (the same whether state is kept or not).
+fn save_entity(
+    batch: &mut StateBatch,
+    _durable: bool,
+    key: &Arc<[u8]>,
+    scope: i32,
+    entry: &mut EntityEntry,
+    save: Save,
+) {
     match save {
         Save::Delete => batch.delete(Cf::Entities, scope, key.to_vec()),
         Save::Put => batch.put(
@@ -269,11 +284,12 @@ impl Worker {
             rules: engine.options.key_rules,
             stats: Arc::clone(&engine.stats),
             sink,
-            keys: Slots::new(!engine.options.durable),
-            entities: Slots::new(!engine.options.durable),
+            keys: Slots::new(engine.options.durable, save_key),
+            entities: Slots::new(engine.options.durable, save_entity),
             budget: engine.options.slot_budget / shards,
             committed,
             epoch: 0,
+            saving: None,
             timers: TimerQueue::default(),
             open: BTreeMap::new(),
             wildcards: Wildcards::default(),
@@ -300,7 +316,24 @@ impl Worker {
                 "read the timers of the keys in state"
             );
         }
-        for msg in inbox {
+        loop {
+            // While a checkpoint is saved behind the work, save some of it
+            // whenever nothing waits.
+            let msg = if self.saving.is_some() {
+                match inbox.try_recv() {
+                    Ok(msg) => msg,
+                    Err(TryRecvError::Empty) => {
+                        self.save_some()?;
+                        continue;
+                    }
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match inbox.recv() {
+                    Ok(msg) => msg,
+                    Err(_) => break,
+                }
+            };
             match msg {
                 WorkMsg::Batch { items, watermark } => {
                     let started = std::time::Instant::now();
@@ -315,36 +348,79 @@ impl Worker {
                             .send(SinkMsg::Violations(v))
                             .map_err(disconnected)?;
                     }
+                    self.save_some()?;
                 }
-                WorkMsg::Release { scopes } => self.release(&scopes),
+                WorkMsg::Release { scopes } => {
+                    self.finish_checkpoint()?;
+                    self.release(&scopes);
+                }
                 WorkMsg::Load { scopes } => {
+                    self.finish_checkpoint()?;
                     for scope in scopes {
                         self.load(Some(scope))?;
                     }
                 }
-                WorkMsg::Checkpoint { epoch } => {
-                    self.epoch = epoch;
-                    let batch = self.persist()?;
-                    self.stats
-                        .add_table_tallies(&std::mem::take(&mut self.tallies));
-                    self.stats.set_state_size(
-                        self.index,
-                        StateSize {
-                            keys: self.keys.len() as u64,
-                            entities: self.entities.len() as u64,
-                            bytes: (self.keys.resident_bytes() + self.entities.resident_bytes())
-                                as u64,
-                            peak_bytes: (self.keys.peak_bytes() + self.entities.peak_bytes())
-                                as u64,
-                        },
-                    );
-                    self.sink
-                        .send(SinkMsg::Fragment { epoch, batch })
-                        .map_err(disconnected)?;
-                }
+                WorkMsg::Checkpoint { epoch } => self.checkpoint(epoch)?,
             }
         }
+        self.finish_checkpoint()
+    }
+
+    /// Takes part in checkpoint `epoch`: state that is kept is saved behind
+    /// the work ([`Worker::save_some`]), state that is not at once.
+    fn checkpoint(&mut self, epoch: u64) -> Result<(), PipelineError> {
+        self.finish_checkpoint()?;
+        self.epoch = epoch;
+        self.stats
+            .add_table_tallies(&std::mem::take(&mut self.tallies));
+        if self.durable {
+            self.keys.begin(epoch);
+            self.entities.begin(epoch);
+            self.saving = Some(std::mem::take(&mut self.glob_writes));
+            Ok(())
+        } else {
+            let batch = self.persist()?;
+            self.send_fragment(batch)
+        }
+    }
+
+    /// Saves some of the checkpoint being saved, and sends it once whole.
+    fn save_some(&mut self) -> Result<(), PipelineError> {
+        if self.saving.is_some()
+            && self.keys.save_some(SAVE_CHUNK)
+            && self.entities.save_some(SAVE_CHUNK)
+        {
+            self.finish_checkpoint()?;
+        }
         Ok(())
+    }
+
+    /// Saves the rest of the checkpoint being saved, if any, and sends it.
+    fn finish_checkpoint(&mut self) -> Result<(), PipelineError> {
+        if let Some(globs) = self.saving.take() {
+            let batch = self.finish_persist(globs)?;
+            self.send_fragment(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Hands this worker's part of checkpoint `self.epoch` to the sink.
+    fn send_fragment(&mut self, batch: StateBatch) -> Result<(), PipelineError> {
+        self.stats.set_state_size(
+            self.index,
+            StateSize {
+                keys: self.keys.len() as u64,
+                entities: self.entities.len() as u64,
+                bytes: (self.keys.resident_bytes() + self.entities.resident_bytes()) as u64,
+                peak_bytes: (self.keys.peak_bytes() + self.entities.peak_bytes()) as u64,
+            },
+        );
+        self.sink
+            .send(SinkMsg::Fragment {
+                epoch: self.epoch,
+                batch,
+            })
+            .map_err(disconnected)
     }
 
     fn apply(&mut self, item: WorkItem) -> Result<(), PipelineError> {
@@ -526,33 +602,30 @@ impl Worker {
     /// leaves memory, and then it is written to the store at once: the
     /// checkpoint's batch is empty.
     fn persist(&mut self) -> Result<StateBatch, StateError> {
+        self.keys.begin(self.epoch);
+        self.entities.begin(self.epoch);
+        let globs = std::mem::take(&mut self.glob_writes);
+        self.finish_persist(globs)
+    }
+
+    /// Saves what is left of the checkpoint begun last ([`Slots::begin`]),
+    /// and returns its batch: `globs`, the slots, and the evictions.
+    fn finish_persist(&mut self, globs: StateBatch) -> Result<StateBatch, StateError> {
         let epoch = self.epoch;
-        let mut batch = std::mem::take(&mut self.glob_writes);
-        let durable = self.durable;
-        let write_key = |batch: &mut StateBatch, key: &Arc<str>, scope, entry: &mut _, save| {
-            save_key(batch, durable, key, scope, entry, save);
-        };
-        let write_entity = |batch: &mut StateBatch, key: &Arc<[u8]>, scope, entry: &mut _, save| {
-            save_entity(batch, key, scope, entry, save);
-        };
-        self.keys.persist(epoch, durable, &mut batch, write_key);
-        self.entities
-            .persist(epoch, durable, &mut batch, write_entity);
+        self.keys.save_some(usize::MAX);
+        self.entities.save_some(usize::MAX);
+        let mut batch = globs;
+        batch.append(self.keys.take_saved());
+        batch.append(self.entities.take_saved());
         let (keys, entities) = (self.keys.resident_bytes(), self.entities.resident_bytes());
         let excess = (keys + entities).saturating_sub(self.budget / 10 * 9);
         let from_keys = (excess as u128 * keys as u128 / (keys + entities).max(1) as u128) as usize;
         let committed = self.committed.load(Ordering::Acquire);
-        let mut evicted = self
-            .keys
-            .evict(from_keys, epoch, committed, &mut batch, write_key)
-            + self.entities.evict(
-                excess - from_keys,
-                epoch,
-                committed,
-                &mut batch,
-                write_entity,
-            );
-        let written = if durable {
+        let mut evicted = self.keys.evict(from_keys, epoch, committed, &mut batch)
+            + self
+                .entities
+                .evict(excess - from_keys, epoch, committed, &mut batch);
+        let written = if self.durable {
             committed
         } else {
             if !batch.is_empty() {
