@@ -43,6 +43,13 @@ use crate::workload::{self, FaultRates, Generator, Spec};
 /// Partitions of the benchmark topics: the mock cluster keeps about 5 MB
 /// a partition.
 const PARTITIONS: i32 = 12;
+/// Partitions of the latency measure's topics. The mock cluster finds the
+/// records a fetch asks for by a scan of the partition's record batches
+/// (librdkafka's `rd_kafka_mock_msgset_find`), and a live stream makes one
+/// small batch a partition every `linger.ms`: with 12 partitions a topic it
+/// spent most of a core scanning, and it delayed vigil's fetches, at rates
+/// vigil itself kept up with.
+const LATENCY_PARTITIONS: i32 = 2;
 /// Records produced ahead of what vigil has read, at most.
 const MAX_BACKLOG: u64 = 100_000;
 /// The share of the `vigil run` throughput that the latency measure streams
@@ -274,12 +281,12 @@ struct Bench {
 }
 
 impl Bench {
-    fn new(generator: &Generator, state: PathBuf) -> anyhow::Result<Self> {
+    fn new(generator: &Generator, state: PathBuf, partitions: i32) -> anyhow::Result<Self> {
         let cluster = MockCluster::new(1).context("starting the embedded broker")?;
         for topic in generator.topics() {
-            cluster.create_topic(&topic, PARTITIONS, 1)?;
+            cluster.create_topic(&topic, partitions, 1)?;
         }
-        cluster.create_topic(VIOLATIONS, PARTITIONS, 1)?;
+        cluster.create_topic(VIOLATIONS, partitions, 1)?;
         cluster.create_topic(DLQ, 1, 1)?;
         let mut config =
             Config::parse_with_env("vigil bench", &generator.config_toml(), Vec::new())?;
@@ -360,7 +367,7 @@ fn bench_kafka(work: &Path, events: u64, keys: u64) -> anyhow::Result<KafkaFigur
     let clock = SystemClock;
     let mut generator = Generator::new(spec(events, keys, 1_000_000, clock.now_ms(), PARTITIONS));
     let state = work.join("kafka-state");
-    let bench = Bench::new(&generator, state.clone())?;
+    let bench = Bench::new(&generator, state.clone(), PARTITIONS)?;
     let store = open_store(&state, bench.config.state.cache_size)?;
     let stats = Arc::new(Stats::default());
     let control = Control::default();
@@ -435,9 +442,9 @@ fn bench_latency(
     let clock = SystemClock;
     let start_ms = clock.now_ms() + 5_000;
     let events = rate * seconds.as_secs().max(1);
-    let mut generator = Generator::new(spec(events, keys, rate, start_ms, PARTITIONS));
+    let mut generator = Generator::new(spec(events, keys, rate, start_ms, LATENCY_PARTITIONS));
     let state = work.join("latency-state");
-    let bench = Bench::new(&generator, state.clone())?;
+    let bench = Bench::new(&generator, state.clone(), LATENCY_PARTITIONS)?;
     let lateness = bench.config.detect.allowed_lateness.as_millis_i64();
     let store = open_store(&state, bench.config.state.cache_size)?;
     let stats = Arc::new(Stats::default());
@@ -482,7 +489,11 @@ fn bench_latency(
     );
     let measured_from = start_ms + LATENCY_WARMUP_MS;
     let (mut immediate, mut firing, mut waits) = (Vec::new(), Vec::new(), Vec::new());
-    for (produced_at, event) in read_violations(&bench.bootstrap(), stats.violations_total())? {
+    for (produced_at, event) in read_violations(
+        &bench.bootstrap(),
+        LATENCY_PARTITIONS,
+        stats.violations_total(),
+    )? {
         let data = &event["data"];
         match data["kind"].as_str() {
             Some("version_regression" | "version_gap" | "conflicting_version") => {
@@ -540,14 +551,18 @@ fn watermark_moves(stats: &Stats, stop: &AtomicBool) -> Vec<(i64, i64)> {
 
 /// The violations topic from its beginning: each event with the time it was
 /// produced.
-fn read_violations(bootstrap: &str, expected: u64) -> anyhow::Result<Vec<(i64, Value)>> {
+fn read_violations(
+    bootstrap: &str,
+    partitions: i32,
+    expected: u64,
+) -> anyhow::Result<Vec<(i64, Value)>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "vigil-bench-reader")
         .set("enable.auto.commit", "false")
         .create()?;
     let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
+    for p in 0..partitions {
         tpl.add_partition_offset(VIOLATIONS, p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
