@@ -177,8 +177,8 @@ pub trait Outputs: Send {
     fn violation(&mut self, v: &Violation) -> Result<(), OutputError>;
     fn storm(&mut self, e: &StormEvent) -> Result<(), OutputError>;
     fn dead_letter(&mut self, d: &DeadLetter) -> Result<(), OutputError>;
-    /// The state changes about to be committed (for a changelog). Called
-    /// before [`Outputs::flush`].
+    /// The state changes about to be committed (for a changelog), in one
+    /// or more parts. Called before [`Outputs::flush`].
     fn state(&mut self, _batch: &StateBatch) -> Result<(), OutputError> {
         Ok(())
     }

@@ -19,8 +19,9 @@ use crate::time::END_OF_TIME;
 
 #[derive(Default)]
 struct PendingCheckpoint {
-    fragments: usize,
-    batch: StateBatch,
+    /// The stages' state changes, as they came: the committer joins them
+    /// (a copy this thread would make the outputs wait for).
+    fragments: Vec<StateBatch>,
     barrier: Option<Barrier>,
 }
 
@@ -120,9 +121,7 @@ impl Sink {
                     self.commit_if_whole(epoch)?;
                 }
                 SinkMsg::Fragment { epoch, batch } => {
-                    let p = self.pending.entry(epoch).or_default();
-                    p.fragments += 1;
-                    p.batch.append(batch);
+                    self.pending.entry(epoch).or_default().fragments.push(batch);
                     self.commit_if_whole(epoch)?;
                 }
             }
@@ -138,34 +137,39 @@ impl Sink {
         let whole = self
             .pending
             .get(&epoch)
-            .is_some_and(|p| p.fragments == self.parts && p.barrier.is_some());
+            .is_some_and(|p| p.fragments.len() == self.parts && p.barrier.is_some());
         if !whole {
             return Ok(());
         }
         let PendingCheckpoint {
-            mut batch, barrier, ..
+            mut fragments,
+            barrier,
         } = self.pending.remove(&epoch).expect("checked above");
         let Barrier {
             positions,
             watermark,
             done,
         } = barrier.expect("checked above");
+        let mut offsets = StateBatch::default();
         for p in &positions {
-            batch.put(
+            offsets.put(
                 Cf::Offsets,
                 p.partition,
                 codec::offset_key(&p.source, p.partition),
                 codec::offset_value(p.next_offset),
             );
         }
+        fragments.push(offsets);
         // Outputs first: a crash between the two re-emits (same ids) rather
         // than loses.
-        self.outputs.state(&batch)?;
+        for fragment in &fragments {
+            self.outputs.state(fragment)?;
+        }
         self.outputs.flush(&positions)?;
         self.commits
             .send(Commit {
                 epoch,
-                batch,
+                fragments,
                 watermark,
                 done,
             })
@@ -190,7 +194,8 @@ fn publish(
 /// A checkpoint whose outputs are flushed, for the committer to write.
 pub(super) struct Commit {
     epoch: u64,
-    batch: StateBatch,
+    /// Its state changes and positions, written together.
+    fragments: Vec<StateBatch>,
     watermark: Millis,
     done: Vec<Sender<()>>,
 }
@@ -230,7 +235,11 @@ impl Committer {
         let mut count = 0;
         for commit in inbox {
             let started = std::time::Instant::now();
-            self.store.write(commit.batch)?;
+            let mut batch = StateBatch::default();
+            for fragment in commit.fragments {
+                batch.append(fragment);
+            }
+            self.store.write(batch)?;
             // At the end of time (every input ended) nothing has aged: what
             // the run kept stays for inspection and later runs.
             if commit.watermark != END_OF_TIME {

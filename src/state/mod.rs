@@ -120,8 +120,14 @@ impl StateBatch {
         });
     }
 
+    /// Adds the writes of `other` after these (taking its vector when
+    /// there are none yet).
     pub fn append(&mut self, other: StateBatch) {
-        self.writes.extend(other.writes);
+        if self.writes.is_empty() {
+            self.writes = other.writes;
+        } else {
+            self.writes.extend(other.writes);
+        }
     }
 
     pub fn len(&self) -> usize {
