@@ -213,10 +213,16 @@ impl<K: Ord> TimerQueue<K> {
 
     /// Removes and returns the earliest timer due at or before `wm`.
     pub fn pop_due(&mut self, wm: Millis) -> Option<(Millis, K)> {
-        match self.heap.peek() {
-            Some(Reverse((due, _))) if *due <= wm => self.heap.pop().map(|Reverse(t)| t),
-            _ => None,
+        if self.is_due(wm) {
+            self.heap.pop().map(|Reverse(t)| t)
+        } else {
+            None
         }
+    }
+
+    /// Whether a timer is due at or before `wm`.
+    pub fn is_due(&self, wm: Millis) -> bool {
+        self.heap.peek().is_some_and(|Reverse((due, _))| *due <= wm)
     }
 
     /// Keeps only the timers whose key `keep` accepts.

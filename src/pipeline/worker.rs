@@ -131,8 +131,15 @@ pub(super) struct Worker {
 }
 
 /// Keys (and as many entities) saved at a time while a checkpoint is saved
-/// behind the work: about a millisecond each.
-const SAVE_CHUNK: usize = 1024;
+/// behind the work: about a millisecond each. Tests save one at a time, so
+/// that their verdicts check the copy on write.
+const SAVE_CHUNK: usize = if cfg!(test) { 1 } else { 1024 };
+
+/// Timers fired at a time, after each batch of work and whenever the inbox
+/// is empty, so that a watermark passing many deadlines at once does not
+/// hold back the records behind it. Tests fire one at a time, so that their
+/// verdicts check the firing behind the work.
+const FIRE_CHUNK: usize = if cfg!(test) { 1 } else { 2048 };
 
 /// The least event time by which the oldest retained glob must have expired
 /// before the globs are pruned.
@@ -213,6 +220,27 @@ fn after_change(
     }
 }
 
+/// Fires the timer of a key, armed and due by `wm`: the detector settles
+/// what the watermark decides, and the key is armed again for what is left.
+fn fire(
+    key: &Arc<str>,
+    slot: &mut Slot<KeyEntry>,
+    wm: Millis,
+    rules: &KeyRules,
+    timers: &mut TimerQueue<(Arc<str>, i32)>,
+    open: &mut BTreeMap<Arc<str>, i32>,
+) -> Decisions {
+    let entry = &mut slot.value;
+    entry.stored.armed = None;
+    let mut decisions = Decisions::default();
+    let next = entry.stored.state.advance(key, wm, rules, &mut decisions);
+    if let Some(next) = next.filter(|n| *n > wm) {
+        entry.stored.armed = Some(next);
+        timers.push(next, (Arc::clone(key), slot.scope));
+    }
+    after_change(key, slot, rules, timers, open);
+    decisions
+}
 /// Writes a key to `batch` (`durable`: with its timer).
 fn save_key(
     batch: &mut StateBatch,
@@ -317,13 +345,14 @@ impl Worker {
             );
         }
         loop {
-            // While a checkpoint is saved behind the work, save some of it
-            // whenever nothing waits.
-            let msg = if self.saving.is_some() {
+            // While timers are due or a checkpoint is being saved, work on
+            // them whenever nothing waits.
+            let behind = self.saving.is_some() || self.timers.is_due(self.watermark);
+            let msg = if behind {
                 match inbox.try_recv() {
                     Ok(msg) => msg,
                     Err(TryRecvError::Empty) => {
-                        self.save_some()?;
+                        self.work_behind()?;
                         continue;
                     }
                     Err(TryRecvError::Disconnected) => break,
@@ -342,12 +371,7 @@ impl Worker {
                     }
                     self.advance(watermark)?;
                     self.stats.record_batch(started.elapsed());
-                    if !self.violations.is_empty() {
-                        let v = std::mem::take(&mut self.violations);
-                        self.sink
-                            .send(SinkMsg::Violations(v))
-                            .map_err(disconnected)?;
-                    }
+                    self.send_violations()?;
                     self.save_some()?;
                 }
                 WorkMsg::Release { scopes } => {
@@ -366,10 +390,31 @@ impl Worker {
         self.finish_checkpoint()
     }
 
-    /// Takes part in checkpoint `epoch`: state that is kept is saved behind
-    /// the work ([`Worker::save_some`]), state that is not at once.
+    /// Fires some of the timers due, and saves some of the checkpoint
+    /// being saved.
+    fn work_behind(&mut self) -> Result<(), PipelineError> {
+        self.fire_due(FIRE_CHUNK)?;
+        self.send_violations()?;
+        self.save_some()
+    }
+
+    fn send_violations(&mut self) -> Result<(), PipelineError> {
+        if !self.violations.is_empty() {
+            let v = std::mem::take(&mut self.violations);
+            self.sink
+                .send(SinkMsg::Violations(v))
+                .map_err(disconnected)?;
+        }
+        Ok(())
+    }
+
+    /// Takes part in checkpoint `epoch`, with every timer due fired first:
+    /// state that is kept is saved behind the work ([`Worker::save_some`]),
+    /// state that is not at once.
     fn checkpoint(&mut self, epoch: u64) -> Result<(), PipelineError> {
         self.finish_checkpoint()?;
+        self.fire_due(usize::MAX)?;
+        self.send_violations()?;
         self.epoch = epoch;
         self.stats
             .add_table_tallies(&std::mem::take(&mut self.tallies));
@@ -492,8 +537,17 @@ impl Worker {
         let slot = self
             .keys
             .change(Arc::clone(key), scope, |k| load_key(store, k, scope, open))?;
+        // Timers fire a few at a time (see `FIRE_CHUNK`): one the watermark
+        // has passed fires before the record applies, as if it had fired
+        // when the watermark came.
+        let wm = self.watermark;
+        let fired = (slot.value.stored.armed.is_some_and(|due| due <= wm))
+            .then(|| fire(key, slot, wm, &self.rules, &mut self.timers, &mut self.open));
         let result = f(&mut slot.value.stored.state, &self.rules, &self.wildcards);
         after_change(key, slot, &self.rules, &mut self.timers, &mut self.open);
+        if let Some(decisions) = fired {
+            self.record(decisions);
+        }
         Ok(result)
     }
 
@@ -512,11 +566,31 @@ impl Worker {
         Ok(())
     }
 
-    /// Advances to watermark `wm`: fires every timer due by then.
+    /// Advances to watermark `wm`: fires up to [`FIRE_CHUNK`] of the timers
+    /// due by then (the others after, see [`Worker::work_behind`]), and
+    /// prunes the retained globs.
     fn advance(&mut self, wm: Millis) -> Result<(), PipelineError> {
         self.watermark = self.watermark.max(wm);
         let wm = self.watermark;
-        while let Some((due, (key, scope))) = self.timers.pop_due(wm) {
+        self.fire_due(FIRE_CHUNK)?;
+        let cutoff = self.rules.forget_before(wm, self.latest);
+        let slack = (self.rules.history_ms / 16).max(GLOB_PRUNE_SLACK_MS);
+        for glob in self.wildcards.prune(cutoff, slack) {
+            if self.stores_globs() {
+                let key = codec::timer_key(glob.scope, glob.inv.ts, &glob.pattern);
+                self.glob_writes.delete(Cf::Wildcards, glob.scope, key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fires up to `n` of the timers the watermark has passed.
+    fn fire_due(&mut self, n: usize) -> Result<(), PipelineError> {
+        let wm = self.watermark;
+        for _ in 0..n {
+            let Some((due, (key, scope))) = self.timers.pop_due(wm) else {
+                break;
+            };
             if !self.durable && self.over_budget() {
                 // A watermark that passes many deadlines at once (the end of
                 // the input) reads many keys back: spill them on the way.
@@ -529,8 +603,8 @@ impl Worker {
                 );
             }
             // A key not in memory left it (the store says whether its timer
-            // is still armed) or was removed; a timer armed since replaces
-            // this one.
+            // is still armed) or was removed; a timer armed since (or fired
+            // before a record of the key) replaces this one.
             let (store, open) = (&*self.store, &self.open);
             let Some(slot) = self.keys.find_to_change(
                 Arc::clone(&key),
@@ -541,27 +615,15 @@ impl Worker {
             else {
                 continue;
             };
-            let entry = &mut slot.value;
-            entry.stored.armed = None;
-            let mut decisions = Decisions::default();
-            let next = entry
-                .stored
-                .state
-                .advance(&key, wm, &self.rules, &mut decisions);
-            if let Some(next) = next.filter(|n| *n > wm) {
-                entry.stored.armed = Some(next);
-                self.timers.push(next, (Arc::clone(&key), scope));
-            }
-            after_change(&key, slot, &self.rules, &mut self.timers, &mut self.open);
+            let decisions = fire(
+                &key,
+                slot,
+                wm,
+                &self.rules,
+                &mut self.timers,
+                &mut self.open,
+            );
             self.record(decisions);
-        }
-        let cutoff = self.rules.forget_before(wm, self.latest);
-        let slack = (self.rules.history_ms / 16).max(GLOB_PRUNE_SLACK_MS);
-        for glob in self.wildcards.prune(cutoff, slack) {
-            if self.stores_globs() {
-                let key = codec::timer_key(glob.scope, glob.inv.ts, &glob.pattern);
-                self.glob_writes.delete(Cf::Wildcards, glob.scope, key);
-            }
         }
         Ok(())
     }
