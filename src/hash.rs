@@ -89,6 +89,12 @@ pub fn shard_of_key(key: &str, n: usize) -> usize {
     (xxh3_64(key.as_bytes()) % n as u64) as usize
 }
 
+/// Which of `n` parts of a worker's map holds a key (by the top bits of its
+/// hash: the low ones chose the worker).
+pub fn part_of(key: &[u8], n: usize) -> usize {
+    ((xxh3_64(key) >> 32) % n as u64) as usize
+}
+
 /// The shard of an entity among `n` workers.
 pub fn shard_of_entity(entity: u64, n: usize) -> usize {
     // Entity ids are already uniform hashes.

@@ -29,12 +29,36 @@ use std::sync::Arc;
 
 use crate::detect::entity::EntityState;
 use crate::detect::key::{Fill, Invalidation, KeyChange, KeyState};
+use crate::hash;
 use crate::state::{StateBatch, StateError};
 
 /// Approximate heap bytes of a value, for the budget.
 pub(super) trait Footprint {
     fn heap_bytes(&self) -> usize;
 }
+
+/// The key of a slot.
+pub(super) trait SlotKey: Clone + Eq + Hash + Footprint {
+    fn bytes(&self) -> &[u8];
+}
+
+impl SlotKey for Arc<str> {
+    fn bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl SlotKey for Arc<[u8]> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+/// Parts of the slots' map. A hash map grows by moving every entry to a
+/// table twice the size, during which the worker does nothing else: one
+/// map of a few hundred thousand slots held records back for up to 100 ms.
+/// A part grows with a sixty-fourth of the slots.
+const PARTS: usize = 64;
 
 /// Bytes of a shared (`Arc`) slice of `len` bytes: the bytes, the counts,
 /// the allocator's header. Strings shared with other slots are counted in
@@ -170,7 +194,8 @@ impl<V: Default> Slot<V> {
 /// Slots of one kind (keys or entities) with the bookkeeping of the module
 /// doc.
 pub(super) struct Slots<K, V> {
-    map: HashMap<K, Slot<V>>,
+    /// The slots, in [`PARTS`] maps ([`Slots::part`] says which).
+    maps: Vec<HashMap<K, Slot<V>>>,
     /// Slots changed since the last checkpoint.
     dirty: Vec<K>,
     /// The stamp of changes since the last checkpoint (from 1).
@@ -210,14 +235,14 @@ fn entry_bytes<K, V>() -> usize {
 
 impl<K, V> Slots<K, V>
 where
-    K: Clone + Eq + Hash + Footprint,
+    K: SlotKey,
     V: Cached + Default,
 {
     /// No slots; `durable`: state is kept (else the store holds none of
     /// them yet, a fresh scratch store); `save` writes one.
     pub fn new(durable: bool, save: Saver<K, V>) -> Self {
         Slots {
-            map: HashMap::new(),
+            maps: (0..PARTS).map(|_| HashMap::new()).collect(),
             dirty: Vec::new(),
             stamp: 1,
             saving: Vec::new(),
@@ -236,7 +261,12 @@ where
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.maps.iter().map(HashMap::len).sum()
+    }
+
+    /// Which of `maps` holds `key`.
+    fn part(key: &K) -> usize {
+        hash::part_of(key.bytes(), PARTS)
     }
 
     /// Approximate bytes in memory, less what is already leaving.
@@ -295,7 +325,7 @@ where
             self.save_if_marked(&key);
         }
         let stamp = self.stamp;
-        let (key, slot) = match self.map.entry(key) {
+        let (key, slot) = match self.maps[Self::part(&key)].entry(key) {
             Entry::Occupied(e) => {
                 if !wanted(&e.get().value) {
                     return Ok(None);
@@ -368,10 +398,13 @@ where
     pub fn take_saved(&mut self) -> StateBatch {
         debug_assert!(self.saving.is_empty(), "every marked slot is saved");
         self.saving_stamp = UNCHANGED;
-        if self.recent.len() > 2 * self.map.len() + 1024 {
-            let map = &self.map;
-            self.recent
-                .retain(|(epoch, key)| map.get(key).is_some_and(|s| s.unchanged_since(*epoch)));
+        if self.recent.len() > 2 * self.len() + 1024 {
+            let maps = &self.maps;
+            self.recent.retain(|(epoch, key)| {
+                maps[Self::part(key)]
+                    .get(key)
+                    .is_some_and(|s| s.unchanged_since(*epoch))
+            });
         }
         std::mem::take(&mut self.saved)
     }
@@ -382,8 +415,8 @@ where
     /// memory once deleted (or at once when the store never held them).
     fn save_if_marked(&mut self, key: &K) {
         let (epoch, durable, stamp) = (self.saving_epoch, self.durable, self.saving_stamp);
-        let Some(slot) = self
-            .map
+        let part = Self::part(key);
+        let Some(slot) = self.maps[part]
             .get_mut(key)
             .filter(|s| stamp != UNCHANGED && s.changed_in == stamp)
         else {
@@ -398,7 +431,7 @@ where
         let finished = slot.value.is_finished();
         if finished && !durable && slot.in_store == InStore::Nothing {
             self.bytes -= slot.bytes;
-            self.map.remove(key);
+            self.maps[part].remove(key);
             return;
         }
         let write = if finished {
@@ -463,7 +496,10 @@ where
                 break;
             };
             let at = *at;
-            let Some(slot) = self.map.get_mut(key).filter(|s| s.unchanged_since(at)) else {
+            let Some(slot) = self.maps[Self::part(key)]
+                .get_mut(key)
+                .filter(|s| s.unchanged_since(at))
+            else {
                 self.recent.pop_front();
                 continue;
             };
@@ -497,10 +533,11 @@ where
     /// Removes the slot of `key` unless it changed since checkpoint
     /// `persisted_at`; returns it.
     fn drop_if_unchanged(&mut self, key: &K, persisted_at: u64) -> Option<Slot<V>> {
-        if !self.map.get(key)?.unchanged_since(persisted_at) {
+        let map = &mut self.maps[Self::part(key)];
+        if !map.get(key)?.unchanged_since(persisted_at) {
             return None;
         }
-        let slot = self.map.remove(key)?;
+        let slot = map.remove(key)?;
         self.bytes -= slot.bytes;
         Some(slot)
     }
@@ -509,17 +546,20 @@ where
     /// committed, and now belongs to another instance).
     pub fn release(&mut self, gone: impl Fn(i32) -> bool) {
         let mut removed = 0;
-        self.map.retain(|_, slot| {
-            let keep = !gone(slot.scope);
-            if !keep {
-                removed += slot.bytes;
-            }
-            keep
-        });
+        for map in &mut self.maps {
+            map.retain(|_, slot| {
+                let keep = !gone(slot.scope);
+                if !keep {
+                    removed += slot.bytes;
+                }
+                keep
+            });
+        }
         self.bytes -= removed;
-        let map = &self.map;
-        self.dirty.retain(|k| map.contains_key(k));
-        self.saving.retain(|k| map.contains_key(k));
+        let maps = &self.maps;
+        let held = |k: &K| maps[Self::part(k)].contains_key(k);
+        self.dirty.retain(|k| held(k));
+        self.saving.retain(|k| held(k));
     }
 }
 
