@@ -131,15 +131,15 @@ pub(super) struct Worker {
 }
 
 /// Keys (and as many entities) saved at a time while a checkpoint is saved
-/// behind the work: about a millisecond each. Tests save one at a time, so
-/// that their verdicts check the copy on write.
-const SAVE_CHUNK: usize = if cfg!(test) { 1 } else { 1024 };
+/// behind the work: 1 to 4 ms. Tests save one at a time, so that their
+/// verdicts check the copy on write.
+const SAVE_CHUNK: usize = if cfg!(test) { 1 } else { 256 };
 
 /// Timers fired at a time, after each batch of work and whenever the inbox
 /// is empty, so that a watermark passing many deadlines at once does not
-/// hold back the records behind it. Tests fire one at a time, so that their
-/// verdicts check the firing behind the work.
-const FIRE_CHUNK: usize = if cfg!(test) { 1 } else { 2048 };
+/// hold back the records behind it: 2 to 5 ms. Tests fire one at a time,
+/// so that their verdicts check the firing behind the work.
+const FIRE_CHUNK: usize = if cfg!(test) { 1 } else { 1024 };
 
 /// The least event time by which the oldest retained glob must have expired
 /// before the globs are pruned.
