@@ -43,7 +43,7 @@ use crate::workload::{self, FaultRates, Generator, Spec};
 /// Partitions of the benchmark topics: the mock cluster keeps about 5 MB
 /// a partition.
 const PARTITIONS: i32 = 12;
-/// Partitions of the latency measure's topics. The mock cluster finds the
+/// Partitions of the latency measure's input topics. The mock cluster finds the
 /// records a fetch asks for by a scan of the partition's record batches
 /// (librdkafka's `rd_kafka_mock_msgset_find`), and a live stream makes one
 /// small batch a partition every `linger.ms`: with 12 partitions a topic it
@@ -286,7 +286,8 @@ impl Bench {
         for topic in generator.topics() {
             cluster.create_topic(&topic, partitions, 1)?;
         }
-        cluster.create_topic(VIOLATIONS, partitions, 1)?;
+        // vigil only produces to it: the broker scans it once, at the end.
+        cluster.create_topic(VIOLATIONS, PARTITIONS, 1)?;
         cluster.create_topic(DLQ, 1, 1)?;
         let mut config =
             Config::parse_with_env("vigil bench", &generator.config_toml(), Vec::new())?;
@@ -489,11 +490,7 @@ fn bench_latency(
     );
     let measured_from = start_ms + LATENCY_WARMUP_MS;
     let (mut immediate, mut firing, mut waits) = (Vec::new(), Vec::new(), Vec::new());
-    for (produced_at, event) in read_violations(
-        &bench.bootstrap(),
-        LATENCY_PARTITIONS,
-        stats.violations_total(),
-    )? {
+    for (produced_at, event) in read_violations(&bench.bootstrap(), stats.violations_total())? {
         let data = &event["data"];
         match data["kind"].as_str() {
             Some("version_regression" | "version_gap" | "conflicting_version") => {
@@ -551,18 +548,14 @@ fn watermark_moves(stats: &Stats, stop: &AtomicBool) -> Vec<(i64, i64)> {
 
 /// The violations topic from its beginning: each event with the time it was
 /// produced.
-fn read_violations(
-    bootstrap: &str,
-    partitions: i32,
-    expected: u64,
-) -> anyhow::Result<Vec<(i64, Value)>> {
+fn read_violations(bootstrap: &str, expected: u64) -> anyhow::Result<Vec<(i64, Value)>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "vigil-bench-reader")
         .set("enable.auto.commit", "false")
         .create()?;
     let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
+    for p in 0..PARTITIONS {
         tpl.add_partition_offset(VIOLATIONS, p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
