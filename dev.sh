@@ -8,7 +8,7 @@
 #   ./dev.sh bench   build, then measure what BENCHMARKS.md reports: vigil
 #                    bench (check at 1M/10M records and 100k to 10M keys,
 #                    run through the embedded broker, latency) and the
-#                    per-stage criterion benches (about 15 minutes)
+#                    per-stage criterion benches (about 20 minutes)
 #   ./dev.sh build   build only
 #
 # The Cargo target directory lives outside the clone
