@@ -298,6 +298,11 @@ impl KeyState {
         self.touched.saturating_sub(rules.history_ms)
     }
 
+    /// Whether a change of the key is not decided yet.
+    pub fn has_undecided(&self) -> bool {
+        self.changes.iter().any(|c| c.status != Status::Decided)
+    }
+
     /// Whether the key holds nothing worth keeping.
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()

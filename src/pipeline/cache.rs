@@ -7,8 +7,7 @@
 //! before the checkpoint, [`Slots::save_some`] writes some of them at a
 //! time, and a marked slot about to change is written first, so the
 //! checkpoint holds every slot as it was at the checkpoint (copy on write).
-//! Then
-//! [`Slots::evict`] lets slots leave memory, oldest persisted first, until
+//! Then [`Slots::evict`] lets slots leave memory, oldest persisted first, until
 //! the worker is back under its share of `state.cache_size`. A slot may
 //! leave only when the store holds its current value and the checkpoint
 //! that wrote it is committed, so that reading it back gives the same
@@ -156,7 +155,8 @@ pub(super) struct Slot<V> {
     changed_in: u64,
     /// Approximate bytes in memory (as of its last persist or load).
     bytes: usize,
-    /// The checkpoint that last persisted the slot (0: loaded, unchanged).
+    /// The checkpoint that last persisted the slot (0: read from the store
+    /// and unchanged, or spilled before the first checkpoint).
     persisted_at: u64,
     in_store: InStore,
 }
@@ -556,10 +556,12 @@ where
             });
         }
         self.bytes -= removed;
+        debug_assert!(
+            self.saving.is_empty(),
+            "a checkpoint being saved is finished before a release"
+        );
         let maps = &self.maps;
-        let held = |k: &K| maps[Self::part(k)].contains_key(k);
-        self.dirty.retain(|k| held(k));
-        self.saving.retain(|k| held(k));
+        self.dirty.retain(|k| maps[Self::part(k)].contains_key(k));
     }
 }
 

@@ -24,7 +24,7 @@ use super::cache::{Cached, Footprint, Save, Slot, Slots};
 use super::{Engine, PipelineError, SinkMsg, WorkItem, WorkMsg};
 use crate::detect::entity::{self, EntityState, EntityVerdict};
 use crate::detect::key::{
-    Decisions, KeyRules, KeyState, RetainedGlob, Status, Wildcards, glob_matches, glob_prefix,
+    Decisions, KeyRules, KeyState, RetainedGlob, Wildcards, glob_matches, glob_prefix,
 };
 use crate::events::{Violation, ViolationKind};
 use crate::hash;
@@ -105,7 +105,7 @@ pub(super) struct Worker {
     entities: Slots<Arc<[u8]>, EntityEntry>,
     /// Bytes of keys and entities this worker may keep in memory.
     budget: usize,
-    /// The latest checkpoint the sink committed.
+    /// The latest checkpoint the committer committed.
     committed: Arc<AtomicU64>,
     /// The latest checkpoint this worker took part in.
     epoch: u64,
@@ -204,12 +204,7 @@ fn after_change(
         entry.stored.armed = Some(due);
         timers.push(due, (Arc::clone(key), slot.scope));
     }
-    let is_open = entry
-        .stored
-        .state
-        .changes
-        .iter()
-        .any(|c| c.status != Status::Decided);
+    let is_open = entry.stored.state.has_undecided();
     if is_open != entry.open {
         entry.open = is_open;
         if is_open {
@@ -379,7 +374,6 @@ impl Worker {
                     self.release(&scopes);
                 }
                 WorkMsg::Load { scopes } => {
-                    self.finish_checkpoint()?;
                     for scope in scopes {
                         self.load(Some(scope))?;
                     }
@@ -431,11 +425,12 @@ impl Worker {
 
     /// Saves some of the checkpoint being saved, and sends it once whole.
     fn save_some(&mut self) -> Result<(), PipelineError> {
-        if self.saving.is_some()
-            && self.keys.save_some(SAVE_CHUNK)
-            && self.entities.save_some(SAVE_CHUNK)
-        {
-            self.finish_checkpoint()?;
+        if self.saving.is_some() {
+            let keys_saved = self.keys.save_some(SAVE_CHUNK);
+            let entities_saved = self.entities.save_some(SAVE_CHUNK);
+            if keys_saved && entities_saved {
+                self.finish_checkpoint()?;
+            }
         }
         Ok(())
     }
@@ -497,7 +492,12 @@ impl Worker {
                     .collect();
                 for (key, key_scope) in matching {
                     self.update_key(&key, key_scope, |state, rules, _| {
-                        state.on_invalidation(&inv, false, rules)
+                        // The key's due timer, fired just before, may have
+                        // decided every change: the glob then passes it by,
+                        // as if the timer had fired when the watermark came.
+                        if state.has_undecided() {
+                            state.on_invalidation(&inv, false, rules);
+                        }
                     })?;
                 }
                 let glob = RetainedGlob {
@@ -659,11 +659,14 @@ impl Worker {
 
     /// The state changes since the last checkpoint, as the batch of
     /// checkpoint `self.epoch`, with the writes of the keys and entities that leave
-    /// memory to keep the worker within its budget (see [`super::cache`]).
-    /// State that is not kept (`durable` false) is not encoded unless it
-    /// leaves memory, and then it is written to the store at once: the
-    /// checkpoint's batch is empty.
+    /// memory to keep the worker within its budget (see [`super::cache`]),
+    /// all at once. Only for state that is not kept (`durable` false: at
+    /// each checkpoint, and to spill while timers fire); it is not encoded
+    /// unless it leaves memory, and then it is written to the store at
+    /// once: the checkpoint's batch is empty. State that is kept is saved
+    /// behind the work ([`Worker::checkpoint`]).
     fn persist(&mut self) -> Result<StateBatch, StateError> {
+        debug_assert!(self.saving.is_none(), "no checkpoint is being saved");
         self.keys.begin(self.epoch);
         self.entities.begin(self.epoch);
         let globs = std::mem::take(&mut self.glob_writes);
