@@ -457,25 +457,32 @@ fn bench_latency(
     std::thread::scope(|s| -> anyhow::Result<()> {
         let pipeline = s.spawn(|| serve(&bench.config, store, Arc::clone(&stats), &control));
         let sampler = s.spawn(|| watermark_moves(&stats, &control.stop));
-        for record in generator.by_ref() {
-            let wait = record.ts_ms - clock.now_ms();
-            if wait > 0 {
-                std::thread::sleep(Duration::from_millis(wait as u64));
+        let mut stream = || -> anyhow::Result<()> {
+            for record in generator.by_ref() {
+                let wait = record.ts_ms - clock.now_ms();
+                if wait > 0 {
+                    std::thread::sleep(Duration::from_millis(wait as u64));
+                }
+                let now = clock.now_ms();
+                produce_generated(&producer, &record, now, Box::new(now))?;
+                last_ts.fetch_max(record.ts_ms, Ordering::Relaxed);
+                produced += 1;
             }
-            let now = clock.now_ms();
-            produce_generated(&producer, &record, now, Box::new(now))?;
-            last_ts.fetch_max(record.ts_ms, Ordering::Relaxed);
-            produced += 1;
-        }
-        producer.flush(CATCH_UP).context("flushing the workload")?;
+            producer.flush(CATCH_UP).context("flushing the workload")
+        };
+        let streamed = stream();
         let final_ms =
             last_ts.load(Ordering::Relaxed) + workload::DEADLINE_MS + workload::LATE_WINDOW_MS;
-        let settled = wait_until(CATCH_UP, || {
-            stats.records_total() >= produced && stats.watermark() > final_ms
-        });
+        let settled = streamed.is_ok()
+            && wait_until(CATCH_UP, || {
+                stats.records_total() >= produced && stats.watermark() > final_ms
+            });
+        // Stop the pipeline and the sampler whatever happened, or the scope
+        // waits for them forever.
         control.stop.store(true, Ordering::SeqCst);
         pipeline.join().expect("the pipeline does not panic")?;
         moves = sampler.join().expect("the sampler does not panic");
+        streamed?;
         if !settled {
             bail!("the last verdicts did not come in time");
         }
