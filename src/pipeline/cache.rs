@@ -198,12 +198,11 @@ pub(super) struct Slots<K, V> {
     maps: Vec<HashMap<K, Slot<V>>>,
     /// Slots changed since the last checkpoint.
     dirty: Vec<K>,
-    /// The stamp of changes since the last checkpoint (from 1).
+    /// The stamp of changes since the last checkpoint (from 1); the slots
+    /// marked for the checkpoint being saved have the one before.
     stamp: u64,
     /// Slots changed before the checkpoint being saved, not all saved yet.
     saving: Vec<K>,
-    /// The stamp of the slots `saving` holds ([`UNCHANGED`]: none).
-    saving_stamp: u64,
     /// The checkpoint being saved, and its writes so far.
     saving_epoch: u64,
     saved: StateBatch,
@@ -246,7 +245,6 @@ where
             dirty: Vec::new(),
             stamp: 1,
             saving: Vec::new(),
-            saving_stamp: UNCHANGED,
             saving_epoch: 0,
             saved: StateBatch::default(),
             durable,
@@ -321,11 +319,12 @@ where
         create: bool,
         wanted: impl FnOnce(&V) -> bool,
     ) -> Result<Option<&mut Slot<V>>, StateError> {
+        let part = Self::part(&key);
         if !self.saving.is_empty() {
-            self.save_if_marked(&key);
+            self.save_if_marked(part, &key);
         }
         let stamp = self.stamp;
-        let (key, slot) = match self.maps[Self::part(&key)].entry(key) {
+        let (key, slot) = match self.maps[part].entry(key) {
             Entry::Occupied(e) => {
                 if !wanted(&e.get().value) {
                     return Ok(None);
@@ -377,7 +376,6 @@ where
     pub fn begin(&mut self, epoch: u64) {
         debug_assert!(self.saving.is_empty(), "the previous checkpoint is saved");
         self.saving = std::mem::take(&mut self.dirty);
-        self.saving_stamp = self.stamp;
         self.saving_epoch = epoch;
         self.stamp += 1;
     }
@@ -388,7 +386,7 @@ where
             let Some(key) = self.saving.pop() else {
                 break;
             };
-            self.save_if_marked(&key);
+            self.save_if_marked(Self::part(&key), &key);
         }
         self.saving.is_empty()
     }
@@ -397,7 +395,6 @@ where
     /// saved.
     pub fn take_saved(&mut self) -> StateBatch {
         debug_assert!(self.saving.is_empty(), "every marked slot is saved");
-        self.saving_stamp = UNCHANGED;
         if self.recent.len() > 2 * self.len() + 1024 {
             let maps = &self.maps;
             self.recent.retain(|(epoch, key)| {
@@ -409,16 +406,18 @@ where
         std::mem::take(&mut self.saved)
     }
 
-    /// Persists the slot of `key` if it is marked: with `durable`, writes it
+    /// Persists the slot of `key` (in map `part`) if it is marked: with
+    /// `durable`, writes it
     /// (a finished one is deleted); without, a finished one the store holds
     /// is deleted, and the others are only counted. Finished slots leave
     /// memory once deleted (or at once when the store never held them).
-    fn save_if_marked(&mut self, key: &K) {
-        let (epoch, durable, stamp) = (self.saving_epoch, self.durable, self.saving_stamp);
-        let part = Self::part(key);
+    fn save_if_marked(&mut self, part: usize, key: &K) {
+        let (epoch, durable) = (self.saving_epoch, self.durable);
+        // Before the first checkpoint the stamp before is UNCHANGED itself.
+        let marked = self.stamp - 1;
         let Some(slot) = self.maps[part]
             .get_mut(key)
-            .filter(|s| stamp != UNCHANGED && s.changed_in == stamp)
+            .filter(|s| s.changed_in != UNCHANGED && s.changed_in == marked)
         else {
             return;
         };
