@@ -110,7 +110,7 @@ pub(super) struct Worker {
     /// The latest checkpoint this worker took part in.
     epoch: u64,
     /// The glob writes of checkpoint `epoch` while its keys and entities
-    /// are saved behind the work (state that is kept).
+    /// are saved (behind the work, when state is kept).
     saving: Option<StateBatch>,
     timers: TimerQueue<(Arc<str>, i32)>,
     /// Keys with undecided changes (and their scope), ordered so that a glob
@@ -412,14 +412,11 @@ impl Worker {
         self.epoch = epoch;
         self.stats
             .add_table_tallies(&std::mem::take(&mut self.tallies));
+        self.begin_persist();
         if self.durable {
-            self.keys.begin(epoch);
-            self.entities.begin(epoch);
-            self.saving = Some(std::mem::take(&mut self.glob_writes));
             Ok(())
         } else {
-            let batch = self.persist()?;
-            self.send_fragment(batch)
+            self.finish_checkpoint()
         }
     }
 
@@ -437,8 +434,8 @@ impl Worker {
 
     /// Saves the rest of the checkpoint being saved, if any, and sends it.
     fn finish_checkpoint(&mut self) -> Result<(), PipelineError> {
-        if let Some(globs) = self.saving.take() {
-            let batch = self.finish_persist(globs)?;
+        if self.saving.is_some() {
+            let batch = self.finish_persist()?;
             self.send_fragment(batch)?;
         }
         Ok(())
@@ -657,29 +654,34 @@ impl Worker {
         self.violations.extend(d.violations);
     }
 
-    /// The state changes since the last checkpoint, as the batch of
-    /// checkpoint `self.epoch`, with the writes of the keys and entities that leave
-    /// memory to keep the worker within its budget (see [`super::cache`]),
-    /// all at once. Only for state that is not kept (`durable` false: at
-    /// each checkpoint, and to spill while timers fire); it is not encoded
-    /// unless it leaves memory, and then it is written to the store at
-    /// once: the checkpoint's batch is empty. State that is kept is saved
-    /// behind the work ([`Worker::checkpoint`]).
+    /// Saves the state changes since the last checkpoint at once, as
+    /// [`Worker::begin_persist`] and [`Worker::finish_persist`] do: for
+    /// state that is not kept (`durable` false) between checkpoints, while
+    /// timers fire. Such state is not encoded unless it leaves memory, and
+    /// then it is written to the store at once: the batch is empty.
     fn persist(&mut self) -> Result<StateBatch, StateError> {
+        self.begin_persist();
+        self.finish_persist()
+    }
+
+    /// Marks the keys and entities changed since the last checkpoint to
+    /// save as checkpoint `self.epoch`, and sets its glob writes aside.
+    fn begin_persist(&mut self) {
         debug_assert!(self.saving.is_none(), "no checkpoint is being saved");
         self.keys.begin(self.epoch);
         self.entities.begin(self.epoch);
-        let globs = std::mem::take(&mut self.glob_writes);
-        self.finish_persist(globs)
+        self.saving = Some(std::mem::take(&mut self.glob_writes));
     }
 
-    /// Saves what is left of the checkpoint begun last ([`Slots::begin`]),
-    /// and returns its batch: `globs`, the slots, and the evictions.
-    fn finish_persist(&mut self, globs: StateBatch) -> Result<StateBatch, StateError> {
+    /// Saves what is left of the checkpoint begun last, and returns its
+    /// batch: the glob writes, the slots, and the writes of the keys and
+    /// entities that leave memory to keep the worker within its budget (see
+    /// [`super::cache`]).
+    fn finish_persist(&mut self) -> Result<StateBatch, StateError> {
         let epoch = self.epoch;
         self.keys.save_some(usize::MAX);
         self.entities.save_some(usize::MAX);
-        let mut batch = globs;
+        let mut batch = self.saving.take().unwrap_or_default();
         batch.append(self.keys.take_saved());
         batch.append(self.entities.take_saved());
         let (keys, entities) = (self.keys.resident_bytes(), self.entities.resident_bytes());
