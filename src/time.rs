@@ -1,8 +1,7 @@
 //! Time: an injectable wall clock, the event-time watermark over input
 //! partitions (DESIGN.md section 6), and the queue of deadline timers.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -190,52 +189,68 @@ impl Watermarks {
     }
 }
 
-/// Due times of keys (of any ordered type), earliest first. A key may be
-/// queued more than once; the owner ignores entries that no longer match the
-/// key's armed time.
+/// Due times of keys, earliest first: one bucket of keys per due time, so
+/// that queueing and firing never compare keys, and a watermark that passes
+/// a due time takes its keys in one step. Within a due time the keys come
+/// out last queued first. A key may be queued more than once; the owner
+/// ignores entries that no longer match the key's armed time.
 #[derive(Debug)]
-pub struct TimerQueue<K: Ord> {
-    heap: BinaryHeap<Reverse<(Millis, K)>>,
+pub struct TimerQueue<K> {
+    buckets: BTreeMap<Millis, Vec<K>>,
+    len: usize,
 }
 
-impl<K: Ord> Default for TimerQueue<K> {
+impl<K> Default for TimerQueue<K> {
     fn default() -> Self {
         TimerQueue {
-            heap: BinaryHeap::new(),
+            buckets: BTreeMap::new(),
+            len: 0,
         }
     }
 }
 
-impl<K: Ord> TimerQueue<K> {
+impl<K> TimerQueue<K> {
     pub fn push(&mut self, due: Millis, key: K) {
-        self.heap.push(Reverse((due, key)));
+        self.buckets.entry(due).or_default().push(key);
+        self.len += 1;
     }
 
-    /// Removes and returns the earliest timer due at or before `wm`.
+    /// Removes and returns an earliest timer due at or before `wm`.
     pub fn pop_due(&mut self, wm: Millis) -> Option<(Millis, K)> {
-        if self.is_due(wm) {
-            self.heap.pop().map(|Reverse(t)| t)
-        } else {
-            None
+        let mut first = self.buckets.first_entry().filter(|e| *e.key() <= wm)?;
+        let due = *first.key();
+        let key = first.get_mut().pop();
+        if first.get().is_empty() {
+            first.remove();
         }
+        self.len -= usize::from(key.is_some());
+        key.map(|key| (due, key))
     }
 
     /// Whether a timer is due at or before `wm`.
     pub fn is_due(&self, wm: Millis) -> bool {
-        self.heap.peek().is_some_and(|Reverse((due, _))| *due <= wm)
+        self.buckets
+            .first_key_value()
+            .is_some_and(|(due, _)| *due <= wm)
     }
 
     /// Keeps only the timers whose key `keep` accepts.
     pub fn retain(&mut self, keep: impl Fn(&K) -> bool) {
-        self.heap.retain(|Reverse((_, k))| keep(k));
+        let mut len = 0;
+        self.buckets.retain(|_, keys| {
+            keys.retain(&keep);
+            len += keys.len();
+            !keys.is_empty()
+        });
+        self.len = len;
     }
 
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.len == 0
     }
 }
 
