@@ -26,6 +26,8 @@ use std::hash::Hash;
 use std::mem::size_of;
 use std::sync::Arc;
 
+use foldhash::fast::RandomState;
+
 use crate::detect::entity::EntityState;
 use crate::detect::key::{Fill, Invalidation, KeyChange, KeyState};
 use crate::hash;
@@ -194,8 +196,10 @@ impl<V: Default> Slot<V> {
 /// Slots of one kind (keys or entities) with the bookkeeping of the module
 /// doc.
 pub(super) struct Slots<K, V> {
-    /// The slots, in [`PARTS`] maps ([`Slots::part`] says which).
-    maps: Vec<HashMap<K, Slot<V>>>,
+    /// The slots, in [`PARTS`] maps ([`Slots::part`] says which), hashed
+    /// with foldhash (the maps are probed for every item; the standard
+    /// SipHash showed among the workers' costliest functions).
+    maps: Vec<HashMap<K, Slot<V>, RandomState>>,
     /// Slots changed since the last checkpoint.
     dirty: Vec<K>,
     /// The stamp of changes since the last checkpoint (from 1); the slots
@@ -241,7 +245,7 @@ where
     /// them yet, a fresh scratch store); `save` writes one.
     pub fn new(durable: bool, save: Saver<K, V>) -> Self {
         Slots {
-            maps: (0..PARTS).map(|_| HashMap::new()).collect(),
+            maps: (0..PARTS).map(|_| HashMap::default()).collect(),
             dirty: Vec::new(),
             stamp: 1,
             saving: Vec::new(),
