@@ -33,6 +33,12 @@ pub struct Summary {
     pub dead_letters_total: u64,
     pub elapsed_seconds: f64,
     pub events_per_second: f64,
+    /// CPU time of the whole process, user plus system, in seconds (Linux
+    /// `getrusage(RUSAGE_SELF)`: every thread, start-up and shutdown
+    /// included), if known.
+    pub cpu_seconds: Option<f64>,
+    /// `cpu_seconds` per record read, in microseconds.
+    pub cpu_us_per_record: Option<f64>,
     /// Peak resident memory of the process (Linux), in bytes.
     pub peak_rss_bytes: Option<u64>,
     pub outputs: OutputPaths,
@@ -174,6 +180,7 @@ pub fn check(
     let elapsed = started.elapsed().as_secs_f64();
     let snapshot = stats.snapshot();
     let records = stats.records_total();
+    let cpu_seconds = crate::telemetry::process_cpu_seconds();
     Ok(Summary {
         violations_total: stats.violations_total(),
         dead_letters_total: stats.dead_letters_total(),
@@ -184,6 +191,10 @@ pub fn check(
         } else {
             0.0
         },
+        cpu_seconds,
+        cpu_us_per_record: cpu_seconds
+            .filter(|_| records > 0)
+            .map(|s| s * 1e6 / records as f64),
         outputs: OutputPaths {
             violations: out.join("violations.ndjson"),
             dlq: out.join("dlq.ndjson"),
