@@ -19,6 +19,15 @@ pub enum CdcFormat {
 }
 
 impl CdcFormat {
+    /// Every format, in the order of the enum.
+    pub const ALL: [CdcFormat; 5] = [
+        CdcFormat::Debezium,
+        CdcFormat::DebeziumSchema,
+        CdcFormat::DebeziumFlat,
+        CdcFormat::Maxwell,
+        CdcFormat::Canal,
+    ];
+
     /// Whether the format carries PostgreSQL schemas (`public.t0`) or MySQL
     /// databases (`app.t0`).
     pub fn table_name(self, table: u32) -> String {

@@ -2,7 +2,7 @@
 //! expects one violation per injected fault (two for a late invalidation:
 //! the missing one it resolves, and itself).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::encode::CdcFormat;
 use super::*;
@@ -155,4 +155,65 @@ fn bursts_vary_the_rate_and_triple_it_for_two_seconds() {
         let around = (per_second[&(at - 2)] + per_second[&(at + 3)]) as f64;
         assert!(burst > 2.5 * around, "at {at} s: {burst} vs {around}");
     }
+}
+
+/// What identifies a violation: in `expected.ndjson` and in the data of a
+/// reported CloudEvent.
+fn fingerprint(v: &Value) -> (String, String, String, String, String, String) {
+    let field = |name: &str| v[name].to_string();
+    (
+        field("kind"),
+        field("key"),
+        field("table"),
+        field("pk"),
+        field("version"),
+        field("lag_ms"),
+    )
+}
+
+#[test]
+fn a_workload_of_every_format_in_kcat_lines_is_reported_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Generator::with_formats(
+        Spec {
+            tables: 5,
+            ..spec(6)
+        },
+        &CdcFormat::ALL,
+    );
+    let topics = g.topics();
+    for topic in ["gen.public.t0", "gen.public.t2", "maxwell", "canal"] {
+        assert!(topics.iter().any(|t| t == topic), "{topic} in {topics:?}");
+    }
+    crate::modes::generate::write(&mut g, dir.path(), true).unwrap();
+    let config =
+        crate::config::Config::parse_with_env("gen", &g.config_toml(), Vec::new()).unwrap();
+    let inputs =
+        [("cdc.ndjson", Stream::Cdc), ("cache.ndjson", Stream::Cache)].map(|(name, stream)| {
+            crate::io::file::FileInput {
+                path: dir.path().join(name),
+                stream,
+            }
+        });
+    let out = dir.path().join("out");
+    let summary = crate::modes::check::check(&config, &inputs, &out, None, true).unwrap();
+    assert_eq!(summary.dead_letters_total, 0);
+    let count = |items: Vec<Value>| -> BTreeMap<_, usize> {
+        let mut m = BTreeMap::new();
+        for v in &items {
+            *m.entry(fingerprint(v)).or_default() += 1;
+        }
+        m
+    };
+    let expected = count(g.expected().iter().map(Expected::to_json).collect());
+    let reported = count(
+        std::fs::read_to_string(out.join("violations.ndjson"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["data"].take())
+            .collect(),
+    );
+    let tables: BTreeSet<&str> = expected.keys().map(|f| f.2.as_str()).collect();
+    assert_eq!(tables.len(), 5, "violations in every table: {tables:?}");
+    assert_eq!(reported, expected);
 }
