@@ -128,10 +128,16 @@ pub enum Command {
     ///
     /// Generates workloads with the generator of `vigil gen` and measures:
     ///
-    ///   vigil check (a child process) for each --check EVENTS:KEYS:
-    ///     records per second, time per record in each stage (ingest,
-    ///     route, detect, commit), peak memory; the violations found are
-    ///     checked against the expected ones;
+    ///   vigil check (a child process) for each --check EVENTS:KEYS
+    ///     (Debezium values) and --check-kcat EVENTS:KEYS (kcat -J lines,
+    ///     five CDC formats): records per second, CPU time per record of
+    ///     the whole process (user + system), time per record in each stage
+    ///     (ingest, route, detect, commit), peak memory; the violations
+    ///     found are checked against the expected ones. Then, on the same
+    ///     files, the parse floor: the CPU time per record of reading every
+    ///     line and parsing it with serde_json (borrowed, into IgnoredAny;
+    ///     a kcat -J line's payload unescaped into a reused buffer and
+    ///     parsed too), and nothing else: the work vigil cannot avoid;
     ///   vigil run through an embedded broker (librdkafka's mock cluster,
     ///     in this process): records per second end to end;
     ///   latency at --latency-rate records per second: from a record's
@@ -256,9 +262,17 @@ pub struct ReplayArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// A vigil check run: records and distinct entities, like 1000000:100000
-    /// (repeat for several sizes).
+    /// (repeat for several sizes). CDC records are Debezium values without
+    /// the schema wrapper, one a line, over three tables.
     #[arg(long, value_name = "EVENTS:KEYS", default_value = "1000000:100000")]
     pub check: Vec<String>,
+
+    /// A vigil check run on kcat -J lines: records and distinct entities, as
+    /// --check (repeat for several sizes). CDC records are in five formats,
+    /// one per table: Debezium, Debezium with the schema wrapper, Debezium
+    /// flattened, Maxwell, Canal; cache events are kcat -J lines too.
+    #[arg(long, value_name = "EVENTS:KEYS")]
+    pub check_kcat: Vec<String>,
 
     /// Records of the vigil run throughput measure.
     #[arg(long, default_value_t = 300_000)]

@@ -1,8 +1,11 @@
 //! `vigil bench`: the end-to-end benchmark. Generates workloads with the
 //! generator of `vigil gen` and measures, on this machine:
 //!
-//! - `vigil check` (a child process) on files: records per second, time per
-//!   record in each stage, peak memory, for each EVENTS:KEYS size asked;
+//! - `vigil check` (a child process) on files: records per second, CPU time
+//!   per record, time per record in each stage, peak memory, for each
+//!   EVENTS:KEYS size asked, on Debezium values or on `kcat -J` lines of five
+//!   CDC formats; then, in this process, the parse floor of the same files
+//!   ([`parse_floor`]);
 //! - `vigil run` through the embedded broker (librdkafka's mock cluster, in
 //!   this process): records per second end to end, the producer kept just
 //!   ahead of vigil (the mock keeps only about 5 MB a partition);
@@ -14,6 +17,8 @@
 //! The report is one JSON object on stdout; progress goes to stderr.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,15 +31,18 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, ClientContext};
-use serde::Serialize;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::run::{Control, open_store, serve};
 use super::{ExitStatus, produce_generated};
 use crate::cli::BenchArgs;
 use crate::config::{Config, Dur, KafkaValue};
 use crate::ingest::Stream;
-use crate::telemetry::Stats;
+use crate::io::file::{Line, LineReader};
+use crate::telemetry::{Stats, thread_cpu_seconds};
 use crate::time::{Clock, SystemClock};
 use crate::workload::encode::CdcFormat;
 use crate::workload::storms::Traffic;
@@ -78,13 +86,35 @@ const FAULTS: FaultRates = FaultRates {
     duplicate: 0.01,
 };
 
+/// The files a `vigil check` run reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum CheckInput {
+    /// Debezium values without the schema wrapper, one a line; three tables.
+    Debezium,
+    /// `kcat -J` lines; CDC records in the five formats of
+    /// [`CdcFormat::ALL`], one per table (five tables).
+    KcatFiveFormats,
+}
+
 #[derive(Debug, Serialize)]
 struct CheckFigures {
+    input: CheckInput,
     events: u64,
     keys: u64,
+    /// Records `vigil check` read: `events`, and the rest of the episodes
+    /// in flight when the generator reached it.
+    records: u64,
     input_bytes: u64,
     records_per_second: f64,
     elapsed_seconds: f64,
+    /// CPU time of the `vigil check` process (user + system, all threads)
+    /// per record read.
+    cpu_us_per_record: Option<f64>,
+    /// CPU time per record of the parse floor on the same files.
+    floor_cpu_us_per_record: Option<f64>,
+    /// `cpu_us_per_record` over `floor_cpu_us_per_record`.
+    cpu_over_floor: Option<f64>,
     peak_rss_bytes: Option<u64>,
     stage_ns_per_record: Value,
     violations: u64,
@@ -141,9 +171,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitStatus> {
         kafka: None,
         latency: None,
     };
-    for size in &args.check {
+    let debezium = args.check.iter().map(|s| (s, CheckInput::Debezium));
+    let kcat = (args.check_kcat.iter()).map(|s| (s, CheckInput::KcatFiveFormats));
+    for (size, input) in debezium.chain(kcat) {
         let (events, keys) = parse_size(size)?;
-        report.check.push(bench_check(&work, events, keys)?);
+        report.check.push(bench_check(&work, input, events, keys)?);
     }
     if !args.skip_kafka {
         let kafka = bench_kafka(&work, args.kafka_events, args.keys)?;
@@ -166,11 +198,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitStatus> {
 fn parse_size(text: &str) -> anyhow::Result<(u64, u64)> {
     let (e, k) = text
         .split_once(':')
-        .with_context(|| format!("--check {text:?}: expected EVENTS:KEYS, like 1000000:1000000"))?;
+        .with_context(|| format!("size {text:?}: expected EVENTS:KEYS, like 1000000:1000000"))?;
     let number = |s: &str| -> anyhow::Result<u64> {
         s.replace('_', "")
             .parse()
-            .with_context(|| format!("--check {text:?}: {s:?} is not a number"))
+            .with_context(|| format!("size {text:?}: {s:?} is not a number"))
     };
     Ok((number(e)?, number(k)?))
 }
@@ -204,23 +236,37 @@ fn spec(events: u64, keys: u64, rate: u64, start_ms: i64, partitions: i32) -> Sp
     }
 }
 
-/// `vigil check` in a child process over a generated workload.
-fn bench_check(work: &Path, events: u64, keys: u64) -> anyhow::Result<CheckFigures> {
+/// `vigil check` in a child process over a generated workload, then the
+/// parse floor of its files.
+fn bench_check(
+    work: &Path,
+    input: CheckInput,
+    events: u64,
+    keys: u64,
+) -> anyhow::Result<CheckFigures> {
     let dir = work.join(format!("check-{events}-{keys}"));
     std::fs::create_dir_all(&dir)?;
-    eprintln!("vigil bench: generating {events} records over {keys} keys");
-    let mut generator = Generator::new(spec(
+    eprintln!("vigil bench: generating {events} records over {keys} keys ({input:?})");
+    let spec = spec(
         events,
         keys,
         1_000_000,
         workload::START_MS,
         workload::PARTITIONS,
-    ));
-    super::generate::write(&mut generator, &dir, false)?;
+    );
+    let kcat = input == CheckInput::KcatFiveFormats;
+    let mut generator = if kcat {
+        let tables = CdcFormat::ALL.len() as u32;
+        Generator::with_formats(Spec { tables, ..spec }, &CdcFormat::ALL)
+    } else {
+        Generator::new(spec)
+    };
+    super::generate::write(&mut generator, &dir, kcat)?;
     let expected = generator.expected().len() as u64;
-    let input_bytes = ["cdc.ndjson", "cache.ndjson"]
+    let files = [dir.join("cdc.ndjson"), dir.join("cache.ndjson")];
+    let input_bytes = files
         .iter()
-        .map(|f| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len()))
+        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
         .sum();
     eprintln!(
         "vigil bench: vigil check on {events} records ({} MB)",
@@ -247,23 +293,48 @@ fn bench_check(work: &Path, events: u64, keys: u64) -> anyhow::Result<CheckFigur
     }
     let summary: Value =
         serde_json::from_slice(&output.stdout).context("reading the summary of vigil check")?;
+    eprintln!("vigil bench: parse floor of the same files");
+    let floor = parse_floor(&files, kcat)?;
     let _ = std::fs::remove_dir_all(&dir);
+    let cpu = summary["cpu_us_per_record"].as_f64();
+    let floor_cpu = floor.cpu_us_per_record();
     let figures = CheckFigures {
+        input,
         events,
         keys,
+        records: summary["records_read"]
+            .as_object()
+            .map_or(0, |m| m.values().filter_map(Value::as_u64).sum()),
         input_bytes,
         records_per_second: summary["events_per_second"].as_f64().unwrap_or(0.0),
         elapsed_seconds: summary["elapsed_seconds"].as_f64().unwrap_or(0.0),
+        cpu_us_per_record: cpu,
+        floor_cpu_us_per_record: floor_cpu,
+        cpu_over_floor: cpu.zip(floor_cpu).map(|(c, f)| c / f),
         peak_rss_bytes: summary["peak_rss_bytes"].as_u64(),
         stage_ns_per_record: summary["stage_ns_per_record"].clone(),
         violations: summary["violations_total"].as_u64().unwrap_or(0),
         expected_violations: expected,
     };
+    let micros = |us: Option<f64>| us.map_or("?".to_string(), |us| format!("{us:.2}"));
     eprintln!(
-        "vigil bench: check {events}:{keys}: {:.0} records/s, peak {} MB",
+        "vigil bench: check {events}:{keys} ({input:?}): {:.0} records/s, CPU {} µs a record, \
+         parse floor {} µs a record ({} times), peak {} MB",
         figures.records_per_second,
+        micros(figures.cpu_us_per_record),
+        micros(figures.floor_cpu_us_per_record),
+        figures
+            .cpu_over_floor
+            .map_or("?".to_string(), |r| format!("{r:.1}")),
         figures.peak_rss_bytes.unwrap_or(0) >> 20
     );
+    if floor.lines != figures.records {
+        bail!(
+            "the parse floor read {} lines where vigil check read {} records",
+            floor.lines,
+            figures.records
+        );
+    }
     if figures.violations != expected {
         bail!(
             "vigil check reported {} violations where {expected} were expected",
@@ -271,6 +342,127 @@ fn bench_check(work: &Path, events: u64, keys: u64) -> anyhow::Result<CheckFigur
         );
     }
     Ok(figures)
+}
+
+/// Lines longer than this fail the parse floor (`vigil check` would
+/// dead-letter them; generated lines are a few KB).
+const FLOOR_MAX_LINE: usize = 1 << 30;
+
+/// What the parse floor measured.
+struct Floor {
+    /// Lines parsed (blank lines are not records, and are skipped).
+    lines: u64,
+    /// CPU time of the thread that read and parsed them.
+    cpu_seconds: Option<f64>,
+}
+
+impl Floor {
+    fn cpu_us_per_record(&self) -> Option<f64> {
+        self.cpu_seconds
+            .filter(|_| self.lines > 0)
+            .map(|s| s * 1e6 / self.lines as f64)
+    }
+}
+
+/// A `kcat -J` line as the parse floor reads it: only the payload is kept,
+/// borrowed, still quoted and escaped.
+#[derive(Deserialize)]
+struct KcatPayload<'a> {
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
+/// The work `vigil check` cannot avoid on `files`: reading every line (with
+/// its line reader) and parsing it with serde_json, the fastest JSON parser
+/// in the build, borrowed, into [`IgnoredAny`]; for a `kcat -J` line
+/// (`kcat`), parsing the line, unescaping its payload into a reused buffer
+/// and parsing that. Nothing else: no field is read, nothing is built. Its
+/// cost is the CPU time of this thread, so that the other threads of the
+/// bench do not count.
+fn parse_floor(files: &[PathBuf], kcat: bool) -> anyhow::Result<Floor> {
+    let started = thread_cpu_seconds();
+    let mut payload = String::new();
+    let mut lines = 0u64;
+    for path in files {
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut reader = LineReader::new(BufReader::with_capacity(1 << 20, file), FLOOR_MAX_LINE);
+        while let Some(line) = reader.next_line()? {
+            let Line::Text(bytes) = line else {
+                bail!(
+                    "{}: a line longer than {FLOOR_MAX_LINE} bytes",
+                    path.display()
+                );
+            };
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            lines += 1;
+            let text = std::str::from_utf8(bytes)?;
+            if kcat {
+                let line: KcatPayload = serde_json::from_str(text)?;
+                if let Some(raw) = line.payload {
+                    unescape_into(raw.get(), &mut payload)?;
+                    serde_json::from_str::<IgnoredAny>(&payload)?;
+                }
+            } else {
+                serde_json::from_str::<IgnoredAny>(text)?;
+            }
+        }
+    }
+    let cpu_seconds = started.zip(thread_cpu_seconds()).map(|(a, b)| b - a);
+    Ok(Floor { lines, cpu_seconds })
+}
+
+/// The content of a JSON string literal (`quoted`, its quotes included),
+/// unescaped into `out`.
+fn unescape_into(quoted: &str, out: &mut String) -> anyhow::Result<()> {
+    out.clear();
+    let mut rest = quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .context("a kcat -J payload is not a string")?;
+    while let Some(i) = memchr::memchr(b'\\', rest.as_bytes()) {
+        out.push_str(&rest[..i]);
+        let hex = |at: usize| {
+            rest.get(at..at + 4)
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .context("a \\u escape without four hex digits")
+        };
+        let (c, len) = match rest.as_bytes().get(i + 1) {
+            Some(b'"') => ('"', 2),
+            Some(b'\\') => ('\\', 2),
+            Some(b'/') => ('/', 2),
+            Some(b'b') => ('\u{8}', 2),
+            Some(b'f') => ('\u{c}', 2),
+            Some(b'n') => ('\n', 2),
+            Some(b'r') => ('\r', 2),
+            Some(b't') => ('\t', 2),
+            Some(b'u') => {
+                let high = hex(i + 2)?;
+                let (code, len) =
+                    if (0xd800..0xdc00).contains(&high) && rest.get(i + 6..i + 8) == Some("\\u") {
+                        let low = hex(i + 8)?;
+                        let code = if (0xdc00..0xe000).contains(&low) {
+                            0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00)
+                        } else {
+                            u32::from(char::REPLACEMENT_CHARACTER)
+                        };
+                        (code, 12)
+                    } else {
+                        (high, 6)
+                    };
+                (
+                    char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER),
+                    len,
+                )
+            }
+            _ => bail!("a bad escape in a kcat -J payload"),
+        };
+        out.push(c);
+        rest = &rest[i + len..];
+    }
+    out.push_str(rest);
+    Ok(())
 }
 
 /// An embedded broker with the workload's topics, and a `vigil run`
@@ -576,4 +768,23 @@ fn read_violations(bootstrap: &str, expected: u64) -> anyhow::Result<Vec<(i64, V
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unescape_into;
+
+    #[test]
+    fn payloads_are_unescaped_into_the_reused_buffer() {
+        let mut out = String::from("left over");
+        for text in ["", "plain", "{\"a\":\"b\\\\c\"}", "tab\tline\n/é😀\u{1}"] {
+            let quoted = serde_json::to_string(text).unwrap();
+            unescape_into(&quoted, &mut out).unwrap();
+            assert_eq!(out, text);
+        }
+        unescape_into(r#""\ud83d\ude00 \u00e9\/""#, &mut out).unwrap();
+        assert_eq!(out, "😀 é/");
+        assert!(unescape_into(r#""\x""#, &mut out).is_err());
+        assert!(unescape_into("{}", &mut out).is_err());
+    }
 }
