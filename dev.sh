@@ -7,8 +7,10 @@
 #   ./dev.sh test    build, then run the whole test suite
 #   ./dev.sh bench   build, then measure what BENCHMARKS.md reports: vigil
 #                    bench (check at 1M/10M records and 100k to 10M keys,
-#                    run through the embedded broker, latency) and the
-#                    per-stage criterion benches (about 20 minutes)
+#                    and on kcat -J lines of five formats at 1M, with CPU
+#                    per record and the parse floor; run through the
+#                    embedded broker, latency), allocations per record,
+#                    and the per-stage criterion benches (about 20 minutes)
 #   ./dev.sh build   build only
 #
 # The Cargo target directory lives outside the clone
@@ -82,11 +84,13 @@ case "$cmd" in
   bench)
     build
     "$VIGIL" bench --check 1000000:100000 --check 1000000:1000000 \
-      --check 10000000:1000000 --check 10000000:10000000 "$@"
+      --check 10000000:1000000 --check 10000000:10000000 \
+      --check-kcat 1000000:1000000 "$@"
+    cargo test --release --locked --test allocations -- --nocapture
     cargo bench --locked --bench stages
     ;;
   *)
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
