@@ -528,7 +528,7 @@ fn key_inputs(records: &'static [Record]) -> KeyInputs {
         Record::Cache(e, evidence) => Some((e, evidence)),
         Record::Change(_) => None,
     }) {
-        let service: Option<Arc<str>> = event.source_service.as_deref().map(Arc::from);
+        let service = event.source_service.clone();
         match event.action() {
             CacheAction::Invalidate => {
                 let inv = Invalidation {
@@ -548,7 +548,7 @@ fn key_inputs(records: &'static [Record]) -> KeyInputs {
                                 .map(|k| (Arc::clone(k), inv.clone(), false)),
                         );
                     } else {
-                        invalidations.push((Arc::from(key.as_str()), inv.clone(), true));
+                        invalidations.push((Arc::clone(key), inv.clone(), true));
                     }
                 }
             }
@@ -561,7 +561,7 @@ fn key_inputs(records: &'static [Record]) -> KeyInputs {
                     evidence: evidence.clone(),
                     reported: None,
                 };
-                (Arc::from(key.as_str()), fill)
+                (Arc::clone(key), fill)
             })),
         }
     }

@@ -165,11 +165,12 @@ impl CacheOperation {
 pub struct CacheEvent {
     pub operation: CacheOperation,
     /// The cache keys, never empty; a key containing `*` is a glob (only
-    /// invalidations may carry globs).
-    pub keys: Vec<String>,
+    /// invalidations may carry globs). Shared: the pipeline hands them on
+    /// without copying.
+    pub keys: Vec<Arc<str>>,
     pub entity_type: Option<String>,
     pub entity_id: Option<String>,
-    pub source_service: Option<String>,
+    pub source_service: Option<Arc<str>>,
     pub version: Option<u64>,
     pub ts_ms: Millis,
 }

@@ -1,5 +1,7 @@
 //! Cache events: what a service did to its cache (DESIGN.md section 2).
 
+use std::sync::Arc;
+
 use serde_json::value::RawValue;
 
 use super::json::{
@@ -43,10 +45,10 @@ pub fn decode_cache(value: &str, kafka_ts_ms: Option<Millis>) -> Result<CacheEve
 }
 
 /// The keys of `cache_keys` then `cache_key`, each once, in that order.
-fn keys(event: &Object, operation: CacheOperation) -> Result<Vec<String>, RecordError> {
+fn keys(event: &Object, operation: CacheOperation) -> Result<Vec<Arc<str>>, RecordError> {
     let listed = event.field("cache_keys", array)?.unwrap_or_default();
     let single = event.get("cache_key").filter(|value| value.get() != "null");
-    let mut keys: Vec<String> = Vec::with_capacity(listed.len() + 1);
+    let mut keys: Vec<Arc<str>> = Vec::with_capacity(listed.len() + 1);
     let fields = (0..).map(|i| Field::new("cache_keys").at(i));
     for (value, field) in listed
         .into_iter()
@@ -68,7 +70,7 @@ fn keys(event: &Object, operation: CacheOperation) -> Result<Vec<String>, Record
 }
 
 /// One cache key: a non-empty string, a glob only in an invalidation.
-fn key(value: &RawValue, field: Field, operation: CacheOperation) -> Result<String, RecordError> {
+fn key(value: &RawValue, field: Field, operation: CacheOperation) -> Result<Arc<str>, RecordError> {
     let key = string(value, field)?;
     if key.is_empty() {
         return Err(RecordError::new(
@@ -85,7 +87,7 @@ fn key(value: &RawValue, field: Field, operation: CacheOperation) -> Result<Stri
             ),
         ));
     }
-    Ok(key.into_owned())
+    Ok(Arc::from(key.as_ref()))
 }
 
 /// `timestamp`: an epoch number (seconds below 1e11, else ms) or an RFC 3339
@@ -108,6 +110,8 @@ fn timestamp(value: &RawValue, field: Field) -> Result<Millis, RecordError> {
 #[cfg(test)]
 mod tests {
     use super::super::testing::data_file;
+    use std::sync::Arc;
+
     use super::decode_cache;
     use crate::dead_letter::Reason;
     use crate::model::{CacheEvent, CacheOperation};
@@ -122,7 +126,7 @@ mod tests {
     ) -> CacheEvent {
         CacheEvent {
             operation,
-            keys: keys.iter().map(|k| k.to_string()).collect(),
+            keys: keys.iter().map(|&k| Arc::from(k)).collect(),
             entity_type: None,
             entity_id: None,
             source_service: None,

@@ -210,14 +210,14 @@ impl Router {
         }
     }
 
-    fn route_cache(&mut self, event: CacheEvent, evidence: Provenance) {
+    fn route_cache(&mut self, mut event: CacheEvent, evidence: Provenance) {
         let n = self.work.len();
         let scope = self.scope(&evidence);
-        let service: Option<Arc<str>> = event.source_service.as_deref().map(Arc::from);
+        let service = event.source_service.take();
         match event.action() {
             CacheAction::Invalidate => {
                 self.stats.add_cache_events(1, 0);
-                let keys: Vec<Arc<str>> = event.keys.into_iter().map(Arc::from).collect();
+                let keys = std::mem::take(&mut event.keys);
                 if self.storms.is_some() {
                     self.pending_storms.push(Observed {
                         ts: event.ts_ms,
@@ -260,7 +260,6 @@ impl Router {
                         evidence: evidence.clone(),
                         reported: None,
                     };
-                    let key: Arc<str> = Arc::from(key);
                     self.pending[hash::shard_of_key(&key, n)].push(WorkItem::Fill {
                         key,
                         fill,
