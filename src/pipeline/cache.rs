@@ -161,7 +161,14 @@ pub(super) struct Slot<V> {
     /// and unchanged, or spilled before the first checkpoint).
     persisted_at: u64,
     in_store: InStore,
+    /// The checkpoint of the slot's entry in the recency queue
+    /// ([`NOT_QUEUED`]: none). One entry speaks for a slot; when the slot
+    /// was persisted again since, eviction queues it anew behind the others.
+    queued_at: u64,
 }
+
+/// [`Slot::queued_at`] of a slot without an entry in the recency queue.
+const NOT_QUEUED: u64 = u64::MAX;
 
 /// What the store holds of a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +190,7 @@ impl<V: Default> Slot<V> {
             bytes: 0,
             persisted_at: 0,
             in_store: InStore::Nothing,
+            queued_at: NOT_QUEUED,
         }
     }
 
@@ -214,7 +222,8 @@ pub(super) struct Slots<K, V> {
     durable: bool,
     save: Saver<K, V>,
     /// Slots by the checkpoint that persisted (or loaded) them, oldest
-    /// first; an entry is stale when the slot was persisted again since.
+    /// first, one entry a slot: an entry speaks for its slot while the
+    /// slot's `queued_at` names it, and is stale once the slot left.
     recent: VecDeque<(u64, K)>,
     /// Slots to drop once their checkpoint is committed (finished or
     /// spilled), with their bytes.
@@ -353,6 +362,7 @@ where
                             bytes,
                             in_store: InStore::Current,
                             value,
+                            queued_at: 0,
                             ..Slot::new(scope)
                         }
                     }
@@ -399,12 +409,13 @@ where
     /// saved.
     pub fn take_saved(&mut self) -> StateBatch {
         debug_assert!(self.saving.is_empty(), "every marked slot is saved");
+        // Slots that left memory leave their entries behind.
         if self.recent.len() > 2 * self.len() + 1024 {
             let maps = &self.maps;
-            self.recent.retain(|(epoch, key)| {
+            self.recent.retain(|(at, key)| {
                 maps[Self::part(key)]
                     .get(key)
-                    .is_some_and(|s| s.unchanged_since(*epoch))
+                    .is_some_and(|s| s.queued_at == *at)
             });
         }
         std::mem::take(&mut self.saved)
@@ -458,7 +469,8 @@ where
         if finished {
             self.leaving_bytes += bytes;
             self.leaving.push_back((epoch, key.clone(), bytes));
-        } else {
+        } else if slot.queued_at == NOT_QUEUED {
+            slot.queued_at = epoch;
             self.recent.push_back((epoch, key.clone()));
         }
     }
@@ -495,23 +507,32 @@ where
         let mut evicted = 0;
         let mut freed = 0;
         while freed < free {
-            let Some((at, key)) = self.recent.front() else {
+            let Some((at, key)) = self.recent.pop_front() else {
                 break;
             };
-            let at = *at;
-            let Some(slot) = self.maps[Self::part(key)]
-                .get_mut(key)
-                .filter(|s| s.unchanged_since(at))
+            let Some(slot) = self.maps[Self::part(&key)]
+                .get_mut(&key)
+                .filter(|s| s.queued_at == at)
             else {
-                self.recent.pop_front();
                 continue;
             };
+            if slot.changed_in != UNCHANGED {
+                // Queued again once persisted.
+                slot.queued_at = NOT_QUEUED;
+                continue;
+            }
+            if slot.persisted_at != at {
+                slot.queued_at = slot.persisted_at;
+                self.recent.push_back((slot.persisted_at, key));
+                continue;
+            }
             let saved = slot.in_store == InStore::Current;
             if saved && at > committed {
+                self.recent.push_front((at, key));
                 break;
             }
             freed += slot.bytes;
-            let (_, key) = self.recent.pop_front().expect("the front was read above");
+            slot.queued_at = NOT_QUEUED;
             if saved {
                 evicted += u64::from(self.drop_if_unchanged(&key, at).is_some());
             } else {
