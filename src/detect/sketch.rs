@@ -76,6 +76,11 @@ impl CountMin {
             .unwrap_or(0)
     }
 
+    /// Sets every counter back to 0, keeping the buffer.
+    pub fn clear(&mut self) {
+        self.cells.fill(0);
+    }
+
     pub fn memory_bytes(&self) -> usize {
         self.cells.len() * std::mem::size_of::<u32>()
     }
@@ -169,6 +174,13 @@ impl HeavyHitters {
     /// The estimated count of a key.
     pub fn estimate(&self, h: KeyHash) -> u64 {
         u64::from(self.sketch.estimate(h))
+    }
+
+    /// Forgets every key, keeping the buffers: as new, without allocating.
+    pub fn clear(&mut self) {
+        self.sketch.clear();
+        self.top.clear();
+        self.min = 0;
     }
 
     /// The heaviest keys, heaviest first (ties by name).

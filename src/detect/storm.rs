@@ -36,6 +36,9 @@ const STORM_TOP: usize = 10;
 /// Open buckets kept at most (a stalled watermark folds newer traffic into
 /// the latest bucket rather than growing without bound).
 const MAX_OPEN_BUCKETS: usize = 120;
+/// Judged buckets kept, reset, for the next seconds to open, at most:
+/// enough for what one watermark step closes and the next opens again.
+const SPARE_BUCKETS: usize = 8;
 /// Empty seconds judged one by one when the watermark jumps; beyond, the
 /// baselines decay in one step.
 const MAX_STEPPED_SECONDS: i64 = 600;
@@ -221,6 +224,30 @@ impl Bucket {
     fn memory_bytes(&self) -> usize {
         self.summaries().iter().map(|h| h.memory_bytes()).sum()
     }
+
+    /// Empties the bucket for another second, keeping its buffers.
+    fn reset(&mut self) {
+        // Every key observed is counted in `global`: a bucket that counted
+        // nothing has nothing to clear.
+        if self.global > 0 {
+            for h in [
+                &mut self.keys,
+                &mut self.prefixes,
+                &mut self.services,
+                &mut self.prefix_services,
+                &mut self.key_services,
+                &mut self.bulk_keys,
+                &mut self.bulk_services,
+                &mut self.globs,
+                &mut self.glob_services,
+            ] {
+                h.clear();
+            }
+        }
+        self.global = 0;
+        self.bulk = 0;
+        self.wildcard = 0;
+    }
 }
 
 /// A storm in progress.
@@ -383,6 +410,9 @@ pub struct StormState {
 pub struct StormDetector {
     state: StormState,
     open: BTreeMap<i64, Bucket>,
+    /// Judged buckets, reset: the next seconds to open take their buffers
+    /// rather than allocating and zeroing new ones.
+    spare: Vec<Bucket>,
     /// Per scope type, the count of its busiest followed scope in the last
     /// second judged.
     last_rates: [u64; 6],
@@ -445,7 +475,11 @@ impl StormDetector {
         {
             second = second.min(latest);
         }
-        let bucket = self.open.entry(second).or_insert_with(Bucket::new);
+        let spare = &mut self.spare;
+        let bucket = self
+            .open
+            .entry(second)
+            .or_insert_with(|| spare.pop().unwrap_or_else(Bucket::new));
         let bulk = keys.len() >= rules.bulk_min_keys;
         let service = service.map(|s| (s, KeyHash::of(s.as_bytes())));
         for key in keys {
@@ -489,13 +523,29 @@ impl StormDetector {
             self.close_empty_until(second - 1, rules, out);
             let bucket = self.open.remove(&second).expect("present");
             self.close(second, &bucket, rules, out);
+            self.recycle(bucket);
         }
         self.close_empty_until(last, rules, out);
     }
 
-    /// Memory held by the seconds not yet judged and the followed scopes.
+    /// Keeps a judged bucket, reset, for a later second (or frees it when
+    /// enough are kept).
+    fn recycle(&mut self, mut bucket: Bucket) {
+        if self.spare.len() < SPARE_BUCKETS {
+            bucket.reset();
+            self.spare.push(bucket);
+        }
+    }
+
+    /// Memory held by the seconds not yet judged, the buckets kept for the
+    /// next ones and the followed scopes.
     pub fn memory_bytes(&self) -> usize {
-        let buckets: usize = self.open.values().map(Bucket::memory_bytes).sum();
+        let buckets: usize = self
+            .open
+            .values()
+            .chain(&self.spare)
+            .map(Bucket::memory_bytes)
+            .sum();
         let tracks =
             self.state.prefixes.len() + self.state.services.len() + self.state.hot_keys.len() + 3;
         buckets + tracks * (std::mem::size_of::<Track>() + 1024)
@@ -511,10 +561,11 @@ impl StormDetector {
             return;
         }
         let stepped = gap.min(MAX_STEPPED_SECONDS);
-        let empty = Bucket::new();
+        let empty = self.spare.pop().unwrap_or_else(Bucket::new);
         for second in closed + 1..=closed + stepped {
             self.close(second, &empty, rules, out);
         }
+        self.recycle(empty);
         let rest = gap - stepped;
         if rest > 0 {
             let alpha = alpha(rules.baseline_half_life_s);

@@ -1,7 +1,7 @@
 //! Storm detection on synthetic traffic: each scope's storm is found, with
 //! its timing; bursts and slow variation raise nothing; the verdicts do not
 //! depend on arrival order; memory stays bounded whatever the number of
-//! distinct keys.
+//! distinct keys, and seconds reuse the buffers of the judged ones.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -10,16 +10,24 @@ use std::sync::Arc;
 use super::*;
 
 /// Counts the bytes each thread has allocated and not freed, so that a test
-/// can measure what a structure holds.
+/// can measure what a structure holds, and its allocations of a sketch's
+/// buffer or more.
 struct Counting;
+
+/// The cells of one bucket sketch, in bytes.
+const SKETCH_BYTES: usize = BUCKET_WIDTH * 4 * std::mem::size_of::<u32>();
 
 thread_local! {
     static LIVE: Cell<isize> = const { Cell::new(0) };
+    static LARGE: Cell<usize> = const { Cell::new(0) };
 }
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.with(|l| l.set(l.get() + layout.size() as isize));
+        if layout.size() >= SKETCH_BYTES {
+            LARGE.with(|l| l.set(l.get() + 1));
+        }
         unsafe { System.alloc(layout) }
     }
 
@@ -39,6 +47,11 @@ static ALLOCATOR: Counting = Counting;
 
 fn live_bytes() -> isize {
     LIVE.with(Cell::get)
+}
+
+/// Allocations of at least [`SKETCH_BYTES`] this thread has made.
+fn large_allocations() -> usize {
+    LARGE.with(Cell::get)
 }
 
 fn rules() -> StormRules {
@@ -470,4 +483,36 @@ fn memory_is_bounded_with_ten_million_distinct_keys() {
     );
     assert!(d.memory_bytes() < BOUND as usize);
     drop(d);
+}
+
+#[test]
+fn seconds_reuse_the_buffers_of_judged_ones() {
+    let rules = rules();
+    // Ten minutes of traffic with a silent minute in the middle.
+    let traffic: Vec<Inv> = background(600, steady)
+        .into_iter()
+        .filter(|i| !(300_000..360_000).contains(&i.ts))
+        .collect();
+    let mut d = StormDetector::default();
+    let mut out = Vec::new();
+    let mut second = i64::MIN;
+    let mut after_a_minute = None;
+    for inv in &traffic {
+        if inv.ts / 1000 != second {
+            second = inv.ts / 1000;
+            d.advance(inv.ts - 2_000, &rules, &mut out);
+            if second == 60 {
+                after_a_minute = Some(large_allocations());
+            }
+        }
+        d.observe(inv.ts, &inv.keys, inv.service, &rules);
+    }
+    d.advance(Millis::MAX, &rules, &mut out);
+    assert_eq!(
+        large_allocations(),
+        after_a_minute.expect("a minute of traffic"),
+        "nine minutes more allocated sketch buffers"
+    );
+    assert!(d.open.is_empty());
+    assert!(d.spare.len() <= SPARE_BUCKETS);
 }
