@@ -163,7 +163,10 @@ impl StormRules {
                 return m.as_str();
             }
         }
-        key.split(':').next().unwrap_or(key)
+        match key.bytes().position(|b| b == b':') {
+            Some(colon) => &key[..colon],
+            None => key,
+        }
     }
 }
 
@@ -485,17 +488,19 @@ impl StormDetector {
         for key in keys {
             let glob = is_glob(key);
             let prefix = rules.prefix_of(key);
+            let key_hash = KeyHash::of(key.as_bytes());
+            let key_name = || display_name(key);
             bucket.global += 1;
             bucket.prefixes.add(prefix, 1);
             if glob {
                 bucket.wildcard += 1;
-                bucket.globs.add(key, 1);
+                bucket.globs.add_hashed(key_hash, key_name, 1);
             } else {
-                bucket.keys.add(key, 1);
+                bucket.keys.add_hashed(key_hash, key_name, 1);
             }
             if bulk {
                 bucket.bulk += 1;
-                bucket.bulk_keys.add(key, 1);
+                bucket.bulk_keys.add_hashed(key_hash, key_name, 1);
             }
             if let Some((s, hash)) = service {
                 let named = || display_name(s);
