@@ -1,13 +1,12 @@
 //! Counting in fixed memory, whatever the number of distinct keys: a
 //! Count-Min sketch, and the heaviest keys of a stream on top of it.
 
-use xxhash_rust::xxh3::{Xxh3, xxh3_128};
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::hash::Digest;
 
 /// Longest key text kept for display (counting uses the whole key's hash).
 pub const MAX_NAME_BYTES: usize = 256;
-/// Longest pair `a \0 b` hashed in one pass from a buffer on the stack;
-/// longer ones are fed to a streaming hasher.
-const PAIR_BUFFER_BYTES: usize = 256;
 
 /// A Count-Min sketch: `depth` rows of `width` counters; an estimate is
 /// never below the true count and exceeds it by at most about
@@ -34,18 +33,11 @@ impl KeyHash {
 
     /// The hash of the pair `a \0 b`, without allocating it.
     pub fn of_pair(a: &str, b: &str) -> Self {
-        let len = a.len() + 1 + b.len();
-        if len <= PAIR_BUFFER_BYTES {
-            let mut pair = [0u8; PAIR_BUFFER_BYTES];
-            pair[..a.len()].copy_from_slice(a.as_bytes());
-            pair[a.len() + 1..len].copy_from_slice(b.as_bytes());
-            return Self::of(&pair[..len]);
-        }
-        let mut h = Xxh3::new();
-        h.update(a.as_bytes());
-        h.update(&[0]);
-        h.update(b.as_bytes());
-        Self::from_128(h.digest128())
+        let mut pair = Digest::default();
+        pair.update(a.as_bytes());
+        pair.update(&[0]);
+        pair.update(b.as_bytes());
+        Self::from_128(pair.digest128())
     }
 
     /// A 64-bit identity of the key.

@@ -9,10 +9,10 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
-use xxhash_rust::xxh3::Xxh3Default;
 
 use super::{DecodedCdc, Row, Skip, canal, debezium, flat, maxwell};
 use crate::dead_letter::{Reason, RecordError};
+use crate::hash::Digest;
 use crate::model::Millis;
 
 /// A JSON value seen without decoding nested structures.
@@ -62,9 +62,8 @@ fn unescape(quoted: &str) -> Cow<'_, str> {
 /// arrays). The field hashes are combined by wrapping addition, so neither
 /// field order nor whitespace changes the result.
 pub fn row_hash(row: &Row) -> u64 {
-    let mut hasher = Xxh3Default::new();
     row.iter().fold(0u64, |sum, (name, value)| {
-        hasher.reset();
+        let mut hasher = Digest::default();
         hasher.update(name.as_bytes());
         hasher.update(&[0xff]);
         match scalar(value) {
@@ -82,7 +81,7 @@ pub fn row_hash(row: &Row) -> u64 {
 }
 
 /// Feeds JSON text to the hasher, leaving out whitespace outside strings.
-fn update_without_whitespace(hasher: &mut Xxh3Default, json: &str) {
+fn update_without_whitespace(hasher: &mut Digest, json: &str) {
     let bytes = json.as_bytes();
     let mut start = 0;
     let mut in_string = false;
