@@ -195,8 +195,8 @@ fn of_stream(records: &[GenRecord], stream: Stream) -> Vec<&GenRecord> {
 /// The bounds of the test, about a tenth above what the code allocates
 /// today (the figures of BENCHMARKS.md).
 const BOUNDS: [(CdcFormat, &str, f64); 5] = [
-    (CdcFormat::Debezium, "debezium", 22.0),
-    (CdcFormat::DebeziumSchema, "debezium_schema", 24.0),
+    (CdcFormat::Debezium, "debezium", 14.5),
+    (CdcFormat::DebeziumSchema, "debezium_schema", 15.5),
     (CdcFormat::DebeziumFlat, "debezium_flat", 12.0),
     (CdcFormat::Maxwell, "maxwell", 18.5),
     (CdcFormat::Canal, "canal", 22.5),
@@ -204,7 +204,7 @@ const BOUNDS: [(CdcFormat, &str, f64); 5] = [
 /// Bound of a cache event.
 const CACHE_BOUND: f64 = 7.0;
 /// Bound of the records of `vigil bench --check`, CDC and cache.
-const MIX_BOUND: f64 = 13.5;
+const MIX_BOUND: f64 = 10.5;
 /// Bound of the `kcat -J` lines of `vigil bench --check-kcat`.
 const KCAT_BOUND: f64 = 25.5;
 

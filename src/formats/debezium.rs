@@ -2,18 +2,22 @@
 //! the reading of Debezium source metadata that the flattened format shares.
 
 use std::borrow::Cow;
+use std::fmt;
 
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::json::{
-    Field, Object, binlog_file_index, digits, millis, row, string, text, uint, uint_or_digits,
-    wrong_type,
+    Field, Fields, Name, Object, binlog_file_index, digits, millis, row, string, text, uint,
+    uint_or_digits, wrong_type,
 };
-use super::{CdcFormat, DecodedCdc, RawChange, Skip, SourcePos, TableRef};
+use super::{CdcFormat, DecodedCdc, RawChange, Row, Skip, SourcePos, TableRef};
 use crate::dead_letter::{Reason, RecordError};
 use crate::model::{Millis, Op};
 
-/// Decodes a Debezium envelope (a record with `op`).
+/// Decodes a Debezium envelope (a record with `op`) whose top level was
+/// parsed into `envelope`.
 pub(super) fn decode<'a>(envelope: &Object<'a>) -> Result<DecodedCdc<'a>, RecordError> {
     let code = envelope.required("op", string)?;
     let Some(op) = parse_op(&code, envelope.path("op"))? else {
@@ -21,7 +25,6 @@ pub(super) fn decode<'a>(envelope: &Object<'a>) -> Result<DecodedCdc<'a>, Record
     };
     let before = envelope.field("before", row)?;
     let after = envelope.field("after", row)?;
-
     let mut source = SourceMeta::default();
     if let Some(block) = envelope.object("source")? {
         for (name, value) in &block.fields {
@@ -29,15 +32,25 @@ pub(super) fn decode<'a>(envelope: &Object<'a>) -> Result<DecodedCdc<'a>, Record
         }
     }
     source.envelope_ts_ms = envelope.field("ts_ms", millis)?;
-    let (table, mut pos) = source.finish();
+    let transaction = envelope.object("transaction")?;
+    change(op, before, after, source, transaction.as_ref())
+}
 
-    if let Some(transaction) = envelope.object("transaction")? {
+/// The change of an envelope, from its parts as both readers find them.
+fn change<'a>(
+    op: Op,
+    before: Option<Row<'a>>,
+    after: Option<Row<'a>>,
+    source: SourceMeta<'a>,
+    transaction: Option<&Object<'a>>,
+) -> Result<DecodedCdc<'a>, RecordError> {
+    let (table, mut pos) = source.finish();
+    if let Some(transaction) = transaction {
         if let Some(id) = transaction.field("id", text)? {
             pos.tx_id = Some(id);
         }
         pos.tx_order = transaction.field("total_order", uint)?;
     }
-
     Ok(DecodedCdc::Changes(vec![RawChange {
         format: CdcFormat::Debezium,
         table,
@@ -47,6 +60,216 @@ pub(super) fn decode<'a>(envelope: &Object<'a>) -> Result<DecodedCdc<'a>, Record
         pk_columns: None,
         pos,
     }]))
+}
+
+/// Decodes a Debezium envelope in one pass over the text, the nested
+/// `before`, `after`, `source` and `transaction` objects read as they come
+/// (the general reader parses the top level first, then each of them again).
+/// Also takes the envelope inside the JSON converter's `schema`/`payload`
+/// wrapper, skipping the schema.
+///
+/// Gives `None` whenever the record is anything but a well-formed envelope
+/// of the usual fields: another format, a field it does not know, a field
+/// twice, a wrong type, a value the general reader would reject. The caller
+/// then decodes the record with the general reader, which recognises every
+/// format and words every error; where this gives a result, it is the one
+/// the general reader gives.
+pub(super) fn decode_one_pass(text: &str) -> Option<DecodedCdc<'_>> {
+    if !opens_like_an_envelope(text) {
+        return None;
+    }
+    let parts = serde_json::from_str::<OnePass>(text).ok()?.0;
+    let Parts {
+        op,
+        before,
+        after,
+        source,
+        ts_ms,
+        transaction,
+    } = parts;
+    let code = op?;
+    let Some(op) = parse_op(&code, Field::new("op")).ok()? else {
+        return Some(DecodedCdc::Skipped(Skip::LogicalMessage));
+    };
+    let mut source = source.unwrap_or_default();
+    if let Some(ts_ms) = ts_ms.filter(|v| v.get() != "null") {
+        source.envelope_ts_ms = Some(millis(ts_ms, Field::new("ts_ms")).ok()?);
+    }
+    let transaction = transaction.flatten().map(Object::nested("transaction"));
+    change(
+        op,
+        before.flatten(),
+        after.flatten(),
+        source,
+        transaction.as_ref(),
+    )
+    .ok()
+}
+
+/// Whether the first field of the text is one an envelope (or its wrapper)
+/// has: other formats are left to the general reader without a try.
+fn opens_like_an_envelope(text: &str) -> bool {
+    const FIRST: [&str; 10] = [
+        "before",
+        "after",
+        "source",
+        "op",
+        "ts_ms",
+        "ts_us",
+        "ts_ns",
+        "transaction",
+        "schema",
+        "payload",
+    ];
+    let Some(name) = text
+        .trim_ascii_start()
+        .strip_prefix('{')
+        .and_then(|rest| rest.trim_ascii_start().strip_prefix('"'))
+    else {
+        return false;
+    };
+    FIRST.iter().any(|field| {
+        name.strip_prefix(field)
+            .is_some_and(|rest| rest.starts_with('"'))
+    })
+}
+
+/// What [`decode_one_pass`] reads: each field at most once (`Some` when
+/// present, with `None` inside for a `null`).
+#[derive(Default)]
+struct Parts<'a> {
+    op: Option<Cow<'a, str>>,
+    before: Option<Option<Row<'a>>>,
+    after: Option<Option<Row<'a>>>,
+    source: Option<SourceMeta<'a>>,
+    ts_ms: Option<&'a RawValue>,
+    transaction: Option<Option<Row<'a>>>,
+}
+
+/// An envelope read in one pass; at the top level (`wrapped` false) also
+/// the `schema`/`payload` wrapper around one.
+struct OnePass<'a>(Parts<'a>);
+
+impl<'de> Deserialize<'de> for OnePass<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_map(EnvelopeVisitor { wrapped: false })
+            .map(OnePass)
+    }
+}
+
+/// The payload of the `schema`/`payload` wrapper.
+struct Payload;
+
+impl<'de> DeserializeSeed<'de> for Payload {
+    type Value = Parts<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(EnvelopeVisitor { wrapped: true })
+    }
+}
+
+struct EnvelopeVisitor {
+    /// Inside the wrapper: no second wrapper.
+    wrapped: bool,
+}
+
+/// Stops the one-pass reader: the general one decodes the record.
+fn not_plain<E: de::Error>() -> E {
+    E::custom("not a plain Debezium envelope")
+}
+
+/// Sets a field read once; a second one stops the reader.
+fn once<T, E: de::Error>(slot: &mut Option<T>, value: T) -> Result<(), E> {
+    match slot.replace(value) {
+        Some(_) => Err(not_plain()),
+        None => Ok(()),
+    }
+}
+
+impl<'de> Visitor<'de> for EnvelopeVisitor {
+    type Value = Parts<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a Debezium envelope")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut parts = Parts::default();
+        let (mut schema, mut payload) = (false, None);
+        while let Some(Name(name)) = map.next_key()? {
+            match name.as_ref() {
+                "op" => once(&mut parts.op, map.next_value::<Name>()?.0)?,
+                "before" => once(
+                    &mut parts.before,
+                    map.next_value::<Option<Fields>>()?.map(|f| f.0),
+                )?,
+                "after" => once(
+                    &mut parts.after,
+                    map.next_value::<Option<Fields>>()?.map(|f| f.0),
+                )?,
+                "source" => once(&mut parts.source, map.next_value::<Source>()?.0)?,
+                "ts_ms" => once(&mut parts.ts_ms, map.next_value()?)?,
+                "transaction" => once(
+                    &mut parts.transaction,
+                    map.next_value::<Option<Fields>>()?.map(|f| f.0),
+                )?,
+                // Debezium 2's finer envelope times, which nothing reads.
+                "ts_us" | "ts_ns" => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                "schema" if !self.wrapped && !schema => {
+                    map.next_value::<IgnoredAny>()?;
+                    schema = true;
+                }
+                "payload" if !self.wrapped => once(&mut payload, map.next_value_seed(Payload)?)?,
+                _ => return Err(not_plain()),
+            }
+        }
+        match payload {
+            Some(inner) if schema => Ok(inner),
+            Some(_) => Err(not_plain()),
+            None => Ok(parts),
+        }
+    }
+}
+
+/// The `source` block, each field read as it comes; `null` reads as none.
+struct Source<'a>(SourceMeta<'a>);
+
+impl<'de> Deserialize<'de> for Source<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_option(SourceVisitor).map(Source)
+    }
+}
+
+struct SourceVisitor;
+
+impl<'de> Visitor<'de> for SourceVisitor {
+    type Value = SourceMeta<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a source block")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(SourceMeta::default())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut source = SourceMeta::default();
+        while let Some(Name(name)) = map.next_key()? {
+            let value: &RawValue = map.next_value()?;
+            source
+                .read(&name, value, Field::new(&name))
+                .map_err(|_| not_plain())?;
+        }
+        Ok(source)
+    }
 }
 
 /// A Debezium schema-change event (the schema history topic's value).
@@ -152,6 +375,11 @@ fn name<'a>(value: &'a RawValue, field: Field) -> Result<Option<Cow<'a, str>>, R
 /// strings, `["last commit LSN", "LSN"]`; the commit LSN is the first one,
 /// which may be null.
 fn commit_lsn(value: &RawValue, field: Field) -> Result<Option<u64>, RecordError> {
+    usual_sequence_head(value.get()).map_or_else(|| sequence_head(value, field), Ok)
+}
+
+/// The first LSN of any `source.sequence` text.
+fn sequence_head(value: &RawValue, field: Field) -> Result<Option<u64>, RecordError> {
     let expected = "a string holding a JSON array of LSNs";
     let sequence = string(value, field).map_err(|_| wrong_type(field, expected, value))?;
     let lsns: Vec<&RawValue> =
@@ -159,6 +387,23 @@ fn commit_lsn(value: &RawValue, field: Field) -> Result<Option<u64>, RecordError
     match lsns.first() {
         Some(first) if first.get() != "null" => uint_or_digits(first, field.at(0)).map(Some),
         _ => Ok(None),
+    }
+}
+
+/// The commit LSN of `source.sequence` as the PostgreSQL connector writes
+/// it, `"[\"1099\",\"1100\"]"` or `"[null,\"1100\"]"`, read from the raw
+/// text without unescaping it and parsing the array inside; `None` for any
+/// other text (then read the general way, with the same result).
+fn usual_sequence_head(raw: &str) -> Option<Option<u64>> {
+    let quoted_digits = |s: &str| digits(s.strip_prefix("\\\"")?.strip_suffix("\\\"")?);
+    let (first, second) = raw
+        .strip_prefix("\"[")?
+        .strip_suffix("]\"")?
+        .split_once(',')?;
+    quoted_digits(second)?;
+    match first {
+        "null" => Some(None),
+        _ => quoted_digits(first).map(Some),
     }
 }
 
@@ -186,6 +431,28 @@ fn gtid_seq(value: &RawValue, field: Field) -> Result<u64, RecordError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_usual_sequence_reads_as_any_other() {
+        use super::{Field, sequence_head, usual_sequence_head};
+        let usual = [r#""[\"1099\",\"1100\"]""#, r#""[null,\"1100\"]""#];
+        let unusual = [
+            r#""[\"\",\"1\"]""#,
+            r#""[\"1\"]""#,
+            r#""[\"1\",\"2\",\"3\"]""#,
+            r#""[1,\"2\"]""#,
+            r#""[\"18446744073709551616\",\"1\"]""#,
+            r#""[ \"1\", \"2\"]""#,
+        ];
+        for raw in usual.iter().chain(&unusual) {
+            let value = serde_json::from_str(raw).expect("a JSON string");
+            let general = sequence_head(value, Field::new("sequence"));
+            match usual_sequence_head(raw) {
+                Some(head) => assert_eq!(Ok(head), general, "{raw}"),
+                None => assert!(!usual.contains(raw), "{raw} is read the usual way"),
+            }
+        }
+    }
+
     use std::borrow::Cow;
 
     use super::super::testing::{change, cols, data_file, failure, samples, skipped};

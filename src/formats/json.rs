@@ -198,7 +198,7 @@ impl<'de> Visitor<'de> for TopVisitor {
 }
 
 /// The fields of a JSON object, values undecoded.
-struct Fields<'a>(Row<'a>);
+pub(crate) struct Fields<'a>(pub(crate) Row<'a>);
 
 impl<'de> Deserialize<'de> for Fields<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -224,8 +224,9 @@ impl<'de> Visitor<'de> for FieldsVisitor {
     }
 }
 
-/// An object key, borrowed from the input unless it has escapes.
-struct Name<'a>(Cow<'a, str>);
+/// An object key (or a string value), borrowed from the input unless it
+/// has escapes.
+pub(crate) struct Name<'a>(pub(crate) Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Name<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -266,6 +267,14 @@ pub(crate) struct Object<'a> {
 }
 
 impl<'a> Object<'a> {
+    /// The object that is the value of field `parent` (named so in errors).
+    pub(crate) fn nested(parent: &'static str) -> impl FnOnce(Row<'a>) -> Self {
+        move |fields| Object {
+            fields,
+            parent: Some(parent),
+        }
+    }
+
     /// The value of a field; the first one when the name repeats.
     pub(crate) fn get(&self, name: &str) -> Option<&'a RawValue> {
         super::column(&self.fields, name)
@@ -309,12 +318,8 @@ impl<'a> Object<'a> {
 
     /// Reads an optional field that must be an object.
     pub(crate) fn object(&self, name: &'static str) -> Result<Option<Object<'a>>, RecordError> {
-        self.field(name, row).map(|fields| {
-            fields.map(|fields| Object {
-                fields,
-                parent: Some(name),
-            })
-        })
+        self.field(name, row)
+            .map(|fields| fields.map(Object::nested(name)))
     }
 }
 
@@ -504,8 +509,18 @@ pub(crate) fn overlay<'a>(after: &Row<'a>, old: Row<'a>) -> Row<'a> {
 // Recognition
 
 /// Decodes a CDC value, recognising its format from its shape (DESIGN.md
-/// section 2).
+/// section 2). The usual Debezium envelope is read in one pass
+/// ([`debezium::decode_one_pass`]); anything else by [`decode_by_shape`].
 pub(crate) fn decode_cdc_text(text: &str) -> Result<DecodedCdc<'_>, RecordError> {
+    match debezium::decode_one_pass(text) {
+        Some(decoded) => Ok(decoded),
+        None => decode_by_shape(text),
+    }
+}
+
+/// The general reader: parses the top level, recognises the format from the
+/// fields present, then decodes the fields of that format.
+pub(crate) fn decode_by_shape(text: &str) -> Result<DecodedCdc<'_>, RecordError> {
     let mut object = match parse(text)? {
         Top::Object(object) => object,
         Top::Null => return Ok(DecodedCdc::Skipped(Skip::Tombstone)),

@@ -263,6 +263,13 @@ mod tests {
     fn decode_all(text: &str) {
         let valid = serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
         let not_invalid = |e: &RecordError| !(valid && e.reason == Reason::InvalidJson);
+        if let Some(one_pass) = debezium::decode_one_pass(text) {
+            assert_eq!(
+                json::decode_by_shape(text).as_ref(),
+                Ok(&one_pass),
+                "{text}: the one-pass reader and the general one disagree"
+            );
+        }
         match decode_cdc(Some(text)) {
             Ok(DecodedCdc::Changes(changes)) => {
                 for change in &changes {
@@ -336,6 +343,25 @@ mod tests {
         "{}",
         "{\"a\":1}",
     ];
+
+    #[test]
+    fn the_one_pass_reader_takes_the_usual_debezium_envelopes() {
+        for name in ["debezium-postgres", "debezium-mysql"] {
+            let text = data_file(&format!("samples/{name}.ndjson"));
+            let envelopes: Vec<String> = samples(&text)
+                .iter()
+                .map(|s| s.value.get().to_owned())
+                .filter(|v| v.contains("\"after\""))
+                .collect();
+            assert!(!envelopes.is_empty(), "{name} has envelopes");
+            for value in &envelopes {
+                assert!(
+                    debezium::decode_one_pass(value).is_some(),
+                    "{name}: {value} is read in one pass"
+                );
+            }
+        }
+    }
 
     #[test]
     fn every_prefix_of_every_record() {
