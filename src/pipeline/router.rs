@@ -277,7 +277,10 @@ impl Router {
         let moved = watermark > self.sent_watermark;
         for (i, items) in self.pending.iter_mut().enumerate() {
             if moved || !items.is_empty() {
-                let items = std::mem::take(items);
+                // The next batch is likely as large: room for it at once,
+                // rather than growing from empty by doubling.
+                let room = items.len();
+                let items = std::mem::replace(items, Vec::with_capacity(room));
                 self.work[i]
                     .send(WorkMsg::Batch { items, watermark })
                     .map_err(disconnected)?;
@@ -286,7 +289,8 @@ impl Router {
         if let Some(storms) = &self.storms
             && (moved || !self.pending_storms.is_empty())
         {
-            let items = std::mem::take(&mut self.pending_storms);
+            let room = self.pending_storms.len();
+            let items = std::mem::replace(&mut self.pending_storms, Vec::with_capacity(room));
             storms
                 .send(StormMsg::Batch { items, watermark })
                 .map_err(disconnected)?;
