@@ -8,8 +8,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
@@ -367,7 +367,7 @@ impl Stats {
     }
 
     /// Adds per-table outcomes decided by a worker.
-    pub fn add_table_tallies(&self, tallies: &BTreeMap<String, TableTally>) {
+    pub fn add_table_tallies(&self, tallies: &BTreeMap<Arc<str>, TableTally>) {
         if tallies.is_empty() {
             return;
         }
@@ -376,10 +376,10 @@ impl Stats {
         let mut m = lock(&self.tables);
         let mut windows = lock(&self.windows);
         for (table, t) in tallies {
-            let e = m.entry(table.clone()).or_default();
+            let e = m.entry(table.to_string()).or_default();
             e.decided += t.decided;
             e.in_time += t.in_time;
-            let w = windows.entry(table.clone()).or_default();
+            let w = windows.entry(table.to_string()).or_default();
             match w.back_mut() {
                 Some((b, tally)) if *b == bucket => {
                     tally.decided += t.decided;
@@ -775,7 +775,7 @@ mod tests {
         assert_eq!(s.in_time_ratio("t", 1), None);
         let mut tallies = BTreeMap::new();
         tallies.insert(
-            "t".to_string(),
+            Arc::from("t"),
             TableTally {
                 decided: 4,
                 in_time: 3,

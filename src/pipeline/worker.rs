@@ -127,7 +127,8 @@ pub(super) struct Worker {
     /// runs back from it).
     latest: Millis,
     violations: Vec<Violation>,
-    tallies: BTreeMap<String, TableTally>,
+    /// Changes decided since the last checkpoint, by table.
+    tallies: BTreeMap<Arc<str>, TableTally>,
 }
 
 /// Keys (and as many entities) saved at a time while a checkpoint is saved
@@ -639,14 +640,17 @@ impl Worker {
 
     fn record(&mut self, d: Decisions) {
         for (table, lag) in d.in_time {
-            let t = self.tallies.entry(table.to_string()).or_default();
+            let t = self.tallies.entry(table).or_default();
             t.decided += 1;
             t.in_time += 1;
             self.stats.record_invalidation_lag(lag.max(0) as u64);
         }
         for v in &d.violations {
             if v.kind == ViolationKind::MissingInvalidation {
-                self.tallies.entry(v.table.to_string()).or_default().decided += 1;
+                self.tallies
+                    .entry(Arc::clone(&v.table))
+                    .or_default()
+                    .decided += 1;
             }
         }
         self.stats.add_expired_missed(d.expired);
