@@ -18,9 +18,8 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use vigil::config::Config;
-use vigil::formats::parse_kcat_line;
 use vigil::ingest::{Ingest, RawInput, Stream};
-use vigil::io::file::kcat_line;
+use vigil::io::file::{LineDecoder, kcat_line};
 use vigil::model::Provenance;
 use vigil::telemetry::Stats;
 use vigil::workload::encode::CdcFormat;
@@ -139,8 +138,8 @@ fn per_record(records: &[&GenRecord], config: &Config) -> f64 {
 }
 
 /// Allocations per line of ingesting `records` written as `kcat -J` lines,
-/// as the file source reads them: the line parsed, the topic's name kept
-/// while consecutive lines share it, the record decoded and mapped.
+/// as the file source reads them: with its [`LineDecoder`], which keeps
+/// buffers and topic names across lines.
 fn per_kcat_line(records: &[GenRecord], config: &Config) -> f64 {
     let ingest = Ingest::new(config, Arc::new(Stats::default()));
     let lines: Vec<(Stream, String)> = records
@@ -158,30 +157,13 @@ fn per_kcat_line(records: &[GenRecord], config: &Config) -> f64 {
             (r.stream, line)
         })
         .collect();
-    let mut topic: Arc<str> = Arc::from("");
+    let file: Arc<str> = Arc::from("kcat.ndjson");
+    let mut decoder = LineDecoder::default();
     let mut out = Vec::with_capacity(16);
     let before = allocations();
-    for (stream, line) in &lines {
-        let record = parse_kcat_line(line)
-            .expect("a kcat line")
-            .expect("a valid kcat line");
-        if *topic != *record.topic {
-            topic = Arc::from(record.topic.as_str());
-        }
-        let provenance = Provenance {
-            topic: Arc::clone(&topic),
-            partition: record.partition,
-            offset: record.offset,
-            from_file: false,
-        };
-        let input = RawInput {
-            stream: *stream,
-            key: record.key.as_deref().map(str::as_bytes),
-            value: record.payload.as_deref().map(str::as_bytes),
-            timestamp_ms: record.ts_ms,
-        };
-        ingest
-            .ingest(input, &provenance, &mut out)
+    for (line_no, (stream, line)) in (1..).zip(&lines) {
+        decoder
+            .decode(line.as_bytes(), line_no, &file, *stream, &ingest, &mut out)
             .expect("generated records decode and map");
         out.clear();
     }
@@ -206,7 +188,7 @@ const CACHE_BOUND: f64 = 7.0;
 /// Bound of the records of `vigil bench --check`, CDC and cache.
 const MIX_BOUND: f64 = 10.5;
 /// Bound of the `kcat -J` lines of `vigil bench --check-kcat`.
-const KCAT_BOUND: f64 = 25.5;
+const KCAT_BOUND: f64 = 12.5;
 
 #[test]
 fn allocations_per_record_stay_within_their_bounds() {

@@ -1,12 +1,16 @@
 //! Lines written by `kcat -J`: a message with its Kafka metadata, the value
 //! as a JSON string in `payload`.
 
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::json::{
-    Field, Object, Scalar, Top, array, parse, row, scalar, string, uint, wrong_type,
-};
-use crate::dead_letter::RecordError;
+use super::json::{Field, Scalar, array, missing, row, scalar, string, uint, wrong_type};
+use super::unescape::unescape;
+use crate::dead_letter::{Reason, RecordError};
 use crate::model::Millis;
 
 /// One `kcat -J` line, owned (its key and payload are unescaped).
@@ -26,6 +30,80 @@ pub struct KcatRecord {
     pub headers: Vec<(String, Option<String>)>,
 }
 
+/// One `kcat -J` line, borrowed: from the line, and for the topic, key and
+/// payload from the [`KcatBuffers`] they were unescaped into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KcatLine<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    /// The Kafka timestamp in ms; `None` when absent or negative.
+    pub ts_ms: Option<Millis>,
+    /// The message key; `None` when null.
+    pub key: Option<&'a str>,
+    /// The message value; `None` for a tombstone.
+    pub payload: Option<&'a str>,
+    /// The message headers, in order; a header value may be null.
+    pub headers: Headers<'a>,
+}
+
+/// Message headers, names and values unescaped (borrowed when they have no
+/// escapes), in order; a header value may be null.
+pub type Headers<'a> = Vec<(Cow<'a, str>, Option<Cow<'a, str>>)>;
+
+impl KcatLine<'_> {
+    /// An owned copy, for what outlives the line (a dead letter, a replay).
+    pub fn to_record(&self) -> KcatRecord {
+        KcatRecord {
+            topic: self.topic.to_owned(),
+            partition: self.partition,
+            offset: self.offset,
+            ts_ms: self.ts_ms,
+            key: self.key.map(str::to_owned),
+            payload: self.payload.map(str::to_owned),
+            headers: (self.headers.iter())
+                .map(|(name, value)| {
+                    (
+                        name.clone().into_owned(),
+                        value.clone().map(Cow::into_owned),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What a reader of `kcat -J` lines keeps from one line to the next: the
+/// buffers that a line's topic, key and payload are unescaped into, so that
+/// reading a line allocates nothing once they are large enough (but for the
+/// list of its headers, when it has some).
+#[derive(Debug, Default)]
+pub struct KcatBuffers {
+    topic: String,
+    key: String,
+    payload: String,
+}
+
+impl KcatBuffers {
+    /// Reads a line as a `kcat -J` record, as [`parse_kcat_line`] does, its
+    /// strings borrowed from the line or unescaped into these buffers.
+    pub fn parse<'a>(&'a mut self, line: &'a str) -> Option<Result<KcatLine<'a>, RecordError>> {
+        if !(line.contains("\"topic\"") && line.contains("\"payload\"")) {
+            return None;
+        }
+        let fields = serde_json::from_str::<Fields>(line).ok()?;
+        let complete = [
+            fields.topic,
+            fields.partition,
+            fields.offset,
+            fields.payload,
+        ]
+        .iter()
+        .all(Option::is_some);
+        complete.then(|| read(&fields, self))
+    }
+}
+
 /// Reads a line as a `kcat -J` record: an object with `topic`, `partition`,
 /// `offset` and `payload`. Gives `None` for any other line (a bare message
 /// value, which the caller decodes itself, or invalid JSON), and an error
@@ -34,32 +112,176 @@ pub struct KcatRecord {
 /// Lines that do not mention both `"topic"` and `"payload"` are rejected
 /// without parsing.
 pub fn parse_kcat_line(line: &str) -> Option<Result<KcatRecord, RecordError>> {
-    if !(line.contains("\"topic\"") && line.contains("\"payload\"")) {
-        return None;
-    }
-    let Ok(Top::Object(record)) = parse(line) else {
-        return None;
-    };
-    ["topic", "partition", "offset", "payload"]
-        .iter()
-        .all(|name| record.has(name))
-        .then(|| read(&record))
+    KcatBuffers::default()
+        .parse(line)
+        .map(|read| read.map(|line| line.to_record()))
 }
 
-fn read(record: &Object) -> Result<KcatRecord, RecordError> {
-    Ok(KcatRecord {
-        topic: record.required("topic", string)?.into_owned(),
-        partition: record.required("partition", |value, field| {
+/// The fields of a `kcat -J` line that are read, values undecoded: the
+/// first of each name, `Some` when present (even as `null`).
+#[derive(Default)]
+struct Fields<'a> {
+    topic: Option<&'a RawValue>,
+    partition: Option<&'a RawValue>,
+    offset: Option<&'a RawValue>,
+    ts: Option<&'a RawValue>,
+    key: Option<&'a RawValue>,
+    payload: Option<&'a RawValue>,
+    headers: Option<&'a RawValue>,
+}
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+struct FieldsVisitor;
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = Fields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a kcat -J record")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = Fields::default();
+        while let Some(Name(slot)) = map.next_key()? {
+            let slot = match slot {
+                Some(Slot::Topic) => &mut fields.topic,
+                Some(Slot::Partition) => &mut fields.partition,
+                Some(Slot::Offset) => &mut fields.offset,
+                Some(Slot::Ts) => &mut fields.ts,
+                Some(Slot::Key) => &mut fields.key,
+                Some(Slot::Payload) => &mut fields.payload,
+                Some(Slot::Headers) => &mut fields.headers,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            match slot {
+                Some(_) => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                None => *slot = Some(map.next_value()?),
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// The fields of [`Fields`].
+enum Slot {
+    Topic,
+    Partition,
+    Offset,
+    Ts,
+    Key,
+    Payload,
+    Headers,
+}
+
+/// An object key: the field of [`Fields`] it names, if any (compared
+/// unescaped, without keeping it).
+struct Name(Option<Slot>);
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(NameVisitor)
+    }
+}
+
+struct NameVisitor;
+
+impl Visitor<'_> for NameVisitor {
+    type Value = Name;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
+        Ok(Name(match name {
+            "topic" => Some(Slot::Topic),
+            "partition" => Some(Slot::Partition),
+            "offset" => Some(Slot::Offset),
+            "ts" => Some(Slot::Ts),
+            "key" => Some(Slot::Key),
+            "payload" => Some(Slot::Payload),
+            "headers" => Some(Slot::Headers),
+            _ => None,
+        }))
+    }
+}
+
+fn read<'a>(
+    fields: &Fields<'a>,
+    buffers: &'a mut KcatBuffers,
+) -> Result<KcatLine<'a>, RecordError> {
+    let KcatBuffers {
+        topic,
+        key,
+        payload,
+    } = buffers;
+    Ok(KcatLine {
+        topic: required(fields.topic, "topic", move |v, field| {
+            unescaped(v, field, topic)
+        })?,
+        partition: required(fields.partition, "partition", |value, field| {
             i32::try_from(uint(value, field)?)
                 .map_err(|_| wrong_type(field, "a partition number", value))
         })?,
-        offset: record.required("offset", |value, field| {
+        offset: required(fields.offset, "offset", |value, field| {
             i64::try_from(uint(value, field)?).map_err(|_| wrong_type(field, "an offset", value))
         })?,
-        ts_ms: record.field("ts", timestamp)?.flatten(),
-        key: record.field("key", string)?.map(Into::into),
-        payload: record.field("payload", string)?.map(Into::into),
-        headers: record.field("headers", headers)?.unwrap_or_default(),
+        ts_ms: optional(fields.ts, "ts", timestamp)?.flatten(),
+        key: optional(fields.key, "key", move |v, field| unescaped(v, field, key))?,
+        payload: optional(fields.payload, "payload", move |v, field| {
+            unescaped(v, field, payload)
+        })?,
+        headers: optional(fields.headers, "headers", headers)?.unwrap_or_default(),
+    })
+}
+
+/// Reads an optional field: absent and `null` give `None`.
+fn optional<'a, T>(
+    value: Option<&'a RawValue>,
+    name: &str,
+    read: impl FnOnce(&'a RawValue, Field<'_>) -> Result<T, RecordError>,
+) -> Result<Option<T>, RecordError> {
+    match value {
+        Some(v) if v.get() != "null" => read(v, Field::new(name)).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Reads a field that must be present and not `null` (else `missing_field`).
+fn required<'a, T>(
+    value: Option<&'a RawValue>,
+    name: &str,
+    read: impl FnOnce(&'a RawValue, Field<'_>) -> Result<T, RecordError>,
+) -> Result<T, RecordError> {
+    optional(value, name, read)?.ok_or_else(|| missing(Field::new(name)))
+}
+
+/// A string, borrowed from the line when it has no escapes, else unescaped
+/// into `buffer`. An escape that gives no Unicode text (a lone surrogate) is
+/// `invalid_utf8`.
+fn unescaped<'a>(
+    value: &'a RawValue,
+    field: Field,
+    buffer: &'a mut String,
+) -> Result<&'a str, RecordError> {
+    if !value.get().starts_with('"') {
+        return Err(wrong_type(field, "a string", value));
+    }
+    unescape(value.get(), buffer).map_err(|e| {
+        RecordError::new(
+            Reason::InvalidUtf8,
+            format!("{field} is not Unicode text: {e}"),
+        )
     })
 }
 
@@ -75,15 +297,15 @@ fn timestamp(value: &RawValue, field: Field) -> Result<Option<Millis>, RecordErr
 
 /// kcat's flat `["k1", "v1", "k2", null]`, an array of `[key, value]` pairs,
 /// or an object.
-fn headers(value: &RawValue, field: Field) -> Result<Vec<(String, Option<String>)>, RecordError> {
-    let header_value = |value: &RawValue, field| match scalar(value) {
+fn headers<'a>(value: &'a RawValue, field: Field) -> Result<Headers<'a>, RecordError> {
+    let header_value = |value: &'a RawValue, field| match scalar(value) {
         Scalar::Null => Ok(None),
-        _ => string(value, field).map(|s| Some(s.into_owned())),
+        _ => string(value, field).map(Some),
     };
     if value.get().starts_with('{') {
         return row(value, field)?
             .into_iter()
-            .map(|(name, value)| Ok((name.into_owned(), header_value(value, field)?)))
+            .map(|(name, value)| Ok((name, header_value(value, field)?)))
             .collect();
     }
     let items = array(value, field)?;
@@ -93,7 +315,7 @@ fn headers(value: &RawValue, field: Field) -> Result<Vec<(String, Option<String>
             .enumerate()
             .map(|(i, item)| match array(item, field.at(i))?.as_slice() {
                 [name, value] => Ok((
-                    string(name, field.at(i))?.into_owned(),
+                    string(name, field.at(i))?,
                     header_value(value, field.at(i))?,
                 )),
                 _ => Err(wrong_type(field.at(i), "a [key, value] pair", item)),
@@ -105,7 +327,7 @@ fn headers(value: &RawValue, field: Field) -> Result<Vec<(String, Option<String>
             .enumerate()
             .map(|(i, pair)| {
                 Ok((
-                    string(pair[0], field.at(2 * i))?.into_owned(),
+                    string(pair[0], field.at(2 * i))?,
                     header_value(pair[1], field.at(2 * i + 1))?,
                 ))
             })
@@ -123,7 +345,7 @@ fn headers(value: &RawValue, field: Field) -> Result<Vec<(String, Option<String>
 mod tests {
     use super::super::decode_cache;
     use super::super::testing::{change, data_file};
-    use super::{KcatRecord, parse_kcat_line};
+    use super::{KcatBuffers, KcatRecord, parse_kcat_line};
     use crate::dead_letter::Reason;
     use crate::model::Op;
 
@@ -188,6 +410,49 @@ mod tests {
         );
 
         assert_eq!(records[5], None);
+    }
+
+    #[test]
+    fn escaped_payloads_decode_as_their_bare_value() {
+        let bare = r#"{"before":null,"after":{"id":1,"name":"say \"hi\" \\ café 😀"},"source":{"ts_ms":1700000000000,"db":"shop","schema":"public","table":"users","lsn":42},"op":"c","ts_ms":1700000000001}"#;
+        let payload = serde_json::to_string(bare)
+            .unwrap()
+            .replace('é', r"\u00e9")
+            .replace('😀', r"\ud83d\ude00");
+        assert!(payload.contains(r#"\\\""#) && payload.contains(r"\\\\"));
+        let line = format!(
+            r#"{{"topic":"shop.public.users","partition":0,"offset":7,"key":"{{\"id\":1}}","payload":{payload}}}"#
+        );
+        let mut buffers = KcatBuffers::default();
+        let mut capacity = None;
+        for _ in 0..2 {
+            let record = buffers.parse(&line).expect("a kcat line").expect(&line);
+            assert_eq!(record.payload, Some(bare));
+            assert_eq!(record.key, Some(r#"{"id":1}"#));
+            let (kcat, plain) = (change(record.payload.unwrap()), change(bare));
+            assert_eq!(format!("{kcat:?}"), format!("{plain:?}"));
+            let now = buffers.payload.capacity();
+            assert_eq!(*capacity.get_or_insert(now), now, "the buffer is reused");
+        }
+    }
+
+    #[test]
+    fn the_first_of_a_repeated_field_counts_and_names_are_unescaped() {
+        let line =
+            r#"{"topic":"a","t\u006fpic":"b","partition":0,"offset":1,"payload":"x","payload":5}"#;
+        let record = parse_kcat_line(line).expect("a kcat line").expect(line);
+        assert_eq!(
+            (record.topic.as_str(), record.payload.as_deref()),
+            ("a", Some("x"))
+        );
+    }
+
+    #[test]
+    fn a_lone_surrogate_is_not_text() {
+        let line = r#"{"topic":"t","partition":0,"offset":1,"payload":"\ud800"}"#;
+        let error = parse_kcat_line(line).expect("a kcat line").expect_err(line);
+        assert_eq!(error.reason, Reason::InvalidUtf8, "{error}");
+        assert!(error.message.contains("\"payload\""), "{error}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! CDC values are decoded by [`decode_cdc`] (Debezium with or without the
 //! `schema`/`payload` wrapper, Debezium flattened by `ExtractNewRecordState`,
 //! Maxwell, Canal), their Kafka keys by [`decode_key`], cache events by
-//! [`decode_cache`], and `kcat -J` lines by [`parse_kcat_line`]. Decoders
+//! [`decode_cache`], and `kcat -J` lines by [`KcatBuffers::parse`] (or
+//! [`parse_kcat_line`] for an owned copy). Decoders
 //! borrow from the input text and do no I/O; every failure is a
 //! [`RecordError`] with a reason code.
 
@@ -17,6 +18,7 @@ mod maxwell;
 #[cfg(test)]
 pub(crate) mod testing;
 mod timestamp;
+mod unescape;
 
 use std::borrow::Cow;
 
@@ -27,8 +29,9 @@ use crate::model::{Millis, Op};
 
 pub use cache::decode_cache;
 pub use json::{Scalar, row_hash, scalar};
-pub use kcat::{KcatRecord, parse_kcat_line};
+pub use kcat::{Headers, KcatBuffers, KcatLine, KcatRecord, parse_kcat_line};
 pub use timestamp::parse_rfc3339;
+pub use unescape::{UnescapeError, unescape};
 
 /// One row image: column names and their undecoded JSON values, in the order
 /// of the record.

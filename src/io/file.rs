@@ -2,6 +2,7 @@
 //! value or a `kcat -J` line (DESIGN.md section 2), read with bounded memory
 //! whatever the line length; violations and dead letters written as NDJSON.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -9,11 +10,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
+use foldhash::fast::RandomState;
 
 use crate::dead_letter::{DeadLetter, KEPT_PREFIX_BYTES, KafkaRecord, Origin, Reason, RecordError};
 use crate::detect::storm::StormEvent;
 use crate::events::Violation;
-use crate::formats;
+use crate::formats::KcatBuffers;
 use crate::ingest::{Ingest, RawInput, Record, Stream};
 use crate::model::{Millis, Provenance};
 use crate::pipeline::{OutputError, Outputs, PartitionBatch, Position, SourceMsg};
@@ -110,19 +112,25 @@ pub struct FileError {
     pub source: io::Error,
 }
 
-/// Reuses the topic name of consecutive `kcat` lines.
-struct Topics(Option<Arc<str>>);
+/// The topic names of `kcat -J` lines, each shared by every record of its
+/// topic.
+#[derive(Default)]
+struct Topics(HashSet<Arc<str>, RandomState>);
+
+/// Topic names kept at most: a file of more topics starts the set anew.
+const MAX_TOPICS: usize = 1024;
 
 impl Topics {
     fn get(&mut self, name: &str) -> Arc<str> {
-        match &self.0 {
-            Some(t) if t.as_ref() == name => Arc::clone(t),
-            _ => {
-                let t: Arc<str> = Arc::from(name);
-                self.0 = Some(Arc::clone(&t));
-                t
-            }
+        if let Some(t) = self.0.get(name) {
+            return Arc::clone(t);
         }
+        if self.0.len() >= MAX_TOPICS {
+            self.0.clear();
+        }
+        let t: Arc<str> = Arc::from(name);
+        self.0.insert(Arc::clone(&t));
+        t
     }
 }
 
@@ -218,7 +226,7 @@ pub fn read_file(
         opts.max_record_bytes,
     );
     let name: Arc<str> = Arc::from(input.path.display().to_string());
-    let mut topics = Topics(None);
+    let mut decoder = LineDecoder::default();
     let mut records = Vec::with_capacity(opts.batch_size);
     let mut dead = Vec::new();
     let mut read = 0u64;
@@ -232,12 +240,11 @@ pub fn read_file(
             Line::Text(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => continue,
             Line::Text(bytes) => {
                 read += 1;
-                if let Err((error, kafka)) = read_line(
+                if let Err((error, kafka)) = decoder.decode(
                     bytes,
                     line_no,
                     &name,
                     input.stream,
-                    &mut topics,
                     opts.ingest,
                     &mut records,
                 ) {
@@ -316,62 +323,74 @@ fn send_batch(
     tx.send(msg).is_ok()
 }
 
-/// Decodes one non-empty line. On failure, returns the error and, for a
-/// `kcat` line, the Kafka record it carried.
-fn read_line(
-    bytes: &[u8],
-    line_no: u64,
-    file: &Arc<str>,
-    stream: Stream,
-    topics: &mut Topics,
-    ingest: &Ingest,
-    out: &mut Vec<Record>,
-) -> Result<(), (RecordError, Option<Box<KafkaRecord>>)> {
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        let error = RecordError::new(
-            Reason::InvalidUtf8,
-            format!(
-                "line is not valid UTF-8 (first bad byte at offset {})",
-                e.valid_up_to()
-            ),
-        );
-        (error, None)
-    })?;
-    match formats::parse_kcat_line(text) {
-        Some(Ok(k)) => {
-            let provenance = Provenance {
-                topic: topics.get(&k.topic),
-                partition: k.partition,
-                offset: k.offset,
-                from_file: false,
-            };
-            let input = RawInput {
-                stream,
-                key: k.key.as_deref().map(str::as_bytes),
-                value: k.payload.as_deref().map(str::as_bytes),
-                timestamp_ms: k.ts_ms,
-            };
-            ingest
-                .ingest(input, &provenance, out)
-                .map_err(|e| (e, Some(Box::new(KafkaRecord::from(k)))))
-        }
-        Some(Err(e)) => Err((e, None)),
-        None => {
-            let provenance = Provenance {
-                topic: Arc::clone(file),
-                partition: 0,
-                offset: line_no as i64,
-                from_file: true,
-            };
-            let input = RawInput {
-                stream,
-                key: None,
-                value: Some(bytes),
-                timestamp_ms: None,
-            };
-            ingest
-                .ingest(input, &provenance, out)
-                .map_err(|e| (e, None))
+/// What a file reader keeps from one line to the next so that decoding a
+/// line allocates nothing of its own: the buffers a `kcat -J` line's key and
+/// payload are unescaped into, and the topic names seen.
+#[derive(Default)]
+pub struct LineDecoder {
+    kcat: KcatBuffers,
+    topics: Topics,
+}
+
+impl LineDecoder {
+    /// Decodes and ingests one non-empty line, line `line_no` of `file`.
+    /// On failure, returns the error and, for a `kcat` line, the Kafka
+    /// record it carried.
+    pub fn decode(
+        &mut self,
+        bytes: &[u8],
+        line_no: u64,
+        file: &Arc<str>,
+        stream: Stream,
+        ingest: &Ingest,
+        out: &mut Vec<Record>,
+    ) -> Result<(), (RecordError, Option<Box<KafkaRecord>>)> {
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            let error = RecordError::new(
+                Reason::InvalidUtf8,
+                format!(
+                    "line is not valid UTF-8 (first bad byte at offset {})",
+                    e.valid_up_to()
+                ),
+            );
+            (error, None)
+        })?;
+        match self.kcat.parse(text) {
+            Some(Ok(k)) => {
+                let provenance = Provenance {
+                    topic: self.topics.get(k.topic),
+                    partition: k.partition,
+                    offset: k.offset,
+                    from_file: false,
+                };
+                let input = RawInput {
+                    stream,
+                    key: k.key.map(str::as_bytes),
+                    value: k.payload.map(str::as_bytes),
+                    timestamp_ms: k.ts_ms,
+                };
+                ingest
+                    .ingest(input, &provenance, out)
+                    .map_err(|e| (e, Some(Box::new(KafkaRecord::from(k.to_record())))))
+            }
+            Some(Err(e)) => Err((e, None)),
+            None => {
+                let provenance = Provenance {
+                    topic: Arc::clone(file),
+                    partition: 0,
+                    offset: line_no as i64,
+                    from_file: true,
+                };
+                let input = RawInput {
+                    stream,
+                    key: None,
+                    value: Some(bytes),
+                    timestamp_ms: None,
+                };
+                ingest
+                    .ingest(input, &provenance, out)
+                    .map_err(|e| (e, None))
+            }
         }
     }
 }

@@ -40,6 +40,7 @@ use super::run::{Control, open_store, serve};
 use super::{ExitStatus, produce_generated};
 use crate::cli::BenchArgs;
 use crate::config::{Config, Dur, KafkaValue};
+use crate::formats::unescape;
 use crate::ingest::Stream;
 use crate::io::file::{Line, LineReader};
 use crate::telemetry::{Stats, thread_cpu_seconds};
@@ -401,8 +402,8 @@ fn parse_floor(files: &[PathBuf], kcat: bool) -> anyhow::Result<Floor> {
             if kcat {
                 let line: KcatPayload = serde_json::from_str(text)?;
                 if let Some(raw) = line.payload {
-                    unescape_into(raw.get(), &mut payload)?;
-                    serde_json::from_str::<IgnoredAny>(&payload)?;
+                    let payload = unescape(raw.get(), &mut payload)?;
+                    serde_json::from_str::<IgnoredAny>(payload)?;
                 }
             } else {
                 serde_json::from_str::<IgnoredAny>(text)?;
@@ -411,58 +412,6 @@ fn parse_floor(files: &[PathBuf], kcat: bool) -> anyhow::Result<Floor> {
     }
     let cpu_seconds = started.zip(thread_cpu_seconds()).map(|(a, b)| b - a);
     Ok(Floor { lines, cpu_seconds })
-}
-
-/// The content of a JSON string literal (`quoted`, its quotes included),
-/// unescaped into `out`.
-fn unescape_into(quoted: &str, out: &mut String) -> anyhow::Result<()> {
-    out.clear();
-    let mut rest = quoted
-        .strip_prefix('"')
-        .and_then(|q| q.strip_suffix('"'))
-        .context("a kcat -J payload is not a string")?;
-    while let Some(i) = memchr::memchr(b'\\', rest.as_bytes()) {
-        out.push_str(&rest[..i]);
-        let hex = |at: usize| {
-            rest.get(at..at + 4)
-                .and_then(|h| u32::from_str_radix(h, 16).ok())
-                .context("a \\u escape without four hex digits")
-        };
-        let (c, len) = match rest.as_bytes().get(i + 1) {
-            Some(b'"') => ('"', 2),
-            Some(b'\\') => ('\\', 2),
-            Some(b'/') => ('/', 2),
-            Some(b'b') => ('\u{8}', 2),
-            Some(b'f') => ('\u{c}', 2),
-            Some(b'n') => ('\n', 2),
-            Some(b'r') => ('\r', 2),
-            Some(b't') => ('\t', 2),
-            Some(b'u') => {
-                let high = hex(i + 2)?;
-                let (code, len) =
-                    if (0xd800..0xdc00).contains(&high) && rest.get(i + 6..i + 8) == Some("\\u") {
-                        let low = hex(i + 8)?;
-                        let code = if (0xdc00..0xe000).contains(&low) {
-                            0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00)
-                        } else {
-                            u32::from(char::REPLACEMENT_CHARACTER)
-                        };
-                        (code, 12)
-                    } else {
-                        (high, 6)
-                    };
-                (
-                    char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER),
-                    len,
-                )
-            }
-            _ => bail!("a bad escape in a kcat -J payload"),
-        };
-        out.push(c);
-        rest = &rest[i + len..];
-    }
-    out.push_str(rest);
-    Ok(())
 }
 
 /// An embedded broker with the workload's topics, and a `vigil run`
@@ -768,23 +717,4 @@ fn read_violations(bootstrap: &str, expected: u64) -> anyhow::Result<Vec<(i64, V
         }
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::unescape_into;
-
-    #[test]
-    fn payloads_are_unescaped_into_the_reused_buffer() {
-        let mut out = String::from("left over");
-        for text in ["", "plain", "{\"a\":\"b\\\\c\"}", "tab\tline\n/é😀\u{1}"] {
-            let quoted = serde_json::to_string(text).unwrap();
-            unescape_into(&quoted, &mut out).unwrap();
-            assert_eq!(out, text);
-        }
-        unescape_into(r#""\ud83d\ude00 \u00e9\/""#, &mut out).unwrap();
-        assert_eq!(out, "😀 é/");
-        assert!(unescape_into(r#""\x""#, &mut out).is_err());
-        assert!(unescape_into("{}", &mut out).is_err());
-    }
 }
