@@ -9,7 +9,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::json::{Field, Scalar, array, missing, row, scalar, string, uint, wrong_type};
-use super::unescape::unescape;
+use super::unescape::{escape, unescape};
 use crate::dead_letter::{Reason, RecordError};
 use crate::model::Millis;
 
@@ -91,15 +91,14 @@ impl KcatBuffers {
         if !(line.contains("\"topic\"") && line.contains("\"payload\"")) {
             return None;
         }
-        let fields = serde_json::from_str::<Fields>(line).ok()?;
-        let complete = [
-            fields.topic,
-            fields.partition,
-            fields.offset,
-            fields.payload,
-        ]
-        .iter()
-        .all(Option::is_some);
+        let fields = match scan(line, self) {
+            Some(fields) => fields,
+            None => serde_json::from_str::<Fields>(line).ok()?,
+        };
+        let complete = fields.topic.is_some()
+            && fields.partition.is_some()
+            && fields.offset.is_some()
+            && fields.payload.is_some();
         complete.then(|| read(&fields, self))
     }
 }
@@ -117,17 +116,52 @@ pub fn parse_kcat_line(line: &str) -> Option<Result<KcatRecord, RecordError>> {
         .map(|read| read.map(|line| line.to_record()))
 }
 
-/// The fields of a `kcat -J` line that are read, values undecoded: the
-/// first of each name, `Some` when present (even as `null`).
+/// The fields of a `kcat -J` line that are read: the first of each name,
+/// `Some` when present (even as `null`).
 #[derive(Default)]
 struct Fields<'a> {
-    topic: Option<&'a RawValue>,
+    topic: Option<Value<'a>>,
     partition: Option<&'a RawValue>,
     offset: Option<&'a RawValue>,
     ts: Option<&'a RawValue>,
-    key: Option<&'a RawValue>,
-    payload: Option<&'a RawValue>,
+    key: Option<Value<'a>>,
+    payload: Option<Value<'a>>,
     headers: Option<&'a RawValue>,
+}
+
+/// The value of a field that is unescaped into a buffer of [`KcatBuffers`]
+/// (topic, key, payload).
+#[derive(Clone, Copy)]
+enum Value<'a> {
+    /// Undecoded: any JSON value, a string still quoted and escaped.
+    Raw(&'a RawValue),
+    /// A string's content, part of the line (it has no escapes).
+    Plain(&'a str),
+    /// A string, already unescaped into the field's buffer.
+    Buffered,
+}
+
+impl<'de> Deserialize<'de> for Value<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <&RawValue>::deserialize(deserializer).map(Value::Raw)
+    }
+}
+
+/// A field's value that may be JSON `null`.
+trait Nullable: Copy {
+    fn is_null(self) -> bool;
+}
+
+impl Nullable for &RawValue {
+    fn is_null(self) -> bool {
+        self.get() == "null"
+    }
+}
+
+impl Nullable for Value<'_> {
+    fn is_null(self) -> bool {
+        matches!(self, Value::Raw(raw) if raw.is_null())
+    }
 }
 
 impl<'de> Deserialize<'de> for Fields<'de> {
@@ -148,29 +182,175 @@ impl<'de> Visitor<'de> for FieldsVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut fields = Fields::default();
         while let Some(Name(slot)) = map.next_key()? {
-            let slot = match slot {
-                Some(Slot::Topic) => &mut fields.topic,
-                Some(Slot::Partition) => &mut fields.partition,
-                Some(Slot::Offset) => &mut fields.offset,
-                Some(Slot::Ts) => &mut fields.ts,
-                Some(Slot::Key) => &mut fields.key,
-                Some(Slot::Payload) => &mut fields.payload,
-                Some(Slot::Headers) => &mut fields.headers,
+            match slot {
+                Some(Slot::Topic) => first(&mut map, &mut fields.topic)?,
+                Some(Slot::Partition) => first(&mut map, &mut fields.partition)?,
+                Some(Slot::Offset) => first(&mut map, &mut fields.offset)?,
+                Some(Slot::Ts) => first(&mut map, &mut fields.ts)?,
+                Some(Slot::Key) => first(&mut map, &mut fields.key)?,
+                Some(Slot::Payload) => first(&mut map, &mut fields.payload)?,
+                Some(Slot::Headers) => first(&mut map, &mut fields.headers)?,
                 None => {
                     map.next_value::<IgnoredAny>()?;
-                    continue;
                 }
-            };
-            match slot {
-                Some(_) => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-                None => *slot = Some(map.next_value()?),
             }
         }
         Ok(fields)
     }
 }
+
+/// Reads the next value into `slot` unless a value of that name came first.
+fn first<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
+    map: &mut A,
+    slot: &mut Option<T>,
+) -> Result<(), A::Error> {
+    match slot {
+        Some(_) => map.next_value::<IgnoredAny>().map(drop),
+        None => map.next_value().map(|value| *slot = Some(value)),
+    }
+}
+
+/// Reads the fields of a line as serde_json would, in one pass over the
+/// topic, key and payload strings: each is unescaped into its buffer while
+/// it is checked, instead of being checked by serde_json then unescaped.
+/// Other values are left to serde_json. Gives `None` for anything it does
+/// not read exactly as serde_json would (escapes in a name, a lone surrogate,
+/// invalid JSON...): the caller then parses the line with serde_json.
+fn scan<'a>(line: &'a str, buffers: &mut KcatBuffers) -> Option<Fields<'a>> {
+    let bytes = line.as_bytes();
+    let mut fields = Fields::default();
+    let mut at = whitespace(bytes, 0);
+    (bytes.get(at) == Some(&b'{')).then_some(())?;
+    at = whitespace(bytes, at + 1);
+    if bytes.get(at) != Some(&b'}') {
+        loop {
+            (bytes.get(at) == Some(&b'"')).then_some(())?;
+            let end = at + 1 + memchr::memchr2(b'"', b'\\', &bytes[at + 1..])?;
+            let name = &line[at + 1..end];
+            (bytes[end] == b'"' && !has_control(name)).then_some(())?;
+            at = whitespace(bytes, end + 1);
+            (bytes.get(at) == Some(&b':')).then_some(())?;
+            at = whitespace(bytes, at + 1);
+            let slot = Slot::of(name);
+            let text = match slot {
+                Some(Slot::Topic) if fields.topic.is_none() => {
+                    Some((&mut fields.topic, &mut buffers.topic))
+                }
+                Some(Slot::Key) if fields.key.is_none() => {
+                    Some((&mut fields.key, &mut buffers.key))
+                }
+                Some(Slot::Payload) if fields.payload.is_none() => {
+                    Some((&mut fields.payload, &mut buffers.payload))
+                }
+                _ => None,
+            };
+            match text {
+                Some((field, buffer)) if bytes.get(at) == Some(&b'"') => {
+                    let (value, end) = string_at(line, at, buffer)?;
+                    *field = Some(value);
+                    at = end;
+                }
+                _ => {
+                    let mut values =
+                        serde_json::Deserializer::from_str(&line[at..]).into_iter::<&RawValue>();
+                    let value = values.next()?.ok()?;
+                    at += values.byte_offset();
+                    let raw = match slot {
+                        Some(Slot::Partition) => &mut fields.partition,
+                        Some(Slot::Offset) => &mut fields.offset,
+                        Some(Slot::Ts) => &mut fields.ts,
+                        Some(Slot::Headers) => &mut fields.headers,
+                        Some(Slot::Topic) => {
+                            fields.topic.get_or_insert(Value::Raw(value));
+                            &mut None
+                        }
+                        Some(Slot::Key) => {
+                            fields.key.get_or_insert(Value::Raw(value));
+                            &mut None
+                        }
+                        Some(Slot::Payload) => {
+                            fields.payload.get_or_insert(Value::Raw(value));
+                            &mut None
+                        }
+                        None => &mut None,
+                    };
+                    raw.get_or_insert(value);
+                }
+            }
+            at = whitespace(bytes, at);
+            match bytes.get(at) {
+                Some(b',') => at = whitespace(bytes, at + 1),
+                Some(b'}') => break,
+                _ => return None,
+            }
+        }
+    }
+    (whitespace(bytes, at + 1) == bytes.len()).then_some(fields)
+}
+
+/// The position of the first byte from `at` that is not JSON whitespace.
+fn whitespace(bytes: &[u8], at: usize) -> usize {
+    at + (bytes.get(at..).unwrap_or_default())
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .count()
+}
+
+/// Whether a text has a control character, which a JSON string must escape.
+fn has_control(text: &str) -> bool {
+    text.bytes().fold(false, |found, b| found | (b < 0x20))
+}
+
+/// Reads the string literal at `at` (its opening quote): its content, part of
+/// the line when it has no escapes, else unescaped into `buffer`; and where
+/// the literal ends. `None` when it is not a valid JSON string or has a lone
+/// surrogate.
+fn string_at<'a>(line: &'a str, at: usize, buffer: &mut String) -> Option<(Value<'a>, usize)> {
+    let bytes = line.as_bytes();
+    let mut from = at + 1;
+    let mut escaped = false;
+    loop {
+        // Parts between escapes are short in a JSON payload: a loop beats
+        // a vectorised search that starts anew at each.
+        let end = from
+            + bytes[from..]
+                .iter()
+                .position(|&b| SPECIAL[usize::from(b)])?;
+        let part = &line[from..end];
+        match bytes[end] {
+            b'"' if !escaped => return Some((Value::Plain(part), end + 1)),
+            b'"' => {
+                buffer.push_str(part);
+                return Some((Value::Buffered, end + 1));
+            }
+            b'\\' => {
+                if !escaped {
+                    buffer.clear();
+                    escaped = true;
+                }
+                buffer.push_str(part);
+                let (c, len) = escape(&line[end..]).ok()?;
+                buffer.push(c);
+                from = end + len;
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// The bytes that end a part of a JSON string: its closing quote, an escape,
+/// and the control characters it may not hold.
+const SPECIAL: [bool; 256] = {
+    let mut special = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        special[b] = true;
+        b += 1;
+    }
+    special[b'"' as usize] = true;
+    special[b'\\' as usize] = true;
+    special
+};
 
 /// The fields of [`Fields`].
 enum Slot {
@@ -203,7 +383,14 @@ impl Visitor<'_> for NameVisitor {
     }
 
     fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
-        Ok(Name(match name {
+        Ok(Name(Slot::of(name)))
+    }
+}
+
+impl Slot {
+    /// The field of [`Fields`] a name (unescaped) is.
+    fn of(name: &str) -> Option<Slot> {
+        match name {
             "topic" => Some(Slot::Topic),
             "partition" => Some(Slot::Partition),
             "offset" => Some(Slot::Offset),
@@ -212,7 +399,7 @@ impl Visitor<'_> for NameVisitor {
             "payload" => Some(Slot::Payload),
             "headers" => Some(Slot::Headers),
             _ => None,
-        }))
+        }
     }
 }
 
@@ -226,9 +413,7 @@ fn read<'a>(
         payload,
     } = buffers;
     Ok(KcatLine {
-        topic: required(fields.topic, "topic", move |v, field| {
-            unescaped(v, field, topic)
-        })?,
+        topic: required(fields.topic, "topic", move |v, field| text(v, field, topic))?,
         partition: required(fields.partition, "partition", |value, field| {
             i32::try_from(uint(value, field)?)
                 .map_err(|_| wrong_type(field, "a partition number", value))
@@ -237,43 +422,48 @@ fn read<'a>(
             i64::try_from(uint(value, field)?).map_err(|_| wrong_type(field, "an offset", value))
         })?,
         ts_ms: optional(fields.ts, "ts", timestamp)?.flatten(),
-        key: optional(fields.key, "key", move |v, field| unescaped(v, field, key))?,
+        key: optional(fields.key, "key", move |v, field| text(v, field, key))?,
         payload: optional(fields.payload, "payload", move |v, field| {
-            unescaped(v, field, payload)
+            text(v, field, payload)
         })?,
         headers: optional(fields.headers, "headers", headers)?.unwrap_or_default(),
     })
 }
 
 /// Reads an optional field: absent and `null` give `None`.
-fn optional<'a, T>(
-    value: Option<&'a RawValue>,
+fn optional<V: Nullable, T>(
+    value: Option<V>,
     name: &str,
-    read: impl FnOnce(&'a RawValue, Field<'_>) -> Result<T, RecordError>,
+    read: impl FnOnce(V, Field<'_>) -> Result<T, RecordError>,
 ) -> Result<Option<T>, RecordError> {
     match value {
-        Some(v) if v.get() != "null" => read(v, Field::new(name)).map(Some),
+        Some(v) if !v.is_null() => read(v, Field::new(name)).map(Some),
         _ => Ok(None),
     }
 }
 
 /// Reads a field that must be present and not `null` (else `missing_field`).
-fn required<'a, T>(
-    value: Option<&'a RawValue>,
+fn required<V: Nullable, T>(
+    value: Option<V>,
     name: &str,
-    read: impl FnOnce(&'a RawValue, Field<'_>) -> Result<T, RecordError>,
+    read: impl FnOnce(V, Field<'_>) -> Result<T, RecordError>,
 ) -> Result<T, RecordError> {
     optional(value, name, read)?.ok_or_else(|| missing(Field::new(name)))
 }
 
 /// A string, borrowed from the line when it has no escapes, else unescaped
-/// into `buffer`. An escape that gives no Unicode text (a lone surrogate) is
-/// `invalid_utf8`.
-fn unescaped<'a>(
-    value: &'a RawValue,
+/// into `buffer` (where [`scan`] may have put it already). An escape that
+/// gives no Unicode text (a lone surrogate) is `invalid_utf8`.
+fn text<'a>(
+    value: Value<'a>,
     field: Field,
     buffer: &'a mut String,
 ) -> Result<&'a str, RecordError> {
+    let value = match value {
+        Value::Raw(raw) => raw,
+        Value::Plain(text) => return Ok(text),
+        Value::Buffered => return Ok(buffer),
+    };
     if !value.get().starts_with('"') {
         return Err(wrong_type(field, "a string", value));
     }
@@ -345,7 +535,9 @@ fn headers<'a>(value: &'a RawValue, field: Field) -> Result<Headers<'a>, RecordE
 mod tests {
     use super::super::decode_cache;
     use super::super::testing::{change, data_file};
-    use super::{KcatBuffers, KcatRecord, parse_kcat_line};
+    use proptest::prelude::*;
+
+    use super::{Fields, KcatBuffers, KcatRecord, parse_kcat_line, read, scan};
     use crate::dead_letter::Reason;
     use crate::model::Op;
 
@@ -453,6 +645,94 @@ mod tests {
         let error = parse_kcat_line(line).expect("a kcat line").expect_err(line);
         assert_eq!(error.reason, Reason::InvalidUtf8, "{error}");
         assert!(error.message.contains("\"payload\""), "{error}");
+    }
+
+    /// When the one-pass scan reads a line, serde_json reads it too, and
+    /// the record (or the error) is the same.
+    fn scan_agrees(line: &str) {
+        let mut buffers = KcatBuffers::default();
+        let Some(fields) = scan(line, &mut buffers) else {
+            return;
+        };
+        let fast = read(&fields, &mut buffers).map(|l| l.to_record());
+        let serde = serde_json::from_str::<Fields>(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        let mut buffers = KcatBuffers::default();
+        let slow = read(&serde, &mut buffers).map(|l| l.to_record());
+        assert_eq!(fast, slow, "{line}");
+        let present = |f: &Fields| {
+            [f.topic.is_some(), f.partition.is_some(), f.offset.is_some()]
+                .into_iter()
+                .chain([f.ts.is_some(), f.key.is_some(), f.payload.is_some()])
+                .chain([f.headers.is_some()])
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(present(&fields), present(&serde), "{line}");
+    }
+
+    #[test]
+    fn the_scan_reads_lines_as_serde_json_does() {
+        let text = data_file("formats/kcat.ndjson");
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        lines.extend([
+            r#" { "topic" : "t" , "partition" : 0 , "offset" : 1 , "payload" : "x" } "#.into(),
+            r#"{"topic":"t","partition":0,"offset":1,"payload":"x","payload":"y","topic":5}"#
+                .into(),
+            r#"{"topic":"t\u00e9","partition":0,"offset":1,"key":null,"payload":"\ud83d\ude00"}"#
+                .into(),
+            r#"{"topic":"t","partition":0,"offset":1,"payload":"\ud800","x":"\ud800"}"#.into(),
+            r#"{"topic":"t","partition":0,"offset":1,"payload":"a\u0001b\/"}"#.into(),
+            "{\"topic\":\"t\",\"partition\":0,\"offset\":1,\"payload\":\"a\u{1}\"}".into(),
+            r#"{"topic":"t","partition":0,"offset":1,"payload":{"a":[1,"}"]},"key":7}"#.into(),
+            r#"{"topic":"t","partition":0,"offset":1,"payload":"x"}}"#.into(),
+            r#"{"topic":"t","partition":0,"offset":1,"payload":"x",}"#.into(),
+            r#"{"topic":"t","partition":0,"offset":01,"payload":"x"}"#.into(),
+            r#"{"t\u006fpic":"t","partition":0,"offset":1,"payload":"x","topic":"u"}"#.into(),
+            r#"{"topic":"t","partition":0,"offset":1,"payload":"x\"}"#.into(),
+            "{}".into(),
+        ]);
+        let mutated: Vec<String> = lines
+            .iter()
+            .flat_map(|line| {
+                let cuts = (0..=line.len()).filter(|&i| line.is_char_boundary(i));
+                let prefixes = cuts.clone().map(|i| line[..i].to_owned());
+                let replaced = cuts.filter(|&i| i < line.len()).flat_map(move |i| {
+                    let rest = &line[i..][line[i..].chars().next().map_or(0, char::len_utf8)..];
+                    ["\"", "\\", "\u{1}", " ", ",", "}", "u", "0", "-"]
+                        .map(|with| format!("{}{with}{rest}", &line[..i]))
+                });
+                prefixes.chain(replaced).collect::<Vec<_>>()
+            })
+            .collect();
+        for line in lines.iter().chain(&mutated) {
+            scan_agrees(line);
+        }
+        let read = |line: &str| scan(line, &mut KcatBuffers::default()).is_some();
+        assert!(lines[..5].iter().all(|line| read(line)));
+        assert!(read(&lines[6]) && read(&lines[7]) && read(&lines[8]));
+    }
+
+    proptest! {
+        /// Strings of escapes, valid or not, in every field.
+        #[test]
+        fn the_scan_agrees_on_escapes(parts in prop::collection::vec(prop_oneof![
+            Just(r"\u00e9".to_owned()),
+            Just(r"\ud83d".to_owned()),
+            Just(r"\ude00".to_owned()),
+            Just(r"\n".to_owned()),
+            Just(r#"\""#.to_owned()),
+            Just(r"\\".to_owned()),
+            Just(r"\x".to_owned()),
+            Just("\u{1}".to_owned()),
+            "[a-zé]{0,3}",
+        ], 0..8), field in 0..3usize) {
+            let text = format!("\"{}\"", parts.concat());
+            let mut values = [r#""t""#, r#""k""#, r#""p""#];
+            values[field] = &text;
+            let [topic, key, payload] = values;
+            scan_agrees(&format!(
+                r#"{{"topic":{topic},"partition":0,"offset":1,"key":{key},"payload":{payload}}}"#
+            ));
+        }
     }
 
     #[test]
