@@ -17,7 +17,8 @@
 //!   (`debezium`: schemaless PostgreSQL envelopes; `debezium_schema`: inside
 //!   the JSON converter's schema/payload wrapper; `maxwell`; `canal`), on the
 //!   last 2,000 CDC records; `cache_invalidation` and `cache_fill` on the
-//!   last 2,000 cache events of each action; `kcat_debezium`: a `kcat -J`
+//!   last 2,000 cache events of each action; `kcat_line`: a `kcat -J` line
+//!   read up to its unescaped payload; `kcat_debezium`: a `kcat -J`
 //!   line wrapping a Debezium record, parsed, then its value decoded.
 //!   Elements: messages.
 //! - `map/debezium`: a decoded Debezium change and `[[tables]]` to a
@@ -323,6 +324,9 @@ fn decode(c: &mut Criterion) {
         })
         .collect();
     let mut buffers = KcatBuffers::default();
+    bench_each(&mut group, "kcat_line", &lines, |l| {
+        buffers.parse(l).map(|r| r.map(|r| r.payload.map(str::len)))
+    });
     bench_each(&mut group, "kcat_debezium", &lines, |l| {
         decode_kcat(l, &mut buffers)
     });
