@@ -188,7 +188,7 @@ const CACHE_BOUND: f64 = 7.0;
 /// Bound of the records of `vigil bench --check`, CDC and cache.
 const MIX_BOUND: f64 = 10.5;
 /// Bound of the `kcat -J` lines of `vigil bench --check-kcat`.
-const KCAT_BOUND: f64 = 12.5;
+const KCAT_BOUND: f64 = 11.0;
 
 #[test]
 fn allocations_per_record_stay_within_their_bounds() {
