@@ -92,18 +92,6 @@ const STORED_KEYS: usize = 300_000;
 /// Keys read or written per iteration of the `state` benchmarks.
 const STATE_BATCH: usize = 1_000;
 
-/// The fault rates `vigil gen` defaults to.
-const FAULTS: FaultRates = FaultRates {
-    missing: 0.01,
-    late: 0.01,
-    stale_fill: 0.01,
-    fill_after_delete: 0.05,
-    regression: 0.005,
-    gap: 0.005,
-    conflict: 0.005,
-    duplicate: 0.01,
-};
-
 /// Columns added to every generated row image, after the generator's seven:
 /// a country code and two `timestamptz` columns as Debezium writes them
 /// (`io.debezium.time.ZonedTimestamp`).
@@ -139,7 +127,7 @@ fn generate(format: CdcFormat) -> Workload {
         rate: 10_000,
         format,
         seed: 1,
-        faults: FAULTS,
+        faults: FaultRates::GEN,
         start_ms: START_MS,
         partitions: PARTITIONS,
         traffic: Traffic::Steady,

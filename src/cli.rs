@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::workload::FaultRates;
+
 /// vigil: a real-time consistency watchdog for cached data.
 ///
 /// vigil reads a database's change stream (Debezium, Maxwell or Canal JSON)
@@ -400,36 +402,36 @@ pub struct GenArgs {
     pub kcat: bool,
 
     /// Share of changes whose invalidation of one key is dropped.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = FaultRates::GEN.missing)]
     pub missing_rate: f64,
 
     /// Share of changes whose invalidation of one key comes after the deadline.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = FaultRates::GEN.late)]
     pub late_rate: f64,
 
     /// Share of updates followed by a fill of the previous version.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = FaultRates::GEN.stale_fill)]
     pub stale_fill_rate: f64,
 
     /// Share of deletes followed by a fill of the deleted row.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = FaultRates::GEN.fill_after_delete)]
     pub fill_after_delete_rate: f64,
 
     /// Share of updates followed by a change with an older version.
-    #[arg(long, default_value_t = 0.005)]
+    #[arg(long, default_value_t = FaultRates::GEN.regression)]
     pub regression_rate: f64,
 
     /// Share of updates that skip a version.
-    #[arg(long, default_value_t = 0.005)]
+    #[arg(long, default_value_t = FaultRates::GEN.gap)]
     pub gap_rate: f64,
 
     /// Share of updates followed by another change of the same version
     /// with different data.
-    #[arg(long, default_value_t = 0.005)]
+    #[arg(long, default_value_t = FaultRates::GEN.conflict)]
     pub conflict_rate: f64,
 
     /// Share of records delivered twice.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = FaultRates::GEN.duplicate)]
     pub duplicate_rate: f64,
 
     /// Seed of the random generator: the same seed gives the same files.

@@ -66,18 +66,6 @@ fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
 }
 
-/// The fault rates `vigil gen` defaults to.
-const FAULTS: FaultRates = FaultRates {
-    missing: 0.01,
-    late: 0.01,
-    stale_fill: 0.01,
-    fill_after_delete: 0.05,
-    regression: 0.005,
-    gap: 0.005,
-    conflict: 0.005,
-    duplicate: 0.01,
-};
-
 /// A generated workload, table `t` in `formats[t % formats.len()]`, and the
 /// configuration that maps its tables.
 fn workload(tables: u32, formats: &[CdcFormat]) -> (Vec<GenRecord>, Config) {
@@ -89,7 +77,7 @@ fn workload(tables: u32, formats: &[CdcFormat]) -> (Vec<GenRecord>, Config) {
             rate: 10_000,
             format: formats[0],
             seed: 1,
-            faults: FAULTS,
+            faults: FaultRates::GEN,
             start_ms: START_MS,
             partitions: PARTITIONS,
             traffic: Traffic::Steady,

@@ -74,6 +74,21 @@ pub struct FaultRates {
     pub duplicate: f64,
 }
 
+impl FaultRates {
+    /// The rates `vigil gen` uses unless told otherwise (its flags'
+    /// defaults).
+    pub const GEN: FaultRates = FaultRates {
+        missing: 0.01,
+        late: 0.01,
+        stale_fill: 0.01,
+        fill_after_delete: 0.05,
+        regression: 0.005,
+        gap: 0.005,
+        conflict: 0.005,
+        duplicate: 0.01,
+    };
+}
+
 /// What to generate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spec {
