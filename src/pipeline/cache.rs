@@ -642,6 +642,44 @@ mod tests {
         out
     }
 
+    /// Saves checkpoint `epoch` whole.
+    fn checkpoint(slots: &mut Slots<Arc<str>, Count>, epoch: u64) {
+        slots.begin(epoch);
+        assert!(slots.save_some(usize::MAX));
+        slots.take_saved();
+    }
+
+    #[test]
+    fn eviction_takes_the_slot_persisted_longest_ago_and_the_queue_holds_one_entry_a_slot() {
+        let mut slots = Slots::new(true, save);
+        for key in ["a", "b", "c"] {
+            set(&mut slots, key, 1);
+        }
+        checkpoint(&mut slots, 1);
+        // "a" changes at every checkpoint after the first.
+        for epoch in 2..=50 {
+            set(&mut slots, "a", epoch);
+            checkpoint(&mut slots, epoch);
+        }
+        assert_eq!(slots.recent.len(), 3, "one entry a slot");
+        let one = slots.resident_bytes() / 3;
+        let mut batch = StateBatch::default();
+        assert_eq!(slots.evict(one, 51, 50, &mut batch), 1);
+        assert_eq!(slots.evict(one, 51, 50, &mut batch), 1);
+        assert!(batch.is_empty(), "every slot was in the store");
+        let left: Vec<&str> = slots
+            .maps
+            .iter()
+            .flat_map(|m| m.keys())
+            .map(|k| &**k)
+            .collect();
+        assert_eq!(
+            left,
+            ["a"],
+            "the slots persisted at checkpoint 1 left first"
+        );
+    }
+
     #[test]
     fn a_slot_changed_while_its_checkpoint_is_saved_is_saved_as_it_was_at_the_checkpoint() {
         let mut slots = Slots::new(true, save);
