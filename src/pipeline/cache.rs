@@ -161,14 +161,7 @@ pub(super) struct Slot<V> {
     /// and unchanged, or spilled before the first checkpoint).
     persisted_at: u64,
     in_store: InStore,
-    /// The checkpoint of the slot's entry in the recency queue
-    /// ([`NOT_QUEUED`]: none). One entry speaks for a slot; when the slot
-    /// was persisted again since, eviction queues it anew behind the others.
-    queued_at: u64,
 }
-
-/// [`Slot::queued_at`] of a slot without an entry in the recency queue.
-const NOT_QUEUED: u64 = u64::MAX;
 
 /// What the store holds of a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,7 +183,6 @@ impl<V: Default> Slot<V> {
             bytes: 0,
             persisted_at: 0,
             in_store: InStore::Nothing,
-            queued_at: NOT_QUEUED,
         }
     }
 
@@ -222,8 +214,7 @@ pub(super) struct Slots<K, V> {
     durable: bool,
     save: Saver<K, V>,
     /// Slots by the checkpoint that persisted (or loaded) them, oldest
-    /// first, one entry a slot: an entry speaks for its slot while the
-    /// slot's `queued_at` names it, and is stale once the slot left.
+    /// first; an entry is stale when the slot was persisted again since.
     recent: VecDeque<(u64, K)>,
     /// Slots to drop once their checkpoint is committed (finished or
     /// spilled), with their bytes.
@@ -362,7 +353,6 @@ where
                             bytes,
                             in_store: InStore::Current,
                             value,
-                            queued_at: 0,
                             ..Slot::new(scope)
                         }
                     }
@@ -409,13 +399,12 @@ where
     /// saved.
     pub fn take_saved(&mut self) -> StateBatch {
         debug_assert!(self.saving.is_empty(), "every marked slot is saved");
-        // Slots that left memory leave their entries behind.
         if self.recent.len() > 2 * self.len() + 1024 {
             let maps = &self.maps;
-            self.recent.retain(|(at, key)| {
+            self.recent.retain(|(epoch, key)| {
                 maps[Self::part(key)]
                     .get(key)
-                    .is_some_and(|s| s.queued_at == *at)
+                    .is_some_and(|s| s.unchanged_since(*epoch))
             });
         }
         std::mem::take(&mut self.saved)
@@ -469,8 +458,7 @@ where
         if finished {
             self.leaving_bytes += bytes;
             self.leaving.push_back((epoch, key.clone(), bytes));
-        } else if slot.queued_at == NOT_QUEUED {
-            slot.queued_at = epoch;
+        } else {
             self.recent.push_back((epoch, key.clone()));
         }
     }
@@ -507,32 +495,23 @@ where
         let mut evicted = 0;
         let mut freed = 0;
         while freed < free {
-            let Some((at, key)) = self.recent.pop_front() else {
+            let Some((at, key)) = self.recent.front() else {
                 break;
             };
-            let Some(slot) = self.maps[Self::part(&key)]
-                .get_mut(&key)
-                .filter(|s| s.queued_at == at)
+            let at = *at;
+            let Some(slot) = self.maps[Self::part(key)]
+                .get_mut(key)
+                .filter(|s| s.unchanged_since(at))
             else {
+                self.recent.pop_front();
                 continue;
             };
-            if slot.changed_in != UNCHANGED {
-                // Queued again once persisted.
-                slot.queued_at = NOT_QUEUED;
-                continue;
-            }
-            if slot.persisted_at != at {
-                slot.queued_at = slot.persisted_at;
-                self.recent.push_back((slot.persisted_at, key));
-                continue;
-            }
             let saved = slot.in_store == InStore::Current;
             if saved && at > committed {
-                self.recent.push_front((at, key));
                 break;
             }
             freed += slot.bytes;
-            slot.queued_at = NOT_QUEUED;
+            let (_, key) = self.recent.pop_front().expect("the front was read above");
             if saved {
                 evicted += u64::from(self.drop_if_unchanged(&key, at).is_some());
             } else {
@@ -640,44 +619,6 @@ mod tests {
             .collect();
         out.sort();
         out
-    }
-
-    /// Saves checkpoint `epoch` whole.
-    fn checkpoint(slots: &mut Slots<Arc<str>, Count>, epoch: u64) {
-        slots.begin(epoch);
-        assert!(slots.save_some(usize::MAX));
-        slots.take_saved();
-    }
-
-    #[test]
-    fn eviction_takes_the_slot_persisted_longest_ago_and_the_queue_holds_one_entry_a_slot() {
-        let mut slots = Slots::new(true, save);
-        for key in ["a", "b", "c"] {
-            set(&mut slots, key, 1);
-        }
-        checkpoint(&mut slots, 1);
-        // "a" changes at every checkpoint after the first.
-        for epoch in 2..=50 {
-            set(&mut slots, "a", epoch);
-            checkpoint(&mut slots, epoch);
-        }
-        assert_eq!(slots.recent.len(), 3, "one entry a slot");
-        let one = slots.resident_bytes() / 3;
-        let mut batch = StateBatch::default();
-        assert_eq!(slots.evict(one, 51, 50, &mut batch), 1);
-        assert_eq!(slots.evict(one, 51, 50, &mut batch), 1);
-        assert!(batch.is_empty(), "every slot was in the store");
-        let left: Vec<&str> = slots
-            .maps
-            .iter()
-            .flat_map(|m| m.keys())
-            .map(|k| &**k)
-            .collect();
-        assert_eq!(
-            left,
-            ["a"],
-            "the slots persisted at checkpoint 1 left first"
-        );
     }
 
     #[test]
