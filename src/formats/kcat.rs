@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use super::json::{Field, Scalar, array, missing, row, scalar, string, uint, wrong_type};
 use super::unescape::{escape, unescape};
-use crate::dead_letter::{Reason, RecordError};
+use crate::dead_letter::RecordError;
 use crate::model::Millis;
 
 /// One `kcat -J` line, owned (its key and payload are unescaped).
@@ -452,8 +452,10 @@ fn required<V: Nullable, T>(
 }
 
 /// A string, borrowed from the line when it has no escapes, else unescaped
-/// into `buffer` (where [`scan`] may have put it already). An escape that
-/// gives no Unicode text (a lone surrogate) is `invalid_utf8`.
+/// into `buffer` (where [`scan`] may have put it already). A string whose
+/// escapes give no Unicode text (a lone surrogate) is kept as written
+/// between its quotes, as the decoders keep such a string: a payload then
+/// fails to decode and becomes a dead letter with its Kafka record.
 fn text<'a>(
     value: Value<'a>,
     field: Field,
@@ -467,12 +469,11 @@ fn text<'a>(
     if !value.get().starts_with('"') {
         return Err(wrong_type(field, "a string", value));
     }
-    unescape(value.get(), buffer).map_err(|e| {
-        RecordError::new(
-            Reason::InvalidUtf8,
-            format!("{field} is not Unicode text: {e}"),
-        )
-    })
+    let quoted = value.get();
+    match unescape(quoted, buffer) {
+        Ok(text) => Ok(text),
+        Err(_) => Ok(quoted.get(1..quoted.len() - 1).unwrap_or_default()),
+    }
 }
 
 /// `ts`: ms since the epoch; kcat writes -1 when the message has none.
@@ -640,11 +641,10 @@ mod tests {
     }
 
     #[test]
-    fn a_lone_surrogate_is_not_text() {
-        let line = r#"{"topic":"t","partition":0,"offset":1,"payload":"\ud800"}"#;
-        let error = parse_kcat_line(line).expect("a kcat line").expect_err(line);
-        assert_eq!(error.reason, Reason::InvalidUtf8, "{error}");
-        assert!(error.message.contains("\"payload\""), "{error}");
+    fn a_lone_surrogate_is_kept_as_written() {
+        let line = r#"{"topic":"t","partition":0,"offset":1,"payload":"x\ud800"}"#;
+        let record = parse_kcat_line(line).expect("a kcat line").expect(line);
+        assert_eq!(record.payload.as_deref(), Some(r"x\ud800"));
     }
 
     /// When the one-pass scan reads a line, serde_json reads it too, and
