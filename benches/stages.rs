@@ -201,12 +201,7 @@ fn raw_inputs(records: &[GenRecord]) -> Vec<(RawInput<'_>, Provenance)> {
         .iter()
         .enumerate()
         .map(|(offset, r)| {
-            let input = RawInput {
-                stream: r.stream,
-                key: r.key.as_deref().map(str::as_bytes),
-                value: r.value.as_deref().map(str::as_bytes),
-                timestamp_ms: Some(r.ts_ms),
-            };
+            let input = r.raw_input();
             (input, provenance(r, offset))
         })
         .collect()

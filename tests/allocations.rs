@@ -99,12 +99,7 @@ fn per_record(records: &[&GenRecord], config: &Config) -> f64 {
         .iter()
         .enumerate()
         .map(|(offset, r)| {
-            let input = RawInput {
-                stream: r.stream,
-                key: r.key.as_deref().map(str::as_bytes),
-                value: r.value.as_deref().map(str::as_bytes),
-                timestamp_ms: Some(r.ts_ms),
-            };
+            let input = r.raw_input();
             let provenance = Provenance {
                 topic: Arc::clone(&r.topic),
                 partition: r.partition,

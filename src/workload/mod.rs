@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::events::ViolationKind;
-use crate::ingest::Stream;
+use crate::ingest::{RawInput, Stream};
 use crate::model::{Millis, Op};
 use encode::{CdcFormat, GenCacheEvent, GenChange, GenRow, TsForm, encode_cache, encode_change};
 use rng::Rng;
@@ -124,6 +124,18 @@ pub struct GenRecord {
     pub value: Option<String>,
     /// Kafka timestamp: the record's event time.
     pub ts_ms: Millis,
+}
+
+impl GenRecord {
+    /// The record as a Kafka source hands it to ingest.
+    pub fn raw_input(&self) -> RawInput<'_> {
+        RawInput {
+            stream: self.stream,
+            key: self.key.as_deref().map(str::as_bytes),
+            value: self.value.as_deref().map(str::as_bytes),
+            timestamp_ms: Some(self.ts_ms),
+        }
+    }
 }
 
 /// A violation the engine must report.
