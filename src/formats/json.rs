@@ -299,10 +299,7 @@ impl<'a> Object<'a> {
         name: &str,
         read: impl FnOnce(&'a RawValue, Field<'_>) -> Result<T, RecordError>,
     ) -> Result<Option<T>, RecordError> {
-        match self.get(name) {
-            Some(v) if v.get() != "null" => read(v, self.path(name)).map(Some),
-            _ => Ok(None),
-        }
+        optional(self.get(name), self.path(name), read)
     }
 
     /// Reads a field that must be present and not `null` (else
@@ -312,8 +309,7 @@ impl<'a> Object<'a> {
         name: &str,
         read: impl FnOnce(&'a RawValue, Field<'_>) -> Result<T, RecordError>,
     ) -> Result<T, RecordError> {
-        self.field(name, read)?
-            .ok_or_else(|| missing(self.path(name)))
+        required(self.get(name), self.path(name), read)
     }
 
     /// Reads an optional field that must be an object.
@@ -321,6 +317,39 @@ impl<'a> Object<'a> {
         self.field(name, row)
             .map(|fields| fields.map(Object::nested(name)))
     }
+}
+
+/// A field's value that may be JSON `null`.
+pub(crate) trait Nullable: Copy {
+    fn is_null(self) -> bool;
+}
+
+impl Nullable for &RawValue {
+    fn is_null(self) -> bool {
+        self.get() == "null"
+    }
+}
+
+/// Reads the value of an optional field: absent and `null` give `None`.
+pub(crate) fn optional<V: Nullable, T>(
+    value: Option<V>,
+    field: Field<'_>,
+    read: impl FnOnce(V, Field<'_>) -> Result<T, RecordError>,
+) -> Result<Option<T>, RecordError> {
+    match value {
+        Some(v) if !v.is_null() => read(v, field).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Reads the value of a field that must be present and not `null` (else
+/// `missing_field`).
+pub(crate) fn required<V: Nullable, T>(
+    value: Option<V>,
+    field: Field<'_>,
+    read: impl FnOnce(V, Field<'_>) -> Result<T, RecordError>,
+) -> Result<T, RecordError> {
+    optional(value, field, read)?.ok_or_else(|| missing(field))
 }
 
 // ---------------------------------------------------------------------------

@@ -8,7 +8,9 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::json::{Field, Scalar, array, missing, row, scalar, string, uint, wrong_type};
+use super::json::{
+    Field, Nullable, Scalar, array, optional, required, row, scalar, string, uint, wrong_type,
+};
 use super::unescape::{escape, unescape};
 use crate::dead_letter::RecordError;
 use crate::model::Millis;
@@ -144,17 +146,6 @@ enum Value<'a> {
 impl<'de> Deserialize<'de> for Value<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         <&RawValue>::deserialize(deserializer).map(Value::Raw)
-    }
-}
-
-/// A field's value that may be JSON `null`.
-trait Nullable: Copy {
-    fn is_null(self) -> bool;
-}
-
-impl Nullable for &RawValue {
-    fn is_null(self) -> bool {
-        self.get() == "null"
     }
 }
 
@@ -413,42 +404,25 @@ fn read<'a>(
         payload,
     } = buffers;
     Ok(KcatLine {
-        topic: required(fields.topic, "topic", move |v, field| text(v, field, topic))?,
-        partition: required(fields.partition, "partition", |value, field| {
+        topic: required(fields.topic, Field::new("topic"), move |v, field| {
+            text(v, field, topic)
+        })?,
+        partition: required(fields.partition, Field::new("partition"), |value, field| {
             i32::try_from(uint(value, field)?)
                 .map_err(|_| wrong_type(field, "a partition number", value))
         })?,
-        offset: required(fields.offset, "offset", |value, field| {
+        offset: required(fields.offset, Field::new("offset"), |value, field| {
             i64::try_from(uint(value, field)?).map_err(|_| wrong_type(field, "an offset", value))
         })?,
-        ts_ms: optional(fields.ts, "ts", timestamp)?.flatten(),
-        key: optional(fields.key, "key", move |v, field| text(v, field, key))?,
-        payload: optional(fields.payload, "payload", move |v, field| {
+        ts_ms: optional(fields.ts, Field::new("ts"), timestamp)?.flatten(),
+        key: optional(fields.key, Field::new("key"), move |v, field| {
+            text(v, field, key)
+        })?,
+        payload: optional(fields.payload, Field::new("payload"), move |v, field| {
             text(v, field, payload)
         })?,
-        headers: optional(fields.headers, "headers", headers)?.unwrap_or_default(),
+        headers: optional(fields.headers, Field::new("headers"), headers)?.unwrap_or_default(),
     })
-}
-
-/// Reads an optional field: absent and `null` give `None`.
-fn optional<V: Nullable, T>(
-    value: Option<V>,
-    name: &str,
-    read: impl FnOnce(V, Field<'_>) -> Result<T, RecordError>,
-) -> Result<Option<T>, RecordError> {
-    match value {
-        Some(v) if !v.is_null() => read(v, Field::new(name)).map(Some),
-        _ => Ok(None),
-    }
-}
-
-/// Reads a field that must be present and not `null` (else `missing_field`).
-fn required<V: Nullable, T>(
-    value: Option<V>,
-    name: &str,
-    read: impl FnOnce(V, Field<'_>) -> Result<T, RecordError>,
-) -> Result<T, RecordError> {
-    optional(value, name, read)?.ok_or_else(|| missing(Field::new(name)))
 }
 
 /// A string, borrowed from the line when it has no escapes, else unescaped
