@@ -32,6 +32,12 @@ impl Default for Digest {
 }
 
 impl Digest {
+    /// Starts over, as a new digest (the buffer is reused, not zeroed).
+    pub fn reset(&mut self) {
+        self.len = 0;
+        self.stream = None;
+    }
+
     pub fn update(&mut self, bytes: &[u8]) {
         if let Some(stream) = &mut self.stream {
             stream.update(bytes);
@@ -242,6 +248,8 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
             for cut in [0, len / 3, len] {
                 let mut gathered = Digest::default();
+                gathered.update(&[7; 300]);
+                gathered.reset();
                 gathered.update(&bytes[..cut]);
                 gathered.update(&bytes[cut..]);
                 let mut streamed = Xxh3::new();

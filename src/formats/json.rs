@@ -62,8 +62,9 @@ fn unescape(quoted: &str) -> Cow<'_, str> {
 /// arrays). The field hashes are combined by wrapping addition, so neither
 /// field order nor whitespace changes the result.
 pub fn row_hash(row: &Row) -> u64 {
+    let mut hasher = Digest::default();
     row.iter().fold(0u64, |sum, (name, value)| {
-        let mut hasher = Digest::default();
+        hasher.reset();
         hasher.update(name.as_bytes());
         hasher.update(&[0xff]);
         match scalar(value) {
