@@ -20,17 +20,16 @@
 //! nothing any more (finished keys) leave the same way, once their deletion
 //! is in the store.
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hash};
 use std::mem::size_of;
 use std::sync::Arc;
 
 use foldhash::fast::RandomState;
+use hashbrown::HashTable;
 
 use crate::detect::entity::EntityState;
 use crate::detect::key::{Fill, Invalidation, KeyChange, KeyState};
-use crate::hash;
 use crate::state::{StateBatch, StateError};
 
 /// Approximate heap bytes of a value, for the budget.
@@ -54,12 +53,6 @@ impl SlotKey for Arc<[u8]> {
         self
     }
 }
-
-/// Parts of the slots' map. A hash map grows by moving every entry to a
-/// table twice the size, during which the worker does nothing else: one
-/// map of a few hundred thousand slots held records back for up to 100 ms.
-/// A part grows with a sixty-fourth of the slots.
-const PARTS: usize = 64;
 
 /// Bytes of a shared (`Arc`) slice of `len` bytes: the bytes, the counts,
 /// the allocator's header. Strings shared with other slots are counted in
@@ -193,32 +186,174 @@ impl<V: Default> Slot<V> {
     }
 }
 
+/// Parts of the slots' index. A hash table grows by moving every entry to a
+/// table twice the size, during which the worker does nothing else; a part
+/// grows with a sixty-fourth of the slots (the entries are 4-byte indices
+/// into the arena, so growing one is quick).
+const PARTS: usize = 64;
+
+/// Which part of the index holds a hash: bits that neither choose a bucket
+/// (the low ones) nor tag it (the top seven).
+fn part_of(hash: u64) -> usize {
+    ((hash >> 32) % PARTS as u64) as usize
+}
+
+/// Nodes per chunk of the arena: it grows a chunk at a time and never moves
+/// the nodes already in it.
+const CHUNK: usize = 4096;
+
+/// No node: the end of the recency list.
+const NIL: u32 = u32::MAX;
+
+/// A node of the arena as queued for later: valid while the node holds the
+/// same slot (a reused index has a new generation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Handle {
+    index: u32,
+    generation: u32,
+}
+
+/// A slot with its key, the key's hash, and its place in the recency list.
+struct Node<K, V> {
+    key: K,
+    hash: u64,
+    slot: Slot<V>,
+    /// Whether the slot is in the recency list (unchanged since it was
+    /// persisted or read, and not leaving), and its neighbours there.
+    listed: bool,
+    prev: u32,
+    next: u32,
+}
+
+/// A place in the arena: a node, or a free place, and how many nodes it has
+/// held.
+struct Place<K, V> {
+    generation: u32,
+    node: Option<Node<K, V>>,
+}
+
+/// The nodes of one kind of slot, addressed by index.
+struct Arena<K, V> {
+    chunks: Vec<Vec<Place<K, V>>>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl<K, V> Arena<K, V> {
+    fn new() -> Self {
+        Arena {
+            chunks: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn place(&self, index: u32) -> &Place<K, V> {
+        let i = index as usize;
+        &self.chunks[i / CHUNK][i % CHUNK]
+    }
+
+    fn place_mut(&mut self, index: u32) -> &mut Place<K, V> {
+        let i = index as usize;
+        &mut self.chunks[i / CHUNK][i % CHUNK]
+    }
+
+    /// The node at `index`, which holds one.
+    fn at(&self, index: u32) -> &Node<K, V> {
+        self.place(index).node.as_ref().expect("a live node")
+    }
+
+    fn at_mut(&mut self, index: u32) -> &mut Node<K, V> {
+        self.place_mut(index).node.as_mut().expect("a live node")
+    }
+
+    /// The node `handle` names, if it still holds the same slot.
+    fn get_mut(&mut self, handle: Handle) -> Option<&mut Node<K, V>> {
+        let place = self.place_mut(handle.index);
+        if place.generation == handle.generation {
+            place.node.as_mut()
+        } else {
+            None
+        }
+    }
+
+    fn handle(&self, index: u32) -> Handle {
+        Handle {
+            index,
+            generation: self.place(index).generation,
+        }
+    }
+
+    fn insert(&mut self, node: Node<K, V>) -> u32 {
+        self.len += 1;
+        if let Some(index) = self.free.pop() {
+            let place = self.place_mut(index);
+            place.generation = place.generation.wrapping_add(1);
+            place.node = Some(node);
+            return index;
+        }
+        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        let index = (self.chunks.len() - 1) * CHUNK + self.chunks.last().map_or(0, Vec::len);
+        let index = u32::try_from(index).expect("fewer than 2^32 slots per worker");
+        let chunk = self.chunks.last_mut().expect("pushed above");
+        chunk.push(Place {
+            generation: 0,
+            node: Some(node),
+        });
+        index
+    }
+
+    fn remove(&mut self, index: u32) -> Node<K, V> {
+        self.len -= 1;
+        self.free.push(index);
+        self.place_mut(index).node.take().expect("a live node")
+    }
+
+    /// Indices of the live nodes.
+    fn indices(&self) -> impl Iterator<Item = u32> + '_ {
+        self.chunks.iter().enumerate().flat_map(|(c, chunk)| {
+            chunk
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.node.is_some())
+                .map(move |(i, _)| (c * CHUNK + i) as u32)
+        })
+    }
+}
+
 /// Slots of one kind (keys or entities) with the bookkeeping of the module
-/// doc.
+/// doc: the slots live in an arena, found by the hash of their key through
+/// an index of arena positions; the queues of work name arena positions.
 pub(super) struct Slots<K, V> {
-    /// The slots, in [`PARTS`] maps ([`Slots::part`] says which), hashed
-    /// with foldhash (the maps are probed for every item; the standard
-    /// SipHash showed among the workers' costliest functions).
-    maps: Vec<HashMap<K, Slot<V>, RandomState>>,
+    hasher: RandomState,
+    /// Arena positions of the slots, in [`PARTS`] tables by [`part_of`]
+    /// their hash.
+    index: Vec<HashTable<u32>>,
+    arena: Arena<K, V>,
     /// Slots changed since the last checkpoint.
-    dirty: Vec<K>,
+    dirty: Vec<Handle>,
     /// The stamp of changes since the last checkpoint (from 1); the slots
     /// marked for the checkpoint being saved have the one before.
     stamp: u64,
     /// Slots changed before the checkpoint being saved, not all saved yet.
-    saving: Vec<K>,
+    saving: Vec<Handle>,
     /// The checkpoint being saved, and its writes so far.
     saving_epoch: u64,
     saved: StateBatch,
     /// Whether state is kept (see [`super::EngineOptions::durable`]).
     durable: bool,
     save: Saver<K, V>,
-    /// Slots by the checkpoint that persisted (or loaded) them, oldest
-    /// first; an entry is stale when the slot was persisted again since.
-    recent: VecDeque<(u64, K)>,
+    /// The recency list: slots unchanged since the checkpoint that
+    /// persisted them (or since they were read), in the order they were
+    /// persisted or read, linked through the nodes; eviction starts at
+    /// `oldest`.
+    oldest: u32,
+    newest: u32,
     /// Slots to drop once their checkpoint is committed (finished or
     /// spilled), with their bytes.
-    leaving: VecDeque<(u64, K, usize)>,
+    leaving: VecDeque<(u64, Handle, usize)>,
     /// Approximate bytes of all slots in memory.
     bytes: usize,
     /// Bytes of the slots in `leaving`.
@@ -230,10 +365,10 @@ pub(super) struct Slots<K, V> {
     store_empty: bool,
 }
 
-/// Bytes a slot costs beyond its value's heap: the map entry (with the
-/// map's spare room) and its place in the recency queue.
+/// Bytes a slot costs beyond its value's heap: its place in the arena and
+/// its entry in the index (with the index's spare room).
 fn entry_bytes<K, V>() -> usize {
-    (size_of::<(K, Slot<V>)>() + 1) * 8 / 7 + size_of::<(u64, K)>()
+    size_of::<Place<K, V>>() + (size_of::<u32>() + 1) * 8 / 7
 }
 
 impl<K, V> Slots<K, V>
@@ -245,7 +380,9 @@ where
     /// them yet, a fresh scratch store); `save` writes one.
     pub fn new(durable: bool, save: Saver<K, V>) -> Self {
         Slots {
-            maps: (0..PARTS).map(|_| HashMap::default()).collect(),
+            hasher: RandomState::default(),
+            index: (0..PARTS).map(|_| HashTable::new()).collect(),
+            arena: Arena::new(),
             dirty: Vec::new(),
             stamp: 1,
             saving: Vec::new(),
@@ -253,7 +390,8 @@ where
             saved: StateBatch::default(),
             durable,
             save,
-            recent: VecDeque::new(),
+            oldest: NIL,
+            newest: NIL,
             leaving: VecDeque::new(),
             bytes: 0,
             leaving_bytes: 0,
@@ -263,12 +401,7 @@ where
     }
 
     pub fn len(&self) -> usize {
-        self.maps.iter().map(HashMap::len).sum()
-    }
-
-    /// Which of `maps` holds `key`.
-    fn part(key: &K) -> usize {
-        hash::part_of(key.bytes(), PARTS)
+        self.arena.len
     }
 
     /// Approximate bytes in memory, less what is already leaving.
@@ -286,11 +419,79 @@ where
         entry_bytes::<K, V>() + key.heap_bytes() + value.heap_bytes()
     }
 
+    /// The arena position of the slot of `key` (of hash `hash`), if in
+    /// memory.
+    fn find(&self, hash: u64, key: &K) -> Option<u32> {
+        let arena = &self.arena;
+        self.index[part_of(hash)]
+            .find(hash, |&i| {
+                let node = arena.at(i);
+                node.hash == hash && node.key == *key
+            })
+            .copied()
+    }
+
+    /// Adds a node to the arena and the index; returns its position.
+    fn insert(&mut self, node: Node<K, V>) -> u32 {
+        let hash = node.hash;
+        let i = self.arena.insert(node);
+        let arena = &self.arena;
+        self.index[part_of(hash)].insert_unique(hash, i, |&j| arena.at(j).hash);
+        i
+    }
+
+    /// Takes the node at `i` out of the arena, the index and the recency
+    /// list.
+    fn remove(&mut self, i: u32) -> Node<K, V> {
+        self.unlink(i);
+        let hash = self.arena.at(i).hash;
+        if let Ok(entry) = self.index[part_of(hash)].find_entry(hash, |&j| j == i) {
+            entry.remove();
+        }
+        self.arena.remove(i)
+    }
+
+    /// Appends the node at `i` to the recency list (as the newest).
+    fn link(&mut self, i: u32) {
+        let newest = self.newest;
+        let node = self.arena.at_mut(i);
+        debug_assert!(!node.listed, "a node is listed once");
+        node.listed = true;
+        node.prev = newest;
+        node.next = NIL;
+        if newest == NIL {
+            self.oldest = i;
+        } else {
+            self.arena.at_mut(newest).next = i;
+        }
+        self.newest = i;
+    }
+
+    /// Takes the node at `i` out of the recency list, if in it.
+    fn unlink(&mut self, i: u32) {
+        let node = self.arena.at_mut(i);
+        if !node.listed {
+            return;
+        }
+        node.listed = false;
+        let (prev, next) = (node.prev, node.next);
+        if prev == NIL {
+            self.oldest = next;
+        } else {
+            self.arena.at_mut(prev).next = next;
+        }
+        if next == NIL {
+            self.newest = prev;
+        } else {
+            self.arena.at_mut(next).prev = prev;
+        }
+    }
+
     /// The slot of `key`, to change: in memory, else read by `load`, else
     /// new. It is persisted at the next checkpoint.
     pub fn change(
         &mut self,
-        key: K,
+        key: &K,
         scope: i32,
         load: impl FnOnce(&K) -> Result<Option<V>, StateError>,
     ) -> Result<&mut Slot<V>, StateError> {
@@ -304,7 +505,7 @@ where
     /// checkpoint. A slot read from the store stays in memory either way.
     pub fn find_to_change(
         &mut self,
-        key: K,
+        key: &K,
         scope: i32,
         load: impl FnOnce(&K) -> Result<Option<V>, StateError>,
         wanted: impl FnOnce(&V) -> bool,
@@ -314,64 +515,80 @@ where
 
     /// The slot of `key` in memory, else read by `load` (unless the store
     /// is empty), else, with `create`, a new one; marked changed and
-    /// returned if `wanted`. One map lookup.
+    /// returned if `wanted`.
     fn slot(
         &mut self,
-        key: K,
+        key: &K,
         scope: i32,
         load: impl FnOnce(&K) -> Result<Option<V>, StateError>,
         create: bool,
         wanted: impl FnOnce(&V) -> bool,
     ) -> Result<Option<&mut Slot<V>>, StateError> {
-        let part = Self::part(&key);
-        if !self.saving.is_empty() {
-            self.save_if_marked(part, &key);
+        let hash = self.hasher.hash_one(key.bytes());
+        let mut found = self.find(hash, key);
+        if let Some(i) = found
+            && !self.saving.is_empty()
+        {
+            // Saved as it was at the checkpoint before it changes; a
+            // finished slot may leave memory on the way.
+            let handle = self.arena.handle(i);
+            self.save_if_marked(handle);
+            if self.arena.get_mut(handle).is_none() {
+                found = None;
+            }
         }
-        let stamp = self.stamp;
-        let (key, slot) = match self.maps[part].entry(key) {
-            Entry::Occupied(e) => {
-                if !wanted(&e.get().value) {
+        let i = match found {
+            Some(i) => {
+                if !wanted(&self.arena.at(i).slot.value) {
                     return Ok(None);
                 }
-                let key = (e.get().changed_in != stamp).then(|| e.key().clone());
-                (key, e.into_mut())
+                i
             }
-            Entry::Vacant(vacant) => {
-                let loaded = if self.store_empty {
-                    None
-                } else {
-                    load(vacant.key())?
-                };
-                let slot = match loaded {
+            None => {
+                let loaded = if self.store_empty { None } else { load(key)? };
+                let (slot, read) = match loaded {
                     Some(value) => {
                         // Read from the store: saved, committed, the most recent.
-                        let bytes = Self::size_of_slot(vacant.key(), &value);
+                        let bytes = Self::size_of_slot(key, &value);
                         self.bytes += bytes;
                         self.peak_bytes = self.peak_bytes.max(self.bytes);
-                        self.recent.push_back((0, vacant.key().clone()));
-                        Slot {
+                        let slot = Slot {
                             bytes,
                             in_store: InStore::Current,
                             value,
                             ..Slot::new(scope)
-                        }
+                        };
+                        (slot, true)
                     }
-                    None if create => Slot::new(scope),
+                    None if create => (Slot::new(scope), false),
                     None => return Ok(None),
                 };
-                let key = wanted(&slot.value).then(|| vacant.key().clone());
-                let slot = vacant.insert(slot);
-                if key.is_none() {
+                let wanted = wanted(&slot.value);
+                let i = self.insert(Node {
+                    key: key.clone(),
+                    hash,
+                    slot,
+                    listed: false,
+                    prev: NIL,
+                    next: NIL,
+                });
+                if read {
+                    self.link(i);
+                }
+                if !wanted {
                     return Ok(None);
                 }
-                (key, slot)
+                i
             }
         };
-        if let Some(key) = key {
-            slot.changed_in = stamp;
-            self.dirty.push(key);
+        let stamp = self.stamp;
+        if self.arena.at(i).slot.changed_in != stamp {
+            self.unlink(i);
+            self.arena.at_mut(i).slot.changed_in = stamp;
+            let handle = self.arena.handle(i);
+            self.dirty.push(handle);
         }
-        Ok(Some(slot))
+        Ok(Some(&mut self.arena.at_mut(i).slot))
     }
 
     /// Marks the slots changed since the last checkpoint, to persist as
@@ -387,10 +604,10 @@ where
     /// Persists up to `n` of the marked slots; returns whether none is left.
     pub fn save_some(&mut self, n: usize) -> bool {
         for _ in 0..n {
-            let Some(key) = self.saving.pop() else {
+            let Some(handle) = self.saving.pop() else {
                 break;
             };
-            self.save_if_marked(Self::part(&key), &key);
+            self.save_if_marked(handle);
         }
         self.saving.is_empty()
     }
@@ -399,32 +616,26 @@ where
     /// saved.
     pub fn take_saved(&mut self) -> StateBatch {
         debug_assert!(self.saving.is_empty(), "every marked slot is saved");
-        if self.recent.len() > 2 * self.len() + 1024 {
-            let maps = &self.maps;
-            self.recent.retain(|(epoch, key)| {
-                maps[Self::part(key)]
-                    .get(key)
-                    .is_some_and(|s| s.unchanged_since(*epoch))
-            });
-        }
         std::mem::take(&mut self.saved)
     }
 
-    /// Persists the slot of `key` (in map `part`) if it is marked: with
-    /// `durable`, writes it
-    /// (a finished one is deleted); without, a finished one the store holds
-    /// is deleted, and the others are only counted. Finished slots leave
-    /// memory once deleted (or at once when the store never held them).
-    fn save_if_marked(&mut self, part: usize, key: &K) {
+    /// Persists the slot `handle` names if it is marked: with `durable`,
+    /// writes it (a finished one is deleted); without, a finished one the
+    /// store holds is deleted, and the others are only counted. Finished
+    /// slots leave memory once deleted (or at once when the store never
+    /// held them).
+    fn save_if_marked(&mut self, handle: Handle) {
         let (epoch, durable) = (self.saving_epoch, self.durable);
         // Before the first checkpoint the stamp before is UNCHANGED itself.
         let marked = self.stamp - 1;
-        let Some(slot) = self.maps[part]
-            .get_mut(key)
-            .filter(|s| s.changed_in != UNCHANGED && s.changed_in == marked)
+        let Some(node) = self
+            .arena
+            .get_mut(handle)
+            .filter(|n| n.slot.changed_in != UNCHANGED && n.slot.changed_in == marked)
         else {
             return;
         };
+        let Node { key, slot, .. } = node;
         slot.changed_in = UNCHANGED;
         let bytes = Self::size_of_slot(key, &slot.value);
         self.bytes = self.bytes + bytes - slot.bytes;
@@ -433,8 +644,8 @@ where
         slot.persisted_at = epoch;
         let finished = slot.value.is_finished();
         if finished && !durable && slot.in_store == InStore::Nothing {
-            self.bytes -= slot.bytes;
-            self.maps[part].remove(key);
+            self.bytes -= bytes;
+            self.remove(handle.index);
             return;
         }
         let write = if finished {
@@ -457,9 +668,9 @@ where
         }
         if finished {
             self.leaving_bytes += bytes;
-            self.leaving.push_back((epoch, key.clone(), bytes));
+            self.leaving.push_back((epoch, handle, bytes));
         } else {
-            self.recent.push_back((epoch, key.clone()));
+            self.link(handle.index);
         }
     }
 
@@ -468,9 +679,9 @@ where
     /// ones not counted).
     pub fn drop_leaving(&mut self, written: u64) -> u64 {
         let mut evicted = 0;
-        while let Some((at, key, bytes)) = self.leaving.pop_front_if(|(at, ..)| *at <= written) {
+        while let Some((at, handle, bytes)) = self.leaving.pop_front_if(|(at, ..)| *at <= written) {
             self.leaving_bytes -= bytes;
-            if let Some(slot) = self.drop_if_unchanged(&key, at)
+            if let Some(slot) = self.drop_if_unchanged(handle, at)
                 && !slot.value.is_finished()
             {
                 evicted += 1;
@@ -494,31 +705,27 @@ where
     ) -> u64 {
         let mut evicted = 0;
         let mut freed = 0;
-        while freed < free {
-            let Some((at, key)) = self.recent.front() else {
-                break;
-            };
-            let at = *at;
-            let Some(slot) = self.maps[Self::part(key)]
-                .get_mut(key)
-                .filter(|s| s.unchanged_since(at))
-            else {
-                self.recent.pop_front();
-                continue;
-            };
+        while freed < free && self.oldest != NIL {
+            let i = self.oldest;
+            let slot = &self.arena.at(i).slot;
+            let (at, bytes) = (slot.persisted_at, slot.bytes);
             let saved = slot.in_store == InStore::Current;
             if saved && at > committed {
                 break;
             }
-            freed += slot.bytes;
-            let (_, key) = self.recent.pop_front().expect("the front was read above");
+            freed += bytes;
+            self.unlink(i);
             if saved {
-                evicted += u64::from(self.drop_if_unchanged(&key, at).is_some());
+                self.bytes -= bytes;
+                self.remove(i);
+                evicted += 1;
             } else {
+                let handle = self.arena.handle(i);
+                let Node { key, slot, .. } = self.arena.at_mut(i);
                 (self.save)(
                     batch,
                     self.durable,
-                    &key,
+                    key,
                     slot.scope,
                     &mut slot.value,
                     Save::Put,
@@ -526,45 +733,47 @@ where
                 self.store_empty = false;
                 slot.in_store = InStore::Current;
                 slot.persisted_at = epoch;
-                self.leaving_bytes += slot.bytes;
-                self.leaving.push_back((epoch, key, slot.bytes));
+                self.leaving_bytes += bytes;
+                self.leaving.push_back((epoch, handle, bytes));
             }
         }
         evicted
     }
 
-    /// Removes the slot of `key` unless it changed since checkpoint
+    /// Removes the slot `handle` names unless it changed since checkpoint
     /// `persisted_at`; returns it.
-    fn drop_if_unchanged(&mut self, key: &K, persisted_at: u64) -> Option<Slot<V>> {
-        let map = &mut self.maps[Self::part(key)];
-        if !map.get(key)?.unchanged_since(persisted_at) {
+    fn drop_if_unchanged(&mut self, handle: Handle, persisted_at: u64) -> Option<Slot<V>> {
+        if !self
+            .arena
+            .get_mut(handle)?
+            .slot
+            .unchanged_since(persisted_at)
+        {
             return None;
         }
-        let slot = map.remove(key)?;
-        self.bytes -= slot.bytes;
-        Some(slot)
+        let node = self.remove(handle.index);
+        self.bytes -= node.slot.bytes;
+        Some(node.slot)
     }
 
     /// Forgets every slot of the scopes `gone` says (their state was
     /// committed, and now belongs to another instance).
     pub fn release(&mut self, gone: impl Fn(i32) -> bool) {
-        let mut removed = 0;
-        for map in &mut self.maps {
-            map.retain(|_, slot| {
-                let keep = !gone(slot.scope);
-                if !keep {
-                    removed += slot.bytes;
-                }
-                keep
-            });
-        }
-        self.bytes -= removed;
         debug_assert!(
             self.saving.is_empty(),
             "a checkpoint being saved is finished before a release"
         );
-        let maps = &self.maps;
-        self.dirty.retain(|k| maps[Self::part(k)].contains_key(k));
+        let leaving: Vec<u32> = self
+            .arena
+            .indices()
+            .filter(|&i| gone(self.arena.at(i).slot.scope))
+            .collect();
+        for i in leaving {
+            let node = self.remove(i);
+            self.bytes -= node.slot.bytes;
+        }
+        let arena = &mut self.arena;
+        self.dirty.retain(|&h| arena.get_mut(h).is_some());
     }
 }
 
@@ -600,7 +809,7 @@ mod tests {
 
     fn set(slots: &mut Slots<Arc<str>, Count>, key: &str, n: u64) {
         slots
-            .change(Arc::from(key), 0, |_| Ok(None))
+            .change(&Arc::from(key), 0, |_| Ok(None))
             .unwrap()
             .value
             .0 = n;

@@ -534,7 +534,7 @@ impl Worker {
         let (store, open) = (&*self.store, &self.open);
         let slot = self
             .keys
-            .change(Arc::clone(key), scope, |k| load_key(store, k, scope, open))?;
+            .change(key, scope, |k| load_key(store, k, scope, open))?;
         // Timers fire a few at a time (see `FIRE_CHUNK`): one the watermark
         // has passed fires before the record applies, as if it had fired
         // when the watermark came.
@@ -553,7 +553,7 @@ impl Worker {
         let store = &*self.store;
         let slot = self
             .entities
-            .change(entity_key(scope, change), scope, |k| load_entity(store, k))?;
+            .change(&entity_key(scope, change), scope, |k| load_entity(store, k))?;
         let entry = &mut slot.value;
         match entity::check(&mut entry.state, change) {
             EntityVerdict::Duplicate => self.stats.add_duplicate(),
@@ -605,7 +605,7 @@ impl Worker {
             // before a record of the key) replaces this one.
             let (store, open) = (&*self.store, &self.open);
             let Some(slot) = self.keys.find_to_change(
-                Arc::clone(&key),
+                &key,
                 scope,
                 |k| load_key(store, k, scope, open),
                 |entry| entry.stored.armed == Some(due),
