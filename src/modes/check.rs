@@ -127,6 +127,7 @@ pub fn check(
     let ingest = Ingest::new(config, Arc::clone(&stats));
     let options = EngineOptions {
         durable: state.is_some(),
+        exits_after: true,
         ..EngineOptions::from_config(config, true)
     };
     let outputs = FileOutputs::create(out, &config.outputs.source)?;

@@ -78,32 +78,22 @@ impl Footprint for Arc<[u8]> {
 }
 
 impl Footprint for KeyState {
+    /// The vectors, and the strings a key holds alone: primary keys (shared
+    /// with the entity's other keys, counted in each) and services. Table
+    /// and topic names are shared by every key that names them.
     fn heap_bytes(&self) -> usize {
-        let strings = |service: &Option<Arc<str>>, topic: &str| {
-            service.as_deref().map_or(0, arc_bytes) + arc_bytes(topic)
-        };
+        let service = |s: &Option<Arc<str>>| s.as_deref().map_or(0, arc_bytes);
         let changes: usize = self
             .changes
             .iter()
-            .map(|c| {
-                arc_bytes(&c.table)
-                    + arc_bytes(&c.pk)
-                    + arc_bytes(&c.evidence.topic)
-                    + c.cover
-                        .as_ref()
-                        .map_or(0, |cv| strings(&cv.service, &cv.evidence.topic))
-            })
+            .map(|c| arc_bytes(&c.pk) + c.cover.as_ref().map_or(0, |cv| service(&cv.service)))
             .sum();
-        let invalidations: usize = self
-            .invalidations
-            .iter()
-            .map(|i| strings(&i.service, &i.evidence.topic))
-            .sum();
+        let invalidations: usize = self.invalidations.iter().map(|i| service(&i.service)).sum();
         let fills: usize = self
             .fills
             .iter()
             .chain(&self.judged)
-            .map(|f| strings(&f.service, &f.evidence.topic))
+            .map(|f| service(&f.service))
             .sum();
         self.changes.capacity() * size_of::<KeyChange>()
             + self.invalidations.capacity() * size_of::<Invalidation>()

@@ -242,6 +242,11 @@ pub struct EngineOptions {
     pub slot_budget: usize,
     /// Storm detection, unless `storms.enabled` is false.
     pub storms: Option<StormRules>,
+    /// The process exits once the run ends (`vigil check`): the workers
+    /// then leave their keys, entities and timers to the operating system
+    /// instead of freeing them one by one (for a million keys, about 4 % of
+    /// such a run's CPU). False unless the mode sets it.
+    pub exits_after: bool,
 }
 
 impl EngineOptions {
@@ -266,6 +271,7 @@ impl EngineOptions {
             durable: true,
             slot_budget: MemoryBudget::of(config.state.cache_size.0).slots,
             storms: config.storms.enabled.then(|| storm_rules(&config.storms)),
+            exits_after: false,
         }
     }
 }

@@ -98,6 +98,9 @@ pub(super) struct Worker {
     store: Arc<dyn Store>,
     /// Whether state is written to the store (see [`super::EngineOptions`]).
     durable: bool,
+    /// Whether the process exits once the run ends (see
+    /// [`super::EngineOptions::exits_after`]).
+    exits_after: bool,
     rules: KeyRules,
     stats: Arc<Stats>,
     sink: Sender<SinkMsg>,
@@ -305,6 +308,7 @@ impl Worker {
             shards,
             store: Arc::clone(&engine.store),
             durable: engine.options.durable,
+            exits_after: engine.options.exits_after,
             rules: engine.options.key_rules,
             stats: Arc::clone(&engine.stats),
             sink,
@@ -382,7 +386,24 @@ impl Worker {
                 WorkMsg::Checkpoint { epoch } => self.checkpoint(epoch)?,
             }
         }
-        self.finish_checkpoint()
+        self.finish_checkpoint()?;
+        if self.exits_after {
+            self.leave_state();
+        }
+        Ok(())
+    }
+
+    /// Leaves the keys, entities, timers and open keys to the operating
+    /// system, which takes the process's memory back at once when it exits
+    /// (freeing them one by one would cost more than the last seconds of
+    /// work).
+    fn leave_state(&mut self) {
+        let keys = Slots::new(self.durable, save_key);
+        std::mem::forget(std::mem::replace(&mut self.keys, keys));
+        let entities = Slots::new(self.durable, save_entity);
+        std::mem::forget(std::mem::replace(&mut self.entities, entities));
+        std::mem::forget(std::mem::take(&mut self.timers));
+        std::mem::forget(std::mem::take(&mut self.open));
     }
 
     /// Fires some of the timers due, and saves some of the checkpoint
