@@ -336,10 +336,19 @@ impl Engine {
         let mut work_txs = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         let committed = Arc::new(AtomicU64::new(0));
+        // Batches go back to the router once applied, to be filled again.
+        let (spare_tx, spare_rx) = crossbeam_channel::bounded((cap + 1) * n);
         for index in 0..n {
             let (tx, rx) = crossbeam_channel::bounded(cap);
             work_txs.push(tx);
-            let w = worker::Worker::new(index, n, &self, sink_tx.clone(), Arc::clone(&committed));
+            let w = worker::Worker::new(
+                index,
+                n,
+                &self,
+                sink_tx.clone(),
+                spare_tx.clone(),
+                Arc::clone(&committed),
+            );
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("vigil-worker-{index}"))
@@ -388,7 +397,7 @@ impl Engine {
             .spawn(move || sink.run(sink_rx))
             .expect("spawning a thread only fails when the OS is out of resources");
 
-        let router = router::Router::new(&self, work_txs, storm_tx, sink_tx);
+        let router = router::Router::new(&self, work_txs, spare_rx, storm_tx, sink_tx);
         let routed = router.run(sources);
         let mut stages: Vec<Result<(), PipelineError>> = handles
             .into_iter()

@@ -28,6 +28,10 @@ pub(super) struct Router {
     storms: Option<Sender<StormMsg>>,
     sink: Sender<SinkMsg>,
     pending: Vec<Vec<WorkItem>>,
+    /// Batches the workers have applied, empty, to fill again (a batch
+    /// allocated here and freed on a worker's thread makes the allocator
+    /// take fresh pages).
+    spare: Receiver<Vec<WorkItem>>,
     /// Invalidations for the storm stage.
     pending_storms: Vec<Observed>,
     watermarks: Watermarks,
@@ -57,6 +61,7 @@ impl Router {
     pub(super) fn new(
         engine: &Engine,
         work: Vec<Sender<WorkMsg>>,
+        spare: Receiver<Vec<WorkItem>>,
         storms: Option<Sender<StormMsg>>,
         sink: Sender<SinkMsg>,
     ) -> Self {
@@ -73,6 +78,7 @@ impl Router {
             storms,
             sink,
             pending: (0..n).map(|_| Vec::new()).collect(),
+            spare,
             pending_storms: Vec::new(),
             watermarks,
             sent_watermark: Millis::MIN,
@@ -280,7 +286,9 @@ impl Router {
                 // The next batch is likely as large: room for it at once,
                 // rather than growing from empty by doubling.
                 let room = items.len();
-                let items = std::mem::replace(items, Vec::with_capacity(room));
+                let mut next = self.spare.try_recv().unwrap_or_default();
+                next.reserve(room);
+                let items = std::mem::replace(items, next);
                 self.work[i]
                     .send(WorkMsg::Batch { items, watermark })
                     .map_err(disconnected)?;

@@ -104,6 +104,8 @@ pub(super) struct Worker {
     rules: KeyRules,
     stats: Arc<Stats>,
     sink: Sender<SinkMsg>,
+    /// Where applied batches go back to the router, empty.
+    spare: Sender<Vec<WorkItem>>,
     keys: Slots<Arc<str>, KeyEntry>,
     entities: Slots<Arc<[u8]>, EntityEntry>,
     /// Bytes of keys and entities this worker may keep in memory.
@@ -301,6 +303,7 @@ impl Worker {
         shards: usize,
         engine: &Engine,
         sink: Sender<SinkMsg>,
+        spare: Sender<Vec<WorkItem>>,
         committed: Arc<AtomicU64>,
     ) -> Self {
         Worker {
@@ -312,6 +315,7 @@ impl Worker {
             rules: engine.options.key_rules,
             stats: Arc::clone(&engine.stats),
             sink,
+            spare,
             keys: Slots::new(engine.options.durable, save_key),
             entities: Slots::new(engine.options.durable, save_entity),
             budget: engine.options.slot_budget / shards,
@@ -364,11 +368,16 @@ impl Worker {
                 }
             };
             match msg {
-                WorkMsg::Batch { items, watermark } => {
+                WorkMsg::Batch {
+                    mut items,
+                    watermark,
+                } => {
                     let started = std::time::Instant::now();
-                    for item in items {
+                    for item in items.drain(..) {
                         self.apply(item)?;
                     }
+                    // When the router has spares enough, this one is freed.
+                    let _ = self.spare.try_send(items);
                     self.advance(watermark)?;
                     self.stats.record_batch(started.elapsed());
                     self.send_violations()?;
