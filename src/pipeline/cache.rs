@@ -195,10 +195,11 @@ const CHUNK: usize = 4096;
 /// No node: the end of the recency list.
 const NIL: u32 = u32::MAX;
 
-/// A node of the arena as queued for later: valid while the node holds the
-/// same slot (a reused index has a new generation).
+/// A slot as queued for later (by the slots, or by a worker's timers):
+/// valid while its place in the arena holds the same slot (a reused place
+/// has a new generation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Handle {
+pub(super) struct Handle {
     index: u32,
     generation: u32,
 }
@@ -258,6 +259,15 @@ impl<K, V> Arena<K, V> {
     }
 
     /// The node `handle` names, if it still holds the same slot.
+    fn get(&self, handle: Handle) -> Option<&Node<K, V>> {
+        let place = self.place(handle.index);
+        if place.generation == handle.generation {
+            place.node.as_ref()
+        } else {
+            None
+        }
+    }
+
     fn get_mut(&mut self, handle: Handle) -> Option<&mut Node<K, V>> {
         let place = self.place_mut(handle.index);
         if place.generation == handle.generation {
@@ -477,45 +487,56 @@ where
         }
     }
 
-    /// The slot of `key`, to change: in memory, else read by `load`, else
-    /// new. It is persisted at the next checkpoint.
+    /// The slot of `key`, to change, and its handle: in memory, else read
+    /// by `load`, else new. It is persisted at the next checkpoint.
     pub fn change(
         &mut self,
         key: &K,
         scope: i32,
         load: impl FnOnce(&K) -> Result<Option<V>, StateError>,
-    ) -> Result<&mut Slot<V>, StateError> {
+    ) -> Result<(Handle, &mut Slot<V>), StateError> {
         Ok(self
-            .slot(key, scope, load, true, |_| true)?
+            .slot(key, None, scope, load, true, |_| true)?
             .expect("created when absent"))
     }
 
-    /// The slot of `key` if in memory or in the store (read by `load`) and
-    /// `wanted` says the caller changes it; it is then persisted at the next
-    /// checkpoint. A slot read from the store stays in memory either way.
+    /// The slot of `key` (and its handle) if in memory or in the store (read
+    /// by `load`) and `wanted` says the caller changes it; it is then
+    /// persisted at the next checkpoint. A slot read from the store stays in
+    /// memory either way. `hint`: the handle the slot had, which spares the
+    /// lookup while it still holds the slot.
     pub fn find_to_change(
         &mut self,
         key: &K,
+        hint: Option<Handle>,
         scope: i32,
         load: impl FnOnce(&K) -> Result<Option<V>, StateError>,
         wanted: impl FnOnce(&V) -> bool,
-    ) -> Result<Option<&mut Slot<V>>, StateError> {
-        self.slot(key, scope, load, false, wanted)
+    ) -> Result<Option<(Handle, &mut Slot<V>)>, StateError> {
+        self.slot(key, hint, scope, load, false, wanted)
     }
 
-    /// The slot of `key` in memory, else read by `load` (unless the store
-    /// is empty), else, with `create`, a new one; marked changed and
-    /// returned if `wanted`.
+    /// The slot of `key` in memory (at `hint` if that still holds it),
+    /// else read by `load` (unless the store is empty), else, with
+    /// `create`, a new one; marked changed and returned if `wanted`.
     fn slot(
         &mut self,
         key: &K,
+        hint: Option<Handle>,
         scope: i32,
         load: impl FnOnce(&K) -> Result<Option<V>, StateError>,
         create: bool,
         wanted: impl FnOnce(&V) -> bool,
-    ) -> Result<Option<&mut Slot<V>>, StateError> {
-        let hash = self.hasher.hash_one(key.bytes());
-        let mut found = self.find(hash, key);
+    ) -> Result<Option<(Handle, &mut Slot<V>)>, StateError> {
+        let hinted = hint.and_then(|h| self.arena.get(h).map(|node| (h.index, node.hash)));
+        debug_assert!(hinted.is_none_or(|(i, _)| self.arena.at(i).key == *key));
+        let (mut found, hash) = match hinted {
+            Some((i, hash)) => (Some(i), hash),
+            None => {
+                let hash = self.hasher.hash_one(key.bytes());
+                (self.find(hash, key), hash)
+            }
+        };
         if let Some(i) = found
             && !self.saving.is_empty()
         {
@@ -572,13 +593,13 @@ where
             }
         };
         let stamp = self.stamp;
+        let handle = self.arena.handle(i);
         if self.arena.at(i).slot.changed_in != stamp {
             self.unlink(i);
             self.arena.at_mut(i).slot.changed_in = stamp;
-            let handle = self.arena.handle(i);
             self.dirty.push(handle);
         }
-        Ok(Some(&mut self.arena.at_mut(i).slot))
+        Ok(Some((handle, &mut self.arena.at_mut(i).slot)))
     }
 
     /// Marks the slots changed since the last checkpoint, to persist as
@@ -801,6 +822,7 @@ mod tests {
         slots
             .change(&Arc::from(key), 0, |_| Ok(None))
             .unwrap()
+            .1
             .value
             .0 = n;
     }

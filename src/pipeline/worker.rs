@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use serde::{Deserialize, Serialize};
 
-use super::cache::{Cached, Footprint, Save, Slot, Slots};
+use super::cache::{Cached, Footprint, Handle, Save, Slot, Slots};
 use super::{Engine, PipelineError, SinkMsg, WorkItem, WorkMsg};
 use crate::detect::entity::{self, EntityState, EntityVerdict};
 use crate::detect::key::{
@@ -92,6 +92,15 @@ impl Default for EntityEntry {
     }
 }
 
+/// A key's timer in the queue: the key and its scope, and the key's slot
+/// as it was when armed (which spares the lookup while the key stays in
+/// memory).
+struct Armed {
+    key: Arc<str>,
+    scope: i32,
+    slot: Option<Handle>,
+}
+
 pub(super) struct Worker {
     index: usize,
     shards: usize,
@@ -117,7 +126,7 @@ pub(super) struct Worker {
     /// The glob writes of checkpoint `epoch` while its keys and entities
     /// are saved (behind the work, when state is kept).
     saving: Option<StateBatch>,
-    timers: TimerQueue<(Arc<str>, i32)>,
+    timers: TimerQueue<Armed>,
     /// Keys with undecided changes (and their scope), ordered so that a glob
     /// invalidation can scan the keys sharing its literal prefix.
     open: BTreeMap<Arc<str>, i32>,
@@ -198,9 +207,9 @@ fn load_entity(store: &dyn Store, key: &[u8]) -> Result<Option<EntityEntry>, Sta
 /// keys with undecided changes.
 fn after_change(
     key: &Arc<str>,
-    slot: &mut Slot<KeyEntry>,
+    (at, slot): (Handle, &mut Slot<KeyEntry>),
     rules: &KeyRules,
-    timers: &mut TimerQueue<(Arc<str>, i32)>,
+    timers: &mut TimerQueue<Armed>,
     open: &mut BTreeMap<Arc<str>, i32>,
 ) {
     let entry = &mut slot.value;
@@ -208,7 +217,7 @@ fn after_change(
         && entry.stored.armed.is_none_or(|armed| due < armed)
     {
         entry.stored.armed = Some(due);
-        timers.push(due, (Arc::clone(key), slot.scope));
+        timers.push(due, armed(key, slot.scope, at));
     }
     let is_open = entry.stored.state.has_undecided();
     if is_open != entry.open {
@@ -225,10 +234,10 @@ fn after_change(
 /// what the watermark decides, and the key is armed again for what is left.
 fn fire(
     key: &Arc<str>,
-    slot: &mut Slot<KeyEntry>,
+    (at, slot): (Handle, &mut Slot<KeyEntry>),
     wm: Millis,
     rules: &KeyRules,
-    timers: &mut TimerQueue<(Arc<str>, i32)>,
+    timers: &mut TimerQueue<Armed>,
     open: &mut BTreeMap<Arc<str>, i32>,
 ) -> Decisions {
     let entry = &mut slot.value;
@@ -237,10 +246,19 @@ fn fire(
     let next = entry.stored.state.advance(key, wm, rules, &mut decisions);
     if let Some(next) = next.filter(|n| *n > wm) {
         entry.stored.armed = Some(next);
-        timers.push(next, (Arc::clone(key), slot.scope));
+        timers.push(next, armed(key, slot.scope, at));
     }
-    after_change(key, slot, rules, timers, open);
+    after_change(key, (at, slot), rules, timers, open);
     decisions
+}
+
+/// The timer of a key in memory.
+fn armed(key: &Arc<str>, scope: i32, slot: Handle) -> Armed {
+    Armed {
+        key: Arc::clone(key),
+        scope,
+        slot: Some(slot),
+    }
 }
 /// Writes a key to `batch` (`durable`: with its timer).
 fn save_key(
@@ -562,17 +580,25 @@ impl Worker {
         f: impl FnOnce(&mut KeyState, &KeyRules, &Wildcards) -> R,
     ) -> Result<R, StateError> {
         let (store, open) = (&*self.store, &self.open);
-        let slot = self
+        let (at, slot) = self
             .keys
             .change(key, scope, |k| load_key(store, k, scope, open))?;
         // Timers fire a few at a time (see `FIRE_CHUNK`): one the watermark
         // has passed fires before the record applies, as if it had fired
         // when the watermark came.
         let wm = self.watermark;
-        let fired = (slot.value.stored.armed.is_some_and(|due| due <= wm))
-            .then(|| fire(key, slot, wm, &self.rules, &mut self.timers, &mut self.open));
+        let fired = (slot.value.stored.armed.is_some_and(|due| due <= wm)).then(|| {
+            let (rules, timers, open) = (&self.rules, &mut self.timers, &mut self.open);
+            fire(key, (at, &mut *slot), wm, rules, timers, open)
+        });
         let result = f(&mut slot.value.stored.state, &self.rules, &self.wildcards);
-        after_change(key, slot, &self.rules, &mut self.timers, &mut self.open);
+        after_change(
+            key,
+            (at, slot),
+            &self.rules,
+            &mut self.timers,
+            &mut self.open,
+        );
         if let Some(decisions) = fired {
             self.record(decisions);
         }
@@ -581,7 +607,7 @@ impl Worker {
 
     fn check_entity(&mut self, change: &Change, scope: i32) -> Result<(), StateError> {
         let store = &*self.store;
-        let slot = self
+        let (_, slot) = self
             .entities
             .change(&entity_key(scope, change), scope, |k| load_entity(store, k))?;
         let entry = &mut slot.value;
@@ -616,7 +642,7 @@ impl Worker {
     fn fire_due(&mut self, n: usize) -> Result<(), PipelineError> {
         let wm = self.watermark;
         for _ in 0..n {
-            let Some((due, (key, scope))) = self.timers.pop_due(wm) else {
+            let Some((due, Armed { key, scope, slot })) = self.timers.pop_due(wm) else {
                 break;
             };
             if !self.durable && self.over_budget() {
@@ -634,8 +660,9 @@ impl Worker {
             // is still armed) or was removed; a timer armed since (or fired
             // before a record of the key) replaces this one.
             let (store, open) = (&*self.store, &self.open);
-            let Some(slot) = self.keys.find_to_change(
+            let Some(found) = self.keys.find_to_change(
                 &key,
+                slot,
                 scope,
                 |k| load_key(store, k, scope, open),
                 |entry| entry.stored.armed == Some(due),
@@ -645,7 +672,7 @@ impl Worker {
             };
             let decisions = fire(
                 &key,
-                slot,
+                found,
                 wm,
                 &self.rules,
                 &mut self.timers,
@@ -662,7 +689,7 @@ impl Worker {
         let gone = |scope: i32| scopes.contains(&scope);
         self.keys.release(gone);
         self.entities.release(gone);
-        self.timers.retain(|(_, scope)| !gone(*scope));
+        self.timers.retain(|t| !gone(t.scope));
         self.open.retain(|_, scope| !gone(*scope));
         self.wildcards.remove(|g| gone(g.scope));
         self.glob_writes.writes.retain(|w| !gone(w.scope));
@@ -751,7 +778,14 @@ impl Worker {
                 && hash::shard_of_key(key, shards) == index
             {
                 let key: Arc<str> = Arc::from(key);
-                timers.push(due, (Arc::clone(&key), scope));
+                timers.push(
+                    due,
+                    Armed {
+                        key: Arc::clone(&key),
+                        scope,
+                        slot: None,
+                    },
+                );
                 open.insert(key, scope);
             }
             true
