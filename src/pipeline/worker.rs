@@ -17,6 +17,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use compact_str::CompactString;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +93,11 @@ impl Default for EntityEntry {
     }
 }
 
+/// Keys with undecided changes and their scope, in key order. The keys are
+/// held inline (up to 24 bytes), so that the comparisons of an insert or a
+/// removal read the tree's nodes rather than a string elsewhere each.
+type OpenKeys = BTreeMap<CompactString, i32>;
+
 /// A key's timer in the queue: the key and its scope, and the key's slot
 /// as it was when armed (which spares the lookup while the key stays in
 /// memory).
@@ -129,7 +135,7 @@ pub(super) struct Worker {
     timers: TimerQueue<Armed>,
     /// Keys with undecided changes (and their scope), ordered so that a glob
     /// invalidation can scan the keys sharing its literal prefix.
-    open: BTreeMap<Arc<str>, i32>,
+    open: OpenKeys,
     /// Glob invalidations kept for changes that arrive after them. Every
     /// worker holds all of them; worker 0 stores them.
     wildcards: Wildcards,
@@ -181,7 +187,7 @@ fn load_key(
     store: &dyn Store,
     key: &str,
     scope: i32,
-    open: &BTreeMap<Arc<str>, i32>,
+    open: &OpenKeys,
 ) -> Result<Option<KeyEntry>, StateError> {
     let Some(bytes) = store.get(Cf::Keys, &codec::scoped(scope, key.as_bytes()))? else {
         return Ok(None);
@@ -210,7 +216,7 @@ fn after_change(
     (at, slot): (Handle, &mut Slot<KeyEntry>),
     rules: &KeyRules,
     timers: &mut TimerQueue<Armed>,
-    open: &mut BTreeMap<Arc<str>, i32>,
+    open: &mut OpenKeys,
 ) {
     let entry = &mut slot.value;
     if let Some(due) = entry.stored.state.next_due(rules)
@@ -223,9 +229,9 @@ fn after_change(
     if is_open != entry.open {
         entry.open = is_open;
         if is_open {
-            open.insert(Arc::clone(key), slot.scope);
+            open.insert(CompactString::from(&**key), slot.scope);
         } else {
-            open.remove(key);
+            open.remove(&**key);
         }
     }
 }
@@ -238,7 +244,7 @@ fn fire(
     wm: Millis,
     rules: &KeyRules,
     timers: &mut TimerQueue<Armed>,
-    open: &mut BTreeMap<Arc<str>, i32>,
+    open: &mut OpenKeys,
 ) -> Decisions {
     let entry = &mut slot.value;
     entry.stored.armed = None;
@@ -534,7 +540,7 @@ impl Worker {
                     .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
                     .take_while(|(k, _)| k.starts_with(prefix))
                     .filter(|(k, _)| glob_matches(&pattern, k))
-                    .map(|(k, s)| (Arc::clone(k), *s))
+                    .map(|(k, s)| (Arc::from(k.as_str()), *s))
                     .collect();
                 for (key, key_scope) in matching {
                     self.update_key(&key, key_scope, |state, rules, _| {
@@ -777,16 +783,15 @@ impl Worker {
             if let Some((scope, due, key)) = codec::parse_timer_key(k)
                 && hash::shard_of_key(key, shards) == index
             {
-                let key: Arc<str> = Arc::from(key);
+                open.insert(CompactString::from(key), scope);
                 timers.push(
                     due,
                     Armed {
-                        key: Arc::clone(&key),
+                        key: Arc::from(key),
                         scope,
                         slot: None,
                     },
                 );
-                open.insert(key, scope);
             }
             true
         })?;
