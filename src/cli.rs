@@ -67,7 +67,10 @@ pub enum Command {
     ///
     /// Input lines are either a bare message value or a `kcat -J` line (topic,
     /// partition, offset, ts, key, payload), so a topic dumped with kcat can be
-    /// checked as it is. The end of input makes every verdict final.
+    /// checked as it is. An input can be a regular file, a named pipe, or
+    /// standard input (`-`; at most one input), so that
+    /// `kcat -C -J -t T -e | vigil check --cdc - ...` works. The end of input
+    /// makes every verdict final.
     ///
     /// Exit status: 0 it ran; 1 violations were found and --fail-on-violation
     /// was given; 2 usage or configuration error; 4 runtime failure (I/O,
@@ -211,7 +214,8 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "TOPIC", conflicts_with = "from_file")]
     pub from_topic: Option<String>,
 
-    /// A file of the DLQ: kcat -J lines, or vigil check's dlq.ndjson.
+    /// A file of the DLQ: kcat -J lines, or vigil check's dlq.ndjson; `-`
+    /// reads standard input (a pipe is read to its end).
     #[arg(long, value_name = "FILE")]
     pub from_file: Option<PathBuf>,
 
@@ -342,11 +346,12 @@ pub struct CheckArgs {
     pub config: Option<PathBuf>,
 
     /// CDC input files (Debezium, Maxwell or Canal JSON; repeat the flag or
-    /// list several paths).
+    /// list several paths). `-` is standard input.
     #[arg(long, value_name = "PATH", num_args = 1..)]
     pub cdc: Vec<PathBuf>,
 
-    /// Cache-event input files (invalidations and fills).
+    /// Cache-event input files (invalidations and fills). `-` is standard
+    /// input.
     #[arg(long, value_name = "PATH", num_args = 1..)]
     pub cache: Vec<PathBuf>,
 

@@ -1,10 +1,13 @@
 //! Files as inputs and outputs: one record a line, either a bare message
 //! value or a `kcat -J` line (DESIGN.md section 2), read with bounded memory
 //! whatever the line length; violations and dead letters written as NDJSON.
+//! An input is a regular file, a named pipe, or standard input (`-`), read
+//! front to back as a stream either way.
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -102,6 +105,89 @@ impl<R: BufRead> LineReader<R> {
 pub struct FileInput {
     pub path: PathBuf,
     pub stream: Stream,
+}
+
+/// The paths that name the standard input of the process: `-`, and the
+/// device files that stand for descriptor 0.
+const STDIN_PATHS: [&str; 4] = ["-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"];
+
+/// Whether `path` names the standard input of the process.
+pub fn is_stdin(path: &Path) -> bool {
+    STDIN_PATHS.iter().any(|p| path == Path::new(p))
+}
+
+/// The name records read from `path` are counted and dead-lettered under:
+/// `stdin` for standard input, else the path as given.
+pub fn input_name(path: &Path) -> String {
+    if path == Path::new("-") {
+        "stdin".to_owned()
+    } else {
+        path.display().to_string()
+    }
+}
+
+/// Opens an input for reading front to back: `-` is standard input; any
+/// other path is opened as a file (a regular file, a named pipe, or a device
+/// such as `/dev/stdin`).
+pub fn open_input(path: &Path) -> io::Result<Box<dyn Read + Send>> {
+    if path == Path::new("-") {
+        Ok(Box::new(io::stdin()))
+    } else {
+        Ok(Box::new(File::open(path)?))
+    }
+}
+
+/// Why a set of inputs cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("input {path} is not readable: {source}")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "input {path} is not a readable file or pipe (give a regular file, a named pipe, or - for standard input)"
+    )]
+    NotAFile { path: PathBuf },
+    #[error(
+        "inputs {first} and {second} both read standard input: at most one input can be standard input"
+    )]
+    StdinTwice { first: PathBuf, second: PathBuf },
+}
+
+/// Checks before a run that every input can be opened as a stream of lines:
+/// a regular file, a named pipe (FIFO) or character device, or standard
+/// input, which at most one input may be (two readers would split its
+/// lines between them).
+pub fn check_inputs<'p>(paths: impl IntoIterator<Item = &'p Path>) -> Result<(), InputError> {
+    let mut stdin: Option<&Path> = None;
+    for path in paths {
+        if is_stdin(path) {
+            if let Some(first) = stdin {
+                return Err(InputError::StdinTwice {
+                    first: first.to_path_buf(),
+                    second: path.to_path_buf(),
+                });
+            }
+            stdin = Some(path);
+            if path == Path::new("-") {
+                continue;
+            }
+        }
+        let kind = std::fs::metadata(path)
+            .map_err(|source| InputError::Unreadable {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .file_type();
+        if !(kind.is_file() || kind.is_fifo() || kind.is_char_device()) {
+            return Err(InputError::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,7 +292,7 @@ impl Drop for Finished<'_> {
     }
 }
 
-/// Reads one file into the pipeline as watermark partition `partition`,
+/// Reads one input into the pipeline as watermark partition `partition`,
 /// then sends its end. Returns early without error if the pipeline has
 /// stopped (its own error is what matters then).
 pub fn read_file(
@@ -220,12 +306,12 @@ pub fn read_file(
         source,
     };
     let _finished = Finished(opts.alignment, partition);
-    let file = File::open(&input.path).map_err(file_err)?;
+    let file = open_input(&input.path).map_err(file_err)?;
     let mut reader = LineReader::new(
         BufReader::with_capacity(1 << 20, file),
         opts.max_record_bytes,
     );
-    let name: Arc<str> = Arc::from(input.path.display().to_string());
+    let name: Arc<str> = Arc::from(input_name(&input.path));
     let mut decoder = LineDecoder::default();
     let mut records = Vec::with_capacity(opts.batch_size);
     let mut dead = Vec::new();

@@ -11,7 +11,7 @@ use super::{ExitStatus, UsageError, create_dir};
 use crate::cli::CheckArgs;
 use crate::config::Config;
 use crate::ingest::{Ingest, Stream};
-use crate::io::file::{Alignment, FileInput, FileOutputs, ReadOptions, read_file};
+use crate::io::file::{Alignment, FileInput, FileOutputs, ReadOptions, check_inputs, read_file};
 use crate::pipeline::{Engine, EngineOptions};
 use crate::state::{MemoryBudget, RocksStore};
 use crate::telemetry::{Stats, StatsSnapshot};
@@ -88,18 +88,12 @@ fn inputs(args: &CheckArgs) -> Result<Vec<FileInput>, UsageError> {
             "no input: give at least one --cdc or --cache file".into(),
         ));
     }
-    for input in &all {
-        if !input.path.is_file() {
-            return Err(UsageError(format!(
-                "input {} is not a readable file",
-                input.path.display()
-            )));
-        }
-    }
+    check_inputs(all.iter().map(|input| input.path.as_path()))
+        .map_err(|e| UsageError(e.to_string()))?;
     Ok(all)
 }
 
-/// Runs the engine over the files; the building block of `vigil check`,
+/// Runs the engine over the inputs; the building block of `vigil check`,
 /// also used by tests and benchmarks. With a `state` directory, state is
 /// kept there (RocksDB, written at every checkpoint, resumed from); without,
 /// it lives in memory for the run and is not encoded, except what leaves

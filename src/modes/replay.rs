@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::dead_letter::KafkaRecord;
 use crate::events::ViolationKind;
 use crate::ingest::{Ingest, RawInput, Record};
-use crate::io::file::FileOutputs;
+use crate::io::file::{FileOutputs, check_inputs, input_name, is_stdin, open_input};
 use crate::io::kafka::{TopicKinds, client_config, send_waiting};
 use crate::model::Provenance;
 use crate::pipeline::{Engine, EngineOptions, PartitionBatch, Position, SourceMsg};
@@ -199,7 +199,7 @@ impl Source {
     fn name(&self) -> String {
         match self {
             Source::Topic(t) => format!("replay:{t}"),
-            Source::File(f) => format!("replay:{}", f.display()),
+            Source::File(f) => format!("replay:{}", input_name(f)),
         }
     }
 
@@ -237,20 +237,25 @@ trait DlqReader: Send {
 
 /// A file: a record a line, offsets are line numbers (from 1).
 struct FileReader {
-    reader: BufReader<File>,
+    reader: BufReader<Box<dyn Read + Send>>,
     text: String,
     line: i64,
     from: i64,
-    /// Bytes read, and the file's length when the replay started.
+    /// Bytes read, and where to stop: a regular file's length when the
+    /// replay started; the end of a stream (standard input, a pipe).
     read: u64,
     end: u64,
 }
 
 impl FileReader {
     fn open(path: &Path, from: i64) -> anyhow::Result<Self> {
-        let file = File::open(path)
+        check_inputs([path]).map_err(|e| UsageError(e.to_string()))?;
+        let end = match std::fs::metadata(path) {
+            Ok(m) if m.is_file() && !is_stdin(path) => m.len(),
+            _ => u64::MAX,
+        };
+        let file = open_input(path)
             .map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
-        let end = file.metadata()?.len();
         Ok(FileReader {
             reader: BufReader::new(file),
             text: String::new(),

@@ -6,4 +6,5 @@ mod check;
 mod replay;
 mod run;
 mod storms;
+mod streams;
 mod support;
