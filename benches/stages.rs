@@ -69,7 +69,7 @@ use vigil::detect::key::{
 use vigil::detect::storm::StormDetector;
 use vigil::events::Violation;
 use vigil::formats::{
-    DecodedCdc, KcatBuffers, RawChange, Row, decode_cache, decode_cdc, decode_key,
+    DecodedCdc, Flattened, KcatBuffers, RawChange, Row, decode_cache, decode_cdc, decode_key,
 };
 use vigil::hash;
 use vigil::ingest::{Ingest, RawInput, Record, Stream};
@@ -275,7 +275,9 @@ fn decode(c: &mut Criterion) {
             .into_iter()
             .map(|r| r.value.as_deref())
             .collect();
-        bench_each(&mut group, name, &values, |v| decode_cdc(*v));
+        bench_each(&mut group, name, &values, |v| {
+            decode_cdc(*v, Flattened::Everywhere)
+        });
     }
 
     let (invalidations, fills): (Vec<_>, Vec<_>) = DEBEZIUM
@@ -320,7 +322,7 @@ fn decode(c: &mut Criterion) {
 /// buffers it keeps across lines: whether it decoded.
 fn decode_kcat(line: &str, buffers: &mut KcatBuffers) -> bool {
     match buffers.parse(line) {
-        Some(Ok(record)) => decode_cdc(record.payload).is_ok(),
+        Some(Ok(record)) => decode_cdc(record.payload, Flattened::Everywhere).is_ok(),
         _ => false,
     }
 }
@@ -334,7 +336,8 @@ fn mapping(c: &mut Criterion) {
         .into_iter()
         .enumerate()
     {
-        if let Ok(DecodedCdc::Changes(raws)) = decode_cdc(r.value.as_deref()) {
+        if let Ok(DecodedCdc::Changes(raws)) = decode_cdc(r.value.as_deref(), Flattened::Everywhere)
+        {
             let key = r.key.as_deref().and_then(decode_key);
             for raw in raws {
                 decoded.push((raw, key.clone(), provenance(r, offset), r.ts_ms));

@@ -16,7 +16,9 @@ pub enum Reason {
     InvalidJson,
     /// The record is larger than `inputs.max_record_bytes`.
     RecordTooLarge,
-    /// Valid JSON, but not a record of any supported format.
+    /// Valid JSON, but not a record of any supported format: no format's
+    /// marks fit it (the message lists its top-level fields), or it is a
+    /// bare row where no flattened rows are declared.
     UnknownFormat,
     /// A field the format requires is absent.
     MissingField,

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::config::{Config, UnmappedTables};
+use crate::config::{Config, TopicSelector, UnmappedTables};
 use crate::dead_letter::{Reason, RecordError};
 use crate::formats::{self, DecodedCdc};
 use crate::mapping::{Change, Mapped, Mapper};
@@ -51,6 +51,7 @@ impl Record {
 /// Decodes and maps raw records. Cheap to share between source threads.
 pub struct Ingest {
     mapper: Mapper,
+    flattened_topics: Vec<TopicSelector>,
     unmapped: UnmappedTables,
     stats: Arc<Stats>,
 }
@@ -71,6 +72,7 @@ impl Ingest {
     pub fn new(config: &Config, stats: Arc<Stats>) -> Self {
         Ingest {
             mapper: Mapper::new(config),
+            flattened_topics: config.inputs.flattened_topics.clone(),
             unmapped: config.inputs.unmapped_tables,
             stats,
         }
@@ -101,6 +103,15 @@ impl Ingest {
         }
     }
 
+    /// Whether a record comes from a topic of `inputs.flattened_topics`.
+    fn on_flattened_topic(&self, provenance: &Provenance) -> bool {
+        !provenance.from_file
+            && self
+                .flattened_topics
+                .iter()
+                .any(|t| t.matches(&provenance.topic))
+    }
+
     fn ingest_cdc(
         &self,
         input: RawInput<'_>,
@@ -108,7 +119,16 @@ impl Ingest {
         provenance: &Provenance,
         out: &mut Vec<Record>,
     ) -> Result<(), RecordError> {
-        let changes = match formats::decode_cdc(value)? {
+        // Where a record without any format's marks is a flattened row:
+        // anywhere on a flattened topic, else on tables declared so.
+        let declared =
+            |table: &formats::TableRef<'_>| self.mapper.reads_flattened(table, provenance);
+        let flattened = if self.on_flattened_topic(provenance) {
+            formats::Flattened::Everywhere
+        } else {
+            formats::Flattened::Tables(&declared)
+        };
+        let changes = match formats::decode_cdc(value, flattened)? {
             DecodedCdc::Skipped(kind) => {
                 self.stats.add_skipped(kind);
                 return Ok(());

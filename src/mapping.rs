@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, KeyTemplate, Segment, TableConfig, VersionSource};
+use crate::config::{Config, KeyTemplate, Segment, TableConfig, TableFormat, VersionSource};
 use crate::dead_letter::{Reason, RecordError};
 use crate::formats::{self, RawChange, Row, Scalar, TableRef, column};
 use crate::hash;
@@ -170,6 +170,14 @@ impl Mapper {
             rules: table.rules,
             provenance: provenance.clone(),
         }))
+    }
+
+    /// Whether the table a record names (or, without a name, its topic's)
+    /// is declared `format = "flattened"`: only there is a record without
+    /// any format's marks read as a flattened row.
+    pub fn reads_flattened(&self, t: &TableRef<'_>, provenance: &Provenance) -> bool {
+        self.resolve(t, provenance)
+            .is_some_and(|table| table.config.format == TableFormat::Flattened)
     }
 
     /// Finds the `[[tables]]` entry of a record: `schema.table`, `db.table`,

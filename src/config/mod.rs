@@ -174,10 +174,28 @@ pub struct TableConfig {
     /// Overrides `detect.deadline` for this table. Default: none.
     #[serde(default)]
     pub deadline: Option<Dur>,
+    /// How the table's change records are recognised. Default `"auto"`.
+    #[serde(default)]
+    pub format: TableFormat,
 }
 
 fn default_version() -> VersionSource {
     VersionSource::TsMs
+}
+
+/// How the change records of a table are recognised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TableFormat {
+    /// Each record by the marks of its format (a Debezium envelope, its
+    /// CloudEvents form, Maxwell, Canal); a record with none is a dead
+    /// letter (`unknown_format`).
+    #[default]
+    Auto,
+    /// As `auto`, and a record without any format's marks is a row
+    /// flattened by Debezium's `ExtractNewRecordState` (its `__` fields
+    /// being metadata), read as a change of this table.
+    Flattened,
 }
 
 /// The least `state.cache_size`: RocksDB needs a few memtables.
@@ -237,6 +255,13 @@ pub struct InputsConfig {
     /// Cache-event topics (`vigil run`), patterns as for `cdc_topics`.
     /// Default: none.
     pub cache_topics: Vec<String>,
+    /// CDC topics of rows flattened by Debezium's `ExtractNewRecordState`
+    /// (names, or `^` patterns as for `cdc_topics`): a record of theirs
+    /// without any format's marks is read as such a row, whatever its table
+    /// (`format = "flattened"` on `[[tables]]` declares single tables).
+    /// Matched against the topic of Kafka records and `kcat -J` lines.
+    /// Default: none.
+    pub flattened_topics: Vec<TopicSelector>,
     /// The CDC and cache topics are co-partitioned: an entity's changes and
     /// the cache events of its keys carry the same partition number (same
     /// partition counts, events keyed by the entity). Needed to run several
@@ -256,6 +281,7 @@ impl Default for InputsConfig {
             group_id: "vigil".into(),
             cdc_topics: Vec::new(),
             cache_topics: Vec::new(),
+            flattened_topics: Vec::new(),
             co_partitioned: false,
             unmapped_tables: UnmappedTables::Dlq,
             max_record_bytes: ByteSize(1 << 20),
@@ -535,6 +561,53 @@ impl StormsConfig {
             ("bulk", &self.bulk),
             ("wildcard", &self.wildcard),
         ]
+    }
+}
+
+/// A topic name, or (starting with `^`) a regular expression over topic
+/// names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum TopicSelector {
+    Name(String),
+    Pattern(regex::Regex),
+}
+
+impl TopicSelector {
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            TopicSelector::Name(name) => name == topic,
+            TopicSelector::Pattern(re) => re.is_match(topic),
+        }
+    }
+}
+
+impl TryFrom<String> for TopicSelector {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        if text.starts_with('^') {
+            regex::Regex::new(&text)
+                .map(TopicSelector::Pattern)
+                .map_err(|e| format!("invalid pattern {text:?}: {e}"))
+        } else {
+            Ok(TopicSelector::Name(text))
+        }
+    }
+}
+
+impl From<TopicSelector> for String {
+    fn from(t: TopicSelector) -> String {
+        match t {
+            TopicSelector::Name(name) => name,
+            TopicSelector::Pattern(re) => re.as_str().to_string(),
+        }
+    }
+}
+
+impl PartialEq for TopicSelector {
+    fn eq(&self, other: &Self) -> bool {
+        String::from(self.clone()) == String::from(other.clone())
     }
 }
 

@@ -16,7 +16,13 @@ use super::{CdcFormat, DecodedCdc, RawChange, Row, Skip, SourcePos, TableRef};
 use crate::dead_letter::{Reason, RecordError};
 use crate::model::{Millis, Op};
 
-/// Decodes a Debezium envelope (a record with `op`) whose top level was
+/// Whether a record bears the marks of a Debezium envelope: `op`, with
+/// `before`, `after` or `source` beside it.
+pub(super) fn is_envelope(record: &Object) -> bool {
+    record.has("op") && (record.has("before") || record.has("after") || record.has("source"))
+}
+
+/// Decodes a Debezium envelope (see [`is_envelope`]) whose top level was
 /// parsed into `envelope`.
 pub(super) fn decode<'a>(envelope: &Object<'a>) -> Result<DecodedCdc<'a>, RecordError> {
     let code = envelope.required("op", string)?;
@@ -32,26 +38,45 @@ pub(super) fn decode<'a>(envelope: &Object<'a>) -> Result<DecodedCdc<'a>, Record
         }
     }
     source.envelope_ts_ms = envelope.field("ts_ms", millis)?;
-    let transaction = envelope.object("transaction")?;
-    change(op, before, after, source, transaction.as_ref())
+    let transaction = Transaction::read(envelope.object("transaction")?.as_ref())?;
+    Ok(change(op, before, after, source, transaction))
 }
 
-/// The change of an envelope, from its parts as both readers find them.
-fn change<'a>(
+/// An envelope's `transaction` block: the transaction's id and the order of
+/// the change in it.
+#[derive(Default)]
+pub(super) struct Transaction<'a> {
+    pub(super) id: Option<Cow<'a, str>>,
+    pub(super) total_order: Option<u64>,
+}
+
+impl<'a> Transaction<'a> {
+    fn read(block: Option<&Object<'a>>) -> Result<Self, RecordError> {
+        let Some(block) = block else {
+            return Ok(Transaction::default());
+        };
+        Ok(Transaction {
+            id: block.field("id", text)?,
+            total_order: block.field("total_order", uint)?,
+        })
+    }
+}
+
+/// The change of an envelope, from its parts as every reader finds them.
+/// The transaction's id, when given, wins over the source's `txId`.
+pub(super) fn change<'a>(
     op: Op,
     before: Option<Row<'a>>,
     after: Option<Row<'a>>,
     source: SourceMeta<'a>,
-    transaction: Option<&Object<'a>>,
-) -> Result<DecodedCdc<'a>, RecordError> {
+    transaction: Transaction<'a>,
+) -> DecodedCdc<'a> {
     let (table, mut pos) = source.finish();
-    if let Some(transaction) = transaction {
-        if let Some(id) = transaction.field("id", text)? {
-            pos.tx_id = Some(id);
-        }
-        pos.tx_order = transaction.field("total_order", uint)?;
+    if let Some(id) = transaction.id {
+        pos.tx_id = Some(id);
     }
-    Ok(DecodedCdc::Changes(vec![RawChange {
+    pos.tx_order = transaction.total_order;
+    DecodedCdc::Changes(vec![RawChange {
         format: CdcFormat::Debezium,
         table,
         op,
@@ -59,7 +84,7 @@ fn change<'a>(
         after,
         pk_columns: None,
         pos,
-    }]))
+    }])
 }
 
 /// Decodes a Debezium envelope in one pass over the text, the nested
@@ -88,6 +113,10 @@ pub(super) fn decode_one_pass(text: &str) -> Option<DecodedCdc<'_>> {
         transaction,
     } = parts;
     let code = op?;
+    // The marks of an envelope (see `is_envelope`).
+    if before.is_none() && after.is_none() && source.is_none() {
+        return None;
+    }
     let Some(op) = parse_op(&code, Field::new("op")).ok()? else {
         return Some(DecodedCdc::Skipped(Skip::LogicalMessage));
     };
@@ -96,14 +125,14 @@ pub(super) fn decode_one_pass(text: &str) -> Option<DecodedCdc<'_>> {
         source.envelope_ts_ms = Some(millis(ts_ms, Field::new("ts_ms")).ok()?);
     }
     let transaction = transaction.flatten().map(Object::nested("transaction"));
-    change(
+    let transaction = Transaction::read(transaction.as_ref()).ok()?;
+    Some(change(
         op,
         before.flatten(),
         after.flatten(),
         source,
-        transaction.as_ref(),
-    )
-    .ok()
+        transaction,
+    ))
 }
 
 /// Whether the first field of the text is one an envelope (or its wrapper)
@@ -456,7 +485,9 @@ mod tests {
     use std::borrow::Cow;
 
     use super::super::testing::{change, cols, data_file, failure, samples, skipped};
-    use super::super::{CdcFormat, DecodedCdc, Skip, SourcePos, TableRef, decode_cdc, decode_key};
+    use super::super::{
+        CdcFormat, DecodedCdc, Flattened, Skip, SourcePos, TableRef, decode_cdc, decode_key,
+    };
     use crate::dead_letter::Reason;
     use crate::model::Op;
 
@@ -474,7 +505,8 @@ mod tests {
         let lines = samples(&text);
         assert_eq!(lines.len(), 10);
         for line in &lines {
-            decode_cdc(Some(line.value.get())).unwrap_or_else(|e| panic!("{}: {e}", line.what));
+            decode_cdc(Some(line.value.get()), Flattened::Nowhere)
+                .unwrap_or_else(|e| panic!("{}: {e}", line.what));
         }
 
         let create = change(lines[0].value.get());
@@ -776,7 +808,10 @@ mod tests {
         );
         assert_eq!(skipped(r#"{"schema":{},"payload":null}"#), Skip::Tombstone);
         assert_eq!(skipped("null"), Skip::Tombstone);
-        assert_eq!(decode_cdc(None), Ok(DecodedCdc::Skipped(Skip::Tombstone)));
+        assert_eq!(
+            decode_cdc(None, Flattened::Nowhere),
+            Ok(DecodedCdc::Skipped(Skip::Tombstone))
+        );
         assert_eq!(
             skipped(
                 r#"{"source":{"server":"inventory","file":"mysql-bin.000003","pos":154},"position":{"file":"mysql-bin.000003","pos":154},"databaseName":"inventory","ddl":"ALTER TABLE customers ADD COLUMN phone VARCHAR(32)","tableChanges":[]}"#

@@ -3,21 +3,36 @@
 //! `__table`, `__lsn`, `__source_ts_ms`, `__deleted`...).
 
 use super::debezium::{SourceMeta, parse_op};
-use super::json::{Field, Object, flag, millis, string};
-use super::{CdcFormat, DecodedCdc, RawChange, Skip};
-use crate::dead_letter::{Reason, RecordError};
+use super::json::{Field, Object, flag, millis, string, unrecognised};
+use super::{CdcFormat, DecodedCdc, RawChange, Skip, TableRef};
+use crate::dead_letter::RecordError;
 use crate::model::Op;
 
 const META_PREFIX: &str = "__";
+
+/// The table a flattened record names (`__table`, `__db`, `__schema`), to
+/// ask whether it is declared flattened before decoding it. Names that are
+/// not strings name nothing here; [`decode`] reports them.
+pub(super) fn table<'a>(record: &Object<'a>) -> TableRef<'a> {
+    let name = |field: &str| {
+        record
+            .field(field, string)
+            .ok()
+            .flatten()
+            .filter(|name| !name.is_empty())
+    };
+    TableRef {
+        schema: name("__schema"),
+        db: name("__db"),
+        table: name("__table"),
+    }
+}
 
 /// Decodes a flattened record. Without `__op` or `__deleted` the record is
 /// taken as an update carrying the after image.
 pub(super) fn decode(record: Object<'_>) -> Result<DecodedCdc<'_>, RecordError> {
     if record.fields.is_empty() {
-        return Err(RecordError::new(
-            Reason::UnknownFormat,
-            "an empty object is not a record of any supported format",
-        ));
+        return Err(unrecognised(&record));
     }
     let mut source = SourceMeta::default();
     let mut code = None;
@@ -70,7 +85,7 @@ pub(super) fn decode(record: Object<'_>) -> Result<DecodedCdc<'_>, RecordError> 
 #[cfg(test)]
 mod tests {
     use super::super::testing::{change, cols, data_file, failure, samples};
-    use super::super::{CdcFormat, SourcePos, TableRef, decode_cdc};
+    use super::super::{CdcFormat, Flattened, SourcePos, TableRef, decode_cdc};
     use crate::dead_letter::Reason;
     use crate::model::Op;
 
@@ -209,7 +224,7 @@ mod tests {
 
     #[test]
     fn bad_records() {
-        assert_eq!(failure("{}", "empty object"), Reason::UnknownFormat);
+        assert_eq!(failure("{}", "no fields"), Reason::UnknownFormat);
         assert_eq!(
             failure(r#"{"id":1,"__op":"z"}"#, "\"__op\""),
             Reason::UnknownOp
@@ -230,6 +245,12 @@ mod tests {
             failure(r#"{"id":1,"__source_ts_ms":1.5e12}"#, "\"__source_ts_ms\""),
             Reason::WrongType
         );
-        assert!(decode_cdc(Some(r#"{"id":1,"__op":null,"__deleted":null}"#)).is_ok());
+        assert!(
+            decode_cdc(
+                Some(r#"{"id":1,"__op":null,"__deleted":null}"#),
+                Flattened::Everywhere
+            )
+            .is_ok()
+        );
     }
 }

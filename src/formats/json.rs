@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::{DecodedCdc, Row, Skip, canal, debezium, flat, maxwell};
+use super::{DecodedCdc, Flattened, Row, Skip, canal, cloudevents, debezium, flat, maxwell};
 use crate::dead_letter::{Reason, RecordError};
 use crate::hash::Digest;
 use crate::model::Millis;
@@ -541,16 +541,24 @@ pub(crate) fn overlay<'a>(after: &Row<'a>, old: Row<'a>) -> Row<'a> {
 /// Decodes a CDC value, recognising its format from its shape (DESIGN.md
 /// section 2). The usual Debezium envelope is read in one pass
 /// ([`debezium::decode_one_pass`]); anything else by [`decode_by_shape`].
-pub(crate) fn decode_cdc_text(text: &str) -> Result<DecodedCdc<'_>, RecordError> {
+pub(crate) fn decode_cdc_text<'a>(
+    text: &'a str,
+    flattened: Flattened<'_>,
+) -> Result<DecodedCdc<'a>, RecordError> {
     match debezium::decode_one_pass(text) {
         Some(decoded) => Ok(decoded),
-        None => decode_by_shape(text),
+        None => decode_by_shape(text, flattened),
     }
 }
 
-/// The general reader: parses the top level, recognises the format from the
-/// fields present, then decodes the fields of that format.
-pub(crate) fn decode_by_shape(text: &str) -> Result<DecodedCdc<'_>, RecordError> {
+/// The general reader: parses the top level, recognises the format by the
+/// fields that mark it, then decodes the fields of that format. A record
+/// that no format's marks fit is a flattened row where `flattened` says so,
+/// and `unknown_format` elsewhere.
+pub(crate) fn decode_by_shape<'a>(
+    text: &'a str,
+    flattened: Flattened<'_>,
+) -> Result<DecodedCdc<'a>, RecordError> {
     let mut object = match parse(text)? {
         Top::Object(object) => object,
         Top::Null => return Ok(DecodedCdc::Skipped(Skip::Tombstone)),
@@ -566,17 +574,56 @@ pub(crate) fn decode_by_shape(text: &str) -> Result<DecodedCdc<'_>, RecordError>
         Ok(DecodedCdc::Skipped(Skip::TransactionMetadata))
     } else if object.fields.len() == 1 && object.has("ts_ms") {
         Ok(DecodedCdc::Skipped(Skip::Heartbeat))
-    } else if object.has("op") {
+    } else if debezium::is_envelope(&object) {
         debezium::decode(&object)
+    } else if cloudevents::matches(&object) {
+        cloudevents::decode(&object)
     } else if debezium::is_schema_change(&object) {
         Ok(DecodedCdc::Skipped(Skip::Ddl))
     } else if canal::matches(&object) {
         canal::decode(&object)
     } else if maxwell::matches(&object) {
         maxwell::decode(&object)
-    } else {
+    } else if flattened.reads(&flat::table(&object)) {
         flat::decode(object)
+    } else {
+        Err(unrecognised(&object))
     }
+}
+
+/// Top-level field names an `unknown_format` message lists at most, and
+/// the characters of each name it keeps.
+const LISTED_FIELDS: usize = 16;
+const LISTED_NAME_CHARS: usize = 40;
+
+/// `unknown_format` for an object that no format's marks fit, listing its
+/// top-level fields (sorted, at most [`LISTED_FIELDS`], long names cut).
+pub(crate) fn unrecognised(object: &Object) -> RecordError {
+    let mut names: Vec<&str> = object.fields.iter().map(|(n, _)| n.as_ref()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut listed: Vec<String> = names
+        .iter()
+        .take(LISTED_FIELDS)
+        .map(|name| match name.char_indices().nth(LISTED_NAME_CHARS) {
+            Some((cut, _)) => format!("{:?}...", &name[..cut]),
+            None => format!("{name:?}"),
+        })
+        .collect();
+    if names.len() > LISTED_FIELDS {
+        listed.push(format!("and {} more", names.len() - LISTED_FIELDS));
+    }
+    let found = if listed.is_empty() {
+        "no fields".to_owned()
+    } else {
+        format!("top-level fields {}", listed.join(", "))
+    };
+    RecordError::new(
+        Reason::UnknownFormat,
+        format!(
+            "no CDC format recognised ({found}); a bare row (ExtractNewRecordState output) is read only for a [[tables]] entry with format = \"flattened\""
+        ),
+    )
 }
 
 /// A Debezium transaction BEGIN or END record.
@@ -773,6 +820,6 @@ mod tests {
         assert_eq!(failure(r#""a string""#, "string"), Reason::UnknownFormat);
         assert_eq!(failure("42", "number"), Reason::UnknownFormat);
         assert_eq!(failure("true", "bool"), Reason::UnknownFormat);
-        assert_eq!(failure("{}", "empty"), Reason::UnknownFormat);
+        assert_eq!(failure("{}", "no fields"), Reason::UnknownFormat);
     }
 }

@@ -1,8 +1,9 @@
 //! Decoders: bytes of one input record in, a format-neutral view out.
 //!
 //! CDC values are decoded by [`decode_cdc`] (Debezium with or without the
-//! `schema`/`payload` wrapper, Debezium flattened by `ExtractNewRecordState`,
-//! Maxwell, Canal), their Kafka keys by [`decode_key`], cache events by
+//! `schema`/`payload` wrapper or in the CloudEvents converter's form,
+//! Debezium flattened by `ExtractNewRecordState` where declared, Maxwell,
+//! Canal), their Kafka keys by [`decode_key`], cache events by
 //! [`decode_cache`], and `kcat -J` lines by [`KcatBuffers::parse`] (or
 //! [`parse_kcat_line`] for an owned copy). Decoders
 //! borrow from the input text and do no I/O; every failure is a
@@ -10,6 +11,7 @@
 
 mod cache;
 mod canal;
+mod cloudevents;
 mod debezium;
 mod flat;
 mod json;
@@ -198,12 +200,42 @@ pub enum DecodedCdc<'a> {
     Skipped(Skip),
 }
 
+/// Where a record without the marks of any format is read as a row
+/// flattened by Debezium's `ExtractNewRecordState`: on the tables declared
+/// `format = "flattened"` only, so that a stray object is a dead letter
+/// rather than a change.
+#[derive(Clone, Copy)]
+pub enum Flattened<'f> {
+    /// On no table: every such record is `unknown_format`.
+    Nowhere,
+    /// On every table (a topic declared flattened).
+    Everywhere,
+    /// On the tables for which the function says so. It is given the table
+    /// the row names (`__table`, `__db`, `__schema`), with no name when the
+    /// row has none (the caller then goes by the topic).
+    Tables(&'f dyn Fn(&TableRef<'_>) -> bool),
+}
+
+impl Flattened<'_> {
+    pub(crate) fn reads(&self, table: &TableRef<'_>) -> bool {
+        match self {
+            Flattened::Nowhere => false,
+            Flattened::Everywhere => true,
+            Flattened::Tables(declared) => declared(table),
+        }
+    }
+}
+
 /// Decodes one CDC message value; `None` is a tombstone (null value).
-/// The format is recognised per record.
-pub fn decode_cdc(value: Option<&str>) -> Result<DecodedCdc<'_>, RecordError> {
+/// The format is recognised per record, by its own marks; `flattened` says
+/// where a record without any is a flattened row.
+pub fn decode_cdc<'a>(
+    value: Option<&'a str>,
+    flattened: Flattened<'_>,
+) -> Result<DecodedCdc<'a>, RecordError> {
     match value {
         None => Ok(DecodedCdc::Skipped(Skip::Tombstone)),
-        Some(text) => json::decode_cdc_text(text),
+        Some(text) => json::decode_cdc_text(text, flattened),
     }
 }
 
@@ -236,6 +268,7 @@ mod tests {
             "debezium-postgres",
             "debezium-mysql",
             "debezium-flattened",
+            "debezium-cloudevents",
             "maxwell",
             "canal",
             "cache-events",
@@ -249,6 +282,7 @@ mod tests {
             "debezium-mysql",
             "debezium-metadata",
             "debezium-flattened",
+            "debezium-cloudevents",
             "maxwell",
             "canal",
         ] {
@@ -261,19 +295,42 @@ mod tests {
         corpus
     }
 
-    /// Runs every decoder on a text. None may panic, and valid JSON is never
-    /// reported as invalid.
+    /// Runs every decoder on a text. None may panic, valid JSON is never
+    /// reported as invalid, and declaring flattened tables changes only
+    /// what no format's marks fit: a flattened row there, `unknown_format`
+    /// elsewhere.
     fn decode_all(text: &str) {
         let valid = serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
         let not_invalid = |e: &RecordError| !(valid && e.reason == Reason::InvalidJson);
         if let Some(one_pass) = debezium::decode_one_pass(text) {
             assert_eq!(
-                json::decode_by_shape(text).as_ref(),
+                json::decode_by_shape(text, Flattened::Nowhere).as_ref(),
                 Ok(&one_pass),
                 "{text}: the one-pass reader and the general one disagree"
             );
         }
-        match decode_cdc(Some(text)) {
+        let strict = decode_cdc(Some(text), Flattened::Nowhere);
+        let everywhere = decode_cdc(Some(text), Flattened::Everywhere);
+        match &strict {
+            Err(e) if e.reason == Reason::UnknownFormat => {}
+            Ok(DecodedCdc::Changes(changes)) => {
+                assert!(
+                    changes.iter().all(|c| c.format != CdcFormat::DebeziumFlat),
+                    "{text}: read as a flattened row where none is declared"
+                );
+                assert_eq!(strict, everywhere, "{text}");
+            }
+            _ => assert_eq!(strict, everywhere, "{text}"),
+        }
+        if let Ok(DecodedCdc::Changes(changes)) = &everywhere
+            && changes.iter().any(|c| c.format == CdcFormat::DebeziumFlat)
+        {
+            assert!(
+                matches!(&strict, Err(e) if e.reason == Reason::UnknownFormat),
+                "{text}: a flattened row where none is declared is unknown_format"
+            );
+        }
+        match everywhere {
             Ok(DecodedCdc::Changes(changes)) => {
                 for change in &changes {
                     change.before.iter().chain(&change.after).for_each(|row| {

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{DecodedCdc, RawChange, Row, Skip, decode_cdc};
+use super::{DecodedCdc, Flattened, RawChange, Row, Skip, decode_cdc};
 use crate::dead_letter::Reason;
 
 /// The text of a file under `tests/data`. The crate's directory is read when
@@ -32,9 +32,10 @@ pub(crate) fn samples(text: &str) -> Vec<Sample<'_>> {
         .collect()
 }
 
-/// The changes of a CDC value that must decode to changes.
+/// The changes of a CDC value that must decode to changes (on a table
+/// declared flattened).
 pub(crate) fn changes(value: &str) -> Vec<RawChange<'_>> {
-    match decode_cdc(Some(value)) {
+    match decode_cdc(Some(value), Flattened::Everywhere) {
         Ok(DecodedCdc::Changes(changes)) => changes,
         other => panic!("{value}: expected changes, got {other:?}"),
     }
@@ -49,7 +50,7 @@ pub(crate) fn change(value: &str) -> RawChange<'_> {
 
 /// Why a CDC value that must be skipped is.
 pub(crate) fn skipped(value: &str) -> Skip {
-    match decode_cdc(Some(value)) {
+    match decode_cdc(Some(value), Flattened::Everywhere) {
         Ok(DecodedCdc::Skipped(skip)) => skip,
         other => panic!("{value}: expected a skip, got {other:?}"),
     }
@@ -57,7 +58,7 @@ pub(crate) fn skipped(value: &str) -> Skip {
 
 /// The reason a CDC value fails, checking that the message names `mention`.
 pub(crate) fn failure(value: &str, mention: &str) -> Reason {
-    match decode_cdc(Some(value)) {
+    match decode_cdc(Some(value), Flattened::Everywhere) {
         Err(e) => {
             assert!(e.message.contains(mention), "{value}: {e}");
             e.reason

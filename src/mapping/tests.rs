@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 
 use super::*;
 use crate::formats::testing::data_file;
-use crate::formats::{DecodedCdc, decode_cdc, decode_key};
+use crate::formats::{DecodedCdc, Flattened, decode_cdc, decode_key};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -50,7 +50,7 @@ fn map_all(
     provenance: &Provenance,
     kafka_ts: Option<Millis>,
 ) -> Vec<Result<Mapped, RecordError>> {
-    let raws = match decode_cdc(Some(value)) {
+    let raws = match decode_cdc(Some(value), Flattened::Everywhere) {
         Ok(DecodedCdc::Changes(raws)) => raws,
         other => panic!("{value}: expected changes, got {other:?}"),
     };

@@ -403,11 +403,15 @@ impl Generator {
                 .iter()
                 .map(|k| format!("\"{k}\""))
                 .collect();
+            let format = self.format_of(t);
             out.push_str(&format!(
                 "\n[[tables]]\ntable = \"{}\"\npk = [\"id\"]\nkeys = [{}]\nversion = \"column:version\"\ncontiguous = true\n",
-                self.format_of(t).table_name(t),
+                format.table_name(t),
                 keys.join(", ")
             ));
+            if format == CdcFormat::DebeziumFlat {
+                out.push_str("format = \"flattened\"\n");
+            }
         }
         out
     }

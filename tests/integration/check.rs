@@ -426,15 +426,13 @@ fn samples_as_kcat(dir: &Path) -> PathBuf {
     out
 }
 
-#[test]
-fn every_sample_message_is_decoded() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("vigil.toml");
-    fs::write(
-        &config,
-        r#"
+/// The configuration of the sample run: the samples' tables that have a
+/// primary key, unmapped tables counted, and the topic of the flattened
+/// samples declared flattened.
+const SAMPLES_CONFIG: &str = r#"
 [inputs]
 unmapped_tables = "count"
+flattened_topics = ["samples.debezium-flattened"]
 
 [[tables]]
 table = "public.customers"
@@ -470,9 +468,13 @@ table = "MyDatabase.User"
 pk = ["UserID"]
 keys = ["user:{UserID}"]
 version = "column:Version"
-"#,
-    )
-    .unwrap();
+"#;
+
+#[test]
+fn every_sample_message_is_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vigil.toml");
+    fs::write(&config, SAMPLES_CONFIG).unwrap();
     let input = samples_as_kcat(dir.path());
     let checked = check(Some(&config), &[&input], &[], &dir.path().join("out"), &[]);
     assert_eq!(checked.code, 0, "{}", checked.stderr);
@@ -495,14 +497,151 @@ version = "column:Version"
         .values()
         .map(|v| v.as_u64().unwrap())
         .sum();
-    // 9 PostgreSQL + 7 MySQL + 5 flattened + 8 Maxwell + 17 Canal rows, less
-    // the dead letter.
+    // 9 PostgreSQL + 7 MySQL + 5 flattened + 1 CloudEvents + 8 Maxwell + 17
+    // Canal rows, less the dead letter.
     assert_eq!(
         changes + unmapped,
-        9 + 7 + 5 + 8 + 17 - 1,
+        9 + 7 + 5 + 1 + 8 + 17 - 1,
         "changes {changes}, unmapped {unmapped}"
     );
     assert!(changes >= 30, "most samples map to a table: {changes}");
+    assert_eq!(s["unmapped"]["s1.a"], 1, "the CloudEvents sample's table");
+
+    // Without the declaration, the flattened samples (and they alone) are
+    // dead letters naming their fields.
+    let strict = dir.path().join("strict.toml");
+    fs::write(
+        &strict,
+        SAMPLES_CONFIG.replace("flattened_topics = [\"samples.debezium-flattened\"]", ""),
+    )
+    .unwrap();
+    let checked = check(
+        Some(&strict),
+        &[&input],
+        &[],
+        &dir.path().join("strict"),
+        &[],
+    );
+    assert_eq!(checked.code, 0, "{}", checked.stderr);
+    let unknown: Vec<Value> = checked
+        .dead_letters()
+        .into_iter()
+        .filter(|d| d["reason"] != "missing_pk")
+        .collect();
+    assert_eq!(unknown.len(), 5, "{unknown:#?}");
+    for d in &unknown {
+        assert_eq!(d["reason"], "unknown_format");
+        assert_eq!(d["topic"], "samples.debezium-flattened");
+    }
+    assert!(
+        unknown[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"top-level fields "field1", "field2""#),
+        "{}",
+        unknown[0]["message"]
+    );
+}
+
+#[test]
+fn a_record_without_any_format_s_marks_is_a_change_only_where_flattened_rows_are_declared() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vigil.toml");
+    let tables = r#"
+[[tables]]
+table = "public.users"
+pk = ["id"]
+keys = ["user:{id}"]
+version = "column:version"
+
+[[tables]]
+table = "public.orders"
+pk = ["id"]
+keys = ["order:{id}"]
+version = "column:version"
+format = "flattened"
+"#;
+    fs::write(&config, tables).unwrap();
+    let cdc = dir.path().join("cdc.ndjson");
+    fs::write(
+        &cdc,
+        [
+            // A bare row of a table declared flattened: a change.
+            r#"{"id":1,"version":1,"__op":"c","__schema":"public","__table":"orders","__source_ts_ms":1000}"#,
+            // The same shape for a table that is not: unknown_format.
+            r#"{"id":1,"version":1,"__op":"c","__schema":"public","__table":"users","__source_ts_ms":1000}"#,
+            // An object of no format at all.
+            r#"{"foo":"bar"}"#,
+            // Many fields: the message lists a bounded number.
+            &format!(
+                "{{{}}}",
+                (0..40)
+                    .map(|i| format!("\"f{i:02}\":{i}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let checked = check(Some(&config), &[&cdc], &[], &dir.path().join("out"), &[]);
+    assert_eq!(checked.code, 0, "{}", checked.stderr);
+    assert_eq!(checked.summary["changes"], 1);
+    let dead = checked.dead_letters();
+    let reasons: Vec<&str> = dead.iter().map(|d| d["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["unknown_format"; 3]);
+    let message = |i: usize| dead[i]["message"].as_str().unwrap().to_string();
+    assert!(
+        message(0).contains(
+            r#"top-level fields "__op", "__schema", "__source_ts_ms", "__table", "id", "version""#
+        ),
+        "{}",
+        message(0)
+    );
+    assert!(
+        message(0).contains(r#"format = "flattened""#),
+        "{}",
+        message(0)
+    );
+    assert!(
+        message(1).contains(r#"top-level fields "foo")"#),
+        "{}",
+        message(1)
+    );
+    assert!(
+        message(2).contains(r#""f15", and 24 more)"#) && !message(2).contains("\"f16\""),
+        "{}",
+        message(2)
+    );
+
+    // Declared for the whole topic instead, kcat -J lines of that topic are
+    // read as flattened rows whatever their table.
+    let kcat = dir.path().join("kcat.ndjson");
+    let line = |payload: &str| {
+        json!({"topic": "pg.flat", "partition": 0, "offset": 0, "ts": 1000, "key": null, "payload": payload})
+            .to_string()
+    };
+    fs::write(
+        &kcat,
+        line(r#"{"id":2,"version":1,"__op":"c","__schema":"public","__table":"users","__source_ts_ms":1000}"#),
+    )
+    .unwrap();
+    let topic_config = dir.path().join("topic.toml");
+    fs::write(
+        &topic_config,
+        format!("[inputs]\nflattened_topics = [\"^pg\\\\.\"]\n{tables}"),
+    )
+    .unwrap();
+    let checked = check(
+        Some(&topic_config),
+        &[&kcat],
+        &[],
+        &dir.path().join("topic"),
+        &[],
+    );
+    assert_eq!(checked.code, 0, "{}", checked.stderr);
+    assert_eq!(checked.summary["changes"], 1, "{}", checked.summary);
+    assert_eq!(checked.summary["dead_letters_total"], 0);
 }
 
 #[test]
