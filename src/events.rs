@@ -1,5 +1,6 @@
 //! Output events: violations, and the CloudEvents 1.0 structured JSON form
-//! of violations and storm events (DESIGN.md section 7).
+//! of violations and storm events (DESIGN.md section 7). The `data` of each
+//! follows a JSON Schema under `schemas/`, named by its `dataschema`.
 
 use std::sync::Arc;
 
@@ -237,6 +238,7 @@ impl Violation {
             self.event_type(),
             self.time_ms,
             self.subject(),
+            VIOLATION_DATASCHEMA,
             &Data(self),
         )
         .expect("violations always serialize: the pk was checked to be JSON")
@@ -305,6 +307,7 @@ impl StormEvent {
             self.event_type(),
             self.time_ms,
             self.subject(),
+            STORM_DATASCHEMA,
             &data,
         )
         .expect("storm events always serialize")
@@ -318,6 +321,7 @@ fn cloudevent(
     kind: String,
     time_ms: Millis,
     subject: String,
+    dataschema: &'static str,
     data: &impl Serialize,
 ) -> serde_json::Result<String> {
     #[derive(Serialize)]
@@ -330,6 +334,7 @@ fn cloudevent(
         time: String,
         subject: String,
         datacontenttype: &'static str,
+        dataschema: &'static str,
         data: &'a D,
     }
     serde_json::to_string(&Envelope {
@@ -340,9 +345,19 @@ fn cloudevent(
         time: rfc3339_ms(time_ms),
         subject,
         datacontenttype: "application/json",
+        dataschema,
         data,
     })
 }
+
+/// CloudEvents `dataschema` of violations: the `$id` of
+/// `schemas/violation.v1.json`, the JSON Schema of their `data`. A change of
+/// the data that could break a consumer (a field removed, renamed or of
+/// another type) comes with a new schema file and version.
+pub const VIOLATION_DATASCHEMA: &str = "urn:vigil:schema:violation:v1";
+/// CloudEvents `dataschema` of storm events: the `$id` of
+/// `schemas/storm.v1.json`.
+pub const STORM_DATASCHEMA: &str = "urn:vigil:schema:storm:v1";
 
 /// Content type of every output record (Kafka header `content-type`).
 pub const CLOUDEVENTS_CONTENT_TYPE: &str = "application/cloudevents+json";
@@ -418,6 +433,7 @@ mod tests {
         assert_eq!(json["time"], "2020-07-29T08:21:30.000Z");
         assert_eq!(json["subject"], "user:1");
         assert_eq!(json["datacontenttype"], "application/json");
+        assert_eq!(json["dataschema"], VIOLATION_DATASCHEMA);
         let data = &json["data"];
         assert_eq!(data["kind"], "stale_fill");
         assert_eq!(data["pk"], serde_json::json!({"id": 1}));

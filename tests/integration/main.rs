@@ -5,6 +5,7 @@ mod broker;
 mod check;
 mod replay;
 mod run;
+mod schemas;
 mod storms;
 mod streams;
 mod support;
