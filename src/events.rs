@@ -1,6 +1,7 @@
-//! Output events: violations, and the CloudEvents 1.0 structured JSON form
-//! of violations and storm events (DESIGN.md section 7). The `data` of each
-//! follows a JSON Schema under `schemas/`, named by its `dataschema`.
+//! Output events: violations, and the CloudEvents 1.0 form of violations
+//! and storm events (DESIGN.md section 7): structured JSON, or for Kafka the
+//! binary mode's data and headers. The `data` of each follows a JSON Schema
+//! under `schemas/`, named by its `dataschema`.
 
 use std::sync::Arc;
 
@@ -225,24 +226,45 @@ impl Violation {
         }
     }
 
-    /// The Kafka key of the output record: the cache key, or the subject.
-    pub fn kafka_key(&self) -> String {
-        self.subject()
+    /// The CloudEvent of the violation.
+    pub fn cloudevent(&self) -> CloudEvent<'_, impl Serialize + '_> {
+        CloudEvent {
+            id: &self.id,
+            kind: self.event_type(),
+            time_ms: self.time_ms,
+            subject: self.subject(),
+            dataschema: VIOLATION_DATASCHEMA,
+            data: Data(self),
+        }
     }
 
     /// The CloudEvents 1.0 structured JSON form, one line.
     pub fn to_cloudevent(&self, source: &str) -> String {
-        cloudevent(
-            &self.id,
-            source,
-            self.event_type(),
-            self.time_ms,
-            self.subject(),
-            VIOLATION_DATASCHEMA,
-            &Data(self),
-        )
-        .expect("violations always serialize: the pk was checked to be JSON")
+        self.cloudevent().structured(source)
     }
+}
+
+#[derive(Serialize)]
+struct Counted<'a> {
+    name: &'a str,
+    count: u64,
+}
+
+/// The `data` of a storm event's CloudEvent.
+#[derive(Serialize)]
+struct StormData<'a> {
+    scope_type: &'static str,
+    scope: &'a str,
+    phase: &'static str,
+    start: String,
+    duration_ms: i64,
+    rate: f64,
+    peak: f64,
+    baseline: f64,
+    threshold: f64,
+    count: u64,
+    top_keys: Vec<Counted<'a>>,
+    top_services: Vec<Counted<'a>>,
 }
 
 impl StormEvent {
@@ -256,28 +278,8 @@ impl StormEvent {
         format!("{}:{}", self.scope_type.as_str(), self.scope)
     }
 
-    /// The CloudEvents 1.0 structured JSON form, one line.
-    pub fn to_cloudevent(&self, source: &str) -> String {
-        #[derive(Serialize)]
-        struct Counted<'a> {
-            name: &'a str,
-            count: u64,
-        }
-        #[derive(Serialize)]
-        struct StormData<'a> {
-            scope_type: &'static str,
-            scope: &'a str,
-            phase: &'static str,
-            start: String,
-            duration_ms: i64,
-            rate: f64,
-            peak: f64,
-            baseline: f64,
-            threshold: f64,
-            count: u64,
-            top_keys: Vec<Counted<'a>>,
-            top_services: Vec<Counted<'a>>,
-        }
+    /// The CloudEvent of the storm event.
+    pub fn cloudevent(&self) -> CloudEvent<'_, impl Serialize + '_> {
         fn counted(list: &[(String, u64)]) -> Vec<Counted<'_>> {
             list.iter()
                 .map(|(name, count)| Counted {
@@ -286,69 +288,111 @@ impl StormEvent {
                 })
                 .collect()
         }
-        let data = StormData {
-            scope_type: self.scope_type.as_str(),
-            scope: &self.scope,
-            phase: self.phase.as_str(),
-            start: rfc3339_ms(self.start_ms),
-            duration_ms: self.duration_ms,
-            rate: self.rate,
-            peak: self.peak,
-            // Averages: two decimals say enough.
-            baseline: (self.baseline * 100.0).round() / 100.0,
-            threshold: (self.threshold * 100.0).round() / 100.0,
-            count: self.count,
-            top_keys: counted(&self.top_keys),
-            top_services: counted(&self.top_services),
-        };
-        cloudevent(
-            &self.id,
-            source,
-            self.event_type(),
-            self.time_ms,
-            self.subject(),
-            STORM_DATASCHEMA,
-            &data,
-        )
-        .expect("storm events always serialize")
+        CloudEvent {
+            id: &self.id,
+            kind: self.event_type(),
+            time_ms: self.time_ms,
+            subject: self.subject(),
+            dataschema: STORM_DATASCHEMA,
+            data: StormData {
+                scope_type: self.scope_type.as_str(),
+                scope: &self.scope,
+                phase: self.phase.as_str(),
+                start: rfc3339_ms(self.start_ms),
+                duration_ms: self.duration_ms,
+                rate: self.rate,
+                peak: self.peak,
+                // Averages: two decimals say enough.
+                baseline: (self.baseline * 100.0).round() / 100.0,
+                threshold: (self.threshold * 100.0).round() / 100.0,
+                count: self.count,
+                top_keys: counted(&self.top_keys),
+                top_services: counted(&self.top_services),
+            },
+        }
+    }
+
+    /// The CloudEvents 1.0 structured JSON form, one line.
+    pub fn to_cloudevent(&self, source: &str) -> String {
+        self.cloudevent().structured(source)
     }
 }
 
-/// A CloudEvents 1.0 structured JSON object, one line.
-fn cloudevent(
-    id: &str,
-    source: &str,
-    kind: String,
-    time_ms: Millis,
-    subject: String,
-    dataschema: &'static str,
-    data: &impl Serialize,
-) -> serde_json::Result<String> {
-    #[derive(Serialize)]
-    struct Envelope<'a, D> {
-        specversion: &'static str,
-        id: &'a str,
-        source: &'a str,
-        #[serde(rename = "type")]
-        kind: String,
-        time: String,
-        subject: String,
-        datacontenttype: &'static str,
-        dataschema: &'static str,
-        data: &'a D,
-    }
-    serde_json::to_string(&Envelope {
-        specversion: "1.0",
-        id,
-        source,
-        kind,
-        time: rfc3339_ms(time_ms),
-        subject,
-        datacontenttype: "application/json",
-        dataschema,
-        data,
-    })
+/// An output event: its CloudEvents attributes (all but `source`, which is
+/// vigil's, from `outputs.source`) and its data. Written in structured mode
+/// (one JSON object holding both) or in binary mode (the data alone, the
+/// attributes beside it as Kafka headers).
+pub struct CloudEvent<'a, D> {
+    pub id: &'a str,
+    /// The `type`.
+    pub kind: String,
+    pub time_ms: Millis,
+    /// The `subject`, also the Kafka key of the record.
+    pub subject: String,
+    pub dataschema: &'static str,
+    pub data: D,
 }
+
+/// `datacontenttype` of every event: the data is JSON.
+const DATA_CONTENT_TYPE: &str = "application/json";
+
+impl<D: Serialize> CloudEvent<'_, D> {
+    /// The CloudEvents 1.0 structured JSON form, one line.
+    pub fn structured(&self, source: &str) -> String {
+        #[derive(Serialize)]
+        struct Envelope<'a, D> {
+            specversion: &'static str,
+            id: &'a str,
+            source: &'a str,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            time: String,
+            subject: &'a str,
+            datacontenttype: &'static str,
+            dataschema: &'static str,
+            data: &'a D,
+        }
+        serde_json::to_string(&Envelope {
+            specversion: "1.0",
+            id: self.id,
+            source,
+            kind: &self.kind,
+            time: rfc3339_ms(self.time_ms),
+            subject: &self.subject,
+            datacontenttype: DATA_CONTENT_TYPE,
+            dataschema: self.dataschema,
+            data: &self.data,
+        })
+        .expect(DATA_SERIALIZES)
+    }
+
+    /// The data alone, JSON: the value of a binary-mode record.
+    pub fn data_json(&self) -> String {
+        serde_json::to_string(&self.data).expect(DATA_SERIALIZES)
+    }
+
+    /// The attributes as the Kafka headers of binary mode (CloudEvents Kafka
+    /// protocol binding 1.0): `ce_<attribute>` each, and `content-type` for
+    /// `datacontenttype`.
+    pub fn binary_headers(&self, source: &str) -> Vec<(String, Option<Vec<u8>>)> {
+        [
+            ("ce_specversion", "1.0"),
+            ("ce_id", self.id),
+            ("ce_source", source),
+            ("ce_type", &self.kind),
+            ("ce_time", &rfc3339_ms(self.time_ms)),
+            ("ce_subject", &self.subject),
+            ("ce_dataschema", self.dataschema),
+            ("content-type", DATA_CONTENT_TYPE),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), Some(value.as_bytes().to_vec())))
+        .collect()
+    }
+}
+
+const DATA_SERIALIZES: &str =
+    "event data always serializes: a violation's pk was checked to be JSON";
 
 /// CloudEvents `dataschema` of violations: the `$id` of
 /// `schemas/violation.v1.json`, the JSON Schema of their `data`. A change of
@@ -359,7 +403,8 @@ pub const VIOLATION_DATASCHEMA: &str = "urn:vigil:schema:violation:v1";
 /// `schemas/storm.v1.json`.
 pub const STORM_DATASCHEMA: &str = "urn:vigil:schema:storm:v1";
 
-/// Content type of every output record (Kafka header `content-type`).
+/// Content type of a structured-mode output record (Kafka header
+/// `content-type`).
 pub const CLOUDEVENTS_CONTENT_TYPE: &str = "application/cloudevents+json";
 
 /// Epoch milliseconds as RFC 3339 UTC text with milliseconds.
@@ -394,6 +439,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn sample() -> Violation {
@@ -442,6 +489,52 @@ mod tests {
         assert_eq!(data["severity"], "high");
         assert_eq!(data["source_service"], "users-api");
         assert_eq!(data["evidence"][0]["offset"], 17);
+    }
+
+    /// Binary mode: the same attributes as headers, the same data as the
+    /// value.
+    fn assert_binary_matches_structured<D: Serialize>(event: CloudEvent<'_, D>) {
+        let structured: serde_json::Value =
+            serde_json::from_str(&event.structured("/vigil")).unwrap();
+        let data: serde_json::Value = serde_json::from_str(&event.data_json()).unwrap();
+        assert_eq!(data, structured["data"]);
+        let headers: BTreeMap<String, String> = event
+            .binary_headers("/vigil")
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v.unwrap()).unwrap()))
+            .collect();
+        let mut attributes: BTreeMap<String, String> = structured
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| *k != "data")
+            .map(|(k, v)| (format!("ce_{k}"), v.as_str().unwrap().to_string()))
+            .collect();
+        let content_type = attributes.remove("ce_datacontenttype").unwrap();
+        attributes.insert("content-type".into(), content_type);
+        assert_eq!(headers, attributes);
+    }
+
+    #[test]
+    fn binary_mode_has_the_attributes_and_data_of_structured_mode() {
+        assert_binary_matches_structured(sample().cloudevent());
+        let storm = StormEvent {
+            id: "4567".into(),
+            phase: crate::detect::storm::Phase::Updated,
+            scope_type: crate::detect::storm::ScopeType::HotKey,
+            scope: "user:1".into(),
+            time_ms: 1_596_010_895_000,
+            start_ms: 1_596_010_890_000,
+            duration_ms: 5_000,
+            rate: 1_200.0,
+            peak: 1_500.0,
+            baseline: 2.345,
+            threshold: 500.0,
+            count: 7_000,
+            top_keys: vec![("user:1".into(), 7_000)],
+            top_services: vec![("users-api".into(), 6_000), ("jobs".into(), 1_000)],
+        };
+        assert_binary_matches_structured(storm.cloudevent());
     }
 
     #[test]

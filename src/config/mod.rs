@@ -345,6 +345,9 @@ pub struct OutputsConfig {
     /// (with `inputs.co_partitioned`; create it compacted, with as many
     /// partitions as the inputs). Default `"vigil.changelog"`.
     pub changelog_topic: String,
+    /// How violations and storm events are written to Kafka. Default
+    /// `"structured"`.
+    pub cloudevents_mode: CloudEventsMode,
 }
 
 impl Default for OutputsConfig {
@@ -355,8 +358,23 @@ impl Default for OutputsConfig {
             dlq_topic: "vigil.dlq".into(),
             storms_topic: "vigil.storms".into(),
             changelog_topic: "vigil.changelog".into(),
+            cloudevents_mode: CloudEventsMode::Structured,
         }
     }
+}
+
+/// CloudEvents content mode of the events `vigil run` produces (the
+/// CloudEvents Kafka protocol binding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloudEventsMode {
+    /// The record value is the whole event, one JSON object; header
+    /// `content-type: application/cloudevents+json`.
+    Structured,
+    /// The record value is the event's `data` alone; the attributes are
+    /// `ce_*` headers and `datacontenttype` the `content-type` header.
+    /// Kafka only: files have no headers.
+    Binary,
 }
 
 /// Delivery guarantee of `vigil run`.
@@ -883,6 +901,21 @@ impl Config {
         Ok(())
     }
 
+    /// What the modes that write events to files (`vigil check`, `vigil
+    /// replay --to pipeline`) need beyond [`Config::validate`]: structured
+    /// events, since a line of a file has no headers for the attributes.
+    pub fn validate_for_files(&self, mode: &str) -> Result<(), ConfigError> {
+        if self.outputs.cloudevents_mode == CloudEventsMode::Binary {
+            return Err(invalid(
+                "outputs.cloudevents_mode",
+                format!(
+                    "\"binary\" puts the attributes of events in Kafka headers, but {mode} writes files, which have none: use \"structured\" (the default; VIGIL_OUTPUTS__CLOUDEVENTS_MODE=structured overrides the file)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The deadline of a table (its override, else `detect.deadline`).
     pub fn deadline_of(&self, table: &TableConfig) -> Dur {
         table.deadline.unwrap_or(self.detect.deadline)
@@ -964,6 +997,25 @@ mod tests {
         let config = parse(include_str!("../../docker/vigil.toml")).unwrap();
         config.validate().unwrap();
         config.validate_for_run().unwrap();
+    }
+
+    #[test]
+    fn binary_cloudevents_are_for_kafka_only() {
+        let binary = parse("[outputs]\ncloudevents_mode = \"binary\"\n").unwrap();
+        assert_eq!(binary.outputs.cloudevents_mode, CloudEventsMode::Binary);
+        let err = binary
+            .validate_for_files("vigil check")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("outputs.cloudevents_mode") && err.contains("vigil check"),
+            "{err}"
+        );
+        Config::default().validate_for_files("vigil check").unwrap();
+        let err = parse("[outputs]\ncloudevents_mode = \"batched\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("batched"), "{err}");
     }
 
     #[test]

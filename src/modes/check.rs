@@ -106,6 +106,7 @@ pub fn check(
     state: Option<&Path>,
     quiet: bool,
 ) -> anyhow::Result<Summary> {
+    config.validate_for_files("vigil check")?;
     let started = Instant::now();
     let memory = MemoryBudget::of(config.state.cache_size.0);
     let scratch = out.join(SCRATCH_DIR);

@@ -98,6 +98,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitStatus> {
         let out = args.out.as_ref().ok_or_else(|| {
             UsageError("--to pipeline writes its violations to --out DIR: give one".into())
         })?;
+        config.validate_for_files("vigil replay --to pipeline")?;
         let state = args
             .state
             .clone()

@@ -1,6 +1,7 @@
 //! An embedded Kafka-protocol broker (librdkafka's mock cluster) and the
 //! `vigil run` daemon as a child process connected to it.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -132,6 +133,23 @@ pub fn json_values(messages: &[OwnedMessage]) -> Vec<serde_json::Value> {
         .filter_map(|m| m.payload())
         .map(|p| serde_json::from_slice(p).expect("outputs are JSON"))
         .collect()
+}
+
+/// The headers of a record, their values as text.
+pub fn headers_of(m: &OwnedMessage) -> BTreeMap<String, String> {
+    m.headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A `vigil run` child process. Its stderr is collected, so tests can wait

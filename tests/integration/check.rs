@@ -686,6 +686,21 @@ fn exit_status_tells_violations_usage_and_configuration_errors_apart() {
         bad_config.stderr
     );
 
+    // Files have no headers for binary CloudEvents.
+    let binary = dir.path().join("binary.toml");
+    fs::write(
+        &binary,
+        format!("{USERS_CONFIG}\n[outputs]\ncloudevents_mode = \"binary\"\n"),
+    )
+    .unwrap();
+    let binary_config = check(Some(&binary), &[&cdc], &[], &out, &[]);
+    assert_eq!(binary_config.code, 2);
+    assert!(
+        binary_config.stderr.contains("outputs.cloudevents_mode"),
+        "{}",
+        binary_config.stderr
+    );
+
     let no_input = check(Some(&config), &[], &[], &out, &[]);
     assert_eq!(no_input.code, 2);
     let usage = run(vigil().args(["check", "--no-such-flag"]));

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::mocking::MockCoordinator;
 use serde_json::Value;
 
@@ -65,6 +65,21 @@ fn spec(events: u64, seed: u64, start_ms: i64, keys: u64) -> Spec {
         partitions: PARTITIONS,
         traffic: Traffic::Steady,
         storms: None,
+    }
+}
+
+/// A workload with every violation kind and two storms, of the kinds whose
+/// thresholds need no warm-up.
+fn stormy_spec() -> Spec {
+    Spec {
+        storms: Some(StormSchedule {
+            warmup_ms: 1_000,
+            length_ms: 3_000,
+            every_ms: 4_000,
+            kinds: vec![ScopeType::HotKey, ScopeType::Bulk],
+            settle_ms: 0,
+        }),
+        ..spec(20_000, 21, START_MS, 1_000)
     }
 }
 
@@ -170,6 +185,33 @@ impl Workload {
             &cache,
             overrides,
         )
+    }
+
+    /// `vigil check` over the same records, from files written in `dir`.
+    fn check_files(&self, dir: &Path) -> Checked {
+        let (cdc, cache) = (dir.join("cdc.ndjson"), dir.join("cache.ndjson"));
+        let mut files = (
+            fs::File::create(&cdc).unwrap(),
+            fs::File::create(&cache).unwrap(),
+        );
+        for r in &self.records {
+            let f = match self.generator.stream_of_topic(&r.topic) {
+                Some(Stream::Cache) => &mut files.1,
+                _ => &mut files.0,
+            };
+            writeln!(f, "{}", r.value.as_deref().unwrap_or("null")).unwrap();
+        }
+        drop(files);
+        fs::write(dir.join("vigil.toml"), self.generator.config_toml()).unwrap();
+        let checked = check(
+            Some(&dir.join("vigil.toml")),
+            &[&cdc],
+            &[&cache],
+            &dir.join("out"),
+            &[],
+        );
+        assert_eq!(checked.code, 0, "{}", checked.stderr);
+        checked
     }
 
     /// The expected violations as fingerprints.
@@ -296,47 +338,12 @@ fn scrape(port: u16) -> String {
 #[test]
 fn run_reports_exactly_what_check_reports_and_serves_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    // With two storms of the kinds whose thresholds need no warm-up.
-    let w = Workload::of(Spec {
-        storms: Some(StormSchedule {
-            warmup_ms: 1_000,
-            length_ms: 3_000,
-            every_ms: 4_000,
-            kinds: vec![ScopeType::HotKey, ScopeType::Bulk],
-            settle_ms: 0,
-        }),
-        ..spec(20_000, 21, START_MS, 1_000)
-    });
+    let w = Workload::of(stormy_spec());
     let broker = w.broker();
     w.produce(&broker, 0..w.records.len());
     let expected = w.expected(dir.path());
 
-    // vigil check over the same records, from files.
-    let (cdc, cache) = (
-        dir.path().join("cdc.ndjson"),
-        dir.path().join("cache.ndjson"),
-    );
-    let mut files = (
-        fs::File::create(&cdc).unwrap(),
-        fs::File::create(&cache).unwrap(),
-    );
-    for r in &w.records {
-        let f = match w.generator.stream_of_topic(&r.topic) {
-            Some(vigil::ingest::Stream::Cache) => &mut files.1,
-            _ => &mut files.0,
-        };
-        writeln!(f, "{}", r.value.as_deref().unwrap_or("null")).unwrap();
-    }
-    drop(files);
-    fs::write(dir.path().join("vigil.toml"), w.generator.config_toml()).unwrap();
-    let checked = check(
-        Some(&dir.path().join("vigil.toml")),
-        &[&cdc],
-        &[&cache],
-        &dir.path().join("out"),
-        &[],
-    );
-    assert_eq!(checked.code, 0, "{}", checked.stderr);
+    let checked = w.check_files(dir.path());
     let check_ids: BTreeSet<String> = checked
         .violations()
         .iter()
@@ -426,6 +433,136 @@ fn run_reports_exactly_what_check_reports_and_serves_metrics() {
             .read_until(DLQ, 1, Duration::from_millis(500), |m| !m.is_empty())
             .is_empty()
     );
+}
+
+/// The records of `topic` by event id (the `id` of a structured event, the
+/// `ce_id` header of a binary one), read until every id of `ids` is there.
+fn events_by_id(
+    broker: &Broker,
+    topic: &str,
+    partitions: i32,
+    ids: &BTreeSet<String>,
+    id_of: impl Fn(&OwnedMessage) -> String,
+) -> BTreeMap<String, OwnedMessage> {
+    let read = |m: &[OwnedMessage]| -> BTreeMap<String, OwnedMessage> {
+        m.iter().map(|m| (id_of(m), m.clone())).collect()
+    };
+    let messages = broker.read_until(topic, partitions, VERDICTS, |m| {
+        let got = read(m);
+        ids.iter().all(|id| got.contains_key(id))
+    });
+    let got = read(&messages);
+    assert_eq!(
+        got.keys().cloned().collect::<BTreeSet<_>>(),
+        *ids,
+        "{topic} holds the events vigil check reports"
+    );
+    got
+}
+
+/// Event data without the top lists of storms: estimates whose lightest
+/// entries depend on the order records arrive in, which differs between two
+/// daemons reading the same partitions (the unit tests of `events` show
+/// both modes write the same lists).
+fn without_top_lists(data: &Value) -> Value {
+    let mut data = data.clone();
+    if let Some(fields) = data.as_object_mut() {
+        fields.remove("top_keys");
+        fields.remove("top_services");
+    }
+    data
+}
+
+#[test]
+fn binary_mode_puts_the_attributes_in_headers_and_the_data_in_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::of(stormy_spec());
+    let broker = w.broker();
+    const BINARY_VIOLATIONS: &str = "binary.violations";
+    const BINARY_STORMS: &str = "binary.storms";
+    broker
+        .cluster
+        .create_topic(BINARY_VIOLATIONS, 3, 1)
+        .unwrap();
+    broker.cluster.create_topic(BINARY_STORMS, 1, 1).unwrap();
+    w.produce(&broker, 0..w.records.len());
+    let checked = w.check_files(dir.path());
+    let ids = |events: &[Value]| -> BTreeSet<String> {
+        events
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let violation_ids = ids(&checked.violations());
+    let storm_ids = ids(&read_ndjson(&checked.out.join("storms.ndjson")));
+    assert!(!violation_ids.is_empty() && !storm_ids.is_empty());
+
+    // Two daemons over the same inputs: one writes structured events, the
+    // other binary ones, to topics of their own.
+    let text = |s: &str| toml::Value::String(s.to_string());
+    let (structured_dir, binary_dir) = (dir.path().join("structured"), dir.path().join("binary"));
+    fs::create_dir_all(&structured_dir).unwrap();
+    fs::create_dir_all(&binary_dir).unwrap();
+    let structured = Daemon::start(&w.config(&structured_dir, &broker, &[]));
+    let binary = Daemon::start(&w.config(
+        &binary_dir,
+        &broker,
+        &[
+            ("inputs", "group_id", text("vigil-it-binary")),
+            ("outputs", "violations_topic", text(BINARY_VIOLATIONS)),
+            ("outputs", "storms_topic", text(BINARY_STORMS)),
+            ("outputs", "cloudevents_mode", text("binary")),
+        ],
+    ));
+    let structured_id = |m: &OwnedMessage| -> String {
+        let event: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        event["id"].as_str().unwrap().to_string()
+    };
+    let binary_id = |m: &OwnedMessage| -> String {
+        headers_of(m)
+            .remove("ce_id")
+            .unwrap_or_else(|| panic!("no ce_id header: {:?}", headers_of(m)))
+    };
+    let mut schemas = BTreeMap::new();
+    for (topic, binary_topic, partitions, ids) in [
+        (VIOLATIONS, BINARY_VIOLATIONS, 3, &violation_ids),
+        (STORMS, BINARY_STORMS, 1, &storm_ids),
+    ] {
+        let want = events_by_id(&broker, topic, partitions, ids, structured_id);
+        let got = events_by_id(&broker, binary_topic, partitions, ids, binary_id);
+        for (id, m) in &got {
+            let event: Value = serde_json::from_slice(want[id].payload().unwrap()).unwrap();
+            let attribute = |name: &str| event[name].as_str().unwrap().to_string();
+            let expected_headers = BTreeMap::from([
+                ("ce_specversion".to_string(), attribute("specversion")),
+                ("ce_id".to_string(), attribute("id")),
+                ("ce_source".to_string(), attribute("source")),
+                ("ce_type".to_string(), attribute("type")),
+                ("ce_time".to_string(), attribute("time")),
+                ("ce_subject".to_string(), attribute("subject")),
+                ("ce_dataschema".to_string(), attribute("dataschema")),
+                ("content-type".to_string(), attribute("datacontenttype")),
+            ]);
+            assert_eq!(headers_of(m), expected_headers, "{binary_topic}: {id}");
+            assert_eq!(m.key(), want[id].key(), "the same Kafka key");
+            let data: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            assert_eq!(
+                without_top_lists(&data),
+                without_top_lists(&event["data"]),
+                "{binary_topic}: the value is the data"
+            );
+            let schema = schemas
+                .entry(attribute("dataschema"))
+                .or_insert_with_key(|uri| crate::schemas::Schema::named(uri));
+            let errors = schema.errors(&data);
+            assert!(errors.is_empty(), "{data}: {errors:?}");
+        }
+    }
+    assert_eq!(schemas.len(), 2, "violations and storms have their schemas");
+    for daemon in [structured, binary] {
+        let (code, log) = daemon.terminate();
+        assert_eq!(code, Some(0), "{log}");
+    }
 }
 
 #[test]
@@ -581,17 +718,7 @@ fn malformed_records_reach_the_dlq_unchanged_with_their_headers() {
             m.timestamp().to_millis(),
             Some(1_700_000_000_000 + i as i64)
         );
-        let headers: BTreeMap<String, String> = m
-            .headers()
-            .unwrap()
-            .iter()
-            .map(|h| {
-                (
-                    h.key.to_string(),
-                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                )
-            })
-            .collect();
+        let headers = headers_of(m);
         assert_eq!(
             headers["trace-id"],
             format!("t{i}"),

@@ -58,7 +58,7 @@ impl Schema {
     }
 
     /// Asserts that `event`'s data is valid, naming the event if not.
-    pub fn assert_valid(&self, event: &Value) {
+    fn assert_valid(&self, event: &Value) {
         let errors = self.errors(&event["data"]);
         assert!(
             errors.is_empty(),

@@ -1,5 +1,6 @@
-//! The Kafka producer of `vigil run`: violations (CloudEvents, keyed by cache
-//! key) and dead letters (the record unchanged, with Kafka Connect's error
+//! The Kafka producer of `vigil run`: violations and storm events
+//! (CloudEvents in structured or binary mode, keyed by their subject) and
+//! dead letters (the record unchanged, with Kafka Connect's error
 //! headers and vigil's reason code).
 //!
 //! At-least-once: at each checkpoint every record sent is acknowledged by
@@ -24,10 +25,10 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use super::handover::record_key;
 use super::source::VigilConsumer;
 use super::{KafkaSetupError, client_config, log_to_tracing, owned_headers};
-use crate::config::{Config, Guarantee};
+use crate::config::{CloudEventsMode, Config, Guarantee};
 use crate::dead_letter::{DeadLetter, Origin};
 use crate::detect::storm::StormEvent;
-use crate::events::{CLOUDEVENTS_CONTENT_TYPE, Violation};
+use crate::events::{CLOUDEVENTS_CONTENT_TYPE, CloudEvent, Violation};
 use crate::pipeline::{OutputError, Outputs, Position};
 use crate::state::StateBatch;
 use crate::telemetry::Stats;
@@ -111,6 +112,7 @@ pub struct KafkaOutputs {
     /// With `inputs.co_partitioned`: where state changes are written.
     changelog_topic: Option<String>,
     source: String,
+    cloudevents_mode: CloudEventsMode,
     stats: Arc<Stats>,
     /// Set when the process must stop waiting for the broker (shutdown).
     give_up: Arc<AtomicBool>,
@@ -173,6 +175,7 @@ impl KafkaOutputs {
                 .co_partitioned
                 .then(|| config.outputs.changelog_topic.clone()),
             source: config.outputs.source.clone(),
+            cloudevents_mode: config.outputs.cloudevents_mode,
             stats,
             give_up,
         })
@@ -336,17 +339,29 @@ pub fn dead_letter_headers(d: &DeadLetter) -> Vec<(String, Option<Vec<u8>>)> {
     ]
 }
 
-/// A CloudEvent record for a topic, keyed by its subject.
-fn cloudevent_record(topic: &str, key: String, event: String) -> Outgoing {
+/// A CloudEvent record for a topic, keyed by its subject, in `mode`.
+fn cloudevent_record(
+    topic: &str,
+    event: CloudEvent<'_, impl serde::Serialize>,
+    mode: CloudEventsMode,
+    source: &str,
+) -> Outgoing {
+    let (payload, headers) = match mode {
+        CloudEventsMode::Structured => (
+            event.structured(source),
+            vec![(
+                "content-type".into(),
+                Some(CLOUDEVENTS_CONTENT_TYPE.as_bytes().to_vec()),
+            )],
+        ),
+        CloudEventsMode::Binary => (event.data_json(), event.binary_headers(source)),
+    };
     Outgoing {
         topic: topic.to_string(),
         partition: None,
-        key: Some(key.into_bytes()),
-        payload: Some(event.into_bytes()),
-        headers: vec![(
-            "content-type".into(),
-            Some(CLOUDEVENTS_CONTENT_TYPE.as_bytes().to_vec()),
-        )],
+        key: Some(event.subject.into_bytes()),
+        payload: Some(payload.into_bytes()),
+        headers,
         timestamp_ms: None,
     }
 }
@@ -355,16 +370,18 @@ impl Outputs for KafkaOutputs {
     fn violation(&mut self, v: &Violation) -> Result<(), OutputError> {
         self.send(&cloudevent_record(
             &self.violations_topic,
-            v.kafka_key(),
-            v.to_cloudevent(&self.source),
+            v.cloudevent(),
+            self.cloudevents_mode,
+            &self.source,
         ))
     }
 
     fn storm(&mut self, e: &StormEvent) -> Result<(), OutputError> {
         self.send(&cloudevent_record(
             &self.storms_topic,
-            e.subject(),
-            e.to_cloudevent(&self.source),
+            e.cloudevent(),
+            self.cloudevents_mode,
+            &self.source,
         ))
     }
 
