@@ -48,21 +48,17 @@ impl SlotKey for Arc<str> {
     }
 }
 
-impl SlotKey for Arc<[u8]> {
+impl SlotKey for [u8; 12] {
     fn bytes(&self) -> &[u8] {
         self
     }
 }
 
-/// Bytes of a shared (`Arc`) slice of `len` bytes: the bytes, the counts,
-/// the allocator's header. Strings shared with other slots are counted in
-/// each (the estimate errs on the side of memory).
-fn shared_bytes(len: usize) -> usize {
-    len + 2 * size_of::<usize>() + 16
-}
-
+/// Bytes of a shared (`Arc`) string: the bytes, the counts, the
+/// allocator's header. Strings shared with other slots are counted in each
+/// (the estimate errs on the side of memory).
 fn arc_bytes(s: &str) -> usize {
-    shared_bytes(s.len())
+    s.len() + 2 * size_of::<usize>() + 16
 }
 
 impl Footprint for Arc<str> {
@@ -71,9 +67,9 @@ impl Footprint for Arc<str> {
     }
 }
 
-impl Footprint for Arc<[u8]> {
+impl Footprint for [u8; 12] {
     fn heap_bytes(&self) -> usize {
-        shared_bytes(self.len())
+        0
     }
 }
 

@@ -122,7 +122,7 @@ pub(super) struct Worker {
     /// Where applied batches go back to the router, empty.
     spare: Sender<Vec<WorkItem>>,
     keys: Slots<Arc<str>, KeyEntry>,
-    entities: Slots<Arc<[u8]>, EntityEntry>,
+    entities: Slots<[u8; 12], EntityEntry>,
     /// Bytes of keys and entities this worker may keep in memory.
     budget: usize,
     /// The latest checkpoint the committer committed.
@@ -170,15 +170,13 @@ fn disconnected<T>(_: T) -> PipelineError {
     PipelineError::Disconnected("sink")
 }
 
-/// Storage key of an entity: scope, table, a zero byte, primary key.
-fn entity_key(scope: i32, change: &Change) -> Arc<[u8]> {
-    // A chain of slices has a known length: one allocation, no Vec first.
-    codec::scope_prefix(scope)
-        .into_iter()
-        .chain(change.table.as_bytes().iter().copied())
-        .chain([0])
-        .chain(change.pk.as_bytes().iter().copied())
-        .collect()
+/// Storage key of an entity: its scope, then its id (the hash of table and
+/// primary key), both big-endian; it is also the entity's key in memory.
+fn entity_key(scope: i32, change: &Change) -> [u8; 12] {
+    let mut key = [0; 12];
+    key[..4].copy_from_slice(&codec::scope_prefix(scope));
+    key[4..].copy_from_slice(&change.entity.to_be_bytes());
+    key
 }
 
 /// Reads a key from the store; `open`: whether it is in the index of keys
@@ -201,7 +199,7 @@ fn load_key(
 }
 
 /// Reads an entity from the store.
-fn load_entity(store: &dyn Store, key: &[u8]) -> Result<Option<EntityEntry>, StateError> {
+fn load_entity(store: &dyn Store, key: &[u8; 12]) -> Result<Option<EntityEntry>, StateError> {
     let Some(bytes) = store.get(Cf::Entities, key)? else {
         return Ok(None);
     };
@@ -305,7 +303,7 @@ fn save_key(
 fn save_entity(
     batch: &mut StateBatch,
     _durable: bool,
-    key: &Arc<[u8]>,
+    key: &[u8; 12],
     scope: i32,
     entry: &mut EntityEntry,
     save: Save,

@@ -22,7 +22,8 @@ pub use rocks::RocksStore;
 /// over on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Cf {
-    /// Per entity (table + primary key): versions seen.
+    /// Per entity (keyed by its id, the hash of table and primary key):
+    /// versions seen.
     Entities,
     /// Per cache key: pending changes, recent history, invalidations, fills.
     Keys,
