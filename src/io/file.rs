@@ -40,6 +40,9 @@ pub struct LineReader<R> {
     inner: R,
     max: usize,
     buf: Vec<u8>,
+    /// Bytes of the inner reader's buffer lent as the last line, consumed
+    /// when the next is read.
+    lent: usize,
 }
 
 impl<R: BufRead> LineReader<R> {
@@ -48,11 +51,25 @@ impl<R: BufRead> LineReader<R> {
             inner,
             max,
             buf: Vec::with_capacity(4096),
+            lent: 0,
         }
     }
 
     /// The next line without its `\n` (and `\r\n`), or `None` at the end.
     pub fn next_line(&mut self) -> io::Result<Option<Line<'_>>> {
+        self.inner.consume(std::mem::take(&mut self.lent));
+        // Most lines lie whole in the inner reader's buffer: they are lent
+        // from it, not copied.
+        let whole = match self.inner.fill_buf() {
+            Ok(chunk) => memchr::memchr(b'\n', chunk).filter(|&i| i <= self.max),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(end) = whole {
+            self.lent = end + 1;
+            let line = &self.inner.fill_buf()?[..end];
+            return Ok(Some(Line::Text(line.strip_suffix(b"\r").unwrap_or(line))));
+        }
         self.buf.clear();
         let mut len = 0usize;
         let mut seen_any = false;
