@@ -110,14 +110,13 @@ pub fn check(
     let started = Instant::now();
     let memory = MemoryBudget::of(config.state.cache_size.0);
     let scratch = out.join(SCRATCH_DIR);
-    let dir = match state {
-        Some(dir) => dir,
+    let store = Arc::new(match state {
+        Some(dir) => RocksStore::open_with(dir, memory)?,
         None => {
             remove_scratch(&scratch)?;
-            &scratch
+            RocksStore::open_scratch(&scratch, memory)?
         }
-    };
-    let store = Arc::new(RocksStore::open_with(dir, memory)?);
+    });
     let stats = Arc::new(Stats::default());
     let ingest = Ingest::new(config, Arc::clone(&stats));
     let options = EngineOptions {

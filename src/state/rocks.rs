@@ -28,6 +28,8 @@ pub struct RocksStore {
     db: Arc<DB>,
     path: PathBuf,
     retention: RetentionHorizon,
+    /// Writes go to the write-ahead log too (not for a scratch store).
+    logged: bool,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -43,6 +45,16 @@ impl RocksStore {
     /// the default `state.cache_size`.
     pub fn open(path: &Path) -> Result<Self, StateError> {
         Self::open_with(path, MemoryBudget::of(StateConfig::default().cache_size.0))
+    }
+
+    /// Opens a scratch store at `path` (`vigil check` without `--state`):
+    /// as [`RocksStore::open_with`], but its writes skip the write-ahead
+    /// log, since nothing is ever read back from it after a crash.
+    pub fn open_scratch(path: &Path, memory: MemoryBudget) -> Result<Self, StateError> {
+        Ok(RocksStore {
+            logged: false,
+            ..Self::open_with(path, memory)?
+        })
     }
 
     /// Opens (creating if needed) the store at `path`, with the block cache
@@ -69,6 +81,7 @@ impl RocksStore {
             db: Arc::new(db),
             path: path.to_path_buf(),
             retention,
+            logged: true,
         })
     }
 
@@ -135,6 +148,7 @@ impl Store for RocksStore {
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
+        opts.disable_wal(!self.logged);
         self.db.write_opt(wb, &opts).map_err(|e| self.err(e))
     }
 

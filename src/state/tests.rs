@@ -185,3 +185,30 @@ fn deleting_a_scope_leaves_the_others() {
             .is_none()
     );
 }
+
+/// Bytes of the write-ahead log files in a store's directory.
+fn wal_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn a_scratch_store_writes_no_write_ahead_log_and_a_kept_one_does() {
+    let write = |store: &RocksStore| {
+        let mut batch = StateBatch::default();
+        batch.put(Cf::Keys, 0, b"key".to_vec(), vec![7; 100]);
+        store.write(batch).unwrap();
+        assert_eq!(store.get(Cf::Keys, b"key").unwrap(), Some(vec![7; 100]));
+    };
+    let memory = MemoryBudget::of(64 << 20);
+    let kept = tempfile::tempdir().unwrap();
+    write(&RocksStore::open_with(kept.path(), memory).unwrap());
+    assert!(wal_bytes(kept.path()) > 100, "a kept store logs its writes");
+    let scratch = tempfile::tempdir().unwrap();
+    write(&RocksStore::open_scratch(scratch.path(), memory).unwrap());
+    assert_eq!(wal_bytes(scratch.path()), 0, "a scratch store does not");
+}
