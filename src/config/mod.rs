@@ -76,6 +76,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub storms: StormsConfig,
+    #[serde(default)]
+    pub schema_registry: SchemaRegistryConfig,
 }
 
 /// A librdkafka property value: TOML strings, numbers and booleans are all
@@ -418,6 +420,46 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// `[schema_registry]`: the Confluent Schema Registry that CDC records in
+/// Confluent's Avro framing name their writer schemas in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemaRegistryConfig {
+    /// Base URL, like `"http://registry:8081"`. Default: none (no registry:
+    /// records in Avro framing are dead letters, `unknown_format`).
+    pub url: Option<String>,
+    /// User of HTTP basic authentication. Default: none.
+    pub basic_auth_user: Option<String>,
+    /// Password of HTTP basic authentication (with `basic_auth_user`).
+    /// Default: none.
+    pub basic_auth_password: Option<String>,
+    /// Bearer token sent as `Authorization: Bearer ...`; not with basic
+    /// authentication. Default: none.
+    pub bearer_token: Option<String>,
+    /// PEM file of the certificate authorities trusted for an `https` URL,
+    /// instead of the system's. Default: none.
+    pub ca_file: Option<PathBuf>,
+    /// Time one request to the registry may take. Default `"10s"`.
+    pub timeout: Dur,
+    /// Parsed schemas kept in memory; past it the longest-held one is
+    /// dropped (and fetched again when a record names it). Default `1000`.
+    pub max_schemas: usize,
+}
+
+impl Default for SchemaRegistryConfig {
+    fn default() -> Self {
+        SchemaRegistryConfig {
+            url: None,
+            basic_auth_user: None,
+            basic_auth_password: None,
+            bearer_token: None,
+            ca_file: None,
+            timeout: Dur::from_secs(10),
+            max_schemas: 1000,
         }
     }
 }
@@ -820,6 +862,46 @@ impl Config {
                 ),
             ));
         }
+        self.validate_schema_registry()
+    }
+
+    fn validate_schema_registry(&self) -> Result<(), ConfigError> {
+        let r = &self.schema_registry;
+        let at = |field: &str| format!("schema_registry.{field}");
+        if let Some(url) = &r.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(
+                at("url"),
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
+        if r.basic_auth_user.is_some() != r.basic_auth_password.is_some() {
+            return Err(invalid(
+                at("basic_auth_user"),
+                "basic_auth_user and basic_auth_password go together: set both or neither",
+            ));
+        }
+        if r.basic_auth_user.is_some() && r.bearer_token.is_some() {
+            return Err(invalid(
+                at("bearer_token"),
+                "set either a bearer token or basic authentication, not both",
+            ));
+        }
+        if let Some(ca) = &r.ca_file
+            && !ca.is_file()
+        {
+            return Err(invalid(
+                at("ca_file"),
+                format!("{} is not a readable file", ca.display()),
+            ));
+        }
+        if r.timeout.0.is_zero() {
+            return Err(invalid(at("timeout"), "must be greater than zero"));
+        }
+        if r.max_schemas == 0 {
+            return Err(invalid(at("max_schemas"), "must be at least 1"));
+        }
         Ok(())
     }
 
@@ -1084,6 +1166,45 @@ mod tests {
         let c = Config::parse_with_env("t", "[kafka]\n\"linger.ms\" = 5\n", kafka).unwrap();
         assert_eq!(c.kafka["bootstrap.servers"].0, "b:9092");
         assert_eq!(c.kafka["linger.ms"].0, "5", "numbers are passed as text");
+    }
+
+    #[test]
+    fn schema_registry_settings_are_checked() {
+        let c = parse("[schema_registry]\nurl = \"http://registry:8081\"\nbasic_auth_user = \"u\"\nbasic_auth_password = \"p\"\ntimeout = \"2s\"\n").unwrap();
+        assert_eq!(
+            c.schema_registry.url.as_deref(),
+            Some("http://registry:8081")
+        );
+        assert_eq!(c.schema_registry.timeout, Dur::from_secs(2));
+        for (text, setting) in [
+            ("url = \"registry:8081\"", "schema_registry.url"),
+            ("basic_auth_user = \"u\"", "schema_registry.basic_auth_user"),
+            (
+                "basic_auth_password = \"p\"",
+                "schema_registry.basic_auth_user",
+            ),
+            (
+                "basic_auth_user = \"u\"\nbasic_auth_password = \"p\"\nbearer_token = \"t\"",
+                "schema_registry.bearer_token",
+            ),
+            (
+                "ca_file = \"/nonexistent/ca.pem\"",
+                "schema_registry.ca_file",
+            ),
+            ("timeout = \"0s\"", "schema_registry.timeout"),
+            ("max_schemas = 0", "schema_registry.max_schemas"),
+        ] {
+            let err = parse(&format!("[schema_registry]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(setting), "{text}: {err}");
+        }
+        let env = vec![(
+            "VIGIL_SCHEMA_REGISTRY__URL".to_string(),
+            "https://r:8081".to_string(),
+        )];
+        let c = Config::parse_with_env("t", "", env).unwrap();
+        assert_eq!(c.schema_registry.url.as_deref(), Some("https://r:8081"));
     }
 
     #[test]
