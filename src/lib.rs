@@ -25,6 +25,8 @@
 //! - [`replay`]: what a dead letter says of its origin, for `vigil replay`;
 //! - [`modes`]: `vigil check`, `run`, `demo`, `gen` ([`modes::generate`]),
 //!   `bench`, `replay`; [`cli`] their flags;
+//! - [`registry`]: the Confluent Schema Registry client (writer schemas of
+//!   Avro records, by id);
 //! - [`config`]: the TOML configuration; [`telemetry`]: counters and logs;
 //! - [`model`]: the domain types every stage shares; [`workload`]: the
 //!   synthetic workload generator behind `vigil gen`.
@@ -42,6 +44,7 @@ pub mod mapping;
 pub mod model;
 pub mod modes;
 pub mod pipeline;
+pub mod registry;
 pub mod replay;
 pub mod state;
 pub mod telemetry;

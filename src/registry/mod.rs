@@ -1,0 +1,582 @@
+//! The Confluent Schema Registry client: the writer schema of an id, fetched
+//! over HTTP (`GET {url}/schemas/ids/{id}`, referenced schemas by
+//! `GET {url}/subjects/{subject}/versions/{version}`) and kept parsed.
+//!
+//! Each id is fetched once however many threads ask for it at the same time:
+//! the first asker fetches while the others wait for its answer. What the
+//! registry says for good (the schema, or that the id is unknown or its
+//! schema unusable) is kept; a failure to reach it is not, so the next ask
+//! tries again. At most `schema_registry.max_schemas` answers are kept, the
+//! longest-held one dropped first (it is fetched again when a record names
+//! it).
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use apache_avro::Schema;
+use apache_avro::schema::{Name, ResolvedSchema};
+use serde::Deserialize;
+
+use crate::config::SchemaRegistryConfig;
+
+/// Error code of the registry's "schema not found" answer.
+const SCHEMA_NOT_FOUND: u32 = 40403;
+
+/// How deep references may nest (a schema referencing one that references
+/// another...): past it the schema is malformed (a cycle, most likely).
+const MAX_REFERENCE_DEPTH: usize = 16;
+
+/// Why the registry gave no usable schema for an id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry could not be reached, failed (5xx), refused the
+    /// credentials, or answered something that is not its API: worth
+    /// retrying, never a verdict on the record.
+    #[error("schema registry {url} unavailable: {message}")]
+    Unavailable { url: String, message: String },
+    /// The registry does not know the id (HTTP 404, error code 40403).
+    #[error("the schema registry has no schema with id {id}")]
+    UnknownSchema { id: u32 },
+    /// The registry's schema for the id (or one it references) does not
+    /// parse as an Avro schema.
+    #[error("schema {id} is not a valid Avro schema: {message}")]
+    Malformed { id: u32, message: String },
+    /// The id names a Protobuf or JSON Schema schema.
+    #[error("schema {id} is a {kind} schema; vigil reads Avro only")]
+    NotAvro { id: u32, kind: String },
+}
+
+impl RegistryError {
+    /// Whether asking again later may give another answer.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RegistryError::Unavailable { .. })
+    }
+}
+
+/// Why a client could not be set up from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot read schema_registry.ca_file {path}: {source}")]
+    ReadCa {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("schema_registry.ca_file {path} holds no usable PEM certificate: {message}")]
+    BadCa { path: PathBuf, message: String },
+}
+
+/// A writer schema and the named types it uses, looked up when a value of
+/// the schema is walked (`Schema::Ref` names one of them).
+#[derive(Debug)]
+pub struct WriterSchema {
+    pub id: u32,
+    pub schema: Schema,
+    /// The schemas it references, which the Avro reader needs beside it.
+    pub references: Vec<Schema>,
+    names: HashMap<Name, Schema>,
+}
+
+impl WriterSchema {
+    /// Parses a schema and the schemas it references (theirs first).
+    pub fn parse(id: u32, text: &str, references: &[String]) -> Result<Self, RegistryError> {
+        let malformed = |e: apache_avro::Error| RegistryError::Malformed {
+            id,
+            message: e.to_string(),
+        };
+        let (schema, references) = if references.is_empty() {
+            (Schema::parse_str(text).map_err(malformed)?, Vec::new())
+        } else {
+            Schema::parse_str_with_list(text, references).map_err(malformed)?
+        };
+        let names = {
+            // Referenced types first: each schema's references resolve
+            // against the ones before it.
+            let all: Vec<&Schema> = references.iter().chain([&schema]).collect();
+            let resolved = ResolvedSchema::new_with_schemata(all).map_err(malformed)?;
+            resolved
+                .get_names()
+                .iter()
+                .map(|(name, schema)| (name.clone(), (*schema).clone()))
+                .collect()
+        };
+        Ok(WriterSchema {
+            id,
+            schema,
+            references,
+            names,
+        })
+    }
+
+    /// The named type a `Schema::Ref` stands for.
+    pub fn named(&self, name: &Name) -> Option<&Schema> {
+        self.names.get(name)
+    }
+}
+
+/// What the registry said of an id, for good.
+type Answer = Result<Arc<WriterSchema>, RegistryError>;
+
+/// One id's slot: `None` until an answer is had. Its lock is held while the
+/// id is fetched, so that other askers wait for that fetch.
+type Slot = Arc<Mutex<Option<Answer>>>;
+
+/// The answers kept, and the order in which they came.
+#[derive(Default)]
+struct Cache {
+    slots: HashMap<u32, Slot>,
+    order: VecDeque<u32>,
+}
+
+/// A Schema Registry client. Cheap to share between threads.
+pub struct SchemaRegistry {
+    base: String,
+    agent: ureq::Agent,
+    authorization: Option<String>,
+    max_schemas: usize,
+    cache: Mutex<Cache>,
+}
+
+/// A schema as the registry serves it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Served {
+    schema: String,
+    /// Absent for Avro.
+    schema_type: Option<String>,
+    #[serde(default)]
+    references: Vec<Reference>,
+}
+
+#[derive(Deserialize)]
+struct Reference {
+    subject: String,
+    version: i64,
+}
+
+/// The registry's error body.
+#[derive(Deserialize)]
+struct ErrorBody {
+    error_code: u32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl SchemaRegistry {
+    /// A client for `config.url`; `None` when no registry is configured.
+    pub fn from_config(config: &SchemaRegistryConfig) -> Result<Option<Self>, SetupError> {
+        let Some(url) = &config.url else {
+            return Ok(None);
+        };
+        let roots = match &config.ca_file {
+            None => ureq::tls::RootCerts::PlatformVerifier,
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|source| SetupError::ReadCa {
+                    path: path.clone(),
+                    source,
+                })?;
+                let bad = |message: String| SetupError::BadCa {
+                    path: path.clone(),
+                    message,
+                };
+                let mut certs = Vec::new();
+                for item in ureq::tls::parse_pem(&pem) {
+                    if let ureq::tls::PemItem::Certificate(cert) =
+                        item.map_err(|e| bad(e.to_string()))?
+                    {
+                        certs.push(cert);
+                    }
+                }
+                if certs.is_empty() {
+                    return Err(bad("no CERTIFICATE block".into()));
+                }
+                ureq::tls::RootCerts::new_with_certs(&certs)
+            }
+        };
+        let tls = ureq::tls::TlsConfig::builder()
+            .provider(ureq::tls::TlsProvider::NativeTls)
+            .root_certs(roots)
+            .build();
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(config.timeout.0))
+            .http_status_as_error(false)
+            .tls_config(tls)
+            .build()
+            .into();
+        let authorization = match (
+            &config.basic_auth_user,
+            &config.basic_auth_password,
+            &config.bearer_token,
+        ) {
+            (Some(user), Some(password), _) => Some(format!(
+                "Basic {}",
+                crate::dead_letter::base64(format!("{user}:{password}").as_bytes())
+            )),
+            (_, _, Some(token)) => Some(format!("Bearer {token}")),
+            _ => None,
+        };
+        Ok(Some(SchemaRegistry {
+            base: url.trim_end_matches('/').to_string(),
+            agent,
+            authorization,
+            max_schemas: config.max_schemas,
+            cache: Mutex::default(),
+        }))
+    }
+
+    /// The writer schema of an id, fetched on first use.
+    pub fn schema(&self, id: u32) -> Answer {
+        let slot = self.slot(id);
+        let mut answer = lock(&slot);
+        if let Some(known) = answer.as_ref() {
+            return known.clone();
+        }
+        let fetched = self.fetch(id);
+        if fetched.as_ref().is_err_and(RegistryError::is_retryable) {
+            return fetched;
+        }
+        *answer = Some(fetched.clone());
+        fetched
+    }
+
+    /// The slot of an id, made (and the oldest one dropped past the bound)
+    /// when the id is new.
+    fn slot(&self, id: u32) -> Slot {
+        let mut cache = lock(&self.cache);
+        if let Some(slot) = cache.slots.get(&id) {
+            return Arc::clone(slot);
+        }
+        if cache.slots.len() >= self.max_schemas
+            && let Some(oldest) = cache.order.pop_front()
+        {
+            cache.slots.remove(&oldest);
+        }
+        let slot = Slot::default();
+        cache.slots.insert(id, Arc::clone(&slot));
+        cache.order.push_back(id);
+        slot
+    }
+
+    fn fetch(&self, id: u32) -> Answer {
+        let path = format!("/schemas/ids/{id}");
+        let served = match self.get(&path)? {
+            Ok(served) => served,
+            Err(SCHEMA_NOT_FOUND) => return Err(RegistryError::UnknownSchema { id }),
+            Err(code) => {
+                return Err(RegistryError::Unavailable {
+                    url: format!("{}{path}", self.base),
+                    message: format!("HTTP 404 with error code {code}"),
+                });
+            }
+        };
+        let mut references = Vec::new();
+        self.collect_references(id, &served.references, 0, &mut references)?;
+        if let Some(kind) = served.schema_type.filter(|t| t != "AVRO") {
+            return Err(RegistryError::NotAvro { id, kind });
+        }
+        WriterSchema::parse(id, &served.schema, &references).map(Arc::new)
+    }
+
+    /// The texts of referenced schemas, the ones they reference first.
+    fn collect_references(
+        &self,
+        id: u32,
+        references: &[Reference],
+        depth: usize,
+        out: &mut Vec<String>,
+    ) -> Result<(), RegistryError> {
+        if !references.is_empty() && depth >= MAX_REFERENCE_DEPTH {
+            return Err(RegistryError::Malformed {
+                id,
+                message: format!("references nest deeper than {MAX_REFERENCE_DEPTH}"),
+            });
+        }
+        for reference in references {
+            let path = format!(
+                "/subjects/{}/versions/{}",
+                percent_encode(&reference.subject),
+                reference.version
+            );
+            let served = self.get(&path)?.map_err(|code| RegistryError::Malformed {
+                id,
+                message: format!(
+                    "referenced subject {:?} version {} not found (error code {code})",
+                    reference.subject, reference.version
+                ),
+            })?;
+            self.collect_references(id, &served.references, depth + 1, out)?;
+            if !out.contains(&served.schema) {
+                out.push(served.schema);
+            }
+        }
+        Ok(())
+    }
+
+    /// GETs a schema: `Ok(Err(error code))` when the registry says it has
+    /// none (HTTP 404 with its error body); any other failure, a 404 without
+    /// the registry's error body included (a wrong `url`, most likely), is
+    /// [`RegistryError::Unavailable`].
+    fn get(&self, path: &str) -> Result<Result<Served, u32>, RegistryError> {
+        let url = format!("{}{path}", self.base);
+        let unavailable = |message: String| RegistryError::Unavailable {
+            url: url.clone(),
+            message,
+        };
+        let mut request = self
+            .agent
+            .get(&url)
+            .header("Accept", "application/vnd.schemaregistry.v1+json");
+        if let Some(authorization) = &self.authorization {
+            request = request.header("Authorization", authorization);
+        }
+        let mut response = request.call().map_err(|e| unavailable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| unavailable(format!("reading the answer: {e}")))?;
+        let registry_code = || {
+            serde_json::from_str::<ErrorBody>(&body)
+                .ok()
+                .map(|b| b.error_code)
+        };
+        match (status, registry_code()) {
+            (200, _) => serde_json::from_str(&body)
+                .map(Ok)
+                .map_err(|e| unavailable(format!("an answer that is not a schema ({e})"))),
+            (404, Some(code)) => Ok(Err(code)),
+            _ => Err(unavailable(format!("HTTP {status}: {}", first_line(&body)))),
+        }
+    }
+}
+
+/// The first line of an error body, at most 200 characters, for a message.
+fn first_line(body: &str) -> &str {
+    let line = body.lines().next().unwrap_or("");
+    match line.char_indices().nth(200) {
+        Some((end, _)) => &line[..end],
+        None => line,
+    }
+}
+
+/// A subject name as one segment of a URL path.
+fn percent_encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod fake;
+
+#[cfg(test)]
+mod tests {
+    use super::fake::FakeRegistry;
+    use super::*;
+
+    const ROW: &str =
+        r#"{"type":"record","name":"Row","namespace":"t","fields":[{"name":"id","type":"int"}]}"#;
+
+    fn client(registry: &FakeRegistry, max_schemas: usize) -> SchemaRegistry {
+        let config = SchemaRegistryConfig {
+            url: Some(registry.url()),
+            max_schemas,
+            ..SchemaRegistryConfig::default()
+        };
+        SchemaRegistry::from_config(&config).unwrap().unwrap()
+    }
+
+    #[test]
+    fn no_url_no_client() {
+        assert!(
+            SchemaRegistry::from_config(&SchemaRegistryConfig::default())
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_schema_is_fetched_once_however_many_threads_ask() {
+        let registry = FakeRegistry::start();
+        registry.add_schema(7, ROW);
+        let client = client(&registry, 10);
+        let barrier = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    barrier.wait();
+                    let schema = client.schema(7).unwrap();
+                    assert_eq!(schema.id, 7);
+                    assert!(matches!(schema.schema, Schema::Record(_)));
+                });
+            }
+        });
+        client.schema(7).unwrap();
+        assert_eq!(registry.hits("/schemas/ids/7"), 1);
+    }
+
+    #[test]
+    fn answers_are_typed() {
+        let registry = FakeRegistry::start();
+        registry.add_schema(2, r#"{"type":"record","name":"Broken"}"#);
+        registry.answer(
+            "/schemas/ids/3",
+            200,
+            r#"{"schema":"syntax = \"proto3\";","schemaType":"PROTOBUF"}"#,
+        );
+        let client = client(&registry, 10);
+        assert_eq!(
+            client.schema(1).unwrap_err(),
+            RegistryError::UnknownSchema { id: 1 }
+        );
+        assert!(matches!(
+            client.schema(2).unwrap_err(),
+            RegistryError::Malformed { id: 2, .. }
+        ));
+        assert!(matches!(
+            client.schema(3).unwrap_err(),
+            RegistryError::NotAvro { id: 3, ref kind } if kind == "PROTOBUF"
+        ));
+        // Answers for good are kept.
+        client.schema(1).unwrap_err();
+        assert_eq!(registry.hits("/schemas/ids/1"), 1);
+        // A 404 that is not the registry's (a wrong url) is no verdict.
+        registry.answer("/schemas/ids/4", 404, "<html>Not Found</html>");
+        assert!(client.schema(4).unwrap_err().is_retryable());
+    }
+
+    #[test]
+    fn an_unavailable_registry_is_retryable_and_not_remembered() {
+        let registry = FakeRegistry::start();
+        registry.add_schema(5, ROW);
+        let client = client(&registry, 10);
+        registry.set_down(true);
+        let err = client.schema(5).unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("503"), "{err}");
+        registry.set_down(false);
+        assert_eq!(client.schema(5).unwrap().id, 5);
+
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let config = SchemaRegistryConfig {
+            url: Some(url),
+            ..SchemaRegistryConfig::default()
+        };
+        let refused = SchemaRegistry::from_config(&config).unwrap().unwrap();
+        assert!(refused.schema(5).unwrap_err().is_retryable());
+    }
+
+    use std::net::TcpListener;
+
+    #[test]
+    fn references_are_fetched_by_subject_and_version() {
+        let registry = FakeRegistry::start();
+        let outer = r#"{"type":"record","name":"Outer","namespace":"t","fields":[{"name":"row","type":"t.Row"}]}"#;
+        let served = serde_json::json!({
+            "schema": outer,
+            "references": [{"name": "t.Row", "subject": "rows/value", "version": 3}],
+        });
+        registry.answer("/schemas/ids/9", 200, &served.to_string());
+        registry.answer(
+            "/subjects/rows%2Fvalue/versions/3",
+            200,
+            &serde_json::json!({"subject": "rows/value", "version": 3, "id": 8, "schema": ROW})
+                .to_string(),
+        );
+        let client = client(&registry, 10);
+        let schema = client.schema(9).unwrap();
+        assert_eq!(schema.references.len(), 1);
+        let name = Name::new("t.Row").unwrap();
+        assert!(matches!(schema.named(&name), Some(Schema::Record(_))));
+
+        registry.answer(
+            "/schemas/ids/10",
+            200,
+            &serde_json::json!({
+                "schema": outer,
+                "references": [{"name": "t.Row", "subject": "gone", "version": 1}],
+            })
+            .to_string(),
+        );
+        registry.answer(
+            "/subjects/gone/versions/1",
+            404,
+            r#"{"error_code":40401,"message":"Subject not found"}"#,
+        );
+        let err = client.schema(10).unwrap_err();
+        assert!(
+            matches!(&err, RegistryError::Malformed { id: 10, message } if message.contains("40401")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let registry = FakeRegistry::start();
+        for id in 1..=3 {
+            registry.add_schema(id, ROW);
+        }
+        let client = client(&registry, 2);
+        for id in [1, 2, 3, 1] {
+            client.schema(id).unwrap();
+        }
+        assert_eq!(registry.hits("/schemas/ids/1"), 2, "1 was dropped for 3");
+        assert_eq!(lock(&client.cache).slots.len(), 2);
+    }
+
+    #[test]
+    fn credentials_are_sent() {
+        let registry = FakeRegistry::start();
+        registry.add_schema(1, ROW);
+        let basic = SchemaRegistryConfig {
+            url: Some(registry.url()),
+            basic_auth_user: Some("vigil".into()),
+            basic_auth_password: Some("s3cret".into()),
+            ..SchemaRegistryConfig::default()
+        };
+        SchemaRegistry::from_config(&basic)
+            .unwrap()
+            .unwrap()
+            .schema(1)
+            .unwrap();
+        let bearer = SchemaRegistryConfig {
+            url: Some(registry.url()),
+            bearer_token: Some("tok".into()),
+            ..SchemaRegistryConfig::default()
+        };
+        SchemaRegistry::from_config(&bearer)
+            .unwrap()
+            .unwrap()
+            .schema(1)
+            .unwrap();
+        assert_eq!(
+            registry.authorizations(),
+            ["Basic dmlnaWw6czNjcmV0", "Bearer tok"]
+        );
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let config = SchemaRegistryConfig {
+            url: Some("https://registry:8081".into()),
+            ca_file: Some(path),
+            ..SchemaRegistryConfig::default()
+        };
+        let err = SchemaRegistry::from_config(&config).err().unwrap();
+        assert!(err.to_string().contains("ca.pem"), "{err}");
+    }
+}
