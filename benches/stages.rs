@@ -112,7 +112,7 @@ static DEBEZIUM: LazyLock<Workload> = LazyLock::new(|| generate(CdcFormat::Debez
 
 /// The Debezium workload decoded and mapped, in order.
 static RECORDS: LazyLock<Vec<Record>> = LazyLock::new(|| {
-    let ingest = Ingest::new(&DEBEZIUM.config, Arc::new(Stats::default()));
+    let ingest = Ingest::new(&DEBEZIUM.config, Arc::new(Stats::default())).expect("ingest");
     ingest_all(&ingest, &raw_inputs(&DEBEZIUM.records))
 });
 
@@ -356,7 +356,7 @@ fn mapping(c: &mut Criterion) {
 
 /// Decode + map, as every source runs it.
 fn ingest(c: &mut Criterion) {
-    let ingest = Ingest::new(&DEBEZIUM.config, Arc::new(Stats::default()));
+    let ingest = Ingest::new(&DEBEZIUM.config, Arc::new(Stats::default())).expect("ingest");
     let records = &DEBEZIUM.records;
     let inputs = raw_inputs(&records[records.len() - INGESTED..]);
     let mut group = group(c, "ingest");

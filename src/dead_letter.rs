@@ -39,10 +39,16 @@ pub enum Reason {
     UnmappedTable,
     /// A cache key that cannot be used (empty, a glob in a fill...).
     InvalidKey,
+    /// A record in Confluent's Avro framing whose schema id the schema
+    /// registry does not know.
+    UnknownSchema,
+    /// A record in Confluent's Avro framing whose bytes do not decode with
+    /// their writer schema (or whose writer schema does not parse).
+    InvalidAvro,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 15] = [
         Reason::InvalidUtf8,
         Reason::InvalidJson,
         Reason::RecordTooLarge,
@@ -56,6 +62,8 @@ impl Reason {
         Reason::MissingTimestamp,
         Reason::UnmappedTable,
         Reason::InvalidKey,
+        Reason::UnknownSchema,
+        Reason::InvalidAvro,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +81,8 @@ impl Reason {
             Reason::MissingTimestamp => "missing_timestamp",
             Reason::UnmappedTable => "unmapped_table",
             Reason::InvalidKey => "invalid_key",
+            Reason::UnknownSchema => "unknown_schema",
+            Reason::InvalidAvro => "invalid_avro",
         }
     }
 

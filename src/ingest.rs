@@ -3,13 +3,20 @@
 //! letter. Shared by every source, so files and topics are judged alike.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{Config, TopicSelector, UnmappedTables};
 use crate::dead_letter::{Reason, RecordError};
-use crate::formats::{self, DecodedCdc};
+use crate::formats::{self, DecodedCdc, Framed, RawChange, Row};
 use crate::mapping::{Change, Mapped, Mapper};
 use crate::model::{CacheEvent, Millis, Provenance};
+use crate::registry::{RegistryError, SchemaRegistry, SetupError, WriterSchema};
 use crate::telemetry::Stats;
+
+/// The first wait for an unavailable schema registry; each next one is
+/// twice as long, up to [`MAX_REGISTRY_WAIT`].
+const FIRST_REGISTRY_WAIT: Duration = Duration::from_millis(100);
+const MAX_REGISTRY_WAIT: Duration = Duration::from_secs(5);
 
 /// Which kind of input a record comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,6 +60,9 @@ pub struct Ingest {
     mapper: Mapper,
     flattened_topics: Vec<TopicSelector>,
     unmapped: UnmappedTables,
+    /// Where the writer schemas of records in Confluent's Avro framing are
+    /// found; `None` without `schema_registry.url`.
+    registry: Option<SchemaRegistry>,
     stats: Arc<Stats>,
 }
 
@@ -69,13 +79,16 @@ fn utf8<'a>(bytes: &'a [u8], what: &str) -> Result<&'a str, RecordError> {
 }
 
 impl Ingest {
-    pub fn new(config: &Config, stats: Arc<Stats>) -> Self {
-        Ingest {
+    /// Fails only when the schema registry's client cannot be set up (its
+    /// CA file).
+    pub fn new(config: &Config, stats: Arc<Stats>) -> Result<Self, SetupError> {
+        Ok(Ingest {
             mapper: Mapper::new(config),
             flattened_topics: config.inputs.flattened_topics.clone(),
             unmapped: config.inputs.unmapped_tables,
+            registry: SchemaRegistry::from_config(&config.schema_registry)?,
             stats,
-        }
+        })
     }
 
     /// Decodes one record into `out`. Records that are recognised but carry
@@ -88,9 +101,9 @@ impl Ingest {
         provenance: &Provenance,
         out: &mut Vec<Record>,
     ) -> Result<(), RecordError> {
-        let value = input.value.map(|v| utf8(v, "message value")).transpose()?;
         match input.stream {
             Stream::Cache => {
+                let value = input.value.map(|v| utf8(v, "message value")).transpose()?;
                 let Some(text) = value else {
                     self.stats.add_skipped(formats::Skip::Tombstone);
                     return Ok(());
@@ -99,7 +112,10 @@ impl Ingest {
                 out.push(Record::Cache(event, provenance.clone()));
                 Ok(())
             }
-            Stream::Cdc => self.ingest_cdc(input, value, provenance, out),
+            Stream::Cdc => match input.value.and_then(formats::framed) {
+                Some(framed) => self.ingest_avro(input, framed, provenance, out),
+                None => self.ingest_cdc(input, provenance, out),
+            },
         }
     }
 
@@ -115,10 +131,10 @@ impl Ingest {
     fn ingest_cdc(
         &self,
         input: RawInput<'_>,
-        value: Option<&str>,
         provenance: &Provenance,
         out: &mut Vec<Record>,
     ) -> Result<(), RecordError> {
+        let value = input.value.map(|v| utf8(v, "message value")).transpose()?;
         // Where a record without any format's marks is a flattened row:
         // anywhere on a flattened topic, else on tables declared so.
         let declared =
@@ -128,24 +144,103 @@ impl Ingest {
         } else {
             formats::Flattened::Tables(&declared)
         };
-        let changes = match formats::decode_cdc(value, flattened)? {
-            DecodedCdc::Skipped(kind) => {
-                self.stats.add_skipped(kind);
-                return Ok(());
-            }
-            DecodedCdc::Changes(changes) => changes,
-        };
+        let decoded = formats::decode_cdc(value, flattened)?;
         // A key that is not UTF-8 cannot be a JSON key: the primary key then
         // comes from the row.
         let key = input
             .key
             .and_then(|k| std::str::from_utf8(k).ok())
             .and_then(formats::decode_key);
+        self.map_changes(decoded, key.as_ref(), input, provenance, out)
+    }
+
+    /// A Debezium record in Confluent's Avro framing: its writer schema
+    /// from the registry (waiting while the registry cannot be reached),
+    /// then decoded and mapped as a JSON one. A key in the framing too is
+    /// decoded the same way; one that gives no columns leaves the primary
+    /// key to the row, as a JSON key does.
+    fn ingest_avro(
+        &self,
+        input: RawInput<'_>,
+        framed: Framed<'_>,
+        provenance: &Provenance,
+        out: &mut Vec<Record>,
+    ) -> Result<(), RecordError> {
+        let Some(registry) = &self.registry else {
+            return Err(RecordError::new(
+                Reason::UnknownFormat,
+                format!(
+                    "a record in Confluent's Avro framing (schema id {}), but no schema registry is configured (schema_registry.url)",
+                    framed.schema_id
+                ),
+            ));
+        };
+        let schema = self.writer_schema(registry, framed.schema_id)?;
+        let envelope = formats::decode_avro_envelope(&schema, framed.datum)?;
+        let key = match input.key.and_then(formats::framed) {
+            Some(key) => match self.writer_schema(registry, key.schema_id) {
+                Ok(schema) => formats::decode_avro_key(&schema, key.datum).unwrap_or(None),
+                Err(_) => None,
+            },
+            None => None,
+        };
+        let key_row = key.as_ref().map(formats::AvroKey::row).or_else(|| {
+            input
+                .key
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .and_then(formats::decode_key)
+        });
+        self.map_changes(envelope.view()?, key_row.as_ref(), input, provenance, out)
+    }
+
+    /// The writer schema of an id. While the registry cannot be reached the
+    /// record waits (each wait logged and counted) and asks again: an outage
+    /// makes no dead letters.
+    fn writer_schema(
+        &self,
+        registry: &SchemaRegistry,
+        id: u32,
+    ) -> Result<Arc<WriterSchema>, RecordError> {
+        let mut wait = FIRST_REGISTRY_WAIT;
+        loop {
+            match registry.schema(id) {
+                Ok(schema) => return Ok(schema),
+                Err(e) if e.is_retryable() => {
+                    self.stats.add_registry_wait();
+                    tracing::warn!(schema_id = id, error = %e, "schema registry unavailable; the record waits {wait:?} and asks again");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(MAX_REGISTRY_WAIT);
+                }
+                Err(e @ RegistryError::UnknownSchema { .. }) => {
+                    return Err(RecordError::new(Reason::UnknownSchema, e.to_string()));
+                }
+                Err(e @ RegistryError::NotAvro { .. }) => {
+                    return Err(RecordError::new(Reason::UnknownFormat, e.to_string()));
+                }
+                Err(e) => return Err(RecordError::new(Reason::InvalidAvro, e.to_string())),
+            }
+        }
+    }
+
+    /// Maps decoded changes into `out`, all of them or none.
+    fn map_changes(
+        &self,
+        decoded: DecodedCdc<'_>,
+        key: Option<&Row<'_>>,
+        input: RawInput<'_>,
+        provenance: &Provenance,
+        out: &mut Vec<Record>,
+    ) -> Result<(), RecordError> {
+        let changes: Vec<RawChange<'_>> = match decoded {
+            DecodedCdc::Skipped(kind) => {
+                self.stats.add_skipped(kind);
+                return Ok(());
+            }
+            DecodedCdc::Changes(changes) => changes,
+        };
         let start = out.len();
         for raw in &changes {
-            let mapped = self
-                .mapper
-                .map(raw, key.as_ref(), provenance, input.timestamp_ms);
+            let mapped = self.mapper.map(raw, key, provenance, input.timestamp_ms);
             match mapped {
                 Ok(Mapped::Change(change)) => out.push(Record::Change(change)),
                 Ok(Mapped::Truncate) => self.stats.add_truncate(),
@@ -166,5 +261,149 @@ impl Ingest {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use apache_avro::types::Value;
+
+    use super::*;
+    use crate::formats::avro_mysql_update;
+    use crate::formats::testing::{avro_record, avro_schema};
+    use crate::registry::fake::FakeRegistry;
+
+    const VALUE_ID: u32 = 2;
+    const KEY_ID: u32 = 4;
+
+    fn config(registry: Option<&FakeRegistry>) -> Config {
+        let mut text = String::from(
+            "[[tables]]\ntable = \"demo.users\"\nkeys = [\"user:{id}\", \"mail:{email}\"]\nversion = \"binlog\"\n",
+        );
+        if let Some(registry) = registry {
+            text.push_str(&format!(
+                "[schema_registry]\nurl = \"{}\"\n",
+                registry.url()
+            ));
+        }
+        Config::parse_with_env("test", &text, Vec::new()).unwrap()
+    }
+
+    /// A registry serving the MySQL users value and key schemas.
+    fn registry() -> FakeRegistry {
+        let registry = FakeRegistry::start();
+        for (id, file) in [
+            (VALUE_ID, "debezium-mysql-users.avsc"),
+            (KEY_ID, "debezium-mysql-users-key.avsc"),
+        ] {
+            registry.add_schema(id, &data_file(file));
+        }
+        registry
+    }
+
+    fn data_file(file: &str) -> String {
+        crate::formats::testing::data_file(&format!("avro/{file}"))
+    }
+
+    /// The MySQL update and its key, in Avro framing.
+    fn avro_update() -> (Vec<u8>, Vec<u8>) {
+        let value = avro_record(
+            &avro_schema(VALUE_ID, "debezium-mysql-users.avsc"),
+            avro_mysql_update().0,
+        );
+        let key = avro_record(
+            &avro_schema(KEY_ID, "debezium-mysql-users-key.avsc"),
+            Value::Record(vec![("id".into(), Value::Int(1))]),
+        );
+        (value, key)
+    }
+
+    fn provenance() -> Provenance {
+        Provenance {
+            topic: Arc::from("mysql.demo.users"),
+            partition: 0,
+            offset: 7,
+            from_file: false,
+        }
+    }
+
+    fn ingest_one(ingest: &Ingest, key: &[u8], value: &[u8]) -> Result<Vec<Record>, RecordError> {
+        let input = RawInput {
+            stream: Stream::Cdc,
+            key: Some(key),
+            value: Some(value),
+            timestamp_ms: Some(1),
+        };
+        let mut out = Vec::new();
+        ingest.ingest(input, &provenance(), &mut out).map(|()| out)
+    }
+
+    fn json_records() -> Vec<Record> {
+        let ingest = Ingest::new(&config(None), Arc::default()).unwrap();
+        let records =
+            ingest_one(&ingest, br#"{"id":1}"#, avro_mysql_update().1.as_bytes()).unwrap();
+        assert_eq!(records.len(), 1);
+        records
+    }
+
+    #[test]
+    fn an_avro_record_maps_as_its_json_form() {
+        let registry = registry();
+        let ingest = Ingest::new(&config(Some(&registry)), Arc::default()).unwrap();
+        let (value, key) = avro_update();
+        assert_eq!(ingest_one(&ingest, &key, &value).unwrap(), json_records());
+        // The key in JSON beside an Avro value is read as well.
+        assert_eq!(
+            ingest_one(&ingest, br#"{"id":1}"#, &value).unwrap(),
+            json_records()
+        );
+    }
+
+    #[test]
+    fn unknown_ids_bad_bytes_and_no_registry_are_dead_letters() {
+        let registry = registry();
+        let ingest = Ingest::new(&config(Some(&registry)), Arc::default()).unwrap();
+        let (mut value, key) = avro_update();
+        value[1..5].copy_from_slice(&99u32.to_be_bytes());
+        let err = ingest_one(&ingest, &key, &value).unwrap_err();
+        assert_eq!(err.reason, Reason::UnknownSchema, "{err}");
+        assert!(err.message.contains("99"), "{err}");
+
+        let (mut value, _) = avro_update();
+        value.truncate(value.len() - 3);
+        let err = ingest_one(&ingest, &key, &value).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidAvro, "{err}");
+
+        let without = Ingest::new(&config(None), Arc::default()).unwrap();
+        let err = ingest_one(&without, &key, &avro_update().0).unwrap_err();
+        assert_eq!(err.reason, Reason::UnknownFormat, "{err}");
+        assert!(err.message.contains("schema_registry.url"), "{err}");
+    }
+
+    #[test]
+    fn records_wait_while_the_registry_is_away() {
+        let registry = registry();
+        let stats = Arc::new(Stats::default());
+        let ingest = Ingest::new(&config(Some(&registry)), Arc::clone(&stats)).unwrap();
+        let (value, key) = avro_update();
+        registry.set_down(true);
+        let results = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                (0..3)
+                    .map(|_| ingest_one(&ingest, &key, &value))
+                    .collect::<Vec<_>>()
+            });
+            // Two asks for the value's schema: the record is waiting.
+            let path = format!("/schemas/ids/{VALUE_ID}");
+            registry.wait_for_hits(&path, 2);
+            assert!(!reader.is_finished(), "the record waits");
+            registry.set_down(false);
+            reader.join().unwrap()
+        });
+        let expected = json_records();
+        for result in results {
+            assert_eq!(result.unwrap(), expected, "none lost, none dead-lettered");
+        }
+        assert!(stats.registry_waits() >= 1);
     }
 }

@@ -127,6 +127,8 @@ pub struct Stats {
     dead_letters: [AtomicU64; Reason::ALL.len()],
     violations: [AtomicU64; ViolationKind::ALL.len()],
     late_records: AtomicU64,
+    /// Times a record waited for an unavailable schema registry.
+    registry_waits: AtomicU64,
     expired_missed: AtomicU64,
     key_history_evictions: AtomicU64,
     state_evictions: AtomicU64,
@@ -172,6 +174,7 @@ impl Default for Stats {
             dead_letters: Default::default(),
             violations: Default::default(),
             late_records: AtomicU64::default(),
+            registry_waits: AtomicU64::default(),
             expired_missed: AtomicU64::default(),
             key_history_evictions: AtomicU64::default(),
             state_evictions: AtomicU64::default(),
@@ -240,6 +243,7 @@ pub mod names {
     pub const DEAD_LETTERS: &str = "vigil_dead_letters_total";
     pub const VIOLATIONS: &str = "vigil_violations_total";
     pub const LATE_RECORDS: &str = "vigil_late_records_total";
+    pub const REGISTRY_WAITS: &str = "vigil_schema_registry_waits_total";
     pub const CHECKPOINTS: &str = "vigil_checkpoints_total";
     pub const INVALIDATION_LAG: &str = "vigil_invalidation_lag_seconds";
     pub const BATCH_SECONDS: &str = "vigil_batch_processing_seconds";
@@ -323,6 +327,15 @@ impl Stats {
 
     pub fn add_violation(&self, kind: ViolationKind) {
         bump(&self.violations[kind as usize], 1);
+    }
+
+    /// A record waits for the schema registry, which could not be reached.
+    pub fn add_registry_wait(&self) {
+        bump(&self.registry_waits, 1);
+    }
+
+    pub fn registry_waits(&self) -> u64 {
+        read(&self.registry_waits)
     }
 
     pub fn add_late_records(&self, n: u64) {
@@ -660,6 +673,7 @@ pub fn publish(stats: &Stats, now_ms: i64) {
         counter!(names::VIOLATIONS, "kind" => kind.as_str()).absolute(stats.violations_of(kind));
     }
     counter!(names::LATE_RECORDS).absolute(s.late_records);
+    counter!(names::REGISTRY_WAITS).absolute(stats.registry_waits());
     for t in ScopeType::ALL {
         let i = t as usize;
         let scope_type = t.as_str();

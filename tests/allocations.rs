@@ -94,7 +94,7 @@ fn workload(tables: u32, formats: &[CdcFormat]) -> (Vec<GenRecord>, Config) {
 /// Allocations per record of ingesting `records` as a Kafka source hands
 /// them over.
 fn per_record(records: &[&GenRecord], config: &Config) -> f64 {
-    let ingest = Ingest::new(config, Arc::new(Stats::default()));
+    let ingest = Ingest::new(config, Arc::new(Stats::default())).expect("ingest");
     let inputs: Vec<(RawInput<'_>, Provenance)> = records
         .iter()
         .enumerate()
@@ -124,7 +124,7 @@ fn per_record(records: &[&GenRecord], config: &Config) -> f64 {
 /// as the file source reads them: with its [`LineDecoder`], which keeps
 /// buffers and topic names across lines.
 fn per_kcat_line(records: &[GenRecord], config: &Config) -> f64 {
-    let ingest = Ingest::new(config, Arc::new(Stats::default()));
+    let ingest = Ingest::new(config, Arc::new(Stats::default())).expect("ingest");
     let lines: Vec<(Stream, String)> = records
         .iter()
         .enumerate()

@@ -374,6 +374,15 @@ impl<'p> Field<'p> {
         }
     }
 
+    /// A field of the object that is the value of field `parent`.
+    pub(crate) fn nested(parent: &'p str, name: &'p str) -> Self {
+        Field {
+            parent: Some(parent),
+            name,
+            index: None,
+        }
+    }
+
     /// An element of this field's array.
     pub(crate) fn at(self, index: usize) -> Self {
         Field {

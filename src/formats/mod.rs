@@ -3,12 +3,15 @@
 //! CDC values are decoded by [`decode_cdc`] (Debezium with or without the
 //! `schema`/`payload` wrapper or in the CloudEvents converter's form,
 //! Debezium flattened by `ExtractNewRecordState` where declared, Maxwell,
-//! Canal), their Kafka keys by [`decode_key`], cache events by
-//! [`decode_cache`], and `kcat -J` lines by [`KcatBuffers::parse`] (or
-//! [`parse_kcat_line`] for an owned copy). Decoders
-//! borrow from the input text and do no I/O; every failure is a
-//! [`RecordError`] with a reason code.
+//! Canal), their Kafka keys by [`decode_key`]; Debezium values and keys in
+//! Confluent's Avro framing (recognised by [`framed`]) by
+//! [`decode_avro_envelope`] and [`decode_avro_key`] with their writer
+//! schema; cache events by [`decode_cache`], and `kcat -J` lines by
+//! [`KcatBuffers::parse`] (or [`parse_kcat_line`] for an owned copy).
+//! Decoders borrow from the input or own what they decoded, and do no I/O;
+//! every failure is a [`RecordError`] with a reason code.
 
+mod avro;
 mod cache;
 mod canal;
 mod cloudevents;
@@ -29,6 +32,12 @@ use serde_json::value::RawValue;
 use crate::dead_letter::RecordError;
 use crate::model::{Millis, Op};
 
+#[cfg(test)]
+pub(crate) use avro::tests::mysql_update as avro_mysql_update;
+pub use avro::{
+    AvroEnvelope, AvroKey, Framed, decode_envelope as decode_avro_envelope,
+    decode_key as decode_avro_key, framed,
+};
 pub use cache::decode_cache;
 pub use json::{Scalar, row_hash, scalar};
 pub use kcat::{Headers, KcatBuffers, KcatLine, KcatRecord, parse_kcat_line};

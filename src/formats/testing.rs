@@ -74,3 +74,26 @@ pub(crate) fn cols<'r>(row: &'r Option<Row>) -> Vec<(&'r str, &'r str)> {
         .map(|(name, value)| (name.as_ref(), value.get()))
         .collect()
 }
+
+/// A Debezium writer schema of `tests/data/avro`, parsed as the registry
+/// client parses what it fetches.
+pub(crate) fn avro_schema(id: u32, file: &str) -> crate::registry::WriterSchema {
+    crate::registry::WriterSchema::parse(id, &data_file(&format!("avro/{file}")), &[])
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+/// A value written by the Avro writer with its schema, in Confluent's
+/// framing (byte 0, the schema id, the datum).
+pub(crate) fn avro_record(
+    schema: &crate::registry::WriterSchema,
+    value: apache_avro::types::Value,
+) -> Vec<u8> {
+    let datum = apache_avro::writer::datum::GenericDatumWriter::builder(&schema.schema)
+        .build()
+        .and_then(|writer| writer.write_value_to_vec(value))
+        .expect("the value fits its schema");
+    let mut framed = vec![0];
+    framed.extend(schema.id.to_be_bytes());
+    framed.extend(datum);
+    framed
+}

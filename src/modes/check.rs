@@ -118,7 +118,7 @@ pub fn check(
         }
     });
     let stats = Arc::new(Stats::default());
-    let ingest = Ingest::new(config, Arc::clone(&stats));
+    let ingest = Ingest::new(config, Arc::clone(&stats))?;
     let options = EngineOptions {
         durable: state.is_some(),
         exits_after: true,

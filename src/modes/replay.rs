@@ -85,7 +85,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitStatus> {
     let stats = Arc::new(Stats::default());
     let mut extra = serde_json::Map::new();
     if args.dry_run {
-        let ingest = Ingest::new(&config, Arc::clone(&stats));
+        let ingest = Ingest::new(&config, Arc::clone(&stats))?;
         let mut records = source.open(&config, args, &BTreeMap::new(), &mut tally)?;
         let mut decoded = Vec::new();
         let mut progress = Progress::new(records.total());
@@ -108,7 +108,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitStatus> {
         let resume = stored_positions(&*store, &name)?;
         let mut records = source.open(&config, args, &resume, &mut tally)?;
         let partitions = records.partitions();
-        let ingest = Ingest::new(&config, Arc::clone(&stats));
+        let ingest = Ingest::new(&config, Arc::clone(&stats))?;
         let engine = Engine {
             options: EngineOptions::from_config(&config, true),
             store,

@@ -119,7 +119,7 @@ pub fn serve(
     stats: Arc<Stats>,
     control: &Control,
 ) -> anyhow::Result<RunReport> {
-    let ingest = Ingest::new(config, Arc::clone(&stats));
+    let ingest = Ingest::new(config, Arc::clone(&stats))?;
     let options = EngineOptions::from_config(config, false);
     let (tx, rx) = crossbeam_channel::bounded(options.queue_batches * 4);
     let source = KafkaSource::new(config, Arc::clone(&store), Arc::clone(&stats), tx)?;

@@ -141,7 +141,7 @@ impl Harness {
         checkpoint_each: bool,
     ) -> (Vec<String>, RunReport, Arc<crate::telemetry::Stats>) {
         let stats = Arc::new(crate::telemetry::Stats::default());
-        let ingest = Ingest::new(&self.config, Arc::clone(&stats));
+        let ingest = Ingest::new(&self.config, Arc::clone(&stats)).expect("ingest");
         let engine = Engine {
             options,
             store: Arc::clone(&self.store) as Arc<dyn Store>,
@@ -426,7 +426,7 @@ fn outputs_do_not_wait_for_the_store_to_write_a_checkpoint() {
         release: release_rx,
     });
     let stats = Arc::new(crate::telemetry::Stats::default());
-    let ingest = Ingest::new(&config, Arc::clone(&stats));
+    let ingest = Ingest::new(&config, Arc::clone(&stats)).expect("ingest");
     let engine = Engine {
         options: EngineOptions::from_config(&config, true),
         store: Arc::clone(&store) as Arc<dyn Store>,

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 #[derive(Default)]
 struct State {
@@ -23,6 +24,8 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// Notified on every request.
+    requested: Condvar,
     stop: AtomicBool,
 }
 
@@ -38,6 +41,7 @@ impl FakeRegistry {
         let addr = listener.local_addr().expect("local address");
         let shared = Arc::new(Shared {
             state: Mutex::default(),
+            requested: Condvar::new(),
             stop: AtomicBool::new(false),
         });
         let serving = Arc::clone(&shared);
@@ -87,6 +91,18 @@ impl FakeRegistry {
     pub fn authorizations(&self) -> Vec<String> {
         self.shared.state.lock().unwrap().authorizations.clone()
     }
+
+    /// Waits until `path` has been requested at least `n` times; panics
+    /// after 30 s.
+    pub fn wait_for_hits(&self, path: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut state = self.shared.state.lock().unwrap();
+        while state.hits.get(path).copied().unwrap_or(0) < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "{path} was not requested {n} times");
+            state = self.shared.requested.wait_timeout(state, left).unwrap().0;
+        }
+    }
 }
 
 impl Drop for FakeRegistry {
@@ -131,6 +147,7 @@ fn serve(shared: &Shared, stream: TcpStream) {
         let mut state = shared.state.lock().unwrap();
         *state.hits.entry(path.clone()).or_default() += 1;
         state.authorizations.extend(authorization);
+        shared.requested.notify_all();
         if state.down {
             (
                 503,

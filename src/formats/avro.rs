@@ -1,0 +1,858 @@
+//! Debezium change events written by Confluent's Avro converter: a magic
+//! byte 0, the writer schema's id (4 bytes, big-endian) and the Avro binary
+//! encoding of the envelope.
+//!
+//! The envelope is decoded with its writer schema into Avro values and read
+//! field by field: the operation, the `source` block, `ts_ms` and the
+//! `transaction` block straight from the values, the `before` and `after`
+//! rows column by column. A row of the format-neutral view holds each
+//! column's JSON text, so each column value is written as the JSON text that
+//! Debezium's JSON converter gives for it (numbers for `int`/`long` and the
+//! time types built on them, `io.debezium.time.*`, `date`,
+//! `timestamp-millis`/`-micros`; strings for strings, enums and
+//! `ZonedTimestamp`; base64 for bytes; objects for records and maps), with
+//! one difference: a `decimal` (bytes and a scale) or an
+//! `io.debezium.data.VariableScaleDecimal` (a record of a scale and bytes) is
+//! the decimal number itself, as the JSON converter writes it with
+//! `decimal.format=NUMERIC`. Key templates, primary keys and version columns
+//! then read Avro rows as they read JSON ones.
+//!
+//! The decoded record owns those texts ([`AvroEnvelope`], [`AvroKey`]) and
+//! lends them out as the format-neutral view, as a JSON record lends its
+//! text.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use apache_avro::Schema;
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::schema::RecordSchema;
+use apache_avro::types::Value;
+use num_bigint::BigInt;
+use serde_json::value::RawValue;
+
+use super::debezium::{self, SourceMeta, Transaction};
+use super::json::{Field, millis};
+use super::{DecodedCdc, Row, Skip};
+use crate::dead_letter::{Reason, RecordError, base64};
+use crate::model::Op;
+use crate::registry::WriterSchema;
+
+/// The magic byte that opens a record in Confluent's framing.
+const MAGIC: u8 = 0;
+
+/// Full name of Debezium's decimal of any scale.
+const VARIABLE_SCALE_DECIMAL: &str = "io.debezium.data.VariableScaleDecimal";
+
+/// A record in Confluent's framing: the writer schema's id and the Avro
+/// datum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framed<'a> {
+    pub schema_id: u32,
+    pub datum: &'a [u8],
+}
+
+/// Whether bytes are in Confluent's framing: byte 0, then a 4-byte schema
+/// id. No JSON text starts with byte 0.
+pub fn framed(bytes: &[u8]) -> Option<Framed<'_>> {
+    match bytes {
+        [MAGIC, a, b, c, d, datum @ ..] => Some(Framed {
+            schema_id: u32::from_be_bytes([*a, *b, *c, *d]),
+            datum,
+        }),
+        _ => None,
+    }
+}
+
+/// Column names and their values as JSON text.
+type OwnedRow = Vec<(String, Box<RawValue>)>;
+
+/// A Debezium envelope decoded from Avro, owning its column texts.
+#[derive(Debug)]
+pub enum AvroEnvelope {
+    Change(Box<EnvelopeParts>),
+    Skipped(Skip),
+}
+
+#[derive(Debug)]
+pub struct EnvelopeParts {
+    op: Op,
+    before: Option<OwnedRow>,
+    after: Option<OwnedRow>,
+    /// The `source` block's fields as JSON text, read by the same
+    /// [`SourceMeta`] as a JSON record's.
+    source: OwnedRow,
+    ts_ms: Option<Box<RawValue>>,
+    tx_id: Option<String>,
+    tx_order: Option<u64>,
+}
+
+/// A Kafka key decoded from Avro: its fields as a row.
+#[derive(Debug)]
+pub struct AvroKey(OwnedRow);
+
+impl AvroKey {
+    /// The key's columns, as [`super::decode_key`] gives a JSON key's.
+    pub fn row(&self) -> Row<'_> {
+        borrow(&self.0)
+    }
+}
+
+fn borrow(row: &OwnedRow) -> Row<'_> {
+    row.iter()
+        .map(|(name, value)| (Cow::Borrowed(name.as_str()), &**value))
+        .collect()
+}
+
+fn invalid(message: impl Into<String>) -> RecordError {
+    RecordError::new(Reason::InvalidAvro, message)
+}
+
+/// The bytes of a datum, as the Avro reader reads them, noting whether it
+/// asked for more than there are: the reader takes the end of the bytes
+/// where a union's branch index belongs as that of a null (branch 0), so a
+/// truncated record could otherwise pass for one whose last fields are
+/// null.
+struct Datum<'a> {
+    rest: &'a [u8],
+    overrun: bool,
+}
+
+impl std::io::Read for Datum<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.rest.is_empty() && !buf.is_empty() {
+            self.overrun = true;
+        }
+        self.rest.read(buf)
+    }
+}
+
+/// Reads one Avro datum with its writer schema; bytes left over, or too
+/// few, are an error too.
+fn read(schema: &WriterSchema, datum: &[u8]) -> Result<Value, RecordError> {
+    let what = |e: apache_avro::Error| {
+        invalid(format!(
+            "the bytes do not decode with their writer schema {}: {e}",
+            schema.id
+        ))
+    };
+    let schemata: Vec<&Schema> = schema.references.iter().chain([&schema.schema]).collect();
+    let mut bytes = Datum {
+        rest: datum,
+        overrun: false,
+    };
+    let value = GenericDatumReader::builder(&schema.schema)
+        .writer_schemata(schemata)
+        .and_then(|builder| builder.build())
+        .and_then(|reader| reader.read_value(&mut bytes))
+        .map_err(what)?;
+    if bytes.overrun {
+        return Err(invalid(format!(
+            "the bytes end before the record of writer schema {} does",
+            schema.id
+        )));
+    }
+    if !bytes.rest.is_empty() {
+        return Err(invalid(format!(
+            "{} bytes left after the record of writer schema {}",
+            bytes.rest.len(),
+            schema.id
+        )));
+    }
+    Ok(value)
+}
+
+/// The fields of a record value and their schemas.
+fn record<'v, 's>(
+    value: &'v Value,
+    schema: &'s Schema,
+    names: &'s WriterSchema,
+) -> Option<(&'v [(String, Value)], &'s RecordSchema)> {
+    match (value, resolve(schema, names)) {
+        (Value::Record(fields), Some(Schema::Record(record))) => Some((fields, record)),
+        (Value::Union(index, inner), Some(Schema::Union(union))) => {
+            record(inner, union.variants().get(*index as usize)?, names)
+        }
+        _ => None,
+    }
+}
+
+/// A schema with a reference replaced by the type it names.
+fn resolve<'s>(schema: &'s Schema, names: &'s WriterSchema) -> Option<&'s Schema> {
+    match schema {
+        Schema::Ref { name } => names.named(name),
+        other => Some(other),
+    }
+}
+
+/// Decodes a CDC value in Confluent's framing with its writer schema.
+pub fn decode_envelope(schema: &WriterSchema, datum: &[u8]) -> Result<AvroEnvelope, RecordError> {
+    let value = read(schema, datum)?;
+    let Some((fields, record_schema)) = record(&value, &schema.schema, schema) else {
+        return Err(RecordError::new(
+            Reason::UnknownFormat,
+            format!(
+                "writer schema {} is not a record: not a Debezium change event",
+                schema.id
+            ),
+        ));
+    };
+    let top = Top {
+        fields,
+        schema: record_schema,
+        names: schema,
+    };
+    // The same marks as a JSON record's (see `json::decode_by_shape`).
+    if top.has("id") && top.has("status") && top.has("event_count") {
+        Ok(AvroEnvelope::Skipped(Skip::TransactionMetadata))
+    } else if fields.len() == 1 && top.has("ts_ms") {
+        Ok(AvroEnvelope::Skipped(Skip::Heartbeat))
+    } else if top.has("op") && (top.has("before") || top.has("after") || top.has("source")) {
+        top.envelope()
+    } else if top.has("ddl") && top.has("tableChanges") {
+        Ok(AvroEnvelope::Skipped(Skip::Ddl))
+    } else {
+        let mut names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort_unstable();
+        names.truncate(16);
+        Err(RecordError::new(
+            Reason::UnknownFormat,
+            format!(
+                "an Avro record of schema {} ({}) that is not a Debezium change event (fields {names:?})",
+                schema.id,
+                record_schema.name.fullname(None)
+            ),
+        ))
+    }
+}
+
+/// Decodes a Kafka key in Confluent's framing: a record's fields as a row.
+/// A key of another shape gives `None`, as a JSON key does.
+pub fn decode_key(schema: &WriterSchema, datum: &[u8]) -> Result<Option<AvroKey>, RecordError> {
+    let value = read(schema, datum)?;
+    match record(&value, &schema.schema, schema) {
+        Some((fields, record_schema)) if !fields.is_empty() => {
+            render_row(fields, record_schema, schema, "key").map(|row| Some(AvroKey(row)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The top-level record of a value.
+struct Top<'v, 's> {
+    fields: &'v [(String, Value)],
+    schema: &'s RecordSchema,
+    names: &'s WriterSchema,
+}
+
+impl<'v, 's> Top<'v, 's> {
+    fn has(&self, name: &str) -> bool {
+        self.fields.iter().any(|(n, _)| n == name)
+    }
+
+    /// A field's value and schema; `None` when absent or null.
+    fn get(&self, name: &str) -> Option<(&'v Value, &'s Schema)> {
+        let index = self.fields.iter().position(|(n, _)| n == name)?;
+        let schema = &self.schema.fields.get(index)?.schema;
+        non_null(&self.fields[index].1, schema, self.names)
+    }
+
+    fn string(&self, name: &'static str) -> Result<Option<&'v str>, RecordError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some((Value::String(s), _)) => Ok(Some(s)),
+            Some(_) => Err(wrong_type(name, "a string")),
+        }
+    }
+
+    fn row(&self, name: &'static str) -> Result<Option<OwnedRow>, RecordError> {
+        let Some((value, schema)) = self.get(name) else {
+            return Ok(None);
+        };
+        let (fields, record_schema) =
+            record(value, schema, self.names).ok_or_else(|| wrong_type(name, "a record"))?;
+        render_row(fields, record_schema, self.names, name).map(Some)
+    }
+
+    fn envelope(&self) -> Result<AvroEnvelope, RecordError> {
+        let code = self
+            .string("op")?
+            .ok_or_else(|| RecordError::new(Reason::MissingField, "field \"op\" is missing"))?;
+        let Some(op) = debezium::parse_op(code, Field::new("op"))? else {
+            return Ok(AvroEnvelope::Skipped(Skip::LogicalMessage));
+        };
+        let before = self.row("before")?;
+        let after = self.row("after")?;
+        let source = self.row("source")?.unwrap_or_default();
+        let ts_ms = match self.get("ts_ms") {
+            None => None,
+            Some((value, schema)) => Some(render_value(value, schema, self.names, "ts_ms")?),
+        };
+        let (mut tx_id, mut tx_order) = (None, None);
+        if let Some((value, schema)) = self.get("transaction") {
+            let (fields, record_schema) = record(value, schema, self.names)
+                .ok_or_else(|| wrong_type("transaction", "a record"))?;
+            let block = Top {
+                fields,
+                schema: record_schema,
+                names: self.names,
+            };
+            tx_id = block.string("id")?.map(str::to_owned);
+            tx_order = match block.get("total_order") {
+                None => None,
+                Some((Value::Long(n), _)) => Some(
+                    u64::try_from(*n)
+                        .map_err(|_| wrong_type("transaction.total_order", "a count"))?,
+                ),
+                Some(_) => return Err(wrong_type("transaction.total_order", "a long")),
+            };
+        }
+        Ok(AvroEnvelope::Change(Box::new(EnvelopeParts {
+            op,
+            before,
+            after,
+            source,
+            ts_ms,
+            tx_id,
+            tx_order,
+        })))
+    }
+}
+
+fn wrong_type(name: &str, expected: &str) -> RecordError {
+    RecordError::new(
+        Reason::WrongType,
+        format!("field \"{name}\" is not {expected}"),
+    )
+}
+
+impl AvroEnvelope {
+    /// The change, as the JSON decoders give it: the source block read by
+    /// [`SourceMeta`], the parts put together by [`debezium::change`].
+    pub fn view(&self) -> Result<DecodedCdc<'_>, RecordError> {
+        let parts = match self {
+            AvroEnvelope::Skipped(skip) => return Ok(DecodedCdc::Skipped(*skip)),
+            AvroEnvelope::Change(parts) => parts,
+        };
+        let mut source = SourceMeta::default();
+        for (name, value) in &parts.source {
+            source.read(name, value, Field::nested("source", name))?;
+        }
+        source.envelope_ts_ms = parts
+            .ts_ms
+            .as_deref()
+            .map(|v| millis(v, Field::new("ts_ms")))
+            .transpose()?;
+        let transaction = Transaction {
+            id: parts.tx_id.as_deref().map(Cow::Borrowed),
+            total_order: parts.tx_order,
+        };
+        Ok(debezium::change(
+            parts.op,
+            parts.before.as_ref().map(borrow),
+            parts.after.as_ref().map(borrow),
+            source,
+            transaction,
+        ))
+    }
+}
+
+/// A value without its null branch: `None` for null.
+fn non_null<'v, 's>(
+    value: &'v Value,
+    schema: &'s Schema,
+    names: &'s WriterSchema,
+) -> Option<(&'v Value, &'s Schema)> {
+    let schema = resolve(schema, names)?;
+    match (value, schema) {
+        (Value::Null, _) => None,
+        (Value::Union(index, inner), Schema::Union(union)) => {
+            non_null(inner, union.variants().get(*index as usize)?, names)
+        }
+        _ => Some((value, schema)),
+    }
+}
+
+/// A record's fields as columns of JSON text.
+fn render_row(
+    fields: &[(String, Value)],
+    schema: &RecordSchema,
+    names: &WriterSchema,
+    what: &str,
+) -> Result<OwnedRow, RecordError> {
+    fields
+        .iter()
+        .zip(&schema.fields)
+        .map(|((name, value), field)| {
+            render_value(value, &field.schema, names, what).map(|text| (name.clone(), text))
+        })
+        .collect()
+}
+
+/// One value as the JSON text Debezium's JSON converter gives for it.
+fn render_value(
+    value: &Value,
+    schema: &Schema,
+    names: &WriterSchema,
+    what: &str,
+) -> Result<Box<RawValue>, RecordError> {
+    let mut text = String::new();
+    render(value, schema, names, &mut text)
+        .ok_or_else(|| invalid(format!("a value of {what} does not match its schema")))?;
+    RawValue::from_string(text)
+        .map_err(|e| invalid(format!("a value of {what} has no JSON form: {e}")))
+}
+
+fn render_string(s: &str, out: &mut String) {
+    // Writing a string to JSON text cannot fail.
+    out.push_str(&serde_json::Value::from(s).to_string());
+}
+
+fn render_float(f: f64, out: &mut String) {
+    match serde_json::Number::from_f64(f) {
+        Some(n) => {
+            let _ = write!(out, "{n}");
+        }
+        // NaN and the infinities have no JSON number.
+        None => render_string(&f.to_string(), out),
+    }
+}
+
+/// A decimal number: an unscaled integer and a scale.
+fn render_decimal(unscaled: &BigInt, scale: usize, out: &mut String) {
+    let digits = unscaled.magnitude().to_string();
+    if unscaled.sign() == num_bigint::Sign::Minus {
+        out.push('-');
+    }
+    if scale == 0 {
+        out.push_str(&digits);
+        return;
+    }
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    let _ = write!(out, "{int}.{frac}");
+}
+
+/// Writes a value's JSON text; `None` when it does not fit its schema.
+fn render(value: &Value, schema: &Schema, names: &WriterSchema, out: &mut String) -> Option<()> {
+    let schema = resolve(schema, names)?;
+    match (value, schema) {
+        (Value::Union(index, inner), Schema::Union(union)) => {
+            return render(inner, union.variants().get(*index as usize)?, names, out);
+        }
+        (Value::Null, _) => out.push_str("null"),
+        (Value::Boolean(b), _) => out.push_str(if *b { "true" } else { "false" }),
+        (Value::Int(n) | Value::Date(n) | Value::TimeMillis(n), _) => {
+            let _ = write!(out, "{n}");
+        }
+        (
+            Value::Long(n)
+            | Value::TimeMicros(n)
+            | Value::TimestampMillis(n)
+            | Value::TimestampMicros(n)
+            | Value::TimestampNanos(n)
+            | Value::LocalTimestampMillis(n)
+            | Value::LocalTimestampMicros(n)
+            | Value::LocalTimestampNanos(n),
+            _,
+        ) => {
+            let _ = write!(out, "{n}");
+        }
+        (Value::Float(f), _) => render_float(f64::from(*f), out),
+        (Value::Double(f), _) => render_float(*f, out),
+        (Value::String(s) | Value::Enum(_, s), _) => render_string(s, out),
+        (Value::Uuid(u), _) => render_string(&u.to_string(), out),
+        (Value::Bytes(b) | Value::Fixed(_, b), _) => render_string(&base64(b), out),
+        (Value::Decimal(d), Schema::Decimal(decimal)) => {
+            render_decimal(&BigInt::from(d.clone()), decimal.scale, out);
+        }
+        (Value::BigDecimal(d), _) => out.push_str(&d.to_string()),
+        (Value::Record(fields), Schema::Record(record))
+            if record.name.fullname(None) == VARIABLE_SCALE_DECIMAL =>
+        {
+            let field = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+            let (Some(Value::Int(scale)), Some(Value::Bytes(bytes))) =
+                (field("scale"), field("value"))
+            else {
+                return None;
+            };
+            let scale = usize::try_from(*scale).ok()?;
+            render_decimal(&BigInt::from_signed_bytes_be(bytes), scale, out);
+        }
+        (Value::Record(fields), Schema::Record(record)) => {
+            out.push('{');
+            for (i, ((name, value), field)) in fields.iter().zip(&record.fields).enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                render_string(name, out);
+                out.push(':');
+                render(value, &field.schema, names, out)?;
+            }
+            out.push('}');
+        }
+        (Value::Array(items), Schema::Array(array)) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                render(item, &array.items, names, out)?;
+            }
+            out.push(']');
+        }
+        (Value::Map(entries), Schema::Map(map)) => {
+            // In key order, so that equal maps give equal text.
+            let mut sorted: Vec<_> = entries.iter().collect();
+            sorted.sort_unstable_by_key(|(k, _)| k.as_str());
+            out.push('{');
+            for (i, (key, value)) in sorted.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                render_string(key, out);
+                out.push(':');
+                render(value, &map.types, names, out)?;
+            }
+            out.push('}');
+        }
+        (Value::Duration(d), _) => {
+            let _ = write!(
+                out,
+                "{{\"months\":{},\"days\":{},\"millis\":{}}}",
+                u32::from(d.months()),
+                u32::from(d.days()),
+                u32::from(d.millis())
+            );
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use apache_avro::Decimal;
+    use proptest::prelude::*;
+
+    use super::super::testing::{avro_record, avro_schema, changes};
+    use super::*;
+
+    fn union(index: u32, value: Value) -> Value {
+        Value::Union(index, Box::new(value))
+    }
+
+    fn null() -> Value {
+        union(0, Value::Null)
+    }
+
+    fn string(s: &str) -> Value {
+        Value::String(s.into())
+    }
+
+    fn record(fields: Vec<(&str, Value)>) -> Value {
+        Value::Record(fields.into_iter().map(|(n, v)| (n.into(), v)).collect())
+    }
+
+    /// A PostgreSQL update as the kvs schema writes it, and the same event
+    /// as Debezium's JSON converter writes it (schemaless).
+    fn postgres_update() -> (Value, &'static str) {
+        let row = record(vec![
+            ("tenant", string("t1")),
+            ("store", string("s1")),
+            ("partition_key", string("pk-1")),
+            ("sort_key", string("a")),
+            ("version", string("7")),
+            ("updated_at", string("2024-03-01T10:00:00.123456Z")),
+            (
+                "tags",
+                union(1, Value::Array(vec![union(1, string("x")), null()])),
+            ),
+            ("data", union(1, string("hello \"world\""))),
+            ("encoding", null()),
+            ("schema", union(1, Value::Long(3))),
+            ("lookup_keys", null()),
+        ]);
+        let value = record(vec![
+            ("before", null()),
+            ("after", union(1, row)),
+            (
+                "source",
+                record(vec![
+                    ("version", string("2.5.0.Final")),
+                    ("connector", string("postgresql")),
+                    ("name", string("changefeed")),
+                    ("ts_ms", Value::Long(1_709_287_200_123)),
+                    ("snapshot", union(0, string("false"))),
+                    ("db", string("kv")),
+                    ("sequence", union(1, string("[\"24023119\",\"24023128\"]"))),
+                    ("ts_us", union(1, Value::Long(1_709_287_200_123_456))),
+                    ("ts_ns", union(1, Value::Long(1_709_287_200_123_456_000))),
+                    ("schema", string("public")),
+                    ("table", string("kvs")),
+                    ("txId", union(1, Value::Long(555))),
+                    ("lsn", union(1, Value::Long(24_023_128))),
+                    ("xmin", null()),
+                ]),
+            ),
+            (
+                "transaction",
+                union(
+                    1,
+                    record(vec![
+                        ("id", string("555:24023128")),
+                        ("total_order", Value::Long(2)),
+                        ("data_collection_order", Value::Long(1)),
+                    ]),
+                ),
+            ),
+            ("op", string("u")),
+            ("ts_ms", union(1, Value::Long(1_709_287_200_200))),
+            ("ts_us", null()),
+            ("ts_ns", null()),
+        ]);
+        let json = r#"{"before":null,"after":{"tenant":"t1","store":"s1","partition_key":"pk-1","sort_key":"a","version":"7","updated_at":"2024-03-01T10:00:00.123456Z","tags":["x",null],"data":"hello \"world\"","encoding":null,"schema":3,"lookup_keys":null},"source":{"version":"2.5.0.Final","connector":"postgresql","name":"changefeed","ts_ms":1709287200123,"snapshot":"false","db":"kv","sequence":"[\"24023119\",\"24023128\"]","ts_us":1709287200123456,"ts_ns":1709287200123456000,"schema":"public","table":"kvs","txId":555,"lsn":24023128,"xmin":null},"transaction":{"id":"555:24023128","total_order":2,"data_collection_order":1},"op":"u","ts_ms":1709287200200,"ts_us":null,"ts_ns":null}"#;
+        (value, json)
+    }
+
+    /// A MySQL update with both images, Avro and JSON.
+    pub(crate) fn mysql_update() -> (Value, &'static str) {
+        let row = |email: &str, description: Value| {
+            record(vec![
+                ("id", Value::Int(1)),
+                ("name", string("Ann")),
+                ("email", string(email)),
+                ("description", description),
+                ("city2", union(1, string("Oslo"))),
+            ])
+        };
+        let value = record(vec![
+            ("before", union(1, row("ann@example.com", null()))),
+            (
+                "after",
+                union(1, row("ann@new.example", union(1, string("hi")))),
+            ),
+            (
+                "source",
+                record(vec![
+                    ("version", string("1.9.7.Final")),
+                    ("connector", string("mysql")),
+                    ("name", string("mysql")),
+                    ("ts_ms", Value::Long(1_700_000_000_000)),
+                    ("snapshot", union(0, string("false"))),
+                    ("db", string("demo")),
+                    ("table", union(1, string("users"))),
+                    ("server_id", Value::Long(223_344)),
+                    (
+                        "gtid",
+                        union(1, string("3e11fa47-71ca-11e1-9e33-c80aa9429562:23")),
+                    ),
+                    ("file", string("mysql-bin.000003")),
+                    ("pos", Value::Long(154)),
+                    ("row", Value::Int(0)),
+                    ("thread", union(1, Value::Long(7))),
+                    ("query", null()),
+                ]),
+            ),
+            ("op", string("u")),
+            ("ts_ms", union(1, Value::Long(1_700_000_000_100))),
+        ]);
+        let json = r#"{"before":{"id":1,"name":"Ann","email":"ann@example.com","description":null,"city2":"Oslo"},"after":{"id":1,"name":"Ann","email":"ann@new.example","description":"hi","city2":"Oslo"},"source":{"version":"1.9.7.Final","connector":"mysql","name":"mysql","ts_ms":1700000000000,"snapshot":"false","db":"demo","table":"users","server_id":223344,"gtid":"3e11fa47-71ca-11e1-9e33-c80aa9429562:23","file":"mysql-bin.000003","pos":154,"row":0,"thread":7,"query":null},"op":"u","ts_ms":1700000000100}"#;
+        (value, json)
+    }
+
+    fn decoded(schema: &WriterSchema, value: Value) -> AvroEnvelope {
+        let bytes = avro_record(schema, value);
+        let framed = framed(&bytes).expect("framed");
+        assert_eq!(framed.schema_id, schema.id);
+        decode_envelope(schema, framed.datum).expect("decodes")
+    }
+
+    fn assert_same_as_json(schema: &WriterSchema, value: Value, json: &str) {
+        let envelope = decoded(schema, value);
+        assert_eq!(
+            envelope.view().unwrap(),
+            DecodedCdc::Changes(changes(json)),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn postgres_and_mysql_envelopes_decode_as_their_json_form() {
+        let (value, json) = postgres_update();
+        assert_same_as_json(&avro_schema(1, "debezium-postgres-kvs.avsc"), value, json);
+        let (value, json) = mysql_update();
+        assert_same_as_json(&avro_schema(2, "debezium-mysql-users.avsc"), value, json);
+    }
+
+    #[test]
+    fn logical_types_are_written_as_the_json_converter_writes_them() {
+        let schema = avro_schema(3, "debezium-postgres-logical.avsc");
+        let source = match postgres_update().0 {
+            Value::Record(fields) => fields.into_iter().find(|(n, _)| n == "source").unwrap().1,
+            _ => unreachable!(),
+        };
+        let row = |price: i64, ratio: Value| {
+            record(vec![
+                ("id", Value::Int(1)),
+                (
+                    "price",
+                    Value::Decimal(Decimal::from(BigInt::from(price).to_signed_bytes_be())),
+                ),
+                ("ratio", ratio),
+                ("born", Value::Int(19_675)),
+                ("seen_ms", Value::Long(1_700_000_000_123)),
+                ("seen_us", Value::Long(1_700_000_000_123_456)),
+                ("seen_ns", Value::Long(1_700_000_000_123_456_789)),
+                ("seen_tz", string("2023-11-14T22:13:20.123456Z")),
+                ("at_ms", Value::TimestampMillis(1_700_000_000_123)),
+                ("at_us", Value::TimestampMicros(1_700_000_000_123_456)),
+                ("blob", union(1, Value::Bytes(vec![1, 2, 3]))),
+            ])
+        };
+        let ratio = |scale: i32, unscaled: i64| {
+            union(
+                1,
+                record(vec![
+                    ("scale", Value::Int(scale)),
+                    (
+                        "value",
+                        Value::Bytes(BigInt::from(unscaled).to_signed_bytes_be()),
+                    ),
+                ]),
+            )
+        };
+        let value = record(vec![
+            ("before", union(1, row(-5, ratio(3, -5)))),
+            ("after", union(1, row(1250, ratio(0, 42)))),
+            ("source", source),
+            ("op", string("u")),
+            ("ts_ms", null()),
+        ]);
+        let json_row = |price: &str, ratio: &str| {
+            format!(
+                r#"{{"id":1,"price":{price},"ratio":{ratio},"born":19675,"seen_ms":1700000000123,"seen_us":1700000000123456,"seen_ns":1700000000123456789,"seen_tz":"2023-11-14T22:13:20.123456Z","at_ms":1700000000123,"at_us":1700000000123456,"blob":"AQID"}}"#
+            )
+        };
+        let json = format!(
+            r#"{{"before":{},"after":{},"source":{{"version":"2.5.0.Final","connector":"postgresql","name":"changefeed","ts_ms":1709287200123,"snapshot":"false","db":"kv","sequence":"[\"24023119\",\"24023128\"]","ts_us":1709287200123456,"ts_ns":1709287200123456000,"schema":"public","table":"kvs","txId":555,"lsn":24023128,"xmin":null}},"op":"u","ts_ms":null}}"#,
+            json_row("-0.05", "-0.005"),
+            json_row("12.50", "42")
+        );
+        assert_same_as_json(&schema, value, &json);
+    }
+
+    #[test]
+    fn keys_decode_to_their_columns() {
+        let schema = avro_schema(4, "debezium-mysql-users-key.avsc");
+        let bytes = avro_record(&schema, record(vec![("id", Value::Int(42))]));
+        let key = decode_key(&schema, framed(&bytes).unwrap().datum)
+            .unwrap()
+            .unwrap();
+        let row = key.row();
+        assert_eq!(row.len(), 1);
+        assert_eq!((row[0].0.as_ref(), row[0].1.get()), ("id", "42"));
+    }
+
+    #[test]
+    fn records_without_a_change_are_skipped_or_unknown() {
+        let heartbeat = WriterSchema::parse(
+            5,
+            r#"{"type":"record","name":"Heartbeat","namespace":"io.debezium.connector.common","fields":[{"name":"ts_ms","type":"long"}]}"#,
+            &[],
+        )
+        .unwrap();
+        assert!(matches!(
+            decoded(&heartbeat, record(vec![("ts_ms", Value::Long(1))])),
+            AvroEnvelope::Skipped(Skip::Heartbeat)
+        ));
+        let other = WriterSchema::parse(
+            6,
+            r#"{"type":"record","name":"Thing","fields":[{"name":"a","type":"int"}]}"#,
+            &[],
+        )
+        .unwrap();
+        let bytes = avro_record(&other, record(vec![("a", Value::Int(1))]));
+        let err = decode_envelope(&other, framed(&bytes).unwrap().datum).unwrap_err();
+        assert_eq!(err.reason, Reason::UnknownFormat, "{err}");
+        let (mut value, _) = mysql_update();
+        if let Value::Record(fields) = &mut value {
+            fields.iter_mut().find(|(n, _)| n == "op").unwrap().1 = string("x");
+        }
+        let schema = avro_schema(2, "debezium-mysql-users.avsc");
+        let bytes = avro_record(&schema, value);
+        let err = decode_envelope(&schema, framed(&bytes).unwrap().datum).unwrap_err();
+        assert_eq!(err.reason, Reason::UnknownOp, "{err}");
+    }
+
+    #[test]
+    fn framing_is_byte_zero_and_a_schema_id() {
+        assert_eq!(
+            framed(&[0, 0, 0, 1, 2, 9]),
+            Some(Framed {
+                schema_id: 258,
+                datum: &[9]
+            })
+        );
+        assert_eq!(framed(&[0, 0, 0, 1]), None, "too short for an id");
+        assert_eq!(framed(b"{\"op\":\"c\"}"), None);
+        assert_eq!(framed(b""), None);
+    }
+
+    #[test]
+    fn truncated_and_padded_records_are_invalid_avro() {
+        let schema = avro_schema(2, "debezium-mysql-users.avsc");
+        let bytes = avro_record(&schema, mysql_update().0);
+        let datum = framed(&bytes).unwrap().datum;
+        for end in 0..datum.len() {
+            let err = decode_envelope(&schema, &datum[..end]).unwrap_err();
+            assert_eq!(err.reason, Reason::InvalidAvro, "cut at {end}: {err}");
+        }
+        let mut padded = datum.to_vec();
+        padded.push(0);
+        let err = decode_envelope(&schema, &padded).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidAvro, "{err}");
+    }
+
+    /// Any bytes after a valid header decode or fail with a reason, never
+    /// panic; what fails for the bytes themselves is `invalid_avro`.
+    fn decode_any(schema: &WriterSchema, datum: &[u8]) {
+        match decode_envelope(schema, datum) {
+            Ok(envelope) => {
+                let _ = envelope.view();
+            }
+            Err(e) => assert!(
+                matches!(
+                    e.reason,
+                    Reason::InvalidAvro | Reason::UnknownOp | Reason::WrongType
+                ),
+                "{e}"
+            ),
+        }
+        let _ = decode_key(schema, datum);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bytes_after_a_header_never_panic(datum in prop::collection::vec(any::<u8>(), 0..300)) {
+            decode_any(&avro_schema(1, "debezium-postgres-kvs.avsc"), &datum);
+            decode_any(&avro_schema(3, "debezium-postgres-logical.avsc"), &datum);
+        }
+
+        #[test]
+        fn mutated_records_never_panic(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        ) {
+            let schema = avro_schema(2, "debezium-mysql-users.avsc");
+            let bytes = avro_record(&schema, mysql_update().0);
+            let mut datum = framed(&bytes).unwrap().datum.to_vec();
+            for (at, byte) in edits {
+                let at = at.index(datum.len());
+                datum[at] = byte;
+            }
+            decode_any(&schema, &datum);
+        }
+    }
+}
