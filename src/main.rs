@@ -8,6 +8,7 @@ use clap::Parser;
 use vigil::cli::{Cli, Command};
 use vigil::config::ConfigError;
 use vigil::modes::{self, FAILURE_EXIT, USAGE_EXIT, UsageError};
+use vigil::registry::SetupError;
 use vigil::telemetry;
 
 /// mimalloc instead of the system allocator: state is allocated on the
@@ -32,7 +33,8 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("vigil: error: {e:#}");
             let usage = e.downcast_ref::<UsageError>().is_some()
-                || e.downcast_ref::<ConfigError>().is_some();
+                || e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<SetupError>().is_some();
             ExitCode::from(if usage { USAGE_EXIT } else { FAILURE_EXIT })
         }
     }

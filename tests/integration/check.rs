@@ -701,6 +701,26 @@ fn exit_status_tells_violations_usage_and_configuration_errors_apart() {
         binary_config.stderr
     );
 
+    // A schema registry CA file that holds no certificate.
+    let ca = dir.path().join("ca.pem");
+    fs::write(&ca, "not a certificate\n").unwrap();
+    let registry = dir.path().join("registry.toml");
+    fs::write(
+        &registry,
+        format!(
+            "{USERS_CONFIG}\n[schema_registry]\nurl = \"https://registry:8081\"\nca_file = {:?}\n",
+            ca.display().to_string()
+        ),
+    )
+    .unwrap();
+    let registry_config = check(Some(&registry), &[&cdc], &[], &out, &[]);
+    assert_eq!(registry_config.code, 2, "{}", registry_config.stderr);
+    assert!(
+        registry_config.stderr.contains("schema_registry.ca_file"),
+        "{}",
+        registry_config.stderr
+    );
+
     let no_input = check(Some(&config), &[], &[], &out, &[]);
     assert_eq!(no_input.code, 2);
     let usage = run(vigil().args(["check", "--no-such-flag"]));
