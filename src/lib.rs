@@ -8,12 +8,14 @@
 //!
 //! ## Map of the crate, in the order data flows
 //!
-//! - [`formats`]: decoders for Debezium, Maxwell, Canal, cache events and
-//!   `kcat -J` lines (bytes in, format-neutral views out);
+//! - [`formats`]: decoders for Debezium (JSON, or Avro in Confluent's
+//!   framing), Maxwell, Canal, cache events and `kcat -J` lines (bytes in,
+//!   format-neutral views out);
 //! - [`mapping`]: a decoded change and `[[tables]]` in, a [`mapping::Change`]
 //!   with entity, cache keys, version and commit time out;
-//! - [`ingest`]: decode + map for one raw record, shared by every source;
-//!   failures become [`dead_letter`]s with a reason code;
+//! - [`ingest`]: decode + map for one raw record, shared by every source
+//!   (Avro writer schemas from the [`registry`]); failures become
+//!   [`dead_letter`]s with a reason code;
 //! - [`pipeline`]: router, workers and sink on threads and bounded channels:
 //!   watermarks, sharding by key and entity, checkpoints;
 //! - [`detect`]: the pure detectors ([`detect::entity`], [`detect::key`],
