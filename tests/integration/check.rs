@@ -10,26 +10,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-/// Fault rates high enough that every kind appears in a small workload.
-const FAULTY: [&str; 16] = [
-    "--missing-rate",
-    "0.03",
-    "--late-rate",
-    "0.03",
-    "--stale-fill-rate",
-    "0.03",
-    "--fill-after-delete-rate",
-    "0.3",
-    "--regression-rate",
-    "0.02",
-    "--gap-rate",
-    "0.02",
-    "--conflict-rate",
-    "0.02",
-    "--duplicate-rate",
-    "0.05",
-];
-
 fn generated(dir: &Path, format: &str, extra: &[&str]) -> Value {
     let mut args = vec![
         "--events", "40000", "--keys", "2000", "--tables", "4", "--format", format, "--seed", "11",

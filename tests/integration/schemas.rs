@@ -113,33 +113,11 @@ fn every_event_s_data_is_valid_against_the_schema_its_dataschema_names() {
     // Every violation kind, often, from bare lines: evidence names files
     // and lines.
     let faulty = dir.path().join("faulty");
-    generate(
-        &faulty,
-        &[
-            "--events",
-            "40000",
-            "--keys",
-            "2000",
-            "--tables",
-            "4",
-            "--seed",
-            "11",
-            "--missing-rate",
-            "0.03",
-            "--late-rate",
-            "0.03",
-            "--stale-fill-rate",
-            "0.03",
-            "--fill-after-delete-rate",
-            "0.3",
-            "--regression-rate",
-            "0.02",
-            "--gap-rate",
-            "0.02",
-            "--conflict-rate",
-            "0.02",
-        ],
-    );
+    let mut args = vec![
+        "--events", "40000", "--keys", "2000", "--tables", "4", "--seed", "11",
+    ];
+    args.extend_from_slice(&FAULTY);
+    generate(&faulty, &args);
     let mut seen = BTreeSet::new();
     let mut evidence = BTreeSet::new();
     for workload in [&storms, &faulty] {

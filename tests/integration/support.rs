@@ -179,3 +179,23 @@ pub const KINDS: [&str; 7] = [
     "version_gap",
     "conflicting_version",
 ];
+
+/// Fault rates high enough that every kind appears in a small workload.
+pub const FAULTY: [&str; 16] = [
+    "--missing-rate",
+    "0.03",
+    "--late-rate",
+    "0.03",
+    "--stale-fill-rate",
+    "0.03",
+    "--fill-after-delete-rate",
+    "0.3",
+    "--regression-rate",
+    "0.02",
+    "--gap-rate",
+    "0.02",
+    "--conflict-rate",
+    "0.02",
+    "--duplicate-rate",
+    "0.05",
+];
