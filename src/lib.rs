@@ -17,7 +17,9 @@
 //!   (Avro writer schemas from the [`registry`]); failures become
 //!   [`dead_letter`]s with a reason code;
 //! - [`pipeline`]: router, workers and sink on threads and bounded channels:
-//!   watermarks, sharding by key and entity, checkpoints;
+//!   watermarks, sharding by key and entity, checkpoints; each worker's
+//!   shard of state (slots in memory over the store, timers, open keys)
+//!   apart from the worker's loop;
 //! - [`detect`]: the pure detectors ([`detect::entity`], [`detect::key`],
 //!   invalidation storms in [`detect::storm`] over [`detect::sketch`]);
 //! - [`time`]: clock, watermarks, timer queue;

@@ -20,12 +20,18 @@
 //! hands those changes with the input positions to the committer, which
 //! writes them in one atomic write on a thread of its own.
 //!
+//! Files: `router`, `worker` (the loop and the detector calls), `shard`
+//! (what a worker keeps: its keys and entities in `cache`'s slots over the
+//! store, its timers, open keys and globs), `storms`, `sink` (with the
+//! committer).
+//!
 //! Channels only flow downstream (no cycles), so back-pressure cannot
 //! deadlock, and watermarks and barriers travel in-band: everything a
 //! worker receives before a watermark was routed before it.
 
 mod cache;
 mod router;
+mod shard;
 mod sink;
 mod storms;
 mod worker;
