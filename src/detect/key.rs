@@ -262,7 +262,7 @@ impl KeyState {
     /// watermark (its next due time), if ever.
     pub fn advance(
         &mut self,
-        key: &Arc<str>,
+        key: &str,
         wm: Millis,
         rules: &KeyRules,
         out: &mut Decisions,
@@ -337,7 +337,7 @@ impl KeyState {
         self.changes[..end].last()
     }
 
-    fn judge_fill(&self, fill: &Fill, key: &Arc<str>, rules: &KeyRules) -> Option<Violation> {
+    fn judge_fill(&self, fill: &Fill, key: &str, rules: &KeyRules) -> Option<Violation> {
         let latest = self.latest_before(fill.ts.saturating_sub(rules.skew_ms))?;
         let kind = match latest.op {
             Op::Create | Op::Update => match (fill.version, latest.version) {
@@ -368,7 +368,7 @@ impl KeyState {
             evidence: vec![fill.evidence.clone(), latest.evidence.clone()],
             ..Violation::new(
                 kind,
-                Some(Arc::clone(key)),
+                Some(Arc::from(key)),
                 fill.id,
                 Arc::clone(&latest.table),
                 Arc::clone(&latest.pk),
@@ -416,13 +416,7 @@ fn offer_cover(c: &mut KeyChange, inv: &Invalidation, skew_ms: i64) {
     }
 }
 
-fn decide_change(
-    c: &mut KeyChange,
-    key: &Arc<str>,
-    wm: Millis,
-    rules: &KeyRules,
-    out: &mut Decisions,
-) {
+fn decide_change(c: &mut KeyChange, key: &str, wm: Millis, rules: &KeyRules, out: &mut Decisions) {
     if c.status == Status::Pending && c.due() <= wm {
         match &c.cover {
             Some(cover) if cover.ts <= c.due() => {
@@ -461,12 +455,7 @@ fn decide_change(
     }
 }
 
-fn change_violation(
-    c: &KeyChange,
-    key: &Arc<str>,
-    kind: ViolationKind,
-    time_ms: Millis,
-) -> Violation {
+fn change_violation(c: &KeyChange, key: &str, kind: ViolationKind, time_ms: Millis) -> Violation {
     Violation {
         op: Some(c.op),
         version: c.version,
@@ -475,7 +464,7 @@ fn change_violation(
         evidence: vec![c.evidence.clone()],
         ..Violation::new(
             kind,
-            Some(Arc::clone(key)),
+            Some(Arc::from(key)),
             c.id,
             Arc::clone(&c.table),
             Arc::clone(&c.pk),

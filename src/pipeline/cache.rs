@@ -21,10 +21,11 @@
 //! is in the store.
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, Hash};
+use std::hash::BuildHasher;
 use std::mem::size_of;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 
@@ -37,19 +38,40 @@ pub(super) trait Footprint {
     fn heap_bytes(&self) -> usize;
 }
 
-/// The key of a slot.
-pub(super) trait SlotKey: Clone + Eq + Hash + Footprint {
-    fn bytes(&self) -> &[u8];
+/// The key of a slot, held in the slot; callers look it up by a borrowed
+/// form ([`SlotKey::Lookup`]), and a slot is keyed by a copy of it only
+/// when it is created.
+pub(super) trait SlotKey: Footprint {
+    type Lookup: ?Sized;
+    fn new(key: &Self::Lookup) -> Self;
+    fn bytes(key: &Self::Lookup) -> &[u8];
+    fn as_lookup(&self) -> &Self::Lookup;
 }
 
-impl SlotKey for Arc<str> {
-    fn bytes(&self) -> &[u8] {
-        self.as_bytes()
+/// Cache keys are held inline (up to 24 bytes), so that finding a key's
+/// slot compares it without reading a string elsewhere.
+impl SlotKey for CompactString {
+    type Lookup = str;
+    fn new(key: &str) -> Self {
+        CompactString::from(key)
+    }
+    fn bytes(key: &str) -> &[u8] {
+        key.as_bytes()
+    }
+    fn as_lookup(&self) -> &str {
+        self
     }
 }
 
 impl SlotKey for [u8; 12] {
-    fn bytes(&self) -> &[u8] {
+    type Lookup = [u8; 12];
+    fn new(key: &[u8; 12]) -> Self {
+        *key
+    }
+    fn bytes(key: &[u8; 12]) -> &[u8] {
+        key
+    }
+    fn as_lookup(&self) -> &[u8; 12] {
         self
     }
 }
@@ -61,9 +83,14 @@ fn arc_bytes(s: &str) -> usize {
     s.len() + 2 * size_of::<usize>() + 16
 }
 
-impl Footprint for Arc<str> {
+impl Footprint for CompactString {
+    /// Nothing, unless the key is too long to be held inline.
     fn heap_bytes(&self) -> usize {
-        arc_bytes(self)
+        if self.is_heap_allocated() {
+            self.capacity() + 16
+        } else {
+            0
+        }
     }
 }
 
@@ -417,12 +444,12 @@ where
 
     /// The arena position of the slot of `key` (of hash `hash`), if in
     /// memory.
-    fn find(&self, hash: u64, key: &K) -> Option<u32> {
-        let arena = &self.arena;
+    fn find(&self, hash: u64, key: &K::Lookup) -> Option<u32> {
+        let (arena, key) = (&self.arena, K::bytes(key));
         self.index[part_of(hash)]
             .find(hash, |&i| {
                 let node = arena.at(i);
-                node.hash == hash && node.key == *key
+                node.hash == hash && K::bytes(node.key.as_lookup()) == key
             })
             .copied()
     }
@@ -487,9 +514,9 @@ where
     /// by `load`, else new. It is persisted at the next checkpoint.
     pub fn change(
         &mut self,
-        key: &K,
+        key: &K::Lookup,
         scope: i32,
-        load: impl FnOnce(&K) -> Result<Option<V>, StateError>,
+        load: impl FnOnce(&K::Lookup) -> Result<Option<V>, StateError>,
     ) -> Result<(Handle, &mut Slot<V>), StateError> {
         Ok(self
             .slot(key, None, scope, load, true, |_| true)?
@@ -503,10 +530,10 @@ where
     /// lookup while it still holds the slot.
     pub fn find_to_change(
         &mut self,
-        key: &K,
+        key: &K::Lookup,
         hint: Option<Handle>,
         scope: i32,
-        load: impl FnOnce(&K) -> Result<Option<V>, StateError>,
+        load: impl FnOnce(&K::Lookup) -> Result<Option<V>, StateError>,
         wanted: impl FnOnce(&V) -> bool,
     ) -> Result<Option<(Handle, &mut Slot<V>)>, StateError> {
         self.slot(key, hint, scope, load, false, wanted)
@@ -517,19 +544,23 @@ where
     /// `create`, a new one; marked changed and returned if `wanted`.
     fn slot(
         &mut self,
-        key: &K,
+        key: &K::Lookup,
         hint: Option<Handle>,
         scope: i32,
-        load: impl FnOnce(&K) -> Result<Option<V>, StateError>,
+        load: impl FnOnce(&K::Lookup) -> Result<Option<V>, StateError>,
         create: bool,
         wanted: impl FnOnce(&V) -> bool,
     ) -> Result<Option<(Handle, &mut Slot<V>)>, StateError> {
         let hinted = hint.and_then(|h| self.arena.get(h).map(|node| (h.index, node.hash)));
-        debug_assert!(hinted.is_none_or(|(i, _)| self.arena.at(i).key == *key));
+        debug_assert!(
+            hinted.is_none_or(|(i, _)| {
+                K::bytes(self.arena.at(i).key.as_lookup()) == K::bytes(key)
+            })
+        );
         let (mut found, hash) = match hinted {
             Some((i, hash)) => (Some(i), hash),
             None => {
-                let hash = self.hasher.hash_one(key.bytes());
+                let hash = self.hasher.hash_one(K::bytes(key));
                 (self.find(hash, key), hash)
             }
         };
@@ -553,10 +584,11 @@ where
             }
             None => {
                 let loaded = if self.store_empty { None } else { load(key)? };
+                let key = K::new(key);
                 let (slot, read) = match loaded {
                     Some(value) => {
                         // Read from the store: saved, committed, the most recent.
-                        let bytes = Self::size_of_slot(key, &value);
+                        let bytes = Self::size_of_slot(&key, &value);
                         self.bytes += bytes;
                         self.peak_bytes = self.peak_bytes.max(self.bytes);
                         let slot = Slot {
@@ -572,7 +604,7 @@ where
                 };
                 let wanted = wanted(&slot.value);
                 let i = self.insert(Node {
-                    key: key.clone(),
+                    key,
                     hash,
                     slot,
                     listed: false,
@@ -805,7 +837,14 @@ mod tests {
         }
     }
 
-    fn save(batch: &mut StateBatch, _: bool, key: &Arc<str>, scope: i32, c: &mut Count, _: Save) {
+    fn save(
+        batch: &mut StateBatch,
+        _: bool,
+        key: &CompactString,
+        scope: i32,
+        c: &mut Count,
+        _: Save,
+    ) {
         batch.put(
             Cf::Keys,
             scope,
@@ -814,17 +853,12 @@ mod tests {
         );
     }
 
-    fn set(slots: &mut Slots<Arc<str>, Count>, key: &str, n: u64) {
-        slots
-            .change(&Arc::from(key), 0, |_| Ok(None))
-            .unwrap()
-            .1
-            .value
-            .0 = n;
+    fn set(slots: &mut Slots<CompactString, Count>, key: &str, n: u64) {
+        slots.change(key, 0, |_| Ok(None)).unwrap().1.value.0 = n;
     }
 
     /// The saved (key, count) pairs, in key order.
-    fn saved(slots: &mut Slots<Arc<str>, Count>) -> Vec<(String, u64)> {
+    fn saved(slots: &mut Slots<CompactString, Count>) -> Vec<(String, u64)> {
         let mut out: Vec<(String, u64)> = slots
             .take_saved()
             .writes

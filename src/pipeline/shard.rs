@@ -102,7 +102,7 @@ type OpenKeys = BTreeMap<CompactString, i32>;
 /// as it was when armed (which spares the lookup while the key stays in
 /// memory).
 struct Armed {
-    key: Arc<str>,
+    key: CompactString,
     scope: i32,
     slot: Option<Handle>,
 }
@@ -151,7 +151,7 @@ fn load_entity(store: &dyn Store, key: &[u8; 12]) -> Result<Option<EntityEntry>,
 /// Bookkeeping after a key's state changed: its timer, and the index of
 /// keys with undecided changes.
 fn after_change(
-    key: &Arc<str>,
+    key: &str,
     (at, slot): (Handle, &mut Slot<KeyEntry>),
     rules: &KeyRules,
     timers: &mut TimerQueue<Armed>,
@@ -168,9 +168,9 @@ fn after_change(
     if is_open != entry.open {
         entry.open = is_open;
         if is_open {
-            open.insert(CompactString::from(&**key), slot.scope);
+            open.insert(CompactString::from(key), slot.scope);
         } else {
-            open.remove(&**key);
+            open.remove(key);
         }
     }
 }
@@ -178,7 +178,7 @@ fn after_change(
 /// Fires the timer of a key, armed and due by `wm`: the detector settles
 /// what the watermark decides, and the key is armed again for what is left.
 fn fire(
-    key: &Arc<str>,
+    key: &str,
     (at, slot): (Handle, &mut Slot<KeyEntry>),
     wm: Millis,
     rules: &KeyRules,
@@ -198,9 +198,9 @@ fn fire(
 }
 
 /// The timer of a key in memory.
-fn armed(key: &Arc<str>, scope: i32, slot: Handle) -> Armed {
+fn armed(key: &str, scope: i32, slot: Handle) -> Armed {
     Armed {
-        key: Arc::clone(key),
+        key: CompactString::from(key),
         scope,
         slot: Some(slot),
     }
@@ -210,7 +210,7 @@ fn armed(key: &Arc<str>, scope: i32, slot: Handle) -> Armed {
 fn save_key(
     batch: &mut StateBatch,
     durable: bool,
-    key: &Arc<str>,
+    key: &CompactString,
     scope: i32,
     entry: &mut KeyEntry,
     save: Save,
@@ -271,7 +271,7 @@ pub(super) struct Shard {
     rules: KeyRules,
     /// Where state evictions are counted.
     stats: Arc<Stats>,
-    keys: Slots<Arc<str>, KeyEntry>,
+    keys: Slots<CompactString, KeyEntry>,
     entities: Slots<[u8; 12], EntityEntry>,
     /// Bytes of keys and entities this shard may keep in memory.
     budget: usize,
@@ -346,7 +346,7 @@ impl Shard {
     /// [`Shard::fire_due`]): its decisions are returned with `f`'s result.
     pub(super) fn update_key<R>(
         &mut self,
-        key: &Arc<str>,
+        key: &str,
         scope: i32,
         wm: Millis,
         f: impl FnOnce(&mut KeyState, &KeyRules, &Wildcards) -> R,
@@ -388,13 +388,13 @@ impl Shard {
 
     /// The keys with undecided changes that glob `pattern` matches, with
     /// their scopes.
-    pub(super) fn open_matching(&self, pattern: &str) -> Vec<(Arc<str>, i32)> {
+    pub(super) fn open_matching(&self, pattern: &str) -> Vec<(CompactString, i32)> {
         let prefix = glob_prefix(pattern);
         self.open
             .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .filter(|(k, _)| glob_matches(pattern, k))
-            .map(|(k, s)| (Arc::from(k.as_str()), *s))
+            .map(|(k, s)| (k.clone(), *s))
             .collect()
     }
 
@@ -569,7 +569,7 @@ impl Shard {
                 timers.push(
                     due,
                     Armed {
-                        key: Arc::from(key),
+                        key: CompactString::from(key),
                         scope,
                         slot: None,
                     },
