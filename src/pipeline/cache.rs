@@ -138,6 +138,11 @@ impl Footprint for EntityState {
 pub(super) trait Cached: Footprint {
     /// Holds nothing: the slot can leave memory, and the store forget it.
     fn is_finished(&self) -> bool;
+    /// Will be needed again without a record of it (a key whose timer is
+    /// armed): such slots leave memory only once those that wait for
+    /// nothing have left, so that a key is not written out and read back
+    /// only to fire its timer.
+    fn is_waiting(&self) -> bool;
 }
 
 /// A write of a slot to the store: its current value, or its deletion.
@@ -215,8 +220,29 @@ fn part_of(hash: u64) -> usize {
 /// the nodes already in it.
 const CHUNK: usize = 4096;
 
-/// No node: the end of the recency list.
+/// No node: the end of a recency list.
 const NIL: u32 = u32::MAX;
+
+/// The two recency lists (see [`Slots::evict`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recency {
+    Idle = 0,
+    Waiting = 1,
+}
+
+/// The ends of a recency list.
+#[derive(Debug, Clone, Copy)]
+struct Ends {
+    oldest: u32,
+    newest: u32,
+}
+
+impl Ends {
+    const EMPTY: Ends = Ends {
+        oldest: NIL,
+        newest: NIL,
+    };
+}
 
 /// A slot as queued for later (by the slots, or by a worker's timers):
 /// valid while its place in the arena holds the same slot (a reused place
@@ -232,9 +258,9 @@ struct Node<K, V> {
     key: K,
     hash: u64,
     slot: Slot<V>,
-    /// Whether the slot is in the recency list (unchanged since it was
+    /// The recency list the slot is in, if any (unchanged since it was
     /// persisted or read, and not leaving), and its neighbours there.
-    listed: bool,
+    listed: Option<Recency>,
     prev: u32,
     next: u32,
 }
@@ -368,12 +394,12 @@ pub(super) struct Slots<K, V> {
     /// Whether state is kept (see [`super::EngineOptions::durable`]).
     durable: bool,
     save: Saver<K, V>,
-    /// The recency list: slots unchanged since the checkpoint that
+    /// The recency lists: slots unchanged since the checkpoint that
     /// persisted them (or since they were read), in the order they were
-    /// persisted or read, linked through the nodes; eviction starts at
-    /// `oldest`.
-    oldest: u32,
-    newest: u32,
+    /// persisted or read, linked through the nodes, apart by whether they
+    /// wait ([`Cached::is_waiting`]); eviction starts at the oldest of
+    /// those that do not.
+    lists: [Ends; 2],
     /// Slots to drop once their checkpoint is committed (finished or
     /// spilled), with their bytes.
     leaving: VecDeque<(u64, Handle, usize)>,
@@ -413,8 +439,7 @@ where
             saved: StateBatch::default(),
             durable,
             save,
-            oldest: NIL,
-            newest: NIL,
+            lists: [Ends::EMPTY; 2],
             leaving: VecDeque::new(),
             bytes: 0,
             leaving_bytes: 0,
@@ -474,37 +499,42 @@ where
         self.arena.remove(i)
     }
 
-    /// Appends the node at `i` to the recency list (as the newest).
+    /// Appends the node at `i` to its recency list (as the newest).
     fn link(&mut self, i: u32) {
-        let newest = self.newest;
         let node = self.arena.at_mut(i);
-        debug_assert!(!node.listed, "a node is listed once");
-        node.listed = true;
+        debug_assert!(node.listed.is_none(), "a node is listed once");
+        let list = if node.slot.value.is_waiting() {
+            Recency::Waiting
+        } else {
+            Recency::Idle
+        };
+        let newest = self.lists[list as usize].newest;
+        node.listed = Some(list);
         node.prev = newest;
         node.next = NIL;
+        let ends = &mut self.lists[list as usize];
         if newest == NIL {
-            self.oldest = i;
+            ends.oldest = i;
         } else {
             self.arena.at_mut(newest).next = i;
         }
-        self.newest = i;
+        self.lists[list as usize].newest = i;
     }
 
-    /// Takes the node at `i` out of the recency list, if in it.
+    /// Takes the node at `i` out of its recency list, if in one.
     fn unlink(&mut self, i: u32) {
         let node = self.arena.at_mut(i);
-        if !node.listed {
+        let Some(list) = node.listed.take() else {
             return;
-        }
-        node.listed = false;
+        };
         let (prev, next) = (node.prev, node.next);
         if prev == NIL {
-            self.oldest = next;
+            self.lists[list as usize].oldest = next;
         } else {
             self.arena.at_mut(prev).next = next;
         }
         if next == NIL {
-            self.newest = prev;
+            self.lists[list as usize].newest = prev;
         } else {
             self.arena.at_mut(next).prev = prev;
         }
@@ -607,7 +637,7 @@ where
                     key,
                     hash,
                     slot,
-                    listed: false,
+                    listed: None,
                     prev: NIL,
                     next: NIL,
                 });
@@ -729,12 +759,12 @@ where
         evicted
     }
 
-    /// Lets about `free` bytes leave memory, oldest persisted first:
-    /// dropped when the store holds them as of a `committed` checkpoint,
-    /// else written to `batch` with checkpoint `epoch` and
-    /// dropped by [`Slots::drop_leaving`] once that write is in the store.
-    /// Stops at a slot saved by a checkpoint not yet committed. Returns how
-    /// many slots were dropped.
+    /// Lets about `free` bytes leave memory, oldest persisted first, those
+    /// that wait for nothing before those that wait: dropped when the store
+    /// holds them as of a `committed` checkpoint, else written to `batch`
+    /// with checkpoint `epoch` and dropped by [`Slots::drop_leaving`] once
+    /// that write is in the store. In each list, stops at a slot saved by a
+    /// checkpoint not yet committed. Returns how many slots were dropped.
     pub fn evict(
         &mut self,
         free: usize,
@@ -744,36 +774,38 @@ where
     ) -> u64 {
         let mut evicted = 0;
         let mut freed = 0;
-        while freed < free && self.oldest != NIL {
-            let i = self.oldest;
-            let slot = &self.arena.at(i).slot;
-            let (at, bytes) = (slot.persisted_at, slot.bytes);
-            let saved = slot.in_store == InStore::Current;
-            if saved && at > committed {
-                break;
-            }
-            freed += bytes;
-            self.unlink(i);
-            if saved {
-                self.bytes -= bytes;
-                self.remove(i);
-                evicted += 1;
-            } else {
-                let handle = self.arena.handle(i);
-                let Node { key, slot, .. } = self.arena.at_mut(i);
-                (self.save)(
-                    batch,
-                    self.durable,
-                    key,
-                    slot.scope,
-                    &mut slot.value,
-                    Save::Put,
-                );
-                self.store_empty = false;
-                slot.in_store = InStore::Current;
-                slot.persisted_at = epoch;
-                self.leaving_bytes += bytes;
-                self.leaving.push_back((epoch, handle, bytes));
+        for list in [Recency::Idle, Recency::Waiting] {
+            while freed < free && self.lists[list as usize].oldest != NIL {
+                let i = self.lists[list as usize].oldest;
+                let slot = &self.arena.at(i).slot;
+                let (at, bytes) = (slot.persisted_at, slot.bytes);
+                let saved = slot.in_store == InStore::Current;
+                if saved && at > committed {
+                    break;
+                }
+                freed += bytes;
+                self.unlink(i);
+                if saved {
+                    self.bytes -= bytes;
+                    self.remove(i);
+                    evicted += 1;
+                } else {
+                    let handle = self.arena.handle(i);
+                    let Node { key, slot, .. } = self.arena.at_mut(i);
+                    (self.save)(
+                        batch,
+                        self.durable,
+                        key,
+                        slot.scope,
+                        &mut slot.value,
+                        Save::Put,
+                    );
+                    self.store_empty = false;
+                    slot.in_store = InStore::Current;
+                    slot.persisted_at = epoch;
+                    self.leaving_bytes += bytes;
+                    self.leaving.push_back((epoch, handle, bytes));
+                }
             }
         }
         evicted
@@ -835,6 +867,11 @@ mod tests {
         fn is_finished(&self) -> bool {
             false
         }
+
+        /// Odd counts wait, even ones do not.
+        fn is_waiting(&self) -> bool {
+            self.0 % 2 == 1
+        }
     }
 
     fn save(
@@ -893,6 +930,36 @@ mod tests {
             saved(&mut slots),
             vec![("a".into(), 2), ("b".into(), 2), ("d".into(), 2)],
             "checkpoint 2: what changed after checkpoint 1"
+        );
+    }
+
+    #[test]
+    fn slots_that_wait_leave_memory_after_those_that_do_not() {
+        let mut slots = Slots::new(true, save);
+        // Odd counts wait.
+        for (key, n) in [("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5)] {
+            set(&mut slots, key, n);
+        }
+        slots.begin(1);
+        assert!(slots.save_some(usize::MAX));
+        slots.take_saved();
+        let slot = entry_bytes::<CompactString, Count>();
+        let mut batch = StateBatch::default();
+        assert_eq!(slots.evict(2 * slot, 1, 1, &mut batch), 2);
+        assert_eq!(slots.evict(slot, 1, 1, &mut batch), 1);
+        let in_memory: Vec<&str> = ["a", "b", "c", "d", "e"]
+            .into_iter()
+            .filter(|key| {
+                slots
+                    .find_to_change(key, None, 0, |_| Ok(None), |_| true)
+                    .unwrap()
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(in_memory.len(), 2, "{in_memory:?}");
+        assert!(
+            in_memory.iter().all(|key| ["a", "c", "e"].contains(key)),
+            "b and d, which wait for nothing, left first, then one that waits: {in_memory:?} stay"
         );
     }
 }

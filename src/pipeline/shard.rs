@@ -63,6 +63,10 @@ impl Cached for KeyEntry {
     fn is_finished(&self) -> bool {
         self.stored.state.is_empty() && self.stored.armed.is_none()
     }
+
+    fn is_waiting(&self) -> bool {
+        self.stored.armed.is_some()
+    }
 }
 
 /// An entity in memory, with the latest commit time of its changes.
@@ -80,6 +84,11 @@ impl Footprint for EntityEntry {
 impl Cached for EntityEntry {
     /// Entities are kept until retention removes them from the store.
     fn is_finished(&self) -> bool {
+        false
+    }
+
+    /// An entity has no timer: it is needed again only by a change.
+    fn is_waiting(&self) -> bool {
         false
     }
 }
