@@ -136,9 +136,9 @@ fn generate(format: CdcFormat) -> Workload {
     let mut records: Vec<GenRecord> = generator.by_ref().collect();
     for record in records.iter_mut().filter(|r| r.stream == Stream::Cdc) {
         if let Some(value) = &mut record.value {
-            let mut json: Value = serde_json::from_str(value).expect("generated JSON");
+            let mut json: Value = serde_json::from_slice(value).expect("generated JSON");
             widen(&mut json);
-            *value = json.to_string();
+            *value = json.to_string().into_bytes();
         }
     }
     let config = Config::parse_with_env("gen", &generator.config_toml(), std::iter::empty())
@@ -273,7 +273,7 @@ fn decode(c: &mut Criterion) {
         };
         let values: Vec<Option<&str>> = last_of(&workload.records, Stream::Cdc, DECODED)
             .into_iter()
-            .map(|r| r.value.as_deref())
+            .map(|r| text(&r.value))
             .collect();
         bench_each(&mut group, name, &values, |v| {
             decode_cdc(*v, Flattened::Everywhere)
@@ -284,7 +284,7 @@ fn decode(c: &mut Criterion) {
         .records
         .iter()
         .filter(|r| r.stream == Stream::Cache)
-        .filter_map(|r| Some((r.value.as_deref()?, r.ts_ms)))
+        .filter_map(|r| Some((text(&r.value)?, r.ts_ms)))
         .partition(|(value, ts)| {
             decode_cache(value, Some(*ts)).is_ok_and(|e| e.action() == CacheAction::Invalidate)
         });
@@ -303,8 +303,8 @@ fn decode(c: &mut Criterion) {
                 r.partition,
                 offset as i64,
                 Some(r.ts_ms),
-                r.key.as_deref(),
-                r.value.as_deref(),
+                text(&r.key),
+                text(&r.value),
             )
         })
         .collect();
@@ -336,9 +336,8 @@ fn mapping(c: &mut Criterion) {
         .into_iter()
         .enumerate()
     {
-        if let Ok(DecodedCdc::Changes(raws)) = decode_cdc(r.value.as_deref(), Flattened::Everywhere)
-        {
-            let key = r.key.as_deref().and_then(decode_key);
+        if let Ok(DecodedCdc::Changes(raws)) = decode_cdc(text(&r.value), Flattened::Everywhere) {
+            let key = text(&r.key).and_then(decode_key);
             for raw in raws {
                 decoded.push((raw, key.clone(), provenance(r, offset), r.ts_ms));
             }
@@ -741,3 +740,10 @@ criterion_group!(
     output
 );
 criterion_main!(benches);
+
+/// A generated JSON record's key or value as text.
+fn text(bytes: &Option<Vec<u8>>) -> Option<&str> {
+    bytes
+        .as_deref()
+        .map(|b| std::str::from_utf8(b).expect("a JSON record"))
+}

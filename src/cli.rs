@@ -406,6 +406,20 @@ pub struct GenArgs {
     #[arg(long)]
     pub kcat: bool,
 
+    /// Produce the records to their topics on this Kafka cluster
+    /// (bootstrap servers), stamped with their event time, instead of
+    /// writing cdc.ndjson and cache.ndjson; the topics must exist with at
+    /// least 3 partitions. --out still receives vigil.toml and the expected
+    /// violations and storms.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub brokers: Option<String>,
+
+    /// The Confluent Schema Registry that --format avro registers its
+    /// schemas with (subjects TOPIC-value and TOPIC-key); the records carry
+    /// the ids it gives, and vigil.toml names it.
+    #[arg(long, value_name = "URL")]
+    pub schema_registry: Option<String>,
+
     /// Share of changes whose invalidation of one key is dropped.
     #[arg(long, default_value_t = FaultRates::GEN.missing)]
     pub missing_rate: f64,
@@ -470,4 +484,8 @@ pub enum CdcFormatArg {
     Maxwell,
     /// Canal flat-message JSON.
     Canal,
+    /// Debezium envelope written by Confluent's Avro converter: binary, so
+    /// produced to Kafka (--brokers) with its schemas registered
+    /// (--schema-registry).
+    Avro,
 }

@@ -30,10 +30,11 @@
 //! - [`modes`]: `vigil check`, `run`, `demo`, `gen` ([`modes::generate`]),
 //!   `bench`, `replay`; [`cli`] their flags;
 //! - [`registry`]: the Confluent Schema Registry client (writer schemas of
-//!   Avro records, by id);
+//!   Avro records, by id; registration of `vigil gen`'s schemas);
 //! - [`config`]: the TOML configuration; [`telemetry`]: counters and logs;
 //! - [`model`]: the domain types every stage shares; [`workload`]: the
-//!   synthetic workload generator behind `vigil gen`.
+//!   synthetic workload generator behind `vigil gen` (JSON formats, or
+//!   Debezium in Confluent's Avro framing with [`workload::avro`]).
 
 pub mod cli;
 pub mod config;

@@ -134,8 +134,8 @@ fn per_kcat_line(records: &[GenRecord], config: &Config) -> f64 {
                 r.partition,
                 offset as i64,
                 Some(r.ts_ms),
-                r.key.as_deref(),
-                r.value.as_deref(),
+                text(&r.key),
+                text(&r.value),
             );
             (r.stream, line)
         })
@@ -203,4 +203,11 @@ fn allocations_per_record_stay_within_their_bounds() {
             "{name}: {n:.2} allocations per record, over {bound}"
         );
     }
+}
+
+/// A generated JSON record's key or value as text.
+fn text(bytes: &Option<Vec<u8>>) -> Option<&str> {
+    bytes
+        .as_deref()
+        .map(|b| std::str::from_utf8(b).expect("a JSON record"))
 }

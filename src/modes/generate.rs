@@ -1,30 +1,153 @@
-//! `vigil gen`: writes a synthetic workload with labelled faults to files.
+//! `vigil gen`: writes a synthetic workload with labelled faults to files,
+//! or produces it to Kafka topics (registering the schemas of Avro records
+//! with a schema registry).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext};
 use serde_json::json;
 
-use super::{ExitStatus, UsageError, create_dir};
+use super::{ExitStatus, UsageError, create_dir, produce_generated};
 use crate::cli::{CdcFormatArg, GenArgs};
+use crate::config::SchemaRegistryConfig;
 use crate::ingest::Stream;
 use crate::io::file::kcat_line;
+use crate::registry::SchemaRegistry;
 use crate::workload::encode::CdcFormat;
 use crate::workload::storms::{StormSchedule, Traffic};
 use crate::workload::{FaultRates, Generator, Spec};
 
+/// How long the last produced records may take to be delivered.
+const FLUSH: Duration = Duration::from_secs(60);
+
 pub fn run(args: &GenArgs) -> anyhow::Result<ExitStatus> {
     let spec = spec(args)?;
+    let avro = spec.format == CdcFormat::DebeziumAvro;
+    if avro && (args.brokers.is_none() || args.schema_registry.is_none()) {
+        return Err(UsageError(
+            "--format avro writes binary records to Kafka: give --brokers and --schema-registry"
+                .into(),
+        )
+        .into());
+    }
+    if !avro && args.schema_registry.is_some() {
+        return Err(UsageError("--schema-registry is for --format avro".into()).into());
+    }
+    if args.kcat && args.brokers.is_some() {
+        return Err(UsageError(
+            "--kcat writes files, --brokers produces to topics: give one of them".into(),
+        )
+        .into());
+    }
     create_dir(&args.out, "output directory")?;
     let mut generator = Generator::new(spec);
     generator.check_storms().map_err(UsageError)?;
-    let summary = write(&mut generator, &args.out, args.kcat)?;
+    let summary = match &args.brokers {
+        Some(brokers) => {
+            let registry = args.schema_registry.as_deref();
+            if let Some(url) = registry {
+                register(&mut generator, url)?;
+            }
+            produce(&mut generator, &args.out, brokers, registry)?
+        }
+        None => write(&mut generator, &args.out, args.kcat)?,
+    };
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(ExitStatus::Ok)
+}
+
+/// Registers the workload's Avro schemas under their subjects, and frames
+/// its records with the ids the registry gives them.
+fn register(generator: &mut Generator, url: &str) -> anyhow::Result<()> {
+    let config = SchemaRegistryConfig {
+        url: Some(url.to_string()),
+        ..SchemaRegistryConfig::default()
+    };
+    let registry = SchemaRegistry::from_config(&config)?.context("a schema registry url")?;
+    let schemas: Vec<(String, String)> = generator
+        .avro_schemas()
+        .into_iter()
+        .map(|s| (s.subject.clone(), s.text.clone()))
+        .collect();
+    for (subject, text) in schemas {
+        let id = registry
+            .register(&subject, &text)
+            .with_context(|| format!("registering the schema of {subject}"))?;
+        generator.set_schema_id(&subject, id);
+    }
+    Ok(())
+}
+
+/// Counts the records the producer failed to deliver, and keeps the first
+/// error.
+#[derive(Default)]
+struct Deliveries {
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+            first.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// Produces the records to their topics on `brokers` (stamped with their
+/// event time) and writes the rest of what [`write`] writes; `vigil.toml`
+/// names the schema registry when there is one.
+fn produce(
+    generator: &mut Generator,
+    dir: &Path,
+    brokers: &str,
+    registry: Option<&str>,
+) -> anyhow::Result<serde_json::Value> {
+    let mut config = generator.config_toml();
+    if let Some(url) = registry {
+        config.push_str(&format!("\n[schema_registry]\nurl = {}\n", json!(url)));
+    }
+    std::fs::write(dir.join("vigil.toml"), config).context("writing vigil.toml")?;
+    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .create_with_context(Deliveries::default())
+        .context("creating the producer")?;
+    for record in generator.by_ref() {
+        produce_generated(&producer, &record, record.ts_ms, ())?;
+    }
+    producer.flush(FLUSH).context("flushing the workload")?;
+    let deliveries = producer.context();
+    let failed = deliveries.failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        let first = deliveries
+            .first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        bail!(
+            "{failed} records were not delivered to {brokers}; the first failed with: {}",
+            first.as_deref().unwrap_or("?")
+        );
+    }
+    let mut summary = write_expected(generator, dir)?;
+    summary["topics"] = json!(generator.topics());
+    summary["files"]["config"] = json!(dir.join("vigil.toml"));
+    Ok(summary)
 }
 
 /// Checks the flags and turns them into a [`Spec`].
@@ -83,6 +206,7 @@ pub fn spec(args: &GenArgs) -> Result<Spec, UsageError> {
         CdcFormatArg::DebeziumFlat => CdcFormat::DebeziumFlat,
         CdcFormatArg::Maxwell => CdcFormat::Maxwell,
         CdcFormatArg::Canal => CdcFormat::Canal,
+        CdcFormatArg::Avro => CdcFormat::DebeziumAvro,
     };
     Ok(Spec {
         events: args.events,
@@ -105,27 +229,23 @@ pub fn spec(args: &GenArgs) -> Result<Spec, UsageError> {
 
 /// Writes `cdc.ndjson`, `cache.ndjson`, `expected.ndjson`,
 /// `expected-storms.ndjson` and `vigil.toml` into `dir`, and returns a
-/// summary of what was written.
+/// summary of what was written. The records must be text (JSON).
 pub fn write(
     generator: &mut Generator,
     dir: &Path,
     kcat: bool,
 ) -> anyhow::Result<serde_json::Value> {
-    let create = |name: &str| -> anyhow::Result<BufWriter<File>> {
-        let path = dir.join(name);
-        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(BufWriter::with_capacity(1 << 20, file))
-    };
     std::fs::write(dir.join("vigil.toml"), generator.config_toml())
         .context("writing vigil.toml")?;
-    let mut cdc = create("cdc.ndjson")?;
-    let mut cache = create("cache.ndjson")?;
+    let mut cdc = create(dir, "cdc.ndjson")?;
+    let mut cache = create(dir, "cache.ndjson")?;
     let mut offsets: HashMap<(Arc<str>, i32), i64> = HashMap::new();
     for record in generator.by_ref() {
         let out = match record.stream {
             Stream::Cdc => &mut cdc,
             Stream::Cache => &mut cache,
         };
+        let value = record.value.as_deref().map(text).transpose()?;
         if kcat {
             let offset = offsets
                 .entry((Arc::clone(&record.topic), record.partition))
@@ -135,25 +255,45 @@ pub fn write(
                 record.partition,
                 *offset,
                 Some(record.ts_ms),
-                record.key.as_deref(),
-                record.value.as_deref(),
+                record.key.as_deref().map(text).transpose()?,
+                value,
             );
             *offset += 1;
             writeln!(out, "{line}")?;
         } else {
-            writeln!(out, "{}", record.value.as_deref().unwrap_or("null"))?;
+            writeln!(out, "{}", value.unwrap_or("null"))?;
         }
     }
     cdc.flush()?;
     cache.flush()?;
-    let mut expected = create("expected.ndjson")?;
+    let mut summary = write_expected(generator, dir)?;
+    summary["files"]["cdc"] = json!(dir.join("cdc.ndjson"));
+    summary["files"]["cache"] = json!(dir.join("cache.ndjson"));
+    summary["files"]["config"] = json!(dir.join("vigil.toml"));
+    Ok(summary)
+}
+
+fn text(bytes: &[u8]) -> anyhow::Result<&str> {
+    std::str::from_utf8(bytes).context("a binary record cannot be written to a text file")
+}
+
+fn create(dir: &Path, name: &str) -> anyhow::Result<BufWriter<File>> {
+    let path = dir.join(name);
+    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(BufWriter::with_capacity(1 << 20, file))
+}
+
+/// Writes `expected.ndjson` and `expected-storms.ndjson` into `dir` once
+/// the generator is exhausted, and returns a summary of the workload.
+fn write_expected(generator: &Generator, dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let mut expected = create(dir, "expected.ndjson")?;
     let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
     for e in generator.expected() {
         *by_kind.entry(e.kind).or_default() += 1;
         writeln!(expected, "{}", e.to_json())?;
     }
     expected.flush()?;
-    let mut expected_storms = create("expected-storms.ndjson")?;
+    let mut expected_storms = create(dir, "expected-storms.ndjson")?;
     let mut storms_by_type: BTreeMap<&str, u64> = BTreeMap::new();
     for storm in generator.expected_storms() {
         *storms_by_type.entry(storm.scope_type.as_str()).or_default() += 1;
@@ -162,11 +302,8 @@ pub fn write(
     expected_storms.flush()?;
     Ok(json!({
         "files": {
-            "cdc": dir.join("cdc.ndjson"),
-            "cache": dir.join("cache.ndjson"),
             "expected": dir.join("expected.ndjson"),
             "expected_storms": dir.join("expected-storms.ndjson"),
-            "config": dir.join("vigil.toml"),
         },
         "generated": generator.stats(),
         "expected_violations": by_kind,

@@ -54,14 +54,14 @@ fn produce_generated<C: ProducerContext + 'static>(
     ts_ms: i64,
     opaque: C::DeliveryOpaque,
 ) -> anyhow::Result<()> {
-    let mut record: BaseRecord<'_, str, str, _> = BaseRecord::with_opaque_to(&r.topic, opaque)
+    let mut record: BaseRecord<'_, [u8], [u8], _> = BaseRecord::with_opaque_to(&r.topic, opaque)
         .partition(r.partition)
         .timestamp(ts_ms);
     if let Some(k) = &r.key {
-        record = record.key(k.as_str());
+        record = record.key(k.as_slice());
     }
     if let Some(v) = &r.value {
-        record = record.payload(v.as_str());
+        record = record.payload(v.as_slice());
     }
     send_waiting(producer, record).context("producing the workload")
 }

@@ -1,9 +1,13 @@
 //! A stand-in Schema Registry for tests: a real HTTP server on loopback
-//! serving the registry's documented endpoints from a table of answers. (A
-//! real Schema Registry, a JVM service, cannot run on this machine.)
+//! serving the registry's documented endpoints from a table of answers, and
+//! registering schemas as the registry does (`POST
+//! /subjects/{subject}/versions` gives the schema an id, the same text the
+//! same id, and serves it under `GET /schemas/ids/{id}`). (A real Schema
+//! Registry, a JVM service, cannot run on this machine.) The integration
+//! tests include this file too.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -18,6 +22,10 @@ struct State {
     hits: HashMap<String, usize>,
     /// `Authorization` headers received.
     authorizations: Vec<String>,
+    /// Schemas registered, by text: their ids.
+    registered: HashMap<String, u32>,
+    /// Subjects registered, in order.
+    subjects: Vec<String>,
     /// While set, every request is answered 503.
     down: bool,
 }
@@ -88,6 +96,11 @@ impl FakeRegistry {
         state.hits.get(path).copied().unwrap_or(0)
     }
 
+    /// The subjects schemas were registered under, in order.
+    pub fn subjects(&self) -> Vec<String> {
+        self.shared.state.lock().unwrap().subjects.clone()
+    }
+
     pub fn authorizations(&self) -> Vec<String> {
         self.shared.state.lock().unwrap().authorizations.clone()
     }
@@ -116,6 +129,30 @@ impl Drop for FakeRegistry {
     }
 }
 
+/// Registers the schema of a `POST /subjects/{subject}/versions`.
+fn register(state: &mut State, path: &str, request: &[u8]) -> (u16, String) {
+    let subject = path
+        .strip_prefix("/subjects/")
+        .and_then(|rest| rest.strip_suffix("/versions"));
+    let schema = serde_json::from_slice::<serde_json::Value>(request)
+        .ok()
+        .and_then(|v| v["schema"].as_str().map(str::to_string));
+    let (Some(subject), Some(schema)) = (subject, schema) else {
+        return (
+            422,
+            r#"{"error_code":42201,"message":"Invalid schema"}"#.to_string(),
+        );
+    };
+    let next = state.registered.len() as u32 + 1;
+    let id = *state.registered.entry(schema.clone()).or_insert(next);
+    let body = serde_json::json!({ "schema": schema }).to_string();
+    state
+        .routes
+        .insert(format!("/schemas/ids/{id}"), (200, body));
+    state.subjects.push(subject.to_string());
+    (200, serde_json::json!({ "id": id }).to_string())
+}
+
 /// Answers one request and closes the connection.
 fn serve(shared: &Shared, stream: TcpStream) {
     let mut reader = BufReader::new(&stream);
@@ -123,25 +160,30 @@ fn serve(shared: &Shared, stream: TcpStream) {
     if reader.read_line(&mut request_line).is_err() {
         return;
     }
-    let path = request_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("")
-        .to_string();
+    let mut words = request_line.split_whitespace();
+    let method = words.next().unwrap_or("").to_string();
+    let path = words.next().unwrap_or("").to_string();
     let mut authorization = None;
+    let mut length = 0;
     loop {
         let mut line = String::new();
         match reader.read_line(&mut line) {
             Ok(0) | Err(_) => break,
             Ok(_) if line.trim().is_empty() => break,
             Ok(_) => {
-                if let Some((name, value)) = line.split_once(':')
-                    && name.eq_ignore_ascii_case("authorization")
-                {
-                    authorization = Some(value.trim().to_string());
+                if let Some((name, value)) = line.split_once(':') {
+                    if name.eq_ignore_ascii_case("authorization") {
+                        authorization = Some(value.trim().to_string());
+                    } else if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
                 }
             }
         }
+    }
+    let mut request = vec![0; length];
+    if reader.read_exact(&mut request).is_err() {
+        return;
     }
     let (status, body) = {
         let mut state = shared.state.lock().unwrap();
@@ -153,6 +195,8 @@ fn serve(shared: &Shared, stream: TcpStream) {
                 503,
                 r#"{"error_code":50301,"message":"unavailable"}"#.to_string(),
             )
+        } else if method == "POST" {
+            register(&mut state, &path, &request)
         } else {
             state.routes.get(&path).cloned().unwrap_or((
                 404,

@@ -9,6 +9,9 @@
 //! tries again. At most `schema_registry.max_schemas` answers are kept, the
 //! longest-held one dropped first (it is fetched again when a record names
 //! it).
+//!
+//! `vigil gen` registers the schemas of its Avro records with
+//! [`SchemaRegistry::register`] (`POST {url}/subjects/{subject}/versions`).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -45,6 +48,10 @@ pub enum RegistryError {
     /// The id names a Protobuf or JSON Schema schema.
     #[error("schema {id} is a {kind} schema; vigil reads Avro only")]
     NotAvro { id: u32, kind: String },
+    /// The registry refused to register a schema under a subject
+    /// (credentials, an incompatible or invalid schema).
+    #[error("the schema registry refused the schema of subject {subject:?}: {message}")]
+    Rejected { subject: String, message: String },
 }
 
 impl RegistryError {
@@ -266,10 +273,7 @@ impl SchemaRegistry {
             Ok(served) => served,
             Err(SCHEMA_NOT_FOUND) => return Err(RegistryError::UnknownSchema { id }),
             Err(code) => {
-                return Err(RegistryError::Unavailable {
-                    url: format!("{}{path}", self.base),
-                    message: format!("HTTP 404 with error code {code}"),
-                });
+                return Err(self.unavailable(&path, format!("HTTP 404 with error code {code}")));
             }
         };
         let mut references = Vec::new();
@@ -320,36 +324,86 @@ impl SchemaRegistry {
     /// the registry's error body included (a wrong `url`, most likely), is
     /// [`RegistryError::Unavailable`].
     fn get(&self, path: &str) -> Result<Result<Served, u32>, RegistryError> {
-        let url = format!("{}{path}", self.base);
-        let unavailable = |message: String| RegistryError::Unavailable {
-            url: url.clone(),
-            message,
-        };
-        let mut request = self
-            .agent
-            .get(&url)
-            .header("Accept", "application/vnd.schemaregistry.v1+json");
-        if let Some(authorization) = &self.authorization {
-            request = request.header("Authorization", authorization);
-        }
-        let mut response = request.call().map_err(|e| unavailable(e.to_string()))?;
-        let status = response.status().as_u16();
-        let body = response
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| unavailable(format!("reading the answer: {e}")))?;
+        let (status, body) = self.call(path, None)?;
         let registry_code = || {
             serde_json::from_str::<ErrorBody>(&body)
                 .ok()
                 .map(|b| b.error_code)
         };
         match (status, registry_code()) {
-            (200, _) => serde_json::from_str(&body)
-                .map(Ok)
-                .map_err(|e| unavailable(format!("an answer that is not a schema ({e})"))),
+            (200, _) => serde_json::from_str(&body).map(Ok).map_err(|e| {
+                self.unavailable(path, format!("an answer that is not a schema ({e})"))
+            }),
             (404, Some(code)) => Ok(Err(code)),
-            _ => Err(unavailable(format!("HTTP {status}: {}", first_line(&body)))),
+            _ => Err(self.unavailable(path, format!("HTTP {status}: {}", first_line(&body)))),
         }
+    }
+
+    /// Registers an Avro schema under a subject (`POST
+    /// /subjects/{subject}/versions`) and returns its id; a schema already
+    /// registered keeps its id.
+    pub fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
+        #[derive(Deserialize)]
+        struct Registered {
+            id: u32,
+        }
+        let path = format!("/subjects/{}/versions", percent_encode(subject));
+        let request = serde_json::json!({ "schema": schema }).to_string();
+        let (status, body) = self.call(&path, Some(&request))?;
+        match status {
+            200 => serde_json::from_str::<Registered>(&body)
+                .map(|r| r.id)
+                .map_err(|e| self.unavailable(&path, format!("an answer without an id ({e})"))),
+            // Bad credentials, an incompatible or invalid schema: the
+            // registry's verdict on the request.
+            400..=499 => Err(RegistryError::Rejected {
+                subject: subject.to_string(),
+                message: format!("HTTP {status}: {}", first_line(&body)),
+            }),
+            _ => Err(self.unavailable(&path, format!("HTTP {status}: {}", first_line(&body)))),
+        }
+    }
+
+    fn unavailable(&self, path: &str, message: String) -> RegistryError {
+        RegistryError::Unavailable {
+            url: format!("{}{path}", self.base),
+            message,
+        }
+    }
+
+    /// Sends a GET, or a POST of `body`, and returns the status and the
+    /// answer's text; failing to get one is [`RegistryError::Unavailable`].
+    fn call(&self, path: &str, body: Option<&str>) -> Result<(u16, String), RegistryError> {
+        let url = format!("{}{path}", self.base);
+        let content = "application/vnd.schemaregistry.v1+json";
+        let authorization = self.authorization.as_deref();
+        let sent = match body {
+            None => {
+                let mut request = self.agent.get(&url).header("Accept", content);
+                if let Some(value) = authorization {
+                    request = request.header("Authorization", value);
+                }
+                request.call()
+            }
+            Some(body) => {
+                let mut request = self
+                    .agent
+                    .post(&url)
+                    .header("Accept", content)
+                    .header("Content-Type", content);
+                if let Some(value) = authorization {
+                    request = request.header("Authorization", value);
+                }
+                request.send(body)
+            }
+        };
+        let mut response = sent.map_err(|e| self.unavailable(path, e.to_string()))?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| self.unavailable(path, format!("reading the answer: {e}")))?;
+        Ok((status, text))
     }
 }
 
@@ -401,6 +455,38 @@ mod tests {
             SchemaRegistry::from_config(&SchemaRegistryConfig::default())
                 .unwrap()
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn schemas_are_registered_under_their_subject() {
+        let registry = FakeRegistry::start();
+        let client = client(&registry, 10);
+        let id = client.register("rows/value", ROW).unwrap();
+        assert_eq!(
+            client.register("rows/value", ROW).unwrap(),
+            id,
+            "same text, same id"
+        );
+        assert_eq!(registry.subjects(), ["rows%2Fvalue", "rows%2Fvalue"]);
+        assert_eq!(client.schema(id).unwrap().id, id);
+
+        registry.set_down(true);
+        assert!(client.register("t-value", ROW).unwrap_err().is_retryable());
+        registry.set_down(false);
+        // The stand-in refuses (422) what is not a registration.
+        let refused = SchemaRegistryConfig {
+            url: Some(format!("{}/missing-prefix", registry.url())),
+            ..SchemaRegistryConfig::default()
+        };
+        let err = SchemaRegistry::from_config(&refused)
+            .unwrap()
+            .unwrap()
+            .register("t-value", "{")
+            .unwrap_err();
+        assert!(
+            matches!(&err, RegistryError::Rejected { subject, .. } if subject == "t-value"),
+            "{err}"
         );
     }
 

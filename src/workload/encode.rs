@@ -16,10 +16,13 @@ pub enum CdcFormat {
     DebeziumFlat,
     Maxwell,
     Canal,
+    /// Debezium envelope written by Confluent's Avro converter (binary, in
+    /// Confluent's framing; see [`super::avro`]).
+    DebeziumAvro,
 }
 
 impl CdcFormat {
-    /// Every format, in the order of the enum.
+    /// Every JSON format, in the order of the enum.
     pub const ALL: [CdcFormat; 5] = [
         CdcFormat::Debezium,
         CdcFormat::DebeziumSchema,
@@ -32,9 +35,10 @@ impl CdcFormat {
     /// databases (`app.t0`).
     pub fn table_name(self, table: u32) -> String {
         match self {
-            CdcFormat::Debezium | CdcFormat::DebeziumSchema | CdcFormat::DebeziumFlat => {
-                format!("public.t{table}")
-            }
+            CdcFormat::Debezium
+            | CdcFormat::DebeziumSchema
+            | CdcFormat::DebeziumFlat
+            | CdcFormat::DebeziumAvro => format!("public.t{table}"),
             CdcFormat::Maxwell | CdcFormat::Canal => format!("app.t{table}"),
         }
     }
@@ -53,7 +57,10 @@ impl CdcFormat {
     pub fn is_debezium(self) -> bool {
         matches!(
             self,
-            CdcFormat::Debezium | CdcFormat::DebeziumSchema | CdcFormat::DebeziumFlat
+            CdcFormat::Debezium
+                | CdcFormat::DebeziumSchema
+                | CdcFormat::DebeziumFlat
+                | CdcFormat::DebeziumAvro
         )
     }
 
@@ -73,7 +80,20 @@ pub struct GenRow {
 }
 
 impl GenRow {
-    fn columns(&self) -> Vec<(&'static str, Value)> {
+    /// The columns of a generated table, in order, and whether each holds
+    /// a number (else a string).
+    pub const COLUMNS: [(&'static str, bool); 7] = [
+        ("id", true),
+        ("version", true),
+        ("name", false),
+        ("email", false),
+        ("balance_cents", true),
+        ("status", false),
+        ("note", false),
+    ];
+
+    /// The values of [`GenRow::COLUMNS`].
+    pub(super) fn columns(&self) -> Vec<(&'static str, Value)> {
         vec![
             ("id", json!(self.id)),
             ("version", json!(self.version)),
@@ -138,13 +158,15 @@ fn debezium_op(op: Op) -> &'static str {
     op.code()
 }
 
-/// The Kafka key and the value of a change in `format`.
+/// The Kafka key and the value of a change in `format`; for
+/// [`CdcFormat::DebeziumAvro`], the same event as Debezium's JSON converter
+/// writes it (the Avro form is [`super::avro::AvroTable::encode`]'s).
 pub fn encode_change(format: CdcFormat, c: &GenChange) -> (Option<String>, String) {
     let stringly = format.stringly();
     let row = |r: &Option<GenRow>| r.as_ref().map_or(Value::Null, |r| r.to_json(stringly));
     let table = format!("t{}", c.table);
     match format {
-        CdcFormat::Debezium | CdcFormat::DebeziumSchema => {
+        CdcFormat::Debezium | CdcFormat::DebeziumSchema | CdcFormat::DebeziumAvro => {
             let payload = json!({
                 "before": row(&c.before),
                 "after": row(&c.after),

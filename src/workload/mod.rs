@@ -13,6 +13,7 @@
 //! events out of order within the allowed lateness, wildcard and multi-key
 //! invalidations, snapshot reads, tombstones and heartbeats.
 
+pub mod avro;
 pub mod encode;
 mod rng;
 pub mod storms;
@@ -27,6 +28,7 @@ use serde_json::{Value, json};
 use crate::events::ViolationKind;
 use crate::ingest::{RawInput, Stream};
 use crate::model::{Millis, Op};
+use avro::{AvroTable, GenSchema};
 use encode::{CdcFormat, GenCacheEvent, GenChange, GenRow, TsForm, encode_cache, encode_change};
 use rng::Rng;
 use storms::{BaseRates, ExpectedStorm, Injection, StormSchedule, Traffic};
@@ -119,9 +121,9 @@ pub struct GenRecord {
     pub stream: Stream,
     pub topic: Arc<str>,
     pub partition: i32,
-    pub key: Option<String>,
+    pub key: Option<Vec<u8>>,
     /// `None` is a tombstone.
-    pub value: Option<String>,
+    pub value: Option<Vec<u8>>,
     /// Kafka timestamp: the record's event time.
     pub ts_ms: Millis,
 }
@@ -131,8 +133,8 @@ impl GenRecord {
     pub fn raw_input(&self) -> RawInput<'_> {
         RawInput {
             stream: self.stream,
-            key: self.key.as_deref().map(str::as_bytes),
-            value: self.value.as_deref().map(str::as_bytes),
+            key: self.key.as_deref(),
+            value: self.value.as_deref(),
             timestamp_ms: Some(self.ts_ms),
         }
     }
@@ -254,6 +256,8 @@ pub struct Generator {
     /// `formats[t % formats.len()]`.
     formats: Vec<CdcFormat>,
     cdc_topics: Vec<Arc<str>>,
+    /// The schemas of each table written in Avro.
+    avro: Vec<Option<AvroTable>>,
     cache_topic: Arc<str>,
     storms: Vec<Injection>,
 }
@@ -290,11 +294,18 @@ impl Generator {
         } else {
             0
         };
-        let cdc_topics = (0..spec.tables.max(1))
+        let cdc_topics: Vec<Arc<str>> = (0..spec.tables.max(1))
             .map(|t| match format_of(t) {
                 CdcFormat::Maxwell => Arc::from("maxwell"),
                 CdcFormat::Canal => Arc::from("canal"),
                 _ => Arc::from(format!("gen.public.t{t}")),
+            })
+            .collect();
+        // Ids 1, 2 for table 0's value and key, 3, 4 for table 1's...
+        let avro = (0..spec.tables.max(1))
+            .map(|t| {
+                (format_of(t) == CdcFormat::DebeziumAvro)
+                    .then(|| AvroTable::new(&cdc_topics[t as usize], t, 2 * t + 1))
             })
             .collect();
         let stats = GenStats {
@@ -325,6 +336,7 @@ impl Generator {
             stats,
             formats,
             cdc_topics,
+            avro,
             cache_topic: Arc::from("cache-events"),
             storms,
             spec,
@@ -361,6 +373,25 @@ impl Generator {
             ));
         }
         Ok(())
+    }
+
+    /// The schemas of the tables written in Avro, to register with a
+    /// schema registry before the records are read.
+    pub fn avro_schemas(&self) -> Vec<&GenSchema> {
+        self.avro
+            .iter()
+            .flatten()
+            .flat_map(|t| [&t.value, &t.key])
+            .collect()
+    }
+
+    /// Frames the records of `subject` with `id` from now on (the id a
+    /// schema registry gave it); false when no table has that subject.
+    pub fn set_schema_id(&mut self, subject: &str, id: u32) -> bool {
+        self.avro
+            .iter_mut()
+            .flatten()
+            .any(|t| t.set_id(subject, id))
     }
 
     /// The storms a correct engine reports for this workload.
@@ -507,8 +538,8 @@ impl Generator {
                         stream: Stream::Cache,
                         topic: Arc::clone(&self.cache_topic),
                         partition,
-                        key,
-                        value: Some(value),
+                        key: key.map(String::into_bytes),
+                        value: Some(value.into_bytes()),
                         ts_ms: inv.ts_ms,
                     },
                 }));
@@ -566,7 +597,16 @@ impl Generator {
 
     fn change(&mut self, c: GenChange, may_repeat: bool) {
         let format = self.format_of(c.table);
-        let (key, value) = encode_change(format, &c);
+        let (key, value) = match &self.avro[c.table as usize] {
+            Some(table) => {
+                let (key, value) = table.encode(&c);
+                (Some(key), value)
+            }
+            None => {
+                let (key, value) = encode_change(format, &c);
+                (key.map(String::into_bytes), value.into_bytes())
+            }
+        };
         let id = c.after.as_ref().or(c.before.as_ref()).map_or(0, |r| r.id);
         let record = GenRecord {
             stream: Stream::Cdc,
@@ -593,8 +633,8 @@ impl Generator {
                 stream: Stream::Cdc,
                 topic: Arc::from(HEARTBEAT_TOPIC),
                 partition: 0,
-                key: Some("{\"serverName\":\"gen\"}".into()),
-                value: Some(json!({ "ts_ms": c.commit_ts_ms }).to_string()),
+                key: Some(br#"{"serverName":"gen"}"#.to_vec()),
+                value: Some(json!({ "ts_ms": c.commit_ts_ms }).to_string().into_bytes()),
                 ts_ms: c.commit_ts_ms,
             };
             self.push(c.commit_ts_ms, heartbeat, false);
@@ -610,8 +650,8 @@ impl Generator {
             stream: Stream::Cache,
             topic: Arc::clone(&self.cache_topic),
             partition,
-            key,
-            value: Some(value),
+            key: key.map(String::into_bytes),
+            value: Some(value.into_bytes()),
             ts_ms: e.ts_ms,
         };
         let emit = e.ts_ms + self.rng.range(0, JITTER_MS);

@@ -90,7 +90,7 @@ fn an_entitys_episodes_are_spaced_apart_even_in_bursts() {
             ..spec(1)
         };
         let mut g = Generator::new(s.clone());
-        let mut changes: BTreeMap<(Arc<str>, String), Vec<Millis>> = BTreeMap::new();
+        let mut changes: BTreeMap<(Arc<str>, Vec<u8>), Vec<Millis>> = BTreeMap::new();
         for r in g
             .by_ref()
             .filter(|r| r.stream == Stream::Cdc && r.value.is_some())

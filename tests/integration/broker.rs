@@ -27,7 +27,7 @@ pub const CHANGELOG: &str = "vigil.changelog";
 pub struct Out<'a> {
     pub topic: &'a str,
     pub partition: i32,
-    pub key: Option<&'a str>,
+    pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
     pub headers: &'a [(&'a str, &'a str)],
     pub ts_ms: Option<i64>,
@@ -72,7 +72,7 @@ impl Broker {
                 value: Some(*v),
             });
         }
-        let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(r.topic)
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(r.topic)
             .partition(r.partition)
             .headers(headers);
         if let Some(k) = r.key {

@@ -3,6 +3,11 @@
 
 mod broker;
 mod check;
+// The unit tests' stand-in Schema Registry, shared: they use what these
+// tests do not.
+#[allow(dead_code)]
+#[path = "../../src/registry/fake.rs"]
+mod fake_registry;
 mod replay;
 mod run;
 mod schemas;

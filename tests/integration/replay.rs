@@ -329,7 +329,7 @@ fn replay_to_original_republishes_from_a_topic_and_the_loop_guard_stops_repeat_f
         broker.produce(&Out {
             topic: DLQ,
             partition: 0,
-            key: Some(key),
+            key: Some(key.as_bytes()),
             value: Some(format!("{{\"id\":\"{key}\"}}").as_bytes()),
             headers,
             ts_ms: Some(1_000),

@@ -22,6 +22,7 @@ use vigil::workload::storms::{StormSchedule, Traffic};
 use vigil::workload::{FaultRates, GenRecord, Generator, PARTITIONS, START_MS, Spec};
 
 use crate::broker::*;
+use crate::fake_registry::FakeRegistry;
 use crate::support::*;
 
 const FAULTS: FaultRates = FaultRates {
@@ -107,7 +108,7 @@ impl Workload {
                 topic: &r.topic,
                 partition: r.partition,
                 key: r.key.as_deref(),
-                value: r.value.as_deref().map(str::as_bytes),
+                value: r.value.as_deref(),
                 headers: &[],
                 ts_ms: Some(r.ts_ms),
             });
@@ -156,7 +157,7 @@ impl Workload {
                 broker.produce(&Out {
                     topic,
                     partition,
-                    key: key.as_deref(),
+                    key: key.as_deref().map(str::as_bytes),
                     value: Some(value.as_bytes()),
                     headers: &[],
                     ts_ms: Some(ts_ms),
@@ -172,19 +173,24 @@ impl Workload {
         broker: &Broker,
         overrides: &[(&str, &str, toml::Value)],
     ) -> std::path::PathBuf {
+        self.config_from(&self.generator.config_toml(), dir, broker, overrides)
+    }
+
+    /// A `vigil run` configuration over `base_toml`, reading the
+    /// workload's topics on `broker`.
+    fn config_from(
+        &self,
+        base_toml: &str,
+        dir: &Path,
+        broker: &Broker,
+        overrides: &[(&str, &str, toml::Value)],
+    ) -> std::path::PathBuf {
         let topics = self.generator.topics();
         let (cdc, cache): (Vec<&str>, Vec<&str>) = topics
             .iter()
             .map(String::as_str)
             .partition(|t| self.generator.stream_of_topic(t) == Some(Stream::Cdc));
-        run_config(
-            dir,
-            &self.generator.config_toml(),
-            &broker.bootstrap,
-            &cdc,
-            &cache,
-            overrides,
-        )
+        run_config(dir, base_toml, &broker.bootstrap, &cdc, &cache, overrides)
     }
 
     /// `vigil check` over the same records, from files written in `dir`.
@@ -199,7 +205,8 @@ impl Workload {
                 Some(Stream::Cache) => &mut files.1,
                 _ => &mut files.0,
             };
-            writeln!(f, "{}", r.value.as_deref().unwrap_or("null")).unwrap();
+            f.write_all(r.value.as_deref().unwrap_or(b"null")).unwrap();
+            writeln!(f).unwrap();
         }
         drop(files);
         fs::write(dir.join("vigil.toml"), self.generator.config_toml()).unwrap();
@@ -433,6 +440,116 @@ fn run_reports_exactly_what_check_reports_and_serves_metrics() {
             .read_until(DLQ, 1, Duration::from_millis(500), |m| !m.is_empty())
             .is_empty()
     );
+}
+
+/// `vigil gen --format avro` registers its schemas and produces Debezium
+/// records in Confluent's Avro framing; `vigil run`, fetching the schemas
+/// from the registry, reports exactly the violations the generator expects,
+/// which are those of the same workload in JSON.
+#[test]
+fn run_on_an_avro_workload_reports_what_the_generator_expects() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, seed, keys) = (6_000, 15, 1_000);
+    let avro = Spec {
+        format: CdcFormat::DebeziumAvro,
+        ..spec(events, seed, START_MS, keys)
+    };
+    let json = Workload::of(spec(events, seed, START_MS, keys));
+    // The same workload built here: its topics, end markers and expected
+    // violations.
+    let w = Workload::of(avro);
+    assert_eq!(w.generator.expected(), json.generator.expected());
+    let broker = w.broker();
+    let registry = FakeRegistry::start();
+    let gen_dir = dir.path().join("gen");
+    let rate = |r: f64| r.to_string();
+    let flags = [
+        ("--format", "avro".to_string()),
+        ("--brokers", broker.bootstrap.clone()),
+        ("--schema-registry", registry.url()),
+        ("--events", events.to_string()),
+        ("--keys", keys.to_string()),
+        ("--seed", seed.to_string()),
+        ("--rate", "4000".to_string()),
+        ("--missing-rate", rate(FAULTS.missing)),
+        ("--late-rate", rate(FAULTS.late)),
+        ("--stale-fill-rate", rate(FAULTS.stale_fill)),
+        ("--fill-after-delete-rate", rate(FAULTS.fill_after_delete)),
+        ("--regression-rate", rate(FAULTS.regression)),
+        ("--gap-rate", rate(FAULTS.gap)),
+        ("--conflict-rate", rate(FAULTS.conflict)),
+        ("--duplicate-rate", rate(FAULTS.duplicate)),
+    ];
+    let args: Vec<&str> = flags
+        .iter()
+        .flat_map(|(flag, value)| [*flag, value.as_str()])
+        .collect();
+    let summary = generate(&gen_dir, &args);
+    assert_eq!(summary["topics"], serde_json::json!(w.generator.topics()));
+    let subjects: Vec<String> = (0..3)
+        .flat_map(|t| ["value", "key"].map(|part| format!("gen.public.t{t}-{part}")))
+        .collect();
+    assert_eq!(registry.subjects(), subjects);
+    let expected = w.expected(dir.path());
+    assert!(expected_kinds_of(&expected, "missing_invalidation") > 0);
+    assert_eq!(
+        multiset(
+            read_ndjson(&gen_dir.join("expected.ndjson"))
+                .iter()
+                .map(fingerprint)
+        ),
+        expected,
+        "vigil gen expects what the workload built here does"
+    );
+    let produced = broker.read_until("gen.public.t0", PARTITIONS, VERDICTS, |m| !m.is_empty());
+    assert!(
+        produced
+            .iter()
+            .filter_map(|m| m.payload())
+            .all(|v| v.first() == Some(&0)),
+        "the changes are in Confluent's framing"
+    );
+    w.produce_end(&broker);
+
+    // vigil gen's configuration, which names the registry.
+    let generated = fs::read_to_string(gen_dir.join("vigil.toml")).unwrap();
+    let config = w.config_from(&generated, dir.path(), &broker, &[]);
+    let daemon = Daemon::start(&config);
+    await_verdicts(&broker, &expected, &daemon);
+    assert!(
+        registry.hits("/schemas/ids/1") >= 1,
+        "the daemon fetched the writer schemas"
+    );
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "a clean stop exits 0:\n{log}");
+    assert!(
+        broker
+            .read_until(DLQ, 1, Duration::from_millis(500), |m| !m.is_empty())
+            .is_empty(),
+        "no dead letters"
+    );
+}
+
+#[test]
+fn avro_workloads_need_brokers_and_a_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, mentions) in [
+        (&["--format", "avro"][..], "--brokers"),
+        (
+            &["--format", "avro", "--brokers", "127.0.0.1:9"][..],
+            "--schema-registry",
+        ),
+        (
+            &["--schema-registry", "http://127.0.0.1:9"][..],
+            "--format avro",
+        ),
+        (&["--kcat", "--brokers", "127.0.0.1:9"][..], "--kcat"),
+    ] {
+        let out = run(vigil().arg("gen").arg("--out").arg(dir.path()).args(args));
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(mentions), "{args:?}: {stderr}");
+    }
 }
 
 /// The records of `topic` by event id (the `id` of a structured event, the
@@ -670,7 +787,7 @@ fn produce_malformed(broker: &Broker) {
     broker.produce(&Out {
         topic: CDC,
         partition: 0,
-        key: Some(r#"{"id":1}"#),
+        key: Some(br#"{"id":1}"#),
         value: Some(good.as_bytes()),
         headers: &[],
         ts_ms: Some(1_000),
@@ -679,7 +796,7 @@ fn produce_malformed(broker: &Broker) {
         broker.produce(&Out {
             topic,
             partition: 0,
-            key: Some(&format!("key-{i}")),
+            key: Some(format!("key-{i}").as_bytes()),
             value: Some(value),
             headers: &[("trace-id", &format!("t{i}"))],
             ts_ms: Some(1_700_000_000_000 + i as i64),
