@@ -148,7 +148,12 @@ pub enum Command {
     ///   latency at --latency-rate records per second: from a record's
     ///     produce time to its violation's produce time, for the kinds that
     ///     fire at once (regression, gap, conflict); and how long after the
-    ///     watermark passes a deadline its missing invalidation is produced.
+    ///     watermark passes a deadline its missing invalidation is produced;
+    ///   decoding, in this process, of the Debezium changes (value and
+    ///     key) of a workload of --decode-records records, written by the
+    ///     JSON converter and by Confluent's Avro converter (writer schemas
+    ///     at hand): CPU time per change of each, into the same
+    ///     format-neutral change.
     ///
     /// The report is one JSON object on stdout (BENCHMARKS.md is written from
     /// it); progress goes to stderr.
@@ -298,9 +303,14 @@ pub struct BenchArgs {
     #[arg(long, default_value = "20s")]
     pub latency_seconds: crate::config::Dur,
 
-    /// Only the vigil check runs.
+    /// Only the vigil check runs (and the decoding measure).
     #[arg(long)]
     pub skip_kafka: bool,
+
+    /// Records of the workload whose Debezium changes the decoding measure
+    /// decodes, JSON against Avro (0 skips it).
+    #[arg(long, default_value_t = 100_000)]
+    pub decode_records: u64,
 
     /// Working directory for the generated files (default: a temporary one,
     /// removed at the end).

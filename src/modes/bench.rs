@@ -12,7 +12,10 @@
 //! - latency at a fixed rate: from a record's produce time to its
 //!   violation's produce time, for the kinds that fire without waiting
 //!   (regression, gap, conflict), and how long after the watermark passes a
-//!   deadline its missing invalidation is produced.
+//!   deadline its missing invalidation is produced;
+//! - decoding ([`bench_decode`]): the CPU time per record of decoding the
+//!   same Debezium changes written by the JSON converter and by Confluent's
+//!   Avro converter.
 //!
 //! The report is one JSON object on stdout; progress goes to stderr.
 
@@ -40,14 +43,18 @@ use super::run::{Control, open_store, serve};
 use super::{ExitStatus, produce_generated};
 use crate::cli::BenchArgs;
 use crate::config::{Config, Dur, KafkaValue};
-use crate::formats::unescape;
+use crate::formats::{
+    DecodedCdc, Flattened, decode_avro_envelope, decode_avro_key, decode_cdc, decode_key, framed,
+    unescape,
+};
 use crate::ingest::Stream;
 use crate::io::file::{Line, LineReader};
+use crate::registry::{RegistryError, WriterSchema};
 use crate::telemetry::{Stats, thread_cpu_seconds};
 use crate::time::{Clock, SystemClock};
 use crate::workload::encode::CdcFormat;
 use crate::workload::storms::Traffic;
-use crate::workload::{self, FaultRates, Generator, Spec};
+use crate::workload::{self, FaultRates, GenRecord, Generator, Spec};
 
 /// Partitions of the benchmark topics: the mock cluster keeps about 5 MB
 /// a partition.
@@ -153,12 +160,29 @@ struct LatencyFigures {
     watermark_wait: Option<Percentiles>,
 }
 
+/// CPU time per record of decoding Debezium changes (value and key) into
+/// the format-neutral change, in each wire format.
+#[derive(Debug, Serialize)]
+struct DecodeFigures {
+    /// Changes decoded, the same ones in each format.
+    records: usize,
+    /// The JSON converter's form, without the schema wrapper.
+    json_ns_per_record: f64,
+    /// Confluent's Avro framing, with the writer schemas at hand (as the
+    /// registry client keeps them).
+    avro_ns_per_record: f64,
+    avro_over_json: f64,
+    json_bytes_per_record: f64,
+    avro_bytes_per_record: f64,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     machine: Value,
     check: Vec<CheckFigures>,
     kafka: Option<KafkaFigures>,
     latency: Option<LatencyFigures>,
+    decode: Option<DecodeFigures>,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<ExitStatus> {
@@ -171,6 +195,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitStatus> {
         check: Vec::new(),
         kafka: None,
         latency: None,
+        decode: None,
     };
     let debezium = args.check.iter().map(|s| (s, CheckInput::Debezium));
     let kcat = (args.check_kcat.iter()).map(|s| (s, CheckInput::KcatFiveFormats));
@@ -190,6 +215,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitStatus> {
             args.latency_seconds.0,
             args.keys,
         )?);
+    }
+    if args.decode_records > 0 {
+        report.decode = Some(bench_decode(args.decode_records, args.keys)?);
     }
     let _ = std::fs::remove_dir_all(&work);
     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -235,6 +263,120 @@ fn spec(events: u64, keys: u64, rate: u64, start_ms: i64, partitions: i32) -> Sp
         traffic: Traffic::Steady,
         storms: None,
     }
+}
+
+/// How many times the decoding measure goes over its records, keeping the
+/// fastest pass (the machine may be shared).
+const DECODE_PASSES: usize = 5;
+
+/// The decoding measure: the same generated changes in Debezium's JSON and
+/// in Confluent's Avro framing, each decoded (value and key) into the
+/// format-neutral change, timed by the thread's CPU clock.
+fn bench_decode(records: u64, keys: u64) -> anyhow::Result<DecodeFigures> {
+    eprintln!("vigil bench: decoding {records} Debezium changes, JSON and Avro");
+    let changes = |format| -> (Generator, Vec<GenRecord>) {
+        let spec = Spec {
+            format,
+            ..spec(
+                records,
+                keys,
+                1_000_000,
+                workload::START_MS,
+                workload::PARTITIONS,
+            )
+        };
+        let mut generator = Generator::new(spec);
+        let changes = generator
+            .by_ref()
+            .filter(|r| r.stream == Stream::Cdc && r.value.is_some() && r.topic.starts_with("gen."))
+            .collect();
+        (generator, changes)
+    };
+    let (_, json_records) = changes(CdcFormat::Debezium);
+    let (generator, avro) = changes(CdcFormat::DebeziumAvro);
+    anyhow::ensure!(json_records.len() == avro.len(), "the two workloads differ");
+    let schemas: HashMap<u32, WriterSchema> = generator
+        .avro_schemas()
+        .into_iter()
+        .map(|s| Ok((s.id, WriterSchema::parse(s.id, &s.text, &[])?)))
+        .collect::<Result<_, RegistryError>>()?;
+    let json: Vec<(Option<&str>, Option<&str>)> = json_records
+        .iter()
+        .map(|r| {
+            let key = r.key.as_deref().map(std::str::from_utf8).transpose()?;
+            let value = r.value.as_deref().map(std::str::from_utf8).transpose()?;
+            Ok((key, value))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let json_ns = fastest_pass(json.len(), || {
+        json.iter()
+            .filter(|(key, value)| {
+                let decoded = decode_cdc(*value, Flattened::Nowhere);
+                let key = key.and_then(decode_key);
+                matches!(decoded, Ok(DecodedCdc::Changes(_))) && key.is_some()
+            })
+            .count()
+    })?;
+    /// A record in Confluent's framing and its writer schema.
+    fn framed_with<'a>(
+        schemas: &'a HashMap<u32, WriterSchema>,
+        bytes: &'a Option<Vec<u8>>,
+    ) -> Option<(&'a WriterSchema, &'a [u8])> {
+        let framed = bytes.as_deref().and_then(framed)?;
+        Some((schemas.get(&framed.schema_id)?, framed.datum))
+    }
+    let avro_ns = fastest_pass(avro.len(), || {
+        avro.iter()
+            .filter(|r| {
+                let value = framed_with(&schemas, &r.value)
+                    .and_then(|(schema, datum)| decode_avro_envelope(schema, datum).ok());
+                let decoded = value.as_ref().map(|v| v.view());
+                let key = framed_with(&schemas, &r.key)
+                    .and_then(|(schema, datum)| decode_avro_key(schema, datum).ok().flatten());
+                let row = key.as_ref().map(|k| k.row());
+                matches!(decoded, Some(Ok(DecodedCdc::Changes(_)))) && row.is_some()
+            })
+            .count()
+    })?;
+    let bytes = |records: &[GenRecord]| -> f64 {
+        let total: usize = records
+            .iter()
+            .map(|r| r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len))
+            .sum();
+        total as f64 / records.len().max(1) as f64
+    };
+    let figures = DecodeFigures {
+        records: avro.len(),
+        json_ns_per_record: json_ns,
+        avro_ns_per_record: avro_ns,
+        avro_over_json: avro_ns / json_ns,
+        json_bytes_per_record: bytes(&json_records),
+        avro_bytes_per_record: bytes(&avro),
+    };
+    eprintln!(
+        "vigil bench: decoding a change: JSON {:.0} ns, Avro {:.0} ns ({:.2} times)",
+        figures.json_ns_per_record, figures.avro_ns_per_record, figures.avro_over_json
+    );
+    Ok(figures)
+}
+
+/// The CPU time per record of the fastest of [`DECODE_PASSES`] passes of
+/// `decode_all`, which returns how many of the `records` decoded: all of
+/// them, or the measure is void.
+fn fastest_pass(records: usize, mut decode_all: impl FnMut() -> usize) -> anyhow::Result<f64> {
+    let mut best = f64::INFINITY;
+    for _ in 0..DECODE_PASSES {
+        let start = thread_cpu_seconds().context("no thread CPU clock")?;
+        let decoded = decode_all();
+        let end = thread_cpu_seconds().context("no thread CPU clock")?;
+        anyhow::ensure!(
+            decoded == records,
+            "{} of {records} records did not decode",
+            records - decoded
+        );
+        best = best.min(end - start);
+    }
+    Ok(best * 1e9 / records.max(1) as f64)
 }
 
 /// `vigil check` in a child process over a generated workload, then the
