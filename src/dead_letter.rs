@@ -39,8 +39,8 @@ pub enum Reason {
     UnmappedTable,
     /// A cache key that cannot be used (empty, a glob in a fill...).
     InvalidKey,
-    /// A record in Confluent's Avro framing whose schema id the schema
-    /// registry does not know.
+    /// A record in Confluent's schema registry framing whose schema id the
+    /// schema registry does not know.
     UnknownSchema,
     /// A record in Confluent's Avro framing whose bytes do not decode with
     /// their writer schema (or whose writer schema does not parse).

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use crate::config::{Config, TopicSelector, UnmappedTables};
 use crate::dead_letter::{Reason, RecordError};
-use crate::formats::{self, DecodedCdc, Framed, RawChange, Row};
+use crate::formats::{self, AvroKey, DecodedCdc, Framed, RawChange, Row};
 use crate::mapping::{Change, Mapped, Mapper};
 use crate::model::{CacheEvent, Millis, Provenance};
-use crate::registry::{RegistryError, SchemaRegistry, SetupError, WriterSchema};
+use crate::registry::{Registered, RegistryError, SchemaRegistry, SetupError};
 use crate::telemetry::Stats;
 
 /// The first wait for an unavailable schema registry; each next one is
@@ -51,6 +51,22 @@ impl Record {
         match self {
             Record::Change(c) => c.commit_ts_ms,
             Record::Cache(e, _) => e.ts_ms,
+        }
+    }
+}
+
+/// A Kafka key as decoded for its primary-key columns.
+enum Key<'k> {
+    Avro(AvroKey),
+    /// JSON text (not necessarily a key vigil reads).
+    Json(&'k str),
+}
+
+impl Key<'_> {
+    fn row(&self) -> Option<Row<'_>> {
+        match self {
+            Key::Avro(key) => Some(key.row()),
+            Key::Json(text) => formats::decode_key(text),
         }
     }
 }
@@ -113,7 +129,7 @@ impl Ingest {
                 Ok(())
             }
             Stream::Cdc => match input.value.and_then(formats::framed) {
-                Some(framed) => self.ingest_avro(input, framed, provenance, out),
+                Some(framed) => self.ingest_framed(input, framed, provenance, out),
                 None => self.ingest_cdc(input, provenance, out),
             },
         }
@@ -145,21 +161,16 @@ impl Ingest {
             formats::Flattened::Tables(&declared)
         };
         let decoded = formats::decode_cdc(value, flattened)?;
-        // A key that is not UTF-8 cannot be a JSON key: the primary key then
-        // comes from the row.
-        let key = input
-            .key
-            .and_then(|k| std::str::from_utf8(k).ok())
-            .and_then(formats::decode_key);
-        self.map_changes(decoded, key.as_ref(), input, provenance, out)
+        let key = self.key(input.key);
+        let key_row = key.as_ref().and_then(Key::row);
+        self.map_changes(decoded, key_row.as_ref(), input, provenance, out)
     }
 
-    /// A Debezium record in Confluent's Avro framing: its writer schema
-    /// from the registry (waiting while the registry cannot be reached),
-    /// then decoded and mapped as a JSON one. A key in the framing too is
-    /// decoded the same way; one that gives no columns leaves the primary
-    /// key to the row, as a JSON key does.
-    fn ingest_avro(
+    /// A CDC record in Confluent's framing: its schema from the registry
+    /// (waiting while the registry cannot be reached), then an Avro record
+    /// decoded with it and mapped as a JSON one, or the JSON text of a JSON
+    /// Schema record read as an unframed record.
+    fn ingest_framed(
         &self,
         input: RawInput<'_>,
         framed: Framed<'_>,
@@ -170,37 +181,54 @@ impl Ingest {
             return Err(RecordError::new(
                 Reason::UnknownFormat,
                 format!(
-                    "a record in Confluent's Avro framing (schema id {}), but no schema registry is configured (schema_registry.url)",
+                    "a record in Confluent's schema registry framing (schema id {}), but no schema registry is configured (schema_registry.url)",
                     framed.schema_id
                 ),
             ));
         };
-        let schema = self.writer_schema(registry, framed.schema_id)?;
-        let envelope = formats::decode_avro_envelope(&schema, framed.datum)?;
-        let key = match input.key.and_then(formats::framed) {
-            Some(key) => match self.writer_schema(registry, key.schema_id) {
-                Ok(schema) => formats::decode_avro_key(&schema, key.datum).unwrap_or(None),
-                Err(_) => None,
-            },
-            None => None,
-        };
-        let key_row = key.as_ref().map(formats::AvroKey::row).or_else(|| {
-            input
-                .key
-                .and_then(|k| std::str::from_utf8(k).ok())
-                .and_then(formats::decode_key)
-        });
-        self.map_changes(envelope.view()?, key_row.as_ref(), input, provenance, out)
+        match &*self.registered(registry, framed.schema_id)? {
+            Registered::Avro(schema) => {
+                let envelope = formats::decode_avro_envelope(schema, framed.datum)?;
+                let key = self.key(input.key);
+                let key_row = key.as_ref().and_then(Key::row);
+                self.map_changes(envelope.view()?, key_row.as_ref(), input, provenance, out)
+            }
+            Registered::JsonSchema => {
+                let unframed = RawInput {
+                    value: Some(framed.datum),
+                    ..input
+                };
+                self.ingest_cdc(unframed, provenance, out)
+            }
+        }
     }
 
-    /// The writer schema of an id. While the registry cannot be reached the
-    /// record waits (each wait logged and counted) and asks again: an outage
-    /// makes no dead letters.
-    fn writer_schema(
+    /// A Kafka key, for its primary-key columns: one in Confluent's framing
+    /// decoded with its schema (Avro) or read as the JSON after the header
+    /// (JSON Schema), any other as JSON text. A key that gives no columns
+    /// leaves the primary key to the row.
+    fn key<'k>(&self, key: Option<&'k [u8]>) -> Option<Key<'k>> {
+        let key = key?;
+        let (Some(framed), Some(registry)) = (formats::framed(key), &self.registry) else {
+            return std::str::from_utf8(key).ok().map(Key::Json);
+        };
+        match &*self.registered(registry, framed.schema_id).ok()? {
+            Registered::Avro(schema) => formats::decode_avro_key(schema, framed.datum)
+                .ok()
+                .flatten()
+                .map(Key::Avro),
+            Registered::JsonSchema => std::str::from_utf8(framed.datum).ok().map(Key::Json),
+        }
+    }
+
+    /// The schema of an id. While the registry cannot be reached the record
+    /// waits (each wait logged and counted) and asks again: an outage makes
+    /// no dead letters.
+    fn registered(
         &self,
         registry: &SchemaRegistry,
         id: u32,
-    ) -> Result<Arc<WriterSchema>, RecordError> {
+    ) -> Result<Arc<Registered>, RecordError> {
         let mut wait = FIRST_REGISTRY_WAIT;
         loop {
             match registry.schema(id) {
@@ -214,7 +242,7 @@ impl Ingest {
                 Err(e @ RegistryError::UnknownSchema { .. }) => {
                     return Err(RecordError::new(Reason::UnknownSchema, e.to_string()));
                 }
-                Err(e @ RegistryError::NotAvro { .. }) => {
+                Err(e @ RegistryError::Unsupported { .. }) => {
                     return Err(RecordError::new(Reason::UnknownFormat, e.to_string()));
                 }
                 Err(e) => return Err(RecordError::new(Reason::InvalidAvro, e.to_string())),
@@ -357,6 +385,57 @@ mod tests {
             ingest_one(&ingest, br#"{"id":1}"#, &value).unwrap(),
             json_records()
         );
+    }
+
+    /// Bytes in Confluent's framing: byte 0, the schema id, the datum.
+    fn framed(id: u32, datum: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0];
+        bytes.extend(id.to_be_bytes());
+        bytes.extend(datum);
+        bytes
+    }
+
+    #[test]
+    fn a_json_schema_record_maps_as_its_unframed_form() {
+        const JSON_VALUE_ID: u32 = 6;
+        const JSON_KEY_ID: u32 = 7;
+        let registry = registry();
+        let served = serde_json::json!({
+            "schema": r#"{"type":"object","title":"demo.users.Envelope"}"#,
+            "schemaType": "JSON",
+        })
+        .to_string();
+        registry.answer(&format!("/schemas/ids/{JSON_VALUE_ID}"), 200, &served);
+        registry.answer(&format!("/schemas/ids/{JSON_KEY_ID}"), 200, &served);
+        let ingest = Ingest::new(&config(Some(&registry)), Arc::default()).unwrap();
+        let value = framed(JSON_VALUE_ID, avro_mysql_update().1.as_bytes());
+        let key = framed(JSON_KEY_ID, br#"{"id":1}"#);
+        assert_eq!(ingest_one(&ingest, &key, &value).unwrap(), json_records());
+        // Keys in any of the forms beside a value in another.
+        let (avro_value, avro_key) = avro_update();
+        assert_eq!(
+            ingest_one(&ingest, &key, &avro_value).unwrap(),
+            json_records()
+        );
+        assert_eq!(
+            ingest_one(&ingest, &avro_key, &value).unwrap(),
+            json_records()
+        );
+        // The JSON after the header is judged as unframed JSON is.
+        let err = ingest_one(&ingest, &key, &framed(JSON_VALUE_ID, b"{\"op\":")).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidJson, "{err}");
+        let err =
+            ingest_one(&ingest, &key, &framed(JSON_VALUE_ID, br#"{"foo":"bar"}"#)).unwrap_err();
+        assert_eq!(err.reason, Reason::UnknownFormat, "{err}");
+        // A Protobuf schema is one vigil does not read.
+        registry.answer(
+            "/schemas/ids/8",
+            200,
+            r#"{"schema":"syntax = \"proto3\";","schemaType":"PROTOBUF"}"#,
+        );
+        let err = ingest_one(&ingest, &key, &framed(8, &[0, 2, 4])).unwrap_err();
+        assert_eq!(err.reason, Reason::UnknownFormat, "{err}");
+        assert!(err.message.contains("PROTOBUF"), "{err}");
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!
 //! - [`formats`]: decoders for Debezium (JSON, or Avro in Confluent's
 //!   framing), Maxwell, Canal, cache events and `kcat -J` lines (bytes in,
-//!   format-neutral views out);
+//!   format-neutral views out); JSON Schema records in that framing are read
+//!   as JSON by [`ingest`];
 //! - [`mapping`]: a decoded change and `[[tables]]` in, a [`mapping::Change`]
 //!   with entity, cache keys, version and commit time out;
 //! - [`ingest`]: decode + map for one raw record, shared by every source
@@ -29,8 +30,9 @@
 //! - [`replay`]: what a dead letter says of its origin, for `vigil replay`;
 //! - [`modes`]: `vigil check`, `run`, `demo`, `gen` ([`modes::generate`]),
 //!   `bench`, `replay`; [`cli`] their flags;
-//! - [`registry`]: the Confluent Schema Registry client (writer schemas of
-//!   Avro records, by id; registration of `vigil gen`'s schemas);
+//! - [`registry`]: the Confluent Schema Registry client (schemas by id:
+//!   Avro writer schemas, or the mark of a JSON Schema; registration of
+//!   `vigil gen`'s schemas);
 //! - [`config`]: the TOML configuration; [`telemetry`]: counters and logs;
 //! - [`model`]: the domain types every stage shares; [`workload`]: the
 //!   synthetic workload generator behind `vigil gen` (JSON formats, or

@@ -45,9 +45,9 @@ pub enum RegistryError {
     /// parse as an Avro schema.
     #[error("schema {id} is not a valid Avro schema: {message}")]
     Malformed { id: u32, message: String },
-    /// The id names a Protobuf or JSON Schema schema.
-    #[error("schema {id} is a {kind} schema; vigil reads Avro only")]
-    NotAvro { id: u32, kind: String },
+    /// The id names a schema of a kind vigil does not read (Protobuf).
+    #[error("schema {id} is a {kind} schema; vigil reads Avro and JSON Schema")]
+    Unsupported { id: u32, kind: String },
     /// The registry refused to register a schema under a subject
     /// (credentials, an incompatible or invalid schema).
     #[error("the schema registry refused the schema of subject {subject:?}: {message}")]
@@ -122,8 +122,18 @@ impl WriterSchema {
     }
 }
 
+/// A schema the registry serves, as records framed with its id are read.
+#[derive(Debug)]
+pub enum Registered {
+    /// An Avro writer schema: the records are its binary encoding.
+    Avro(Box<WriterSchema>),
+    /// A JSON Schema: the records are JSON text after the header, read as
+    /// records without the framing are (the schema is not needed for it).
+    JsonSchema,
+}
+
 /// What the registry said of an id, for good.
-type Answer = Result<Arc<WriterSchema>, RegistryError>;
+type Answer = Result<Arc<Registered>, RegistryError>;
 
 /// One id's slot: `None` until an answer is had. Its lock is held while the
 /// id is fetched, so that other askers wait for that fetch.
@@ -234,7 +244,7 @@ impl SchemaRegistry {
         }))
     }
 
-    /// The writer schema of an id, fetched on first use.
+    /// The schema of an id, fetched on first use.
     pub fn schema(&self, id: u32) -> Answer {
         let slot = self.slot(id);
         let mut answer = lock(&slot);
@@ -278,10 +288,15 @@ impl SchemaRegistry {
         };
         let mut references = Vec::new();
         self.collect_references(id, &served.references, 0, &mut references)?;
-        if let Some(kind) = served.schema_type.filter(|t| t != "AVRO") {
-            return Err(RegistryError::NotAvro { id, kind });
+        match served.schema_type.as_deref() {
+            None | Some("AVRO") => WriterSchema::parse(id, &served.schema, &references)
+                .map(|schema| Arc::new(Registered::Avro(Box::new(schema)))),
+            Some("JSON") => Ok(Arc::new(Registered::JsonSchema)),
+            Some(kind) => Err(RegistryError::Unsupported {
+                id,
+                kind: kind.to_string(),
+            }),
         }
-        WriterSchema::parse(id, &served.schema, &references).map(Arc::new)
     }
 
     /// The texts of referenced schemas, the ones they reference first.
@@ -440,6 +455,14 @@ mod tests {
     const ROW: &str =
         r#"{"type":"record","name":"Row","namespace":"t","fields":[{"name":"id","type":"int"}]}"#;
 
+    /// The Avro writer schema of an answer.
+    fn writer(answer: &Registered) -> &WriterSchema {
+        match answer {
+            Registered::Avro(schema) => schema,
+            other => panic!("not an Avro schema: {other:?}"),
+        }
+    }
+
     fn client(registry: &FakeRegistry, max_schemas: usize) -> SchemaRegistry {
         let config = SchemaRegistryConfig {
             url: Some(registry.url()),
@@ -469,7 +492,7 @@ mod tests {
             "same text, same id"
         );
         assert_eq!(registry.subjects(), ["rows%2Fvalue", "rows%2Fvalue"]);
-        assert_eq!(client.schema(id).unwrap().id, id);
+        assert_eq!(writer(&client.schema(id).unwrap()).id, id);
 
         registry.set_down(true);
         assert!(client.register("t-value", ROW).unwrap_err().is_retryable());
@@ -500,7 +523,8 @@ mod tests {
             for _ in 0..8 {
                 s.spawn(|| {
                     barrier.wait();
-                    let schema = client.schema(7).unwrap();
+                    let answer = client.schema(7).unwrap();
+                    let schema = writer(&answer);
                     assert_eq!(schema.id, 7);
                     assert!(matches!(schema.schema, Schema::Record(_)));
                 });
@@ -530,8 +554,14 @@ mod tests {
         ));
         assert!(matches!(
             client.schema(3).unwrap_err(),
-            RegistryError::NotAvro { id: 3, ref kind } if kind == "PROTOBUF"
+            RegistryError::Unsupported { id: 3, ref kind } if kind == "PROTOBUF"
         ));
+        registry.answer(
+            "/schemas/ids/5",
+            200,
+            r#"{"schema":"{\"type\":\"object\"}","schemaType":"JSON"}"#,
+        );
+        assert!(matches!(*client.schema(5).unwrap(), Registered::JsonSchema));
         // Answers for good are kept.
         client.schema(1).unwrap_err();
         assert_eq!(registry.hits("/schemas/ids/1"), 1);
@@ -550,7 +580,7 @@ mod tests {
         assert!(err.is_retryable(), "{err}");
         assert!(err.to_string().contains("503"), "{err}");
         registry.set_down(false);
-        assert_eq!(client.schema(5).unwrap().id, 5);
+        assert_eq!(writer(&client.schema(5).unwrap()).id, 5);
 
         let closed = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", closed.local_addr().unwrap());
@@ -581,7 +611,8 @@ mod tests {
                 .to_string(),
         );
         let client = client(&registry, 10);
-        let schema = client.schema(9).unwrap();
+        let answer = client.schema(9).unwrap();
+        let schema = writer(&answer);
         assert_eq!(schema.references.len(), 1);
         let name = Name::new("t.Row").unwrap();
         assert!(matches!(schema.named(&name), Some(Schema::Record(_))));
