@@ -438,6 +438,47 @@ mod tests {
         assert!(err.message.contains("PROTOBUF"), "{err}");
     }
 
+    /// Id of a JSON Schema of the fuzzed ingest; 99 is unknown.
+    const FUZZ_JSON_ID: u32 = 6;
+
+    /// One registry and ingest for every case of the fuzz test.
+    static FUZZED: std::sync::LazyLock<(FakeRegistry, Ingest)> = std::sync::LazyLock::new(|| {
+        let registry = registry();
+        registry.answer(
+            &format!("/schemas/ids/{FUZZ_JSON_ID}"),
+            200,
+            r#"{"schema":"{}","schemaType":"JSON"}"#,
+        );
+        let ingest = Ingest::new(&config(Some(&registry)), Arc::default()).unwrap();
+        (registry, ingest)
+    });
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// Arbitrary bytes after a valid header, in the value and in the
+        /// key, with an Avro envelope's id, an Avro key's, a JSON Schema's
+        /// or an unknown one: a record or a dead letter, never a panic.
+        #[test]
+        fn arbitrary_framed_bytes_are_records_or_dead_letters(
+            value_id in proptest::sample::select(vec![VALUE_ID, KEY_ID, FUZZ_JSON_ID, 99]),
+            key_id in proptest::sample::select(vec![VALUE_ID, KEY_ID, FUZZ_JSON_ID, 99]),
+            datum in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            key in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+        ) {
+            let ingest = &FUZZED.1;
+            match ingest_one(ingest, &framed(key_id, &key), &framed(value_id, &datum)) {
+                Ok(_) => {}
+                Err(e) if value_id == 99 => proptest::prop_assert_eq!(e.reason, Reason::UnknownSchema),
+                Err(e) if value_id == VALUE_ID => proptest::prop_assert!(
+                    matches!(e.reason, Reason::InvalidAvro | Reason::UnknownOp | Reason::WrongType),
+                    "{}", e
+                ),
+                Err(_) => {}
+            }
+        }
+    }
+
     #[test]
     fn unknown_ids_bad_bytes_and_no_registry_are_dead_letters() {
         let registry = registry();
