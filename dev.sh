@@ -26,8 +26,13 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # System packages the native dependencies need: libclang for RocksDB's
 # bindgen, cmake and the curl/SSL/SASL headers for librdkafka.
+BUILD_PACKAGES=(build-essential pkg-config clang libclang-dev cmake libssl-dev libsasl2-dev libcurl4-openssl-dev)
+
+# Installs the Debian packages given (default: BUILD_PACKAGES) that are
+# missing.
 ensure_packages() {
-  local wanted=(build-essential pkg-config clang libclang-dev cmake libssl-dev libsasl2-dev libcurl4-openssl-dev)
+  local wanted=("$@")
+  [ ${#wanted[@]} -eq 0 ] && wanted=("${BUILD_PACKAGES[@]}")
   local missing=()
   if command -v dpkg-query >/dev/null 2>&1; then
     for p in "${wanted[@]}"; do
@@ -74,6 +79,9 @@ case "$cmd" in
     ;;
   test)
     build
+    # promtool (Debian package prometheus) checks the metrics and tests the
+    # alert rules.
+    command -v promtool >/dev/null 2>&1 || ensure_packages prometheus
     if cargo nextest --version >/dev/null 2>&1; then
       cargo nextest run --release --locked --no-fail-fast "$@"
     else

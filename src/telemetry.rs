@@ -6,13 +6,14 @@
 //! partitions by the subscription, unmapped table names by
 //! [`MAX_UNMAPPED_NAMES`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
+use metrics_util::MetricKindMask;
 use serde::Serialize;
 
 use crate::dead_letter::Reason;
@@ -139,9 +140,6 @@ pub struct Stats {
     storm_rates: [AtomicU64; ScopeType::ALL.len()],
     active_storms: [AtomicU64; ScopeType::ALL.len()],
     tables: Mutex<BTreeMap<String, TableTally>>,
-    /// Per table, decided and in-time changes in 10-second buckets of wall
-    /// time over the last 10 minutes.
-    windows: Mutex<BTreeMap<String, VecDeque<(u64, TableTally)>>>,
     invalidation_lag_ms: Histogram,
     checkpoints: AtomicU64,
     /// Time spent per pipeline stage, in nanoseconds (summed over threads).
@@ -149,6 +147,8 @@ pub struct Stats {
     /// Gauges.
     watermark_ms: AtomicI64,
     producer_queue: AtomicI64,
+    /// Per assigned input partition, records behind its end (only the
+    /// partitions whose end is known).
     consumer_lag: Mutex<BTreeMap<(String, i32), i64>>,
     /// Keys and entities held in memory, per worker.
     state_size: Mutex<BTreeMap<usize, StateSize>>,
@@ -156,7 +156,6 @@ pub struct Stats {
     /// (no-ops when no exporter is installed).
     lag_seconds: metrics::Histogram,
     batch_seconds: metrics::Histogram,
-    started: Instant,
 }
 
 impl Default for Stats {
@@ -182,7 +181,6 @@ impl Default for Stats {
             storm_rates: Default::default(),
             active_storms: Default::default(),
             tables: Mutex::default(),
-            windows: Mutex::default(),
             invalidation_lag_ms: Histogram::default(),
             checkpoints: AtomicU64::default(),
             stage_ns: Default::default(),
@@ -192,7 +190,6 @@ impl Default for Stats {
             state_size: Mutex::default(),
             lag_seconds: metrics::histogram!(names::INVALIDATION_LAG),
             batch_seconds: metrics::histogram!(names::BATCH_SECONDS),
-            started: Instant::now(),
         }
     }
 }
@@ -247,7 +244,9 @@ pub mod names {
     pub const CHECKPOINTS: &str = "vigil_checkpoints_total";
     pub const INVALIDATION_LAG: &str = "vigil_invalidation_lag_seconds";
     pub const BATCH_SECONDS: &str = "vigil_batch_processing_seconds";
-    pub const IN_TIME_RATIO: &str = "vigil_invalidated_in_time_ratio";
+    pub const DECIDED: &str = "vigil_changes_decided_total";
+    pub const IN_TIME: &str = "vigil_changes_invalidated_in_time_total";
+    pub const WATERMARK: &str = "vigil_watermark_timestamp_seconds";
     pub const WATERMARK_DELAY: &str = "vigil_watermark_delay_seconds";
     pub const STATE_SIZE: &str = "vigil_state_size_keys";
     pub const STATE_MEMORY: &str = "vigil_state_memory_bytes";
@@ -257,12 +256,155 @@ pub mod names {
     pub const INVALIDATION_RATE: &str = "vigil_invalidations_per_second";
     pub const ACTIVE_STORMS: &str = "vigil_active_storms";
     pub const STORMS_STARTED: &str = "vigil_storms_started_total";
+    pub const BUILD_INFO: &str = "vigil_build_info";
 }
 
-/// Length of a bucket of the in-time windows.
-const WINDOW_BUCKET_SECS: u64 = 10;
-/// The windows of the in-time ratio, in minutes.
-const WINDOWS_MIN: [u64; 3] = [1, 5, 10];
+/// The kind of a metric, for its description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric with its kind and its HELP text.
+const DESCRIPTIONS: [(&str, Kind, &str); 26] = [
+    (
+        names::RECORDS_CONSUMED,
+        Kind::Counter,
+        "Records read from each input topic.",
+    ),
+    (
+        names::CHANGES,
+        Kind::Counter,
+        "Database changes decoded, by operation (c, u, d, r).",
+    ),
+    (
+        names::CACHE_EVENTS,
+        Kind::Counter,
+        "Cache events decoded, by action (invalidate, fill).",
+    ),
+    (
+        names::DUPLICATES,
+        Kind::Counter,
+        "Changes delivered again with the same version and row (counted, never violations).",
+    ),
+    (
+        names::SKIPPED,
+        Kind::Counter,
+        "Records recognised and skipped (tombstones, heartbeats, transaction metadata), by kind.",
+    ),
+    (
+        names::UNMAPPED,
+        Kind::Counter,
+        "Changes of tables that no [[tables]] entry maps to cache keys.",
+    ),
+    (
+        names::DEAD_LETTERS,
+        Kind::Counter,
+        "Records sent to the dead-letter queue, by reason.",
+    ),
+    (
+        names::VIOLATIONS,
+        Kind::Counter,
+        "Consistency violations reported, by kind.",
+    ),
+    (
+        names::LATE_RECORDS,
+        Kind::Counter,
+        "Records that arrived behind the watermark.",
+    ),
+    (
+        names::REGISTRY_WAITS,
+        Kind::Counter,
+        "Times a record waited for an unreachable schema registry.",
+    ),
+    (
+        names::CHECKPOINTS,
+        Kind::Counter,
+        "Checkpoints committed (state and input offsets in one write).",
+    ),
+    (
+        names::INVALIDATION_LAG,
+        Kind::Histogram,
+        "Time from a change's commit to the first invalidation covering it.",
+    ),
+    (
+        names::BATCH_SECONDS,
+        Kind::Histogram,
+        "Time a worker took over one batch.",
+    ),
+    (
+        names::DECIDED,
+        Kind::Counter,
+        "Changes whose invalidation deadline the watermark has passed, per table.",
+    ),
+    (
+        names::IN_TIME,
+        Kind::Counter,
+        "Of the decided changes, those invalidated within the deadline, per table.",
+    ),
+    (
+        names::WATERMARK,
+        Kind::Gauge,
+        "The event-time watermark, as a Unix time.",
+    ),
+    (
+        names::WATERMARK_DELAY,
+        Kind::Gauge,
+        "How far the watermark is behind the wall clock.",
+    ),
+    (
+        names::STATE_SIZE,
+        Kind::Gauge,
+        "Cache keys and entities held in memory, by kind.",
+    ),
+    (
+        names::STATE_MEMORY,
+        Kind::Gauge,
+        "Approximate bytes of the cache keys and entities held in memory.",
+    ),
+    (
+        names::STATE_EVICTIONS,
+        Kind::Counter,
+        "Cache keys and entities that left memory to stay within state.cache_size (the store keeps them).",
+    ),
+    (
+        names::PRODUCER_QUEUE,
+        Kind::Gauge,
+        "Output records waiting in the Kafka producer.",
+    ),
+    (
+        names::CONSUMER_LAG,
+        Kind::Gauge,
+        "Records between the consumer's position and the end of each assigned input partition.",
+    ),
+    (
+        names::INVALIDATION_RATE,
+        Kind::Gauge,
+        "Invalidations in the last second judged of the busiest scope, by scope type.",
+    ),
+    (
+        names::ACTIVE_STORMS,
+        Kind::Gauge,
+        "Invalidation storms in progress, by scope type.",
+    ),
+    (
+        names::STORMS_STARTED,
+        Kind::Counter,
+        "Invalidation storms started, by scope type.",
+    ),
+    (
+        names::BUILD_INFO,
+        Kind::Gauge,
+        "Always 1; the version of vigil in its label.",
+    ),
+];
+
+/// How long a gauge that is no longer set keeps its series: gauges are set
+/// every second, so one left alone belongs to something gone (a released
+/// partition).
+const GAUGE_IDLE: Duration = Duration::from_secs(10);
 
 fn op_index(op: Op) -> usize {
     match op {
@@ -384,25 +526,11 @@ impl Stats {
         if tallies.is_empty() {
             return;
         }
-        let bucket = self.started.elapsed().as_secs() / WINDOW_BUCKET_SECS;
-        let oldest = bucket.saturating_sub(WINDOWS_MIN[2] * 60 / WINDOW_BUCKET_SECS);
         let mut m = lock(&self.tables);
-        let mut windows = lock(&self.windows);
         for (table, t) in tallies {
             let e = m.entry(table.to_string()).or_default();
             e.decided += t.decided;
             e.in_time += t.in_time;
-            let w = windows.entry(table.to_string()).or_default();
-            match w.back_mut() {
-                Some((b, tally)) if *b == bucket => {
-                    tally.decided += t.decided;
-                    tally.in_time += t.in_time;
-                }
-                _ => w.push_back((bucket, t.clone())),
-            }
-            while w.front().is_some_and(|(b, _)| *b < oldest) {
-                w.pop_front();
-            }
         }
     }
 
@@ -439,27 +567,15 @@ impl Stats {
         self.producer_queue.store(records, Ordering::Relaxed);
     }
 
-    pub fn set_consumer_lag(&self, topic: &str, partition: i32, records: i64) {
-        lock(&self.consumer_lag).insert((topic.to_string(), partition), records);
+    /// The lag of every assigned partition whose end is known; partitions
+    /// left out (released ones) lose their series.
+    pub fn set_consumer_lags(&self, lags: BTreeMap<(String, i32), i64>) {
+        *lock(&self.consumer_lag) = lags;
     }
 
     /// Keys and entities a worker holds in memory.
     pub fn set_state_size(&self, worker: usize, size: StateSize) {
         lock(&self.state_size).insert(worker, size);
-    }
-
-    /// Share of a table's changes invalidated within the deadline over the
-    /// last `minutes`, or `None` when none was decided.
-    pub fn in_time_ratio(&self, table: &str, minutes: u64) -> Option<f64> {
-        let now = self.started.elapsed().as_secs() / WINDOW_BUCKET_SECS;
-        let since = now.saturating_sub(minutes * 60 / WINDOW_BUCKET_SECS);
-        let windows = lock(&self.windows);
-        let (decided, in_time) = windows
-            .get(table)?
-            .iter()
-            .filter(|(b, _)| *b >= since)
-            .fold((0, 0), |(d, i), (_, t)| (d + t.decided, i + t.in_time));
-        (decided > 0).then(|| in_time as f64 / decided as f64)
     }
 
     /// What the workers keep in memory, over all of them.
@@ -626,8 +742,9 @@ pub struct ExporterError {
     source: BuildError,
 }
 
-/// Starts the Prometheus endpoint (`GET /metrics`) on its own thread. Call
-/// it before creating [`Stats`], whose histograms register with it.
+/// Starts the Prometheus endpoint (`GET /metrics`) on its own thread, and
+/// describes every metric. Call it before creating [`Stats`], whose
+/// histograms register with it.
 pub fn install_exporter(listen: SocketAddr) -> Result<(), ExporterError> {
     let err = |source| ExporterError { listen, source };
     let lag_buckets: Vec<f64> = LAG_BUCKETS_MS
@@ -636,6 +753,7 @@ pub fn install_exporter(listen: SocketAddr) -> Result<(), ExporterError> {
         .collect();
     PrometheusBuilder::new()
         .with_http_listener(listen)
+        .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE))
         .set_buckets_for_metric(Matcher::Full(names::INVALIDATION_LAG.into()), &lag_buckets)
         .map_err(err)?
         .set_buckets_for_metric(
@@ -644,7 +762,20 @@ pub fn install_exporter(listen: SocketAddr) -> Result<(), ExporterError> {
         )
         .map_err(err)?
         .install()
-        .map_err(err)
+        .map_err(err)?;
+    describe();
+    Ok(())
+}
+
+/// Gives every metric its HELP text.
+fn describe() {
+    for (name, kind, help) in DESCRIPTIONS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
 }
 
 /// Publishes the counters and gauges of `stats` to the installed recorder
@@ -685,17 +816,16 @@ pub fn publish(stats: &Stats, now_ms: i64) {
             .set(read(&stats.active_storms[i]) as f64);
     }
     counter!(names::CHECKPOINTS).absolute(read(&stats.checkpoints));
-    for table in s.tables.keys() {
-        for minutes in WINDOWS_MIN {
-            if let Some(ratio) = stats.in_time_ratio(table, minutes) {
-                gauge!(names::IN_TIME_RATIO, "table" => table.clone(), "window" => format!("{minutes}m")).set(ratio);
-            }
-        }
+    for (table, tally) in &s.tables {
+        counter!(names::DECIDED, "table" => table.clone()).absolute(tally.decided);
+        counter!(names::IN_TIME, "table" => table.clone()).absolute(tally.in_time);
     }
     let wm = stats.watermark();
     if wm > i64::MIN && wm < i64::MAX {
+        gauge!(names::WATERMARK).set(wm as f64 / 1000.0);
         gauge!(names::WATERMARK_DELAY).set((now_ms - wm) as f64 / 1000.0);
     }
+    gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     let size = stats.state_size();
     gauge!(names::STATE_SIZE, "kind" => "cache_key").set(size.keys as f64);
     gauge!(names::STATE_SIZE, "kind" => "entity").set(size.entities as f64);
@@ -784,9 +914,8 @@ mod tests {
     }
 
     #[test]
-    fn in_time_ratio_covers_recent_decisions() {
+    fn table_tallies_add_up() {
         let s = Stats::default();
-        assert_eq!(s.in_time_ratio("t", 1), None);
         let mut tallies = BTreeMap::new();
         tallies.insert(
             Arc::from("t"),
@@ -797,8 +926,6 @@ mod tests {
         );
         s.add_table_tallies(&tallies);
         s.add_table_tallies(&tallies);
-        assert_eq!(s.in_time_ratio("t", 1), Some(0.75));
-        assert_eq!(s.in_time_ratio("t", 10), Some(0.75));
         assert_eq!(
             s.snapshot().tables["t"],
             TableTally {
@@ -806,6 +933,17 @@ mod tests {
                 in_time: 6
             }
         );
+    }
+
+    #[test]
+    fn metrics_are_described_once_and_counters_end_in_total() {
+        let described: std::collections::BTreeSet<&str> =
+            DESCRIPTIONS.iter().map(|(name, _, _)| *name).collect();
+        assert_eq!(described.len(), DESCRIPTIONS.len());
+        for (name, kind, help) in DESCRIPTIONS {
+            assert!(help.ends_with('.'), "{name}");
+            assert_eq!(name.ends_with("_total"), kind == Kind::Counter, "{name}");
+        }
     }
 
     #[test]

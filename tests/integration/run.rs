@@ -337,9 +337,12 @@ fn scrape(port: u16) -> String {
         "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    body
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    match response.split_once("\r\n\r\n") {
+        Some((_, body)) => body.to_string(),
+        None => response,
+    }
 }
 
 #[test]
@@ -405,9 +408,12 @@ fn run_reports_exactly_what_check_reports_and_serves_metrics() {
         "vigil_changes_total{op=\"u\"}",
         "vigil_cache_events_total{action=\"fill\"}",
         "vigil_invalidation_lag_seconds_bucket",
-        "vigil_invalidated_in_time_ratio{",
-        "window=\"1m\"",
+        "vigil_changes_decided_total{table=\"public.t0\"}",
+        "vigil_changes_invalidated_in_time_total{table=\"public.t0\"}",
+        "vigil_watermark_timestamp_seconds",
         "vigil_watermark_delay_seconds",
+        "# HELP vigil_violations_total ",
+        "vigil_build_info{version=\"",
         "vigil_batch_processing_seconds_bucket",
         "vigil_state_size_keys{kind=\"cache_key\"}",
         "vigil_producer_queue_records",
@@ -433,6 +439,7 @@ fn run_reports_exactly_what_check_reports_and_serves_metrics() {
         metrics.contains(&stale),
         "/metrics lacks {stale}:\n{metrics}"
     );
+    promtool(&["check", "metrics"], Some(&metrics));
     let (code, log) = daemon.terminate();
     assert_eq!(code, Some(0), "a clean stop exits 0:\n{log}");
     assert!(
@@ -981,6 +988,19 @@ fn handover(cache_lags: bool) {
         "A reads the first half"
     );
 
+    let lag_series = || {
+        scrape(port_a)
+            .lines()
+            .filter(|l| l.starts_with("vigil_consumer_lag_records{"))
+            .count()
+    };
+    let mut alone = 0;
+    wait_until(VERDICTS, || {
+        alone = lag_series();
+        alone > 0
+    });
+    assert!(alone > 0, "A publishes the lag of its partitions");
+
     let b = Daemon::start(&config_b);
     assert!(
         b.wait_for_log("state of partition restored", VERDICTS),
@@ -991,6 +1011,10 @@ fn handover(cache_lags: bool) {
         a.wait_for_log("state of released partitions forgotten", VERDICTS),
         "A hands partitions over:\n{}",
         a.log()
+    );
+    assert!(
+        wait_until(VERDICTS, || lag_series() < alone),
+        "the lag series of the partitions A released are removed"
     );
     w.produce(&broker, held_back);
     w.produce(&broker, half..w.records.len());

@@ -199,3 +199,35 @@ pub const FAULTY: [&str; 16] = [
     "--duplicate-rate",
     "0.05",
 ];
+
+/// Runs `promtool` (Prometheus's checker) with `args` and `stdin`, and
+/// asserts that it finds nothing wrong. `./dev.sh test` installs it (Debian
+/// package `prometheus`); a test that needs it fails when it is missing.
+pub fn promtool(args: &[&str], stdin: Option<&str>) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run promtool ({e}): install Prometheus's promtool \
+                 (`apt-get install prometheus`; ./dev.sh test does it)"
+            )
+        });
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool {args:?} finds problems:\n{}{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        stdin.unwrap_or_default()
+    );
+}

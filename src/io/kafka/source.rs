@@ -292,6 +292,7 @@ impl SourceContext {
         shared.outbox.push_back(SourceMsg::Assigned {
             partitions: assigned,
         });
+        self.publish_lags(&shared);
         for (topic, partition, offset) in &resumed {
             if let Err(e) = tpl.set_partition_offset(topic, *partition, Offset::Offset(*offset)) {
                 tracing::warn!(topic, partition, offset, error = %e, "cannot resume from vigil's stored offset");
@@ -337,6 +338,7 @@ impl SourceContext {
                 ended.push(part.index);
             }
         }
+        self.publish_lags(&shared);
         shared
             .outbox
             .push_back(SourceMsg::End { partitions: ended });
@@ -382,6 +384,29 @@ impl SourceContext {
         if let Err(e) = result {
             tracing::error!(error = %e, "cannot release the revoked partitions");
         }
+    }
+
+    /// Publishes how far each assigned partition is behind its end, as far
+    /// as the broker's statistics tell; released partitions are left out.
+    fn publish_lags(&self, shared: &Shared) {
+        let lags = shared
+            .parts
+            .iter()
+            .filter(|(_, part)| part.assigned)
+            .filter_map(|((topic, partition), part)| {
+                let view = shared.views.get(&(topic.to_string(), *partition))?;
+                let position = part
+                    .next_offset
+                    .or((view.fetch_offset >= 0).then_some(view.fetch_offset))?;
+                (view.hi_offset >= 0).then(|| {
+                    (
+                        (topic.to_string(), *partition),
+                        (view.hi_offset - position).max(0),
+                    )
+                })
+            })
+            .collect();
+        self.stats.set_consumer_lags(lags);
     }
 
     /// Tells the pipeline which partitions are read to their end.
@@ -438,12 +463,9 @@ impl ClientContext for SourceContext {
                     active: p.fetch_state == "active",
                 };
                 shared.views.insert((topic.clone(), *partition), view);
-                if p.hi_offset >= 0 && p.app_offset >= 0 {
-                    self.stats
-                        .set_consumer_lag(topic, *partition, p.hi_offset - p.app_offset);
-                }
             }
         }
+        self.publish_lags(&shared);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
