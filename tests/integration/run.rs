@@ -440,6 +440,7 @@ fn run_reports_exactly_what_check_reports_and_serves_metrics() {
         "/metrics lacks {stale}:\n{metrics}"
     );
     promtool(&["check", "metrics"], Some(&metrics));
+    crate::monitoring::assert_monitoring_uses_exported_metrics(&metrics);
     let (code, log) = daemon.terminate();
     assert_eq!(code, Some(0), "a clean stop exits 0:\n{log}");
     assert!(
