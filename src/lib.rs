@@ -33,7 +33,9 @@
 //! - [`registry`]: the Confluent Schema Registry client (schemas by id:
 //!   Avro writer schemas, or the mark of a JSON Schema; registration of
 //!   `vigil gen`'s schemas);
-//! - [`config`]: the TOML configuration; [`telemetry`]: counters and logs;
+//! - [`config`]: the TOML configuration; [`telemetry`]: counters, metrics
+//!   and logs; [`http`]: the HTTP server of `vigil run` (metrics, health,
+//!   readiness);
 //! - [`model`]: the domain types every stage shares; [`workload`]: the
 //!   synthetic workload generator behind `vigil gen` (JSON formats, or
 //!   Debezium in Confluent's Avro framing with [`workload::avro`]).
@@ -45,6 +47,7 @@ pub mod detect;
 pub mod events;
 pub mod formats;
 pub mod hash;
+pub mod http;
 pub mod ingest;
 pub mod io;
 pub mod mapping;

@@ -7,12 +7,11 @@
 //! [`MAX_UNMAPPED_NAMES`].
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 use serde::Serialize;
 
@@ -114,6 +113,17 @@ pub struct StateSize {
     pub peak_bytes: u64,
 }
 
+/// Where the consumer stands: what readiness rests on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Progress {
+    /// Input partitions assigned, their state restored.
+    pub assigned: u64,
+    /// Of those, the partitions whose end the broker has reported.
+    pub lag_known: u64,
+    /// Records between the consumer and the ends of those partitions.
+    pub lag: i64,
+}
+
 /// Every counter of a run.
 pub struct Stats {
     records_by_input: Mutex<BTreeMap<String, u64>>,
@@ -150,6 +160,8 @@ pub struct Stats {
     /// Per assigned input partition, records behind its end (only the
     /// partitions whose end is known).
     consumer_lag: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Input partitions assigned (their state restored).
+    assigned_partitions: AtomicU64,
     /// Keys and entities held in memory, per worker.
     state_size: Mutex<BTreeMap<usize, StateSize>>,
     /// Handles of the histograms that go to Prometheus sample by sample
@@ -187,6 +199,7 @@ impl Default for Stats {
             watermark_ms: AtomicI64::new(i64::MIN),
             producer_queue: AtomicI64::default(),
             consumer_lag: Mutex::default(),
+            assigned_partitions: AtomicU64::default(),
             state_size: Mutex::default(),
             lag_seconds: metrics::histogram!(names::INVALIDATION_LAG),
             batch_seconds: metrics::histogram!(names::BATCH_SECONDS),
@@ -567,10 +580,24 @@ impl Stats {
         self.producer_queue.store(records, Ordering::Relaxed);
     }
 
-    /// The lag of every assigned partition whose end is known; partitions
-    /// left out (released ones) lose their series.
-    pub fn set_consumer_lags(&self, lags: BTreeMap<(String, i32), i64>) {
-        *lock(&self.consumer_lag) = lags;
+    /// The input partitions assigned (and their state restored), and the
+    /// lag of those whose end is known; partitions left out (released
+    /// ones) lose their series.
+    pub fn set_partitions(&self, assigned: usize, lags: BTreeMap<(String, i32), i64>) {
+        let mut consumer_lag = lock(&self.consumer_lag);
+        self.assigned_partitions
+            .store(assigned as u64, Ordering::Relaxed);
+        *consumer_lag = lags;
+    }
+
+    /// How far the consumer is, for readiness.
+    pub fn progress(&self) -> Progress {
+        let consumer_lag = lock(&self.consumer_lag);
+        Progress {
+            assigned: read(&self.assigned_partitions),
+            lag_known: consumer_lag.len() as u64,
+            lag: consumer_lag.values().sum(),
+        }
     }
 
     /// Keys and entities a worker holds in memory.
@@ -735,36 +762,27 @@ pub struct StatsSnapshot {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot start the metrics endpoint on {listen}: {source}")]
-pub struct ExporterError {
-    listen: SocketAddr,
-    #[source]
-    source: BuildError,
-}
+#[error("cannot set up the Prometheus recorder: {0}")]
+pub struct RecorderError(#[from] BuildError);
 
-/// Starts the Prometheus endpoint (`GET /metrics`) on its own thread, and
-/// describes every metric. Call it before creating [`Stats`], whose
-/// histograms register with it.
-pub fn install_exporter(listen: SocketAddr) -> Result<(), ExporterError> {
-    let err = |source| ExporterError { listen, source };
+/// Installs the Prometheus recorder that `/metrics` renders, and describes
+/// every metric. Call it before creating [`Stats`], whose histograms
+/// register with it.
+pub fn install_recorder() -> Result<PrometheusHandle, RecorderError> {
     let lag_buckets: Vec<f64> = LAG_BUCKETS_MS
         .iter()
         .map(|ms| *ms as f64 / 1000.0)
         .collect();
-    PrometheusBuilder::new()
-        .with_http_listener(listen)
+    let handle = PrometheusBuilder::new()
         .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE))
-        .set_buckets_for_metric(Matcher::Full(names::INVALIDATION_LAG.into()), &lag_buckets)
-        .map_err(err)?
+        .set_buckets_for_metric(Matcher::Full(names::INVALIDATION_LAG.into()), &lag_buckets)?
         .set_buckets_for_metric(
             Matcher::Full(names::BATCH_SECONDS.into()),
             &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0],
-        )
-        .map_err(err)?
-        .install()
-        .map_err(err)?;
+        )?
+        .install_recorder()?;
     describe();
-    Ok(())
+    Ok(handle)
 }
 
 /// Gives every metric its HELP text.

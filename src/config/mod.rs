@@ -407,19 +407,30 @@ impl Default for ProcessingConfig {
     }
 }
 
-/// `[metrics]`: the Prometheus endpoint of `vigil run`.
+/// `[metrics]`: the HTTP server of `vigil run` (`/metrics`, `/healthz`,
+/// `/readyz`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Address of the HTTP endpoint serving `/metrics`; an empty string
-    /// turns it off. Default `"127.0.0.1:9464"`.
+    /// Address of the HTTP server; an empty string turns it off. Default
+    /// `"127.0.0.1:9464"` (loopback: set `"0.0.0.0:9464"` to be scraped
+    /// from other hosts).
     pub listen: String,
+    /// `/readyz` answers ready once the consumer is at most this many
+    /// records behind the ends of its assigned partitions (summed).
+    /// Default 1000.
+    pub ready_lag: u64,
+    /// When set, every path but `/healthz` and `/readyz` asks for
+    /// `Authorization: Bearer <token>`. Default: none.
+    pub bearer_token: Option<String>,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: "127.0.0.1:9464".into(),
+            ready_lag: 1000,
+            bearer_token: None,
         }
     }
 }
@@ -860,6 +871,17 @@ impl Config {
                     "{:?} is not an address like \"127.0.0.1:9464\"",
                     self.metrics.listen
                 ),
+            ));
+        }
+        if self
+            .metrics
+            .bearer_token
+            .as_deref()
+            .is_some_and(str::is_empty)
+        {
+            return Err(invalid(
+                "metrics.bearer_token",
+                "is empty: remove it to serve without a token",
             ));
         }
         self.validate_schema_registry()

@@ -15,7 +15,7 @@ use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 
-use super::run::{Control, open_store, serve};
+use super::run::{Control, open_store, runtime, serve};
 use super::{ExitStatus, produce_generated};
 use crate::cli::DemoArgs;
 use crate::config::{Config, KafkaValue};
@@ -127,8 +127,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitStatus> {
     config.state.path = state_dir.clone();
     let store = open_store(&state_dir, config.state.cache_size)?;
     let stats = Arc::new(Stats::default());
+    let runtime = runtime()?;
     let control = Control::default();
-    control.on_signals()?;
+    control.on_signals(runtime.handle());
     let produced = AtomicU64::new(0);
     let producing = AtomicBool::new(true);
     let last_ts = std::sync::atomic::AtomicI64::new(start_ms);

@@ -1,6 +1,7 @@
 //! `vigil run`: the Kafka daemon. Consumes the CDC and cache topics in one
 //! consumer group, runs the engine, produces violations and dead letters,
-//! serves metrics, and stops cleanly on SIGINT or SIGTERM.
+//! serves HTTP (metrics, health, readiness), and stops cleanly on SIGINT or
+//! SIGTERM.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use crossbeam_channel::RecvTimeoutError;
 use super::{ExitStatus, create_dir};
 use crate::cli::RunArgs;
 use crate::config::{ByteSize, Config};
+use crate::http;
 use crate::ingest::Ingest;
 use crate::io::kafka::outputs::KafkaOutputs;
 use crate::io::kafka::source::KafkaSource;
@@ -28,19 +30,32 @@ pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitStatus> {
     let config = Config::load(args.config.as_deref())?;
     config.validate_for_run()?;
-    if !config.metrics.listen.is_empty() {
+    let runtime = runtime()?;
+    // The recorder first: the histograms of `Stats` register with it.
+    let recorder = if config.metrics.listen.is_empty() {
+        None
+    } else {
+        Some(telemetry::install_recorder()?)
+    };
+    let stats = Arc::new(Stats::default());
+    if let Some(recorder) = recorder {
         let listen = config
             .metrics
             .listen
             .parse()
             .expect("validated with the configuration");
-        telemetry::install_exporter(listen)?;
-        tracing::info!(%listen, "metrics on http://{listen}/metrics");
+        let bound = http::start(
+            runtime.handle(),
+            listen,
+            &config.metrics,
+            recorder,
+            Arc::clone(&stats),
+        )?;
+        tracing::info!(%bound, "serving http://{bound}/metrics, /healthz, /readyz");
     }
-    let stats = Arc::new(Stats::default());
     let store = open_store(&config.state.path, config.state.cache_size)?;
     let control = Control::default();
-    control.on_signals()?;
+    control.on_signals(runtime.handle());
     let report = serve(&config, store, stats, &control)?;
     tracing::info!(checkpoints = report.checkpoints, "stopped");
     Ok(ExitStatus::Ok)
@@ -67,39 +82,40 @@ pub struct Control {
 impl Control {
     /// Sets `stop` on SIGINT or SIGTERM, and `give_up` on a second signal or
     /// [`SHUTDOWN_TIMEOUT`] later.
-    pub fn on_signals(&self) -> anyhow::Result<()> {
+    pub fn on_signals(&self, runtime: &tokio::runtime::Handle) {
         let control = self.clone();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the signal handler")?;
-        std::thread::Builder::new()
-            .name("vigil-signals".into())
-            .spawn(move || {
-                runtime.block_on(async {
-                    use tokio::signal::unix::{SignalKind, signal};
-                    let Ok(mut term) = signal(SignalKind::terminate()) else {
-                        tracing::error!("cannot listen for SIGTERM");
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                    tracing::info!("stopping: finishing the batch, flushing outputs, committing state");
-                    control.stop.store(true, Ordering::SeqCst);
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                        _ = tokio::time::sleep(SHUTDOWN_TIMEOUT) => {}
-                    }
-                    tracing::warn!("giving up waiting for the broker; uncommitted records will be read again on restart");
-                    control.give_up.store(true, Ordering::SeqCst);
-                });
-            })
-            .context("starting the signal handler")?;
-        Ok(())
+        runtime.spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut term) = signal(SignalKind::terminate()) else {
+                tracing::error!("cannot listen for SIGTERM");
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("stopping: finishing the batch, flushing outputs, committing state");
+            control.stop.store(true, Ordering::SeqCst);
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+                _ = tokio::time::sleep(SHUTDOWN_TIMEOUT) => {}
+            }
+            tracing::warn!("giving up waiting for the broker; uncommitted records will be read again on restart");
+            control.give_up.store(true, Ordering::SeqCst);
+        });
     }
+}
+
+/// The tokio runtime of the daemon's I/O around the pipeline: signals and
+/// the HTTP server (the pipeline itself runs on threads of its own).
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("vigil-io")
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")
 }
 
 /// A stable name for this instance (transactional ids): its state directory.

@@ -1,6 +1,6 @@
 //! End-to-end tests of the `vigil` binary: `vigil check` on generated
-//! workloads and bad input, `vigil run` through an embedded Kafka broker,
-//! the alert rules and the dashboard.
+//! workloads and bad input, `vigil run` through an embedded Kafka broker
+//! (with its HTTP server), the alert rules and the dashboard.
 
 mod broker;
 mod check;
@@ -9,6 +9,7 @@ mod check;
 #[allow(dead_code)]
 #[path = "../../src/registry/fake.rs"]
 mod fake_registry;
+mod http;
 mod monitoring;
 mod replay;
 mod run;

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -309,19 +309,10 @@ fn expected_kinds_of(expected: &BTreeMap<Fingerprint, usize>, kind: &str) -> usi
         .sum()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Records a daemon has read from its inputs, as its metrics last said
 /// (they are published once a second); `None` while it does not listen yet.
 fn records_consumed(port: u16) -> Option<u64> {
-    std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    let metrics = scrape(port);
+    let metrics = http_get(port, "/metrics", None)?.body;
     let counts = metrics
         .lines()
         .filter(|l| l.starts_with("vigil_records_consumed_total{"))
@@ -329,20 +320,11 @@ fn records_consumed(port: u16) -> Option<u64> {
     Some(counts.sum())
 }
 
+/// The body of `/metrics`.
 fn scrape(port: u16) -> String {
-    let mut stream =
-        std::net::TcpStream::connect(("127.0.0.1", port)).expect("the metrics endpoint listens");
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    match response.split_once("\r\n\r\n") {
-        Some((_, body)) => body.to_string(),
-        None => response,
-    }
+    let response = http_get(port, "/metrics", None).expect("the HTTP server listens");
+    assert_eq!(response.status, 200, "{}", response.body);
+    response.body
 }
 
 #[test]

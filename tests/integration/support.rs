@@ -231,3 +231,41 @@ pub fn promtool(args: &[&str], stdin: Option<&str>) {
         stdin.unwrap_or_default()
     );
 }
+
+/// A TCP port free on the loopback interface.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An HTTP response: status and body.
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+/// `GET path` from `127.0.0.1:port`, with a bearer token if given; `None`
+/// while nothing listens there.
+pub fn http_get(port: u16, path: &str, token: Option<&str>) -> Option<HttpResponse> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some(HttpResponse {
+        status,
+        body: body.to_string(),
+    })
+}

@@ -386,9 +386,11 @@ impl SourceContext {
         }
     }
 
-    /// Publishes how far each assigned partition is behind its end, as far
-    /// as the broker's statistics tell; released partitions are left out.
+    /// Publishes the assigned partitions and how far each is behind its
+    /// end, as far as the broker's statistics tell; released partitions are
+    /// left out.
     fn publish_lags(&self, shared: &Shared) {
+        let assigned = shared.parts.values().filter(|p| p.assigned).count();
         let lags = shared
             .parts
             .iter()
@@ -406,7 +408,7 @@ impl SourceContext {
                 })
             })
             .collect();
-        self.stats.set_consumer_lags(lags);
+        self.stats.set_partitions(assigned, lags);
     }
 
     /// Tells the pipeline which partitions are read to their end.
