@@ -212,7 +212,7 @@ pub enum ReplayTarget {
 pub struct ReplayArgs {
     /// Configuration file (TOML): the fixed [[tables]] and [inputs] topics,
     /// and [kafka] for topics.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "VIGIL_CONFIG")]
     pub config: Option<PathBuf>,
 
     /// The DLQ topic to read.
@@ -343,7 +343,7 @@ pub struct DemoArgs {
 pub struct RunArgs {
     /// Configuration file (TOML): [kafka], [inputs] topics, [outputs],
     /// [[tables]]... (see config/example.toml).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "VIGIL_CONFIG")]
     pub config: Option<PathBuf>,
 }
 
@@ -352,7 +352,7 @@ pub struct RunArgs {
 pub struct CheckArgs {
     /// Configuration file (TOML); without it the embedded default
     /// (config/default.toml, no tables mapped) is used.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "VIGIL_CONFIG")]
     pub config: Option<PathBuf>,
 
     /// CDC input files (Debezium, Maxwell or Canal JSON; repeat the flag or

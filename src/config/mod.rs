@@ -754,6 +754,17 @@ impl Config {
         let overrides: Vec<(String, String)> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .filter(|(k, _)| {
+                // Settings have a section: other VIGIL_* variables, like
+                // the service links Kubernetes gives every pod of a
+                // namespace with a Service named vigil (VIGIL_PORT, ...) or
+                // VIGIL_CONFIG, are not settings.
+                let setting = k.contains("__");
+                if !setting {
+                    tracing::debug!(var = %k, "not a setting (no `__`): ignored");
+                }
+                setting
+            })
             .collect();
         let config = if overrides.is_empty() {
             from_file
@@ -1180,6 +1191,19 @@ mod tests {
 
         let tables = vec![("VIGIL_TABLES__X".to_string(), "1".to_string())];
         assert!(Config::parse_with_env("t", "", tables).is_err());
+        let service_links = [
+            ("VIGIL_SERVICE_HOST", "10.0.0.7"),
+            ("VIGIL_SERVICE_PORT", "9464"),
+            ("VIGIL_PORT", "tcp://10.0.0.7:9464"),
+            ("VIGIL_PORT_9464_TCP_ADDR", "10.0.0.7"),
+            ("VIGIL_CONFIG", "/etc/vigil/vigil.toml"),
+        ];
+        let env = service_links
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain([("VIGIL_PIPELINE__WORKERS".to_string(), "3".to_string())]);
+        let c = Config::parse_with_env("t", "", env).unwrap();
+        assert_eq!(c.pipeline.workers, 3, "variables without `__` are ignored");
 
         let kafka = vec![(
             "VIGIL_KAFKA__BOOTSTRAP_SERVERS".to_string(),

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `vigil` binary: `vigil check` on generated
 //! workloads and bad input, `vigil run` through an embedded Kafka broker
-//! (with its HTTP server), the alert rules and the dashboard.
+//! (with its HTTP server), the alert rules and the dashboard, the command
+//! line around the modes.
 
 mod broker;
 mod check;
@@ -9,6 +10,7 @@ mod check;
 #[allow(dead_code)]
 #[path = "../../src/registry/fake.rs"]
 mod fake_registry;
+mod cli;
 mod http;
 mod monitoring;
 mod replay;
