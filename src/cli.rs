@@ -196,6 +196,37 @@ pub enum Command {
     /// failure.
     #[command(verbatim_doc_comment)]
     Replay(ReplayArgs),
+
+    /// Print a shell completion script to stdout.
+    ///
+    /// For example: `vigil completions bash > /etc/bash_completion.d/vigil`,
+    /// `vigil completions zsh > "${fpath[1]}/_vigil"`,
+    /// `vigil completions fish > ~/.config/fish/completions/vigil.fish`.
+    Completions(CompletionsArgs),
+
+    /// Write the manual pages (roff): vigil(1) to stdout, or vigil(1) and a
+    /// page per subcommand (vigil-run(1), ...) into --out DIR.
+    ///
+    /// For example: `vigil man | man -l -`, or
+    /// `vigil man --out /usr/local/share/man/man1`.
+    Man(ManArgs),
+}
+
+/// Flags of `vigil completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Flags of `vigil man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory to write vigil.1 and the subcommands' pages into (created
+    /// if missing); without it vigil.1 goes to stdout.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 /// Where `vigil replay` sends records.

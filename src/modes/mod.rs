@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod check;
 pub mod demo;
+pub mod docs;
 pub mod generate;
 pub mod replay;
 pub mod run;

@@ -1,6 +1,6 @@
 //! What the command line gives operators besides the modes: the
 //! configuration named by `VIGIL_CONFIG` among Kubernetes' service-link
-//! variables.
+//! variables, shell completions, manual pages.
 
 use std::fs;
 
@@ -40,4 +40,37 @@ fn vigil_config_names_the_file_and_service_links_are_not_settings() {
         summary["violations"]["missing_invalidation"], 1,
         "the table of VIGIL_CONFIG is mapped: {summary}"
     );
+}
+
+#[test]
+fn completions_and_manual_pages_cover_every_subcommand() {
+    let bash = run(vigil().args(["completions", "bash"]));
+    assert!(bash.status.success());
+    let script = String::from_utf8(bash.stdout).unwrap();
+    assert!(script.contains("_vigil()"), "{script}");
+    for sub in ["check", "run", "replay", "gen", "demo", "man"] {
+        assert!(script.contains(sub), "bash completion lacks {sub}");
+    }
+
+    let man = run(vigil().arg("man"));
+    assert!(man.status.success());
+    let page = String::from_utf8(man.stdout).unwrap();
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH vigil 1"),
+        "{page}"
+    );
+    assert!(page.contains("consistency watchdog"), "{page}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("man1");
+    let written = run(vigil().arg("man").arg("--out").arg(&out));
+    assert!(
+        written.status.success(),
+        "{}",
+        String::from_utf8_lossy(&written.stderr)
+    );
+    for page in ["vigil.1", "vigil-run.1", "vigil-check.1"] {
+        let text = fs::read_to_string(out.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH"), "{page}");
+    }
 }
