@@ -197,6 +197,19 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Replay(ReplayArgs),
 
+    /// Show what a stopped instance's state holds of a cache key, as JSON.
+    ///
+    /// Opens the state directory (state.path) read-only and prints the key
+    /// as of the last checkpoint: its changes (table, primary key, version,
+    /// commit time, status Pending / Missed / Decided, the invalidation that
+    /// covered it), its recent invalidations, its fills (waiting and judged,
+    /// with the violation reported for each) and its armed deadline. A
+    /// running instance answers the same at GET /v1/keys/{key}.
+    ///
+    /// Exit status: 0 the key was found; 4 it was not, or the state cannot
+    /// be read.
+    Inspect(InspectArgs),
+
     /// Print a shell completion script to stdout.
     ///
     /// For example: `vigil completions bash > /etc/bash_completion.d/vigil`,
@@ -210,6 +223,18 @@ pub enum Command {
     /// For example: `vigil man | man -l -`, or
     /// `vigil man --out /usr/local/share/man/man1`.
     Man(ManArgs),
+}
+
+/// Flags of `vigil inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The state directory of the instance (its state.path).
+    #[arg(long, value_name = "DIR")]
+    pub state: PathBuf,
+
+    /// The cache key, as services name it (`user:42`).
+    #[arg(value_name = "KEY")]
+    pub key: String,
 }
 
 /// Flags of `vigil completions`.

@@ -5,7 +5,9 @@
 //! - `GET /healthz`: 200 while the process serves;
 //! - `GET /readyz`: 200 once partitions are assigned, their state restored
 //!   and the consumer within `metrics.ready_lag` records of their ends, else
-//!   503; both with a JSON body saying where the consumer stands.
+//!   503; both with a JSON body saying where the consumer stands;
+//! - `GET /v1/keys/{key}`: what the store holds of a cache key as of the
+//!   last checkpoint ([`inspect::KeyView`], JSON), 404 if nothing.
 //!
 //! With `metrics.bearer_token`, every path but the two probes asks for
 //! `Authorization: Bearer <token>`.
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
@@ -24,6 +26,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
 use crate::config::MetricsConfig;
+use crate::inspect;
+use crate::state::Store;
 use crate::telemetry::{Progress, Stats};
 
 /// How often the recorder's histograms are compacted.
@@ -40,6 +44,7 @@ pub struct HttpError {
 struct Shared {
     metrics: PrometheusHandle,
     stats: Arc<Stats>,
+    store: Arc<dyn Store>,
     ready_lag: u64,
     bearer_token: Option<String>,
 }
@@ -52,6 +57,7 @@ pub fn start(
     config: &MetricsConfig,
     metrics: PrometheusHandle,
     stats: Arc<Stats>,
+    store: Arc<dyn Store>,
 ) -> Result<SocketAddr, HttpError> {
     let err = |source| HttpError { listen, source };
     let listener = std::net::TcpListener::bind(listen).map_err(err)?;
@@ -75,6 +81,7 @@ pub fn start(
     let app = router(Arc::new(Shared {
         metrics,
         stats,
+        store,
         ready_lag: config.ready_lag,
         bearer_token: config.bearer_token.clone(),
     }));
@@ -89,6 +96,7 @@ pub fn start(
 fn router(shared: Arc<Shared>) -> Router {
     let guarded = Router::new()
         .route("/metrics", get(metrics))
+        .route("/v1/keys/{*key}", get(key))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&shared), auth));
     Router::new()
         .route("/healthz", get(healthz))
@@ -130,6 +138,22 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         shared.metrics.render(),
     )
         .into_response()
+}
+
+async fn key(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> Response {
+    match inspect::key_view(&*shared.store, &key) {
+        Ok(Some(view)) => Json(view).into_response(),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("no state for key {key:?}") })),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
 }
 
 async fn healthz() -> &'static str {

@@ -35,7 +35,7 @@
 //!   `vigil gen`'s schemas);
 //! - [`config`]: the TOML configuration; [`telemetry`]: counters, metrics
 //!   and logs; [`http`]: the HTTP server of `vigil run` (metrics, health,
-//!   readiness);
+//!   readiness, key state); [`inspect`]: read-only views of the state;
 //! - [`model`]: the domain types every stage shares; [`workload`]: the
 //!   synthetic workload generator behind `vigil gen` (JSON formats, or
 //!   Debezium in Confluent's Avro framing with [`workload::avro`]).
@@ -49,6 +49,7 @@ pub mod formats;
 pub mod hash;
 pub mod http;
 pub mod ingest;
+pub mod inspect;
 pub mod io;
 pub mod mapping;
 pub mod model;

@@ -6,6 +6,7 @@ pub mod check;
 pub mod demo;
 pub mod docs;
 pub mod generate;
+pub mod inspect;
 pub mod replay;
 pub mod run;
 

@@ -38,6 +38,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitStatus> {
         Some(telemetry::install_recorder()?)
     };
     let stats = Arc::new(Stats::default());
+    let store = open_store(&config.state.path, config.state.cache_size)?;
     if let Some(recorder) = recorder {
         let listen = config
             .metrics
@@ -50,10 +51,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitStatus> {
             &config.metrics,
             recorder,
             Arc::clone(&stats),
+            Arc::clone(&store),
         )?;
-        tracing::info!(%bound, "serving http://{bound}/metrics, /healthz, /readyz");
+        tracing::info!(%bound, "serving http://{bound}/metrics, /healthz, /readyz, /v1/keys/");
     }
-    let store = open_store(&config.state.path, config.state.cache_size)?;
     let control = Control::default();
     control.on_signals(runtime.handle());
     let report = serve(&config, store, stats, &control)?;

@@ -36,6 +36,8 @@ mod sink;
 mod storms;
 mod worker;
 
+pub use shard::read_key;
+
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;

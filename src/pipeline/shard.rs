@@ -137,15 +137,32 @@ fn load_key(
     scope: i32,
     open: &OpenKeys,
 ) -> Result<Option<KeyEntry>, StateError> {
-    let Some(bytes) = store.get(Cf::Keys, &codec::scoped(scope, key.as_bytes()))? else {
+    let Some(stored) = read_stored(store, key, scope)? else {
         return Ok(None);
     };
-    let (_, stored): (Millis, StoredKey) = codec::decode(Cf::Keys, &bytes)?;
     Ok(Some(KeyEntry {
         persisted_armed: stored.armed,
         open: open.contains_key(key),
         stored,
     }))
+}
+
+fn read_stored(store: &dyn Store, key: &str, scope: i32) -> Result<Option<StoredKey>, StateError> {
+    let Some(bytes) = store.get(Cf::Keys, &codec::scoped(scope, key.as_bytes()))? else {
+        return Ok(None);
+    };
+    let (_, stored): (Millis, StoredKey) = codec::decode(Cf::Keys, &bytes)?;
+    Ok(Some(stored))
+}
+
+/// A cache key's state and armed deadline as `scope` of the store holds
+/// them (as of the last checkpoint), for inspection.
+pub fn read_key(
+    store: &dyn Store,
+    key: &str,
+    scope: i32,
+) -> Result<Option<(KeyState, Option<Millis>)>, StateError> {
+    Ok(read_stored(store, key, scope)?.map(|stored| (stored.state, stored.armed)))
 }
 
 /// Reads an entity from the store.

@@ -60,6 +60,16 @@ impl RocksStore {
     /// Opens (creating if needed) the store at `path`, with the block cache
     /// and memtable sizes of `memory`.
     pub fn open_with(path: &Path, memory: MemoryBudget) -> Result<Self, StateError> {
+        Self::open_db(path, memory, false)
+    }
+
+    /// Opens the store of a stopped instance without writing to it (for
+    /// `vigil inspect`); writes through it fail.
+    pub fn open_read_only(path: &Path) -> Result<Self, StateError> {
+        Self::open_db(path, MemoryBudget::of(64 << 20), true)
+    }
+
+    fn open_db(path: &Path, memory: MemoryBudget, read_only: bool) -> Result<Self, StateError> {
         let retention = RetentionHorizon::new();
         let cache = Cache::new_lru_cache(memory.block_cache);
         let memtable = memory.memtables / 2;
@@ -67,21 +77,24 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(cf.name(), cf_options(cf, &cache, memtable, &retention))
         });
         let mut db_opts = Options::default();
-        db_opts.create_if_missing(true);
-        db_opts.create_missing_column_families(true);
-        db_opts.set_max_background_jobs(2);
-        db_opts.set_db_write_buffer_size(memory.memtables);
-        let db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| {
-            StateError::Rocks {
-                path: path.display().to_string(),
-                message: e.into_string(),
-            }
+        let db = if read_only {
+            DB::open_cf_descriptors_read_only(&db_opts, path, descriptors, false)
+        } else {
+            db_opts.create_if_missing(true);
+            db_opts.create_missing_column_families(true);
+            db_opts.set_max_background_jobs(2);
+            db_opts.set_db_write_buffer_size(memory.memtables);
+            DB::open_cf_descriptors(&db_opts, path, descriptors)
+        }
+        .map_err(|e| StateError::Rocks {
+            path: path.display().to_string(),
+            message: e.into_string(),
         })?;
         Ok(RocksStore {
             db: Arc::new(db),
             path: path.to_path_buf(),
             retention,
-            logged: true,
+            logged: !read_only,
         })
     }
 

@@ -1,6 +1,7 @@
 //! The HTTP server of `vigil run` over real HTTP, against the embedded
 //! broker: health at once, readiness only once partitions are assigned and
-//! read to their ends, metrics behind the bearer token.
+//! read to their ends, metrics behind the bearer token, a key's state (and
+//! the same from `vigil inspect` once stopped).
 
 use std::time::Duration;
 
@@ -122,4 +123,102 @@ fn readiness_waits_for_assignment_and_catch_up_and_the_token_guards_metrics() {
 
     let (code, log) = daemon.terminate();
     assert_eq!(code, Some(0), "{log}");
+}
+
+/// A Debezium update of `public.users` row `id` to `version`, committed at
+/// `ts_ms`.
+fn user_update(id: u64, version: u64, ts_ms: i64) -> String {
+    format!(
+        r#"{{"op":"u","ts_ms":{ts_ms},"source":{{"table":"users","schema":"public","ts_ms":{ts_ms}}},"before":{{"id":{id},"version":{}}},"after":{{"id":{id},"version":{version}}}}}"#,
+        version - 1
+    )
+}
+
+#[test]
+fn a_key_s_story_is_served_while_running_and_inspected_once_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cdc, cache) = ("keys-cdc", "keys-cache");
+    let broker = Broker::new(&[(cdc, 1), (cache, 1)]);
+    let port = free_port();
+    let tables = "[detect]\ndeadline = \"1s\"\n\n[[tables]]\ntable = \"public.users\"\npk = [\"id\"]\nkeys = [\"user:{id}\"]\nversion = \"column:version\"\n";
+    let config = run_config(
+        dir.path(),
+        tables,
+        &broker.bootstrap,
+        &[cdc],
+        &[cache],
+        &[(
+            "metrics",
+            "listen",
+            toml::Value::String(format!("127.0.0.1:{port}")),
+        )],
+    );
+    // user:1 changes and is never invalidated; user:2 is invalidated in time.
+    let ts = 1_700_000_000_000i64;
+    let invalidation = format!(
+        r#"{{"operation":"invalidate","cache_key":"user:2","version":5,"timestamp":{}}}"#,
+        ts + 10
+    );
+    for (topic, value) in [
+        (cdc, user_update(1, 3, ts)),
+        (cdc, user_update(2, 5, ts)),
+        (cache, invalidation),
+    ] {
+        broker.produce(&Out {
+            topic,
+            partition: 0,
+            key: None,
+            value: Some(value.as_bytes()),
+            headers: &[],
+            ts_ms: Some(ts),
+        });
+    }
+    broker.flush();
+    let daemon = Daemon::start(&config);
+    let violations = json_values(&broker.read_until(VIOLATIONS, 3, WAIT, |m| !m.is_empty()));
+    assert_eq!(violations.len(), 1, "{violations:?}\n{}", daemon.log());
+    let reported = &violations[0]["data"];
+    assert_eq!(reported["kind"], "missing_invalidation");
+    assert_eq!(reported["key"], "user:1");
+
+    // The daemon's view, once a checkpoint holds the verdict.
+    let mut missed = Value::Null;
+    assert!(
+        wait_until(WAIT, || {
+            let response = http_get(port, "/v1/keys/user:1", None).unwrap();
+            missed = json(&response);
+            response.status == 200 && missed["changes"][0]["status"] != "Pending"
+        }),
+        "{missed}\n{}",
+        daemon.log()
+    );
+    let change = &missed["changes"][0];
+    assert_eq!(change["table"], "public.users");
+    assert_eq!(change["version"]["major"], reported["version"]);
+    assert_eq!(change["cover"], Value::Null, "nothing covered it: {missed}");
+    let covered = json(&http_get(port, "/v1/keys/user:2", None).unwrap());
+    assert_eq!(covered["changes"][0]["cover"]["ts"], ts + 10, "{covered}");
+    assert_eq!(covered["invalidations"][0]["version"], 5, "{covered}");
+    let unknown = http_get(port, "/v1/keys/user:404", None).unwrap();
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    let inspected = run(vigil()
+        .args(["inspect", "--state"])
+        .arg(dir.path().join("state"))
+        .arg("user:1"));
+    assert!(
+        inspected.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspected.stderr)
+    );
+    let stopped: Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(stopped["changes"], missed["changes"], "the same story");
+    let absent = run(vigil()
+        .args(["inspect", "--state"])
+        .arg(dir.path().join("state"))
+        .arg("user:404"));
+    assert_eq!(absent.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&absent.stderr).contains("no state for key"));
 }

@@ -1,0 +1,70 @@
+//! Read-only views of the state, for `GET /v1/keys/{key}` of a running
+//! `vigil run` and for `vigil inspect --state DIR` on a stopped one.
+//!
+//! Both read the store, not the workers' memory: what they show is the key
+//! as of the last checkpoint (at most `state.checkpoint_interval` old on a
+//! running instance), with its changes (version, commit time, verdict
+//! status, covering invalidation), its recent invalidations, its fills
+//! (waiting and judged) and its armed deadline.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::detect::key::{Fill, Invalidation, KeyChange};
+use crate::model::Millis;
+use crate::pipeline::read_key;
+use crate::state::{Cf, StateError, Store, codec};
+
+/// What the store holds of one cache key.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyView {
+    pub key: String,
+    /// The input partition number whose state holds the key (0 unless
+    /// `inputs.co_partitioned`).
+    pub scope: i32,
+    /// When the key's next deadline falls due (event time, ms), if armed.
+    pub armed_deadline_ms: Option<Millis>,
+    /// The latest event time seen at the key.
+    pub touched_ms: Millis,
+    /// Its changes by commit time, with their status (`Pending`, `Missed`,
+    /// `Decided`) and the invalidation that covered each, if any.
+    pub changes: Vec<KeyChange>,
+    pub invalidations: Vec<Invalidation>,
+    /// Fills waiting for the watermark.
+    pub pending_fills: Vec<Fill>,
+    /// Fills already judged, with the violation reported for each, if any.
+    pub judged_fills: Vec<Fill>,
+}
+
+/// The key's view, from whichever scope holds it; `None` if no scope does.
+pub fn key_view(store: &dyn Store, key: &str) -> Result<Option<KeyView>, StateError> {
+    for scope in scopes(store)? {
+        if let Some((state, armed)) = read_key(store, key, scope)? {
+            return Ok(Some(KeyView {
+                key: key.to_string(),
+                scope,
+                armed_deadline_ms: armed,
+                touched_ms: state.touched,
+                changes: state.changes,
+                invalidations: state.invalidations,
+                pending_fills: state.fills,
+                judged_fills: state.judged,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// The scopes state can be kept under: 0, and every input partition number
+/// the store has a position for.
+fn scopes(store: &dyn Store) -> Result<BTreeSet<i32>, StateError> {
+    let mut scopes = BTreeSet::from([0]);
+    store.scan(Cf::Offsets, &[], &mut |key, _| {
+        if let Some((_, partition)) = codec::parse_offset_key(key) {
+            scopes.insert(partition);
+        }
+        true
+    })?;
+    Ok(scopes)
+}
