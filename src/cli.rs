@@ -85,6 +85,9 @@ pub enum Command {
     /// report, one JSON object a line: kind, key, table, pk, version and, for
     /// late invalidations, lag_ms) and
     /// DIR/vigil.toml (the configuration that maps the generated tables).
+    /// With --brokers the records go to their Kafka topics instead of the
+    /// two record files; --format avro (Debezium in Confluent's Avro
+    /// framing) needs --brokers and --schema-registry.
     ///
     /// Every change's keys are invalidated in time and fills carry the current
     /// version, except where a fault is injected. Duplicate deliveries, clock
