@@ -7,10 +7,10 @@ mod broker;
 mod check;
 // The unit tests' stand-in Schema Registry, shared: they use what these
 // tests do not.
+mod cli;
 #[allow(dead_code)]
 #[path = "../../src/registry/fake.rs"]
 mod fake_registry;
-mod cli;
 mod http;
 mod monitoring;
 mod replay;
