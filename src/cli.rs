@@ -200,14 +200,16 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Replay(ReplayArgs),
 
-    /// Show what a stopped instance's state holds of a cache key, as JSON.
+    /// Show what a stopped instance's state holds of a cache key, or its
+    /// storms in progress, as JSON.
     ///
-    /// Opens the state directory (state.path) read-only and prints the key
-    /// as of the last checkpoint: its changes (table, primary key, version,
-    /// commit time, status Pending / Missed / Decided, the invalidation that
-    /// covered it), its recent invalidations, its fills (waiting and judged,
-    /// with the violation reported for each) and its armed deadline. A
-    /// running instance answers the same at GET /v1/keys/{key}.
+    /// Opens the state directory (state.path) read-only and prints, as of
+    /// the last checkpoint, the key: its changes (table, primary key,
+    /// version, commit time, status Pending / Missed / Decided, the
+    /// invalidation that covered it), its recent invalidations, its fills
+    /// (waiting and judged, with the violation reported for each) and its
+    /// armed deadline; or, with --storms, the storms in progress. A running
+    /// instance answers the same at GET /v1/keys/{key} and GET /v1/storms.
     ///
     /// Exit status: 0 the key was found; 4 it was not, or the state cannot
     /// be read.
@@ -236,8 +238,12 @@ pub struct InspectArgs {
     pub state: PathBuf,
 
     /// The cache key, as services name it (`user:42`).
-    #[arg(value_name = "KEY")]
-    pub key: String,
+    #[arg(value_name = "KEY", required_unless_present = "storms")]
+    pub key: Option<String>,
+
+    /// Show the storms in progress instead of a key.
+    #[arg(long, conflicts_with = "key")]
+    pub storms: bool,
 }
 
 /// Flags of `vigil completions`.

@@ -7,7 +7,8 @@
 //!   and the consumer within `metrics.ready_lag` records of their ends, else
 //!   503; both with a JSON body saying where the consumer stands;
 //! - `GET /v1/keys/{key}`: what the store holds of a cache key as of the
-//!   last checkpoint ([`inspect::KeyView`], JSON), 404 if nothing.
+//!   last checkpoint ([`inspect::KeyView`], JSON), 404 if nothing;
+//! - `GET /v1/storms`: the storms in progress as of the last checkpoint.
 //!
 //! With `metrics.bearer_token`, every path but the two probes asks for
 //! `Authorization: Bearer <token>`.
@@ -97,6 +98,7 @@ fn router(shared: Arc<Shared>) -> Router {
     let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/keys/{*key}", get(key))
+        .route("/v1/storms", get(storms))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&shared), auth));
     Router::new()
         .route("/healthz", get(healthz))
@@ -140,19 +142,23 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
+/// A JSON error with its status.
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
 async fn key(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> Response {
     match inspect::key_view(&*shared.store, &key) {
         Ok(Some(view)) => Json(view).into_response(),
-        Ok(None) => (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({ "error": format!("no state for key {key:?}") })),
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(serde_json::json!({ "error": e.to_string() })),
-        )
-            .into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no state for key {key:?}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn storms(State(shared): State<Arc<Shared>>) -> Response {
+    match inspect::storms_view(&*shared.store) {
+        Ok(storms) => Json(serde_json::json!({ "storms": storms })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

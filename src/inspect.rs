@@ -1,19 +1,23 @@
-//! Read-only views of the state, for `GET /v1/keys/{key}` of a running
-//! `vigil run` and for `vigil inspect --state DIR` on a stopped one.
+//! Read-only views of the state, for `GET /v1/keys/{key}` and
+//! `GET /v1/storms` of a running `vigil run` and for `vigil inspect --state
+//! DIR` on a stopped one.
 //!
-//! Both read the store, not the workers' memory: what they show is the key
-//! as of the last checkpoint (at most `state.checkpoint_interval` old on a
-//! running instance), with its changes (version, commit time, verdict
-//! status, covering invalidation), its recent invalidations, its fills
-//! (waiting and judged) and its armed deadline.
+//! They read the store, not the memory of the workers and the storm stage:
+//! what they show is as of the last checkpoint (at most
+//! `state.checkpoint_interval` old on a running instance). A key comes with
+//! its changes (version, commit time, verdict status, covering
+//! invalidation), its recent invalidations, its fills (waiting and judged)
+//! and its armed deadline; storms in progress with their scope, start,
+//! rates, count and top keys and services.
 
 use std::collections::BTreeSet;
 
 use serde::Serialize;
 
 use crate::detect::key::{Fill, Invalidation, KeyChange};
+use crate::detect::storm::StormEvent;
 use crate::model::Millis;
-use crate::pipeline::read_key;
+use crate::pipeline::{load_storms, read_key};
 use crate::state::{Cf, StateError, Store, codec};
 
 /// What the store holds of one cache key.
@@ -67,4 +71,10 @@ fn scopes(store: &dyn Store) -> Result<BTreeSet<i32>, StateError> {
         true
     })?;
     Ok(scopes)
+}
+
+/// The storms in progress, each as an update at the last second judged
+/// would report it.
+pub fn storms_view(store: &dyn Store) -> Result<Vec<StormEvent>, StateError> {
+    Ok(load_storms(store)?.in_progress())
 }

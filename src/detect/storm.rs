@@ -408,6 +408,43 @@ pub struct StormState {
     hot_keys: BTreeMap<u64, Track>,
 }
 
+impl StormState {
+    /// The storms in progress, by scope type then scope, each as an update
+    /// at the last second judged would report it.
+    pub fn in_progress(&self) -> Vec<StormEvent> {
+        let Some(closed) = self.closed else {
+            return Vec::new();
+        };
+        let mut tracks: Vec<(ScopeType, &Track)> = Vec::new();
+        tracks.extend(self.global.iter().map(|t| (ScopeType::Global, t)));
+        for (scope_type, followed) in [
+            (ScopeType::Prefix, &self.prefixes),
+            (ScopeType::Service, &self.services),
+            (ScopeType::HotKey, &self.hot_keys),
+        ] {
+            let start = tracks.len();
+            tracks.extend(followed.values().map(|t| (scope_type, t)));
+            tracks[start..].sort_by(|a, b| a.1.name.cmp(&b.1.name));
+        }
+        tracks.extend(self.bulk.iter().map(|t| (ScopeType::Bulk, t)));
+        tracks.extend(self.wildcard.iter().map(|t| (ScopeType::Wildcard, t)));
+        tracks
+            .into_iter()
+            .filter_map(|(scope_type, track)| {
+                let storm = track.storm.as_ref()?;
+                let time_ms = (closed + 1) * 1000;
+                Some(StormEvent::new(
+                    Phase::Updated,
+                    scope_type,
+                    &track.name,
+                    storm,
+                    time_ms,
+                ))
+            })
+            .collect()
+    }
+}
+
 /// Storm detection: feed it invalidations, advance it to the watermark.
 #[derive(Debug, Default)]
 pub struct StormDetector {

@@ -37,6 +37,7 @@ mod storms;
 mod worker;
 
 pub use shard::read_key;
+pub use storms::load_storms;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::{Engine, PipelineError, SinkMsg};
 use crate::detect::storm::{StormDetector, StormRules, StormState};
 use crate::model::Millis;
-use crate::state::{Cf, StateBatch, Store, codec};
+use crate::state::{Cf, StateBatch, StateError, Store, codec};
 use crate::telemetry::{Stage, Stats};
 
 /// The one key of [`Cf::Storms`].
@@ -50,8 +50,9 @@ fn disconnected<T>(_: T) -> PipelineError {
     PipelineError::Disconnected("sink")
 }
 
-/// Reads the detector's state from the store (a fresh one the first time).
-fn load(store: &dyn Store) -> Result<StormState, PipelineError> {
+/// Reads the detector's state from the store (a fresh one the first time):
+/// the baselines and storms in progress as of the last checkpoint.
+pub fn load_storms(store: &dyn Store) -> Result<StormState, StateError> {
     Ok(match store.get(Cf::Storms, STATE_KEY)? {
         Some(bytes) => codec::decode(Cf::Storms, &bytes)?.1,
         None => StormState::default(),
@@ -64,7 +65,7 @@ impl StormStage {
         rules: StormRules,
         sink: Sender<SinkMsg>,
     ) -> Result<Self, PipelineError> {
-        let detector = StormDetector::new(load(&*engine.store)?);
+        let detector = StormDetector::new(load_storms(&*engine.store)?);
         Ok(StormStage {
             persisted: detector.judged_until(),
             detector,

@@ -201,6 +201,12 @@ fn a_key_s_story_is_served_while_running_and_inspected_once_stopped() {
     assert_eq!(covered["invalidations"][0]["version"], 5, "{covered}");
     let unknown = http_get(port, "/v1/keys/user:404", None).unwrap();
     assert_eq!(unknown.status, 404, "{}", unknown.body);
+    let storms = json(&http_get(port, "/v1/storms", None).unwrap());
+    assert_eq!(
+        storms,
+        serde_json::json!({"storms": []}),
+        "three records are no storm"
+    );
 
     let (code, log) = daemon.terminate();
     assert_eq!(code, Some(0), "{log}");
@@ -221,4 +227,10 @@ fn a_key_s_story_is_served_while_running_and_inspected_once_stopped() {
         .arg("user:404"));
     assert_eq!(absent.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&absent.stderr).contains("no state for key"));
+    let storms = run(vigil()
+        .args(["inspect", "--storms", "--state"])
+        .arg(dir.path().join("state")));
+    assert!(storms.status.success());
+    let storms: Value = serde_json::from_slice(&storms.stdout).unwrap();
+    assert_eq!(storms, serde_json::json!({"storms": []}));
 }

@@ -411,13 +411,20 @@ fn verdicts_do_not_depend_on_arrival_order_within_the_lateness() {
     }
 }
 
-#[test]
-fn state_survives_a_restart_between_seconds() {
+/// Steady traffic with a storm of `user:` keys from 100 s to 130 s, in time
+/// order.
+fn user_storm() -> Vec<Inv> {
     let mut traffic = background(240, steady);
     traffic.extend(extra(100, 130, 3_000, |n| {
         (vec![Arc::from(format!("user:{n}"))], None)
     }));
     traffic.sort_by_key(|i| i.ts);
+    traffic
+}
+
+#[test]
+fn state_survives_a_restart_between_seconds() {
+    let traffic = user_storm();
     let whole = detect(traffic.clone());
     let rules = rules();
     let mut out = Vec::new();
@@ -441,6 +448,41 @@ fn state_survives_a_restart_between_seconds() {
     }
     d.advance(Millis::MAX, &rules, &mut out);
     assert_eq!(out, whole);
+}
+
+#[test]
+fn storms_in_progress_are_listed_until_they_end() {
+    let traffic = user_storm();
+    let rules = rules();
+    let mut d = StormDetector::default();
+    let mut out = Vec::new();
+    let (during, after): (Vec<Inv>, Vec<Inv>) = traffic.into_iter().partition(|i| i.ts < 120_000);
+    for inv in &during {
+        d.observe(inv.ts, &inv.keys, inv.service, &rules);
+    }
+    d.advance(118_000, &rules, &mut out);
+    let storms = d.state().in_progress();
+    let prefix = storms
+        .iter()
+        .find(|s| s.scope_type == ScopeType::Prefix)
+        .unwrap_or_else(|| panic!("{storms:?}"));
+    assert_eq!(prefix.scope, "user");
+    assert!((100_000..105_000).contains(&prefix.start_ms), "{prefix:?}");
+    assert!(
+        prefix.count > 10_000 && prefix.peak >= 3_000.0,
+        "{prefix:?}"
+    );
+    assert!(prefix.top_keys[0].0.starts_with("user:"), "{prefix:?}");
+    assert!(
+        storms.iter().any(|s| s.scope_type == ScopeType::Global),
+        "{storms:?}"
+    );
+    assert!(storms.iter().all(|s| s.time_ms == 118_000), "{storms:?}");
+    for inv in &after {
+        d.observe(inv.ts, &inv.keys, inv.service, &rules);
+    }
+    d.advance(Millis::MAX, &rules, &mut out);
+    assert_eq!(d.state().in_progress(), Vec::new());
 }
 
 #[test]
