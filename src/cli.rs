@@ -200,16 +200,17 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Replay(ReplayArgs),
 
-    /// Show what a stopped instance's state holds of a cache key, or its
-    /// storms in progress, as JSON.
+    /// Show what an instance's state holds of a cache key, or its storms in
+    /// progress, as JSON.
     ///
-    /// Opens the state directory (state.path) read-only and prints, as of
-    /// the last checkpoint, the key: its changes (table, primary key,
-    /// version, commit time, status Pending / Missed / Decided, the
-    /// invalidation that covered it), its recent invalidations, its fills
-    /// (waiting and judged, with the violation reported for each) and its
-    /// armed deadline; or, with --storms, the storms in progress. A running
-    /// instance answers the same at GET /v1/keys/{key} and GET /v1/storms.
+    /// Reads a stopped instance's state directory (--state, opened
+    /// read-only) or asks a running one (--url: GET /v1/keys/{key}, GET
+    /// /v1/storms), and prints, as of the last checkpoint, the key: its
+    /// changes (table, primary key, version, commit time, status Pending /
+    /// Missed / Decided, the invalidation that covered it), its recent
+    /// invalidations, its fills (waiting and judged, with the violation
+    /// reported for each) and its armed deadline; or, with --storms, the
+    /// storms in progress.
     ///
     /// Exit status: 0 the key was found; 4 it was not, or the state cannot
     /// be read.
@@ -233,9 +234,24 @@ pub enum Command {
 /// Flags of `vigil inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The state directory of the instance (its state.path).
-    #[arg(long, value_name = "DIR")]
-    pub state: PathBuf,
+    /// The state directory of a stopped instance (its state.path), opened
+    /// read-only.
+    #[arg(long, value_name = "DIR", required_unless_present = "url")]
+    pub state: Option<PathBuf>,
+
+    /// A running instance instead: the address of its HTTP server
+    /// (metrics.listen), like http://127.0.0.1:9464.
+    #[arg(long, value_name = "URL", conflicts_with = "state")]
+    pub url: Option<String>,
+
+    /// The instance's metrics.bearer_token, if it has one (with --url).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "VIGIL_METRICS__BEARER_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
 
     /// The cache key, as services name it (`user:42`).
     #[arg(value_name = "KEY", required_unless_present = "storms")]

@@ -199,6 +199,22 @@ fn a_key_s_story_is_served_while_running_and_inspected_once_stopped() {
     let covered = json(&http_get(port, "/v1/keys/user:2", None).unwrap());
     assert_eq!(covered["changes"][0]["cover"]["ts"], ts + 10, "{covered}");
     assert_eq!(covered["invalidations"][0]["version"], 5, "{covered}");
+    let asked = run(vigil().args([
+        "inspect",
+        "--url",
+        &format!("http://127.0.0.1:{port}/"),
+        "user:1",
+    ]));
+    assert!(
+        asked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&asked.stderr)
+    );
+    let asked: Value = serde_json::from_slice(&asked.stdout).unwrap();
+    assert_eq!(
+        asked["changes"], missed["changes"],
+        "inspect --url asks the same"
+    );
     let unknown = http_get(port, "/v1/keys/user:404", None).unwrap();
     assert_eq!(unknown.status, 404, "{}", unknown.body);
     let storms = json(&http_get(port, "/v1/storms", None).unwrap());
