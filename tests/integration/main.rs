@@ -5,9 +5,9 @@
 
 mod broker;
 mod check;
+mod cli;
 // The unit tests' stand-in Schema Registry, shared: they use what these
 // tests do not.
-mod cli;
 #[allow(dead_code)]
 #[path = "../../src/registry/fake.rs"]
 mod fake_registry;
