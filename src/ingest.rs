@@ -271,7 +271,6 @@ impl Ingest {
             let mapped = self.mapper.map(raw, key, provenance, input.timestamp_ms);
             match mapped {
                 Ok(Mapped::Change(change)) => out.push(Record::Change(change)),
-                Ok(Mapped::Truncate) => self.stats.add_truncate(),
                 Ok(Mapped::Unmapped { table }) => match self.unmapped {
                     UnmappedTables::Count => self.stats.add_unmapped(&table),
                     UnmappedTables::Dlq => {

@@ -26,7 +26,8 @@ pub struct TableRules {
     pub row_version: bool,
 }
 
-/// A mapped database change: one row of one table.
+/// A mapped database change: one row of one table, or a truncate of the
+/// table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     /// Identity of this change record: a redelivery has the same id (see
@@ -35,7 +36,8 @@ pub struct Change {
     /// Identity of the entity (table + primary key).
     pub entity: u64,
     pub table: Arc<str>,
-    /// The primary key as a JSON object, columns in key order: `{"id":1}`.
+    /// The primary key as a JSON object, columns in key order: `{"id":1}`;
+    /// `{}` for a truncate, which has no row.
     pub pk: Arc<str>,
     pub op: Op,
     /// `None` only for a delete without a before image in a table versioned
@@ -45,7 +47,8 @@ pub struct Change {
     pub tx_id: Option<Box<str>>,
     /// Hash of the row image (after, or before for deletes).
     pub row_hash: u64,
-    /// Cache keys of the row (from the after and the before image).
+    /// Cache keys of the row (from the after and the before image); for a
+    /// truncate, the glob of each key template of the table.
     pub keys: Vec<Arc<str>>,
     pub rules: TableRules,
     pub provenance: Provenance,
@@ -55,8 +58,6 @@ pub struct Change {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mapped {
     Change(Change),
-    /// A truncate of a mapped table: counted, obliges nothing.
-    Truncate,
     /// A change of a table that `[[tables]]` does not map.
     Unmapped {
         table: String,
@@ -67,6 +68,8 @@ struct Table {
     name: Arc<str>,
     config: TableConfig,
     rules: TableRules,
+    /// The globs of the key templates, without repeats: a truncate's keys.
+    globs: Vec<Arc<str>>,
 }
 
 /// Compiled `[[tables]]`, shared by the decoding threads.
@@ -91,6 +94,7 @@ impl Mapper {
                     contiguous: t.contiguous,
                     row_version: t.version.is_row_version(),
                 },
+                globs: globs(&t.keys),
             })
             .collect();
         let by_name = tables
@@ -136,24 +140,28 @@ impl Mapper {
                 table: describe_table(&raw.table, provenance),
             });
         };
-        if raw.op == Op::Truncate {
-            return Ok(Mapped::Truncate);
-        }
         let commit_ts_ms = raw.pos.commit_ts_ms.or(kafka_ts_ms).ok_or_else(|| {
             RecordError::new(
                 Reason::MissingTimestamp,
                 "the change carries no commit time (source.ts_ms or equivalent) and no Kafka timestamp",
             )
         })?;
-        let image = match raw.op {
-            Op::Delete => raw.before.as_ref(),
-            _ => raw.after.as_ref(),
+        let (pk, version, keys, row_hash) = if raw.op == Op::Truncate {
+            // No row, no version: the table's every key, as globs.
+            ("{}".to_string(), None, table.globs.clone(), 0)
+        } else {
+            let image = match raw.op {
+                Op::Delete => raw.before.as_ref(),
+                _ => raw.after.as_ref(),
+            };
+            let pk_row = primary_key(table, raw, key, image)?;
+            (
+                pk_json(&pk_row),
+                version_of(table, raw, image, commit_ts_ms)?,
+                render_keys(table, raw, &pk_row)?,
+                image.map_or(0, formats::row_hash),
+            )
         };
-        let pk_row = primary_key(table, raw, key, image)?;
-        let pk = pk_json(&pk_row);
-        let version = version_of(table, raw, image, commit_ts_ms)?;
-        let keys = render_keys(table, raw, &pk_row)?;
-        let row_hash = image.map_or(0, formats::row_hash);
         let entity = hash::entity(&table.name, &pk);
         let id = hash::change(entity, raw.op, version, commit_ts_ms, row_hash);
         Ok(Mapped::Change(Change {
@@ -204,6 +212,18 @@ impl Mapper {
         };
         index.map(|&i| &self.tables[i])
     }
+}
+
+/// The globs of the key templates, each once (two templates may differ only
+/// in their columns).
+fn globs(templates: &[KeyTemplate]) -> Vec<Arc<str>> {
+    let mut globs: Vec<Arc<str>> = Vec::with_capacity(templates.len());
+    for glob in templates.iter().map(KeyTemplate::glob) {
+        if !globs.iter().any(|g| **g == *glob) {
+            globs.push(Arc::from(glob));
+        }
+    }
+    globs
 }
 
 fn describe_table(t: &TableRef<'_>, provenance: &Provenance) -> String {

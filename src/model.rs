@@ -52,9 +52,17 @@ impl Op {
     }
 
     /// Creates, updates and deletes oblige the services to invalidate the
-    /// cache keys of the row; snapshot reads and truncates do not.
+    /// cache keys of the row, a truncate every key of the table (the globs
+    /// of its key templates); snapshot reads do not.
     pub fn obliges_invalidation(self) -> bool {
-        matches!(self, Op::Create | Op::Update | Op::Delete)
+        matches!(self, Op::Create | Op::Update | Op::Delete | Op::Truncate)
+    }
+
+    /// Whether the change is about one row, and so subject to the entity
+    /// checks: every op but a truncate, which has no row (and must not move
+    /// the versions of the rows it empties).
+    pub fn is_row_change(self) -> bool {
+        self != Op::Truncate
     }
 }
 

@@ -128,7 +128,6 @@ pub struct Progress {
 pub struct Stats {
     records_by_input: Mutex<BTreeMap<String, u64>>,
     changes: [AtomicU64; 5],
-    truncates: AtomicU64,
     invalidations: AtomicU64,
     fills: AtomicU64,
     duplicates: AtomicU64,
@@ -175,7 +174,6 @@ impl Default for Stats {
         Stats {
             records_by_input: Mutex::default(),
             changes: Default::default(),
-            truncates: AtomicU64::default(),
             invalidations: AtomicU64::default(),
             fills: AtomicU64::default(),
             duplicates: AtomicU64::default(),
@@ -445,10 +443,6 @@ impl Stats {
         bump(&self.changes[op_index(op)], 1);
     }
 
-    pub fn add_truncate(&self) {
-        bump(&self.truncates, 1);
-    }
-
     pub fn add_cache_events(&self, invalidations: u64, fills: u64) {
         bump(&self.invalidations, invalidations);
         bump(&self.fills, fills);
@@ -661,7 +655,7 @@ impl Stats {
                     .map(|op| (op.code(), read(&self.changes[op_index(*op)])))
                     .collect(),
             ),
-            truncates: read(&self.truncates),
+            truncates: read(&self.changes[op_index(Op::Truncate)]),
             cache_events: read(&self.invalidations) + read(&self.fills),
             invalidations: read(&self.invalidations),
             fills: read(&self.fills),

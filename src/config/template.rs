@@ -37,6 +37,19 @@ impl KeyTemplate {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// The glob every key the template renders matches, each `{column}` as
+    /// `*` (`user:{id}:profile` -> `user:*:profile`): the keys a truncate
+    /// obliges the services to invalidate.
+    pub fn glob(&self) -> String {
+        self.segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(text) => text.as_str(),
+                Segment::Column(_) => "*",
+            })
+            .collect()
+    }
 }
 
 impl TryFrom<String> for KeyTemplate {
@@ -174,6 +187,13 @@ mod tests {
 
     fn t(s: &str) -> Result<KeyTemplate, String> {
         KeyTemplate::try_from(s.to_string())
+    }
+
+    #[test]
+    fn a_template_glob_puts_a_star_for_each_column() {
+        assert_eq!(t("user:{id}:profile").unwrap().glob(), "user:*:profile");
+        assert_eq!(t("{tenant}/{id}").unwrap().glob(), "*/*");
+        assert_eq!(t("{{x}}:{id}").unwrap().glob(), "{x}:*");
     }
 
     #[test]

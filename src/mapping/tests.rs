@@ -899,21 +899,36 @@ fn change_without_any_time_is_an_error() {
 // Truncates
 
 #[test]
-fn truncate_of_a_mapped_table_is_a_truncate() {
+fn truncate_of_a_mapped_table_obliges_the_glob_of_each_key_template() {
     let m = table(
         "inventory.products",
-        "pk = [\"id\"]\nkeys = [\"product:{id}\"]\nversion = \"column:version\"",
+        "pk = [\"id\"]\nkeys = [\"product:{id}\", \"product:{sku}\", \"product:{id}:{sku}\"]\n\
+         version = \"column:version\"\ndeadline = \"5s\"",
     );
     let value = r#"{"op":"t","before":null,"after":null,"source":{"schema":"inventory","table":"products"}}"#;
-    // Neither a primary key nor a time nor a version is needed.
-    assert_eq!(
-        map_with(&m, value, None, &kafka("cdc"), None),
-        Ok(Mapped::Truncate)
-    );
+    // Neither a primary key nor a version is needed; the Kafka timestamp
+    // stands in for the commit time.
+    let Ok(Mapped::Change(c)) = map_with(&m, value, None, &kafka("cdc"), Some(KAFKA_TS)) else {
+        panic!("a truncate is a change")
+    };
+    assert_eq!(c.op, Op::Truncate);
+    assert_eq!(&*c.table, "inventory.products");
+    assert_eq!(&*c.pk, "{}");
+    assert_eq!(c.version, None);
+    assert_eq!(c.commit_ts_ms, KAFKA_TS);
+    assert_eq!(c.rules.deadline_ms, 5_000);
+    // `product:{id}` and `product:{sku}` have the same glob: it is obliged once.
+    let keys: Vec<&str> = c.keys.iter().map(|k| &**k).collect();
+    assert_eq!(keys, ["product:*", "product:*:*"]);
+    // Without any time there is no deadline to judge it by.
+    let err = map_with(&m, value, None, &kafka("cdc"), None).unwrap_err();
+    assert_eq!(err.reason, Reason::MissingTimestamp);
 
     let m = table("shop.items", "keys = [\"item:{id}\"]");
     let canal = r#"{"data":null,"database":"shop","table":"items","es":1700000000000,"id":4,"isDdl":false,"type":"TRUNCATE"}"#;
-    assert_eq!(map(&m, canal, None), Ok(Mapped::Truncate));
+    let c = mapped(&m, canal, None);
+    assert_eq!((c.op, c.commit_ts_ms), (Op::Truncate, 1_700_000_000_000));
+    assert_eq!(c.keys, [Arc::<str>::from("item:*")]);
 }
 
 #[test]

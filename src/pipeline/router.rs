@@ -201,10 +201,12 @@ impl Router {
         let n = self.work.len();
         let scope = self.scope(&change.provenance);
         let change = Arc::new(change);
-        self.pending[hash::shard_of_entity(change.entity, n)].push(WorkItem::Entity {
-            change: Arc::clone(&change),
-            scope,
-        });
+        if change.op.is_row_change() {
+            self.pending[hash::shard_of_entity(change.entity, n)].push(WorkItem::Entity {
+                change: Arc::clone(&change),
+                scope,
+            });
+        }
         if change.op.obliges_invalidation() {
             for key in &change.keys {
                 self.pending[hash::shard_of_key(key, n)].push(WorkItem::Change {

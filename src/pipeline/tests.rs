@@ -263,6 +263,68 @@ fn verdicts_do_not_depend_on_how_partitions_interleave() {
     assert!(results.iter().all(|r| *r == results[0]), "{results:#?}");
 }
 
+/// A truncate of `public.users` at `ts` ms.
+fn truncate(ts: i64) -> String {
+    format!(r#"{{"op":"t","source":{{"ts_ms":{ts},"schema":"public","table":"users"}}}}"#)
+}
+
+#[test]
+fn a_truncate_obliges_a_glob_invalidation_of_each_key_template() {
+    let cdc = vec![
+        change(1, 1, "c", 1_000),
+        truncate(2_000),
+        change(1, 2, "u", 5_000),
+        truncate(10_000),
+        truncate(20_000),
+    ];
+    let cache = vec![
+        invalidation("user:1", 1, 1_100),
+        invalidation("user:1:profile", 1, 1_100),
+        // Covers both of the first truncate's patterns in time.
+        invalidation("user:*", 0, 2_050),
+        invalidation("user:1", 2, 5_050),
+        invalidation("user:1:profile", 2, 5_050),
+        // Neither an exact key nor a narrower glob covers `user:*`; the
+        // profile pattern is covered by its own text.
+        invalidation("user:1", 3, 10_020),
+        invalidation("user:1*", 0, 10_050),
+        invalidation("user:*:profile", 0, 10_060),
+        // After the 1 s deadline, within the late window.
+        invalidation("*", 0, 21_500),
+    ];
+    let results: Vec<(Vec<String>, u64)> = interleavings(&cdc, &cache)
+        .iter()
+        .map(|plan| {
+            let h = Harness::new();
+            let options = EngineOptions::from_config(&h.config, true);
+            let (out, _, stats) = h.run_with(options, plan, true, false);
+            let verdicts = out
+                .iter()
+                .map(|l| l.rsplit_once(' ').unwrap().0.to_string())
+                .collect();
+            (verdicts, stats.snapshot().truncates)
+        })
+        .collect();
+    // user:1's own changes, invalidated in time, give nothing; the first
+    // truncate is covered, the second only for its profile pattern, the
+    // third late for both.
+    assert_eq!(
+        results[0],
+        (
+            vec![
+                "late_invalidation user:*".to_string(),
+                "late_invalidation user:*:profile".to_string(),
+                "missing_invalidation user:*".to_string(),
+                "missing_invalidation user:*".to_string(),
+                "missing_invalidation user:*:profile".to_string(),
+            ],
+            3
+        ),
+        "{results:#?}"
+    );
+    assert!(results.iter().all(|r| *r == results[0]), "{results:#?}");
+}
+
 #[test]
 fn checkpoints_store_positions_with_the_state() {
     let (cdc, cache) = inputs();

@@ -237,6 +237,124 @@ fn debezium_user(op: &str, id: Option<u64>, version: u64, ts: i64) -> String {
     .to_string()
 }
 
+fn debezium_truncate(table: &str, ts: i64) -> String {
+    json!({
+        "before": null, "after": null, "op": "t",
+        "source": { "ts_ms": ts, "schema": "public", "table": table, "db": "app" }
+    })
+    .to_string()
+}
+
+#[test]
+fn a_truncate_is_covered_by_globs_matching_its_key_templates() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vigil.toml");
+    fs::write(
+        &config,
+        r#"
+[detect]
+deadline = "1s"
+skew = "100ms"
+allowed_lateness = "0ms"
+late_window = "10s"
+
+[[tables]]
+table = "public.users"
+pk = ["id"]
+keys = ["user:{id}", "user:{id}:profile"]
+version = "column:version"
+"#,
+    )
+    .unwrap();
+    let cdc = dir.path().join("cdc.ndjson");
+    fs::write(
+        &cdc,
+        [
+            debezium_truncate("users", 1_000),
+            debezium_truncate("users", 10_000),
+            debezium_user("c", Some(1), 1, 10_000),
+            debezium_truncate("users", 20_000),
+            debezium_truncate("orders", 20_000),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let cache = dir.path().join("cache.ndjson");
+    fs::write(
+        &cache,
+        [
+            // Covers both patterns of the first truncate in time.
+            r#"{"operation":"invalidate","cache_key":"user:*","timestamp":1.5}"#,
+            // The second: exact keys and `user:1*` do not cover `user:*`,
+            // `user:*:profile` covers only itself.
+            r#"{"operation":"invalidate","cache_key":"user:1","version":1,"timestamp":10.05}"#,
+            r#"{"operation":"invalidate","cache_key":"user:1:profile","version":1,"timestamp":10.05}"#,
+            r#"{"operation":"invalidate","cache_key":"user:1*","timestamp":10.2}"#,
+            r#"{"operation":"invalidate","cache_key":"user:*:profile","timestamp":10.3}"#,
+            r#"{"operation":"fill","cache_key":"user:1","version":1,"timestamp":12}"#,
+            // The third: after its deadline, within the late window.
+            r#"{"operation":"invalidate","cache_key":"*","timestamp":23}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+
+    let checked = check(
+        Some(&config),
+        &[&cdc],
+        &[&cache],
+        &dir.path().join("out"),
+        &[],
+    );
+    assert_eq!(checked.code, 0, "{}", checked.stderr);
+    let violations = checked.violations();
+    let mut got: Vec<(String, String, i64)> = violations
+        .iter()
+        .map(|v| {
+            let d = &v["data"];
+            let change_ts = d["change_ts"].as_str().unwrap();
+            let seconds = change_ts[17..19].parse::<i64>().unwrap();
+            (
+                d["kind"].as_str().unwrap().to_string(),
+                d["key"].as_str().unwrap().to_string(),
+                seconds,
+            )
+        })
+        .collect();
+    got.sort();
+    let want = |kind: &str, key: &str, s: i64| (kind.to_string(), key.to_string(), s);
+    assert_eq!(
+        got,
+        vec![
+            want("late_invalidation", "user:*", 20),
+            want("late_invalidation", "user:*:profile", 20),
+            want("missing_invalidation", "user:*", 10),
+            want("missing_invalidation", "user:*", 20),
+            want("missing_invalidation", "user:*:profile", 20),
+        ],
+        "{violations:#?}"
+    );
+    let schema = crate::schemas::Schema::named("urn:vigil:schema:violation:v1");
+    for v in &violations {
+        let d = &v["data"];
+        assert_eq!(v["subject"], d["key"]);
+        assert_eq!(d["table"], "public.users");
+        assert_eq!(d["pk"], json!({}));
+        assert_eq!(d["op"], "t");
+        assert_eq!(d["version"], Value::Null);
+        assert_eq!(d["deadline_ms"], 1000);
+        if d["kind"] == "late_invalidation" {
+            assert_eq!(d["lag_ms"], 3000);
+        }
+        let errors = schema.errors(d);
+        assert!(errors.is_empty(), "{v}: {errors:?}");
+    }
+    let s = &checked.summary;
+    assert_eq!(s["truncates"], 3);
+    // A truncate of an unmapped table is what any of its changes is.
+    assert_eq!(s["dead_letters"]["unmapped_table"], 1);
+}
+
 #[test]
 fn bad_input_ends_in_the_dlq_with_its_reason_and_never_stops_the_run() {
     let dir = tempfile::tempdir().unwrap();

@@ -1387,6 +1387,13 @@ fn glob_matches_table() {
         ("*:*:*", "a:b", false),
         ("a**b", "ab", true),
         ("a**b", "a-b", true),
+        // A truncate's key is its template's glob: a glob covers it when the
+        // glob's text matches the pattern's (a star in it taken literally).
+        ("user:*", "user:*:profile", true),
+        ("*", "user:*:profile", true),
+        ("user:*:profile", "user:*:profile", true),
+        ("user:1*", "user:*:profile", false),
+        ("user:*:avatar", "user:*:profile", false),
     ];
     for &(pattern, key, expected) in cases {
         assert_eq!(
