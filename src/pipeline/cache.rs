@@ -7,7 +7,8 @@
 //! before the checkpoint, [`Slots::save_some`] writes some of them at a
 //! time, and a marked slot about to change is written first, so the
 //! checkpoint holds every slot as it was at the checkpoint (copy on write).
-//! Then [`Slots::evict`] lets slots leave memory, oldest persisted first, until
+//! Then [`Slots::evict`] lets slots leave memory, oldest persisted first
+//! (those that wait for nothing before keys whose timer is armed), until
 //! the worker is back under its share of `state.cache_size`. A slot may
 //! leave only when the store holds its current value and the checkpoint
 //! that wrote it is committed, so that reading it back gives the same
