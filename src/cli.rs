@@ -253,9 +253,16 @@ pub struct InspectArgs {
     )]
     pub token: Option<String>,
 
-    /// The cache key, as services name it (`user:42`).
+    /// The cache key, as services name it (`user:42`); with --entity, the
+    /// row's primary key as a JSON object, as violations name it
+    /// (`{"id":42}`).
     #[arg(value_name = "KEY", required_unless_present = "storms")]
     pub key: Option<String>,
+
+    /// Show a row's entity state instead of a key: the table, as
+    /// [[tables]] names it (`public.users`); KEY is then the primary key.
+    #[arg(long, value_name = "TABLE", conflicts_with = "storms")]
+    pub entity: Option<String>,
 
     /// Show the storms in progress instead of a key.
     #[arg(long, conflicts_with = "key")]

@@ -8,6 +8,9 @@
 //!   503; both with a JSON body saying where the consumer stands;
 //! - `GET /v1/keys/{key}`: what the store holds of a cache key as of the
 //!   last checkpoint ([`inspect::KeyView`], JSON), 404 if nothing;
+//! - `GET /v1/entities/{table}/{pk}`: the same of a row (`pk` the primary
+//!   key as a JSON object, as violations name it: `{"id":42}`, URL-encoded
+//!   or not) ([`inspect::EntityView`]), 404 if nothing;
 //! - `GET /v1/storms`: the storms in progress as of the last checkpoint.
 //!
 //! With `metrics.bearer_token`, every path but the two probes asks for
@@ -98,6 +101,7 @@ fn router(shared: Arc<Shared>) -> Router {
     let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/keys/{*key}", get(key))
+        .route("/v1/entities/{table}/{*pk}", get(entity))
         .route("/v1/storms", get(storms))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&shared), auth));
     Router::new()
@@ -151,6 +155,20 @@ async fn key(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> Resp
     match inspect::key_view(&*shared.store, &key) {
         Ok(Some(view)) => Json(view).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no state for key {key:?}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn entity(
+    State(shared): State<Arc<Shared>>,
+    Path((table, pk)): Path<(String, String)>,
+) -> Response {
+    match inspect::entity_view(&*shared.store, &table, &pk) {
+        Ok(Some(view)) => Json(view).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("no state for row {pk} of {table:?}"),
+        ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -1,23 +1,26 @@
-//! Read-only views of the state, for `GET /v1/keys/{key}` and
-//! `GET /v1/storms` of a running `vigil run` and for `vigil inspect --state
-//! DIR` on a stopped one.
+//! Read-only views of the state, for `GET /v1/keys/{key}`,
+//! `GET /v1/entities/{table}/{pk}` and `GET /v1/storms` of a running `vigil
+//! run` and for `vigil inspect --state DIR` on a stopped one.
 //!
 //! They read the store, not the memory of the workers and the storm stage:
 //! what they show is as of the last checkpoint (at most
 //! `state.checkpoint_interval` old on a running instance). A key comes with
 //! its changes (version, commit time, verdict status, covering
 //! invalidation), its recent invalidations, its fills (waiting and judged)
-//! and its armed deadline; storms in progress with their scope, start,
+//! and its armed deadline; an entity (a row) with the highest version of
+//! its current life, whether its last change was a delete, and its recent
+//! change ids; storms in progress with their scope, start,
 //! rates, count and top keys and services.
 
 use std::collections::BTreeSet;
 
 use serde::Serialize;
 
+use crate::detect::entity::EntityState;
 use crate::detect::key::{Fill, Invalidation, KeyChange};
 use crate::detect::storm::StormEvent;
 use crate::model::Millis;
-use crate::pipeline::{load_storms, read_key};
+use crate::pipeline::{load_storms, read_entity, read_key};
 use crate::state::{Cf, StateError, Store, codec};
 
 /// What the store holds of one cache key.
@@ -54,6 +57,46 @@ pub fn key_view(store: &dyn Store, key: &str) -> Result<Option<KeyView>, StateEr
                 invalidations: state.invalidations,
                 pending_fills: state.fills,
                 judged_fills: state.judged,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// What the store holds of one entity (a row of a mapped table).
+#[derive(Debug, Clone, Serialize)]
+pub struct EntityView {
+    pub table: String,
+    /// The primary key, a JSON object as in violations.
+    pub pk: serde_json::Value,
+    /// The input partition number whose state holds the entity.
+    pub scope: i32,
+    /// The latest commit time of its changes.
+    pub touched_ms: Millis,
+    /// The version checks' state: the highest version of the row's current
+    /// life, the hash of that row image, whether the last change was a
+    /// delete, and the ids of its recent changes.
+    pub state: EntityState,
+}
+
+/// The view of the entity of row `pk` of `table`, from whichever scope
+/// holds it; `None` if no scope does.
+pub fn entity_view(
+    store: &dyn Store,
+    table: &str,
+    pk: &str,
+) -> Result<Option<EntityView>, StateError> {
+    for scope in scopes(store)? {
+        if let Some((state, touched)) = read_entity(store, table, pk, scope)? {
+            return Ok(Some(EntityView {
+                table: table.to_string(),
+                // Found by the hash of its text, so it is the text the
+                // mapping wrote: a JSON object.
+                pk: serde_json::from_str(pk)
+                    .unwrap_or_else(|_| serde_json::Value::String(pk.to_string())),
+                scope,
+                touched_ms: touched,
+                state,
             }));
         }
     }

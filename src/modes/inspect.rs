@@ -1,5 +1,5 @@
-//! `vigil inspect KEY|--storms`: a cache key's state, or the storms in
-//! progress, from a stopped instance's store opened read-only (`--state`)
+//! `vigil inspect KEY|--entity TABLE PK|--storms`: a cache key's state, a
+//! row's entity state, or the storms in progress, from a stopped instance's store opened read-only (`--state`)
 //! or from a running instance's HTTP server (`--url`).
 
 use std::path::Path;
@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::ExitStatus;
 use crate::cli::InspectArgs;
-use crate::inspect::{key_view, storms_view};
+use crate::inspect::{entity_view, key_view, storms_view};
 use crate::state::RocksStore;
 
 /// How long a running instance may take to answer.
@@ -19,7 +19,7 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn run(args: &InspectArgs) -> anyhow::Result<ExitStatus> {
     let view = match (&args.url, &args.state) {
         (Some(url), _) => ask(url, args)?,
-        (None, Some(dir)) => read(dir, args.key.as_deref())?,
+        (None, Some(dir)) => read(dir, args)?,
         (None, None) => bail!("give --state DIR or --url URL"),
     };
     println!("{}", serde_json::to_string_pretty(&view)?);
@@ -27,12 +27,21 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<ExitStatus> {
 }
 
 /// From a stopped instance's state directory.
-fn read(dir: &Path, key: Option<&str>) -> anyhow::Result<Value> {
+fn read(dir: &Path, args: &InspectArgs) -> anyhow::Result<Value> {
     let store = RocksStore::open_read_only(dir)
         .with_context(|| format!("opening the state in {} read-only", dir.display()))?;
-    let Some(key) = key else {
+    let Some(key) = args.key.as_deref() else {
         return Ok(serde_json::json!({ "storms": storms_view(&store)? }));
     };
+    if let Some(table) = &args.entity {
+        let Some(view) = entity_view(&store, table, key)? else {
+            bail!(
+                "no state for row {key} of {table:?} in {} (the table as [[tables]] names it, the primary key as violations name it?)",
+                dir.display()
+            );
+        };
+        return Ok(serde_json::to_value(view)?);
+    }
     let Some(view) = key_view(&store, key)? else {
         bail!(
             "no state for key {key:?} in {} (is it the state.path of the instance, and the key as services name it?)",
@@ -44,9 +53,14 @@ fn read(dir: &Path, key: Option<&str>) -> anyhow::Result<Value> {
 
 /// From a running instance's HTTP server.
 fn ask(base: &str, args: &InspectArgs) -> anyhow::Result<Value> {
-    let path = match &args.key {
-        Some(key) => format!("/v1/keys/{}", encode_path(key)),
-        None => "/v1/storms".to_string(),
+    let path = match (&args.entity, &args.key) {
+        (Some(table), Some(pk)) => format!(
+            "/v1/entities/{}/{}",
+            encode_path(table).replace('/', "%2F"),
+            encode_path(pk)
+        ),
+        (None, Some(key)) => format!("/v1/keys/{}", encode_path(key)),
+        _ => "/v1/storms".to_string(),
     };
     let url = format!("{}{path}", base.trim_end_matches('/'));
     let tls = ureq::tls::TlsConfig::builder()

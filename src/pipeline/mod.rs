@@ -36,7 +36,7 @@ mod sink;
 mod storms;
 mod worker;
 
-pub use shard::read_key;
+pub use shard::{read_entity, read_key};
 pub use storms::load_storms;
 
 use std::sync::Arc;

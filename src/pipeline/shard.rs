@@ -122,10 +122,10 @@ const GLOB_PRUNE_SLACK_MS: i64 = 1_000;
 
 /// Storage key of an entity: its scope, then its id (the hash of table and
 /// primary key), both big-endian; it is also the entity's key in memory.
-fn entity_key(scope: i32, change: &Change) -> [u8; 12] {
+fn entity_key(scope: i32, entity: u64) -> [u8; 12] {
     let mut key = [0; 12];
     key[..4].copy_from_slice(&codec::scope_prefix(scope));
-    key[4..].copy_from_slice(&change.entity.to_be_bytes());
+    key[4..].copy_from_slice(&entity.to_be_bytes());
     key
 }
 
@@ -172,6 +172,20 @@ fn load_entity(store: &dyn Store, key: &[u8; 12]) -> Result<Option<EntityEntry>,
     };
     let (touched, state) = codec::decode(Cf::Entities, &bytes)?;
     Ok(Some(EntityEntry { state, touched }))
+}
+
+/// An entity's state and the latest commit time of its changes as `scope`
+/// of the store holds them (as of the last checkpoint), for inspection:
+/// the entity of row `pk` (the primary key as a JSON object, as violations
+/// name it) of `table` (as `[[tables]]` names it).
+pub fn read_entity(
+    store: &dyn Store,
+    table: &str,
+    pk: &str,
+    scope: i32,
+) -> Result<Option<(EntityState, Millis)>, StateError> {
+    let key = entity_key(scope, hash::entity(table, pk));
+    Ok(load_entity(store, &key)?.map(|entry| (entry.state, entry.touched)))
 }
 
 /// Bookkeeping after a key's state changed: its timer, and the index of
@@ -406,7 +420,9 @@ impl Shard {
         let store = &*self.store;
         let (_, slot) = self
             .entities
-            .change(&entity_key(scope, change), scope, |k| load_entity(store, k))?;
+            .change(&entity_key(scope, change.entity), scope, |k| {
+                load_entity(store, k)
+            })?;
         let entry = &mut slot.value;
         entry.touched = entry.touched.max(change.commit_ts_ms);
         Ok(&mut entry.state)

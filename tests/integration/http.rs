@@ -217,6 +217,28 @@ fn a_key_s_story_is_served_while_running_and_inspected_once_stopped() {
     );
     let unknown = http_get(port, "/v1/keys/user:404", None).unwrap();
     assert_eq!(unknown.status, 404, "{}", unknown.body);
+    // The row behind user:1: its entity holds the version the change brought.
+    let row = json(&http_get(port, "/v1/entities/public.users/%7B%22id%22:1%7D", None).unwrap());
+    assert_eq!(row["pk"], reported["pk"], "{row}");
+    assert_eq!(row["state"]["highest"]["major"], 3, "{row}");
+    assert_eq!(row["touched_ms"], ts, "{row}");
+    let asked_row = run(vigil().args([
+        "inspect",
+        "--url",
+        &format!("http://127.0.0.1:{port}"),
+        "--entity",
+        "public.users",
+        r#"{"id":1}"#,
+    ]));
+    assert!(
+        asked_row.status.success(),
+        "{}",
+        String::from_utf8_lossy(&asked_row.stderr)
+    );
+    let asked_row: Value = serde_json::from_slice(&asked_row.stdout).unwrap();
+    assert_eq!(asked_row, row, "inspect --url --entity asks the same");
+    let no_row = http_get(port, "/v1/entities/public.users/%7B%22id%22:404%7D", None).unwrap();
+    assert_eq!(no_row.status, 404, "{}", no_row.body);
     let storms = json(&http_get(port, "/v1/storms", None).unwrap());
     assert_eq!(
         storms,
@@ -237,6 +259,17 @@ fn a_key_s_story_is_served_while_running_and_inspected_once_stopped() {
     );
     let stopped: Value = serde_json::from_slice(&inspected.stdout).unwrap();
     assert_eq!(stopped["changes"], missed["changes"], "the same story");
+    let entity = run(vigil()
+        .args(["inspect", "--entity", "public.users", "--state"])
+        .arg(dir.path().join("state"))
+        .arg(r#"{"id":1}"#));
+    assert!(
+        entity.status.success(),
+        "{}",
+        String::from_utf8_lossy(&entity.stderr)
+    );
+    let entity: Value = serde_json::from_slice(&entity.stdout).unwrap();
+    assert_eq!(entity["state"], row["state"], "the same row");
     let absent = run(vigil()
         .args(["inspect", "--state"])
         .arg(dir.path().join("state"))
