@@ -517,6 +517,11 @@ impl Shard {
         Ok(())
     }
 
+    /// The checkpoint being saved, or saved last.
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Whether a checkpoint is being saved.
     pub(super) fn is_saving(&self) -> bool {
         self.saving.is_some()

@@ -27,8 +27,6 @@ pub(super) struct Worker {
     /// Where applied batches go back to the router, empty.
     spare: Sender<Vec<WorkItem>>,
     shard: Shard,
-    /// The latest checkpoint this worker took part in.
-    epoch: u64,
     watermark: Millis,
     /// The latest event time of the records applied (the globs' history
     /// runs back from it).
@@ -96,7 +94,6 @@ impl Worker {
             sink,
             spare,
             shard: Shard::new(index, shards, engine, committed),
-            epoch: 0,
             watermark: Millis::MIN,
             latest: Millis::MIN,
             verdicts: Verdicts {
@@ -199,7 +196,6 @@ impl Worker {
         self.finish_checkpoint()?;
         self.fire_due(usize::MAX)?;
         self.send_violations()?;
-        self.epoch = epoch;
         let tallies = std::mem::take(&mut self.verdicts.tallies);
         self.verdicts.stats.add_table_tallies(&tallies);
         self.shard.begin_persist(epoch);
@@ -227,7 +223,7 @@ impl Worker {
                 .set_state_size(self.index, self.shard.size());
             self.sink
                 .send(SinkMsg::Fragment {
-                    epoch: self.epoch,
+                    epoch: self.shard.epoch(),
                     batch,
                 })
                 .map_err(disconnected)?;
