@@ -46,21 +46,17 @@ pub struct KeyView {
 
 /// The key's view, from whichever scope holds it; `None` if no scope does.
 pub fn key_view(store: &dyn Store, key: &str) -> Result<Option<KeyView>, StateError> {
-    for scope in scopes(store)? {
-        if let Some((state, armed)) = read_key(store, key, scope)? {
-            return Ok(Some(KeyView {
-                key: key.to_string(),
-                scope,
-                armed_deadline_ms: armed,
-                touched_ms: state.touched,
-                changes: state.changes,
-                invalidations: state.invalidations,
-                pending_fills: state.fills,
-                judged_fills: state.judged,
-            }));
-        }
-    }
-    Ok(None)
+    let found = first_scope(store, |scope| read_key(store, key, scope))?;
+    Ok(found.map(|(scope, (state, armed))| KeyView {
+        key: key.to_string(),
+        scope,
+        armed_deadline_ms: armed,
+        touched_ms: state.touched,
+        changes: state.changes,
+        invalidations: state.invalidations,
+        pending_fills: state.fills,
+        judged_fills: state.judged,
+    }))
 }
 
 /// What the store holds of one entity (a row of a mapped table).
@@ -86,18 +82,27 @@ pub fn entity_view(
     table: &str,
     pk: &str,
 ) -> Result<Option<EntityView>, StateError> {
+    let found = first_scope(store, |scope| read_entity(store, table, pk, scope))?;
+    Ok(found.map(|(scope, (state, touched))| EntityView {
+        table: table.to_string(),
+        // Found by the hash of its text, so it is the text the mapping
+        // wrote: a JSON object.
+        pk: serde_json::from_str(pk).unwrap_or_else(|_| serde_json::Value::String(pk.to_string())),
+        scope,
+        touched_ms: touched,
+        state,
+    }))
+}
+
+/// What `read` finds in the first scope that holds anything, with the
+/// scope.
+fn first_scope<T>(
+    store: &dyn Store,
+    mut read: impl FnMut(i32) -> Result<Option<T>, StateError>,
+) -> Result<Option<(i32, T)>, StateError> {
     for scope in scopes(store)? {
-        if let Some((state, touched)) = read_entity(store, table, pk, scope)? {
-            return Ok(Some(EntityView {
-                table: table.to_string(),
-                // Found by the hash of its text, so it is the text the
-                // mapping wrote: a JSON object.
-                pk: serde_json::from_str(pk)
-                    .unwrap_or_else(|_| serde_json::Value::String(pk.to_string())),
-                scope,
-                touched_ms: touched,
-                state,
-            }));
+        if let Some(found) = read(scope)? {
+            return Ok(Some((scope, found)));
         }
     }
     Ok(None)
