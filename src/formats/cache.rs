@@ -2,10 +2,14 @@
 
 use std::sync::Arc;
 
+use std::fmt;
+
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::json::{
-    Field, Object, Scalar, array, parse_object, scalar, string, text, uint_or_digits, wrong_type,
+    Field, Name, Scalar, array, optional, parse_object_with, required, scalar, string, text,
+    uint_or_digits, wrong_type,
 };
 use super::timestamp::{epoch_number_ms, parse_rfc3339};
 use crate::dead_letter::{Reason, RecordError};
@@ -15,16 +19,17 @@ use crate::model::{CacheAction, CacheEvent, CacheOperation, Millis, is_glob};
 /// Kafka timestamp `kafka_ts_ms`; without either the record is a
 /// `missing_timestamp` error. Unknown fields are ignored.
 pub fn decode_cache(value: &str, kafka_ts_ms: Option<Millis>) -> Result<CacheEvent, RecordError> {
-    let event = parse_object(value)?;
-    let name = event.required("operation", string)?;
+    let event = parse_object_with(value, FieldsVisitor)?;
+    let field = Field::new;
+    let name = required(event.operation, field("operation"), string)?;
     let operation = CacheOperation::parse(&name).ok_or_else(|| {
         RecordError::new(
             Reason::UnknownOp,
-            format!("{} has unknown operation {name:?}", event.path("operation")),
+            format!("{} has unknown operation {name:?}", field("operation")),
         )
     })?;
     let keys = keys(&event, operation)?;
-    let ts_ms = match event.field("timestamp", timestamp)? {
+    let ts_ms = match optional(event.timestamp, field("timestamp"), timestamp)? {
         Some(ts_ms) => ts_ms,
         None => kafka_ts_ms.ok_or_else(|| {
             RecordError::new(
@@ -36,24 +41,73 @@ pub fn decode_cache(value: &str, kafka_ts_ms: Option<Millis>) -> Result<CacheEve
     Ok(CacheEvent {
         operation,
         keys,
-        entity_type: event.field("entity_type", string)?.map(Into::into),
-        entity_id: event.field("entity_id", text)?.map(Into::into),
-        source_service: event.field("source_service", string)?.map(Into::into),
-        version: event.field("version", uint_or_digits)?,
+        entity_type: optional(event.entity_type, field("entity_type"), string)?.map(Into::into),
+        entity_id: optional(event.entity_id, field("entity_id"), text)?.map(Into::into),
+        source_service: optional(event.source_service, field("source_service"), string)?
+            .map(Into::into),
+        version: optional(event.version, field("version"), uint_or_digits)?,
         ts_ms,
     })
 }
 
+/// The fields of a cache event that vigil reads, undecoded; the first
+/// occurrence of a name counts, unknown names are skipped.
+#[derive(Default)]
+struct Fields<'a> {
+    operation: Option<&'a RawValue>,
+    cache_keys: Option<&'a RawValue>,
+    cache_key: Option<&'a RawValue>,
+    timestamp: Option<&'a RawValue>,
+    entity_type: Option<&'a RawValue>,
+    entity_id: Option<&'a RawValue>,
+    source_service: Option<&'a RawValue>,
+    version: Option<&'a RawValue>,
+}
+
+/// Reads [`Fields`] in one pass over the object.
+struct FieldsVisitor;
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = Fields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = Fields::default();
+        while let Some(Name(name)) = map.next_key()? {
+            let slot = match name.as_ref() {
+                "operation" => &mut fields.operation,
+                "cache_keys" => &mut fields.cache_keys,
+                "cache_key" => &mut fields.cache_key,
+                "timestamp" => &mut fields.timestamp,
+                "entity_type" => &mut fields.entity_type,
+                "entity_id" => &mut fields.entity_id,
+                "source_service" => &mut fields.source_service,
+                "version" => &mut fields.version,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            let value = map.next_value()?;
+            slot.get_or_insert(value);
+        }
+        Ok(fields)
+    }
+}
+
 /// The keys of `cache_keys` then `cache_key`, each once, in that order.
-fn keys(event: &Object, operation: CacheOperation) -> Result<Vec<Arc<str>>, RecordError> {
-    let listed = event.field("cache_keys", array)?.unwrap_or_default();
-    let single = event.get("cache_key").filter(|value| value.get() != "null");
+fn keys(event: &Fields, operation: CacheOperation) -> Result<Vec<Arc<str>>, RecordError> {
+    let listed = optional(event.cache_keys, Field::new("cache_keys"), array)?.unwrap_or_default();
+    let single = event.cache_key.filter(|value| value.get() != "null");
     let mut keys: Vec<Arc<str>> = Vec::with_capacity(listed.len() + 1);
     let fields = (0..).map(|i| Field::new("cache_keys").at(i));
     for (value, field) in listed
         .into_iter()
         .zip(fields)
-        .chain(single.map(|v| (v, event.path("cache_key"))))
+        .chain(single.map(|v| (v, Field::new("cache_key"))))
     {
         let key = key(value, field, operation)?;
         if !keys.contains(&key) {

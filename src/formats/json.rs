@@ -109,9 +109,9 @@ fn update_without_whitespace(hasher: &mut Digest, json: &str) {
 // ---------------------------------------------------------------------------
 // Parsing
 
-/// The top level of a JSON text.
-pub(crate) enum Top<'a> {
-    Object(Object<'a>),
+/// The top level of a JSON text; `O` is what its object is read as.
+pub(crate) enum Top<O> {
+    Object(O),
     Null,
     /// Any other value, by its JSON type name.
     Other(&'static str),
@@ -119,20 +119,38 @@ pub(crate) enum Top<'a> {
 
 /// Parses a JSON text, decoding only the top level. Invalid JSON (truncated,
 /// trailing garbage...) is an `invalid_json` error.
-pub(crate) fn parse(text: &str) -> Result<Top<'_>, RecordError> {
-    serde_json::from_str::<TopLevel>(text)
-        .map(|top| top.0)
-        .map_err(|e| RecordError::new(Reason::InvalidJson, format!("not valid JSON: {e}")))
+pub(crate) fn parse(text: &str) -> Result<Top<Object<'_>>, RecordError> {
+    Ok(match parse_with(text, FieldsVisitor)? {
+        Top::Object(fields) => Top::Object(Object {
+            fields,
+            parent: None,
+        }),
+        Top::Null => Top::Null,
+        Top::Other(kind) => Top::Other(kind),
+    })
 }
 
-/// Parses a JSON text that must be an object; anything else is
-/// `unknown_format`.
-pub(crate) fn parse_object(text: &str) -> Result<Object<'_>, RecordError> {
-    match parse(text)? {
+/// Parses a JSON text that must be an object, its fields read by `fields`
+/// in one pass; anything else is `unknown_format`.
+pub(crate) fn parse_object_with<'a, V: Visitor<'a>>(
+    text: &'a str,
+    fields: V,
+) -> Result<V::Value, RecordError> {
+    match parse_with(text, fields)? {
         Top::Object(object) => Ok(object),
         Top::Null => Err(not_an_object("null")),
         Top::Other(kind) => Err(not_an_object(kind)),
     }
+}
+
+/// Parses a JSON text whose top-level object `fields` reads; the whole text
+/// must be one value.
+fn parse_with<'a, V: Visitor<'a>>(text: &'a str, fields: V) -> Result<Top<V::Value>, RecordError> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    deserializer
+        .deserialize_any(TopVisitor(fields))
+        .and_then(|top| deserializer.end().map(|()| top))
+        .map_err(|e| RecordError::new(Reason::InvalidJson, format!("not valid JSON: {e}")))
 }
 
 fn not_an_object(kind: &str) -> RecordError {
@@ -142,30 +160,19 @@ fn not_an_object(kind: &str) -> RecordError {
     )
 }
 
-struct TopLevel<'a>(Top<'a>);
+/// Reads the top level: an object with the visitor it wraps, any other
+/// value by its type.
+struct TopVisitor<V>(V);
 
-impl<'de> Deserialize<'de> for TopLevel<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(TopVisitor).map(TopLevel)
-    }
-}
-
-struct TopVisitor;
-
-impl<'de> Visitor<'de> for TopVisitor {
-    type Value = Top<'de>;
+impl<'de, V: Visitor<'de>> Visitor<'de> for TopVisitor<V> {
+    type Value = Top<V::Value>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON value")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        FieldsVisitor.visit_map(map).map(|fields| {
-            Top::Object(Object {
-                fields,
-                parent: None,
-            })
-        })
+        self.0.visit_map(map).map(Top::Object)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
@@ -706,7 +713,7 @@ mod tests {
 
     /// The fields of an object text.
     fn fields(text: &str) -> Row<'_> {
-        super::parse_object(text).expect("an object").fields
+        super::parse_object_with(text, super::FieldsVisitor).expect("an object")
     }
 
     #[test]
