@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, KeyTemplate, Segment, TableConfig, TableFormat, VersionSource};
@@ -76,9 +77,22 @@ struct Table {
 pub struct Mapper {
     tables: Vec<Table>,
     /// Qualified name -> table index.
-    by_name: HashMap<String, usize>,
+    by_name: Names,
     /// Bare table name -> table index, for names that are unambiguous.
-    by_bare_name: HashMap<String, usize>,
+    by_bare_name: Names,
+}
+
+/// Table names to table indexes, looked up once or twice per change: a
+/// fast hash, and qualified names built on the stack ([`qualified`]).
+type Names = HashMap<String, usize, foldhash::fast::RandomState>;
+
+/// `qualifier.name`, inline up to 24 bytes.
+fn qualified(qualifier: &str, name: &str) -> CompactString {
+    let mut joined = CompactString::with_capacity(qualifier.len() + 1 + name.len());
+    joined.push_str(qualifier);
+    joined.push('.');
+    joined.push_str(name);
+    joined
 }
 
 impl Mapper {
@@ -196,7 +210,7 @@ impl Mapper {
             Some(name) => [t.schema.as_deref(), t.db.as_deref()]
                 .into_iter()
                 .flatten()
-                .find_map(|q| self.by_name.get(&format!("{q}.{name}")))
+                .find_map(|q| self.by_name.get(qualified(q, name).as_str()))
                 .or_else(|| self.by_name.get(name.as_ref()))
                 .or_else(|| self.by_bare_name.get(name.as_ref())),
             None if provenance.from_file => None,
@@ -204,9 +218,9 @@ impl Mapper {
                 let topic = provenance.topic.as_ref();
                 let mut parts = topic.rsplitn(3, '.');
                 let last = parts.next()?;
-                let qualified = parts.next().map(|q| format!("{q}.{last}"));
-                qualified
-                    .and_then(|q| self.by_name.get(&q))
+                let joined = parts.next().map(|q| qualified(q, last));
+                joined
+                    .and_then(|q| self.by_name.get(q.as_str()))
                     .or_else(|| self.by_bare_name.get(last))
             }
         };
