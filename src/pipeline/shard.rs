@@ -102,10 +102,47 @@ impl Default for EntityEntry {
     }
 }
 
-/// Keys with undecided changes and their scope, in key order. The keys are
-/// held inline (up to 24 bytes), so that the comparisons of an insert or a
-/// removal read the tree's nodes rather than a string elsewhere each.
-type OpenKeys = BTreeMap<CompactString, i32>;
+/// Keys with undecided changes and their scope, in key order.
+type OpenKeys = BTreeMap<OpenKey, i32>;
+
+/// A key in the index of open keys, ordered as its bytes. The key is held
+/// inline (up to 24 bytes) and its first eight bytes also as one number,
+/// compared first: most comparisons of an insert or a removal end there,
+/// without reading a string or calling `memcmp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OpenKey {
+    head: u64,
+    key: CompactString,
+}
+
+impl OpenKey {
+    fn new(key: &str) -> Self {
+        let mut head = [0u8; 8];
+        let n = key.len().min(8);
+        head[..n].copy_from_slice(&key.as_bytes()[..n]);
+        OpenKey {
+            head: u64::from_be_bytes(head),
+            key: CompactString::from(key),
+        }
+    }
+}
+
+/// The order of the keys' bytes: where two heads differ, the first byte
+/// that differs decides both, a key that ends there (padded with zeros)
+/// being the lesser; equal heads fall back to the whole keys.
+impl Ord for OpenKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.head
+            .cmp(&other.head)
+            .then_with(|| self.key.as_bytes().cmp(other.key.as_bytes()))
+    }
+}
+
+impl PartialOrd for OpenKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// A key's timer in the queue: the key and its scope, and the key's slot
 /// as it was when armed (which spares the lookup while the key stays in
@@ -142,7 +179,7 @@ fn load_key(
     };
     Ok(Some(KeyEntry {
         persisted_armed: stored.armed,
-        open: open.contains_key(key),
+        open: open.contains_key(&OpenKey::new(key)),
         stored,
     }))
 }
@@ -208,9 +245,9 @@ fn after_change(
     if is_open != entry.open {
         entry.open = is_open;
         if is_open {
-            open.insert(CompactString::from(key), slot.scope);
+            open.insert(OpenKey::new(key), slot.scope);
         } else {
-            open.remove(key);
+            open.remove(&OpenKey::new(key));
         }
     }
 }
@@ -433,10 +470,10 @@ impl Shard {
     pub(super) fn open_matching(&self, pattern: &str) -> Vec<(CompactString, i32)> {
         let prefix = glob_prefix(pattern);
         self.open
-            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .filter(|(k, _)| glob_matches(pattern, k))
-            .map(|(k, s)| (k.clone(), *s))
+            .range((Bound::Included(OpenKey::new(prefix)), Bound::Unbounded))
+            .take_while(|(k, _)| k.key.starts_with(prefix))
+            .filter(|(k, _)| glob_matches(pattern, &k.key))
+            .map(|(k, s)| (k.key.clone(), *s))
             .collect()
     }
 
@@ -612,7 +649,7 @@ impl Shard {
             if let Some((scope, due, key)) = codec::parse_timer_key(k)
                 && hash::shard_of_key(key, shards) == index
             {
-                open.insert(CompactString::from(key), scope);
+                open.insert(OpenKey::new(key), scope);
                 timers.push(
                     due,
                     Armed {
@@ -665,5 +702,50 @@ impl Shard {
     /// all of them, shard 0 stores them, when state is kept.
     fn stores_globs(&self) -> bool {
         self.index == 0 && self.durable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::OpenKey;
+
+    /// Short keys, with bytes that make the heads' padding matter: NUL,
+    /// and keys that are prefixes of one another.
+    fn key() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![Just('\0'), Just('a'), Just('b'), Just('~')],
+            0..12,
+        )
+        .prop_map(|chars| chars.into_iter().collect())
+    }
+
+    proptest! {
+        #[test]
+        fn open_keys_order_as_their_bytes(a in key(), b in key()) {
+            prop_assert_eq!(
+                OpenKey::new(&a).cmp(&OpenKey::new(&b)),
+                a.as_bytes().cmp(b.as_bytes())
+            );
+        }
+    }
+
+    #[test]
+    fn open_keys_order_across_the_head() {
+        let mut keys = [
+            "t1:9:row",
+            "t1:10:row",
+            "t1:1",
+            "t1:1\0",
+            "t1:100000000:row",
+            "t",
+            "",
+        ];
+        let mut open: Vec<OpenKey> = keys.iter().map(|k| OpenKey::new(k)).collect();
+        keys.sort();
+        open.sort();
+        let sorted: Vec<&str> = open.iter().map(|k| k.key.as_str()).collect();
+        assert_eq!(sorted, keys);
     }
 }
