@@ -86,8 +86,9 @@ pub enum Command {
     /// late invalidations, lag_ms) and
     /// DIR/vigil.toml (the configuration that maps the generated tables).
     /// With --brokers the records go to their Kafka topics instead of the
-    /// two record files; --format avro (Debezium in Confluent's Avro
-    /// framing) needs --brokers and --schema-registry.
+    /// two record files; --format avro and --format protobuf (Debezium in
+    /// Confluent's Avro or Protobuf framing) need --brokers and
+    /// --schema-registry.
     ///
     /// Every change's keys are invalidated in time and fills carry the current
     /// version, except where a fault is injected. Duplicate deliveries, clock
@@ -512,7 +513,7 @@ pub struct GenArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub brokers: Option<String>,
 
-    /// The Confluent Schema Registry that --format avro registers its
+    /// The Confluent Schema Registry that --format avro or protobuf registers its
     /// schemas with (subjects TOPIC-value and TOPIC-key); the records carry
     /// the ids it gives, and vigil.toml names it.
     #[arg(long, value_name = "URL")]
@@ -586,4 +587,8 @@ pub enum CdcFormatArg {
     /// produced to Kafka (--brokers) with its schemas registered
     /// (--schema-registry).
     Avro,
+    /// Debezium envelope written by Confluent's Protobuf converter: binary,
+    /// so produced to Kafka (--brokers) with its schemas registered
+    /// (--schema-registry).
+    Protobuf,
 }

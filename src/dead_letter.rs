@@ -45,10 +45,14 @@ pub enum Reason {
     /// A record in Confluent's Avro framing whose bytes do not decode with
     /// their writer schema (or whose writer schema does not parse).
     InvalidAvro,
+    /// A record in Confluent's Protobuf framing whose bytes do not decode
+    /// as the message its schema and message indexes name (or whose schema
+    /// does not compile).
+    InvalidProtobuf,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::InvalidUtf8,
         Reason::InvalidJson,
         Reason::RecordTooLarge,
@@ -64,6 +68,7 @@ impl Reason {
         Reason::InvalidKey,
         Reason::UnknownSchema,
         Reason::InvalidAvro,
+        Reason::InvalidProtobuf,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -83,6 +88,7 @@ impl Reason {
             Reason::InvalidKey => "invalid_key",
             Reason::UnknownSchema => "unknown_schema",
             Reason::InvalidAvro => "invalid_avro",
+            Reason::InvalidProtobuf => "invalid_protobuf",
         }
     }
 

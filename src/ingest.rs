@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use crate::config::{Config, TopicSelector, UnmappedTables};
 use crate::dead_letter::{Reason, RecordError};
-use crate::formats::{self, AvroKey, DecodedCdc, Framed, RawChange, Row};
+use crate::formats::{self, BinaryKey, DecodedCdc, Framed, RawChange, Row};
 use crate::mapping::{Change, Mapped, Mapper};
 use crate::model::{CacheEvent, Millis, Provenance};
-use crate::registry::{Registered, RegistryError, SchemaRegistry, SetupError};
+use crate::registry::{Registered, RegistryError, SchemaKind, SchemaRegistry, SetupError};
 use crate::telemetry::Stats;
 
 /// The first wait for an unavailable schema registry; each next one is
@@ -57,7 +57,7 @@ impl Record {
 
 /// A Kafka key as decoded for its primary-key columns.
 enum Key<'k> {
-    Avro(AvroKey),
+    Binary(BinaryKey),
     /// JSON text (not necessarily a key vigil reads).
     Json(&'k str),
 }
@@ -65,7 +65,7 @@ enum Key<'k> {
 impl Key<'_> {
     fn row(&self) -> Option<Row<'_>> {
         match self {
-            Key::Avro(key) => Some(key.row()),
+            Key::Binary(key) => Some(key.row()),
             Key::Json(text) => formats::decode_key(text),
         }
     }
@@ -76,8 +76,8 @@ pub struct Ingest {
     mapper: Mapper,
     flattened_topics: Vec<TopicSelector>,
     unmapped: UnmappedTables,
-    /// Where the writer schemas of records in Confluent's Avro framing are
-    /// found; `None` without `schema_registry.url`.
+    /// Where the schemas of records in a registry's framing are found;
+    /// `None` without `schema_registry.url`.
     registry: Option<SchemaRegistry>,
     stats: Arc<Stats>,
 }
@@ -168,8 +168,8 @@ impl Ingest {
 
     /// A CDC record in Confluent's framing: its schema from the registry
     /// (waiting while the registry cannot be reached), then an Avro record
-    /// decoded with it and mapped as a JSON one, or the JSON text of a JSON
-    /// Schema record read as an unframed record.
+    /// or a Protobuf message decoded with it and mapped as a JSON one, or
+    /// the JSON text of a JSON Schema record read as an unframed record.
     fn ingest_framed(
         &self,
         input: RawInput<'_>,
@@ -186,25 +186,26 @@ impl Ingest {
                 ),
             ));
         };
-        match &*self.registered(registry, framed.schema_id)? {
-            Registered::Avro(schema) => {
-                let envelope = formats::decode_avro_envelope(schema, framed.datum)?;
-                let key = self.key(input.key);
-                let key_row = key.as_ref().and_then(Key::row);
-                self.map_changes(envelope.view()?, key_row.as_ref(), input, provenance, out)
+        let envelope = match &*self.registered(registry, framed.schema_id)? {
+            Registered::Avro(schema) => formats::decode_avro_envelope(schema, framed.datum)?,
+            Registered::Protobuf(schema) => {
+                formats::decode_protobuf_envelope(schema, framed.datum)?
             }
             Registered::JsonSchema => {
                 let unframed = RawInput {
                     value: Some(framed.datum),
                     ..input
                 };
-                self.ingest_cdc(unframed, provenance, out)
+                return self.ingest_cdc(unframed, provenance, out);
             }
-        }
+        };
+        let key = self.key(input.key);
+        let key_row = key.as_ref().and_then(Key::row);
+        self.map_changes(envelope.view()?, key_row.as_ref(), input, provenance, out)
     }
 
     /// A Kafka key, for its primary-key columns: one in Confluent's framing
-    /// decoded with its schema (Avro) or read as the JSON after the header
+    /// decoded with its schema (Avro, Protobuf) or read as the JSON after the header
     /// (JSON Schema), any other as JSON text. A key that gives no columns
     /// leaves the primary key to the row.
     fn key<'k>(&self, key: Option<&'k [u8]>) -> Option<Key<'k>> {
@@ -216,7 +217,11 @@ impl Ingest {
             Registered::Avro(schema) => formats::decode_avro_key(schema, framed.datum)
                 .ok()
                 .flatten()
-                .map(Key::Avro),
+                .map(Key::Binary),
+            Registered::Protobuf(schema) => formats::decode_protobuf_key(schema, framed.datum)
+                .ok()
+                .flatten()
+                .map(Key::Binary),
             Registered::JsonSchema => std::str::from_utf8(framed.datum).ok().map(Key::Json),
         }
     }
@@ -244,6 +249,13 @@ impl Ingest {
                 }
                 Err(e @ RegistryError::Unsupported { .. }) => {
                     return Err(RecordError::new(Reason::UnknownFormat, e.to_string()));
+                }
+                Err(e @ RegistryError::Malformed { kind, .. }) => {
+                    let reason = match kind {
+                        SchemaKind::Avro => Reason::InvalidAvro,
+                        SchemaKind::Protobuf => Reason::InvalidProtobuf,
+                    };
+                    return Err(RecordError::new(reason, e.to_string()));
                 }
                 Err(e) => return Err(RecordError::new(Reason::InvalidAvro, e.to_string())),
             }
@@ -297,7 +309,7 @@ mod tests {
 
     use super::*;
     use crate::formats::avro_mysql_update;
-    use crate::formats::testing::{avro_record, avro_schema};
+    use crate::formats::testing::{avro_record, avro_schema, proto_record, proto_schema};
     use crate::registry::fake::FakeRegistry;
 
     const VALUE_ID: u32 = 2;
@@ -426,19 +438,92 @@ mod tests {
         let err =
             ingest_one(&ingest, &key, &framed(JSON_VALUE_ID, br#"{"foo":"bar"}"#)).unwrap_err();
         assert_eq!(err.reason, Reason::UnknownFormat, "{err}");
-        // A Protobuf schema is one vigil does not read.
+        // A schema of a kind vigil does not read.
         registry.answer(
             "/schemas/ids/8",
             200,
-            r#"{"schema":"syntax = \"proto3\";","schemaType":"PROTOBUF"}"#,
+            r#"{"schema":"struct T {}","schemaType":"THRIFT"}"#,
         );
         let err = ingest_one(&ingest, &key, &framed(8, &[0, 2, 4])).unwrap_err();
         assert_eq!(err.reason, Reason::UnknownFormat, "{err}");
-        assert!(err.message.contains("PROTOBUF"), "{err}");
+        assert!(err.message.contains("THRIFT"), "{err}");
+    }
+
+    const PROTO_VALUE_ID: u32 = 10;
+    const PROTO_KEY_ID: u32 = 11;
+
+    /// Serves the MySQL users Protobuf value and key schemas.
+    fn serve_protobuf(registry: &FakeRegistry) {
+        for (id, file) in [
+            (PROTO_VALUE_ID, "debezium-mysql-users.proto"),
+            (PROTO_KEY_ID, "debezium-mysql-users-key.proto"),
+        ] {
+            let served = serde_json::json!({
+                "schema": crate::formats::testing::data_file(&format!("protobuf/{file}")),
+                "schemaType": "PROTOBUF",
+            });
+            registry.answer(&format!("/schemas/ids/{id}"), 200, &served.to_string());
+        }
+    }
+
+    /// The MySQL update and its key in Protobuf framing.
+    fn protobuf_update() -> (Vec<u8>, Vec<u8>) {
+        let value = proto_record(
+            &proto_schema(PROTO_VALUE_ID, "debezium-mysql-users.proto"),
+            &[0],
+            avro_mysql_update().1,
+        );
+        let key = proto_record(
+            &proto_schema(PROTO_KEY_ID, "debezium-mysql-users-key.proto"),
+            &[0],
+            r#"{"id":1}"#,
+        );
+        (value, key)
+    }
+
+    #[test]
+    fn a_protobuf_record_maps_as_its_json_form() {
+        let registry = registry();
+        serve_protobuf(&registry);
+        let ingest = Ingest::new(&config(Some(&registry)), Arc::default()).unwrap();
+        let (value, key) = protobuf_update();
+        assert_eq!(ingest_one(&ingest, &key, &value).unwrap(), json_records());
+        // Keys of the other forms beside it, and beside an Avro value.
+        assert_eq!(
+            ingest_one(&ingest, br#"{"id":1}"#, &value).unwrap(),
+            json_records()
+        );
+        assert_eq!(
+            ingest_one(&ingest, &avro_update().1, &value).unwrap(),
+            json_records()
+        );
+        assert_eq!(
+            ingest_one(&ingest, &key, &avro_update().0).unwrap(),
+            json_records()
+        );
+        // Bytes that do not decode, and a schema that does not compile.
+        let err = ingest_one(&ingest, &key, &value[..value.len() - 1]).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidProtobuf, "{err}");
+        registry.answer(
+            "/schemas/ids/12",
+            200,
+            r#"{"schema":"syntax = \"proto3\"; message {","schemaType":"PROTOBUF"}"#,
+        );
+        let err = ingest_one(&ingest, &key, &framed(12, &[0])).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidProtobuf, "{err}");
     }
 
     /// Id of a JSON Schema of the fuzzed ingest; 99 is unknown.
     const FUZZ_JSON_ID: u32 = 6;
+
+    const FUZZ_IDS: [u32; 6] = [
+        VALUE_ID,
+        KEY_ID,
+        PROTO_VALUE_ID,
+        PROTO_KEY_ID,
+        FUZZ_JSON_ID,
+        99,
+    ];
 
     /// One registry and ingest for every case of the fuzz test.
     static FUZZED: std::sync::LazyLock<(FakeRegistry, Ingest)> = std::sync::LazyLock::new(|| {
@@ -448,6 +533,7 @@ mod tests {
             200,
             r#"{"schema":"{}","schemaType":"JSON"}"#,
         );
+        serve_protobuf(&registry);
         let ingest = Ingest::new(&config(Some(&registry)), Arc::default()).unwrap();
         (registry, ingest)
     });
@@ -456,12 +542,13 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
 
         /// Arbitrary bytes after a valid header, in the value and in the
-        /// key, with an Avro envelope's id, an Avro key's, a JSON Schema's
-        /// or an unknown one: a record or a dead letter, never a panic.
+        /// key, with an Avro envelope's id, an Avro key's, a Protobuf
+        /// envelope's, a Protobuf key's, a JSON Schema's or an unknown one: a
+        /// record or a dead letter, never a panic.
         #[test]
         fn arbitrary_framed_bytes_are_records_or_dead_letters(
-            value_id in proptest::sample::select(vec![VALUE_ID, KEY_ID, FUZZ_JSON_ID, 99]),
-            key_id in proptest::sample::select(vec![VALUE_ID, KEY_ID, FUZZ_JSON_ID, 99]),
+            value_id in proptest::sample::select(FUZZ_IDS.to_vec()),
+            key_id in proptest::sample::select(FUZZ_IDS.to_vec()),
             datum in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
             key in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
         ) {
@@ -471,6 +558,22 @@ mod tests {
                 Err(e) if value_id == 99 => proptest::prop_assert_eq!(e.reason, Reason::UnknownSchema),
                 Err(e) if value_id == VALUE_ID => proptest::prop_assert!(
                     matches!(e.reason, Reason::InvalidAvro | Reason::UnknownOp | Reason::WrongType),
+                    "{}", e
+                ),
+                Err(e) if value_id == PROTO_VALUE_ID => proptest::prop_assert!(
+                    matches!(
+                        e.reason,
+                        Reason::InvalidProtobuf
+                            | Reason::UnknownOp
+                            | Reason::WrongType
+                            | Reason::MissingField
+                            // A change that decodes but does not map.
+                            | Reason::MissingColumn
+                            | Reason::MissingVersion
+                            | Reason::MissingPk
+                            | Reason::InvalidKey
+                            | Reason::UnmappedTable
+                    ),
                     "{}", e
                 ),
                 Err(_) => {}

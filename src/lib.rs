@@ -8,14 +8,14 @@
 //!
 //! ## Map of the crate, in the order data flows
 //!
-//! - [`formats`]: decoders for Debezium (JSON, or Avro in Confluent's
-//!   framing), Maxwell, Canal, cache events and `kcat -J` lines (bytes in,
-//!   format-neutral views out); JSON Schema records in that framing are read
-//!   as JSON by [`ingest`];
+//! - [`formats`]: decoders for Debezium (JSON, or Avro or Protobuf in
+//!   Confluent's framing), Maxwell, Canal, cache events and `kcat -J` lines
+//!   (bytes in, format-neutral views out); JSON Schema records in that
+//!   framing are read as JSON by [`ingest`];
 //! - [`mapping`]: a decoded change and `[[tables]]` in, a [`mapping::Change`]
 //!   with entity, cache keys, version and commit time out;
 //! - [`ingest`]: decode + map for one raw record, shared by every source
-//!   (Avro writer schemas from the [`registry`]); failures become
+//!   (Avro and Protobuf schemas from the [`registry`]); failures become
 //!   [`dead_letter`]s with a reason code;
 //! - [`pipeline`]: router, workers and sink on threads and bounded channels:
 //!   watermarks, sharding by key and entity, checkpoints; each worker's
@@ -31,14 +31,15 @@
 //! - [`modes`]: `vigil check`, `run`, `demo`, `gen` ([`modes::generate`]),
 //!   `bench`, `replay`; [`cli`] their flags;
 //! - [`registry`]: the Confluent Schema Registry client (schemas by id:
-//!   Avro writer schemas, or the mark of a JSON Schema; registration of
-//!   `vigil gen`'s schemas);
+//!   Avro writer schemas, compiled Protobuf schemas, or the mark of a JSON
+//!   Schema; registration of `vigil gen`'s schemas);
 //! - [`config`]: the TOML configuration; [`telemetry`]: counters, metrics
 //!   and logs; [`http`]: the HTTP server of `vigil run` (metrics, health,
 //!   readiness, key state); [`inspect`]: read-only views of the state;
 //! - [`model`]: the domain types every stage shares; [`workload`]: the
 //!   synthetic workload generator behind `vigil gen` (JSON formats, or
-//!   Debezium in Confluent's Avro framing with [`workload::avro`]).
+//!   Debezium in Confluent's Avro or Protobuf framing with
+//!   [`workload::avro`] and [`workload::protobuf`]).
 
 pub mod cli;
 pub mod config;

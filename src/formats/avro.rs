@@ -2,26 +2,15 @@
 //! byte 0, the writer schema's id (4 bytes, big-endian) and the Avro binary
 //! encoding of the envelope.
 //!
-//! The envelope is decoded with its writer schema into Avro values and read
-//! field by field: the operation, the `source` block, `ts_ms` and the
-//! `transaction` block straight from the values, the `before` and `after`
-//! rows column by column. A row of the format-neutral view holds each
-//! column's JSON text, so each column value is written as the JSON text that
-//! Debezium's JSON converter gives for it (numbers for `int`/`long` and the
-//! time types built on them, `io.debezium.time.*`, `date`,
-//! `timestamp-millis`/`-micros`; strings for strings, enums and
-//! `ZonedTimestamp`; base64 for bytes; objects for records and maps), with
-//! one difference: a `decimal` (bytes and a scale) or an
-//! `io.debezium.data.VariableScaleDecimal` (a record of a scale and bytes) is
-//! the decimal number itself, as the JSON converter writes it with
-//! `decimal.format=NUMERIC`. Key templates, primary keys and version columns
-//! then read Avro rows as they read JSON ones.
-//!
-//! The decoded record owns those texts ([`AvroEnvelope`], [`AvroKey`]) and
-//! lends them out as the format-neutral view, as a JSON record lends its
-//! text.
+//! The envelope is decoded with its writer schema into Avro values, read
+//! through [`Fields`] by the envelope reader the binary formats share, and
+//! each column written as JSON text (see [`super::envelope`]): numbers for
+//! `int`/`long` and the time types built on them, `io.debezium.time.*`,
+//! `date`, `timestamp-millis`/`-micros`; strings for strings, enums and
+//! `ZonedTimestamp`; base64 for bytes; objects for records and maps; a
+//! `decimal` (bytes and a scale) or an `io.debezium.data.VariableScaleDecimal`
+//! (a record of a scale and bytes) as the decimal number itself.
 
-use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use apache_avro::Schema;
@@ -31,78 +20,15 @@ use apache_avro::types::Value;
 use num_bigint::BigInt;
 use serde_json::value::RawValue;
 
-use super::debezium::{self, SourceMeta, Transaction};
-use super::json::{Field, millis};
-use super::{DecodedCdc, Row, Skip};
+use super::envelope::{
+    BinaryEnvelope, BinaryKey, Fields, OwnedRow, read_envelope, render_decimal, render_float,
+    render_string, wrong_type,
+};
 use crate::dead_letter::{Reason, RecordError, base64};
-use crate::model::Op;
 use crate::registry::WriterSchema;
-
-/// The magic byte that opens a record in Confluent's framing.
-const MAGIC: u8 = 0;
 
 /// Full name of Debezium's decimal of any scale.
 const VARIABLE_SCALE_DECIMAL: &str = "io.debezium.data.VariableScaleDecimal";
-
-/// A record in Confluent's framing: the writer schema's id and the Avro
-/// datum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Framed<'a> {
-    pub schema_id: u32,
-    pub datum: &'a [u8],
-}
-
-/// Whether bytes are in Confluent's framing: byte 0, then a 4-byte schema
-/// id. No JSON text starts with byte 0.
-pub fn framed(bytes: &[u8]) -> Option<Framed<'_>> {
-    match bytes {
-        [MAGIC, a, b, c, d, datum @ ..] => Some(Framed {
-            schema_id: u32::from_be_bytes([*a, *b, *c, *d]),
-            datum,
-        }),
-        _ => None,
-    }
-}
-
-/// Column names and their values as JSON text.
-type OwnedRow = Vec<(String, Box<RawValue>)>;
-
-/// A Debezium envelope decoded from Avro, owning its column texts.
-#[derive(Debug)]
-pub enum AvroEnvelope {
-    Change(Box<EnvelopeParts>),
-    Skipped(Skip),
-}
-
-#[derive(Debug)]
-pub struct EnvelopeParts {
-    op: Op,
-    before: Option<OwnedRow>,
-    after: Option<OwnedRow>,
-    /// The `source` block's fields as JSON text, read by the same
-    /// [`SourceMeta`] as a JSON record's.
-    source: OwnedRow,
-    ts_ms: Option<Box<RawValue>>,
-    tx_id: Option<String>,
-    tx_order: Option<u64>,
-}
-
-/// A Kafka key decoded from Avro: its fields as a row.
-#[derive(Debug)]
-pub struct AvroKey(OwnedRow);
-
-impl AvroKey {
-    /// The key's columns, as [`super::decode_key`] gives a JSON key's.
-    pub fn row(&self) -> Row<'_> {
-        borrow(&self.0)
-    }
-}
-
-fn borrow(row: &OwnedRow) -> Row<'_> {
-    row.iter()
-        .map(|(name, value)| (Cow::Borrowed(name.as_str()), &**value))
-        .collect()
-}
 
 fn invalid(message: impl Into<String>) -> RecordError {
     RecordError::new(Reason::InvalidAvro, message)
@@ -186,7 +112,7 @@ fn resolve<'s>(schema: &'s Schema, names: &'s WriterSchema) -> Option<&'s Schema
 }
 
 /// Decodes a CDC value in Confluent's framing with its writer schema.
-pub fn decode_envelope(schema: &WriterSchema, datum: &[u8]) -> Result<AvroEnvelope, RecordError> {
+pub fn decode_envelope(schema: &WriterSchema, datum: &[u8]) -> Result<BinaryEnvelope, RecordError> {
     let value = read(schema, datum)?;
     let Some((fields, record_schema)) = record(&value, &schema.schema, schema) else {
         return Err(RecordError::new(
@@ -202,37 +128,22 @@ pub fn decode_envelope(schema: &WriterSchema, datum: &[u8]) -> Result<AvroEnvelo
         schema: record_schema,
         names: schema,
     };
-    // The same marks as a JSON record's (see `json::decode_by_shape`).
-    if top.has("id") && top.has("status") && top.has("event_count") {
-        Ok(AvroEnvelope::Skipped(Skip::TransactionMetadata))
-    } else if fields.len() == 1 && top.has("ts_ms") {
-        Ok(AvroEnvelope::Skipped(Skip::Heartbeat))
-    } else if top.has("op") && (top.has("before") || top.has("after") || top.has("source")) {
-        top.envelope()
-    } else if top.has("ddl") && top.has("tableChanges") {
-        Ok(AvroEnvelope::Skipped(Skip::Ddl))
-    } else {
-        let mut names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
-        names.sort_unstable();
-        names.truncate(16);
-        Err(RecordError::new(
-            Reason::UnknownFormat,
-            format!(
-                "an Avro record of schema {} ({}) that is not a Debezium change event (fields {names:?})",
-                schema.id,
-                record_schema.name.fullname(None)
-            ),
-        ))
-    }
+    read_envelope(&top, || {
+        format!(
+            "an Avro record of schema {} ({})",
+            schema.id,
+            record_schema.name.fullname(None)
+        )
+    })
 }
 
 /// Decodes a Kafka key in Confluent's framing: a record's fields as a row.
 /// A key of another shape gives `None`, as a JSON key does.
-pub fn decode_key(schema: &WriterSchema, datum: &[u8]) -> Result<Option<AvroKey>, RecordError> {
+pub fn decode_key(schema: &WriterSchema, datum: &[u8]) -> Result<Option<BinaryKey>, RecordError> {
     let value = read(schema, datum)?;
     match record(&value, &schema.schema, schema) {
         Some((fields, record_schema)) if !fields.is_empty() => {
-            render_row(fields, record_schema, schema, "key").map(|row| Some(AvroKey(row)))
+            render_row(fields, record_schema, schema, "key").map(|row| Some(BinaryKey(row)))
         }
         _ => Ok(None),
     }
@@ -246,18 +157,28 @@ struct Top<'v, 's> {
 }
 
 impl<'v, 's> Top<'v, 's> {
-    fn has(&self, name: &str) -> bool {
-        self.fields.iter().any(|(n, _)| n == name)
-    }
-
     /// A field's value and schema; `None` when absent or null.
     fn get(&self, name: &str) -> Option<(&'v Value, &'s Schema)> {
         let index = self.fields.iter().position(|(n, _)| n == name)?;
         let schema = &self.schema.fields.get(index)?.schema;
         non_null(&self.fields[index].1, schema, self.names)
     }
+}
 
-    fn string(&self, name: &'static str) -> Result<Option<&'v str>, RecordError> {
+impl Fields for Top<'_, '_> {
+    fn has(&self, name: &str) -> bool {
+        self.fields.iter().any(|(n, _)| n == name)
+    }
+
+    fn field_count(&self) -> usize {
+        self.fields.len()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.fields.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    fn string(&self, name: &'static str) -> Result<Option<&str>, RecordError> {
         match self.get(name) {
             None => Ok(None),
             Some((Value::String(s), _)) => Ok(Some(s)),
@@ -265,95 +186,37 @@ impl<'v, 's> Top<'v, 's> {
         }
     }
 
-    fn row(&self, name: &'static str) -> Result<Option<OwnedRow>, RecordError> {
+    fn count(&self, name: &'static str) -> Result<Option<u64>, RecordError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some((Value::Long(n), _)) => u64::try_from(*n)
+                .map(Some)
+                .map_err(|_| wrong_type(name, "a count")),
+            Some(_) => Err(wrong_type(name, "a long")),
+        }
+    }
+
+    fn record(&self, name: &'static str) -> Result<Option<Self>, RecordError> {
         let Some((value, schema)) = self.get(name) else {
             return Ok(None);
         };
-        let (fields, record_schema) =
+        let (fields, schema) =
             record(value, schema, self.names).ok_or_else(|| wrong_type(name, "a record"))?;
-        render_row(fields, record_schema, self.names, name).map(Some)
+        Ok(Some(Top {
+            fields,
+            schema,
+            names: self.names,
+        }))
     }
 
-    fn envelope(&self) -> Result<AvroEnvelope, RecordError> {
-        let code = self
-            .string("op")?
-            .ok_or_else(|| RecordError::new(Reason::MissingField, "field \"op\" is missing"))?;
-        let Some(op) = debezium::parse_op(code, Field::new("op"))? else {
-            return Ok(AvroEnvelope::Skipped(Skip::LogicalMessage));
-        };
-        let before = self.row("before")?;
-        let after = self.row("after")?;
-        let source = self.row("source")?.unwrap_or_default();
-        let ts_ms = match self.get("ts_ms") {
-            None => None,
-            Some((value, schema)) => Some(render_value(value, schema, self.names, "ts_ms")?),
-        };
-        let (mut tx_id, mut tx_order) = (None, None);
-        if let Some((value, schema)) = self.get("transaction") {
-            let (fields, record_schema) = record(value, schema, self.names)
-                .ok_or_else(|| wrong_type("transaction", "a record"))?;
-            let block = Top {
-                fields,
-                schema: record_schema,
-                names: self.names,
-            };
-            tx_id = block.string("id")?.map(str::to_owned);
-            tx_order = match block.get("total_order") {
-                None => None,
-                Some((Value::Long(n), _)) => Some(
-                    u64::try_from(*n)
-                        .map_err(|_| wrong_type("transaction.total_order", "a count"))?,
-                ),
-                Some(_) => return Err(wrong_type("transaction.total_order", "a long")),
-            };
-        }
-        Ok(AvroEnvelope::Change(Box::new(EnvelopeParts {
-            op,
-            before,
-            after,
-            source,
-            ts_ms,
-            tx_id,
-            tx_order,
-        })))
+    fn text(&self, name: &'static str) -> Result<Option<Box<RawValue>>, RecordError> {
+        self.get(name)
+            .map(|(value, schema)| render_value(value, schema, self.names, name))
+            .transpose()
     }
-}
 
-fn wrong_type(name: &str, expected: &str) -> RecordError {
-    RecordError::new(
-        Reason::WrongType,
-        format!("field \"{name}\" is not {expected}"),
-    )
-}
-
-impl AvroEnvelope {
-    /// The change, as the JSON decoders give it: the source block read by
-    /// [`SourceMeta`], the parts put together by [`debezium::change`].
-    pub fn view(&self) -> Result<DecodedCdc<'_>, RecordError> {
-        let parts = match self {
-            AvroEnvelope::Skipped(skip) => return Ok(DecodedCdc::Skipped(*skip)),
-            AvroEnvelope::Change(parts) => parts,
-        };
-        let mut source = SourceMeta::default();
-        for (name, value) in &parts.source {
-            source.read(name, value, Field::nested("source", name))?;
-        }
-        source.envelope_ts_ms = parts
-            .ts_ms
-            .as_deref()
-            .map(|v| millis(v, Field::new("ts_ms")))
-            .transpose()?;
-        let transaction = Transaction {
-            id: parts.tx_id.as_deref().map(Cow::Borrowed),
-            total_order: parts.tx_order,
-        };
-        Ok(debezium::change(
-            parts.op,
-            parts.before.as_ref().map(borrow),
-            parts.after.as_ref().map(borrow),
-            source,
-            transaction,
-        ))
+    fn row(&self) -> Result<OwnedRow, RecordError> {
+        render_row(self.fields, self.schema, self.names, "a row")
     }
 }
 
@@ -403,36 +266,6 @@ fn render_value(
         .map_err(|e| invalid(format!("a value of {what} has no JSON form: {e}")))
 }
 
-fn render_string(s: &str, out: &mut String) {
-    // Writing a string to JSON text cannot fail.
-    out.push_str(&serde_json::Value::from(s).to_string());
-}
-
-fn render_float(f: f64, out: &mut String) {
-    match serde_json::Number::from_f64(f) {
-        Some(n) => {
-            let _ = write!(out, "{n}");
-        }
-        // NaN and the infinities have no JSON number.
-        None => render_string(&f.to_string(), out),
-    }
-}
-
-/// A decimal number: an unscaled integer and a scale.
-fn render_decimal(unscaled: &BigInt, scale: usize, out: &mut String) {
-    let digits = unscaled.magnitude().to_string();
-    if unscaled.sign() == num_bigint::Sign::Minus {
-        out.push('-');
-    }
-    if scale == 0 {
-        out.push_str(&digits);
-        return;
-    }
-    let padded = format!("{digits:0>width$}", width = scale + 1);
-    let (int, frac) = padded.split_at(padded.len() - scale);
-    let _ = write!(out, "{int}.{frac}");
-}
-
 /// Writes a value's JSON text; `None` when it does not fit its schema.
 fn render(value: &Value, schema: &Schema, names: &WriterSchema, out: &mut String) -> Option<()> {
     let schema = resolve(schema, names)?;
@@ -464,7 +297,7 @@ fn render(value: &Value, schema: &Schema, names: &WriterSchema, out: &mut String
         (Value::Uuid(u), _) => render_string(&u.to_string(), out),
         (Value::Bytes(b) | Value::Fixed(_, b), _) => render_string(&base64(b), out),
         (Value::Decimal(d), Schema::Decimal(decimal)) => {
-            render_decimal(&BigInt::from(d.clone()), decimal.scale, out);
+            render_decimal(&BigInt::from(d.clone()), decimal.scale, out)?;
         }
         (Value::BigDecimal(d), _) => out.push_str(&d.to_string()),
         (Value::Record(fields), Schema::Record(record))
@@ -477,7 +310,7 @@ fn render(value: &Value, schema: &Schema, names: &WriterSchema, out: &mut String
                 return None;
             };
             let scale = usize::try_from(*scale).ok()?;
-            render_decimal(&BigInt::from_signed_bytes_be(bytes), scale, out);
+            render_decimal(&BigInt::from_signed_bytes_be(bytes), scale, out)?;
         }
         (Value::Record(fields), Schema::Record(record)) => {
             out.push('{');
@@ -536,6 +369,7 @@ pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::super::testing::{avro_record, avro_schema, changes};
+    use super::super::{DecodedCdc, Skip, framed};
     use super::*;
 
     fn union(index: u32, value: Value) -> Value {
@@ -661,7 +495,7 @@ pub(crate) mod tests {
         (value, json)
     }
 
-    fn decoded(schema: &WriterSchema, value: Value) -> AvroEnvelope {
+    fn decoded(schema: &WriterSchema, value: Value) -> BinaryEnvelope {
         let bytes = avro_record(schema, value);
         let framed = framed(&bytes).expect("framed");
         assert_eq!(framed.schema_id, schema.id);
@@ -764,7 +598,7 @@ pub(crate) mod tests {
         .unwrap();
         assert!(matches!(
             decoded(&heartbeat, record(vec![("ts_ms", Value::Long(1))])),
-            AvroEnvelope::Skipped(Skip::Heartbeat)
+            BinaryEnvelope::Skipped(Skip::Heartbeat)
         ));
         let other = WriterSchema::parse(
             6,
@@ -783,20 +617,6 @@ pub(crate) mod tests {
         let bytes = avro_record(&schema, value);
         let err = decode_envelope(&schema, framed(&bytes).unwrap().datum).unwrap_err();
         assert_eq!(err.reason, Reason::UnknownOp, "{err}");
-    }
-
-    #[test]
-    fn framing_is_byte_zero_and_a_schema_id() {
-        assert_eq!(
-            framed(&[0, 0, 0, 1, 2, 9]),
-            Some(Framed {
-                schema_id: 258,
-                datum: &[9]
-            })
-        );
-        assert_eq!(framed(&[0, 0, 0, 1]), None, "too short for an id");
-        assert_eq!(framed(b"{\"op\":\"c\"}"), None);
-        assert_eq!(framed(b""), None);
     }
 
     #[test]

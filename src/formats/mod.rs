@@ -4,10 +4,12 @@
 //! `schema`/`payload` wrapper or in the CloudEvents converter's form,
 //! Debezium flattened by `ExtractNewRecordState` where declared, Maxwell,
 //! Canal), their Kafka keys by [`decode_key`]; Debezium values and keys in
-//! Confluent's Avro framing (recognised by [`framed`]) by
-//! [`decode_avro_envelope`] and [`decode_avro_key`] with their writer
-//! schema; cache events by [`decode_cache`], and `kcat -J` lines by
-//! [`KcatBuffers::parse`] (or [`parse_kcat_line`] for an owned copy).
+//! Confluent's framing (recognised by [`framed`]) by [`decode_avro_envelope`]
+//! and [`decode_avro_key`]
+//! with their Avro writer schema, or [`decode_protobuf_envelope`] and
+//! [`decode_protobuf_key`] with their Protobuf schema; cache events by
+//! [`decode_cache`], and `kcat -J` lines by [`KcatBuffers::parse`] (or
+//! [`parse_kcat_line`] for an owned copy).
 //! Decoders borrow from the input or own what they decoded, and do no I/O;
 //! every failure is a [`RecordError`] with a reason code.
 
@@ -16,10 +18,13 @@ mod cache;
 mod canal;
 mod cloudevents;
 mod debezium;
+mod envelope;
 mod flat;
+mod framing;
 mod json;
 mod kcat;
 mod maxwell;
+mod protobuf;
 #[cfg(test)]
 pub(crate) mod testing;
 mod timestamp;
@@ -34,13 +39,15 @@ use crate::model::{Millis, Op};
 
 #[cfg(test)]
 pub(crate) use avro::tests::mysql_update as avro_mysql_update;
-pub use avro::{
-    AvroEnvelope, AvroKey, Framed, decode_envelope as decode_avro_envelope,
-    decode_key as decode_avro_key, framed,
-};
+pub use avro::{decode_envelope as decode_avro_envelope, decode_key as decode_avro_key};
 pub use cache::decode_cache;
+pub use envelope::{BinaryEnvelope, BinaryKey};
+pub use framing::{Framed, framed};
 pub use json::{Scalar, row_hash, scalar};
 pub use kcat::{Headers, KcatBuffers, KcatLine, KcatRecord, parse_kcat_line};
+pub use protobuf::{
+    decode_envelope as decode_protobuf_envelope, decode_key as decode_protobuf_key,
+};
 pub use timestamp::parse_rfc3339;
 pub use unescape::{UnescapeError, unescape};
 

@@ -97,3 +97,46 @@ pub(crate) fn avro_record(
     framed.extend(datum);
     framed
 }
+
+/// A Debezium Protobuf schema of `tests/data/protobuf` (with the files it
+/// imports from there), compiled as the registry client compiles what it
+/// fetches.
+pub(crate) fn proto_schema(id: u32, file: &str) -> crate::registry::ProtoSchema {
+    let text = data_file(&format!("protobuf/{file}"));
+    let references: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("import \"")?.strip_suffix("\";"))
+        .filter(|name| !name.contains('/'))
+        .map(|name| (name.to_string(), data_file(&format!("protobuf/{name}"))))
+        .collect();
+    crate::registry::ProtoSchema::compile(id, &text, &references)
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+/// A message of a schema given in its JSON form, encoded by `prost` in
+/// Confluent's framing: byte 0, the schema id, the message indexes (a
+/// single 0 for the first message), the message.
+pub(crate) fn proto_record(
+    schema: &crate::registry::ProtoSchema,
+    indexes: &[usize],
+    json: &str,
+) -> Vec<u8> {
+    use prost::Message as _;
+    let descriptor = schema.message(indexes).expect("a message of the schema");
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    let message = prost_reflect::DynamicMessage::deserialize(descriptor, &mut deserializer)
+        .unwrap_or_else(|e| panic!("{json}: {e}"));
+    let mut framed = vec![0];
+    framed.extend(schema.id.to_be_bytes());
+    if indexes.is_empty() || indexes == [0] {
+        framed.push(0);
+    } else {
+        let zigzag = |n: i64| ((n << 1) ^ (n >> 63)) as u64;
+        prost::encoding::encode_varint(zigzag(indexes.len() as i64), &mut framed);
+        for index in indexes {
+            prost::encoding::encode_varint(zigzag(*index as i64), &mut framed);
+        }
+    }
+    framed.extend(message.encode_to_vec());
+    framed
+}

@@ -15,7 +15,7 @@
 //!   deadline its missing invalidation is produced;
 //! - decoding ([`bench_decode`]): the CPU time per record of decoding the
 //!   same Debezium changes written by the JSON converter and by Confluent's
-//!   Avro converter.
+//!   Avro and Protobuf converters.
 //!
 //! The report is one JSON object on stdout; progress goes to stderr.
 
@@ -44,12 +44,12 @@ use super::{ExitStatus, produce_generated};
 use crate::cli::BenchArgs;
 use crate::config::{Config, Dur, KafkaValue};
 use crate::formats::{
-    DecodedCdc, Flattened, decode_avro_envelope, decode_avro_key, decode_cdc, decode_key, framed,
-    unescape,
+    DecodedCdc, Flattened, decode_avro_envelope, decode_avro_key, decode_cdc, decode_key,
+    decode_protobuf_envelope, decode_protobuf_key, framed, unescape,
 };
 use crate::ingest::Stream;
 use crate::io::file::{Line, LineReader};
-use crate::registry::{RegistryError, WriterSchema};
+use crate::registry::{ProtoSchema, RegistryError, WriterSchema};
 use crate::telemetry::{Stats, thread_cpu_seconds};
 use crate::time::{Clock, SystemClock};
 use crate::workload::encode::CdcFormat;
@@ -172,8 +172,13 @@ struct DecodeFigures {
     /// registry client keeps them).
     avro_ns_per_record: f64,
     avro_over_json: f64,
+    /// Confluent's Protobuf framing, with the schemas compiled (as the
+    /// registry client keeps them).
+    protobuf_ns_per_record: f64,
+    protobuf_over_json: f64,
     json_bytes_per_record: f64,
     avro_bytes_per_record: f64,
+    protobuf_bytes_per_record: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -270,10 +275,10 @@ fn spec(events: u64, keys: u64, rate: u64, start_ms: i64, partitions: i32) -> Sp
 const DECODE_PASSES: usize = 5;
 
 /// The decoding measure: the same generated changes in Debezium's JSON and
-/// in Confluent's Avro framing, each decoded (value and key) into the
-/// format-neutral change, timed by the thread's CPU clock.
+/// in Confluent's Avro and Protobuf framings, each decoded (value and key)
+/// into the format-neutral change, timed by the thread's CPU clock.
 fn bench_decode(records: u64, keys: u64) -> anyhow::Result<DecodeFigures> {
-    eprintln!("vigil bench: decoding {records} Debezium changes, JSON and Avro");
+    eprintln!("vigil bench: decoding {records} Debezium changes, JSON, Avro and Protobuf");
     let changes = |format| -> (Generator, Vec<GenRecord>) {
         let spec = Spec {
             format,
@@ -296,7 +301,7 @@ fn bench_decode(records: u64, keys: u64) -> anyhow::Result<DecodeFigures> {
     let (generator, avro) = changes(CdcFormat::DebeziumAvro);
     anyhow::ensure!(json_records.len() == avro.len(), "the two workloads differ");
     let schemas: HashMap<u32, WriterSchema> = generator
-        .avro_schemas()
+        .registered_schemas()
         .into_iter()
         .map(|s| Ok((s.id, WriterSchema::parse(s.id, &s.text, &[])?)))
         .collect::<Result<_, RegistryError>>()?;
@@ -317,11 +322,11 @@ fn bench_decode(records: u64, keys: u64) -> anyhow::Result<DecodeFigures> {
             })
             .count()
     })?;
-    /// A record in Confluent's framing and its writer schema.
-    fn framed_with<'a>(
-        schemas: &'a HashMap<u32, WriterSchema>,
+    /// A record in Confluent's framing and its schema.
+    fn framed_with<'a, S>(
+        schemas: &'a HashMap<u32, S>,
         bytes: &'a Option<Vec<u8>>,
-    ) -> Option<(&'a WriterSchema, &'a [u8])> {
+    ) -> Option<(&'a S, &'a [u8])> {
         let framed = bytes.as_deref().and_then(framed)?;
         Some((schemas.get(&framed.schema_id)?, framed.datum))
     }
@@ -333,6 +338,30 @@ fn bench_decode(records: u64, keys: u64) -> anyhow::Result<DecodeFigures> {
                 let decoded = value.as_ref().map(|v| v.view());
                 let key = framed_with(&schemas, &r.key)
                     .and_then(|(schema, datum)| decode_avro_key(schema, datum).ok().flatten());
+                let row = key.as_ref().map(|k| k.row());
+                matches!(decoded, Some(Ok(DecodedCdc::Changes(_)))) && row.is_some()
+            })
+            .count()
+    })?;
+    let (generator, protobuf) = changes(CdcFormat::DebeziumProtobuf);
+    anyhow::ensure!(
+        json_records.len() == protobuf.len(),
+        "the two workloads differ"
+    );
+    let proto_schemas: HashMap<u32, ProtoSchema> = generator
+        .registered_schemas()
+        .into_iter()
+        .map(|s| Ok((s.id, ProtoSchema::compile(s.id, &s.text, &[])?)))
+        .collect::<Result<_, RegistryError>>()?;
+    let protobuf_ns = fastest_pass(protobuf.len(), || {
+        protobuf
+            .iter()
+            .filter(|r| {
+                let value = framed_with(&proto_schemas, &r.value)
+                    .and_then(|(schema, datum)| decode_protobuf_envelope(schema, datum).ok());
+                let decoded = value.as_ref().map(|v| v.view());
+                let key = framed_with(&proto_schemas, &r.key)
+                    .and_then(|(schema, datum)| decode_protobuf_key(schema, datum).ok().flatten());
                 let row = key.as_ref().map(|k| k.row());
                 matches!(decoded, Some(Ok(DecodedCdc::Changes(_)))) && row.is_some()
             })
@@ -350,12 +379,19 @@ fn bench_decode(records: u64, keys: u64) -> anyhow::Result<DecodeFigures> {
         json_ns_per_record: json_ns,
         avro_ns_per_record: avro_ns,
         avro_over_json: avro_ns / json_ns,
+        protobuf_ns_per_record: protobuf_ns,
+        protobuf_over_json: protobuf_ns / json_ns,
         json_bytes_per_record: bytes(&json_records),
         avro_bytes_per_record: bytes(&avro),
+        protobuf_bytes_per_record: bytes(&protobuf),
     };
     eprintln!(
-        "vigil bench: decoding a change: JSON {:.0} ns, Avro {:.0} ns ({:.2} times)",
-        figures.json_ns_per_record, figures.avro_ns_per_record, figures.avro_over_json
+        "vigil bench: decoding a change: JSON {:.0} ns, Avro {:.0} ns ({:.2} times), Protobuf {:.0} ns ({:.2} times)",
+        figures.json_ns_per_record,
+        figures.avro_ns_per_record,
+        figures.avro_over_json,
+        figures.protobuf_ns_per_record,
+        figures.protobuf_over_json
     );
     Ok(figures)
 }

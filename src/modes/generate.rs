@@ -1,6 +1,6 @@
 //! `vigil gen`: writes a synthetic workload with labelled faults to files,
-//! or produces it to Kafka topics (registering the schemas of Avro records
-//! with a schema registry).
+//! or produces it to Kafka topics (registering the schemas of Avro and
+//! Protobuf records with a schema registry).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -21,7 +21,7 @@ use crate::cli::{CdcFormatArg, GenArgs};
 use crate::config::SchemaRegistryConfig;
 use crate::ingest::Stream;
 use crate::io::file::kcat_line;
-use crate::registry::SchemaRegistry;
+use crate::registry::{SchemaKind, SchemaRegistry};
 use crate::workload::encode::CdcFormat;
 use crate::workload::storms::{StormSchedule, Traffic};
 use crate::workload::{FaultRates, Generator, Spec};
@@ -31,16 +31,22 @@ const FLUSH: Duration = Duration::from_secs(60);
 
 pub fn run(args: &GenArgs) -> anyhow::Result<ExitStatus> {
     let spec = spec(args)?;
-    let avro = spec.format == CdcFormat::DebeziumAvro;
-    if avro && (args.brokers.is_none() || args.schema_registry.is_none()) {
+    let binary = matches!(
+        spec.format,
+        CdcFormat::DebeziumAvro | CdcFormat::DebeziumProtobuf
+    );
+    if binary && (args.brokers.is_none() || args.schema_registry.is_none()) {
         return Err(UsageError(
-            "--format avro writes binary records to Kafka: give --brokers and --schema-registry"
+            "--format avro and --format protobuf write binary records to Kafka: give --brokers and --schema-registry"
                 .into(),
         )
         .into());
     }
-    if !avro && args.schema_registry.is_some() {
-        return Err(UsageError("--schema-registry is for --format avro".into()).into());
+    if !binary && args.schema_registry.is_some() {
+        return Err(UsageError(
+            "--schema-registry is for --format avro and --format protobuf".into(),
+        )
+        .into());
     }
     if args.kcat && args.brokers.is_some() {
         return Err(UsageError(
@@ -65,7 +71,7 @@ pub fn run(args: &GenArgs) -> anyhow::Result<ExitStatus> {
     Ok(ExitStatus::Ok)
 }
 
-/// Registers the workload's Avro schemas under their subjects, and frames
+/// Registers the workload's schemas under their subjects, and frames
 /// its records with the ids the registry gives them.
 fn register(generator: &mut Generator, url: &str) -> anyhow::Result<()> {
     let config = SchemaRegistryConfig {
@@ -73,14 +79,14 @@ fn register(generator: &mut Generator, url: &str) -> anyhow::Result<()> {
         ..SchemaRegistryConfig::default()
     };
     let registry = SchemaRegistry::from_config(&config)?.context("a schema registry url")?;
-    let schemas: Vec<(String, String)> = generator
-        .avro_schemas()
+    let schemas: Vec<(String, String, SchemaKind)> = generator
+        .registered_schemas()
         .into_iter()
-        .map(|s| (s.subject.clone(), s.text.clone()))
+        .map(|s| (s.subject.clone(), s.text.clone(), s.kind))
         .collect();
-    for (subject, text) in schemas {
+    for (subject, text, kind) in schemas {
         let id = registry
-            .register(&subject, &text)
+            .register(&subject, &text, kind)
             .with_context(|| format!("registering the schema of {subject}"))?;
         generator.set_schema_id(&subject, id);
     }
@@ -207,6 +213,7 @@ pub fn spec(args: &GenArgs) -> Result<Spec, UsageError> {
         CdcFormatArg::Maxwell => CdcFormat::Maxwell,
         CdcFormatArg::Canal => CdcFormat::Canal,
         CdcFormatArg::Avro => CdcFormat::DebeziumAvro,
+        CdcFormatArg::Protobuf => CdcFormat::DebeziumProtobuf,
     };
     Ok(Spec {
         events: args.events,

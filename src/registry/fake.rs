@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 struct State {
     /// Path -> HTTP status and body.
     routes: HashMap<String, (u16, String)>,
+
     /// Requests per path.
     hits: HashMap<String, usize>,
     /// `Authorization` headers received.
@@ -134,9 +135,11 @@ fn register(state: &mut State, path: &str, request: &[u8]) -> (u16, String) {
     let subject = path
         .strip_prefix("/subjects/")
         .and_then(|rest| rest.strip_suffix("/versions"));
-    let schema = serde_json::from_slice::<serde_json::Value>(request)
-        .ok()
+    let request = serde_json::from_slice::<serde_json::Value>(request).ok();
+    let schema = request
+        .as_ref()
         .and_then(|v| v["schema"].as_str().map(str::to_string));
+    let schema_type = request.as_ref().and_then(|v| v.get("schemaType").cloned());
     let (Some(subject), Some(schema)) = (subject, schema) else {
         return (
             422,
@@ -145,7 +148,11 @@ fn register(state: &mut State, path: &str, request: &[u8]) -> (u16, String) {
     };
     let next = state.registered.len() as u32 + 1;
     let id = *state.registered.entry(schema.clone()).or_insert(next);
-    let body = serde_json::json!({ "schema": schema }).to_string();
+    let mut body = serde_json::json!({ "schema": schema });
+    if let Some(schema_type) = schema_type {
+        body["schemaType"] = schema_type;
+    }
+    let body = body.to_string();
     state
         .routes
         .insert(format!("/schemas/ids/{id}"), (200, body));

@@ -1,6 +1,7 @@
-//! The Confluent Schema Registry client: the writer schema of an id, fetched
-//! over HTTP (`GET {url}/schemas/ids/{id}`, referenced schemas by
-//! `GET {url}/subjects/{subject}/versions/{version}`) and kept parsed.
+//! The Confluent Schema Registry client: the schema of an id, fetched over
+//! HTTP (`GET {url}/schemas/ids/{id}`, referenced schemas by
+//! `GET {url}/subjects/{subject}/versions/{version}`) and kept parsed (Avro)
+//! or compiled (Protobuf).
 //!
 //! Each id is fetched once however many threads ask for it at the same time:
 //! the first asker fetches while the others wait for its answer. What the
@@ -10,7 +11,7 @@
 //! longest-held one dropped first (it is fetched again when a record names
 //! it).
 //!
-//! `vigil gen` registers the schemas of its Avro records with
+//! `vigil gen` registers the schemas of its Avro and Protobuf records with
 //! [`SchemaRegistry::register`] (`POST {url}/subjects/{subject}/versions`).
 
 use std::collections::{HashMap, VecDeque};
@@ -22,6 +23,10 @@ use apache_avro::schema::{Name, ResolvedSchema};
 use serde::Deserialize;
 
 use crate::config::SchemaRegistryConfig;
+
+mod protobuf;
+
+pub use protobuf::ProtoSchema;
 
 /// Error code of the registry's "schema not found" answer.
 const SCHEMA_NOT_FOUND: u32 = 40403;
@@ -42,16 +47,36 @@ pub enum RegistryError {
     #[error("the schema registry has no schema with id {id}")]
     UnknownSchema { id: u32 },
     /// The registry's schema for the id (or one it references) does not
-    /// parse as an Avro schema.
-    #[error("schema {id} is not a valid Avro schema: {message}")]
-    Malformed { id: u32, message: String },
-    /// The id names a schema of a kind vigil does not read (Protobuf).
-    #[error("schema {id} is a {kind} schema; vigil reads Avro and JSON Schema")]
+    /// parse as a schema of its kind.
+    #[error("schema {id} is not a valid {kind} schema: {message}")]
+    Malformed {
+        id: u32,
+        kind: SchemaKind,
+        message: String,
+    },
+    /// The id names a schema of a kind vigil does not read.
+    #[error("schema {id} is a {kind} schema; vigil reads Avro, Protobuf and JSON Schema")]
     Unsupported { id: u32, kind: String },
     /// The registry refused to register a schema under a subject
     /// (credentials, an incompatible or invalid schema).
     #[error("the schema registry refused the schema of subject {subject:?}: {message}")]
     Rejected { subject: String, message: String },
+}
+
+/// The kinds of schema whose records vigil decodes with the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaKind {
+    Avro,
+    Protobuf,
+}
+
+impl std::fmt::Display for SchemaKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SchemaKind::Avro => "Avro",
+            SchemaKind::Protobuf => "Protobuf",
+        })
+    }
 }
 
 impl RegistryError {
@@ -90,6 +115,7 @@ impl WriterSchema {
     pub fn parse(id: u32, text: &str, references: &[String]) -> Result<Self, RegistryError> {
         let malformed = |e: apache_avro::Error| RegistryError::Malformed {
             id,
+            kind: SchemaKind::Avro,
             message: e.to_string(),
         };
         let (schema, references) = if references.is_empty() {
@@ -127,6 +153,9 @@ impl WriterSchema {
 pub enum Registered {
     /// An Avro writer schema: the records are its binary encoding.
     Avro(Box<WriterSchema>),
+    /// A compiled Protobuf schema: the records are message indexes, then
+    /// the encoding of the message they name.
+    Protobuf(Box<ProtoSchema>),
     /// A JSON Schema: the records are JSON text after the header, read as
     /// records without the framing are (the schema is not needed for it).
     JsonSchema,
@@ -168,6 +197,9 @@ struct Served {
 
 #[derive(Deserialize)]
 struct Reference {
+    /// The import path a Protobuf schema names the reference by (an Avro
+    /// schema, by the full name of the type).
+    name: String,
     subject: String,
     version: i64,
 }
@@ -286,30 +318,44 @@ impl SchemaRegistry {
                 return Err(self.unavailable(&path, format!("HTTP 404 with error code {code}")));
             }
         };
+        let kind = match served.schema_type.as_deref() {
+            None | Some("AVRO") => SchemaKind::Avro,
+            Some("PROTOBUF") => SchemaKind::Protobuf,
+            Some("JSON") => return Ok(Arc::new(Registered::JsonSchema)),
+            Some(kind) => {
+                return Err(RegistryError::Unsupported {
+                    id,
+                    kind: kind.to_string(),
+                });
+            }
+        };
         let mut references = Vec::new();
-        self.collect_references(id, &served.references, 0, &mut references)?;
-        match served.schema_type.as_deref() {
-            None | Some("AVRO") => WriterSchema::parse(id, &served.schema, &references)
-                .map(|schema| Arc::new(Registered::Avro(Box::new(schema)))),
-            Some("JSON") => Ok(Arc::new(Registered::JsonSchema)),
-            Some(kind) => Err(RegistryError::Unsupported {
-                id,
-                kind: kind.to_string(),
-            }),
+        self.collect_references(id, kind, &served.references, 0, &mut references)?;
+        match kind {
+            SchemaKind::Avro => {
+                let texts: Vec<String> = references.into_iter().map(|(_, text)| text).collect();
+                WriterSchema::parse(id, &served.schema, &texts)
+                    .map(|schema| Arc::new(Registered::Avro(Box::new(schema))))
+            }
+            SchemaKind::Protobuf => ProtoSchema::compile(id, &served.schema, &references)
+                .map(|schema| Arc::new(Registered::Protobuf(Box::new(schema)))),
         }
     }
 
-    /// The texts of referenced schemas, the ones they reference first.
+    /// The names and texts of referenced schemas, the ones they reference
+    /// first.
     fn collect_references(
         &self,
         id: u32,
+        kind: SchemaKind,
         references: &[Reference],
         depth: usize,
-        out: &mut Vec<String>,
+        out: &mut Vec<(String, String)>,
     ) -> Result<(), RegistryError> {
         if !references.is_empty() && depth >= MAX_REFERENCE_DEPTH {
             return Err(RegistryError::Malformed {
                 id,
+                kind,
                 message: format!("references nest deeper than {MAX_REFERENCE_DEPTH}"),
             });
         }
@@ -321,14 +367,15 @@ impl SchemaRegistry {
             );
             let served = self.get(&path)?.map_err(|code| RegistryError::Malformed {
                 id,
+                kind,
                 message: format!(
                     "referenced subject {:?} version {} not found (error code {code})",
                     reference.subject, reference.version
                 ),
             })?;
-            self.collect_references(id, &served.references, depth + 1, out)?;
-            if !out.contains(&served.schema) {
-                out.push(served.schema);
+            self.collect_references(id, kind, &served.references, depth + 1, out)?;
+            if !out.iter().any(|(_, text)| *text == served.schema) {
+                out.push((reference.name.clone(), served.schema));
             }
         }
         Ok(())
@@ -354,16 +401,27 @@ impl SchemaRegistry {
         }
     }
 
-    /// Registers an Avro schema under a subject (`POST
+    /// Registers a schema of `kind` under a subject (`POST
     /// /subjects/{subject}/versions`) and returns its id; a schema already
     /// registered keeps its id.
-    pub fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
+    pub fn register(
+        &self,
+        subject: &str,
+        schema: &str,
+        kind: SchemaKind,
+    ) -> Result<u32, RegistryError> {
         #[derive(Deserialize)]
         struct Registered {
             id: u32,
         }
         let path = format!("/subjects/{}/versions", percent_encode(subject));
-        let request = serde_json::json!({ "schema": schema }).to_string();
+        let request = match kind {
+            SchemaKind::Avro => serde_json::json!({ "schema": schema }),
+            SchemaKind::Protobuf => {
+                serde_json::json!({ "schema": schema, "schemaType": "PROTOBUF" })
+            }
+        }
+        .to_string();
         let (status, body) = self.call(&path, Some(&request))?;
         match status {
             200 => serde_json::from_str::<Registered>(&body)
@@ -485,9 +543,13 @@ mod tests {
     fn schemas_are_registered_under_their_subject() {
         let registry = FakeRegistry::start();
         let client = client(&registry, 10);
-        let id = client.register("rows/value", ROW).unwrap();
+        let id = client
+            .register("rows/value", ROW, SchemaKind::Avro)
+            .unwrap();
         assert_eq!(
-            client.register("rows/value", ROW).unwrap(),
+            client
+                .register("rows/value", ROW, SchemaKind::Avro)
+                .unwrap(),
             id,
             "same text, same id"
         );
@@ -495,7 +557,12 @@ mod tests {
         assert_eq!(writer(&client.schema(id).unwrap()).id, id);
 
         registry.set_down(true);
-        assert!(client.register("t-value", ROW).unwrap_err().is_retryable());
+        assert!(
+            client
+                .register("t-value", ROW, SchemaKind::Avro)
+                .unwrap_err()
+                .is_retryable()
+        );
         registry.set_down(false);
         // The stand-in refuses (422) what is not a registration.
         let refused = SchemaRegistryConfig {
@@ -505,7 +572,7 @@ mod tests {
         let err = SchemaRegistry::from_config(&refused)
             .unwrap()
             .unwrap()
-            .register("t-value", "{")
+            .register("t-value", "{", SchemaKind::Avro)
             .unwrap_err();
         assert!(
             matches!(&err, RegistryError::Rejected { subject, .. } if subject == "t-value"),
@@ -553,8 +620,30 @@ mod tests {
             RegistryError::Malformed { id: 2, .. }
         ));
         assert!(matches!(
-            client.schema(3).unwrap_err(),
-            RegistryError::Unsupported { id: 3, ref kind } if kind == "PROTOBUF"
+            *client.schema(3).unwrap(),
+            Registered::Protobuf(_)
+        ));
+        registry.answer(
+            "/schemas/ids/6",
+            200,
+            r#"{"schema":"struct T {}","schemaType":"THRIFT"}"#,
+        );
+        assert!(matches!(
+            client.schema(6).unwrap_err(),
+            RegistryError::Unsupported { id: 6, ref kind } if kind == "THRIFT"
+        ));
+        registry.answer(
+            "/schemas/ids/7",
+            200,
+            r#"{"schema":"syntax = \"proto3\"; message {","schemaType":"PROTOBUF"}"#,
+        );
+        assert!(matches!(
+            client.schema(7).unwrap_err(),
+            RegistryError::Malformed {
+                id: 7,
+                kind: SchemaKind::Protobuf,
+                ..
+            }
         ));
         registry.answer(
             "/schemas/ids/5",
@@ -633,8 +722,45 @@ mod tests {
         );
         let err = client.schema(10).unwrap_err();
         assert!(
-            matches!(&err, RegistryError::Malformed { id: 10, message } if message.contains("40401")),
+            matches!(&err, RegistryError::Malformed { id: 10, message, .. } if message.contains("40401")),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn protobuf_references_are_served_by_their_import_path() {
+        let registry = FakeRegistry::start();
+        let served = serde_json::json!({
+            "schema": "syntax = \"proto3\";\nimport \"rows/row.proto\";\nmessage Outer { t.Row row = 1; }\n",
+            "schemaType": "PROTOBUF",
+            "references": [{"name": "rows/row.proto", "subject": "rows", "version": 1}],
+        });
+        registry.answer("/schemas/ids/11", 200, &served.to_string());
+        registry.answer(
+            "/subjects/rows/versions/1",
+            200,
+            &serde_json::json!({
+                "subject": "rows", "version": 1, "id": 12, "schemaType": "PROTOBUF",
+                "schema": "syntax = \"proto3\";\npackage t;\nmessage Row { int64 id = 1; }\n",
+            })
+            .to_string(),
+        );
+        let client = client(&registry, 10);
+        let answer = client.schema(11).unwrap();
+        let Registered::Protobuf(schema) = &*answer else {
+            panic!("not a Protobuf schema: {answer:?}");
+        };
+        let outer = schema.message(&[0]).unwrap();
+        assert_eq!(outer.full_name(), "Outer");
+        assert_eq!(
+            outer
+                .get_field_by_name("row")
+                .unwrap()
+                .kind()
+                .as_message()
+                .unwrap()
+                .full_name(),
+            "t.Row"
         );
     }
 

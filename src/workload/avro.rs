@@ -5,50 +5,29 @@
 //! The schemas are those the converter derives for a generated table (rows
 //! and the source block of optional fields as unions with null). Subjects
 //! follow the converter's default naming, `{topic}-value` and `{topic}-key`;
-//! their ids are the registry's, set with [`AvroTable::set_id`] once
-//! registered.
+//! their ids are the registry's, set once registered.
 
 use apache_avro::Schema;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use serde_json::json;
 
+use super::GenSchema;
 use super::encode::{GenChange, GenRow};
 use crate::model::Op;
+use crate::registry::SchemaKind;
 
-/// One schema of a table: its subject, id and text.
-#[derive(Debug, Clone)]
-pub struct GenSchema {
-    pub subject: String,
-    /// The id records are framed with.
-    pub id: u32,
-    pub text: String,
-    schema: Schema,
-}
-
-impl GenSchema {
-    fn new(subject: String, id: u32, text: String) -> Self {
-        let schema = Schema::parse_str(&text).expect("the generated schemas are valid Avro");
-        GenSchema {
-            subject,
-            id,
-            text,
-            schema,
-        }
-    }
-
-    /// A value of the schema in Confluent's framing.
-    fn frame(&self, value: Value) -> Vec<u8> {
-        let datum = GenericDatumWriter::builder(&self.schema)
-            .build()
-            .and_then(|writer| writer.write_value_to_vec(value))
-            .expect("generated values fit their schemas");
-        let mut framed = Vec::with_capacity(5 + datum.len());
-        framed.push(0);
-        framed.extend(self.id.to_be_bytes());
-        framed.extend(datum);
-        framed
-    }
+/// A value of an Avro schema in Confluent's framing with `id`.
+fn frame(schema: &Schema, id: u32, value: Value) -> Vec<u8> {
+    let datum = GenericDatumWriter::builder(schema)
+        .build()
+        .and_then(|writer| writer.write_value_to_vec(value))
+        .expect("generated values fit their schemas");
+    let mut framed = Vec::with_capacity(5 + datum.len());
+    framed.push(0);
+    framed.extend(id.to_be_bytes());
+    framed.extend(datum);
+    framed
 }
 
 /// The value and key schemas of one table written in Avro.
@@ -56,6 +35,8 @@ impl GenSchema {
 pub struct AvroTable {
     pub value: GenSchema,
     pub key: GenSchema,
+    value_schema: Schema,
+    key_schema: Schema,
 }
 
 impl AvroTable {
@@ -63,28 +44,25 @@ impl AvroTable {
     /// (value) and `first_id + 1` (key) until told others.
     pub fn new(topic: &str, table: u32, first_id: u32) -> Self {
         let name = format!("gen.public.t{table}");
+        let (value, key) = (envelope_schema(&name), key_schema(&name));
+        let parse =
+            |text: &str| Schema::parse_str(text).expect("the generated schemas are valid Avro");
         AvroTable {
-            value: GenSchema::new(format!("{topic}-value"), first_id, envelope_schema(&name)),
-            key: GenSchema::new(format!("{topic}-key"), first_id + 1, key_schema(&name)),
+            value_schema: parse(&value),
+            key_schema: parse(&key),
+            value: GenSchema::new(topic, "value", first_id, value, SchemaKind::Avro),
+            key: GenSchema::new(topic, "key", first_id + 1, key, SchemaKind::Avro),
         }
-    }
-
-    /// Frames records of `subject` with `id` (the registry's); false when
-    /// the subject is not this table's.
-    pub fn set_id(&mut self, subject: &str, id: u32) -> bool {
-        for schema in [&mut self.value, &mut self.key] {
-            if schema.subject == subject {
-                schema.id = id;
-                return true;
-            }
-        }
-        false
     }
 
     /// The Kafka key and value of a change.
     pub fn encode(&self, c: &GenChange) -> (Vec<u8>, Vec<u8>) {
         let id = c.after.as_ref().or(c.before.as_ref()).map_or(0, |r| r.id);
-        let key = self.key.frame(Value::Record(vec![("id".into(), long(id))]));
+        let key = frame(
+            &self.key_schema,
+            self.key.id,
+            Value::Record(vec![("id".into(), long(id))]),
+        );
         let source = Value::Record(vec![
             ("version".into(), string("2.7.0.Final")),
             ("connector".into(), string("postgresql")),
@@ -109,14 +87,18 @@ impl AvroTable {
             ("lsn".into(), some(long(c.position))),
             ("xmin".into(), none()),
         ]);
-        let value = self.value.frame(Value::Record(vec![
-            ("before".into(), row(c.before.as_ref())),
-            ("after".into(), row(c.after.as_ref())),
-            ("source".into(), source),
-            ("op".into(), string(c.op.code())),
-            ("ts_ms".into(), some(Value::Long(c.commit_ts_ms + 3))),
-            ("transaction".into(), none()),
-        ]));
+        let value = frame(
+            &self.value_schema,
+            self.value.id,
+            Value::Record(vec![
+                ("before".into(), row(c.before.as_ref())),
+                ("after".into(), row(c.after.as_ref())),
+                ("source".into(), source),
+                ("op".into(), string(c.op.code())),
+                ("ts_ms".into(), some(Value::Long(c.commit_ts_ms + 3))),
+                ("transaction".into(), none()),
+            ]),
+        );
         (key, value)
     }
 }
@@ -142,7 +124,7 @@ fn some(value: Value) -> Value {
 
 /// Whether a column of [`GenRow::COLUMNS`] is required (the primary key
 /// and the version), else optional (a union with null).
-fn required(column: &str) -> bool {
+pub(super) fn required(column: &str) -> bool {
     matches!(column, "id" | "version")
 }
 
@@ -248,6 +230,7 @@ mod tests {
         self, DecodedCdc, Flattened, decode_avro_envelope, decode_avro_key, framed,
     };
     use crate::registry::WriterSchema;
+    use crate::workload::RegisteredTable;
     use crate::workload::encode::{CdcFormat, encode_change};
 
     fn change(op: Op, before: Option<u64>, after: Option<u64>) -> GenChange {
@@ -332,11 +315,12 @@ mod tests {
 
     #[test]
     fn records_carry_the_ids_the_registry_gave() {
-        let mut table = AvroTable::new("gen.public.t0", 0, 1);
+        let table = AvroTable::new("gen.public.t0", 0, 1);
         assert_eq!(
             (table.value.subject.as_str(), table.key.subject.as_str()),
             ("gen.public.t0-value", "gen.public.t0-key")
         );
+        let mut table = RegisteredTable::Avro(Box::new(table));
         assert!(table.set_id("gen.public.t0-value", 100));
         assert!(table.set_id("gen.public.t0-key", 101));
         assert!(!table.set_id("gen.public.t1-value", 7));

@@ -19,6 +19,9 @@ pub enum CdcFormat {
     /// Debezium envelope written by Confluent's Avro converter (binary, in
     /// Confluent's framing; see [`super::avro`]).
     DebeziumAvro,
+    /// Debezium envelope written by Confluent's Protobuf converter (binary,
+    /// in Confluent's framing; see [`super::protobuf`]).
+    DebeziumProtobuf,
 }
 
 impl CdcFormat {
@@ -38,7 +41,8 @@ impl CdcFormat {
             CdcFormat::Debezium
             | CdcFormat::DebeziumSchema
             | CdcFormat::DebeziumFlat
-            | CdcFormat::DebeziumAvro => format!("public.t{table}"),
+            | CdcFormat::DebeziumAvro
+            | CdcFormat::DebeziumProtobuf => format!("public.t{table}"),
             CdcFormat::Maxwell | CdcFormat::Canal => format!("app.t{table}"),
         }
     }
@@ -61,6 +65,7 @@ impl CdcFormat {
                 | CdcFormat::DebeziumSchema
                 | CdcFormat::DebeziumFlat
                 | CdcFormat::DebeziumAvro
+                | CdcFormat::DebeziumProtobuf
         )
     }
 
@@ -159,14 +164,19 @@ fn debezium_op(op: Op) -> &'static str {
 }
 
 /// The Kafka key and the value of a change in `format`; for
-/// [`CdcFormat::DebeziumAvro`], the same event as Debezium's JSON converter
-/// writes it (the Avro form is [`super::avro::AvroTable::encode`]'s).
+/// [`CdcFormat::DebeziumAvro`] and [`CdcFormat::DebeziumProtobuf`], the
+/// same event as Debezium's JSON converter writes it (the binary forms are
+/// [`super::avro::AvroTable::encode`]'s and
+/// [`super::protobuf::ProtoTable::encode`]'s).
 pub fn encode_change(format: CdcFormat, c: &GenChange) -> (Option<String>, String) {
     let stringly = format.stringly();
     let row = |r: &Option<GenRow>| r.as_ref().map_or(Value::Null, |r| r.to_json(stringly));
     let table = format!("t{}", c.table);
     match format {
-        CdcFormat::Debezium | CdcFormat::DebeziumSchema | CdcFormat::DebeziumAvro => {
+        CdcFormat::Debezium
+        | CdcFormat::DebeziumSchema
+        | CdcFormat::DebeziumAvro
+        | CdcFormat::DebeziumProtobuf => {
             let payload = json!({
                 "before": row(&c.before),
                 "after": row(&c.after),

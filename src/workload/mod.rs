@@ -15,6 +15,7 @@
 
 pub mod avro;
 pub mod encode;
+pub mod protobuf;
 mod rng;
 pub mod storms;
 
@@ -28,10 +29,76 @@ use serde_json::{Value, json};
 use crate::events::ViolationKind;
 use crate::ingest::{RawInput, Stream};
 use crate::model::{Millis, Op};
-use avro::{AvroTable, GenSchema};
+use crate::registry::SchemaKind;
+use avro::AvroTable;
 use encode::{CdcFormat, GenCacheEvent, GenChange, GenRow, TsForm, encode_cache, encode_change};
+use protobuf::ProtoTable;
 use rng::Rng;
 use storms::{BaseRates, ExpectedStorm, Injection, StormSchedule, Traffic};
+
+/// One schema of a table written in a schema registry's wire format: its
+/// subject, id, text and kind.
+#[derive(Debug, Clone)]
+pub struct GenSchema {
+    pub subject: String,
+    /// The id records are framed with.
+    pub id: u32,
+    pub text: String,
+    pub kind: SchemaKind,
+}
+
+impl GenSchema {
+    /// The `part` (`value` or `key`) schema of `topic`, under the
+    /// converters' default subject, `{topic}-{part}`.
+    fn new(topic: &str, part: &str, id: u32, text: String, kind: SchemaKind) -> Self {
+        GenSchema {
+            subject: format!("{topic}-{part}"),
+            id,
+            text,
+            kind,
+        }
+    }
+}
+
+/// The schemas of a table written in a schema registry's wire format.
+#[derive(Debug, Clone)]
+enum RegisteredTable {
+    Avro(Box<AvroTable>),
+    Protobuf(Box<ProtoTable>),
+}
+
+impl RegisteredTable {
+    fn schemas(&self) -> [&GenSchema; 2] {
+        match self {
+            RegisteredTable::Avro(t) => [&t.value, &t.key],
+            RegisteredTable::Protobuf(t) => [&t.value, &t.key],
+        }
+    }
+
+    /// Frames records of `subject` with `id` (the registry's); false when
+    /// the subject is not this table's.
+    fn set_id(&mut self, subject: &str, id: u32) -> bool {
+        let [value, key] = match self {
+            RegisteredTable::Avro(t) => [&mut t.value, &mut t.key],
+            RegisteredTable::Protobuf(t) => [&mut t.value, &mut t.key],
+        };
+        for schema in [value, key] {
+            if schema.subject == subject {
+                schema.id = id;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The Kafka key and value of a change.
+    fn encode(&self, c: &GenChange) -> (Vec<u8>, Vec<u8>) {
+        match self {
+            RegisteredTable::Avro(t) => t.encode(c),
+            RegisteredTable::Protobuf(t) => t.encode(c),
+        }
+    }
+}
 
 /// Deadline of the generated tables.
 pub const DEADLINE_MS: i64 = 1_000;
@@ -256,8 +323,9 @@ pub struct Generator {
     /// `formats[t % formats.len()]`.
     formats: Vec<CdcFormat>,
     cdc_topics: Vec<Arc<str>>,
-    /// The schemas of each table written in Avro.
-    avro: Vec<Option<AvroTable>>,
+    /// The schemas of each table written in a schema registry's wire
+    /// format.
+    registered: Vec<Option<RegisteredTable>>,
     cache_topic: Arc<str>,
     storms: Vec<Injection>,
 }
@@ -302,10 +370,18 @@ impl Generator {
             })
             .collect();
         // Ids 1, 2 for table 0's value and key, 3, 4 for table 1's...
-        let avro = (0..spec.tables.max(1))
+        let registered = (0..spec.tables.max(1))
             .map(|t| {
-                (format_of(t) == CdcFormat::DebeziumAvro)
-                    .then(|| AvroTable::new(&cdc_topics[t as usize], t, 2 * t + 1))
+                let topic = &cdc_topics[t as usize];
+                match format_of(t) {
+                    CdcFormat::DebeziumAvro => Some(RegisteredTable::Avro(Box::new(
+                        AvroTable::new(topic, t, 2 * t + 1),
+                    ))),
+                    CdcFormat::DebeziumProtobuf => Some(RegisteredTable::Protobuf(Box::new(
+                        ProtoTable::new(topic, t, 2 * t + 1),
+                    ))),
+                    _ => None,
+                }
             })
             .collect();
         let stats = GenStats {
@@ -336,7 +412,7 @@ impl Generator {
             stats,
             formats,
             cdc_topics,
-            avro,
+            registered,
             cache_topic: Arc::from("cache-events"),
             storms,
             spec,
@@ -375,20 +451,21 @@ impl Generator {
         Ok(())
     }
 
-    /// The schemas of the tables written in Avro, to register with a
-    /// schema registry before the records are read.
-    pub fn avro_schemas(&self) -> Vec<&GenSchema> {
-        self.avro
+    /// The schemas of the tables written in a schema registry's wire
+    /// format (Avro, Protobuf), to register with the registry before the
+    /// records are read.
+    pub fn registered_schemas(&self) -> Vec<&GenSchema> {
+        self.registered
             .iter()
             .flatten()
-            .flat_map(|t| [&t.value, &t.key])
+            .flat_map(RegisteredTable::schemas)
             .collect()
     }
 
     /// Frames the records of `subject` with `id` from now on (the id a
     /// schema registry gave it); false when no table has that subject.
     pub fn set_schema_id(&mut self, subject: &str, id: u32) -> bool {
-        self.avro
+        self.registered
             .iter_mut()
             .flatten()
             .any(|t| t.set_id(subject, id))
@@ -597,7 +674,7 @@ impl Generator {
 
     fn change(&mut self, c: GenChange, may_repeat: bool) {
         let format = self.format_of(c.table);
-        let (key, value) = match &self.avro[c.table as usize] {
+        let (key, value) = match &self.registered[c.table as usize] {
             Some(table) => {
                 let (key, value) = table.encode(&c);
                 (Some(key), value)

@@ -438,23 +438,35 @@ fn run_reports_exactly_what_check_reports_and_serves_metrics() {
 /// which are those of the same workload in JSON.
 #[test]
 fn run_on_an_avro_workload_reports_what_the_generator_expects() {
+    run_on_a_registered_workload(CdcFormat::DebeziumAvro, "avro");
+}
+
+/// The same with `vigil gen --format protobuf`: Debezium in Confluent's
+/// Protobuf framing, its schemas compiled by the daemon.
+#[test]
+fn run_on_a_protobuf_workload_reports_what_the_generator_expects() {
+    run_on_a_registered_workload(CdcFormat::DebeziumProtobuf, "protobuf");
+}
+
+/// `vigil gen --format {flag}` through a registry, then `vigil run` on it.
+fn run_on_a_registered_workload(format: CdcFormat, flag: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (events, seed, keys) = (6_000, 15, 1_000);
-    let avro = Spec {
-        format: CdcFormat::DebeziumAvro,
+    let binary = Spec {
+        format,
         ..spec(events, seed, START_MS, keys)
     };
     let json = Workload::of(spec(events, seed, START_MS, keys));
     // The same workload built here: its topics, end markers and expected
     // violations.
-    let w = Workload::of(avro);
+    let w = Workload::of(binary);
     assert_eq!(w.generator.expected(), json.generator.expected());
     let broker = w.broker();
     let registry = FakeRegistry::start();
     let gen_dir = dir.path().join("gen");
     let rate = |r: f64| r.to_string();
     let flags = [
-        ("--format", "avro".to_string()),
+        ("--format", flag.to_string()),
         ("--brokers", broker.bootstrap.clone()),
         ("--schema-registry", registry.url()),
         ("--events", events.to_string()),
@@ -508,7 +520,7 @@ fn run_on_an_avro_workload_reports_what_the_generator_expects() {
     await_verdicts(&broker, &expected, &daemon);
     assert!(
         registry.hits("/schemas/ids/1") >= 1,
-        "the daemon fetched the writer schemas"
+        "the daemon fetched the schemas"
     );
     let (code, log) = daemon.terminate();
     assert_eq!(code, Some(0), "a clean stop exits 0:\n{log}");
@@ -532,6 +544,10 @@ fn avro_workloads_need_brokers_and_a_registry() {
         (
             &["--schema-registry", "http://127.0.0.1:9"][..],
             "--format avro",
+        ),
+        (
+            &["--format", "protobuf", "--brokers", "127.0.0.1:9"][..],
+            "--schema-registry",
         ),
         (&["--kcat", "--brokers", "127.0.0.1:9"][..], "--kcat"),
     ] {

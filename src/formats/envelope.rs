@@ -1,0 +1,224 @@
+//! What the binary decoders (Avro, Protobuf) share: the reading of a
+//! Debezium envelope from a decoded record's fields, whatever the wire
+//! format ([`Fields`], [`read_envelope`]), the envelope and key they own
+//! ([`BinaryEnvelope`], [`BinaryKey`]), and the JSON text each column value
+//! is written as.
+//!
+//! A row of the format-neutral view holds each column's JSON text, so a
+//! binary decoder writes each column value as the JSON text that Debezium's
+//! JSON converter gives for it (numbers, strings, base64 for bytes, objects
+//! for records and maps), with one difference: a decimal is the decimal
+//! number itself, as the JSON converter writes it with
+//! `decimal.format=NUMERIC`. Key templates, primary keys and version columns
+//! then read binary rows as they read JSON ones.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use num_bigint::BigInt;
+use serde_json::value::RawValue;
+
+use super::debezium::{self, SourceMeta, Transaction};
+use super::json::{Field, millis};
+use super::{DecodedCdc, Row, Skip};
+use crate::dead_letter::{Reason, RecordError};
+use crate::model::Op;
+
+/// Column names and their values as JSON text.
+pub(super) type OwnedRow = Vec<(String, Box<RawValue>)>;
+
+/// A Debezium envelope decoded from a binary record, owning its column
+/// texts.
+#[derive(Debug)]
+pub enum BinaryEnvelope {
+    Change(Box<EnvelopeParts>),
+    Skipped(Skip),
+}
+
+#[derive(Debug)]
+pub struct EnvelopeParts {
+    op: Op,
+    before: Option<OwnedRow>,
+    after: Option<OwnedRow>,
+    /// The `source` block's fields as JSON text, read by the same
+    /// [`SourceMeta`] as a JSON record's.
+    source: OwnedRow,
+    ts_ms: Option<Box<RawValue>>,
+    tx_id: Option<String>,
+    tx_order: Option<u64>,
+}
+
+/// A Kafka key decoded from a binary record: its fields as a row.
+#[derive(Debug)]
+pub struct BinaryKey(pub(super) OwnedRow);
+
+impl BinaryKey {
+    /// The key's columns, as [`super::decode_key`] gives a JSON key's.
+    pub fn row(&self) -> Row<'_> {
+        borrow(&self.0)
+    }
+}
+
+fn borrow(row: &OwnedRow) -> Row<'_> {
+    row.iter()
+        .map(|(name, value)| (Cow::Borrowed(name.as_str()), &**value))
+        .collect()
+}
+
+/// A decoded record (an Avro record, a Protobuf message) as the envelope
+/// reader asks for its fields. A field that is absent or null is `None`.
+pub(super) trait Fields: Sized {
+    /// Whether the record's schema has a field of this name.
+    fn has(&self, name: &str) -> bool;
+    /// How many fields the record's schema has.
+    fn field_count(&self) -> usize;
+    /// The names of the record's fields, in schema order.
+    fn names(&self) -> Vec<String>;
+    /// A string field.
+    fn string(&self, name: &'static str) -> Result<Option<&str>, RecordError>;
+    /// A non-negative integer field.
+    fn count(&self, name: &'static str) -> Result<Option<u64>, RecordError>;
+    /// A record field.
+    fn record(&self, name: &'static str) -> Result<Option<Self>, RecordError>;
+    /// A field's value as JSON text.
+    fn text(&self, name: &'static str) -> Result<Option<Box<RawValue>>, RecordError>;
+    /// All of the record's fields as a row.
+    fn row(&self) -> Result<OwnedRow, RecordError>;
+}
+
+/// Reads a binary record as Debezium's: the same marks as a JSON record's
+/// (see `json::decode_by_shape`); a record with none of them is
+/// `unknown_format`, with `what` naming it in the message.
+pub(super) fn read_envelope<F: Fields>(
+    top: &F,
+    what: impl FnOnce() -> String,
+) -> Result<BinaryEnvelope, RecordError> {
+    let has = |name: &str| top.has(name);
+    if has("id") && has("status") && has("event_count") {
+        Ok(BinaryEnvelope::Skipped(Skip::TransactionMetadata))
+    } else if top.field_count() == 1 && has("ts_ms") {
+        Ok(BinaryEnvelope::Skipped(Skip::Heartbeat))
+    } else if has("op") && (has("before") || has("after") || has("source")) {
+        envelope(top)
+    } else if has("ddl") && has("tableChanges") {
+        Ok(BinaryEnvelope::Skipped(Skip::Ddl))
+    } else {
+        let mut names = top.names();
+        names.sort_unstable();
+        names.truncate(16);
+        Err(RecordError::new(
+            Reason::UnknownFormat,
+            format!(
+                "{} that is not a Debezium change event (fields {names:?})",
+                what()
+            ),
+        ))
+    }
+}
+
+fn envelope<F: Fields>(top: &F) -> Result<BinaryEnvelope, RecordError> {
+    let code = top
+        .string("op")?
+        .ok_or_else(|| RecordError::new(Reason::MissingField, "field \"op\" is missing"))?;
+    let Some(op) = debezium::parse_op(code, Field::new("op"))? else {
+        return Ok(BinaryEnvelope::Skipped(Skip::LogicalMessage));
+    };
+    let row = |name: &'static str| -> Result<Option<OwnedRow>, RecordError> {
+        top.record(name)?.map(|r| r.row()).transpose()
+    };
+    let before = row("before")?;
+    let after = row("after")?;
+    let source = row("source")?.unwrap_or_default();
+    let ts_ms = top.text("ts_ms")?;
+    let (mut tx_id, mut tx_order) = (None, None);
+    if let Some(block) = top.record("transaction")? {
+        tx_id = block.string("id")?.map(str::to_owned);
+        tx_order = block.count("total_order")?;
+    }
+    Ok(BinaryEnvelope::Change(Box::new(EnvelopeParts {
+        op,
+        before,
+        after,
+        source,
+        ts_ms,
+        tx_id,
+        tx_order,
+    })))
+}
+
+pub(super) fn wrong_type(name: &str, expected: &str) -> RecordError {
+    RecordError::new(
+        Reason::WrongType,
+        format!("field \"{name}\" is not {expected}"),
+    )
+}
+
+impl BinaryEnvelope {
+    /// The change, as the JSON decoders give it: the source block read by
+    /// [`SourceMeta`], the parts put together by [`debezium::change`].
+    pub fn view(&self) -> Result<DecodedCdc<'_>, RecordError> {
+        let parts = match self {
+            BinaryEnvelope::Skipped(skip) => return Ok(DecodedCdc::Skipped(*skip)),
+            BinaryEnvelope::Change(parts) => parts,
+        };
+        let mut source = SourceMeta::default();
+        for (name, value) in &parts.source {
+            source.read(name, value, Field::nested("source", name))?;
+        }
+        source.envelope_ts_ms = parts
+            .ts_ms
+            .as_deref()
+            .map(|v| millis(v, Field::new("ts_ms")))
+            .transpose()?;
+        let transaction = Transaction {
+            id: parts.tx_id.as_deref().map(Cow::Borrowed),
+            total_order: parts.tx_order,
+        };
+        Ok(debezium::change(
+            parts.op,
+            parts.before.as_ref().map(borrow),
+            parts.after.as_ref().map(borrow),
+            source,
+            transaction,
+        ))
+    }
+}
+
+pub(super) fn render_string(s: &str, out: &mut String) {
+    // Writing a string to JSON text cannot fail.
+    out.push_str(&serde_json::Value::from(s).to_string());
+}
+
+pub(super) fn render_float(f: f64, out: &mut String) {
+    match serde_json::Number::from_f64(f) {
+        Some(n) => {
+            let _ = write!(out, "{n}");
+        }
+        // NaN and the infinities have no JSON number.
+        None => render_string(&f.to_string(), out),
+    }
+}
+
+/// The largest scale a decimal is written with: past it the scale is
+/// malformed (it would fill memory with zeros).
+const MAX_DECIMAL_SCALE: usize = 1000;
+
+/// A decimal number: an unscaled integer and a scale; `None` for a scale
+/// past [`MAX_DECIMAL_SCALE`].
+pub(super) fn render_decimal(unscaled: &BigInt, scale: usize, out: &mut String) -> Option<()> {
+    if scale > MAX_DECIMAL_SCALE {
+        return None;
+    }
+    let digits = unscaled.magnitude().to_string();
+    if unscaled.sign() == num_bigint::Sign::Minus {
+        out.push('-');
+    }
+    if scale == 0 {
+        out.push_str(&digits);
+        return Some(());
+    }
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    let _ = write!(out, "{int}.{frac}");
+    Some(())
+}

@@ -1,0 +1,45 @@
+//! The framing a schema registry's records come in: a magic byte 0, then
+//! Confluent's 4-byte schema id ([`framed`]), then the payload (an Avro
+//! datum, Protobuf message indexes and message, or JSON text). No JSON text
+//! starts with byte 0.
+
+/// The magic byte that opens a record in a registry's framing.
+const MAGIC: u8 = 0;
+
+/// A record in a registry's framing: its schema's id and the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framed<'a> {
+    pub schema_id: u32,
+    pub datum: &'a [u8],
+}
+
+/// Whether bytes are in Confluent's framing: byte 0, then a 4-byte
+/// big-endian schema id.
+pub fn framed(bytes: &[u8]) -> Option<Framed<'_>> {
+    match bytes {
+        [MAGIC, a, b, c, d, datum @ ..] => Some(Framed {
+            schema_id: u32::from_be_bytes([*a, *b, *c, *d]),
+            datum,
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confluent_framing_is_byte_zero_and_a_schema_id() {
+        assert_eq!(
+            framed(&[0, 0, 0, 1, 2, 9]),
+            Some(Framed {
+                schema_id: 258,
+                datum: &[9]
+            })
+        );
+        assert_eq!(framed(&[0, 0, 0, 1]), None, "too short for an id");
+        assert_eq!(framed(b"{\"op\":\"c\"}"), None);
+        assert_eq!(framed(b""), None);
+    }
+}
