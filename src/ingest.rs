@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, TopicSelector, UnmappedTables};
+use crate::config::{Config, Framing, TopicSelector, UnmappedTables};
 use crate::dead_letter::{Reason, RecordError};
 use crate::formats::{self, BinaryKey, DecodedCdc, Framed, RawChange, Row};
 use crate::mapping::{Change, Mapped, Mapper};
@@ -79,6 +79,7 @@ pub struct Ingest {
     /// Where the schemas of records in a registry's framing are found;
     /// `None` without `schema_registry.url`.
     registry: Option<SchemaRegistry>,
+    framing: Framing,
     stats: Arc<Stats>,
 }
 
@@ -103,6 +104,7 @@ impl Ingest {
             flattened_topics: config.inputs.flattened_topics.clone(),
             unmapped: config.inputs.unmapped_tables,
             registry: SchemaRegistry::from_config(&config.schema_registry)?,
+            framing: config.schema_registry.framing,
             stats,
         })
     }
@@ -128,10 +130,36 @@ impl Ingest {
                 out.push(Record::Cache(event, provenance.clone()));
                 Ok(())
             }
-            Stream::Cdc => match input.value.and_then(formats::framed) {
-                Some(framed) => self.ingest_framed(input, framed, provenance, out),
+            Stream::Cdc => match input.value.and_then(|v| self.framed(v)) {
+                Some(framed) => self.ingest_framed(input, framed?, provenance, out),
                 None => self.ingest_cdc(input, provenance, out),
             },
+        }
+    }
+
+    /// Bytes in the registry's framing (`schema_registry.framing`): `None`
+    /// when they are not. An Apicurio global id past `u32::MAX` is an
+    /// unknown schema (ids are kept as 32 bits, as Confluent's are).
+    fn framed<'a>(&self, bytes: &'a [u8]) -> Option<Result<Framed<'a>, RecordError>> {
+        match self.framing {
+            Framing::Confluent => formats::framed(bytes).map(Ok),
+            Framing::Apicurio => formats::framed_apicurio(bytes).map(|f| {
+                u32::try_from(f.global_id)
+                    .map(|schema_id| Framed {
+                        schema_id,
+                        datum: f.datum,
+                    })
+                    .map_err(|_| {
+                        RecordError::new(
+                            Reason::UnknownSchema,
+                            format!(
+                                "global id {} is past the largest id vigil reads ({})",
+                                f.global_id,
+                                u32::MAX
+                            ),
+                        )
+                    })
+            }),
         }
     }
 
@@ -210,7 +238,7 @@ impl Ingest {
     /// leaves the primary key to the row.
     fn key<'k>(&self, key: Option<&'k [u8]>) -> Option<Key<'k>> {
         let key = key?;
-        let (Some(framed), Some(registry)) = (formats::framed(key), &self.registry) else {
+        let (Some(Ok(framed)), Some(registry)) = (self.framed(key), &self.registry) else {
             return std::str::from_utf8(key).ok().map(Key::Json);
         };
         match &*self.registered(registry, framed.schema_id).ok()? {
@@ -511,6 +539,68 @@ mod tests {
         );
         let err = ingest_one(&ingest, &key, &framed(12, &[0])).unwrap_err();
         assert_eq!(err.reason, Reason::InvalidProtobuf, "{err}");
+    }
+
+    #[test]
+    fn records_in_apicurio_framing_map_as_their_json_form() {
+        let registry = FakeRegistry::start();
+        let (avro_value, _) = avro_update();
+        let (proto_value, proto_key) = protobuf_update();
+        // Apicurio's framing: byte 0, an 8-byte global id, the payload.
+        let global = |id: u64, confluent: &[u8]| {
+            let mut bytes = vec![0];
+            bytes.extend(id.to_be_bytes());
+            bytes.extend(&confluent[5..]);
+            bytes
+        };
+        for (prefix, typed) in [("/apis/registry/v3", true), ("/apis/registry/v2", false)] {
+            let kind = |k| typed.then_some(k);
+            let data = |file: &str| crate::formats::testing::data_file(file);
+            registry.add_apicurio(
+                prefix,
+                21,
+                kind("AVRO"),
+                &data("avro/debezium-mysql-users.avsc"),
+            );
+            registry.add_apicurio(
+                prefix,
+                22,
+                kind("PROTOBUF"),
+                &data("protobuf/debezium-mysql-users.proto"),
+            );
+            registry.add_apicurio(
+                prefix,
+                23,
+                kind("PROTOBUF"),
+                &data("protobuf/debezium-mysql-users-key.proto"),
+            );
+            let text = format!(
+                "[[tables]]\ntable = \"demo.users\"\nkeys = [\"user:{{id}}\", \"mail:{{email}}\"]\nversion = \"binlog\"\n[schema_registry]\nurl = \"{}{prefix}\"\nframing = \"apicurio\"\n",
+                registry.url()
+            );
+            let config = Config::parse_with_env("test", &text, Vec::new()).unwrap();
+            let ingest = Ingest::new(&config, Arc::default()).unwrap();
+            let key = global(23, &proto_key);
+            for value in [global(21, &avro_value), global(22, &proto_value)] {
+                assert_eq!(
+                    ingest_one(&ingest, &key, &value).unwrap(),
+                    json_records(),
+                    "{prefix}"
+                );
+            }
+            assert_eq!(registry.hits(&format!("{prefix}/ids/globalIds/21")), 1);
+            // An id Apicurio does not know (its JSON error body), and one
+            // past 32 bits.
+            registry.answer(
+                &format!("{prefix}/ids/globalIds/24"),
+                404,
+                r#"{"message":"No content with global id 24","error_code":404,"name":"ContentNotFoundException"}"#,
+            );
+            for id in [24, 1 << 40] {
+                let err = ingest_one(&ingest, &key, &global(id, &proto_value)).unwrap_err();
+                assert_eq!(err.reason, Reason::UnknownSchema, "{err}");
+            }
+        }
     }
 
     /// Id of a JSON Schema of the fuzzed ingest; 99 is unknown.

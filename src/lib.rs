@@ -8,10 +8,10 @@
 //!
 //! ## Map of the crate, in the order data flows
 //!
-//! - [`formats`]: decoders for Debezium (JSON, or Avro or Protobuf in
-//!   Confluent's framing), Maxwell, Canal, cache events and `kcat -J` lines
-//!   (bytes in, format-neutral views out); JSON Schema records in that
-//!   framing are read as JSON by [`ingest`];
+//! - [`formats`]: decoders for Debezium (JSON, or Avro or Protobuf in a
+//!   schema registry's framing, Confluent's or Apicurio's), Maxwell, Canal,
+//!   cache events and `kcat -J` lines (bytes in, format-neutral views out);
+//!   JSON Schema records in that framing are read as JSON by [`ingest`];
 //! - [`mapping`]: a decoded change and `[[tables]]` in, a [`mapping::Change`]
 //!   with entity, cache keys, version and commit time out;
 //! - [`ingest`]: decode + map for one raw record, shared by every source
@@ -30,9 +30,10 @@
 //! - [`replay`]: what a dead letter says of its origin, for `vigil replay`;
 //! - [`modes`]: `vigil check`, `run`, `demo`, `gen` ([`modes::generate`]),
 //!   `bench`, `replay`; [`cli`] their flags;
-//! - [`registry`]: the Confluent Schema Registry client (schemas by id:
-//!   Avro writer schemas, compiled Protobuf schemas, or the mark of a JSON
-//!   Schema; registration of `vigil gen`'s schemas);
+//! - [`registry`]: the Schema Registry client (schemas by id, from
+//!   Confluent's API or Apicurio's: Avro writer schemas, compiled Protobuf
+//!   schemas, or the mark of a JSON Schema; registration of `vigil gen`'s
+//!   schemas);
 //! - [`config`]: the TOML configuration; [`telemetry`]: counters, metrics
 //!   and logs; [`http`]: the HTTP server of `vigil run` (metrics, health,
 //!   readiness, key state); [`inspect`]: read-only views of the state;

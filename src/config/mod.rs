@@ -435,14 +435,31 @@ impl Default for MetricsConfig {
     }
 }
 
-/// `[schema_registry]`: the Confluent Schema Registry that CDC records in
-/// Confluent's Avro framing name their writer schemas in.
+/// How records name their schema in the registry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Framing {
+    /// Confluent's: byte 0, a 4-byte schema id (`GET /schemas/ids/{id}`).
+    #[default]
+    Confluent,
+    /// Apicurio's: byte 0, an 8-byte global id (`GET
+    /// /ids/globalIds/{id}` under the API root `url` names).
+    Apicurio,
+}
+
+/// `[schema_registry]`: the Schema Registry (Confluent's, or Apicurio's)
+/// that CDC records in its framing name their schemas in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchemaRegistryConfig {
-    /// Base URL, like `"http://registry:8081"`. Default: none (no registry:
-    /// records in Avro framing are dead letters, `unknown_format`).
+    /// Base URL, like `"http://registry:8081"`; with Apicurio's framing,
+    /// the root of its API, like `"http://apicurio:8080/apis/registry/v3"`.
+    /// Default: none (no registry: records in a registry's framing are dead
+    /// letters, `unknown_format`).
     pub url: Option<String>,
+    /// How records name their schema: `"confluent"` or `"apicurio"`.
+    /// Default `"confluent"`.
+    pub framing: Framing,
     /// User of HTTP basic authentication. Default: none.
     pub basic_auth_user: Option<String>,
     /// Password of HTTP basic authentication (with `basic_auth_user`).
@@ -465,6 +482,7 @@ impl Default for SchemaRegistryConfig {
     fn default() -> Self {
         SchemaRegistryConfig {
             url: None,
+            framing: Framing::Confluent,
             basic_auth_user: None,
             basic_auth_password: None,
             bearer_token: None,
@@ -1222,6 +1240,10 @@ mod tests {
             Some("http://registry:8081")
         );
         assert_eq!(c.schema_registry.timeout, Dur::from_secs(2));
+        assert_eq!(c.schema_registry.framing, Framing::Confluent);
+        let c = parse("[schema_registry]\nframing = \"apicurio\"\n").unwrap();
+        assert_eq!(c.schema_registry.framing, Framing::Apicurio);
+        assert!(parse("[schema_registry]\nframing = \"other\"\n").is_err());
         for (text, setting) in [
             ("url = \"registry:8081\"", "schema_registry.url"),
             ("basic_auth_user = \"u\"", "schema_registry.basic_auth_user"),

@@ -1,7 +1,7 @@
-//! The framing a schema registry's records come in: a magic byte 0, then
-//! Confluent's 4-byte schema id ([`framed`]), then the payload (an Avro
-//! datum, Protobuf message indexes and message, or JSON text). No JSON text
-//! starts with byte 0.
+//! The framings a schema registry's records come in: a magic byte 0, then
+//! Confluent's 4-byte schema id ([`framed`]) or Apicurio's 8-byte global id
+//! ([`framed_apicurio`]), then the payload (an Avro datum, Protobuf message
+//! indexes and message, or JSON text). No JSON text starts with byte 0.
 
 /// The magic byte that opens a record in a registry's framing.
 const MAGIC: u8 = 0;
@@ -25,6 +25,23 @@ pub fn framed(bytes: &[u8]) -> Option<Framed<'_>> {
     }
 }
 
+/// A record in Apicurio's framing: its schema's global id and the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GlobalFramed<'a> {
+    pub global_id: u64,
+    pub datum: &'a [u8],
+}
+
+/// Whether bytes are in Apicurio's framing: byte 0, then an 8-byte
+/// big-endian global id.
+pub fn framed_apicurio(bytes: &[u8]) -> Option<GlobalFramed<'_>> {
+    let (id, datum) = bytes.strip_prefix(&[MAGIC])?.split_first_chunk::<8>()?;
+    Some(GlobalFramed {
+        global_id: u64::from_be_bytes(*id),
+        datum,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,5 +58,25 @@ mod tests {
         assert_eq!(framed(&[0, 0, 0, 1]), None, "too short for an id");
         assert_eq!(framed(b"{\"op\":\"c\"}"), None);
         assert_eq!(framed(b""), None);
+    }
+
+    #[test]
+    fn apicurio_framing_is_byte_zero_and_a_global_id() {
+        assert_eq!(
+            framed_apicurio(&[0, 0, 0, 0, 0, 0, 0, 1, 2, 9]),
+            Some(GlobalFramed {
+                global_id: 258,
+                datum: &[9]
+            })
+        );
+        assert_eq!(
+            framed_apicurio(&[0, 1, 0, 0, 0, 0, 0, 0, 0]),
+            Some(GlobalFramed {
+                global_id: 1 << 56,
+                datum: &[]
+            })
+        );
+        assert_eq!(framed_apicurio(&[0, 0, 0, 0, 0, 0, 0, 1]), None);
+        assert_eq!(framed_apicurio(b"{\"op\":\"c\"}"), None);
     }
 }

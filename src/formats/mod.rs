@@ -4,8 +4,8 @@
 //! `schema`/`payload` wrapper or in the CloudEvents converter's form,
 //! Debezium flattened by `ExtractNewRecordState` where declared, Maxwell,
 //! Canal), their Kafka keys by [`decode_key`]; Debezium values and keys in
-//! Confluent's framing (recognised by [`framed`]) by [`decode_avro_envelope`]
-//! and [`decode_avro_key`]
+//! a schema registry's framing (recognised by [`framed`] or
+//! [`framed_apicurio`]) by [`decode_avro_envelope`] and [`decode_avro_key`]
 //! with their Avro writer schema, or [`decode_protobuf_envelope`] and
 //! [`decode_protobuf_key`] with their Protobuf schema; cache events by
 //! [`decode_cache`], and `kcat -J` lines by [`KcatBuffers::parse`] (or
@@ -42,7 +42,7 @@ pub(crate) use avro::tests::mysql_update as avro_mysql_update;
 pub use avro::{decode_envelope as decode_avro_envelope, decode_key as decode_avro_key};
 pub use cache::decode_cache;
 pub use envelope::{BinaryEnvelope, BinaryKey};
-pub use framing::{Framed, framed};
+pub use framing::{Framed, GlobalFramed, framed, framed_apicurio};
 pub use json::{Scalar, row_hash, scalar};
 pub use kcat::{Headers, KcatBuffers, KcatLine, KcatRecord, parse_kcat_line};
 pub use protobuf::{

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 struct State {
     /// Path -> HTTP status and body.
     routes: HashMap<String, (u16, String)>,
-
+    /// Path -> the `X-Registry-ArtifactType` header of its answer.
+    artifact_types: HashMap<String, String>,
     /// Requests per path.
     hits: HashMap<String, usize>,
     /// `Authorization` headers received.
@@ -85,6 +86,18 @@ impl FakeRegistry {
     pub fn answer(&self, path: &str, status: u16, body: &str) {
         let mut state = self.shared.state.lock().unwrap();
         state.routes.insert(path.into(), (status, body.into()));
+    }
+
+    /// Serves a schema's text as Apicurio does under `{prefix}/ids/globalIds/{id}`
+    /// (`prefix` like `/apis/registry/v3`), with its kind in the
+    /// `X-Registry-ArtifactType` header when given.
+    pub fn add_apicurio(&self, prefix: &str, id: u32, kind: Option<&str>, text: &str) {
+        let path = format!("{prefix}/ids/globalIds/{id}");
+        let mut state = self.shared.state.lock().unwrap();
+        state.routes.insert(path.clone(), (200, text.into()));
+        if let Some(kind) = kind {
+            state.artifact_types.insert(path, kind.into());
+        }
     }
 
     /// While `down`, every request is answered 503.
@@ -192,12 +205,17 @@ fn serve(shared: &Shared, stream: TcpStream) {
     if reader.read_exact(&mut request).is_err() {
         return;
     }
-    let (status, body) = {
+    let (status, body, artifact_type) = {
         let mut state = shared.state.lock().unwrap();
+        let artifact_type = state
+            .artifact_types
+            .get(&path)
+            .map(|kind| format!("X-Registry-ArtifactType: {kind}\r\n"))
+            .unwrap_or_default();
         *state.hits.entry(path.clone()).or_default() += 1;
         state.authorizations.extend(authorization);
         shared.requested.notify_all();
-        if state.down {
+        let (status, body) = if state.down {
             (
                 503,
                 r#"{"error_code":50301,"message":"unavailable"}"#.to_string(),
@@ -209,10 +227,11 @@ fn serve(shared: &Shared, stream: TcpStream) {
                 404,
                 r#"{"error_code":40403,"message":"Schema not found"}"#.to_string(),
             ))
-        }
+        };
+        (status, body, artifact_type)
     };
     let response = format!(
-        "HTTP/1.1 {status} X\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} X\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\n{artifact_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = (&stream).write_all(response.as_bytes());

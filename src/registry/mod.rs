@@ -1,7 +1,8 @@
-//! The Confluent Schema Registry client: the schema of an id, fetched over
-//! HTTP (`GET {url}/schemas/ids/{id}`, referenced schemas by
-//! `GET {url}/subjects/{subject}/versions/{version}`) and kept parsed (Avro)
-//! or compiled (Protobuf).
+//! The Schema Registry client: the schema of an id, fetched over HTTP
+//! (Confluent's: `GET {url}/schemas/ids/{id}`, referenced schemas by
+//! `GET {url}/subjects/{subject}/versions/{version}`; Apicurio's, with
+//! `schema_registry.framing = "apicurio"`: `GET {url}/ids/globalIds/{id}`)
+//! and kept parsed (Avro) or compiled (Protobuf).
 //!
 //! Each id is fetched once however many threads ask for it at the same time:
 //! the first asker fetches while the others wait for its answer. What the
@@ -22,7 +23,7 @@ use apache_avro::Schema;
 use apache_avro::schema::{Name, ResolvedSchema};
 use serde::Deserialize;
 
-use crate::config::SchemaRegistryConfig;
+use crate::config::{Framing, SchemaRegistryConfig};
 
 mod protobuf;
 
@@ -181,6 +182,7 @@ pub struct SchemaRegistry {
     agent: ureq::Agent,
     authorization: Option<String>,
     max_schemas: usize,
+    framing: Framing,
     cache: Mutex<Cache>,
 }
 
@@ -272,6 +274,7 @@ impl SchemaRegistry {
             agent,
             authorization,
             max_schemas: config.max_schemas,
+            framing: config.framing,
             cache: Mutex::default(),
         }))
     }
@@ -310,13 +313,20 @@ impl SchemaRegistry {
     }
 
     fn fetch(&self, id: u32) -> Answer {
-        let path = format!("/schemas/ids/{id}");
-        let served = match self.get(&path)? {
-            Ok(served) => served,
-            Err(SCHEMA_NOT_FOUND) => return Err(RegistryError::UnknownSchema { id }),
-            Err(code) => {
-                return Err(self.unavailable(&path, format!("HTTP 404 with error code {code}")));
+        let served = match self.framing {
+            Framing::Confluent => {
+                let path = format!("/schemas/ids/{id}");
+                match self.get(&path)? {
+                    Ok(served) => served,
+                    Err(SCHEMA_NOT_FOUND) => return Err(RegistryError::UnknownSchema { id }),
+                    Err(code) => {
+                        return Err(
+                            self.unavailable(&path, format!("HTTP 404 with error code {code}"))
+                        );
+                    }
+                }
             }
+            Framing::Apicurio => self.get_by_global_id(id)?,
         };
         let kind = match served.schema_type.as_deref() {
             None | Some("AVRO") => SchemaKind::Avro,
@@ -381,12 +391,38 @@ impl SchemaRegistry {
         Ok(())
     }
 
+    /// GETs the schema of an Apicurio global id (`GET
+    /// /ids/globalIds/{id}`, v2 or v3 as `url` names): the schema's text
+    /// itself, its kind in the `X-Registry-ArtifactType` header (or, without
+    /// it, told by the text). A 404 with Apicurio's JSON error body is an
+    /// unknown id; references are not followed.
+    fn get_by_global_id(&self, id: u32) -> Result<Served, RegistryError> {
+        let path = format!("/ids/globalIds/{id}");
+        let (status, body, artifact_type) = self.call(&path, None)?;
+        match status {
+            200 => {
+                let schema_type = artifact_type.unwrap_or_else(|| kind_of_text(&body).to_string());
+                Ok(Served {
+                    schema: body,
+                    schema_type: Some(schema_type),
+                    references: Vec::new(),
+                })
+            }
+            404 if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&body)
+                .is_ok() =>
+            {
+                Err(RegistryError::UnknownSchema { id })
+            }
+            _ => Err(self.unavailable(&path, format!("HTTP {status}: {}", first_line(&body)))),
+        }
+    }
+
     /// GETs a schema: `Ok(Err(error code))` when the registry says it has
     /// none (HTTP 404 with its error body); any other failure, a 404 without
     /// the registry's error body included (a wrong `url`, most likely), is
     /// [`RegistryError::Unavailable`].
     fn get(&self, path: &str) -> Result<Result<Served, u32>, RegistryError> {
-        let (status, body) = self.call(path, None)?;
+        let (status, body, _) = self.call(path, None)?;
         let registry_code = || {
             serde_json::from_str::<ErrorBody>(&body)
                 .ok()
@@ -422,7 +458,7 @@ impl SchemaRegistry {
             }
         }
         .to_string();
-        let (status, body) = self.call(&path, Some(&request))?;
+        let (status, body, _) = self.call(&path, Some(&request))?;
         match status {
             200 => serde_json::from_str::<Registered>(&body)
                 .map(|r| r.id)
@@ -444,9 +480,14 @@ impl SchemaRegistry {
         }
     }
 
-    /// Sends a GET, or a POST of `body`, and returns the status and the
-    /// answer's text; failing to get one is [`RegistryError::Unavailable`].
-    fn call(&self, path: &str, body: Option<&str>) -> Result<(u16, String), RegistryError> {
+    /// Sends a GET, or a POST of `body`, and returns the status, the
+    /// answer's text and its `X-Registry-ArtifactType` header (Apicurio's);
+    /// failing to get one is [`RegistryError::Unavailable`].
+    fn call(
+        &self,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, String, Option<String>), RegistryError> {
         let url = format!("{}{path}", self.base);
         let content = "application/vnd.schemaregistry.v1+json";
         let authorization = self.authorization.as_deref();
@@ -472,11 +513,27 @@ impl SchemaRegistry {
         };
         let mut response = sent.map_err(|e| self.unavailable(path, e.to_string()))?;
         let status = response.status().as_u16();
+        let artifact_type = response
+            .headers()
+            .get("X-Registry-ArtifactType")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let text = response
             .body_mut()
             .read_to_string()
             .map_err(|e| self.unavailable(path, format!("reading the answer: {e}")))?;
-        Ok((status, text))
+        Ok((status, text, artifact_type))
+    }
+}
+
+/// The kind of a schema told by its text, as the registry names kinds: a
+/// JSON object with `$schema` or of `"type": "object"` is a JSON Schema,
+/// other JSON an Avro schema, anything else a `.proto` file.
+fn kind_of_text(text: &str) -> &'static str {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(json) if json.get("$schema").is_some() || json["type"] == "object" => "JSON",
+        Ok(_) => "AVRO",
+        Err(_) => "PROTOBUF",
     }
 }
 
@@ -762,6 +819,52 @@ mod tests {
                 .full_name(),
             "t.Row"
         );
+    }
+
+    #[test]
+    fn apicurio_schemas_are_fetched_by_global_id() {
+        let registry = FakeRegistry::start();
+        let prefix = "/apis/registry/v2";
+        let config = SchemaRegistryConfig {
+            url: Some(format!("{}{prefix}", registry.url())),
+            framing: Framing::Apicurio,
+            ..SchemaRegistryConfig::default()
+        };
+        let client = SchemaRegistry::from_config(&config).unwrap().unwrap();
+        // Without the artifact type header, the kind is told by the text.
+        registry.add_apicurio(prefix, 3, None, ROW);
+        registry.add_apicurio(
+            prefix,
+            4,
+            None,
+            "syntax = \"proto3\";\nmessage M { int64 a = 1; }\n",
+        );
+        registry.add_apicurio(
+            prefix,
+            5,
+            None,
+            r#"{"$schema":"https://json-schema.org/draft/2020-12/schema","type":"object"}"#,
+        );
+        registry.add_apicurio(prefix, 6, Some("JSON"), "{}");
+        assert_eq!(writer(&client.schema(3).unwrap()).id, 3);
+        assert!(matches!(
+            *client.schema(4).unwrap(),
+            Registered::Protobuf(_)
+        ));
+        assert!(matches!(*client.schema(5).unwrap(), Registered::JsonSchema));
+        assert!(matches!(*client.schema(6).unwrap(), Registered::JsonSchema));
+        // A 404 with a JSON error body is Apicurio's verdict; one without,
+        // a wrong url.
+        assert_eq!(
+            client.schema(7).unwrap_err(),
+            RegistryError::UnknownSchema { id: 7 }
+        );
+        registry.answer(
+            &format!("{prefix}/ids/globalIds/8"),
+            404,
+            "<html>Not Found</html>",
+        );
+        assert!(client.schema(8).unwrap_err().is_retryable());
     }
 
     #[test]
