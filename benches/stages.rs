@@ -223,7 +223,7 @@ fn changes() -> Vec<&'static Change> {
         .iter()
         .filter_map(|r| match r {
             Record::Change(c) => Some(c),
-            Record::Cache(..) => None,
+            Record::Cache(..) | Record::Transaction(_) => None,
         })
         .collect()
 }
@@ -518,7 +518,7 @@ fn key_inputs(records: &'static [Record]) -> KeyInputs {
     let (mut invalidations, mut fills) = (Vec::new(), Vec::new());
     for (event, evidence) in records.iter().filter_map(|r| match r {
         Record::Cache(e, evidence) => Some((e, evidence)),
-        Record::Change(_) => None,
+        Record::Change(_) | Record::Transaction(_) => None,
     }) {
         let service = event.source_service.clone();
         match event.action() {

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::detect::storm::StormEvent;
 use crate::model::{Millis, Op, Provenance, Version};
 
-/// The seven kinds of DESIGN.md section 4.
+/// The seven kinds of DESIGN.md section 4, and the two of transactions
+/// ([`crate::detect::transaction`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ViolationKind {
@@ -22,10 +23,12 @@ pub enum ViolationKind {
     VersionRegression,
     VersionGap,
     ConflictingVersion,
+    IncompleteTransaction,
+    UnterminatedTransaction,
 }
 
 impl ViolationKind {
-    pub const ALL: [ViolationKind; 7] = [
+    pub const ALL: [ViolationKind; 9] = [
         ViolationKind::MissingInvalidation,
         ViolationKind::LateInvalidation,
         ViolationKind::StaleFill,
@@ -33,6 +36,8 @@ impl ViolationKind {
         ViolationKind::VersionRegression,
         ViolationKind::VersionGap,
         ViolationKind::ConflictingVersion,
+        ViolationKind::IncompleteTransaction,
+        ViolationKind::UnterminatedTransaction,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +49,8 @@ impl ViolationKind {
             ViolationKind::VersionRegression => "version_regression",
             ViolationKind::VersionGap => "version_gap",
             ViolationKind::ConflictingVersion => "conflicting_version",
+            ViolationKind::IncompleteTransaction => "incomplete_transaction",
+            ViolationKind::UnterminatedTransaction => "unterminated_transaction",
         }
     }
 
@@ -60,7 +67,10 @@ impl ViolationKind {
             | ViolationKind::StaleFill
             | ViolationKind::FillAfterDelete
             | ViolationKind::ConflictingVersion => "high",
-            ViolationKind::VersionRegression | ViolationKind::VersionGap => "medium",
+            ViolationKind::VersionRegression
+            | ViolationKind::VersionGap
+            | ViolationKind::IncompleteTransaction
+            | ViolationKind::UnterminatedTransaction => "medium",
             ViolationKind::LateInvalidation => "low",
         }
     }
@@ -74,6 +84,31 @@ impl ViolationKind {
                 | ViolationKind::ConflictingVersion
         )
     }
+
+    /// Transaction-level kinds concern a transaction, not a row or a key.
+    pub fn is_transaction_level(self) -> bool {
+        matches!(
+            self,
+            ViolationKind::IncompleteTransaction | ViolationKind::UnterminatedTransaction
+        )
+    }
+}
+
+/// What a transaction-level violation says of its transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxDetail {
+    /// Events the transaction's END announced for the table (incomplete
+    /// transactions).
+    pub expected_events: Option<u64>,
+    /// Distinct events seen: of the table (incomplete transactions), of
+    /// every mapped table (unterminated ones).
+    pub seen_events: u64,
+    /// The transaction's `total_order` numbers seen on no change, when
+    /// every table it wrote is mapped (else the missing ones cannot be told
+    /// from those of unmapped tables).
+    pub missing_total_orders: Option<Vec<u64>>,
+    /// The mapped tables whose changes were seen.
+    pub tables: Vec<Arc<str>>,
 }
 
 /// One detected violation. Optional fields are present where the kind gives
@@ -105,6 +140,10 @@ pub struct Violation {
     /// Invalidation lag (late invalidations).
     pub lag_ms: Option<i64>,
     pub source_service: Option<Arc<str>>,
+    /// The transaction of the change concerned, when the change names one.
+    pub transaction_id: Option<Arc<str>>,
+    /// For the transaction-level kinds.
+    pub transaction: Option<Box<TxDetail>>,
     /// The input records the verdict rests on.
     pub evidence: Vec<Provenance>,
     /// Event time of the violation: when it became true.
@@ -175,6 +214,20 @@ impl Serialize for Data<'_> {
         }
         m.serialize_entry("severity", v.kind.severity())?;
         m.serialize_entry("source_service", &v.source_service.as_deref())?;
+        if let Some(id) = &v.transaction_id {
+            m.serialize_entry("transaction_id", &**id)?;
+        }
+        if let Some(t) = &v.transaction {
+            if let Some(expected) = t.expected_events {
+                m.serialize_entry("expected_events", &expected)?;
+            }
+            m.serialize_entry("seen_events", &t.seen_events)?;
+            if let Some(missing) = &t.missing_total_orders {
+                m.serialize_entry("missing_total_orders", missing)?;
+            }
+            let tables: Vec<&str> = t.tables.iter().map(|t| &**t).collect();
+            m.serialize_entry("tables", &tables)?;
+        }
         let evidence: Vec<JsonEvidence<'_>> = v.evidence.iter().map(JsonEvidence).collect();
         m.serialize_entry("evidence", &evidence)?;
         m.end()
@@ -207,6 +260,8 @@ impl Violation {
             deadline_ms: None,
             lag_ms: None,
             source_service: None,
+            transaction_id: None,
+            transaction: None,
             evidence: Vec::new(),
             time_ms,
         }
@@ -217,12 +272,13 @@ impl Violation {
         format!("vigil.violation.{}", self.kind.as_str())
     }
 
-    /// The CloudEvents `subject`: the cache key, or for entity-level kinds
-    /// `table/pk`.
+    /// The CloudEvents `subject`: the cache key, for entity-level kinds
+    /// `table/pk`, for transaction-level kinds `transaction/<id>`.
     pub fn subject(&self) -> String {
-        match &self.key {
-            Some(k) => k.to_string(),
-            None => format!("{}/{}", self.table, self.pk),
+        match (&self.key, &self.transaction_id) {
+            (Some(k), _) => k.to_string(),
+            (None, Some(id)) if self.kind.is_transaction_level() => format!("transaction/{id}"),
+            (None, _) => format!("{}/{}", self.table, self.pk),
         }
     }
 
@@ -459,6 +515,8 @@ mod tests {
             deadline_ms: Some(30_000),
             lag_ms: None,
             source_service: Some(Arc::from("users-api")),
+            transaction_id: None,
+            transaction: None,
             evidence: vec![Provenance {
                 topic: Arc::from("cache"),
                 partition: 2,

@@ -135,6 +135,16 @@ pub fn fill(key: &str, ts_ms: Millis, version: Option<u64>, source_service: Opti
     f.0.digest()
 }
 
+/// Identity of a transaction's verdict about one of its tables (`""` for
+/// the transaction as a whole).
+pub fn transaction(id: &str, table: &str) -> u64 {
+    Fields::new("transaction")
+        .bytes(id.as_bytes())
+        .bytes(table.as_bytes())
+        .0
+        .digest()
+}
+
 /// Identity of a storm report: when the storm started and the report's time.
 pub fn storm(start_ms: Millis, time_ms: Millis) -> u64 {
     Fields::new("storm")

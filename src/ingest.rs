@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use crate::config::{Config, Framing, TopicSelector, UnmappedTables};
 use crate::dead_letter::{Reason, RecordError};
-use crate::formats::{self, BinaryKey, DecodedCdc, Framed, RawChange, Row};
+use crate::detect::transaction::{EndCounts, TxBoundary};
+use crate::formats::{
+    self, BinaryKey, DecodedCdc, Framed, RawChange, Row, Skip, TxMarker, TxStatus,
+};
 use crate::mapping::{Change, Mapped, Mapper};
 use crate::model::{CacheEvent, Millis, Provenance};
 use crate::registry::{Registered, RegistryError, SchemaKind, SchemaRegistry, SetupError};
@@ -43,6 +46,8 @@ pub struct RawInput<'a> {
 pub enum Record {
     Change(Change),
     Cache(CacheEvent, Provenance),
+    /// A transaction's BEGIN or END (with `detect.transactions`).
+    Transaction(TxBoundary),
 }
 
 impl Record {
@@ -51,6 +56,7 @@ impl Record {
         match self {
             Record::Change(c) => c.commit_ts_ms,
             Record::Cache(e, _) => e.ts_ms,
+            Record::Transaction(b) => b.ts,
         }
     }
 }
@@ -76,6 +82,9 @@ pub struct Ingest {
     mapper: Mapper,
     flattened_topics: Vec<TopicSelector>,
     unmapped: UnmappedTables,
+    /// BEGIN and END records become [`Record::Transaction`]s (else they
+    /// are counted and skipped).
+    transactions: bool,
     /// Where the schemas of records in a registry's framing are found;
     /// `None` without `schema_registry.url`.
     registry: Option<SchemaRegistry>,
@@ -103,6 +112,7 @@ impl Ingest {
             mapper: Mapper::new(config),
             flattened_topics: config.inputs.flattened_topics.clone(),
             unmapped: config.inputs.unmapped_tables,
+            transactions: config.detect.transactions,
             registry: SchemaRegistry::from_config(&config.schema_registry)?,
             framing: config.schema_registry.framing,
             stats,
@@ -290,6 +300,48 @@ impl Ingest {
         }
     }
 
+    /// A BEGIN or END record, its tables resolved against `[[tables]]`:
+    /// the counts of unmapped tables are left out.
+    fn boundary(
+        &self,
+        marker: TxMarker<'_>,
+        kafka_ts_ms: Option<Millis>,
+        provenance: &Provenance,
+    ) -> Result<TxBoundary, RecordError> {
+        let ts = marker.ts_ms.or(kafka_ts_ms).ok_or_else(|| {
+            RecordError::new(
+                Reason::MissingTimestamp,
+                "the transaction record carries no ts_ms and no Kafka timestamp",
+            )
+        })?;
+        let end = (marker.status == TxStatus::End).then(|| {
+            let mut tables: Vec<(Arc<str>, u64)> = Vec::new();
+            let mut all_mapped = true;
+            for (name, count) in &marker.data_collections {
+                match self.mapper.collection_table(name) {
+                    Some(table) => match tables.iter_mut().find(|(t, _)| *t == table) {
+                        Some((_, n)) => *n += count,
+                        None => tables.push((table, *count)),
+                    },
+                    None => all_mapped = false,
+                }
+            }
+            let listed: u64 = marker.data_collections.iter().map(|(_, n)| n).sum();
+            EndCounts {
+                event_count: marker.event_count,
+                tables,
+                // Without a per-table list the tables are unknown.
+                all_mapped: all_mapped && marker.event_count.is_none_or(|n| n == listed),
+            }
+        });
+        Ok(TxBoundary {
+            tx: Arc::from(marker.id.as_ref()),
+            ts,
+            end,
+            evidence: provenance.clone(),
+        })
+    }
+
     /// Maps decoded changes into `out`, all of them or none.
     fn map_changes(
         &self,
@@ -302,6 +354,15 @@ impl Ingest {
         let changes: Vec<RawChange<'_>> = match decoded {
             DecodedCdc::Skipped(kind) => {
                 self.stats.add_skipped(kind);
+                return Ok(());
+            }
+            DecodedCdc::Transaction(_) if !self.transactions => {
+                self.stats.add_skipped(Skip::TransactionMetadata);
+                return Ok(());
+            }
+            DecodedCdc::Transaction(marker) => {
+                let boundary = self.boundary(marker, input.timestamp_ms, provenance)?;
+                out.push(Record::Transaction(boundary));
                 return Ok(());
             }
             DecodedCdc::Changes(changes) => changes,

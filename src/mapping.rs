@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, KeyTemplate, Segment, TableConfig, TableFormat, VersionSource};
 use crate::dead_letter::{Reason, RecordError};
-use crate::formats::{self, RawChange, Row, Scalar, TableRef, column};
+use crate::formats::{self, CdcFormat, RawChange, Row, Scalar, TableRef, column};
 use crate::hash;
 use crate::model::{Millis, Op, Provenance, Version};
 
@@ -45,7 +45,13 @@ pub struct Change {
     /// by a column: coverage then falls back to timestamps.
     pub version: Option<Version>,
     pub commit_ts_ms: Millis,
-    pub tx_id: Option<Box<str>>,
+    /// The transaction (Debezium `transaction.id` or `source.txId`,
+    /// Maxwell `xid`, Canal `id`).
+    pub tx_id: Option<Arc<str>>,
+    /// The change's `total_order` in its transaction, from a Debezium
+    /// `transaction` block: present only when the connector publishes the
+    /// transactions' BEGIN and END records, which it is counted against.
+    pub tx_order: Option<u64>,
     /// Hash of the row image (after, or before for deletes).
     pub row_hash: u64,
     /// Cache keys of the row (from the after and the before image); for a
@@ -186,7 +192,11 @@ impl Mapper {
             op: raw.op,
             version,
             commit_ts_ms,
-            tx_id: raw.pos.tx_id.as_deref().map(Box::from),
+            tx_id: raw.pos.tx_id.as_deref().map(Arc::from),
+            tx_order: match raw.format {
+                CdcFormat::Debezium => raw.pos.tx_order,
+                CdcFormat::DebeziumFlat | CdcFormat::Maxwell | CdcFormat::Canal => None,
+            },
             row_hash,
             keys,
             rules: table.rules,
@@ -200,6 +210,20 @@ impl Mapper {
     pub fn reads_flattened(&self, t: &TableRef<'_>, provenance: &Provenance) -> bool {
         self.resolve(t, provenance)
             .is_some_and(|table| table.config.format == TableFormat::Flattened)
+    }
+
+    /// The `[[tables]]` name of a table as a transaction's END names it
+    /// (`schema.table`, `db.table`, or longer for SQL Server: the last two
+    /// parts), `None` when it is not mapped.
+    pub fn collection_table(&self, collection: &str) -> Option<Arc<str>> {
+        let index = self.by_name.get(collection).or_else(|| {
+            let (qualifier, table) = collection.rsplit_once('.')?;
+            let last = qualifier.rsplit('.').next().unwrap_or(qualifier);
+            self.by_name
+                .get(&format!("{last}.{table}"))
+                .or_else(|| self.by_bare_name.get(table))
+        });
+        index.map(|&i| Arc::clone(&self.tables[i].name))
     }
 
     /// Finds the `[[tables]]` entry of a record: `schema.table`, `db.table`,

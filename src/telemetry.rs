@@ -142,6 +142,10 @@ pub struct Stats {
     expired_missed: AtomicU64,
     key_history_evictions: AtomicU64,
     state_evictions: AtomicU64,
+    /// Open transactions dropped undecided over
+    /// `detect.max_open_transactions`, and open transactions (a gauge).
+    transactions_dropped: AtomicU64,
+    open_transactions: AtomicU64,
     /// Storm events per scope type and phase.
     storm_events: [[AtomicU64; Phase::ALL.len()]; ScopeType::ALL.len()],
     /// Per scope type: invalidations in the last second of its busiest
@@ -187,6 +191,8 @@ impl Default for Stats {
             expired_missed: AtomicU64::default(),
             key_history_evictions: AtomicU64::default(),
             state_evictions: AtomicU64::default(),
+            transactions_dropped: AtomicU64::default(),
+            open_transactions: AtomicU64::default(),
             storm_events: Default::default(),
             storm_rates: Default::default(),
             active_storms: Default::default(),
@@ -218,15 +224,18 @@ pub enum Stage {
     Commit,
     /// Storm detection (storm stage).
     Storms,
+    /// Transaction checks (transaction stage).
+    Transactions,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 5] = [
+    pub const ALL: [Stage; 6] = [
         Stage::Ingest,
         Stage::Route,
         Stage::Detect,
         Stage::Commit,
         Stage::Storms,
+        Stage::Transactions,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -236,6 +245,7 @@ impl Stage {
             Stage::Detect => "detect",
             Stage::Commit => "commit",
             Stage::Storms => "storms",
+            Stage::Transactions => "transactions",
         }
     }
 }
@@ -267,6 +277,8 @@ pub mod names {
     pub const INVALIDATION_RATE: &str = "vigil_invalidations_per_second";
     pub const ACTIVE_STORMS: &str = "vigil_active_storms";
     pub const STORMS_STARTED: &str = "vigil_storms_started_total";
+    pub const TRANSACTIONS_DROPPED: &str = "vigil_transactions_dropped_total";
+    pub const OPEN_TRANSACTIONS: &str = "vigil_open_transactions";
     pub const BUILD_INFO: &str = "vigil_build_info";
 }
 
@@ -279,7 +291,7 @@ enum Kind {
 }
 
 /// Every metric with its kind and its HELP text.
-const DESCRIPTIONS: [(&str, Kind, &str); 26] = [
+const DESCRIPTIONS: [(&str, Kind, &str); 28] = [
     (
         names::RECORDS_CONSUMED,
         Kind::Counter,
@@ -379,6 +391,16 @@ const DESCRIPTIONS: [(&str, Kind, &str); 26] = [
         names::STATE_EVICTIONS,
         Kind::Counter,
         "Cache keys and entities that left memory to stay within state.cache_size (the store keeps them).",
+    ),
+    (
+        names::TRANSACTIONS_DROPPED,
+        Kind::Counter,
+        "Open transactions dropped undecided to stay within detect.max_open_transactions.",
+    ),
+    (
+        names::OPEN_TRANSACTIONS,
+        Kind::Gauge,
+        "Transactions whose verdict is pending (detect.transactions).",
     ),
     (
         names::PRODUCER_QUEUE,
@@ -497,6 +519,12 @@ impl Stats {
 
     pub fn add_key_history_evictions(&self, n: u64) {
         bump(&self.key_history_evictions, n);
+    }
+
+    /// Open transactions dropped undecided, and those open now.
+    pub fn add_transactions(&self, dropped: u64, open: usize) {
+        bump(&self.transactions_dropped, dropped);
+        self.open_transactions.store(open as u64, Ordering::Relaxed);
     }
 
     /// Keys and entities that left memory (the store keeps them).
@@ -682,6 +710,7 @@ impl Stats {
             expired_missed: read(&self.expired_missed),
             key_history_evictions: read(&self.key_history_evictions),
             state_evictions: read(&self.state_evictions),
+            transactions_dropped: read(&self.transactions_dropped),
             state_peak_bytes: self.state_size().peak_bytes,
             storms: ScopeType::ALL
                 .iter()
@@ -745,6 +774,9 @@ pub struct StatsSnapshot {
     /// Keys and entities that left memory to keep within
     /// `state.cache_size` (read back from the store when needed again).
     pub state_evictions: u64,
+    /// Open transactions dropped undecided over
+    /// `detect.max_open_transactions`.
+    pub transactions_dropped: u64,
     /// The most memory the workers' keys and entities took, by the
     /// estimate that `state.cache_size` bounds (the highest of each kind
     /// in each worker, added: an upper bound).
@@ -843,6 +875,8 @@ pub fn publish(stats: &Stats, now_ms: i64) {
     gauge!(names::STATE_SIZE, "kind" => "entity").set(size.entities as f64);
     gauge!(names::STATE_MEMORY).set(size.bytes as f64);
     counter!(names::STATE_EVICTIONS).absolute(read(&stats.state_evictions));
+    counter!(names::TRANSACTIONS_DROPPED).absolute(s.transactions_dropped);
+    gauge!(names::OPEN_TRANSACTIONS).set(read(&stats.open_transactions) as f64);
     gauge!(names::PRODUCER_QUEUE).set(stats.producer_queue.load(Ordering::Relaxed) as f64);
     for ((topic, partition), lag) in lock(&stats.consumer_lag).iter() {
         gauge!(names::CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.to_string())

@@ -137,6 +137,18 @@ pub struct DetectConfig {
     /// judged as it would have been live. `"0s"` turns it off.
     /// Default `"1h"`.
     pub history: Dur,
+    /// Check transactions against their BEGIN and END records (Debezium's
+    /// `provide.transaction.metadata`): lost change events
+    /// (`incomplete_transaction`) and transactions whose END never comes
+    /// (`unterminated_transaction`). Default `false`.
+    pub transactions: bool,
+    /// How long (event time) after a transaction's earliest record its END
+    /// may come before it is an `unterminated_transaction`. Default `"5m"`.
+    pub transaction_timeout: Dur,
+    /// Open transactions tracked at most (and as many decided ones
+    /// remembered): beyond it the one due first is dropped undecided, and
+    /// counted (`vigil_transactions_dropped_total`). Default `100000`.
+    pub max_open_transactions: usize,
 }
 
 impl Default for DetectConfig {
@@ -149,6 +161,9 @@ impl Default for DetectConfig {
             late_window: Dur::from_secs(3_600),
             max_changes_per_key: 64,
             history: Dur::from_secs(3_600),
+            transactions: false,
+            transaction_timeout: Dur::from_secs(300),
+            max_open_transactions: 100_000,
         }
     }
 }
@@ -257,6 +272,10 @@ pub struct InputsConfig {
     /// Cache-event topics (`vigil run`), patterns as for `cdc_topics`.
     /// Default: none.
     pub cache_topics: Vec<String>,
+    /// Topics of transaction BEGIN and END records (`vigil run`; Debezium's
+    /// `<topic.prefix>.transaction`), patterns as for `cdc_topics`; read as
+    /// CDC records (see `detect.transactions`). Default: none.
+    pub transaction_topics: Vec<String>,
     /// CDC topics of rows flattened by Debezium's `ExtractNewRecordState`
     /// (names, or `^` patterns as for `cdc_topics`): a record of theirs
     /// without any format's marks is read as such a row, whatever its table
@@ -283,6 +302,7 @@ impl Default for InputsConfig {
             group_id: "vigil".into(),
             cdc_topics: Vec::new(),
             cache_topics: Vec::new(),
+            transaction_topics: Vec::new(),
             flattened_topics: Vec::new(),
             co_partitioned: false,
             unmapped_tables: UnmappedTables::Dlq,
@@ -818,6 +838,24 @@ impl Config {
         }
         if d.max_changes_per_key < 2 {
             return Err(invalid("detect.max_changes_per_key", "must be at least 2"));
+        }
+        if d.transaction_timeout.0.is_zero() {
+            return Err(invalid(
+                "detect.transaction_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if d.max_open_transactions == 0 {
+            return Err(invalid(
+                "detect.max_open_transactions",
+                "must be at least 1",
+            ));
+        }
+        if d.transactions && self.inputs.co_partitioned {
+            return Err(invalid(
+                "detect.transactions",
+                "transaction checks need every partition of a transaction on one instance: they cannot run with inputs.co_partitioned",
+            ));
         }
         let mut names = BTreeSet::new();
         for (i, t) in self.tables.iter().enumerate() {

@@ -125,6 +125,7 @@ fn violation(
         latest_version: latest,
         expected_version: expected,
         change_ts_ms: Some(change.commit_ts_ms),
+        transaction_id: change.tx_id.clone(),
         evidence: vec![change.provenance.clone()],
         ..Violation::new(
             kind,

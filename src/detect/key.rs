@@ -86,6 +86,8 @@ pub struct KeyChange {
     pub status: Status,
     pub cover: Option<Cover>,
     pub evidence: Provenance,
+    /// The change's transaction, shared with every change of it.
+    pub tx: Option<Arc<str>>,
 }
 
 impl KeyChange {
@@ -217,6 +219,7 @@ impl KeyState {
             status: Status::Pending,
             cover: None,
             evidence: change.provenance.clone(),
+            tx: change.tx_id.clone(),
         };
         for inv in &self.invalidations {
             offer_cover(&mut entry, inv, rules.skew_ms);
@@ -461,6 +464,7 @@ fn change_violation(c: &KeyChange, key: &str, kind: ViolationKind, time_ms: Mill
         version: c.version,
         change_ts_ms: Some(c.ts),
         deadline_ms: Some(c.deadline_ms),
+        transaction_id: c.tx.clone(),
         evidence: vec![c.evidence.clone()],
         ..Violation::new(
             kind,

@@ -5,9 +5,12 @@
 //! - [`key`]: missing and late invalidations, stale fills, fills after a
 //!   delete, for one cache key;
 //! - [`storm`]: invalidation storms by scope, in fixed memory thanks to
-//!   [`sketch`].
+//!   [`sketch`];
+//! - [`transaction`]: lost change events and unterminated transactions,
+//!   from the transactions' BEGIN and END records.
 
 pub mod entity;
 pub mod key;
 pub mod sketch;
 pub mod storm;
+pub mod transaction;

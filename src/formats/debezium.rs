@@ -658,21 +658,6 @@ mod tests {
     }
 
     #[test]
-    fn metadata_samples() {
-        let text = data_file("samples/debezium-metadata.ndjson");
-        let lines = samples(&text);
-        assert_eq!(lines.len(), 6);
-        for line in lines {
-            assert_eq!(
-                skipped(line.value.get()),
-                Skip::TransactionMetadata,
-                "{}",
-                line.what
-            );
-        }
-    }
-
-    #[test]
     fn postgres_fixture() {
         let text = data_file("formats/debezium-postgres.ndjson");
         let lines: Vec<&str> = text.lines().collect();

@@ -10,7 +10,9 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::{DecodedCdc, Flattened, Row, Skip, canal, cloudevents, debezium, flat, maxwell};
+use super::{
+    DecodedCdc, Flattened, Row, Skip, canal, cloudevents, debezium, flat, maxwell, transaction,
+};
 use crate::dead_letter::{Reason, RecordError};
 use crate::hash::Digest;
 use crate::model::Millis;
@@ -586,8 +588,8 @@ pub(crate) fn decode_by_shape<'a>(
             None => return Ok(DecodedCdc::Skipped(Skip::Tombstone)),
         }
     }
-    if is_transaction_marker(&object) {
-        Ok(DecodedCdc::Skipped(Skip::TransactionMetadata))
+    if transaction::is_marker(&object) {
+        transaction::decode(&object)
     } else if object.fields.len() == 1 && object.has("ts_ms") {
         Ok(DecodedCdc::Skipped(Skip::Heartbeat))
     } else if debezium::is_envelope(&object) {
@@ -640,14 +642,6 @@ pub(crate) fn unrecognised(object: &Object) -> RecordError {
             "no CDC format recognised ({found}); a bare row (ExtractNewRecordState output) is read only for a [[tables]] entry with format = \"flattened\""
         ),
     )
-}
-
-/// A Debezium transaction BEGIN or END record.
-fn is_transaction_marker(object: &Object) -> bool {
-    object.has("id")
-        && object
-            .get("status")
-            .is_some_and(|s| matches!(s.get(), "\"BEGIN\"" | "\"END\""))
 }
 
 /// Decodes a Kafka key into primary-key columns (see [`super::decode_key`]).

@@ -28,6 +28,7 @@ mod protobuf;
 #[cfg(test)]
 pub(crate) mod testing;
 mod timestamp;
+mod transaction;
 mod unescape;
 
 use std::borrow::Cow;
@@ -175,7 +176,8 @@ pub enum Skip {
     Tombstone,
     /// A Debezium heartbeat (`{"ts_ms": ...}` only).
     Heartbeat,
-    /// A Debezium transaction BEGIN/END record.
+    /// A Debezium transaction BEGIN/END record (when transaction checks
+    /// are off, or in Avro).
     TransactionMetadata,
     /// A Debezium logical-decoding message (`op` = `m`).
     LogicalMessage,
@@ -208,11 +210,34 @@ impl Skip {
     }
 }
 
+/// Whether a transaction metadata record opens or closes its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TxStatus {
+    Begin,
+    End,
+}
+
+/// A Debezium transaction BEGIN or END record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxMarker<'a> {
+    pub status: TxStatus,
+    /// The transaction's id, as the changes' `transaction.id` give it.
+    pub id: Cow<'a, str>,
+    pub ts_ms: Option<Millis>,
+    /// END: the events the transaction wrote, over every table.
+    pub event_count: Option<u64>,
+    /// END: the events per table, by the name Debezium gives the table
+    /// (`schema.table` or `db.table`).
+    pub data_collections: Vec<(Cow<'a, str>, u64)>,
+}
+
 /// What one CDC value decodes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodedCdc<'a> {
     /// One change per row (a Canal message can carry several rows).
     Changes(Vec<RawChange<'a>>),
+    /// A transaction's BEGIN or END.
+    Transaction(TxMarker<'a>),
     Skipped(Skip),
 }
 
@@ -354,7 +379,7 @@ mod tests {
                     });
                 }
             }
-            Ok(DecodedCdc::Skipped(_)) => {}
+            Ok(DecodedCdc::Skipped(_) | DecodedCdc::Transaction(_)) => {}
             Err(e) => assert!(not_invalid(&e), "{text}: {e}"),
         }
         if let Some(row) = decode_key(text) {

@@ -296,6 +296,8 @@ fn short(kind: ViolationKind) -> &'static str {
         ViolationKind::VersionRegression => "regression",
         ViolationKind::VersionGap => "gap",
         ViolationKind::ConflictingVersion => "conflict",
+        ViolationKind::IncompleteTransaction => "incomplete-tx",
+        ViolationKind::UnterminatedTransaction => "unterminated-tx",
     }
 }
 

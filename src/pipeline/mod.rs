@@ -4,8 +4,8 @@
 //! sources ──► router ──► workers (key + entity shards) ──► sink ──► committer
 //!   decode      watermark,  │ state, timers, detectors      outputs,  state +
 //!   + map       routing,    │                               flushed   offsets in
-//!               checkpoints └► storms (counts by scope) ──►  at each  one batch
-//!                                                           checkpoint
+//!               checkpoints ├► storms (counts by scope) ──►  at each  one batch
+//!                           └► transactions (tallies) ──►   checkpoint
 //! ```
 //!
 //! Sources (file readers, the Kafka consumer) decode and map in their own
@@ -14,7 +14,9 @@
 //! entity onto the workers over bounded channels (back-pressure), and
 //! injects checkpoint barriers. Each worker owns a shard of key state, entity
 //! state and deadline timers, so no state is shared; the storm stage sees
-//! every invalidation and owns storm detection. The sink writes the
+//! every invalidation and owns storm detection, the transaction stage every
+//! BEGIN, END and change of a transaction (with `detect.transactions`) and
+//! owns the transaction checks. The sink writes the
 //! outputs and, once every worker has delivered its state changes for a
 //! checkpoint (and the storm stage its baselines), flushes the outputs and
 //! hands those changes with the input positions to the committer, which
@@ -23,7 +25,7 @@
 //! Files: `router`, `worker` (the loop and the detector calls), `shard`
 //! (what a worker keeps: its keys and entities in `cache`'s slots over the
 //! store, its timers, open keys and globs), `storms`, `sink` (with the
-//! committer).
+//! committer), `transactions`.
 //!
 //! Channels only flow downstream (no cycles), so back-pressure cannot
 //! deadlock, and watermarks and barriers travel in-band: everything a
@@ -34,6 +36,7 @@ mod router;
 mod shard;
 mod sink;
 mod storms;
+mod transactions;
 mod worker;
 
 pub use shard::{read_entity, read_key};
@@ -49,6 +52,7 @@ use crate::config::{Config, StormsConfig};
 use crate::dead_letter::DeadLetter;
 use crate::detect::key::{Fill, Invalidation, KeyRules};
 use crate::detect::storm::{StormEvent, StormRules, Thresholds};
+use crate::detect::transaction::TxRules;
 use crate::events::Violation;
 use crate::ingest::Record;
 use crate::mapping::Change;
@@ -251,6 +255,8 @@ pub struct EngineOptions {
     pub slot_budget: usize,
     /// Storm detection, unless `storms.enabled` is false.
     pub storms: Option<StormRules>,
+    /// Transaction checks, with `detect.transactions`.
+    pub transactions: Option<TxRules>,
     /// The process exits once the run ends (`vigil check`): the workers
     /// then leave their keys, entities and timers to the operating system
     /// instead of freeing them one by one (for a million keys, about 4 % of
@@ -280,6 +286,10 @@ impl EngineOptions {
             durable: true,
             slot_budget: MemoryBudget::of(config.state.cache_size.0).slots,
             storms: config.storms.enabled.then(|| storm_rules(&config.storms)),
+            transactions: d.transactions.then(|| TxRules {
+                timeout_ms: d.transaction_timeout.as_millis_i64(),
+                max_open: d.max_open_transactions,
+            }),
             exits_after: false,
         }
     }
@@ -380,6 +390,21 @@ impl Engine {
             }
             None => None,
         };
+        let mut tx_tx = None;
+        let tx_handle = match self.options.transactions {
+            Some(rules) => {
+                let (tx, rx) = crossbeam_channel::bounded(cap);
+                tx_tx = Some(tx);
+                let stage = transactions::TxStage::new(&self, rules, sink_tx.clone())?;
+                Some(
+                    std::thread::Builder::new()
+                        .name("vigil-transactions".into())
+                        .spawn(move || stage.run(rx))
+                        .expect("spawning a thread only fails when the OS is out of resources"),
+                )
+            }
+            None => None,
+        };
         // One checkpoint waits while one is written.
         let (commit_tx, commit_rx) = crossbeam_channel::bounded(1);
         let (committed_tx, committed_rx) = crossbeam_channel::unbounded();
@@ -395,7 +420,7 @@ impl Engine {
             .spawn(move || committer.run(commit_rx))
             .expect("spawning a thread only fails when the OS is out of resources");
         let sink = sink::Sink::new(
-            n + usize::from(storm_handle.is_some()),
+            n + usize::from(storm_handle.is_some()) + usize::from(tx_handle.is_some()),
             outputs,
             Arc::clone(&self.stats),
             commit_tx,
@@ -406,7 +431,7 @@ impl Engine {
             .spawn(move || sink.run(sink_rx))
             .expect("spawning a thread only fails when the OS is out of resources");
 
-        let router = router::Router::new(&self, work_txs, spare_rx, storm_tx, sink_tx);
+        let router = router::Router::new(&self, work_txs, spare_rx, storm_tx, tx_tx, sink_tx);
         let routed = router.run(sources);
         let mut stages: Vec<Result<(), PipelineError>> = handles
             .into_iter()
@@ -415,6 +440,10 @@ impl Engine {
         stages.extend(
             storm_handle.map(|h| h.join().unwrap_or(Err(PipelineError::Panicked("storms")))),
         );
+        stages.extend(tx_handle.map(|h| {
+            h.join()
+                .unwrap_or(Err(PipelineError::Panicked("transactions")))
+        }));
         stages.push(
             sink_handle
                 .join()

@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::storms::{Observed, StormMsg};
+use super::transactions::{TxItem, TxMsg};
 use super::{
     Engine, PartitionBatch, PipelineError, Position, SinkMsg, SourceMsg, WorkItem, WorkMsg,
 };
 use crate::detect::key::{Fill, Invalidation};
+use crate::detect::transaction::TxChange;
 use crate::hash;
 use crate::ingest::Record;
 use crate::model::{CacheAction, CacheEvent, Millis, Provenance, is_glob};
@@ -34,6 +36,10 @@ pub(super) struct Router {
     spare: Receiver<Vec<WorkItem>>,
     /// Invalidations for the storm stage.
     pending_storms: Vec<Observed>,
+    /// The transaction stage, with `detect.transactions`.
+    transactions: Option<Sender<TxMsg>>,
+    /// Records for the transaction stage.
+    pending_tx: Vec<TxItem>,
     watermarks: Watermarks,
     /// The watermark the workers were last given.
     sent_watermark: Millis,
@@ -63,6 +69,7 @@ impl Router {
         work: Vec<Sender<WorkMsg>>,
         spare: Receiver<Vec<WorkItem>>,
         storms: Option<Sender<StormMsg>>,
+        transactions: Option<Sender<TxMsg>>,
         sink: Sender<SinkMsg>,
     ) -> Self {
         let o = &engine.options;
@@ -80,6 +87,8 @@ impl Router {
             pending: (0..n).map(|_| Vec::new()).collect(),
             spare,
             pending_storms: Vec::new(),
+            transactions,
+            pending_tx: Vec::new(),
             watermarks,
             sent_watermark: Millis::MIN,
             finite: o.finite,
@@ -168,6 +177,11 @@ impl Router {
             match record {
                 Record::Change(change) => self.route_change(change),
                 Record::Cache(event, provenance) => self.route_cache(event, provenance),
+                Record::Transaction(boundary) => {
+                    if self.transactions.is_some() {
+                        self.pending_tx.push(TxItem::Boundary(boundary));
+                    }
+                }
             }
         }
         self.stats.add_late_records(late);
@@ -200,6 +214,17 @@ impl Router {
         self.stats.add_change(change.op);
         let n = self.work.len();
         let scope = self.scope(&change.provenance);
+        if self.transactions.is_some()
+            && let (Some(tx), Some(order)) = (&change.tx_id, change.tx_order)
+        {
+            self.pending_tx.push(TxItem::Change(TxChange {
+                tx: Arc::clone(tx),
+                table: Arc::clone(&change.table),
+                order,
+                ts: change.commit_ts_ms,
+                evidence: change.provenance.clone(),
+            }));
+        }
         let change = Arc::new(change);
         if change.op.is_row_change() {
             self.pending[hash::shard_of_entity(change.entity, n)].push(WorkItem::Entity {
@@ -305,6 +330,15 @@ impl Router {
                 .send(StormMsg::Batch { items, watermark })
                 .map_err(disconnected)?;
         }
+        if let Some(transactions) = &self.transactions
+            && (moved || !self.pending_tx.is_empty())
+        {
+            let room = self.pending_tx.len();
+            let items = std::mem::replace(&mut self.pending_tx, Vec::with_capacity(room));
+            transactions
+                .send(TxMsg::Batch { items, watermark })
+                .map_err(disconnected)?;
+        }
         if moved {
             self.sent_watermark = watermark;
             self.stats.set_watermark(watermark);
@@ -325,6 +359,11 @@ impl Router {
         if let Some(storms) = &self.storms {
             storms
                 .send(StormMsg::Checkpoint { epoch: self.epoch })
+                .map_err(disconnected)?;
+        }
+        if let Some(transactions) = &self.transactions {
+            transactions
+                .send(TxMsg::Checkpoint { epoch: self.epoch })
                 .map_err(disconnected)?;
         }
         let positions: Vec<Position> = self.positions.values().cloned().collect();

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use super::{Cf, StateError};
 
 /// Version of the value layout. Bump it when a stored type changes shape.
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 
 const HEADER: usize = 9;
 

@@ -36,16 +36,21 @@ pub enum Cf {
     /// Storm detection's baselines and storms in progress: this instance's
     /// own, never handed over.
     Storms,
+    /// Open and recently decided transactions (keyed by transaction id):
+    /// this instance's own, like storms (transaction checks need every
+    /// partition on one instance).
+    Transactions,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 6] = [
+    pub const ALL: [Cf; 7] = [
         Cf::Entities,
         Cf::Keys,
         Cf::Timers,
         Cf::Offsets,
         Cf::Wildcards,
         Cf::Storms,
+        Cf::Transactions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +61,7 @@ impl Cf {
             Cf::Offsets => "offsets",
             Cf::Wildcards => "wildcards",
             Cf::Storms => "storms",
+            Cf::Transactions => "transactions",
         }
     }
 
@@ -68,16 +74,16 @@ impl Cf {
         Cf::ALL.into_iter().find(|cf| cf.code() == code)
     }
 
-    /// Whether keys start with their scope (all but input positions and
-    /// storms).
+    /// Whether keys start with their scope (all but input positions,
+    /// storms and transactions).
     pub fn scoped(self) -> bool {
-        !matches!(self, Cf::Offsets | Cf::Storms)
+        !matches!(self, Cf::Offsets | Cf::Storms | Cf::Transactions)
     }
 
     /// Whether entries go to the changelog, for the next owner of their
-    /// scope (all but storms: storm detection is each instance's own).
+    /// scope (all but storms and transactions: each instance's own).
     pub fn handed_over(self) -> bool {
-        self != Cf::Storms
+        !matches!(self, Cf::Storms | Cf::Transactions)
     }
 
     /// Whether entries of this family expire with the state retention.

@@ -48,6 +48,7 @@ fn change(rules: TableRules, op: Op, version: Option<Version>, row: u64, seq: i6
         version,
         commit_ts_ms: ts,
         tx_id: None,
+        tx_order: None,
         row_hash: row,
         keys: vec![Arc::from("user:1")],
         rules,
@@ -108,6 +109,8 @@ fn expected(
         deadline_ms: None,
         lag_ms: None,
         source_service: None,
+        transaction_id: None,
+        transaction: None,
         evidence: vec![c.provenance.clone()],
         time_ms: c.commit_ts_ms,
     }))

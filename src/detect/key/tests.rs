@@ -63,6 +63,7 @@ fn change_of(pk: u64, op: Op, version: Option<u64>, ts: Millis, offset: i64) -> 
         version,
         commit_ts_ms: ts,
         tx_id: None,
+        tx_order: None,
         row_hash,
         keys: vec![key()],
         rules: TABLE_RULES,
@@ -113,6 +114,8 @@ fn missing(c: &Change) -> Violation {
         deadline_ms: Some(DEADLINE),
         lag_ms: None,
         source_service: None,
+        transaction_id: None,
+        transaction: None,
         evidence: vec![c.provenance.clone()],
         time_ms: c.commit_ts_ms + DEADLINE,
     }
@@ -134,6 +137,8 @@ fn late(c: &Change, i: &Invalidation) -> Violation {
         deadline_ms: Some(DEADLINE),
         lag_ms: Some(i.ts - c.commit_ts_ms),
         source_service: i.service.clone(),
+        transaction_id: None,
+        transaction: None,
         evidence: vec![c.provenance.clone(), i.evidence.clone()],
         time_ms: i.ts,
     }
@@ -155,6 +160,8 @@ fn fill_violation(kind: ViolationKind, f: &Fill, latest: &Change) -> Violation {
         deadline_ms: None,
         lag_ms: None,
         source_service: f.service.clone(),
+        transaction_id: None,
+        transaction: None,
         evidence: vec![f.evidence.clone(), latest.provenance.clone()],
         time_ms: f.ts,
     }

@@ -109,7 +109,8 @@ pub enum KafkaSetupError {
 }
 
 /// Which stream each consumed topic belongs to: exact names from
-/// `inputs.cdc_topics` / `inputs.cache_topics`, then their `^` patterns.
+/// `inputs.cdc_topics`, `inputs.cache_topics` and
+/// `inputs.transaction_topics`, then their `^` patterns.
 #[derive(Debug)]
 pub struct TopicKinds {
     exact: HashMap<String, Stream>,
@@ -127,6 +128,11 @@ impl TopicKinds {
         let lists = [
             ("cdc_topics", &inputs.cdc_topics, Stream::Cdc),
             ("cache_topics", &inputs.cache_topics, Stream::Cache),
+            (
+                "transaction_topics",
+                &inputs.transaction_topics,
+                Stream::Cdc,
+            ),
         ];
         for (field, topics, stream) in lists {
             for topic in topics {

@@ -1,0 +1,483 @@
+//! Transaction checks: lost change events and transactions that never end,
+//! from Debezium's transaction metadata (`provide.transaction.metadata`).
+//! Pure: a transaction's BEGIN, END and changes and the watermark in,
+//! verdicts out.
+//!
+//! Each open transaction keeps a small tally: when it was first seen, its
+//! END once it comes (the events it announced per mapped table), and per
+//! mapped table the `total_order` numbers of the changes seen, so that a
+//! redelivery counts once. The records may arrive in any order, across any
+//! topics and partitions; the verdict waits for the watermark:
+//! - once the watermark reaches the END's time, each mapped table of which
+//!   the END announced more events than were seen is an
+//!   `incomplete_transaction` (tables that `[[tables]]` does not map are not
+//!   counted: their changes are not vigil's to see);
+//! - a transaction whose END has not come when the watermark reaches its
+//!   earliest record's time plus `timeout_ms` is an
+//!   `unterminated_transaction`.
+//!
+//! A decided transaction is remembered, without its tally, for `timeout_ms`
+//! more, so that its records arriving after the verdict are not taken for a
+//! new transaction; a record that would open a transaction already due is
+//! late, and counted only. At most `max_open` transactions are open (and as
+//! many remembered): beyond it the one due first is dropped undecided and
+//! counted.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::{TxDetail, Violation, ViolationKind};
+use crate::model::{Millis, Provenance};
+
+/// `total_order` numbers listed at most in an `incomplete_transaction`.
+pub const MAX_LISTED_ORDERS: usize = 1000;
+
+/// The knobs of the transaction checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxRules {
+    /// How long (event time) after its earliest record a transaction's END
+    /// may come.
+    pub timeout_ms: i64,
+    /// Open transactions kept at most.
+    pub max_open: usize,
+}
+
+/// A change's part in its transaction (a change of a mapped table whose
+/// record carries the transaction block).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxChange {
+    pub tx: Arc<str>,
+    pub table: Arc<str>,
+    /// The change's `total_order` in the transaction (from 1).
+    pub order: u64,
+    pub ts: Millis,
+    pub evidence: Provenance,
+}
+
+/// A transaction's BEGIN or END record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxBoundary {
+    pub tx: Arc<str>,
+    pub ts: Millis,
+    /// `None` for a BEGIN.
+    pub end: Option<EndCounts>,
+    pub evidence: Provenance,
+}
+
+/// What an END announces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndCounts {
+    /// Events over every table, mapped or not.
+    pub event_count: Option<u64>,
+    /// Events per mapped table, by its `[[tables]]` name.
+    pub tables: Vec<(Arc<str>, u64)>,
+    /// Whether every table the END names is mapped.
+    pub all_mapped: bool,
+}
+
+/// The changes of one mapped table seen in a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableTally {
+    pub table: Arc<str>,
+    /// `total_order` numbers seen, sorted, each once.
+    pub orders: Vec<u64>,
+}
+
+/// An END as the tally keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndSeen {
+    pub ts: Millis,
+    pub counts: EndCounts,
+    pub evidence: Provenance,
+}
+
+/// What an open transaction keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// The earliest event time of its records.
+    pub first_ts: Millis,
+    /// Its BEGIN once seen, else its earliest record.
+    pub first_evidence: Provenance,
+    pub begin_seen: bool,
+    pub end: Option<EndSeen>,
+    /// By table name.
+    pub tables: Vec<TableTally>,
+}
+
+impl Tally {
+    fn due(&self, rules: &TxRules) -> Millis {
+        match &self.end {
+            Some(end) => end.ts,
+            None => self.first_ts.saturating_add(rules.timeout_ms),
+        }
+    }
+
+    /// Records an event time, and the evidence if it is the earliest.
+    fn saw(&mut self, ts: Millis, evidence: &Provenance, begin: bool) {
+        if begin && !self.begin_seen {
+            self.begin_seen = true;
+            self.first_evidence = evidence.clone();
+        } else if ts < self.first_ts && !self.begin_seen {
+            self.first_evidence = evidence.clone();
+        }
+        self.first_ts = self.first_ts.min(ts);
+    }
+
+    fn seen_events(&self) -> u64 {
+        self.tables.iter().map(|t| t.orders.len() as u64).sum()
+    }
+
+    fn table_names(&self) -> Vec<Arc<str>> {
+        self.tables.iter().map(|t| Arc::clone(&t.table)).collect()
+    }
+}
+
+/// A transaction the detector knows of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxState {
+    Open(Tally),
+    /// Decided (or dropped); its records are ignored until it is forgotten.
+    Closed,
+}
+
+/// A transaction and when it is next looked at: its verdict (open), or
+/// when it is forgotten (closed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxEntry {
+    pub due: Millis,
+    pub state: TxState,
+}
+
+/// What the detector decided since asked last.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TxDecisions {
+    pub violations: Vec<Violation>,
+    /// Open transactions dropped undecided over `max_open`.
+    pub dropped: u64,
+    /// Records of a decided transaction, or that would open one already due.
+    pub late: u64,
+}
+
+/// The open and recently decided transactions.
+#[derive(Debug, Default)]
+pub struct TxDetector {
+    txs: HashMap<Arc<str>, TxEntry>,
+    /// (due, id) of open transactions, and of closed ones.
+    open_due: BTreeSet<(Millis, Arc<str>)>,
+    closed_due: BTreeSet<(Millis, Arc<str>)>,
+    /// Ids whose entry changed (or went) since [`TxDetector::take_changed`].
+    changed: HashSet<Arc<str>>,
+}
+
+impl TxDetector {
+    /// A detector over the entries of a checkpoint.
+    pub fn new(entries: impl IntoIterator<Item = (Arc<str>, TxEntry)>) -> Self {
+        let mut d = TxDetector::default();
+        for (id, entry) in entries {
+            d.index(&id, &entry);
+            d.txs.insert(id, entry);
+        }
+        d
+    }
+
+    /// Open transactions.
+    pub fn open(&self) -> usize {
+        self.open_due.len()
+    }
+
+    /// The entries changed since last asked, `None` for those forgotten.
+    pub fn take_changed(&mut self) -> Vec<(Arc<str>, Option<&TxEntry>)> {
+        let changed = std::mem::take(&mut self.changed);
+        let mut out: Vec<(Arc<str>, Option<&TxEntry>)> = changed
+            .into_iter()
+            .map(|id| {
+                let entry = self.txs.get(&id);
+                (id, entry)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    fn set(&mut self, which: bool, due: Millis, id: &Arc<str>, insert: bool) {
+        let set = if which {
+            &mut self.open_due
+        } else {
+            &mut self.closed_due
+        };
+        if insert {
+            set.insert((due, Arc::clone(id)));
+        } else {
+            set.remove(&(due, Arc::clone(id)));
+        }
+    }
+
+    fn index(&mut self, id: &Arc<str>, entry: &TxEntry) {
+        let open = matches!(entry.state, TxState::Open(_));
+        self.set(open, entry.due, id, true);
+    }
+
+    /// A change of a mapped table, in its transaction.
+    pub fn on_change(&mut self, c: &TxChange, wm: Millis, rules: &TxRules, out: &mut TxDecisions) {
+        let Some(tally) = self.tally(&c.tx, c.ts, &c.evidence, wm, rules, out) else {
+            return;
+        };
+        tally.saw(c.ts, &c.evidence, false);
+        let i = match tally.tables.binary_search_by(|t| t.table.cmp(&c.table)) {
+            Ok(i) => i,
+            Err(i) => {
+                tally.tables.insert(
+                    i,
+                    TableTally {
+                        table: Arc::clone(&c.table),
+                        orders: Vec::new(),
+                    },
+                );
+                i
+            }
+        };
+        let table = &mut tally.tables[i];
+        if let Err(at) = table.orders.binary_search(&c.order) {
+            table.orders.insert(at, c.order);
+        }
+        self.retime(&c.tx, rules);
+    }
+
+    /// A transaction's BEGIN or END.
+    pub fn on_boundary(
+        &mut self,
+        b: &TxBoundary,
+        wm: Millis,
+        rules: &TxRules,
+        out: &mut TxDecisions,
+    ) {
+        let Some(tally) = self.tally(&b.tx, b.ts, &b.evidence, wm, rules, out) else {
+            return;
+        };
+        match &b.end {
+            None => tally.saw(b.ts, &b.evidence, true),
+            Some(counts) => {
+                tally.saw(b.ts, &b.evidence, false);
+                if tally.end.is_none() {
+                    tally.end = Some(EndSeen {
+                        ts: b.ts,
+                        counts: counts.clone(),
+                        evidence: b.evidence.clone(),
+                    });
+                }
+            }
+        }
+        self.retime(&b.tx, rules);
+    }
+
+    /// The open tally of `tx`, opened for a record at `ts` if need be;
+    /// `None` when the record is late (its transaction decided, or due
+    /// already).
+    fn tally(
+        &mut self,
+        tx: &Arc<str>,
+        ts: Millis,
+        evidence: &Provenance,
+        wm: Millis,
+        rules: &TxRules,
+        out: &mut TxDecisions,
+    ) -> Option<&mut Tally> {
+        match self
+            .txs
+            .get(tx)
+            .map(|e| matches!(e.state, TxState::Open(_)))
+        {
+            Some(false) => {
+                out.late += 1;
+                return None;
+            }
+            Some(true) => {}
+            None => {
+                if ts.saturating_add(rules.timeout_ms) <= wm {
+                    out.late += 1;
+                    return None;
+                }
+                if self.open_due.len() >= rules.max_open {
+                    self.drop_first(rules);
+                    out.dropped += 1;
+                }
+                let entry = TxEntry {
+                    due: Millis::MAX,
+                    state: TxState::Open(Tally {
+                        first_ts: ts,
+                        first_evidence: evidence.clone(),
+                        begin_seen: false,
+                        end: None,
+                        tables: Vec::new(),
+                    }),
+                };
+                self.index(tx, &entry);
+                self.txs.insert(Arc::clone(tx), entry);
+            }
+        }
+        self.changed.insert(Arc::clone(tx));
+        match self.txs.get_mut(tx) {
+            Some(TxEntry {
+                state: TxState::Open(tally),
+                ..
+            }) => Some(tally),
+            _ => None,
+        }
+    }
+
+    /// Moves an open transaction to its due time in the index.
+    fn retime(&mut self, tx: &Arc<str>, rules: &TxRules) {
+        let Some(entry) = self.txs.get(tx) else {
+            return;
+        };
+        let TxState::Open(tally) = &entry.state else {
+            return;
+        };
+        let (old, due) = (entry.due, tally.due(rules));
+        if old != due {
+            self.set(true, old, tx, false);
+            self.set(true, due, tx, true);
+            if let Some(entry) = self.txs.get_mut(tx) {
+                entry.due = due;
+            }
+        }
+    }
+
+    /// Drops the open transaction due first, undecided, and forgets the
+    /// closed one to be forgotten first when as many are remembered.
+    fn drop_first(&mut self, rules: &TxRules) {
+        if let Some((due, id)) = self.open_due.pop_first() {
+            self.close(&id, due, rules);
+        }
+    }
+
+    /// Closes an open transaction: remembered until `due + timeout`.
+    fn close(&mut self, id: &Arc<str>, due: Millis, rules: &TxRules) {
+        self.open_due.remove(&(due, Arc::clone(id)));
+        let forget = due.saturating_add(rules.timeout_ms);
+        if let Some(entry) = self.txs.get_mut(id) {
+            entry.state = TxState::Closed;
+            entry.due = forget;
+        }
+        self.closed_due.insert((forget, Arc::clone(id)));
+        self.changed.insert(Arc::clone(id));
+        while self.closed_due.len() > rules.max_open {
+            if let Some((_, old)) = self.closed_due.pop_first() {
+                self.txs.remove(&old);
+                self.changed.insert(old);
+            }
+        }
+    }
+
+    /// Decides the transactions due by watermark `wm`, and forgets the
+    /// decided ones remembered long enough.
+    pub fn advance(&mut self, wm: Millis, rules: &TxRules, out: &mut TxDecisions) {
+        while let Some((due, id)) = self.open_due.first().cloned() {
+            if due > wm {
+                break;
+            }
+            if let Some(TxEntry {
+                state: TxState::Open(tally),
+                ..
+            }) = self.txs.get(&id)
+            {
+                judge(&id, tally, due, out);
+            }
+            self.close(&id, due, rules);
+        }
+        while let Some((due, id)) = self.closed_due.first().cloned() {
+            if due > wm {
+                break;
+            }
+            self.closed_due.pop_first();
+            if let Some(entry) = self.txs.remove(&id) {
+                debug_assert!(entry.state == TxState::Closed);
+                self.changed.insert(id);
+            }
+        }
+    }
+}
+
+/// The verdict on a transaction due at `due`.
+fn judge(id: &Arc<str>, tally: &Tally, due: Millis, out: &mut TxDecisions) {
+    let Some(end) = &tally.end else {
+        let table = tally
+            .tables
+            .first()
+            .map_or_else(|| Arc::from("(none)"), |t| Arc::clone(&t.table));
+        out.violations.push(Violation {
+            change_ts_ms: Some(tally.first_ts),
+            transaction_id: Some(Arc::clone(id)),
+            transaction: Some(Box::new(TxDetail {
+                expected_events: None,
+                seen_events: tally.seen_events(),
+                missing_total_orders: None,
+                tables: tally.table_names(),
+            })),
+            evidence: vec![tally.first_evidence.clone()],
+            ..Violation::new(
+                ViolationKind::UnterminatedTransaction,
+                None,
+                crate::hash::transaction(id, ""),
+                table,
+                Arc::from("{}"),
+                due,
+            )
+        });
+        return;
+    };
+    let missing = missing_orders(tally, &end.counts);
+    for (table, expected) in &end.counts.tables {
+        let seen = tally
+            .tables
+            .iter()
+            .find(|t| t.table == *table)
+            .map_or(0, |t| t.orders.len() as u64);
+        if seen >= *expected {
+            continue;
+        }
+        out.violations.push(Violation {
+            change_ts_ms: Some(end.ts),
+            transaction_id: Some(Arc::clone(id)),
+            transaction: Some(Box::new(TxDetail {
+                expected_events: Some(*expected),
+                seen_events: seen,
+                missing_total_orders: missing.clone(),
+                tables: tally.table_names(),
+            })),
+            evidence: vec![end.evidence.clone()],
+            ..Violation::new(
+                ViolationKind::IncompleteTransaction,
+                None,
+                crate::hash::transaction(id, table),
+                Arc::clone(table),
+                Arc::from("{}"),
+                due,
+            )
+        });
+    }
+}
+
+/// The `total_order` numbers of the transaction that no change carried,
+/// when every table it wrote is mapped and the END gives the total (at most
+/// [`MAX_LISTED_ORDERS`]).
+fn missing_orders(tally: &Tally, counts: &EndCounts) -> Option<Vec<u64>> {
+    let total = counts.event_count.filter(|_| counts.all_mapped)?;
+    let mut seen: Vec<u64> = tally
+        .tables
+        .iter()
+        .flat_map(|t| t.orders.iter().copied())
+        .collect();
+    seen.sort_unstable();
+    Some(
+        (1..=total)
+            .filter(|o| seen.binary_search(o).is_err())
+            .take(MAX_LISTED_ORDERS)
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests;
