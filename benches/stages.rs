@@ -132,6 +132,7 @@ fn generate(format: CdcFormat) -> Workload {
         partitions: PARTITIONS,
         traffic: Traffic::Steady,
         storms: None,
+        transactions: None,
     });
     let mut records: Vec<GenRecord> = generator.by_ref().collect();
     for record in records.iter_mut().filter(|r| r.stream == Stream::Cdc) {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::workload::FaultRates;
+use crate::workload::{FaultRates, TxFaults};
 
 /// vigil: a real-time consistency watchdog for cached data.
 ///
@@ -374,6 +374,12 @@ pub struct BenchArgs {
     #[arg(long, value_name = "EVENTS:KEYS")]
     pub check_kcat: Vec<String>,
 
+    /// The --check workloads carry transaction metadata (as vigil gen
+    /// --transactions writes it), and the runs check it
+    /// (detect.transactions): compare with a run without, for its cost.
+    #[arg(long)]
+    pub transactions: bool,
+
     /// Records of the vigil run throughput measure.
     #[arg(long, default_value_t = 300_000)]
     pub kafka_events: u64,
@@ -569,6 +575,24 @@ pub struct GenArgs {
     /// bursts of two seconds each: traffic that must raise no storm.
     #[arg(long)]
     pub bursts: bool,
+
+    /// Wrap the changes in transactions of one to three episodes (so
+    /// across tables), with their BEGIN and END records on the topic
+    /// gen.transaction and a transaction block on each change, as Debezium
+    /// writes them with provide.transaction.metadata. Debezium JSON
+    /// formats only.
+    #[arg(long)]
+    pub transactions: bool,
+
+    /// With --transactions: share of transactions whose END announces one
+    /// event more than was written (an incomplete_transaction).
+    #[arg(long, default_value_t = TxFaults::GEN.lost_event)]
+    pub lost_event_rate: f64,
+
+    /// With --transactions: share of transactions whose END is never
+    /// written (an unterminated_transaction).
+    #[arg(long, default_value_t = TxFaults::GEN.unterminated)]
+    pub unterminated_rate: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -82,6 +82,7 @@ fn workload(tables: u32, formats: &[CdcFormat]) -> (Vec<GenRecord>, Config) {
             partitions: PARTITIONS,
             traffic: Traffic::Steady,
             storms: None,
+            transactions: None,
         },
         formats,
     );

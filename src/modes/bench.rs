@@ -54,7 +54,7 @@ use crate::telemetry::{Stats, thread_cpu_seconds};
 use crate::time::{Clock, SystemClock};
 use crate::workload::encode::CdcFormat;
 use crate::workload::storms::Traffic;
-use crate::workload::{self, FaultRates, GenRecord, Generator, Spec};
+use crate::workload::{self, FaultRates, GenRecord, Generator, Spec, TxFaults};
 
 /// Partitions of the benchmark topics: the mock cluster keeps about 5 MB
 /// a partition.
@@ -206,7 +206,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitStatus> {
     let kcat = (args.check_kcat.iter()).map(|s| (s, CheckInput::KcatFiveFormats));
     for (size, input) in debezium.chain(kcat) {
         let (events, keys) = parse_size(size)?;
-        report.check.push(bench_check(&work, input, events, keys)?);
+        let transactions = args.transactions && input == CheckInput::Debezium;
+        report
+            .check
+            .push(bench_check(&work, input, events, keys, transactions)?);
     }
     if !args.skip_kafka {
         let kafka = bench_kafka(&work, args.kafka_events, args.keys)?;
@@ -267,6 +270,7 @@ fn spec(events: u64, keys: u64, rate: u64, start_ms: i64, partitions: i32) -> Sp
         partitions,
         traffic: Traffic::Steady,
         storms: None,
+        transactions: None,
     }
 }
 
@@ -422,17 +426,24 @@ fn bench_check(
     input: CheckInput,
     events: u64,
     keys: u64,
+    transactions: bool,
 ) -> anyhow::Result<CheckFigures> {
     let dir = work.join(format!("check-{events}-{keys}"));
     std::fs::create_dir_all(&dir)?;
-    eprintln!("vigil bench: generating {events} records over {keys} keys ({input:?})");
-    let spec = spec(
-        events,
-        keys,
-        1_000_000,
-        workload::START_MS,
-        workload::PARTITIONS,
+    eprintln!(
+        "vigil bench: generating {events} records over {keys} keys ({input:?}{})",
+        if transactions { ", transactions" } else { "" }
     );
+    let spec = Spec {
+        transactions: transactions.then_some(TxFaults::GEN),
+        ..spec(
+            events,
+            keys,
+            1_000_000,
+            workload::START_MS,
+            workload::PARTITIONS,
+        )
+    };
     let kcat = input == CheckInput::KcatFiveFormats;
     let mut generator = if kcat {
         let tables = CdcFormat::ALL.len() as u32;

@@ -25,7 +25,7 @@ use crate::telemetry::Stats;
 use crate::time::{Clock, SystemClock};
 use crate::workload::encode::CdcFormat;
 use crate::workload::storms::{ExpectedStorm, StormSchedule, Traffic};
-use crate::workload::{self, FaultRates, Generator, Spec};
+use crate::workload::{self, FaultRates, Generator, Spec, TxFaults};
 
 /// Fault rates of the demo: high enough to see every kind in 30 seconds.
 const DEMO_FAULTS: FaultRates = FaultRates {
@@ -80,6 +80,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitStatus> {
         partitions: workload::PARTITIONS,
         traffic: Traffic::Steady,
         storms: demo_storms(args.duration.0.as_millis() as i64),
+        transactions: Some(TxFaults::GEN),
     };
     let mut generator = Generator::new(spec.clone());
     if let Err(why) = generator.check_storms() {

@@ -24,7 +24,7 @@ use crate::io::file::kcat_line;
 use crate::registry::{SchemaKind, SchemaRegistry};
 use crate::workload::encode::CdcFormat;
 use crate::workload::storms::{StormSchedule, Traffic};
-use crate::workload::{FaultRates, Generator, Spec};
+use crate::workload::{FaultRates, Generator, Spec, TxFaults};
 
 /// How long the last produced records may take to be delivered.
 const FLUSH: Duration = Duration::from_secs(60);
@@ -57,6 +57,7 @@ pub fn run(args: &GenArgs) -> anyhow::Result<ExitStatus> {
     create_dir(&args.out, "output directory")?;
     let mut generator = Generator::new(spec);
     generator.check_storms().map_err(UsageError)?;
+    generator.check_transactions().map_err(UsageError)?;
     let summary = match &args.brokers {
         Some(brokers) => {
             let registry = args.schema_registry.as_deref();
@@ -177,6 +178,8 @@ pub fn spec(args: &GenArgs) -> Result<Spec, UsageError> {
         ("--gap-rate", faults.gap),
         ("--conflict-rate", faults.conflict),
         ("--duplicate-rate", faults.duplicate),
+        ("--lost-event-rate", args.lost_event_rate),
+        ("--unterminated-rate", args.unterminated_rate),
     ];
     for (flag, rate) in named {
         if !(0.0..=1.0).contains(&rate) {
@@ -231,6 +234,10 @@ pub fn spec(args: &GenArgs) -> Result<Spec, UsageError> {
             Traffic::Steady
         },
         storms: args.storms.then(StormSchedule::standard),
+        transactions: args.transactions.then_some(TxFaults {
+            lost_event: args.lost_event_rate,
+            unterminated: args.unterminated_rate,
+        }),
     })
 }
 

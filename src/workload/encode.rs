@@ -57,6 +57,12 @@ impl CdcFormat {
         self != CdcFormat::Canal
     }
 
+    /// Whether the generator writes transaction metadata in the format
+    /// (Debezium's JSON forms).
+    pub fn has_transaction_metadata(self) -> bool {
+        matches!(self, CdcFormat::Debezium | CdcFormat::DebeziumSchema)
+    }
+
     /// Whether the format has Debezium's tombstones and heartbeats.
     pub fn is_debezium(self) -> bool {
         matches!(
@@ -148,6 +154,17 @@ pub struct GenChange {
     /// A position that grows with every change (LSN, binlog position).
     pub position: u64,
     pub tx_id: u64,
+    /// The transaction block (Debezium JSON formats, `--transactions`).
+    pub tx: Option<GenTx>,
+}
+
+/// A change's place in its transaction, as Debezium's `transaction` block
+/// gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenTx {
+    pub id: String,
+    pub total_order: u64,
+    pub data_collection_order: u64,
 }
 
 impl GenChange {
@@ -196,7 +213,11 @@ pub fn encode_change(format: CdcFormat, c: &GenChange) -> (Option<String>, Strin
                 },
                 "op": debezium_op(c.op),
                 "ts_ms": c.commit_ts_ms + 3,
-                "transaction": null
+                "transaction": c.tx.as_ref().map(|t| json!({
+                    "id": t.id,
+                    "total_order": t.total_order,
+                    "data_collection_order": t.data_collection_order
+                }))
             });
             let key = json!({ "id": c.pk() }).to_string();
             let value = if format == CdcFormat::DebeziumSchema {

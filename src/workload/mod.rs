@@ -31,7 +31,9 @@ use crate::ingest::{RawInput, Stream};
 use crate::model::{Millis, Op};
 use crate::registry::SchemaKind;
 use avro::AvroTable;
-use encode::{CdcFormat, GenCacheEvent, GenChange, GenRow, TsForm, encode_cache, encode_change};
+use encode::{
+    CdcFormat, GenCacheEvent, GenChange, GenRow, GenTx, TsForm, encode_cache, encode_change,
+};
 use protobuf::ProtoTable;
 use rng::Rng;
 use storms::{BaseRates, ExpectedStorm, Injection, StormSchedule, Traffic};
@@ -129,6 +131,43 @@ const HEARTBEAT_EVERY: u64 = 2_000;
 pub const PARTITIONS: i32 = 3;
 /// Topic of the Debezium heartbeats the generator writes.
 const HEARTBEAT_TOPIC: &str = "__debezium-heartbeat.gen";
+/// Topic of the transactions' BEGIN and END records.
+pub const TX_TOPIC: &str = "gen.transaction";
+/// Event time after its earliest record by which a transaction's END must
+/// come, in the generated configuration.
+pub const TX_TIMEOUT_MS: i64 = 5_000;
+/// A table that the generated configuration does not map, which some
+/// transactions' ENDs name (its changes are not written: their counts must
+/// be ignored).
+const UNMAPPED_TABLE: &str = "public.audit_log";
+const P_UNMAPPED_IN_TX: f64 = 0.3;
+
+/// Rates (0..1) of the transaction faults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TxFaults {
+    /// An END announces one event more than was written.
+    pub lost_event: f64,
+    /// No END is written.
+    pub unterminated: f64,
+}
+
+impl TxFaults {
+    /// The rates `vigil gen --transactions` uses unless told otherwise.
+    pub const GEN: TxFaults = TxFaults {
+        lost_event: 0.02,
+        unterminated: 0.01,
+    };
+}
+
+/// The transaction being written.
+struct OpenTx {
+    id: String,
+    /// Episodes still to come in it.
+    episodes_left: u64,
+    /// Events written, per table.
+    counts: BTreeMap<u32, u64>,
+    last_ts: Millis,
+}
 
 /// Rates (0..1) of each injected fault, and of redeliveries.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -180,6 +219,9 @@ pub struct Spec {
     /// Invalidation storms to inject; the workload lasts until they are
     /// over, however few `events` it asks for.
     pub storms: Option<StormSchedule>,
+    /// Write changes in transactions with their metadata (Debezium JSON
+    /// formats only), with these faults.
+    pub transactions: Option<TxFaults>,
 }
 
 /// A generated record, in the order it is written.
@@ -214,7 +256,8 @@ pub struct Expected {
     pub key: Option<String>,
     pub table: String,
     pub pk: String,
-    pub version: u64,
+    /// `None` for the transaction-level kinds.
+    pub version: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lag_ms: Option<i64>,
 }
@@ -328,6 +371,8 @@ pub struct Generator {
     registered: Vec<Option<RegisteredTable>>,
     cache_topic: Arc<str>,
     storms: Vec<Injection>,
+    /// The transaction being written (with `spec.transactions`).
+    open_tx: Option<OpenTx>,
 }
 
 /// The table a prefix storm hits: the first with two keys.
@@ -415,6 +460,7 @@ impl Generator {
             registered,
             cache_topic: Arc::from("cache-events"),
             storms,
+            open_tx: None,
             spec,
         }
     }
@@ -488,17 +534,22 @@ impl Generator {
              deadline = \"{DEADLINE_MS}ms\"\n\
              skew = \"{SKEW_MS}ms\"\n\
              allowed_lateness = \"{LATENESS_MS}ms\"\n\
-             late_window = \"{LATE_WINDOW_MS}ms\"\n\n\
-             [inputs]\n\
-             unmapped_tables = \"dlq\"\n",
+             late_window = \"{LATE_WINDOW_MS}ms\"\n",
             seed = self.spec.seed,
         );
+        if self.spec.transactions.is_some() {
+            out.push_str(&format!(
+                "transactions = true\ntransaction_timeout = \"{TX_TIMEOUT_MS}ms\"\n"
+            ));
+        }
+        out.push_str("\n[inputs]\nunmapped_tables = \"dlq\"\n");
         let quoted = |topics: Vec<String>| -> String {
             let list: Vec<String> = topics.iter().map(|t| format!("\"{t}\"")).collect();
             format!("[{}]", list.join(", "))
         };
-        let (cdc, cache): (Vec<String>, Vec<String>) = self
-            .topics()
+        let (transactions, topics): (Vec<String>, Vec<String>) =
+            self.topics().into_iter().partition(|t| t == TX_TOPIC);
+        let (cdc, cache): (Vec<String>, Vec<String>) = topics
             .into_iter()
             .partition(|t| self.stream_of_topic(t) == Some(Stream::Cdc));
         out.push_str(&format!(
@@ -506,6 +557,9 @@ impl Generator {
             quoted(cdc),
             quoted(cache)
         ));
+        if !transactions.is_empty() {
+            out.push_str(&format!("transaction_topics = {}\n", quoted(transactions)));
+        }
         for t in 0..self.spec.tables.max(1) {
             let keys: Vec<String> = key_templates(t)
                 .iter()
@@ -543,6 +597,9 @@ impl Generator {
         if self.formats.iter().any(|f| f.is_debezium()) {
             topics.push(HEARTBEAT_TOPIC.into());
         }
+        if self.spec.transactions.is_some() {
+            topics.push(TX_TOPIC.into());
+        }
         topics.push(self.cache_topic.to_string());
         topics
     }
@@ -551,7 +608,10 @@ impl Generator {
     pub fn stream_of_topic(&self, topic: &str) -> Option<Stream> {
         if topic == self.cache_topic.as_ref() {
             Some(Stream::Cache)
-        } else if topic == HEARTBEAT_TOPIC || self.cdc_topics.iter().any(|t| t.as_ref() == topic) {
+        } else if topic == HEARTBEAT_TOPIC
+            || (topic == TX_TOPIC && self.spec.transactions.is_some())
+            || self.cdc_topics.iter().any(|t| t.as_ref() == topic)
+        {
             Some(Stream::Cdc)
         } else {
             None
@@ -667,9 +727,141 @@ impl Generator {
             key: key.map(str::to_string),
             table: format.table_name(table),
             pk: pk.to_string(),
-            version,
+            version: Some(version),
             lag_ms,
         });
+    }
+
+    /// Whether the generator can write transactions: every table in a
+    /// Debezium JSON format.
+    pub fn check_transactions(&self) -> Result<(), String> {
+        if self.spec.transactions.is_some()
+            && !self.formats.iter().all(|f| f.has_transaction_metadata())
+        {
+            return Err(
+                "--transactions needs a Debezium JSON format (--format debezium or debezium-schema)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The transaction block of the next change of `table`, opening a
+    /// transaction (and writing its BEGIN) at `ts` if none is open.
+    fn tx_block(&mut self, table: u32, ts: Millis) -> Option<GenTx> {
+        self.spec.transactions?;
+        if self.open_tx.is_none() {
+            let id = format!("{}:{}", self.tx + 1, self.position);
+            let episodes_left = self.rng.range(1, 3) as u64;
+            self.tx_record(
+                json!({
+                    "status": "BEGIN", "id": id, "ts_ms": ts,
+                    "event_count": null, "data_collections": null
+                }),
+                ts,
+                &id,
+            );
+            self.open_tx = Some(OpenTx {
+                id,
+                episodes_left,
+                counts: BTreeMap::new(),
+                last_ts: ts,
+            });
+        }
+        let open = self.open_tx.as_mut()?;
+        let total_order = open.counts.values().sum::<u64>() + 1;
+        let in_table = open.counts.entry(table).or_default();
+        *in_table += 1;
+        open.last_ts = open.last_ts.max(ts);
+        Some(GenTx {
+            id: open.id.clone(),
+            total_order,
+            data_collection_order: *in_table,
+        })
+    }
+
+    /// Ends an episode in the open transaction; its last closes it: its END
+    /// is written, or announces an event too many, or is never written.
+    fn end_tx_episode(&mut self) {
+        let Some(faults) = self.spec.transactions else {
+            return;
+        };
+        let Some(open) = self.open_tx.as_mut() else {
+            return;
+        };
+        open.episodes_left -= 1;
+        if open.episodes_left > 0 {
+            return;
+        }
+        let Some(open) = self.open_tx.take() else {
+            return;
+        };
+        let table_name = |g: &Self, t: u32| g.format_of(t).table_name(t);
+        let u = self.rng.unit();
+        let (lost, unterminated) = (u < faults.lost_event, {
+            let v = u - faults.lost_event;
+            (0.0..faults.unterminated).contains(&v)
+        });
+        let tx_expect = |g: &mut Self, kind: ViolationKind, table: String| {
+            *g.stats.injected.entry(kind.as_str()).or_default() += 1;
+            g.expected.push(Expected {
+                kind: kind.as_str(),
+                key: None,
+                table,
+                pk: "{}".into(),
+                version: None,
+                lag_ms: None,
+            });
+        };
+        if unterminated {
+            let first = open.counts.keys().map(|&t| table_name(self, t)).min();
+            tx_expect(
+                self,
+                ViolationKind::UnterminatedTransaction,
+                first.unwrap_or_default(),
+            );
+            return;
+        }
+        let mut collections: Vec<(String, u64)> = open
+            .counts
+            .iter()
+            .map(|(&t, &n)| (table_name(self, t), n))
+            .collect();
+        if lost {
+            let at = self.rng.range(0, collections.len() as i64 - 1) as usize;
+            collections[at].1 += 1;
+            let table = collections[at].0.clone();
+            tx_expect(self, ViolationKind::IncompleteTransaction, table);
+        }
+        if self.rng.chance(P_UNMAPPED_IN_TX) {
+            collections.push((UNMAPPED_TABLE.into(), 1));
+        }
+        let total: u64 = collections.iter().map(|(_, n)| n).sum();
+        let listed: Vec<Value> = collections
+            .iter()
+            .map(|(t, n)| json!({ "data_collection": t, "event_count": n }))
+            .collect();
+        self.tx_record(
+            json!({
+                "status": "END", "id": open.id, "ts_ms": open.last_ts,
+                "event_count": total, "data_collections": listed
+            }),
+            open.last_ts,
+            &open.id,
+        );
+    }
+
+    /// Writes a BEGIN or END record (delivered twice, sometimes).
+    fn tx_record(&mut self, value: Value, ts: Millis, id: &str) {
+        let record = GenRecord {
+            stream: Stream::Cdc,
+            topic: Arc::from(TX_TOPIC),
+            partition: 0,
+            key: Some(json!({ "id": id }).to_string().into_bytes()),
+            value: Some(value.to_string().into_bytes()),
+            ts_ms: ts,
+        };
+        self.push(ts, record, true);
     }
 
     fn change(&mut self, c: GenChange, may_repeat: bool) {
@@ -774,6 +966,7 @@ impl Generator {
                 commit_ts_ms: self.spec.start_ms - 10 * SPACING_MS,
                 position,
                 tx_id,
+                tx: None,
             },
             false,
         );
@@ -849,6 +1042,7 @@ impl Generator {
             version,
         };
         let (position, tx_id) = self.next_position();
+        let tx = self.tx_block(table, t);
         self.change(
             GenChange {
                 table,
@@ -858,6 +1052,7 @@ impl Generator {
                 commit_ts_ms: t,
                 position,
                 tx_id,
+                tx,
             },
             true,
         );
@@ -879,6 +1074,7 @@ impl Generator {
         if let Some((kind, extra_version, note)) = extra {
             let (position, tx_id) = self.next_position();
             let commit_ts_ms = if whole_seconds { t } else { t + 5 };
+            let tx = self.tx_block(table, commit_ts_ms);
             self.change(
                 GenChange {
                     table,
@@ -888,6 +1084,7 @@ impl Generator {
                     commit_ts_ms,
                     position,
                     tx_id,
+                    tx,
                 },
                 true,
             );
@@ -895,6 +1092,7 @@ impl Generator {
         }
 
         self.invalidate(table, id, &keys, t, version, fault);
+        self.end_tx_episode();
 
         // Fills: normally of the current version; faults fill a stale
         // version, or a deleted row.
@@ -1039,7 +1237,15 @@ impl Iterator for Generator {
                 return Some(p.record);
             }
             if self.done() {
-                return None;
+                match self.open_tx.as_mut() {
+                    // The last transaction ends with the workload.
+                    Some(open) => {
+                        open.episodes_left = 1;
+                        self.end_tx_episode();
+                        continue;
+                    }
+                    None => return None,
+                }
             }
             if self.snapshots_left > 0 {
                 self.snapshot();

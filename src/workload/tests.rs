@@ -29,6 +29,7 @@ fn spec(seed: u64) -> Spec {
         partitions: PARTITIONS,
         traffic: Traffic::Steady,
         storms: None,
+        transactions: None,
     }
 }
 

@@ -19,3 +19,4 @@ mod schemas;
 mod storms;
 mod streams;
 mod support;
+mod transactions;

@@ -19,7 +19,7 @@ use vigil::workload::encode::{
     CdcFormat, GenCacheEvent, GenChange, GenRow, TsForm, encode_cache, encode_change,
 };
 use vigil::workload::storms::{StormSchedule, Traffic};
-use vigil::workload::{FaultRates, GenRecord, Generator, PARTITIONS, START_MS, Spec};
+use vigil::workload::{FaultRates, GenRecord, Generator, PARTITIONS, START_MS, Spec, TxFaults};
 
 use crate::broker::*;
 use crate::fake_registry::FakeRegistry;
@@ -66,6 +66,7 @@ fn spec(events: u64, seed: u64, start_ms: i64, keys: u64) -> Spec {
         partitions: PARTITIONS,
         traffic: Traffic::Steady,
         storms: None,
+        transactions: None,
     }
 }
 
@@ -151,6 +152,7 @@ impl Workload {
                             commit_ts_ms: ts_ms,
                             position: 1,
                             tx_id: 1,
+                            tx: None,
                         },
                     ),
                 };
@@ -325,6 +327,36 @@ fn scrape(port: u16) -> String {
     let response = http_get(port, "/metrics", None).expect("the HTTP server listens");
     assert_eq!(response.status, 200, "{}", response.body);
     response.body
+}
+
+#[test]
+fn run_reports_transactions_exactly_as_check_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::of(Spec {
+        transactions: Some(TxFaults {
+            lost_event: 0.05,
+            unterminated: 0.03,
+        }),
+        ..spec(8_000, 23, START_MS, 1_000)
+    });
+    let broker = w.broker();
+    w.produce(&broker, 0..w.records.len());
+    w.produce_end(&broker);
+    let expected = w.expected(dir.path());
+    for kind in ["incomplete_transaction", "unterminated_transaction"] {
+        assert!(expected_kinds_of(&expected, kind) > 0, "some {kind}");
+    }
+    let checked = w.check_files(dir.path());
+    let check_ids: BTreeSet<String> = checked
+        .violations()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
+    let config = w.config(dir.path(), &broker, &[]);
+    let daemon = Daemon::start(&config);
+    let by_id = await_verdicts(&broker, &expected, &daemon);
+    let run_ids: BTreeSet<String> = by_id.keys().cloned().collect();
+    assert_eq!(run_ids, check_ids, "the same verdicts with the same ids");
 }
 
 #[test]

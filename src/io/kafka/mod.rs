@@ -146,7 +146,10 @@ impl TopicKinds {
                 } else {
                     kinds.exact.insert(topic.clone(), stream);
                 }
-                kinds.subscriptions.push(topic.clone());
+                // A topic named in two lists is subscribed to once.
+                if !kinds.subscriptions.contains(topic) {
+                    kinds.subscriptions.push(topic.clone());
+                }
             }
         }
         Ok(kinds)

@@ -1,0 +1,182 @@
+//! Transaction checks through `vigil check`: a generated workload with
+//! transactions (lost events, ENDs that never come, tables the
+//! configuration does not map) reported exactly, the transaction of each
+//! change on its violations, and open transactions kept within their
+//! budget.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::schemas::Schema;
+use crate::support::*;
+
+fn generated(dir: &Path) {
+    let mut args = vec![
+        "--events",
+        "20000",
+        "--keys",
+        "1000",
+        "--tables",
+        "4",
+        "--format",
+        "debezium",
+        "--seed",
+        "5",
+        "--transactions",
+        "--lost-event-rate",
+        "0.05",
+        "--unterminated-rate",
+        "0.03",
+    ];
+    args.extend_from_slice(&FAULTY);
+    generate(dir, &args);
+}
+
+fn check_dir(dir: &Path, config: &Path, out: &str) -> Checked {
+    let checked = check(
+        Some(config),
+        &[&dir.join("cdc.ndjson")],
+        &[&dir.join("cache.ndjson")],
+        &dir.join(out),
+        &[],
+    );
+    assert_eq!(checked.code, 0, "{}", checked.stderr);
+    checked
+}
+
+#[test]
+fn generated_transactions_are_reported_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    generated(dir.path());
+    let expected = dir.path().join("expected.ndjson");
+    let kinds = expected_kinds(&expected);
+    for kind in [
+        "incomplete_transaction",
+        "unterminated_transaction",
+        "missing_invalidation",
+        "version_gap",
+    ] {
+        assert!(
+            kinds.get(kind).copied().unwrap_or(0) > 0,
+            "the workload should expect some {kind}: {kinds:?}"
+        );
+    }
+    let checked = check_dir(dir.path(), &dir.path().join("vigil.toml"), "out");
+    assert_matches_expected(&expected, &checked);
+    assert_eq!(checked.summary["dead_letters_total"], 0);
+    assert!(
+        checked.summary["duplicates"].as_u64().unwrap() > 0,
+        "redeliveries were generated, and counted once"
+    );
+
+    let schema = Schema::named("urn:vigil:schema:violation:v1");
+    for v in checked.violations() {
+        let errors = schema.errors(&v["data"]);
+        assert!(errors.is_empty(), "{v}: {errors:?}");
+        let data = &v["data"];
+        let kind = data["kind"].as_str().unwrap();
+        match kind {
+            "incomplete_transaction" | "unterminated_transaction" => {
+                let id = data["transaction_id"].as_str().unwrap();
+                assert_eq!(v["subject"], format!("transaction/{id}"));
+                assert!(data["seen_events"].as_u64().is_some(), "{v}");
+                if kind == "incomplete_transaction" {
+                    assert!(
+                        data["expected_events"].as_u64().unwrap()
+                            > data["seen_events"].as_u64().unwrap(),
+                        "{v}"
+                    );
+                }
+            }
+            // Violations of a change name its transaction.
+            "missing_invalidation"
+            | "late_invalidation"
+            | "version_regression"
+            | "version_gap"
+            | "conflicting_version" => {
+                assert!(data["transaction_id"].is_string(), "{v}");
+            }
+            _ => assert!(data.get("transaction_id").is_none(), "{v}"),
+        }
+    }
+    // Some ENDs name a table the configuration does not map: its count is
+    // not held against the transaction.
+    let cdc = fs::read_to_string(dir.path().join("cdc.ndjson")).unwrap();
+    assert!(cdc.contains("public.audit_log"));
+}
+
+#[test]
+fn without_transaction_checks_the_metadata_is_counted_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    generated(dir.path());
+    let config = fs::read_to_string(dir.path().join("vigil.toml")).unwrap();
+    assert!(config.contains("transactions = true"));
+    let off = dir.path().join("off.toml");
+    fs::write(
+        &off,
+        config.replace("transactions = true", "transactions = false"),
+    )
+    .unwrap();
+    let checked = check_dir(dir.path(), &off, "out-off");
+    let kinds: Vec<String> = checked
+        .violations()
+        .iter()
+        .map(|v| v["data"]["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert!(kinds.iter().all(|k| !k.ends_with("_transaction")));
+    assert!(kinds.iter().any(|k| k == "missing_invalidation"));
+    assert!(
+        checked.summary["skipped"]["transaction_metadata"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(checked.summary["dead_letters_total"], 0);
+}
+
+#[test]
+fn open_transactions_stay_within_their_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    // Transactions that begin and never end, far more than the budget.
+    const OPENED: u64 = 20_000;
+    const BUDGET: u64 = 100;
+    let mut cdc = String::new();
+    for i in 0..OPENED {
+        writeln!(
+            cdc,
+            r#"{{"status":"BEGIN","id":"tx-{i}","ts_ms":{},"event_count":null,"data_collections":null}}"#,
+            1_700_000_000_000u64 + i
+        )
+        .unwrap();
+    }
+    fs::write(dir.path().join("cdc.ndjson"), cdc).unwrap();
+    fs::write(dir.path().join("cache.ndjson"), "").unwrap();
+    let config = dir.path().join("vigil.toml");
+    fs::write(
+        &config,
+        format!(
+            "[detect]\ntransactions = true\ntransaction_timeout = \"1h\"\nmax_open_transactions = {BUDGET}\n{USERS_CONFIG}"
+        ),
+    )
+    .unwrap();
+    let checked = check_dir(dir.path(), &config, "out");
+    assert_eq!(
+        checked.summary["transactions_dropped"].as_u64(),
+        Some(OPENED - BUDGET),
+        "{}",
+        checked.summary
+    );
+    let unterminated: Vec<Value> = checked
+        .violations()
+        .into_iter()
+        .filter(|v| v["data"]["kind"] == "unterminated_transaction")
+        .collect();
+    assert_eq!(unterminated.len() as u64, BUDGET, "the last ones kept");
+    assert_eq!(
+        unterminated[0]["data"]["table"], "(none)",
+        "no change of a mapped table was seen"
+    );
+}
