@@ -262,8 +262,10 @@ fn watch(
         if producing.load(Ordering::SeqCst) {
             continue;
         }
-        let final_verdicts =
-            last_ts.load(Ordering::Relaxed) + workload::DEADLINE_MS + workload::LATE_WINDOW_MS;
+        // A transaction whose END never comes is decided a timeout after
+        // its first record.
+        let final_verdicts = last_ts.load(Ordering::Relaxed)
+            + (workload::DEADLINE_MS + workload::LATE_WINDOW_MS).max(workload::TX_TIMEOUT_MS);
         let done = consumed >= produced.load(Ordering::Relaxed)
             && wm > final_verdicts
             && storms_ended >= storms.len() as u64;
@@ -310,7 +312,7 @@ fn print_table(generator: &Generator, stats: &Stats) {
     let injected = &generator.stats().injected;
     println!();
     println!(
-        "{:<22} {:>9} {:>9} {:>9}",
+        "{:<24} {:>9} {:>9} {:>9}",
         "kind", "injected", "expected", "detected"
     );
     let mut all_match = true;
@@ -323,7 +325,7 @@ fn print_table(generator: &Generator, stats: &Stats) {
         );
         all_match &= exp == det;
         let mark = if exp == det { "ok" } else { "DIFFERS" };
-        println!("{name:<22} {inj:>9} {exp:>9} {det:>9}  {mark}");
+        println!("{name:<24} {inj:>9} {exp:>9} {det:>9}  {mark}");
     }
     println!(
         "\n(a late invalidation is first a missing one: each injected late fault expects a missing_invalidation and a late_invalidation)"
