@@ -202,16 +202,17 @@ pub enum Command {
     Replay(ReplayArgs),
 
     /// Show what an instance's state holds of a cache key, or its storms in
-    /// progress, as JSON.
+    /// progress or incidents open, as JSON.
     ///
     /// Reads a stopped instance's state directory (--state, opened
     /// read-only) or asks a running one (--url: GET /v1/keys/{key}, GET
-    /// /v1/storms), and prints, as of the last checkpoint, the key: its
+    /// /v1/storms, GET /v1/incidents), and prints, as of the last checkpoint, the key: its
     /// changes (table, primary key, version, commit time, status Pending /
     /// Missed / Decided, the invalidation that covered it), its recent
     /// invalidations, its fills (waiting and judged, with the violation
     /// reported for each) and its armed deadline; or, with --storms, the
-    /// storms in progress.
+    /// storms in progress; or, with --incidents, the consistency incidents
+    /// open.
     ///
     /// Exit status: 0 the key was found; 4 it was not, or the state cannot
     /// be read.
@@ -257,17 +258,21 @@ pub struct InspectArgs {
     /// The cache key, as services name it (`user:42`); with --entity, the
     /// row's primary key as a JSON object, as violations name it
     /// (`{"id":42}`).
-    #[arg(value_name = "KEY", required_unless_present = "storms")]
+    #[arg(value_name = "KEY", required_unless_present_any = ["storms", "incidents"])]
     pub key: Option<String>,
 
     /// Show a row's entity state instead of a key: the table, as
     /// [[tables]] names it (`public.users`); KEY is then the primary key.
-    #[arg(long, value_name = "TABLE", conflicts_with = "storms")]
+    #[arg(long, value_name = "TABLE", conflicts_with_all = ["storms", "incidents"])]
     pub entity: Option<String>,
 
     /// Show the storms in progress instead of a key.
     #[arg(long, conflicts_with = "key")]
     pub storms: bool,
+
+    /// Show the consistency incidents open instead of a key.
+    #[arg(long, conflicts_with_all = ["key", "storms"])]
+    pub incidents: bool,
 }
 
 /// Flags of `vigil completions`.
@@ -570,6 +575,15 @@ pub struct GenArgs {
     /// invalidations/s (--rate 1000 or more) and 3 tables.
     #[arg(long)]
     pub storms: bool,
+
+    /// Stop the service that invalidates table 1 (svc-t1) for two minutes
+    /// after one minute of traffic: every change of table 1 in that time
+    /// misses all its invalidations (expected as missing_invalidation), a
+    /// consistency incident of that table. The workload lasts until three
+    /// minutes after the outage whatever --events says. Needs at least 2
+    /// tables.
+    #[arg(long)]
+    pub outage: bool,
 
     /// Vary the normal traffic by +-50% over ten minutes, with three 3x
     /// bursts of two seconds each: traffic that must raise no storm.

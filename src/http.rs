@@ -11,7 +11,9 @@
 //! - `GET /v1/entities/{table}/{pk}`: the same of a row (`pk` the primary
 //!   key as a JSON object, as violations name it: `{"id":42}`, URL-encoded
 //!   or not) ([`inspect::EntityView`]), 404 if nothing;
-//! - `GET /v1/storms`: the storms in progress as of the last checkpoint.
+//! - `GET /v1/storms`: the storms in progress as of the last checkpoint;
+//! - `GET /v1/incidents`: the consistency incidents open as of the last
+//!   checkpoint.
 //!
 //! With `metrics.bearer_token`, every path but the two probes asks for
 //! `Authorization: Bearer <token>`.
@@ -103,6 +105,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/keys/{*key}", get(key))
         .route("/v1/entities/{table}/{*pk}", get(entity))
         .route("/v1/storms", get(storms))
+        .route("/v1/incidents", get(incidents))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&shared), auth));
     Router::new()
         .route("/healthz", get(healthz))
@@ -176,6 +179,13 @@ async fn entity(
 async fn storms(State(shared): State<Arc<Shared>>) -> Response {
     match inspect::storms_view(&*shared.store) {
         Ok(storms) => Json(serde_json::json!({ "storms": storms })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn incidents(State(shared): State<Arc<Shared>>) -> Response {
+    match inspect::incidents_view(&*shared.store) {
+        Ok(incidents) => Json(serde_json::json!({ "incidents": incidents })).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -1,8 +1,9 @@
 //! Read-only views of the state, for `GET /v1/keys/{key}`,
-//! `GET /v1/entities/{table}/{pk}` and `GET /v1/storms` of a running `vigil
-//! run` and for `vigil inspect --state DIR` on a stopped one.
+//! `GET /v1/entities/{table}/{pk}`, `GET /v1/storms` and `GET
+//! /v1/incidents` of a running `vigil run` and for `vigil inspect --state
+//! DIR` on a stopped one.
 //!
-//! They read the store, not the memory of the workers and the storm stage:
+//! They read the store, not the memory of the workers and the detectors:
 //! what they show is as of the last checkpoint (at most
 //! `state.checkpoint_interval` old on a running instance). A key comes with
 //! its changes (version, commit time, verdict status, covering
@@ -10,17 +11,19 @@
 //! and its armed deadline; an entity (a row) with the highest version of
 //! its current life, whether its last change was a delete, and its recent
 //! change ids; storms in progress with their scope, start,
-//! rates, count and top keys and services.
+//! rates, count and top keys and services; incidents open with their
+//! table, start, window counts and share, violations and top keys.
 
 use std::collections::BTreeSet;
 
 use serde::Serialize;
 
 use crate::detect::entity::EntityState;
+use crate::detect::incident::IncidentEvent;
 use crate::detect::key::{Fill, Invalidation, KeyChange};
 use crate::detect::storm::StormEvent;
 use crate::model::Millis;
-use crate::pipeline::{load_storms, read_entity, read_key};
+use crate::pipeline::{load_incidents, load_storms, read_entity, read_key};
 use crate::state::{Cf, StateError, Store, codec};
 
 /// What the store holds of one cache key.
@@ -125,4 +128,10 @@ fn scopes(store: &dyn Store) -> Result<BTreeSet<i32>, StateError> {
 /// would report it.
 pub fn storms_view(store: &dyn Store) -> Result<Vec<StormEvent>, StateError> {
     Ok(load_storms(store)?.in_progress())
+}
+
+/// The incidents open, each as an update at the last second judged would
+/// report it.
+pub fn incidents_view(store: &dyn Store) -> Result<Vec<IncidentEvent>, StateError> {
+    Ok(load_incidents(store)?.in_progress())
 }

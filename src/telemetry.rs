@@ -6,7 +6,7 @@
 //! partitions by the subscription, unmapped table names by
 //! [`MAX_UNMAPPED_NAMES`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +16,7 @@ use metrics_util::MetricKindMask;
 use serde::Serialize;
 
 use crate::dead_letter::Reason;
+use crate::detect::incident;
 use crate::detect::storm::{Phase, ScopeType};
 use crate::events::ViolationKind;
 use crate::formats::Skip;
@@ -152,6 +153,9 @@ pub struct Stats {
     /// scope, and storms in progress (gauges).
     storm_rates: [AtomicU64; ScopeType::ALL.len()],
     active_storms: [AtomicU64; ScopeType::ALL.len()],
+    /// Incident events per phase, and the tables with an incident open.
+    incident_events: [AtomicU64; incident::Phase::ALL.len()],
+    open_incidents: Mutex<BTreeSet<String>>,
     tables: Mutex<BTreeMap<String, TableTally>>,
     invalidation_lag_ms: Histogram,
     checkpoints: AtomicU64,
@@ -196,6 +200,8 @@ impl Default for Stats {
             storm_events: Default::default(),
             storm_rates: Default::default(),
             active_storms: Default::default(),
+            incident_events: Default::default(),
+            open_incidents: Mutex::default(),
             tables: Mutex::default(),
             invalidation_lag_ms: Histogram::default(),
             checkpoints: AtomicU64::default(),
@@ -226,6 +232,8 @@ pub enum Stage {
     Storms,
     /// Transaction checks (transaction stage).
     Transactions,
+    /// Incident detection (incident stage).
+    Incidents,
 }
 
 impl Stage {
@@ -236,6 +244,7 @@ impl Stage {
         Stage::Commit,
         Stage::Storms,
         Stage::Transactions,
+        Stage::Incidents,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -246,6 +255,7 @@ impl Stage {
             Stage::Commit => "commit",
             Stage::Storms => "storms",
             Stage::Transactions => "transactions",
+            Stage::Incidents => "incidents",
         }
     }
 }
@@ -276,6 +286,7 @@ pub mod names {
     pub const CONSUMER_LAG: &str = "vigil_consumer_lag_records";
     pub const INVALIDATION_RATE: &str = "vigil_invalidations_per_second";
     pub const ACTIVE_STORMS: &str = "vigil_active_storms";
+    pub const OPEN_INCIDENTS: &str = "vigil_open_incidents";
     pub const STORMS_STARTED: &str = "vigil_storms_started_total";
     pub const TRANSACTIONS_DROPPED: &str = "vigil_transactions_dropped_total";
     pub const OPEN_TRANSACTIONS: &str = "vigil_open_transactions";
@@ -291,7 +302,7 @@ enum Kind {
 }
 
 /// Every metric with its kind and its HELP text.
-const DESCRIPTIONS: [(&str, Kind, &str); 28] = [
+const DESCRIPTIONS: [(&str, Kind, &str); 29] = [
     (
         names::RECORDS_CONSUMED,
         Kind::Counter,
@@ -423,6 +434,11 @@ const DESCRIPTIONS: [(&str, Kind, &str); 28] = [
         "Invalidation storms in progress, by scope type.",
     ),
     (
+        names::OPEN_INCIDENTS,
+        Kind::Gauge,
+        "Consistency incidents open, by table (1 while the table has one, 0 otherwise).",
+    ),
+    (
         names::STORMS_STARTED,
         Kind::Counter,
         "Invalidation storms started, by scope type.",
@@ -530,6 +546,19 @@ impl Stats {
     /// Keys and entities that left memory (the store keeps them).
     pub fn add_state_evictions(&self, n: u64) {
         bump(&self.state_evictions, n);
+    }
+
+    pub fn add_incident_event(&self, phase: incident::Phase) {
+        bump(&self.incident_events[phase as usize], 1);
+    }
+
+    pub fn incident_events_of(&self, phase: incident::Phase) -> u64 {
+        read(&self.incident_events[phase as usize])
+    }
+
+    /// The tables with an incident open now.
+    pub fn set_open_incidents<'a>(&self, tables: impl Iterator<Item = &'a str>) {
+        *lock(&self.open_incidents) = tables.map(str::to_string).collect();
     }
 
     pub fn add_storm_event(&self, scope: ScopeType, phase: Phase) {
@@ -724,6 +753,12 @@ impl Stats {
                     (!phases.is_empty()).then_some((t.as_str(), phases))
                 })
                 .collect(),
+            incidents: nonzero(
+                incident::Phase::ALL
+                    .iter()
+                    .map(|p| (p.as_str(), self.incident_events_of(*p)))
+                    .collect(),
+            ),
             tables: lock(&self.tables).clone(),
             invalidation_lag_ms: LagSummary {
                 p50: self.invalidation_lag_ms.quantile_bound(0.5),
@@ -783,6 +818,8 @@ pub struct StatsSnapshot {
     pub state_peak_bytes: u64,
     /// Storm events by scope type and phase.
     pub storms: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    /// Incident events by phase.
+    pub incidents: BTreeMap<&'static str, u64>,
     pub tables: BTreeMap<String, TableTally>,
     pub invalidation_lag_ms: LagSummary,
 }
@@ -860,9 +897,16 @@ pub fn publish(stats: &Stats, now_ms: i64) {
             .set(read(&stats.active_storms[i]) as f64);
     }
     counter!(names::CHECKPOINTS).absolute(read(&stats.checkpoints));
+    let open = lock(&stats.open_incidents).clone();
     for (table, tally) in &s.tables {
         counter!(names::DECIDED, "table" => table.clone()).absolute(tally.decided);
         counter!(names::IN_TIME, "table" => table.clone()).absolute(tally.in_time);
+    }
+    // Every table decided on has its series (0 without an incident), so
+    // that an alert sees it fall back to 0.
+    for table in s.tables.keys().chain(&open) {
+        gauge!(names::OPEN_INCIDENTS, "table" => table.clone())
+            .set(f64::from(u8::from(open.contains(table))));
     }
     let wm = stats.watermark();
     if wm > i64::MIN && wm < i64::MAX {

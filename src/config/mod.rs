@@ -77,6 +77,8 @@ pub struct Config {
     #[serde(default)]
     pub storms: StormsConfig,
     #[serde(default)]
+    pub incidents: IncidentsConfig,
+    #[serde(default)]
     pub schema_registry: SchemaRegistryConfig,
 }
 
@@ -363,6 +365,8 @@ pub struct OutputsConfig {
     pub dlq_topic: String,
     /// Topic of storm events (`vigil run`). Default `"vigil.storms"`.
     pub storms_topic: String,
+    /// Topic of incident events (`vigil run`). Default `"vigil.incidents"`.
+    pub incidents_topic: String,
     /// Changelog of the state, one partition per input partition number
     /// (with `inputs.co_partitioned`; create it compacted, with as many
     /// partitions as the inputs). Default `"vigil.changelog"`.
@@ -379,6 +383,7 @@ impl Default for OutputsConfig {
             violations_topic: "vigil.violations".into(),
             dlq_topic: "vigil.dlq".into(),
             storms_topic: "vigil.storms".into(),
+            incidents_topic: "vigil.incidents".into(),
             changelog_topic: "vigil.changelog".into(),
             cloudevents_mode: CloudEventsMode::Structured,
         }
@@ -509,6 +514,46 @@ impl Default for SchemaRegistryConfig {
             ca_file: None,
             timeout: Dur::from_secs(10),
             max_schemas: 1000,
+        }
+    }
+}
+
+/// `[incidents]`: consistency incidents, per table (see
+/// [`crate::detect::incident`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncidentsConfig {
+    /// Detect incidents at all. Default `true`.
+    pub enabled: bool,
+    /// The share of a table's changes to invalidate in time, in (0, 1).
+    /// Default `0.999`.
+    pub slo: f64,
+    /// The sliding window of event time the share is taken over. Default
+    /// `"5m"`.
+    pub window: Dur,
+    /// Decided changes a window needs before its share can open an
+    /// incident. Default `100`.
+    pub min_changes: u64,
+    /// Least event time between two `vigil.incident.updated` of one
+    /// incident. Default `"1m"`.
+    pub update_every: Dur,
+    /// An incident resolves once the share has stayed at or above the SLO
+    /// this long. Default `"2m"`.
+    pub hold: Dur,
+    /// Tables followed at once. Default `1000`.
+    pub max_tables: usize,
+}
+
+impl Default for IncidentsConfig {
+    fn default() -> Self {
+        IncidentsConfig {
+            enabled: true,
+            slo: 0.999,
+            window: Dur::from_millis(300_000),
+            min_changes: 100,
+            update_every: Dur::from_millis(60_000),
+            hold: Dur::from_millis(120_000),
+            max_tables: 1000,
         }
     }
 }
@@ -931,6 +976,7 @@ impl Config {
             return Err(invalid("pipeline.queue_batches", "must be at least 1"));
         }
         self.validate_storms()?;
+        self.validate_incidents()?;
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(
                 "metrics.listen",
@@ -990,6 +1036,31 @@ impl Config {
         }
         if r.max_schemas == 0 {
             return Err(invalid(at("max_schemas"), "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn validate_incidents(&self) -> Result<(), ConfigError> {
+        let i = &self.incidents;
+        if !(i.slo > 0.0 && i.slo < 1.0) {
+            return Err(invalid(
+                "incidents.slo",
+                format!("({}) must be in (0, 1), like 0.999", i.slo),
+            ));
+        }
+        for (field, d) in [("window", i.window), ("hold", i.hold)] {
+            if d.0 < std::time::Duration::from_secs(1) {
+                return Err(invalid(
+                    format!("incidents.{field}"),
+                    "must be at least 1s (verdicts are counted per second)",
+                ));
+            }
+        }
+        if i.min_changes == 0 {
+            return Err(invalid("incidents.min_changes", "must be at least 1"));
+        }
+        if i.max_tables == 0 {
+            return Err(invalid("incidents.max_tables", "must be at least 1"));
         }
         Ok(())
     }
@@ -1060,6 +1131,7 @@ impl Config {
             ("outputs.violations_topic", &self.outputs.violations_topic),
             ("outputs.dlq_topic", &self.outputs.dlq_topic),
             ("outputs.storms_topic", &self.outputs.storms_topic),
+            ("outputs.incidents_topic", &self.outputs.incidents_topic),
             ("outputs.changelog_topic", &self.outputs.changelog_topic),
         ] {
             if topic.is_empty() {

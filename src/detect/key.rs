@@ -155,6 +155,9 @@ pub struct Decisions {
     pub violations: Vec<Violation>,
     /// Changes invalidated within their deadline: table and lag (ms).
     pub in_time: Vec<(Arc<str>, i64)>,
+    /// For each change of `in_time`, in the same order: when it was due, and
+    /// the service whose invalidation covered it.
+    pub in_time_due: Vec<(Millis, Option<Arc<str>>)>,
     /// Missed changes whose late window ended without an invalidation.
     pub expired: u64,
     /// Undecided changes forgotten because the key exceeded its limit.
@@ -426,6 +429,7 @@ fn decide_change(c: &mut KeyChange, key: &str, wm: Millis, rules: &KeyRules, out
                 c.status = Status::Decided;
                 out.in_time
                     .push((Arc::clone(&c.table), (cover.ts - c.ts).max(0)));
+                out.in_time_due.push((c.due(), cover.service.clone()));
             }
             _ => {
                 c.status = Status::Missed;

@@ -7,10 +7,16 @@
 //! - [`storm`]: invalidation storms by scope, in fixed memory thanks to
 //!   [`sketch`];
 //! - [`transaction`]: lost change events and unterminated transactions,
-//!   from the transactions' BEGIN and END records.
+//!   from the transactions' BEGIN and END records;
+//! - [`incident`]: consistency incidents, per table, from the key checks'
+//!   verdicts;
+//! - [`lifecycle`]: how storms and incidents open, are updated and close,
+//!   and their reports' ids.
 
 pub mod entity;
+pub mod incident;
 pub mod key;
+pub mod lifecycle;
 pub mod sketch;
 pub mod storm;
 pub mod transaction;

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
+use super::lifecycle::{self, Cadence, Episode, Transition, merge_top};
 use super::sketch::{HeavyHitters, KeyHash, display_name};
-use crate::hash;
 use crate::model::{Millis, is_glob};
 
 /// Keys followed per bucket in each heavy-hitter summary.
@@ -262,8 +262,8 @@ pub struct Storm {
     pub peak: f64,
     pub rate: f64,
     pub count: u64,
-    last_report_ms: Millis,
-    below_s: u32,
+    /// When it was last reported, how long it has been calm.
+    episode: Episode,
     pub top_keys: Vec<(String, u64)>,
     pub top_services: Vec<(String, u64)>,
 }
@@ -356,9 +356,8 @@ impl StormEvent {
         time_ms: Millis,
     ) -> Self {
         let subject = format!("{}:{scope}", scope_type.as_str());
-        let about = hash::storm(storm.start_ms, time_ms);
         StormEvent {
-            id: hash::event_id(&format!("storm.{}", phase.as_str()), Some(&subject), about),
+            id: lifecycle::event_id("storm", phase.as_str(), &subject, storm.start_ms, time_ms),
             phase,
             scope_type,
             scope: scope.to_string(),
@@ -381,14 +380,7 @@ type Tops = (Vec<(String, u64)>, Vec<(String, u64)>);
 
 /// Adds a second's top entries to a storm's, keeping the heaviest.
 fn merge(into: &mut Vec<(String, u64)>, from: Vec<(String, u64)>) {
-    for (name, n) in from {
-        match into.iter_mut().find(|(k, _)| *k == name) {
-            Some(e) => e.1 += n,
-            None => into.push((name, n)),
-        }
-    }
-    into.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    into.truncate(STORM_TOP);
+    merge_top(into, from, STORM_TOP);
 }
 
 /// The persistent state of storm detection (everything but the seconds not
@@ -804,8 +796,7 @@ fn step(
                         peak: storming.clone().copied().max().unwrap_or(0) as f64,
                         rate: count as f64,
                         count: storming.sum(),
-                        last_report_ms: time_ms,
-                        below_s: 0,
+                        episode: Episode::opened(time_ms),
                         top_keys: Vec::new(),
                         top_services: Vec::new(),
                     };
@@ -843,29 +834,30 @@ fn step(
                 merge(&mut storm.top_keys, keys);
                 merge(&mut storm.top_services, services);
             }
-            if (count as f64) < th.end_factor * storm.threshold {
-                storm.below_s += 1;
-            } else {
-                storm.below_s = 0;
-            }
-            if storm.below_s >= th.hold_s.max(1) {
-                out.push(StormEvent::new(
-                    Phase::Ended,
-                    t,
-                    &track.name,
-                    storm,
-                    time_ms,
-                ));
-                track.storm = None;
-            } else if time_ms - storm.last_report_ms >= rules.update_every_ms {
-                storm.last_report_ms = time_ms;
-                out.push(StormEvent::new(
+            let calm = (count as f64) < th.end_factor * storm.threshold;
+            let cadence = Cadence {
+                update_every_ms: rules.update_every_ms,
+                hold_s: th.hold_s,
+            };
+            match storm.episode.step(time_ms, calm, cadence) {
+                Some(Transition::Close) => {
+                    out.push(StormEvent::new(
+                        Phase::Ended,
+                        t,
+                        &track.name,
+                        storm,
+                        time_ms,
+                    ));
+                    track.storm = None;
+                }
+                Some(_) => out.push(StormEvent::new(
                     Phase::Updated,
                     t,
                     &track.name,
                     storm,
                     time_ms,
-                ));
+                )),
+                None => {}
             }
         }
     }

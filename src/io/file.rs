@@ -16,6 +16,7 @@ use crossbeam_channel::Sender;
 use foldhash::fast::RandomState;
 
 use crate::dead_letter::{DeadLetter, KEPT_PREFIX_BYTES, KafkaRecord, Origin, Reason, RecordError};
+use crate::detect::incident::IncidentEvent;
 use crate::detect::storm::StormEvent;
 use crate::events::Violation;
 use crate::formats::KcatBuffers;
@@ -521,18 +522,19 @@ pub fn kcat_line(
     .to_string()
 }
 
-/// `violations.ndjson` and `storms.ndjson` (CloudEvents, one a line) and
-/// `dlq.ndjson` in a directory.
+/// `violations.ndjson`, `storms.ndjson` and `incidents.ndjson`
+/// (CloudEvents, one a line) and `dlq.ndjson` in a directory.
 pub struct FileOutputs {
     violations: BufWriter<File>,
     storms: BufWriter<File>,
+    incidents: BufWriter<File>,
     dlq: BufWriter<File>,
     source: String,
     dir: PathBuf,
 }
 
 impl FileOutputs {
-    /// Creates (truncating) the three files in `dir`.
+    /// Creates (truncating) the four files in `dir`.
     pub fn create(dir: &Path, source: &str) -> Result<Self, OutputError> {
         let open = |name: &str| {
             let path = dir.join(name);
@@ -546,6 +548,7 @@ impl FileOutputs {
         Ok(FileOutputs {
             violations: open("violations.ndjson")?,
             storms: open("storms.ndjson")?,
+            incidents: open("incidents.ndjson")?,
             dlq: open("dlq.ndjson")?,
             source: source.to_string(),
             dir: dir.to_path_buf(),
@@ -571,6 +574,11 @@ impl Outputs for FileOutputs {
         writeln!(self.storms, "{line}").map_err(|e| self.io_err("storms.ndjson", e))
     }
 
+    fn incident(&mut self, e: &IncidentEvent) -> Result<(), OutputError> {
+        let line = e.to_cloudevent(&self.source);
+        writeln!(self.incidents, "{line}").map_err(|e| self.io_err("incidents.ndjson", e))
+    }
+
     fn dead_letter(&mut self, d: &DeadLetter) -> Result<(), OutputError> {
         let line = d.to_file_json().to_string();
         writeln!(self.dlq, "{line}").map_err(|e| self.io_err("dlq.ndjson", e))
@@ -583,6 +591,9 @@ impl Outputs for FileOutputs {
         self.storms
             .flush()
             .map_err(|e| self.io_err("storms.ndjson", e))?;
+        self.incidents
+            .flush()
+            .map_err(|e| self.io_err("incidents.ndjson", e))?;
         self.dlq.flush().map_err(|e| self.io_err("dlq.ndjson", e))
     }
 }

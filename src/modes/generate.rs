@@ -24,7 +24,7 @@ use crate::io::file::kcat_line;
 use crate::registry::{SchemaKind, SchemaRegistry};
 use crate::workload::encode::CdcFormat;
 use crate::workload::storms::{StormSchedule, Traffic};
-use crate::workload::{FaultRates, Generator, Spec, TxFaults};
+use crate::workload::{FaultRates, Generator, Outage, Spec, TxFaults};
 
 /// How long the last produced records may take to be delivered.
 const FLUSH: Duration = Duration::from_secs(60);
@@ -56,6 +56,11 @@ pub fn run(args: &GenArgs) -> anyhow::Result<ExitStatus> {
     }
     create_dir(&args.out, "output directory")?;
     let mut generator = Generator::new(spec);
+    if args.outage {
+        generator = generator
+            .with_outage(Outage::STANDARD)
+            .map_err(UsageError)?;
+    }
     generator.check_storms().map_err(UsageError)?;
     generator.check_transactions().map_err(UsageError)?;
     let summary = match &args.brokers {

@@ -1,6 +1,7 @@
-//! `vigil inspect KEY|--entity TABLE PK|--storms`: a cache key's state, a
-//! row's entity state, or the storms in progress, from a stopped instance's store opened read-only (`--state`)
-//! or from a running instance's HTTP server (`--url`).
+//! `vigil inspect KEY|--entity TABLE PK|--storms|--incidents`: a cache
+//! key's state, a row's entity state, the storms in progress or the
+//! incidents open, from a stopped instance's store opened read-only
+//! (`--state`) or from a running instance's HTTP server (`--url`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use serde_json::Value;
 
 use super::ExitStatus;
 use crate::cli::InspectArgs;
-use crate::inspect::{entity_view, key_view, storms_view};
+use crate::inspect::{entity_view, incidents_view, key_view, storms_view};
 use crate::state::RocksStore;
 
 /// How long a running instance may take to answer.
@@ -30,6 +31,9 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<ExitStatus> {
 fn read(dir: &Path, args: &InspectArgs) -> anyhow::Result<Value> {
     let store = RocksStore::open_read_only(dir)
         .with_context(|| format!("opening the state in {} read-only", dir.display()))?;
+    if args.incidents {
+        return Ok(serde_json::json!({ "incidents": incidents_view(&store)? }));
+    }
     let Some(key) = args.key.as_deref() else {
         return Ok(serde_json::json!({ "storms": storms_view(&store)? }));
     };
@@ -60,6 +64,7 @@ fn ask(base: &str, args: &InspectArgs) -> anyhow::Result<Value> {
             encode_path(pk)
         ),
         (None, Some(key)) => format!("/v1/keys/{}", encode_path(key)),
+        _ if args.incidents => "/v1/incidents".to_string(),
         _ => "/v1/storms".to_string(),
     };
     let url = format!("{}{path}", base.trim_end_matches('/'));

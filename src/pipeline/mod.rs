@@ -5,7 +5,8 @@
 //!   decode      watermark,  │ state, timers, detectors      outputs,  state +
 //!   + map       routing,    │                               flushed   offsets in
 //!               checkpoints ├► storms (counts by scope) ──►  at each  one batch
-//!                           └► transactions (tallies) ──►   checkpoint
+//!                           ├► transactions (tallies) ──►   checkpoint
+//!                           └ workers' verdicts ─► incidents (by table) ─► sink
 //! ```
 //!
 //! Sources (file readers, the Kafka consumer) decode and map in their own
@@ -16,7 +17,8 @@
 //! state and deadline timers, so no state is shared; the storm stage sees
 //! every invalidation and owns storm detection, the transaction stage every
 //! BEGIN, END and change of a transaction (with `detect.transactions`) and
-//! owns the transaction checks. The sink writes the
+//! owns the transaction checks; the incident stage gathers every worker's
+//! verdicts and owns incident detection. The sink writes the
 //! outputs and, once every worker has delivered its state changes for a
 //! checkpoint (and the storm stage its baselines), flushes the outputs and
 //! hands those changes with the input positions to the committer, which
@@ -24,14 +26,15 @@
 //!
 //! Files: `router`, `worker` (the loop and the detector calls), `shard`
 //! (what a worker keeps: its keys and entities in `cache`'s slots over the
-//! store, its timers, open keys and globs), `storms`, `sink` (with the
-//! committer), `transactions`.
+//! store, its timers, open keys and globs), `storms`, `transactions`,
+//! `incidents`, `sink` (with the committer).
 //!
 //! Channels only flow downstream (no cycles), so back-pressure cannot
 //! deadlock, and watermarks and barriers travel in-band: everything a
 //! worker receives before a watermark was routed before it.
 
 mod cache;
+mod incidents;
 mod router;
 mod shard;
 mod sink;
@@ -39,6 +42,7 @@ mod storms;
 mod transactions;
 mod worker;
 
+pub use incidents::load_incidents;
 pub use shard::{read_entity, read_key};
 pub use storms::load_storms;
 
@@ -48,9 +52,11 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::config::{Config, StormsConfig};
+use crate::config::{Config, IncidentsConfig, StormsConfig};
 use crate::dead_letter::DeadLetter;
+use crate::detect::incident::{IncidentEvent, IncidentRules};
 use crate::detect::key::{Fill, Invalidation, KeyRules};
+use crate::detect::lifecycle::Cadence;
 use crate::detect::storm::{StormEvent, StormRules, Thresholds};
 use crate::detect::transaction::TxRules;
 use crate::events::Violation;
@@ -169,6 +175,7 @@ enum SinkMsg {
     DeadLetters(Vec<DeadLetter>),
     Violations(Vec<Violation>),
     Storms(Vec<StormEvent>),
+    Incidents(Vec<IncidentEvent>),
     /// The router's part of a checkpoint: positions reached, the watermark,
     /// and who waits for the commit.
     Barrier {
@@ -177,7 +184,7 @@ enum SinkMsg {
         watermark: Millis,
         done: Vec<Sender<()>>,
     },
-    /// A worker's (or the storm stage's) part of a checkpoint: its state
+    /// A worker's (or the storm or incident stage's) part of a checkpoint: its state
     /// changes.
     Fragment {
         epoch: u64,
@@ -185,10 +192,11 @@ enum SinkMsg {
     },
 }
 
-/// Where violations, storm events and dead letters go.
+/// Where violations, storm and incident events and dead letters go.
 pub trait Outputs: Send {
     fn violation(&mut self, v: &Violation) -> Result<(), OutputError>;
     fn storm(&mut self, e: &StormEvent) -> Result<(), OutputError>;
+    fn incident(&mut self, e: &IncidentEvent) -> Result<(), OutputError>;
     fn dead_letter(&mut self, d: &DeadLetter) -> Result<(), OutputError>;
     /// The state changes about to be committed (for a changelog), in one
     /// or more parts. Called before [`Outputs::flush`].
@@ -257,6 +265,8 @@ pub struct EngineOptions {
     pub storms: Option<StormRules>,
     /// Transaction checks, with `detect.transactions`.
     pub transactions: Option<TxRules>,
+    /// Incident detection, unless `incidents.enabled` is false.
+    pub incidents: Option<IncidentRules>,
     /// The process exits once the run ends (`vigil check`): the workers
     /// then leave their keys, entities and timers to the operating system
     /// instead of freeing them one by one (for a million keys, about 4 % of
@@ -290,6 +300,10 @@ impl EngineOptions {
                 timeout_ms: d.transaction_timeout.as_millis_i64(),
                 max_open: d.max_open_transactions,
             }),
+            incidents: config
+                .incidents
+                .enabled
+                .then(|| incident_rules(&config.incidents)),
             exits_after: false,
         }
     }
@@ -312,6 +326,20 @@ pub fn storm_rules(c: &StormsConfig) -> StormRules {
         warmup_s: seconds(c.warmup.0),
         baseline_half_life_s: c.baseline_half_life.0.as_secs_f64(),
         max_tracked: c.max_tracked,
+    }
+}
+
+/// The rules of incident detection, from `[incidents]`.
+pub fn incident_rules(c: &IncidentsConfig) -> IncidentRules {
+    IncidentRules {
+        slo: c.slo,
+        window_s: seconds(c.window.0),
+        min_changes: c.min_changes,
+        cadence: Cadence {
+            update_every_ms: c.update_every.as_millis_i64(),
+            hold_s: seconds(c.hold.0),
+        },
+        max_tables: c.max_tables,
     }
 }
 
@@ -357,6 +385,21 @@ impl Engine {
         let committed = Arc::new(AtomicU64::new(0));
         // Batches go back to the router once applied, to be filled again.
         let (spare_tx, spare_rx) = crossbeam_channel::bounded((cap + 1) * n);
+        let mut incident_tx = None;
+        let incident_handle = match self.options.incidents {
+            Some(rules) => {
+                let (tx, rx) = crossbeam_channel::bounded(cap * n);
+                incident_tx = Some(tx);
+                let stage = incidents::IncidentStage::new(&self, rules, n, sink_tx.clone())?;
+                Some(
+                    std::thread::Builder::new()
+                        .name("vigil-incidents".into())
+                        .spawn(move || stage.run(rx))
+                        .expect("spawning a thread only fails when the OS is out of resources"),
+                )
+            }
+            None => None,
+        };
         for index in 0..n {
             let (tx, rx) = crossbeam_channel::bounded(cap);
             work_txs.push(tx);
@@ -367,6 +410,7 @@ impl Engine {
                 sink_tx.clone(),
                 spare_tx.clone(),
                 Arc::clone(&committed),
+                incident_tx.clone(),
             );
             handles.push(
                 std::thread::Builder::new()
@@ -421,6 +465,7 @@ impl Engine {
             .expect("spawning a thread only fails when the OS is out of resources");
         let sink = sink::Sink::new(
             n + usize::from(storm_handle.is_some()) + usize::from(tx_handle.is_some()),
+            n + usize::from(storm_handle.is_some()) + usize::from(incident_handle.is_some()),
             outputs,
             Arc::clone(&self.stats),
             commit_tx,
@@ -432,6 +477,9 @@ impl Engine {
             .expect("spawning a thread only fails when the OS is out of resources");
 
         let router = router::Router::new(&self, work_txs, spare_rx, storm_tx, tx_tx, sink_tx);
+        // The workers hold the incident stage's senders: it ends after them.
+        drop(incident_tx);
+        let router = router::Router::new(&self, work_txs, spare_rx, storm_tx, sink_tx);
         let routed = router.run(sources);
         let mut stages: Vec<Result<(), PipelineError>> = handles
             .into_iter()
@@ -443,6 +491,9 @@ impl Engine {
         stages.extend(tx_handle.map(|h| {
             h.join()
                 .unwrap_or(Err(PipelineError::Panicked("transactions")))
+        stages.extend(incident_handle.map(|h| {
+            h.join()
+                .unwrap_or(Err(PipelineError::Panicked("incidents")))
         }));
         stages.push(
             sink_handle

@@ -107,6 +107,12 @@ impl Sink {
                         self.stats.add_storm_event(e.scope_type, e.phase);
                     }
                 }
+                SinkMsg::Incidents(events) => {
+                    for e in &events {
+                        self.outputs.incident(e)?;
+                        self.stats.add_incident_event(e.phase);
+                    }
+                }
                 SinkMsg::Barrier {
                     epoch,
                     positions,

@@ -52,6 +52,16 @@ impl Outputs for Collected {
         Ok(())
     }
 
+    fn incident(&mut self, e: &IncidentEvent) -> Result<(), OutputError> {
+        self.0.lock().unwrap().push(format!(
+            "incident.{} {} {}",
+            e.phase.as_str(),
+            e.subject(),
+            e.id
+        ));
+        Ok(())
+    }
+
     fn dead_letter(&mut self, _: &DeadLetter) -> Result<(), OutputError> {
         Ok(())
     }

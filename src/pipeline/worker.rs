@@ -10,9 +10,11 @@ use std::sync::atomic::AtomicU64;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
+use super::incidents::IncidentMsg;
 use super::shard::Shard;
 use super::{Engine, PipelineError, SinkMsg, WorkItem, WorkMsg};
 use crate::detect::entity::{self, EntityVerdict};
+use crate::detect::incident::Tallies;
 use crate::detect::key::{Decisions, RetainedGlob};
 use crate::events::{Violation, ViolationKind};
 use crate::model::Millis;
@@ -32,6 +34,12 @@ pub(super) struct Worker {
     /// runs back from it).
     latest: Millis,
     verdicts: Verdicts,
+    /// Where the key checks' verdicts go for incident detection, unless
+    /// it is off.
+    incidents: Option<Sender<IncidentMsg>>,
+    /// The watermark up to which every timer due has fired, as last told
+    /// to incident detection.
+    decided_until: Millis,
 }
 
 /// What the detectors decided since they were last sent or counted.
@@ -40,10 +48,21 @@ struct Verdicts {
     violations: Vec<Violation>,
     /// Changes decided since the last checkpoint, by table.
     tallies: BTreeMap<Arc<str>, TableTally>,
+    /// Verdicts for incident detection since they were last sent (when it
+    /// is on).
+    incidents: Option<Tallies>,
 }
 
 impl Verdicts {
     fn record(&mut self, d: Decisions) {
+        if let Some(t) = &mut self.incidents {
+            for ((table, _), (due, service)) in d.in_time.iter().zip(&d.in_time_due) {
+                t.in_time(*due, table, service.as_deref());
+            }
+            for v in &d.violations {
+                t.violation(v);
+            }
+        }
         for (table, lag) in d.in_time {
             let t = self.tallies.entry(table).or_default();
             t.decided += 1;
@@ -87,6 +106,7 @@ impl Worker {
         sink: Sender<SinkMsg>,
         spare: Sender<Vec<WorkItem>>,
         committed: Arc<AtomicU64>,
+        incidents: Option<Sender<IncidentMsg>>,
     ) -> Self {
         Worker {
             index,
@@ -100,7 +120,10 @@ impl Worker {
                 stats: Arc::clone(&engine.stats),
                 violations: Vec::new(),
                 tallies: BTreeMap::new(),
+                incidents: incidents.as_ref().map(|_| Tallies::default()),
             },
+            incidents,
+            decided_until: Millis::MIN,
         }
     }
 
@@ -176,10 +199,35 @@ impl Worker {
     fn work_behind(&mut self) -> Result<(), PipelineError> {
         self.fire_due(FIRE_CHUNK)?;
         self.send_violations()?;
-        self.save_some()
+        self.save_some()?;
+        if !self.shard.is_behind(self.watermark) {
+            // Caught up: incident detection hears it now, not with the next
+            // batch.
+            self.send_violations()?;
+        }
+        Ok(())
     }
 
+    /// Sends the verdicts decided so far: violations to the sink, the key
+    /// checks' verdicts to incident detection (in one message per batch of
+    /// work, with the time up to which every one due has been decided).
     fn send_violations(&mut self) -> Result<(), PipelineError> {
+        if let (Some(tx), Some(tallies)) = (&self.incidents, &mut self.verdicts.incidents) {
+            let decided_until = if self.shard.is_behind(self.watermark) {
+                self.decided_until
+            } else {
+                self.watermark
+            };
+            if !tallies.is_empty() || decided_until > self.decided_until {
+                self.decided_until = decided_until;
+                tx.send(IncidentMsg::Verdicts {
+                    worker: self.index,
+                    tallies: std::mem::take(tallies),
+                    decided_until,
+                })
+                .map_err(|_| PipelineError::Disconnected("incidents"))?;
+            }
+        }
         if !self.verdicts.violations.is_empty() {
             let v = std::mem::take(&mut self.verdicts.violations);
             self.sink
@@ -196,6 +244,10 @@ impl Worker {
         self.finish_checkpoint()?;
         self.fire_due(usize::MAX)?;
         self.send_violations()?;
+        if let Some(tx) = &self.incidents {
+            tx.send(IncidentMsg::Checkpoint { epoch })
+                .map_err(|_| PipelineError::Disconnected("incidents"))?;
+        }
         let tallies = std::mem::take(&mut self.verdicts.tallies);
         self.verdicts.stats.add_table_tallies(&tallies);
         self.shard.begin_persist(epoch);

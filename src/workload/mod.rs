@@ -224,6 +224,40 @@ pub struct Spec {
     pub transactions: Option<TxFaults>,
 }
 
+/// An outage: the service that invalidates one table sends nothing for a
+/// while, so every change of the table in that time misses all its
+/// invalidations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outage {
+    pub table: u32,
+    /// Event time of its start, after the workload's start.
+    pub after_ms: i64,
+    pub span_ms: i64,
+    /// Normal traffic after it, before the workload ends.
+    pub recovery_ms: i64,
+}
+
+impl Outage {
+    /// `vigil gen --outage`: table 1's service stops for two minutes after
+    /// one minute of traffic; three minutes of traffic follow.
+    pub const STANDARD: Outage = Outage {
+        table: 1,
+        after_ms: 60_000,
+        span_ms: 120_000,
+        recovery_ms: 180_000,
+    };
+
+    /// Whether a change of `table` at `t` (after `start_ms`) is in it.
+    fn covers(&self, table: u32, t: Millis, start_ms: Millis) -> bool {
+        let from = start_ms + self.after_ms;
+        table == self.table && (from..from + self.span_ms).contains(&t)
+    }
+
+    fn end_ms(&self, start_ms: Millis) -> Millis {
+        start_ms + self.after_ms + self.span_ms + self.recovery_ms
+    }
+}
+
 /// A generated record, in the order it is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenRecord {
@@ -373,6 +407,7 @@ pub struct Generator {
     storms: Vec<Injection>,
     /// The transaction being written (with `spec.transactions`).
     open_tx: Option<OpenTx>,
+    outage: Option<Outage>,
 }
 
 /// The table a prefix storm hits: the first with two keys.
@@ -461,8 +496,25 @@ impl Generator {
             cache_topic: Arc::from("cache-events"),
             storms,
             open_tx: None,
+            outage: None,
             spec,
         }
+    }
+
+    /// The same workload with an outage of one table's invalidations; it
+    /// lasts until the outage and the traffic after it are over, however
+    /// few `events` it asks for.
+    pub fn with_outage(mut self, outage: Outage) -> Result<Self, String> {
+        if outage.table >= self.spec.tables.max(1) {
+            return Err(format!(
+                "the outage stops table {}'s invalidations: it needs at least {} tables (--tables {})",
+                outage.table,
+                outage.table + 1,
+                self.spec.tables
+            ));
+        }
+        self.outage = Some(outage);
+        Ok(self)
     }
 
     /// The CDC format of table `t`.
@@ -630,7 +682,10 @@ impl Generator {
             .storms
             .as_ref()
             .is_none_or(|s| self.next_start_ms() >= self.spec.start_ms + s.span_ms());
-        self.created >= self.spec.events && storms_over
+        let outage_over = self
+            .outage
+            .is_none_or(|o| self.next_start_ms() >= o.end_ms(self.spec.start_ms));
+        self.created >= self.spec.events && storms_over && outage_over
     }
 
     /// Records written before the next episode's start minus the skew are
@@ -1153,6 +1208,22 @@ impl Generator {
         version: u64,
         fault: Option<Fault>,
     ) {
+        if self
+            .outage
+            .is_some_and(|o| o.covers(table, t, self.spec.start_ms))
+        {
+            for key in keys {
+                self.expect(
+                    ViolationKind::MissingInvalidation,
+                    Some(key),
+                    table,
+                    id,
+                    version,
+                    None,
+                );
+            }
+            return;
+        }
         let faulty = match fault {
             Some(Fault::Missing | Fault::Late) => Some(self.rng.pick(keys).clone()),
             _ => None,

@@ -245,6 +245,12 @@ fn a_key_s_story_is_served_while_running_and_inspected_once_stopped() {
         serde_json::json!({"storms": []}),
         "three records are no storm"
     );
+    let incidents = json(&http_get(port, "/v1/incidents", None).unwrap());
+    assert_eq!(
+        incidents,
+        serde_json::json!({"incidents": []}),
+        "three changes are too few for an incident"
+    );
 
     let (code, log) = daemon.terminate();
     assert_eq!(code, Some(0), "{log}");
@@ -282,4 +288,10 @@ fn a_key_s_story_is_served_while_running_and_inspected_once_stopped() {
     assert!(storms.status.success());
     let storms: Value = serde_json::from_slice(&storms.stdout).unwrap();
     assert_eq!(storms, serde_json::json!({"storms": []}));
+    let incidents = run(vigil()
+        .args(["inspect", "--incidents", "--state"])
+        .arg(dir.path().join("state")));
+    assert!(incidents.status.success());
+    let incidents: Value = serde_json::from_slice(&incidents.stdout).unwrap();
+    assert_eq!(incidents, serde_json::json!({"incidents": []}));
 }

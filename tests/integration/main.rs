@@ -20,3 +20,5 @@ mod storms;
 mod streams;
 mod support;
 mod transactions;
+
+mod incidents;

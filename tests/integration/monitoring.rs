@@ -36,7 +36,7 @@ fn alert_rules_pass_their_unit_tests() {
             "{alert} has no promtool test"
         );
     }
-    assert_eq!(alerts.len(), 8, "{alerts:?}");
+    assert_eq!(alerts.len(), 9, "{alerts:?}");
 }
 
 /// The PromQL expressions of the dashboard's panels.

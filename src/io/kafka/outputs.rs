@@ -27,6 +27,7 @@ use super::source::VigilConsumer;
 use super::{KafkaSetupError, client_config, log_to_tracing, owned_headers};
 use crate::config::{CloudEventsMode, Config, Guarantee};
 use crate::dead_letter::{DeadLetter, Origin};
+use crate::detect::incident::IncidentEvent;
 use crate::detect::storm::StormEvent;
 use crate::events::{CLOUDEVENTS_CONTENT_TYPE, CloudEvent, Violation};
 use crate::pipeline::{OutputError, Outputs, Position};
@@ -101,13 +102,14 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
-/// Violations, storm events and dead letters to Kafka topics.
+/// Violations, storm and incident events and dead letters to Kafka topics.
 pub struct KafkaOutputs {
     producer: ThreadedProducer<DeliveryContext>,
     consumer: Arc<VigilConsumer>,
     guarantee: Guarantee,
     violations_topic: String,
     storms_topic: String,
+    incidents_topic: String,
     dlq_topic: String,
     /// With `inputs.co_partitioned`: where state changes are written.
     changelog_topic: Option<String>,
@@ -169,6 +171,7 @@ impl KafkaOutputs {
             guarantee,
             violations_topic: config.outputs.violations_topic.clone(),
             storms_topic: config.outputs.storms_topic.clone(),
+            incidents_topic: config.outputs.incidents_topic.clone(),
             dlq_topic: config.outputs.dlq_topic.clone(),
             changelog_topic: config
                 .inputs
@@ -379,6 +382,15 @@ impl Outputs for KafkaOutputs {
     fn storm(&mut self, e: &StormEvent) -> Result<(), OutputError> {
         self.send(&cloudevent_record(
             &self.storms_topic,
+            e.cloudevent(),
+            self.cloudevents_mode,
+            &self.source,
+        ))
+    }
+
+    fn incident(&mut self, e: &IncidentEvent) -> Result<(), OutputError> {
+        self.send(&cloudevent_record(
+            &self.incidents_topic,
             e.cloudevent(),
             self.cloudevents_mode,
             &self.source,
