@@ -25,7 +25,9 @@
 //! - [`detect`]: the pure detectors ([`detect::entity`], [`detect::key`],
 //!   invalidation storms in [`detect::storm`] over [`detect::sketch`],
 //!   lost change events and unterminated transactions in
-//!   [`detect::transaction`]);
+//!   [`detect::transaction`], consistency incidents in
+//!   [`detect::incident`]; storms and incidents both living by
+//!   [`detect::lifecycle`]);
 //! - [`time`]: clock, watermarks, timer queue;
 //! - [`state`]: the RocksDB store (and an in-memory one for tests);
 //! - [`events`]: violations and their CloudEvents form, [`hash`] their ids;

@@ -33,8 +33,9 @@ pub enum Cf {
     Offsets,
     /// Glob invalidations kept for changes that arrive after them.
     Wildcards,
-    /// Storm detection's baselines and storms in progress: this instance's
-    /// own, never handed over.
+    /// Storm detection's baselines and storms in progress, and incident
+    /// detection's windows and open incidents: this instance's own, never
+    /// handed over.
     Storms,
     /// Open and recently decided transactions (keyed by transaction id):
     /// this instance's own, like storms (transaction checks need every

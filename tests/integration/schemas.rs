@@ -139,9 +139,13 @@ fn every_event_s_data_is_valid_against_the_schema_its_dataschema_names() {
         seen.extend(validate_all(&read_ndjson(
             &workload.join("out").join("storms.ndjson"),
         )));
+        seen.extend(validate_all(&read_ndjson(
+            &workload.join("out").join("incidents.ndjson"),
+        )));
     }
     let violation = schema_file("violation.v1.json");
     let storm = schema_file("storm.v1.json");
+    let incident = schema_file("incident.v1.json");
     let mut expected: BTreeSet<(String, String, PathBuf)> = KINDS
         .iter()
         .map(|k| {
@@ -157,6 +161,13 @@ fn every_event_s_data_is_valid_against_the_schema_its_dataschema_names() {
             format!("vigil.storm.{phase}"),
             "urn:vigil:schema:storm:v1".to_string(),
             storm.clone(),
+        ));
+    }
+    for phase in ["opened", "updated", "resolved"] {
+        expected.insert((
+            format!("vigil.incident.{phase}"),
+            "urn:vigil:schema:incident:v1".to_string(),
+            incident.clone(),
         ));
     }
     assert_eq!(
