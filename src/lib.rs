@@ -18,10 +18,10 @@
 //!   (Avro and Protobuf schemas from the [`registry`]); failures become
 //!   [`dead_letter`]s with a reason code;
 //! - [`pipeline`]: router, workers and sink on threads and bounded channels:
-//!   watermarks, sharding by key and entity, checkpoints, the storm and
-//!   transaction stages; each worker's
-//!   shard of state (slots in memory over the store, timers, open keys)
-//!   apart from the worker's loop;
+//!   watermarks, sharding by key and entity, checkpoints, the storm,
+//!   transaction and incident stages; each worker's shard of state (slots
+//!   in memory over the store, timers, open keys) apart from the worker's
+//!   loop;
 //! - [`detect`]: the pure detectors ([`detect::entity`], [`detect::key`],
 //!   invalidation storms in [`detect::storm`] over [`detect::sketch`],
 //!   lost change events and unterminated transactions in
