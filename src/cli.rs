@@ -16,7 +16,8 @@ use crate::workload::{FaultRates, TxFaults};
 /// after deletes, and version regressions, gaps and conflicts.
 ///
 /// Exit status: 0 ran; 1 violations found (with --fail-on-violation);
-/// 2 usage or configuration error; 4 runtime failure (I/O, state store).
+/// 2 usage or configuration error; 4 runtime failure (I/O, state store);
+/// 5 vigil torture found something lost, added or changed.
 #[derive(Debug, Parser)]
 #[command(
     name = "vigil",
@@ -200,6 +201,30 @@ pub enum Command {
     /// failure.
     #[command(verbatim_doc_comment)]
     Replay(ReplayArgs),
+
+    /// Prove that vigil loses no violation and invents none under faults:
+    /// crashes, a broker outage and a failing state store.
+    ///
+    /// Generates a workload with every fault kind (the generator of `vigil
+    /// gen`, plus undecodable records), streams it through a broker (an
+    /// embedded one, librdkafka's mock cluster, or --bootstrap), and runs
+    /// `vigil run` as a child process while it:
+    ///
+    ///   kills it with SIGKILL at --kills random points and restarts it;
+    ///   takes the broker away for --outage once (embedded broker only);
+    ///   makes its state store fail once, as a full disk does, and checks
+    ///     that it stops with status 4 and committed no input offset to
+    ///     Kafka past what its state holds.
+    ///
+    /// Then it compares with `vigil check` of the same records, uncrashed:
+    /// every violation present, none extra, duplicates only with identical
+    /// ids and contents, the same dead letters, and the final state equal
+    /// key by key. It prints one line per fault and a verdict.
+    ///
+    /// Exit status: 0 nothing was lost; 5 something was lost, added or
+    /// differs; 2 usage error; 4 runtime failure.
+    #[command(verbatim_doc_comment)]
+    Torture(TortureArgs),
 
     /// Show what an instance's state holds of a cache key, or its storms in
     /// progress or incidents open, as JSON.
@@ -436,6 +461,48 @@ pub struct DemoArgs {
     /// Seed of the workload.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+/// Flags of `vigil torture`.
+#[derive(Debug, Args)]
+pub struct TortureArgs {
+    /// Records of the workload (CDC and cache events together).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: u64,
+
+    /// Distinct entities (rows) of the workload; default a tenth of the
+    /// records.
+    #[arg(long)]
+    pub keys: Option<u64>,
+
+    /// SIGKILLs of `vigil run`, at random points of the stream.
+    #[arg(long, default_value_t = 20)]
+    pub kills: u32,
+
+    /// How long the broker is away, once, while vigil runs (0s: no
+    /// outage). Only with the embedded broker.
+    #[arg(long, default_value = "70s")]
+    pub outage: crate::config::Dur,
+
+    /// Make the state store fail once (as a full disk does); `false` skips
+    /// that fault.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub store_failure: bool,
+
+    /// Seed of the workload and of the points where faults strike.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// An external broker (HOST:PORT) instead of the embedded one: its
+    /// topics must not exist yet or be empty; no outage is injected.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub bootstrap: Option<String>,
+
+    /// Working directory (workload files, state, logs of each run of
+    /// vigil); default a new directory under the system's temporary
+    /// directory, removed at the end when nothing was lost.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// Flags of `vigil run`.

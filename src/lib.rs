@@ -29,12 +29,14 @@
 //!   [`detect::incident`]; storms and incidents both living by
 //!   [`detect::lifecycle`]);
 //! - [`time`]: clock, watermarks, timer queue;
-//! - [`state`]: the RocksDB store (and an in-memory one for tests);
+//! - [`state`]: the RocksDB store (and an in-memory one for tests, and a
+//!   wrapper failing as a full disk does for `vigil torture`);
 //! - [`events`]: violations and their CloudEvents form, [`hash`] their ids;
 //! - [`io`]: file inputs and outputs, Kafka sources and outputs;
 //! - [`replay`]: what a dead letter says of its origin, for `vigil replay`;
 //! - [`modes`]: `vigil check`, `run`, `demo`, `gen` ([`modes::generate`]),
-//!   `bench`, `replay`; [`cli`] their flags;
+//!   `bench`, `replay`, `torture` (crashes, a broker outage and a failing
+//!   store against an uncrashed check); [`cli`] their flags;
 //! - [`registry`]: the Schema Registry client (schemas by id, from
 //!   Confluent's API or Apicurio's: Avro writer schemas, compiled Protobuf
 //!   schemas, or the mark of a JSON Schema; registration of `vigil gen`'s

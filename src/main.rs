@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => modes::bench::run(args),
         Command::Replay(args) => modes::replay::run(args),
         Command::Inspect(args) => modes::inspect::run(args),
+        Command::Torture(args) => modes::torture::run(args),
         Command::Completions(args) => modes::docs::completions(args),
         Command::Man(args) => modes::docs::man(args),
     };

@@ -228,6 +228,9 @@ impl KeyState {
             offer_cover(&mut entry, inv, rules.skew_ms);
         }
         for inv in wildcards {
+            // As if the glob had reached the key after the change: the
+            // key's latest event time does not depend on the order.
+            self.touch(inv.ts);
             offer_cover(&mut entry, inv, rules.skew_ms);
         }
         let at = self.changes.partition_point(|c| c.order() < entry.order());

@@ -9,6 +9,7 @@ pub mod generate;
 pub mod inspect;
 pub mod replay;
 pub mod run;
+pub mod torture;
 
 use anyhow::Context;
 use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
@@ -25,6 +26,9 @@ pub enum ExitStatus {
     Violations,
     /// Some replayed records still fail.
     StillFailing,
+    /// `vigil torture` found a violation lost, added or changed, or state
+    /// that differs.
+    Lost,
 }
 
 impl ExitStatus {
@@ -33,6 +37,7 @@ impl ExitStatus {
             ExitStatus::Ok => 0,
             ExitStatus::Violations => 1,
             ExitStatus::StillFailing => 3,
+            ExitStatus::Lost => 5,
         }
     }
 }

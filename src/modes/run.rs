@@ -19,7 +19,7 @@ use crate::ingest::Ingest;
 use crate::io::kafka::outputs::KafkaOutputs;
 use crate::io::kafka::source::KafkaSource;
 use crate::pipeline::{Engine, EngineOptions, RunReport};
-use crate::state::{MemoryBudget, RocksStore, Store};
+use crate::state::{FailingStore, MemoryBudget, RocksStore, Store};
 use crate::telemetry::{self, Stats};
 use crate::time::{Clock, SystemClock};
 
@@ -63,12 +63,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitStatus> {
 }
 
 /// Opens the state store, creating its directory, with its share of
-/// `state.cache_size`.
+/// `state.cache_size` (failing as a full disk after the number of writes
+/// in `VIGIL_TORTURE_STORE_FAIL_AFTER`, which only `vigil torture` sets).
 pub fn open_store(path: &Path, cache_size: ByteSize) -> anyhow::Result<Arc<dyn Store>> {
     create_dir(path, "the state directory")?;
     let store = RocksStore::open_with(path, MemoryBudget::of(cache_size.0))
         .with_context(|| format!("opening the state in {}", path.display()))?;
-    Ok(Arc::new(store))
+    Ok(FailingStore::from_env(
+        Arc::new(store),
+        &path.display().to_string(),
+    )?)
 }
 
 /// How a running daemon is asked to stop.

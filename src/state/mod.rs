@@ -2,14 +2,18 @@
 //! atomic batches. [`RocksStore`] is the real one; [`MemStore`] keeps the same
 //! contract in memory for unit tests (a property test keeps them in
 //! agreement). Values are encoded by [`codec`] with a leading format byte.
+//! [`FailingStore`] wraps a store to fail as a full disk does, for
+//! `vigil torture`.
 
 pub mod codec;
+pub mod failing;
 mod memory;
 mod rocks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+pub use failing::FailingStore;
 pub use memory::MemStore;
 pub use rocks::RocksStore;
 

@@ -16,7 +16,7 @@
 pub mod avro;
 pub mod encode;
 pub mod protobuf;
-mod rng;
+pub mod rng;
 pub mod storms;
 
 use std::cmp::Reverse;

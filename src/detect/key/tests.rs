@@ -610,6 +610,21 @@ fn wildcard_after_the_change_covers_it_through_on_invalidation() {
     assert_eq!(d.in_time, in_time(40));
 }
 
+#[test]
+fn a_glob_before_or_after_the_change_leaves_the_same_state() {
+    // The key's latest event time drives retention: a glob invalidation
+    // stamped after the change touches the key whichever arrives first.
+    let c = change(Op::Update, Some(2), T0, 10);
+    let g = inv(T0 + 40, None, 20);
+    let mut before = KeyState::default();
+    before.on_change(&c, [&g].into_iter(), &RULES);
+    let mut after = KeyState::default();
+    after.on_change(&c, std::iter::empty(), &RULES);
+    after.on_invalidation(&g, false, &RULES);
+    assert_eq!(before.touched, T0 + 40);
+    assert_eq!(format!("{before:?}"), format!("{after:?}"));
+}
+
 // ---------------------------------------------------------------------------
 // Late window
 
