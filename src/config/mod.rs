@@ -83,10 +83,52 @@ pub struct Config {
 }
 
 /// A librdkafka property value: TOML strings, numbers and booleans are all
-/// passed as text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// passed as text. Its `Debug` form never shows the value (it may be a
+/// password, and `Debug` cannot tell by the property's name).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "toml::Value", into = "String")]
 pub struct KafkaValue(pub String);
+
+impl std::fmt::Debug for KafkaValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+/// What a secret is printed as.
+pub const REDACTED: &str = "\"<redacted>\"";
+
+/// Whether a setting or librdkafka property holds a secret (passwords,
+/// client secrets, tokens): its value is never printed or logged.
+pub fn is_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["password", "secret", "token"]
+        .iter()
+        .any(|word| name.contains(word))
+        || name == "sasl.oauthbearer.config"
+}
+
+/// An optional secret, for `Debug` forms: whether it is set, not what it
+/// is.
+fn redacted(secret: &Option<String>) -> &'static str {
+    match secret {
+        Some(_) => "Some(\"<redacted>\")",
+        None => "None",
+    }
+}
+
+/// Hides the values of secret settings in the lines of a TOML error
+/// message, which quotes the lines around the error.
+fn redact_lines(message: &str) -> String {
+    message
+        .lines()
+        .map(|line| match line.split_once('=') {
+            Some((name, _)) if is_secret(name) => format!("{name}= <redacted>"),
+            _ => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 impl TryFrom<toml::Value> for KafkaValue {
     type Error = String;
@@ -434,7 +476,7 @@ impl Default for ProcessingConfig {
 
 /// `[metrics]`: the HTTP server of `vigil run` (`/metrics`, `/healthz`,
 /// `/readyz`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Address of the HTTP server; an empty string turns it off. Default
@@ -448,6 +490,19 @@ pub struct MetricsConfig {
     /// When set, every path but `/healthz` and `/readyz` asks for
     /// `Authorization: Bearer <token>`. Default: none.
     pub bearer_token: Option<String>,
+}
+
+impl std::fmt::Debug for MetricsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsConfig")
+            .field("listen", &self.listen)
+            .field("ready_lag", &self.ready_lag)
+            .field(
+                "bearer_token",
+                &format_args!("{}", redacted(&self.bearer_token)),
+            )
+            .finish()
+    }
 }
 
 impl Default for MetricsConfig {
@@ -474,7 +529,7 @@ pub enum Framing {
 
 /// `[schema_registry]`: the Schema Registry (Confluent's, or Apicurio's)
 /// that CDC records in its framing name their schemas in.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchemaRegistryConfig {
     /// Base URL, like `"http://registry:8081"`; with Apicurio's framing,
@@ -501,6 +556,27 @@ pub struct SchemaRegistryConfig {
     /// Parsed schemas kept in memory; past it the longest-held one is
     /// dropped (and fetched again when a record names it). Default `1000`.
     pub max_schemas: usize,
+}
+
+impl std::fmt::Debug for SchemaRegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaRegistryConfig")
+            .field("url", &self.url)
+            .field("framing", &self.framing)
+            .field("basic_auth_user", &self.basic_auth_user)
+            .field(
+                "basic_auth_password",
+                &format_args!("{}", redacted(&self.basic_auth_password)),
+            )
+            .field(
+                "bearer_token",
+                &format_args!("{}", redacted(&self.bearer_token)),
+            )
+            .field("ca_file", &self.ca_file)
+            .field("timeout", &self.timeout)
+            .field("max_schemas", &self.max_schemas)
+            .finish()
+    }
 }
 
 impl Default for SchemaRegistryConfig {
@@ -830,7 +906,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let parse_err = |e: toml::de::Error| ConfigError::Parse {
             origin: origin.to_string(),
-            message: e.to_string(),
+            message: redact_lines(&e.to_string()),
         };
         // Parse the file on its own first: errors then carry line and column.
         let from_file: Config = toml::from_str(text).map_err(parse_err)?;
@@ -1196,11 +1272,17 @@ fn apply_override(tree: &mut toml::Table, var: &str, value: &str) -> Result<(), 
             .insert(name, toml::Value::String(value.to_string()));
         return Ok(());
     }
-    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_string()));
     let (last, sections) = path.split_last().expect("path has at least two parts");
+    // A secret is text as it is (a numeric token stays a string, and no
+    // type error quotes it).
+    let parsed = if is_secret(last) {
+        toml::Value::String(value.to_string())
+    } else {
+        toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_string()))
+    };
     let mut node = tree;
     for section in sections {
         let entry = node
@@ -1220,6 +1302,76 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse_with_env("test", text, Vec::new())
+    }
+
+    /// Secrets of every kind, each a distinct word to look for.
+    const SECRETS: [&str; 5] = [
+        "kafka-sasl-hunter2",
+        "kafka-key-hunter2",
+        "registry-basic-hunter2",
+        "metrics-bearer-hunter2",
+        "oauth-client-hunter2",
+    ];
+
+    #[test]
+    fn secrets_never_appear_in_the_printed_configuration_or_errors() {
+        let text = format!(
+            "[kafka]\n\"sasl.password\" = \"{}\"\n\"ssl.key.password\" = \"{}\"\n\
+             \"sasl.oauthbearer.client.secret\" = \"{}\"\n\
+             [schema_registry]\nurl = \"http://registry:8081\"\nbasic_auth_user = \"u\"\n\
+             basic_auth_password = \"{}\"\n[metrics]\nbearer_token = \"{}\"\n",
+            SECRETS[0], SECRETS[1], SECRETS[4], SECRETS[2], SECRETS[3]
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(
+            config.kafka["sasl.password"].0, SECRETS[0],
+            "the value itself is kept for librdkafka"
+        );
+        let printed = format!("{config:?} {config:#?}");
+        for secret in SECRETS {
+            assert!(!printed.contains(secret), "{secret} printed: {printed}");
+        }
+        assert!(printed.contains("<redacted>"), "{printed}");
+
+        // A syntax error on a secret's line quotes the line, without it.
+        for (line, secret) in [
+            (
+                format!("[kafka]\n\"sasl.password\" = {} oops\n", SECRETS[0]),
+                SECRETS[0],
+            ),
+            (
+                format!("[metrics]\nbearer_token = {}\n", SECRETS[3]),
+                SECRETS[3],
+            ),
+            (
+                format!(
+                    "[schema_registry]\nbasic_auth_password = \"{}\n",
+                    SECRETS[2]
+                ),
+                SECRETS[2],
+            ),
+        ] {
+            let err = parse(&line).unwrap_err().to_string();
+            assert!(!err.contains(secret), "{secret} in the error: {err}");
+            assert!(err.contains("<redacted>"), "{err}");
+        }
+
+        // From the environment, a token that looks like a number is text,
+        // and an invalid one is not quoted back.
+        let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let config =
+            Config::parse_with_env("t", "", env("VIGIL_METRICS__BEARER_TOKEN", "12345678"))
+                .unwrap();
+        assert_eq!(config.metrics.bearer_token.as_deref(), Some("12345678"));
+        let err = Config::parse_with_env(
+            "t",
+            "",
+            env("VIGIL_SCHEMA_REGISTRY__BASIC_AUTH_PASSWORD", SECRETS[2]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains(SECRETS[2]), "{err}");
+        assert!(err.contains("basic_auth_password"), "{err}");
     }
 
     #[test]
