@@ -237,7 +237,7 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 6] = [
+    pub const ALL: [Stage; 7] = [
         Stage::Ingest,
         Stage::Route,
         Stage::Detect,

@@ -105,12 +105,7 @@ fn sample<N: AsRef<str> + Into<String>>(
     from: impl IntoIterator<Item = (N, u64)>,
     limit: usize,
 ) {
-    for (name, n) in from {
-        match into.iter_mut().find(|(k, _)| k.as_str() == name.as_ref()) {
-            Some(e) => e.1 += n,
-            None => into.push((name.into(), n)),
-        }
-    }
+    lifecycle::add_counts(into, from);
     if into.len() > limit {
         into.sort_by_cached_key(|(k, _)| (xxh3_64(k.as_bytes()), k.clone()));
         into.truncate(limit);

@@ -86,14 +86,22 @@ pub fn merge_top<N: AsRef<str> + Into<String>>(
     from: impl IntoIterator<Item = (N, u64)>,
     limit: usize,
 ) {
+    add_counts(into, from);
+    into.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    into.truncate(limit);
+}
+
+/// Adds counted names to a list of counted names, a name once.
+pub fn add_counts<N: AsRef<str> + Into<String>>(
+    into: &mut Vec<(String, u64)>,
+    from: impl IntoIterator<Item = (N, u64)>,
+) {
     for (name, n) in from {
         match into.iter_mut().find(|(k, _)| k.as_str() == name.as_ref()) {
             Some(e) => e.1 += n,
             None => into.push((name.into(), n)),
         }
     }
-    into.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    into.truncate(limit);
 }
 
 #[cfg(test)]

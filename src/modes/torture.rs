@@ -117,6 +117,7 @@ pub fn run(args: &TortureArgs) -> anyhow::Result<ExitStatus> {
         partitions: PARTITIONS,
         traffic: Traffic::Steady,
         storms: None,
+        transactions: None,
     });
     let topics = generator.topics();
     let cluster = match &args.bootstrap {
@@ -732,6 +733,7 @@ fn end_marker(
                 commit_ts_ms: ts_ms,
                 position: 1,
                 tx_id: 1,
+                tx: None,
             },
         ),
     }

@@ -464,8 +464,9 @@ impl Engine {
             .spawn(move || committer.run(commit_rx))
             .expect("spawning a thread only fails when the OS is out of resources");
         let sink = sink::Sink::new(
-            n + usize::from(storm_handle.is_some()) + usize::from(tx_handle.is_some()),
-            n + usize::from(storm_handle.is_some()) + usize::from(incident_handle.is_some()),
+            n + usize::from(storm_handle.is_some())
+                + usize::from(tx_handle.is_some())
+                + usize::from(incident_handle.is_some()),
             outputs,
             Arc::clone(&self.stats),
             commit_tx,
@@ -476,10 +477,9 @@ impl Engine {
             .spawn(move || sink.run(sink_rx))
             .expect("spawning a thread only fails when the OS is out of resources");
 
-        let router = router::Router::new(&self, work_txs, spare_rx, storm_tx, tx_tx, sink_tx);
         // The workers hold the incident stage's senders: it ends after them.
         drop(incident_tx);
-        let router = router::Router::new(&self, work_txs, spare_rx, storm_tx, sink_tx);
+        let router = router::Router::new(&self, work_txs, spare_rx, storm_tx, tx_tx, sink_tx);
         let routed = router.run(sources);
         let mut stages: Vec<Result<(), PipelineError>> = handles
             .into_iter()
@@ -491,6 +491,7 @@ impl Engine {
         stages.extend(tx_handle.map(|h| {
             h.join()
                 .unwrap_or(Err(PipelineError::Panicked("transactions")))
+        }));
         stages.extend(incident_handle.map(|h| {
             h.join()
                 .unwrap_or(Err(PipelineError::Panicked("incidents")))

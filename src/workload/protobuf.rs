@@ -210,6 +210,7 @@ mod tests {
             commit_ts_ms: 1_700_000_000_123,
             position: 5_000,
             tx_id: 77,
+            tx: None,
         }
     }
 
