@@ -226,43 +226,11 @@ fn key_schema(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::formats::{
-        self, DecodedCdc, Flattened, decode_avro_envelope, decode_avro_key, framed,
-    };
+    use crate::formats::{self, Flattened, decode_avro_envelope, decode_avro_key, framed};
     use crate::registry::WriterSchema;
     use crate::workload::RegisteredTable;
     use crate::workload::encode::{CdcFormat, encode_change};
-
-    fn change(op: Op, before: Option<u64>, after: Option<u64>) -> GenChange {
-        let row = |version| GenRow {
-            id: 42,
-            version,
-            note: "a \"quoted\" note",
-        };
-        GenChange {
-            table: 1,
-            op,
-            before: before.map(row),
-            after: after.map(row),
-            commit_ts_ms: 1_700_000_000_123,
-            position: 5_000,
-            tx_id: 77,
-            tx: None,
-        }
-    }
-
-    /// Changes with the columns of their rows in name order.
-    fn sorted(decoded: DecodedCdc<'_>) -> Vec<formats::RawChange<'_>> {
-        let DecodedCdc::Changes(mut changes) = decoded else {
-            panic!("not a change: {decoded:?}");
-        };
-        for change in &mut changes {
-            for row in change.before.iter_mut().chain(&mut change.after) {
-                row.sort_by(|a, b| a.0.cmp(&b.0));
-            }
-        }
-        changes
-    }
+    use crate::workload::testing::{change, sorted};
 
     fn writer_schema(schema: &GenSchema) -> WriterSchema {
         WriterSchema::parse(schema.id, &schema.text, &[]).unwrap()

@@ -18,6 +18,8 @@ pub mod encode;
 pub mod protobuf;
 pub mod rng;
 pub mod storms;
+#[cfg(test)]
+mod testing;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
