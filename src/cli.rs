@@ -227,7 +227,7 @@ pub enum Command {
     Torture(TortureArgs),
 
     /// Show what an instance's state holds of a cache key, or its storms in
-    /// progress or incidents open, as JSON.
+    /// progress or incidents open, as JSON or a table (--format).
     ///
     /// Reads a stopped instance's state directory (--state, opened
     /// read-only) or asks a running one (--url: GET /v1/keys/{key}, GET
@@ -298,6 +298,19 @@ pub struct InspectArgs {
     /// Show the consistency incidents open instead of a key.
     #[arg(long, conflicts_with_all = ["key", "storms"])]
     pub incidents: bool,
+
+    /// How to print the view: `json` (the HTTP API's document, for
+    /// scripts) or `table` (aligned columns for a person: times as RFC
+    /// 3339, where a record came from as `topic/partition@offset`).
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: InspectFormat,
+}
+
+/// How `vigil inspect` prints a view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InspectFormat {
+    Json,
+    Table,
 }
 
 /// Flags of `vigil completions`.

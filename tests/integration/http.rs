@@ -265,6 +265,25 @@ fn a_key_s_story_is_served_while_running_and_inspected_once_stopped() {
     );
     let stopped: Value = serde_json::from_slice(&inspected.stdout).unwrap();
     assert_eq!(stopped["changes"], missed["changes"], "the same story");
+    let as_table = run(vigil()
+        .args(["inspect", "--format", "table", "--state"])
+        .arg(dir.path().join("state"))
+        .arg("user:1"));
+    let as_table = String::from_utf8_lossy(&as_table.stdout);
+    let status = stopped["changes"][0]["status"].as_str().unwrap();
+    assert!(
+        as_table
+            .lines()
+            .any(|l| l.starts_with("key ") && l.ends_with(" user:1"))
+            && as_table.contains(&format!(
+                "changes ({}):",
+                stopped["changes"].as_array().unwrap().len()
+            ))
+            && as_table
+                .lines()
+                .any(|l| l.trim_start().starts_with("status") && l.ends_with(status)),
+        "{as_table}"
+    );
     let entity = run(vigil()
         .args(["inspect", "--entity", "public.users", "--state"])
         .arg(dir.path().join("state"))
