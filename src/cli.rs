@@ -164,8 +164,9 @@ pub enum Command {
     /// it); progress goes to stderr.
     #[command(verbatim_doc_comment)]
     Bench(BenchArgs),
-    /// Replay a dead-letter queue after a fix: through the detection engine,
-    /// back to the original topics, or as a dry run.
+    /// Replay a dead-letter queue after a fix: through the detection engine
+    /// (its outputs into files or to the output topics), back to the
+    /// original topics, or as a dry run.
     ///
     /// Reads the DLQ from --from-topic (the [kafka] settings of --config) or
     /// from --from-file (kcat -J lines of a DLQ topic, or the dlq.ndjson of
@@ -175,23 +176,37 @@ pub enum Command {
     /// Connect's __connect.errors.* (text) or Spring Kafka's
     /// kafka_dlt-original-* (binary big-endian). Then:
     ///
-    ///   --to pipeline  decode it with the current configuration and run it
-    ///                  through the engine as if it had arrived live on its
-    ///                  original topic: state in --state (default state.path),
-    ///                  violations and storms into --out DIR. The changes are
+    ///   --to files     (the default) decode it with the current
+    ///                  configuration and run it through the engine as if it
+    ///                  had arrived live on its original topic: state in
+    ///                  --state (default state.path), violations, storm and
+    ///                  incident events into --out DIR. The changes are
     ///                  judged against the invalidations and fills their keys
     ///                  kept (detect.history), so state and violations (same
     ///                  ids) end as if the fixed configuration had been used
     ///                  from the start;
+    ///   --to pipeline  the same, but the events go to the output topics of
+    ///                  the configuration ([outputs], [kafka]) as vigil run
+    ///                  publishes them: same records, keys, headers and ids.
+    ///                  Each checkpoint waits for the broker to acknowledge
+    ///                  them before the state is committed; a broker that
+    ///                  cannot be reached, or a record it does not take
+    ///                  within message.timeout.ms, stops the replay with
+    ///                  status 4 (run it again to continue). The changelog
+    ///                  is not written;
     ///   --to original  publish it again to its original topic and partition
     ///                  with its key, value and headers (error headers
     ///                  removed, vigil.replay.count added); a record replayed
     ///                  --max-replays times already is skipped (loop guard);
     ///   --dry-run      decode it and report what would happen; write nothing.
     ///
+    /// Records that still fail are counted, not dead-lettered again (they
+    /// stay in the DLQ that was read).
+    ///
     /// A replay stopped half-way continues where it stopped when run again:
-    /// --to pipeline keeps its position with the state (nothing is applied
-    /// twice), --to original in --progress once the broker has acknowledged.
+    /// --to files and --to pipeline keep their position with the state
+    /// (nothing is applied twice), --to original in --progress once the
+    /// broker has acknowledged.
     /// Progress goes to stderr; a JSON summary to stdout: records read,
     /// replayed, filtered, skipped by the loop guard, still failing by reason
     /// with sample positions, elapsed seconds, records per second.
@@ -333,7 +348,9 @@ pub struct ManArgs {
 /// Where `vigil replay` sends records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ReplayTarget {
-    /// Through the detection engine.
+    /// Through the detection engine, its events into files in --out DIR.
+    Files,
+    /// Through the detection engine, its events to the output topics.
     Pipeline,
     /// Back to the topic each record first came from.
     Original,
@@ -357,18 +374,20 @@ pub struct ReplayArgs {
     pub from_file: Option<PathBuf>,
 
     /// Where replayed records go.
-    #[arg(long, value_enum, default_value_t = ReplayTarget::Pipeline)]
+    #[arg(long, value_enum, default_value_t = ReplayTarget::Files)]
     pub to: ReplayTarget,
 
     /// Decode and report only; write nothing.
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Output directory of --to pipeline (violations.ndjson, storms.ndjson).
+    /// Output directory of --to files (violations.ndjson, storms.ndjson,
+    /// incidents.ndjson).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
 
-    /// State directory of --to pipeline [default: state.path].
+    /// State directory of --to files and --to pipeline [default:
+    /// state.path].
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
 
@@ -399,6 +418,12 @@ pub struct ReplayArgs {
     /// STATE_PATH/replay/<source>.json].
     #[arg(long, value_name = "FILE")]
     pub progress: Option<PathBuf>,
+
+    /// How long to wait for the broker before giving up with status 4: its
+    /// metadata at the start (the DLQ topic; the brokers of --to pipeline),
+    /// and each batch's acknowledgements of --to original.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub broker_timeout: crate::config::Dur,
 }
 
 /// Flags of `vigil bench`.

@@ -1221,7 +1221,7 @@ impl Config {
     }
 
     /// What the modes that write events to files (`vigil check`, `vigil
-    /// replay --to pipeline`) need beyond [`Config::validate`]: structured
+    /// replay --to files`) need beyond [`Config::validate`]: structured
     /// events, since a line of a file has no headers for the attributes.
     pub fn validate_for_files(&self, mode: &str) -> Result<(), ConfigError> {
         if self.outputs.cloudevents_mode == CloudEventsMode::Binary {

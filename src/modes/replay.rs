@@ -1,14 +1,16 @@
 //! `vigil replay`: reads a dead-letter queue (a topic, or a file of `kcat -J`
 //! lines or of `vigil check`'s `dlq.ndjson`) up to where it ended when the
 //! replay started, and sends each record through the detection engine as if
-//! it had arrived on its original topic (`--to pipeline`), back to that
-//! topic (`--to original`), or nowhere (`--dry-run`).
+//! it had arrived on its original topic (its events into files with
+//! `--to files`, to the output topics as `vigil run` publishes them with
+//! `--to pipeline`), back to that topic (`--to original`), or nowhere
+//! (`--dry-run`).
 //!
 //! Progress is kept so that a replay stopped half-way continues where it
-//! stopped: with the engine's state and positions in RocksDB for
-//! `--to pipeline` (one atomic write, so no record is applied twice), in a
-//! progress file written once the broker has acknowledged a batch for
-//! `--to original`.
+//! stopped: with the engine's state and positions in RocksDB through the
+//! engine (one atomic write, after the outputs are flushed or acknowledged,
+//! so no record is applied twice), in a progress file written once the
+//! broker has acknowledged a batch for `--to original`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -19,11 +21,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use crossbeam_channel::Sender;
-use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DefaultProducerContext, Producer, ThreadedProducer,
+};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::json;
 
 use super::{ExitStatus, UsageError, create_dir};
@@ -33,9 +36,10 @@ use crate::dead_letter::KafkaRecord;
 use crate::events::ViolationKind;
 use crate::ingest::{Ingest, RawInput, Record};
 use crate::io::file::{FileOutputs, check_inputs, input_name, is_stdin, open_input};
+use crate::io::kafka::outputs::KafkaOutputs;
 use crate::io::kafka::{TopicKinds, client_config, send_waiting};
 use crate::model::Provenance;
-use crate::pipeline::{Engine, EngineOptions, PartitionBatch, Position, SourceMsg};
+use crate::pipeline::{Engine, EngineOptions, Outputs, PartitionBatch, Position, SourceMsg};
 use crate::replay::{self, Tally};
 use crate::state::{Cf, Store, codec};
 use crate::telemetry::Stats;
@@ -43,8 +47,6 @@ use crate::time::SystemClock;
 
 /// Records sent to the engine, or republished, per batch.
 const BATCH: usize = 1_000;
-/// How long to wait for the broker at the start (metadata, end offsets).
-const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often progress is printed when stderr is not a terminal.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -78,6 +80,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitStatus> {
         "dry-run"
     } else {
         match args.to {
+            ReplayTarget::Files => "files",
             ReplayTarget::Pipeline => "pipeline",
             ReplayTarget::Original => "original",
         }
@@ -94,59 +97,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitStatus> {
             decoded.clear();
             progress.tick(tally.read);
         }
-    } else if args.to == ReplayTarget::Pipeline {
-        let out = args.out.as_ref().ok_or_else(|| {
-            UsageError("--to pipeline writes its violations to --out DIR: give one".into())
-        })?;
-        config.validate_for_files("vigil replay --to pipeline")?;
-        let state = args
-            .state
-            .clone()
-            .unwrap_or_else(|| config.state.path.clone());
-        let store = super::run::open_store(&state, config.state.cache_size)?;
-        create_dir(out, "output directory")?;
-        let resume = stored_positions(&*store, &name)?;
-        let mut records = source.open(&config, args, &resume, &mut tally)?;
-        let partitions = records.partitions();
-        let ingest = Ingest::new(&config, Arc::clone(&stats))?;
-        let engine = Engine {
-            options: EngineOptions::from_config(&config, true),
-            store,
-            stats: Arc::clone(&stats),
-            clock: Arc::new(SystemClock),
-            partitions: partitions.len(),
-        };
-        let outputs = FileOutputs::create(out, &config.outputs.source)?;
-        let (tx, rx) = crossbeam_channel::bounded(8);
-        let name: Arc<str> = Arc::from(name.as_str());
-        let fed = std::thread::scope(|s| {
-            let feeder = s.spawn(|| {
-                feed(
-                    &mut *records,
-                    &partitions,
-                    &name,
-                    &kinds,
-                    &ingest,
-                    &reasons,
-                    args.rate,
-                    &mut tally,
-                    &tx,
-                )
-            });
-            let report = engine.run(rx, Box::new(outputs));
-            let fed = feeder.join().expect("the replay reader does not panic");
-            report.map_err(anyhow::Error::from).and(fed)
-        });
-        fed?;
-        let violations: BTreeMap<&str, u64> = ViolationKind::ALL
-            .iter()
-            .map(|k| (k.as_str(), stats.violations_of(*k)))
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        extra.insert("violations".into(), json!(violations));
-        extra.insert("out".into(), json!(out));
-        extra.insert("state".into(), json!(state));
-    } else {
+    } else if args.to == ReplayTarget::Original {
         let progress_file = args
             .progress
             .clone()
@@ -163,6 +114,101 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitStatus> {
             &mut tally,
         )?;
         extra.insert("progress_file".into(), json!(progress_file));
+    } else {
+        match (args.to, &args.out) {
+            (ReplayTarget::Files, None) => {
+                return Err(UsageError(
+                    "--to files writes its events into --out DIR: give one".into(),
+                )
+                .into());
+            }
+            (ReplayTarget::Files, Some(_)) => {
+                config.validate_for_files("vigil replay --to files")?;
+            }
+            (_, Some(_)) => {
+                return Err(UsageError(
+                    "--out is for --to files: --to pipeline publishes to the output topics of the configuration".into(),
+                )
+                .into());
+            }
+            (_, None) => {
+                config.validate_for_run().map_err(|e| {
+                    UsageError(format!(
+                        "--to pipeline publishes to Kafka as vigil run does: {e}"
+                    ))
+                })?;
+                reach_broker(&config, args.broker_timeout.0)?;
+            }
+        }
+        let state = args
+            .state
+            .clone()
+            .unwrap_or_else(|| config.state.path.clone());
+        let store = super::run::open_store(&state, config.state.cache_size)?;
+        let outputs: Box<dyn Outputs> = match &args.out {
+            Some(out) => {
+                create_dir(out, "output directory")?;
+                extra.insert("out".into(), json!(out));
+                Box::new(FileOutputs::create(out, &config.outputs.source)?)
+            }
+            None => {
+                let o = &config.outputs;
+                extra.insert(
+                    "topics".into(),
+                    json!({
+                        "violations": o.violations_topic,
+                        "storms": o.storms_topic,
+                        "incidents": o.incidents_topic,
+                        "dlq": o.dlq_topic,
+                    }),
+                );
+                let instance = format!("replay-{}", super::run::instance_name(&state));
+                Box::new(KafkaOutputs::for_replay(
+                    &config,
+                    Arc::clone(&stats),
+                    &instance,
+                )?)
+            }
+        };
+        let resume = stored_positions(&*store, &name)?;
+        let mut records = source.open(&config, args, &resume, &mut tally)?;
+        let partitions = records.partitions();
+        let ingest = Ingest::new(&config, Arc::clone(&stats))?;
+        let engine = Engine {
+            options: EngineOptions::from_config(&config, true),
+            store,
+            stats: Arc::clone(&stats),
+            clock: Arc::new(SystemClock),
+            partitions: partitions.len(),
+        };
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        let name: Arc<str> = Arc::from(name.as_str());
+        let fed = std::thread::scope(|s| {
+            let feeder = s.spawn(|| {
+                feed(
+                    &mut *records,
+                    &partitions,
+                    &name,
+                    &kinds,
+                    &ingest,
+                    &reasons,
+                    args.rate,
+                    &mut tally,
+                    &tx,
+                )
+            });
+            let report = engine.run(rx, outputs);
+            let fed = feeder.join().expect("the replay reader does not panic");
+            report.map_err(anyhow::Error::from).and(fed)
+        });
+        fed?;
+        let violations: BTreeMap<&str, u64> = ViolationKind::ALL
+            .iter()
+            .map(|k| (k.as_str(), stats.violations_of(*k)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        extra.insert("violations".into(), json!(violations));
+        extra.insert("state".into(), json!(state));
     }
     let elapsed = started.elapsed().as_secs_f64();
     let mut summary = serde_json::to_value(&tally)?;
@@ -329,7 +375,7 @@ impl TopicReader {
         .create()
         .context("creating the DLQ consumer")?;
         let metadata = consumer
-            .fetch_metadata(Some(topic), BROKER_TIMEOUT)
+            .fetch_metadata(Some(topic), args.broker_timeout.0)
             .with_context(|| format!("reading the partitions of {topic}"))?;
         let partitions: Vec<i32> = metadata
             .topics()
@@ -353,7 +399,7 @@ impl TopicReader {
                 for &p in &partitions {
                     tpl.add_partition_offset(topic, p, Offset::Offset(ms))?;
                 }
-                Some(consumer.offsets_for_times(tpl, BROKER_TIMEOUT)?)
+                Some(consumer.offsets_for_times(tpl, args.broker_timeout.0)?)
             }
             None => None,
         };
@@ -362,7 +408,7 @@ impl TopicReader {
         let mut total = 0;
         for &p in &partitions {
             let (low, high) = consumer
-                .fetch_watermarks(topic, p, BROKER_TIMEOUT)
+                .fetch_watermarks(topic, p, args.broker_timeout.0)
                 .with_context(|| format!("reading the end of {topic} [{p}]"))?;
             let asked = match &since {
                 Some(found) => match found.find_partition(topic, p).map(|e| e.offset()) {
@@ -586,7 +632,7 @@ fn republish(
     let mut in_batch = 0;
     let flush = |done: &BTreeMap<i32, i64>| -> anyhow::Result<()> {
         producer
-            .flush(BROKER_TIMEOUT)
+            .flush(args.broker_timeout.0)
             .context("waiting for the broker to acknowledge republished records")?;
         write_progress(progress_file, done)
     };
@@ -633,7 +679,27 @@ fn republish(
     flush(&done)
 }
 
-/// The positions a `--to pipeline` replay of this DLQ committed with its
+/// Fails with a clear error unless a broker of `[kafka]` answers within
+/// `--broker-timeout`. Checked before a `--to pipeline` replay reads
+/// anything.
+fn reach_broker(config: &Config, timeout: Duration) -> anyhow::Result<()> {
+    let producer: BaseProducer = client_config(config, &[])
+        .create()
+        .context("creating the producer")?;
+    let servers = config
+        .kafka
+        .get("bootstrap.servers")
+        .map_or("", |v| v.0.as_str());
+    match producer.client().fetch_metadata(None, timeout) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot reach the Kafka brokers {servers} within {}s (--broker-timeout) to publish to the output topics: {e}",
+            timeout.as_secs_f64()
+        )),
+    }
+}
+
+/// The positions a `--to files` or `--to pipeline` replay of this DLQ committed with its
 /// state, by DLQ partition.
 fn stored_positions(store: &dyn Store, name: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
     let mut prefix = name.as_bytes().to_vec();

@@ -124,7 +124,7 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// A stable name for this instance (transactional ids): its state directory.
-fn instance_name(path: &Path) -> String {
+pub fn instance_name(path: &Path) -> String {
     let canonical: PathBuf = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     format!(
         "{:016x}",

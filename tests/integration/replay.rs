@@ -2,7 +2,9 @@
 //! exit status 3, a fixed configuration replays everything, a filter selects
 //! by reason, a replay through the engine ends where a run with the fixed
 //! configuration from the start would have, and a finished replay is not
-//! done again.
+//! done again. Through the engine to the output topics of the embedded
+//! broker, a replay publishes exactly the violations it adds, and a broker
+//! that cannot be reached or does not take them stops it with status 4.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -10,13 +12,15 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use serde_json::Value;
 use vigil::detect::key::KeyState;
 use vigil::model::Millis;
 use vigil::state::{Cf, RocksStore, Store, codec};
 
-use crate::broker::{Broker, DLQ, Out, run_config};
+use crate::broker::{Broker, DLQ, Out, STORMS, VIOLATIONS, headers_of, json_values, run_config};
 use crate::support::*;
 
 /// A generated workload in `kcat -J` lines, checked with table t2 unmapped
@@ -108,7 +112,7 @@ fn replay_reports_what_still_fails_and_replays_what_a_fix_decodes() {
         "--config",
         fixed.to_str().unwrap(),
         "--to",
-        "pipeline",
+        "files",
         "--out",
         o2.to_str().unwrap(),
         "--state",
@@ -231,7 +235,7 @@ fn a_replay_killed_half_way_and_run_again_does_every_record_exactly_once() {
             .arg(dir.path().join("o1/dlq.ndjson"))
             .arg("--config")
             .arg(dir.path().join("vigil.toml"))
-            .args(["--to", "pipeline", "--out"])
+            .args(["--to", "files", "--out"])
             .arg(out)
             .arg("--state")
             .arg(&s1);
@@ -418,4 +422,199 @@ fn replay_to_original_republishes_from_a_topic_and_the_loop_guard_stops_repeat_f
     let (code, s) = replay();
     assert_eq!(code, Some(0), "{s}");
     assert_eq!(s["read"], 0, "a finished replay is not done again: {s}");
+}
+
+/// The configuration of `vigil run` on the embedded broker, with the fixed
+/// configuration of the workload `dead_lettered` generated and `overrides`.
+fn pipeline_config(
+    dir: &Path,
+    bootstrap: &str,
+    overrides: &[(&str, &str, toml::Value)],
+) -> std::path::PathBuf {
+    let fixed = std::fs::read_to_string(dir.join("vigil.toml")).unwrap();
+    let cdc = [
+        "gen.public.t0",
+        "gen.public.t1",
+        "gen.public.t2",
+        "__debezium-heartbeat.gen",
+    ];
+    run_config(dir, &fixed, bootstrap, &cdc, &["cache-events"], overrides)
+}
+
+/// Records in a topic of the embedded broker: the sum of its partitions'
+/// end offsets.
+fn records_in(broker: &Broker, topic: &str) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .sum()
+}
+
+/// `vigil replay --to pipeline` publishes what the engine finds to the
+/// output topics, as `vigil run` does (CloudEvents keyed by their subject):
+/// while the violations topic's leader is down, a record not taken within
+/// message.timeout.ms stops the replay with status 4; run again once the
+/// broker is back (in Kafka transactions this time), it continues, and the
+/// violations topic then holds exactly the violations a run with the fixed
+/// configuration from the start has beyond those of the broken run, each
+/// once, by id. Nothing that still fails is dead-lettered again.
+#[test]
+fn replay_to_pipeline_publishes_exactly_the_added_violations_to_the_output_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dead_lettered(dir.path());
+    let broker = Broker::new(&[]);
+    for p in 0..3 {
+        broker
+            .cluster
+            .partition_leader(VIOLATIONS, p, Some(3))
+            .unwrap();
+    }
+    broker.cluster.broker_down(3).unwrap();
+    let s1 = dir.path().join("s1");
+    let replay = |config: &Path| {
+        run(vigil()
+            .arg("replay")
+            .arg("--from-file")
+            .arg(dir.path().join("o1/dlq.ndjson"))
+            .arg("--config")
+            .arg(config)
+            .args(["--to", "pipeline", "--state"])
+            .arg(&s1))
+    };
+
+    let text = |s: &str| toml::Value::String(s.into());
+    let config = pipeline_config(
+        dir.path(),
+        &broker.bootstrap,
+        &[("kafka", "message.timeout.ms", text("1000"))],
+    );
+    let out = replay(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("cannot produce to Kafka topic") && stderr.contains("not delivered"),
+        "the failed delivery is named: {stderr}"
+    );
+
+    broker.cluster.broker_up(3).unwrap();
+    let config = pipeline_config(
+        dir.path(),
+        &broker.bootstrap,
+        &[("processing", "guarantee", text("exactly_once"))],
+    );
+    let out = replay(&config);
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{s} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s["destination"], "pipeline");
+    assert_eq!(s["topics"]["violations"], VIOLATIONS);
+    assert_eq!(
+        s["resumed_past"].as_u64().unwrap() + s["replayed"].as_u64().unwrap(),
+        dead,
+        "{s}"
+    );
+
+    // What the replay must add: the violations of the fixed configuration
+    // from the start that the broken run did not report.
+    let from_start = check(
+        Some(&dir.path().join("vigil.toml")),
+        &[&dir.path().join("cdc.ndjson")],
+        &[&dir.path().join("cache.ndjson")],
+        &dir.path().join("fixed"),
+        &["--state", dir.path().join("s2").to_str().unwrap()],
+    );
+    assert_eq!(from_start.code, 0, "{}", from_start.stderr);
+    let broken = by_id(&[&dir.path().join("o1/violations.ndjson")]);
+    let mut expected = by_id(&[&dir.path().join("fixed/violations.ndjson")]);
+    expected.retain(|id, _| !broken.contains_key(id));
+    assert!(expected.len() > 50, "{} violations added", expected.len());
+
+    let published = broker.read_until(VIOLATIONS, 3, Duration::from_secs(30), |m| {
+        m.len() >= expected.len()
+    });
+    assert_eq!(
+        records_in(&broker, VIOLATIONS),
+        expected.len() as i64,
+        "each added violation once, nothing else"
+    );
+    for m in &published {
+        let event: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        assert_eq!(m.key(), event["subject"].as_str().map(str::as_bytes));
+        assert_eq!(
+            headers_of(m)["content-type"],
+            "application/cloudevents+json"
+        );
+    }
+    let published: BTreeMap<String, Value> = json_values(&published)
+        .into_iter()
+        .map(|v| (v["id"].as_str().unwrap().to_owned(), v))
+        .collect();
+    assert!(
+        published == expected,
+        "{} published, {} expected; first differing ids: {:?}",
+        published.len(),
+        expected.len(),
+        published
+            .keys()
+            .filter(|id| published.get(*id) != expected.get(*id))
+            .chain(expected.keys().filter(|id| !published.contains_key(*id)))
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(records_in(&broker, DLQ), 0, "nothing dead-lettered again");
+    // The broken run's storms are in its files; the replay adds none.
+    assert_eq!(records_in(&broker, STORMS), 0);
+}
+
+/// A broker that cannot be reached stops `--to pipeline` before it reads
+/// anything, with status 4 and a message that says so.
+#[test]
+fn replay_to_pipeline_without_a_broker_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let dlq = dir.path().join("dlq.ndjson");
+    std::fs::write(&dlq, "{}\n").unwrap();
+    let bootstrap = format!("127.0.0.1:{}", free_port());
+    let config = run_config(dir.path(), USERS_CONFIG, &bootstrap, &["cdc"], &[], &[]);
+    let out = run(vigil()
+        .arg("replay")
+        .arg("--from-file")
+        .arg(&dlq)
+        .arg("--config")
+        .arg(&config)
+        .args(["--to", "pipeline", "--broker-timeout", "1s"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot reach the Kafka brokers {bootstrap}")),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "no summary of a replay not done");
+
+    let out = run(vigil()
+        .arg("replay")
+        .arg("--from-file")
+        .arg(&dlq)
+        .arg("--config")
+        .arg(&config)
+        .args(["--to", "pipeline", "--out"])
+        .arg(dir.path().join("out")));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--out is for --to files"));
 }

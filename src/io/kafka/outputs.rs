@@ -3,6 +3,10 @@
 //! dead letters (the record unchanged, with Kafka Connect's error
 //! headers and vigil's reason code).
 //!
+//! `vigil replay --to pipeline` publishes through the same producer, with
+//! no consumer group behind it (its positions are kept with its state) and
+//! no changelog; there a record the broker did not take fails the replay.
+//!
 //! At-least-once: at each checkpoint every record sent is acknowledged by
 //! the broker before the state is committed; a record the broker rejected
 //! is sent again (and the broker being away only makes the checkpoint
@@ -65,9 +69,9 @@ struct Outgoing {
     timestamp_ms: Option<i64>,
 }
 
-/// Collects records the broker did not take, for sending again.
+/// Collects records the broker did not take, with why, for sending again.
 pub struct DeliveryContext {
-    failed: Mutex<Vec<Outgoing>>,
+    failed: Mutex<Vec<(Outgoing, KafkaError)>>,
 }
 
 impl ClientContext for DeliveryContext {
@@ -85,7 +89,7 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((error, msg)) = result {
-            tracing::warn!(topic = msg.topic(), error = %error, "a record was not delivered; it will be sent again");
+            tracing::warn!(topic = msg.topic(), error = %error, "a record was not delivered");
             let outgoing = Outgoing {
                 topic: msg.topic().to_string(),
                 partition: Some(msg.partition()),
@@ -97,7 +101,7 @@ impl ProducerContext for DeliveryContext {
             self.failed
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(outgoing);
+                .push((outgoing, error.clone()));
         }
     }
 }
@@ -105,7 +109,12 @@ impl ProducerContext for DeliveryContext {
 /// Violations, storm and incident events and dead letters to Kafka topics.
 pub struct KafkaOutputs {
     producer: ThreadedProducer<DeliveryContext>,
-    consumer: Arc<VigilConsumer>,
+    /// The consumer whose positions the outputs commit (`vigil run`); none
+    /// for a replay, which keeps its positions with its state.
+    consumer: Option<Arc<VigilConsumer>>,
+    /// Send again a record the broker did not take (`vigil run`: the broker
+    /// being away only makes the checkpoint wait); else it is an error.
+    resend_failed: bool,
     guarantee: Guarantee,
     violations_topic: String,
     storms_topic: String,
@@ -127,6 +136,36 @@ impl KafkaOutputs {
     pub fn new(
         config: &Config,
         consumer: Arc<VigilConsumer>,
+        stats: Arc<Stats>,
+        instance: &str,
+        give_up: Arc<AtomicBool>,
+    ) -> Result<Self, KafkaSetupError> {
+        Self::build(config, Some(consumer), stats, instance, give_up)
+    }
+
+    /// The outputs of `vigil replay --to pipeline`: the topics and records
+    /// of `vigil run`, without a consumer (exactly-once commits the outputs
+    /// alone) or a changelog, and a record the broker did not take (after
+    /// librdkafka's retries, within `message.timeout.ms`) is an error.
+    pub fn for_replay(
+        config: &Config,
+        stats: Arc<Stats>,
+        instance: &str,
+    ) -> Result<Self, KafkaSetupError> {
+        let mut outputs = Self::build(
+            config,
+            None,
+            stats,
+            instance,
+            Arc::new(AtomicBool::new(false)),
+        )?;
+        outputs.changelog_topic = None;
+        Ok(outputs)
+    }
+
+    fn build(
+        config: &Config,
+        consumer: Option<Arc<VigilConsumer>>,
         stats: Arc<Stats>,
         instance: &str,
         give_up: Arc<AtomicBool>,
@@ -167,6 +206,7 @@ impl KafkaOutputs {
         }
         Ok(KafkaOutputs {
             producer,
+            resend_failed: consumer.is_some(),
             consumer,
             guarantee,
             violations_topic: config.outputs.violations_topic.clone(),
@@ -252,6 +292,17 @@ impl KafkaOutputs {
             if in_flight == 0 && failed.is_empty() {
                 return Ok(());
             }
+            if !self.resend_failed
+                && let Some((out, error)) = failed.first()
+            {
+                return Err(Self::err(
+                    &out.topic,
+                    format!(
+                        "{} records were not delivered ({in_flight} more in flight): {error}",
+                        failed.len()
+                    ),
+                ));
+            }
             if self.give_up.load(Ordering::Relaxed) {
                 return Err(Self::err(
                     &self.violations_topic,
@@ -267,7 +318,7 @@ impl KafkaOutputs {
                     "sending again records the broker did not take"
                 );
             }
-            for out in &failed {
+            for (out, _) in &failed {
                 self.send(out)?;
             }
             if in_flight > 0 {
@@ -289,8 +340,8 @@ impl KafkaOutputs {
         }
     }
 
-    fn offsets(&self, positions: &[Position]) -> TopicPartitionList {
-        let assigned = self.consumer.assignment().unwrap_or_default();
+    fn offsets(consumer: &VigilConsumer, positions: &[Position]) -> TopicPartitionList {
+        let assigned = consumer.assignment().unwrap_or_default();
         let mut tpl = TopicPartitionList::new();
         for p in positions {
             if assigned.find_partition(&p.source, p.partition).is_some() {
@@ -443,14 +494,22 @@ impl Outputs for KafkaOutputs {
         match self.guarantee {
             Guarantee::AtLeastOnce => self.acknowledge_all(),
             Guarantee::ExactlyOnce => {
-                let offsets = self.offsets(positions);
-                let group = self.consumer.group_metadata().ok_or_else(|| {
-                    Self::err(&self.violations_topic, "the consumer has no group metadata")
-                })?;
-                let committed = self
-                    .producer
-                    .send_offsets_to_transaction(&offsets, &group, TRANSACTION_TIMEOUT)
-                    .and_then(|()| self.producer.commit_transaction(TRANSACTION_TIMEOUT));
+                let sent = match &self.consumer {
+                    Some(consumer) => {
+                        let offsets = Self::offsets(consumer, positions);
+                        let group = consumer.group_metadata().ok_or_else(|| {
+                            Self::err(&self.violations_topic, "the consumer has no group metadata")
+                        })?;
+                        self.producer.send_offsets_to_transaction(
+                            &offsets,
+                            &group,
+                            TRANSACTION_TIMEOUT,
+                        )
+                    }
+                    None => Ok(()),
+                };
+                let committed =
+                    sent.and_then(|()| self.producer.commit_transaction(TRANSACTION_TIMEOUT));
                 if let Err(e) = committed {
                     let _ = self.producer.abort_transaction(TRANSACTION_TIMEOUT);
                     return Err(Self::err(
@@ -466,10 +525,12 @@ impl Outputs for KafkaOutputs {
     }
 
     fn committed(&mut self, positions: &[Position]) {
-        if self.guarantee == Guarantee::AtLeastOnce {
-            let offsets = self.offsets(positions);
+        if self.guarantee == Guarantee::AtLeastOnce
+            && let Some(consumer) = &self.consumer
+        {
+            let offsets = Self::offsets(consumer, positions);
             if offsets.count() > 0
-                && let Err(e) = self.consumer.commit(&offsets, CommitMode::Async)
+                && let Err(e) = consumer.commit(&offsets, CommitMode::Async)
             {
                 tracing::warn!(error = %e, "cannot commit offsets to Kafka (lag monitoring only; vigil's state has them)");
             }
