@@ -190,10 +190,10 @@ pub enum Command {
     ///                  publishes them: same records, keys, headers and ids.
     ///                  Each checkpoint waits for the broker to acknowledge
     ///                  them before the state is committed; a broker that
-    ///                  cannot be reached, or a record it does not take
-    ///                  within message.timeout.ms, stops the replay with
-    ///                  status 4 (run it again to continue). The changelog
-    ///                  is not written;
+    ///                  does not answer within --broker-timeout, or a
+    ///                  record it does not take within message.timeout.ms
+    ///                  ([kafka]), stops the replay with status 4 (run it
+    ///                  again to continue). The changelog is not written;
     ///   --to original  publish it again to its original topic and partition
     ///                  with its key, value and headers (error headers
     ///                  removed, vigil.replay.count added); a record replayed
@@ -360,7 +360,7 @@ pub enum ReplayTarget {
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
     /// Configuration file (TOML): the fixed [[tables]] and [inputs] topics,
-    /// and [kafka] for topics.
+    /// [kafka] for topics, and [outputs] for --to pipeline.
     #[arg(long, value_name = "FILE", env = "VIGIL_CONFIG")]
     pub config: Option<PathBuf>,
 

@@ -115,61 +115,13 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitStatus> {
         )?;
         extra.insert("progress_file".into(), json!(progress_file));
     } else {
-        match (args.to, &args.out) {
-            (ReplayTarget::Files, None) => {
-                return Err(UsageError(
-                    "--to files writes its events into --out DIR: give one".into(),
-                )
-                .into());
-            }
-            (ReplayTarget::Files, Some(_)) => {
-                config.validate_for_files("vigil replay --to files")?;
-            }
-            (_, Some(_)) => {
-                return Err(UsageError(
-                    "--out is for --to files: --to pipeline publishes to the output topics of the configuration".into(),
-                )
-                .into());
-            }
-            (_, None) => {
-                config.validate_for_run().map_err(|e| {
-                    UsageError(format!(
-                        "--to pipeline publishes to Kafka as vigil run does: {e}"
-                    ))
-                })?;
-                reach_broker(&config, args.broker_timeout.0)?;
-            }
-        }
+        check_destination(&config, args)?;
         let state = args
             .state
             .clone()
             .unwrap_or_else(|| config.state.path.clone());
         let store = super::run::open_store(&state, config.state.cache_size)?;
-        let outputs: Box<dyn Outputs> = match &args.out {
-            Some(out) => {
-                create_dir(out, "output directory")?;
-                extra.insert("out".into(), json!(out));
-                Box::new(FileOutputs::create(out, &config.outputs.source)?)
-            }
-            None => {
-                let o = &config.outputs;
-                extra.insert(
-                    "topics".into(),
-                    json!({
-                        "violations": o.violations_topic,
-                        "storms": o.storms_topic,
-                        "incidents": o.incidents_topic,
-                        "dlq": o.dlq_topic,
-                    }),
-                );
-                let instance = format!("replay-{}", super::run::instance_name(&state));
-                Box::new(KafkaOutputs::for_replay(
-                    &config,
-                    Arc::clone(&stats),
-                    &instance,
-                )?)
-            }
-        };
+        let outputs = engine_outputs(&config, args, &state, &stats, &mut extra)?;
         let resume = stored_positions(&*store, &name)?;
         let mut records = source.open(&config, args, &resume, &mut tally)?;
         let partitions = records.partitions();
@@ -233,6 +185,64 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitStatus> {
             ExitStatus::Ok
         },
     )
+}
+
+/// Checks, before anything is opened, what the engine's destination needs:
+/// `--out` for `--to files`; for `--to pipeline`, the settings of `vigil
+/// run` and a broker that answers.
+fn check_destination(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
+    match (args.to, &args.out) {
+        (ReplayTarget::Files, None) => {
+            Err(UsageError("--to files writes its events into --out DIR: give one".into()).into())
+        }
+        (ReplayTarget::Files, Some(_)) => Ok(config.validate_for_files("vigil replay --to files")?),
+        (_, Some(_)) => Err(UsageError(
+            "--out is for --to files: --to pipeline publishes to the output topics of the configuration".into(),
+        )
+        .into()),
+        (_, None) => {
+            config.validate_for_run().map_err(|e| {
+                UsageError(format!("--to pipeline publishes to Kafka as vigil run does: {e}"))
+            })?;
+            reach_broker(config, args.broker_timeout.0)
+        }
+    }
+}
+
+/// The engine's outputs: files in `--out`, or the output topics as `vigil
+/// run` writes them (the replay of the state in `state`); where they go is
+/// added to the summary.
+fn engine_outputs(
+    config: &Config,
+    args: &ReplayArgs,
+    state: &Path,
+    stats: &Arc<Stats>,
+    summary: &mut serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<Box<dyn Outputs>> {
+    Ok(match &args.out {
+        Some(out) => {
+            create_dir(out, "output directory")?;
+            summary.insert("out".into(), json!(out));
+            Box::new(FileOutputs::create(out, &config.outputs.source)?)
+        }
+        None => {
+            let o = &config.outputs;
+            summary.insert(
+                "topics".into(),
+                json!({
+                    "violations": o.violations_topic,
+                    "storms": o.storms_topic,
+                    "incidents": o.incidents_topic,
+                }),
+            );
+            let instance = format!("replay-{}", super::run::instance_name(state));
+            Box::new(KafkaOutputs::for_replay(
+                config,
+                Arc::clone(stats),
+                &instance,
+            )?)
+        }
+    })
 }
 
 /// Where the DLQ is read from.
