@@ -82,6 +82,8 @@ case "$cmd" in
     # promtool (Debian package prometheus) checks the metrics and tests the
     # alert rules.
     command -v promtool >/dev/null 2>&1 || ensure_packages prometheus
+    # The TLS test puts stunnel in front of tansu with a CA made by openssl.
+    ensure_packages stunnel4 openssl
     if cargo nextest --version >/dev/null 2>&1; then
       cargo nextest run --release --locked --no-fail-fast "$@"
     else

@@ -550,6 +550,14 @@ pub struct RunArgs {
     /// [[tables]]... (see config/example.toml).
     #[arg(long, value_name = "FILE", env = "VIGIL_CONFIG")]
     pub config: Option<PathBuf>,
+
+    /// How long a broker of [kafka] bootstrap.servers may take to answer at
+    /// the start. Past it vigil stops with status 4 and librdkafka's
+    /// latest error (a refused connection, `certificate verify failed`, a
+    /// failed SASL handshake) instead of retrying forever; a broker lost
+    /// later is waited for.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub broker_timeout: crate::config::Dur,
 }
 
 /// Flags of `vigil check`.
@@ -628,6 +636,12 @@ pub struct GenArgs {
     /// violations and storms.
     #[arg(long, value_name = "HOST:PORT")]
     pub brokers: Option<String>,
+
+    /// A librdkafka property of the --brokers producer, as KEY=VALUE
+    /// (repeatable), for a cluster behind TLS or SASL:
+    /// `--kafka security.protocol=ssl --kafka ssl.ca.location=ca.pem`.
+    #[arg(long = "kafka", value_name = "KEY=VALUE", requires = "brokers")]
+    pub kafka: Vec<String>,
 
     /// The Confluent Schema Registry that --format avro or protobuf registers its
     /// schemas with (subjects TOPIC-value and TOPIC-key); the records carry

@@ -69,7 +69,20 @@ pub fn run(args: &GenArgs) -> anyhow::Result<ExitStatus> {
             if let Some(url) = registry {
                 register(&mut generator, url)?;
             }
-            produce(&mut generator, &args.out, brokers, registry)?
+            let mut client = ClientConfig::new();
+            client
+                .set("bootstrap.servers", brokers)
+                .set("linger.ms", "5");
+            for property in &args.kafka {
+                let Some((key, value)) = property.split_once('=') else {
+                    return Err(UsageError(format!(
+                        "--kafka {property}: give a librdkafka property as KEY=VALUE"
+                    ))
+                    .into());
+                };
+                client.set(key, value);
+            }
+            produce(&mut generator, &args.out, client, registry)?
         }
         None => write(&mut generator, &args.out, args.kcat)?,
     };
@@ -121,23 +134,25 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// Produces the records to their topics on `brokers` (stamped with their
+/// Produces the records to their topics on the brokers of `client` (stamped with their
 /// event time) and writes the rest of what [`write`] writes; `vigil.toml`
 /// names the schema registry when there is one.
 fn produce(
     generator: &mut Generator,
     dir: &Path,
-    brokers: &str,
+    client: ClientConfig,
     registry: Option<&str>,
 ) -> anyhow::Result<serde_json::Value> {
+    let brokers = client
+        .get("bootstrap.servers")
+        .unwrap_or_default()
+        .to_string();
     let mut config = generator.config_toml();
     if let Some(url) = registry {
         config.push_str(&format!("\n[schema_registry]\nurl = {}\n", json!(url)));
     }
     std::fs::write(dir.join("vigil.toml"), config).context("writing vigil.toml")?;
-    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
+    let producer: ThreadedProducer<Deliveries> = client
         .create_with_context(Deliveries::default())
         .context("creating the producer")?;
     for record in generator.by_ref() {

@@ -23,9 +23,7 @@ use anyhow::Context;
 use crossbeam_channel::Sender;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{
-    BaseProducer, BaseRecord, DefaultProducerContext, Producer, ThreadedProducer,
-};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::json;
 
@@ -37,7 +35,7 @@ use crate::events::ViolationKind;
 use crate::ingest::{Ingest, RawInput, Record};
 use crate::io::file::{FileOutputs, check_inputs, input_name, is_stdin, open_input};
 use crate::io::kafka::outputs::KafkaOutputs;
-use crate::io::kafka::{TopicKinds, client_config, send_waiting};
+use crate::io::kafka::{TopicKinds, client_config, reach_brokers, send_waiting};
 use crate::model::Provenance;
 use crate::pipeline::{Engine, EngineOptions, Outputs, PartitionBatch, Position, SourceMsg};
 use crate::replay::{self, Tally};
@@ -204,7 +202,8 @@ fn check_destination(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
             config.validate_for_run().map_err(|e| {
                 UsageError(format!("--to pipeline publishes to Kafka as vigil run does: {e}"))
             })?;
-            reach_broker(config, args.broker_timeout.0)
+            reach_brokers(config, args.broker_timeout.0)
+                .context("publishing to the output topics")
         }
     }
 }
@@ -687,26 +686,6 @@ fn republish(
         }
     }
     flush(&done)
-}
-
-/// Fails with a clear error unless a broker of `[kafka]` answers within
-/// `--broker-timeout`. Checked before a `--to pipeline` replay reads
-/// anything.
-fn reach_broker(config: &Config, timeout: Duration) -> anyhow::Result<()> {
-    let producer: BaseProducer = client_config(config, &[])
-        .create()
-        .context("creating the producer")?;
-    let servers = config
-        .kafka
-        .get("bootstrap.servers")
-        .map_or("", |v| v.0.as_str());
-    match producer.client().fetch_metadata(None, timeout) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(anyhow::anyhow!(
-            "cannot reach the Kafka brokers {servers} within {}s (--broker-timeout) to publish to the output topics: {e}",
-            timeout.as_secs_f64()
-        )),
-    }
 }
 
 /// The positions a `--to files` or `--to pipeline` replay of this DLQ committed with its

@@ -17,6 +17,7 @@ use crate::config::{ByteSize, Config};
 use crate::http;
 use crate::ingest::Ingest;
 use crate::io::kafka::outputs::KafkaOutputs;
+use crate::io::kafka::reach_brokers;
 use crate::io::kafka::source::KafkaSource;
 use crate::pipeline::{Engine, EngineOptions, RunReport};
 use crate::state::{FailingStore, MemoryBudget, RocksStore, Store};
@@ -30,6 +31,7 @@ pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitStatus> {
     let config = Config::load(args.config.as_deref())?;
     config.validate_for_run()?;
+    reach_brokers(&config, args.broker_timeout.0)?;
     let runtime = runtime()?;
     // The recorder first: the histograms of `Stats` register with it.
     let recorder = if config.metrics.listen.is_empty() {

@@ -100,30 +100,44 @@ impl Broker {
         timeout: Duration,
         enough: impl Fn(&[OwnedMessage]) -> bool,
     ) -> Vec<OwnedMessage> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("group.id", "vigil-test-reader")
-            .set("enable.auto.commit", "false")
-            // The mock cluster writes no transaction markers: transactional
-            // outputs are only visible uncommitted.
-            .set("isolation.level", "read_uncommitted")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
-        let deadline = Instant::now() + timeout;
-        let mut out = Vec::new();
-        while !enough(&out) && Instant::now() < deadline {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                out.push(m.detach());
-            }
-        }
-        out
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", &self.bootstrap);
+        read_until(client, topic, partitions, timeout, enough)
     }
+}
+
+/// Reads `topic` from its beginning with a consumer of `client` (the
+/// brokers and any TLS settings) until `enough` says so or `timeout`
+/// passes; returns what was read.
+pub fn read_until(
+    mut client: ClientConfig,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+    enough: impl Fn(&[OwnedMessage]) -> bool,
+) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = client
+        .set("group.id", "vigil-test-reader")
+        .set("enable.auto.commit", "false")
+        // The mock cluster writes no transaction markers: transactional
+        // outputs are only visible uncommitted.
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while !enough(&out) && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(m.detach());
+        }
+    }
+    out
 }
 
 /// The JSON values of a topic's records.

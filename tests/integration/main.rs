@@ -19,6 +19,7 @@ mod schemas;
 mod storms;
 mod streams;
 mod support;
+mod tls;
 mod torture;
 mod transactions;
 

@@ -9,15 +9,16 @@ pub mod outputs;
 pub mod source;
 
 use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use std::time::Duration;
-
-use rdkafka::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Headers, Message, ToBytes};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, ClientContext};
 use regex::Regex;
 
 use crate::config::{Config, InputsConfig};
@@ -91,8 +92,73 @@ pub fn log_to_tracing(level: RDKafkaLogLevel, facility: &str, message: &str) {
     }
 }
 
+/// A client context that keeps the latest error librdkafka reported (a
+/// refused connection, a certificate that does not verify, a failed SASL
+/// handshake), to say why no broker answered.
+#[derive(Default)]
+struct LatestError(Mutex<Option<String>>);
+
+impl ClientContext for LatestError {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_to_tracing(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "Kafka client error");
+        if let Ok(mut latest) = self.0.lock() {
+            *latest = Some(reason.to_string());
+        }
+    }
+}
+
+impl ConsumerContext for LatestError {}
+
+/// Fails with [`KafkaSetupError::Unreachable`] unless a broker of `[kafka]`
+/// answers a metadata request within `timeout`, naming librdkafka's latest
+/// error (such as `certificate verify failed`): a wrong address, CA or
+/// password is reported at once instead of retried forever.
+pub fn reach_brokers(config: &Config, timeout: Duration) -> Result<(), KafkaSetupError> {
+    let client: BaseConsumer<LatestError> = client_config(config, &[])
+        .create_with_context(LatestError::default())
+        .map_err(|source| KafkaSetupError::Client {
+            what: "client",
+            source,
+        })?;
+    // Asked a second at a time, serving the client's events in between so
+    // that its error callback sees why the brokers do not answer.
+    let deadline = Instant::now() + timeout;
+    let e = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.fetch_metadata(None, left.min(Duration::from_secs(1))) {
+            Ok(_) => return Ok(()),
+            Err(e) if left.is_zero() || Instant::now() >= deadline => break e,
+            Err(_) => {
+                let _ = client.poll(Duration::ZERO);
+            }
+        }
+    };
+    let _ = client.poll(Duration::ZERO);
+    let latest = client.context().0.lock().ok().and_then(|l| l.clone());
+    Err(KafkaSetupError::Unreachable {
+        servers: config
+            .kafka
+            .get("bootstrap.servers")
+            .map_or_else(String::new, |v| v.0.clone()),
+        seconds: timeout.as_secs_f64(),
+        reason: latest.unwrap_or_else(|| e.to_string()),
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
+    #[error(
+        "cannot reach the Kafka brokers {servers} within {seconds}s (--broker-timeout): {reason}"
+    )]
+    Unreachable {
+        servers: String,
+        seconds: f64,
+        reason: String,
+    },
     #[error("invalid topic pattern {pattern:?} in inputs.{field}: {source}")]
     Pattern {
         field: &'static str,

@@ -1,0 +1,289 @@
+//! vigil reaching a broker only through TLS, with verification on: tansu
+//! (an independent Kafka-compatible broker) listens in plain text on a port
+//! nothing here uses, and advertises the port of a TLS terminator
+//! (`stunnel`) in front of it, whose certificate a test CA signed. The
+//! workload is produced through TLS (`vigil gen --brokers --kafka`), `vigil
+//! run` reads it and publishes its violations through TLS; with another CA
+//! it stops at once, naming the certificate problem. `./dev.sh test`
+//! installs tansu, stunnel and openssl.
+
+use std::fs;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::message::Message;
+use serde_json::Value;
+
+use crate::broker::{CHANGELOG, DLQ, Daemon, STORMS, VIOLATIONS, read_until, run_config};
+use crate::support::*;
+
+const TANSU_VERSION: &str = "0.6.0";
+
+/// Runs a setup command, failing the test with its output if it fails.
+fn setup(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?} did not start ({e}); ./dev.sh test installs it"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, and a certificate it signed for 127.0.0.1; and another CA.
+fn certificates(dir: &Path) {
+    let openssl = |args: &[&str]| setup(Command::new("openssl").args(args).current_dir(dir));
+    for (name, subject) in [("ca", "/CN=vigil test CA"), ("other", "/CN=another CA")] {
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            subject,
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+        ]);
+    }
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+        "-out",
+        "server.pem",
+    ]);
+}
+
+/// The tansu binary: cargo's bin directory, else `PATH`.
+fn tansu_binary() -> PathBuf {
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|h| h.join("bin/tansu"));
+    cargo_bin
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("tansu"))
+}
+
+/// Child processes killed when the test ends, however it ends.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn listening(port: u16) -> bool {
+    wait_until(Duration::from_secs(20), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+}
+
+/// tansu in plain text on `plain`, advertising `tls`, where stunnel
+/// terminates TLS with the test CA's certificate.
+fn broker_behind_tls(dir: &Path, plain: u16, tls: u16) -> Children {
+    let tansu = tansu_binary();
+    let version = Command::new(&tansu).arg("--version").output();
+    assert!(
+        matches!(&version, Ok(v) if String::from_utf8_lossy(&v.stdout).trim() == format!("tansu {TANSU_VERSION}")),
+        "tansu {TANSU_VERSION} is needed ({} answered {version:?}): ./dev.sh test installs it",
+        tansu.display()
+    );
+    let log = |name: &str| Stdio::from(fs::File::create(dir.join(name)).unwrap());
+    let mut children = Children(Vec::new());
+    children.0.push(
+        Command::new(&tansu)
+            .args(["broker", "--listener-url"])
+            .arg(format!("tcp://127.0.0.1:{plain}"))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://127.0.0.1:{tls}"))
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(log("tansu.log"))
+            .stderr(log("tansu.err"))
+            .spawn()
+            .expect("tansu starts"),
+    );
+    let conf = dir.join("stunnel.conf");
+    fs::write(
+        &conf,
+        format!(
+            "foreground = yes\npid =\n[kafka]\naccept = 127.0.0.1:{tls}\nconnect = 127.0.0.1:{plain}\ncert = {}\nkey = {}\n",
+            dir.join("server.pem").display(),
+            dir.join("server.key").display()
+        ),
+    )
+    .unwrap();
+    children.0.push(
+        Command::new("stunnel4")
+            .arg(&conf)
+            .stdout(log("stunnel.log"))
+            .stderr(log("stunnel.err"))
+            .spawn()
+            .expect("stunnel4 starts (./dev.sh test installs it)"),
+    );
+    assert!(listening(plain), "tansu listens on {plain}");
+    assert!(listening(tls), "stunnel listens on {tls}");
+    children
+}
+
+/// The TLS settings of a client that trusts `ca`.
+fn tls_client(bootstrap: &str, ca: &Path) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", bootstrap)
+        .set("security.protocol", "ssl")
+        .set("ssl.ca.location", ca.display().to_string());
+    client
+}
+
+#[test]
+fn vigil_reaches_a_broker_only_through_tls_and_names_a_wrong_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let (plain, tls) = (free_port(), free_port());
+    let _broker = broker_behind_tls(dir.path(), plain, tls);
+    let cdc = ["gen.public.t0", "gen.public.t1", "gen.public.t2"];
+    for topic in cdc
+        .iter()
+        .chain(&["cache-events", "__debezium-heartbeat.gen"])
+    {
+        setup(
+            Command::new(tansu_binary())
+                .args(["topic", "create", "--partitions", "3", "--broker"])
+                .arg(format!("tcp://127.0.0.1:{plain}"))
+                .arg(topic),
+        );
+    }
+    for topic in [VIOLATIONS, DLQ, STORMS, CHANGELOG, "vigil.incidents"] {
+        setup(
+            Command::new(tansu_binary())
+                .args(["topic", "create", "--partitions", "1", "--broker"])
+                .arg(format!("tcp://127.0.0.1:{plain}"))
+                .arg(topic),
+        );
+    }
+    let bootstrap = format!("127.0.0.1:{tls}");
+    let ca = dir.path().join("ca.pem");
+    let work = dir.path().join("work");
+    let generated = run(vigil()
+        .args([
+            "gen", "--events", "3000", "--keys", "300", "--seed", "5", "--out",
+        ])
+        .arg(&work)
+        .args(["--brokers", &bootstrap])
+        .args(["--kafka", "security.protocol=ssl", "--kafka"])
+        .arg(format!("ssl.ca.location={}", ca.display())));
+    assert!(
+        generated.status.success(),
+        "the workload is produced through TLS: {}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let expected = read_ndjson(&work.join("expected.ndjson"));
+    assert!(!expected.is_empty());
+    let expected_kinds: std::collections::BTreeSet<String> = expected
+        .iter()
+        .map(|v| v["kind"].as_str().unwrap().to_string())
+        .collect();
+
+    let base = fs::read_to_string(work.join("vigil.toml")).unwrap();
+    let text = |s: &str| toml::Value::String(s.to_string());
+    let config = |ca: &Path| {
+        run_config(
+            dir.path(),
+            &base,
+            &bootstrap,
+            &cdc,
+            &["cache-events"],
+            &[
+                ("kafka", "security.protocol", text("ssl")),
+                ("kafka", "ssl.ca.location", text(&ca.display().to_string())),
+            ],
+        )
+    };
+
+    // Verification on, the right CA: violations come out through TLS.
+    let daemon = Daemon::start(&config(&ca));
+    let violations = read_until(
+        tls_client(&bootstrap, &ca),
+        VIOLATIONS,
+        1,
+        Duration::from_secs(60),
+        |m| m.len() >= 10,
+    );
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(violations.len() >= 10, "violations through TLS:\n{log}");
+    for m in &violations {
+        let event: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let kind = event["type"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("vigil.violation.");
+        assert!(expected_kinds.contains(kind), "{event}");
+    }
+
+    // Another CA: vigil stops at once with status 4, naming the problem
+    // (bounded: without the check it would retry forever).
+    let mut refused = vigil()
+        .args(["run", "--broker-timeout", "5s", "--config"])
+        .arg(config(&dir.path().join("other.pem")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stopped = wait_until(Duration::from_secs(60), || {
+        refused.try_wait().unwrap().is_some()
+    });
+    if !stopped {
+        let _ = refused.kill();
+    }
+    let out = refused.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stopped,
+        "vigil run kept retrying a broker it cannot verify:\n{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot reach the Kafka brokers {bootstrap}"))
+            && stderr.contains("certificate verify failed"),
+        "{stderr}"
+    );
+}
