@@ -536,6 +536,15 @@ pub struct TortureArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub bootstrap: Option<String>,
 
+    /// Run vigil as a static member of its consumer group with this
+    /// `group.instance.id` and a session timeout of 30 s: a restarted
+    /// vigil must commit again within half of it (it takes its partitions
+    /// back without waiting for the session of the killed one to expire),
+    /// else the kill is a finding. The embedded broker does not honour
+    /// static membership: use it with --bootstrap.
+    #[arg(long, value_name = "ID")]
+    pub group_instance_id: Option<String>,
+
     /// Working directory (workload files, state, logs of each run of
     /// vigil); default a new directory under the system's temporary
     /// directory, removed at the end when nothing was lost.

@@ -139,6 +139,11 @@ impl Watermarks {
         part.last_record_wall = now_ms;
     }
 
+    /// The highest event time partition `p` has shown, if any.
+    pub fn event_time(&self, p: usize) -> Option<Millis> {
+        self.partitions.get(p).and_then(|part| part.max_ts)
+    }
+
     /// Whether every registered partition has ended.
     pub fn all_ended(&self) -> bool {
         self.partitions.iter().all(|p| p.ended)

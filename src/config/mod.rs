@@ -1217,6 +1217,9 @@ impl Config {
         if self.inputs.group_id.is_empty() {
             return Err(invalid("inputs.group_id", "must not be empty"));
         }
+        if let Some(id) = self.kafka.get("group.instance.id") {
+            validate_group_instance_id(&id.0)?;
+        }
         Ok(())
     }
 
@@ -1239,6 +1242,33 @@ impl Config {
     pub fn deadline_of(&self, table: &TableConfig) -> Dur {
         table.deadline.unwrap_or(self.detect.deadline)
     }
+}
+
+/// A static member's id (`kafka."group.instance.id"`) as Kafka accepts
+/// it: 1 to 249 characters of `[a-zA-Z0-9._-]`. An empty one would make
+/// the member dynamic without a word, and the broker refuses the others
+/// only once the group is joined.
+fn validate_group_instance_id(id: &str) -> Result<(), ConfigError> {
+    const SETTING: &str = "kafka.\"group.instance.id\"";
+    if id.is_empty() || id.len() > 249 {
+        return Err(invalid(
+            SETTING,
+            format!(
+                "must be 1 to 249 characters long, not {} (leave it out for a dynamic member)",
+                id.len()
+            ),
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(invalid(
+            SETTING,
+            format!("{id:?} holds {c:?}: only letters, digits, '.', '_' and '-' are allowed"),
+        ));
+    }
+    Ok(())
 }
 
 /// Applies `VIGIL_SECTION__FIELD=value` to a parsed TOML tree.
@@ -1563,5 +1593,36 @@ mod tests {
                 .to_string()
                 .contains("metrics.listen")
         );
+    }
+
+    #[test]
+    fn a_static_member_id_is_checked_before_joining() {
+        let with = |id: &str| {
+            parse(&format!(
+                "[kafka]\n\"bootstrap.servers\" = \"b:9092\"\n\"group.instance.id\" = \"{id}\"\n\
+                 [inputs]\ncache_topics = [\"c\"]\n"
+            ))
+            .unwrap()
+            .validate_for_run()
+        };
+        with("vigil-0.eu_west").unwrap();
+        for (id, says) in [
+            ("", "1 to 249"),
+            ("vigil 0", "' '"),
+            ("vigil/0", "'/'"),
+            (&"v".repeat(250), "not 250"),
+        ] {
+            let err = with(id).unwrap_err().to_string();
+            assert!(
+                err.contains("group.instance.id") && err.contains(says),
+                "{id:?}: {err}"
+            );
+        }
+        let env = vec![(
+            "VIGIL_KAFKA__GROUP_INSTANCE_ID".to_string(),
+            "pod-7".to_string(),
+        )];
+        let c = Config::parse_with_env("t", "", env).unwrap();
+        assert_eq!(c.kafka["group.instance.id"].0, "pod-7");
     }
 }

@@ -422,6 +422,7 @@ fn send_batch(
             source: Arc::clone(name),
             partition: 0,
             next_offset: line_no as i64 + 1,
+            event_time: None,
         }),
     }]);
     tx.send(msg).is_ok()

@@ -593,6 +593,7 @@ fn feed(
                 source: Arc::clone(name),
                 partition: p,
                 next_offset: batch.1,
+                event_time: None,
             }),
         }]))
         .is_ok()

@@ -74,6 +74,9 @@ pub struct Position {
     pub source: Arc<str>,
     pub partition: i32,
     pub next_offset: i64,
+    /// The highest event time read from the partition, filled in by the
+    /// router when it checkpoints the position (sources leave it `None`).
+    pub event_time: Option<Millis>,
 }
 
 /// Records of one input partition, in order.
@@ -98,7 +101,12 @@ pub enum SourceMsg {
     End { partitions: Vec<usize> },
     /// Partitions were assigned: new indices, or ones that ended before
     /// (all of one assignment in one message).
-    Assigned { partitions: Vec<usize> },
+    /// With each, the event time its stored position holds, if any: the
+    /// partition starts from it instead of holding the watermark back until
+    /// it shows a record.
+    Assigned {
+        partitions: Vec<(usize, Option<Millis>)>,
+    },
     /// Whether a partition has been read up to its end (live inputs: only
     /// a caught-up partition may be considered idle).
     CaughtUp { partition: usize, caught_up: bool },

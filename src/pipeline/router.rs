@@ -125,8 +125,11 @@ impl Router {
                 }
                 Ok(SourceMsg::Assigned { partitions }) => {
                     let now = self.clock.now_ms();
-                    for partition in partitions {
+                    for (partition, event_time) in partitions {
                         self.watermarks.open(partition, now);
+                        if let Some(ts) = event_time {
+                            self.watermarks.observe(partition, ts, now);
+                        }
                     }
                 }
                 Ok(SourceMsg::CaughtUp {
@@ -366,7 +369,14 @@ impl Router {
                 .send(TxMsg::Checkpoint { epoch: self.epoch })
                 .map_err(disconnected)?;
         }
-        let positions: Vec<Position> = self.positions.values().cloned().collect();
+        let positions: Vec<Position> = self
+            .positions
+            .iter()
+            .map(|(&index, p)| Position {
+                event_time: self.watermarks.event_time(index),
+                ..p.clone()
+            })
+            .collect();
         for p in self.retiring.drain(..) {
             self.positions.remove(&p);
         }

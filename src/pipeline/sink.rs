@@ -162,7 +162,7 @@ impl Sink {
                 Cf::Offsets,
                 p.partition,
                 codec::offset_key(&p.source, p.partition),
-                codec::offset_value(p.next_offset),
+                codec::offset_value(p.next_offset, p.event_time),
             );
         }
         fragments.push(offsets);

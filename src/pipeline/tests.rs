@@ -215,6 +215,7 @@ fn send(tx: &Sender<SourceMsg>, ingest: &Ingest, partition: usize, line: &str, o
         source: Arc::clone(&provenance.topic),
         partition: 0,
         next_offset: offset + 1,
+        event_time: None,
     });
     tx.send(SourceMsg::Batch(vec![PartitionBatch {
         partition,

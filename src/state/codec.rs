@@ -113,14 +113,33 @@ pub fn offset_key(source: &str, partition: i32) -> Vec<u8> {
     k
 }
 
-/// Value of an input position: the next offset to read.
-pub fn offset_value(next_offset: i64) -> Vec<u8> {
-    next_offset.to_le_bytes().to_vec()
+/// Value of an input position: the next offset to read, then (when the
+/// partition has shown one) the highest event time read from it, so that
+/// a restarted instance does not wait for a partition with nothing new to
+/// read to tell it the time again. Values of 8 bytes (offset only) are
+/// those written before the event time was kept.
+pub fn offset_value(next_offset: i64, event_time: Option<i64>) -> Vec<u8> {
+    let mut v = next_offset.to_le_bytes().to_vec();
+    if let Some(ts) = event_time {
+        v.extend_from_slice(&ts.to_le_bytes());
+    }
+    v
 }
 
 /// The next offset an [`offset_value`] holds (`None`: not one).
 pub fn parse_offset_value(value: &[u8]) -> Option<i64> {
-    value.try_into().ok().map(i64::from_le_bytes)
+    match value.len() {
+        8 | 16 => value[..8].try_into().ok().map(i64::from_le_bytes),
+        _ => None,
+    }
+}
+
+/// The event time an [`offset_value`] holds, if it holds one.
+pub fn parse_offset_event_time(value: &[u8]) -> Option<i64> {
+    match value.len() {
+        16 => value[8..].try_into().ok().map(i64::from_le_bytes),
+        _ => None,
+    }
 }
 
 /// Splits an offset key into source name and partition.
@@ -138,6 +157,20 @@ pub fn parse_offset_key(key: &[u8]) -> Option<(&str, i32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_keep_their_event_time_and_read_the_older_form() {
+        let v = offset_value(42, Some(1_700_000_000_000));
+        assert_eq!(parse_offset_value(&v), Some(42));
+        assert_eq!(parse_offset_event_time(&v), Some(1_700_000_000_000));
+        let old = offset_value(7, None);
+        assert_eq!(
+            (parse_offset_value(&old), parse_offset_event_time(&old)),
+            (Some(7), None)
+        );
+        assert_eq!(parse_offset_value(&[1, 2, 3]), None);
+        assert_eq!(parse_offset_event_time(&[0; 12]), None);
+    }
 
     #[test]
     fn values_round_trip_with_their_touch_time() {

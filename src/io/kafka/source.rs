@@ -177,6 +177,7 @@ impl SourceContext {
                 source: Arc::clone(&part.topic),
                 partition,
                 next_offset,
+                event_time: None,
             }),
         })
     }
@@ -274,12 +275,13 @@ impl SourceContext {
         let mut assigned = Vec::new();
         for elem in tpl.elements() {
             let (topic, partition) = (elem.topic().to_string(), elem.partition());
-            let stored = self
+            let value = self
                 .store
                 .get(Cf::Offsets, &codec::offset_key(&topic, partition))
                 .ok()
-                .flatten()
-                .and_then(|b| codec::parse_offset_value(&b));
+                .flatten();
+            let stored = value.as_deref().and_then(codec::parse_offset_value);
+            let event_time = value.as_deref().and_then(codec::parse_offset_event_time);
             if let Some(offset) = stored {
                 resumed.push((topic.clone(), partition, offset));
             }
@@ -287,7 +289,7 @@ impl SourceContext {
             part.assigned = true;
             part.caught_up = false;
             part.next_offset = stored;
-            assigned.push(part.index);
+            assigned.push((part.index, event_time));
         }
         shared.outbox.push_back(SourceMsg::Assigned {
             partitions: assigned,
@@ -311,6 +313,28 @@ impl SourceContext {
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "cannot take the assigned partitions");
+            return;
+        }
+        self.commit_resumed(consumer, &resumed);
+    }
+
+    /// Commits to Kafka the offsets resumed from vigil's state. Kafka's
+    /// committed offsets can be behind the state (an instance killed
+    /// between the state's commit and Kafka's), and a partition with
+    /// nothing new to read would keep the stale offset until its next
+    /// record: the group would look stalled to anything that follows its
+    /// offsets (lag alerts, a producer paced by them), for good when that
+    /// producer waits for the offsets to move before writing more.
+    fn commit_resumed(&self, consumer: &VigilConsumer, resumed: &[(String, i32, i64)]) {
+        if self.guarantee != Guarantee::AtLeastOnce || resumed.is_empty() {
+            return;
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (topic, partition, offset) in resumed {
+            let _ = offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+        }
+        if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
+            tracing::warn!(error = %e, "cannot commit the resumed offsets to Kafka (vigil's own state has them)");
         }
     }
 
