@@ -51,6 +51,20 @@ ensure_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# tansu, an independent Kafka-compatible broker: the recovery test runs
+# vigil against it as well as against librdkafka's mock cluster (see
+# DEVELOPERS.md). Installed with cargo, in a target directory of its own.
+TANSU_VERSION=0.6.0
+ensure_tansu() {
+  local tansu="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+  if [ -x "$tansu" ] && "$tansu" --version 2>/dev/null | grep -qx "tansu $TANSU_VERSION"; then
+    return 0
+  fi
+  say "installing tansu $TANSU_VERSION (the broker of the recovery test; about 20 minutes the first time)"
+  cargo install tansu --version "$TANSU_VERSION" --features dynostore \
+    --target-dir "$HOME/.cache/tansu-target"
+}
+
 ensure_rust() {
   if ! command -v cargo >/dev/null 2>&1; then
     say "cargo is not installed: install Rust 1.95 or later (https://rustup.rs), then run again"
@@ -84,6 +98,7 @@ case "$cmd" in
     command -v promtool >/dev/null 2>&1 || ensure_packages prometheus
     # The TLS test puts stunnel in front of tansu with a CA made by openssl.
     ensure_packages stunnel4 openssl
+    ensure_tansu
     if cargo nextest --version >/dev/null 2>&1; then
       cargo nextest run --release --locked --no-fail-fast "$@"
     else

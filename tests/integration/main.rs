@@ -13,6 +13,7 @@ mod cli;
 mod fake_registry;
 mod http;
 mod monitoring;
+mod recovery;
 mod replay;
 mod run;
 mod schemas;

@@ -1,0 +1,153 @@
+//! Crash recovery against tansu, an independent Kafka-compatible broker
+//! (`./dev.sh test` installs it, see DEVELOPERS.md): `vigil run` as a
+//! static group member, killed with SIGKILL mid-stream and started again
+//! with the same `group.instance.id`, takes its partitions back well before
+//! the killed member's session would have expired, and reports exactly what
+//! an uncrashed `vigil check` of the same records reports. `vigil torture
+//! --bootstrap` does the producing, killing and comparing.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+/// The version `./dev.sh test` installs.
+const TANSU_VERSION: &str = "0.6.0";
+
+/// The tansu binary: `$TANSU`, else cargo's bin directory, else `PATH`.
+fn tansu_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TANSU") {
+        return PathBuf::from(path);
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    match cargo_home.map(|h| h.join("bin/tansu")) {
+        Some(path) if path.is_file() => path,
+        _ => PathBuf::from("tansu"),
+    }
+}
+
+/// A tansu broker on a free port, in memory, stopped when dropped.
+struct Tansu {
+    child: Child,
+    port: u16,
+}
+
+impl Tansu {
+    fn start(dir: &std::path::Path) -> Self {
+        let binary = tansu_binary();
+        let version = Command::new(&binary).arg("--version").output();
+        let found = version
+            .as_ref()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        assert!(
+            matches!(&found, Ok(v) if v == &format!("tansu {TANSU_VERSION}")),
+            "tansu {TANSU_VERSION} is needed by this test and was not found at {} ({found:?}): \
+             `./dev.sh test` installs it (cargo install tansu --version {TANSU_VERSION} \
+             --features dynostore), or set TANSU to its path",
+            binary.display()
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.join("tansu.log")).unwrap();
+        let child = Command::new(&binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+            ])
+            .arg(&url)
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tansu starts");
+        let tansu = Tansu { child, port };
+        assert!(
+            wait_until(Duration::from_secs(30), || TcpStream::connect((
+                "127.0.0.1",
+                tansu.port
+            ))
+            .is_ok()),
+            "tansu did not listen on port {port}"
+        );
+        tansu
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_static_member_killed_on_tansu_resumes_at_once_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start(dir.path());
+    let out = run(vigil()
+        .args([
+            "torture",
+            "--records",
+            "100000",
+            "--kills",
+            "1",
+            "--outage",
+            "0s",
+            "--store-failure",
+            "false",
+            "--seed",
+            "6",
+            "--group-instance-id",
+            "vigil-recovery-0",
+            "--bootstrap",
+        ])
+        .arg(format!("127.0.0.1:{}", tansu.port))
+        .arg("--dir")
+        .arg(dir.path().join("torture")));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "torture on tansu found a loss:\n{stdout}\n{stderr}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    let kills: Vec<&&str> = lines.iter().filter(|l| l.starts_with("kill ")).collect();
+    assert_eq!(kills.len(), 1, "{stdout}");
+    // Killed mid-stream: vigil had not committed the whole workload.
+    let committed: u64 = kills[0]
+        .split_once(" records produced (")
+        .and_then(|(_, rest)| rest.split_once(' '))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no offsets committed in {}", kills[0]));
+    assert!(committed < 100_000, "{stdout}");
+    // The killed member's session (30 s) never had to expire: the
+    // restarted one had its partitions and committed within half of it.
+    assert!(
+        kills[0].contains("committing again after")
+            && kills[0].contains("(static member: within half its 30s session timeout)"),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("violations:") && l.contains(" 0 missing, 0 extra")),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("final state:") && l.contains(", 0 differ")),
+        "{stdout}"
+    );
+    assert_eq!(lines.last(), Some(&"verdict: no loss"), "{stdout}");
+}
