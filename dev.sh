@@ -51,7 +51,7 @@ ensure_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-# tansu, an independent Kafka-compatible broker: the recovery test runs
+# tansu, an independent Kafka-compatible broker: the TLS and recovery tests run
 # vigil against it as well as against librdkafka's mock cluster (see
 # DEVELOPERS.md). Installed with cargo, in a target directory of its own.
 TANSU_VERSION=0.6.0
@@ -60,7 +60,7 @@ ensure_tansu() {
   if [ -x "$tansu" ] && "$tansu" --version 2>/dev/null | grep -qx "tansu $TANSU_VERSION"; then
     return 0
   fi
-  say "installing tansu $TANSU_VERSION (the broker of the recovery test; about 20 minutes the first time)"
+  say "installing tansu $TANSU_VERSION (the broker of the TLS and recovery tests; about 20 minutes the first time)"
   cargo install tansu --version "$TANSU_VERSION" --features dynostore \
     --target-dir "$HOME/.cache/tansu-target"
 }

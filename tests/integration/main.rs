@@ -20,6 +20,7 @@ mod schemas;
 mod storms;
 mod streams;
 mod support;
+mod tansu;
 mod tls;
 mod torture;
 mod transactions;

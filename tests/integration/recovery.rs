@@ -6,88 +6,8 @@
 //! an uncrashed `vigil check` of the same records reports. `vigil torture
 //! --bootstrap` does the producing, killing and comparing.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use crate::support::*;
-
-/// The version `./dev.sh test` installs.
-const TANSU_VERSION: &str = "0.6.0";
-
-/// The tansu binary: `$TANSU`, else cargo's bin directory, else `PATH`.
-fn tansu_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("TANSU") {
-        return PathBuf::from(path);
-    }
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-    match cargo_home.map(|h| h.join("bin/tansu")) {
-        Some(path) if path.is_file() => path,
-        _ => PathBuf::from("tansu"),
-    }
-}
-
-/// A tansu broker on a free port, in memory, stopped when dropped.
-struct Tansu {
-    child: Child,
-    port: u16,
-}
-
-impl Tansu {
-    fn start(dir: &std::path::Path) -> Self {
-        let binary = tansu_binary();
-        let version = Command::new(&binary).arg("--version").output();
-        let found = version
-            .as_ref()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-        assert!(
-            matches!(&found, Ok(v) if v == &format!("tansu {TANSU_VERSION}")),
-            "tansu {TANSU_VERSION} is needed by this test and was not found at {} ({found:?}): \
-             `./dev.sh test` installs it (cargo install tansu --version {TANSU_VERSION} \
-             --features dynostore), or set TANSU to its path",
-            binary.display()
-        );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.join("tansu.log")).unwrap();
-        let child = Command::new(&binary)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-            ])
-            .arg(&url)
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("tansu starts");
-        let tansu = Tansu { child, port };
-        assert!(
-            wait_until(Duration::from_secs(30), || TcpStream::connect((
-                "127.0.0.1",
-                tansu.port
-            ))
-            .is_ok()),
-            "tansu did not listen on port {port}"
-        );
-        tansu
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::tansu::Tansu;
 
 // Not in the default run yet: in 3 of 10 runs it failed, once because the
 // tansu process itself exited mid-run (the restarted vigil then never

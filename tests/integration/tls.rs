@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -19,8 +19,7 @@ use serde_json::Value;
 
 use crate::broker::{CHANGELOG, DLQ, Daemon, STORMS, VIOLATIONS, read_until, run_config};
 use crate::support::*;
-
-const TANSU_VERSION: &str = "0.6.0";
+use crate::tansu::Tansu;
 
 /// Runs a setup command, failing the test with its output if it fails.
 fn setup(cmd: &mut Command) {
@@ -87,17 +86,6 @@ fn certificates(dir: &Path) {
     ]);
 }
 
-/// The tansu binary: cargo's bin directory, else `PATH`.
-fn tansu_binary() -> PathBuf {
-    let cargo_bin = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .map(|h| h.join("bin/tansu"));
-    cargo_bin
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("tansu"))
-}
-
 /// Child processes killed when the test ends, however it ends.
 struct Children(Vec<Child>);
 
@@ -110,36 +98,10 @@ impl Drop for Children {
     }
 }
 
-fn listening(port: u16) -> bool {
-    wait_until(Duration::from_secs(20), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-}
-
 /// tansu in plain text on `plain`, advertising `tls`, where stunnel
 /// terminates TLS with the test CA's certificate.
-fn broker_behind_tls(dir: &Path, plain: u16, tls: u16) -> Children {
-    let tansu = tansu_binary();
-    let version = Command::new(&tansu).arg("--version").output();
-    assert!(
-        matches!(&version, Ok(v) if String::from_utf8_lossy(&v.stdout).trim() == format!("tansu {TANSU_VERSION}")),
-        "tansu {TANSU_VERSION} is needed ({} answered {version:?}): ./dev.sh test installs it",
-        tansu.display()
-    );
-    let log = |name: &str| Stdio::from(fs::File::create(dir.join(name)).unwrap());
-    let mut children = Children(Vec::new());
-    children.0.push(
-        Command::new(&tansu)
-            .args(["broker", "--listener-url"])
-            .arg(format!("tcp://127.0.0.1:{plain}"))
-            .arg("--advertised-listener-url")
-            .arg(format!("tcp://127.0.0.1:{tls}"))
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(log("tansu.log"))
-            .stderr(log("tansu.err"))
-            .spawn()
-            .expect("tansu starts"),
-    );
+fn broker_behind_tls(dir: &Path, plain: u16, tls: u16) -> (Tansu, Children) {
+    let tansu = Tansu::start_advertising(dir, plain, tls);
     let conf = dir.join("stunnel.conf");
     fs::write(
         &conf,
@@ -150,17 +112,22 @@ fn broker_behind_tls(dir: &Path, plain: u16, tls: u16) -> Children {
         ),
     )
     .unwrap();
-    children.0.push(
+    let log = |name: &str| Stdio::from(fs::File::create(dir.join(name)).unwrap());
+    let stunnel = Children(vec![
         Command::new("stunnel4")
             .arg(&conf)
             .stdout(log("stunnel.log"))
             .stderr(log("stunnel.err"))
             .spawn()
             .expect("stunnel4 starts (./dev.sh test installs it)"),
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", tls)).is_ok()
+        }),
+        "stunnel listens on {tls}"
     );
-    assert!(listening(plain), "tansu listens on {plain}");
-    assert!(listening(tls), "stunnel listens on {tls}");
-    children
+    (tansu, stunnel)
 }
 
 /// The TLS settings of a client that trusts `ca`.
@@ -178,26 +145,16 @@ fn vigil_reaches_a_broker_only_through_tls_and_names_a_wrong_ca() {
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
     let (plain, tls) = (free_port(), free_port());
-    let _broker = broker_behind_tls(dir.path(), plain, tls);
+    let (tansu, _stunnel) = broker_behind_tls(dir.path(), plain, tls);
     let cdc = ["gen.public.t0", "gen.public.t1", "gen.public.t2"];
     for topic in cdc
         .iter()
         .chain(&["cache-events", "__debezium-heartbeat.gen"])
     {
-        setup(
-            Command::new(tansu_binary())
-                .args(["topic", "create", "--partitions", "3", "--broker"])
-                .arg(format!("tcp://127.0.0.1:{plain}"))
-                .arg(topic),
-        );
+        tansu.create_topic(topic, 3);
     }
     for topic in [VIOLATIONS, DLQ, STORMS, CHANGELOG, "vigil.incidents"] {
-        setup(
-            Command::new(tansu_binary())
-                .args(["topic", "create", "--partitions", "1", "--broker"])
-                .arg(format!("tcp://127.0.0.1:{plain}"))
-                .arg(topic),
-        );
+        tansu.create_topic(topic, 1);
     }
     let bootstrap = format!("127.0.0.1:{tls}");
     let ca = dir.path().join("ca.pem");
