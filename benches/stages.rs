@@ -224,7 +224,7 @@ fn changes() -> Vec<&'static Change> {
         .iter()
         .filter_map(|r| match r {
             Record::Change(c) => Some(c),
-            Record::Cache(..) | Record::Transaction(_) => None,
+            Record::Cache(..) | Record::Transaction(_) | Record::Tick(_) => None,
         })
         .collect()
 }
@@ -519,7 +519,7 @@ fn key_inputs(records: &'static [Record]) -> KeyInputs {
     let (mut invalidations, mut fills) = (Vec::new(), Vec::new());
     for (event, evidence) in records.iter().filter_map(|r| match r {
         Record::Cache(e, evidence) => Some((e, evidence)),
-        Record::Change(_) | Record::Transaction(_) => None,
+        Record::Change(_) | Record::Transaction(_) | Record::Tick(_) => None,
     }) {
         let service = event.source_service.clone();
         match event.action() {

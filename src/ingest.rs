@@ -48,6 +48,9 @@ pub enum Record {
     Cache(CacheEvent, Provenance),
     /// A transaction's BEGIN or END (with `detect.transactions`).
     Transaction(TxBoundary),
+    /// The time of a Debezium heartbeat: it moves its partition's event
+    /// time and nothing else.
+    Tick(Millis),
 }
 
 impl Record {
@@ -57,6 +60,7 @@ impl Record {
             Record::Change(c) => c.commit_ts_ms,
             Record::Cache(e, _) => e.ts_ms,
             Record::Transaction(b) => b.ts,
+            Record::Tick(ts) => *ts,
         }
     }
 }
@@ -354,6 +358,11 @@ impl Ingest {
         let changes: Vec<RawChange<'_>> = match decoded {
             DecodedCdc::Skipped(kind) => {
                 self.stats.add_skipped(kind);
+                return Ok(());
+            }
+            DecodedCdc::Heartbeat(ts) => {
+                self.stats.add_skipped(Skip::Heartbeat);
+                out.push(Record::Tick(ts));
                 return Ok(());
             }
             DecodedCdc::Transaction(_) if !self.transactions => {

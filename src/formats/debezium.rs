@@ -783,14 +783,20 @@ mod tests {
     }
 
     #[test]
-    fn heartbeats_and_schema_changes_are_skipped() {
-        assert_eq!(skipped(r#"{"ts_ms":1714564800000}"#), Skip::Heartbeat);
+    fn heartbeats_keep_their_time_and_schema_changes_are_skipped() {
+        let heartbeat = |text| decode_cdc(Some(text), Flattened::Nowhere);
         assert_eq!(
-            skipped(
+            heartbeat(r#"{"ts_ms":1714564800000}"#),
+            Ok(DecodedCdc::Heartbeat(1714564800000))
+        );
+        assert_eq!(
+            heartbeat(
                 r#"{"schema":{"type":"struct","fields":[{"type":"int64","optional":false,"field":"ts_ms"}],"optional":false,"name":"io.debezium.connector.common.Heartbeat"},"payload":{"ts_ms":1714564800000}}"#
             ),
-            Skip::Heartbeat
+            Ok(DecodedCdc::Heartbeat(1714564800000))
         );
+        // A time that does not read as one: still a heartbeat, skipped.
+        assert_eq!(skipped(r#"{"ts_ms":"soon"}"#), Skip::Heartbeat);
         assert_eq!(skipped(r#"{"schema":{},"payload":null}"#), Skip::Tombstone);
         assert_eq!(skipped("null"), Skip::Tombstone);
         assert_eq!(

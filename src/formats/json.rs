@@ -591,7 +591,11 @@ pub(crate) fn decode_by_shape<'a>(
     if transaction::is_marker(&object) {
         transaction::decode(&object)
     } else if object.fields.len() == 1 && object.has("ts_ms") {
-        Ok(DecodedCdc::Skipped(Skip::Heartbeat))
+        // A heartbeat whose time does not read as one is still a heartbeat.
+        Ok(object
+            .get("ts_ms")
+            .and_then(|ts| millis(ts, Field::new("ts_ms")).ok())
+            .map_or(DecodedCdc::Skipped(Skip::Heartbeat), DecodedCdc::Heartbeat))
     } else if debezium::is_envelope(&object) {
         debezium::decode(&object)
     } else if cloudevents::matches(&object) {

@@ -238,6 +238,10 @@ pub enum DecodedCdc<'a> {
     Changes(Vec<RawChange<'a>>),
     /// A transaction's BEGIN or END.
     Transaction(TxMarker<'a>),
+    /// A Debezium heartbeat, with its `ts_ms`: nothing to check, but the
+    /// time moves its partition's event time (a partition that carries only
+    /// heartbeats would otherwise hold the watermark back).
+    Heartbeat(Millis),
     Skipped(Skip),
 }
 
@@ -379,7 +383,7 @@ mod tests {
                     });
                 }
             }
-            Ok(DecodedCdc::Skipped(_) | DecodedCdc::Transaction(_)) => {}
+            Ok(DecodedCdc::Skipped(_) | DecodedCdc::Transaction(_) | DecodedCdc::Heartbeat(_)) => {}
             Err(e) => assert!(not_invalid(&e), "{text}: {e}"),
         }
         if let Some(row) = decode_key(text) {

@@ -5,15 +5,7 @@
 
 use crate::support::*;
 
-// Not in the default run yet: in about 1 run in 5 under a loaded machine,
-// the second kill lands after the killed vigil read most of the end
-// markers, and the violations after the first kill are never reported
-// (771 of 3,863 published; the final state holds their changes pending).
-// Likely cause: the heartbeat topic's partition 0 holds only heartbeats
-// (no event time) and its end marker; see DEVELOPERS.md. Run it with
-// `cargo nextest run --release --run-ignored all -E 'test(torture)'`.
 #[test]
-#[ignore = "verdicts can be lost after a late kill (about 1 run in 5); see the comment"]
 fn torture_loses_nothing_through_kills_an_outage_and_a_full_store() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(vigil()
