@@ -369,7 +369,7 @@ pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::super::testing::{avro_record, avro_schema, changes};
-    use super::super::{DecodedCdc, Skip, framed};
+    use super::super::{DecodedCdc, framed};
     use super::*;
 
     fn union(index: u32, value: Value) -> Value {
@@ -598,7 +598,7 @@ pub(crate) mod tests {
         .unwrap();
         assert!(matches!(
             decoded(&heartbeat, record(vec![("ts_ms", Value::Long(1))])),
-            BinaryEnvelope::Skipped(Skip::Heartbeat)
+            BinaryEnvelope::Heartbeat(1)
         ));
         let other = WriterSchema::parse(
             6,

@@ -22,7 +22,7 @@ use super::debezium::{self, SourceMeta, Transaction};
 use super::json::{Field, millis};
 use super::{DecodedCdc, Row, Skip};
 use crate::dead_letter::{Reason, RecordError};
-use crate::model::Op;
+use crate::model::{Millis, Op};
 
 /// Column names and their values as JSON text.
 pub(super) type OwnedRow = Vec<(String, Box<RawValue>)>;
@@ -32,6 +32,8 @@ pub(super) type OwnedRow = Vec<(String, Box<RawValue>)>;
 #[derive(Debug)]
 pub enum BinaryEnvelope {
     Change(Box<EnvelopeParts>),
+    /// A heartbeat with its `ts_ms` (see [`DecodedCdc::Heartbeat`]).
+    Heartbeat(Millis),
     Skipped(Skip),
 }
 
@@ -97,7 +99,12 @@ pub(super) fn read_envelope<F: Fields>(
     if has("id") && has("status") && has("event_count") {
         Ok(BinaryEnvelope::Skipped(Skip::TransactionMetadata))
     } else if top.field_count() == 1 && has("ts_ms") {
-        Ok(BinaryEnvelope::Skipped(Skip::Heartbeat))
+        // A heartbeat whose time does not read as one is still a heartbeat.
+        let ts = top.count("ts_ms").ok().flatten();
+        Ok(ts.and_then(|ts| Millis::try_from(ts).ok()).map_or(
+            BinaryEnvelope::Skipped(Skip::Heartbeat),
+            BinaryEnvelope::Heartbeat,
+        ))
     } else if has("op") && (has("before") || has("after") || has("source")) {
         envelope(top)
     } else if has("ddl") && has("tableChanges") {
@@ -159,6 +166,7 @@ impl BinaryEnvelope {
     pub fn view(&self) -> Result<DecodedCdc<'_>, RecordError> {
         let parts = match self {
             BinaryEnvelope::Skipped(skip) => return Ok(DecodedCdc::Skipped(*skip)),
+            BinaryEnvelope::Heartbeat(ts) => return Ok(DecodedCdc::Heartbeat(*ts)),
             BinaryEnvelope::Change(parts) => parts,
         };
         let mut source = SourceMeta::default();

@@ -463,7 +463,7 @@ mod tests {
         let bytes = proto_record(&heartbeat, &[0], r#"{"ts_ms":1}"#);
         assert!(matches!(
             decode_envelope(&heartbeat, payload(&bytes)).unwrap(),
-            BinaryEnvelope::Skipped(super::super::Skip::Heartbeat)
+            BinaryEnvelope::Heartbeat(1)
         ));
         let schema = proto_schema(2, "debezium-mysql-users.proto");
         let json = mysql_update().1.replace(r#""op":"u""#, r#""op":"x""#);
