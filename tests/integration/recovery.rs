@@ -9,12 +9,7 @@
 use crate::support::*;
 use crate::tansu::Tansu;
 
-// Not in the default run yet: in 3 of 10 runs it failed, once because the
-// tansu process itself exited mid-run (the restarted vigil then never
-// committed again), twice not yet explained. Run it with `cargo nextest
-// run --release --run-ignored all -E 'test(a_static_member_killed)'`.
 #[test]
-#[ignore = "flaky on tansu (3 runs in 10 failed); see the comment"]
 fn a_static_member_killed_on_tansu_resumes_at_once_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let tansu = Tansu::start(dir.path());
