@@ -224,9 +224,7 @@ fn flatten(prefix: &str, map: &Map<String, Value>, out: &mut Vec<(String, String
         let name = format!("{prefix}{name}");
         match value {
             Value::Object(inner) if !is_leaf(inner) => flatten(&format!("{name}."), inner, out),
-            Value::Array(items)
-                if prefix.is_empty() && records(value).is_some() && !items.is_empty() => {}
-            Value::Array(items) if items.is_empty() && prefix.is_empty() => {}
+            Value::Array(_) if prefix.is_empty() && records(value).is_some() => {}
             _ => out.push((name.clone(), cell(&name, value))),
         }
     }

@@ -143,23 +143,32 @@ fn assert_ends_as_from_start(dir: &Path, state: &Path, replayed: &[&Path]) {
     let files: Vec<_> = dirs.iter().map(|d| d.join("violations.ndjson")).collect();
     let replayed = by_id(&files.iter().map(|f| f.as_path()).collect::<Vec<_>>());
     assert!(live.len() > 100, "{} violations", live.len());
-    assert!(
-        replayed == live,
-        "{} violations after the replay, {} from the start; differing ids: {:?}",
-        replayed.len(),
-        live.len(),
-        replayed
-            .keys()
-            .filter(|id| replayed.get(*id) != live.get(*id))
-            .chain(live.keys().filter(|id| !replayed.contains_key(*id)))
-            .take(5)
-            .collect::<Vec<_>>()
-    );
+    assert_same_by_id(&replayed, &live, "after the replay");
     let (after_replay, from_start) = (state_of(state), state_of(&dir.join("s2")));
     assert_eq!(after_replay.entities, from_start.entities);
     assert!(
         after_replay.keys == from_start.keys,
         "key states differ after the replay"
+    );
+}
+
+/// Asserts that `got` (violations by id, `what` they are) equals `expected`,
+/// naming the first ids that differ.
+fn assert_same_by_id(
+    got: &BTreeMap<String, Value>,
+    expected: &BTreeMap<String, Value>,
+    what: &str,
+) {
+    assert!(
+        got == expected,
+        "{} violations {what}, {} expected; first differing ids: {:?}",
+        got.len(),
+        expected.len(),
+        got.keys()
+            .filter(|id| got.get(*id) != expected.get(*id))
+            .chain(expected.keys().filter(|id| !got.contains_key(*id)))
+            .take(5)
+            .collect::<Vec<_>>()
     );
 }
 
@@ -566,18 +575,7 @@ fn replay_to_pipeline_publishes_exactly_the_added_violations_to_the_output_topic
         .into_iter()
         .map(|v| (v["id"].as_str().unwrap().to_owned(), v))
         .collect();
-    assert!(
-        published == expected,
-        "{} published, {} expected; first differing ids: {:?}",
-        published.len(),
-        expected.len(),
-        published
-            .keys()
-            .filter(|id| published.get(*id) != expected.get(*id))
-            .chain(expected.keys().filter(|id| !published.contains_key(*id)))
-            .take(5)
-            .collect::<Vec<_>>()
-    );
+    assert_same_by_id(&published, &expected, "published");
     assert_eq!(records_in(&broker, DLQ), 0, "nothing dead-lettered again");
     // The broken run's storms are in its files; the replay adds none.
     assert_eq!(records_in(&broker, STORMS), 0);

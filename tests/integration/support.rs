@@ -269,3 +269,32 @@ pub fn http_get(port: u16, path: &str, token: Option<&str>) -> Option<HttpRespon
         body: body.to_string(),
     })
 }
+
+/// Runs a `vigil torture` command and checks its report: exit status 0, no
+/// violation missing or extra, no final-state entry differing, and the
+/// verdict "no loss" last. Returns its stdout.
+pub fn torture_without_loss(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "torture found a loss:\n{stdout}\n{stderr}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("violations:") && l.contains(" 0 missing, 0 extra")),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("final state:") && l.contains(", 0 differ")),
+        "{stdout}"
+    );
+    assert_eq!(lines.last(), Some(&"verdict: no loss"), "{stdout}");
+    stdout
+}

@@ -86,21 +86,19 @@ fn certificates(dir: &Path) {
     ]);
 }
 
-/// Child processes killed when the test ends, however it ends.
-struct Children(Vec<Child>);
+/// The TLS terminator, stopped when the test ends, however it ends.
+struct Stunnel(Child);
 
-impl Drop for Children {
+impl Drop for Stunnel {
     fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
 /// tansu in plain text on `plain`, advertising `tls`, where stunnel
 /// terminates TLS with the test CA's certificate.
-fn broker_behind_tls(dir: &Path, plain: u16, tls: u16) -> (Tansu, Children) {
+fn broker_behind_tls(dir: &Path, plain: u16, tls: u16) -> (Tansu, Stunnel) {
     let tansu = Tansu::start_advertising(dir, plain, tls);
     let conf = dir.join("stunnel.conf");
     fs::write(
@@ -113,14 +111,14 @@ fn broker_behind_tls(dir: &Path, plain: u16, tls: u16) -> (Tansu, Children) {
     )
     .unwrap();
     let log = |name: &str| Stdio::from(fs::File::create(dir.join(name)).unwrap());
-    let stunnel = Children(vec![
+    let stunnel = Stunnel(
         Command::new("stunnel4")
             .arg(&conf)
             .stdout(log("stunnel.log"))
             .stderr(log("stunnel.err"))
             .spawn()
             .expect("stunnel4 starts (./dev.sh test installs it)"),
-    ]);
+    );
     assert!(
         wait_until(Duration::from_secs(20), || {
             TcpStream::connect(("127.0.0.1", tls)).is_ok()

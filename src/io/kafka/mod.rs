@@ -129,15 +129,14 @@ pub fn reach_brokers(config: &Config, timeout: Duration) -> Result<(), KafkaSetu
     let deadline = Instant::now() + timeout;
     let e = loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match client.fetch_metadata(None, left.min(Duration::from_secs(1))) {
+        let asked = client.fetch_metadata(None, left.min(Duration::from_secs(1)));
+        let _ = client.poll(Duration::ZERO);
+        match asked {
             Ok(_) => return Ok(()),
-            Err(e) if left.is_zero() || Instant::now() >= deadline => break e,
-            Err(_) => {
-                let _ = client.poll(Duration::ZERO);
-            }
+            Err(e) if Instant::now() >= deadline => break e,
+            Err(_) => {}
         }
     };
-    let _ = client.poll(Duration::ZERO);
     let latest = client.context().0.lock().ok().and_then(|l| l.clone());
     Err(KafkaSetupError::Unreachable {
         servers: config
