@@ -279,12 +279,15 @@ impl KeyState {
         for c in &mut self.changes {
             decide_change(c, key, wm, rules, out);
         }
-        let (ready, waiting): (Vec<Fill>, Vec<Fill>) = std::mem::take(&mut self.fills)
-            .into_iter()
-            .partition(|f| f.ts <= wm);
-        self.fills = waiting;
         let history = self.history_start(rules);
-        for mut fill in ready {
+        // The fills the watermark has reached, in the order they came.
+        let mut i = 0;
+        while i < self.fills.len() {
+            if self.fills[i].ts > wm {
+                i += 1;
+                continue;
+            }
+            let mut fill = self.fills.remove(i);
             if let Some(v) = self.judge_fill(&fill, key, rules)
                 && fill.reported != Some(v.kind)
             {
@@ -294,6 +297,10 @@ impl KeyState {
             if fill.ts > history {
                 push_bounded(&mut self.judged, fill, rules.max_changes);
             }
+        }
+        if self.fills.is_empty() {
+            // Most keys see a fill or two: their room is not kept.
+            self.fills = Vec::new();
         }
         let cutoff = rules.forget_before(wm, self.touched);
         self.invalidations.retain(|i| i.ts >= cutoff);

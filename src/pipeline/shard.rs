@@ -253,7 +253,8 @@ fn after_change(
 }
 
 /// Fires the timer of a key, armed and due by `wm`: the detector settles
-/// what the watermark decides, and the key is armed again for what is left.
+/// what the watermark decides (into `out`), and the key is armed again for
+/// what is left.
 fn fire(
     key: &str,
     (at, slot): (Handle, &mut Slot<KeyEntry>),
@@ -261,17 +262,16 @@ fn fire(
     rules: &KeyRules,
     timers: &mut TimerQueue<Armed>,
     open: &mut OpenKeys,
-) -> Decisions {
+    out: &mut Decisions,
+) {
     let entry = &mut slot.value;
     entry.stored.armed = None;
-    let mut decisions = Decisions::default();
-    let next = entry.stored.state.advance(key, wm, rules, &mut decisions);
+    let next = entry.stored.state.advance(key, wm, rules, out);
     if let Some(next) = next.filter(|n| *n > wm) {
         entry.stored.armed = Some(next);
         timers.push(next, armed(key, slot.scope, at));
     }
     after_change(key, (at, slot), rules, timers, open);
-    decisions
 }
 
 /// The timer of a key in memory.
@@ -420,22 +420,23 @@ impl Shard {
     /// then re-arms its timer and files it among the open keys. A timer of
     /// the key that `wm` has passed fires first, as if it had fired when the
     /// watermark came (timers fire a few at a time, see
-    /// [`Shard::fire_due`]): its decisions are returned with `f`'s result.
+    /// [`Shard::fire_due`]): its decisions go to `out`.
     pub(super) fn update_key<R>(
         &mut self,
         key: &str,
         scope: i32,
         wm: Millis,
+        out: &mut Decisions,
         f: impl FnOnce(&mut KeyState, &KeyRules, &Wildcards) -> R,
-    ) -> Result<(R, Option<Decisions>), StateError> {
+    ) -> Result<R, StateError> {
         let (store, open) = (&*self.store, &self.open);
         let (at, slot) = self
             .keys
             .change(key, scope, |k| load_key(store, k, scope, open))?;
-        let fired = (slot.value.stored.armed.is_some_and(|due| due <= wm)).then(|| {
+        if slot.value.stored.armed.is_some_and(|due| due <= wm) {
             let (rules, timers, open) = (&self.rules, &mut self.timers, &mut self.open);
-            fire(key, (at, &mut *slot), wm, rules, timers, open)
-        });
+            fire(key, (at, &mut *slot), wm, rules, timers, open, out);
+        }
         let result = f(&mut slot.value.stored.state, &self.rules, &self.wildcards);
         after_change(
             key,
@@ -444,7 +445,7 @@ impl Shard {
             &mut self.timers,
             &mut self.open,
         );
-        Ok((result, fired))
+        Ok(result)
     }
 
     /// The state of a change's entity (read from the store if not in
@@ -504,13 +505,13 @@ impl Shard {
         }
     }
 
-    /// Fires up to `n` of the timers `wm` has passed, handing each key's
-    /// decisions to `record`.
+    /// Fires up to `n` of the timers `wm` has passed, their decisions going
+    /// to `out`.
     pub(super) fn fire_due(
         &mut self,
         wm: Millis,
         n: usize,
-        record: &mut impl FnMut(Decisions),
+        out: &mut Decisions,
     ) -> Result<(), StateError> {
         for _ in 0..n {
             let Some((due, Armed { key, scope, slot })) = self.timers.pop_due(wm) else {
@@ -542,14 +543,15 @@ impl Shard {
             else {
                 continue;
             };
-            record(fire(
+            fire(
                 &key,
                 found,
                 wm,
                 &self.rules,
                 &mut self.timers,
                 &mut self.open,
-            ));
+                out,
+            );
         }
         Ok(())
     }

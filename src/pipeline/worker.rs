@@ -45,6 +45,9 @@ pub(super) struct Worker {
 /// What the detectors decided since they were last sent or counted.
 struct Verdicts {
     stats: Arc<Stats>,
+    /// The key checks' decisions not counted yet (see [`Verdicts::record`]);
+    /// its vectors keep their room from one record to the next.
+    decided: Decisions,
     violations: Vec<Violation>,
     /// Changes decided since the last checkpoint, by table.
     tallies: BTreeMap<Arc<str>, TableTally>,
@@ -54,7 +57,10 @@ struct Verdicts {
 }
 
 impl Verdicts {
-    fn record(&mut self, d: Decisions) {
+    /// Counts the key checks' decisions since the last call, and keeps their
+    /// violations to send.
+    fn record(&mut self) {
+        let d = &mut self.decided;
         if let Some(t) = &mut self.incidents {
             for ((table, _), (due, service)) in d.in_time.iter().zip(&d.in_time_due) {
                 t.in_time(*due, table, service.as_deref());
@@ -63,7 +69,8 @@ impl Verdicts {
                 t.violation(v);
             }
         }
-        for (table, lag) in d.in_time {
+        d.in_time_due.clear();
+        for (table, lag) in d.in_time.drain(..) {
             let t = self.tallies.entry(table).or_default();
             t.decided += 1;
             t.in_time += 1;
@@ -77,9 +84,11 @@ impl Verdicts {
                     .decided += 1;
             }
         }
-        self.stats.add_expired_missed(d.expired);
-        self.stats.add_key_history_evictions(d.evicted);
-        self.violations.extend(d.violations);
+        self.stats
+            .add_expired_missed(std::mem::take(&mut d.expired));
+        self.stats
+            .add_key_history_evictions(std::mem::take(&mut d.evicted));
+        self.violations.append(&mut d.violations);
     }
 }
 
@@ -118,6 +127,7 @@ impl Worker {
             latest: Millis::MIN,
             verdicts: Verdicts {
                 stats: Arc::clone(&engine.stats),
+                decided: Decisions::default(),
                 violations: Vec::new(),
                 tallies: BTreeMap::new(),
                 incidents: incidents.as_ref().map(|_| Tallies::default()),
@@ -286,7 +296,8 @@ impl Worker {
     fn apply(&mut self, item: WorkItem) -> Result<(), PipelineError> {
         self.latest = self.latest.max(item.event_ts());
         let wm = self.watermark;
-        let fired = match item {
+        let out = &mut self.verdicts.decided;
+        match item {
             WorkItem::Entity { change, scope } => {
                 let state = self.shard.entity(&change, scope)?;
                 match entity::check(state, &change) {
@@ -294,21 +305,18 @@ impl Worker {
                     EntityVerdict::Accepted => {}
                     EntityVerdict::Violation(v) => self.verdicts.violations.push(*v),
                 }
-                None
             }
             WorkItem::Change { key, change, scope } => {
-                let (_, fired) =
-                    self.shard
-                        .update_key(&key, scope, wm, |state, rules, globs| {
-                            state.on_change(&change, globs.matching(&key), rules)
-                        })?;
-                fired
+                self.shard
+                    .update_key(&key, scope, wm, out, |state, rules, globs| {
+                        state.on_change(&change, globs.matching(&key), rules)
+                    })?;
             }
             WorkItem::Invalidation { key, inv, scope } => {
-                let (_, fired) = self.shard.update_key(&key, scope, wm, |state, rules, _| {
-                    state.on_invalidation(&inv, true, rules)
-                })?;
-                fired
+                self.shard
+                    .update_key(&key, scope, wm, out, |state, rules, _| {
+                        state.on_invalidation(&inv, true, rules)
+                    })?;
             }
             WorkItem::Wildcard {
                 pattern,
@@ -316,40 +324,32 @@ impl Worker {
                 scope,
             } => {
                 for (key, key_scope) in self.shard.open_matching(&pattern) {
-                    let (_, fired) =
-                        self.shard
-                            .update_key(&key, key_scope, wm, |state, rules, _| {
-                                // The key's due timer, fired just before, may have
-                                // decided every change: the glob then passes it by,
-                                // as if the timer had fired when the watermark came.
-                                if state.has_undecided() {
-                                    state.on_invalidation(&inv, false, rules);
-                                }
-                            })?;
-                    if let Some(d) = fired {
-                        self.verdicts.record(d);
-                    }
+                    self.shard
+                        .update_key(&key, key_scope, wm, out, |state, rules, _| {
+                            // The key's due timer, fired just before, may have
+                            // decided every change: the glob then passes it by,
+                            // as if the timer had fired when the watermark came.
+                            if state.has_undecided() {
+                                state.on_invalidation(&inv, false, rules);
+                            }
+                        })?;
                 }
                 self.shard.retain_glob(RetainedGlob {
                     pattern,
                     inv,
                     scope,
                 });
-                None
             }
             WorkItem::Fill { key, fill, scope } => {
-                let (fresh, fired) = self
+                let fresh = self
                     .shard
-                    .update_key(&key, scope, wm, |state, _, _| state.on_fill(fill))?;
+                    .update_key(&key, scope, wm, out, |state, _, _| state.on_fill(fill))?;
                 if !fresh {
                     self.verdicts.stats.add_cache_redeliveries(1);
                 }
-                fired
             }
-        };
-        if let Some(d) = fired {
-            self.verdicts.record(d);
         }
+        self.verdicts.record();
         Ok(())
     }
 
@@ -365,9 +365,9 @@ impl Worker {
 
     /// Fires up to `n` of the timers the watermark has passed.
     fn fire_due(&mut self, n: usize) -> Result<(), PipelineError> {
-        let verdicts = &mut self.verdicts;
         self.shard
-            .fire_due(self.watermark, n, &mut |d| verdicts.record(d))?;
+            .fire_due(self.watermark, n, &mut self.verdicts.decided)?;
+        self.verdicts.record();
         Ok(())
     }
 }
