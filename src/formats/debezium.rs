@@ -292,6 +292,12 @@ impl<'de> Visitor<'de> for SourceVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut source = SourceMeta::default();
         while let Some(Name(name)) = map.next_key()? {
+            if !SourceMeta::reads(&name) {
+                // Skipped without keeping its text: most fields of a source
+                // block are of no use here.
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
             let value: &RawValue = map.next_value()?;
             source
                 .read(&name, value, Field::new(&name))
@@ -341,6 +347,17 @@ pub(super) struct SourceMeta<'a> {
 }
 
 impl<'a> SourceMeta<'a> {
+    /// The fields [`SourceMeta::read`] reads (it ignores the others).
+    const FIELDS: [&'static str; 13] = [
+        "ts_ms", "ts_us", "ts_usec", "lsn", "sequence", "file", "pos", "row", "gtid", "txId",
+        "schema", "db", "table",
+    ];
+
+    /// Whether [`SourceMeta::read`] reads a field of this name.
+    fn reads(key: &str) -> bool {
+        Self::FIELDS.contains(&key)
+    }
+
     /// Reads one field of the source block, `key` being its name there and
     /// `field` how errors name it. `null` and unknown fields are ignored.
     pub(super) fn read(
@@ -488,6 +505,7 @@ mod tests {
     use super::super::{
         CdcFormat, DecodedCdc, Flattened, Skip, SourcePos, TableRef, decode_cdc, decode_key,
     };
+    use super::{Field, SourceMeta};
     use crate::dead_letter::Reason;
     use crate::model::Op;
 
@@ -809,6 +827,31 @@ mod tests {
             ),
             Skip::Ddl
         );
+    }
+
+    /// The one-pass reader skips the fields `read` ignores: the list of
+    /// those it reads must be whole.
+    #[test]
+    fn the_source_fields_read_are_those_listed() {
+        let wrong = serde_json::value::to_raw_value(&serde_json::json!({"x": 1})).unwrap();
+        for name in [
+            "ts_ms",
+            "lsn",
+            "txId",
+            "table",
+            "connector",
+            "version",
+            "snapshot",
+            "xmin",
+        ] {
+            let mut meta = SourceMeta::default();
+            let read = meta.read(name, &wrong, Field::new(name)).is_err();
+            assert_eq!(read, SourceMeta::reads(name), "{name}");
+        }
+        for name in SourceMeta::FIELDS {
+            let mut meta = SourceMeta::default();
+            assert!(meta.read(name, &wrong, Field::new(name)).is_err(), "{name}");
+        }
     }
 
     #[test]
