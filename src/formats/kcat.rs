@@ -3,7 +3,9 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::LazyLock;
 
+use memchr::memmem::Finder;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -90,7 +92,7 @@ impl KcatBuffers {
     /// Reads a line as a `kcat -J` record, as [`parse_kcat_line`] does, its
     /// strings borrowed from the line or unescaped into these buffers.
     pub fn parse<'a>(&'a mut self, line: &'a str) -> Option<Result<KcatLine<'a>, RecordError>> {
-        if !(line.contains("\"topic\"") && line.contains("\"payload\"")) {
+        if !(mentions(line, &TOPIC) && mentions(line, &PAYLOAD)) {
             return None;
         }
         let fields = match scan(line, self) {
@@ -103,6 +105,16 @@ impl KcatBuffers {
             && fields.payload.is_some();
         complete.then(|| read(&fields, self))
     }
+}
+
+/// The names every `kcat -J` line has, searched for in each line before it
+/// is parsed (memchr's searchers are several times as fast as `str::contains`
+/// over a line that is not one, such as a Debezium record).
+static TOPIC: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"topic\""));
+static PAYLOAD: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"payload\""));
+
+fn mentions(line: &str, name: &Finder) -> bool {
+    name.find(line.as_bytes()).is_some()
 }
 
 /// Reads a line as a `kcat -J` record: an object with `topic`, `partition`,
