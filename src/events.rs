@@ -109,7 +109,11 @@ pub struct TxDetail {
     /// every table it wrote is mapped (else the missing ones cannot be told
     /// from those of unmapped tables).
     pub missing_total_orders: Option<Vec<u64>>,
-    /// The mapped tables whose changes were seen.
+    /// Maxwell: the `xoffset` numbers below the highest seen that no row
+    /// carried (at most 1000).
+    pub missing_xoffsets: Option<Vec<u64>>,
+    /// The mapped tables whose changes were seen (Maxwell: every table
+    /// whose rows were seen, mapped or not).
     pub tables: Vec<Arc<str>>,
 }
 
@@ -226,6 +230,9 @@ impl Serialize for Data<'_> {
             m.serialize_entry("seen_events", &t.seen_events)?;
             if let Some(missing) = &t.missing_total_orders {
                 m.serialize_entry("missing_total_orders", missing)?;
+            }
+            if let Some(missing) = &t.missing_xoffsets {
+                m.serialize_entry("missing_xoffsets", missing)?;
             }
             let tables: Vec<&str> = t.tables.iter().map(|t| &**t).collect();
             m.serialize_entry("tables", &tables)?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::config::{Config, Framing, TopicSelector, UnmappedTables};
 use crate::dead_letter::{Reason, RecordError};
-use crate::detect::transaction::{EndCounts, TxBoundary};
+use crate::detect::transaction::{EndCounts, TxBoundary, TxMark};
 use crate::formats::{
     self, BinaryKey, DecodedCdc, Framed, RawChange, Row, Skip, TxMarker, TxStatus,
 };
@@ -318,30 +318,70 @@ impl Ingest {
                 "the transaction record carries no ts_ms and no Kafka timestamp",
             )
         })?;
-        let end = (marker.status == TxStatus::End).then(|| {
-            let mut tables: Vec<(Arc<str>, u64)> = Vec::new();
-            let mut all_mapped = true;
-            for (name, count) in &marker.data_collections {
-                match self.mapper.collection_table(name) {
-                    Some(table) => match tables.iter_mut().find(|(t, _)| *t == table) {
-                        Some((_, n)) => *n += count,
-                        None => tables.push((table, *count)),
-                    },
-                    None => all_mapped = false,
+        let mark = match marker.status {
+            TxStatus::Begin => TxMark::Begin,
+            TxStatus::End => TxMark::End({
+                let mut tables: Vec<(Arc<str>, u64)> = Vec::new();
+                let mut all_mapped = true;
+                for (name, count) in &marker.data_collections {
+                    match self.mapper.collection_table(name) {
+                        Some(table) => match tables.iter_mut().find(|(t, _)| *t == table) {
+                            Some((_, n)) => *n += count,
+                            None => tables.push((table, *count)),
+                        },
+                        None => all_mapped = false,
+                    }
                 }
-            }
-            let listed: u64 = marker.data_collections.iter().map(|(_, n)| n).sum();
-            EndCounts {
-                event_count: marker.event_count,
-                tables,
-                // Without a per-table list the tables are unknown.
-                all_mapped: all_mapped && marker.event_count.is_none_or(|n| n == listed),
-            }
-        });
+                let listed: u64 = marker.data_collections.iter().map(|(_, n)| n).sum();
+                EndCounts {
+                    event_count: marker.event_count,
+                    tables,
+                    // Without a per-table list the tables are unknown.
+                    all_mapped: all_mapped && marker.event_count.is_none_or(|n| n == listed),
+                    rows_numbered: false,
+                }
+            }),
+        };
         Ok(TxBoundary {
             tx: Arc::from(marker.id.as_ref()),
             ts,
-            end,
+            mark,
+            evidence: provenance.clone(),
+        })
+    }
+
+    /// With `detect.transactions`, a Maxwell row's place in its transaction
+    /// (`xid`, `xoffset`, `commit`), whether its table is mapped or not: a
+    /// transaction's rows are numbered over every table.
+    fn maxwell_row(
+        &self,
+        raw: &RawChange<'_>,
+        mapped: &Mapped,
+        kafka_ts_ms: Option<Millis>,
+        provenance: &Provenance,
+    ) -> Option<TxBoundary> {
+        if !self.transactions
+            || raw.format != formats::CdcFormat::Maxwell
+            || !raw.op.obliges_invalidation()
+        {
+            return None;
+        }
+        let tx = raw.pos.tx_id.as_deref()?;
+        let (table, ts) = match mapped {
+            Mapped::Change(c) => (Arc::clone(&c.table), c.commit_ts_ms),
+            Mapped::Unmapped { table } => (
+                Arc::from(table.as_str()),
+                raw.pos.commit_ts_ms.or(kafka_ts_ms)?,
+            ),
+        };
+        Some(TxBoundary {
+            tx: Arc::from(tx),
+            ts,
+            mark: TxMark::Row {
+                table,
+                xoffset: raw.pos.tx_order,
+                commit: raw.pos.tx_last,
+            },
             evidence: provenance.clone(),
         })
     }
@@ -379,12 +419,22 @@ impl Ingest {
         let start = out.len();
         for raw in &changes {
             let mapped = self.mapper.map(raw, key, provenance, input.timestamp_ms);
+            let row = mapped
+                .as_ref()
+                .ok()
+                .and_then(|m| self.maxwell_row(raw, m, input.timestamp_ms, provenance));
+            if let Some(row) = &row {
+                out.push(Record::Transaction(row.clone()));
+            }
             match mapped {
                 Ok(Mapped::Change(change)) => out.push(Record::Change(change)),
                 Ok(Mapped::Unmapped { table }) => match self.unmapped {
                     UnmappedTables::Count => self.stats.add_unmapped(&table),
                     UnmappedTables::Dlq => {
+                        // The row is a dead letter, but it was seen: its
+                        // place in its transaction still counts.
                         out.truncate(start);
+                        out.extend(row.map(Record::Transaction));
                         return Err(RecordError::new(
                             Reason::UnmappedTable,
                             format!("table {table:?} is not in [[tables]]"),

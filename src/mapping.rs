@@ -46,7 +46,7 @@ pub struct Change {
     pub version: Option<Version>,
     pub commit_ts_ms: Millis,
     /// The transaction (Debezium `transaction.id` or `source.txId`,
-    /// Maxwell `xid`, Canal `id`).
+    /// Maxwell `xid`).
     pub tx_id: Option<Arc<str>>,
     /// The change's `total_order` in its transaction, from a Debezium
     /// `transaction` block: present only when the connector publishes the

@@ -182,9 +182,10 @@ pub struct DetectConfig {
     /// Default `"1h"`.
     pub history: Dur,
     /// Check transactions against their BEGIN and END records (Debezium's
-    /// `provide.transaction.metadata`): lost change events
-    /// (`incomplete_transaction`) and transactions whose END never comes
-    /// (`unterminated_transaction`). Default `false`.
+    /// `provide.transaction.metadata`), or Maxwell's rows by their `xid`,
+    /// `xoffset` and `commit`: lost change events (`incomplete_transaction`)
+    /// and transactions whose END never comes (`unterminated_transaction`).
+    /// Default `false`.
     pub transactions: bool,
     /// How long (event time) after a transaction's earliest record its END
     /// may come before it is an `unterminated_transaction`. Default `"5m"`.

@@ -1,6 +1,7 @@
 //! Transaction checks: lost change events and transactions that never end,
-//! from Debezium's transaction metadata (`provide.transaction.metadata`).
-//! Pure: a transaction's BEGIN, END and changes and the watermark in,
+//! from Debezium's transaction metadata (`provide.transaction.metadata`)
+//! or from the `xid`, `xoffset` and `commit` of Maxwell's rows. Pure: a
+//! transaction's BEGIN, END and changes (or rows) and the watermark in,
 //! verdicts out.
 //!
 //! Each open transaction keeps a small tally: when it was first seen, its
@@ -12,6 +13,13 @@
 //!   the END announced more events than were seen is an
 //!   `incomplete_transaction` (tables that `[[tables]]` does not map are not
 //!   counted: their changes are not vigil's to see);
+//! - for Maxwell, the row carrying `commit` is the END, and the rows before
+//!   it number themselves from 0 (`xoffset`, which the last row does not
+//!   carry): once the watermark reaches the commit row's time, a number
+//!   below the highest seen that no row carried is a lost row, reported as
+//!   one `incomplete_transaction` (its table unknown, so `(unknown)`).
+//!   Rows lost after the highest number seen cannot be told from a shorter
+//!   transaction and are not reported;
 //! - a transaction whose END has not come when the watermark reaches its
 //!   earliest record's time plus `timeout_ms` is an
 //!   `unterminated_transaction`.
@@ -56,14 +64,29 @@ pub struct TxChange {
     pub evidence: Provenance,
 }
 
-/// A transaction's BEGIN or END record.
+/// A transaction's BEGIN or END record, or a Maxwell row (which marks its
+/// place in the transaction whether its table is mapped or not).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxBoundary {
     pub tx: Arc<str>,
     pub ts: Millis,
-    /// `None` for a BEGIN.
-    pub end: Option<EndCounts>,
+    pub mark: TxMark,
     pub evidence: Provenance,
+}
+
+/// What a [`TxBoundary`] marks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxMark {
+    Begin,
+    End(EndCounts),
+    /// A Maxwell row of `table` (its `[[tables]]` name, else the
+    /// database's): its `xoffset` when Maxwell writes them (every row but
+    /// the last), and whether it is the last (`commit`).
+    Row {
+        table: Arc<str>,
+        xoffset: Option<u64>,
+        commit: bool,
+    },
 }
 
 /// What an END announces.
@@ -75,6 +98,21 @@ pub struct EndCounts {
     pub tables: Vec<(Arc<str>, u64)>,
     /// Whether every table the END names is mapped.
     pub all_mapped: bool,
+    /// The END is a Maxwell commit row: the rows before it are numbered
+    /// from 0, so every number up to the highest seen must have been seen.
+    pub rows_numbered: bool,
+}
+
+impl EndCounts {
+    /// What a Maxwell commit row says: nothing of the counts.
+    fn maxwell_commit() -> Self {
+        EndCounts {
+            event_count: None,
+            tables: Vec::new(),
+            all_mapped: false,
+            rows_numbered: true,
+        }
+    }
 }
 
 /// The changes of one mapped table seen in a transaction.
@@ -119,10 +157,60 @@ impl Tally {
         if begin && !self.begin_seen {
             self.begin_seen = true;
             self.first_evidence = evidence.clone();
-        } else if ts < self.first_ts && !self.begin_seen {
+        } else if !self.begin_seen
+            && (ts, key(evidence)) < (self.first_ts, key(&self.first_evidence))
+        {
+            // The earliest, and of records as early the first in the
+            // input, whichever arrived first.
             self.first_evidence = evidence.clone();
         }
         self.first_ts = self.first_ts.min(ts);
+    }
+
+    /// Notes a change or row of `table`, and its number in the transaction
+    /// if it has one (a redelivery counts once).
+    fn count(&mut self, table: &Arc<str>, order: Option<u64>) {
+        let i = match self.tables.binary_search_by(|t| t.table.cmp(table)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.tables.insert(
+                    i,
+                    TableTally {
+                        table: Arc::clone(table),
+                        orders: Vec::new(),
+                    },
+                );
+                i
+            }
+        };
+        let orders = &mut self.tables[i].orders;
+        if let Some(order) = order
+            && let Err(at) = orders.binary_search(&order)
+        {
+            orders.insert(at, order);
+        }
+    }
+
+    /// The numbers seen on no row below the highest seen (Maxwell's
+    /// `xoffset`, from 0), at most [`MAX_LISTED_ORDERS`], and how many there
+    /// are.
+    fn unnumbered_rows(&self) -> (Vec<u64>, u64) {
+        let mut seen: Vec<u64> = self
+            .tables
+            .iter()
+            .flat_map(|t| t.orders.iter().copied())
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        let Some(&highest) = seen.last() else {
+            return (Vec::new(), 0);
+        };
+        let missing = highest + 1 - seen.len() as u64;
+        let listed = (0..highest)
+            .filter(|o| seen.binary_search(o).is_err())
+            .take(MAX_LISTED_ORDERS)
+            .collect();
+        (listed, missing)
     }
 
     fn seen_events(&self) -> u64 {
@@ -132,6 +220,11 @@ impl Tally {
     fn table_names(&self) -> Vec<Arc<str>> {
         self.tables.iter().map(|t| Arc::clone(&t.table)).collect()
     }
+}
+
+/// Where a record is in the input, to order records of the same time.
+fn key(p: &Provenance) -> (&str, i32, i64) {
+    (&p.topic, p.partition, p.offset)
 }
 
 /// A transaction the detector knows of.
@@ -225,23 +318,7 @@ impl TxDetector {
             return;
         };
         tally.saw(c.ts, &c.evidence, false);
-        let i = match tally.tables.binary_search_by(|t| t.table.cmp(&c.table)) {
-            Ok(i) => i,
-            Err(i) => {
-                tally.tables.insert(
-                    i,
-                    TableTally {
-                        table: Arc::clone(&c.table),
-                        orders: Vec::new(),
-                    },
-                );
-                i
-            }
-        };
-        let table = &mut tally.tables[i];
-        if let Err(at) = table.orders.binary_search(&c.order) {
-            table.orders.insert(at, c.order);
-        }
+        tally.count(&c.table, Some(c.order));
         self.retime(&c.tx, rules);
     }
 
@@ -256,18 +333,33 @@ impl TxDetector {
         let Some(tally) = self.tally(&b.tx, b.ts, &b.evidence, wm, rules, out) else {
             return;
         };
-        match &b.end {
-            None => tally.saw(b.ts, &b.evidence, true),
-            Some(counts) => {
-                tally.saw(b.ts, &b.evidence, false);
-                if tally.end.is_none() {
-                    tally.end = Some(EndSeen {
-                        ts: b.ts,
-                        counts: counts.clone(),
-                        evidence: b.evidence.clone(),
-                    });
-                }
+        let end = match &b.mark {
+            TxMark::Begin => {
+                tally.saw(b.ts, &b.evidence, true);
+                None
             }
+            TxMark::End(counts) => {
+                tally.saw(b.ts, &b.evidence, false);
+                Some(counts.clone())
+            }
+            TxMark::Row {
+                table,
+                xoffset,
+                commit,
+            } => {
+                tally.saw(b.ts, &b.evidence, false);
+                tally.count(table, *xoffset);
+                commit.then(EndCounts::maxwell_commit)
+            }
+        };
+        if let Some(counts) = end
+            && tally.end.is_none()
+        {
+            tally.end = Some(EndSeen {
+                ts: b.ts,
+                counts,
+                evidence: b.evidence.clone(),
+            });
         }
         self.retime(&b.tx, rules);
     }
@@ -414,6 +506,7 @@ fn judge(id: &Arc<str>, tally: &Tally, due: Millis, out: &mut TxDecisions) {
                 expected_events: None,
                 seen_events: tally.seen_events(),
                 missing_total_orders: None,
+                missing_xoffsets: None,
                 tables: tally.table_names(),
             })),
             evidence: vec![tally.first_evidence.clone()],
@@ -428,6 +521,10 @@ fn judge(id: &Arc<str>, tally: &Tally, due: Millis, out: &mut TxDecisions) {
         });
         return;
     };
+    if end.counts.rows_numbered {
+        judge_rows(id, tally, end, due, out);
+        return;
+    }
     let missing = missing_orders(tally, &end.counts);
     for (table, expected) in &end.counts.tables {
         let seen = tally
@@ -445,6 +542,7 @@ fn judge(id: &Arc<str>, tally: &Tally, due: Millis, out: &mut TxDecisions) {
                 expected_events: Some(*expected),
                 seen_events: seen,
                 missing_total_orders: missing.clone(),
+                missing_xoffsets: None,
                 tables: tally.table_names(),
             })),
             evidence: vec![end.evidence.clone()],
@@ -459,6 +557,41 @@ fn judge(id: &Arc<str>, tally: &Tally, due: Millis, out: &mut TxDecisions) {
         });
     }
 }
+
+/// The verdict on a Maxwell transaction whose commit row came: rows lost
+/// below the highest `xoffset` seen.
+fn judge_rows(id: &Arc<str>, tally: &Tally, end: &EndSeen, due: Millis, out: &mut TxDecisions) {
+    let (listed, missing) = tally.unnumbered_rows();
+    if missing == 0 {
+        return;
+    }
+    // The numbered rows seen, and the commit row.
+    let seen = tally.seen_events() + 1;
+    out.violations.push(Violation {
+        change_ts_ms: Some(end.ts),
+        transaction_id: Some(Arc::clone(id)),
+        transaction: Some(Box::new(TxDetail {
+            expected_events: None,
+            seen_events: seen,
+            missing_total_orders: None,
+            missing_xoffsets: Some(listed),
+            tables: tally.table_names(),
+        })),
+        evidence: vec![end.evidence.clone()],
+        ..Violation::new(
+            ViolationKind::IncompleteTransaction,
+            None,
+            crate::hash::transaction(id, ""),
+            Arc::from(UNKNOWN_TABLE),
+            Arc::from("{}"),
+            due,
+        )
+    });
+}
+
+/// The `table` of a Maxwell `incomplete_transaction`: a lost row's table is
+/// not known.
+pub const UNKNOWN_TABLE: &str = "(unknown)";
 
 /// The `total_order` numbers of the transaction that no change carried,
 /// when every table it wrote is mapped and the END gives the total (at most

@@ -1,8 +1,13 @@
 //! Canal flat messages (`canal-json`): one message per binlog event, carrying
 //! every changed row in `data` and, for updates, the previous values of the
 //! changed columns in the parallel array `old`.
+//!
+//! A flat message names no transaction: Canal drops the transaction's
+//! BEGIN and END entries when it flattens a batch, and `id` numbers the
+//! batch Canal fetched (up to `canal.mq.canalBatchSize` entries, which may
+//! hold several transactions or part of one), so it is not read as one.
 
-use super::json::{Field, Object, array, flag, millis, overlay, row, string, strings, text};
+use super::json::{Field, Object, array, flag, millis, overlay, row, string, strings};
 use super::{CdcFormat, DecodedCdc, RawChange, Row, Skip, SourcePos, TableRef};
 use crate::dead_letter::{Reason, RecordError};
 use crate::model::Op;
@@ -52,7 +57,6 @@ pub(super) fn decode<'a>(message: &Object<'a>) -> Result<DecodedCdc<'a>, RecordE
             Some(es) => Some(es),
             None => message.field("ts", millis)?,
         },
-        tx_id: message.field("id", text)?,
         ..SourcePos::default()
     };
     let change = |before: Option<Row<'a>>, after: Option<Row<'a>>, tx_order| RawChange {
@@ -132,7 +136,6 @@ mod tests {
             update.pos,
             SourcePos {
                 commit_ts_ms: Some(1589373560000),
-                tx_id: Some("9".into()),
                 tx_order: Some(0),
                 ..SourcePos::default()
             }
@@ -201,7 +204,8 @@ mod tests {
         );
         assert_eq!(inserts[2].pos.tx_order, Some(2));
         assert_eq!(inserts[2].pos.commit_ts_ms, Some(1714564800000));
-        assert_eq!(inserts[2].pos.tx_id.as_deref(), Some("101"));
+        // `id` numbers Canal's batch, not a transaction.
+        assert_eq!(inserts[2].pos.tx_id, None);
 
         let updates = changes(lines[1]);
         assert_eq!(

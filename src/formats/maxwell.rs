@@ -4,8 +4,8 @@
 use serde_json::value::RawValue;
 
 use super::json::{
-    Field, Object, binlog_file_index, digits, millis, overlay, row, string, strings, text, uint,
-    wrong_type,
+    Field, Object, binlog_file_index, digits, flag, millis, overlay, row, string, strings, text,
+    uint, wrong_type,
 };
 use super::{CdcFormat, DecodedCdc, RawChange, Skip, SourcePos, TableRef};
 use crate::dead_letter::{Reason, RecordError};
@@ -90,6 +90,7 @@ pub(super) fn decode<'a>(message: &Object<'a>) -> Result<DecodedCdc<'a>, RecordE
             binlog_pos,
             tx_id: message.field("xid", text)?,
             tx_order: message.field("xoffset", uint)?,
+            tx_last: message.field("commit", flag)? == Some(true),
             ..SourcePos::default()
         },
     }]))
@@ -159,6 +160,7 @@ mod tests {
                 binlog_file: Some(6),
                 binlog_pos: Some(800911),
                 tx_id: Some("23396".into()),
+                tx_last: true,
                 ..SourcePos::default()
             }
         );
@@ -188,10 +190,25 @@ mod tests {
         );
         assert_eq!(cols(&update.after)[1], ("FirstName", "\"Fiz\""));
 
+        // A row inside a transaction numbers itself; its last row carries
+        // `commit` and no number.
         let insert = change(lines[3].value.get());
         assert_eq!(
-            (insert.pos.tx_id.as_deref(), insert.pos.tx_order),
-            (Some("7125"), Some(0))
+            (
+                insert.pos.tx_id.as_deref(),
+                insert.pos.tx_order,
+                insert.pos.tx_last
+            ),
+            (Some("7125"), Some(0), false)
+        );
+        let last = change(lines[4].value.get());
+        assert_eq!(
+            (
+                last.pos.tx_id.as_deref(),
+                last.pos.tx_order,
+                last.pos.tx_last
+            ),
+            (Some("7125"), None, true)
         );
         assert_eq!(insert.pk_columns, Some(vec!["id".into()]));
 

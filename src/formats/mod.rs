@@ -109,11 +109,13 @@ pub struct SourcePos<'a> {
     /// Transaction number of a GTID (`uuid:23` -> 23): Debezium `source.gtid`.
     pub gtid_seq: Option<u64>,
     /// Transaction id: Debezium `transaction.id`, else `source.txId`; Maxwell
-    /// `xid`; Canal `id`.
+    /// `xid` (Canal's `id` numbers a batch of Canal's, not a transaction).
     pub tx_id: Option<Cow<'a, str>>,
     /// Order of the change within its transaction: Debezium
     /// `transaction.total_order`, Maxwell `xoffset`, Canal row index.
     pub tx_order: Option<u64>,
+    /// The last row of its transaction: Maxwell `commit`.
+    pub tx_last: bool,
 }
 
 /// A change as a format describes it, before mapping to cache keys.

@@ -180,3 +180,72 @@ fn open_transactions_stay_within_their_budget() {
         "no change of a mapped table was seen"
     );
 }
+
+#[test]
+fn maxwell_transactions_are_checked_by_their_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    // Rows as Maxwell writes them (`output_xoffset` on): `xoffset` on every
+    // row but the last, which carries `commit`; `shop.audit` is not mapped
+    // and its rows count all the same. Each is redelivered once.
+    let row = |xid: u64, table: &str, id: u64, tail: &str| {
+        format!(
+            r#"{{"database":"shop","table":"{table}","type":"insert","ts":1714564800,"xid":{xid},{tail}"data":{{"id":{id}}}}}"#
+        )
+    };
+    let rows = [
+        // Complete, its commit row in the unmapped table.
+        row(1, "orders", 1, r#""xoffset":0,"#),
+        row(1, "orders", 2, r#""xoffset":1,"#),
+        row(1, "audit", 3, r#""commit":true,"#),
+        // Row 1 lost.
+        row(2, "orders", 4, r#""xoffset":0,"#),
+        row(2, "audit", 5, r#""xoffset":2,"#),
+        row(2, "orders", 6, r#""commit":true,"#),
+        // No commit row.
+        row(3, "orders", 7, r#""xoffset":0,"#),
+        row(3, "orders", 8, r#""xoffset":1,"#),
+    ];
+    let mut cdc = String::new();
+    for r in rows.iter().chain(rows.iter().rev()) {
+        writeln!(cdc, "{r}").unwrap();
+    }
+    fs::write(dir.path().join("cdc.ndjson"), cdc).unwrap();
+    fs::write(dir.path().join("cache.ndjson"), "").unwrap();
+    let config = dir.path().join("vigil.toml");
+    fs::write(
+        &config,
+        "[detect]\ntransactions = true\ntransaction_timeout = \"1m\"\n\n[[tables]]\ntable = \"shop.orders\"\npk = [\"id\"]\nkeys = [\"order:{id}\"]\nversion = \"ts_ms\"\n",
+    )
+    .unwrap();
+    let checked = check_dir(dir.path(), &config, "out");
+    let schema = Schema::named("urn:vigil:schema:violation:v1");
+    let mut tx_level: Vec<(String, String)> = Vec::new();
+    for v in checked.violations() {
+        let errors = schema.errors(&v["data"]);
+        assert!(errors.is_empty(), "{v}: {errors:?}");
+        let data = &v["data"];
+        let kind = data["kind"].as_str().unwrap();
+        if kind.ends_with("_transaction") {
+            tx_level.push((kind.into(), data["transaction_id"].as_str().unwrap().into()));
+        }
+        if kind == "incomplete_transaction" {
+            assert_eq!(data["missing_xoffsets"], serde_json::json!([1]), "{v}");
+            assert_eq!(data["table"], "(unknown)");
+            assert_eq!(
+                data["tables"],
+                serde_json::json!(["shop.audit", "shop.orders"])
+            );
+        }
+    }
+    tx_level.sort();
+    assert_eq!(
+        tx_level,
+        [
+            ("incomplete_transaction".into(), "2".into()),
+            ("unterminated_transaction".into(), "3".into())
+        ]
+    );
+    // The rows of the unmapped table are dead letters (the default
+    // `inputs.unmapped_tables`), and still took their places.
+    assert_eq!(checked.summary["dead_letters"]["unmapped_table"], 4);
+}

@@ -46,7 +46,7 @@ fn begin() -> Rec {
     Rec::Boundary(TxBoundary {
         tx: Arc::from(TX),
         ts: T0,
-        end: None,
+        mark: TxMark::Begin,
         evidence: at("cdc.transaction", 0, 1),
     })
 }
@@ -55,12 +55,30 @@ fn end(event_count: u64, tables: &[(&str, u64)], all_mapped: bool) -> Rec {
     Rec::Boundary(TxBoundary {
         tx: Arc::from(TX),
         ts: T0 + 5,
-        end: Some(EndCounts {
+        mark: TxMark::End(EndCounts {
             event_count: Some(event_count),
             tables: tables.iter().map(|(t, n)| (Arc::from(*t), *n)).collect(),
             all_mapped,
+            rows_numbered: false,
         }),
         evidence: at("cdc.transaction", 0, 2),
+    })
+}
+
+/// A Maxwell row of `table`: `xoffset` on every row but the last, which
+/// carries `commit` instead (as Maxwell writes them), at `offset` of the
+/// one `maxwell` topic's `partition`.
+fn row(table: &str, xoffset: Option<u64>, commit: bool, partition: i32, offset: i64) -> Rec {
+    Rec::Boundary(TxBoundary {
+        tx: Arc::from(TX),
+        // Maxwell's `ts` is in seconds: the rows share it.
+        ts: T0,
+        mark: TxMark::Row {
+            table: Arc::from(table),
+            xoffset,
+            commit,
+        },
+        evidence: at("maxwell", partition, offset),
     })
 }
 
@@ -318,4 +336,85 @@ fn a_checkpoint_restores_the_same_verdicts() {
     }
     assert_eq!(out.violations.len(), 2);
     assert_eq!(out.violations[0], out.violations[1]);
+}
+
+#[test]
+fn maxwell_rows_all_seen_are_no_violation_in_any_order() {
+    // Flink's fixture: xid 7125, rows with xoffset 0.. and the last with
+    // commit and no xoffset; a row of a table vigil does not map counts.
+    let records = [
+        row(ORDERS, Some(0), false, 0, 1),
+        row("shop.audit", Some(1), false, 1, 2),
+        row(LINES, Some(2), false, 0, 3),
+        row(LINES, None, true, 2, 4),
+    ];
+    assert_eq!(in_every_order(&records), []);
+    // Redelivered, and one transaction of a single row.
+    let again = [
+        records[0].clone(),
+        records[3].clone(),
+        records[0].clone(),
+        records[1].clone(),
+        records[2].clone(),
+    ];
+    assert_eq!(in_every_order(&again), []);
+    assert_eq!(in_every_order(&[row(ORDERS, None, true, 0, 9)]), []);
+}
+
+#[test]
+fn a_maxwell_row_lost_before_the_highest_xoffset_is_an_incomplete_transaction() {
+    let records = [
+        row(ORDERS, Some(0), false, 0, 1),
+        row(LINES, Some(3), false, 1, 4),
+        row(LINES, Some(3), false, 1, 4),
+        row(ORDERS, None, true, 0, 5),
+    ];
+    let violations = in_every_order(&records);
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    let v = &violations[0];
+    assert_eq!(v.kind, ViolationKind::IncompleteTransaction);
+    assert_eq!(&*v.table, UNKNOWN_TABLE);
+    assert_eq!(v.transaction_id.as_deref(), Some(TX));
+    assert_eq!(v.evidence, [at("maxwell", 0, 5)], "the commit row");
+    assert_eq!(v.time_ms, T0);
+    let detail = v.transaction.as_deref().unwrap();
+    assert_eq!(detail.missing_xoffsets, Some(vec![1, 2]));
+    assert_eq!((detail.expected_events, detail.seen_events), (None, 3));
+    assert_eq!(detail.missing_total_orders, None);
+    assert_eq!(detail.tables, [Arc::from(LINES), Arc::from(ORDERS)]);
+}
+
+#[test]
+fn maxwell_rows_lost_after_the_highest_xoffset_cannot_be_told() {
+    // Rows 1 and 2 lost before the commit row, or a transaction of two
+    // rows: the data cannot say, so nothing is reported.
+    let records = [
+        row(ORDERS, Some(0), false, 0, 1),
+        row(ORDERS, None, true, 0, 4),
+    ];
+    assert_eq!(in_every_order(&records), []);
+    // Without xoffsets (`output_xoffset` off) only the commit row counts.
+    let records = [row(ORDERS, None, false, 0, 1), row(LINES, None, true, 0, 2)];
+    assert_eq!(in_every_order(&records), []);
+}
+
+#[test]
+fn maxwell_rows_without_their_commit_row_are_unterminated() {
+    for records in [
+        vec![
+            row(ORDERS, Some(0), false, 0, 1),
+            row(LINES, Some(1), false, 1, 2),
+        ],
+        vec![
+            row(ORDERS, None, false, 0, 1),
+            row(ORDERS, None, false, 0, 1),
+        ],
+    ] {
+        let violations = in_every_order(&records);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        let v = &violations[0];
+        assert_eq!(v.kind, ViolationKind::UnterminatedTransaction);
+        assert_eq!(v.time_ms, T0 + RULES.timeout_ms);
+        assert_eq!(v.evidence, [at("maxwell", 0, 1)], "the earliest row");
+    }
 }
