@@ -506,7 +506,7 @@ pub struct RetainedGlob {
 /// a match against every glob.
 #[derive(Debug, Default)]
 pub struct Wildcards {
-    by_prefix: std::collections::HashMap<Box<str>, Vec<RetainedGlob>>,
+    by_prefix: std::collections::HashMap<Box<str>, Vec<RetainedGlob>, foldhash::fast::RandomState>,
     /// Prefix lengths in use, with how many globs have each.
     lengths: std::collections::BTreeMap<usize, usize>,
     /// The time of the oldest glob, if any.
