@@ -147,14 +147,25 @@ fn a_key_s_story_is_served_while_running_and_inspected_once_stopped() {
         &broker.bootstrap,
         &[cdc],
         &[cache],
-        &[(
-            "metrics",
-            "listen",
-            toml::Value::String(format!("127.0.0.1:{port}")),
-        )],
+        &[
+            (
+                "metrics",
+                "listen",
+                toml::Value::String(format!("127.0.0.1:{port}")),
+            ),
+            // Two decided changes are enough to open an incident here.
+            ("incidents", "min_changes", toml::Value::Integer(2)),
+        ],
     );
     // user:1 changes and is never invalidated; user:2 is invalidated in time.
-    let ts = 1_700_000_000_000i64;
+    // A minute ago: once the inputs are idle the watermark follows the wall
+    // clock, and an incident opened then stays open for the window (5
+    // minutes) and the hold after it, beyond the end of the test.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let ts = now_ms / 1000 * 1000 - 60_000;
     let invalidation = format!(
         r#"{{"operation":"invalidate","cache_key":"user:2","version":5,"timestamp":{}}}"#,
         ts + 10
@@ -245,12 +256,33 @@ fn a_key_s_story_is_served_while_running_and_inspected_once_stopped() {
         serde_json::json!({"storms": []}),
         "three records are no storm"
     );
-    let incidents = json(&http_get(port, "/v1/incidents", None).unwrap());
-    assert_eq!(
-        incidents,
-        serde_json::json!({"incidents": []}),
-        "three changes are too few for an incident"
+    // One change of two invalidated in time: below the SLO, an incident is
+    // open on the table, as of a checkpoint after it opened. (Records of
+    // long ago would open and resolve it at once: the watermark jumps to
+    // the wall clock.)
+    let mut incidents = Value::Null;
+    assert!(
+        wait_until(WAIT, || {
+            incidents = json(&http_get(port, "/v1/incidents", None).unwrap());
+            incidents["incidents"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        }),
+        "{incidents}\n{}",
+        daemon.log()
     );
+    let open = &incidents["incidents"].as_array().unwrap();
+    assert_eq!(open.len(), 1, "{incidents}");
+    let opened = open[0].clone();
+    let open = &opened;
+    assert_eq!(open["table"], "public.users", "{open}");
+    assert_eq!(
+        (open["decided"].as_u64(), open["in_time"].as_u64()),
+        (Some(2), Some(1)),
+        "{open}"
+    );
+    assert_eq!(open["violations"]["missing_invalidation"], 1, "{open}");
+    assert_eq!(open["top_keys"][0][0], "user:1", "{open}");
 
     let (code, log) = daemon.terminate();
     assert_eq!(code, Some(0), "{log}");
@@ -311,6 +343,12 @@ fn a_key_s_story_is_served_while_running_and_inspected_once_stopped() {
         .args(["inspect", "--incidents", "--state"])
         .arg(dir.path().join("state")));
     assert!(incidents.status.success());
-    let incidents: Value = serde_json::from_slice(&incidents.stdout).unwrap();
-    assert_eq!(incidents, serde_json::json!({"incidents": []}));
+    let stopped: Value = serde_json::from_slice(&incidents.stdout).unwrap();
+    let stopped = stopped["incidents"].as_array().unwrap();
+    assert_eq!(stopped.len(), 1, "the incident is still open: {stopped:?}");
+    assert_eq!(
+        (&stopped[0]["table"], &stopped[0]["start_ms"]),
+        (&opened["table"], &opened["start_ms"]),
+        "the same incident: {stopped:?}"
+    );
 }
