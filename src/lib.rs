@@ -36,7 +36,9 @@
 //! - [`replay`]: what a dead letter says of its origin, for `vigil replay`;
 //! - [`modes`]: `vigil check`, `run`, `demo`, `gen` ([`modes::generate`]),
 //!   `bench`, `replay`, `torture` (crashes, a broker outage and a failing
-//!   store against an uncrashed check); [`cli`] their flags;
+//!   store against an uncrashed check), each assembling sources, engine and
+//!   outputs with [`modes::assemble`] and stopping by [`modes::shutdown`]
+//!   (signals, the control handle); [`cli`] their flags;
 //! - [`registry`]: the Schema Registry client (schemas by id, from
 //!   Confluent's API or Apicurio's: Avro writer schemas, compiled Protobuf
 //!   schemas, or the mark of a JSON Schema; registration of `vigil gen`'s

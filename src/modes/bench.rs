@@ -39,7 +39,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::run::{Control, open_store, serve};
+use super::assemble::{open_store, serve};
+use super::shutdown::Control;
 use super::{ExitStatus, produce_generated};
 use crate::cli::BenchArgs;
 use crate::config::{Config, Dur, KafkaValue};

@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
+use super::assemble::Assembly;
 use super::{ExitStatus, UsageError, create_dir};
 use crate::cli::CheckArgs;
 use crate::config::Config;
 use crate::ingest::{Ingest, Stream};
 use crate::io::file::{Alignment, FileInput, FileOutputs, ReadOptions, check_inputs, read_file};
-use crate::pipeline::{Engine, EngineOptions};
+use crate::pipeline::EngineOptions;
 use crate::state::{MemoryBudget, RocksStore};
 use crate::telemetry::{Stats, StatsSnapshot};
-use crate::time::SystemClock;
 
 /// How often progress is printed on long runs.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -133,42 +133,18 @@ pub fn check(
         batch_size: options.batch_size,
         alignment: &alignment,
     };
-    let (tx, rx) = crossbeam_channel::bounded(options.queue_batches * inputs.len());
-    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
-    let engine = Engine {
-        options,
-        store,
-        stats: Arc::clone(&stats),
-        clock: Arc::new(SystemClock),
-        partitions: inputs.len(),
-    };
-    let (report, read_results) = std::thread::scope(|s| {
-        let readers: Vec<_> = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, input)| {
-                let tx = tx.clone();
-                let read_opts = &read_opts;
-                s.spawn(move || read_file(input, i, read_opts, &tx))
-            })
-            .collect();
-        drop(tx);
-        if !quiet {
-            let stats = &stats;
-            s.spawn(move || progress(stats, started, &done_rx));
-        }
-        let report = engine.run(rx, Box::new(outputs));
-        drop(done_tx);
-        let read_results: Vec<_> = readers
-            .into_iter()
-            .map(|h| h.join().expect("file readers do not panic"))
-            .collect();
-        (report, read_results)
-    });
-    for r in read_results {
-        r?;
+    let queue = options.queue_batches * inputs.len();
+    let mut assembly = Assembly::new(options, store, Arc::clone(&stats), inputs.len(), queue);
+    for (i, input) in inputs.iter().enumerate() {
+        let tx = assembly.sender();
+        let read_opts = &read_opts;
+        assembly = assembly.source(move || Ok(read_file(input, i, read_opts, &tx)?));
     }
-    report?;
+    if !quiet {
+        let stats = &stats;
+        assembly = assembly.every(PROGRESS_EVERY, move || progress(stats, started));
+    }
+    assembly.run(Box::new(outputs))?;
     if state.is_none() {
         remove_scratch(&scratch)?;
     }
@@ -209,21 +185,18 @@ fn remove_scratch(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Prints a progress line on stderr every few seconds until `done` closes.
-fn progress(stats: &Stats, started: Instant, done: &crossbeam_channel::Receiver<()>) {
-    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = done.recv_timeout(PROGRESS_EVERY)
-    {
-        let secs = started.elapsed().as_secs_f64();
-        let records = stats.records_total();
-        let state = stats.state_size();
-        eprintln!(
-            "vigil check: {secs:.0}s, {records} records read ({:.0}/s), {} violations, {} dead letters, {} keys and {} entities in memory (about {} MiB)",
-            records as f64 / secs,
-            stats.violations_total(),
-            stats.dead_letters_total(),
-            state.keys,
-            state.entities,
-            state.bytes >> 20
-        );
-    }
+/// Prints a progress line on stderr.
+fn progress(stats: &Stats, started: Instant) {
+    let secs = started.elapsed().as_secs_f64();
+    let records = stats.records_total();
+    let state = stats.state_size();
+    eprintln!(
+        "vigil check: {secs:.0}s, {records} records read ({:.0}/s), {} violations, {} dead letters, {} keys and {} entities in memory (about {} MiB)",
+        records as f64 / secs,
+        stats.violations_total(),
+        stats.dead_letters_total(),
+        state.keys,
+        state.entities,
+        state.bytes >> 20
+    );
 }

@@ -15,7 +15,8 @@ use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 
-use super::run::{Control, open_store, runtime, serve};
+use super::assemble::{open_store, runtime, serve};
+use super::shutdown::Control;
 use super::{ExitStatus, produce_generated};
 use crate::cli::DemoArgs;
 use crate::config::{Config, KafkaValue};

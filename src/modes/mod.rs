@@ -1,6 +1,7 @@
 //! The subcommands. Each mode wires sources, the engine and outputs for one
 //! way of using vigil, and returns how the process should exit.
 
+pub mod assemble;
 pub mod bench;
 pub mod check;
 pub mod demo;
@@ -9,6 +10,7 @@ pub mod generate;
 pub mod inspect;
 pub mod replay;
 pub mod run;
+pub mod shutdown;
 pub mod torture;
 
 use anyhow::Context;

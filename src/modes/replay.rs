@@ -27,6 +27,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::json;
 
+use super::assemble::Assembly;
 use super::{ExitStatus, UsageError, create_dir};
 use crate::cli::{ReplayArgs, ReplayTarget};
 use crate::config::Config;
@@ -37,11 +38,10 @@ use crate::io::file::{FileOutputs, check_inputs, input_name, is_stdin, open_inpu
 use crate::io::kafka::outputs::KafkaOutputs;
 use crate::io::kafka::{TopicKinds, client_config, reach_brokers, send_waiting};
 use crate::model::Provenance;
-use crate::pipeline::{Engine, EngineOptions, Outputs, PartitionBatch, Position, SourceMsg};
+use crate::pipeline::{EngineOptions, Outputs, PartitionBatch, Position, SourceMsg};
 use crate::replay::{self, Tally};
 use crate::state::{Cf, Store, codec};
 use crate::telemetry::Stats;
-use crate::time::SystemClock;
 
 /// Records sent to the engine, or republished, per batch.
 const BATCH: usize = 1_000;
@@ -118,40 +118,26 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitStatus> {
             .state
             .clone()
             .unwrap_or_else(|| config.state.path.clone());
-        let store = super::run::open_store(&state, config.state.cache_size)?;
+        let store = super::assemble::open_store(&state, config.state.cache_size)?;
         let outputs = engine_outputs(&config, args, &state, &stats, &mut extra)?;
         let resume = stored_positions(&*store, &name)?;
         let mut records = source.open(&config, args, &resume, &mut tally)?;
         let partitions = records.partitions();
         let ingest = Ingest::new(&config, Arc::clone(&stats))?;
-        let engine = Engine {
-            options: EngineOptions::from_config(&config, true),
-            store,
-            stats: Arc::clone(&stats),
-            clock: Arc::new(SystemClock),
-            partitions: partitions.len(),
-        };
-        let (tx, rx) = crossbeam_channel::bounded(8);
+        let options = EngineOptions::from_config(&config, true);
+        let assembly = Assembly::new(options, store, Arc::clone(&stats), partitions.len(), 8);
+        let tx = assembly.sender();
         let name: Arc<str> = Arc::from(name.as_str());
-        let fed = std::thread::scope(|s| {
-            let feeder = s.spawn(|| {
+        let (records, tally) = (&mut *records, &mut tally);
+        let (partitions, name, kinds, ingest, reasons) =
+            (&partitions, &name, &kinds, &ingest, &reasons);
+        assembly
+            .source(move || {
                 feed(
-                    &mut *records,
-                    &partitions,
-                    &name,
-                    &kinds,
-                    &ingest,
-                    &reasons,
-                    args.rate,
-                    &mut tally,
-                    &tx,
+                    records, partitions, name, kinds, ingest, reasons, args.rate, tally, &tx,
                 )
-            });
-            let report = engine.run(rx, outputs);
-            let fed = feeder.join().expect("the replay reader does not panic");
-            report.map_err(anyhow::Error::from).and(fed)
-        });
-        fed?;
+            })
+            .run(outputs)?;
         let violations: BTreeMap<&str, u64> = ViolationKind::ALL
             .iter()
             .map(|k| (k.as_str(), stats.violations_of(*k)))
@@ -234,7 +220,7 @@ fn engine_outputs(
                     "incidents": o.incidents_topic,
                 }),
             );
-            let instance = format!("replay-{}", super::run::instance_name(state));
+            let instance = format!("replay-{}", super::assemble::instance_name(state));
             Box::new(KafkaOutputs::for_replay(
                 config,
                 Arc::clone(stats),
