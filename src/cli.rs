@@ -17,7 +17,8 @@ use crate::workload::{FaultRates, TxFaults};
 ///
 /// Exit status: 0 ran; 1 violations found (with --fail-on-violation);
 /// 2 usage or configuration error; 4 runtime failure (I/O, state store);
-/// 5 vigil torture found something lost, added or changed.
+/// 5 vigil torture found something lost, added or changed; 6 vigil run
+/// fenced out of its consumer group (its group.instance.id taken).
 #[derive(Debug, Parser)]
 #[command(
     name = "vigil",
@@ -117,7 +118,8 @@ pub enum Command {
     /// broker.
     ///
     /// Exit status: 0 stopped cleanly; 2 usage or configuration error;
-    /// 4 runtime failure.
+    /// 4 runtime failure; 6 fenced out of the consumer group by another
+    /// instance with the same group.instance.id.
     #[command(verbatim_doc_comment)]
     Run(RunArgs),
     /// Watch vigil work: an embedded broker, a live workload with injected

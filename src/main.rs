@@ -7,7 +7,8 @@ use clap::Parser;
 
 use vigil::cli::{Cli, Command};
 use vigil::config::ConfigError;
-use vigil::modes::{self, FAILURE_EXIT, USAGE_EXIT, UsageError};
+use vigil::io::kafka::source::SourceError;
+use vigil::modes::{self, FAILURE_EXIT, FENCED_EXIT, USAGE_EXIT, UsageError};
 use vigil::registry::SetupError;
 use vigil::telemetry;
 
@@ -55,7 +56,17 @@ fn main() -> ExitCode {
             let usage = e.downcast_ref::<UsageError>().is_some()
                 || e.downcast_ref::<ConfigError>().is_some()
                 || e.downcast_ref::<SetupError>().is_some();
-            ExitCode::from(if usage { USAGE_EXIT } else { FAILURE_EXIT })
+            let fenced = matches!(
+                e.downcast_ref::<SourceError>(),
+                Some(SourceError::Fenced { .. })
+            );
+            ExitCode::from(if usage {
+                USAGE_EXIT
+            } else if fenced {
+                FENCED_EXIT
+            } else {
+                FAILURE_EXIT
+            })
         }
     }
 }

@@ -1221,6 +1221,18 @@ impl Config {
         if let Some(id) = self.kafka.get("group.instance.id") {
             validate_group_instance_id(&id.0)?;
         }
+        if let Some(strategy) = self.kafka.get("partition.assignment.strategy")
+            && self.inputs.co_partitioned
+            && strategy.0.trim() != "range"
+        {
+            return Err(invalid(
+                "kafka.\"partition.assignment.strategy\"",
+                format!(
+                    "{:?} with inputs.co_partitioned = true: state is handed over by partition number, so each instance must hold the same partition numbers of every input topic, which only \"range\" (the default) assigns; \"cooperative-sticky\" and \"roundrobin\" split them",
+                    strategy.0
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -1625,5 +1637,27 @@ mod tests {
         )];
         let c = Config::parse_with_env("t", "", env).unwrap();
         assert_eq!(c.kafka["group.instance.id"].0, "pod-7");
+    }
+
+    #[test]
+    fn co_partitioned_inputs_need_the_range_assignor() {
+        let with = |co_partitioned: bool, strategy: &str| {
+            parse(&format!(
+                "[kafka]\n\"bootstrap.servers\" = \"b:9092\"\n\
+                 \"partition.assignment.strategy\" = \"{strategy}\"\n\
+                 [inputs]\ncache_topics = [\"c\"]\nco_partitioned = {co_partitioned}\n"
+            ))
+            .unwrap()
+            .validate_for_run()
+        };
+        with(true, "range").unwrap();
+        with(false, "cooperative-sticky").unwrap();
+        for strategy in ["cooperative-sticky", "roundrobin", "range,roundrobin"] {
+            let err = with(true, strategy).unwrap_err().to_string();
+            assert!(
+                err.contains("partition.assignment.strategy") && err.contains("co_partitioned"),
+                "{strategy}: {err}"
+            );
+        }
     }
 }

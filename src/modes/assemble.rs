@@ -163,10 +163,7 @@ pub fn serve(
     );
     let clock = SystemClock;
     let report = assembly
-        .source(|| {
-            source.run(&ingest, &control.stop);
-            Ok(())
-        })
+        .source(|| Ok(source.run(&ingest, &control.stop)?))
         .every(PUBLISH_EVERY, || telemetry::publish(&stats, clock.now_ms()))
         .stop_sources_with(&control.stop)
         .run(Box::new(outputs));

@@ -48,6 +48,9 @@ impl ExitStatus {
 pub const USAGE_EXIT: u8 = 2;
 /// Exit status of runtime failures (I/O, state store).
 pub const FAILURE_EXIT: u8 = 4;
+/// Exit status of `vigil run` fenced out of its consumer group by another
+/// instance with the same `group.instance.id`.
+pub const FENCED_EXIT: u8 = 6;
 
 /// A mistake in how vigil was called (a missing input file...): exit 2.
 #[derive(Debug, thiserror::Error)]

@@ -224,6 +224,17 @@ impl Daemon {
         (code, self.log())
     }
 
+    /// Waits for the process to exit on its own, for at most `timeout`
+    /// (then kills it): its exit code, if it exited, and its log.
+    pub fn wait_exit(mut self, timeout: Duration) -> (Option<i32>, String) {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        (status.and_then(|s| s.code()), self.log())
+    }
+
     /// Kills the process outright (SIGKILL): no shutdown, no flush.
     pub fn kill(mut self) {
         self.child.kill().unwrap();

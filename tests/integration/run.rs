@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::mocking::MockCoordinator;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use serde_json::Value;
 
 use vigil::detect::storm::ScopeType;
@@ -948,6 +949,38 @@ fn dead_letters_are_not_lost_when_the_dlq_is_unavailable() {
     assert_eq!(keys, expected, "{}", daemon.log());
     let (code, log) = daemon.terminate();
     assert_eq!(code, Some(0), "{log}");
+}
+
+/// A static member fenced out of its group (another instance joined with
+/// its `group.instance.id`; the broker answers its heartbeats with
+/// FENCED_INSTANCE_ID, as Kafka does) stops with an error naming the id and
+/// exit status 6, instead of retrying for ever. Neither broker of the tests
+/// fences by itself (see DEVELOPERS.md): the mock cluster is told to answer
+/// so.
+#[test]
+fn a_fenced_static_member_stops_naming_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::new(2_000, 24);
+    let broker = w.broker();
+    w.produce(&broker, 0..w.records.len());
+    let id = ("kafka", "group.instance.id", "vigil-fenced-0".into());
+    let config = w.config(dir.path(), &broker, &[id]);
+    let daemon = Daemon::start(&config);
+    assert!(
+        daemon.wait_for_log("partitions assigned", VERDICTS),
+        "{}",
+        daemon.log()
+    );
+    broker.cluster.request_errors(
+        RDKafkaApiKey::Heartbeat,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID],
+    );
+    let (code, log) = daemon.wait_exit(VERDICTS);
+    assert_eq!(code, Some(6), "{log}");
+    assert!(
+        log.contains("same group.instance.id \"vigil-fenced-0\""),
+        "{log}"
+    );
 }
 
 #[test]

@@ -24,7 +24,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -114,14 +114,20 @@ pub struct SourceContext {
 
 pub type VigilConsumer = BaseConsumer<SourceContext>;
 
+/// Why a consumer stopped reading for good.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("cannot subscribe to {topics:?}: {source}")]
-    Subscribe {
-        topics: Vec<String>,
-        #[source]
-        source: KafkaError,
-    },
+    /// Another consumer joined the group with this instance's
+    /// `group.instance.id`, and the broker fenced this one out.
+    #[error(
+        "fenced out of consumer group {group}: another instance joined it with the same \
+         group.instance.id \"{instance}\"; each instance needs an id of its own \
+         (kafka.\"group.instance.id\")"
+    )]
+    Fenced { group: String, instance: String },
+    /// librdkafka raised a fatal error: the consumer cannot go on.
+    #[error("the Kafka consumer of group {group} failed for good: {reason}")]
+    Fatal { group: String, reason: String },
 }
 
 impl SourceContext {
@@ -225,7 +231,6 @@ impl SourceContext {
     /// their records is read.
     fn hand_over(&self, shared: &mut Shared, consumer: &VigilConsumer, tpl: &TopicPartitionList) {
         let Some(changelog) = &self.changelog else {
-            warn_if_shared(consumer, tpl);
             return;
         };
         let assigned: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
@@ -290,6 +295,12 @@ impl SourceContext {
             part.caught_up = false;
             part.next_offset = stored;
             assigned.push((part.index, event_time));
+        }
+        if self.changelog.is_none() {
+            // What this instance holds after the rebalance: with incremental
+            // assignment `tpl` holds only the partitions added.
+            let held = shared.parts.values().filter(|p| p.assigned).count();
+            warn_if_shared(consumer, &self.kinds, held);
         }
         shared.outbox.push_back(SourceMsg::Assigned {
             partitions: assigned,
@@ -396,6 +407,7 @@ impl SourceContext {
         if cooperative && self.changelog.is_some() {
             let mut shared = self.shared();
             let scopes: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            tracing::info!(scopes = ?scopes, "state of released partitions forgotten");
             shared.owned.retain(|s| !scopes.contains(s));
             shared.outbox.push_back(SourceMsg::Release { scopes });
             self.drain(&mut shared, true);
@@ -520,6 +532,9 @@ impl ConsumerContext for SourceContext {
 /// The consumer, ready to run on its own thread.
 pub struct KafkaSource {
     consumer: Arc<VigilConsumer>,
+    group: String,
+    /// `group.instance.id`, with static membership.
+    instance: Option<String>,
     batch_size: usize,
     /// Longest a record waits in a batch that is not full.
     linger: Duration,
@@ -575,6 +590,8 @@ impl KafkaSource {
             })?;
         Ok(KafkaSource {
             consumer: Arc::new(consumer),
+            group: config.inputs.group_id.clone(),
+            instance: config.kafka.get("group.instance.id").map(|v| v.0.clone()),
             batch_size: config.pipeline.batch_size,
             linger: config.pipeline.linger.0,
         })
@@ -586,12 +603,15 @@ impl KafkaSource {
     }
 
     /// Reads until `stop` is set, then hands over what it holds and hangs up
-    /// (the pipeline then commits a last checkpoint).
-    pub fn run(&self, ingest: &Ingest, stop: &AtomicBool) {
+    /// (the pipeline then commits a last checkpoint). A fatal consumer error
+    /// (this instance fenced out of its group, say) ends the reading too,
+    /// what was read is handed over, and the error is returned.
+    pub fn run(&self, ingest: &Ingest, stop: &AtomicBool) -> Result<(), SourceError> {
         let ctx = self.consumer.context();
         let mut last_check = Instant::now();
         let mut last_seal = Instant::now();
         let mut wait = Duration::ZERO;
+        let mut failed = None;
         while !stop.load(Ordering::Relaxed) {
             match self.consumer.poll(wait) {
                 Some(Ok(msg)) => {
@@ -601,6 +621,10 @@ impl KafkaSource {
                     wait = Duration::ZERO;
                 }
                 Some(Err(e)) => {
+                    failed = self.fatal_error();
+                    if failed.is_some() {
+                        break;
+                    }
                     tracing::warn!(error = %e, "Kafka consumer error (librdkafka retries)");
                     wait = POLL_WAIT;
                 }
@@ -616,16 +640,37 @@ impl KafkaSource {
                 last_seal = Instant::now();
             }
             if last_check.elapsed() >= CAUGHT_UP_EVERY {
+                failed = self.fatal_error();
+                if failed.is_some() {
+                    break;
+                }
                 ctx.update_caught_up();
                 last_check = Instant::now();
             }
             self.deliver(ctx);
         }
-        self.leave_group(ctx, ingest);
+        if failed.is_none() {
+            self.leave_group(ctx, ingest);
+        }
         let mut shared = ctx.shared();
         ctx.seal_all(&mut shared);
         ctx.drain(&mut shared, true);
         shared.tx = None;
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// librdkafka's fatal error, if one was raised: the consumer is
+    /// unusable, not retrying.
+    fn fatal_error(&self) -> Option<SourceError> {
+        let (code, reason) = self.consumer.client().fatal_error()?;
+        let group = self.group.clone();
+        tracing::error!(%code, reason, "fatal Kafka consumer error: stopping");
+        Some(match (code, self.instance.clone()) {
+            (RDKafkaErrorCode::FencedInstanceId, Some(instance)) => {
+                SourceError::Fenced { group, instance }
+            }
+            _ => SourceError::Fatal { group, reason },
+        })
     }
 
     /// Leaves the consumer group while still polling, so that the revoke of
@@ -707,25 +752,23 @@ impl KafkaSource {
     }
 }
 
-/// Warns when this instance was given only part of its topics' partitions
-/// while state is not handed over (`inputs.co_partitioned = false`): another
-/// instance shares the group, and keys whose records move between instances
-/// lose their state.
-fn warn_if_shared(consumer: &VigilConsumer, tpl: &TopicPartitionList) {
-    let elements = tpl.elements();
-    let topics: BTreeSet<&str> = elements.iter().map(|e| e.topic()).collect();
+/// Warns when this instance holds, after a rebalance, only `held` of its
+/// input topics' partitions while state is not handed over
+/// (`inputs.co_partitioned = false`): another instance shares the group,
+/// and keys whose records move between instances lose their state.
+fn warn_if_shared(consumer: &VigilConsumer, kinds: &TopicKinds, held: usize) {
     let Ok(metadata) = consumer.fetch_metadata(None, Duration::from_secs(5)) else {
         return;
     };
     let total: usize = metadata
         .topics()
         .iter()
-        .filter(|t| topics.contains(t.name()))
+        .filter(|t| kinds.stream_of(t.name()).is_some())
         .map(|t| t.partitions().len())
         .sum();
-    if tpl.count() < total {
+    if held < total {
         tracing::warn!(
-            assigned = tpl.count(),
+            assigned = held,
             partitions = total,
             "other instances share this consumer group, but inputs.co_partitioned is false: \
              state is not handed over between instances, so verdicts about keys whose records \
