@@ -12,6 +12,11 @@
 #                    embedded broker, latency), allocations per record,
 #                    and the per-stage criterion benches (about 20 minutes)
 #   ./dev.sh build   build only
+#   ./dev.sh fuzz [SECONDS] [TARGET...]
+#                    coverage-guided fuzzing of the decoders with AFL++
+#                    (cargo afl): every target of fuzz/ (or those named) for
+#                    SECONDS each (default 60), then a table of executions,
+#                    corpus, crashes and hangs per target
 #
 # The Cargo target directory lives outside the clone
 # ($CARGO_TARGET_DIR, default ~/.cache/vigil/target), so fresh clones and CI
@@ -81,6 +86,76 @@ build() {
   cargo build --release --locked
 }
 
+# cargo-afl, which builds its own AFL++ (afl-fuzz and the runtime linked
+# into the targets, of one version) the first time.
+CARGO_AFL_VERSION=0.18.2
+ensure_cargo_afl() {
+  if cargo afl --version 2>/dev/null | grep -q "^cargo-afl $CARGO_AFL_VERSION "; then
+    return 0
+  fi
+  say "installing cargo-afl $CARGO_AFL_VERSION (builds AFL++; a few minutes)"
+  cargo install cargo-afl --version "$CARGO_AFL_VERSION" --locked \
+    --target-dir "$HOME/.cache/vigil/cargo-afl-target"
+}
+
+# The fuzz targets, one per decoder (fuzz/src/bin/).
+FUZZ_TARGETS=(debezium maxwell canal cache kcat avro protobuf apicurio config ingest)
+# AFL's memory limit per target process, in MB: an allocation past it
+# aborts, which AFL counts as a crash.
+FUZZ_MEMORY_MB=512
+
+fuzz() {
+  local seconds="${1:-60}"
+  [ $# -gt 0 ] && shift
+  case "$seconds" in
+    '' | *[!0-9]*) say "fuzz: SECONDS must be a whole number, not $seconds"; exit 2 ;;
+  esac
+  local targets=("$@")
+  [ ${#targets[@]} -eq 0 ] && targets=("${FUZZ_TARGETS[@]}")
+  ensure_packages
+  ensure_rust
+  ensure_cargo_afl
+  local target_dir="$HOME/.cache/vigil/fuzz-target"
+  local work="$HOME/.cache/vigil/fuzz"
+  if [ ! -d "$target_dir/release" ]; then
+    say "building the fuzz targets instrumented; the first build compiles RocksDB and librdkafka again (15 to 30 minutes)"
+  fi
+  (cd fuzz && CARGO_TARGET_DIR="$target_dir" cargo afl build --release --locked)
+  rm -rf "$work"
+  mkdir -p "$work"
+  "$target_dir/release/seeds" . "$work/seeds"
+  for t in "${targets[@]}"; do
+    if [ ! -x "$target_dir/release/$t" ]; then
+      say "no fuzz target $t (targets: ${FUZZ_TARGETS[*]})"
+      exit 2
+    fi
+    say "fuzzing $t for ${seconds}s"
+    # One core, no screen UI; the machine's core_pattern and CPU governor
+    # are left as they are.
+    AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 \
+      cargo afl fuzz -i "$work/seeds/$t" -o "$work/$t" -V "$seconds" \
+      -m "$FUZZ_MEMORY_MB" -t 1000 -- "$target_dir/release/$t" >"$work/$t.log" 2>&1 || {
+      tail -n 30 "$work/$t.log" >&2
+      say "afl-fuzz failed on $t (log: $work/$t.log)"
+      exit 1
+    }
+  done
+  local found=0
+  printf '%-10s %12s %9s %7s %8s %6s %8s\n' target execs execs/s corpus crashes hangs seconds
+  for t in "${targets[@]}"; do
+    local stats="$work/$t/default/fuzzer_stats"
+    field() { sed -n "s/^$1 *: *//p" "$stats"; }
+    printf '%-10s %12s %9s %7s %8s %6s %8s\n' "$t" "$(field execs_done)" \
+      "$(field execs_per_sec)" "$(field corpus_count)" "$(field saved_crashes)" \
+      "$(field saved_hangs)" "$(field run_time)"
+    found=$((found + $(field saved_crashes) + $(field saved_hangs)))
+  done
+  if [ "$found" -gt 0 ]; then
+    say "crashes or hangs found: inputs in $work/TARGET/default/crashes and hangs"
+    exit 1
+  fi
+}
+
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -114,8 +189,11 @@ case "$cmd" in
     cargo test --release --locked --test allocations -- --nocapture
     cargo bench --locked --bench stages
     ;;
+  fuzz)
+    fuzz "$@"
+    ;;
   *)
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -253,6 +253,8 @@ mod tests {
                 "JSON",
             ),
             ("[1]", Reason::UnknownFormat, "array"),
+            // Found by the cache fuzz target: valid JSON, past f64's range.
+            ("1.5e14580", Reason::UnknownFormat, "number"),
             (
                 r#"{"cache_key":"a"}"#,
                 Reason::MissingField,

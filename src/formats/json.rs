@@ -152,6 +152,18 @@ fn parse_with<'a, V: Visitor<'a>>(text: &'a str, fields: V) -> Result<Top<V::Val
     deserializer
         .deserialize_any(TopVisitor(fields))
         .and_then(|top| deserializer.end().map(|()| top))
+        .or_else(|e| {
+            // A number past f64's range (`1e999`) is valid JSON that serde
+            // cannot hold: skipped unread, it is a number all the same.
+            let number = text
+                .trim_start()
+                .starts_with(|c: char| c == '-' || c.is_ascii_digit());
+            if number && serde_json::from_str::<IgnoredAny>(text).is_ok() {
+                Ok(Top::Other("number"))
+            } else {
+                Err(e)
+            }
+        })
         .map_err(|e| RecordError::new(Reason::InvalidJson, format!("not valid JSON: {e}")))
 }
 
@@ -833,6 +845,10 @@ mod tests {
         assert_eq!(failure("[1,2]", "array"), Reason::UnknownFormat);
         assert_eq!(failure(r#""a string""#, "string"), Reason::UnknownFormat);
         assert_eq!(failure("42", "number"), Reason::UnknownFormat);
+        // Found by the debezium fuzz target: valid JSON, past f64's range.
+        assert_eq!(failure(" 9E9999999999 ", "number"), Reason::UnknownFormat);
+        assert_eq!(failure("-1e999", "number"), Reason::UnknownFormat);
+        assert_eq!(failure("1e999 x", "JSON"), Reason::InvalidJson);
         assert_eq!(failure("true", "bool"), Reason::UnknownFormat);
         assert_eq!(failure("{}", "no fields"), Reason::UnknownFormat);
     }

@@ -1,0 +1,5 @@
+//! Fuzz target: configuration files, parsed and validated.
+
+fn main() {
+    afl::fuzz!(|data: &[u8]| vigil_fuzz::config(data));
+}
