@@ -27,10 +27,11 @@ pub enum ViolationKind {
     ConflictingVersion,
     IncompleteTransaction,
     UnterminatedTransaction,
+    TransactionNotInvalidated,
 }
 
 impl ViolationKind {
-    pub const ALL: [ViolationKind; 9] = [
+    pub const ALL: [ViolationKind; 10] = [
         ViolationKind::MissingInvalidation,
         ViolationKind::LateInvalidation,
         ViolationKind::StaleFill,
@@ -40,6 +41,7 @@ impl ViolationKind {
         ViolationKind::ConflictingVersion,
         ViolationKind::IncompleteTransaction,
         ViolationKind::UnterminatedTransaction,
+        ViolationKind::TransactionNotInvalidated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +55,7 @@ impl ViolationKind {
             ViolationKind::ConflictingVersion => "conflicting_version",
             ViolationKind::IncompleteTransaction => "incomplete_transaction",
             ViolationKind::UnterminatedTransaction => "unterminated_transaction",
+            ViolationKind::TransactionNotInvalidated => "transaction_not_invalidated",
         }
     }
 
@@ -68,7 +71,8 @@ impl ViolationKind {
             ViolationKind::MissingInvalidation
             | ViolationKind::StaleFill
             | ViolationKind::FillAfterDelete
-            | ViolationKind::ConflictingVersion => "high",
+            | ViolationKind::ConflictingVersion
+            | ViolationKind::TransactionNotInvalidated => "high",
             ViolationKind::VersionRegression
             | ViolationKind::VersionGap
             | ViolationKind::IncompleteTransaction
@@ -91,7 +95,9 @@ impl ViolationKind {
     pub fn is_transaction_level(self) -> bool {
         matches!(
             self,
-            ViolationKind::IncompleteTransaction | ViolationKind::UnterminatedTransaction
+            ViolationKind::IncompleteTransaction
+                | ViolationKind::UnterminatedTransaction
+                | ViolationKind::TransactionNotInvalidated
         )
     }
 }
@@ -115,6 +121,28 @@ pub struct TxDetail {
     /// The mapped tables whose changes were seen (Maxwell: every table
     /// whose rows were seen, mapped or not).
     pub tables: Vec<Arc<str>>,
+    /// How its changes' invalidations went (`transaction_not_invalidated`).
+    pub keys: Option<KeyCounts>,
+}
+
+/// A transaction's changes decided by the key checks, one per change and
+/// key (a redelivered change counts once).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyCounts {
+    /// Invalidated within the deadline.
+    pub in_time: u64,
+    /// Not invalidated within the deadline (the late ones included).
+    pub missing: u64,
+    /// Of the missing, invalidated within the late window.
+    pub late: u64,
+}
+
+impl KeyCounts {
+    pub fn add(&mut self, other: KeyCounts) {
+        self.in_time += other.in_time;
+        self.missing += other.missing;
+        self.late += other.late;
+    }
 }
 
 /// One detected violation. Optional fields are present where the kind gives
@@ -236,6 +264,11 @@ impl Serialize for Data<'_> {
             }
             let tables: Vec<&str> = t.tables.iter().map(|t| &**t).collect();
             m.serialize_entry("tables", &tables)?;
+            if let Some(keys) = &t.keys {
+                m.serialize_entry("keys_in_time", &keys.in_time)?;
+                m.serialize_entry("keys_missing", &keys.missing)?;
+                m.serialize_entry("keys_late", &keys.late)?;
+            }
         }
         let evidence: Vec<JsonEvidence<'_>> = v.evidence.iter().map(JsonEvidence).collect();
         m.serialize_entry("evidence", &evidence)?;

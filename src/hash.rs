@@ -145,6 +145,14 @@ pub fn transaction(id: &str, table: &str) -> u64 {
         .digest()
 }
 
+/// Identity of a transaction's summary of its changes' invalidations.
+pub fn transaction_summary(id: &str) -> u64 {
+    Fields::new("transaction_summary")
+        .bytes(id.as_bytes())
+        .0
+        .digest()
+}
+
 /// Identity of a storm report: when the storm started and the report's time.
 pub fn storm(start_ms: Millis, time_ms: Millis) -> u64 {
     Fields::new("storm")

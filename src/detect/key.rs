@@ -149,15 +149,19 @@ pub struct Fill {
     pub reported: Option<ViolationKind>,
 }
 
+/// Of a change invalidated in time: when it was due, the service whose
+/// invalidation covered it, and its transaction.
+pub type InTimeDue = (Millis, Option<Arc<str>>, Option<Arc<str>>);
+
 /// What advancing the watermark over a key decided.
 #[derive(Debug, Default)]
 pub struct Decisions {
     pub violations: Vec<Violation>,
     /// Changes invalidated within their deadline: table and lag (ms).
     pub in_time: Vec<(Arc<str>, i64)>,
-    /// For each change of `in_time`, in the same order: when it was due, and
-    /// the service whose invalidation covered it.
-    pub in_time_due: Vec<(Millis, Option<Arc<str>>)>,
+    /// For each change of `in_time`, in the same order: when it was due,
+    /// the service whose invalidation covered it, and its transaction.
+    pub in_time_due: Vec<InTimeDue>,
     /// Missed changes whose late window ended without an invalidation.
     pub expired: u64,
     /// Undecided changes forgotten because the key exceeded its limit.
@@ -439,7 +443,8 @@ fn decide_change(c: &mut KeyChange, key: &str, wm: Millis, rules: &KeyRules, out
                 c.status = Status::Decided;
                 out.in_time
                     .push((Arc::clone(&c.table), (cover.ts - c.ts).max(0)));
-                out.in_time_due.push((c.due(), cover.service.clone()));
+                out.in_time_due
+                    .push((c.due(), cover.service.clone(), c.tx.clone()));
             }
             _ => {
                 c.status = Status::Missed;

@@ -508,6 +508,7 @@ fn judge(id: &Arc<str>, tally: &Tally, due: Millis, out: &mut TxDecisions) {
                 missing_total_orders: None,
                 missing_xoffsets: None,
                 tables: tally.table_names(),
+                keys: None,
             })),
             evidence: vec![tally.first_evidence.clone()],
             ..Violation::new(
@@ -544,6 +545,7 @@ fn judge(id: &Arc<str>, tally: &Tally, due: Millis, out: &mut TxDecisions) {
                 missing_total_orders: missing.clone(),
                 missing_xoffsets: None,
                 tables: tally.table_names(),
+                keys: None,
             })),
             evidence: vec![end.evidence.clone()],
             ..Violation::new(
@@ -576,6 +578,7 @@ fn judge_rows(id: &Arc<str>, tally: &Tally, end: &EndSeen, due: Millis, out: &mu
             missing_total_orders: None,
             missing_xoffsets: Some(listed),
             tables: tally.table_names(),
+            keys: None,
         })),
         evidence: vec![end.evidence.clone()],
         ..Violation::new(
@@ -611,6 +614,8 @@ fn missing_orders(tally: &Tally, counts: &EndCounts) -> Option<Vec<u64>> {
             .collect(),
     )
 }
+
+pub mod summary;
 
 #[cfg(test)]
 mod tests;

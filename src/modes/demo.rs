@@ -302,6 +302,7 @@ fn short(kind: ViolationKind) -> &'static str {
         ViolationKind::ConflictingVersion => "conflict",
         ViolationKind::IncompleteTransaction => "incomplete-tx",
         ViolationKind::UnterminatedTransaction => "unterminated-tx",
+        ViolationKind::TransactionNotInvalidated => "tx-not-invalidated",
     }
 }
 

@@ -5,13 +5,12 @@
 //! to the sink as they are decided; the windows and incidents in progress
 //! go into every checkpoint once every worker has reached it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::{Engine, PipelineError, SinkMsg};
+use super::{Arrivals, Engine, PipelineError, SinkMsg};
 use crate::detect::incident::{IncidentDetector, IncidentRules, IncidentState, Tallies};
 use crate::model::Millis;
 use crate::state::{Cf, StateBatch, StateError, Store, codec};
@@ -41,8 +40,8 @@ pub(super) struct IncidentStage {
     stats: Arc<Stats>,
     /// Per worker, the time up to which it has decided every verdict.
     decided: Vec<Millis>,
-    /// Per checkpoint, the workers that have reached it.
-    reached: BTreeMap<u64, usize>,
+    /// The workers that have reached each checkpoint.
+    reached: Arrivals,
     /// The time judged up to.
     judged: Millis,
     /// Whether the state changed since it was last handed to the sink.
@@ -77,7 +76,7 @@ impl IncidentStage {
             sink,
             stats: Arc::clone(&engine.stats),
             decided: vec![Millis::MIN; workers],
-            reached: BTreeMap::new(),
+            reached: Arrivals::new(workers),
             judged: Millis::MIN,
             dirty: false,
         })
@@ -123,12 +122,9 @@ impl IncidentStage {
                     }
                 }
                 IncidentMsg::Checkpoint { epoch } => {
-                    let reached = self.reached.entry(epoch).or_default();
-                    *reached += 1;
-                    if *reached < self.decided.len() {
+                    if !self.reached.reach(epoch) {
                         continue;
                     }
-                    self.reached.remove(&epoch);
                     let mut batch = StateBatch::default();
                     if std::mem::take(&mut self.dirty) {
                         batch.put(

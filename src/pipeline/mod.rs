@@ -46,6 +46,7 @@ pub use incidents::load_incidents;
 pub use shard::{read_entity, read_key};
 pub use storms::load_storms;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -198,6 +199,34 @@ enum SinkMsg {
         epoch: u64,
         batch: StateBatch,
     },
+}
+
+/// The checkpoints a stage that hears from several senders was asked for,
+/// and by how many of them so far.
+struct Arrivals {
+    senders: usize,
+    reached: BTreeMap<u64, usize>,
+}
+
+impl Arrivals {
+    fn new(senders: usize) -> Self {
+        Arrivals {
+            senders,
+            reached: BTreeMap::new(),
+        }
+    }
+
+    /// One more sender has reached checkpoint `epoch`: true once every one
+    /// has.
+    fn reach(&mut self, epoch: u64) -> bool {
+        let reached = self.reached.entry(epoch).or_default();
+        *reached += 1;
+        if *reached < self.senders {
+            return false;
+        }
+        self.reached.remove(&epoch);
+        true
+    }
 }
 
 /// Where violations, storm and incident events and dead letters go.
@@ -408,6 +437,22 @@ impl Engine {
             }
             None => None,
         };
+        let mut tx_tx = None;
+        let tx_handle = match self.options.transactions {
+            Some(rules) => {
+                // The router's batches, and every worker's verdicts.
+                let (tx, rx) = crossbeam_channel::bounded(cap * (n + 1));
+                tx_tx = Some(tx);
+                let stage = transactions::TxStage::new(&self, rules, n, sink_tx.clone())?;
+                Some(
+                    std::thread::Builder::new()
+                        .name("vigil-transactions".into())
+                        .spawn(move || stage.run(rx))
+                        .expect("spawning a thread only fails when the OS is out of resources"),
+                )
+            }
+            None => None,
+        };
         for index in 0..n {
             let (tx, rx) = crossbeam_channel::bounded(cap);
             work_txs.push(tx);
@@ -418,7 +463,10 @@ impl Engine {
                 sink_tx.clone(),
                 spare_tx.clone(),
                 Arc::clone(&committed),
-                incident_tx.clone(),
+                worker::Listeners {
+                    incidents: incident_tx.clone(),
+                    transactions: tx_tx.clone(),
+                },
             );
             handles.push(
                 std::thread::Builder::new()
@@ -436,21 +484,6 @@ impl Engine {
                 Some(
                     std::thread::Builder::new()
                         .name("vigil-storms".into())
-                        .spawn(move || stage.run(rx))
-                        .expect("spawning a thread only fails when the OS is out of resources"),
-                )
-            }
-            None => None,
-        };
-        let mut tx_tx = None;
-        let tx_handle = match self.options.transactions {
-            Some(rules) => {
-                let (tx, rx) = crossbeam_channel::bounded(cap);
-                tx_tx = Some(tx);
-                let stage = transactions::TxStage::new(&self, rules, sink_tx.clone())?;
-                Some(
-                    std::thread::Builder::new()
-                        .name("vigil-transactions".into())
                         .spawn(move || stage.run(rx))
                         .expect("spawning a thread only fails when the OS is out of resources"),
                 )

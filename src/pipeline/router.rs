@@ -230,6 +230,16 @@ impl Router {
                 evidence: change.provenance.clone(),
             }));
         }
+        if self.transactions.is_some()
+            && change.op.obliges_invalidation()
+            && let Some(tx) = &change.tx_id
+        {
+            self.pending_tx.push(TxItem::Due {
+                tx: Arc::clone(tx),
+                table: Arc::clone(&change.table),
+                due: change.commit_ts_ms.saturating_add(change.rules.deadline_ms),
+            });
+        }
         let change = Arc::new(change);
         if change.op.is_row_change() {
             self.pending[hash::shard_of_entity(change.entity, n)].push(WorkItem::Entity {

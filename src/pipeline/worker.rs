@@ -12,10 +12,12 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::incidents::IncidentMsg;
 use super::shard::Shard;
+use super::transactions::TxMsg;
 use super::{Engine, PipelineError, SinkMsg, WorkItem, WorkMsg};
 use crate::detect::entity::{self, EntityVerdict};
 use crate::detect::incident::Tallies;
 use crate::detect::key::{Decisions, RetainedGlob};
+use crate::detect::transaction::summary::TxTallies;
 use crate::events::{Violation, ViolationKind};
 use crate::model::Millis;
 use crate::telemetry::{Stats, TableTally};
@@ -37,9 +39,18 @@ pub(super) struct Worker {
     /// Where the key checks' verdicts go for incident detection, unless
     /// it is off.
     incidents: Option<Sender<IncidentMsg>>,
+    /// Where the key checks' verdicts by transaction go for the
+    /// transaction summaries, unless transaction checks are off.
+    transactions: Option<Sender<TxMsg>>,
     /// The watermark up to which every timer due has fired, as last told
-    /// to incident detection.
+    /// to incident detection and the transaction summaries.
     decided_until: Millis,
+}
+
+/// The stages that hear the key checks' verdicts, when they are on.
+pub(super) struct Listeners {
+    pub incidents: Option<Sender<IncidentMsg>>,
+    pub transactions: Option<Sender<TxMsg>>,
 }
 
 /// What the detectors decided since they were last sent or counted.
@@ -54,6 +65,9 @@ struct Verdicts {
     /// Verdicts for incident detection since they were last sent (when it
     /// is on).
     incidents: Option<Tallies>,
+    /// Verdicts by transaction since they were last sent (when transaction
+    /// checks are on).
+    transactions: Option<TxTallies>,
 }
 
 impl Verdicts {
@@ -62,8 +76,18 @@ impl Verdicts {
     fn record(&mut self) {
         let d = &mut self.decided;
         if let Some(t) = &mut self.incidents {
-            for ((table, _), (due, service)) in d.in_time.iter().zip(&d.in_time_due) {
+            for ((table, _), (due, service, _)) in d.in_time.iter().zip(&d.in_time_due) {
                 t.in_time(*due, table, service.as_deref());
+            }
+            for v in &d.violations {
+                t.violation(v);
+            }
+        }
+        if let Some(t) = &mut self.transactions {
+            for ((table, _), (due, _, tx)) in d.in_time.iter().zip(&d.in_time_due) {
+                if let Some(tx) = tx {
+                    t.in_time(tx, table, *due);
+                }
             }
             for v in &d.violations {
                 t.violation(v);
@@ -115,8 +139,12 @@ impl Worker {
         sink: Sender<SinkMsg>,
         spare: Sender<Vec<WorkItem>>,
         committed: Arc<AtomicU64>,
-        incidents: Option<Sender<IncidentMsg>>,
+        listeners: Listeners,
     ) -> Self {
+        let Listeners {
+            incidents,
+            transactions,
+        } = listeners;
         Worker {
             index,
             exits_after: engine.options.exits_after,
@@ -131,8 +159,10 @@ impl Worker {
                 violations: Vec::new(),
                 tallies: BTreeMap::new(),
                 incidents: incidents.as_ref().map(|_| Tallies::default()),
+                transactions: transactions.as_ref().map(|_| TxTallies::default()),
             },
             incidents,
+            transactions,
             decided_until: Millis::MIN,
         }
     }
@@ -219,24 +249,36 @@ impl Worker {
     }
 
     /// Sends the verdicts decided so far: violations to the sink, the key
-    /// checks' verdicts to incident detection (in one message per batch of
-    /// work, with the time up to which every one due has been decided).
+    /// checks' verdicts to incident detection and by transaction to the
+    /// transaction summaries (in one message per batch of work, with the
+    /// time up to which every one due has been decided).
     fn send_violations(&mut self) -> Result<(), PipelineError> {
-        if let (Some(tx), Some(tallies)) = (&self.incidents, &mut self.verdicts.incidents) {
-            let decided_until = if self.shard.is_behind(self.watermark) {
-                self.decided_until
-            } else {
-                self.watermark
-            };
-            if !tallies.is_empty() || decided_until > self.decided_until {
-                self.decided_until = decided_until;
-                tx.send(IncidentMsg::Verdicts {
-                    worker: self.index,
-                    tallies: std::mem::take(tallies),
-                    decided_until,
-                })
-                .map_err(|_| PipelineError::Disconnected("incidents"))?;
-            }
+        let decided_until = if self.shard.is_behind(self.watermark) {
+            self.decided_until
+        } else {
+            self.watermark
+        };
+        let moved = decided_until > self.decided_until;
+        self.decided_until = decided_until;
+        if let (Some(tx), Some(tallies)) = (&self.incidents, &mut self.verdicts.incidents)
+            && (moved || !tallies.is_empty())
+        {
+            tx.send(IncidentMsg::Verdicts {
+                worker: self.index,
+                tallies: std::mem::take(tallies),
+                decided_until,
+            })
+            .map_err(|_| PipelineError::Disconnected("incidents"))?;
+        }
+        if let (Some(tx), Some(tallies)) = (&self.transactions, &mut self.verdicts.transactions)
+            && (moved || !tallies.is_empty())
+        {
+            tx.send(TxMsg::Verdicts {
+                worker: self.index,
+                sums: tallies.take(),
+                decided_until,
+            })
+            .map_err(|_| PipelineError::Disconnected("transactions"))?;
         }
         if !self.verdicts.violations.is_empty() {
             let v = std::mem::take(&mut self.verdicts.violations);
@@ -257,6 +299,10 @@ impl Worker {
         if let Some(tx) = &self.incidents {
             tx.send(IncidentMsg::Checkpoint { epoch })
                 .map_err(|_| PipelineError::Disconnected("incidents"))?;
+        }
+        if let Some(tx) = &self.transactions {
+            tx.send(TxMsg::Checkpoint { epoch })
+                .map_err(|_| PipelineError::Disconnected("transactions"))?;
         }
         let tallies = std::mem::take(&mut self.verdicts.tallies);
         self.verdicts.stats.add_table_tallies(&tallies);

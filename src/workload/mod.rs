@@ -169,6 +169,8 @@ struct OpenTx {
     /// Events written, per table.
     counts: BTreeMap<u32, u64>,
     last_ts: Millis,
+    /// Whether a change of it misses an invalidation (late or not).
+    missed: bool,
 }
 
 /// Rates (0..1) of each injected fault, and of redeliveries.
@@ -773,6 +775,11 @@ impl Generator {
         version: u64,
         lag_ms: Option<i64>,
     ) {
+        if kind == ViolationKind::MissingInvalidation
+            && let Some(open) = &mut self.open_tx
+        {
+            open.missed = true;
+        }
         let format = self.format_of(table);
         let pk = if format.stringly() {
             json!({ "id": id.to_string() })
@@ -823,6 +830,7 @@ impl Generator {
                 episodes_left,
                 counts: BTreeMap::new(),
                 last_ts: ts,
+                missed: false,
             });
         }
         let open = self.open_tx.as_mut()?;
@@ -870,8 +878,15 @@ impl Generator {
                 lag_ms: None,
             });
         };
+        let first = open.counts.keys().map(|&t| table_name(self, t)).min();
+        if open.missed {
+            tx_expect(
+                self,
+                ViolationKind::TransactionNotInvalidated,
+                first.clone().unwrap_or_default(),
+            );
+        }
         if unterminated {
-            let first = open.counts.keys().map(|&t| table_name(self, t)).min();
             tx_expect(
                 self,
                 ViolationKind::UnterminatedTransaction,

@@ -58,6 +58,7 @@ fn generated_transactions_are_reported_exactly() {
         "unterminated_transaction",
         "missing_invalidation",
         "version_gap",
+        "transaction_not_invalidated",
     ] {
         assert!(
             kinds.get(kind).copied().unwrap_or(0) > 0,
@@ -90,6 +91,19 @@ fn generated_transactions_are_reported_exactly() {
                         "{v}"
                     );
                 }
+            }
+            // One summary per transaction with a missed change.
+            "transaction_not_invalidated" => {
+                let id = data["transaction_id"].as_str().unwrap();
+                assert_eq!(v["subject"], format!("transaction/{id}"));
+                let missing = data["keys_missing"].as_u64().unwrap();
+                assert!(missing >= 1, "{v}");
+                assert!(data["keys_late"].as_u64().unwrap() <= missing, "{v}");
+                assert_eq!(
+                    data["seen_events"].as_u64().unwrap(),
+                    data["keys_in_time"].as_u64().unwrap() + missing,
+                    "{v}"
+                );
             }
             // Violations of a change name its transaction.
             "missing_invalidation"
