@@ -536,27 +536,42 @@ fn judge(id: &Arc<str>, tally: &Tally, due: Millis, out: &mut TxDecisions) {
         if seen >= *expected {
             continue;
         }
-        out.violations.push(Violation {
-            change_ts_ms: Some(end.ts),
-            transaction_id: Some(Arc::clone(id)),
-            transaction: Some(Box::new(TxDetail {
-                expected_events: Some(*expected),
-                seen_events: seen,
-                missing_total_orders: missing.clone(),
-                missing_xoffsets: None,
-                tables: tally.table_names(),
-                keys: None,
-            })),
-            evidence: vec![end.evidence.clone()],
-            ..Violation::new(
-                ViolationKind::IncompleteTransaction,
-                None,
-                crate::hash::transaction(id, table),
-                Arc::clone(table),
-                Arc::from("{}"),
-                due,
-            )
-        });
+        let detail = TxDetail {
+            expected_events: Some(*expected),
+            seen_events: seen,
+            missing_total_orders: missing.clone(),
+            missing_xoffsets: None,
+            tables: tally.table_names(),
+            keys: None,
+        };
+        let violation = incomplete(id, (Arc::clone(table), table), detail, end, due);
+        out.violations.push(violation);
+    }
+}
+
+/// An `incomplete_transaction` of transaction `id`, its END as evidence:
+/// `table` as reported, and as its id names it (one violation per table;
+/// Maxwell's lost rows are of no known table).
+fn incomplete(
+    id: &Arc<str>,
+    (table, id_table): (Arc<str>, &str),
+    detail: TxDetail,
+    end: &EndSeen,
+    due: Millis,
+) -> Violation {
+    Violation {
+        change_ts_ms: Some(end.ts),
+        transaction_id: Some(Arc::clone(id)),
+        transaction: Some(Box::new(detail)),
+        evidence: vec![end.evidence.clone()],
+        ..Violation::new(
+            ViolationKind::IncompleteTransaction,
+            None,
+            crate::hash::transaction(id, id_table),
+            table,
+            Arc::from("{}"),
+            due,
+        )
     }
 }
 
@@ -569,27 +584,16 @@ fn judge_rows(id: &Arc<str>, tally: &Tally, end: &EndSeen, due: Millis, out: &mu
     }
     // The numbered rows seen, and the commit row.
     let seen = tally.seen_events() + 1;
-    out.violations.push(Violation {
-        change_ts_ms: Some(end.ts),
-        transaction_id: Some(Arc::clone(id)),
-        transaction: Some(Box::new(TxDetail {
-            expected_events: None,
-            seen_events: seen,
-            missing_total_orders: None,
-            missing_xoffsets: Some(listed),
-            tables: tally.table_names(),
-            keys: None,
-        })),
-        evidence: vec![end.evidence.clone()],
-        ..Violation::new(
-            ViolationKind::IncompleteTransaction,
-            None,
-            crate::hash::transaction(id, ""),
-            Arc::from(UNKNOWN_TABLE),
-            Arc::from("{}"),
-            due,
-        )
-    });
+    let detail = TxDetail {
+        expected_events: None,
+        seen_events: seen,
+        missing_total_orders: None,
+        missing_xoffsets: Some(listed),
+        tables: tally.table_names(),
+        keys: None,
+    };
+    let violation = incomplete(id, (Arc::from(UNKNOWN_TABLE), ""), detail, end, due);
+    out.violations.push(violation);
 }
 
 /// The `table` of a Maxwell `incomplete_transaction`: a lost row's table is

@@ -175,16 +175,7 @@ impl TxStage {
                     self.detector.advance(self.watermark, &self.rules, &mut out);
                     self.stats
                         .add_stage_time(Stage::Transactions, started.elapsed());
-                    self.stats.add_late_records(out.late);
-                    self.stats
-                        .add_transactions(out.dropped, self.detector.open());
-                    if out.dropped > 0 {
-                        tracing::warn!(
-                            dropped = out.dropped,
-                            max = self.rules.max_open,
-                            "open transactions over detect.max_open_transactions dropped undecided"
-                        );
-                    }
+                    self.count(out.late, out.dropped, "open transactions dropped undecided");
                     self.send(out.violations)?;
                     self.summarised(summaries)?;
                 }
@@ -243,18 +234,28 @@ impl TxStage {
         Ok(())
     }
 
-    /// Counts what the summaries decided, and sends their violations.
-    fn summarised(&mut self, out: SummaryDecisions) -> Result<(), PipelineError> {
-        self.stats.add_late_records(out.late);
-        self.stats
-            .add_transactions(out.dropped, self.detector.open());
-        if out.dropped > 0 {
+    /// Counts the late records and the dropped transactions (or summaries)
+    /// of a detector's round, and says so when it dropped some to stay
+    /// within `detect.max_open_transactions`.
+    fn count(&self, late: u64, dropped: u64, what: &'static str) {
+        self.stats.add_late_records(late);
+        self.stats.add_transactions(dropped, self.detector.open());
+        if dropped > 0 {
             tracing::warn!(
-                dropped = out.dropped,
-                max = self.summary_rules.max_open,
-                "transaction summaries over detect.max_open_transactions dropped unsummarised"
+                dropped,
+                max = self.rules.max_open,
+                "{what}: over detect.max_open_transactions"
             );
         }
+    }
+
+    /// Counts what the summaries decided, and sends their violations.
+    fn summarised(&mut self, out: SummaryDecisions) -> Result<(), PipelineError> {
+        self.count(
+            out.late,
+            out.dropped,
+            "transaction summaries dropped unsummarised",
+        );
         self.send(out.violations)
     }
 
