@@ -22,8 +22,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// for huge pages where it may; when free memory is fragmented (a machine
 /// whose page cache is full), the kernel then compacts memory on the page
 /// fault, in the process's time: a `vigil check` of a million records spent
-/// from 0.1 to 1.8 s of system time that way, run to run, against a steady
-/// 0.3 s with 4 KiB pages, and 10 % more memory (see BENCHMARKS.md).
+/// from 0.1 to 1.8 s of system time that way, run to run, and peaked 10 %
+/// higher; with 4 KiB pages it takes a steady 0.3 s (see BENCHMARKS.md).
 fn no_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes no pointer; it sets a flag of the
     // calling process. A kernel without it returns an error, which leaves
