@@ -394,6 +394,18 @@ pub struct RunReport {
     pub checkpoints: u64,
 }
 
+/// Starts a stage on a thread of its own, under the name `ps` and `perf`
+/// show.
+fn spawn<T: Send + 'static>(
+    name: impl Into<String>,
+    run: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(run)
+        .expect("spawning a thread only fails when the OS is out of resources")
+}
+
 /// A configured engine, ready to run over the sources' channel.
 pub struct Engine {
     pub options: EngineOptions,
@@ -428,12 +440,7 @@ impl Engine {
                 let (tx, rx) = crossbeam_channel::bounded(cap * n);
                 incident_tx = Some(tx);
                 let stage = incidents::IncidentStage::new(&self, rules, n, sink_tx.clone())?;
-                Some(
-                    std::thread::Builder::new()
-                        .name("vigil-incidents".into())
-                        .spawn(move || stage.run(rx))
-                        .expect("spawning a thread only fails when the OS is out of resources"),
-                )
+                Some(spawn("vigil-incidents", move || stage.run(rx)))
             }
             None => None,
         };
@@ -444,12 +451,7 @@ impl Engine {
                 let (tx, rx) = crossbeam_channel::bounded(cap * (n + 1));
                 tx_tx = Some(tx);
                 let stage = transactions::TxStage::new(&self, rules, n, sink_tx.clone())?;
-                Some(
-                    std::thread::Builder::new()
-                        .name("vigil-transactions".into())
-                        .spawn(move || stage.run(rx))
-                        .expect("spawning a thread only fails when the OS is out of resources"),
-                )
+                Some(spawn("vigil-transactions", move || stage.run(rx)))
             }
             None => None,
         };
@@ -468,12 +470,7 @@ impl Engine {
                     transactions: tx_tx.clone(),
                 },
             );
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("vigil-worker-{index}"))
-                    .spawn(move || w.run(rx))
-                    .expect("spawning a thread only fails when the OS is out of resources"),
-            );
+            handles.push(spawn(format!("vigil-worker-{index}"), move || w.run(rx)));
         }
         let mut storm_tx = None;
         let storm_handle = match self.options.storms.clone() {
@@ -481,12 +478,7 @@ impl Engine {
                 let (tx, rx) = crossbeam_channel::bounded(cap);
                 storm_tx = Some(tx);
                 let stage = storms::StormStage::new(&self, rules, sink_tx.clone())?;
-                Some(
-                    std::thread::Builder::new()
-                        .name("vigil-storms".into())
-                        .spawn(move || stage.run(rx))
-                        .expect("spawning a thread only fails when the OS is out of resources"),
-                )
+                Some(spawn("vigil-storms", move || stage.run(rx)))
             }
             None => None,
         };
@@ -500,10 +492,7 @@ impl Engine {
             committed,
             committed_tx,
         );
-        let committer_handle = std::thread::Builder::new()
-            .name("vigil-commit".into())
-            .spawn(move || committer.run(commit_rx))
-            .expect("spawning a thread only fails when the OS is out of resources");
+        let committer_handle = spawn("vigil-commit", move || committer.run(commit_rx));
         let sink = sink::Sink::new(
             n + usize::from(storm_handle.is_some())
                 + usize::from(tx_handle.is_some())
@@ -513,10 +502,7 @@ impl Engine {
             commit_tx,
             committed_rx,
         );
-        let sink_handle = std::thread::Builder::new()
-            .name("vigil-sink".into())
-            .spawn(move || sink.run(sink_rx))
-            .expect("spawning a thread only fails when the OS is out of resources");
+        let sink_handle = spawn("vigil-sink", move || sink.run(sink_rx));
 
         // The workers hold the incident stage's senders: it ends after them.
         drop(incident_tx);
