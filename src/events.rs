@@ -522,8 +522,12 @@ pub struct CloudEvent<'a, D> {
     pub data: D,
 }
 
-/// `datacontenttype` of every event: the data is JSON.
-const DATA_CONTENT_TYPE: &str = "application/json";
+/// `datacontenttype` of an event whose data is JSON (always, in files and
+/// in structured mode).
+pub const DATA_CONTENT_TYPE: &str = "application/json";
+/// `datacontenttype` of a binary-mode event whose data is Avro
+/// (`outputs.format = "avro"`).
+pub const AVRO_CONTENT_TYPE: &str = "application/avro";
 
 impl<D: Serialize> CloudEvent<'_, D> {
     /// The CloudEvents 1.0 structured JSON form, one line.
@@ -563,7 +567,11 @@ impl<D: Serialize> CloudEvent<'_, D> {
     /// The attributes as the Kafka headers of binary mode (CloudEvents Kafka
     /// protocol binding 1.0): `ce_<attribute>` each, and `content-type` for
     /// `datacontenttype`.
-    pub fn binary_headers(&self, source: &str) -> Vec<(String, Option<Vec<u8>>)> {
+    pub fn binary_headers(
+        &self,
+        source: &str,
+        content_type: &str,
+    ) -> Vec<(String, Option<Vec<u8>>)> {
         [
             ("ce_specversion", "1.0"),
             ("ce_id", self.id),
@@ -572,7 +580,7 @@ impl<D: Serialize> CloudEvent<'_, D> {
             ("ce_time", &rfc3339_ms(self.time_ms)),
             ("ce_subject", &self.subject),
             ("ce_dataschema", self.dataschema),
-            ("content-type", DATA_CONTENT_TYPE),
+            ("content-type", content_type),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_string(), Some(value.as_bytes().to_vec())))
@@ -691,7 +699,7 @@ mod tests {
         let data: serde_json::Value = serde_json::from_str(&event.data_json()).unwrap();
         assert_eq!(data, structured["data"]);
         let headers: BTreeMap<String, String> = event
-            .binary_headers("/vigil")
+            .binary_headers("/vigil", DATA_CONTENT_TYPE)
             .into_iter()
             .map(|(k, v)| (k, String::from_utf8(v.unwrap()).unwrap()))
             .collect();

@@ -32,7 +32,8 @@
 //! - [`state`]: the RocksDB store (and an in-memory one for tests, and a
 //!   wrapper failing as a full disk does for `vigil torture`);
 //! - [`events`]: violations and their CloudEvents form, [`hash`] their ids;
-//! - [`io`]: file inputs and outputs, Kafka sources and outputs;
+//! - [`io`]: file inputs and outputs, Kafka sources and outputs (events
+//!   in JSON, or in Avro through the registry: [`io::kafka::avro`]);
 //! - [`replay`]: what a dead letter says of its origin, for `vigil replay`;
 //! - [`modes`]: `vigil check`, `run`, `demo`, `gen` ([`modes::generate`]),
 //!   `bench`, `replay`, `torture` (crashes, a broker outage and a failing
@@ -42,7 +43,7 @@
 //! - [`registry`]: the Schema Registry client (schemas by id, from
 //!   Confluent's API or Apicurio's: Avro writer schemas, compiled Protobuf
 //!   schemas, or the mark of a JSON Schema; registration of `vigil gen`'s
-//!   schemas);
+//!   schemas and of the Avro output schemas);
 //! - [`config`]: the TOML configuration; [`telemetry`]: counters, metrics
 //!   and logs; [`http`]: the HTTP server of `vigil run` (metrics, health,
 //!   readiness, key state); [`inspect`]: read-only views of the state;

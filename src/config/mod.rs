@@ -417,6 +417,8 @@ pub struct OutputsConfig {
     /// How violations and storm events are written to Kafka. Default
     /// `"structured"`.
     pub cloudevents_mode: CloudEventsMode,
+    /// The encoding of the events' data on Kafka. Default `"json"`.
+    pub format: OutputFormat,
 }
 
 impl Default for OutputsConfig {
@@ -429,8 +431,20 @@ impl Default for OutputsConfig {
             incidents_topic: "vigil.incidents".into(),
             changelog_topic: "vigil.changelog".into(),
             cloudevents_mode: CloudEventsMode::Structured,
+            format: OutputFormat::Json,
         }
     }
+}
+
+/// The encoding of the `data` of the events `vigil run` produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    Json,
+    /// Avro in Confluent's framing, the schemas registered in the Schema
+    /// Registry (see [`crate::io::kafka::avro`]). Needs binary content
+    /// mode and a registry.
+    Avro,
 }
 
 /// CloudEvents content mode of the events `vigil run` produces (the
@@ -1074,7 +1088,29 @@ impl Config {
                 "is empty: remove it to serve without a token",
             ));
         }
-        self.validate_schema_registry()
+        self.validate_schema_registry()?;
+        self.validate_output_format()
+    }
+
+    /// Avro outputs need what carries them: a registry for the schemas and
+    /// binary content mode (the attributes in headers, the value the data).
+    fn validate_output_format(&self) -> Result<(), ConfigError> {
+        if self.outputs.format != OutputFormat::Avro {
+            return Ok(());
+        }
+        if self.schema_registry.url.is_none() {
+            return Err(invalid(
+                "outputs.format",
+                "\"avro\" registers the events' schemas in the Schema Registry: set [schema_registry] url",
+            ));
+        }
+        if self.outputs.cloudevents_mode != CloudEventsMode::Binary {
+            return Err(invalid(
+                "outputs.format",
+                "\"avro\" writes the events' data alone as the record value, with the CloudEvents attributes in headers: set outputs.cloudevents_mode = \"binary\"",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_schema_registry(&self) -> Result<(), ConfigError> {
@@ -1240,6 +1276,14 @@ impl Config {
     /// replay --to files`) need beyond [`Config::validate`]: structured
     /// events, since a line of a file has no headers for the attributes.
     pub fn validate_for_files(&self, mode: &str) -> Result<(), ConfigError> {
+        if self.outputs.format == OutputFormat::Avro {
+            return Err(invalid(
+                "outputs.format",
+                format!(
+                    "\"avro\" writes events to Kafka through the Schema Registry, but {mode} writes files of JSON lines: use \"json\" (the default; VIGIL_OUTPUTS__FORMAT=json overrides the file)"
+                ),
+            ));
+        }
         if self.outputs.cloudevents_mode == CloudEventsMode::Binary {
             return Err(invalid(
                 "outputs.cloudevents_mode",
@@ -1454,6 +1498,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("batched"), "{err}");
+    }
+
+    #[test]
+    fn avro_outputs_need_a_registry_binary_mode_and_kafka() {
+        let err = |text: &str| parse(text).unwrap_err().to_string();
+        let avro = "[outputs]\nformat = \"avro\"\n";
+        assert!(err(avro).contains("[schema_registry] url"), "{}", err(avro));
+        let with_registry = format!("{avro}\n[schema_registry]\nurl = \"http://registry:8081\"\n");
+        assert!(
+            err(&with_registry).contains("cloudevents_mode = \"binary\""),
+            "{}",
+            err(&with_registry)
+        );
+        let complete = with_registry.replace(
+            "format = \"avro\"",
+            "format = \"avro\"\ncloudevents_mode = \"binary\"",
+        );
+        let config = parse(&complete).unwrap();
+        assert_eq!(config.outputs.format, OutputFormat::Avro);
+        let files = config
+            .validate_for_files("vigil check")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            files.contains("outputs.format") && files.contains("vigil check"),
+            "{files}"
+        );
     }
 
     #[test]

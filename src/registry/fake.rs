@@ -182,7 +182,10 @@ fn serve(shared: &Shared, stream: TcpStream) {
     }
     let mut words = request_line.split_whitespace();
     let method = words.next().unwrap_or("").to_string();
-    let path = words.next().unwrap_or("").to_string();
+    // Routed by path: a query (`?deleted=true`, which some clients send)
+    // changes nothing here.
+    let target = words.next().unwrap_or("");
+    let path = target.split('?').next().unwrap_or(target).to_string();
     let mut authorization = None;
     let mut length = 0;
     loop {

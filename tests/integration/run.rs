@@ -721,6 +721,115 @@ fn binary_mode_puts_the_attributes_in_headers_and_the_data_in_the_value() {
     }
 }
 
+/// `outputs.format = "avro"`: the data of each event an Avro datum in
+/// Confluent's framing, its schema registered under `{topic}-value`, read
+/// back by a registry-aware deserializer written elsewhere
+/// (`schema_registry_converter`, against the test's registry).
+#[test]
+fn avro_events_are_read_back_by_a_registry_aware_deserializer() {
+    use schema_registry_converter::blocking::avro::AvroDecoder;
+    use schema_registry_converter::blocking::schema_registry::SrSettings;
+
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::of(stormy_spec());
+    let broker = w.broker();
+    const AVRO_VIOLATIONS: &str = "avro.violations";
+    const AVRO_STORMS: &str = "avro.storms";
+    broker.cluster.create_topic(AVRO_VIOLATIONS, 3, 1).unwrap();
+    broker.cluster.create_topic(AVRO_STORMS, 1, 1).unwrap();
+    w.produce(&broker, 0..w.records.len());
+    let checked = w.check_files(dir.path());
+    let by_id = |events: Vec<Value>| -> BTreeMap<String, Value> {
+        events
+            .into_iter()
+            .map(|e| (e["id"].as_str().unwrap().to_string(), e))
+            .collect()
+    };
+    let violations = by_id(checked.violations());
+    let storms = by_id(read_ndjson(&checked.out.join("storms.ndjson")));
+    assert!(!violations.is_empty() && !storms.is_empty());
+
+    let registry = FakeRegistry::start();
+    let text = |s: &str| toml::Value::String(s.to_string());
+    let daemon_dir = dir.path().join("avro");
+    fs::create_dir_all(&daemon_dir).unwrap();
+    let daemon = Daemon::start(&w.config(
+        &daemon_dir,
+        &broker,
+        &[
+            ("outputs", "violations_topic", text(AVRO_VIOLATIONS)),
+            ("outputs", "storms_topic", text(AVRO_STORMS)),
+            ("outputs", "cloudevents_mode", text("binary")),
+            ("outputs", "format", text("avro")),
+            ("schema_registry", "url", text(&registry.url())),
+        ],
+    ));
+    let ce_id = |m: &OwnedMessage| headers_of(m).remove("ce_id").unwrap_or_default();
+    let decoder = AvroDecoder::new(SrSettings::new(registry.url()));
+    for (topic, partitions, want) in [(AVRO_VIOLATIONS, 3, &violations), (AVRO_STORMS, 1, &storms)]
+    {
+        let ids: BTreeSet<String> = want.keys().cloned().collect();
+        for (id, m) in events_by_id(&broker, topic, partitions, &ids, ce_id) {
+            let event = &want[&id];
+            let headers = headers_of(&m);
+            assert_eq!(headers["content-type"], "application/avro", "{topic}: {id}");
+            assert_eq!(headers["ce_type"], event["type"].as_str().unwrap());
+            assert_eq!(
+                headers["ce_dataschema"],
+                event["dataschema"].as_str().unwrap()
+            );
+            let decoded = decoder
+                .decode(m.payload())
+                .unwrap_or_else(|e| panic!("{topic}: {id} does not decode: {e:?}"));
+            let mut data = Value::try_from(decoded.value).unwrap();
+            // Avro writes every field; JSON leaves the empty optional ones out.
+            data.as_object_mut()
+                .unwrap()
+                .retain(|name, v| !v.is_null() || event["data"].get(name).is_some());
+            let mut expected = event["data"].clone();
+            if let Some(pk) = expected.get_mut("pk") {
+                // An Avro record cannot hold an object of any shape: the
+                // primary key is its JSON text.
+                *pk = Value::String(pk.to_string());
+            }
+            if let Some(evidence) = expected.get_mut("evidence") {
+                // vigil check read files: the same records, named by line.
+                let read = data["evidence"].as_array().unwrap();
+                assert_eq!(read.len(), evidence.as_array().unwrap().len(), "{id}");
+                assert!(
+                    read.iter()
+                        .all(|e| e["topic"].is_string() && e["offset"].is_i64())
+                );
+                *evidence = data["evidence"].clone();
+            }
+            if topic == AVRO_STORMS {
+                for field in ["rate", "peak", "baseline", "threshold"] {
+                    assert_eq!(
+                        data[field].as_f64(),
+                        expected[field].as_f64(),
+                        "{id}: {field}"
+                    );
+                    expected[field] = data[field].clone();
+                }
+            }
+            assert_eq!(
+                without_top_lists(&data),
+                without_top_lists(&expected),
+                "{topic}: {id}"
+            );
+        }
+    }
+    let subjects = registry.subjects();
+    for topic in [AVRO_VIOLATIONS, AVRO_STORMS] {
+        assert!(
+            subjects.contains(&format!("{topic}-value")),
+            "{topic}'s schema is registered: {subjects:?}"
+        );
+    }
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+
 #[test]
 fn a_killed_daemon_resumes_without_losing_or_changing_violations() {
     let dir = tempfile::tempdir().unwrap();

@@ -4,6 +4,7 @@
 //! classification of topics into CDC and cache streams, and librdkafka's
 //! logs routed to `tracing`.
 
+pub mod avro;
 pub mod handover;
 pub mod outputs;
 pub mod source;
@@ -171,6 +172,8 @@ pub enum KafkaSetupError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    #[error("cannot write events in Avro: {0}")]
+    Avro(#[from] avro::AvroOutputError),
 }
 
 /// Which stream each consumed topic belongs to: exact names from

@@ -26,14 +26,17 @@ use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use super::avro::{AvroEvents, Family};
 use super::handover::record_key;
 use super::source::VigilConsumer;
 use super::{KafkaSetupError, client_config, log_to_tracing, owned_headers};
-use crate::config::{CloudEventsMode, Config, Guarantee};
+use crate::config::{CloudEventsMode, Config, Guarantee, OutputFormat};
 use crate::dead_letter::{DeadLetter, Origin};
 use crate::detect::incident::IncidentEvent;
 use crate::detect::storm::StormEvent;
-use crate::events::{CLOUDEVENTS_CONTENT_TYPE, CloudEvent, Violation};
+use crate::events::{
+    AVRO_CONTENT_TYPE, CLOUDEVENTS_CONTENT_TYPE, CloudEvent, DATA_CONTENT_TYPE, Violation,
+};
 use crate::pipeline::{OutputError, Outputs, Position};
 use crate::state::StateBatch;
 use crate::telemetry::Stats;
@@ -124,6 +127,8 @@ pub struct KafkaOutputs {
     changelog_topic: Option<String>,
     source: String,
     cloudevents_mode: CloudEventsMode,
+    /// With `outputs.format = "avro"`: the encoder of the events' data.
+    avro: Option<AvroEvents>,
     stats: Arc<Stats>,
     /// Set when the process must stop waiting for the broker (shutdown).
     give_up: Arc<AtomicBool>,
@@ -204,6 +209,10 @@ impl KafkaOutputs {
                     source,
                 })?;
         }
+        let avro = match config.outputs.format {
+            OutputFormat::Json => None,
+            OutputFormat::Avro => Some(AvroEvents::new(config)?),
+        };
         Ok(KafkaOutputs {
             producer,
             resend_failed: consumer.is_some(),
@@ -219,6 +228,7 @@ impl KafkaOutputs {
                 .then(|| config.outputs.changelog_topic.clone()),
             source: config.outputs.source.clone(),
             cloudevents_mode: config.outputs.cloudevents_mode,
+            avro,
             stats,
             give_up,
         })
@@ -393,7 +403,8 @@ pub fn dead_letter_headers(d: &DeadLetter) -> Vec<(String, Option<Vec<u8>>)> {
     ]
 }
 
-/// A CloudEvent record for a topic, keyed by its subject, in `mode`.
+/// A CloudEvent record for a topic, keyed by its subject, in `mode`, its
+/// data as JSON.
 fn cloudevent_record(
     topic: &str,
     event: CloudEvent<'_, impl serde::Serialize>,
@@ -408,44 +419,86 @@ fn cloudevent_record(
                 Some(CLOUDEVENTS_CONTENT_TYPE.as_bytes().to_vec()),
             )],
         ),
-        CloudEventsMode::Binary => (event.data_json(), event.binary_headers(source)),
+        CloudEventsMode::Binary => (
+            event.data_json(),
+            event.binary_headers(source, DATA_CONTENT_TYPE),
+        ),
     };
+    event_record(topic, event.subject, payload.into_bytes(), headers)
+}
+
+/// A record of an event: keyed by its subject.
+fn event_record(
+    topic: &str,
+    subject: String,
+    payload: Vec<u8>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+) -> Outgoing {
     Outgoing {
         topic: topic.to_string(),
         partition: None,
-        key: Some(event.subject.into_bytes()),
-        payload: Some(payload.into_bytes()),
+        key: Some(subject.into_bytes()),
+        payload: Some(payload),
         headers,
         timestamp_ms: None,
     }
 }
 
+/// How long the outputs wait between two tries while the Schema Registry
+/// is unreachable.
+const REGISTRY_RETRY: Duration = Duration::from_secs(1);
+
+impl KafkaOutputs {
+    /// The record of an event of `family` in the configured format: JSON
+    /// (structured or binary mode), or Avro in binary mode. While the
+    /// Schema Registry cannot be reached to register a schema, waits (the
+    /// pipeline behind waits with it) until it can or vigil stops.
+    fn event(
+        &mut self,
+        family: Family,
+        topic: &str,
+        event: CloudEvent<'_, impl serde::Serialize>,
+    ) -> Result<Outgoing, OutputError> {
+        let Some(avro) = &mut self.avro else {
+            return Ok(cloudevent_record(
+                topic,
+                event,
+                self.cloudevents_mode,
+                &self.source,
+            ));
+        };
+        let payload = loop {
+            match avro.encode(family, &event.data) {
+                Ok(payload) => break payload,
+                Err(e) if e.is_retryable() && !self.give_up.load(Ordering::Relaxed) => {
+                    tracing::warn!(topic, error = %e, "waiting for the schema registry to register an output schema");
+                    std::thread::sleep(REGISTRY_RETRY);
+                }
+                Err(e) => return Err(Self::err(topic, e)),
+            }
+        };
+        let headers = event.binary_headers(&self.source, AVRO_CONTENT_TYPE);
+        Ok(event_record(topic, event.subject, payload, headers))
+    }
+}
+
 impl Outputs for KafkaOutputs {
     fn violation(&mut self, v: &Violation) -> Result<(), OutputError> {
-        self.send(&cloudevent_record(
-            &self.violations_topic,
-            v.cloudevent(),
-            self.cloudevents_mode,
-            &self.source,
-        ))
+        let topic = self.violations_topic.clone();
+        let record = self.event(Family::Violation, &topic, v.cloudevent())?;
+        self.send(&record)
     }
 
     fn storm(&mut self, e: &StormEvent) -> Result<(), OutputError> {
-        self.send(&cloudevent_record(
-            &self.storms_topic,
-            e.cloudevent(),
-            self.cloudevents_mode,
-            &self.source,
-        ))
+        let topic = self.storms_topic.clone();
+        let record = self.event(Family::Storm, &topic, e.cloudevent())?;
+        self.send(&record)
     }
 
     fn incident(&mut self, e: &IncidentEvent) -> Result<(), OutputError> {
-        self.send(&cloudevent_record(
-            &self.incidents_topic,
-            e.cloudevent(),
-            self.cloudevents_mode,
-            &self.source,
-        ))
+        let topic = self.incidents_topic.clone();
+        let record = self.event(Family::Incident, &topic, e.cloudevent())?;
+        self.send(&record)
     }
 
     fn dead_letter(&mut self, d: &DeadLetter) -> Result<(), OutputError> {
