@@ -14,7 +14,7 @@ use crate::formats::{
 use crate::mapping::{Change, Mapped, Mapper};
 use crate::model::{CacheEvent, Millis, Provenance};
 use crate::registry::{Registered, RegistryError, SchemaKind, SchemaRegistry, SetupError};
-use crate::telemetry::Stats;
+use crate::telemetry::{RecordSkipped, RegistryUnavailable, Stats, UnmappedChange};
 
 /// The first wait for an unavailable schema registry; each next one is
 /// twice as long, up to [`MAX_REGISTRY_WAIT`].
@@ -137,7 +137,7 @@ impl Ingest {
             Stream::Cache => {
                 let value = input.value.map(|v| utf8(v, "message value")).transpose()?;
                 let Some(text) = value else {
-                    self.stats.add_skipped(formats::Skip::Tombstone);
+                    self.stats.emit(RecordSkipped(formats::Skip::Tombstone));
                     return Ok(());
                 };
                 let event = formats::decode_cache(text, input.timestamp_ms)?;
@@ -281,8 +281,11 @@ impl Ingest {
             match registry.schema(id) {
                 Ok(schema) => return Ok(schema),
                 Err(e) if e.is_retryable() => {
-                    self.stats.add_registry_wait();
-                    tracing::warn!(schema_id = id, error = %e, "schema registry unavailable; the record waits {wait:?} and asks again");
+                    self.stats.emit(RegistryUnavailable {
+                        schema_id: id,
+                        error: &e,
+                        wait,
+                    });
                     std::thread::sleep(wait);
                     wait = (wait * 2).min(MAX_REGISTRY_WAIT);
                 }
@@ -397,16 +400,16 @@ impl Ingest {
     ) -> Result<(), RecordError> {
         let changes: Vec<RawChange<'_>> = match decoded {
             DecodedCdc::Skipped(kind) => {
-                self.stats.add_skipped(kind);
+                self.stats.emit(RecordSkipped(kind));
                 return Ok(());
             }
             DecodedCdc::Heartbeat(ts) => {
-                self.stats.add_skipped(Skip::Heartbeat);
+                self.stats.emit(RecordSkipped(Skip::Heartbeat));
                 out.push(Record::Tick(ts));
                 return Ok(());
             }
             DecodedCdc::Transaction(_) if !self.transactions => {
-                self.stats.add_skipped(Skip::TransactionMetadata);
+                self.stats.emit(RecordSkipped(Skip::TransactionMetadata));
                 return Ok(());
             }
             DecodedCdc::Transaction(marker) => {
@@ -429,7 +432,7 @@ impl Ingest {
             match mapped {
                 Ok(Mapped::Change(change)) => out.push(Record::Change(change)),
                 Ok(Mapped::Unmapped { table }) => match self.unmapped {
-                    UnmappedTables::Count => self.stats.add_unmapped(&table),
+                    UnmappedTables::Count => self.stats.emit(UnmappedChange(&table)),
                     UnmappedTables::Dlq => {
                         // The row is a dead letter, but it was seen: its
                         // place in its transaction still counts.

@@ -44,8 +44,10 @@
 //!   Confluent's API or Apicurio's: Avro writer schemas, compiled Protobuf
 //!   schemas, or the mark of a JSON Schema; registration of `vigil gen`'s
 //!   schemas and of the Avro output schemas);
-//! - [`config`]: the TOML configuration; [`telemetry`]: counters, metrics
-//!   and logs; [`http`]: the HTTP server of `vigil run` (metrics, health,
+//! - [`config`]: the TOML configuration; [`telemetry`]: named events that
+//!   count and log (every stage emits them), the counts they add to, the
+//!   summary of a run and the Prometheus exporter built from those counts,
+//!   process figures and logs; [`http`]: the HTTP server of `vigil run` (metrics, health,
 //!   readiness, key state); [`inspect`]: read-only views of the state;
 //! - [`model`]: the domain types every stage shares; [`workload`]: the
 //!   synthetic workload generator behind `vigil gen` (JSON formats, or

@@ -23,7 +23,7 @@ use crate::formats::KcatBuffers;
 use crate::ingest::{Ingest, RawInput, Record, Stream};
 use crate::model::{Millis, Provenance};
 use crate::pipeline::{OutputError, Outputs, PartitionBatch, Position, SourceMsg};
-use crate::telemetry::{Stage, Stats};
+use crate::telemetry::{RecordsRead, Stage, StageTimed, Stats};
 
 /// One line of a file, or the start of a line that exceeded the limit.
 #[derive(Debug, PartialEq, Eq)]
@@ -385,8 +385,12 @@ pub fn read_file(
             }
         }
         if records.len() >= opts.batch_size || dead.len() >= opts.batch_size {
-            opts.stats.add_records(&name, std::mem::take(&mut read));
-            opts.stats.add_stage_time(Stage::Ingest, started.elapsed());
+            opts.stats.emit(RecordsRead {
+                input: &name,
+                count: std::mem::take(&mut read),
+            });
+            opts.stats
+                .emit(StageTimed(Stage::Ingest, started.elapsed()));
             if let Some(ts) = records.iter().map(Record::event_time).max() {
                 opts.alignment.advance(partition, ts);
             }
@@ -396,8 +400,12 @@ pub fn read_file(
             started = Instant::now();
         }
     }
-    opts.stats.add_records(&name, read);
-    opts.stats.add_stage_time(Stage::Ingest, started.elapsed());
+    opts.stats.emit(RecordsRead {
+        input: &name,
+        count: read,
+    });
+    opts.stats
+        .emit(StageTimed(Stage::Ingest, started.elapsed()));
     if send_batch(tx, partition, &mut records, &mut dead, &name, line_no) {
         let _ = tx.send(SourceMsg::End {
             partitions: vec![partition],

@@ -14,7 +14,7 @@ use super::{Arrivals, Engine, PipelineError, SinkMsg};
 use crate::detect::incident::{IncidentDetector, IncidentRules, IncidentState, Tallies};
 use crate::model::Millis;
 use crate::state::{Cf, StateBatch, StateError, Store, codec};
-use crate::telemetry::{Stage, Stats};
+use crate::telemetry::{IncidentsOpen, Stage, StageTimed, Stats};
 
 /// The key of incident detection's state in [`Cf::Storms`] (the family of
 /// this instance's own detectors).
@@ -69,7 +69,7 @@ impl IncidentStage {
         sink: Sender<SinkMsg>,
     ) -> Result<Self, PipelineError> {
         let state = load_incidents(&*engine.store)?;
-        engine.stats.set_open_incidents(state.open_tables());
+        engine.stats.emit(IncidentsOpen(state.open_tables()));
         Ok(IncidentStage {
             detector: IncidentDetector::new(state),
             rules,
@@ -112,10 +112,10 @@ impl IncidentStage {
                         }
                     }
                     self.stats
-                        .add_stage_time(Stage::Incidents, started.elapsed());
+                        .emit(StageTimed(Stage::Incidents, started.elapsed()));
                     if !events.is_empty() {
                         self.stats
-                            .set_open_incidents(self.detector.state().open_tables());
+                            .emit(IncidentsOpen(self.detector.state().open_tables()));
                         self.sink
                             .send(SinkMsg::Incidents(std::mem::take(&mut events)))
                             .map_err(disconnected)?;

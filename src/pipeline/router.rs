@@ -18,7 +18,10 @@ use crate::detect::transaction::TxChange;
 use crate::hash;
 use crate::ingest::Record;
 use crate::model::{CacheAction, CacheEvent, Millis, Provenance, is_glob};
-use crate::telemetry::{Stage, Stats};
+use crate::telemetry::{
+    ChangeDecoded, FillDecoded, InvalidationDecoded, LateRecords, Stage, StageTimed, Stats,
+    WatermarkAdvanced,
+};
 use crate::time::{Clock, Watermarks};
 
 /// How often the router wakes without input (idle watermarks, checkpoints).
@@ -115,7 +118,7 @@ impl Router {
                     for batch in batches {
                         self.route(batch)?;
                     }
-                    self.stats.add_stage_time(Stage::Route, started.elapsed());
+                    self.stats.emit(StageTimed(Stage::Route, started.elapsed()));
                 }
                 Ok(SourceMsg::End { partitions }) => {
                     for partition in partitions {
@@ -189,7 +192,7 @@ impl Router {
                 Record::Tick(_) => {}
             }
         }
-        self.stats.add_late_records(late);
+        self.stats.emit(LateRecords(late));
         if let Some(p) = position {
             self.positions.insert(partition, p);
         }
@@ -216,7 +219,7 @@ impl Router {
     }
 
     fn route_change(&mut self, change: crate::mapping::Change) {
-        self.stats.add_change(change.op);
+        self.stats.emit(ChangeDecoded(change.op));
         let n = self.work.len();
         let scope = self.scope(&change.provenance);
         if self.transactions.is_some()
@@ -264,7 +267,7 @@ impl Router {
         let service = event.source_service.take();
         match event.action() {
             CacheAction::Invalidate => {
-                self.stats.add_cache_events(1, 0);
+                self.stats.emit(InvalidationDecoded);
                 let keys = std::mem::take(&mut event.keys);
                 if self.storms.is_some() {
                     self.pending_storms.push(Observed {
@@ -298,7 +301,7 @@ impl Router {
                 }
             }
             CacheAction::Fill => {
-                self.stats.add_cache_events(0, 1);
+                self.stats.emit(FillDecoded);
                 for key in event.keys {
                     let fill = Fill {
                         id: hash::fill(&key, event.ts_ms, event.version, service.as_deref()),
@@ -356,7 +359,7 @@ impl Router {
         }
         if moved {
             self.sent_watermark = watermark;
-            self.stats.set_watermark(watermark);
+            self.stats.emit(WatermarkAdvanced(watermark));
         }
         Ok(())
     }

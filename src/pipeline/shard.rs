@@ -32,7 +32,7 @@ use crate::hash;
 use crate::mapping::Change;
 use crate::model::Millis;
 use crate::state::{Cf, StateBatch, StateError, Store, codec};
-use crate::telemetry::{StateSize, Stats};
+use crate::telemetry::{StateEvicted, StateSize, Stats};
 use crate::time::TimerQueue;
 
 /// What is stored per cache key: the detector's state and the due time of
@@ -614,7 +614,7 @@ impl Shard {
             epoch
         };
         evicted += self.keys.drop_leaving(written) + self.entities.drop_leaving(written);
-        self.stats.add_state_evictions(evicted);
+        self.stats.emit(StateEvicted(evicted));
         Ok(batch)
     }
 

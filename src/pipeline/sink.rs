@@ -14,7 +14,10 @@ use crossbeam_channel::{Receiver, Sender};
 use super::{Outputs, PipelineError, Position, SinkMsg};
 use crate::model::Millis;
 use crate::state::{Cf, StateBatch, Store, codec};
-use crate::telemetry::{Stage, Stats};
+use crate::telemetry::{
+    CheckpointCommitted, DeadLettered, IncidentReported, Stage, StageTimed, Stats, StormReported,
+    ViolationReported,
+};
 use crate::time::END_OF_TIME;
 
 #[derive(Default)]
@@ -92,25 +95,25 @@ impl Sink {
                 SinkMsg::DeadLetters(dead) => {
                     for d in &dead {
                         self.outputs.dead_letter(d)?;
-                        self.stats.add_dead_letter(d.error.reason);
+                        self.stats.emit(DeadLettered(d.error.reason));
                     }
                 }
                 SinkMsg::Violations(violations) => {
                     for v in &violations {
                         self.outputs.violation(v)?;
-                        self.stats.add_violation(v.kind);
+                        self.stats.emit(ViolationReported(v.kind));
                     }
                 }
                 SinkMsg::Storms(events) => {
                     for e in &events {
                         self.outputs.storm(e)?;
-                        self.stats.add_storm_event(e.scope_type, e.phase);
+                        self.stats.emit(StormReported(e.scope_type, e.phase));
                     }
                 }
                 SinkMsg::Incidents(events) => {
                     for e in &events {
                         self.outputs.incident(e)?;
-                        self.stats.add_incident_event(e.phase);
+                        self.stats.emit(IncidentReported(e.phase));
                     }
                 }
                 SinkMsg::Barrier {
@@ -134,7 +137,8 @@ impl Sink {
             while let Ok(epoch) = self.committed.try_recv() {
                 publish(&mut self.unpublished, self.outputs.as_mut(), epoch);
             }
-            self.stats.add_stage_time(Stage::Commit, started.elapsed());
+            self.stats
+                .emit(StageTimed(Stage::Commit, started.elapsed()));
         }
         Ok(())
     }
@@ -255,14 +259,15 @@ impl Committer {
             }
             count += 1;
             self.committed_epoch.store(commit.epoch, Ordering::Release);
-            self.stats.add_checkpoint();
+            self.stats.emit(CheckpointCommitted);
             // The sink is gone only when the run is failing.
             let _ = self.committed.send(commit.epoch);
             for d in commit.done {
                 // The waiter may have given up; the commit stands either way.
                 let _ = d.send(());
             }
-            self.stats.add_stage_time(Stage::Commit, started.elapsed());
+            self.stats
+                .emit(StageTimed(Stage::Commit, started.elapsed()));
         }
         Ok(count)
     }

@@ -13,7 +13,7 @@ use super::{Engine, PipelineError, SinkMsg};
 use crate::detect::storm::{StormDetector, StormRules, StormState};
 use crate::model::Millis;
 use crate::state::{Cf, StateBatch, StateError, Store, codec};
-use crate::telemetry::{Stage, Stats};
+use crate::telemetry::{Stage, StageTimed, Stats, StormsMeasured};
 
 /// The one key of [`Cf::Storms`].
 const STATE_KEY: &[u8] = b"detector";
@@ -88,9 +88,12 @@ impl StormStage {
                     }
                     self.detector.advance(watermark, &self.rules, &mut events);
                     self.watermark = self.watermark.max(watermark);
-                    self.stats.add_stage_time(Stage::Storms, started.elapsed());
                     self.stats
-                        .set_storm_gauges(self.detector.last_rates(), self.detector.active());
+                        .emit(StageTimed(Stage::Storms, started.elapsed()));
+                    self.stats.emit(StormsMeasured {
+                        rates: self.detector.last_rates(),
+                        active: self.detector.active(),
+                    });
                     if !events.is_empty() {
                         self.sink
                             .send(SinkMsg::Storms(std::mem::take(&mut events)))

@@ -22,7 +22,7 @@ use crate::detect::transaction::{TxBoundary, TxChange, TxDecisions, TxDetector, 
 use crate::events::Violation;
 use crate::model::Millis;
 use crate::state::{Cf, StateBatch, StateError, Store, codec};
-use crate::telemetry::{Stage, Stats};
+use crate::telemetry::{LateRecords, Stage, StageTimed, Stats, TransactionsTracked};
 
 /// The first byte of the key of a transaction's sum in [`Cf::Transactions`]
 /// (never the first of a UTF-8 transaction id).
@@ -174,7 +174,7 @@ impl TxStage {
                     self.watermark = self.watermark.max(watermark);
                     self.detector.advance(self.watermark, &self.rules, &mut out);
                     self.stats
-                        .add_stage_time(Stage::Transactions, started.elapsed());
+                        .emit(StageTimed(Stage::Transactions, started.elapsed()));
                     self.count(out.late, out.dropped, "open transactions dropped undecided");
                     self.send(out.violations)?;
                     self.summarised(summaries)?;
@@ -194,7 +194,7 @@ impl TxStage {
                         &mut out,
                     );
                     self.stats
-                        .add_stage_time(Stage::Transactions, started.elapsed());
+                        .emit(StageTimed(Stage::Transactions, started.elapsed()));
                     self.summarised(out)?;
                 }
                 TxMsg::Checkpoint { epoch } => {
@@ -238,15 +238,13 @@ impl TxStage {
     /// of a detector's round, and says so when it dropped some to stay
     /// within `detect.max_open_transactions`.
     fn count(&self, late: u64, dropped: u64, what: &'static str) {
-        self.stats.add_late_records(late);
-        self.stats.add_transactions(dropped, self.detector.open());
-        if dropped > 0 {
-            tracing::warn!(
-                dropped,
-                max = self.rules.max_open,
-                "{what}: over detect.max_open_transactions"
-            );
-        }
+        self.stats.emit(LateRecords(late));
+        self.stats.emit(TransactionsTracked {
+            dropped,
+            open: self.detector.open(),
+            max: self.rules.max_open,
+            what,
+        });
     }
 
     /// Counts what the summaries decided, and sends their violations.

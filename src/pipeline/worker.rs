@@ -20,7 +20,10 @@ use crate::detect::key::{Decisions, RetainedGlob};
 use crate::detect::transaction::summary::TxTallies;
 use crate::events::{Violation, ViolationKind};
 use crate::model::Millis;
-use crate::telemetry::{Stats, TableTally};
+use crate::telemetry::{
+    BatchProcessed, CacheRedelivered, DuplicateChange, InvalidatedInTime, KeyHistoryEvicted,
+    MissedExpired, StateMeasured, Stats, TableTally, TablesDecided,
+};
 
 pub(super) struct Worker {
     index: usize,
@@ -98,7 +101,7 @@ impl Verdicts {
             let t = self.tallies.entry(table).or_default();
             t.decided += 1;
             t.in_time += 1;
-            self.stats.record_invalidation_lag(lag.max(0) as u64);
+            self.stats.emit(InvalidatedInTime(lag.max(0) as u64));
         }
         for v in &d.violations {
             if v.kind == ViolationKind::MissingInvalidation {
@@ -109,9 +112,9 @@ impl Verdicts {
             }
         }
         self.stats
-            .add_expired_missed(std::mem::take(&mut d.expired));
+            .emit(MissedExpired(std::mem::take(&mut d.expired)));
         self.stats
-            .add_key_history_evictions(std::mem::take(&mut d.evicted));
+            .emit(KeyHistoryEvicted(std::mem::take(&mut d.evicted)));
         self.violations.append(&mut d.violations);
     }
 }
@@ -211,7 +214,7 @@ impl Worker {
                     // When the router has spares enough, this one is freed.
                     let _ = self.spare.try_send(items);
                     self.advance(watermark)?;
-                    self.verdicts.stats.record_batch(started.elapsed());
+                    self.verdicts.stats.emit(BatchProcessed(started.elapsed()));
                     self.send_violations()?;
                     self.save_some()?;
                 }
@@ -305,7 +308,7 @@ impl Worker {
                 .map_err(|_| PipelineError::Disconnected("transactions"))?;
         }
         let tallies = std::mem::take(&mut self.verdicts.tallies);
-        self.verdicts.stats.add_table_tallies(&tallies);
+        self.verdicts.stats.emit(TablesDecided(&tallies));
         self.shard.begin_persist(epoch);
         if self.shard.durable() {
             Ok(())
@@ -326,9 +329,10 @@ impl Worker {
     fn finish_checkpoint(&mut self) -> Result<(), PipelineError> {
         if self.shard.is_saving() {
             let batch = self.shard.finish_persist()?;
-            self.verdicts
-                .stats
-                .set_state_size(self.index, self.shard.size());
+            self.verdicts.stats.emit(StateMeasured {
+                worker: self.index,
+                size: self.shard.size(),
+            });
             self.sink
                 .send(SinkMsg::Fragment {
                     epoch: self.shard.epoch(),
@@ -347,7 +351,7 @@ impl Worker {
             WorkItem::Entity { change, scope } => {
                 let state = self.shard.entity(&change, scope)?;
                 match entity::check(state, &change) {
-                    EntityVerdict::Duplicate => self.verdicts.stats.add_duplicate(),
+                    EntityVerdict::Duplicate => self.verdicts.stats.emit(DuplicateChange),
                     EntityVerdict::Accepted => {}
                     EntityVerdict::Violation(v) => self.verdicts.violations.push(*v),
                 }
@@ -391,7 +395,7 @@ impl Worker {
                     .shard
                     .update_key(&key, scope, wm, out, |state, _, _| state.on_fill(fill))?;
                 if !fresh {
-                    self.verdicts.stats.add_cache_redeliveries(1);
+                    self.verdicts.stats.emit(CacheRedelivered);
                 }
             }
         }

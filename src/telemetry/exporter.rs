@@ -7,8 +7,8 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 
-use super::events::{DESCRIPTIONS, Kind, names};
 use super::histogram::LAG_BUCKETS_MS;
+use super::internal_events::{Kind, METRICS, names};
 use super::registry::Stats;
 use super::{lock, read};
 use crate::dead_letter::Reason;
@@ -46,11 +46,11 @@ pub fn install_recorder() -> Result<PrometheusHandle, RecorderError> {
 
 /// Gives every metric its HELP text.
 fn describe() {
-    for (name, kind, help) in DESCRIPTIONS {
-        match kind {
-            Kind::Counter => metrics::describe_counter!(name, help),
-            Kind::Gauge => metrics::describe_gauge!(name, help),
-            Kind::Histogram => metrics::describe_histogram!(name, help),
+    for m in METRICS {
+        match m.kind {
+            Kind::Counter => metrics::describe_counter!(m.name, m.help),
+            Kind::Gauge => metrics::describe_gauge!(m.name, m.help),
+            Kind::Histogram => metrics::describe_histogram!(m.name, m.help),
         }
     }
 }

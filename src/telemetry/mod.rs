@@ -1,14 +1,26 @@
-//! What vigil counts. [`Stats`] is the one place where every counted event is
-//! counted: stages add to it per batch, `vigil check` prints it as its
-//! summary, and [`publish`] hands it to the Prometheus exporter (metric
-//! names in [`names`]). No metric is labelled by a cache key or any other
-//! unbounded value: tables are bounded by the configuration, topics and
-//! partitions by the subscription, unmapped table names by
-//! [`MAX_UNMAPPED_NAMES`].
+//! What vigil counts, exports and logs, one module per job:
+//!
+//! - `internal_events`: the named events ([`Event`]): each place that
+//!   counts something emits one (`stats.emit(DeadLettered(reason))`), which
+//!   adds to its counts and writes its log line, if it has one; and the
+//!   catalogue of every metric with its HELP text and the events that feed
+//!   it;
+//! - `registry`: [`Stats`], the counts of a run that the events add to;
+//! - `summary`: the summary of a run built from those counts, as `vigil
+//!   check` prints it;
+//! - `exporter`: the Prometheus recorder and the copy of the counts into
+//!   it ([`publish`], once a second, off the per-record path);
+//! - `histogram`: the invalidation-lag histogram the summary reads;
+//! - `process`: peak resident memory and CPU time of the process;
+//! - `logging`: logs on stderr.
+//!
+//! No metric is labelled by a cache key or any other unbounded value:
+//! tables are bounded by the configuration, topics and partitions by the
+//! subscription, unmapped table names by [`MAX_UNMAPPED_NAMES`].
 
-mod events;
 mod exporter;
 mod histogram;
+mod internal_events;
 mod logging;
 mod process;
 mod registry;
@@ -17,9 +29,16 @@ mod summary;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use events::names;
 pub use exporter::{RecorderError, install_recorder, publish};
 pub use histogram::{Histogram, LAG_BUCKETS_MS};
+pub use internal_events::{
+    BatchProcessed, CacheRedelivered, ChangeDecoded, CheckpointCommitted, DeadLettered,
+    DuplicateChange, Event, FillDecoded, IncidentReported, IncidentsOpen, InvalidatedInTime,
+    InvalidationDecoded, KeyHistoryEvicted, LateRecords, MissedExpired, PartitionsMeasured,
+    ProducerQueueMeasured, RecordSkipped, RecordsRead, RegistryUnavailable, StageTimed,
+    StateEvicted, StateMeasured, StormReported, StormsMeasured, TablesDecided, TransactionsTracked,
+    UnmappedChange, ViolationReported, WatermarkAdvanced, names,
+};
 pub use logging::init_logging;
 pub use process::{peak_rss_bytes, process_cpu_seconds, thread_cpu_seconds};
 pub use registry::{MAX_UNMAPPED_NAMES, Progress, Stage, StateSize, Stats, TableTally};

@@ -1,17 +1,16 @@
 //! [`Stats`], the counts of a run: one atomic (or one small map behind a
-//! lock) per counted thing, added to by stages, read by the summary and the
-//! exporter.
+//! lock) per counted thing. Only the events of `internal_events`
+//! add to them; the summary, the exporter and readiness read them.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use super::events::names;
 use super::histogram::Histogram;
-use super::{bump, lock, read};
+use super::internal_events::names;
+use super::{lock, read};
 use crate::dead_letter::Reason;
 use crate::detect::incident;
 use crate::detect::storm::{Phase, ScopeType};
@@ -201,109 +200,12 @@ pub(super) fn op_index(op: Op) -> usize {
 }
 
 impl Stats {
-    pub fn add_records(&self, input: &str, n: u64) {
-        *lock(&self.records_by_input)
-            .entry(input.to_string())
-            .or_default() += n;
-    }
-
-    pub fn add_change(&self, op: Op) {
-        bump(&self.changes[op_index(op)], 1);
-    }
-
-    pub fn add_cache_events(&self, invalidations: u64, fills: u64) {
-        bump(&self.invalidations, invalidations);
-        bump(&self.fills, fills);
-    }
-
-    pub fn add_duplicate(&self) {
-        bump(&self.duplicates, 1);
-    }
-
-    pub fn add_cache_redeliveries(&self, n: u64) {
-        bump(&self.cache_redeliveries, n);
-    }
-
-    pub fn add_skipped(&self, kind: Skip) {
-        bump(&self.skipped[kind as usize], 1);
-    }
-
-    pub fn add_unmapped(&self, table: &str) {
-        let mut m = lock(&self.unmapped);
-        let name = if m.contains_key(table) || m.len() < MAX_UNMAPPED_NAMES {
-            table
-        } else {
-            "(other)"
-        };
-        *m.entry(name.to_string()).or_default() += 1;
-    }
-
-    pub fn add_dead_letter(&self, reason: Reason) {
-        bump(&self.dead_letters[reason as usize], 1);
-    }
-
-    pub fn add_violation(&self, kind: ViolationKind) {
-        bump(&self.violations[kind as usize], 1);
-    }
-
-    /// A record waits for the schema registry, which could not be reached.
-    pub fn add_registry_wait(&self) {
-        bump(&self.registry_waits, 1);
-    }
-
     pub fn registry_waits(&self) -> u64 {
         read(&self.registry_waits)
     }
 
-    pub fn add_late_records(&self, n: u64) {
-        bump(&self.late_records, n);
-    }
-
-    pub fn add_expired_missed(&self, n: u64) {
-        bump(&self.expired_missed, n);
-    }
-
-    pub fn add_key_history_evictions(&self, n: u64) {
-        bump(&self.key_history_evictions, n);
-    }
-
-    /// Open transactions dropped undecided, and those open now.
-    pub fn add_transactions(&self, dropped: u64, open: usize) {
-        bump(&self.transactions_dropped, dropped);
-        self.open_transactions.store(open as u64, Ordering::Relaxed);
-    }
-
-    /// Keys and entities that left memory (the store keeps them).
-    pub fn add_state_evictions(&self, n: u64) {
-        bump(&self.state_evictions, n);
-    }
-
-    pub fn add_incident_event(&self, phase: incident::Phase) {
-        bump(&self.incident_events[phase as usize], 1);
-    }
-
     pub fn incident_events_of(&self, phase: incident::Phase) -> u64 {
         read(&self.incident_events[phase as usize])
-    }
-
-    /// The tables with an incident open now.
-    pub fn set_open_incidents<'a>(&self, tables: impl Iterator<Item = &'a str>) {
-        *lock(&self.open_incidents) = tables.map(str::to_string).collect();
-    }
-
-    pub fn add_storm_event(&self, scope: ScopeType, phase: Phase) {
-        bump(&self.storm_events[scope as usize][phase as usize], 1);
-    }
-
-    /// Per scope type (in the order of [`ScopeType::ALL`]): the invalidations
-    /// of its busiest scope in the last second judged, and its storms in
-    /// progress.
-    pub fn set_storm_gauges(&self, rates: [u64; 6], active: [usize; 6]) {
-        for t in ScopeType::ALL {
-            let i = t as usize;
-            self.storm_rates[i].store(rates[i], Ordering::Relaxed);
-            self.active_storms[i].store(active[i] as u64, Ordering::Relaxed);
-        }
     }
 
     pub fn storm_events_of(&self, scope: ScopeType, phase: Phase) -> u64 {
@@ -315,60 +217,8 @@ impl Stats {
         self.active_storms.iter().map(read).sum()
     }
 
-    /// Adds per-table outcomes decided by a worker.
-    pub fn add_table_tallies(&self, tallies: &BTreeMap<Arc<str>, TableTally>) {
-        if tallies.is_empty() {
-            return;
-        }
-        let mut m = lock(&self.tables);
-        for (table, t) in tallies {
-            let e = m.entry(table.to_string()).or_default();
-            e.decided += t.decided;
-            e.in_time += t.in_time;
-        }
-    }
-
-    /// One invalidation lag (change to first covering invalidation).
-    pub fn record_invalidation_lag(&self, lag_ms: u64) {
-        self.invalidation_lag_ms.record(lag_ms);
-        self.lag_seconds.record(lag_ms as f64 / 1000.0);
-    }
-
-    /// How long a worker took over one batch.
-    pub fn record_batch(&self, elapsed: std::time::Duration) {
-        self.batch_seconds.record(elapsed.as_secs_f64());
-        self.add_stage_time(Stage::Detect, elapsed);
-    }
-
-    /// Time spent in a stage.
-    pub fn add_stage_time(&self, stage: Stage, elapsed: std::time::Duration) {
-        bump(&self.stage_ns[stage as usize], elapsed.as_nanos() as u64);
-    }
-
-    pub fn add_checkpoint(&self) {
-        bump(&self.checkpoints, 1);
-    }
-
-    pub fn set_watermark(&self, ms: i64) {
-        self.watermark_ms.store(ms, Ordering::Relaxed);
-    }
-
     pub fn watermark(&self) -> i64 {
         self.watermark_ms.load(Ordering::Relaxed)
-    }
-
-    pub fn set_producer_queue(&self, records: i64) {
-        self.producer_queue.store(records, Ordering::Relaxed);
-    }
-
-    /// The input partitions assigned (and their state restored), and the
-    /// lag of those whose end is known; partitions left out (released
-    /// ones) lose their series.
-    pub fn set_partitions(&self, assigned: usize, lags: BTreeMap<(String, i32), i64>) {
-        let mut consumer_lag = lock(&self.consumer_lag);
-        self.assigned_partitions
-            .store(assigned as u64, Ordering::Relaxed);
-        *consumer_lag = lags;
     }
 
     /// How far the consumer is, for readiness.
@@ -379,11 +229,6 @@ impl Stats {
             lag_known: consumer_lag.len() as u64,
             lag: consumer_lag.values().sum(),
         }
-    }
-
-    /// Keys and entities a worker holds in memory.
-    pub fn set_state_size(&self, worker: usize, size: StateSize) {
-        lock(&self.state_size).insert(worker, size);
     }
 
     /// What the workers keep in memory, over all of them.
@@ -420,45 +265,5 @@ impl Stats {
 
     pub fn changes_total(&self) -> u64 {
         self.changes.iter().map(read).sum()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_tallies_add_up() {
-        let s = Stats::default();
-        let mut tallies = BTreeMap::new();
-        tallies.insert(
-            Arc::from("t"),
-            TableTally {
-                decided: 4,
-                in_time: 3,
-            },
-        );
-        s.add_table_tallies(&tallies);
-        s.add_table_tallies(&tallies);
-        assert_eq!(
-            s.snapshot().tables["t"],
-            TableTally {
-                decided: 8,
-                in_time: 6
-            }
-        );
-    }
-
-    #[test]
-    fn unmapped_names_are_bounded() {
-        let s = Stats::default();
-        for i in 0..(MAX_UNMAPPED_NAMES + 10) {
-            s.add_unmapped(&format!("db.t{i}"));
-        }
-        s.add_unmapped("db.t0");
-        let snap = s.snapshot();
-        assert_eq!(snap.unmapped.len(), MAX_UNMAPPED_NAMES + 1);
-        assert_eq!(snap.unmapped["(other)"], 10);
-        assert_eq!(snap.unmapped["db.t0"], 2);
     }
 }

@@ -39,7 +39,7 @@ use crate::events::{
 };
 use crate::pipeline::{OutputError, Outputs, Position};
 use crate::state::StateBatch;
-use crate::telemetry::Stats;
+use crate::telemetry::{ProducerQueueMeasured, Stats};
 
 /// Producer defaults; `[kafka]` overrides them.
 const PRODUCER_DEFAULTS: [(&str, &str); 5] = [
@@ -297,8 +297,9 @@ impl KafkaOutputs {
                     .unwrap_or_else(|p| p.into_inner()),
             );
             let in_flight = self.producer.in_flight_count();
-            self.stats
-                .set_producer_queue(i64::from(in_flight) + failed.len() as i64);
+            self.stats.emit(ProducerQueueMeasured(
+                i64::from(in_flight) + failed.len() as i64,
+            ));
             if in_flight == 0 && failed.is_empty() {
                 return Ok(());
             }

@@ -38,7 +38,7 @@ use crate::ingest::{Ingest, RawInput, Record, Stream};
 use crate::model::Provenance;
 use crate::pipeline::{PartitionBatch, Position, SourceMsg};
 use crate::state::{Cf, Store, codec};
-use crate::telemetry::{Stage, Stats};
+use crate::telemetry::{PartitionsMeasured, RecordsRead, Stage, StageTimed, Stats};
 
 /// How long `poll` waits when there is nothing to read.
 const POLL_WAIT: Duration = Duration::from_millis(50);
@@ -173,8 +173,10 @@ impl SourceContext {
         if part.read == 0 {
             return None;
         }
-        self.stats
-            .add_records(&part.topic, std::mem::take(&mut part.read));
+        self.stats.emit(RecordsRead {
+            input: &part.topic,
+            count: std::mem::take(&mut part.read),
+        });
         Some(PartitionBatch {
             partition: part.index,
             records: std::mem::take(&mut part.records),
@@ -444,7 +446,7 @@ impl SourceContext {
                 })
             })
             .collect();
-        self.stats.set_partitions(assigned, lags);
+        self.stats.emit(PartitionsMeasured { assigned, lags });
     }
 
     /// Tells the pipeline which partitions are read to their end.
@@ -617,7 +619,7 @@ impl KafkaSource {
                 Some(Ok(msg)) => {
                     let started = Instant::now();
                     self.on_message(ctx, ingest, &msg);
-                    ctx.stats.add_stage_time(Stage::Ingest, started.elapsed());
+                    ctx.stats.emit(StageTimed(Stage::Ingest, started.elapsed()));
                     wait = Duration::ZERO;
                 }
                 Some(Err(e)) => {
