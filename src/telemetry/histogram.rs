@@ -1,7 +1,9 @@
 //! The invalidation-lag histogram that the summary reads its quantiles
 //! from. The Prometheus recorder keeps its own copy of every sample (with
-//! the same bucket bounds), but its histograms cannot be read back, so the
-//! summary's `p50` and `p99` come from this one.
+//! the same bucket bounds), but its histograms cannot be read back, and
+//! `metrics_util`'s readable one (`storage::Histogram`) records through
+//! `&mut self`: the workers would share it behind a lock. This one is a
+//! fixed array of atomics, recorded into by every worker without a lock.
 
 use std::sync::atomic::AtomicU64;
 

@@ -264,7 +264,8 @@ impl Stats {
     }
 }
 
-/// Records read from one input (a file or a topic), per batch.
+/// Records read from one input (a file or a topic), per batch (the
+/// input's name is copied only the first time).
 pub struct RecordsRead<'a> {
     pub input: &'a str,
     pub count: u64,
@@ -272,9 +273,13 @@ pub struct RecordsRead<'a> {
 
 impl Event for RecordsRead<'_> {
     fn emit(self, stats: &Stats) {
-        *lock(&stats.records_by_input)
-            .entry(self.input.to_string())
-            .or_default() += self.count;
+        let mut by_input = lock(&stats.records_by_input);
+        match by_input.get_mut(self.input) {
+            Some(n) => *n += self.count,
+            None => {
+                by_input.insert(self.input.to_string(), self.count);
+            }
+        }
     }
 }
 
