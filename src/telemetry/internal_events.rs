@@ -124,11 +124,11 @@ pub(super) const METRICS: [Metric; 29] = [
         kind: Kind::Counter,
         help: "Records that arrived behind the watermark.",
     },
-    // Fed by RegistryUnavailable.
+    // Fed by RegistryUnavailable and OutputSchemaUnregistered.
     Metric {
         name: names::REGISTRY_WAITS,
         kind: Kind::Counter,
-        help: "Times a record waited for an unreachable schema registry.",
+        help: "Times a record or an output event waited for an unreachable schema registry.",
     },
     // Fed by CheckpointCommitted.
     Metric {
@@ -405,6 +405,27 @@ impl Event for RegistryUnavailable<'_> {
             schema_id = self.schema_id,
             error = %self.error,
             "schema registry unavailable; the record waits {:?} and asks again",
+            self.wait
+        );
+    }
+}
+
+/// Output events wait for a schema registry that cannot be reached to
+/// register their schema (`outputs.format = "avro"`; logged as a warning,
+/// each wait).
+pub struct OutputSchemaUnregistered<'a> {
+    pub topic: &'a str,
+    pub error: &'a dyn std::fmt::Display,
+    pub wait: Duration,
+}
+
+impl Event for OutputSchemaUnregistered<'_> {
+    fn emit(self, stats: &Stats) {
+        bump(&stats.registry_waits, 1);
+        tracing::warn!(
+            topic = self.topic,
+            error = %self.error,
+            "schema registry unavailable; the events of the topic wait {:?} to register their schema",
             self.wait
         );
     }

@@ -39,7 +39,7 @@ use crate::events::{
 };
 use crate::pipeline::{OutputError, Outputs, Position};
 use crate::state::StateBatch;
-use crate::telemetry::{ProducerQueueMeasured, Stats};
+use crate::telemetry::{OutputSchemaUnregistered, ProducerQueueMeasured, Stats};
 
 /// Producer defaults; `[kafka]` overrides them.
 const PRODUCER_DEFAULTS: [(&str, &str); 5] = [
@@ -472,7 +472,11 @@ impl KafkaOutputs {
             match avro.encode(family, &event.data) {
                 Ok(payload) => break payload,
                 Err(e) if e.is_retryable() && !self.give_up.load(Ordering::Relaxed) => {
-                    tracing::warn!(topic, error = %e, "waiting for the schema registry to register an output schema");
+                    self.stats.emit(OutputSchemaUnregistered {
+                        topic,
+                        error: &e,
+                        wait: REGISTRY_RETRY,
+                    });
                     std::thread::sleep(REGISTRY_RETRY);
                 }
                 Err(e) => return Err(Self::err(topic, e)),
