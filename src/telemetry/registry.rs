@@ -67,7 +67,8 @@ pub struct Stats {
     pub(super) dead_letters: [AtomicU64; Reason::ALL.len()],
     pub(super) violations: [AtomicU64; ViolationKind::ALL.len()],
     pub(super) late_records: AtomicU64,
-    /// Times a record waited for an unavailable schema registry.
+    /// Times a record or an output event waited for an unavailable schema
+    /// registry.
     pub(super) registry_waits: AtomicU64,
     pub(super) expired_missed: AtomicU64,
     pub(super) key_history_evictions: AtomicU64,
