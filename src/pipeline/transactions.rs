@@ -22,7 +22,9 @@ use crate::detect::transaction::{TxBoundary, TxChange, TxDecisions, TxDetector, 
 use crate::events::Violation;
 use crate::model::Millis;
 use crate::state::{Cf, StateBatch, StateError, Store, codec};
-use crate::telemetry::{LateRecords, Stage, StageTimed, Stats, TransactionsTracked};
+use crate::telemetry::{
+    LateRecords, LateTransactionVerdicts, Stage, StageTimed, Stats, TransactionsTracked,
+};
 
 /// The first byte of the key of a transaction's sum in [`Cf::Transactions`]
 /// (never the first of a UTF-8 transaction id).
@@ -175,7 +177,8 @@ impl TxStage {
                     self.detector.advance(self.watermark, &self.rules, &mut out);
                     self.stats
                         .emit(StageTimed(Stage::Transactions, started.elapsed()));
-                    self.count(out.late, out.dropped, "open transactions dropped undecided");
+                    self.stats.emit(LateRecords(out.late));
+                    self.count(out.dropped, "open transactions dropped undecided");
                     self.send(out.violations)?;
                     self.summarised(summaries)?;
                 }
@@ -234,11 +237,10 @@ impl TxStage {
         Ok(())
     }
 
-    /// Counts the late records and the dropped transactions (or summaries)
-    /// of a detector's round, and says so when it dropped some to stay
-    /// within `detect.max_open_transactions`.
-    fn count(&self, late: u64, dropped: u64, what: &'static str) {
-        self.stats.emit(LateRecords(late));
+    /// Counts the dropped transactions (or summaries) of a detector's
+    /// round, and says so when it dropped some to stay within
+    /// `detect.max_open_transactions`.
+    fn count(&self, dropped: u64, what: &'static str) {
         self.stats.emit(TransactionsTracked {
             dropped,
             open: self.detector.open(),
@@ -247,13 +249,12 @@ impl TxStage {
         });
     }
 
-    /// Counts what the summaries decided, and sends their violations.
+    /// Counts what the summaries decided, and sends their violations. What
+    /// reached a summary already final is a message between stages, not an
+    /// input record: it is counted apart from the late records.
     fn summarised(&mut self, out: SummaryDecisions) -> Result<(), PipelineError> {
-        self.count(
-            out.late,
-            out.dropped,
-            "transaction summaries dropped unsummarised",
-        );
+        self.stats.emit(LateTransactionVerdicts(out.late));
+        self.count(out.dropped, "transaction summaries dropped unsummarised");
         self.send(out.violations)
     }
 

@@ -81,6 +81,7 @@ pub fn publish(stats: &Stats, now_ms: i64) {
         counter!(names::VIOLATIONS, "kind" => kind.as_str()).absolute(stats.violations_of(kind));
     }
     counter!(names::LATE_RECORDS).absolute(s.late_records);
+    counter!(names::LATE_TX_VERDICTS).absolute(read(&stats.late_tx_verdicts));
     counter!(names::REGISTRY_WAITS).absolute(stats.registry_waits());
     for t in ScopeType::ALL {
         let i = t as usize;

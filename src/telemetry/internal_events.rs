@@ -30,6 +30,7 @@ pub mod names {
     pub const DEAD_LETTERS: &str = "vigil_dead_letters_total";
     pub const VIOLATIONS: &str = "vigil_violations_total";
     pub const LATE_RECORDS: &str = "vigil_late_records_total";
+    pub const LATE_TX_VERDICTS: &str = "vigil_late_transaction_verdicts_total";
     pub const REGISTRY_WAITS: &str = "vigil_schema_registry_waits_total";
     pub const CHECKPOINTS: &str = "vigil_checkpoints_total";
     pub const INVALIDATION_LAG: &str = "vigil_invalidation_lag_seconds";
@@ -69,7 +70,7 @@ pub(super) struct Metric {
 
 /// Every metric vigil exports, each under a comment naming the events that
 /// feed it.
-pub(super) const METRICS: [Metric; 29] = [
+pub(super) const METRICS: [Metric; 30] = [
     // Fed by RecordsRead.
     Metric {
         name: names::RECORDS_CONSUMED,
@@ -123,6 +124,12 @@ pub(super) const METRICS: [Metric; 29] = [
         name: names::LATE_RECORDS,
         kind: Kind::Counter,
         help: "Records that arrived behind the watermark.",
+    },
+    // Fed by LateTransactionVerdicts.
+    Metric {
+        name: names::LATE_TX_VERDICTS,
+        kind: Kind::Counter,
+        help: "Key-check verdicts and changes that reached a transaction's summary after it was final (messages between stages, not input records).",
     },
     // Fed by RegistryUnavailable and OutputSchemaUnregistered.
     Metric {
@@ -387,6 +394,16 @@ impl Event for LateRecords {
     #[inline]
     fn emit(self, stats: &Stats) {
         bump(&stats.late_records, self.0);
+    }
+}
+
+/// Key-check verdicts and changes that reached a transaction's summary
+/// once it was final: messages between stages, not input records.
+pub struct LateTransactionVerdicts(pub u64);
+
+impl Event for LateTransactionVerdicts {
+    fn emit(self, stats: &Stats) {
+        bump(&stats.late_tx_verdicts, self.0);
     }
 }
 

@@ -34,10 +34,11 @@ pub use histogram::{Histogram, LAG_BUCKETS_MS};
 pub use internal_events::{
     BatchProcessed, CacheRedelivered, ChangeDecoded, CheckpointCommitted, DeadLettered,
     DuplicateChange, Event, FillDecoded, IncidentReported, IncidentsOpen, InvalidatedInTime,
-    InvalidationDecoded, KeyHistoryEvicted, LateRecords, MissedExpired, OutputSchemaUnregistered,
-    PartitionsMeasured, ProducerQueueMeasured, RecordSkipped, RecordsRead, RegistryUnavailable,
-    StageTimed, StateEvicted, StateMeasured, StormReported, StormsMeasured, TablesDecided,
-    TransactionsTracked, UnmappedChange, ViolationReported, WatermarkAdvanced, names,
+    InvalidationDecoded, KeyHistoryEvicted, LateRecords, LateTransactionVerdicts, MissedExpired,
+    OutputSchemaUnregistered, PartitionsMeasured, ProducerQueueMeasured, RecordSkipped,
+    RecordsRead, RegistryUnavailable, StageTimed, StateEvicted, StateMeasured, StormReported,
+    StormsMeasured, TablesDecided, TransactionsTracked, UnmappedChange, ViolationReported,
+    WatermarkAdvanced, names,
 };
 pub use logging::init_logging;
 pub use process::{peak_rss_bytes, process_cpu_seconds, thread_cpu_seconds};

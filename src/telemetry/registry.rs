@@ -67,6 +67,8 @@ pub struct Stats {
     pub(super) dead_letters: [AtomicU64; Reason::ALL.len()],
     pub(super) violations: [AtomicU64; ViolationKind::ALL.len()],
     pub(super) late_records: AtomicU64,
+    /// Verdicts and changes that reached a transaction's summary once final.
+    pub(super) late_tx_verdicts: AtomicU64,
     /// Times a record or an output event waited for an unavailable schema
     /// registry.
     pub(super) registry_waits: AtomicU64,
@@ -121,6 +123,7 @@ impl Default for Stats {
             dead_letters: Default::default(),
             violations: Default::default(),
             late_records: AtomicU64::default(),
+            late_tx_verdicts: AtomicU64::default(),
             registry_waits: AtomicU64::default(),
             expired_missed: AtomicU64::default(),
             key_history_evictions: AtomicU64::default(),

@@ -344,7 +344,11 @@ fn run_reports_transactions_exactly_as_check_does() {
     w.produce(&broker, 0..w.records.len());
     w.produce_end(&broker);
     let expected = w.expected(dir.path());
-    for kind in ["incomplete_transaction", "unterminated_transaction"] {
+    for kind in [
+        "incomplete_transaction",
+        "unterminated_transaction",
+        "transaction_not_invalidated",
+    ] {
         assert!(expected_kinds_of(&expected, kind) > 0, "some {kind}");
     }
     let checked = w.check_files(dir.path());
@@ -353,11 +357,28 @@ fn run_reports_transactions_exactly_as_check_does() {
         .iter()
         .map(|v| v["id"].as_str().unwrap().to_string())
         .collect();
-    let config = w.config(dir.path(), &broker, &[]);
+    let port = free_port();
+    let listen = toml::Value::String(format!("127.0.0.1:{port}"));
+    let config = w.config(dir.path(), &broker, &[("metrics", "listen", listen)]);
     let daemon = Daemon::start(&config);
     let by_id = await_verdicts(&broker, &expected, &daemon);
     let run_ids: BTreeSet<String> = by_id.keys().cloned().collect();
     assert_eq!(run_ids, check_ids, "the same verdicts with the same ids");
+    // Verdicts reaching a summary already final are counted apart from the
+    // late input records.
+    let help = "# HELP vigil_late_transaction_verdicts_total ";
+    let mut metrics = String::new();
+    wait_until(VERDICTS, || {
+        metrics = scrape(port);
+        metrics.contains(help)
+    });
+    assert!(metrics.contains(help), "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("vigil_late_transaction_verdicts_total ")),
+        "{metrics}"
+    );
 }
 
 #[test]
