@@ -445,10 +445,16 @@ pub struct BenchArgs {
     pub check_kcat: Vec<String>,
 
     /// The --check workloads carry transaction metadata (as vigil gen
-    /// --transactions writes it), and the runs check it
-    /// (detect.transactions): compare with a run without, for its cost.
+    /// --transactions writes it), and vigil check runs on the same files
+    /// with detect.transactions off and on, alternately, for the checks'
+    /// cost (records/s and CPU a record of each run, and the medians of on
+    /// over off).
     #[arg(long)]
     pub transactions: bool,
+
+    /// With --transactions: how many runs off, and as many on.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub transaction_rounds: u64,
 
     /// Records of the vigil run throughput measure.
     #[arg(long, default_value_t = 300_000)]

@@ -44,6 +44,7 @@ use super::shutdown::Control;
 use super::{ExitStatus, produce_generated};
 use crate::cli::BenchArgs;
 use crate::config::{Config, Dur, KafkaValue};
+use crate::events::ViolationKind;
 use crate::formats::{
     DecodedCdc, Flattened, decode_avro_envelope, decode_avro_key, decode_cdc, decode_key,
     decode_protobuf_envelope, decode_protobuf_key, framed, unescape,
@@ -128,6 +129,10 @@ struct CheckFigures {
     stage_ns_per_record: Value,
     violations: u64,
     expected_violations: u64,
+    /// With `--transactions`: the same records checked with the
+    /// transaction checks off and on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transactions: Option<TxCost>,
 }
 
 #[derive(Debug, Serialize)]
@@ -207,10 +212,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitStatus> {
     let kcat = (args.check_kcat.iter()).map(|s| (s, CheckInput::KcatFiveFormats));
     for (size, input) in debezium.chain(kcat) {
         let (events, keys) = parse_size(size)?;
-        let transactions = args.transactions && input == CheckInput::Debezium;
+        let tx_rounds = (args.transactions && input == CheckInput::Debezium)
+            .then_some(args.transaction_rounds as usize);
         report
             .check
-            .push(bench_check(&work, input, events, keys, transactions)?);
+            .push(bench_check(&work, input, events, keys, tx_rounds)?);
     }
     if !args.skip_kafka {
         let kafka = bench_kafka(&work, args.kafka_events, args.keys)?;
@@ -421,22 +427,30 @@ fn fastest_pass(records: usize, mut decode_all: impl FnMut() -> usize) -> anyhow
 }
 
 /// `vigil check` in a child process over a generated workload, then the
-/// parse floor of its files.
+/// parse floor of its files. With `tx_rounds`, the workload carries
+/// transaction metadata and `vigil check` runs on the same files that many
+/// times with `detect.transactions` off and as many with it on,
+/// alternately ([`TxCost`]); the other figures are of the last run with it
+/// on.
 fn bench_check(
     work: &Path,
     input: CheckInput,
     events: u64,
     keys: u64,
-    transactions: bool,
+    tx_rounds: Option<usize>,
 ) -> anyhow::Result<CheckFigures> {
     let dir = work.join(format!("check-{events}-{keys}"));
     std::fs::create_dir_all(&dir)?;
     eprintln!(
         "vigil bench: generating {events} records over {keys} keys ({input:?}{})",
-        if transactions { ", transactions" } else { "" }
+        if tx_rounds.is_some() {
+            ", transactions"
+        } else {
+            ""
+        }
     );
     let spec = Spec {
-        transactions: transactions.then_some(TxFaults::GEN),
+        transactions: tx_rounds.map(|_| TxFaults::GEN),
         ..spec(
             events,
             keys,
@@ -463,27 +477,61 @@ fn bench_check(
         "vigil bench: vigil check on {events} records ({} MB)",
         input_bytes >> 20
     );
-    let output = std::process::Command::new(std::env::current_exe()?)
-        .arg("check")
-        .arg("--quiet")
-        .arg("--config")
-        .arg(dir.join("vigil.toml"))
-        .arg("--cdc")
-        .arg(dir.join("cdc.ndjson"))
-        .arg("--cache")
-        .arg(dir.join("cache.ndjson"))
-        .arg("--out")
-        .arg(dir.join("out"))
-        .output()
-        .context("running vigil check")?;
-    if !output.status.success() {
-        bail!(
-            "vigil check failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let summary: Value =
-        serde_json::from_slice(&output.stdout).context("reading the summary of vigil check")?;
+    let on = dir.join("vigil.toml");
+    let (summary, transactions) = match tx_rounds {
+        None => (checked(&dir, &on, expected)?, None),
+        Some(rounds) => {
+            let off = dir.join("vigil-off.toml");
+            std::fs::write(&off, generator.config_toml_checking(false))?;
+            let expected_off = generator
+                .expected()
+                .iter()
+                .filter(|e| !ViolationKind::parse(e.kind).is_some_and(|k| k.is_transaction_level()))
+                .count() as u64;
+            let mut cost = TxCost::default();
+            let mut last = Value::Null;
+            for round in 0..rounds {
+                // Alternate which goes first, so that neither is always the
+                // one after a pause.
+                let mut run = |checking: bool| -> anyhow::Result<CheckRun> {
+                    let summary = if checking {
+                        checked(&dir, &on, expected)?
+                    } else {
+                        checked(&dir, &off, expected_off)?
+                    };
+                    let run = CheckRun::of(&summary);
+                    if checking {
+                        last = summary;
+                    }
+                    Ok(run)
+                };
+                let (off_run, on_run) = if round % 2 == 0 {
+                    let off_run = run(false)?;
+                    (off_run, run(true)?)
+                } else {
+                    let on_run = run(true)?;
+                    (run(false)?, on_run)
+                };
+                eprintln!(
+                    "vigil bench: transactions off/on, round {}: {:.0} / {:.0} records/s, CPU {} / {} µs a record",
+                    round + 1,
+                    off_run.records_per_second,
+                    on_run.records_per_second,
+                    micros(off_run.cpu_us_per_record),
+                    micros(on_run.cpu_us_per_record),
+                );
+                cost.off.push(off_run);
+                cost.on.push(on_run);
+            }
+            cost.settle();
+            eprintln!(
+                "vigil bench: transactions on over off, medians: records/s {}, CPU a record {}",
+                ratio(cost.median_records_per_second_ratio),
+                ratio(cost.median_cpu_ratio),
+            );
+            (last, Some(cost))
+        }
+    };
     eprintln!("vigil bench: parse floor of the same files");
     let floor = parse_floor(&files, kcat)?;
     let _ = std::fs::remove_dir_all(&dir);
@@ -493,9 +541,7 @@ fn bench_check(
         input,
         events,
         keys,
-        records: summary["records_read"]
-            .as_object()
-            .map_or(0, |m| m.values().filter_map(Value::as_u64).sum()),
+        records: records_read(&summary),
         input_bytes,
         records_per_second: summary["events_per_second"].as_f64().unwrap_or(0.0),
         elapsed_seconds: summary["elapsed_seconds"].as_f64().unwrap_or(0.0),
@@ -506,8 +552,8 @@ fn bench_check(
         stage_ns_per_record: summary["stage_ns_per_record"].clone(),
         violations: summary["violations_total"].as_u64().unwrap_or(0),
         expected_violations: expected,
+        transactions,
     };
-    let micros = |us: Option<f64>| us.map_or("?".to_string(), |us| format!("{us:.2}"));
     eprintln!(
         "vigil bench: check {events}:{keys} ({input:?}): {:.0} records/s, CPU {} µs a record, \
          parse floor {} µs a record ({} times), peak {} MB",
@@ -526,13 +572,110 @@ fn bench_check(
             figures.records
         );
     }
-    if figures.violations != expected {
+    Ok(figures)
+}
+
+fn micros(us: Option<f64>) -> String {
+    us.map_or("?".to_string(), |us| format!("{us:.2}"))
+}
+
+fn ratio(r: Option<f64>) -> String {
+    r.map_or("?".to_string(), |r| format!("{:+.1} %", (r - 1.0) * 100.0))
+}
+
+fn records_read(summary: &Value) -> u64 {
+    summary["records_read"]
+        .as_object()
+        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
+}
+
+/// Runs `vigil check` on the files of `dir` with `config`, checks that it
+/// reported `expected` violations, and returns its summary.
+fn checked(dir: &Path, config: &Path, expected: u64) -> anyhow::Result<Value> {
+    let out = dir.join("out");
+    let _ = std::fs::remove_dir_all(&out);
+    let output = std::process::Command::new(std::env::current_exe()?)
+        .arg("check")
+        .arg("--quiet")
+        .arg("--config")
+        .arg(config)
+        .arg("--cdc")
+        .arg(dir.join("cdc.ndjson"))
+        .arg("--cache")
+        .arg(dir.join("cache.ndjson"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .context("running vigil check")?;
+    if !output.status.success() {
         bail!(
-            "vigil check reported {} violations where {expected} were expected",
-            figures.violations
+            "vigil check failed: {}",
+            String::from_utf8_lossy(&output.stderr)
         );
     }
-    Ok(figures)
+    let summary: Value =
+        serde_json::from_slice(&output.stdout).context("reading the summary of vigil check")?;
+    let violations = summary["violations_total"].as_u64().unwrap_or(0);
+    if violations != expected {
+        bail!(
+            "vigil check with {} reported {violations} violations where {expected} were expected",
+            config.display()
+        );
+    }
+    Ok(summary)
+}
+
+/// One `vigil check` run of the transaction cost measure.
+#[derive(Debug, Serialize)]
+struct CheckRun {
+    records_per_second: f64,
+    cpu_us_per_record: Option<f64>,
+    peak_rss_bytes: Option<u64>,
+}
+
+impl CheckRun {
+    fn of(summary: &Value) -> Self {
+        CheckRun {
+            records_per_second: summary["events_per_second"].as_f64().unwrap_or(0.0),
+            cpu_us_per_record: summary["cpu_us_per_record"].as_f64(),
+            peak_rss_bytes: summary["peak_rss_bytes"].as_u64(),
+        }
+    }
+}
+
+/// The cost of the transaction checks: `vigil check` on the same records
+/// (carrying transaction metadata) with `detect.transactions` off and on,
+/// run alternately, and the medians of on over off.
+#[derive(Debug, Default, Serialize)]
+struct TxCost {
+    off: Vec<CheckRun>,
+    on: Vec<CheckRun>,
+    /// Median records/s on over median records/s off.
+    median_records_per_second_ratio: Option<f64>,
+    /// Median CPU a record on over median CPU a record off.
+    median_cpu_ratio: Option<f64>,
+}
+
+impl TxCost {
+    fn settle(&mut self) {
+        let median = |mut v: Vec<f64>| -> Option<f64> {
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            match n {
+                0 => None,
+                _ if n % 2 == 1 => Some(v[n / 2]),
+                _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+            }
+        };
+        let rps = |runs: &[CheckRun]| median(runs.iter().map(|r| r.records_per_second).collect());
+        let cpu =
+            |runs: &[CheckRun]| median(runs.iter().filter_map(|r| r.cpu_us_per_record).collect());
+        let over = |on: Option<f64>, off: Option<f64>| {
+            on.zip(off.filter(|o| *o > 0.0)).map(|(a, b)| a / b)
+        };
+        self.median_records_per_second_ratio = over(rps(&self.on), rps(&self.off));
+        self.median_cpu_ratio = over(cpu(&self.on), cpu(&self.off));
+    }
 }
 
 /// Lines longer than this fail the parse floor (`vigil check` would

@@ -578,8 +578,17 @@ impl Generator {
         self.storms.iter().map(|s| s.expected.clone()).collect()
     }
 
-    /// The configuration that maps the generated tables.
+    /// The configuration that maps the generated tables (checking the
+    /// transactions when they are generated).
     pub fn config_toml(&self) -> String {
+        self.config_toml_checking(self.spec.transactions.is_some())
+    }
+
+    /// The configuration that maps the generated tables, with
+    /// `detect.transactions` as `transactions` says (the transaction
+    /// topics are read either way: without the checks their records are
+    /// counted and skipped).
+    pub fn config_toml_checking(&self, transactions: bool) -> String {
         let format = match self.formats.as_slice() {
             [one] => format!("format {one:?}"),
             many => format!("formats {many:?}, one per table"),
@@ -593,7 +602,7 @@ impl Generator {
              late_window = \"{LATE_WINDOW_MS}ms\"\n",
             seed = self.spec.seed,
         );
-        if self.spec.transactions.is_some() {
+        if transactions {
             out.push_str(&format!(
                 "transactions = true\ntransaction_timeout = \"{TX_TIMEOUT_MS}ms\"\n"
             ));
