@@ -34,10 +34,17 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use foldhash::fast::RandomState;
+
 use serde::{Deserialize, Serialize};
 
 use crate::events::{TxDetail, Violation, ViolationKind};
 use crate::model::{Millis, Provenance};
+
+/// Maps and sets by transaction id, with a fast hash: every record of a
+/// transaction looks its id up a few times.
+type IdMap<V> = HashMap<Arc<str>, V, RandomState>;
+type IdSet = HashSet<Arc<str>, RandomState>;
 
 /// `total_order` numbers listed at most in an `incomplete_transaction`.
 pub const MAX_LISTED_ORDERS: usize = 1000;
@@ -256,12 +263,12 @@ pub struct TxDecisions {
 /// The open and recently decided transactions.
 #[derive(Debug, Default)]
 pub struct TxDetector {
-    txs: HashMap<Arc<str>, TxEntry>,
+    txs: IdMap<TxEntry>,
     /// (due, id) of open transactions, and of closed ones.
     open_due: BTreeSet<(Millis, Arc<str>)>,
     closed_due: BTreeSet<(Millis, Arc<str>)>,
     /// Ids whose entry changed (or went) since [`TxDetector::take_changed`].
-    changed: HashSet<Arc<str>>,
+    changed: IdSet,
 }
 
 impl TxDetector {
@@ -282,9 +289,11 @@ impl TxDetector {
 
     /// The entries changed since last asked, `None` for those forgotten.
     pub fn take_changed(&mut self) -> Vec<(Arc<str>, Option<&TxEntry>)> {
-        let changed = std::mem::take(&mut self.changed);
-        let mut out: Vec<(Arc<str>, Option<&TxEntry>)> = changed
-            .into_iter()
+        // Drained, not taken: the set keeps its capacity for the next
+        // checkpoint's ids.
+        let mut out: Vec<(Arc<str>, Option<&TxEntry>)> = self
+            .changed
+            .drain()
             .map(|id| {
                 let entry = self.txs.get(&id);
                 (id, entry)

@@ -13,11 +13,12 @@
 //! are late, and counted only; at most `max_open` transactions are summed
 //! at a time, beyond it the one final first is dropped and counted.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::{IdMap, IdSet};
 use crate::events::{KeyCounts, TxDetail, Violation, ViolationKind};
 use crate::model::{Millis, Provenance};
 
@@ -146,13 +147,13 @@ pub struct SummaryDecisions {
 /// The transactions being summed.
 #[derive(Debug)]
 pub struct TxSummaries {
-    txs: HashMap<Arc<str>, TxSum>,
+    txs: IdMap<TxSum>,
     /// (final time, id) of every transaction summed.
     by_final: BTreeSet<(Millis, Arc<str>)>,
     /// Per worker, the time up to which it has decided everything due.
     decided: Vec<Millis>,
     /// Ids whose sum changed (or went) since [`TxSummaries::take_changed`].
-    changed: HashSet<Arc<str>>,
+    changed: IdSet,
 }
 
 impl TxSummaries {
@@ -163,10 +164,10 @@ impl TxSummaries {
         rules: &SummaryRules,
     ) -> Self {
         let mut s = TxSummaries {
-            txs: HashMap::new(),
+            txs: IdMap::default(),
             by_final: BTreeSet::new(),
             decided: vec![Millis::MIN; workers],
-            changed: HashSet::new(),
+            changed: IdSet::default(),
         };
         for (id, sum) in sums {
             s.by_final.insert((final_at(&sum, rules), Arc::clone(&id)));
@@ -267,8 +268,9 @@ impl TxSummaries {
 
     /// The sums changed since last asked, `None` for those gone.
     pub fn take_changed(&mut self) -> Vec<(Arc<str>, Option<&TxSum>)> {
-        let mut out: Vec<(Arc<str>, Option<&TxSum>)> = std::mem::take(&mut self.changed)
-            .into_iter()
+        let mut out: Vec<(Arc<str>, Option<&TxSum>)> = self
+            .changed
+            .drain()
             .map(|id| {
                 let sum = self.txs.get(&id);
                 (id, sum)
