@@ -112,6 +112,7 @@ impl Ingest {
     /// Fails only when the schema registry's client cannot be set up (its
     /// CA file).
     pub fn new(config: &Config, stats: Arc<Stats>) -> Result<Self, SetupError> {
+        formats::bound_avro_allocations(config.inputs.max_record_bytes.0);
         Ok(Ingest {
             mapper: Mapper::new(config),
             flattened_topics: config.inputs.flattened_topics.clone(),

@@ -53,8 +53,11 @@ pub fn proto_table() -> ProtoTable {
 }
 
 /// The Avro writer schemas (value, key) of the generated table, parsed as
-/// the registry client parses what it fetches.
+/// the registry client parses what it fetches; the decoder's allocations
+/// are bounded as `vigil` bounds them for records of the default
+/// `inputs.max_record_bytes`.
 pub fn avro_schemas() -> (WriterSchema, WriterSchema) {
+    formats::bound_avro_allocations(vigil::config::InputsConfig::default().max_record_bytes.0);
     let table = avro_table();
     let parse = |id, text: &str| {
         WriterSchema::parse(id, text, &[]).expect("the generated Avro schemas parse")

@@ -34,6 +34,26 @@ fn invalid(message: impl Into<String>) -> RecordError {
     RecordError::new(Reason::InvalidAvro, message)
 }
 
+/// Bounds what the Avro decoder may reserve on the word of a length prefix
+/// in the bytes it reads, for records of at most `max_record_bytes`
+/// (`inputs.max_record_bytes`), and returns the bound in force. apache-avro
+/// holds one bound for the process, set once: the first call sets it (later
+/// calls, and its default of 512 MiB, change nothing after that).
+///
+/// A string or bytes field of a record is no longer than the record, and an
+/// array or map of it holds at most one item per byte, each reserved as a
+/// map entry at most: so no valid record is refused, while a hostile prefix
+/// (a string "of 300 MB" in a record of 20 bytes) is a dead letter
+/// (`invalid_avro`) before anything is reserved.
+pub fn bound_allocations(max_record_bytes: u64) -> usize {
+    let record = usize::try_from(max_record_bytes).unwrap_or(usize::MAX);
+    let bound = record
+        .saturating_mul(std::mem::size_of::<(String, Value)>())
+        .min(apache_avro::util::DEFAULT_MAX_ALLOCATION_BYTES)
+        .max(record);
+    apache_avro::util::max_allocation_bytes(bound)
+}
+
 /// The bytes of a datum, as the Avro reader reads them, noting whether it
 /// asked for more than there are: the reader takes the end of the bytes
 /// where a union's branch index belongs as that of a null (branch 0), so a
@@ -509,6 +529,38 @@ pub(crate) mod tests {
             DecodedCdc::Changes(changes(json)),
             "{json}"
         );
+    }
+
+    #[test]
+    fn a_hostile_length_prefix_is_a_dead_letter_before_anything_is_reserved() {
+        let bound = bound_allocations(1 << 20);
+        assert!(
+            (1 << 20..=128 << 20).contains(&bound),
+            "a bound of {bound} bytes for records of 1 MiB"
+        );
+        let schema = avro_schema(2, "debezium-mysql-users.avsc");
+        // `before` is the row (union branch 1, zigzag 2), its id 1 (2), then
+        // the name: a string of 300 MB, says its length prefix (zigzag,
+        // seven bits a byte), in a record of a dozen bytes.
+        let mut datum = vec![2, 2];
+        let mut prefix = 2 * 300_000_000u64;
+        while prefix >= 0x80 {
+            datum.push((prefix as u8 & 0x7f) | 0x80);
+            prefix >>= 7;
+        }
+        datum.push(prefix as u8);
+        datum.extend_from_slice(b"Ann");
+        let e = decode_envelope(&schema, &datum).expect_err("hostile bytes");
+        assert_eq!(e.reason, Reason::InvalidAvro, "{e}");
+        assert!(
+            e.to_string().contains(&format!(
+                "Unable to allocate 300000000 bytes (maximum allowed: {bound})"
+            )),
+            "refused for its size, not read and found short: {e}"
+        );
+        // A record within the bound still decodes.
+        let (value, json) = mysql_update();
+        assert_same_as_json(&schema, value, json);
     }
 
     #[test]

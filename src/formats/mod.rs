@@ -40,7 +40,10 @@ use crate::model::{Millis, Op};
 
 #[cfg(test)]
 pub(crate) use avro::tests::mysql_update as avro_mysql_update;
-pub use avro::{decode_envelope as decode_avro_envelope, decode_key as decode_avro_key};
+pub use avro::{
+    bound_allocations as bound_avro_allocations, decode_envelope as decode_avro_envelope,
+    decode_key as decode_avro_key,
+};
 pub use cache::decode_cache;
 pub use envelope::{BinaryEnvelope, BinaryKey};
 pub use framing::{Framed, GlobalFramed, framed, framed_apicurio};
