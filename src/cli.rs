@@ -637,6 +637,15 @@ pub struct GenArgs {
     #[arg(long, default_value_t = 10_000)]
     pub rate: u64,
 
+    /// Spread the records over this much event time instead (like `7d`):
+    /// --events / SPAN records a second, fewer than one if need be. With
+    /// more --keys than episodes (about --events / 2.6) every episode is of
+    /// a new entity, so keys keep coming for the whole span: a workload
+    /// for `state.retention`. Not with --storms, which are sized for a
+    /// rate.
+    #[arg(long, value_name = "SPAN", conflicts_with_all = ["rate", "storms"])]
+    pub span: Option<crate::config::Dur>,
+
     /// Format of the CDC records.
     #[arg(long, value_enum, default_value_t = CdcFormatArg::Debezium)]
     pub format: CdcFormatArg,

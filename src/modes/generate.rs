@@ -56,6 +56,9 @@ pub fn run(args: &GenArgs) -> anyhow::Result<ExitStatus> {
     }
     create_dir(&args.out, "output directory")?;
     let mut generator = Generator::new(spec);
+    if let Some(span) = args.span {
+        generator = generator.with_span(span.as_millis_i64());
+    }
     if args.outage {
         generator = generator
             .with_outage(Outage::STANDARD)

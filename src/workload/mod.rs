@@ -414,6 +414,14 @@ pub struct Generator {
     outage: Option<Outage>,
 }
 
+/// Microseconds between episode starts for `wanted_us`, so that the
+/// busiest moment of the traffic still spaces an entity's episodes apart.
+fn episode_interval_us(spec: &Spec, wanted_us: u64) -> u64 {
+    let keys = spec.keys.max(1);
+    let min_us = (SPACING_MS as f64 * 1000.0 * spec.traffic.peak() / keys as f64).ceil() as u64;
+    wanted_us.max(min_us).max(1)
+}
+
 /// The table a prefix storm hits: the first with two keys.
 const STORM_TABLE: u32 = 1;
 
@@ -435,12 +443,9 @@ impl Generator {
             formats.to_vec()
         };
         let format_of = |t: u32| formats[t as usize % formats.len()];
-        let keys = spec.keys.max(1);
         let wanted_us = (1e6 * RECORDS_PER_EPISODE / spec.rate.max(1) as f64) as u64;
-        // The busiest moment of the traffic still spaces an entity's
-        // episodes apart.
-        let min_us = (SPACING_MS as f64 * 1000.0 * spec.traffic.peak() / keys as f64).ceil() as u64;
-        let interval_us = wanted_us.max(min_us).max(1);
+        let interval_us = episode_interval_us(&spec, wanted_us);
+        let keys = spec.keys.max(1);
         let snapshots = if formats.iter().any(|f| f.has_snapshots()) {
             (keys / 2).min(spec.events / 10)
         } else {
@@ -503,6 +508,22 @@ impl Generator {
             outage: None,
             spec,
         }
+    }
+
+    /// The same workload spread over `span_ms` of event time instead of
+    /// written at `spec.rate`: its records come at `events / span` a
+    /// second, fewer than one a second if need be (still spacing an
+    /// entity's episodes [`SPACING_MS`] apart). With more `keys` than
+    /// episodes (about `events / 2.6`) every episode is of a new entity:
+    /// ever-new keys, as a week of traffic brings.
+    pub fn with_span(mut self, span_ms: i64) -> Self {
+        // Snapshot reads all come before the first episode.
+        let episodic = self.spec.events.saturating_sub(self.snapshots_left).max(1);
+        let wanted_us =
+            (span_ms.max(1) as f64 * 1000.0 * RECORDS_PER_EPISODE / episodic as f64) as u64;
+        self.interval_us = episode_interval_us(&self.spec, wanted_us);
+        self.stats.effective_rate = RECORDS_PER_EPISODE * 1e6 / self.interval_us as f64;
+        self
     }
 
     /// The same workload with an outage of one table's invalidations; it

@@ -218,3 +218,27 @@ fn a_workload_of_every_format_in_kcat_lines_is_reported_exactly() {
     assert_eq!(tables.len(), 5, "violations in every table: {tables:?}");
     assert_eq!(reported, expected);
 }
+
+#[test]
+fn a_span_spreads_the_records_over_it_with_an_entity_new_at_every_episode() {
+    const SPAN_MS: i64 = 6 * 3_600_000;
+    let mut g = Generator::new(Spec {
+        events: 10_000,
+        keys: 100_000,
+        ..spec(5)
+    })
+    .with_span(SPAN_MS);
+    let records: Vec<GenRecord> = g.by_ref().collect();
+    let stats = g.stats();
+    let span = stats.last_event_ms.unwrap() - stats.first_event_ms.unwrap();
+    assert!(
+        (SPAN_MS * 95 / 100..=SPAN_MS * 105 / 100).contains(&span),
+        "{span} ms of event time"
+    );
+    let entities: BTreeSet<&[u8]> = records
+        .iter()
+        .filter(|r| r.topic.starts_with("gen.public."))
+        .filter_map(|r| r.key.as_deref())
+        .collect();
+    assert_eq!(entities.len() as u64, stats.episodes);
+}
