@@ -812,6 +812,28 @@ where
         evicted
     }
 
+    /// Drops the slots that wait for nothing and whose value `expired` says
+    /// has outlived the state's retention, oldest persisted first, stopping
+    /// at the first that has not (a slot touched later than those persisted
+    /// after it holds them until it expires too, or leaves by
+    /// [`Slots::evict`]). Nothing is written: what the store holds of such
+    /// a slot is as old (the value of its last persist, at most), which the
+    /// retention's compaction filter removes and a read takes for absent.
+    /// Returns how many slots left.
+    pub fn expire(&mut self, expired: impl Fn(&V) -> bool) -> u64 {
+        let mut dropped = 0;
+        loop {
+            let i = self.lists[Recency::Idle as usize].oldest;
+            if i == NIL || !expired(&self.arena.at(i).slot.value) {
+                break;
+            }
+            let node = self.remove(i);
+            self.bytes -= node.slot.bytes;
+            dropped += 1;
+        }
+        dropped
+    }
+
     /// Removes the slot `handle` names unless it changed since checkpoint
     /// `persisted_at`; returns it.
     fn drop_if_unchanged(&mut self, handle: Handle, persisted_at: u64) -> Option<Slot<V>> {
@@ -932,6 +954,41 @@ mod tests {
             vec![("a".into(), 2), ("b".into(), 2), ("d".into(), 2)],
             "checkpoint 2: what changed after checkpoint 1"
         );
+    }
+
+    /// Whether the slot of `key` is in memory (without touching it).
+    fn holds(slots: &Slots<CompactString, Count>, key: &str) -> bool {
+        slots
+            .find(slots.hasher.hash_one(key.as_bytes()), key)
+            .is_some()
+    }
+
+    #[test]
+    fn expired_slots_leave_memory_oldest_persisted_first_unless_they_wait() {
+        let mut slots = Slots::new(true, save);
+        // Persisted by three checkpoints: a; b and w (odd: it waits); c.
+        // The count stands for the time the slot was last touched.
+        let checkpoints = [vec![("a", 2)], vec![("b", 8), ("w", 1)], vec![("c", 4)]];
+        for (epoch, touched) in (1..).zip(checkpoints) {
+            for (key, n) in touched {
+                set(&mut slots, key, n);
+            }
+            slots.begin(epoch);
+            assert!(slots.save_some(usize::MAX));
+            slots.take_saved();
+        }
+        let before = slots.resident_bytes();
+        assert_eq!(slots.expire(|c| c.0 < 5), 1);
+        assert!(!holds(&slots, "a"), "a expired");
+        assert!(
+            holds(&slots, "c"),
+            "b, persisted before c and not expired, holds it"
+        );
+        assert!(slots.resident_bytes() < before);
+        assert_eq!(slots.expire(|c| c.0 < 10), 2, "b and c");
+        assert_eq!(slots.len(), 1);
+        assert!(holds(&slots, "w"), "a slot whose timer is armed stays");
+        assert_eq!(slots.expire(|_| true), 0);
     }
 
     #[test]

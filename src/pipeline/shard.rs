@@ -167,7 +167,9 @@ fn entity_key(scope: i32, entity: u64) -> [u8; 12] {
 }
 
 /// Reads a key from the store; `open`: whether it is in the index of keys
-/// with undecided changes.
+/// with undecided changes. A key that waits for nothing and has outlived
+/// the retention is absent, whether or not the store's compaction filter
+/// has removed it yet.
 fn load_key(
     store: &dyn Store,
     key: &str,
@@ -177,6 +179,9 @@ fn load_key(
     let Some(stored) = read_stored(store, key, scope)? else {
         return Ok(None);
     };
+    if stored.armed.is_none() && store.retention().expired(stored.state.touched) {
+        return Ok(None);
+    }
     Ok(Some(KeyEntry {
         persisted_armed: stored.armed,
         open: open.contains_key(&OpenKey::new(key)),
@@ -449,18 +454,20 @@ impl Shard {
     }
 
     /// The state of a change's entity (read from the store if not in
-    /// memory), noted as touched at the change's commit time.
+    /// memory, unless it has outlived the retention), noted as touched at
+    /// the change's commit time.
     pub(super) fn entity(
         &mut self,
         change: &Change,
         scope: i32,
     ) -> Result<&mut EntityState, StateError> {
         let store = &*self.store;
-        let (_, slot) = self
-            .entities
-            .change(&entity_key(scope, change.entity), scope, |k| {
-                load_entity(store, k)
-            })?;
+        let (_, slot) =
+            self.entities
+                .change(&entity_key(scope, change.entity), scope, |k| {
+                    Ok(load_entity(store, k)?
+                        .filter(|entry| !store.retention().expired(entry.touched)))
+                })?;
         let entry = &mut slot.value;
         entry.touched = entry.touched.max(change.commit_ts_ms);
         Ok(&mut entry.state)
@@ -597,6 +604,7 @@ impl Shard {
         let mut batch = self.saving.take().unwrap_or_default();
         batch.append(self.keys.take_saved());
         batch.append(self.entities.take_saved());
+        let expired = self.expire();
         let (keys, entities) = (self.keys.resident_bytes(), self.entities.resident_bytes());
         let excess = (keys + entities).saturating_sub(self.budget / 10 * 9);
         let from_keys = (excess as u128 * keys as u128 / (keys + entities).max(1) as u128) as usize;
@@ -613,7 +621,7 @@ impl Shard {
             }
             epoch
         };
-        evicted += self.keys.drop_leaving(written) + self.entities.drop_leaving(written);
+        evicted += expired + self.keys.drop_leaving(written) + self.entities.drop_leaving(written);
         self.stats.emit(StateEvicted(evicted));
         Ok(batch)
     }
@@ -693,6 +701,20 @@ impl Shard {
         std::mem::forget(std::mem::replace(&mut self.entities, entities));
         std::mem::forget(std::mem::take(&mut self.timers));
         std::mem::forget(std::mem::take(&mut self.open));
+    }
+
+    /// Lets the keys and entities that have outlived the state's retention
+    /// (last touched before the horizon the committer moves with the
+    /// watermark) leave memory, so that memory does not grow with the
+    /// number of distinct keys over time; keys whose timer is armed stay
+    /// until it fires. Returns how many left.
+    fn expire(&mut self) -> u64 {
+        let horizon = self.store.retention();
+        self.keys
+            .expire(|key| horizon.expired(key.stored.state.touched))
+            + self
+                .entities
+                .expire(|entity| horizon.expired(entity.touched))
     }
 
     /// Whether the keys and entities in memory exceed this shard's budget.

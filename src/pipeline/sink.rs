@@ -210,12 +210,20 @@ pub(super) struct Commit {
     done: Vec<Sender<()>>,
 }
 
+/// How many times the store is swept (see [`crate::state::Store::sweep`])
+/// while the retention horizon moves by one retention: what has expired
+/// stays on disk for at most a quarter of the retention more.
+const SWEEPS_PER_RETENTION: i64 = 4;
+
 /// Writes the checkpoints the sink completes, in order, each in one atomic
 /// write, and tells who waits for them.
 pub(super) struct Committer {
     store: Arc<dyn Store>,
     stats: Arc<Stats>,
     retention_ms: Millis,
+    /// The retention horizon of the store's last sweep (see
+    /// [`SWEEPS_PER_RETENTION`]); `None` before the first commit.
+    swept: Option<Millis>,
     /// The latest checkpoint committed, for the workers (what they wrote
     /// by then may leave their memory).
     committed_epoch: Arc<AtomicU64>,
@@ -235,13 +243,31 @@ impl Committer {
             store,
             stats,
             retention_ms,
+            swept: None,
             committed_epoch,
             committed,
         }
     }
 
+    /// Moves the store's retention horizon to `horizon` (it never goes
+    /// back), and sweeps the store once it has moved by a share of the
+    /// retention since the last sweep.
+    fn age(&mut self, horizon: Millis) -> Result<(), PipelineError> {
+        self.store.retention().advance(horizon);
+        let step = (self.retention_ms / SWEEPS_PER_RETENTION).max(1);
+        match self.swept {
+            Some(swept) if horizon >= swept.saturating_add(step) => {
+                self.store.sweep()?;
+                self.swept = Some(horizon);
+            }
+            Some(_) => {}
+            None => self.swept = Some(horizon),
+        }
+        Ok(())
+    }
+
     /// Commits until the sink hangs up; returns the checkpoints committed.
-    pub(super) fn run(self, inbox: Receiver<Commit>) -> Result<u64, PipelineError> {
+    pub(super) fn run(mut self, inbox: Receiver<Commit>) -> Result<u64, PipelineError> {
         let mut count = 0;
         for commit in inbox {
             let started = std::time::Instant::now();
@@ -253,9 +279,7 @@ impl Committer {
             // At the end of time (every input ended) nothing has aged: what
             // the run kept stays for inspection and later runs.
             if commit.watermark != END_OF_TIME {
-                self.store
-                    .retention()
-                    .advance(commit.watermark.saturating_sub(self.retention_ms));
+                self.age(commit.watermark.saturating_sub(self.retention_ms))?;
             }
             count += 1;
             self.committed_epoch.store(commit.epoch, Ordering::Release);

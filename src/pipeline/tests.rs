@@ -482,6 +482,10 @@ impl Store for HeldWrites {
         self.inner.retention()
     }
 
+    fn sweep(&self) -> Result<(), StateError> {
+        self.inner.sweep()
+    }
+
     fn approximate_len(&self, cf: Cf) -> u64 {
         self.inner.approximate_len(cf)
     }

@@ -90,6 +90,10 @@ impl Store for FailingStore {
         self.inner.retention()
     }
 
+    fn sweep(&self) -> Result<(), StateError> {
+        self.inner.sweep()
+    }
+
     fn approximate_len(&self, cf: Cf) -> u64 {
         self.inner.approximate_len(cf)
     }

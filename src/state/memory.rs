@@ -78,6 +78,14 @@ impl Store for MemStore {
         &self.retention
     }
 
+    fn sweep(&self) -> Result<(), StateError> {
+        let horizon = &self.retention;
+        self.data().retain(|(cf, _), value| {
+            !cf.expires() || codec::touched(value).is_none_or(|t| !horizon.expired(t))
+        });
+        Ok(())
+    }
+
     fn approximate_len(&self, cf: Cf) -> u64 {
         self.data().keys().filter(|(c, _)| *c == cf).count() as u64
     }

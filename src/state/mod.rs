@@ -231,6 +231,14 @@ pub trait Store: Send + Sync {
     /// The horizon that retention removes expired entries against.
     fn retention(&self) -> &RetentionHorizon;
 
+    /// Removes the entries of the expiring families that the horizon has
+    /// passed, now (RocksDB: compacts those families, through the
+    /// retention's filter). Compactions RocksDB starts on its own reach an
+    /// entry only when newer writes overlap its keys, which ever-new keys
+    /// (ids counting up) may never do: without a sweep now and then, the
+    /// store would keep what is expired.
+    fn sweep(&self) -> Result<(), StateError>;
+
     /// Approximate number of entries in a family (for metrics).
     fn approximate_len(&self, cf: Cf) -> u64;
 }

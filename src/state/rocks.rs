@@ -84,6 +84,12 @@ impl RocksStore {
             db_opts.create_missing_column_families(true);
             db_opts.set_max_background_jobs(2);
             db_opts.set_db_write_buffer_size(memory.memtables);
+            // A write-ahead log file is deleted once every family with
+            // writes in it has flushed them; families written little (input
+            // positions, storms) would otherwise keep every log file since
+            // their last flush, the log growing with the run. Past this the
+            // families holding the oldest log back are flushed.
+            db_opts.set_max_total_wal_size(memory.memtables as u64);
             DB::open_cf_descriptors(&db_opts, path, descriptors)
         }
         .map_err(|e| StateError::Rocks {
@@ -111,8 +117,9 @@ impl RocksStore {
             .expect("every column family is created when the store is opened")
     }
 
-    /// Compacts a family now, applying the retention filter (for tests and
-    /// maintenance; RocksDB also compacts in the background).
+    /// Compacts a family now, every level of it, through the retention
+    /// filter (for sweeps, benchmarks and maintenance; RocksDB also compacts
+    /// in the background).
     pub fn compact(&self, cf: Cf) {
         self.db
             .compact_range_cf(self.handle(cf), None::<&[u8]>, None::<&[u8]>);
@@ -205,6 +212,13 @@ impl Store for RocksStore {
 
     fn retention(&self) -> &RetentionHorizon {
         &self.retention
+    }
+
+    fn sweep(&self) -> Result<(), StateError> {
+        for cf in Cf::ALL.into_iter().filter(|cf| cf.expires()) {
+            self.compact(cf);
+        }
+        Ok(())
     }
 
     fn approximate_len(&self, cf: Cf) -> u64 {

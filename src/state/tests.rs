@@ -1,5 +1,5 @@
 //! The RocksDB store and the in-memory store agree on every sequence of
-//! operations, and retention removes expired entries from RocksDB.
+//! operations, and a sweep removes expired entries from both.
 
 use proptest::prelude::*;
 
@@ -106,33 +106,43 @@ fn reopening_keeps_what_was_written() {
 }
 
 #[test]
-fn retention_removes_only_expired_entries_of_expiring_families() {
+fn a_sweep_removes_only_expired_entries_of_expiring_families_in_both_stores() {
     let dir = tempfile::tempdir().unwrap();
-    let store = RocksStore::open(dir.path()).unwrap();
-    let mut batch = StateBatch::default();
-    batch.put(Cf::Keys, 0, b"old".to_vec(), codec::encode(1_000, &0u8));
-    batch.put(Cf::Keys, 0, b"new".to_vec(), codec::encode(9_000, &0u8));
-    batch.put(
-        Cf::Entities,
-        0,
-        b"old-entity".to_vec(),
-        codec::encode(1_000, &0u8),
-    );
-    batch.put(Cf::Timers, 0, codec::timer_key(0, 1_000, "old"), Vec::new());
-    store.write(batch).unwrap();
-    store.retention().advance(5_000);
-    for cf in Cf::ALL {
-        store.compact(cf);
+    let stores: [Box<dyn Store>; 2] = [
+        Box::new(RocksStore::open(dir.path()).unwrap()),
+        Box::new(MemStore::new()),
+    ];
+    for store in stores {
+        let mut batch = StateBatch::default();
+        batch.put(Cf::Keys, 0, b"old".to_vec(), codec::encode(1_000, &0u8));
+        batch.put(Cf::Keys, 0, b"new".to_vec(), codec::encode(9_000, &0u8));
+        batch.put(
+            Cf::Entities,
+            0,
+            b"old-entity".to_vec(),
+            codec::encode(1_000, &0u8),
+        );
+        batch.put(Cf::Timers, 0, codec::timer_key(0, 1_000, "old"), Vec::new());
+        batch.put(
+            Cf::Wildcards,
+            0,
+            b"old-glob".to_vec(),
+            codec::encode(1_000, &0u8),
+        );
+        store.write(batch).unwrap();
+        store.retention().advance(5_000);
+        store.sweep().unwrap();
+        assert_eq!(store.get(Cf::Keys, b"old").unwrap(), None);
+        assert!(store.get(Cf::Keys, b"new").unwrap().is_some());
+        assert_eq!(store.get(Cf::Entities, b"old-entity").unwrap(), None);
+        assert!(
+            store
+                .get(Cf::Timers, &codec::timer_key(0, 1_000, "old"))
+                .unwrap()
+                .is_some()
+        );
+        assert!(store.get(Cf::Wildcards, b"old-glob").unwrap().is_some());
     }
-    assert_eq!(store.get(Cf::Keys, b"old").unwrap(), None);
-    assert!(store.get(Cf::Keys, b"new").unwrap().is_some());
-    assert_eq!(store.get(Cf::Entities, b"old-entity").unwrap(), None);
-    assert!(
-        store
-            .get(Cf::Timers, &codec::timer_key(0, 1_000, "old"))
-            .unwrap()
-            .is_some()
-    );
 }
 
 #[test]

@@ -15,6 +15,7 @@ mod http;
 mod monitoring;
 mod recovery;
 mod replay;
+mod retention;
 mod run;
 mod schemas;
 mod storms;
