@@ -197,13 +197,70 @@ struct Served {
     references: Vec<Reference>,
 }
 
+/// A schema's reference to another: the name it uses for it, and where the
+/// registry keeps it.
 #[derive(Deserialize)]
+#[serde(from = "ConfluentReference")]
 struct Reference {
     /// The import path a Protobuf schema names the reference by (an Avro
     /// schema, by the full name of the type).
     name: String,
+    at: Located,
+}
+
+/// Where a referenced schema is kept.
+enum Located {
+    /// Confluent's API: a subject's version.
+    Subject { subject: String, version: i64 },
+    /// Apicurio's: a version of an artifact in a group.
+    Artifact {
+        group: String,
+        artifact: String,
+        version: String,
+    },
+}
+
+/// A reference as Confluent's API serves it.
+#[derive(Deserialize)]
+struct ConfluentReference {
+    name: String,
     subject: String,
     version: i64,
+}
+
+impl From<ConfluentReference> for Reference {
+    fn from(r: ConfluentReference) -> Self {
+        Reference {
+            name: r.name,
+            at: Located::Subject {
+                subject: r.subject,
+                version: r.version,
+            },
+        }
+    }
+}
+
+/// A reference as Apicurio's API serves it (v2 and v3).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApicurioReference {
+    group_id: Option<String>,
+    artifact_id: String,
+    version: Option<String>,
+    name: String,
+}
+
+impl From<ApicurioReference> for Reference {
+    fn from(r: ApicurioReference) -> Self {
+        Reference {
+            name: r.name,
+            at: Located::Artifact {
+                group: r.group_id.unwrap_or_else(|| "default".to_string()),
+                artifact: r.artifact_id,
+                version: r.version.unwrap_or_else(|| "latest".to_string()),
+            },
+        }
+    }
 }
 
 /// The registry's error body.
@@ -370,19 +427,13 @@ impl SchemaRegistry {
             });
         }
         for reference in references {
-            let path = format!(
-                "/subjects/{}/versions/{}",
-                percent_encode(&reference.subject),
-                reference.version
-            );
-            let served = self.get(&path)?.map_err(|code| RegistryError::Malformed {
-                id,
-                kind,
-                message: format!(
-                    "referenced subject {:?} version {} not found (error code {code})",
-                    reference.subject, reference.version
-                ),
-            })?;
+            let served =
+                self.get_reference(&reference.at)?
+                    .map_err(|missing| RegistryError::Malformed {
+                        id,
+                        kind,
+                        message: format!("referenced {missing} not found"),
+                    })?;
             self.collect_references(id, kind, &served.references, depth + 1, out)?;
             if !out.iter().any(|(_, text)| *text == served.schema) {
                 out.push((reference.name.clone(), served.schema));
@@ -391,29 +442,99 @@ impl SchemaRegistry {
         Ok(())
     }
 
-    /// GETs the schema of an Apicurio global id (`GET
-    /// /ids/globalIds/{id}`, v2 or v3 as `url` names): the schema's text
-    /// itself, its kind in the `X-Registry-ArtifactType` header (or, without
-    /// it, told by the text). A 404 with Apicurio's JSON error body is an
-    /// unknown id; references are not followed.
-    fn get_by_global_id(&self, id: u32) -> Result<Served, RegistryError> {
-        let path = format!("/ids/globalIds/{id}");
-        let (status, body, artifact_type) = self.call(&path, None)?;
+    /// A referenced schema: `Ok(Err(what))` when the registry says it has
+    /// none.
+    fn get_reference(&self, at: &Located) -> Result<Result<Served, String>, RegistryError> {
+        match at {
+            Located::Subject { subject, version } => {
+                let path = format!("/subjects/{}/versions/{version}", percent_encode(subject));
+                Ok(self.get(&path)?.map_err(|code| {
+                    format!("subject {subject:?} version {version} (error code {code})")
+                }))
+            }
+            Located::Artifact {
+                group,
+                artifact,
+                version,
+            } => {
+                let version_path = format!(
+                    "/groups/{}/artifacts/{}/versions/{}",
+                    percent_encode(group),
+                    percent_encode(artifact),
+                    percent_encode(version)
+                );
+                // v2 serves a version's content at its path, v3 under it.
+                let content = if self.base.ends_with("/v2") {
+                    version_path.clone()
+                } else {
+                    format!("{version_path}/content")
+                };
+                let missing = || format!("artifact {group}/{artifact} version {version}");
+                match self.get_apicurio(&content)? {
+                    Some((schema, schema_type)) => Ok(Ok(Served {
+                        schema,
+                        schema_type: Some(schema_type),
+                        references: self.apicurio_references(&version_path)?,
+                    })),
+                    None => Ok(Err(missing())),
+                }
+            }
+        }
+    }
+
+    /// The references of the Apicurio artifact version (or global id) at
+    /// `path` (`{path}/references`); none from a registry that has no such
+    /// endpoint (before Apicurio 2.4).
+    fn apicurio_references(&self, path: &str) -> Result<Vec<Reference>, RegistryError> {
+        let path = format!("{path}/references");
+        let (status, body, _) = self.call(&path, None)?;
+        match status {
+            200 => serde_json::from_str::<Vec<ApicurioReference>>(&body)
+                .map(|refs| refs.into_iter().map(Reference::from).collect())
+                .map_err(|e| {
+                    self.unavailable(
+                        &path,
+                        format!("an answer that is not a list of references ({e})"),
+                    )
+                }),
+            404 => Ok(Vec::new()),
+            _ => Err(self.unavailable(&path, format!("HTTP {status}: {}", first_line(&body)))),
+        }
+    }
+
+    /// GETs the content of an Apicurio schema at `path` with its kind, from
+    /// the `X-Registry-ArtifactType` header (or, without it, told by the
+    /// text); `None` for a 404 with Apicurio's JSON error body.
+    fn get_apicurio(&self, path: &str) -> Result<Option<(String, String)>, RegistryError> {
+        let (status, body, artifact_type) = self.call(path, None)?;
         match status {
             200 => {
                 let schema_type = artifact_type.unwrap_or_else(|| kind_of_text(&body).to_string());
-                Ok(Served {
-                    schema: body,
-                    schema_type: Some(schema_type),
-                    references: Vec::new(),
-                })
+                Ok(Some((body, schema_type)))
             }
             404 if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&body)
                 .is_ok() =>
             {
-                Err(RegistryError::UnknownSchema { id })
+                Ok(None)
             }
-            _ => Err(self.unavailable(&path, format!("HTTP {status}: {}", first_line(&body)))),
+            _ => Err(self.unavailable(path, format!("HTTP {status}: {}", first_line(&body)))),
+        }
+    }
+
+    /// GETs the schema of an Apicurio global id (`GET
+    /// /ids/globalIds/{id}`, v2 or v3 as `url` names) and its references
+    /// (`GET /ids/globalIds/{id}/references`, each read by its group,
+    /// artifact and version). A 404 with Apicurio's JSON error body is an
+    /// unknown id.
+    fn get_by_global_id(&self, id: u32) -> Result<Served, RegistryError> {
+        let path = format!("/ids/globalIds/{id}");
+        match self.get_apicurio(&path)? {
+            Some((schema, schema_type)) => Ok(Served {
+                schema,
+                schema_type: Some(schema_type),
+                references: self.apicurio_references(&path)?,
+            }),
+            None => Err(RegistryError::UnknownSchema { id }),
         }
     }
 
@@ -865,6 +986,55 @@ mod tests {
             "<html>Not Found</html>",
         );
         assert!(client.schema(8).unwrap_err().is_retryable());
+    }
+
+    #[test]
+    fn apicurio_references_are_read_by_group_artifact_and_version() {
+        const ITEM: &str = r#"{"type":"record","name":"Item","namespace":"com.example.common","fields":[{"name":"itemId","type":"com.example.common.ItemId"}]}"#;
+        const ITEM_ID: &str = r#"{"type":"record","name":"ItemId","namespace":"com.example.common","fields":[{"name":"id","type":"int"},{"name":"code","type":"com.example.common.Code"}]}"#;
+        const CODE: &str =
+            r#"{"type":"enum","name":"Code","namespace":"com.example.common","symbols":["A","B"]}"#;
+        for (version, content) in [("v2", ""), ("v3", "/content")] {
+            let registry = FakeRegistry::start();
+            let prefix = format!("/apis/registry/{version}");
+            let config = SchemaRegistryConfig {
+                url: Some(format!("{}{prefix}", registry.url())),
+                framing: Framing::Apicurio,
+                ..SchemaRegistryConfig::default()
+            };
+            let client = SchemaRegistry::from_config(&config).unwrap().unwrap();
+            registry.add_apicurio(&prefix, 10, Some("AVRO"), ITEM);
+            registry.answer(
+                &format!("{prefix}/ids/globalIds/10/references"),
+                200,
+                r#"[{"groupId":"shop","artifactId":"ItemId","version":"1","name":"com.example.common.ItemId"}]"#,
+            );
+            let item_id = format!("{prefix}/groups/shop/artifacts/ItemId/versions/1");
+            registry.answer(&format!("{item_id}{content}"), 200, ITEM_ID);
+            // A reference of a reference, in the default group.
+            registry.answer(
+                &format!("{item_id}/references"),
+                200,
+                r#"[{"groupId":null,"artifactId":"Code","version":"2","name":"com.example.common.Code"}]"#,
+            );
+            let code = format!("{prefix}/groups/default/artifacts/Code/versions/2{content}");
+            registry.answer(&code, 200, CODE);
+            let answer = client.schema(10).unwrap();
+            let schema = writer(&answer);
+            assert_eq!(schema.references.len(), 2, "{version}");
+            // A reference the registry does not have: the schema is malformed.
+            registry.add_apicurio(&prefix, 11, Some("AVRO"), ITEM);
+            registry.answer(
+                &format!("{prefix}/ids/globalIds/11/references"),
+                200,
+                r#"[{"groupId":"shop","artifactId":"Gone","version":"1","name":"com.example.common.ItemId"}]"#,
+            );
+            let err = client.schema(11).unwrap_err();
+            assert!(
+                matches!(&err, RegistryError::Malformed { message, .. } if message.contains("shop/Gone")),
+                "{version}: {err}"
+            );
+        }
     }
 
     #[test]
