@@ -457,9 +457,13 @@ impl KafkaOutputs {
     fn event(
         &mut self,
         family: Family,
-        topic: &str,
         event: CloudEvent<'_, impl serde::Serialize>,
     ) -> Result<Outgoing, OutputError> {
+        let topic = match family {
+            Family::Violation => &self.violations_topic,
+            Family::Storm => &self.storms_topic,
+            Family::Incident => &self.incidents_topic,
+        };
         let Some(avro) = &mut self.avro else {
             return Ok(cloudevent_record(
                 topic,
@@ -489,20 +493,17 @@ impl KafkaOutputs {
 
 impl Outputs for KafkaOutputs {
     fn violation(&mut self, v: &Violation) -> Result<(), OutputError> {
-        let topic = self.violations_topic.clone();
-        let record = self.event(Family::Violation, &topic, v.cloudevent())?;
+        let record = self.event(Family::Violation, v.cloudevent())?;
         self.send(&record)
     }
 
     fn storm(&mut self, e: &StormEvent) -> Result<(), OutputError> {
-        let topic = self.storms_topic.clone();
-        let record = self.event(Family::Storm, &topic, e.cloudevent())?;
+        let record = self.event(Family::Storm, e.cloudevent())?;
         self.send(&record)
     }
 
     fn incident(&mut self, e: &IncidentEvent) -> Result<(), OutputError> {
-        let topic = self.incidents_topic.clone();
-        let record = self.event(Family::Incident, &topic, e.cloudevent())?;
+        let record = self.event(Family::Incident, e.cloudevent())?;
         self.send(&record)
     }
 
