@@ -25,6 +25,15 @@ pub fn framed(bytes: &[u8]) -> Option<Framed<'_>> {
     }
 }
 
+/// The opening of a record in Confluent's framing with schema `id` (byte
+/// 0, the id), in a vector with room for `payload` bytes after it.
+pub fn confluent_opening(id: u32, payload: usize) -> Vec<u8> {
+    let mut framed = Vec::with_capacity(5 + payload);
+    framed.push(MAGIC);
+    framed.extend(id.to_be_bytes());
+    framed
+}
+
 /// A record in Apicurio's framing: its schema's global id and the payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GlobalFramed<'a> {

@@ -46,7 +46,7 @@ pub use avro::{
 };
 pub use cache::decode_cache;
 pub use envelope::{BinaryEnvelope, BinaryKey};
-pub use framing::{Framed, GlobalFramed, framed, framed_apicurio};
+pub use framing::{Framed, GlobalFramed, confluent_opening, framed, framed_apicurio};
 pub use json::{Scalar, row_hash, scalar};
 pub use kcat::{Headers, KcatBuffers, KcatLine, KcatRecord, parse_kcat_line};
 pub use protobuf::{

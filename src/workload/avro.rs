@@ -23,9 +23,7 @@ fn frame(schema: &Schema, id: u32, value: Value) -> Vec<u8> {
         .build()
         .and_then(|writer| writer.write_value_to_vec(value))
         .expect("generated values fit their schemas");
-    let mut framed = Vec::with_capacity(5 + datum.len());
-    framed.push(0);
-    framed.extend(id.to_be_bytes());
+    let mut framed = crate::formats::confluent_opening(id, datum.len());
     framed.extend(datum);
     framed
 }

@@ -104,9 +104,7 @@ impl ProtoTable {
 
 /// A message in Confluent's Protobuf framing with its schema's id.
 fn frame(schema: &GenSchema, message: &DynamicMessage) -> Vec<u8> {
-    let mut framed = Vec::with_capacity(6 + message.encoded_len());
-    framed.push(0);
-    framed.extend(schema.id.to_be_bytes());
+    let mut framed = crate::formats::confluent_opening(schema.id, 1 + message.encoded_len());
     // The message indexes: [0], written as a single 0.
     framed.push(0);
     message

@@ -123,9 +123,9 @@ impl AvroEvents {
                 id
             }
         };
-        let mut value = vec![0u8];
-        value.extend_from_slice(&id.to_be_bytes());
-        value.extend(datum(family, &registration.schema, data)?);
+        let datum = datum(family, &registration.schema, data)?;
+        let mut value = crate::formats::confluent_opening(id, datum.len());
+        value.extend(datum);
         Ok(value)
     }
 }
