@@ -46,6 +46,21 @@ use crate::model::{Millis, Provenance};
 type IdMap<V> = HashMap<Arc<str>, V, RandomState>;
 type IdSet = HashSet<Arc<str>, RandomState>;
 
+/// The ids in `changed`, in order, each with its value in `by_id` (`None`
+/// for one gone). Drained, not taken: the set keeps its capacity for the
+/// next checkpoint's ids.
+fn take_changed<'a, V>(changed: &mut IdSet, by_id: &'a IdMap<V>) -> Vec<(Arc<str>, Option<&'a V>)> {
+    let mut out: Vec<(Arc<str>, Option<&V>)> = changed
+        .drain()
+        .map(|id| {
+            let value = by_id.get(&id);
+            (id, value)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 /// `total_order` numbers listed at most in an `incomplete_transaction`.
 pub const MAX_LISTED_ORDERS: usize = 1000;
 
@@ -289,18 +304,7 @@ impl TxDetector {
 
     /// The entries changed since last asked, `None` for those forgotten.
     pub fn take_changed(&mut self) -> Vec<(Arc<str>, Option<&TxEntry>)> {
-        // Drained, not taken: the set keeps its capacity for the next
-        // checkpoint's ids.
-        let mut out: Vec<(Arc<str>, Option<&TxEntry>)> = self
-            .changed
-            .drain()
-            .map(|id| {
-                let entry = self.txs.get(&id);
-                (id, entry)
-            })
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        take_changed(&mut self.changed, &self.txs)
     }
 
     fn set(&mut self, which: bool, due: Millis, id: &Arc<str>, insert: bool) {

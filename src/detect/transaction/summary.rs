@@ -268,16 +268,7 @@ impl TxSummaries {
 
     /// The sums changed since last asked, `None` for those gone.
     pub fn take_changed(&mut self) -> Vec<(Arc<str>, Option<&TxSum>)> {
-        let mut out: Vec<(Arc<str>, Option<&TxSum>)> = self
-            .changed
-            .drain()
-            .map(|id| {
-                let sum = self.txs.get(&id);
-                (id, sum)
-            })
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        super::take_changed(&mut self.changed, &self.txs)
     }
 }
 
