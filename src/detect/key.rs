@@ -323,6 +323,14 @@ impl KeyState {
         self.changes.iter().any(|c| c.status != Status::Decided)
     }
 
+    /// Whether a change within its deadline waits for an invalidation to
+    /// cover it (which then usually comes soon).
+    pub fn awaits_cover(&self) -> bool {
+        self.changes
+            .iter()
+            .any(|c| c.status == Status::Pending && c.cover.is_none())
+    }
+
     /// Whether the key holds nothing worth keeping.
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()

@@ -7,9 +7,9 @@
 //! before the checkpoint, [`Slots::save_some`] writes some of them at a
 //! time, and a marked slot about to change is written first, so the
 //! checkpoint holds every slot as it was at the checkpoint (copy on write).
-//! Then [`Slots::evict`] lets slots leave memory, oldest persisted first
-//! (those that wait for nothing before keys whose timer is armed), until
-//! the worker is back under its share of `state.cache_size`. A slot may
+//! Then [`Slots::evict`] lets slots leave memory, in the order of what they
+//! wait for ([`Waits`]), until the worker is back under its share of
+//! `state.cache_size`. A slot may
 //! leave only when the store holds its current value and the checkpoint
 //! that wrote it is committed, so that reading it back gives the same
 //! state. When state is not kept (`vigil check` without `--state`) the
@@ -139,11 +139,27 @@ impl Footprint for EntityState {
 pub(super) trait Cached: Footprint {
     /// Holds nothing: the slot can leave memory, and the store forget it.
     fn is_finished(&self) -> bool;
-    /// Will be needed again without a record of it (a key whose timer is
-    /// armed): such slots leave memory only once those that wait for
-    /// nothing have left, so that a key is not written out and read back
-    /// only to fire its timer.
-    fn is_waiting(&self) -> bool;
+    /// What the slot will be needed for next, which decides when it leaves
+    /// memory (see [`Slots::evict`]).
+    fn waits(&self) -> Waits;
+}
+
+/// What a slot waits for. Slots leave memory in the order of the variants:
+/// first those that wait for nothing, oldest persisted first (least
+/// recently used); then those that wait only for their timer, newest
+/// persisted first: they are due last, while the oldest are due soonest and
+/// would be written out only to be read back when the watermark reaches
+/// them; last those that wait for a record (a change no invalidation has
+/// covered yet, which usually comes soon), oldest persisted first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Waits {
+    Nothing = 0,
+    Timer = 1,
+    Record = 2,
+}
+
+impl Waits {
+    const ALL: [Waits; 3] = [Waits::Nothing, Waits::Timer, Waits::Record];
 }
 
 /// A write of a slot to the store: its current value, or its deletion.
@@ -224,13 +240,6 @@ const CHUNK: usize = 4096;
 /// No node: the end of a recency list.
 const NIL: u32 = u32::MAX;
 
-/// The two recency lists (see [`Slots::evict`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Recency {
-    Idle = 0,
-    Waiting = 1,
-}
-
 /// The ends of a recency list.
 #[derive(Debug, Clone, Copy)]
 struct Ends {
@@ -261,7 +270,7 @@ struct Node<K, V> {
     slot: Slot<V>,
     /// The recency list the slot is in, if any (unchanged since it was
     /// persisted or read, and not leaving), and its neighbours there.
-    listed: Option<Recency>,
+    listed: Option<Waits>,
     prev: u32,
     next: u32,
 }
@@ -397,10 +406,9 @@ pub(super) struct Slots<K, V> {
     save: Saver<K, V>,
     /// The recency lists: slots unchanged since the checkpoint that
     /// persisted them (or since they were read), in the order they were
-    /// persisted or read, linked through the nodes, apart by whether they
-    /// wait ([`Cached::is_waiting`]); eviction starts at the oldest of
-    /// those that do not.
-    lists: [Ends; 2],
+    /// persisted or read, linked through the nodes, one list for each
+    /// [`Waits`].
+    lists: [Ends; 3],
     /// Slots to drop once their checkpoint is committed (finished or
     /// spilled), with their bytes.
     leaving: VecDeque<(u64, Handle, usize)>,
@@ -440,7 +448,7 @@ where
             saved: StateBatch::default(),
             durable,
             save,
-            lists: [Ends::EMPTY; 2],
+            lists: [Ends::EMPTY; 3],
             leaving: VecDeque::new(),
             bytes: 0,
             leaving_bytes: 0,
@@ -504,11 +512,7 @@ where
     fn link(&mut self, i: u32) {
         let node = self.arena.at_mut(i);
         debug_assert!(node.listed.is_none(), "a node is listed once");
-        let list = if node.slot.value.is_waiting() {
-            Recency::Waiting
-        } else {
-            Recency::Idle
-        };
+        let list = node.slot.value.waits();
         let newest = self.lists[list as usize].newest;
         node.listed = Some(list);
         node.prev = newest;
@@ -760,12 +764,12 @@ where
         evicted
     }
 
-    /// Lets about `free` bytes leave memory, oldest persisted first, those
-    /// that wait for nothing before those that wait: dropped when the store
+    /// Lets about `free` bytes leave memory, in the order of [`Waits`]:
+    /// dropped when the store
     /// holds them as of a `committed` checkpoint, else written to `batch`
     /// with checkpoint `epoch` and dropped by [`Slots::drop_leaving`] once
-    /// that write is in the store. In each list, stops at a slot saved by a
-    /// checkpoint not yet committed. Returns how many slots were dropped.
+    /// that write is in the store. A slot saved by a checkpoint not yet
+    /// committed stays. Returns how many slots were dropped.
     pub fn evict(
         &mut self,
         free: usize,
@@ -775,15 +779,14 @@ where
     ) -> u64 {
         let mut evicted = 0;
         let mut freed = 0;
-        for list in [Recency::Idle, Recency::Waiting] {
-            while freed < free && self.lists[list as usize].oldest != NIL {
-                let i = self.lists[list as usize].oldest;
-                let slot = &self.arena.at(i).slot;
-                let (at, bytes) = (slot.persisted_at, slot.bytes);
-                let saved = slot.in_store == InStore::Current;
-                if saved && at > committed {
+        for list in Waits::ALL {
+            while freed < free {
+                let Some(i) = self.next_to_leave(list, committed) else {
                     break;
-                }
+                };
+                let slot = &self.arena.at(i).slot;
+                let bytes = slot.bytes;
+                let saved = slot.in_store == InStore::Current;
                 freed += bytes;
                 self.unlink(i);
                 if saved {
@@ -812,6 +815,24 @@ where
         evicted
     }
 
+    /// The next slot of `list` to leave memory, if one may (see [`Waits`]).
+    /// Slots saved by a checkpoint not yet committed are the newest of a
+    /// list: when the newest may not leave yet, the oldest is taken.
+    fn next_to_leave(&self, list: Waits, committed: u64) -> Option<u32> {
+        let ends = self.lists[list as usize];
+        let may_leave = |i: u32| {
+            let slot = &self.arena.at(i).slot;
+            !(slot.in_store == InStore::Current && slot.persisted_at > committed)
+        };
+        let first = match list {
+            Waits::Timer => ends.newest,
+            Waits::Nothing | Waits::Record => ends.oldest,
+        };
+        [first, ends.oldest]
+            .into_iter()
+            .find(|&i| i != NIL && may_leave(i))
+    }
+
     /// Drops the slots that wait for nothing and whose value `expired` says
     /// has outlived the state's retention, oldest persisted first, stopping
     /// at the first that has not (a slot touched later than those persisted
@@ -823,7 +844,7 @@ where
     pub fn expire(&mut self, expired: impl Fn(&V) -> bool) -> u64 {
         let mut dropped = 0;
         loop {
-            let i = self.lists[Recency::Idle as usize].oldest;
+            let i = self.lists[Waits::Nothing as usize].oldest;
             if i == NIL || !expired(&self.arena.at(i).slot.value) {
                 break;
             }
@@ -891,9 +912,14 @@ mod tests {
             false
         }
 
-        /// Odd counts wait, even ones do not.
-        fn is_waiting(&self) -> bool {
-            self.0 % 2 == 1
+        /// Even counts wait for nothing, odd ones for their timer, or for
+        /// a record when one more than a multiple of four.
+        fn waits(&self) -> Waits {
+            match self.0 % 4 {
+                0 | 2 => Waits::Nothing,
+                1 => Waits::Record,
+                _ => Waits::Timer,
+            }
         }
     }
 
@@ -989,6 +1015,75 @@ mod tests {
         assert_eq!(slots.len(), 1);
         assert!(holds(&slots, "w"), "a slot whose timer is armed stays");
         assert_eq!(slots.expire(|_| true), 0);
+    }
+
+    /// Persists the `(key, count)` of each checkpoint in turn, from 1.
+    fn persist(slots: &mut Slots<CompactString, Count>, checkpoints: &[&[(&str, u64)]]) {
+        for (epoch, touched) in (1..).zip(checkpoints) {
+            for &(key, n) in touched.iter() {
+                set(slots, key, n);
+            }
+            slots.begin(epoch);
+            assert!(slots.save_some(usize::MAX));
+            slots.take_saved();
+        }
+    }
+
+    /// The keys that leave memory, one slot at a time, with checkpoint
+    /// `committed` the last committed.
+    fn leaving_order(
+        slots: &mut Slots<CompactString, Count>,
+        keys: &[&str],
+        committed: u64,
+    ) -> Vec<String> {
+        let slot = entry_bytes::<CompactString, Count>();
+        let mut order = Vec::new();
+        while slots.evict(slot, committed, committed, &mut StateBatch::default()) == 1 {
+            let gone = keys
+                .iter()
+                .find(|k| !order.contains(&k.to_string()) && !holds(slots, k))
+                .expect("one slot left");
+            order.push(gone.to_string());
+        }
+        order
+    }
+
+    #[test]
+    fn slots_leave_in_the_order_of_what_they_wait_for() {
+        // Counts: even waits for nothing, 3 and 7 for a timer, 1 and 5 for a
+        // record.
+        let checkpoints: [&[(&str, u64)]; 2] = [
+            &[("nothing-1", 2), ("timer-1", 3), ("record-1", 1)],
+            &[("timer-2", 7), ("record-2", 5), ("nothing-2", 4)],
+        ];
+        let keys = checkpoints
+            .concat()
+            .iter()
+            .map(|(k, _)| *k)
+            .collect::<Vec<_>>();
+
+        let mut slots = Slots::new(true, save);
+        persist(&mut slots, &checkpoints);
+        assert_eq!(
+            leaving_order(&mut slots, &keys, 2),
+            [
+                "nothing-1",
+                "nothing-2",
+                "timer-2",
+                "timer-1",
+                "record-1",
+                "record-2"
+            ],
+            "idle slots first, oldest first; then those due last; those awaiting a record last"
+        );
+
+        let mut slots = Slots::new(true, save);
+        persist(&mut slots, &checkpoints);
+        assert_eq!(
+            leaving_order(&mut slots, &keys, 1),
+            ["nothing-1", "timer-1", "record-1"],
+            "the slots of checkpoint 2, not committed, stay: the oldest leave instead"
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use super::Engine;
-use super::cache::{Cached, Footprint, Handle, Save, Slot, Slots};
+use super::cache::{Cached, Footprint, Handle, Save, Slot, Slots, Waits};
 use crate::detect::entity::EntityState;
 use crate::detect::key::{
     Decisions, KeyRules, KeyState, RetainedGlob, Wildcards, glob_matches, glob_prefix,
@@ -64,8 +64,14 @@ impl Cached for KeyEntry {
         self.stored.state.is_empty() && self.stored.armed.is_none()
     }
 
-    fn is_waiting(&self) -> bool {
-        self.stored.armed.is_some()
+    fn waits(&self) -> Waits {
+        if self.stored.armed.is_none() {
+            Waits::Nothing
+        } else if self.stored.state.awaits_cover() {
+            Waits::Record
+        } else {
+            Waits::Timer
+        }
     }
 }
 
@@ -88,8 +94,8 @@ impl Cached for EntityEntry {
     }
 
     /// An entity has no timer: it is needed again only by a change.
-    fn is_waiting(&self) -> bool {
-        false
+    fn waits(&self) -> Waits {
+        Waits::Nothing
     }
 }
 

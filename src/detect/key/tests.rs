@@ -1613,3 +1613,24 @@ fn history_keeps_what_the_last_hour_of_the_key_saw_and_no_more() {
         "without history nothing is kept: {state:?}"
     );
 }
+
+#[test]
+fn a_change_awaits_its_cover_until_an_invalidation_covers_it_or_its_deadline_passes() {
+    let mut state = KeyState::default();
+    let c = change(Op::Update, Some(2), T0, 1);
+    assert!(state.on_change(&c, std::iter::empty(), &RULES));
+    assert!(state.awaits_cover(), "a change within its deadline");
+    state.on_invalidation(&inv(T0 + 5, Some(1), 2), true, &RULES);
+    assert!(state.awaits_cover(), "an older version does not cover it");
+    state.on_invalidation(&inv(T0 + 10, Some(2), 3), true, &RULES);
+    assert!(!state.awaits_cover(), "covered");
+
+    let mut state = KeyState::default();
+    assert!(state.on_change(&c, std::iter::empty(), &RULES));
+    state.advance(&key(), T0 + DEADLINE, &RULES, &mut Decisions::default());
+    assert!(
+        !state.awaits_cover(),
+        "missed: only a late invalidation can come, which may never"
+    );
+    assert!(state.has_undecided());
+}
