@@ -4,7 +4,8 @@
 //! operators): one shared LRU block cache and memtables of all families
 //! bounded together, each an eighth of `state.cache_size` ([`MemoryBudget`];
 //! 128 MiB each by default, a memtable flushed at half that), bloom filters
-//! on the families that are read by point lookups (entities, keys), LZ4
+//! on the families that are read by point lookups (entities, keys), in
+//! their tables and their memtables, LZ4
 //! compression, WAL on without an fsync per batch (a crash of the machine, not
 //! of the process, can lose the last batches; vigil then resumes from the
 //! offsets of the last batch that reached disk, so state and position still
@@ -126,6 +127,12 @@ impl RocksStore {
     }
 }
 
+/// Share of a memtable given to its bloom filter on the families read by
+/// point lookups: most lookups are of keys the store has never held (a key
+/// seen for the first time), which the filter answers without searching the
+/// memtable.
+const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
+
 fn cf_options(cf: Cf, cache: &Cache, memtable: usize, retention: &RetentionHorizon) -> Options {
     let mut opts = Options::default();
     opts.set_compression_type(DBCompressionType::Lz4);
@@ -134,6 +141,8 @@ fn cf_options(cf: Cf, cache: &Cache, memtable: usize, retention: &RetentionHoriz
     table.set_block_cache(cache);
     if matches!(cf, Cf::Entities | Cf::Keys) {
         table.set_bloom_filter(10.0, false);
+        opts.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
+        opts.set_memtable_whole_key_filtering(true);
     }
     opts.set_block_based_table_factory(&table);
     if cf.expires() {
