@@ -575,6 +575,19 @@ pub struct RunArgs {
     /// later is waited for.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub broker_timeout: crate::config::Dur,
+
+    /// Which part of the pipeline this process runs. `both` (the default):
+    /// all of it, as one stage; several instances then share the consumer
+    /// group only with inputs.co_partitioned = true. For inputs keyed
+    /// otherwise (a cache topic keyed by service, say), run the pipeline as
+    /// two stages, each as many instances as needed: `one` reads the CDC and
+    /// cache topics, runs the entity checks and storms, and publishes the
+    /// key-level records to inputs.repartition_topic keyed by cache key;
+    /// `two` reads that topic in the group "<inputs.group_id>-stage2" and
+    /// runs the key checks. Both stages need at_least_once, and no
+    /// detect.transactions.
+    #[arg(long, value_enum, default_value = "both")]
+    pub stage: crate::io::kafka::repartition::Stage,
 }
 
 /// Flags of `vigil check`.

@@ -21,7 +21,9 @@
 //!   watermarks, sharding by key and entity, checkpoints, the storm,
 //!   transaction and incident stages; each worker's shard of state (slots
 //!   in memory over the store, timers, open keys) apart from the worker's
-//!   loop;
+//!   loop; the key-level items and watermark marks that cross a
+//!   repartition topic when `vigil run` runs as two stages
+//!   ([`pipeline::Transfer`]);
 //! - [`detect`]: the pure detectors ([`detect::entity`], [`detect::key`],
 //!   invalidation storms in [`detect::storm`] over [`detect::sketch`],
 //!   lost change events and unterminated transactions in
@@ -33,7 +35,9 @@
 //!   wrapper failing as a full disk does for `vigil torture`);
 //! - [`events`]: violations and their CloudEvents form, [`hash`] their ids;
 //! - [`io`]: file inputs and outputs, Kafka sources and outputs (events
-//!   in JSON, or in Avro through the registry: [`io::kafka::avro`]);
+//!   in JSON, or in Avro through the registry: [`io::kafka::avro`]), the
+//!   state handover between instances and the repartition topic between
+//!   the two stages ([`io::kafka::repartition`]);
 //! - [`replay`]: what a dead letter says of its origin, for `vigil replay`;
 //! - [`modes`]: `vigil check`, `run`, `demo`, `gen` ([`modes::generate`]),
 //!   `bench`, `replay`, `torture` (crashes, a broker outage and a failing

@@ -29,7 +29,7 @@ pub struct TableRules {
 
 /// A mapped database change: one row of one table, or a truncate of the
 /// table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     /// Identity of this change record: a redelivery has the same id (see
     /// [`hash::change`]).

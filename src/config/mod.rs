@@ -335,6 +335,11 @@ pub struct InputsConfig {
     /// over through `outputs.changelog_topic` when partitions move.
     /// Default `false` (one instance sees every partition).
     pub co_partitioned: bool,
+    /// The internal topic between the two stages of `vigil run --stage one`
+    /// and `--stage two`: key-level items keyed by cache key, and each
+    /// stage-one instance's watermark in every partition. Its partition
+    /// count bounds the instances of stage two. Default `"vigil.repartition"`.
+    pub repartition_topic: String,
     /// `"dlq"` or `"count"`. Default `"dlq"`.
     pub unmapped_tables: UnmappedTables,
     /// Larger records are dead letters (`record_too_large`). Default `"1MiB"`.
@@ -350,6 +355,7 @@ impl Default for InputsConfig {
             transaction_topics: Vec::new(),
             flattened_topics: Vec::new(),
             co_partitioned: false,
+            repartition_topic: "vigil.repartition".into(),
             unmapped_tables: UnmappedTables::Dlq,
             max_record_bytes: ByteSize(1 << 20),
         }
@@ -412,8 +418,13 @@ pub struct OutputsConfig {
     pub incidents_topic: String,
     /// Changelog of the state, one partition per input partition number
     /// (with `inputs.co_partitioned`; create it compacted, with as many
-    /// partitions as the inputs). Default `"vigil.changelog"`.
+    /// partitions as the inputs; with `vigil run --stage one`, the entity
+    /// state per CDC partition number). Default `"vigil.changelog"`.
     pub changelog_topic: String,
+    /// Changelog of the key state of `vigil run --stage two`, one partition
+    /// per partition of `inputs.repartition_topic` (create it compacted, with
+    /// as many partitions). Default `"vigil.repartition.changelog"`.
+    pub repartition_changelog_topic: String,
     /// How violations and storm events are written to Kafka. Default
     /// `"structured"`.
     pub cloudevents_mode: CloudEventsMode,
@@ -430,6 +441,7 @@ impl Default for OutputsConfig {
             storms_topic: "vigil.storms".into(),
             incidents_topic: "vigil.incidents".into(),
             changelog_topic: "vigil.changelog".into(),
+            repartition_changelog_topic: "vigil.repartition.changelog".into(),
             cloudevents_mode: CloudEventsMode::Structured,
             format: OutputFormat::Json,
         }
@@ -1246,6 +1258,11 @@ impl Config {
             ("outputs.storms_topic", &self.outputs.storms_topic),
             ("outputs.incidents_topic", &self.outputs.incidents_topic),
             ("outputs.changelog_topic", &self.outputs.changelog_topic),
+            (
+                "outputs.repartition_changelog_topic",
+                &self.outputs.repartition_changelog_topic,
+            ),
+            ("inputs.repartition_topic", &self.inputs.repartition_topic),
         ] {
             if topic.is_empty() {
                 return Err(invalid(field, "must not be empty"));
@@ -1265,6 +1282,42 @@ impl Config {
                 "kafka.\"partition.assignment.strategy\"",
                 format!(
                     "{:?} with inputs.co_partitioned = true: state is handed over by partition number, so each instance must hold the same partition numbers of every input topic, which only \"range\" (the default) assigns; \"cooperative-sticky\" and \"roundrobin\" split them",
+                    strategy.0
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What `vigil run --stage one` (`stage_one`) or `--stage two` needs
+    /// beyond [`Config::validate_for_run`].
+    pub fn validate_for_stages(&self, stage_one: bool) -> Result<(), ConfigError> {
+        if self.inputs.co_partitioned {
+            return Err(invalid(
+                "inputs.co_partitioned",
+                "is true: co-partitioned inputs run in one stage (vigil run --stage both, the default); the two stages are for inputs keyed otherwise",
+            ));
+        }
+        if self.processing.guarantee == Guarantee::ExactlyOnce {
+            return Err(invalid(
+                "processing.guarantee",
+                "\"exactly_once\" is not available across two stages yet: use \"at_least_once\" (violations keep their ids, so duplicates are recognisable)",
+            ));
+        }
+        if self.detect.transactions {
+            return Err(invalid(
+                "detect.transactions",
+                "transaction checks need a transaction's changes and its keys' verdicts in one process: they cannot run with two stages",
+            ));
+        }
+        if let Some(strategy) = self.kafka.get("partition.assignment.strategy")
+            && stage_one
+            && strategy.0.trim() != "range"
+        {
+            return Err(invalid(
+                "kafka.\"partition.assignment.strategy\"",
+                format!(
+                    "{:?} in stage one: its entity state is handed over by CDC partition number, so each instance must hold the same partition numbers of every CDC topic, which only \"range\" (the default) assigns",
                     strategy.0
                 ),
             ));
@@ -1708,6 +1761,42 @@ mod tests {
         )];
         let c = Config::parse_with_env("t", "", env).unwrap();
         assert_eq!(c.kafka["group.instance.id"].0, "pod-7");
+    }
+
+    #[test]
+    fn two_stages_refuse_what_needs_one_process() {
+        // Lines of [kafka], lines of [inputs], then further sections.
+        let with = |kafka: &str, inputs: &str, tail: &str, stage_one: bool| {
+            let c = parse(&format!(
+                "[kafka]\n\"bootstrap.servers\" = \"b:9092\"\n{kafka}\n\
+                 [inputs]\ncache_topics = [\"c\"]\n{inputs}\n{tail}\n"
+            ))
+            .unwrap();
+            c.validate_for_run().unwrap();
+            c.validate_for_stages(stage_one)
+        };
+        let roundrobin = "\"partition.assignment.strategy\" = \"roundrobin\"";
+        with("", "", "", true).unwrap();
+        with(roundrobin, "", "", false).unwrap();
+        for (kafka, inputs, tail, field) in [
+            (roundrobin, "", "", "partition.assignment.strategy"),
+            ("", "co_partitioned = true", "", "inputs.co_partitioned"),
+            (
+                "",
+                "",
+                "[processing]\nguarantee = \"exactly_once\"",
+                "processing.guarantee",
+            ),
+            (
+                "",
+                "",
+                "[detect]\ntransactions = true",
+                "detect.transactions",
+            ),
+        ] {
+            let err = with(kafka, inputs, tail, true).unwrap_err().to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
     }
 
     #[test]

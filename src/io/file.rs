@@ -432,6 +432,7 @@ fn send_batch(
             next_offset: line_no as i64 + 1,
             event_time: None,
         }),
+        keyed: None,
     }]);
     tx.send(msg).is_ok()
 }

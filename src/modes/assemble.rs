@@ -3,7 +3,8 @@
 //! Each mode says what differs (its inputs, its outputs, its state and
 //! whether that state is durable, in its [`EngineOptions`]);
 //! [`Assembly::run`] runs them together. [`serve`] is the Kafka assembly of
-//! `vigil run`, `vigil demo` and `vigil bench`.
+//! `vigil run`, `vigil demo` and `vigil bench`, [`serve_stage`] that of one
+//! stage of two.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,8 +19,9 @@ use super::shutdown::Control;
 use crate::config::{ByteSize, Config};
 use crate::ingest::Ingest;
 use crate::io::kafka::outputs::KafkaOutputs;
+use crate::io::kafka::repartition::{KafkaRepartition, Stage};
 use crate::io::kafka::source::KafkaSource;
-use crate::pipeline::{Engine, EngineOptions, Outputs, RunReport, SourceMsg};
+use crate::pipeline::{Engine, EngineOptions, Outputs, Repartition, RunReport, SourceMsg};
 use crate::state::{FailingStore, MemoryBudget, RocksStore, Store};
 use crate::telemetry::{self, Stats};
 use crate::time::{Clock, SystemClock};
@@ -64,6 +66,7 @@ impl<'a> Assembly<'a> {
                 stats,
                 clock: Arc::new(SystemClock),
                 partitions,
+                repartition: None,
             },
             tx,
             rx,
@@ -71,6 +74,13 @@ impl<'a> Assembly<'a> {
             tick: None,
             stop: None,
         }
+    }
+
+    /// Stage one of two: key-level items go to `repartition` instead of
+    /// the key workers.
+    pub fn repartition(mut self, repartition: Box<dyn Repartition>) -> Self {
+        self.engine.repartition = Some(repartition);
+        self
     }
 
     /// Where sources send their batches.
@@ -135,32 +145,68 @@ impl<'a> Assembly<'a> {
     }
 }
 
-/// Runs the pipeline on Kafka until `control.stop` is set; the assembly of
-/// `vigil run`, `vigil demo` and `vigil bench`.
+/// Runs the whole pipeline on Kafka until `control.stop` is set; the
+/// assembly of `vigil run`, `vigil demo` and `vigil bench`.
 pub fn serve(
     config: &Config,
     store: Arc<dyn Store>,
     stats: Arc<Stats>,
     control: &Control,
 ) -> anyhow::Result<RunReport> {
+    serve_stage(config, Stage::Both, store, stats, control)
+}
+
+/// Runs `stage` of the pipeline on Kafka until `control.stop` is set.
+pub fn serve_stage(
+    config: &Config,
+    stage: Stage,
+    store: Arc<dyn Store>,
+    stats: Arc<Stats>,
+    control: &Control,
+) -> anyhow::Result<RunReport> {
     let ingest = Ingest::new(config, Arc::clone(&stats))?;
-    let options = EngineOptions::from_config(config, false);
+    let options = stage_options(EngineOptions::from_config(config, false), stage);
     let queue = options.queue_batches * 4;
     let assembly = Assembly::new(options, Arc::clone(&store), Arc::clone(&stats), 0, queue);
-    let source = KafkaSource::new(config, store, Arc::clone(&stats), assembly.sender())?;
+    let source = KafkaSource::new(config, stage, store, Arc::clone(&stats), assembly.sender())?;
+    let instance = instance_name(&config.state.path);
     let outputs = KafkaOutputs::new(
         config,
+        stage,
         source.consumer(),
         Arc::clone(&stats),
-        &instance_name(&config.state.path),
+        &instance,
         Arc::clone(&control.give_up),
     )?;
-    tracing::info!(
-        group = %config.inputs.group_id,
-        cdc = ?config.inputs.cdc_topics,
-        cache = ?config.inputs.cache_topics,
-        "consuming"
-    );
+    let assembly = match stage {
+        Stage::One => {
+            let producer_id = match config.kafka.get("group.instance.id") {
+                Some(id) => id.0.clone(),
+                None => format!("{}-{instance}", host_name()),
+            };
+            let repartition = KafkaRepartition::new(config, outputs.producer(), &producer_id)?;
+            tracing::info!(
+                topic = %config.inputs.repartition_topic,
+                producer = %producer_id,
+                "stage one: key-level records go to the repartition topic"
+            );
+            assembly.repartition(Box::new(repartition))
+        }
+        Stage::Both | Stage::Two => assembly,
+    };
+    match stage {
+        Stage::Two => tracing::info!(
+            group = %stage.group_id(config),
+            topic = %config.inputs.repartition_topic,
+            "consuming"
+        ),
+        Stage::Both | Stage::One => tracing::info!(
+            group = %config.inputs.group_id,
+            cdc = ?config.inputs.cdc_topics,
+            cache = ?config.inputs.cache_topics,
+            "consuming"
+        ),
+    }
     let clock = SystemClock;
     let report = assembly
         .source(|| Ok(source.run(&ingest, &control.stop)?))
@@ -169,6 +215,35 @@ pub fn serve(
         .run(Box::new(outputs));
     telemetry::publish(&stats, clock.now_ms());
     report
+}
+
+/// The engine's settings for `stage`: stage one keeps entity state per CDC
+/// partition number and detects storms, but holds no key verdicts for
+/// incidents; stage two keeps key state per repartition partition, takes
+/// its time from stage one's marks (the allowed lateness already taken
+/// off), and sees no invalidation counts for storms.
+fn stage_options(mut options: EngineOptions, stage: Stage) -> EngineOptions {
+    match stage {
+        Stage::Both => {}
+        Stage::One => {
+            options.partitioned = true;
+            options.incidents = None;
+        }
+        Stage::Two => {
+            options.partitioned = true;
+            options.allowed_lateness_ms = 0;
+            options.storms = None;
+        }
+    }
+    options
+}
+
+/// This machine's name, to tell apart the stage-one instances of several
+/// machines whose state directories have the same path.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "host".into())
 }
 
 /// Opens the state store, creating its directory, with its share of

@@ -581,6 +581,7 @@ fn feed(
                 next_offset: batch.1,
                 event_time: None,
             }),
+            keyed: None,
         }]))
         .is_ok()
     };

@@ -27,7 +27,11 @@
 //! Files: `router`, `worker` (the loop and the detector calls), `shard`
 //! (what a worker keeps: its keys and entities in `cache`'s slots over the
 //! store, its timers, open keys and globs), `storms`, `transactions`,
-//! `incidents`, `sink` (with the committer).
+//! `incidents`, `sink` (with the committer), `repartition` (the key-level
+//! items and watermark marks that cross the repartition topic when the
+//! engine runs as two stages: stage one's router publishes them through a
+//! [`Repartition`] instead of handing them to its key workers, stage two's
+//! sources bring them back as [`Repartitioned`] batches).
 //!
 //! Channels only flow downstream (no cycles), so back-pressure cannot
 //! deadlock, and watermarks and barriers travel in-band: everything a
@@ -35,6 +39,7 @@
 
 mod cache;
 mod incidents;
+mod repartition;
 mod router;
 mod shard;
 mod sink;
@@ -43,6 +48,7 @@ mod transactions;
 mod worker;
 
 pub use incidents::load_incidents;
+pub use repartition::{KeyedItem, Repartition, Repartitioned, Transfer, TransferError};
 pub use shard::{read_entity, read_key};
 pub use storms::load_storms;
 
@@ -89,6 +95,9 @@ pub struct PartitionBatch {
     pub dead: Vec<DeadLetter>,
     /// The position after this batch.
     pub position: Option<Position>,
+    /// Key-level items read from a repartition topic (stage two), applied
+    /// after `records` (which carry their producers' marks as ticks).
+    pub keyed: Option<Repartitioned>,
 }
 
 /// What a source sends to the router.
@@ -415,6 +424,9 @@ pub struct Engine {
     /// Number of input partitions known at start (files; indices `0..n`).
     /// Live sources announce theirs with [`SourceMsg::Assigned`].
     pub partitions: usize,
+    /// Stage one of two: key-level items go here instead of to the key
+    /// workers (which then hold entity state only).
+    pub repartition: Option<Box<dyn Repartition>>,
 }
 
 impl Engine {
@@ -422,7 +434,7 @@ impl Engine {
     /// partition has ended), then commits a last checkpoint. Blocks the
     /// calling thread.
     pub fn run(
-        self,
+        mut self,
         sources: Receiver<SourceMsg>,
         outputs: Box<dyn Outputs>,
     ) -> Result<RunReport, PipelineError> {
@@ -506,7 +518,9 @@ impl Engine {
 
         // The workers hold the incident stage's senders: it ends after them.
         drop(incident_tx);
-        let router = router::Router::new(&self, work_txs, spare_rx, storm_tx, tx_tx, sink_tx);
+        let repartition = self.repartition.take();
+        let router = router::Router::new(&self, work_txs, spare_rx, storm_tx, tx_tx, sink_tx)
+            .with_repartition(repartition);
         let routed = router.run(sources);
         let mut stages: Vec<Result<(), PipelineError>> = handles
             .into_iter()

@@ -1,6 +1,9 @@
 //! The router: the single sequencer between the sources and the workers. It
 //! advances the watermark on the records it routes, splits every record by
-//! entity and by cache key onto the workers, and injects checkpoints.
+//! entity and by cache key onto the workers, and injects checkpoints. In
+//! stage one of two it publishes the key-level items, and its watermark
+//! after them, to the repartition topic instead; in stage two they come
+//! back from that topic to its key workers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use super::repartition::{KeyedItem, Repartition};
 use super::storms::{Observed, StormMsg};
 use super::transactions::{TxItem, TxMsg};
 use super::{
@@ -26,6 +30,9 @@ use crate::time::{Clock, Watermarks};
 
 /// How often the router wakes without input (idle watermarks, checkpoints).
 const TICK: Duration = Duration::from_millis(100);
+/// How often stage one publishes its watermark when it has not moved: the
+/// mark that tells stage two this producer is alive.
+const MARK_EVERY: Duration = TICK;
 
 pub(super) struct Router {
     work: Vec<Sender<WorkMsg>>,
@@ -43,6 +50,12 @@ pub(super) struct Router {
     transactions: Option<Sender<TxMsg>>,
     /// Records for the transaction stage.
     pending_tx: Vec<TxItem>,
+    /// Stage one: where key-level items go instead of the key workers.
+    repartition: Option<Box<dyn Repartition>>,
+    /// Key-level items for the repartition topic.
+    pending_keyed: Vec<KeyedItem>,
+    /// When the watermark was last published to the repartition topic.
+    last_mark: Option<Instant>,
     watermarks: Watermarks,
     /// The watermark the workers were last given.
     sent_watermark: Millis,
@@ -92,6 +105,9 @@ impl Router {
             pending_storms: Vec::new(),
             transactions,
             pending_tx: Vec::new(),
+            repartition: None,
+            pending_keyed: Vec::new(),
+            last_mark: None,
             watermarks,
             sent_watermark: Millis::MIN,
             finite: o.finite,
@@ -104,6 +120,13 @@ impl Router {
             clock: Arc::clone(&engine.clock),
             stats: Arc::clone(&engine.stats),
         }
+    }
+
+    /// Stage one: key-level items go to `repartition` instead of the key
+    /// workers.
+    pub(super) fn with_repartition(mut self, repartition: Option<Box<dyn Repartition>>) -> Self {
+        self.repartition = repartition;
+        self
     }
 
     /// Routes until every source has hung up (or, with finite inputs, every
@@ -166,6 +189,7 @@ impl Router {
             records,
             dead,
             position,
+            keyed,
         } = batch;
         if !dead.is_empty() {
             self.sink
@@ -193,6 +217,13 @@ impl Router {
             }
         }
         self.stats.emit(LateRecords(late));
+        // Their time came with their producers' marks, in `records`.
+        for item in keyed.into_iter().flat_map(|k| {
+            let scope = k.scope;
+            k.items.into_iter().map(move |item| item.into_work(scope))
+        }) {
+            self.route_item(item);
+        }
         if let Some(p) = position {
             self.positions.insert(partition, p);
         }
@@ -220,7 +251,6 @@ impl Router {
 
     fn route_change(&mut self, change: crate::mapping::Change) {
         self.stats.emit(ChangeDecoded(change.op));
-        let n = self.work.len();
         let scope = self.scope(&change.provenance);
         if self.transactions.is_some()
             && let (Some(tx), Some(order)) = (&change.tx_id, change.tx_order)
@@ -245,14 +275,14 @@ impl Router {
         }
         let change = Arc::new(change);
         if change.op.is_row_change() {
-            self.pending[hash::shard_of_entity(change.entity, n)].push(WorkItem::Entity {
+            self.route_item(WorkItem::Entity {
                 change: Arc::clone(&change),
                 scope,
             });
         }
         if change.op.obliges_invalidation() {
             for key in &change.keys {
-                self.pending[hash::shard_of_key(key, n)].push(WorkItem::Change {
+                self.route_item(WorkItem::Change {
                     key: Arc::clone(key),
                     change: Arc::clone(&change),
                     scope,
@@ -261,8 +291,42 @@ impl Router {
         }
     }
 
+    /// An item to the worker that owns its entity or key (a glob to every
+    /// worker); in stage one a key-level item goes to the repartition topic
+    /// instead.
+    fn route_item(&mut self, item: WorkItem) {
+        if self.repartition.is_some() && !matches!(item, WorkItem::Entity { .. }) {
+            self.pending_keyed.extend(KeyedItem::from_work(item));
+            return;
+        }
+        match item {
+            WorkItem::Wildcard {
+                pattern,
+                inv,
+                scope,
+            } => {
+                for pending in &mut self.pending {
+                    pending.push(WorkItem::Wildcard {
+                        pattern: Arc::clone(&pattern),
+                        inv: inv.clone(),
+                        scope,
+                    });
+                }
+            }
+            WorkItem::Change { ref key, .. }
+            | WorkItem::Invalidation { ref key, .. }
+            | WorkItem::Fill { ref key, .. } => {
+                let shard = hash::shard_of_key(key, self.pending.len());
+                self.pending[shard].push(item);
+            }
+            WorkItem::Entity { ref change, .. } => {
+                let shard = hash::shard_of_entity(change.entity, self.pending.len());
+                self.pending[shard].push(item);
+            }
+        }
+    }
+
     fn route_cache(&mut self, mut event: CacheEvent, evidence: Provenance) {
-        let n = self.work.len();
         let scope = self.scope(&evidence);
         let service = event.source_service.take();
         match event.action() {
@@ -283,21 +347,19 @@ impl Router {
                     evidence,
                 };
                 for key in keys {
-                    if is_glob(&key) {
-                        for pending in &mut self.pending {
-                            pending.push(WorkItem::Wildcard {
-                                pattern: Arc::clone(&key),
-                                inv: inv.clone(),
-                                scope,
-                            });
+                    self.route_item(if is_glob(&key) {
+                        WorkItem::Wildcard {
+                            pattern: key,
+                            inv: inv.clone(),
+                            scope,
                         }
                     } else {
-                        self.pending[hash::shard_of_key(&key, n)].push(WorkItem::Invalidation {
+                        WorkItem::Invalidation {
                             key,
                             inv: inv.clone(),
                             scope,
-                        });
-                    }
+                        }
+                    });
                 }
             }
             CacheAction::Fill => {
@@ -311,11 +373,7 @@ impl Router {
                         evidence: evidence.clone(),
                         reported: None,
                     };
-                    self.pending[hash::shard_of_key(&key, n)].push(WorkItem::Fill {
-                        key,
-                        fill,
-                        scope,
-                    });
+                    self.route_item(WorkItem::Fill { key, fill, scope });
                 }
             }
         }
@@ -326,6 +384,17 @@ impl Router {
     fn dispatch(&mut self) -> Result<(), PipelineError> {
         let watermark = self.watermarks.update(self.clock.now_ms());
         let moved = watermark > self.sent_watermark;
+        if let Some(repartition) = &mut self.repartition {
+            let due = self.last_mark.is_none_or(|at| at.elapsed() >= MARK_EVERY);
+            let mark = (moved || due).then_some(watermark);
+            if mark.is_some() || !self.pending_keyed.is_empty() {
+                repartition.publish(&self.pending_keyed, mark)?;
+                self.pending_keyed.clear();
+            }
+            if mark.is_some() {
+                self.last_mark = Some(Instant::now());
+            }
+        }
         for (i, items) in self.pending.iter_mut().enumerate() {
             if moved || !items.is_empty() {
                 // The next batch is likely as large: room for it at once,

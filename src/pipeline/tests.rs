@@ -158,6 +158,7 @@ impl Harness {
             stats: Arc::clone(&stats),
             clock: Arc::new(SystemClock),
             partitions: 2,
+            repartition: None,
         };
         let collected = Collected::default();
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -222,6 +223,7 @@ fn send(tx: &Sender<SourceMsg>, ingest: &Ingest, partition: usize, line: &str, o
         records,
         dead: Vec::new(),
         position,
+        keyed: None,
     }]))
     .unwrap();
 }
@@ -510,6 +512,7 @@ fn outputs_do_not_wait_for_the_store_to_write_a_checkpoint() {
         stats,
         clock: Arc::new(SystemClock),
         partitions: 2,
+        repartition: None,
     };
     let collected = Collected::default();
     let (tx, rx) = crossbeam_channel::unbounded();

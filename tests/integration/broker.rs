@@ -175,9 +175,15 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &Path) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    /// `vigil run` with further flags.
+    pub fn start_with(config: &Path, flags: &[&str]) -> Self {
         let mut child = vigil()
             .args(["run", "--config"])
             .arg(config)
+            .args(flags)
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_LOG_FILTER").unwrap_or_else(|_| "info".into()),

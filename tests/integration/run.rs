@@ -1225,3 +1225,162 @@ fn handover(cache_lags: bool) {
         assert_eq!(code, Some(0), "{log}");
     }
 }
+
+/// The repartition topic between the stages, and the changelog of stage two.
+const REPARTITION: &str = "vigil.repartition";
+const REPARTITION_CHANGELOG: &str = "vigil.repartition.changelog";
+
+/// The cache topic keyed by service, as services commonly publish it: an
+/// entity's changes and its keys' cache events do not share a partition
+/// number. Stage one (decoding, entity checks) and two instances of stage
+/// two (key checks, over the repartition topic) report exactly the
+/// violations of one `vigil check` of the same records, with the same ids.
+#[test]
+fn two_stages_through_a_repartition_topic_report_what_check_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::of(spec(20_000, 27, START_MS, 2_000));
+    let mut topics: Vec<(String, i32)> = w
+        .generator
+        .topics()
+        .into_iter()
+        .map(|t| (t, PARTITIONS))
+        .collect();
+    topics.push((REPARTITION.into(), 4));
+    topics.push((REPARTITION_CHANGELOG.into(), 4));
+    let with_partitions: Vec<(&str, i32)> = topics.iter().map(|(t, n)| (t.as_str(), *n)).collect();
+    let broker = Broker::new(&with_partitions);
+
+    let checked = w.check_files(dir.path());
+    let expected = multiset(checked.violations().iter().map(|v| fingerprint(&v["data"])));
+    let check_ids: BTreeSet<String> = checked
+        .violations()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(check_ids.len() > 100, "the workload has violations to find");
+
+    // Event time alone moves the watermarks (see `handover`): end markers
+    // on every input partition end the workload.
+    let overrides = [
+        ("detect", "idle_timeout", toml::Value::String("1h".into())),
+        (
+            "state",
+            "checkpoint_interval",
+            toml::Value::String("500ms".into()),
+        ),
+        ("inputs", "repartition_topic", REPARTITION.into()),
+        (
+            "outputs",
+            "repartition_changelog_topic",
+            REPARTITION_CHANGELOG.into(),
+        ),
+    ];
+    let ports = [free_port(), free_port(), free_port()];
+    let config = |name: &str, port: u16| {
+        let d = dir.path().join(name);
+        fs::create_dir_all(&d).unwrap();
+        let listen = ("metrics", "listen", format!("127.0.0.1:{port}").into());
+        w.config(&d, &broker, &[&overrides[..], &[listen]].concat())
+    };
+    let (one, two_b, two_c) = (
+        config("one", ports[0]),
+        config("two-b", ports[1]),
+        config("two-c", ports[2]),
+    );
+
+    // The two instances of stage two split the repartition partitions first.
+    let b = Daemon::start_with(&two_b, &["--stage", "two"]);
+    assert!(
+        b.wait_for_log("partitions assigned", VERDICTS),
+        "stage two joins its group:\n{}",
+        b.log()
+    );
+    let c = Daemon::start_with(&two_c, &["--stage", "two"]);
+    assert!(
+        c.wait_for_log("state of partition restored", VERDICTS),
+        "the second instance of stage two takes partitions:\n{}",
+        c.log()
+    );
+    assert!(
+        b.wait_for_log("state of released partitions forgotten", VERDICTS),
+        "the first instance of stage two hands partitions over:\n{}",
+        b.log()
+    );
+    let a = Daemon::start_with(&one, &["--stage", "one"]);
+
+    // The cache topic keyed, and partitioned, by service.
+    for r in &w.records {
+        let value = r.value.as_deref();
+        let (partition, key) = match w.generator.stream_of_topic(&r.topic) {
+            Some(Stream::Cache) => {
+                let event: Value = serde_json::from_slice(value.unwrap()).unwrap();
+                let service = event["source_service"].as_str().unwrap().to_string();
+                let hash = service
+                    .bytes()
+                    .fold(0i32, |h, b| (h * 31 + b as i32) % 1_000);
+                (hash % PARTITIONS, Some(service.into_bytes()))
+            }
+            _ => (r.partition, r.key.clone()),
+        };
+        broker.produce(&Out {
+            topic: &r.topic,
+            partition,
+            key: key.as_deref(),
+            value,
+            headers: &[],
+            ts_ms: Some(r.ts_ms),
+        });
+    }
+    broker.flush();
+    w.produce_end(&broker);
+
+    let by_id = await_verdicts(&broker, &expected, &b);
+    let run_ids: BTreeSet<String> = by_id.keys().cloned().collect();
+    assert_eq!(
+        run_ids, check_ids,
+        "the same verdicts carry the same ids through two stages"
+    );
+    assert!(
+        broker
+            .read_until(DLQ, 1, Duration::from_millis(500), |m| !m.is_empty())
+            .is_empty(),
+        "neither the workload, its end markers nor the repartition records are dead letters"
+    );
+    // Stage one reports the entity violations, the two instances of stage
+    // two share the key violations (metrics are published once a second).
+    let reported = |port: u16, kind: &str| {
+        let line = format!("vigil_violations_total{{kind=\"{kind}\"}} ");
+        scrape(port)
+            .lines()
+            .find_map(|l| l.strip_prefix(&line)?.parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    let split = |kind: &str| ports.map(|p| reported(p, kind));
+    for (kind, stage) in [("missing_invalidation", 2), ("version_regression", 1)] {
+        let total = expected_kinds_of(&expected, kind);
+        assert!(total > 0, "the workload has {kind}");
+        wait_until(VERDICTS, || split(kind).iter().sum::<usize>() == total);
+        let [by_one, by_b, by_c] = split(kind);
+        if stage == 1 {
+            assert_eq!(
+                (by_one, by_b, by_c),
+                (total, 0, 0),
+                "{kind} comes from stage one"
+            );
+        } else {
+            assert_eq!(
+                (by_one, by_b + by_c),
+                (0, total),
+                "{kind} comes from stage two"
+            );
+            assert!(
+                by_b > 0 && by_c > 0,
+                "both instances of stage two check keys"
+            );
+        }
+    }
+    for daemon in [a, b, c] {
+        let (code, log) = daemon.terminate();
+        assert_eq!(code, Some(0), "{log}");
+    }
+}

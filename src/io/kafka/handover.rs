@@ -1,7 +1,8 @@
 //! State handover between the instances of a group (with
-//! `inputs.co_partitioned`): every committed state change is also written to
-//! the changelog topic, in the partition of its scope (the input partition
-//! number it belongs to), and an instance that is assigned a partition
+//! `inputs.co_partitioned`, and in each stage of two): every committed state
+//! change is also written to the changelog topic, in the partition of its
+//! scope (the input partition number it belongs to, the repartition
+//! partition in stage two), and an instance that is assigned a partition
 //! number it did not hold replaces its local state of that scope by the
 //! changelog's before reading the partition.
 //!
@@ -17,6 +18,7 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::client_config;
+use super::repartition::Stage;
 use crate::config::Config;
 use crate::state::{Cf, StateBatch, StateError, Store, Write};
 
@@ -62,16 +64,17 @@ pub struct Changelog {
 }
 
 impl Changelog {
-    /// The changelog, when state is handed over (`inputs.co_partitioned`).
-    pub fn from_config(config: &Config) -> Option<Self> {
-        config.inputs.co_partitioned.then(|| {
+    /// The changelog of `stage`, when its state is handed over (see
+    /// [`Stage::changelog_topic`]).
+    pub fn of_stage(config: &Config, stage: Stage) -> Option<Self> {
+        stage.changelog_topic(config).map(|topic| {
             let mut client = client_config(config, &[("isolation.level", "read_committed")]);
             client
                 .set("enable.partition.eof", "true")
                 .set("enable.auto.commit", "false")
-                .set("group.id", format!("{}-changelog", config.inputs.group_id));
+                .set("group.id", format!("{}-changelog", stage.group_id(config)));
             Changelog {
-                topic: config.outputs.changelog_topic.clone(),
+                topic: topic.to_string(),
                 client,
             }
         })

@@ -1,12 +1,15 @@
 //! Kafka as input and output of `vigil run`: the consumer that feeds the
-//! pipeline ([`source`]) and the producer of violations and dead letters
-//! ([`outputs`]), with what they share: client configuration, the
+//! pipeline ([`source`]), the producer of violations and dead letters
+//! ([`outputs`]), the repartition topic between two stages
+//! ([`repartition`]) and the state handover ([`handover`]), with what they
+//! share: client configuration, the
 //! classification of topics into CDC and cache streams, and librdkafka's
 //! logs routed to `tracing`.
 
 pub mod avro;
 pub mod handover;
 pub mod outputs;
+pub mod repartition;
 pub mod source;
 
 use std::collections::HashMap;
@@ -172,6 +175,11 @@ pub enum KafkaSetupError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    #[error(
+        "the repartition topic {topic} does not exist: create it with as many partitions as \
+         stage two may have instances (inputs.repartition_topic)"
+    )]
+    NoRepartitionTopic { topic: String },
     #[error("cannot write events in Avro: {0}")]
     Avro(#[from] avro::AvroOutputError),
 }

@@ -28,6 +28,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::avro::{AvroEvents, Family};
 use super::handover::record_key;
+use super::repartition::Stage;
 use super::source::VigilConsumer;
 use super::{KafkaSetupError, client_config, log_to_tracing, owned_headers};
 use crate::config::{CloudEventsMode, Config, Guarantee, OutputFormat};
@@ -111,7 +112,9 @@ impl ProducerContext for DeliveryContext {
 
 /// Violations, storm and incident events and dead letters to Kafka topics.
 pub struct KafkaOutputs {
-    producer: ThreadedProducer<DeliveryContext>,
+    /// Shared with stage one's [`super::repartition::KafkaRepartition`]:
+    /// the flush of a checkpoint acknowledges its records too.
+    producer: Arc<ThreadedProducer<DeliveryContext>>,
     /// The consumer whose positions the outputs commit (`vigil run`); none
     /// for a replay, which keeps its positions with its state.
     consumer: Option<Arc<VigilConsumer>>,
@@ -123,7 +126,8 @@ pub struct KafkaOutputs {
     storms_topic: String,
     incidents_topic: String,
     dlq_topic: String,
-    /// With `inputs.co_partitioned`: where state changes are written.
+    /// Where state changes are written, when state is handed over
+    /// (`inputs.co_partitioned`, or a stage of two).
     changelog_topic: Option<String>,
     source: String,
     cloudevents_mode: CloudEventsMode,
@@ -136,16 +140,24 @@ pub struct KafkaOutputs {
 
 impl KafkaOutputs {
     /// Creates the producer (and, for exactly-once, opens its first
-    /// transaction). `instance` tells apart the transactional ids of the
-    /// instances of one group.
+    /// transaction) of `stage`. `instance` tells apart the transactional
+    /// ids of the instances of one group.
     pub fn new(
         config: &Config,
+        stage: Stage,
         consumer: Arc<VigilConsumer>,
         stats: Arc<Stats>,
         instance: &str,
         give_up: Arc<AtomicBool>,
     ) -> Result<Self, KafkaSetupError> {
-        Self::build(config, Some(consumer), stats, instance, give_up)
+        let mut outputs = Self::build(config, Some(consumer), stats, instance, give_up)?;
+        outputs.changelog_topic = stage.changelog_topic(config).map(str::to_string);
+        Ok(outputs)
+    }
+
+    /// The producer, for stage one's repartition records.
+    pub fn producer(&self) -> Arc<ThreadedProducer<DeliveryContext>> {
+        Arc::clone(&self.producer)
     }
 
     /// The outputs of `vigil replay --to pipeline`: the topics and records
@@ -157,15 +169,13 @@ impl KafkaOutputs {
         stats: Arc<Stats>,
         instance: &str,
     ) -> Result<Self, KafkaSetupError> {
-        let mut outputs = Self::build(
+        Self::build(
             config,
             None,
             stats,
             instance,
             Arc::new(AtomicBool::new(false)),
-        )?;
-        outputs.changelog_topic = None;
-        Ok(outputs)
+        )
     }
 
     fn build(
@@ -214,7 +224,7 @@ impl KafkaOutputs {
             OutputFormat::Avro => Some(AvroEvents::new(config)?),
         };
         Ok(KafkaOutputs {
-            producer,
+            producer: Arc::new(producer),
             resend_failed: consumer.is_some(),
             consumer,
             guarantee,
@@ -222,10 +232,7 @@ impl KafkaOutputs {
             storms_topic: config.outputs.storms_topic.clone(),
             incidents_topic: config.outputs.incidents_topic.clone(),
             dlq_topic: config.outputs.dlq_topic.clone(),
-            changelog_topic: config
-                .inputs
-                .co_partitioned
-                .then(|| config.outputs.changelog_topic.clone()),
+            changelog_topic: None,
             source: config.outputs.source.clone(),
             cloudevents_mode: config.outputs.cloudevents_mode,
             avro,

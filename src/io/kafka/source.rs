@@ -1,6 +1,8 @@
 //! The Kafka consumer of `vigil run`: one consumer in the group, subscribed
 //! to the CDC and cache topics, decoding and mapping on its own thread and
-//! feeding the pipeline in per-partition batches.
+//! feeding the pipeline in per-partition batches. In stage two of two it
+//! reads the repartition topic instead: key-level items, and the stage-one
+//! producers' marks as its partitions' event time (see [`super::repartition`]).
 //!
 //! - **Positions**: on assignment, a partition resumes from the offset that
 //!   vigil's state store holds for it (committed with the state it produced),
@@ -31,12 +33,13 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
 use super::handover::Changelog;
+use super::repartition::{self, Marks};
 use super::{KafkaSetupError, TopicKinds, client_config, log_to_tracing, owned_headers};
 use crate::config::{Config, Guarantee};
 use crate::dead_letter::{DeadLetter, KafkaRecord, Origin, Reason, RecordError};
 use crate::ingest::{Ingest, RawInput, Record, Stream};
 use crate::model::Provenance;
-use crate::pipeline::{PartitionBatch, Position, SourceMsg};
+use crate::pipeline::{KeyedItem, PartitionBatch, Position, Repartitioned, SourceMsg, Transfer};
 use crate::state::{Cf, Store, codec};
 use crate::telemetry::{PartitionsMeasured, RecordsRead, Stage, StageTimed, Stats};
 
@@ -70,11 +73,37 @@ struct Part {
     stream: Option<Stream>,
     assigned: bool,
     records: Vec<Record>,
+    /// Stage two: the key-level items read.
+    keyed: Vec<KeyedItem>,
+    /// Stage two: the stage-one producers' marks.
+    marks: Marks,
     dead: Vec<DeadLetter>,
     read: u64,
     /// Offset after the last record consumed.
     next_offset: Option<i64>,
     caught_up: bool,
+}
+
+impl Part {
+    /// Stage two: takes a repartition record, a key-level item or a
+    /// producer's mark (which moves the partition's event time when it moves
+    /// the least mark).
+    fn transfer(&mut self, value: &[u8], producer_idle: Duration) -> Result<(), RecordError> {
+        match Transfer::decode(value) {
+            Ok(Transfer::Item(item)) => self.keyed.push(item),
+            Ok(Transfer::Mark {
+                producer,
+                watermark,
+            }) => {
+                let now = Instant::now();
+                if let Some(ts) = self.marks.observe(producer, watermark, now, producer_idle) {
+                    self.records.push(Record::Tick(ts));
+                }
+            }
+            Err(e) => return Err(RecordError::new(Reason::UnknownFormat, e.to_string())),
+        }
+        Ok(())
+    }
 }
 
 /// The broker's view of a partition, from librdkafka's statistics.
@@ -180,6 +209,10 @@ impl SourceContext {
         Some(PartitionBatch {
             partition: part.index,
             records: std::mem::take(&mut part.records),
+            keyed: (!part.keyed.is_empty()).then(|| Repartitioned {
+                scope: partition,
+                items: std::mem::take(&mut part.keyed),
+            }),
             dead: std::mem::take(&mut part.dead),
             position: part.next_offset.map(|next_offset| Position {
                 source: Arc::clone(&part.topic),
@@ -217,6 +250,8 @@ impl SourceContext {
             stream: self.kinds.stream_of(topic),
             assigned: false,
             records: Vec::new(),
+            keyed: Vec::new(),
+            marks: Marks::default(),
             dead: Vec::new(),
             read: 0,
             next_offset: None,
@@ -534,6 +569,10 @@ impl ConsumerContext for SourceContext {
 /// The consumer, ready to run on its own thread.
 pub struct KafkaSource {
     consumer: Arc<VigilConsumer>,
+    stage: repartition::Stage,
+    /// Stage two: how long a stage-one producer may be silent before it no
+    /// longer holds a partition's event time back (`detect.idle_timeout`).
+    producer_idle: Duration,
     group: String,
     /// `group.instance.id`, with static membership.
     instance: Option<String>,
@@ -543,21 +582,27 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
-    /// Creates the consumer and subscribes it; nothing is read until [`run`].
+    /// Creates the consumer of `stage` and subscribes it; nothing is read
+    /// until [`run`].
     ///
     /// [`run`]: KafkaSource::run
     pub fn new(
         config: &Config,
+        stage: repartition::Stage,
         store: Arc<dyn Store>,
         stats: Arc<Stats>,
         tx: Sender<SourceMsg>,
     ) -> Result<Self, KafkaSetupError> {
         let kinds = TopicKinds::from_config(&config.inputs)?;
-        let topics: Vec<String> = kinds
-            .subscriptions()
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let topics: Vec<String> = match stage {
+            repartition::Stage::Two => vec![config.inputs.repartition_topic.clone()],
+            repartition::Stage::Both | repartition::Stage::One => kinds
+                .subscriptions()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        let group = stage.group_id(config);
         let context = SourceContext {
             shared: Mutex::new(Shared {
                 parts: HashMap::new(),
@@ -572,10 +617,10 @@ impl KafkaSource {
             kinds,
             stats,
             guarantee: config.processing.guarantee,
-            changelog: Changelog::from_config(config),
+            changelog: Changelog::of_stage(config, stage),
         };
         let mut client = client_config(config, &CONSUMER_DEFAULTS);
-        client.set("group.id", &config.inputs.group_id);
+        client.set("group.id", &group);
         let consumer: VigilConsumer =
             client
                 .create_with_context(context)
@@ -592,7 +637,9 @@ impl KafkaSource {
             })?;
         Ok(KafkaSource {
             consumer: Arc::new(consumer),
-            group: config.inputs.group_id.clone(),
+            stage,
+            producer_idle: config.detect.idle_timeout.0,
+            group,
             instance: config.kafka.get("group.instance.id").map(|v| v.0.clone()),
             batch_size: config.pipeline.batch_size,
             linger: config.pipeline.linger.0,
@@ -722,6 +769,9 @@ impl KafkaSource {
         };
         let timestamp_ms = msg.timestamp().to_millis();
         let result = match part.stream {
+            _ if self.stage == repartition::Stage::Two => {
+                part.transfer(msg.payload().unwrap_or_default(), self.producer_idle)
+            }
             Some(stream) => {
                 let input = RawInput {
                     stream,
@@ -747,7 +797,10 @@ impl KafkaSource {
         }
         part.read += 1;
         part.next_offset = Some(msg.offset() + 1);
-        if part.records.len() >= self.batch_size || part.dead.len() >= self.batch_size {
+        if part.records.len() >= self.batch_size
+            || part.keyed.len() >= self.batch_size
+            || part.dead.len() >= self.batch_size
+        {
             let key = (Arc::clone(&part.topic), msg.partition());
             ctx.seal(&mut shared, |k| *k == key);
         }
