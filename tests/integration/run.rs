@@ -1237,8 +1237,21 @@ const REPARTITION_CHANGELOG: &str = "vigil.repartition.changelog";
 /// violations of one `vigil check` of the same records, with the same ids.
 #[test]
 fn two_stages_through_a_repartition_topic_report_what_check_reports() {
+    two_stages(false);
+}
+
+/// As above, but mid-stream an instance of stage two is killed (the other
+/// restores its partitions from the changelog), and stage one is killed
+/// and started again (it publishes again what it had not committed): the
+/// same violations still, duplicates aside.
+#[test]
+fn two_stages_lose_nothing_when_instances_are_killed() {
+    two_stages(true);
+}
+
+fn two_stages(kill: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let w = Workload::of(spec(20_000, 27, START_MS, 2_000));
+    let w = Workload::of(spec(12_000, 27, START_MS, 2_000));
     let mut topics: Vec<(String, i32)> = w
         .generator
         .topics()
@@ -1306,32 +1319,68 @@ fn two_stages_through_a_repartition_topic_report_what_check_reports() {
         "the first instance of stage two hands partitions over:\n{}",
         b.log()
     );
-    let a = Daemon::start_with(&one, &["--stage", "one"]);
+    let mut a = Daemon::start_with(&one, &["--stage", "one"]);
 
     // The cache topic keyed, and partitioned, by service.
-    for r in &w.records {
-        let value = r.value.as_deref();
-        let (partition, key) = match w.generator.stream_of_topic(&r.topic) {
-            Some(Stream::Cache) => {
-                let event: Value = serde_json::from_slice(value.unwrap()).unwrap();
-                let service = event["source_service"].as_str().unwrap().to_string();
-                let hash = service
-                    .bytes()
-                    .fold(0i32, |h, b| (h * 31 + b as i32) % 1_000);
-                (hash % PARTITIONS, Some(service.into_bytes()))
-            }
-            _ => (r.partition, r.key.clone()),
+    let produce = |records: std::ops::Range<usize>| {
+        for r in &w.records[records] {
+            let value = r.value.as_deref();
+            let (partition, key) = match w.generator.stream_of_topic(&r.topic) {
+                Some(Stream::Cache) => {
+                    let event: Value = serde_json::from_slice(value.unwrap()).unwrap();
+                    let service = event["source_service"].as_str().unwrap().to_string();
+                    let hash = service
+                        .bytes()
+                        .fold(0i32, |h, b| (h * 31 + b as i32) % 1_000);
+                    (hash % PARTITIONS, Some(service.into_bytes()))
+                }
+                _ => (r.partition, r.key.clone()),
+            };
+            broker.produce(&Out {
+                topic: &r.topic,
+                partition,
+                key: key.as_deref(),
+                value,
+                headers: &[],
+                ts_ms: Some(r.ts_ms),
+            });
+        }
+        broker.flush();
+    };
+    let half = w.records.len() / 2;
+    let c = if kill {
+        produce(0..half);
+        // Both stages have checkpointed part of the first half (each
+        // checkpoint commits offsets: Kafka's committed offsets move).
+        let consumed = |port: u16, topic: &str| {
+            let line = format!("vigil_records_consumed_total{{topic=\"{topic}\"}} ");
+            http_get(port, "/metrics", None)
+                .map(|r| r.body)
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix(&line)?.parse::<u64>().ok())
+                .unwrap_or(0)
         };
-        broker.produce(&Out {
-            topic: &r.topic,
-            partition,
-            key: key.as_deref(),
-            value,
-            headers: &[],
-            ts_ms: Some(r.ts_ms),
-        });
-    }
-    broker.flush();
+        assert!(
+            wait_until(VERDICTS, || consumed(ports[2], REPARTITION) > 1_000),
+            "stage two's second instance reads its partitions:\n{}",
+            c.log()
+        );
+        let before = b.log().len();
+        c.kill();
+        a.kill();
+        a = Daemon::start_with(&one, &["--stage", "one"]);
+        assert!(
+            b.wait_for_log_after(before, "state of partition restored", VERDICTS),
+            "the instance left of stage two restores the partitions of the one killed:\n{}",
+            b.log()
+        );
+        produce(half..w.records.len());
+        None
+    } else {
+        produce(0..w.records.len());
+        Some(c)
+    };
     w.produce_end(&broker);
 
     let by_id = await_verdicts(&broker, &expected, &b);
@@ -1346,40 +1395,43 @@ fn two_stages_through_a_repartition_topic_report_what_check_reports() {
             .is_empty(),
         "neither the workload, its end markers nor the repartition records are dead letters"
     );
-    // Stage one reports the entity violations, the two instances of stage
-    // two share the key violations (metrics are published once a second).
-    let reported = |port: u16, kind: &str| {
-        let line = format!("vigil_violations_total{{kind=\"{kind}\"}} ");
-        scrape(port)
-            .lines()
-            .find_map(|l| l.strip_prefix(&line)?.parse::<usize>().ok())
-            .unwrap_or(0)
-    };
-    let split = |kind: &str| ports.map(|p| reported(p, kind));
-    for (kind, stage) in [("missing_invalidation", 2), ("version_regression", 1)] {
-        let total = expected_kinds_of(&expected, kind);
-        assert!(total > 0, "the workload has {kind}");
-        wait_until(VERDICTS, || split(kind).iter().sum::<usize>() == total);
-        let [by_one, by_b, by_c] = split(kind);
-        if stage == 1 {
-            assert_eq!(
-                (by_one, by_b, by_c),
-                (total, 0, 0),
-                "{kind} comes from stage one"
-            );
-        } else {
-            assert_eq!(
-                (by_one, by_b + by_c),
-                (0, total),
-                "{kind} comes from stage two"
-            );
-            assert!(
-                by_b > 0 && by_c > 0,
-                "both instances of stage two check keys"
-            );
+    if !kill {
+        // Stage one reports the entity violations, the two instances of
+        // stage two share the key violations (metrics are published once a
+        // second).
+        let reported = |port: u16, kind: &str| {
+            let line = format!("vigil_violations_total{{kind=\"{kind}\"}} ");
+            scrape(port)
+                .lines()
+                .find_map(|l| l.strip_prefix(&line)?.parse::<usize>().ok())
+                .unwrap_or(0)
+        };
+        let split = |kind: &str| ports.map(|p| reported(p, kind));
+        for (kind, stage) in [("missing_invalidation", 2), ("version_regression", 1)] {
+            let total = expected_kinds_of(&expected, kind);
+            assert!(total > 0, "the workload has {kind}");
+            wait_until(VERDICTS, || split(kind).iter().sum::<usize>() == total);
+            let [by_one, by_b, by_c] = split(kind);
+            if stage == 1 {
+                assert_eq!(
+                    (by_one, by_b, by_c),
+                    (total, 0, 0),
+                    "{kind} comes from stage one"
+                );
+            } else {
+                assert_eq!(
+                    (by_one, by_b + by_c),
+                    (0, total),
+                    "{kind} comes from stage two"
+                );
+                assert!(
+                    by_b > 0 && by_c > 0,
+                    "both instances of stage two check keys"
+                );
+            }
         }
     }
-    for daemon in [a, b, c] {
+    for daemon in [Some(a), Some(b), c].into_iter().flatten() {
         let (code, log) = daemon.terminate();
         assert_eq!(code, Some(0), "{log}");
     }
