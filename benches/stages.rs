@@ -19,7 +19,11 @@
 //!   last 2,000 CDC records; `cache_invalidation` and `cache_fill` on the
 //!   last 2,000 cache events of each action; `kcat_line`: a `kcat -J` line
 //!   read up to its unescaped payload; `kcat_debezium`: a `kcat -J`
-//!   line wrapping a Debezium record, parsed, then its value decoded.
+//!   line wrapping a Debezium record, parsed, then its value decoded;
+//!   `debezium_avro` and `debezium_protobuf`: the last 2,000 Debezium
+//!   values of the same workload written in Confluent's Avro and Protobuf
+//!   framings (the generator's seven columns, not widened), each decoded
+//!   with its schema at hand and viewed as the format-neutral change.
 //!   Elements: messages.
 //! - `map/debezium`: a decoded Debezium change and `[[tables]]` to a
 //!   `Change` with its cache keys, version and ids. Elements: changes.
@@ -69,7 +73,8 @@ use vigil::detect::key::{
 use vigil::detect::storm::StormDetector;
 use vigil::events::Violation;
 use vigil::formats::{
-    DecodedCdc, Flattened, KcatBuffers, RawChange, Row, decode_cache, decode_cdc, decode_key,
+    DecodedCdc, Flattened, KcatBuffers, RawChange, Row, decode_avro_envelope, decode_cache,
+    decode_cdc, decode_key, decode_protobuf_envelope, framed,
 };
 use vigil::hash;
 use vigil::ingest::{Ingest, RawInput, Record, Stream};
@@ -77,6 +82,7 @@ use vigil::io::file::kcat_line;
 use vigil::mapping::{Change, Mapper};
 use vigil::model::{CacheAction, Millis, Provenance, is_glob};
 use vigil::pipeline::{EngineOptions, storm_rules};
+use vigil::registry::{ProtoSchema, WriterSchema};
 use vigil::state::{Cf, RocksStore, StateBatch, Store, codec};
 use vigil::telemetry::Stats;
 use vigil::workload::encode::CdcFormat;
@@ -120,7 +126,52 @@ static RECORDS: LazyLock<Vec<Record>> = LazyLock::new(|| {
 static KEY_INPUTS: LazyLock<KeyInputs> = LazyLock::new(|| key_inputs(&RECORDS));
 
 fn generate(format: CdcFormat) -> Workload {
-    let mut generator = Generator::new(Spec {
+    let mut generator = generator(format);
+    let mut records: Vec<GenRecord> = generator.by_ref().collect();
+    for record in records.iter_mut().filter(|r| r.stream == Stream::Cdc) {
+        if let Some(value) = &mut record.value {
+            let mut json: Value = serde_json::from_slice(value).expect("generated JSON");
+            widen(&mut json);
+            *value = json.to_string().into_bytes();
+        }
+    }
+    let config = Config::parse_with_env("gen", &generator.config_toml(), std::iter::empty())
+        .expect("the generator's configuration is valid");
+    Workload { records, config }
+}
+
+/// The last [`DECODED`] Debezium values of the workload in a schema
+/// registry's framing (`format` Avro or Protobuf), with the schemas of
+/// their ids compiled by `compile`.
+fn framed_values<S>(
+    format: CdcFormat,
+    compile: impl Fn(u32, &str) -> S,
+) -> (Vec<Vec<u8>>, HashMap<u32, S>) {
+    let mut generator = generator(format);
+    let values = last_n(
+        generator
+            .by_ref()
+            .filter(|r| r.stream == Stream::Cdc && r.topic.starts_with("gen."))
+            .filter_map(|r| r.value)
+            .collect(),
+        DECODED,
+    );
+    let schemas = generator
+        .registered_schemas()
+        .into_iter()
+        .map(|s| (s.id, compile(s.id, &s.text)))
+        .collect();
+    (values, schemas)
+}
+
+/// A record in Confluent's framing: its schema and the bytes after the id.
+fn with_schema<'a, S>(schemas: &'a HashMap<u32, S>, value: &'a [u8]) -> (&'a S, &'a [u8]) {
+    let framed = framed(value).expect("framed");
+    (&schemas[&framed.schema_id], framed.datum)
+}
+
+fn generator(format: CdcFormat) -> Generator {
+    Generator::new(Spec {
         events: 50_000,
         keys: 5_000,
         tables: 3,
@@ -133,18 +184,7 @@ fn generate(format: CdcFormat) -> Workload {
         traffic: Traffic::Steady,
         storms: None,
         transactions: None,
-    });
-    let mut records: Vec<GenRecord> = generator.by_ref().collect();
-    for record in records.iter_mut().filter(|r| r.stream == Stream::Cdc) {
-        if let Some(value) = &mut record.value {
-            let mut json: Value = serde_json::from_slice(value).expect("generated JSON");
-            widen(&mut json);
-            *value = json.to_string().into_bytes();
-        }
-    }
-    let config = Config::parse_with_env("gen", &generator.config_toml(), std::iter::empty())
-        .expect("the generator's configuration is valid");
-    Workload { records, config }
+    })
 }
 
 /// Adds [`EXTRA_COLUMNS`] to every row image (an object whose `email` is an
@@ -280,6 +320,23 @@ fn decode(c: &mut Criterion) {
             decode_cdc(*v, Flattened::Everywhere)
         });
     }
+
+    let (avro, schemas) = framed_values(CdcFormat::DebeziumAvro, |id, text| {
+        WriterSchema::parse(id, text, &[]).expect("generated Avro schema")
+    });
+    bench_each(&mut group, "debezium_avro", &avro, |v| {
+        let (schema, datum) = with_schema(&schemas, v);
+        let envelope = decode_avro_envelope(schema, datum).expect("decodes");
+        matches!(envelope.view(), Ok(DecodedCdc::Changes(_)))
+    });
+    let (protobuf, schemas) = framed_values(CdcFormat::DebeziumProtobuf, |id, text| {
+        ProtoSchema::compile(id, text, &[]).expect("generated Protobuf schema")
+    });
+    bench_each(&mut group, "debezium_protobuf", &protobuf, |v| {
+        let (schema, payload) = with_schema(&schemas, v);
+        let envelope = decode_protobuf_envelope(schema, payload).expect("decodes");
+        matches!(envelope.view(), Ok(DecodedCdc::Changes(_)))
+    });
 
     let (invalidations, fills): (Vec<_>, Vec<_>) = DEBEZIUM
         .records

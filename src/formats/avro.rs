@@ -11,18 +11,16 @@
 //! `decimal` (bytes and a scale) or an `io.debezium.data.VariableScaleDecimal`
 //! (a record of a scale and bytes) as the decimal number itself.
 
-use std::fmt::Write as _;
-
 use apache_avro::Schema;
-use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::schema::RecordSchema;
 use apache_avro::types::Value;
 use num_bigint::BigInt;
+use serde::ser::{Error as _, Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::value::RawValue;
 
 use super::envelope::{
-    BinaryEnvelope, BinaryKey, Fields, OwnedRow, read_envelope, render_decimal, render_float,
-    render_string, wrong_type,
+    BinaryEnvelope, BinaryKey, Fields, OwnedRow, decimal_text, read_envelope, serialize_float,
+    wrong_type,
 };
 use crate::dead_letter::{Reason, RecordError, base64};
 use crate::registry::WriterSchema;
@@ -73,25 +71,19 @@ impl std::io::Read for Datum<'_> {
     }
 }
 
-/// Reads one Avro datum with its writer schema; bytes left over, or too
-/// few, are an error too.
+/// Reads one Avro datum with its writer schema's reader, built once with
+/// the schema; bytes left over, or too few, are an error too.
 fn read(schema: &WriterSchema, datum: &[u8]) -> Result<Value, RecordError> {
-    let what = |e: apache_avro::Error| {
-        invalid(format!(
-            "the bytes do not decode with their writer schema {}: {e}",
-            schema.id
-        ))
-    };
-    let schemata: Vec<&Schema> = schema.references.iter().chain([&schema.schema]).collect();
     let mut bytes = Datum {
         rest: datum,
         overrun: false,
     };
-    let value = GenericDatumReader::builder(&schema.schema)
-        .writer_schemata(schemata)
-        .and_then(|builder| builder.build())
-        .and_then(|reader| reader.read_value(&mut bytes))
-        .map_err(what)?;
+    let value = schema.reader().read_value(&mut bytes).map_err(|e| {
+        invalid(format!(
+            "the bytes do not decode with their writer schema {}: {e}",
+            schema.id
+        ))
+    })?;
     if bytes.overrun {
         return Err(invalid(format!(
             "the bytes end before the record of writer schema {} does",
@@ -134,7 +126,7 @@ fn resolve<'s>(schema: &'s Schema, names: &'s WriterSchema) -> Option<&'s Schema
 /// Decodes a CDC value in Confluent's framing with its writer schema.
 pub fn decode_envelope(schema: &WriterSchema, datum: &[u8]) -> Result<BinaryEnvelope, RecordError> {
     let value = read(schema, datum)?;
-    let Some((fields, record_schema)) = record(&value, &schema.schema, schema) else {
+    let Some((fields, record_schema)) = record(&value, schema.schema(), schema) else {
         return Err(RecordError::new(
             Reason::UnknownFormat,
             format!(
@@ -161,7 +153,7 @@ pub fn decode_envelope(schema: &WriterSchema, datum: &[u8]) -> Result<BinaryEnve
 /// A key of another shape gives `None`, as a JSON key does.
 pub fn decode_key(schema: &WriterSchema, datum: &[u8]) -> Result<Option<BinaryKey>, RecordError> {
     let value = read(schema, datum)?;
-    match record(&value, &schema.schema, schema) {
+    match record(&value, schema.schema(), schema) {
         Some((fields, record_schema)) if !fields.is_empty() => {
             render_row(fields, record_schema, schema, "key").map(|row| Some(BinaryKey(row)))
         }
@@ -272,115 +264,120 @@ fn render_row(
         .collect()
 }
 
-/// One value as the JSON text Debezium's JSON converter gives for it.
+/// One value as the JSON text Debezium's JSON converter gives for it,
+/// written straight into its text (nothing parsed again).
 fn render_value(
     value: &Value,
     schema: &Schema,
     names: &WriterSchema,
     what: &str,
 ) -> Result<Box<RawValue>, RecordError> {
-    let mut text = String::new();
-    render(value, schema, names, &mut text)
-        .ok_or_else(|| invalid(format!("a value of {what} does not match its schema")))?;
-    RawValue::from_string(text)
-        .map_err(|e| invalid(format!("a value of {what} has no JSON form: {e}")))
+    serde_json::value::to_raw_value(&Json {
+        value,
+        schema,
+        names,
+    })
+    .map_err(|e| invalid(format!("a value of {what} has no JSON form: {e}")))
 }
 
-/// Writes a value's JSON text; `None` when it does not fit its schema.
-fn render(value: &Value, schema: &Schema, names: &WriterSchema, out: &mut String) -> Option<()> {
-    let schema = resolve(schema, names)?;
-    match (value, schema) {
-        (Value::Union(index, inner), Schema::Union(union)) => {
-            return render(inner, union.variants().get(*index as usize)?, names, out);
-        }
-        (Value::Null, _) => out.push_str("null"),
-        (Value::Boolean(b), _) => out.push_str(if *b { "true" } else { "false" }),
-        (Value::Int(n) | Value::Date(n) | Value::TimeMillis(n), _) => {
-            let _ = write!(out, "{n}");
-        }
-        (
-            Value::Long(n)
-            | Value::TimeMicros(n)
-            | Value::TimestampMillis(n)
-            | Value::TimestampMicros(n)
-            | Value::TimestampNanos(n)
-            | Value::LocalTimestampMillis(n)
-            | Value::LocalTimestampMicros(n)
-            | Value::LocalTimestampNanos(n),
-            _,
-        ) => {
-            let _ = write!(out, "{n}");
-        }
-        (Value::Float(f), _) => render_float(f64::from(*f), out),
-        (Value::Double(f), _) => render_float(*f, out),
-        (Value::String(s) | Value::Enum(_, s), _) => render_string(s, out),
-        (Value::Uuid(u), _) => render_string(&u.to_string(), out),
-        (Value::Bytes(b) | Value::Fixed(_, b), _) => render_string(&base64(b), out),
-        (Value::Decimal(d), Schema::Decimal(decimal)) => {
-            render_decimal(&BigInt::from(d.clone()), decimal.scale, out)?;
-        }
-        (Value::BigDecimal(d), _) => out.push_str(&d.to_string()),
-        (Value::Record(fields), Schema::Record(record))
-            if record.name.fullname(None) == VARIABLE_SCALE_DECIMAL =>
-        {
-            let field = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v);
-            let (Some(Value::Int(scale)), Some(Value::Bytes(bytes))) =
-                (field("scale"), field("value"))
-            else {
-                return None;
-            };
-            let scale = usize::try_from(*scale).ok()?;
-            render_decimal(&BigInt::from_signed_bytes_be(bytes), scale, out)?;
-        }
-        (Value::Record(fields), Schema::Record(record)) => {
-            out.push('{');
-            for (i, ((name, value), field)) in fields.iter().zip(&record.fields).enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                render_string(name, out);
-                out.push(':');
-                render(value, &field.schema, names, out)?;
+/// A value with its schema, serialised as the JSON text Debezium's JSON
+/// converter gives for it; an error when the value does not fit its
+/// schema.
+struct Json<'a> {
+    value: &'a Value,
+    schema: &'a Schema,
+    names: &'a WriterSchema,
+}
+
+impl Serialize for Json<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mismatch = || S::Error::custom("it does not match its schema");
+        let schema = resolve(self.schema, self.names).ok_or_else(mismatch)?;
+        let json = |value, schema| Json {
+            value,
+            schema,
+            names: self.names,
+        };
+        match (self.value, schema) {
+            (Value::Union(index, inner), Schema::Union(union)) => {
+                let variant = union.variants().get(*index as usize).ok_or_else(mismatch)?;
+                json(inner, variant).serialize(s)
             }
-            out.push('}');
-        }
-        (Value::Array(items), Schema::Array(array)) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                render(item, &array.items, names, out)?;
+            (Value::Null, _) => s.serialize_unit(),
+            (Value::Boolean(b), _) => s.serialize_bool(*b),
+            (Value::Int(n) | Value::Date(n) | Value::TimeMillis(n), _) => s.serialize_i32(*n),
+            (
+                Value::Long(n)
+                | Value::TimeMicros(n)
+                | Value::TimestampMillis(n)
+                | Value::TimestampMicros(n)
+                | Value::TimestampNanos(n)
+                | Value::LocalTimestampMillis(n)
+                | Value::LocalTimestampMicros(n)
+                | Value::LocalTimestampNanos(n),
+                _,
+            ) => s.serialize_i64(*n),
+            (Value::Float(f), _) => serialize_float(f64::from(*f), s),
+            (Value::Double(f), _) => serialize_float(*f, s),
+            (Value::String(text) | Value::Enum(_, text), _) => s.serialize_str(text),
+            (Value::Uuid(u), _) => s.collect_str(u),
+            (Value::Bytes(b) | Value::Fixed(_, b), _) => s.serialize_str(&base64(b)),
+            (Value::Decimal(d), Schema::Decimal(decimal)) => {
+                decimal_text(&BigInt::from(d.clone()), decimal.scale)
+                    .ok_or_else(mismatch)?
+                    .serialize(s)
             }
-            out.push(']');
-        }
-        (Value::Map(entries), Schema::Map(map)) => {
-            // In key order, so that equal maps give equal text.
-            let mut sorted: Vec<_> = entries.iter().collect();
-            sorted.sort_unstable_by_key(|(k, _)| k.as_str());
-            out.push('{');
-            for (i, (key, value)) in sorted.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                render_string(key, out);
-                out.push(':');
-                render(value, &map.types, names, out)?;
+            (Value::BigDecimal(d), _) => RawValue::from_string(d.to_string())
+                .map_err(S::Error::custom)?
+                .serialize(s),
+            (Value::Record(fields), Schema::Record(record))
+                if record.name.fullname(None) == VARIABLE_SCALE_DECIMAL =>
+            {
+                let field = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+                let (Some(Value::Int(scale)), Some(Value::Bytes(bytes))) =
+                    (field("scale"), field("value"))
+                else {
+                    return Err(mismatch());
+                };
+                let scale = usize::try_from(*scale).map_err(|_| mismatch())?;
+                decimal_text(&BigInt::from_signed_bytes_be(bytes), scale)
+                    .ok_or_else(mismatch)?
+                    .serialize(s)
             }
-            out.push('}');
+            (Value::Record(fields), Schema::Record(record)) => {
+                let mut map = s.serialize_map(Some(fields.len()))?;
+                for ((name, value), field) in fields.iter().zip(&record.fields) {
+                    map.serialize_entry(name, &json(value, &field.schema))?;
+                }
+                map.end()
+            }
+            (Value::Array(items), Schema::Array(array)) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&json(item, &array.items))?;
+                }
+                seq.end()
+            }
+            (Value::Map(entries), Schema::Map(map_schema)) => {
+                // In key order, so that equal maps give equal text.
+                let mut sorted: Vec<_> = entries.iter().collect();
+                sorted.sort_unstable_by_key(|(k, _)| k.as_str());
+                let mut map = s.serialize_map(Some(sorted.len()))?;
+                for (key, value) in sorted {
+                    map.serialize_entry(key, &json(value, &map_schema.types))?;
+                }
+                map.end()
+            }
+            (Value::Duration(d), _) => {
+                let mut map = s.serialize_map(Some(3))?;
+                map.serialize_entry("months", &u32::from(d.months()))?;
+                map.serialize_entry("days", &u32::from(d.days()))?;
+                map.serialize_entry("millis", &u32::from(d.millis()))?;
+                map.end()
+            }
+            _ => Err(mismatch()),
         }
-        (Value::Duration(d), _) => {
-            let _ = write!(
-                out,
-                "{{\"months\":{},\"days\":{},\"millis\":{}}}",
-                u32::from(d.months()),
-                u32::from(d.days()),
-                u32::from(d.millis())
-            );
-        }
-        _ => return None,
     }
-    Some(())
 }
 
 #[cfg(test)]

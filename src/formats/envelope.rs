@@ -13,9 +13,9 @@
 //! then read binary rows as they read JSON ones.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use num_bigint::BigInt;
+use serde::Serializer;
 use serde_json::value::RawValue;
 
 use super::debezium::{self, SourceMeta, Transaction};
@@ -192,18 +192,13 @@ impl BinaryEnvelope {
     }
 }
 
-pub(super) fn render_string(s: &str, out: &mut String) {
-    // Writing a string to JSON text cannot fail.
-    out.push_str(&serde_json::Value::from(s).to_string());
-}
-
-pub(super) fn render_float(f: f64, out: &mut String) {
-    match serde_json::Number::from_f64(f) {
-        Some(n) => {
-            let _ = write!(out, "{n}");
-        }
-        // NaN and the infinities have no JSON number.
-        None => render_string(&f.to_string(), out),
+/// Serialises a float as the JSON converter writes it: a number, or for
+/// NaN and the infinities (which have no JSON number) the value's text.
+pub(super) fn serialize_float<S: Serializer>(f: f64, s: S) -> Result<S::Ok, S::Error> {
+    if f.is_finite() {
+        s.serialize_f64(f)
+    } else {
+        s.collect_str(&f)
     }
 }
 
@@ -211,22 +206,24 @@ pub(super) fn render_float(f: f64, out: &mut String) {
 /// malformed (it would fill memory with zeros).
 const MAX_DECIMAL_SCALE: usize = 1000;
 
-/// A decimal number: an unscaled integer and a scale; `None` for a scale
-/// past [`MAX_DECIMAL_SCALE`].
-pub(super) fn render_decimal(unscaled: &BigInt, scale: usize, out: &mut String) -> Option<()> {
+/// A decimal number of an unscaled integer and a scale, as JSON text;
+/// `None` for a scale past [`MAX_DECIMAL_SCALE`].
+pub(super) fn decimal_text(unscaled: &BigInt, scale: usize) -> Option<Box<RawValue>> {
     if scale > MAX_DECIMAL_SCALE {
         return None;
     }
     let digits = unscaled.magnitude().to_string();
-    if unscaled.sign() == num_bigint::Sign::Minus {
-        out.push('-');
-    }
-    if scale == 0 {
-        out.push_str(&digits);
-        return Some(());
-    }
-    let padded = format!("{digits:0>width$}", width = scale + 1);
-    let (int, frac) = padded.split_at(padded.len() - scale);
-    let _ = write!(out, "{int}.{frac}");
-    Some(())
+    let sign = if unscaled.sign() == num_bigint::Sign::Minus {
+        "-"
+    } else {
+        ""
+    };
+    let text = if scale == 0 {
+        format!("{sign}{digits}")
+    } else {
+        let padded = format!("{digits:0>width$}", width = scale + 1);
+        let (int, frac) = padded.split_at(padded.len() - scale);
+        format!("{sign}{int}.{frac}")
+    };
+    RawValue::from_string(text).ok()
 }

@@ -23,15 +23,14 @@
 //! converter's deserializer gives it: the converter writes a null column of
 //! such a field as its default, so the two cannot be told apart.
 
-use std::fmt::Write as _;
-
 use num_bigint::BigInt;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, ReflectMessage, Value};
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::value::RawValue;
 
 use super::envelope::{
-    BinaryEnvelope, BinaryKey, Fields, OwnedRow, read_envelope, render_decimal, render_float,
-    render_string, wrong_type,
+    BinaryEnvelope, BinaryKey, Fields, OwnedRow, decimal_text, read_envelope, serialize_float,
+    wrong_type,
 };
 use super::timestamp::days_from_civil;
 use crate::dead_letter::{Reason, RecordError, base64};
@@ -180,10 +179,14 @@ impl Fields for Message<'_> {
         let Some((value, field)) = self.get(name) else {
             return Ok(None);
         };
-        let mut text = String::new();
-        render_field(value, &field, &mut text)
-            .ok_or_else(|| invalid(format!("field \"{name}\" has no JSON form")))?;
-        json_text(text, name).map(Some)
+        json_text(
+            &FieldJson {
+                value,
+                field: &field,
+            },
+            name,
+        )
+        .map(Some)
     }
 
     fn row(&self) -> Result<OwnedRow, RecordError> {
@@ -191,68 +194,92 @@ impl Fields for Message<'_> {
             .descriptor()
             .fields()
             .map(|field| {
-                let mut text = String::new();
-                column(self.0, &field, &mut text).ok_or_else(|| {
-                    invalid(format!("column \"{}\" has no JSON form", field.name()))
-                })?;
-                Ok((field.name().to_string(), json_text(text, field.name())?))
+                let text = json_text(
+                    &Column {
+                        message: self.0,
+                        field: &field,
+                    },
+                    field.name(),
+                )?;
+                Ok((field.name().to_string(), text))
             })
             .collect()
     }
 }
 
-fn json_text(text: String, name: &str) -> Result<Box<RawValue>, RecordError> {
-    RawValue::from_string(text)
+/// A value's JSON text, written straight from the message (nothing parsed
+/// again).
+fn json_text(value: &impl Serialize, name: &str) -> Result<Box<RawValue>, RecordError> {
+    serde_json::value::to_raw_value(value)
         .map_err(|e| invalid(format!("field \"{name}\" has no JSON form: {e}")))
+}
+
+/// The error of a value that does not fit its kind.
+fn mismatch<E: serde::ser::Error>() -> E {
+    E::custom("it does not fit its kind")
 }
 
 /// A field of a message as a column: null when a field with presence is
 /// not set, else its value (a field without presence: its default).
-fn column(message: &DynamicMessage, field: &FieldDescriptor, out: &mut String) -> Option<()> {
-    if field.supports_presence() && !message.has_field(field) {
-        out.push_str("null");
-        return Some(());
+struct Column<'a> {
+    message: &'a DynamicMessage,
+    field: &'a FieldDescriptor,
+}
+
+impl Serialize for Column<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.field.supports_presence() && !self.message.has_field(self.field) {
+            return s.serialize_unit();
+        }
+        FieldJson {
+            value: &self.message.get_field(self.field),
+            field: self.field,
+        }
+        .serialize(s)
     }
-    render_field(&message.get_field(field), field, out)
 }
 
 /// A field's value: a list or map as a whole, else one value.
-fn render_field(value: &Value, field: &FieldDescriptor, out: &mut String) -> Option<()> {
-    let kind = field.kind();
-    match value {
-        Value::List(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
+struct FieldJson<'a> {
+    value: &'a Value,
+    field: &'a FieldDescriptor,
+}
+
+impl Serialize for FieldJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let kind = self.field.kind();
+        match self.value {
+            Value::List(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for value in items {
+                    seq.serialize_element(&One { value, kind: &kind })?;
                 }
-                render(item, &kind, out)?;
+                seq.end()
             }
-            out.push(']');
-        }
-        Value::Map(entries) => {
-            let value_kind = match &kind {
-                Kind::Message(entry) => entry.map_entry_value_field().kind(),
-                _ => return None,
-            };
-            // In key order, so that equal maps give equal text.
-            let mut sorted: Vec<(String, &Value)> =
-                entries.iter().map(|(k, v)| (map_key(k), v)).collect();
-            sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            out.push('{');
-            for (i, (key, value)) in sorted.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
+            Value::Map(entries) => {
+                let value_kind = match &kind {
+                    Kind::Message(entry) => entry.map_entry_value_field().kind(),
+                    _ => return Err(mismatch()),
+                };
+                // In key order, so that equal maps give equal text.
+                let mut sorted: Vec<(String, &Value)> =
+                    entries.iter().map(|(k, v)| (map_key(k), v)).collect();
+                sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                let mut map = s.serialize_map(Some(sorted.len()))?;
+                for (key, value) in sorted {
+                    map.serialize_entry(
+                        &key,
+                        &One {
+                            value,
+                            kind: &value_kind,
+                        },
+                    )?;
                 }
-                render_string(&key, out);
-                out.push(':');
-                render(value, &value_kind, out)?;
+                map.end()
             }
-            out.push('}');
+            value => One { value, kind: &kind }.serialize(s),
         }
-        value => render(value, &kind, out)?,
     }
-    Some(())
 }
 
 fn map_key(key: &MapKey) -> String {
@@ -266,100 +293,108 @@ fn map_key(key: &MapKey) -> String {
     }
 }
 
-/// One value as the JSON text Debezium's JSON converter gives for it;
-/// `None` when it does not fit its kind.
-fn render(value: &Value, kind: &Kind, out: &mut String) -> Option<()> {
-    match value {
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::I32(n) => {
-            let _ = write!(out, "{n}");
-        }
-        Value::I64(n) => {
-            let _ = write!(out, "{n}");
-        }
-        Value::U32(n) => {
-            let _ = write!(out, "{n}");
-        }
-        Value::U64(n) => {
-            let _ = write!(out, "{n}");
-        }
-        Value::F32(f) => render_float(f64::from(*f), out),
-        Value::F64(f) => render_float(*f, out),
-        Value::String(s) => render_string(s, out),
-        Value::Bytes(b) => render_string(&base64(b), out),
-        Value::EnumNumber(n) => match kind {
-            Kind::Enum(e) => match e.get_value(*n) {
-                Some(v) => render_string(v.name(), out),
-                None => {
-                    let _ = write!(out, "{n}");
-                }
+/// One value as the JSON text Debezium's JSON converter gives for it; an
+/// error when it does not fit its kind.
+struct One<'a> {
+    value: &'a Value,
+    kind: &'a Kind,
+}
+
+impl Serialize for One<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.value {
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::I32(n) => s.serialize_i32(*n),
+            Value::I64(n) => s.serialize_i64(*n),
+            Value::U32(n) => s.serialize_u32(*n),
+            Value::U64(n) => s.serialize_u64(*n),
+            Value::F32(f) => serialize_float(f64::from(*f), s),
+            Value::F64(f) => serialize_float(*f, s),
+            Value::String(text) => s.serialize_str(text),
+            Value::Bytes(b) => s.serialize_str(&base64(b)),
+            Value::EnumNumber(n) => match self.kind {
+                Kind::Enum(e) => match e.get_value(*n) {
+                    Some(v) => s.serialize_str(v.name()),
+                    None => s.serialize_i32(*n),
+                },
+                _ => Err(mismatch()),
             },
-            _ => return None,
-        },
-        Value::Message(m) => render_message(m, out)?,
-        Value::List(_) | Value::Map(_) => return None,
+            Value::Message(m) => MessageJson(m).serialize(s),
+            Value::List(_) | Value::Map(_) => Err(mismatch()),
+        }
     }
-    Some(())
 }
 
 /// A message: one of the converter's logical types by its value, else an
 /// object of its fields.
-fn render_message(message: &DynamicMessage, out: &mut String) -> Option<()> {
-    let descriptor = message.descriptor();
-    let field = |name: &str| message.get_field_by_name(name);
-    let int = |name: &str| -> Option<i64> {
-        match field(name)?.as_ref() {
-            Value::I32(n) => Some(i64::from(*n)),
-            Value::I64(n) => Some(*n),
-            Value::U32(n) => Some(i64::from(*n)),
-            _ => None,
-        }
-    };
-    match descriptor.full_name() {
-        "google.protobuf.Timestamp" => {
-            let millis = int("seconds")?
-                .checked_mul(1000)?
-                .checked_add(int("nanos")? / 1_000_000)?;
-            let _ = write!(out, "{millis}");
-        }
-        "google.type.Date" => {
-            let days = days_from_civil(int("year")?, int("month")?, int("day")?);
-            let _ = write!(out, "{days}");
-        }
-        name if name == "confluent.type.Decimal" || name.ends_with("VariableScaleDecimal") => {
-            let bytes = field("value")?;
-            let Value::Bytes(bytes) = bytes.as_ref() else {
-                return None;
-            };
-            let scale = usize::try_from(int("scale")?).ok()?;
-            render_decimal(&BigInt::from_signed_bytes_be(bytes), scale, out)?;
-        }
-        "google.protobuf.DoubleValue"
-        | "google.protobuf.FloatValue"
-        | "google.protobuf.Int64Value"
-        | "google.protobuf.UInt64Value"
-        | "google.protobuf.Int32Value"
-        | "google.protobuf.UInt32Value"
-        | "google.protobuf.BoolValue"
-        | "google.protobuf.StringValue"
-        | "google.protobuf.BytesValue" => {
-            let inner = descriptor.get_field_by_name("value")?;
-            render_field(&message.get_field(&inner), &inner, out)?;
-        }
-        _ => {
-            out.push('{');
-            for (i, field) in descriptor.fields().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                render_string(field.name(), out);
-                out.push(':');
-                column(message, &field, out)?;
+struct MessageJson<'a>(&'a DynamicMessage);
+
+impl Serialize for MessageJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let message = self.0;
+        let descriptor = message.descriptor();
+        let field = |name: &str| message.get_field_by_name(name).ok_or_else(mismatch);
+        let int = |name: &str| -> Result<i64, S::Error> {
+            match field(name)?.as_ref() {
+                Value::I32(n) => Ok(i64::from(*n)),
+                Value::I64(n) => Ok(*n),
+                Value::U32(n) => Ok(i64::from(*n)),
+                _ => Err(mismatch()),
             }
-            out.push('}');
+        };
+        match descriptor.full_name() {
+            "google.protobuf.Timestamp" => {
+                let (seconds, nanos) = (int("seconds")?, int("nanos")?);
+                let millis = seconds
+                    .checked_mul(1000)
+                    .and_then(|ms| ms.checked_add(nanos / 1_000_000))
+                    .ok_or_else(mismatch)?;
+                s.serialize_i64(millis)
+            }
+            "google.type.Date" => {
+                s.serialize_i64(days_from_civil(int("year")?, int("month")?, int("day")?))
+            }
+            name if name == "confluent.type.Decimal" || name.ends_with("VariableScaleDecimal") => {
+                let bytes = field("value")?;
+                let Value::Bytes(bytes) = bytes.as_ref() else {
+                    return Err(mismatch());
+                };
+                let scale = usize::try_from(int("scale")?).map_err(|_| mismatch())?;
+                decimal_text(&BigInt::from_signed_bytes_be(bytes), scale)
+                    .ok_or_else(mismatch)?
+                    .serialize(s)
+            }
+            "google.protobuf.DoubleValue"
+            | "google.protobuf.FloatValue"
+            | "google.protobuf.Int64Value"
+            | "google.protobuf.UInt64Value"
+            | "google.protobuf.Int32Value"
+            | "google.protobuf.UInt32Value"
+            | "google.protobuf.BoolValue"
+            | "google.protobuf.StringValue"
+            | "google.protobuf.BytesValue" => {
+                let inner = descriptor.get_field_by_name("value").ok_or_else(mismatch)?;
+                FieldJson {
+                    value: &message.get_field(&inner),
+                    field: &inner,
+                }
+                .serialize(s)
+            }
+            _ => {
+                let mut map = s.serialize_map(Some(descriptor.fields().len()))?;
+                for field in descriptor.fields() {
+                    map.serialize_entry(
+                        field.name(),
+                        &Column {
+                            message,
+                            field: &field,
+                        },
+                    )?;
+                }
+                map.end()
+            }
         }
     }
-    Some(())
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ pub(crate) fn avro_record(
     schema: &crate::registry::WriterSchema,
     value: apache_avro::types::Value,
 ) -> Vec<u8> {
-    let datum = apache_avro::writer::datum::GenericDatumWriter::builder(&schema.schema)
+    let datum = apache_avro::writer::datum::GenericDatumWriter::builder(schema.schema())
         .build()
         .and_then(|writer| writer.write_value_to_vec(value))
         .expect("the value fits its schema");

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use apache_avro::Schema;
+use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::schema::{Name, ResolvedSchema};
 use serde::Deserialize;
 
@@ -100,15 +101,23 @@ pub enum SetupError {
     BadCa { path: PathBuf, message: String },
 }
 
-/// A writer schema and the named types it uses, looked up when a value of
-/// the schema is walked (`Schema::Ref` names one of them).
-#[derive(Debug)]
+/// A writer schema, the named types it uses (looked up when a value of the
+/// schema is walked: `Schema::Ref` names one of them) and its reader, built
+/// once: its names resolved when the schema is parsed, not per record.
 pub struct WriterSchema {
     pub id: u32,
-    pub schema: Schema,
-    /// The schemas it references, which the Avro reader needs beside it.
-    pub references: Vec<Schema>,
+    parsed: Parsed,
     names: HashMap<Name, Schema>,
+}
+
+/// The schemas a writer schema is made of and the reader that borrows them.
+#[ouroboros::self_referencing]
+struct Parsed {
+    /// The writer schema and the schemas it references.
+    schemata: (Schema, Vec<Schema>),
+    #[borrows(schemata)]
+    #[covariant]
+    reader: GenericDatumReader<'this>,
 }
 
 impl WriterSchema {
@@ -124,28 +133,59 @@ impl WriterSchema {
         } else {
             Schema::parse_str_with_list(text, references).map_err(malformed)?
         };
-        let names = {
-            // Referenced types first: each schema's references resolve
-            // against the ones before it.
-            let all: Vec<&Schema> = references.iter().chain([&schema]).collect();
-            let resolved = ResolvedSchema::new_with_schemata(all).map_err(malformed)?;
-            resolved
-                .get_names()
-                .iter()
-                .map(|(name, schema)| (name.clone(), (*schema).clone()))
-                .collect()
-        };
-        Ok(WriterSchema {
-            id,
-            schema,
-            references,
-            names,
-        })
+        let names = ResolvedSchema::new_with_schemata(in_order(&schema, &references))
+            .map_err(malformed)?
+            .get_names()
+            .iter()
+            .map(|(name, schema)| (name.clone(), (*schema).clone()))
+            .collect();
+        let parsed = ParsedTryBuilder {
+            schemata: (schema, references),
+            reader_builder: |(schema, references): &(Schema, Vec<Schema>)| {
+                GenericDatumReader::builder(schema)
+                    .writer_schemata(in_order(schema, references))?
+                    .build()
+            },
+        }
+        .try_build()
+        .map_err(malformed)?;
+        Ok(WriterSchema { id, parsed, names })
+    }
+
+    /// The writer schema.
+    pub fn schema(&self) -> &Schema {
+        &self.parsed.borrow_schemata().0
+    }
+
+    /// The schemas it references, which the Avro reader needs beside it.
+    pub fn references(&self) -> &[Schema] {
+        &self.parsed.borrow_schemata().1
+    }
+
+    /// The reader of the schema's records, built with it.
+    pub fn reader(&self) -> &GenericDatumReader<'_> {
+        self.parsed.borrow_reader()
     }
 
     /// The named type a `Schema::Ref` stands for.
     pub fn named(&self, name: &Name) -> Option<&Schema> {
         self.names.get(name)
+    }
+}
+
+/// A writer schema's schemas as their names resolve: referenced types
+/// first, each schema's references resolving against the ones before it.
+fn in_order<'s>(schema: &'s Schema, references: &'s [Schema]) -> Vec<&'s Schema> {
+    references.iter().chain([schema]).collect()
+}
+
+impl std::fmt::Debug for WriterSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterSchema")
+            .field("id", &self.id)
+            .field("schema", self.schema())
+            .field("references", &self.references())
+            .finish_non_exhaustive()
     }
 }
 
@@ -771,7 +811,7 @@ mod tests {
                     let answer = client.schema(7).unwrap();
                     let schema = writer(&answer);
                     assert_eq!(schema.id, 7);
-                    assert!(matches!(schema.schema, Schema::Record(_)));
+                    assert!(matches!(schema.schema(), Schema::Record(_)));
                 });
             }
         });
@@ -880,7 +920,7 @@ mod tests {
         let client = client(&registry, 10);
         let answer = client.schema(9).unwrap();
         let schema = writer(&answer);
-        assert_eq!(schema.references.len(), 1);
+        assert_eq!(schema.references().len(), 1);
         let name = Name::new("t.Row").unwrap();
         assert!(matches!(schema.named(&name), Some(Schema::Record(_))));
 
@@ -1021,7 +1061,7 @@ mod tests {
             registry.answer(&code, 200, CODE);
             let answer = client.schema(10).unwrap();
             let schema = writer(&answer);
-            assert_eq!(schema.references.len(), 2, "{version}");
+            assert_eq!(schema.references().len(), 2, "{version}");
             // A reference the registry does not have: the schema is malformed.
             registry.add_apicurio(&prefix, 11, Some("AVRO"), ITEM);
             registry.answer(
