@@ -183,24 +183,6 @@ pub struct KafkaRecord {
     pub timestamp_ms: Option<i64>,
 }
 
-impl From<crate::formats::KcatRecord> for KafkaRecord {
-    fn from(k: crate::formats::KcatRecord) -> Self {
-        KafkaRecord {
-            topic: k.topic,
-            partition: k.partition,
-            offset: k.offset,
-            key: k.key.map(String::into_bytes),
-            value: k.payload.map(String::into_bytes),
-            headers: k
-                .headers
-                .into_iter()
-                .map(|(name, v)| (name, v.map(String::into_bytes)))
-                .collect(),
-            timestamp_ms: k.ts_ms,
-        }
-    }
-}
-
 /// A record that could not be decoded or mapped, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {

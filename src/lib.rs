@@ -11,7 +11,12 @@
 //! - [`formats`]: decoders for Debezium (JSON, or Avro or Protobuf in a
 //!   schema registry's framing, Confluent's or Apicurio's), Maxwell, Canal,
 //!   cache events and `kcat -J` lines (bytes in, format-neutral views out);
-//!   JSON Schema records in that framing are read as JSON by [`ingest`];
+//!   JSON Schema records in that framing are read as JSON by [`ingest`].
+//!   A tree whose leaves import nothing of their siblings: `recognise`
+//!   (which format a JSON record is), `json` (the JSON helpers, times,
+//!   escapes), `cdc` (one JSON CDC format a leaf, over the Debezium parts
+//!   they share), `binary` (the registry framings, Avro, Protobuf, over the
+//!   envelope reader they share), `cache`, `kcat`;
 //! - [`mapping`]: a decoded change and `[[tables]]` in, a [`mapping::Change`]
 //!   with entity, cache keys, version and commit time out;
 //! - [`ingest`]: decode + map for one raw record, shared by every source

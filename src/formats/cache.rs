@@ -7,12 +7,12 @@ use std::fmt;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::json::{
+use crate::dead_letter::{Reason, RecordError};
+use crate::formats::json::timestamp::{epoch_number_ms, parse_rfc3339};
+use crate::formats::json::{
     Field, Name, Scalar, array, optional, parse_object_with, required, scalar, string, text,
     uint_or_digits, wrong_type,
 };
-use super::timestamp::{epoch_number_ms, parse_rfc3339};
-use crate::dead_letter::{Reason, RecordError};
 use crate::model::{CacheAction, CacheEvent, CacheOperation, Millis, is_glob};
 
 /// Decodes one cache event. Without a `timestamp` the event time is the
@@ -163,7 +163,7 @@ fn timestamp(value: &RawValue, field: Field) -> Result<Millis, RecordError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::data_file;
+    use crate::formats::testing::data_file;
     use std::sync::Arc;
 
     use super::decode_cache;

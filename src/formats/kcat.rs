@@ -10,11 +10,11 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::json::{
+use crate::dead_letter::{KafkaRecord, RecordError};
+use crate::formats::json::unescape::{escape, unescape};
+use crate::formats::json::{
     Field, Nullable, Scalar, array, optional, required, row, scalar, string, uint, wrong_type,
 };
-use super::unescape::{escape, unescape};
-use crate::dead_letter::RecordError;
 use crate::model::Millis;
 
 /// One `kcat -J` line, owned (its key and payload are unescaped).
@@ -518,10 +518,29 @@ fn headers<'a>(value: &'a RawValue, field: Field) -> Result<Headers<'a>, RecordE
     }
 }
 
+/// A `kcat -J` record as the Kafka record a dead letter carries.
+impl From<KcatRecord> for KafkaRecord {
+    fn from(k: KcatRecord) -> Self {
+        KafkaRecord {
+            topic: k.topic,
+            partition: k.partition,
+            offset: k.offset,
+            key: k.key.map(String::into_bytes),
+            value: k.payload.map(String::into_bytes),
+            headers: k
+                .headers
+                .into_iter()
+                .map(|(name, v)| (name, v.map(String::into_bytes)))
+                .collect(),
+            timestamp_ms: k.ts_ms,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::decode_cache;
-    use super::super::testing::{change, data_file};
+    use crate::formats::decode_cache;
+    use crate::formats::testing::{change, data_file};
     use proptest::prelude::*;
 
     use super::{Fields, KcatBuffers, KcatRecord, parse_kcat_line, read, scan};

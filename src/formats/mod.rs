@@ -12,24 +12,31 @@
 //! [`parse_kcat_line`] for an owned copy).
 //! Decoders borrow from the input or own what they decoded, and do no I/O;
 //! every failure is a [`RecordError`] with a reason code.
+//!
+//! The modules form a tree whose leaves import nothing of their siblings,
+//! only what their parent or the helpers hold:
+//!
+//! - `recognise`: the one place a JSON CDC value's format (and a key's
+//!   shape) is recognised, handing it to the decoder of that format;
+//! - `json`: the borrowed JSON helpers every text decoder uses, with
+//!   `json::timestamp` (times in text) and `json::unescape` (JSON string
+//!   escapes);
+//! - `cdc`: what every reader of a Debezium change shares (operation codes,
+//!   source metadata, the transaction block), and one leaf a JSON CDC
+//!   format: `debezium`, `flat`, `cloudevents`, `maxwell`, `canal`,
+//!   `transaction` (Debezium's transaction metadata);
+//! - `binary`: the envelope reader the binary formats share, and the leaves
+//!   `framing` (Confluent's and Apicurio's headers), `avro`, `protobuf`;
+//! - `cache` (cache events) and `kcat` (`kcat -J` lines).
 
-mod avro;
+mod binary;
 mod cache;
-mod canal;
-mod cloudevents;
-mod debezium;
-mod envelope;
-mod flat;
-mod framing;
+mod cdc;
 mod json;
 mod kcat;
-mod maxwell;
-mod protobuf;
+mod recognise;
 #[cfg(test)]
 pub(crate) mod testing;
-mod timestamp;
-mod transaction;
-mod unescape;
 
 use std::borrow::Cow;
 
@@ -38,22 +45,22 @@ use serde_json::value::RawValue;
 use crate::dead_letter::RecordError;
 use crate::model::{Millis, Op};
 
-#[cfg(test)]
-pub(crate) use avro::tests::mysql_update as avro_mysql_update;
-pub use avro::{
+pub use binary::avro::{
     bound_allocations as bound_avro_allocations, decode_envelope as decode_avro_envelope,
     decode_key as decode_avro_key,
 };
-pub use cache::decode_cache;
-pub use envelope::{BinaryEnvelope, BinaryKey};
-pub use framing::{Framed, GlobalFramed, confluent_opening, framed, framed_apicurio};
-pub use json::{Scalar, row_hash, scalar};
-pub use kcat::{Headers, KcatBuffers, KcatLine, KcatRecord, parse_kcat_line};
-pub use protobuf::{
+pub use binary::framing::{Framed, GlobalFramed, confluent_opening, framed, framed_apicurio};
+pub use binary::protobuf::{
     decode_envelope as decode_protobuf_envelope, decode_key as decode_protobuf_key,
 };
-pub use timestamp::parse_rfc3339;
-pub use unescape::{UnescapeError, unescape};
+pub use binary::{BinaryEnvelope, BinaryKey};
+pub use cache::decode_cache;
+pub use json::timestamp::parse_rfc3339;
+pub use json::unescape::{UnescapeError, unescape};
+pub use json::{Scalar, row_hash, scalar};
+pub use kcat::{Headers, KcatBuffers, KcatLine, KcatRecord, parse_kcat_line};
+#[cfg(test)]
+pub(crate) use testing::mysql_update as avro_mysql_update;
 
 /// One row image: column names and their undecoded JSON values, in the order
 /// of the record.
@@ -285,7 +292,7 @@ pub fn decode_cdc<'a>(
 ) -> Result<DecodedCdc<'a>, RecordError> {
     match value {
         None => Ok(DecodedCdc::Skipped(Skip::Tombstone)),
-        Some(text) => json::decode_cdc_text(text, flattened),
+        Some(text) => recognise::decode_cdc_text(text, flattened),
     }
 }
 
@@ -295,7 +302,7 @@ pub fn decode_cdc<'a>(
 /// `["db", "table", [{"id": 1}]]`). Any other key (not JSON, a scalar, an
 /// empty object) gives `None`: the primary key then comes from the row.
 pub fn decode_key(key: &str) -> Option<Row<'_>> {
-    json::decode_key_text(key)
+    recognise::decode_key_text(key)
 }
 
 #[cfg(test)]
@@ -352,9 +359,9 @@ mod tests {
     fn decode_all(text: &str) {
         let valid = serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
         let not_invalid = |e: &RecordError| !(valid && e.reason == Reason::InvalidJson);
-        if let Some(one_pass) = debezium::decode_one_pass(text) {
+        if let Some(one_pass) = cdc::debezium::decode_one_pass(text) {
             assert_eq!(
-                json::decode_by_shape(text, Flattened::Nowhere).as_ref(),
+                recognise::decode_by_shape(text, Flattened::Nowhere).as_ref(),
                 Ok(&one_pass),
                 "{text}: the one-pass reader and the general one disagree"
             );
@@ -466,7 +473,7 @@ mod tests {
             assert!(!envelopes.is_empty(), "{name} has envelopes");
             for value in &envelopes {
                 assert!(
-                    debezium::decode_one_pass(value).is_some(),
+                    cdc::debezium::decode_one_pass(value).is_some(),
                     "{name}: {value} is read in one pass"
                 );
             }

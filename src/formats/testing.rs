@@ -1,6 +1,7 @@
 //! Helpers for the decoders' unit tests: data files and assertions on
 //! decoded records.
 
+use apache_avro::types::Value;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -139,4 +140,70 @@ pub(crate) fn proto_record(
     }
     framed.extend(message.encode_to_vec());
     framed
+}
+
+/// An Avro union's branch.
+pub(crate) fn union(index: u32, value: Value) -> Value {
+    Value::Union(index, Box::new(value))
+}
+
+/// The null branch of an optional Avro field.
+pub(crate) fn null() -> Value {
+    union(0, Value::Null)
+}
+
+/// An Avro string.
+pub(crate) fn string(s: &str) -> Value {
+    Value::String(s.into())
+}
+
+/// An Avro record of named fields.
+pub(crate) fn record(fields: Vec<(&str, Value)>) -> Value {
+    Value::Record(fields.into_iter().map(|(n, v)| (n.into(), v)).collect())
+}
+
+/// A MySQL update with both images, Avro and JSON.
+pub(crate) fn mysql_update() -> (Value, &'static str) {
+    let row = |email: &str, description: Value| {
+        record(vec![
+            ("id", Value::Int(1)),
+            ("name", string("Ann")),
+            ("email", string(email)),
+            ("description", description),
+            ("city2", union(1, string("Oslo"))),
+        ])
+    };
+    let value = record(vec![
+        ("before", union(1, row("ann@example.com", null()))),
+        (
+            "after",
+            union(1, row("ann@new.example", union(1, string("hi")))),
+        ),
+        (
+            "source",
+            record(vec![
+                ("version", string("1.9.7.Final")),
+                ("connector", string("mysql")),
+                ("name", string("mysql")),
+                ("ts_ms", Value::Long(1_700_000_000_000)),
+                ("snapshot", union(0, string("false"))),
+                ("db", string("demo")),
+                ("table", union(1, string("users"))),
+                ("server_id", Value::Long(223_344)),
+                (
+                    "gtid",
+                    union(1, string("3e11fa47-71ca-11e1-9e33-c80aa9429562:23")),
+                ),
+                ("file", string("mysql-bin.000003")),
+                ("pos", Value::Long(154)),
+                ("row", Value::Int(0)),
+                ("thread", union(1, Value::Long(7))),
+                ("query", null()),
+            ]),
+        ),
+        ("op", string("u")),
+        ("ts_ms", union(1, Value::Long(1_700_000_000_100))),
+    ]);
+    let json = r#"{"before":{"id":1,"name":"Ann","email":"ann@example.com","description":null,"city2":"Oslo"},"after":{"id":1,"name":"Ann","email":"ann@new.example","description":"hi","city2":"Oslo"},"source":{"version":"1.9.7.Final","connector":"mysql","name":"mysql","ts_ms":1700000000000,"snapshot":"false","db":"demo","table":"users","server_id":223344,"gtid":"3e11fa47-71ca-11e1-9e33-c80aa9429562:23","file":"mysql-bin.000003","pos":154,"row":0,"thread":7,"query":null},"op":"u","ts_ms":1700000000100}"#;
+    (value, json)
 }

@@ -4,13 +4,13 @@
 
 use std::borrow::Cow;
 
-use super::json::{Field, Object, array, millis, row, string, text, uint};
-use super::{DecodedCdc, TxMarker, TxStatus};
 use crate::dead_letter::RecordError;
+use crate::formats::json::{Field, Object, array, millis, row, string, text, uint};
+use crate::formats::{DecodedCdc, TxMarker, TxStatus};
 
 /// Whether a record is a BEGIN or END record: an `id` and a `status` of
 /// `BEGIN` or `END`.
-pub(super) fn is_marker(object: &Object) -> bool {
+pub(in crate::formats) fn is_marker(object: &Object) -> bool {
     object.has("id")
         && object
             .get("status")
@@ -18,7 +18,7 @@ pub(super) fn is_marker(object: &Object) -> bool {
 }
 
 /// Decodes a record recognised by [`is_marker`].
-pub(super) fn decode<'a>(object: &Object<'a>) -> Result<DecodedCdc<'a>, RecordError> {
+pub(in crate::formats) fn decode<'a>(object: &Object<'a>) -> Result<DecodedCdc<'a>, RecordError> {
     let status = match object.required("status", string)?.as_ref() {
         "BEGIN" => TxStatus::Begin,
         _ => TxStatus::End,
@@ -49,10 +49,10 @@ pub(super) fn decode<'a>(object: &Object<'a>) -> Result<DecodedCdc<'a>, RecordEr
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{data_file, samples};
-    use super::super::{Flattened, decode_cdc};
     use super::*;
     use crate::dead_letter::Reason;
+    use crate::formats::testing::{data_file, samples};
+    use crate::formats::{Flattened, decode_cdc};
 
     fn marker(value: &str) -> TxMarker<'_> {
         match decode_cdc(Some(value), Flattened::Nowhere) {

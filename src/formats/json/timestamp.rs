@@ -10,7 +10,7 @@ const MAX_MS: Millis = 253_402_300_799_999;
 /// The text of a JSON number: epoch seconds, possibly fractional, when its
 /// absolute value is below 1e11, else epoch milliseconds; rounded to the
 /// nearest millisecond.
-pub(super) fn epoch_number_ms(text: &str) -> Option<Millis> {
+pub(in crate::formats) fn epoch_number_ms(text: &str) -> Option<Millis> {
     let value: f64 = text.parse().ok()?;
     let ms = if value.abs() < 1e11 {
         value * 1000.0
@@ -137,7 +137,7 @@ fn days_in_month(year: i64, month: i64) -> i64 {
 
 /// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's
 /// `days_from_civil`).
-pub(super) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+pub(in crate::formats) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let year = if month <= 2 { year - 1 } else { year };
     let era = year.div_euclid(400);
     let year_of_era = year - era * 400;

@@ -3,12 +3,12 @@
 
 use serde_json::value::RawValue;
 
-use super::json::{
+use crate::dead_letter::{Reason, RecordError};
+use crate::formats::json::{
     Field, Object, binlog_file_index, digits, flag, millis, overlay, row, string, strings, text,
     uint, wrong_type,
 };
-use super::{CdcFormat, DecodedCdc, RawChange, Skip, SourcePos, TableRef};
-use crate::dead_letter::{Reason, RecordError};
+use crate::formats::{CdcFormat, DecodedCdc, RawChange, Skip, SourcePos, TableRef};
 use crate::model::{Millis, Op};
 
 /// Maxwell's schema-change types.
@@ -23,7 +23,7 @@ const DDL_TYPES: [&str; 6] = [
 
 /// Whether a record is a Maxwell message: a lower-case `type` with
 /// `database`, and `table` (or, for database DDL, `sql` or `def`).
-pub(super) fn matches(record: &Object) -> bool {
+pub(in crate::formats) fn matches(record: &Object) -> bool {
     record.has("database")
         && (record.has("table") || record.has("sql") || record.has("def"))
         && record
@@ -34,7 +34,7 @@ pub(super) fn matches(record: &Object) -> bool {
 }
 
 /// Decodes a Maxwell message.
-pub(super) fn decode<'a>(message: &Object<'a>) -> Result<DecodedCdc<'a>, RecordError> {
+pub(in crate::formats) fn decode<'a>(message: &Object<'a>) -> Result<DecodedCdc<'a>, RecordError> {
     let kind = message.required("type", string)?;
     let op = match kind.as_ref() {
         "insert" => Op::Create,
@@ -122,9 +122,9 @@ fn position(value: &RawValue, field: Field) -> Result<(u64, u64), RecordError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{change, cols, data_file, failure, samples, skipped};
-    use super::super::{CdcFormat, Skip, SourcePos, TableRef};
     use crate::dead_letter::Reason;
+    use crate::formats::testing::{change, cols, data_file, failure, samples, skipped};
+    use crate::formats::{CdcFormat, Skip, SourcePos, TableRef};
     use crate::model::Op;
 
     #[test]

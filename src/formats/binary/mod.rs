@@ -12,20 +12,24 @@
 //! `decimal.format=NUMERIC`. Key templates, primary keys and version columns
 //! then read binary rows as they read JSON ones.
 
+pub(in crate::formats) mod avro;
+pub(in crate::formats) mod framing;
+pub(in crate::formats) mod protobuf;
+
 use std::borrow::Cow;
 
 use num_bigint::BigInt;
 use serde::Serializer;
 use serde_json::value::RawValue;
 
-use super::debezium::{self, SourceMeta, Transaction};
-use super::json::{Field, millis};
-use super::{DecodedCdc, Row, Skip};
 use crate::dead_letter::{Reason, RecordError};
+use crate::formats::cdc::{self, SourceMeta, Transaction};
+use crate::formats::json::{Field, millis};
+use crate::formats::{DecodedCdc, Row, Skip};
 use crate::model::{Millis, Op};
 
 /// Column names and their values as JSON text.
-pub(super) type OwnedRow = Vec<(String, Box<RawValue>)>;
+pub(in crate::formats) type OwnedRow = Vec<(String, Box<RawValue>)>;
 
 /// A Debezium envelope decoded from a binary record, owning its column
 /// texts.
@@ -52,7 +56,7 @@ pub struct EnvelopeParts {
 
 /// A Kafka key decoded from a binary record: its fields as a row.
 #[derive(Debug)]
-pub struct BinaryKey(pub(super) OwnedRow);
+pub struct BinaryKey(pub(in crate::formats) OwnedRow);
 
 impl BinaryKey {
     /// The key's columns, as [`super::decode_key`] gives a JSON key's.
@@ -69,7 +73,7 @@ fn borrow(row: &OwnedRow) -> Row<'_> {
 
 /// A decoded record (an Avro record, a Protobuf message) as the envelope
 /// reader asks for its fields. A field that is absent or null is `None`.
-pub(super) trait Fields: Sized {
+pub(in crate::formats) trait Fields: Sized {
     /// Whether the record's schema has a field of this name.
     fn has(&self, name: &str) -> bool;
     /// How many fields the record's schema has.
@@ -89,9 +93,9 @@ pub(super) trait Fields: Sized {
 }
 
 /// Reads a binary record as Debezium's: the same marks as a JSON record's
-/// (see `json::decode_by_shape`); a record with none of them is
+/// (see `recognise::decode_by_shape`); a record with none of them is
 /// `unknown_format`, with `what` naming it in the message.
-pub(super) fn read_envelope<F: Fields>(
+pub(in crate::formats) fn read_envelope<F: Fields>(
     top: &F,
     what: impl FnOnce() -> String,
 ) -> Result<BinaryEnvelope, RecordError> {
@@ -127,7 +131,7 @@ fn envelope<F: Fields>(top: &F) -> Result<BinaryEnvelope, RecordError> {
     let code = top
         .string("op")?
         .ok_or_else(|| RecordError::new(Reason::MissingField, "field \"op\" is missing"))?;
-    let Some(op) = debezium::parse_op(code, Field::new("op"))? else {
+    let Some(op) = cdc::parse_op(code, Field::new("op"))? else {
         return Ok(BinaryEnvelope::Skipped(Skip::LogicalMessage));
     };
     let row = |name: &'static str| -> Result<Option<OwnedRow>, RecordError> {
@@ -153,7 +157,7 @@ fn envelope<F: Fields>(top: &F) -> Result<BinaryEnvelope, RecordError> {
     })))
 }
 
-pub(super) fn wrong_type(name: &str, expected: &str) -> RecordError {
+pub(in crate::formats) fn wrong_type(name: &str, expected: &str) -> RecordError {
     RecordError::new(
         Reason::WrongType,
         format!("field \"{name}\" is not {expected}"),
@@ -162,7 +166,7 @@ pub(super) fn wrong_type(name: &str, expected: &str) -> RecordError {
 
 impl BinaryEnvelope {
     /// The change, as the JSON decoders give it: the source block read by
-    /// [`SourceMeta`], the parts put together by [`debezium::change`].
+    /// [`SourceMeta`], the parts put together by [`cdc::change`].
     pub fn view(&self) -> Result<DecodedCdc<'_>, RecordError> {
         let parts = match self {
             BinaryEnvelope::Skipped(skip) => return Ok(DecodedCdc::Skipped(*skip)),
@@ -182,7 +186,7 @@ impl BinaryEnvelope {
             id: parts.tx_id.as_deref().map(Cow::Borrowed),
             total_order: parts.tx_order,
         };
-        Ok(debezium::change(
+        Ok(cdc::change(
             parts.op,
             parts.before.as_ref().map(borrow),
             parts.after.as_ref().map(borrow),
@@ -194,7 +198,7 @@ impl BinaryEnvelope {
 
 /// Serialises a float as the JSON converter writes it: a number, or for
 /// NaN and the infinities (which have no JSON number) the value's text.
-pub(super) fn serialize_float<S: Serializer>(f: f64, s: S) -> Result<S::Ok, S::Error> {
+pub(in crate::formats) fn serialize_float<S: Serializer>(f: f64, s: S) -> Result<S::Ok, S::Error> {
     if f.is_finite() {
         s.serialize_f64(f)
     } else {
@@ -208,7 +212,7 @@ const MAX_DECIMAL_SCALE: usize = 1000;
 
 /// A decimal number of an unscaled integer and a scale, as JSON text;
 /// `None` for a scale past [`MAX_DECIMAL_SCALE`].
-pub(super) fn decimal_text(unscaled: &BigInt, scale: usize) -> Option<Box<RawValue>> {
+pub(in crate::formats) fn decimal_text(unscaled: &BigInt, scale: usize) -> Option<Box<RawValue>> {
     if scale > MAX_DECIMAL_SCALE {
         return None;
     }

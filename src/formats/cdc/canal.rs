@@ -7,14 +7,14 @@
 //! batch Canal fetched (up to `canal.mq.canalBatchSize` entries, which may
 //! hold several transactions or part of one), so it is not read as one.
 
-use super::json::{Field, Object, array, flag, millis, overlay, row, string, strings};
-use super::{CdcFormat, DecodedCdc, RawChange, Row, Skip, SourcePos, TableRef};
 use crate::dead_letter::{Reason, RecordError};
+use crate::formats::json::{Field, Object, array, flag, millis, overlay, row, string, strings};
+use crate::formats::{CdcFormat, DecodedCdc, RawChange, Row, Skip, SourcePos, TableRef};
 use crate::model::Op;
 
 /// Whether a record is a Canal flat message: it has `isDdl`, or an upper-case
 /// `type` with `data` and `database`.
-pub(super) fn matches(record: &Object) -> bool {
+pub(in crate::formats) fn matches(record: &Object) -> bool {
     record.has("isDdl")
         || (record.has("data")
             && record.has("database")
@@ -29,7 +29,7 @@ pub(super) fn matches(record: &Object) -> bool {
 }
 
 /// Decodes a Canal flat message into one change per row of `data`.
-pub(super) fn decode<'a>(message: &Object<'a>) -> Result<DecodedCdc<'a>, RecordError> {
+pub(in crate::formats) fn decode<'a>(message: &Object<'a>) -> Result<DecodedCdc<'a>, RecordError> {
     if message.field("isDdl", flag)? == Some(true) {
         return Ok(DecodedCdc::Skipped(Skip::Ddl));
     }
@@ -108,9 +108,9 @@ pub(super) fn decode<'a>(message: &Object<'a>) -> Result<DecodedCdc<'a>, RecordE
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{change, changes, cols, data_file, failure, samples, skipped};
-    use super::super::{CdcFormat, Skip, SourcePos, TableRef};
     use crate::dead_letter::Reason;
+    use crate::formats::testing::{change, changes, cols, data_file, failure, samples, skipped};
+    use crate::formats::{CdcFormat, Skip, SourcePos, TableRef};
     use crate::model::Op;
 
     #[test]

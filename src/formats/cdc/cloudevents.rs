@@ -11,10 +11,10 @@
 
 use serde_json::value::RawValue;
 
-use super::debezium::{SourceMeta, Transaction, change, parse_op};
-use super::json::{Object, digits, missing, row, string, text, uint_or_digits};
-use super::{DecodedCdc, Skip};
+use super::{SourceMeta, Transaction, change, parse_op};
 use crate::dead_letter::RecordError;
+use crate::formats::json::{Object, digits, missing, row, string, text, uint_or_digits};
+use crate::formats::{DecodedCdc, Skip};
 use crate::model::Op;
 
 /// The operation attribute, the mark of the format beside `specversion`.
@@ -42,13 +42,13 @@ const SOURCE_ATTRIBUTES: [(&str, &str); 12] = [
 const NUMERIC_SOURCE_FIELDS: [&str; 3] = ["ts_ms", "ts_us", "row"];
 
 /// Whether a record is a CloudEvent of Debezium's converter.
-pub(super) fn matches(record: &Object) -> bool {
+pub(in crate::formats) fn matches(record: &Object) -> bool {
     record.has("specversion") && record.has(OP)
 }
 
 /// Decodes a CloudEvent of Debezium's converter (see [`matches`]) into the
 /// change the plain envelope would give.
-pub(super) fn decode<'a>(event: &Object<'a>) -> Result<DecodedCdc<'a>, RecordError> {
+pub(in crate::formats) fn decode<'a>(event: &Object<'a>) -> Result<DecodedCdc<'a>, RecordError> {
     let code = event.required(OP, string)?;
     let Some(op) = parse_op(&code, event.path(OP))? else {
         return Ok(DecodedCdc::Skipped(Skip::LogicalMessage));
@@ -102,9 +102,9 @@ fn number(value: &RawValue) -> &RawValue {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{change, data_file, failure, samples, skipped};
-    use super::super::{Skip, SourcePos, TableRef};
     use crate::dead_letter::Reason;
+    use crate::formats::testing::{change, data_file, failure, samples, skipped};
+    use crate::formats::{Skip, SourcePos, TableRef};
     use crate::model::Op;
 
     /// The plain Debezium envelope of the converter's documentation
@@ -171,14 +171,14 @@ mod tests {
         let create = change(lines[2]);
         assert_eq!(create.op, Op::Create);
         assert_eq!(
-            super::super::testing::cols(&create.after),
+            crate::formats::testing::cols(&create.after),
             [("id", "7"), ("name", "\"w\"")]
         );
         let delete = change(lines[3]);
         assert_eq!(delete.op, Op::Delete);
         assert!(delete.after.is_none());
         assert_eq!(
-            super::super::testing::cols(&delete.before),
+            crate::formats::testing::cols(&delete.before),
             [("id", "7"), ("name", "\"w\"")]
         );
 

@@ -6,7 +6,7 @@
 //! The message is decoded dynamically (`prost-reflect`) with the schema the
 //! registry serves, compiled once per id, read through [`Fields`] by the
 //! envelope reader the binary formats share, and each column written as
-//! JSON text (see [`super::envelope`]), as Debezium's JSON converter gives
+//! JSON text (see [`super`]), as Debezium's JSON converter gives
 //! the Connect value the converter turned into the message: numbers for
 //! integers (`io.debezium.time.*` are `int64`), strings for strings and
 //! enum values (their names), base64 for bytes, `true`/`false`, arrays for
@@ -28,12 +28,12 @@ use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, ReflectMessag
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::value::RawValue;
 
-use super::envelope::{
+use super::{
     BinaryEnvelope, BinaryKey, Fields, OwnedRow, decimal_text, read_envelope, serialize_float,
     wrong_type,
 };
-use super::timestamp::days_from_civil;
 use crate::dead_letter::{Reason, RecordError, base64};
+use crate::formats::json::timestamp::days_from_civil;
 use crate::registry::ProtoSchema;
 
 /// At most this many message indexes (nesting levels) are read; past it the
@@ -401,14 +401,13 @@ impl Serialize for MessageJson<'_> {
 mod tests {
     use proptest::prelude::*;
 
-    use super::super::DecodedCdc;
-    use super::super::avro::tests::mysql_update;
-    use super::super::testing::{changes, proto_record, proto_schema};
     use super::*;
+    use crate::formats::DecodedCdc;
+    use crate::formats::testing::{changes, mysql_update, proto_record, proto_schema};
 
     /// The payload after the schema id of a framed record.
     fn payload(framed: &[u8]) -> &[u8] {
-        super::super::framed(framed).expect("framed").datum
+        crate::formats::framed(framed).expect("framed").datum
     }
 
     fn assert_same_as_json(schema: &ProtoSchema, proto_json: &str, json: &str) {

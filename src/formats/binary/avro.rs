@@ -4,7 +4,7 @@
 //!
 //! The envelope is decoded with its writer schema into Avro values, read
 //! through [`Fields`] by the envelope reader the binary formats share, and
-//! each column written as JSON text (see [`super::envelope`]): numbers for
+//! each column written as JSON text (see [`super`]): numbers for
 //! `int`/`long` and the time types built on them, `io.debezium.time.*`,
 //! `date`, `timestamp-millis`/`-micros`; strings for strings, enums and
 //! `ZonedTimestamp`; base64 for bytes; objects for records and maps; a
@@ -18,7 +18,7 @@ use num_bigint::BigInt;
 use serde::ser::{Error as _, Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::value::RawValue;
 
-use super::envelope::{
+use super::{
     BinaryEnvelope, BinaryKey, Fields, OwnedRow, decimal_text, read_envelope, serialize_float,
     wrong_type,
 };
@@ -381,29 +381,15 @@ impl Serialize for Json<'_> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use apache_avro::Decimal;
     use proptest::prelude::*;
 
-    use super::super::testing::{avro_record, avro_schema, changes};
-    use super::super::{DecodedCdc, framed};
     use super::*;
-
-    fn union(index: u32, value: Value) -> Value {
-        Value::Union(index, Box::new(value))
-    }
-
-    fn null() -> Value {
-        union(0, Value::Null)
-    }
-
-    fn string(s: &str) -> Value {
-        Value::String(s.into())
-    }
-
-    fn record(fields: Vec<(&str, Value)>) -> Value {
-        Value::Record(fields.into_iter().map(|(n, v)| (n.into(), v)).collect())
-    }
+    use crate::formats::testing::{
+        avro_record, avro_schema, changes, mysql_update, null, record, string, union,
+    };
+    use crate::formats::{DecodedCdc, framed};
 
     /// A PostgreSQL update as the kvs schema writes it, and the same event
     /// as Debezium's JSON converter writes it (schemaless).
@@ -463,52 +449,6 @@ pub(crate) mod tests {
             ("ts_ns", null()),
         ]);
         let json = r#"{"before":null,"after":{"tenant":"t1","store":"s1","partition_key":"pk-1","sort_key":"a","version":"7","updated_at":"2024-03-01T10:00:00.123456Z","tags":["x",null],"data":"hello \"world\"","encoding":null,"schema":3,"lookup_keys":null},"source":{"version":"2.5.0.Final","connector":"postgresql","name":"changefeed","ts_ms":1709287200123,"snapshot":"false","db":"kv","sequence":"[\"24023119\",\"24023128\"]","ts_us":1709287200123456,"ts_ns":1709287200123456000,"schema":"public","table":"kvs","txId":555,"lsn":24023128,"xmin":null},"transaction":{"id":"555:24023128","total_order":2,"data_collection_order":1},"op":"u","ts_ms":1709287200200,"ts_us":null,"ts_ns":null}"#;
-        (value, json)
-    }
-
-    /// A MySQL update with both images, Avro and JSON.
-    pub(crate) fn mysql_update() -> (Value, &'static str) {
-        let row = |email: &str, description: Value| {
-            record(vec![
-                ("id", Value::Int(1)),
-                ("name", string("Ann")),
-                ("email", string(email)),
-                ("description", description),
-                ("city2", union(1, string("Oslo"))),
-            ])
-        };
-        let value = record(vec![
-            ("before", union(1, row("ann@example.com", null()))),
-            (
-                "after",
-                union(1, row("ann@new.example", union(1, string("hi")))),
-            ),
-            (
-                "source",
-                record(vec![
-                    ("version", string("1.9.7.Final")),
-                    ("connector", string("mysql")),
-                    ("name", string("mysql")),
-                    ("ts_ms", Value::Long(1_700_000_000_000)),
-                    ("snapshot", union(0, string("false"))),
-                    ("db", string("demo")),
-                    ("table", union(1, string("users"))),
-                    ("server_id", Value::Long(223_344)),
-                    (
-                        "gtid",
-                        union(1, string("3e11fa47-71ca-11e1-9e33-c80aa9429562:23")),
-                    ),
-                    ("file", string("mysql-bin.000003")),
-                    ("pos", Value::Long(154)),
-                    ("row", Value::Int(0)),
-                    ("thread", union(1, Value::Long(7))),
-                    ("query", null()),
-                ]),
-            ),
-            ("op", string("u")),
-            ("ts_ms", union(1, Value::Long(1_700_000_000_100))),
-        ]);
-        let json = r#"{"before":{"id":1,"name":"Ann","email":"ann@example.com","description":null,"city2":"Oslo"},"after":{"id":1,"name":"Ann","email":"ann@new.example","description":"hi","city2":"Oslo"},"source":{"version":"1.9.7.Final","connector":"mysql","name":"mysql","ts_ms":1700000000000,"snapshot":"false","db":"demo","table":"users","server_id":223344,"gtid":"3e11fa47-71ca-11e1-9e33-c80aa9429562:23","file":"mysql-bin.000003","pos":154,"row":0,"thread":7,"query":null},"op":"u","ts_ms":1700000000100}"#;
         (value, json)
     }
 

@@ -2,10 +2,10 @@
 //! row's columns plus metadata fields named with a `__` prefix (`__op`,
 //! `__table`, `__lsn`, `__source_ts_ms`, `__deleted`...).
 
-use super::debezium::{SourceMeta, parse_op};
-use super::json::{Field, Object, flag, millis, string, unrecognised};
-use super::{CdcFormat, DecodedCdc, RawChange, Skip, TableRef};
+use super::{SourceMeta, parse_op};
 use crate::dead_letter::RecordError;
+use crate::formats::json::{Field, Object, flag, millis, string, unrecognised};
+use crate::formats::{CdcFormat, DecodedCdc, RawChange, Skip, TableRef};
 use crate::model::Op;
 
 const META_PREFIX: &str = "__";
@@ -13,7 +13,7 @@ const META_PREFIX: &str = "__";
 /// The table a flattened record names (`__table`, `__db`, `__schema`), to
 /// ask whether it is declared flattened before decoding it. Names that are
 /// not strings name nothing here; [`decode`] reports them.
-pub(super) fn table<'a>(record: &Object<'a>) -> TableRef<'a> {
+pub(in crate::formats) fn table<'a>(record: &Object<'a>) -> TableRef<'a> {
     let name = |field: &str| {
         record
             .field(field, string)
@@ -30,7 +30,7 @@ pub(super) fn table<'a>(record: &Object<'a>) -> TableRef<'a> {
 
 /// Decodes a flattened record. Without `__op` or `__deleted` the record is
 /// taken as an update carrying the after image.
-pub(super) fn decode(record: Object<'_>) -> Result<DecodedCdc<'_>, RecordError> {
+pub(in crate::formats) fn decode(record: Object<'_>) -> Result<DecodedCdc<'_>, RecordError> {
     if record.fields.is_empty() {
         return Err(unrecognised(&record));
     }
@@ -84,9 +84,9 @@ pub(super) fn decode(record: Object<'_>) -> Result<DecodedCdc<'_>, RecordError> 
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{change, cols, data_file, failure, samples};
-    use super::super::{CdcFormat, Flattened, SourcePos, TableRef, decode_cdc};
     use crate::dead_letter::Reason;
+    use crate::formats::testing::{change, cols, data_file, failure, samples};
+    use crate::formats::{CdcFormat, Flattened, SourcePos, TableRef, decode_cdc};
     use crate::model::Op;
 
     #[test]

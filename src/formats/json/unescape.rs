@@ -67,7 +67,7 @@ pub fn unescape<'a>(quoted: &'a str, scratch: &'a mut String) -> Result<&'a str,
 
 /// Decodes the escape at the start of `text` (which starts with `\`): the
 /// character and the length of the escape.
-pub(super) fn escape(text: &str) -> Result<(char, usize), UnescapeError> {
+pub(in crate::formats) fn escape(text: &str) -> Result<(char, usize), UnescapeError> {
     let bytes = text.as_bytes();
     let simple = match bytes.get(1) {
         Some(b'"') => '"',

@@ -1,0 +1,264 @@
+//! CDC formats in JSON, one decoder each ([`debezium`], [`flat`] for
+//! Debezium flattened by `ExtractNewRecordState`, [`cloudevents`] for
+//! Debezium's CloudEvents converter, [`maxwell`], [`canal`], and
+//! [`transaction`] for Debezium's transaction metadata), and what every
+//! reader of a Debezium change shares, whatever its wire format (these JSON
+//! decoders and the binary ones): the operation codes, the source metadata
+//! ([`SourceMeta`]), the `transaction` block and the change they make.
+
+pub(in crate::formats) mod canal;
+pub(in crate::formats) mod cloudevents;
+pub(in crate::formats) mod debezium;
+pub(in crate::formats) mod flat;
+pub(in crate::formats) mod maxwell;
+pub(in crate::formats) mod transaction;
+
+use std::borrow::Cow;
+
+use serde_json::value::RawValue;
+
+use crate::dead_letter::{Reason, RecordError};
+use crate::formats::json::{
+    Field, Object, binlog_file_index, digits, millis, string, text, uint, uint_or_digits,
+    wrong_type,
+};
+use crate::formats::{CdcFormat, DecodedCdc, RawChange, Row, SourcePos, TableRef};
+use crate::model::{Millis, Op};
+
+/// An envelope's `transaction` block: the transaction's id and the order of
+/// the change in it.
+#[derive(Default)]
+pub(in crate::formats) struct Transaction<'a> {
+    pub(in crate::formats) id: Option<Cow<'a, str>>,
+    pub(in crate::formats) total_order: Option<u64>,
+}
+
+impl<'a> Transaction<'a> {
+    pub(in crate::formats) fn read(block: Option<&Object<'a>>) -> Result<Self, RecordError> {
+        let Some(block) = block else {
+            return Ok(Transaction::default());
+        };
+        Ok(Transaction {
+            id: block.field("id", text)?,
+            total_order: block.field("total_order", uint)?,
+        })
+    }
+}
+
+/// The change of an envelope, from its parts as every reader finds them.
+/// The transaction's id, when given, wins over the source's `txId`.
+pub(in crate::formats) fn change<'a>(
+    op: Op,
+    before: Option<Row<'a>>,
+    after: Option<Row<'a>>,
+    source: SourceMeta<'a>,
+    transaction: Transaction<'a>,
+) -> DecodedCdc<'a> {
+    let (table, mut pos) = source.finish();
+    if let Some(id) = transaction.id {
+        pos.tx_id = Some(id);
+    }
+    pos.tx_order = transaction.total_order;
+    DecodedCdc::Changes(vec![RawChange {
+        format: CdcFormat::Debezium,
+        table,
+        op,
+        before,
+        after,
+        pk_columns: None,
+        pos,
+    }])
+}
+
+/// A Debezium schema-change event (the schema history topic's value).
+pub(in crate::formats) fn is_schema_change(object: &Object) -> bool {
+    object.has("ddl") && object.has("tableChanges")
+}
+
+/// Maps a Debezium operation code; `None` for `m`, a logical-decoding
+/// message, which carries no row change.
+pub(in crate::formats) fn parse_op(code: &str, field: Field) -> Result<Option<Op>, RecordError> {
+    Ok(Some(match code {
+        "c" => Op::Create,
+        "u" => Op::Update,
+        "d" => Op::Delete,
+        "r" => Op::Read,
+        "t" => Op::Truncate,
+        "m" => return Ok(None),
+        other => {
+            return Err(RecordError::new(
+                Reason::UnknownOp,
+                format!("{field} has unknown operation {other:?}"),
+            ));
+        }
+    }))
+}
+
+/// Debezium source metadata, collected field by field (from the `source`
+/// block, or from a flattened record's `__` fields) and then resolved into a
+/// table and a [`SourcePos`].
+#[derive(Default)]
+pub(in crate::formats) struct SourceMeta<'a> {
+    table: TableRef<'a>,
+    pos: SourcePos<'a>,
+    ts_ms: Option<Millis>,
+    ts_us: Option<u64>,
+    ts_usec: Option<u64>,
+    /// The envelope's `ts_ms`: when the connector processed the change, the
+    /// last fallback for the commit time.
+    pub(in crate::formats) envelope_ts_ms: Option<Millis>,
+}
+
+impl<'a> SourceMeta<'a> {
+    /// The fields [`SourceMeta::read`] reads (it ignores the others).
+    const FIELDS: [&'static str; 13] = [
+        "ts_ms", "ts_us", "ts_usec", "lsn", "sequence", "file", "pos", "row", "gtid", "txId",
+        "schema", "db", "table",
+    ];
+
+    /// Whether [`SourceMeta::read`] reads a field of this name.
+    pub(in crate::formats) fn reads(key: &str) -> bool {
+        Self::FIELDS.contains(&key)
+    }
+
+    /// Reads one field of the source block, `key` being its name there and
+    /// `field` how errors name it. `null` and unknown fields are ignored.
+    pub(in crate::formats) fn read(
+        &mut self,
+        key: &str,
+        value: &'a RawValue,
+        field: Field,
+    ) -> Result<(), RecordError> {
+        if value.get() == "null" {
+            return Ok(());
+        }
+        match key {
+            "ts_ms" => self.ts_ms = Some(millis(value, field)?),
+            "ts_us" => self.ts_us = Some(uint(value, field)?),
+            "ts_usec" => self.ts_usec = Some(uint(value, field)?),
+            "lsn" => self.pos.lsn = Some(uint_or_digits(value, field)?),
+            "sequence" => self.pos.commit_lsn = commit_lsn(value, field)?,
+            "file" => self.pos.binlog_file = binlog_file(value, field)?,
+            "pos" => self.pos.binlog_pos = Some(uint_or_digits(value, field)?),
+            "row" => self.pos.binlog_row = Some(uint(value, field)?),
+            "gtid" => self.pos.gtid_seq = Some(gtid_seq(value, field)?),
+            "txId" => self.pos.tx_id = Some(text(value, field)?),
+            "schema" => self.table.schema = name(value, field)?,
+            "db" => self.table.db = name(value, field)?,
+            "table" => self.table.table = name(value, field)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The table and position. The commit time is the first positive one of
+    /// `ts_ms`, `ts_us`/1000, `ts_usec`/1000 (Debezium 0.9) and the
+    /// envelope's `ts_ms` (MySQL snapshot events carry `source.ts_ms` = 0).
+    pub(in crate::formats) fn finish(self) -> (TableRef<'a>, SourcePos<'a>) {
+        let from_us = |us: Option<u64>| us.and_then(|us| Millis::try_from(us / 1000).ok());
+        let commit_ts_ms = [
+            self.ts_ms,
+            from_us(self.ts_us),
+            from_us(self.ts_usec),
+            self.envelope_ts_ms,
+        ]
+        .into_iter()
+        .flatten()
+        .find(|&ts| ts > 0);
+        let pos = SourcePos {
+            commit_ts_ms,
+            ..self.pos
+        };
+        (self.table, pos)
+    }
+}
+
+/// A table-naming field; the empty string (logical messages carry
+/// `"table": ""`) names nothing.
+fn name<'a>(value: &'a RawValue, field: Field) -> Result<Option<Cow<'a, str>>, RecordError> {
+    let name = string(value, field)?;
+    Ok((!name.is_empty()).then_some(name))
+}
+
+/// PostgreSQL's `source.sequence`: a string holding a JSON array of LSN
+/// strings, `["last commit LSN", "LSN"]`; the commit LSN is the first one,
+/// which may be null.
+fn commit_lsn(value: &RawValue, field: Field) -> Result<Option<u64>, RecordError> {
+    usual_sequence_head(value.get()).map_or_else(|| sequence_head(value, field), Ok)
+}
+
+/// The first LSN of any `source.sequence` text.
+fn sequence_head(value: &RawValue, field: Field) -> Result<Option<u64>, RecordError> {
+    let expected = "a string holding a JSON array of LSNs";
+    let sequence = string(value, field).map_err(|_| wrong_type(field, expected, value))?;
+    let lsns: Vec<&RawValue> =
+        serde_json::from_str(&sequence).map_err(|_| wrong_type(field, expected, value))?;
+    match lsns.first() {
+        Some(first) if first.get() != "null" => uint_or_digits(first, field.at(0)).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// The commit LSN of `source.sequence` as the PostgreSQL connector writes
+/// it, `"[\"1099\",\"1100\"]"` or `"[null,\"1100\"]"`, read from the raw
+/// text without unescaping it and parsing the array inside; `None` for any
+/// other text (then read the general way, with the same result).
+fn usual_sequence_head(raw: &str) -> Option<Option<u64>> {
+    let quoted_digits = |s: &str| digits(s.strip_prefix("\\\"")?.strip_suffix("\\\"")?);
+    let (first, second) = raw
+        .strip_prefix("\"[")?
+        .strip_suffix("]\"")?
+        .split_once(',')?;
+    quoted_digits(second)?;
+    match first {
+        "null" => Some(None),
+        _ => quoted_digits(first).map(Some),
+    }
+}
+
+/// MySQL's `source.file` (`mysql-bin.000003` -> 3); the empty name, which
+/// some snapshot events carry, gives `None`.
+fn binlog_file(value: &RawValue, field: Field) -> Result<Option<u64>, RecordError> {
+    let file = string(value, field)?;
+    if file.is_empty() {
+        return Ok(None);
+    }
+    binlog_file_index(&file)
+        .map(Some)
+        .ok_or_else(|| wrong_type(field, "a binlog file name like \"mysql-bin.000003\"", value))
+}
+
+/// The transaction number of `source.gtid`: a MySQL GTID `uuid:23`, the
+/// upper end of a GTID set interval `uuid:1-23`, or the sequence number of a
+/// MariaDB GTID `0-1-23`.
+fn gtid_seq(value: &RawValue, field: Field) -> Result<u64, RecordError> {
+    let gtid = string(value, field)?;
+    let last = gtid.rsplit(':').next().unwrap_or_default();
+    let seq = last.rsplit('-').next().unwrap_or_default();
+    digits(seq).ok_or_else(|| wrong_type(field, "a GTID like \"uuid:23\"", value))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_usual_sequence_reads_as_any_other() {
+        use super::{Field, sequence_head, usual_sequence_head};
+        let usual = [r#""[\"1099\",\"1100\"]""#, r#""[null,\"1100\"]""#];
+        let unusual = [
+            r#""[\"\",\"1\"]""#,
+            r#""[\"1\"]""#,
+            r#""[\"1\",\"2\",\"3\"]""#,
+            r#""[1,\"2\"]""#,
+            r#""[\"18446744073709551616\",\"1\"]""#,
+            r#""[ \"1\", \"2\"]""#,
+        ];
+        for raw in usual.iter().chain(&unusual) {
+            let value = serde_json::from_str(raw).expect("a JSON string");
+            let general = sequence_head(value, Field::new("sequence"));
+            match usual_sequence_head(raw) {
+                Some(head) => assert_eq!(Ok(head), general, "{raw}"),
+                None => assert!(!usual.contains(raw), "{raw} is read the usual way"),
+            }
+        }
+    }
+}
