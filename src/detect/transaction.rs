@@ -31,35 +31,15 @@
 //! many remembered): beyond it the one due first is dropped undecided and
 //! counted.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
-
-use foldhash::fast::RandomState;
 
 use serde::{Deserialize, Serialize};
 
 use crate::events::{TxDetail, Violation, ViolationKind};
 use crate::model::{Millis, Provenance};
 
-/// Maps and sets by transaction id, with a fast hash: every record of a
-/// transaction looks its id up a few times.
-type IdMap<V> = HashMap<Arc<str>, V, RandomState>;
-type IdSet = HashSet<Arc<str>, RandomState>;
-
-/// The ids in `changed`, in order, each with its value in `by_id` (`None`
-/// for one gone). Drained, not taken: the set keeps its capacity for the
-/// next checkpoint's ids.
-fn take_changed<'a, V>(changed: &mut IdSet, by_id: &'a IdMap<V>) -> Vec<(Arc<str>, Option<&'a V>)> {
-    let mut out: Vec<(Arc<str>, Option<&V>)> = changed
-        .drain()
-        .map(|id| {
-            let value = by_id.get(&id);
-            (id, value)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
+pub use tracked::{IdMap, Tracked, Writes};
 
 /// `total_order` numbers listed at most in an `incomplete_transaction`.
 pub const MAX_LISTED_ORDERS: usize = 1000;
@@ -109,6 +89,29 @@ pub enum TxMark {
         xoffset: Option<u64>,
         commit: bool,
     },
+}
+
+/// A record of a transaction, as [`TxDetector::on_records`] takes it.
+#[derive(Debug, Clone, Copy)]
+pub enum TxRecord<'a> {
+    Change(&'a TxChange),
+    Boundary(&'a TxBoundary),
+}
+
+impl TxRecord<'_> {
+    fn ts(&self) -> Millis {
+        match self {
+            TxRecord::Change(c) => c.ts,
+            TxRecord::Boundary(b) => b.ts,
+        }
+    }
+
+    fn evidence(&self) -> &Provenance {
+        match self {
+            TxRecord::Change(c) => &c.evidence,
+            TxRecord::Boundary(b) => &b.evidence,
+        }
+    }
 }
 
 /// What an END announces.
@@ -187,6 +190,46 @@ impl Tally {
             self.first_evidence = evidence.clone();
         }
         self.first_ts = self.first_ts.min(ts);
+    }
+
+    /// Tallies a record of the transaction.
+    fn add(&mut self, record: TxRecord<'_>) {
+        let b = match record {
+            TxRecord::Change(c) => {
+                self.saw(c.ts, &c.evidence, false);
+                self.count(&c.table, Some(c.order));
+                return;
+            }
+            TxRecord::Boundary(b) => b,
+        };
+        let end = match &b.mark {
+            TxMark::Begin => {
+                self.saw(b.ts, &b.evidence, true);
+                None
+            }
+            TxMark::End(counts) => {
+                self.saw(b.ts, &b.evidence, false);
+                Some(counts.clone())
+            }
+            TxMark::Row {
+                table,
+                xoffset,
+                commit,
+            } => {
+                self.saw(b.ts, &b.evidence, false);
+                self.count(table, *xoffset);
+                commit.then(EndCounts::maxwell_commit)
+            }
+        };
+        if let Some(counts) = end
+            && self.end.is_none()
+        {
+            self.end = Some(EndSeen {
+                ts: b.ts,
+                counts,
+                evidence: b.evidence.clone(),
+            });
+        }
     }
 
     /// Notes a change or row of `table`, and its number in the transaction
@@ -275,25 +318,71 @@ pub struct TxDecisions {
     pub late: u64,
 }
 
+/// What a checkpoint writes of the transactions: the open ones changed
+/// since the last checkpoint by id (and deletes of those held by id that
+/// are closed or gone), and the ones closed since, with when each is
+/// forgotten (written together, not by id).
+#[derive(Debug)]
+pub struct TxCheckpoint<'a> {
+    pub writes: Writes<'a, TxEntry>,
+    pub closed: Vec<(Arc<str>, Millis)>,
+}
+
 /// The open and recently decided transactions.
 #[derive(Debug, Default)]
 pub struct TxDetector {
-    txs: IdMap<TxEntry>,
+    txs: Tracked<TxEntry>,
     /// (due, id) of open transactions, and of closed ones.
     open_due: BTreeSet<(Millis, Arc<str>)>,
     closed_due: BTreeSet<(Millis, Arc<str>)>,
-    /// Ids whose entry changed (or went) since [`TxDetector::take_changed`].
-    changed: IdSet,
+    /// Transactions closed since the last checkpoint, and when each is
+    /// forgotten.
+    closed: Vec<(Arc<str>, Millis)>,
 }
 
 impl TxDetector {
-    /// A detector over the entries of a checkpoint.
-    pub fn new(entries: impl IntoIterator<Item = (Arc<str>, TxEntry)>) -> Self {
-        let mut d = TxDetector::default();
-        for (id, entry) in entries {
-            d.index(&id, &entry);
-            d.txs.insert(id, entry);
+    /// A detector over what a checkpoint wrote: the entries held by id
+    /// (open ones), and the closed ones with when each is forgotten. Of
+    /// the closed, those forgotten by `watermark` are left out, and of the
+    /// rest at most `max_open`, the last forgotten (as the detector keeps
+    /// them); an id both open and closed is open (it was closed, forgotten
+    /// and opened again).
+    pub fn new(
+        entries: impl IntoIterator<Item = (Arc<str>, TxEntry)>,
+        closed: impl IntoIterator<Item = (Arc<str>, Millis)>,
+        watermark: Millis,
+        rules: &TxRules,
+    ) -> Self {
+        let entries: Vec<(Arc<str>, TxEntry)> = entries.into_iter().collect();
+        let held: IdMap<()> = entries.iter().map(|(id, _)| (Arc::clone(id), ())).collect();
+        let mut last: IdMap<Millis> = IdMap::default();
+        for (id, forget) in closed {
+            if forget > watermark && !held.contains_key(&id) {
+                let f = last.entry(id).or_insert(forget);
+                *f = (*f).max(forget);
+            }
         }
+        let mut closed: Vec<(Millis, Arc<str>)> =
+            last.into_iter().map(|(id, forget)| (forget, id)).collect();
+        closed.sort_unstable();
+        let keep = closed.len().saturating_sub(rules.max_open);
+        let closed = closed.into_iter().skip(keep).map(|(forget, id)| {
+            let entry = TxEntry {
+                due: forget,
+                state: TxState::Closed,
+            };
+            (id, entry, false)
+        });
+        let all: Vec<(Arc<str>, TxEntry, bool)> = entries
+            .into_iter()
+            .map(|(id, entry)| (id, entry, true))
+            .chain(closed)
+            .collect();
+        let mut d = TxDetector::default();
+        for (id, entry, _) in &all {
+            d.index(id, entry);
+        }
+        d.txs = Tracked::restored(all);
         d
     }
 
@@ -302,37 +391,28 @@ impl TxDetector {
         self.open_due.len()
     }
 
-    /// The entries changed since last asked, `None` for those forgotten.
-    pub fn take_changed(&mut self) -> Vec<(Arc<str>, Option<&TxEntry>)> {
-        take_changed(&mut self.changed, &self.txs)
-    }
-
-    fn set(&mut self, which: bool, due: Millis, id: &Arc<str>, insert: bool) {
-        let set = if which {
-            &mut self.open_due
-        } else {
-            &mut self.closed_due
-        };
-        if insert {
-            set.insert((due, Arc::clone(id)));
-        } else {
-            set.remove(&(due, Arc::clone(id)));
+    /// What the checkpoint writes (see [`TxCheckpoint`]).
+    pub fn take_changed(&mut self) -> TxCheckpoint<'_> {
+        let closed = std::mem::take(&mut self.closed);
+        TxCheckpoint {
+            writes: self
+                .txs
+                .take_writes(|e| matches!(e.state, TxState::Open(_))),
+            closed,
         }
     }
 
     fn index(&mut self, id: &Arc<str>, entry: &TxEntry) {
-        let open = matches!(entry.state, TxState::Open(_));
-        self.set(open, entry.due, id, true);
+        let set = match entry.state {
+            TxState::Open(_) => &mut self.open_due,
+            TxState::Closed => &mut self.closed_due,
+        };
+        set.insert((entry.due, Arc::clone(id)));
     }
 
     /// A change of a mapped table, in its transaction.
     pub fn on_change(&mut self, c: &TxChange, wm: Millis, rules: &TxRules, out: &mut TxDecisions) {
-        let Some(tally) = self.tally(&c.tx, c.ts, &c.evidence, wm, rules, out) else {
-            return;
-        };
-        tally.saw(c.ts, &c.evidence, false);
-        tally.count(&c.table, Some(c.order));
-        self.retime(&c.tx, rules);
+        self.on_records(&c.tx, [TxRecord::Change(c)], wm, rules, out);
     }
 
     /// A transaction's BEGIN or END.
@@ -343,135 +423,105 @@ impl TxDetector {
         rules: &TxRules,
         out: &mut TxDecisions,
     ) {
-        let Some(tally) = self.tally(&b.tx, b.ts, &b.evidence, wm, rules, out) else {
-            return;
-        };
-        let end = match &b.mark {
-            TxMark::Begin => {
-                tally.saw(b.ts, &b.evidence, true);
-                None
-            }
-            TxMark::End(counts) => {
-                tally.saw(b.ts, &b.evidence, false);
-                Some(counts.clone())
-            }
-            TxMark::Row {
-                table,
-                xoffset,
-                commit,
-            } => {
-                tally.saw(b.ts, &b.evidence, false);
-                tally.count(table, *xoffset);
-                commit.then(EndCounts::maxwell_commit)
-            }
-        };
-        if let Some(counts) = end
-            && tally.end.is_none()
-        {
-            tally.end = Some(EndSeen {
-                ts: b.ts,
-                counts,
-                evidence: b.evidence.clone(),
-            });
-        }
-        self.retime(&b.tx, rules);
+        self.on_records(&b.tx, [TxRecord::Boundary(b)], wm, rules, out);
     }
 
-    /// The open tally of `tx`, opened for a record at `ts` if need be;
-    /// `None` when the record is late (its transaction decided, or due
-    /// already).
-    fn tally(
+    /// Records of transaction `tx`, in their order: each tallied as
+    /// [`TxDetector::on_change`] or [`TxDetector::on_boundary`] would, the
+    /// transaction looked up once. A record opens the transaction if need
+    /// be, unless it is late: its transaction decided, or due already.
+    pub fn on_records<'a>(
+        &mut self,
+        tx: &Arc<str>,
+        records: impl IntoIterator<Item = TxRecord<'a>>,
+        wm: Millis,
+        rules: &TxRules,
+        out: &mut TxDecisions,
+    ) {
+        let mut records = records.into_iter().peekable();
+        if records.peek().is_none() {
+            return;
+        }
+        if !self.txs.contains(tx) {
+            // Late records cannot open it: the first that is not does.
+            let late = |r: &TxRecord<'_>| r.ts().saturating_add(rules.timeout_ms) <= wm;
+            while records.next_if(late).is_some() {
+                out.late += 1;
+            }
+            let Some(first) = records.peek() else {
+                return;
+            };
+            self.open_for(tx, first.ts(), first.evidence(), rules, out);
+        }
+        let Some(entry) = self.txs.touch(tx) else {
+            return;
+        };
+        let TxState::Open(tally) = &mut entry.state else {
+            out.late += records.count() as u64;
+            return;
+        };
+        for r in records {
+            tally.add(r);
+        }
+        let (old, due) = (entry.due, tally.due(rules));
+        if old != due {
+            entry.due = due;
+            self.open_due.remove(&(old, Arc::clone(tx)));
+            self.open_due.insert((due, Arc::clone(tx)));
+        }
+    }
+
+    /// Opens transaction `tx` for a record at `ts`, dropping the one due
+    /// first when `max_open` are open.
+    fn open_for(
         &mut self,
         tx: &Arc<str>,
         ts: Millis,
         evidence: &Provenance,
-        wm: Millis,
         rules: &TxRules,
         out: &mut TxDecisions,
-    ) -> Option<&mut Tally> {
-        match self
-            .txs
-            .get(tx)
-            .map(|e| matches!(e.state, TxState::Open(_)))
-        {
-            Some(false) => {
-                out.late += 1;
-                return None;
-            }
-            Some(true) => {}
-            None => {
-                if ts.saturating_add(rules.timeout_ms) <= wm {
-                    out.late += 1;
-                    return None;
-                }
-                if self.open_due.len() >= rules.max_open {
-                    self.drop_first(rules);
-                    out.dropped += 1;
-                }
-                let entry = TxEntry {
-                    due: Millis::MAX,
-                    state: TxState::Open(Tally {
-                        first_ts: ts,
-                        first_evidence: evidence.clone(),
-                        begin_seen: false,
-                        end: None,
-                        tables: Vec::new(),
-                    }),
-                };
-                self.index(tx, &entry);
-                self.txs.insert(Arc::clone(tx), entry);
-            }
+    ) {
+        if self.open_due.len() >= rules.max_open {
+            self.drop_first(rules);
+            out.dropped += 1;
         }
-        self.changed.insert(Arc::clone(tx));
-        match self.txs.get_mut(tx) {
-            Some(TxEntry {
-                state: TxState::Open(tally),
-                ..
-            }) => Some(tally),
-            _ => None,
-        }
-    }
-
-    /// Moves an open transaction to its due time in the index.
-    fn retime(&mut self, tx: &Arc<str>, rules: &TxRules) {
-        let Some(entry) = self.txs.get(tx) else {
-            return;
-        };
-        let TxState::Open(tally) = &entry.state else {
-            return;
-        };
-        let (old, due) = (entry.due, tally.due(rules));
-        if old != due {
-            self.set(true, old, tx, false);
-            self.set(true, due, tx, true);
-            if let Some(entry) = self.txs.get_mut(tx) {
-                entry.due = due;
-            }
-        }
+        self.txs.insert(
+            Arc::clone(tx),
+            TxEntry {
+                due: Millis::MAX,
+                state: TxState::Open(Tally {
+                    first_ts: ts,
+                    first_evidence: evidence.clone(),
+                    begin_seen: false,
+                    end: None,
+                    tables: Vec::new(),
+                }),
+            },
+        );
+        self.open_due.insert((Millis::MAX, Arc::clone(tx)));
     }
 
     /// Drops the open transaction due first, undecided, and forgets the
     /// closed one to be forgotten first when as many are remembered.
     fn drop_first(&mut self, rules: &TxRules) {
         if let Some((due, id)) = self.open_due.pop_first() {
-            self.close(&id, due, rules);
+            self.close(id, due, rules);
         }
     }
 
-    /// Closes an open transaction: remembered until `due + timeout`.
-    fn close(&mut self, id: &Arc<str>, due: Millis, rules: &TxRules) {
-        self.open_due.remove(&(due, Arc::clone(id)));
+    /// Closes an open transaction (out of the open index already):
+    /// remembered until `due + timeout`.
+    fn close(&mut self, id: Arc<str>, due: Millis, rules: &TxRules) {
         let forget = due.saturating_add(rules.timeout_ms);
-        if let Some(entry) = self.txs.get_mut(id) {
+        if let Some(entry) = self.txs.touch(&id) {
             entry.state = TxState::Closed;
             entry.due = forget;
         }
-        self.closed_due.insert((forget, Arc::clone(id)));
-        self.changed.insert(Arc::clone(id));
+        self.closed_due.insert((forget, Arc::clone(&id)));
+        self.closed.push((id, forget));
         while self.closed_due.len() > rules.max_open {
             if let Some((_, old)) = self.closed_due.pop_first() {
                 self.txs.remove(&old);
-                self.changed.insert(old);
             }
         }
     }
@@ -479,10 +529,10 @@ impl TxDetector {
     /// Decides the transactions due by watermark `wm`, and forgets the
     /// decided ones remembered long enough.
     pub fn advance(&mut self, wm: Millis, rules: &TxRules, out: &mut TxDecisions) {
-        while let Some((due, id)) = self.open_due.first().cloned() {
-            if due > wm {
+        while self.open_due.first().is_some_and(|(due, _)| *due <= wm) {
+            let Some((due, id)) = self.open_due.pop_first() else {
                 break;
-            }
+            };
             if let Some(TxEntry {
                 state: TxState::Open(tally),
                 ..
@@ -490,16 +540,14 @@ impl TxDetector {
             {
                 judge(&id, tally, due, out);
             }
-            self.close(&id, due, rules);
+            self.close(id, due, rules);
         }
-        while let Some((due, id)) = self.closed_due.first().cloned() {
-            if due > wm {
+        while self.closed_due.first().is_some_and(|(due, _)| *due <= wm) {
+            let Some((_, id)) = self.closed_due.pop_first() else {
                 break;
-            }
-            self.closed_due.pop_first();
+            };
             if let Some(entry) = self.txs.remove(&id) {
                 debug_assert!(entry.state == TxState::Closed);
-                self.changed.insert(id);
             }
         }
     }
@@ -633,6 +681,7 @@ fn missing_orders(tally: &Tally, counts: &EndCounts) -> Option<Vec<u64>> {
 }
 
 pub mod summary;
+mod tracked;
 
 #[cfg(test)]
 mod tests;

@@ -253,25 +253,32 @@ impl Router {
         self.stats.emit(ChangeDecoded(change.op));
         let scope = self.scope(&change.provenance);
         if self.transactions.is_some()
-            && let (Some(tx), Some(order)) = (&change.tx_id, change.tx_order)
-        {
-            self.pending_tx.push(TxItem::Change(TxChange {
-                tx: Arc::clone(tx),
-                table: Arc::clone(&change.table),
-                order,
-                ts: change.commit_ts_ms,
-                evidence: change.provenance.clone(),
-            }));
-        }
-        if self.transactions.is_some()
-            && change.op.obliges_invalidation()
             && let Some(tx) = &change.tx_id
         {
-            self.pending_tx.push(TxItem::Due {
-                tx: Arc::clone(tx),
-                table: Arc::clone(&change.table),
-                due: change.commit_ts_ms.saturating_add(change.rules.deadline_ms),
-            });
+            let due = change
+                .op
+                .obliges_invalidation()
+                .then(|| change.commit_ts_ms.saturating_add(change.rules.deadline_ms));
+            let table = Arc::clone(&change.table);
+            let item = match (change.tx_order, due) {
+                (Some(order), due) => Some(TxItem::Change {
+                    change: TxChange {
+                        tx: Arc::clone(tx),
+                        table,
+                        order,
+                        ts: change.commit_ts_ms,
+                        evidence: change.provenance.clone(),
+                    },
+                    due,
+                }),
+                (None, Some(due)) => Some(TxItem::Due {
+                    tx: Arc::clone(tx),
+                    table,
+                    due,
+                }),
+                (None, None) => None,
+            };
+            self.pending_tx.extend(item);
         }
         let change = Arc::new(change);
         if change.op.is_row_change() {

@@ -561,3 +561,79 @@ fn outputs_do_not_wait_for_the_store_to_write_a_checkpoint() {
         .unwrap();
     assert_eq!(positions, 1, "the checkpoint's position is in the store");
 }
+
+/// A Debezium change of `users` row `id` in transaction `tx`.
+fn tx_change(id: u64, ts: i64, tx: &str, order: u64) -> String {
+    format!(
+        r#"{{"op":"c","after":{{"id":{id},"version":1}},"source":{{"ts_ms":{ts},"schema":"public","table":"users"}},"transaction":{{"id":"{tx}","total_order":{order},"data_collection_order":{order}}}}}"#
+    )
+}
+
+fn tx_begin(tx: &str, ts: i64) -> String {
+    format!(
+        r#"{{"status":"BEGIN","id":"{tx}","ts_ms":{ts},"event_count":null,"data_collections":null}}"#
+    )
+}
+
+fn tx_end(tx: &str, ts: i64, events: u64) -> String {
+    format!(
+        r#"{{"status":"END","id":"{tx}","ts_ms":{ts},"event_count":{events},"data_collections":[{{"data_collection":"public.users","event_count":{events}}}]}}"#
+    )
+}
+
+#[test]
+fn a_restart_remembers_the_decided_transactions_and_finishes_the_open_ones() {
+    let config = CONFIG.replace(
+        "late_window = \"1s\"",
+        "late_window = \"1s\"\ntransactions = true\ntransaction_timeout = \"10s\"",
+    );
+    let invalidated = |id: u64, ts: i64| {
+        [
+            (1, invalidation(&format!("user:{id}"), 1, ts)),
+            (1, invalidation(&format!("user:{id}:profile"), 1, ts)),
+        ]
+    };
+    let mut plan = vec![
+        // A announces two events and one comes: incomplete.
+        (0, tx_begin("A", 1_000)),
+        (0, tx_change(1, 1_000, "A", 1)),
+        (0, tx_end("A", 1_010, 2)),
+    ];
+    plan.extend(invalidated(1, 1_050));
+    // B is complete; C never ends: unterminated.
+    plan.extend([
+        (0, tx_begin("B", 1_500)),
+        (0, tx_change(2, 1_500, "B", 1)),
+        (0, tx_end("B", 1_510, 1)),
+    ]);
+    plan.extend(invalidated(2, 1_550));
+    plan.extend([(0, tx_begin("C", 2_000)), (0, tx_change(3, 2_000, "C", 1))]);
+    plan.extend(invalidated(3, 2_050));
+    // The watermark passes A's and B's ENDs: both decided.
+    plan.push((0, change(4, 1, "c", 5_000)));
+    plan.extend(invalidated(4, 5_050));
+    let split = plan.len();
+    // A redelivered change of A, after its verdict: late, not a new
+    // transaction (that would never end).
+    plan.push((0, tx_change(1, 1_000, "A", 1)));
+    plan.push((0, change(5, 1, "c", 30_000)));
+    plan.extend(invalidated(5, 30_050));
+
+    let harness = || Harness {
+        store: Arc::new(MemStore::new()),
+        config: Config::parse_with_env("test", &config, Vec::new()).unwrap(),
+    };
+    let whole = harness();
+    let options = EngineOptions::from_config(&whole.config, true);
+    let (all, _, _) = whole.run_with(options.clone(), &plan, true, true);
+    let kinds = |out: &[String], kind: &str| out.iter().filter(|v| v.starts_with(kind)).count();
+    assert_eq!(kinds(&all, "incomplete_transaction"), 1, "{all:?}");
+    assert_eq!(kinds(&all, "unterminated_transaction"), 1, "{all:?}");
+
+    let h = harness();
+    let (first, _, _) = h.run_with(options.clone(), &plan[..split], false, true);
+    let (second, _, _) = h.run_with(options, &plan[split..], true, true);
+    let mut both = [first, second].concat();
+    both.sort();
+    assert_eq!(both, all, "the same verdicts across the restart");
+}

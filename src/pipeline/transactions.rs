@@ -18,7 +18,9 @@ use super::{Arrivals, Engine, PipelineError, SinkMsg};
 use crate::detect::transaction::summary::{
     SummaryDecisions, SummaryRules, TxSum, TxSummaries, final_at,
 };
-use crate::detect::transaction::{TxBoundary, TxChange, TxDecisions, TxDetector, TxEntry, TxRules};
+use crate::detect::transaction::{
+    TxBoundary, TxChange, TxDecisions, TxDetector, TxEntry, TxRecord, TxRules,
+};
 use crate::events::Violation;
 use crate::model::Millis;
 use crate::state::{Cf, StateBatch, StateError, Store, codec};
@@ -29,6 +31,14 @@ use crate::telemetry::{
 /// The first byte of the key of a transaction's sum in [`Cf::Transactions`]
 /// (never the first of a UTF-8 transaction id).
 const SUM_PREFIX: u8 = 0xff;
+
+/// The first byte of the key of the transactions closed in one checkpoint
+/// interval (then the interval's number, big-endian): their ids and when
+/// each is forgotten, in one value.
+const CLOSED_PREFIX: u8 = 0xfe;
+
+/// The key of the stage's watermark at the last checkpoint.
+const WATERMARK_KEY: [u8; 1] = [0xfd];
 
 /// What the router and the workers send the transaction stage.
 pub(super) enum TxMsg {
@@ -53,15 +63,57 @@ pub(super) enum TxMsg {
 
 /// One record, as the transaction checks see it.
 pub(super) enum TxItem {
-    Change(TxChange),
+    /// A change carrying its number in its transaction, and when its
+    /// invalidations are due if it obliges some.
+    Change {
+        change: TxChange,
+        due: Option<Millis>,
+    },
     Boundary(TxBoundary),
-    /// A change of a transaction that obliges invalidations, and when they
-    /// are due.
+    /// A change of a transaction without its number that obliges
+    /// invalidations, and when they are due.
     Due {
         tx: Arc<str>,
         table: Arc<str>,
         due: Millis,
     },
+}
+
+impl TxItem {
+    fn tx(&self) -> &Arc<str> {
+        match self {
+            TxItem::Change { change, .. } => &change.tx,
+            TxItem::Boundary(b) => &b.tx,
+            TxItem::Due { tx, .. } => tx,
+        }
+    }
+
+    /// What the transaction's tally takes of it.
+    fn record(&self) -> Option<TxRecord<'_>> {
+        match self {
+            TxItem::Change { change, .. } => Some(TxRecord::Change(change)),
+            TxItem::Boundary(b) => Some(TxRecord::Boundary(b)),
+            TxItem::Due { .. } => None,
+        }
+    }
+
+    /// What the transaction's summary takes of it: the table of a change
+    /// that obliges invalidations, and when they are due.
+    fn due(&self) -> Option<(&Arc<str>, Millis)> {
+        match self {
+            TxItem::Change {
+                change,
+                due: Some(due),
+            } => Some((&change.table, *due)),
+            TxItem::Due { table, due, .. } => Some((table, *due)),
+            _ => None,
+        }
+    }
+}
+
+/// Whether two ids are the same transaction's.
+fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
 }
 
 pub(super) struct TxStage {
@@ -71,6 +123,10 @@ pub(super) struct TxStage {
     summary_rules: SummaryRules,
     /// The router and the workers that have reached each checkpoint.
     reached: Arrivals,
+    /// The values of closed transactions in the store: (interval number,
+    /// when the last of them is forgotten), and the next number.
+    closed_values: Vec<(u64, Millis)>,
+    next_closed: u64,
     sink: Sender<SinkMsg>,
     stats: Arc<Stats>,
     watermark: Millis,
@@ -80,46 +136,79 @@ fn disconnected<T>(_: T) -> PipelineError {
     PipelineError::Disconnected("sink")
 }
 
-/// The transactions and sums of the last checkpoint.
-type Loaded = (Vec<(Arc<str>, TxEntry)>, Vec<(Arc<str>, TxSum)>);
+/// What the last checkpoint wrote of the transactions.
+#[derive(Default)]
+struct Loaded {
+    /// Open transactions, by id.
+    entries: Vec<(Arc<str>, TxEntry)>,
+    /// Closed transactions and when each is forgotten, and the values
+    /// that hold them: (interval number, the last forgotten).
+    closed: Vec<(Arc<str>, Millis)>,
+    closed_values: Vec<(u64, Millis)>,
+    sums: Vec<(Arc<str>, TxSum)>,
+    watermark: Option<Millis>,
+}
 
-/// Reads the transactions and sums of the last checkpoint from the store.
-fn load(store: &dyn Store) -> Result<Loaded, StateError> {
-    let mut entries = Vec::new();
-    let mut sums = Vec::new();
-    let mut failure = None;
-    store.scan(Cf::Transactions, &[], &mut |key, value| {
-        let (is_sum, id) = match key.split_first() {
-            Some((&SUM_PREFIX, id)) => (true, id),
-            _ => (false, key),
-        };
-        let id = std::str::from_utf8(id)
-            .map(Arc::<str>::from)
-            .map_err(|_| StateError::Corrupt {
-                cf: Cf::Transactions.name(),
-                message: "a transaction id that is not UTF-8".into(),
-            });
-        let decoded = id.and_then(|id| {
-            if is_sum {
+fn corrupt(message: &str) -> StateError {
+    StateError::Corrupt {
+        cf: Cf::Transactions.name(),
+        message: message.into(),
+    }
+}
+
+fn utf8_id(id: &[u8]) -> Result<Arc<str>, StateError> {
+    std::str::from_utf8(id)
+        .map(Arc::<str>::from)
+        .map_err(|_| corrupt("a transaction id that is not UTF-8"))
+}
+
+impl Loaded {
+    fn add(&mut self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
+        match key.split_first() {
+            Some((&SUM_PREFIX, id)) => {
                 let (_, sum) = codec::decode::<TxSum>(Cf::Transactions, value)?;
-                sums.push((id, sum));
-            } else {
-                let (_, entry) = codec::decode::<TxEntry>(Cf::Transactions, value)?;
-                entries.push((id, entry));
+                self.sums.push((utf8_id(id)?, sum));
             }
-            Ok(())
-        });
-        match decoded {
+            Some((&CLOSED_PREFIX, number)) => {
+                let number = <[u8; 8]>::try_from(number)
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| corrupt("a closed transactions key of the wrong length"))?;
+                let (last, closed) =
+                    codec::decode::<Vec<(Arc<str>, Millis)>>(Cf::Transactions, value)?;
+                self.closed_values.push((number, last));
+                self.closed.extend(closed);
+            }
+            _ if key == WATERMARK_KEY => {
+                let (_, watermark) = codec::decode::<Millis>(Cf::Transactions, value)?;
+                self.watermark = Some(watermark);
+            }
+            _ => {
+                let (_, entry) = codec::decode::<TxEntry>(Cf::Transactions, value)?;
+                self.entries.push((utf8_id(key)?, entry));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads what the last checkpoint wrote of the transactions.
+fn load(store: &dyn Store) -> Result<Loaded, StateError> {
+    let mut loaded = Loaded::default();
+    let mut failure = None;
+    store.scan(
+        Cf::Transactions,
+        &[],
+        &mut |key, value| match loaded.add(key, value) {
             Ok(()) => true,
             Err(e) => {
                 failure = Some(e);
                 false
             }
-        }
-    })?;
+        },
+    )?;
     match failure {
         Some(e) => Err(e),
-        None => Ok((entries, sums)),
+        None => Ok(loaded),
     }
 }
 
@@ -130,20 +219,29 @@ impl TxStage {
         workers: usize,
         sink: Sender<SinkMsg>,
     ) -> Result<Self, PipelineError> {
-        let (entries, sums) = load(&*engine.store)?;
+        let loaded = load(&*engine.store)?;
         let summary_rules = SummaryRules {
             late_window_ms: engine.options.key_rules.late_window_ms,
             max_open: rules.max_open,
         };
+        let watermark = loaded.watermark.unwrap_or(Millis::MIN);
+        let next_closed = loaded
+            .closed_values
+            .iter()
+            .map(|(number, _)| number + 1)
+            .max()
+            .unwrap_or(0);
         Ok(TxStage {
-            detector: TxDetector::new(entries),
+            detector: TxDetector::new(loaded.entries, loaded.closed, watermark, &rules),
             rules,
-            summaries: TxSummaries::new(workers, sums, &summary_rules),
+            summaries: TxSummaries::new(workers, loaded.sums, &summary_rules),
             summary_rules,
             reached: Arrivals::new(workers + 1),
+            closed_values: loaded.closed_values,
+            next_closed,
             sink,
             stats: Arc::clone(&engine.stats),
-            watermark: Millis::MIN,
+            watermark,
         })
     }
 
@@ -154,24 +252,28 @@ impl TxStage {
                     let started = Instant::now();
                     let mut out = TxDecisions::default();
                     let mut summaries = SummaryDecisions::default();
-                    for item in &items {
-                        match item {
-                            TxItem::Change(c) => {
-                                self.detector
-                                    .on_change(c, self.watermark, &self.rules, &mut out)
-                            }
-                            TxItem::Boundary(b) => {
-                                self.detector
-                                    .on_boundary(b, self.watermark, &self.rules, &mut out)
-                            }
-                            TxItem::Due { tx, table, due } => self.summaries.on_change(
-                                tx,
-                                table,
-                                *due,
-                                &self.summary_rules,
-                                &mut summaries,
-                            ),
-                        }
+                    // A transaction's records come mostly together: each
+                    // run of them is looked up once.
+                    let mut rest = &items[..];
+                    while let Some(first) = rest.first() {
+                        let tx = first.tx();
+                        let n = rest.iter().position(|i| !same(i.tx(), tx));
+                        let (run, after) = rest.split_at(n.unwrap_or(rest.len()));
+                        rest = after;
+                        let records = run.iter().filter_map(TxItem::record);
+                        self.detector.on_records(
+                            tx,
+                            records,
+                            self.watermark,
+                            &self.rules,
+                            &mut out,
+                        );
+                        self.summaries.on_changes(
+                            tx,
+                            run.iter().filter_map(TxItem::due),
+                            &self.summary_rules,
+                            &mut summaries,
+                        );
                     }
                     self.watermark = self.watermark.max(watermark);
                     self.detector.advance(self.watermark, &self.rules, &mut out);
@@ -204,30 +306,7 @@ impl TxStage {
                     if !self.reached.reach(epoch) {
                         continue;
                     }
-                    let mut batch = StateBatch::default();
-                    for (id, entry) in self.detector.take_changed() {
-                        let key = id.as_bytes().to_vec();
-                        match entry {
-                            Some(entry) => {
-                                batch.put(Cf::Transactions, 0, key, codec::encode(entry.due, entry))
-                            }
-                            None => batch.delete(Cf::Transactions, 0, key),
-                        }
-                    }
-                    for (id, sum) in self.summaries.take_changed() {
-                        let mut key = Vec::with_capacity(id.len() + 1);
-                        key.push(SUM_PREFIX);
-                        key.extend_from_slice(id.as_bytes());
-                        match sum {
-                            Some(sum) => batch.put(
-                                Cf::Transactions,
-                                0,
-                                key,
-                                codec::encode(final_at(sum, &self.summary_rules), sum),
-                            ),
-                            None => batch.delete(Cf::Transactions, 0, key),
-                        }
-                    }
+                    let batch = self.checkpoint();
                     self.sink
                         .send(SinkMsg::Fragment { epoch, batch })
                         .map_err(disconnected)?;
@@ -235,6 +314,61 @@ impl TxStage {
             }
         }
         Ok(())
+    }
+
+    /// What the checkpoint writes: the open transactions and the sums
+    /// changed since the last (and deletes of those gone), the transactions
+    /// closed since in one value, deletes of such values all forgotten by
+    /// now, and the watermark.
+    fn checkpoint(&mut self) -> StateBatch {
+        let mut batch = StateBatch::default();
+        let changed = self.detector.take_changed();
+        let sums = self.summaries.take_changed();
+        let deletes = changed
+            .writes
+            .delete
+            .iter()
+            .map(|id| id.as_bytes().to_vec());
+        let sum_key = |id: &Arc<str>| {
+            let mut key = Vec::with_capacity(id.len() + 1);
+            key.push(SUM_PREFIX);
+            key.extend_from_slice(id.as_bytes());
+            key
+        };
+        for key in deletes.chain(sums.delete.iter().map(sum_key)) {
+            batch.delete(Cf::Transactions, 0, key);
+        }
+        for (id, entry) in &changed.writes.put {
+            let value = codec::encode(entry.due, *entry);
+            batch.put(Cf::Transactions, 0, id.as_bytes().to_vec(), value);
+        }
+        for (id, sum) in &sums.put {
+            let value = codec::encode(final_at(sum, &self.summary_rules), *sum);
+            batch.put(Cf::Transactions, 0, sum_key(id), value);
+        }
+        let closed_key = |number: u64| {
+            let mut key = vec![CLOSED_PREFIX];
+            key.extend_from_slice(&number.to_be_bytes());
+            key
+        };
+        if let Some(last) = changed.closed.iter().map(|(_, forget)| *forget).max() {
+            let number = self.next_closed;
+            self.next_closed += 1;
+            let value = codec::encode(last, &changed.closed);
+            batch.put(Cf::Transactions, 0, closed_key(number), value);
+            self.closed_values.push((number, last));
+        }
+        let watermark = self.watermark;
+        self.closed_values.retain(|&(number, last)| {
+            let forgotten = last <= watermark;
+            if forgotten {
+                batch.delete(Cf::Transactions, 0, closed_key(number));
+            }
+            !forgotten
+        });
+        let value = codec::encode(watermark, &watermark);
+        batch.put(Cf::Transactions, 0, WATERMARK_KEY.to_vec(), value);
+        batch
     }
 
     /// Counts the dropped transactions (or summaries) of a detector's

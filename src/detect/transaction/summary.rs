@@ -13,12 +13,12 @@
 //! are late, and counted only; at most `max_open` transactions are summed
 //! at a time, beyond it the one final first is dropped and counted.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{IdMap, IdSet};
+use super::{IdMap, Tracked, Writes};
 use crate::events::{KeyCounts, TxDetail, Violation, ViolationKind};
 use crate::model::{Millis, Provenance};
 
@@ -46,6 +46,14 @@ pub struct TxSum {
 }
 
 impl TxSum {
+    /// Nothing known yet.
+    fn none() -> Self {
+        TxSum {
+            due: Millis::MIN,
+            ..TxSum::default()
+        }
+    }
+
     fn table(&mut self, table: &Arc<str>) {
         if let Err(at) = self.tables.binary_search(table) {
             self.tables.insert(at, Arc::clone(table));
@@ -81,14 +89,14 @@ fn place(p: &Provenance) -> (&str, i32, i64) {
 
 /// A worker's key verdicts by transaction, since they were last sent.
 #[derive(Debug, Default)]
-pub struct TxTallies(BTreeMap<Arc<str>, TxSum>);
+pub struct TxTallies(IdMap<TxSum>);
 
 impl TxTallies {
     fn of(&mut self, tx: &Arc<str>) -> &mut TxSum {
-        self.0.entry(Arc::clone(tx)).or_insert_with(|| TxSum {
-            due: Millis::MIN,
-            ..TxSum::default()
-        })
+        if !self.0.contains_key(tx) {
+            self.0.insert(Arc::clone(tx), TxSum::none());
+        }
+        self.0.get_mut(tx).expect("inserted above")
     }
 
     /// A change of transaction `tx` invalidated in time.
@@ -129,8 +137,9 @@ impl TxTallies {
         self.0.is_empty()
     }
 
+    /// The sums since last taken (the map keeps its room).
     pub fn take(&mut self) -> Vec<(Arc<str>, TxSum)> {
-        std::mem::take(&mut self.0).into_iter().collect()
+        self.0.drain().collect()
     }
 }
 
@@ -147,13 +156,11 @@ pub struct SummaryDecisions {
 /// The transactions being summed.
 #[derive(Debug)]
 pub struct TxSummaries {
-    txs: IdMap<TxSum>,
+    txs: Tracked<TxSum>,
     /// (final time, id) of every transaction summed.
     by_final: BTreeSet<(Millis, Arc<str>)>,
     /// Per worker, the time up to which it has decided everything due.
     decided: Vec<Millis>,
-    /// Ids whose sum changed (or went) since [`TxSummaries::take_changed`].
-    changed: IdSet,
 }
 
 impl TxSummaries {
@@ -163,17 +170,17 @@ impl TxSummaries {
         sums: impl IntoIterator<Item = (Arc<str>, TxSum)>,
         rules: &SummaryRules,
     ) -> Self {
-        let mut s = TxSummaries {
-            txs: IdMap::default(),
-            by_final: BTreeSet::new(),
+        let sums: Vec<(Arc<str>, TxSum, bool)> =
+            sums.into_iter().map(|(id, sum)| (id, sum, true)).collect();
+        let by_final = sums
+            .iter()
+            .map(|(id, sum, _)| (final_at(sum, rules), Arc::clone(id)))
+            .collect();
+        TxSummaries {
+            txs: Tracked::restored(sums),
+            by_final,
             decided: vec![Millis::MIN; workers],
-            changed: IdSet::default(),
-        };
-        for (id, sum) in sums {
-            s.by_final.insert((final_at(&sum, rules), Arc::clone(&id)));
-            s.txs.insert(id, sum);
         }
-        s
     }
 
     /// Transactions being summed.
@@ -195,12 +202,42 @@ impl TxSummaries {
         rules: &SummaryRules,
         out: &mut SummaryDecisions,
     ) {
-        let mut sum = TxSum {
-            due,
-            ..TxSum::default()
+        self.on_changes(tx, [(table, due)], rules, out);
+    }
+
+    /// Changes of `tx`, each of a table and due at a time, in their order:
+    /// each added as [`TxSummaries::on_change`] would, the transaction
+    /// looked up once.
+    pub fn on_changes<'a>(
+        &mut self,
+        tx: &Arc<str>,
+        changes: impl IntoIterator<Item = (&'a Arc<str>, Millis)>,
+        rules: &SummaryRules,
+        out: &mut SummaryDecisions,
+    ) {
+        let add = |sum: &mut TxSum, (table, due): (&Arc<str>, Millis)| {
+            sum.due = sum.due.max(due);
+            sum.table(table);
         };
-        sum.table(table);
-        self.add(tx, sum, rules, out);
+        let mut changes = changes.into_iter().peekable();
+        if changes.peek().is_none() {
+            return;
+        }
+        if !self.txs.contains(tx) {
+            // A change too late to open it is late; the first that is not
+            // opens it.
+            loop {
+                let Some(change) = changes.next() else {
+                    return;
+                };
+                let mut sum = TxSum::none();
+                add(&mut sum, change);
+                if self.start(tx, sum, rules, out) {
+                    break;
+                }
+            }
+        }
+        self.merge(tx, rules, |known| changes.for_each(|c| add(known, c)));
     }
 
     /// A worker's verdicts, and the time up to which it has now decided
@@ -214,7 +251,7 @@ impl TxSummaries {
         out: &mut SummaryDecisions,
     ) {
         for (tx, sum) in sums {
-            self.add(&tx, sum, rules, out);
+            self.add(&tx, rules, out, |known| known.merge(sum));
         }
         if let Some(d) = self.decided.get_mut(worker) {
             *d = (*d).max(decided_until);
@@ -222,53 +259,80 @@ impl TxSummaries {
         self.advance(out);
     }
 
-    fn add(&mut self, tx: &Arc<str>, sum: TxSum, rules: &SummaryRules, out: &mut SummaryDecisions) {
-        let Some(known) = self.txs.get_mut(tx) else {
-            if final_at(&sum, rules) <= self.until() {
-                out.late += 1;
-                return;
-            }
-            if self.txs.len() >= rules.max_open
-                && let Some((_, first)) = self.by_final.pop_first()
-            {
-                self.txs.remove(&first);
-                self.changed.insert(first);
-                out.dropped += 1;
-            }
-            self.by_final
-                .insert((final_at(&sum, rules), Arc::clone(tx)));
-            self.txs.insert(Arc::clone(tx), sum);
-            self.changed.insert(Arc::clone(tx));
+    /// Adds to the sum of `tx` what `merge` adds, opening it if need be.
+    fn add(
+        &mut self,
+        tx: &Arc<str>,
+        rules: &SummaryRules,
+        out: &mut SummaryDecisions,
+        merge: impl FnOnce(&mut TxSum),
+    ) {
+        if self.txs.contains(tx) {
+            self.merge(tx, rules, merge);
+        } else {
+            let mut sum = TxSum::none();
+            merge(&mut sum);
+            self.start(tx, sum, rules, out);
+        }
+    }
+
+    /// Adds to the known sum of `tx` what `merge` adds.
+    fn merge(&mut self, tx: &Arc<str>, rules: &SummaryRules, merge: impl FnOnce(&mut TxSum)) {
+        let Some(known) = self.txs.touch(tx) else {
             return;
         };
         let before = final_at(known, rules);
-        known.merge(sum);
+        merge(known);
         let after = final_at(known, rules);
         if before != after {
             self.by_final.remove(&(before, Arc::clone(tx)));
             self.by_final.insert((after, Arc::clone(tx)));
         }
-        self.changed.insert(Arc::clone(tx));
+    }
+
+    /// Opens the sum of `tx` (which has none) with `sum`, dropping the one
+    /// final first when `max_open` are summed; unless it is final already
+    /// (late, and `false`).
+    fn start(
+        &mut self,
+        tx: &Arc<str>,
+        sum: TxSum,
+        rules: &SummaryRules,
+        out: &mut SummaryDecisions,
+    ) -> bool {
+        if final_at(&sum, rules) <= self.until() {
+            out.late += 1;
+            return false;
+        }
+        if self.txs.len() >= rules.max_open
+            && let Some((_, first)) = self.by_final.pop_first()
+        {
+            self.txs.remove(&first);
+            out.dropped += 1;
+        }
+        self.by_final
+            .insert((final_at(&sum, rules), Arc::clone(tx)));
+        self.txs.insert(Arc::clone(tx), sum);
+        true
     }
 
     /// Decides the summaries final by the time every worker has decided.
     fn advance(&mut self, out: &mut SummaryDecisions) {
         let until = self.until();
-        while let Some((at, id)) = self.by_final.first().cloned() {
-            if at > until {
+        while self.by_final.first().is_some_and(|(at, _)| *at <= until) {
+            let Some((at, id)) = self.by_final.pop_first() else {
                 break;
-            }
-            self.by_final.pop_first();
+            };
             if let Some(sum) = self.txs.remove(&id) {
                 judge(&id, &sum, at, out);
             }
-            self.changed.insert(id);
         }
     }
 
-    /// The sums changed since last asked, `None` for those gone.
-    pub fn take_changed(&mut self) -> Vec<(Arc<str>, Option<&TxSum>)> {
-        super::take_changed(&mut self.changed, &self.txs)
+    /// What the checkpoint writes: the sums changed since the last, and
+    /// deletes of those written before and gone since.
+    pub fn take_changed(&mut self) -> Writes<'_, TxSum> {
+        self.txs.take_writes(|_| true)
     }
 }
 
