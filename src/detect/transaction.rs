@@ -386,6 +386,14 @@ impl TxDetector {
         d
     }
 
+    /// The same detector, writing nothing at checkpoints (its state is
+    /// thrown away at the end).
+    pub fn untracked(mut self) -> Self {
+        self.txs = self.txs.untracked();
+        self.closed = Vec::new();
+        self
+    }
+
     /// Open transactions.
     pub fn open(&self) -> usize {
         self.open_due.len()
@@ -518,7 +526,9 @@ impl TxDetector {
             entry.due = forget;
         }
         self.closed_due.insert((forget, Arc::clone(&id)));
-        self.closed.push((id, forget));
+        if self.txs.tracking() {
+            self.closed.push((id, forget));
+        }
         while self.closed_due.len() > rules.max_open {
             if let Some((_, old)) = self.closed_due.pop_first() {
                 self.txs.remove(&old);

@@ -7,7 +7,8 @@
 //! transactions changed since the last checkpoint go into it (one entry per
 //! transaction in [`Cf::Transactions`], and one per sum under
 //! [`SUM_PREFIX`]) once the router and every worker have reached it, so
-//! that a restart does not forget them.
+//! that a restart does not forget them. Unless state is durable (`vigil
+//! check` without `--state`), nothing is written.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -127,6 +128,9 @@ pub(super) struct TxStage {
     /// when the last of them is forgotten), and the next number.
     closed_values: Vec<(u64, Millis)>,
     next_closed: u64,
+    /// State is written at checkpoints (else it is thrown away at the
+    /// end, as the key state of `vigil check` without `--state`).
+    durable: bool,
     sink: Sender<SinkMsg>,
     stats: Arc<Stats>,
     watermark: Millis,
@@ -231,14 +235,22 @@ impl TxStage {
             .map(|(number, _)| number + 1)
             .max()
             .unwrap_or(0);
+        let mut detector = TxDetector::new(loaded.entries, loaded.closed, watermark, &rules);
+        let mut summaries = TxSummaries::new(workers, loaded.sums, &summary_rules);
+        let durable = engine.options.durable;
+        if !durable {
+            detector = detector.untracked();
+            summaries = summaries.untracked();
+        }
         Ok(TxStage {
-            detector: TxDetector::new(loaded.entries, loaded.closed, watermark, &rules),
+            detector,
             rules,
-            summaries: TxSummaries::new(workers, loaded.sums, &summary_rules),
+            summaries,
             summary_rules,
             reached: Arrivals::new(workers + 1),
             closed_values: loaded.closed_values,
             next_closed,
+            durable,
             sink,
             stats: Arc::clone(&engine.stats),
             watermark,
@@ -319,9 +331,12 @@ impl TxStage {
     /// What the checkpoint writes: the open transactions and the sums
     /// changed since the last (and deletes of those gone), the transactions
     /// closed since in one value, deletes of such values all forgotten by
-    /// now, and the watermark.
+    /// now, and the watermark; nothing when state is not durable.
     fn checkpoint(&mut self) -> StateBatch {
         let mut batch = StateBatch::default();
+        if !self.durable {
+            return batch;
+        }
         let changed = self.detector.take_changed();
         let sums = self.summaries.take_changed();
         let deletes = changed

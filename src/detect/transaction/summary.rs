@@ -183,6 +183,13 @@ impl TxSummaries {
         }
     }
 
+    /// The same summaries, writing nothing at checkpoints (their state is
+    /// thrown away at the end).
+    pub fn untracked(mut self) -> Self {
+        self.txs = self.txs.untracked();
+        self
+    }
+
     /// Transactions being summed.
     pub fn open(&self) -> usize {
         self.txs.len()

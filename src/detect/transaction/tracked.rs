@@ -40,6 +40,8 @@ pub struct Tracked<V> {
     dirty: Vec<Arc<str>>,
     /// Ids gone since the last checkpoint whose value the store holds.
     unstored: Vec<Arc<str>>,
+    /// Changes are tracked (else nothing is written at checkpoints).
+    track: bool,
 }
 
 impl<V> Default for Tracked<V> {
@@ -48,6 +50,7 @@ impl<V> Default for Tracked<V> {
             map: IdMap::default(),
             dirty: Vec::new(),
             unstored: Vec::new(),
+            track: true,
         }
     }
 }
@@ -70,6 +73,20 @@ impl<V> Tracked<V> {
         t
     }
 
+    /// The same values, their changes no longer tracked: for state that
+    /// is never written.
+    pub fn untracked(mut self) -> Self {
+        self.track = false;
+        self.dirty = Vec::new();
+        self.unstored = Vec::new();
+        self
+    }
+
+    /// Whether changes are tracked.
+    pub fn tracking(&self) -> bool {
+        self.track
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -89,7 +106,7 @@ impl<V> Tracked<V> {
     /// The value of `id`, marked changed.
     pub fn touch(&mut self, id: &Arc<str>) -> Option<&mut V> {
         let slot = self.map.get_mut(&**id)?;
-        if !slot.dirty {
+        if self.track && !slot.dirty {
             slot.dirty = true;
             self.dirty.push(Arc::clone(id));
         }
@@ -98,12 +115,14 @@ impl<V> Tracked<V> {
 
     /// A new value for `id` (which has none).
     pub fn insert(&mut self, id: Arc<str>, value: V) {
-        self.dirty.push(Arc::clone(&id));
+        if self.track {
+            self.dirty.push(Arc::clone(&id));
+        }
         self.map.insert(
             id,
             Slot {
                 value,
-                dirty: true,
+                dirty: self.track,
                 stored: false,
             },
         );
@@ -111,7 +130,7 @@ impl<V> Tracked<V> {
 
     pub fn remove(&mut self, id: &str) -> Option<V> {
         let (id, slot) = self.map.remove_entry(id)?;
-        if slot.stored {
+        if self.track && slot.stored {
             self.unstored.push(id);
         }
         Some(slot.value)
@@ -207,5 +226,16 @@ mod tests {
         // "c" is no longer held: gone, nothing to delete.
         t.remove("c");
         assert_eq!(ids(&t.take_writes(|_| true)), (vec![], vec![]));
+    }
+
+    #[test]
+    fn untracked_values_are_never_written() {
+        let mut t: Tracked<u32> = Tracked::restored([(Arc::from("a"), 1, true)]).untracked();
+        t.insert(Arc::from("b"), 2);
+        *t.touch(&Arc::from("b")).unwrap() = 3;
+        t.remove("a");
+        assert_eq!(t.get("b"), Some(&3));
+        assert_eq!(ids(&t.take_writes(|_| true)), (vec![], vec![]));
+        assert!(t.dirty.is_empty() && t.unstored.is_empty());
     }
 }
