@@ -474,9 +474,19 @@ pub struct BenchArgs {
     #[arg(long, default_value = "20s")]
     pub latency_seconds: crate::config::Dur,
 
-    /// Only the vigil check runs (and the decoding measure).
+    /// Only the vigil check runs (and the decoding measure, and --instances).
     #[arg(long)]
     pub skip_kafka: bool,
+
+    /// Scaling out: for each N, 1 vigil run --stage one process and N
+    /// --stage two processes (after one --stage both process, the
+    /// baseline) through the embedded broker, on --kafka-events records
+    /// whose cache topic is keyed by service. Each must report exactly the
+    /// expected violations; reports records/s and CPU a record of each, and
+    /// the repartition's overhead a record over the one process.
+    #[arg(long, value_name = "N,N...", value_delimiter = ',',
+          value_parser = clap::value_parser!(u32).range(1..=12))]
+    pub instances: Vec<u32>,
 
     /// Records of the workload whose Debezium changes the decoding measure
     /// decodes, JSON against Avro (0 skips it).

@@ -45,7 +45,8 @@
 //!   the two stages ([`io::kafka::repartition`]);
 //! - [`replay`]: what a dead letter says of its origin, for `vigil replay`;
 //! - [`modes`]: `vigil check`, `run`, `demo`, `gen` ([`modes::generate`]),
-//!   `bench`, `replay`, `torture` (crashes, a broker outage and a failing
+//!   `bench` (its scaling measure of two stages in `modes/bench/instances.rs`),
+//!   `replay`, `torture` (crashes, a broker outage and a failing
 //!   store against an uncrashed check), each assembling sources, engine and
 //!   outputs with [`modes::assemble`] and stopping by [`modes::shutdown`]
 //!   (signals, the control handle); [`cli`] their flags;

@@ -17,6 +17,10 @@
 //!   same Debezium changes written by the JSON converter and by Confluent's
 //!   Avro and Protobuf converters.
 //!
+//! - scaling out ([`instances`], `--instances`): one `vigil run --stage
+//!   both` process, then one `--stage one` and N `--stage two` processes,
+//!   on a workload whose cache topic is keyed by service.
+//!
 //! The report is one JSON object on stdout; progress goes to stderr.
 
 use std::collections::HashMap;
@@ -38,6 +42,8 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
+
+mod instances;
 
 use super::assemble::{open_store, serve};
 use super::shutdown::Control;
@@ -194,6 +200,8 @@ struct Report {
     kafka: Option<KafkaFigures>,
     latency: Option<LatencyFigures>,
     decode: Option<DecodeFigures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instances: Option<instances::InstancesFigures>,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<ExitStatus> {
@@ -207,6 +215,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitStatus> {
         kafka: None,
         latency: None,
         decode: None,
+        instances: None,
     };
     let debezium = args.check.iter().map(|s| (s, CheckInput::Debezium));
     let kcat = (args.check_kcat.iter()).map(|s| (s, CheckInput::KcatFiveFormats));
@@ -228,6 +237,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitStatus> {
             &work,
             rate,
             args.latency_seconds.0,
+            args.keys,
+        )?);
+    }
+    if !args.instances.is_empty() {
+        report.instances = Some(instances::bench_instances(
+            &work,
+            &args.instances,
+            args.kafka_events,
             args.keys,
         )?);
     }

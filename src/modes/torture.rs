@@ -750,7 +750,7 @@ fn text(bytes: &[u8]) -> anyhow::Result<&str> {
 /// A record that reports nothing and moves the partition's event time to
 /// `ts_ms`: on a CDC topic the snapshot read of a row the workload does not
 /// have, on the cache topic an invalidation of a key no change has.
-fn end_marker(
+pub(super) fn end_marker(
     stream: Stream,
     topic: usize,
     partition: i32,
