@@ -291,6 +291,18 @@ impl Files {
     }
 }
 
+/// Sets `field` of `[section]` in a configuration to the text `value`,
+/// adding the section if it is missing.
+pub(super) fn set_text(t: &mut toml::Table, section: &str, field: &str, value: &str) {
+    if let Some(table) = t
+        .entry(section)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+    {
+        table.insert(field.to_string(), toml::Value::String(value.to_string()));
+    }
+}
+
 /// The configuration of the `vigil run` children: the workload's, on this
 /// broker, with short checkpoints and session timeout, and no partition
 /// ever idle (event time alone moves the watermark; end markers end it).
@@ -301,15 +313,7 @@ fn write_run_config(
     files: &Files,
 ) -> anyhow::Result<()> {
     let mut t: toml::Table = toml::from_str(base).context("the workload's configuration")?;
-    let mut set = |section: &str, field: &str, value: &str| {
-        if let Some(table) = t
-            .entry(section)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-        {
-            table.insert(field.to_string(), toml::Value::String(value.to_string()));
-        }
-    };
+    let mut set = |section: &str, field: &str, value: &str| set_text(&mut t, section, field, value);
     set("kafka", "bootstrap.servers", bootstrap);
     match group_instance_id {
         // A static member restarted takes the killed one's place at once.

@@ -25,7 +25,7 @@ use serde_json::Value;
 use super::{CATCH_UP, DLQ, VIOLATIONS, producer, read_violations, spec, wait_until};
 use crate::ingest::Stream;
 use crate::modes::produce_generated;
-use crate::modes::torture::end_marker;
+use crate::modes::torture::{end_marker, set_text};
 use crate::telemetry::child_cpu_seconds;
 use crate::time::{Clock, SystemClock};
 use crate::workload::{self, GenRecord, Generator};
@@ -374,15 +374,8 @@ impl Workload<'_> {
     fn write_config(&self, path: &Path, bootstrap: &str, state: &Path) -> anyhow::Result<()> {
         let mut t: toml::Table =
             toml::from_str(self.base).context("the workload's configuration")?;
-        let mut set = |section: &str, field: &str, value: &str| {
-            if let Some(table) = t
-                .entry(section)
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                .as_table_mut()
-            {
-                table.insert(field.to_string(), toml::Value::String(value.to_string()));
-            }
-        };
+        let mut set =
+            |section: &str, field: &str, value: &str| set_text(&mut t, section, field, value);
         set("kafka", "bootstrap.servers", bootstrap);
         // See `Bench::new`: the embedded broker answers an empty fetch only
         // when its wait runs out.
