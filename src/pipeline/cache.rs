@@ -9,10 +9,9 @@
 //! checkpoint holds every slot as it was at the checkpoint (copy on write).
 //! Then [`Slots::evict`] lets slots leave memory, in the order of what they
 //! wait for ([`Waits`]), until the worker is back under its share of
-//! `state.cache_size`. A slot may
-//! leave only when the store holds its current value and the checkpoint
-//! that wrote it is committed, so that reading it back gives the same
-//! state. When state is not kept (`vigil check` without `--state`) the
+//! `state.cache_size`. A slot may leave only when the store holds its
+//! current value and the checkpoint that wrote it is committed, so that
+//! reading it back gives the same state. When state is not kept (`vigil check` without `--state`) the
 //! store holds nothing of a slot until it is evicted: the worker then
 //! writes it ("spills" it) to the store at once, outside the checkpoint
 //! (nothing resumes from that store), and it leaves; such a worker also
@@ -765,10 +764,9 @@ where
     }
 
     /// Lets about `free` bytes leave memory, in the order of [`Waits`]:
-    /// dropped when the store
-    /// holds them as of a `committed` checkpoint, else written to `batch`
-    /// with checkpoint `epoch` and dropped by [`Slots::drop_leaving`] once
-    /// that write is in the store. A slot saved by a checkpoint not yet
+    /// dropped when the store holds them as of a `committed` checkpoint,
+    /// else written to `batch` with checkpoint `epoch` and dropped by
+    /// [`Slots::drop_leaving`] once that write is in the store. A slot saved by a checkpoint not yet
     /// committed stays. Returns how many slots were dropped.
     pub fn evict(
         &mut self,
