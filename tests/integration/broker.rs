@@ -1,5 +1,6 @@
-//! An embedded Kafka-protocol broker (librdkafka's mock cluster) and the
-//! `vigil run` daemon as a child process connected to it.
+//! A Kafka-protocol broker for the tests (librdkafka's mock cluster,
+//! embedded, or tansu) and the `vigil run` daemon as a child process
+//! connected to it.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -17,6 +18,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::support::{vigil, wait_until};
+use crate::tansu::Tansu;
 
 pub const VIOLATIONS: &str = "vigil.violations";
 pub const DLQ: &str = "vigil.dlq";
@@ -33,35 +35,68 @@ pub struct Out<'a> {
     pub ts_ms: Option<i64>,
 }
 
+/// The topics of vigil's outputs every broker of the tests has, with their
+/// partitions.
+const OUTPUT_TOPICS: [(&str, i32); 4] = [(VIOLATIONS, 3), (DLQ, 1), (STORMS, 1), (CHANGELOG, 3)];
+
 pub struct Broker {
-    pub cluster: MockCluster<'static, DefaultProducerContext>,
+    /// The mock cluster, unless the broker is tansu.
+    mock: Option<MockCluster<'static, DefaultProducerContext>>,
+    /// The tansu broker, stopped when dropped.
+    _tansu: Option<Tansu>,
     pub bootstrap: String,
     producer: ThreadedProducer<DefaultProducerContext>,
 }
 
 impl Broker {
-    /// A cluster of three brokers (ids 1 to 3) with the given topics, their
-    /// partitions led by the brokers in turn.
+    /// A mock cluster of three brokers (ids 1 to 3) with the given topics,
+    /// their partitions led by the brokers in turn.
     pub fn new(topics: &[(&str, i32)]) -> Self {
         let cluster = MockCluster::new(3).expect("the mock cluster starts");
-        let bootstrap = cluster.bootstrap_servers();
-        for (topic, partitions) in
-            topics
-                .iter()
-                .chain(&[(VIOLATIONS, 3), (DLQ, 1), (STORMS, 1), (CHANGELOG, 3)])
-        {
+        for (topic, partitions) in topics.iter().chain(&OUTPUT_TOPICS) {
             cluster.create_topic(topic, *partitions, 1).unwrap();
         }
+        let bootstrap = cluster.bootstrap_servers();
+        Self::with(Some(cluster), None, bootstrap)
+    }
+
+    /// A tansu broker (its log in `dir`) with the given topics. tansu
+    /// creates no topic on first use, as the mock cluster does: the
+    /// incidents topic too is created here.
+    pub fn on_tansu(dir: &Path, topics: &[(&str, i32)]) -> Self {
+        let tansu = Tansu::start(dir);
+        let incidents = [("vigil.incidents", 1)];
+        for (topic, partitions) in topics.iter().chain(&OUTPUT_TOPICS).chain(&incidents) {
+            tansu.create_topic(topic, *partitions);
+        }
+        let bootstrap = format!("127.0.0.1:{}", tansu.port);
+        Self::with(None, Some(tansu), bootstrap)
+    }
+
+    fn with(
+        mock: Option<MockCluster<'static, DefaultProducerContext>>,
+        tansu: Option<Tansu>,
+        bootstrap: String,
+    ) -> Self {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
             .set("linger.ms", "2")
             .create()
             .unwrap();
         Broker {
-            cluster,
+            mock,
+            _tansu: tansu,
             bootstrap,
             producer,
         }
+    }
+
+    /// The mock cluster, for tests that create topics as they go or take
+    /// its brokers down.
+    pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
+        self.mock
+            .as_ref()
+            .expect("this test needs the mock cluster")
     }
 
     pub fn produce(&self, r: &Out<'_>) {

@@ -74,8 +74,8 @@ fn readiness_waits_for_assignment_and_catch_up_and_the_token_guards_metrics() {
         "{metrics}"
     );
 
-    broker.cluster.create_topic(CDC, 2, 1).unwrap();
-    broker.cluster.create_topic(CACHE, 2, 1).unwrap();
+    broker.cluster().create_topic(CDC, 2, 1).unwrap();
+    broker.cluster().create_topic(CACHE, 2, 1).unwrap();
     let records = 500;
     for i in 0..records {
         let value = format!(

@@ -487,11 +487,11 @@ fn replay_to_pipeline_publishes_exactly_the_added_violations_to_the_output_topic
     let broker = Broker::new(&[]);
     for p in 0..3 {
         broker
-            .cluster
+            .cluster()
             .partition_leader(VIOLATIONS, p, Some(3))
             .unwrap();
     }
-    broker.cluster.broker_down(3).unwrap();
+    broker.cluster().broker_down(3).unwrap();
     let s1 = dir.path().join("s1");
     let replay = |config: &Path| {
         run(vigil()
@@ -518,7 +518,7 @@ fn replay_to_pipeline_publishes_exactly_the_added_violations_to_the_output_topic
         "the failed delivery is named: {stderr}"
     );
 
-    broker.cluster.broker_up(3).unwrap();
+    broker.cluster().broker_up(3).unwrap();
     let config = pipeline_config(
         dir.path(),
         &broker.bootstrap,

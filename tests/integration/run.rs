@@ -658,10 +658,10 @@ fn binary_mode_puts_the_attributes_in_headers_and_the_data_in_the_value() {
     const BINARY_VIOLATIONS: &str = "binary.violations";
     const BINARY_STORMS: &str = "binary.storms";
     broker
-        .cluster
+        .cluster()
         .create_topic(BINARY_VIOLATIONS, 3, 1)
         .unwrap();
-    broker.cluster.create_topic(BINARY_STORMS, 1, 1).unwrap();
+    broker.cluster().create_topic(BINARY_STORMS, 1, 1).unwrap();
     w.produce(&broker, 0..w.records.len());
     let checked = w.check_files(dir.path());
     let ids = |events: &[Value]| -> BTreeSet<String> {
@@ -756,8 +756,11 @@ fn avro_events_are_read_back_by_a_registry_aware_deserializer() {
     let broker = w.broker();
     const AVRO_VIOLATIONS: &str = "avro.violations";
     const AVRO_STORMS: &str = "avro.storms";
-    broker.cluster.create_topic(AVRO_VIOLATIONS, 3, 1).unwrap();
-    broker.cluster.create_topic(AVRO_STORMS, 1, 1).unwrap();
+    broker
+        .cluster()
+        .create_topic(AVRO_VIOLATIONS, 3, 1)
+        .unwrap();
+    broker.cluster().create_topic(AVRO_STORMS, 1, 1).unwrap();
     w.produce(&broker, 0..w.records.len());
     let checked = w.check_files(dir.path());
     let by_id = |events: Vec<Value>| -> BTreeMap<String, Value> {
@@ -900,14 +903,14 @@ fn a_broker_outage_is_survived() {
     // Broker 2 leads a third of every topic's partitions: while it is down
     // vigil can neither read them nor write their outputs.
     let before = daemon.log().len();
-    broker.cluster.broker_down(2).unwrap();
+    broker.cluster().broker_down(2).unwrap();
     let noticed = daemon.wait_for_log_after(before, "Connection refused", VERDICTS);
     assert!(
         noticed,
         "the outage is noticed and logged:\n{}",
         &daemon.log()[before..]
     );
-    broker.cluster.broker_up(2).unwrap();
+    broker.cluster().broker_up(2).unwrap();
     await_verdicts(&broker, &expected, &daemon);
     let (code, log) = daemon.terminate();
     assert_eq!(code, Some(0), "{log}");
@@ -1035,15 +1038,15 @@ fn dead_letters_are_not_lost_when_the_dlq_is_unavailable() {
     let broker = Broker::new(&[(CDC, 1), (CACHE, 1)]);
     for topic in [CDC, CACHE, VIOLATIONS, STORMS] {
         for p in 0..3 {
-            let _ = broker.cluster.partition_leader(topic, p, Some(1));
+            let _ = broker.cluster().partition_leader(topic, p, Some(1));
         }
     }
     broker
-        .cluster
+        .cluster()
         .coordinator(MockCoordinator::Group("vigil-it".into()), 1)
         .unwrap();
-    broker.cluster.partition_leader(DLQ, 0, Some(3)).unwrap();
-    broker.cluster.broker_down(3).unwrap();
+    broker.cluster().partition_leader(DLQ, 0, Some(3)).unwrap();
+    broker.cluster().broker_down(3).unwrap();
     produce_malformed(&broker);
     let config = run_config(
         dir.path(),
@@ -1065,7 +1068,7 @@ fn dead_letters_are_not_lost_when_the_dlq_is_unavailable() {
     );
     daemon.kill();
 
-    broker.cluster.broker_up(3).unwrap();
+    broker.cluster().broker_up(3).unwrap();
     let daemon = Daemon::start(&config);
     let dead = broker.read_until(DLQ, 1, VERDICTS, |m| {
         let keys: BTreeSet<_> = m.iter().filter_map(|m| m.key()).collect();
@@ -1101,7 +1104,7 @@ fn a_fenced_static_member_stops_naming_its_id() {
         "{}",
         daemon.log()
     );
-    broker.cluster.request_errors(
+    broker.cluster().request_errors(
         RDKafkaApiKey::Heartbeat,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID],
     );
@@ -1237,7 +1240,13 @@ const REPARTITION_CHANGELOG: &str = "vigil.repartition.changelog";
 /// violations of one `vigil check` of the same records, with the same ids.
 #[test]
 fn two_stages_through_a_repartition_topic_report_what_check_reports() {
-    two_stages(false);
+    two_stages(false, false);
+}
+
+/// The same through tansu, an independent Kafka-compatible broker.
+#[test]
+fn two_stages_on_tansu_report_what_check_reports() {
+    two_stages(false, true);
 }
 
 /// As above, but mid-stream an instance of stage two is killed (the other
@@ -1246,10 +1255,10 @@ fn two_stages_through_a_repartition_topic_report_what_check_reports() {
 /// same violations still, duplicates aside.
 #[test]
 fn two_stages_lose_nothing_when_instances_are_killed() {
-    two_stages(true);
+    two_stages(true, false);
 }
 
-fn two_stages(kill: bool) {
+fn two_stages(kill: bool, on_tansu: bool) {
     let dir = tempfile::tempdir().unwrap();
     let w = Workload::of(spec(12_000, 27, START_MS, 2_000));
     let mut topics: Vec<(String, i32)> = w
@@ -1261,7 +1270,11 @@ fn two_stages(kill: bool) {
     topics.push((REPARTITION.into(), 4));
     topics.push((REPARTITION_CHANGELOG.into(), 4));
     let with_partitions: Vec<(&str, i32)> = topics.iter().map(|(t, n)| (t.as_str(), *n)).collect();
-    let broker = Broker::new(&with_partitions);
+    let broker = if on_tansu {
+        Broker::on_tansu(dir.path(), &with_partitions)
+    } else {
+        Broker::new(&with_partitions)
+    };
 
     let checked = w.check_files(dir.path());
     let expected = multiset(checked.violations().iter().map(|v| fingerprint(&v["data"])));
