@@ -822,13 +822,11 @@ where
             let slot = &self.arena.at(i).slot;
             !(slot.in_store == InStore::Current && slot.persisted_at > committed)
         };
-        let first = match list {
-            Waits::Timer => ends.newest,
-            Waits::Nothing | Waits::Record => ends.oldest,
+        let candidates = match list {
+            Waits::Timer => [ends.newest, ends.oldest],
+            Waits::Nothing | Waits::Record => [ends.oldest, NIL],
         };
-        [first, ends.oldest]
-            .into_iter()
-            .find(|&i| i != NIL && may_leave(i))
+        candidates.into_iter().find(|&i| i != NIL && may_leave(i))
     }
 
     /// Drops the slots that wait for nothing and whose value `expired` says
