@@ -56,14 +56,30 @@ const REBALANCE_COMMIT_WAIT: Duration = Duration::from_secs(60);
 /// back before it hangs up anyway.
 const LEAVE_WAIT: Duration = Duration::from_secs(10);
 
-/// Consumer defaults; `[kafka]` overrides them.
-const CONSUMER_DEFAULTS: [(&str, &str); 5] = [
+/// Consumer defaults, with the stage's assignor ([`assignor`]); `[kafka]`
+/// overrides them.
+const CONSUMER_DEFAULTS: [(&str, &str); 4] = [
     ("enable.auto.commit", "false"),
     ("auto.offset.reset", "earliest"),
     ("statistics.interval.ms", "1000"),
     ("isolation.level", "read_committed"),
-    ("partition.assignment.strategy", "range"),
 ];
+
+/// The `partition.assignment.strategy` of `stage` unless `[kafka]` names
+/// one. `range` where state is handed over by partition number across
+/// several topics (one process with co-partitioned inputs, stage one): it
+/// gives an instance the same partition numbers of every topic. Stage two
+/// reads one topic, so `cooperative-sticky`, which moves only the
+/// partitions that change hands; and on tansu 0.6.0 a member that survives
+/// another's expired session rejoins with the same `range` metadata and is
+/// handed its old assignment again, so the expired member's partitions
+/// stay unowned (DEVELOPERS.md, "A killed member's partitions on tansu").
+fn assignor(stage: repartition::Stage) -> &'static str {
+    match stage {
+        repartition::Stage::Both | repartition::Stage::One => "range",
+        repartition::Stage::Two => "cooperative-sticky",
+    }
+}
 
 /// Read state of one topic partition.
 struct Part {
@@ -619,7 +635,12 @@ impl KafkaSource {
             guarantee: config.processing.guarantee,
             changelog: Changelog::of_stage(config, stage),
         };
-        let mut client = client_config(config, &CONSUMER_DEFAULTS);
+        let defaults = [
+            &CONSUMER_DEFAULTS[..],
+            &[("partition.assignment.strategy", assignor(stage))],
+        ]
+        .concat();
+        let mut client = client_config(config, &defaults);
         client.set("group.id", &group);
         let consumer: VigilConsumer =
             client
