@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::config::{Config, Framing, TopicSelector, UnmappedTables};
 use crate::dead_letter::{Reason, RecordError};
-use crate::detect::transaction::{EndCounts, TxBoundary, TxMark};
+use crate::detect::transaction::{EndCounts, TxBoundary, TxId, TxMark};
 use crate::formats::{
     self, BinaryKey, DecodedCdc, Framed, RawChange, Row, Skip, TxMarker, TxStatus,
 };
@@ -347,7 +347,7 @@ impl Ingest {
             }),
         };
         Ok(TxBoundary {
-            tx: Arc::from(marker.id.as_ref()),
+            tx: TxId::from(marker.id.as_ref()),
             ts,
             mark,
             evidence: provenance.clone(),
@@ -379,7 +379,7 @@ impl Ingest {
             ),
         };
         Some(TxBoundary {
-            tx: Arc::from(tx),
+            tx: TxId::from(tx),
             ts,
             mark: TxMark::Row {
                 table,

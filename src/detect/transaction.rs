@@ -35,11 +35,38 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::events::{TxDetail, Violation, ViolationKind};
 use crate::model::{Millis, Provenance};
 
 pub use tracked::{IdMap, Tracked, Writes};
+
+/// A transaction id, and the number the checks know it by: a 64-bit hash
+/// of the id (XXH3), computed once where its record is read or routed, so
+/// that their maps and ordered sets key by a number and keep the text only
+/// for the verdicts and the store. Two ids of the same number would be
+/// taken for one transaction: about one chance in 2^64 for a pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxId {
+    pub key: u64,
+    pub id: Arc<str>,
+}
+
+impl TxId {
+    pub fn new(id: Arc<str>) -> Self {
+        TxId {
+            key: xxh3_64(id.as_bytes()),
+            id,
+        }
+    }
+}
+
+impl From<&str> for TxId {
+    fn from(id: &str) -> Self {
+        TxId::new(Arc::from(id))
+    }
+}
 
 /// `total_order` numbers listed at most in an `incomplete_transaction`.
 pub const MAX_LISTED_ORDERS: usize = 1000;
@@ -58,7 +85,7 @@ pub struct TxRules {
 /// record carries the transaction block).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxChange {
-    pub tx: Arc<str>,
+    pub tx: TxId,
     pub table: Arc<str>,
     /// The change's `total_order` in the transaction (from 1).
     pub order: u64,
@@ -70,7 +97,7 @@ pub struct TxChange {
 /// place in the transaction whether its table is mapped or not).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxBoundary {
-    pub tx: Arc<str>,
+    pub tx: TxId,
     pub ts: Millis,
     pub mark: TxMark,
     pub evidence: Provenance,
@@ -332,9 +359,9 @@ pub struct TxCheckpoint<'a> {
 #[derive(Debug, Default)]
 pub struct TxDetector {
     txs: Tracked<TxEntry>,
-    /// (due, id) of open transactions, and of closed ones.
-    open_due: BTreeSet<(Millis, Arc<str>)>,
-    closed_due: BTreeSet<(Millis, Arc<str>)>,
+    /// (due, number) of open transactions, and of closed ones.
+    open_due: BTreeSet<(Millis, u64)>,
+    closed_due: BTreeSet<(Millis, u64)>,
     /// Transactions closed since the last checkpoint, and when each is
     /// forgotten.
     closed: Vec<(Arc<str>, Millis)>,
@@ -353,17 +380,23 @@ impl TxDetector {
         watermark: Millis,
         rules: &TxRules,
     ) -> Self {
-        let entries: Vec<(Arc<str>, TxEntry)> = entries.into_iter().collect();
-        let held: IdMap<()> = entries.iter().map(|(id, _)| (Arc::clone(id), ())).collect();
-        let mut last: IdMap<Millis> = IdMap::default();
+        let entries: Vec<(TxId, TxEntry)> = entries
+            .into_iter()
+            .map(|(id, entry)| (TxId::new(id), entry))
+            .collect();
+        let held: IdMap<()> = entries.iter().map(|(tx, _)| (tx.key, ())).collect();
+        let mut last: IdMap<(Arc<str>, Millis)> = IdMap::default();
         for (id, forget) in closed {
-            if forget > watermark && !held.contains_key(&id) {
-                let f = last.entry(id).or_insert(forget);
+            let tx = TxId::new(id);
+            if forget > watermark && !held.contains_key(&tx.key) {
+                let (_, f) = last.entry(tx.key).or_insert((tx.id, forget));
                 *f = (*f).max(forget);
             }
         }
-        let mut closed: Vec<(Millis, Arc<str>)> =
-            last.into_iter().map(|(id, forget)| (forget, id)).collect();
+        let mut closed: Vec<(Millis, Arc<str>)> = last
+            .into_values()
+            .map(|(id, forget)| (forget, id))
+            .collect();
         closed.sort_unstable();
         let keep = closed.len().saturating_sub(rules.max_open);
         let closed = closed.into_iter().skip(keep).map(|(forget, id)| {
@@ -371,16 +404,16 @@ impl TxDetector {
                 due: forget,
                 state: TxState::Closed,
             };
-            (id, entry, false)
+            (TxId::new(id), entry, false)
         });
-        let all: Vec<(Arc<str>, TxEntry, bool)> = entries
+        let all: Vec<(TxId, TxEntry, bool)> = entries
             .into_iter()
-            .map(|(id, entry)| (id, entry, true))
+            .map(|(tx, entry)| (tx, entry, true))
             .chain(closed)
             .collect();
         let mut d = TxDetector::default();
-        for (id, entry, _) in &all {
-            d.index(id, entry);
+        for (tx, entry, _) in &all {
+            d.index(tx.key, entry);
         }
         d.txs = Tracked::restored(all);
         d
@@ -410,12 +443,12 @@ impl TxDetector {
         }
     }
 
-    fn index(&mut self, id: &Arc<str>, entry: &TxEntry) {
+    fn index(&mut self, key: u64, entry: &TxEntry) {
         let set = match entry.state {
             TxState::Open(_) => &mut self.open_due,
             TxState::Closed => &mut self.closed_due,
         };
-        set.insert((entry.due, Arc::clone(id)));
+        set.insert((entry.due, key));
     }
 
     /// A change of a mapped table, in its transaction.
@@ -440,7 +473,7 @@ impl TxDetector {
     /// be, unless it is late: its transaction decided, or due already.
     pub fn on_records<'a>(
         &mut self,
-        tx: &Arc<str>,
+        tx: &TxId,
         records: impl IntoIterator<Item = TxRecord<'a>>,
         wm: Millis,
         rules: &TxRules,
@@ -450,7 +483,7 @@ impl TxDetector {
         if records.peek().is_none() {
             return;
         }
-        if !self.txs.contains(tx) {
+        if !self.txs.contains(tx.key) {
             // Late records cannot open it: the first that is not does.
             let late = |r: &TxRecord<'_>| r.ts().saturating_add(rules.timeout_ms) <= wm;
             while records.next_if(late).is_some() {
@@ -461,7 +494,7 @@ impl TxDetector {
             };
             self.open_for(tx, first.ts(), first.evidence(), rules, out);
         }
-        let Some(entry) = self.txs.touch(tx) else {
+        let Some(entry) = self.txs.touch(tx.key) else {
             return;
         };
         let TxState::Open(tally) = &mut entry.state else {
@@ -474,8 +507,8 @@ impl TxDetector {
         let (old, due) = (entry.due, tally.due(rules));
         if old != due {
             entry.due = due;
-            self.open_due.remove(&(old, Arc::clone(tx)));
-            self.open_due.insert((due, Arc::clone(tx)));
+            self.open_due.remove(&(old, tx.key));
+            self.open_due.insert((due, tx.key));
         }
     }
 
@@ -483,7 +516,7 @@ impl TxDetector {
     /// first when `max_open` are open.
     fn open_for(
         &mut self,
-        tx: &Arc<str>,
+        tx: &TxId,
         ts: Millis,
         evidence: &Provenance,
         rules: &TxRules,
@@ -494,7 +527,7 @@ impl TxDetector {
             out.dropped += 1;
         }
         self.txs.insert(
-            Arc::clone(tx),
+            tx,
             TxEntry {
                 due: Millis::MAX,
                 state: TxState::Open(Tally {
@@ -506,32 +539,34 @@ impl TxDetector {
                 }),
             },
         );
-        self.open_due.insert((Millis::MAX, Arc::clone(tx)));
+        self.open_due.insert((Millis::MAX, tx.key));
     }
 
     /// Drops the open transaction due first, undecided, and forgets the
     /// closed one to be forgotten first when as many are remembered.
     fn drop_first(&mut self, rules: &TxRules) {
-        if let Some((due, id)) = self.open_due.pop_first() {
-            self.close(id, due, rules);
+        if let Some((due, key)) = self.open_due.pop_first() {
+            self.close(key, due, rules);
         }
     }
 
     /// Closes an open transaction (out of the open index already):
     /// remembered until `due + timeout`.
-    fn close(&mut self, id: Arc<str>, due: Millis, rules: &TxRules) {
+    fn close(&mut self, key: u64, due: Millis, rules: &TxRules) {
         let forget = due.saturating_add(rules.timeout_ms);
-        if let Some(entry) = self.txs.touch(&id) {
+        if let Some(entry) = self.txs.touch(key) {
             entry.state = TxState::Closed;
             entry.due = forget;
         }
-        self.closed_due.insert((forget, Arc::clone(&id)));
-        if self.txs.tracking() {
-            self.closed.push((id, forget));
+        self.closed_due.insert((forget, key));
+        if self.txs.tracking()
+            && let Some(id) = self.txs.id(key)
+        {
+            self.closed.push((Arc::clone(id), forget));
         }
         while self.closed_due.len() > rules.max_open {
             if let Some((_, old)) = self.closed_due.pop_first() {
-                self.txs.remove(&old);
+                self.txs.remove(old);
             }
         }
     }
@@ -540,23 +575,26 @@ impl TxDetector {
     /// decided ones remembered long enough.
     pub fn advance(&mut self, wm: Millis, rules: &TxRules, out: &mut TxDecisions) {
         while self.open_due.first().is_some_and(|(due, _)| *due <= wm) {
-            let Some((due, id)) = self.open_due.pop_first() else {
+            let Some((due, key)) = self.open_due.pop_first() else {
                 break;
             };
-            if let Some(TxEntry {
-                state: TxState::Open(tally),
-                ..
-            }) = self.txs.get(&id)
+            if let Some((
+                id,
+                TxEntry {
+                    state: TxState::Open(tally),
+                    ..
+                },
+            )) = self.txs.get(key)
             {
-                judge(&id, tally, due, out);
+                judge(id, tally, due, out);
             }
-            self.close(id, due, rules);
+            self.close(key, due, rules);
         }
         while self.closed_due.first().is_some_and(|(due, _)| *due <= wm) {
-            let Some((_, id)) = self.closed_due.pop_first() else {
+            let Some((_, key)) = self.closed_due.pop_first() else {
                 break;
             };
-            if let Some(entry) = self.txs.remove(&id) {
+            if let Some((_, entry)) = self.txs.remove(key) {
                 debug_assert!(entry.state == TxState::Closed);
             }
         }

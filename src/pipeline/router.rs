@@ -18,7 +18,7 @@ use super::{
     Engine, PartitionBatch, PipelineError, Position, SinkMsg, SourceMsg, WorkItem, WorkMsg,
 };
 use crate::detect::key::{Fill, Invalidation};
-use crate::detect::transaction::TxChange;
+use crate::detect::transaction::{TxChange, TxId};
 use crate::hash;
 use crate::ingest::Record;
 use crate::model::{CacheAction, CacheEvent, Millis, Provenance, is_glob};
@@ -260,10 +260,11 @@ impl Router {
                 .obliges_invalidation()
                 .then(|| change.commit_ts_ms.saturating_add(change.rules.deadline_ms));
             let table = Arc::clone(&change.table);
+            let tx = TxId::new(Arc::clone(tx));
             let item = match (change.tx_order, due) {
                 (Some(order), due) => Some(TxItem::Change {
                     change: TxChange {
-                        tx: Arc::clone(tx),
+                        tx,
                         table,
                         order,
                         ts: change.commit_ts_ms,
@@ -271,11 +272,7 @@ impl Router {
                     },
                     due,
                 }),
-                (None, Some(due)) => Some(TxItem::Due {
-                    tx: Arc::clone(tx),
-                    table,
-                    due,
-                }),
+                (None, Some(due)) => Some(TxItem::Due { tx, table, due }),
                 (None, None) => None,
             };
             self.pending_tx.extend(item);

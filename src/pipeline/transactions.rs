@@ -20,7 +20,7 @@ use crate::detect::transaction::summary::{
     SummaryDecisions, SummaryRules, TxSum, TxSummaries, final_at,
 };
 use crate::detect::transaction::{
-    TxBoundary, TxChange, TxDecisions, TxDetector, TxEntry, TxRecord, TxRules,
+    TxBoundary, TxChange, TxDecisions, TxDetector, TxEntry, TxId, TxRecord, TxRules,
 };
 use crate::events::Violation;
 use crate::model::Millis;
@@ -53,7 +53,7 @@ pub(super) enum TxMsg {
     /// worker).
     Verdicts {
         worker: usize,
-        sums: Vec<(Arc<str>, TxSum)>,
+        sums: Vec<(TxId, TxSum)>,
         decided_until: Millis,
     },
     /// The sender has sent everything before checkpoint `epoch`; once the
@@ -74,14 +74,14 @@ pub(super) enum TxItem {
     /// A change of a transaction without its number that obliges
     /// invalidations, and when they are due.
     Due {
-        tx: Arc<str>,
+        tx: TxId,
         table: Arc<str>,
         due: Millis,
     },
 }
 
 impl TxItem {
-    fn tx(&self) -> &Arc<str> {
+    fn tx(&self) -> &TxId {
         match self {
             TxItem::Change { change, .. } => &change.tx,
             TxItem::Boundary(b) => &b.tx,
@@ -110,11 +110,6 @@ impl TxItem {
             _ => None,
         }
     }
-}
-
-/// Whether two ids are the same transaction's.
-fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
-    Arc::ptr_eq(a, b) || a == b
 }
 
 pub(super) struct TxStage {
@@ -269,7 +264,7 @@ impl TxStage {
                     let mut rest = &items[..];
                     while let Some(first) = rest.first() {
                         let tx = first.tx();
-                        let n = rest.iter().position(|i| !same(i.tx(), tx));
+                        let n = rest.iter().position(|i| i.tx().key != tx.key);
                         let (run, after) = rest.split_at(n.unwrap_or(rest.len()));
                         rest = after;
                         let records = run.iter().filter_map(TxItem::record);

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{IdMap, Tracked, Writes};
+use super::{IdMap, Tracked, TxId, Writes};
 use crate::events::{KeyCounts, TxDetail, Violation, ViolationKind};
 use crate::model::{Millis, Provenance};
 
@@ -89,14 +89,16 @@ fn place(p: &Provenance) -> (&str, i32, i64) {
 
 /// A worker's key verdicts by transaction, since they were last sent.
 #[derive(Debug, Default)]
-pub struct TxTallies(IdMap<TxSum>);
+pub struct TxTallies(IdMap<(Arc<str>, TxSum)>);
 
 impl TxTallies {
     fn of(&mut self, tx: &Arc<str>) -> &mut TxSum {
-        if !self.0.contains_key(tx) {
-            self.0.insert(Arc::clone(tx), TxSum::none());
-        }
-        self.0.get_mut(tx).expect("inserted above")
+        let key = TxId::new(Arc::clone(tx)).key;
+        let (_, sum) = self
+            .0
+            .entry(key)
+            .or_insert_with(|| (Arc::clone(tx), TxSum::none()));
+        sum
     }
 
     /// A change of transaction `tx` invalidated in time.
@@ -138,8 +140,11 @@ impl TxTallies {
     }
 
     /// The sums since last taken (the map keeps its room).
-    pub fn take(&mut self) -> Vec<(Arc<str>, TxSum)> {
-        self.0.drain().collect()
+    pub fn take(&mut self) -> Vec<(TxId, TxSum)> {
+        self.0
+            .drain()
+            .map(|(key, (id, sum))| (TxId { key, id }, sum))
+            .collect()
     }
 }
 
@@ -157,8 +162,8 @@ pub struct SummaryDecisions {
 #[derive(Debug)]
 pub struct TxSummaries {
     txs: Tracked<TxSum>,
-    /// (final time, id) of every transaction summed.
-    by_final: BTreeSet<(Millis, Arc<str>)>,
+    /// (final time, number) of every transaction summed.
+    by_final: BTreeSet<(Millis, u64)>,
     /// Per worker, the time up to which it has decided everything due.
     decided: Vec<Millis>,
 }
@@ -170,11 +175,13 @@ impl TxSummaries {
         sums: impl IntoIterator<Item = (Arc<str>, TxSum)>,
         rules: &SummaryRules,
     ) -> Self {
-        let sums: Vec<(Arc<str>, TxSum, bool)> =
-            sums.into_iter().map(|(id, sum)| (id, sum, true)).collect();
+        let sums: Vec<(TxId, TxSum, bool)> = sums
+            .into_iter()
+            .map(|(id, sum)| (TxId::new(id), sum, true))
+            .collect();
         let by_final = sums
             .iter()
-            .map(|(id, sum, _)| (final_at(sum, rules), Arc::clone(id)))
+            .map(|(tx, sum, _)| (final_at(sum, rules), tx.key))
             .collect();
         TxSummaries {
             txs: Tracked::restored(sums),
@@ -209,7 +216,7 @@ impl TxSummaries {
         rules: &SummaryRules,
         out: &mut SummaryDecisions,
     ) {
-        self.on_changes(tx, [(table, due)], rules, out);
+        self.on_changes(&TxId::new(Arc::clone(tx)), [(table, due)], rules, out);
     }
 
     /// Changes of `tx`, each of a table and due at a time, in their order:
@@ -217,7 +224,7 @@ impl TxSummaries {
     /// looked up once.
     pub fn on_changes<'a>(
         &mut self,
-        tx: &Arc<str>,
+        tx: &TxId,
         changes: impl IntoIterator<Item = (&'a Arc<str>, Millis)>,
         rules: &SummaryRules,
         out: &mut SummaryDecisions,
@@ -230,7 +237,7 @@ impl TxSummaries {
         if changes.peek().is_none() {
             return;
         }
-        if !self.txs.contains(tx) {
+        if !self.txs.contains(tx.key) {
             // A change too late to open it is late; the first that is not
             // opens it.
             loop {
@@ -244,7 +251,7 @@ impl TxSummaries {
                 }
             }
         }
-        self.merge(tx, rules, |known| changes.for_each(|c| add(known, c)));
+        self.merge(tx.key, rules, |known| changes.for_each(|c| add(known, c)));
     }
 
     /// A worker's verdicts, and the time up to which it has now decided
@@ -252,7 +259,7 @@ impl TxSummaries {
     pub fn on_verdicts(
         &mut self,
         worker: usize,
-        sums: Vec<(Arc<str>, TxSum)>,
+        sums: Vec<(TxId, TxSum)>,
         decided_until: Millis,
         rules: &SummaryRules,
         out: &mut SummaryDecisions,
@@ -269,13 +276,13 @@ impl TxSummaries {
     /// Adds to the sum of `tx` what `merge` adds, opening it if need be.
     fn add(
         &mut self,
-        tx: &Arc<str>,
+        tx: &TxId,
         rules: &SummaryRules,
         out: &mut SummaryDecisions,
         merge: impl FnOnce(&mut TxSum),
     ) {
-        if self.txs.contains(tx) {
-            self.merge(tx, rules, merge);
+        if self.txs.contains(tx.key) {
+            self.merge(tx.key, rules, merge);
         } else {
             let mut sum = TxSum::none();
             merge(&mut sum);
@@ -283,17 +290,17 @@ impl TxSummaries {
         }
     }
 
-    /// Adds to the known sum of `tx` what `merge` adds.
-    fn merge(&mut self, tx: &Arc<str>, rules: &SummaryRules, merge: impl FnOnce(&mut TxSum)) {
-        let Some(known) = self.txs.touch(tx) else {
+    /// Adds to the known sum of transaction `key` what `merge` adds.
+    fn merge(&mut self, key: u64, rules: &SummaryRules, merge: impl FnOnce(&mut TxSum)) {
+        let Some(known) = self.txs.touch(key) else {
             return;
         };
         let before = final_at(known, rules);
         merge(known);
         let after = final_at(known, rules);
         if before != after {
-            self.by_final.remove(&(before, Arc::clone(tx)));
-            self.by_final.insert((after, Arc::clone(tx)));
+            self.by_final.remove(&(before, key));
+            self.by_final.insert((after, key));
         }
     }
 
@@ -302,7 +309,7 @@ impl TxSummaries {
     /// (late, and `false`).
     fn start(
         &mut self,
-        tx: &Arc<str>,
+        tx: &TxId,
         sum: TxSum,
         rules: &SummaryRules,
         out: &mut SummaryDecisions,
@@ -314,12 +321,11 @@ impl TxSummaries {
         if self.txs.len() >= rules.max_open
             && let Some((_, first)) = self.by_final.pop_first()
         {
-            self.txs.remove(&first);
+            self.txs.remove(first);
             out.dropped += 1;
         }
-        self.by_final
-            .insert((final_at(&sum, rules), Arc::clone(tx)));
-        self.txs.insert(Arc::clone(tx), sum);
+        self.by_final.insert((final_at(&sum, rules), tx.key));
+        self.txs.insert(tx, sum);
         true
     }
 
@@ -327,10 +333,10 @@ impl TxSummaries {
     fn advance(&mut self, out: &mut SummaryDecisions) {
         let until = self.until();
         while self.by_final.first().is_some_and(|(at, _)| *at <= until) {
-            let Some((at, id)) = self.by_final.pop_first() else {
+            let Some((at, key)) = self.by_final.pop_first() else {
                 break;
             };
-            if let Some(sum) = self.txs.remove(&id) {
+            if let Some((id, sum)) = self.txs.remove(key) {
                 judge(&id, &sum, at, out);
             }
         }

@@ -34,7 +34,7 @@ enum Rec {
 
 fn change(table: &str, order: u64, partition: i32) -> Rec {
     Rec::Change(TxChange {
-        tx: Arc::from(TX),
+        tx: TxId::from(TX),
         table: Arc::from(table),
         order,
         ts: T0,
@@ -44,7 +44,7 @@ fn change(table: &str, order: u64, partition: i32) -> Rec {
 
 fn begin() -> Rec {
     Rec::Boundary(TxBoundary {
-        tx: Arc::from(TX),
+        tx: TxId::from(TX),
         ts: T0,
         mark: TxMark::Begin,
         evidence: at("cdc.transaction", 0, 1),
@@ -53,7 +53,7 @@ fn begin() -> Rec {
 
 fn end(event_count: u64, tables: &[(&str, u64)], all_mapped: bool) -> Rec {
     Rec::Boundary(TxBoundary {
-        tx: Arc::from(TX),
+        tx: TxId::from(TX),
         ts: T0 + 5,
         mark: TxMark::End(EndCounts {
             event_count: Some(event_count),
@@ -70,7 +70,7 @@ fn end(event_count: u64, tables: &[(&str, u64)], all_mapped: bool) -> Rec {
 /// one `maxwell` topic's `partition`.
 fn row(table: &str, xoffset: Option<u64>, commit: bool, partition: i32, offset: i64) -> Rec {
     Rec::Boundary(TxBoundary {
-        tx: Arc::from(TX),
+        tx: TxId::from(TX),
         // Maxwell's `ts` is in seconds: the rows share it.
         ts: T0,
         mark: TxMark::Row {
@@ -292,7 +292,7 @@ fn open_transactions_are_bounded() {
     let mut out = TxDecisions::default();
     for i in 0..10_000u64 {
         let c = TxChange {
-            tx: Arc::from(format!("tx-{i}")),
+            tx: TxId::new(Arc::from(format!("tx-{i}"))),
             table: Arc::from(ORDERS),
             order: 1,
             ts: T0 + i as Millis,

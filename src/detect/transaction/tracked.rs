@@ -1,4 +1,4 @@
-//! Values by transaction id that know what the next checkpoint must write
+//! Values by transaction (by its number, [`TxId::key`]) that know what the next checkpoint must write
 //! of them: each value marks whether it changed since the last checkpoint
 //! and whether the store holds it, so that a transaction that comes and
 //! goes between two checkpoints costs the store nothing, and one that goes
@@ -9,12 +9,16 @@ use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
-/// A map by transaction id, with a fast hash: every record of a
-/// transaction looks its id up.
-pub type IdMap<V> = HashMap<Arc<str>, V, RandomState>;
+use super::TxId;
+
+/// A map by transaction number, with a fast hash: every record of a
+/// transaction looks it up.
+pub type IdMap<V> = HashMap<u64, V, RandomState>;
 
 #[derive(Debug)]
 struct Slot<V> {
+    /// The transaction's id, for the verdicts and the store.
+    id: Arc<str>,
     value: V,
     /// Changed since the last checkpoint (and listed in `dirty`).
     dirty: bool,
@@ -31,13 +35,13 @@ pub struct Writes<'a, V> {
     pub put: Vec<(Arc<str>, &'a V)>,
 }
 
-/// Values by transaction id, tracked for the checkpoints.
+/// Values by transaction, tracked for the checkpoints.
 #[derive(Debug)]
 pub struct Tracked<V> {
     map: IdMap<Slot<V>>,
-    /// Ids whose value changed since the last checkpoint (some perhaps
-    /// gone since).
-    dirty: Vec<Arc<str>>,
+    /// Numbers of the transactions whose value changed since the last
+    /// checkpoint (some perhaps gone since).
+    dirty: Vec<u64>,
     /// Ids gone since the last checkpoint whose value the store holds.
     unstored: Vec<Arc<str>>,
     /// Changes are tracked (else nothing is written at checkpoints).
@@ -58,12 +62,13 @@ impl<V> Default for Tracked<V> {
 impl<V> Tracked<V> {
     /// Values restored from the store, each with whether it is held under
     /// its own id (else it is in the store another way).
-    pub fn restored(values: impl IntoIterator<Item = (Arc<str>, V, bool)>) -> Self {
+    pub fn restored(values: impl IntoIterator<Item = (TxId, V, bool)>) -> Self {
         let mut t = Tracked::default();
-        for (id, value, stored) in values {
+        for (tx, value, stored) in values {
             t.map.insert(
-                id,
+                tx.key,
                 Slot {
+                    id: tx.id,
                     value,
                     dirty: false,
                     stored,
@@ -95,32 +100,39 @@ impl<V> Tracked<V> {
         self.map.is_empty()
     }
 
-    pub fn contains(&self, id: &str) -> bool {
-        self.map.contains_key(id)
+    pub fn contains(&self, key: u64) -> bool {
+        self.map.contains_key(&key)
     }
 
-    pub fn get(&self, id: &str) -> Option<&V> {
-        self.map.get(id).map(|s| &s.value)
+    /// The id and value of transaction `key`.
+    pub fn get(&self, key: u64) -> Option<(&Arc<str>, &V)> {
+        self.map.get(&key).map(|s| (&s.id, &s.value))
     }
 
-    /// The value of `id`, marked changed.
-    pub fn touch(&mut self, id: &Arc<str>) -> Option<&mut V> {
-        let slot = self.map.get_mut(&**id)?;
+    /// The id of transaction `key`.
+    pub fn id(&self, key: u64) -> Option<&Arc<str>> {
+        self.map.get(&key).map(|s| &s.id)
+    }
+
+    /// The value of transaction `key`, marked changed.
+    pub fn touch(&mut self, key: u64) -> Option<&mut V> {
+        let slot = self.map.get_mut(&key)?;
         if self.track && !slot.dirty {
             slot.dirty = true;
-            self.dirty.push(Arc::clone(id));
+            self.dirty.push(key);
         }
         Some(&mut slot.value)
     }
 
-    /// A new value for `id` (which has none).
-    pub fn insert(&mut self, id: Arc<str>, value: V) {
+    /// A new value for `tx` (which has none).
+    pub fn insert(&mut self, tx: &TxId, value: V) {
         if self.track {
-            self.dirty.push(Arc::clone(&id));
+            self.dirty.push(tx.key);
         }
         self.map.insert(
-            id,
+            tx.key,
             Slot {
+                id: Arc::clone(&tx.id),
                 value,
                 dirty: self.track,
                 stored: false,
@@ -128,12 +140,13 @@ impl<V> Tracked<V> {
         );
     }
 
-    pub fn remove(&mut self, id: &str) -> Option<V> {
-        let (id, slot) = self.map.remove_entry(id)?;
+    /// Takes out the id and value of transaction `key`.
+    pub fn remove(&mut self, key: u64) -> Option<(Arc<str>, V)> {
+        let slot = self.map.remove(&key)?;
         if self.track && slot.stored {
-            self.unstored.push(id);
+            self.unstored.push(Arc::clone(&slot.id));
         }
-        Some(slot.value)
+        Some((slot.id, slot.value))
     }
 
     /// What the checkpoint writes: the values changed since the last that
@@ -141,9 +154,9 @@ impl<V> Tracked<V> {
     /// gone or no longer kept.
     pub fn take_writes(&mut self, keep: impl Fn(&V) -> bool) -> Writes<'_, V> {
         let mut delete = std::mem::take(&mut self.unstored);
-        let mut put_ids = Vec::with_capacity(self.dirty.len());
-        for id in self.dirty.drain(..) {
-            let Some(slot) = self.map.get_mut(&*id) else {
+        let mut put_keys = Vec::with_capacity(self.dirty.len());
+        for key in self.dirty.drain(..) {
+            let Some(slot) = self.map.get_mut(&key) else {
                 continue;
             };
             if !slot.dirty {
@@ -153,21 +166,21 @@ impl<V> Tracked<V> {
             slot.dirty = false;
             if keep(&slot.value) {
                 slot.stored = true;
-                put_ids.push(id);
+                put_keys.push(key);
             } else if slot.stored {
                 slot.stored = false;
-                delete.push(id);
+                delete.push(Arc::clone(&slot.id));
             }
         }
         delete.sort_unstable();
-        put_ids.sort_unstable();
-        let put = put_ids
+        let mut put: Vec<(Arc<str>, &V)> = put_keys
             .into_iter()
-            .filter_map(|id| {
-                let value = &self.map.get(&*id)?.value;
-                Some((id, value))
+            .filter_map(|key| {
+                let slot = self.map.get(&key)?;
+                Some((Arc::clone(&slot.id), &slot.value))
             })
             .collect();
+        put.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
         Writes { delete, put }
     }
 }
@@ -175,6 +188,14 @@ impl<V> Tracked<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tx(id: &str) -> TxId {
+        TxId::from(id)
+    }
+
+    fn key(id: &str) -> u64 {
+        tx(id).key
+    }
 
     fn ids<'a, V>(w: &Writes<'a, V>) -> (Vec<String>, Vec<String>) {
         (
@@ -186,9 +207,9 @@ mod tests {
     #[test]
     fn what_comes_and_goes_between_checkpoints_is_not_written() {
         let mut t: Tracked<u32> = Tracked::default();
-        t.insert(Arc::from("a"), 1);
-        t.insert(Arc::from("b"), 2);
-        assert_eq!(t.remove("a"), Some(1));
+        t.insert(&tx("a"), 1);
+        t.insert(&tx("b"), 2);
+        assert_eq!(t.remove(key("a")), Some((Arc::from("a"), 1)));
         let w = t.take_writes(|_| true);
         assert_eq!(ids(&w), (vec![], vec!["b".to_string()]));
         // Nothing changed since.
@@ -199,16 +220,16 @@ mod tests {
     #[test]
     fn what_the_store_holds_is_deleted_when_gone_or_no_longer_kept() {
         let mut t: Tracked<u32> = Tracked::restored([
-            (Arc::from("a"), 1, true),
-            (Arc::from("b"), 2, true),
-            (Arc::from("c"), 3, true),
-            (Arc::from("d"), 4, false),
+            (tx("a"), 1, true),
+            (tx("b"), 2, true),
+            (tx("c"), 3, true),
+            (tx("d"), 4, false),
         ]);
         // Held another way: nothing to delete.
-        t.remove("d");
-        t.remove("a");
-        *t.touch(&Arc::from("b")).unwrap() = 20;
-        *t.touch(&Arc::from("c")).unwrap() = 30;
+        t.remove(key("d"));
+        t.remove(key("a"));
+        *t.touch(key("b")).unwrap() = 20;
+        *t.touch(key("c")).unwrap() = 30;
         let w = t.take_writes(|v| *v < 25);
         assert_eq!(
             ids(&w),
@@ -219,22 +240,22 @@ mod tests {
         );
         assert_eq!(w.put[0].1, &20);
         // Gone and back: deleted, then put.
-        t.remove("b");
-        t.insert(Arc::from("b"), 4);
+        t.remove(key("b"));
+        t.insert(&tx("b"), 4);
         let w = t.take_writes(|_| true);
         assert_eq!(ids(&w), (vec!["b".to_string()], vec!["b".to_string()]));
         // "c" is no longer held: gone, nothing to delete.
-        t.remove("c");
+        t.remove(key("c"));
         assert_eq!(ids(&t.take_writes(|_| true)), (vec![], vec![]));
     }
 
     #[test]
     fn untracked_values_are_never_written() {
-        let mut t: Tracked<u32> = Tracked::restored([(Arc::from("a"), 1, true)]).untracked();
-        t.insert(Arc::from("b"), 2);
-        *t.touch(&Arc::from("b")).unwrap() = 3;
-        t.remove("a");
-        assert_eq!(t.get("b"), Some(&3));
+        let mut t: Tracked<u32> = Tracked::restored([(tx("a"), 1, true)]).untracked();
+        t.insert(&tx("b"), 2);
+        *t.touch(key("b")).unwrap() = 3;
+        t.remove(key("a"));
+        assert_eq!(t.get(key("b")), Some((&Arc::from("b"), &3)));
         assert_eq!(ids(&t.take_writes(|_| true)), (vec![], vec![]));
         assert!(t.dirty.is_empty() && t.unstored.is_empty());
     }

@@ -53,12 +53,12 @@ enum Msg {
     },
     Verdicts {
         worker: usize,
-        sums: Vec<(Arc<str>, TxSum)>,
+        sums: Vec<(TxId, TxSum)>,
         until: Millis,
     },
 }
 
-fn tallies(f: impl FnOnce(&mut TxTallies)) -> Vec<(Arc<str>, TxSum)> {
+fn tallies(f: impl FnOnce(&mut TxTallies)) -> Vec<(TxId, TxSum)> {
     let mut t = TxTallies::default();
     f(&mut t);
     t.take()
