@@ -82,6 +82,20 @@ impl Store for FailingStore {
         self.inner.scan(cf, prefix, f)
     }
 
+    fn scan_range(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError> {
+        self.inner.scan_range(cf, from, to, f)
+    }
+
+    fn last_in(&self, cf: Cf, from: &[u8], to: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        self.inner.last_in(cf, from, to)
+    }
+
     fn delete_scope(&self, scope: i32) -> Result<(), StateError> {
         self.inner.delete_scope(scope)
     }

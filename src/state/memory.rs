@@ -62,6 +62,36 @@ impl Store for MemStore {
         Ok(())
     }
 
+    fn scan_range(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError> {
+        if from >= to {
+            return Ok(());
+        }
+        let data = self.data();
+        for ((_, k), v) in data.range((cf, from.to_vec())..(cf, to.to_vec())) {
+            if !f(k, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn last_in(&self, cf: Cf, from: &[u8], to: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        if from >= to {
+            return Ok(None);
+        }
+        let data = self.data();
+        let last = data
+            .range((cf, from.to_vec())..(cf, to.to_vec()))
+            .next_back();
+        Ok(last.map(|((_, k), _)| k.clone()))
+    }
+
     fn delete_scope(&self, scope: i32) -> Result<(), StateError> {
         let prefix = codec::scope_prefix(scope);
         self.data().retain(|(cf, key), _| match cf {

@@ -222,6 +222,19 @@ pub trait Store: Send + Sync {
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StateError>;
 
+    /// Calls `f` on every entry whose key is at or after `from` and before
+    /// `to`, in key order, until `f` returns false.
+    fn scan_range(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError>;
+
+    /// The greatest key at or after `from` and before `to`, if any.
+    fn last_in(&self, cf: Cf, from: &[u8], to: &[u8]) -> Result<Option<Vec<u8>>, StateError>;
+
     /// Removes every entry of a scope (a partition number, never negative):
     /// the entries of the scoped families whose key starts with it, and the
     /// input positions of that partition number (before its state is

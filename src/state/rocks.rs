@@ -18,7 +18,7 @@ use std::sync::Arc;
 use rocksdb::compaction_filter::Decision;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode, Options,
-    WriteBatch, WriteOptions,
+    ReadOptions, WriteBatch, WriteOptions,
 };
 
 use super::codec;
@@ -158,6 +158,16 @@ fn cf_options(cf: Cf, cache: &Cache, memtable: usize, retention: &RetentionHoriz
     opts
 }
 
+/// Reads of the keys at or after `from` and before `to` only: an iterator
+/// so bounded seeks and steps within them, without looking at (possibly
+/// many deleted) entries beyond.
+fn bounded(from: &[u8], to: &[u8]) -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_lower_bound(from.to_vec());
+    opts.set_iterate_upper_bound(to.to_vec());
+    opts
+}
+
 impl Store for RocksStore {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         self.db
@@ -198,6 +208,36 @@ impl Store for RocksStore {
             }
         }
         Ok(())
+    }
+
+    fn scan_range(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError> {
+        let mut iter = self
+            .db
+            .raw_iterator_cf_opt(self.handle(cf), bounded(from, to));
+        iter.seek_to_first();
+        while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
+            if !f(k, v) {
+                return Ok(());
+            }
+            iter.next();
+        }
+        iter.status().map_err(|e| self.err(e))
+    }
+
+    fn last_in(&self, cf: Cf, from: &[u8], to: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        let mut iter = self
+            .db
+            .raw_iterator_cf_opt(self.handle(cf), bounded(from, to));
+        iter.seek_to_last();
+        let last = iter.key().map(<[u8]>::to_vec);
+        iter.status().map_err(|e| self.err(e))?;
+        Ok(last)
     }
 
     fn delete_scope(&self, scope: i32) -> Result<(), StateError> {

@@ -10,6 +10,7 @@ enum Action {
     Batch(Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>),
     Get(Cf, Vec<u8>),
     Scan(Cf, Vec<u8>),
+    Range(Cf, Vec<u8>, Vec<u8>),
     DeleteScope(i32),
 }
 
@@ -30,6 +31,7 @@ fn action() -> impl Strategy<Value = Action> {
             .prop_map(Action::Batch),
         2 => (cf(), key()).prop_map(|(c, k)| Action::Get(c, k)),
         1 => (cf(), key()).prop_map(|(c, k)| Action::Scan(c, k)),
+        1 => (cf(), key(), key()).prop_map(|(c, from, to)| Action::Range(c, from, to)),
         1 => prop::sample::select(vec![0i32, 1, 0x6162]).prop_map(Action::DeleteScope),
     ]
 }
@@ -42,6 +44,23 @@ fn scan_all(store: &dyn Store, cf: Cf, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)>
             true
         })
         .unwrap();
+    out
+}
+
+/// The entries of `[from, to)`, and its last key as [`Store::last_in`]
+/// finds it, which must be the last of them.
+fn range(store: &dyn Store, cf: Cf, from: &[u8], to: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    store
+        .scan_range(cf, from, to, &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            true
+        })
+        .unwrap();
+    assert_eq!(
+        store.last_in(cf, from, to).unwrap(),
+        out.last().map(|(k, _)| k.clone())
+    );
     out
 }
 
@@ -68,6 +87,9 @@ proptest! {
                 }
                 Action::Get(c, k) => prop_assert_eq!(rocks.get(c, &k).unwrap(), mem.get(c, &k).unwrap()),
                 Action::Scan(c, p) => prop_assert_eq!(scan_all(&rocks, c, &p), scan_all(&mem, c, &p)),
+                Action::Range(c, from, to) => {
+                    prop_assert_eq!(range(&rocks, c, &from, &to), range(&mem, c, &from, &to));
+                }
                 Action::DeleteScope(scope) => {
                     rocks.delete_scope(scope).unwrap();
                     mem.delete_scope(scope).unwrap();
