@@ -232,6 +232,11 @@ impl<K> TimerQueue<K> {
         key.map(|key| (due, key))
     }
 
+    /// The due time of the earliest timer.
+    pub fn first_due(&self) -> Option<Millis> {
+        self.buckets.first_key_value().map(|(due, _)| *due)
+    }
+
     /// Whether a timer is due at or before `wm`.
     pub fn is_due(&self, wm: Millis) -> bool {
         self.buckets

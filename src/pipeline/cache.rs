@@ -544,6 +544,12 @@ where
         }
     }
 
+    /// Whether `key` is in memory.
+    pub fn contains(&self, key: &K::Lookup) -> bool {
+        self.find(self.hasher.hash_one(K::bytes(key)), key)
+            .is_some()
+    }
+
     /// The slot of `key`, to change, and its handle: in memory, else read
     /// by `load`, else new. It is persisted at the next checkpoint.
     pub fn change(

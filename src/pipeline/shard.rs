@@ -12,7 +12,12 @@
 //! Every key and entity belongs to a scope (its input partition number, see
 //! [`crate::state::Cf`]); when the partitions of a scope move to another
 //! instance the shard forgets the scope, and when they come (back) it loads
-//! the scope's timers and retained globs from the store.
+//! the scope's retained globs from the store. The timers a scope has in the
+//! store when it is loaded are not read then: they are read in due order
+//! as the watermark comes to them, a chunk at a time (so that neither
+//! starting nor memory grows with the keys armed in the store), and their
+//! keys are filed among the open keys behind the work, before any glob
+//! invalidation looks there.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -157,6 +162,90 @@ struct Armed {
     key: CompactString,
     scope: i32,
     slot: Option<Handle>,
+}
+
+/// The timers of a scope that were in the store when it was loaded: read
+/// in due order as the watermark comes to them, and filed among the open
+/// keys behind the work. Timers armed since are in memory; those the store
+/// has by then too (saved at a checkpoint) may be read again, and are
+/// passed by as any timer that no longer matches its key's.
+struct Restored {
+    /// The store key of the last of them.
+    last: Vec<u8>,
+    /// The store key of the next to read, and its due time.
+    next: Option<(Millis, Vec<u8>)>,
+    /// The store key of the next to file among the open keys.
+    unfiled: Option<Vec<u8>>,
+}
+
+impl Restored {
+    /// Where the store keeps the timers of `scope` (from, to).
+    fn range(scope: i32) -> ([u8; 4], [u8; 4]) {
+        (
+            codec::scope_prefix(scope),
+            codec::scope_prefix(scope.saturating_add(1)),
+        )
+    }
+
+    /// The timers of `scope` in `store`, to read; `None` if it has none.
+    fn of(store: &dyn Store, scope: i32) -> Result<Option<Restored>, StateError> {
+        let (from, to) = Restored::range(scope);
+        let Some(last) = store.last_in(Cf::Timers, &from, &to)? else {
+            return Ok(None);
+        };
+        let mut first = None;
+        store.scan_range(Cf::Timers, &from, &to, &mut |k, _| {
+            first = Some(k.to_vec());
+            false
+        })?;
+        Ok(first.map(|first| Restored {
+            next: Some((due_of(&first), first.clone())),
+            unfiled: Some(first),
+            last,
+        }))
+    }
+
+    /// Whether a timer read from here is due by `wm`.
+    fn is_due(&self, wm: Millis) -> bool {
+        self.next.as_ref().is_some_and(|(due, _)| *due <= wm)
+    }
+}
+
+/// The due time of a timer's store key (`Millis::MIN` if it cannot be
+/// parsed: such a key is read first and passed by).
+fn due_of(key: &[u8]) -> Millis {
+    codec::parse_timer_key(key).map_or(Millis::MIN, |(_, due, _)| due)
+}
+
+/// Timers read from the store, or filed among the open keys, at a time.
+const RESTORE_CHUNK: usize = 1024;
+
+/// Calls `f` on the timers of `scope` from `from` through `last` while it
+/// returns true, at most `n` of them; returns the store key of the next,
+/// `None` when every one through `last` was passed.
+fn walk_timers(
+    store: &dyn Store,
+    scope: i32,
+    from: &[u8],
+    last: &[u8],
+    n: usize,
+    f: &mut dyn FnMut(Millis, &str) -> bool,
+) -> Result<Option<Vec<u8>>, StateError> {
+    let (_, to) = Restored::range(scope);
+    let (mut next, mut seen) = (None, 0);
+    store.scan_range(Cf::Timers, from, &to, &mut |k, _| {
+        if k > last {
+            return false;
+        }
+        let parsed = codec::parse_timer_key(k);
+        if seen == n || parsed.is_some_and(|(_, due, key)| !f(due, key)) {
+            next = Some(k.to_vec());
+            return false;
+        }
+        seen += 1;
+        true
+    })?;
+    Ok(next)
 }
 
 /// The least event time by which the oldest retained glob must have expired
@@ -371,6 +460,9 @@ pub(super) struct Shard {
     /// are saved (behind the work, when state is kept).
     saving: Option<StateBatch>,
     timers: TimerQueue<Armed>,
+    /// The timers each loaded scope had in the store, as yet unread or
+    /// unfiled.
+    restored: BTreeMap<i32, Restored>,
     /// Keys with undecided changes (and their scope), ordered so that a glob
     /// invalidation can scan the keys sharing its literal prefix.
     open: OpenKeys,
@@ -405,6 +497,7 @@ impl Shard {
             epoch: 0,
             saving: None,
             timers: TimerQueue::default(),
+            restored: BTreeMap::new(),
             open: BTreeMap::new(),
             wildcards: Wildcards::default(),
             glob_writes: StateBatch::default(),
@@ -416,15 +509,96 @@ impl Shard {
         self.durable
     }
 
-    /// Armed timers (in memory).
-    pub(super) fn timers(&self) -> usize {
-        self.timers.len()
+    /// Scopes with timers in the store as yet unread or unfiled.
+    pub(super) fn restoring(&self) -> usize {
+        self.restored.len()
     }
 
     /// Whether there is work to do behind the records: timers due by `wm`,
     /// or a checkpoint being saved.
     pub(super) fn is_behind(&self, wm: Millis) -> bool {
-        self.saving.is_some() || self.timers.is_due(wm)
+        self.saving.is_some()
+            || self.timers.is_due(wm)
+            || self.restored.values().any(|r| r.is_due(wm))
+    }
+
+    /// Whether keys armed in the store are yet to be filed among the open
+    /// keys (see [`Shard::file_some`]).
+    pub(super) fn is_filing(&self) -> bool {
+        self.restored.values().any(|r| r.unfiled.is_some())
+    }
+
+    /// Files up to `n` keys armed in the store (as their scope was loaded)
+    /// among the open keys, as the index had them when they were saved:
+    /// keys in memory are filed as they change.
+    pub(super) fn file_some(&mut self, mut n: usize) -> Result<(), StateError> {
+        let (index, shards) = (self.index, self.shards);
+        let (store, keys, open) = (&*self.store, &self.keys, &mut self.open);
+        for (&scope, restored) in &mut self.restored {
+            let Some(from) = restored.unfiled.take() else {
+                continue;
+            };
+            restored.unfiled =
+                walk_timers(store, scope, &from, &restored.last, n, &mut |_, key| {
+                    n -= 1;
+                    if hash::shard_of_key(key, shards) == index && !keys.contains(key) {
+                        open.insert(OpenKey::new(key), scope);
+                    }
+                    true
+                })?;
+            if n == 0 {
+                break;
+            }
+        }
+        self.restored
+            .retain(|_, r| r.next.is_some() || r.unfiled.is_some());
+        Ok(())
+    }
+
+    /// Reads the timers in the store due by `wm` that come before every
+    /// one in memory, a chunk at a time, into the queue.
+    fn read_due(&mut self, wm: Millis) -> Result<(), StateError> {
+        let (index, shards) = (self.index, self.shards);
+        loop {
+            let first = self.timers.first_due();
+            let Some((&scope, restored)) = self.restored.iter_mut().find(|(_, r)| {
+                r.next
+                    .as_ref()
+                    .is_some_and(|(due, _)| *due <= wm && first.is_none_or(|f| *due < f))
+            }) else {
+                return Ok(());
+            };
+            let (_, from) = restored.next.take().expect("due, so not yet read");
+            let timers = &mut self.timers;
+            let next = walk_timers(
+                &*self.store,
+                scope,
+                &from,
+                &restored.last,
+                RESTORE_CHUNK,
+                &mut |due, key| {
+                    if due > wm {
+                        return false;
+                    }
+                    if hash::shard_of_key(key, shards) == index {
+                        let key = CompactString::from(key);
+                        timers.push(
+                            due,
+                            Armed {
+                                key,
+                                scope,
+                                slot: None,
+                            },
+                        );
+                    }
+                    true
+                },
+            )?;
+            restored.next = next.map(|key| (due_of(&key), key));
+            if restored.next.is_none() && restored.unfiled.is_none() {
+                self.restored.remove(&scope);
+            }
+        }
     }
 
     /// Applies `f` to a key's state (read from the store if not in memory),
@@ -480,15 +654,20 @@ impl Shard {
     }
 
     /// The keys with undecided changes that glob `pattern` matches, with
-    /// their scopes.
-    pub(super) fn open_matching(&self, pattern: &str) -> Vec<(CompactString, i32)> {
+    /// their scopes (every key armed in the store filed first).
+    pub(super) fn open_matching(
+        &mut self,
+        pattern: &str,
+    ) -> Result<Vec<(CompactString, i32)>, StateError> {
+        self.file_some(usize::MAX)?;
         let prefix = glob_prefix(pattern);
-        self.open
+        Ok(self
+            .open
             .range((Bound::Included(OpenKey::new(prefix)), Bound::Unbounded))
             .take_while(|(k, _)| k.key.starts_with(prefix))
             .filter(|(k, _)| glob_matches(pattern, &k.key))
             .map(|(k, s)| (k.key.clone(), *s))
-            .collect()
+            .collect())
     }
 
     /// Keeps a glob invalidation for changes that arrive after it.
@@ -527,6 +706,7 @@ impl Shard {
         out: &mut Decisions,
     ) -> Result<(), StateError> {
         for _ in 0..n {
+            self.read_due(wm)?;
             let Some((due, Armed { key, scope, slot })) = self.timers.pop_due(wm) else {
                 break;
             };
@@ -649,34 +829,28 @@ impl Shard {
         self.keys.release(gone);
         self.entities.release(gone);
         self.timers.retain(|t| !gone(t.scope));
+        self.restored.retain(|scope, _| !gone(*scope));
         self.open.retain(|_, scope| !gone(*scope));
         self.wildcards.remove(|g| gone(g.scope));
         self.glob_writes.writes.retain(|w| !gone(w.scope));
     }
 
-    /// Reads the timers and retained globs of a scope (`None`: of every
-    /// scope) that belong to this shard.
+    /// Notes the timers of a scope (`None`: of every scope) that the store
+    /// has, to read as they come due (see [`Shard::file_some`] and
+    /// [`Shard::fire_due`]), and reads its retained globs.
     pub(super) fn load(&mut self, scope: Option<i32>) -> Result<(), StateError> {
         let prefix = scope.map(codec::scope_prefix);
         let prefix: &[u8] = prefix.as_ref().map_or(&[], |p| p.as_slice());
-        let (index, shards) = (self.index, self.shards);
-        let (timers, open) = (&mut self.timers, &mut self.open);
-        self.store.scan(Cf::Timers, prefix, &mut |k, _| {
-            if let Some((scope, due, key)) = codec::parse_timer_key(k)
-                && hash::shard_of_key(key, shards) == index
-            {
-                open.insert(OpenKey::new(key), scope);
-                timers.push(
-                    due,
-                    Armed {
-                        key: CompactString::from(key),
-                        scope,
-                        slot: None,
-                    },
-                );
-            }
-            true
-        })?;
+        let scopes = match scope {
+            Some(scope) => vec![scope],
+            None => self.stored_scopes()?,
+        };
+        for scope in scopes {
+            match Restored::of(&*self.store, scope)? {
+                Some(restored) => self.restored.insert(scope, restored),
+                None => self.restored.remove(&scope),
+            };
+        }
         let mut corrupt = None;
         let wildcards = &mut self.wildcards;
         self.store.scan(
@@ -707,6 +881,23 @@ impl Shard {
         std::mem::forget(std::mem::replace(&mut self.entities, entities));
         std::mem::forget(std::mem::take(&mut self.timers));
         std::mem::forget(std::mem::take(&mut self.open));
+    }
+
+    /// The scopes with timers in the store, a seek each.
+    fn stored_scopes(&self) -> Result<Vec<i32>, StateError> {
+        let mut scopes = Vec::new();
+        let mut from = Some(codec::scope_prefix(0));
+        while let Some(at) = from.take() {
+            self.store
+                .scan_range(Cf::Timers, &at, &[0xFF; 4], &mut |k, _| {
+                    if let Some((scope, _)) = codec::unscoped(k) {
+                        scopes.push(scope);
+                        from = (scope < i32::MAX).then(|| codec::scope_prefix(scope + 1));
+                    }
+                    false
+                })?;
+        }
+        Ok(scopes)
     }
 
     /// Lets the keys and entities that have outlived the state's retention

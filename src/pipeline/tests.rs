@@ -376,6 +376,41 @@ fn a_restart_from_stored_state_finishes_what_the_first_run_started() {
 }
 
 #[test]
+fn a_restart_anywhere_keeps_the_verdicts_of_timers_and_globs_over_stored_keys() {
+    // The keys armed before a restart are read back as their timers come
+    // due, and filed among the open keys before a glob invalidation looks
+    // there: wherever the run stops, the verdicts are those of one run.
+    let cdc = vec![
+        change(1, 1, "c", 1_000),
+        change(2, 1, "c", 1_100),
+        change(3, 1, "c", 1_200),
+        change(1, 2, "u", 3_000),
+        change(4, 1, "c", 9_000),
+    ];
+    let cache = vec![
+        invalidation("user:1*", 0, 1_500),
+        invalidation("user:2", 1, 1_600),
+        invalidation("user:*", 0, 3_100),
+        invalidation("user:4", 1, 9_050),
+    ];
+    for plan in interleavings(&cdc, &cache) {
+        let (whole, _) = Harness::new().run(&plan, true);
+        assert!(
+            whole.iter().any(|v| v.starts_with("missing_invalidation")),
+            "{whole:#?}"
+        );
+        for split in 1..plan.len() {
+            let h = Harness::new();
+            let (first, _) = h.run(&plan[..split], false);
+            let (second, _) = h.run(&plan[split..], true);
+            let mut both = [first, second].concat();
+            both.sort();
+            assert_eq!(both, whole, "stopped after {split}: {plan:#?}");
+        }
+    }
+}
+
+#[test]
 fn state_that_leaves_memory_comes_back_with_the_same_verdicts() {
     let (cdc, cache) = inputs();
     let config = Harness::new().config;

@@ -170,24 +170,25 @@ impl Worker {
         }
     }
 
-    /// Reads the shard's timers and globs from the store (on its own
-    /// thread, so that the workers read theirs at the same time), then
+    /// Notes the shard's timers and reads its globs from the store (on its
+    /// own thread, so that the workers read theirs at the same time), then
     /// applies the router's messages until it hangs up.
     pub(super) fn run(mut self, inbox: Receiver<WorkMsg>) -> Result<(), PipelineError> {
         let started = std::time::Instant::now();
         self.shard.load(None)?;
-        if self.shard.timers() > 0 {
+        if self.shard.restoring() > 0 {
             tracing::info!(
                 worker = self.index,
-                timers = self.shard.timers(),
+                scopes = self.shard.restoring(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
-                "read the timers of the keys in state"
+                "found timers in state, to read as they come due"
             );
         }
         loop {
-            // While timers are due or a checkpoint is being saved, work on
-            // them whenever nothing waits.
-            let msg = if self.shard.is_behind(self.watermark) {
+            // While timers are due, a checkpoint is being saved or keys
+            // armed in the store are to be filed, work on them whenever
+            // nothing waits.
+            let msg = if self.shard.is_behind(self.watermark) || self.shard.is_filing() {
                 match inbox.try_recv() {
                     Ok(msg) => msg,
                     Err(TryRecvError::Empty) => {
@@ -237,10 +238,12 @@ impl Worker {
         Ok(())
     }
 
-    /// Fires some of the timers due, and saves some of the checkpoint
-    /// being saved.
+    /// Fires some of the timers due, files some of the keys armed in the
+    /// store among the open keys, and saves some of the checkpoint being
+    /// saved.
     fn work_behind(&mut self) -> Result<(), PipelineError> {
         self.fire_due(FIRE_CHUNK)?;
+        self.shard.file_some(FIRE_CHUNK)?;
         self.send_violations()?;
         self.save_some()?;
         if !self.shard.is_behind(self.watermark) {
@@ -373,7 +376,7 @@ impl Worker {
                 inv,
                 scope,
             } => {
-                for (key, key_scope) in self.shard.open_matching(&pattern) {
+                for (key, key_scope) in self.shard.open_matching(&pattern)? {
                     self.shard
                         .update_key(&key, key_scope, wm, out, |state, rules, _| {
                             // The key's due timer, fired just before, may have
