@@ -56,9 +56,14 @@ pub struct TxId {
 impl TxId {
     pub fn new(id: Arc<str>) -> Self {
         TxId {
-            key: xxh3_64(id.as_bytes()),
+            key: TxId::key_of(&id),
             id,
         }
+    }
+
+    /// The number a transaction id is keyed by.
+    pub fn key_of(id: &str) -> u64 {
+        xxh3_64(id.as_bytes())
     }
 }
 

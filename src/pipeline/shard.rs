@@ -179,17 +179,9 @@ struct Restored {
 }
 
 impl Restored {
-    /// Where the store keeps the timers of `scope` (from, to).
-    fn range(scope: i32) -> ([u8; 4], [u8; 4]) {
-        (
-            codec::scope_prefix(scope),
-            codec::scope_prefix(scope.saturating_add(1)),
-        )
-    }
-
     /// The timers of `scope` in `store`, to read; `None` if it has none.
     fn of(store: &dyn Store, scope: i32) -> Result<Option<Restored>, StateError> {
-        let (from, to) = Restored::range(scope);
+        let (from, to) = codec::scope_range(scope);
         let Some(last) = store.last_in(Cf::Timers, &from, &to)? else {
             return Ok(None);
         };
@@ -231,7 +223,7 @@ fn walk_timers(
     n: usize,
     f: &mut dyn FnMut(Millis, &str) -> bool,
 ) -> Result<Option<Vec<u8>>, StateError> {
-    let (_, to) = Restored::range(scope);
+    let (_, to) = codec::scope_range(scope);
     let (mut next, mut seen) = (None, 0);
     store.scan_range(Cf::Timers, from, &to, &mut |k, _| {
         if k > last {

@@ -71,6 +71,12 @@ pub fn scope_prefix(scope: i32) -> [u8; 4] {
     (scope as u32).to_be_bytes()
 }
 
+/// The keys of a scope in a scoped family: from its prefix (included) to
+/// the next scope's (excluded).
+pub fn scope_range(scope: i32) -> ([u8; 4], [u8; 4]) {
+    (scope_prefix(scope), scope_prefix(scope.saturating_add(1)))
+}
+
 /// A key of a scoped family: the scope, then `key`.
 pub fn scoped(scope: i32, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + key.len());

@@ -242,10 +242,7 @@ impl Store for RocksStore {
 
     fn delete_scope(&self, scope: i32) -> Result<(), StateError> {
         let mut wb = WriteBatch::default();
-        let (from, to) = (
-            codec::scope_prefix(scope),
-            codec::scope_prefix(scope.saturating_add(1)),
-        );
+        let (from, to) = codec::scope_range(scope);
         for cf in Cf::ALL.into_iter().filter(|cf| cf.scoped()) {
             wb.delete_range_cf(self.handle(cf), from, to);
         }

@@ -93,7 +93,7 @@ pub struct TxTallies(IdMap<(Arc<str>, TxSum)>);
 
 impl TxTallies {
     fn of(&mut self, tx: &Arc<str>) -> &mut TxSum {
-        let key = TxId::new(Arc::clone(tx)).key;
+        let key = TxId::key_of(tx);
         let (_, sum) = self
             .0
             .entry(key)
