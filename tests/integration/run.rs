@@ -1260,15 +1260,6 @@ fn two_stages_lose_nothing_when_instances_are_killed() {
     two_stages(true, false);
 }
 
-/// The same kills through tansu. Its group coordinator hands a survivor
-/// that rejoins with unchanged metadata its old assignment, so this holds
-/// only with stage two's default assignor, `cooperative-sticky` (see
-/// DEVELOPERS.md, "A killed member's partitions on tansu").
-#[test]
-fn two_stages_on_tansu_lose_nothing_when_instances_are_killed() {
-    two_stages(true, true);
-}
-
 fn two_stages(kill: bool, on_tansu: bool) {
     let dir = tempfile::tempdir().unwrap();
     let w = Workload::of(spec(12_000, 27, START_MS, 2_000));
