@@ -31,7 +31,6 @@
 //! many remembered): beyond it the one due first is dropped undecided and
 //! counted.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +39,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::events::{TxDetail, Violation, ViolationKind};
 use crate::model::{Millis, Provenance};
 
+use due::DueQueue;
 pub use tracked::{IdMap, Tracked, Writes};
 
 /// A transaction id, and the number the checks know it by: a 64-bit hash
@@ -87,15 +87,14 @@ pub struct TxRules {
 }
 
 /// A change's part in its transaction (a change of a mapped table whose
-/// record carries the transaction block).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TxChange {
-    pub tx: TxId,
-    pub table: Arc<str>,
+/// record carries the transaction block), borrowed from the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxChange<'a> {
+    pub table: &'a Arc<str>,
     /// The change's `total_order` in the transaction (from 1).
     pub order: u64,
     pub ts: Millis,
-    pub evidence: Provenance,
+    pub evidence: &'a Provenance,
 }
 
 /// A transaction's BEGIN or END record, or a Maxwell row (which marks its
@@ -126,7 +125,7 @@ pub enum TxMark {
 /// A record of a transaction, as [`TxDetector::on_records`] takes it.
 #[derive(Debug, Clone, Copy)]
 pub enum TxRecord<'a> {
-    Change(&'a TxChange),
+    Change(TxChange<'a>),
     Boundary(&'a TxBoundary),
 }
 
@@ -140,7 +139,7 @@ impl TxRecord<'_> {
 
     fn evidence(&self) -> &Provenance {
         match self {
-            TxRecord::Change(c) => &c.evidence,
+            TxRecord::Change(c) => c.evidence,
             TxRecord::Boundary(b) => &b.evidence,
         }
     }
@@ -228,8 +227,8 @@ impl Tally {
     fn add(&mut self, record: TxRecord<'_>) {
         let b = match record {
             TxRecord::Change(c) => {
-                self.saw(c.ts, &c.evidence, false);
-                self.count(&c.table, Some(c.order));
+                self.saw(c.ts, c.evidence, false);
+                self.count(c.table, Some(c.order));
                 return;
             }
             TxRecord::Boundary(b) => b,
@@ -364,9 +363,14 @@ pub struct TxCheckpoint<'a> {
 #[derive(Debug, Default)]
 pub struct TxDetector {
     txs: Tracked<TxEntry>,
-    /// (due, number) of open transactions, and of closed ones.
-    open_due: BTreeSet<(Millis, u64)>,
-    closed_due: BTreeSet<(Millis, u64)>,
+    /// Open transactions by when they are due, and closed ones by when
+    /// they are forgotten (an entry is current while `txs` holds the
+    /// transaction in that state at that time).
+    open_due: DueQueue,
+    closed_due: DueQueue,
+    /// How many transactions are open, and how many closed.
+    open: usize,
+    closed_held: usize,
     /// Transactions closed since the last checkpoint, and when each is
     /// forgotten.
     closed: Vec<(Arc<str>, Millis)>,
@@ -434,7 +438,7 @@ impl TxDetector {
 
     /// Open transactions.
     pub fn open(&self) -> usize {
-        self.open_due.len()
+        self.open
     }
 
     /// What the checkpoint writes (see [`TxCheckpoint`]).
@@ -449,16 +453,40 @@ impl TxDetector {
     }
 
     fn index(&mut self, key: u64, entry: &TxEntry) {
-        let set = match entry.state {
-            TxState::Open(_) => &mut self.open_due,
-            TxState::Closed => &mut self.closed_due,
-        };
-        set.insert((entry.due, key));
+        match entry.state {
+            TxState::Open(_) => {
+                self.open += 1;
+                self.open_due.push(entry.due, key);
+            }
+            TxState::Closed => {
+                self.closed_held += 1;
+                self.closed_due.push(entry.due, key);
+            }
+        }
     }
 
-    /// A change of a mapped table, in its transaction.
-    pub fn on_change(&mut self, c: &TxChange, wm: Millis, rules: &TxRules, out: &mut TxDecisions) {
-        self.on_records(&c.tx, [TxRecord::Change(c)], wm, rules, out);
+    /// Whether `(due, key)` is the entry of an open transaction as it is
+    /// now, or of a closed one.
+    fn is_open_at(txs: &Tracked<TxEntry>, due: Millis, key: u64) -> bool {
+        txs.get(key)
+            .is_some_and(|(_, e)| e.due == due && matches!(e.state, TxState::Open(_)))
+    }
+
+    fn is_closed_at(txs: &Tracked<TxEntry>, due: Millis, key: u64) -> bool {
+        txs.get(key)
+            .is_some_and(|(_, e)| e.due == due && e.state == TxState::Closed)
+    }
+
+    /// A change of a mapped table, in its transaction `tx`.
+    pub fn on_change(
+        &mut self,
+        tx: &TxId,
+        c: TxChange<'_>,
+        wm: Millis,
+        rules: &TxRules,
+        out: &mut TxDecisions,
+    ) {
+        self.on_records(tx, [TxRecord::Change(c)], wm, rules, out);
     }
 
     /// A transaction's BEGIN or END.
@@ -488,7 +516,8 @@ impl TxDetector {
         if records.peek().is_none() {
             return;
         }
-        if !self.txs.contains(tx.key) {
+        let opened = !self.txs.contains(tx.key);
+        if opened {
             // Late records cannot open it: the first that is not does.
             let late = |r: &TxRecord<'_>| r.ts().saturating_add(rules.timeout_ms) <= wm;
             while records.next_if(late).is_some() {
@@ -510,10 +539,9 @@ impl TxDetector {
             tally.add(r);
         }
         let (old, due) = (entry.due, tally.due(rules));
-        if old != due {
+        if old != due || opened {
             entry.due = due;
-            self.open_due.remove(&(old, tx.key));
-            self.open_due.insert((due, tx.key));
+            self.open_due.push(due, tx.key);
         }
     }
 
@@ -527,7 +555,7 @@ impl TxDetector {
         rules: &TxRules,
         out: &mut TxDecisions,
     ) {
-        if self.open_due.len() >= rules.max_open {
+        if self.open >= rules.max_open {
             self.drop_first(rules);
             out.dropped += 1;
         }
@@ -544,45 +572,53 @@ impl TxDetector {
                 }),
             },
         );
-        self.open_due.insert((Millis::MAX, tx.key));
+        self.open += 1;
     }
 
     /// Drops the open transaction due first, undecided, and forgets the
     /// closed one to be forgotten first when as many are remembered.
     fn drop_first(&mut self, rules: &TxRules) {
-        if let Some((due, key)) = self.open_due.pop_first() {
+        if let Some((due, key)) = self
+            .open_due
+            .pop_first(|due, key| Self::is_open_at(&self.txs, due, key))
+        {
             self.close(key, due, rules);
         }
     }
 
-    /// Closes an open transaction (out of the open index already):
-    /// remembered until `due + timeout`.
+    /// Closes an open transaction (its entry in the open index taken
+    /// already): remembered until `due + timeout`.
     fn close(&mut self, key: u64, due: Millis, rules: &TxRules) {
         let forget = due.saturating_add(rules.timeout_ms);
         if let Some(entry) = self.txs.touch(key) {
             entry.state = TxState::Closed;
             entry.due = forget;
         }
-        self.closed_due.insert((forget, key));
+        self.open -= 1;
+        self.closed_held += 1;
+        self.closed_due.push(forget, key);
         if self.txs.tracking()
             && let Some(id) = self.txs.id(key)
         {
             self.closed.push((Arc::clone(id), forget));
         }
-        while self.closed_due.len() > rules.max_open {
-            if let Some((_, old)) = self.closed_due.pop_first() {
-                self.txs.remove(old);
-            }
+        while self.closed_held > rules.max_open
+            && let Some((_, old)) = self
+                .closed_due
+                .pop_first(|due, key| Self::is_closed_at(&self.txs, due, key))
+        {
+            self.txs.remove(old);
+            self.closed_held -= 1;
         }
     }
 
     /// Decides the transactions due by watermark `wm`, and forgets the
     /// decided ones remembered long enough.
     pub fn advance(&mut self, wm: Millis, rules: &TxRules, out: &mut TxDecisions) {
-        while self.open_due.first().is_some_and(|(due, _)| *due <= wm) {
-            let Some((due, key)) = self.open_due.pop_first() else {
-                break;
-            };
+        while let Some((due, key)) = self
+            .open_due
+            .pop_due(wm, |due, key| Self::is_open_at(&self.txs, due, key))
+        {
             if let Some((
                 id,
                 TxEntry {
@@ -595,14 +631,15 @@ impl TxDetector {
             }
             self.close(key, due, rules);
         }
-        while self.closed_due.first().is_some_and(|(due, _)| *due <= wm) {
-            let Some((_, key)) = self.closed_due.pop_first() else {
-                break;
-            };
-            if let Some((_, entry)) = self.txs.remove(key) {
-                debug_assert!(entry.state == TxState::Closed);
-            }
+        while let Some((_, key)) = self
+            .closed_due
+            .pop_due(wm, |due, key| Self::is_closed_at(&self.txs, due, key))
+        {
+            self.txs.remove(key);
+            self.closed_held -= 1;
         }
+        self.open_due
+            .compact(self.open, |due, key| Self::is_open_at(&self.txs, due, key));
     }
 }
 
@@ -733,6 +770,7 @@ fn missing_orders(tally: &Tally, counts: &EndCounts) -> Option<Vec<u64>> {
     )
 }
 
+mod due;
 pub mod summary;
 mod tracked;
 

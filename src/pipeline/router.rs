@@ -18,7 +18,7 @@ use super::{
     Engine, PartitionBatch, PipelineError, Position, SinkMsg, SourceMsg, WorkItem, WorkMsg,
 };
 use crate::detect::key::{Fill, Invalidation};
-use crate::detect::transaction::{TxChange, TxId};
+use crate::detect::transaction::TxId;
 use crate::hash;
 use crate::ingest::Record;
 use crate::model::{CacheAction, CacheEvent, Millis, Provenance, is_glob};
@@ -252,6 +252,7 @@ impl Router {
     fn route_change(&mut self, change: crate::mapping::Change) {
         self.stats.emit(ChangeDecoded(change.op));
         let scope = self.scope(&change.provenance);
+        let change = Arc::new(change);
         if self.transactions.is_some()
             && let Some(tx) = &change.tx_id
         {
@@ -259,25 +260,14 @@ impl Router {
                 .op
                 .obliges_invalidation()
                 .then(|| change.commit_ts_ms.saturating_add(change.rules.deadline_ms));
-            let table = Arc::clone(&change.table);
-            let tx = TxId::new(Arc::clone(tx));
-            let item = match (change.tx_order, due) {
-                (Some(order), due) => Some(TxItem::Change {
-                    change: TxChange {
-                        tx,
-                        table,
-                        order,
-                        ts: change.commit_ts_ms,
-                        evidence: change.provenance.clone(),
-                    },
+            if change.tx_order.is_some() || due.is_some() {
+                self.pending_tx.push(TxItem::Change {
+                    tx: TxId::new(Arc::clone(tx)),
+                    change: Arc::clone(&change),
                     due,
-                }),
-                (None, Some(due)) => Some(TxItem::Due { tx, table, due }),
-                (None, None) => None,
-            };
-            self.pending_tx.extend(item);
+                });
+            }
         }
-        let change = Arc::new(change);
         if change.op.is_row_change() {
             self.route_item(WorkItem::Entity {
                 change: Arc::clone(&change),

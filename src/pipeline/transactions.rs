@@ -23,6 +23,7 @@ use crate::detect::transaction::{
     TxBoundary, TxChange, TxDecisions, TxDetector, TxEntry, TxId, TxRecord, TxRules,
 };
 use crate::events::Violation;
+use crate::mapping::Change;
 use crate::model::Millis;
 use crate::state::{Cf, StateBatch, StateError, Store, codec};
 use crate::telemetry::{
@@ -64,37 +65,38 @@ pub(super) enum TxMsg {
 
 /// One record, as the transaction checks see it.
 pub(super) enum TxItem {
-    /// A change carrying its number in its transaction, and when its
-    /// invalidations are due if it obliges some.
+    /// A change of a transaction that carries its number in it, or that
+    /// obliges invalidations (due at `due`), or both. The change is the
+    /// one the workers get: its table and record are read from it, not
+    /// copied.
     Change {
-        change: TxChange,
+        tx: TxId,
+        change: Arc<Change>,
         due: Option<Millis>,
     },
     Boundary(TxBoundary),
-    /// A change of a transaction without its number that obliges
-    /// invalidations, and when they are due.
-    Due {
-        tx: TxId,
-        table: Arc<str>,
-        due: Millis,
-    },
 }
 
 impl TxItem {
     fn tx(&self) -> &TxId {
         match self {
-            TxItem::Change { change, .. } => &change.tx,
+            TxItem::Change { tx, .. } => tx,
             TxItem::Boundary(b) => &b.tx,
-            TxItem::Due { tx, .. } => tx,
         }
     }
 
     /// What the transaction's tally takes of it.
     fn record(&self) -> Option<TxRecord<'_>> {
         match self {
-            TxItem::Change { change, .. } => Some(TxRecord::Change(change)),
+            TxItem::Change { change, .. } => change.tx_order.map(|order| {
+                TxRecord::Change(TxChange {
+                    table: &change.table,
+                    order,
+                    ts: change.commit_ts_ms,
+                    evidence: &change.provenance,
+                })
+            }),
             TxItem::Boundary(b) => Some(TxRecord::Boundary(b)),
-            TxItem::Due { .. } => None,
         }
     }
 
@@ -105,8 +107,8 @@ impl TxItem {
             TxItem::Change {
                 change,
                 due: Some(due),
+                ..
             } => Some((&change.table, *due)),
-            TxItem::Due { table, due, .. } => Some((table, *due)),
             _ => None,
         }
     }

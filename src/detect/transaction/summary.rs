@@ -13,11 +13,11 @@
 //! are late, and counted only; at most `max_open` transactions are summed
 //! at a time, beyond it the one final first is dropped and counted.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::due::DueQueue;
 use super::{IdMap, Tracked, TxId, Writes};
 use crate::events::{KeyCounts, TxDetail, Violation, ViolationKind};
 use crate::model::{Millis, Provenance};
@@ -162,8 +162,9 @@ pub struct SummaryDecisions {
 #[derive(Debug)]
 pub struct TxSummaries {
     txs: Tracked<TxSum>,
-    /// (final time, number) of every transaction summed.
-    by_final: BTreeSet<(Millis, u64)>,
+    /// Every transaction summed, by its final time (an entry is current
+    /// while its sum is final at that time).
+    by_final: DueQueue,
     /// Per worker, the time up to which it has decided everything due.
     decided: Vec<Millis>,
 }
@@ -179,10 +180,10 @@ impl TxSummaries {
             .into_iter()
             .map(|(id, sum)| (TxId::new(id), sum, true))
             .collect();
-        let by_final = sums
-            .iter()
-            .map(|(tx, sum, _)| (final_at(sum, rules), tx.key))
-            .collect();
+        let mut by_final = DueQueue::default();
+        for (tx, sum, _) in &sums {
+            by_final.push(final_at(sum, rules), tx.key);
+        }
         TxSummaries {
             txs: Tracked::restored(sums),
             by_final,
@@ -270,7 +271,7 @@ impl TxSummaries {
         if let Some(d) = self.decided.get_mut(worker) {
             *d = (*d).max(decided_until);
         }
-        self.advance(out);
+        self.advance(rules, out);
     }
 
     /// Adds to the sum of `tx` what `merge` adds, opening it if need be.
@@ -299,8 +300,7 @@ impl TxSummaries {
         merge(known);
         let after = final_at(known, rules);
         if before != after {
-            self.by_final.remove(&(before, key));
-            self.by_final.insert((after, key));
+            self.by_final.push(after, key);
         }
     }
 
@@ -319,27 +319,32 @@ impl TxSummaries {
             return false;
         }
         if self.txs.len() >= rules.max_open
-            && let Some((_, first)) = self.by_final.pop_first()
+            && let Some((_, first)) = self
+                .by_final
+                .pop_first(|at, key| is_final_at(&self.txs, rules, at, key))
         {
             self.txs.remove(first);
             out.dropped += 1;
         }
-        self.by_final.insert((final_at(&sum, rules), tx.key));
+        self.by_final.push(final_at(&sum, rules), tx.key);
         self.txs.insert(tx, sum);
         true
     }
 
     /// Decides the summaries final by the time every worker has decided.
-    fn advance(&mut self, out: &mut SummaryDecisions) {
+    fn advance(&mut self, rules: &SummaryRules, out: &mut SummaryDecisions) {
         let until = self.until();
-        while self.by_final.first().is_some_and(|(at, _)| *at <= until) {
-            let Some((at, key)) = self.by_final.pop_first() else {
-                break;
-            };
+        while let Some((at, key)) = self
+            .by_final
+            .pop_due(until, |at, key| is_final_at(&self.txs, rules, at, key))
+        {
             if let Some((id, sum)) = self.txs.remove(key) {
                 judge(&id, &sum, at, out);
             }
         }
+        self.by_final.compact(self.txs.len(), |at, key| {
+            is_final_at(&self.txs, rules, at, key)
+        });
     }
 
     /// What the checkpoint writes: the sums changed since the last, and
@@ -347,6 +352,13 @@ impl TxSummaries {
     pub fn take_changed(&mut self) -> Writes<'_, TxSum> {
         self.txs.take_writes(|_| true)
     }
+}
+
+/// Whether the sum of transaction `key` is final at `at` (its entry in
+/// [`TxSummaries::by_final`] is current).
+fn is_final_at(txs: &Tracked<TxSum>, rules: &SummaryRules, at: Millis, key: u64) -> bool {
+    txs.get(key)
+        .is_some_and(|(_, sum)| final_at(sum, rules) == at)
 }
 
 /// When a transaction's summary is final: its latest due plus the late

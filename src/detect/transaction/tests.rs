@@ -25,16 +25,35 @@ fn at(topic: &str, partition: i32, offset: i64) -> Provenance {
     }
 }
 
+/// A change of transaction [`TX`], owning what [`TxChange`] borrows.
+#[derive(Debug, Clone)]
+struct Change {
+    table: Arc<str>,
+    order: u64,
+    ts: Millis,
+    evidence: Provenance,
+}
+
+impl Change {
+    fn part(&self) -> TxChange<'_> {
+        TxChange {
+            table: &self.table,
+            order: self.order,
+            ts: self.ts,
+            evidence: &self.evidence,
+        }
+    }
+}
+
 /// One input record of a transaction.
 #[derive(Debug, Clone)]
 enum Rec {
-    Change(TxChange),
+    Change(Change),
     Boundary(TxBoundary),
 }
 
 fn change(table: &str, order: u64, partition: i32) -> Rec {
-    Rec::Change(TxChange {
-        tx: TxId::from(TX),
+    Rec::Change(Change {
         table: Arc::from(table),
         order,
         ts: T0,
@@ -88,7 +107,7 @@ fn run(records: &[Rec]) -> TxDecisions {
     let mut out = TxDecisions::default();
     for r in records {
         match r {
-            Rec::Change(c) => d.on_change(c, T0 - 1_000, &RULES, &mut out),
+            Rec::Change(c) => d.on_change(&TxId::from(TX), c.part(), T0 - 1_000, &RULES, &mut out),
             Rec::Boundary(b) => d.on_boundary(b, T0 - 1_000, &RULES, &mut out),
         }
         d.advance(T0 - 1_000, &RULES, &mut out);
@@ -223,7 +242,7 @@ fn a_transaction_without_end_is_unterminated_in_any_order() {
 
 #[test]
 fn without_begin_the_earliest_change_is_the_evidence() {
-    let early = Rec::Change(TxChange {
+    let early = Rec::Change(Change {
         ts: T0 - 10,
         ..match change(ORDERS, 1, 3) {
             Rec::Change(c) => c,
@@ -242,7 +261,7 @@ fn verdicts_wait_for_the_watermark() {
     let mut out = TxDecisions::default();
     for r in [change(ORDERS, 1, 0), end(2, &[(ORDERS, 2)], true)] {
         match r {
-            Rec::Change(c) => d.on_change(&c, T0 - 1, &RULES, &mut out),
+            Rec::Change(c) => d.on_change(&TxId::from(TX), c.part(), T0 - 1, &RULES, &mut out),
             Rec::Boundary(b) => d.on_boundary(&b, T0 - 1, &RULES, &mut out),
         }
     }
@@ -251,7 +270,7 @@ fn verdicts_wait_for_the_watermark() {
     let Rec::Change(late) = change(ORDERS, 2, 0) else {
         unreachable!()
     };
-    d.on_change(&late, T0 + 4, &RULES, &mut out);
+    d.on_change(&TxId::from(TX), late.part(), T0 + 4, &RULES, &mut out);
     d.advance(T0 + 5, &RULES, &mut out);
     assert!(out.violations.is_empty(), "the late change came in time");
     assert_eq!(d.open(), 0);
@@ -264,7 +283,7 @@ fn records_after_the_verdict_do_not_open_the_transaction_again() {
     let Rec::Change(c) = change(ORDERS, 1, 0) else {
         unreachable!()
     };
-    d.on_change(&c, T0 - 1, &RULES, &mut out);
+    d.on_change(&TxId::from(TX), c.part(), T0 - 1, &RULES, &mut out);
     d.advance(T0 + RULES.timeout_ms, &RULES, &mut out);
     assert_eq!(out.violations.len(), 1, "unterminated");
     // Its END, late: the transaction is decided.
@@ -275,7 +294,13 @@ fn records_after_the_verdict_do_not_open_the_transaction_again() {
     assert_eq!((d.open(), out.late), (0, 1));
     // Once forgotten, a record that old is late by its own time.
     d.advance(T0 + 2 * RULES.timeout_ms, &RULES, &mut out);
-    d.on_change(&c, T0 + 2 * RULES.timeout_ms, &RULES, &mut out);
+    d.on_change(
+        &TxId::from(TX),
+        c.part(),
+        T0 + 2 * RULES.timeout_ms,
+        &RULES,
+        &mut out,
+    );
     assert_eq!((d.open(), out.late), (0, 2));
     d.advance(Millis::MAX, &RULES, &mut out);
     assert_eq!(out.violations.len(), 1);
@@ -291,14 +316,14 @@ fn open_transactions_are_bounded() {
     let mut d = TxDetector::default();
     let mut out = TxDecisions::default();
     for i in 0..10_000u64 {
-        let c = TxChange {
-            tx: TxId::new(Arc::from(format!("tx-{i}"))),
+        let tx = TxId::new(Arc::from(format!("tx-{i}")));
+        let c = Change {
             table: Arc::from(ORDERS),
             order: 1,
             ts: T0 + i as Millis,
             evidence: at("cdc", 0, i as i64),
         };
-        d.on_change(&c, T0 - 1, &rules, &mut out);
+        d.on_change(&tx, c.part(), T0 - 1, &rules, &mut out);
         assert!(d.open() <= rules.max_open);
         assert!(d.txs.len() <= 2 * rules.max_open);
     }
@@ -314,7 +339,7 @@ fn a_checkpoint_restores_the_same_verdicts() {
     let mut out = TxDecisions::default();
     for r in [begin(), change(ORDERS, 1, 0)] {
         match r {
-            Rec::Change(c) => d.on_change(&c, T0 - 1, &RULES, &mut out),
+            Rec::Change(c) => d.on_change(&TxId::from(TX), c.part(), T0 - 1, &RULES, &mut out),
             Rec::Boundary(b) => d.on_boundary(&b, T0 - 1, &RULES, &mut out),
         }
     }
