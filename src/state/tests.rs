@@ -229,7 +229,7 @@ fn wal_bytes(dir: &std::path::Path) -> u64 {
 }
 
 #[test]
-fn a_scratch_store_writes_no_write_ahead_log_and_a_kept_one_does() {
+fn a_scratch_store_writes_no_write_ahead_log_and_a_kept_one_does_until_closed() {
     let write = |store: &RocksStore| {
         let mut batch = StateBatch::default();
         batch.put(Cf::Keys, 0, b"key".to_vec(), vec![7; 100]);
@@ -238,8 +238,17 @@ fn a_scratch_store_writes_no_write_ahead_log_and_a_kept_one_does() {
     };
     let memory = MemoryBudget::of(64 << 20);
     let kept = tempfile::tempdir().unwrap();
-    write(&RocksStore::open_with(kept.path(), memory).unwrap());
+    let store = RocksStore::open_with(kept.path(), memory).unwrap();
+    write(&store);
     assert!(wal_bytes(kept.path()) > 100, "a kept store logs its writes");
+    drop(store);
+    assert_eq!(
+        wal_bytes(kept.path()),
+        0,
+        "a clean close flushes the memtables: nothing is left to replay"
+    );
+    let reopened = RocksStore::open_with(kept.path(), memory).unwrap();
+    assert_eq!(reopened.get(Cf::Keys, b"key").unwrap(), Some(vec![7; 100]));
     let scratch = tempfile::tempdir().unwrap();
     write(&RocksStore::open_scratch(scratch.path(), memory).unwrap());
     assert_eq!(wal_bytes(scratch.path()), 0, "a scratch store does not");
