@@ -57,10 +57,14 @@ impl CdcFormat {
         self != CdcFormat::Canal
     }
 
-    /// Whether the generator writes transaction metadata in the format
-    /// (Debezium's JSON forms).
-    pub fn has_transaction_metadata(self) -> bool {
-        matches!(self, CdcFormat::Debezium | CdcFormat::DebeziumSchema)
+    /// How the generator writes transactions in the format, if it can:
+    /// Debezium's JSON forms with their metadata, Maxwell in its rows.
+    pub fn tx_form(self) -> Option<TxForm> {
+        match self {
+            CdcFormat::Debezium | CdcFormat::DebeziumSchema => Some(TxForm::Debezium),
+            CdcFormat::Maxwell => Some(TxForm::Maxwell),
+            _ => None,
+        }
     }
 
     /// Whether the format has Debezium's tombstones and heartbeats.
@@ -79,6 +83,17 @@ impl CdcFormat {
     pub fn stringly(self) -> bool {
         self == CdcFormat::Canal
     }
+}
+
+/// How a transaction is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxForm {
+    /// A `transaction` block on each change, and BEGIN and END records on
+    /// the transaction topic (`provide.transaction.metadata`).
+    Debezium,
+    /// `xid` on each row, `xoffset` on every row but the last, `commit` on
+    /// the last; no BEGIN nor END.
+    Maxwell,
 }
 
 /// A generated row: the columns of the tables `vigil gen` maps.
@@ -154,17 +169,24 @@ pub struct GenChange {
     /// A position that grows with every change (LSN, binlog position).
     pub position: u64,
     pub tx_id: u64,
-    /// The transaction block (Debezium JSON formats, `--transactions`).
+    /// The change's place in its transaction (`--transactions`); without
+    /// it a Maxwell row is a transaction of its own (`xid` `tx_id`,
+    /// `commit`).
     pub tx: Option<GenTx>,
 }
 
-/// A change's place in its transaction, as Debezium's `transaction` block
-/// gives it.
+/// A change's place in its transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GenTx {
-    pub id: String,
-    pub total_order: u64,
-    pub data_collection_order: u64,
+pub enum GenTx {
+    /// As Debezium's `transaction` block gives it.
+    Debezium {
+        id: String,
+        total_order: u64,
+        data_collection_order: u64,
+    },
+    /// As a Maxwell row gives it: the transaction's `xid`, and the row's
+    /// `xoffset` (from 0) unless it is the commit row.
+    Maxwell { xid: u64, xoffset: Option<u64> },
 }
 
 impl GenChange {
@@ -213,11 +235,14 @@ pub fn encode_change(format: CdcFormat, c: &GenChange) -> (Option<String>, Strin
                 },
                 "op": debezium_op(c.op),
                 "ts_ms": c.commit_ts_ms + 3,
-                "transaction": c.tx.as_ref().map(|t| json!({
-                    "id": t.id,
-                    "total_order": t.total_order,
-                    "data_collection_order": t.data_collection_order
-                }))
+                "transaction": match &c.tx {
+                    Some(GenTx::Debezium { id, total_order, data_collection_order }) => json!({
+                        "id": id,
+                        "total_order": total_order,
+                        "data_collection_order": data_collection_order
+                    }),
+                    _ => Value::Null,
+                }
             });
             let key = json!({ "id": c.pk() }).to_string();
             let value = if format == CdcFormat::DebeziumSchema {
@@ -267,13 +292,22 @@ pub fn encode_change(format: CdcFormat, c: &GenChange) -> (Option<String>, Strin
                 "table": table,
                 "type": kind,
                 "ts": c.commit_ts_ms / 1000,
-                "xid": c.tx_id,
-                "commit": true,
                 "position": format!("mysql-bin.000001:{}", c.position),
                 "server_id": 1,
                 "primary_key_columns": ["id"],
                 "data": data
             });
+            let (xid, xoffset) = match c.tx {
+                Some(GenTx::Maxwell { xid, xoffset }) => (xid, xoffset),
+                _ => (c.tx_id, None),
+            };
+            v["xid"] = json!(xid);
+            // Maxwell writes `xoffset` on every row of a transaction but
+            // the last, and `commit` on the last only.
+            match xoffset {
+                Some(xoffset) => v["xoffset"] = json!(xoffset),
+                None => v["commit"] = json!(true),
+            }
             if c.op == Op::Update {
                 v["old"] = changed_columns(c.before.as_ref(), c.after.as_ref(), false);
             }

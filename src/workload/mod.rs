@@ -34,7 +34,7 @@ use crate::model::{Millis, Op};
 use crate::registry::SchemaKind;
 use avro::AvroTable;
 use encode::{
-    CdcFormat, GenCacheEvent, GenChange, GenRow, GenTx, TsForm, encode_cache, encode_change,
+    CdcFormat, GenCacheEvent, GenChange, GenRow, GenTx, TsForm, TxForm, encode_cache, encode_change,
 };
 use protobuf::ProtoTable;
 use rng::Rng;
@@ -147,9 +147,11 @@ const P_UNMAPPED_IN_TX: f64 = 0.3;
 /// Rates (0..1) of the transaction faults.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TxFaults {
-    /// An END announces one event more than was written.
+    /// An event is lost: a Debezium END announces one event more than was
+    /// written; a Maxwell transaction skips an `xoffset` below one it
+    /// writes (a transaction of too few rows for that is left whole).
     pub lost_event: f64,
-    /// No END is written.
+    /// No END (no Maxwell commit row) is written.
     pub unterminated: f64,
 }
 
@@ -161,7 +163,7 @@ impl TxFaults {
     };
 }
 
-/// The transaction being written.
+/// A transaction being written.
 struct OpenTx {
     id: String,
     /// Episodes still to come in it.
@@ -171,6 +173,48 @@ struct OpenTx {
     last_ts: Millis,
     /// Whether a change of it misses an invalidation (late or not).
     missed: bool,
+    /// Maxwell's way of writing it.
+    maxwell: Option<MaxwellTx>,
+}
+
+/// What a Maxwell transaction keeps while it is written: its last row is
+/// held until the next one comes (it takes the next `xoffset`) or the
+/// transaction ends (it is the commit row).
+struct MaxwellTx {
+    xid: u64,
+    /// The last row, and whether it may be delivered twice.
+    held: Option<(GenChange, bool)>,
+    next_xoffset: u64,
+    /// The `xoffset` of a row to lose (skip), until a row written after it
+    /// shows the gap.
+    lose: Option<u64>,
+    /// An `xoffset` was skipped.
+    lost: bool,
+    /// No commit row is to be written.
+    unterminated: bool,
+}
+
+impl MaxwellTx {
+    /// The place of the next row written: the commit row, or the next
+    /// `xoffset` (past the one to lose: the row written shows the gap).
+    fn place(&mut self, commit: bool) -> GenTx {
+        let xoffset = (!commit).then(|| {
+            if self
+                .lose
+                .take_if(|&mut lose| lose == self.next_xoffset)
+                .is_some()
+            {
+                self.next_xoffset += 1;
+                self.lost = true;
+            }
+            self.next_xoffset += 1;
+            self.next_xoffset - 1
+        });
+        GenTx::Maxwell {
+            xid: self.xid,
+            xoffset,
+        }
+    }
 }
 
 /// Rates (0..1) of each injected fault, and of redeliveries.
@@ -223,8 +267,9 @@ pub struct Spec {
     /// Invalidation storms to inject; the workload lasts until they are
     /// over, however few `events` it asks for.
     pub storms: Option<StormSchedule>,
-    /// Write changes in transactions with their metadata (Debezium JSON
-    /// formats only), with these faults.
+    /// Write changes in transactions (Debezium JSON formats with their
+    /// metadata, Maxwell in its rows' `xid`, `xoffset` and `commit`), with
+    /// these faults.
     pub transactions: Option<TxFaults>,
 }
 
@@ -409,8 +454,10 @@ pub struct Generator {
     registered: Vec<Option<RegisteredTable>>,
     cache_topic: Arc<str>,
     storms: Vec<Injection>,
-    /// The transaction being written (with `spec.transactions`).
-    open_tx: Option<OpenTx>,
+    /// The transaction being written of each [`TxForm`] (with
+    /// `spec.transactions`): a workload of Debezium and Maxwell tables
+    /// writes each connector's transactions apart.
+    open_tx: [Option<OpenTx>; 2],
     outage: Option<Outage>,
 }
 
@@ -504,7 +551,7 @@ impl Generator {
             registered,
             cache_topic: Arc::from("cache-events"),
             storms,
-            open_tx: None,
+            open_tx: [None, None],
             outage: None,
             spec,
         }
@@ -683,11 +730,21 @@ impl Generator {
         if self.formats.iter().any(|f| f.is_debezium()) {
             topics.push(HEARTBEAT_TOPIC.into());
         }
-        if self.spec.transactions.is_some() {
+        if self.writes_tx_topic() {
             topics.push(TX_TOPIC.into());
         }
         topics.push(self.cache_topic.to_string());
         topics
+    }
+
+    /// Whether the workload writes BEGIN and END records: transactions of
+    /// a Debezium table (Maxwell's are in its rows).
+    fn writes_tx_topic(&self) -> bool {
+        self.spec.transactions.is_some()
+            && self
+                .formats
+                .iter()
+                .any(|f| f.tx_form() == Some(TxForm::Debezium))
     }
 
     /// Which stream a topic of [`Generator::topics`] carries.
@@ -695,7 +752,7 @@ impl Generator {
         if topic == self.cache_topic.as_ref() {
             Some(Stream::Cache)
         } else if topic == HEARTBEAT_TOPIC
-            || (topic == TX_TOPIC && self.spec.transactions.is_some())
+            || (topic == TX_TOPIC && self.writes_tx_topic())
             || self.cdc_topics.iter().any(|t| t.as_ref() == topic)
         {
             Some(Stream::Cdc)
@@ -723,9 +780,18 @@ impl Generator {
     }
 
     /// Records written before the next episode's start minus the skew are
-    /// final: no later episode can write anything earlier.
+    /// final: no later episode can write anything earlier. A held Maxwell
+    /// row is written later at its own time: nothing after it is final.
     fn frontier(&self) -> Millis {
-        self.next_start_ms() - SKEW_MS
+        let held = self
+            .open_tx
+            .iter()
+            .flatten()
+            .filter_map(|open| open.maxwell.as_ref()?.held.as_ref())
+            .map(|(c, _)| c.commit_ts_ms)
+            .min();
+        let next = self.next_start_ms() - SKEW_MS;
+        held.map_or(next, |held| held.min(next))
     }
 
     fn next_start_ms(&self) -> Millis {
@@ -806,7 +872,8 @@ impl Generator {
         lag_ms: Option<i64>,
     ) {
         if kind == ViolationKind::MissingInvalidation
-            && let Some(open) = &mut self.open_tx
+            && let Some(form) = self.format_of(table).tx_form()
+            && let Some(open) = &mut self.open_tx[form as usize]
         {
             open.missed = true;
         }
@@ -827,98 +894,137 @@ impl Generator {
     }
 
     /// Whether the generator can write transactions: every table in a
-    /// Debezium JSON format.
+    /// Debezium JSON format or Maxwell.
     pub fn check_transactions(&self) -> Result<(), String> {
-        if self.spec.transactions.is_some()
-            && !self.formats.iter().all(|f| f.has_transaction_metadata())
-        {
-            return Err(
-                "--transactions needs a Debezium JSON format (--format debezium or debezium-schema)"
-                    .into(),
-            );
+        if self.spec.transactions.is_none() {
+            return Ok(());
         }
-        Ok(())
+        let Some(format) = self.formats.iter().find(|f| f.tx_form().is_none()) else {
+            return Ok(());
+        };
+        let why = match format {
+            CdcFormat::Canal => {
+                "Canal's flat messages name no transaction (their id numbers Canal's batch)"
+            }
+            CdcFormat::DebeziumFlat => "ExtractNewRecordState drops the transaction block",
+            _ => "the generator writes no transaction block in binary records",
+        };
+        Err(format!(
+            "--transactions needs --format debezium, debezium-schema or maxwell: {why}"
+        ))
     }
 
-    /// The transaction block of the next change of `table`, opening a
-    /// transaction (and writing its BEGIN) at `ts` if none is open.
+    /// The place in its transaction of the next change of `table`, opening
+    /// a transaction (and writing its BEGIN, for Debezium) at `ts` if none
+    /// of the table's form is open. A Maxwell row's `xoffset` is given when
+    /// it is written (see [`Generator::change`]).
     fn tx_block(&mut self, table: u32, ts: Millis) -> Option<GenTx> {
-        self.spec.transactions?;
-        if self.open_tx.is_none() {
-            let id = format!("{}:{}", self.tx + 1, self.position);
-            let episodes_left = self.rng.range(1, 3) as u64;
-            self.tx_record(
-                json!({
-                    "status": "BEGIN", "id": id, "ts_ms": ts,
-                    "event_count": null, "data_collections": null
-                }),
-                ts,
-                &id,
-            );
-            self.open_tx = Some(OpenTx {
+        let faults = self.spec.transactions?;
+        let form = self.format_of(table).tx_form()?;
+        if self.open_tx[form as usize].is_none() {
+            let (id, episodes_left, maxwell) = match form {
+                TxForm::Debezium => {
+                    let id = format!("{}:{}", self.tx + 1, self.position);
+                    let episodes_left = self.rng.range(1, 3) as u64;
+                    self.tx_record(
+                        json!({
+                            "status": "BEGIN", "id": id, "ts_ms": ts,
+                            "event_count": null, "data_collections": null
+                        }),
+                        ts,
+                        &id,
+                    );
+                    (id, episodes_left, None)
+                }
+                TxForm::Maxwell => {
+                    // The xid of the change it opens with.
+                    let xid = self.tx;
+                    let episodes_left = self.rng.range(1, 3) as u64;
+                    let u = self.rng.unit();
+                    let lose = (u < faults.lost_event).then(|| self.rng.range(0, 1) as u64);
+                    let unterminated =
+                        (0.0..faults.unterminated).contains(&(u - faults.lost_event));
+                    let maxwell = MaxwellTx {
+                        xid,
+                        held: None,
+                        next_xoffset: 0,
+                        lose,
+                        lost: false,
+                        unterminated,
+                    };
+                    (xid.to_string(), episodes_left, Some(maxwell))
+                }
+            };
+            self.open_tx[form as usize] = Some(OpenTx {
                 id,
                 episodes_left,
                 counts: BTreeMap::new(),
                 last_ts: ts,
                 missed: false,
+                maxwell,
             });
         }
-        let open = self.open_tx.as_mut()?;
+        let open = self.open_tx[form as usize].as_mut()?;
         let total_order = open.counts.values().sum::<u64>() + 1;
         let in_table = open.counts.entry(table).or_default();
         *in_table += 1;
         open.last_ts = open.last_ts.max(ts);
-        Some(GenTx {
-            id: open.id.clone(),
-            total_order,
-            data_collection_order: *in_table,
+        Some(match &open.maxwell {
+            Some(m) => GenTx::Maxwell {
+                xid: m.xid,
+                xoffset: None,
+            },
+            None => GenTx::Debezium {
+                id: open.id.clone(),
+                total_order,
+                data_collection_order: *in_table,
+            },
         })
     }
 
-    /// Ends an episode in the open transaction; its last closes it: its END
-    /// is written, or announces an event too many, or is never written.
-    fn end_tx_episode(&mut self) {
+    /// Ends an episode in the open transaction of `form`; its last closes
+    /// it: a Debezium END is written, or announces an event too many, or is
+    /// never written; a Maxwell transaction's held row is written as its
+    /// commit row, or numbered as if more were to come.
+    fn end_tx_episode(&mut self, form: TxForm) {
         let Some(faults) = self.spec.transactions else {
             return;
         };
-        let Some(open) = self.open_tx.as_mut() else {
+        let Some(open) = self.open_tx[form as usize].as_mut() else {
             return;
         };
         open.episodes_left -= 1;
         if open.episodes_left > 0 {
             return;
         }
-        let Some(open) = self.open_tx.take() else {
+        let Some(open) = self.open_tx[form as usize].take() else {
             return;
         };
         let table_name = |g: &Self, t: u32| g.format_of(t).table_name(t);
+        let first = open.counts.keys().map(|&t| table_name(self, t)).min();
+        if let Some(maxwell) = open.maxwell {
+            if open.missed {
+                self.expect_tx(
+                    ViolationKind::TransactionNotInvalidated,
+                    first.clone().unwrap_or_default(),
+                );
+            }
+            self.commit_maxwell(maxwell, first.unwrap_or_default());
+            return;
+        }
         let u = self.rng.unit();
         let (lost, unterminated) = (u < faults.lost_event, {
             let v = u - faults.lost_event;
             (0.0..faults.unterminated).contains(&v)
         });
-        let tx_expect = |g: &mut Self, kind: ViolationKind, table: String| {
-            *g.stats.injected.entry(kind.as_str()).or_default() += 1;
-            g.expected.push(Expected {
-                kind: kind.as_str(),
-                key: None,
-                table,
-                pk: "{}".into(),
-                version: None,
-                lag_ms: None,
-            });
-        };
-        let first = open.counts.keys().map(|&t| table_name(self, t)).min();
         if open.missed {
-            tx_expect(
-                self,
+            self.expect_tx(
                 ViolationKind::TransactionNotInvalidated,
                 first.clone().unwrap_or_default(),
             );
         }
         if unterminated {
-            tx_expect(
-                self,
+            self.expect_tx(
                 ViolationKind::UnterminatedTransaction,
                 first.unwrap_or_default(),
             );
@@ -933,7 +1039,7 @@ impl Generator {
             let at = self.rng.range(0, collections.len() as i64 - 1) as usize;
             collections[at].1 += 1;
             let table = collections[at].0.clone();
-            tx_expect(self, ViolationKind::IncompleteTransaction, table);
+            self.expect_tx(ViolationKind::IncompleteTransaction, table);
         }
         if self.rng.chance(P_UNMAPPED_IN_TX) {
             collections.push((UNMAPPED_TABLE.into(), 1));
@@ -953,6 +1059,47 @@ impl Generator {
         );
     }
 
+    /// Ends a Maxwell transaction (its first table by name `first`): its
+    /// held row is the commit row, or is numbered and no commit row comes.
+    /// A skipped `xoffset` is a lost row (of no known table).
+    fn commit_maxwell(&mut self, mut maxwell: MaxwellTx, first: String) {
+        if let Some((mut row, may_repeat)) = maxwell.held.take() {
+            row.tx = Some(maxwell.place(!maxwell.unterminated));
+            self.write_change(row, may_repeat);
+        }
+        if maxwell.unterminated {
+            self.expect_tx(ViolationKind::UnterminatedTransaction, first);
+        } else if maxwell.lost {
+            self.expect_tx(
+                ViolationKind::IncompleteTransaction,
+                crate::detect::transaction::UNKNOWN_TABLE.into(),
+            );
+        }
+    }
+
+    /// Closes every open transaction: the workload ends.
+    fn end_transactions(&mut self) {
+        for form in [TxForm::Debezium, TxForm::Maxwell] {
+            if let Some(open) = self.open_tx[form as usize].as_mut() {
+                open.episodes_left = 1;
+                self.end_tx_episode(form);
+            }
+        }
+    }
+
+    /// Expects a violation of a whole transaction, of `table`.
+    fn expect_tx(&mut self, kind: ViolationKind, table: String) {
+        *self.stats.injected.entry(kind.as_str()).or_default() += 1;
+        self.expected.push(Expected {
+            kind: kind.as_str(),
+            key: None,
+            table,
+            pk: "{}".into(),
+            version: None,
+            lag_ms: None,
+        });
+    }
+
     /// Writes a BEGIN or END record (delivered twice, sometimes).
     fn tx_record(&mut self, value: Value, ts: Millis, id: &str) {
         let record = GenRecord {
@@ -966,7 +1113,24 @@ impl Generator {
         self.push(ts, record, true);
     }
 
+    /// Writes a change; a Maxwell row in a transaction is held until its
+    /// place is known: the row before it is written then, numbered.
     fn change(&mut self, c: GenChange, may_repeat: bool) {
+        if let Some(GenTx::Maxwell { .. }) = c.tx
+            && let Some(maxwell) = self.open_tx[TxForm::Maxwell as usize]
+                .as_mut()
+                .and_then(|open| open.maxwell.as_mut())
+        {
+            if let Some((mut row, may_repeat)) = maxwell.held.replace((c, may_repeat)) {
+                row.tx = Some(maxwell.place(false));
+                self.write_change(row, may_repeat);
+            }
+            return;
+        }
+        self.write_change(c, may_repeat);
+    }
+
+    fn write_change(&mut self, c: GenChange, may_repeat: bool) {
         let format = self.format_of(c.table);
         let (key, value) = match &self.registered[c.table as usize] {
             Some(table) => {
@@ -1194,7 +1358,9 @@ impl Generator {
         }
 
         self.invalidate(table, id, &keys, t, version, fault);
-        self.end_tx_episode();
+        if let Some(form) = self.format_of(table).tx_form() {
+            self.end_tx_episode(form);
+        }
 
         // Fills: normally of the current version; faults fill a stale
         // version, or a deleted row.
@@ -1336,6 +1502,11 @@ impl Iterator for Generator {
     fn next(&mut self) -> Option<GenRecord> {
         loop {
             self.inject_storms();
+            if self.done() {
+                // The last transactions end with the workload, before
+                // what is left is written.
+                self.end_transactions();
+            }
             let ready = match self.heap.peek() {
                 Some(Reverse(p)) => self.done() || p.emit < self.frontier(),
                 None => false,
@@ -1355,15 +1526,7 @@ impl Iterator for Generator {
                 return Some(p.record);
             }
             if self.done() {
-                match self.open_tx.as_mut() {
-                    // The last transaction ends with the workload.
-                    Some(open) => {
-                        open.episodes_left = 1;
-                        self.end_tx_episode();
-                        continue;
-                    }
-                    None => return None,
-                }
+                return None;
             }
             if self.snapshots_left > 0 {
                 self.snapshot();

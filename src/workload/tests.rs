@@ -64,19 +64,30 @@ fn every_injected_fault_is_expected_once_and_late_ones_twice() {
 
 #[test]
 fn records_come_out_in_timestamp_order_within_the_allowed_lateness() {
-    let mut latest = [Millis::MIN; 2];
-    let mut redelivered = 0;
-    for r in Generator::new(spec(5)) {
-        let stream = r.stream as usize;
-        if r.ts_ms + LATENESS_MS < latest[stream] {
-            redelivered += 1;
+    // Maxwell rows held until their place in their transaction is known
+    // (up to three of its episodes, seconds apart here) come out in order
+    // too, among Debezium's.
+    let slow = Spec {
+        rate: 2,
+        events: 2_000,
+        ..with_transactions(5)
+    };
+    let mixed = Generator::with_formats(slow, &[CdcFormat::Debezium, CdcFormat::Maxwell]);
+    for g in [Generator::new(spec(5)), mixed] {
+        let mut latest = [Millis::MIN; 2];
+        let mut redelivered = 0;
+        for r in g {
+            let stream = r.stream as usize;
+            if r.ts_ms + LATENESS_MS < latest[stream] {
+                redelivered += 1;
+            }
+            latest[stream] = latest[stream].max(r.ts_ms);
         }
-        latest[stream] = latest[stream].max(r.ts_ms);
+        assert_eq!(
+            redelivered, 0,
+            "only redeliveries may come later than the lateness, and they come within 1.5 s"
+        );
     }
-    assert_eq!(
-        redelivered, 0,
-        "only redeliveries may come later than the lateness, and they come within 1.5 s"
-    );
 }
 
 #[test]
@@ -160,7 +171,9 @@ fn bursts_vary_the_rate_and_triple_it_for_two_seconds() {
 
 /// What identifies a violation: in `expected.ndjson` and in the data of a
 /// reported CloudEvent.
-fn fingerprint(v: &Value) -> (String, String, String, String, String, String) {
+type Fingerprint = (String, String, String, String, String, String);
+
+fn fingerprint(v: &Value) -> Fingerprint {
     let field = |name: &str| v[name].to_string();
     (
         field("kind"),
@@ -172,31 +185,23 @@ fn fingerprint(v: &Value) -> (String, String, String, String, String, String) {
     )
 }
 
-#[test]
-fn a_workload_of_every_format_in_kcat_lines_is_reported_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut g = Generator::with_formats(
-        Spec {
-            tables: 5,
-            ..spec(6)
-        },
-        &CdcFormat::ALL,
-    );
-    let topics = g.topics();
-    for topic in ["gen.public.t0", "gen.public.t2", "maxwell", "canal"] {
-        assert!(topics.iter().any(|t| t == topic), "{topic} in {topics:?}");
-    }
-    crate::modes::generate::write(&mut g, dir.path(), true).unwrap();
+/// Writes the workload of `g` into `dir` (as kcat lines), checks it, and
+/// returns the violations expected and reported, by fingerprint.
+fn expected_and_reported(
+    g: &mut Generator,
+    dir: &std::path::Path,
+) -> (BTreeMap<Fingerprint, usize>, BTreeMap<Fingerprint, usize>) {
+    crate::modes::generate::write(g, dir, true).unwrap();
     let config =
         crate::config::Config::parse_with_env("gen", &g.config_toml(), Vec::new()).unwrap();
     let inputs =
         [("cdc.ndjson", Stream::Cdc), ("cache.ndjson", Stream::Cache)].map(|(name, stream)| {
             crate::io::file::FileInput {
-                path: dir.path().join(name),
+                path: dir.join(name),
                 stream,
             }
         });
-    let out = dir.path().join("out");
+    let out = dir.join("out");
     let summary = crate::modes::check::check(&config, &inputs, &out, None, true).unwrap();
     assert_eq!(summary.dead_letters_total, 0);
     let count = |items: Vec<Value>| -> BTreeMap<_, usize> {
@@ -214,9 +219,135 @@ fn a_workload_of_every_format_in_kcat_lines_is_reported_exactly() {
             .map(|l| serde_json::from_str::<Value>(l).unwrap()["data"].take())
             .collect(),
     );
+    (expected, reported)
+}
+
+#[test]
+fn a_workload_of_every_format_in_kcat_lines_is_reported_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Generator::with_formats(
+        Spec {
+            tables: 5,
+            ..spec(6)
+        },
+        &CdcFormat::ALL,
+    );
+    let topics = g.topics();
+    for topic in ["gen.public.t0", "gen.public.t2", "maxwell", "canal"] {
+        assert!(topics.iter().any(|t| t == topic), "{topic} in {topics:?}");
+    }
+    let (expected, reported) = expected_and_reported(&mut g, dir.path());
     let tables: BTreeSet<&str> = expected.keys().map(|f| f.2.as_str()).collect();
     assert_eq!(tables.len(), 5, "violations in every table: {tables:?}");
     assert_eq!(reported, expected);
+}
+
+/// A spec with transactions and their faults.
+fn with_transactions(seed: u64) -> Spec {
+    Spec {
+        tables: 4,
+        transactions: Some(TxFaults {
+            lost_event: 0.1,
+            unterminated: 0.05,
+        }),
+        ..spec(seed)
+    }
+}
+
+#[test]
+fn maxwell_transactions_number_their_rows_and_end_with_a_commit_row() {
+    let mut g = Generator::new(Spec {
+        format: CdcFormat::Maxwell,
+        ..with_transactions(7)
+    });
+    assert!(
+        !g.topics().iter().any(|t| t == TX_TOPIC),
+        "no BEGIN nor END"
+    );
+    // Per xid: the xoffsets of its rows, and whether a commit row came.
+    let mut txs: BTreeMap<u64, (BTreeSet<u64>, bool)> = BTreeMap::new();
+    for r in g.by_ref().filter(|r| r.topic.as_ref() == "maxwell") {
+        let v: Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        if v["type"] == "bootstrap-insert" {
+            continue;
+        }
+        let tx = txs.entry(v["xid"].as_u64().unwrap()).or_default();
+        match (v.get("xoffset"), v.get("commit")) {
+            (Some(x), None) => {
+                tx.0.insert(x.as_u64().unwrap());
+            }
+            (None, Some(commit)) => {
+                assert_eq!(commit, true);
+                tx.1 = true;
+            }
+            _ => panic!("a row carries xoffset or commit, not both: {v}"),
+        }
+    }
+    // What the rows show: no commit row, or an xoffset missing below the
+    // highest.
+    let (mut unterminated, mut incomplete, mut multi_row) = (0, 0, 0);
+    for (xoffsets, commit) in txs.values() {
+        let highest = xoffsets.last().map_or(0, |&h| h + 1);
+        unterminated += usize::from(!commit);
+        incomplete += usize::from(*commit && highest > xoffsets.len() as u64);
+        multi_row += usize::from(*commit && !xoffsets.is_empty());
+    }
+    let kinds = |kind: &str| g.expected().iter().filter(|e| e.kind == kind).count();
+    assert_eq!(unterminated, kinds("unterminated_transaction"));
+    assert_eq!(incomplete, kinds("incomplete_transaction"));
+    assert!(
+        unterminated > 10 && incomplete > 10,
+        "{unterminated} {incomplete}"
+    );
+    assert!(
+        multi_row > 1_000,
+        "{multi_row} transactions of several rows"
+    );
+    let unknown = crate::detect::transaction::UNKNOWN_TABLE;
+    assert!(
+        g.expected()
+            .iter()
+            .filter(|e| e.kind == "incomplete_transaction")
+            .all(|e| e.table == unknown)
+    );
+}
+
+#[test]
+fn maxwell_transactions_alone_and_beside_debeziums_are_reported_exactly() {
+    for formats in [
+        &[CdcFormat::Maxwell][..],
+        &[CdcFormat::Debezium, CdcFormat::Maxwell],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = Generator::with_formats(with_transactions(8), formats);
+        g.check_transactions().unwrap();
+        let (expected, reported) = expected_and_reported(&mut g, dir.path());
+        for kind in [
+            "incomplete_transaction",
+            "unterminated_transaction",
+            "transaction_not_invalidated",
+        ] {
+            let n: usize = expected
+                .iter()
+                .filter(|(f, _)| f.0 == format!("\"{kind}\""))
+                .map(|(_, n)| n)
+                .sum();
+            assert!(n > 5, "{formats:?}: {n} {kind}");
+        }
+        assert_eq!(reported, expected, "{formats:?}");
+    }
+}
+
+#[test]
+fn canal_and_flattened_debezium_cannot_carry_transactions() {
+    for format in [CdcFormat::Canal, CdcFormat::DebeziumFlat] {
+        let g = Generator::with_formats(with_transactions(1), &[CdcFormat::Maxwell, format]);
+        let error = g.check_transactions().unwrap_err();
+        assert!(
+            error.contains("--format debezium, debezium-schema or maxwell"),
+            "{error}"
+        );
+    }
 }
 
 #[test]
