@@ -759,20 +759,28 @@ pub struct GenArgs {
     pub bursts: bool,
 
     /// Wrap the changes in transactions of one to three episodes (so
-    /// across tables), with their BEGIN and END records on the topic
-    /// gen.transaction and a transaction block on each change, as Debezium
-    /// writes them with provide.transaction.metadata. Debezium JSON
-    /// formats only.
+    /// across tables). Debezium (--format debezium or debezium-schema):
+    /// BEGIN and END records on the topic gen.transaction and a
+    /// transaction block on each change, as Debezium writes them with
+    /// provide.transaction.metadata. Maxwell: the rows of a transaction
+    /// share an xid, every row but the last carries its xoffset (from 0)
+    /// and the last commit: true, as Maxwell writes them with
+    /// output_xoffset. Not with the other formats (Canal's flat messages
+    /// name no transaction).
     #[arg(long)]
     pub transactions: bool,
 
-    /// With --transactions: share of transactions whose END announces one
-    /// event more than was written (an incomplete_transaction).
+    /// With --transactions: share of transactions that lose an event (an
+    /// incomplete_transaction): a Debezium END announces one event more
+    /// than was written; a Maxwell transaction skips an xoffset below one
+    /// it writes (0 or 1, drawn; a transaction too short for that, of one
+    /// row or of two when 1 was drawn, is left whole: the loss could not
+    /// be told).
     #[arg(long, default_value_t = TxFaults::GEN.lost_event)]
     pub lost_event_rate: f64,
 
-    /// With --transactions: share of transactions whose END is never
-    /// written (an unterminated_transaction).
+    /// With --transactions: share of transactions whose END (Maxwell:
+    /// commit row) is never written (an unterminated_transaction).
     #[arg(long, default_value_t = TxFaults::GEN.unterminated)]
     pub unterminated_rate: f64,
 }
