@@ -263,3 +263,100 @@ fn maxwell_transactions_are_checked_by_their_rows() {
     // `inputs.unmapped_tables`), and still took their places.
     assert_eq!(checked.summary["dead_letters"]["unmapped_table"], 4);
 }
+
+#[test]
+fn generated_maxwell_transactions_are_reported_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "--events",
+        "20000",
+        "--keys",
+        "1000",
+        "--tables",
+        "4",
+        "--format",
+        "maxwell",
+        "--seed",
+        "5",
+        "--transactions",
+        "--lost-event-rate",
+        "0.05",
+        "--unterminated-rate",
+        "0.03",
+    ];
+    args.extend_from_slice(&FAULTY);
+    generate(dir.path(), &args);
+    let expected = dir.path().join("expected.ndjson");
+    let kinds = expected_kinds(&expected);
+    for kind in [
+        "incomplete_transaction",
+        "unterminated_transaction",
+        "transaction_not_invalidated",
+        "missing_invalidation",
+    ] {
+        assert!(
+            kinds.get(kind).copied().unwrap_or(0) > 0,
+            "the workload should expect some {kind}: {kinds:?}"
+        );
+    }
+    // The checks are on, and no BEGIN or END topic is read: Maxwell has none.
+    let config = fs::read_to_string(dir.path().join("vigil.toml")).unwrap();
+    assert!(config.contains("transactions = true"), "{config}");
+    assert!(!config.contains("transaction_topics"), "{config}");
+
+    // Per xid, from the rows written: their xoffsets, and whether the
+    // commit row came.
+    let mut rows: std::collections::BTreeMap<String, (Vec<u64>, bool)> = Default::default();
+    for row in read_ndjson(&dir.path().join("cdc.ndjson")) {
+        assert!(row.get("status").is_none(), "no BEGIN or END: {row}");
+        if row["type"] == "bootstrap-insert" {
+            continue;
+        }
+        let tx = rows
+            .entry(row["xid"].as_u64().unwrap().to_string())
+            .or_default();
+        match row.get("xoffset") {
+            Some(x) => tx.0.push(x.as_u64().unwrap()),
+            None => tx.1 = row["commit"] == true,
+        }
+    }
+    for (xoffsets, _) in rows.values_mut() {
+        xoffsets.sort_unstable();
+        xoffsets.dedup();
+    }
+
+    let checked = check_dir(dir.path(), &dir.path().join("vigil.toml"), "out");
+    assert_matches_expected(&expected, &checked);
+    assert_eq!(checked.summary["dead_letters_total"], 0);
+    let schema = Schema::named("urn:vigil:schema:violation:v1");
+    for v in checked.violations() {
+        let errors = schema.errors(&v["data"]);
+        assert!(errors.is_empty(), "{v}: {errors:?}");
+        let data = &v["data"];
+        let kind = data["kind"].as_str().unwrap();
+        if !kind.ends_with("_transaction") {
+            continue;
+        }
+        let id = data["transaction_id"].as_str().unwrap();
+        assert_eq!(v["subject"], format!("transaction/{id}"));
+        let (xoffsets, commit) = &rows[id];
+        match kind {
+            "incomplete_transaction" => {
+                assert!(*commit, "{v}");
+                let highest = *xoffsets.last().unwrap();
+                let gaps: Vec<u64> = (0..highest)
+                    .filter(|x| xoffsets.binary_search(x).is_err())
+                    .collect();
+                assert_eq!(data["missing_xoffsets"], serde_json::json!(gaps), "{v}");
+                assert_eq!(data["seen_events"], xoffsets.len() as u64 + 1, "{v}");
+                assert_eq!(data["table"], "(unknown)", "{v}");
+                assert!(data.get("expected_events").is_none(), "{v}");
+            }
+            "unterminated_transaction" => {
+                assert!(!*commit, "{v}");
+                assert_eq!(data["seen_events"], xoffsets.len() as u64, "{v}");
+            }
+            _ => {}
+        }
+    }
+}
