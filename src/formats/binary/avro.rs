@@ -389,7 +389,7 @@ mod tests {
     use crate::formats::testing::{
         avro_record, avro_schema, changes, mysql_update, null, record, string, union,
     };
-    use crate::formats::{DecodedCdc, framed};
+    use crate::formats::{DecodedCdc, Flattened, decode_cdc, framed};
 
     /// A PostgreSQL update as the kvs schema writes it, and the same event
     /// as Debezium's JSON converter writes it (schemaless).
@@ -575,6 +575,64 @@ mod tests {
         let row = key.row();
         assert_eq!(row.len(), 1);
         assert_eq!((row[0].0.as_ref(), row[0].1.get()), ("id", "42"));
+    }
+
+    #[test]
+    fn transaction_begin_and_end_decode_as_their_json_does() {
+        let schema = avro_schema(7, "debezium-transaction-metadata.avsc");
+        let collection = |name: &str, count: i64| {
+            union(
+                1,
+                record(vec![
+                    ("data_collection", string(name)),
+                    ("event_count", Value::Long(count)),
+                ]),
+            )
+        };
+        let begin = record(vec![
+            ("status", string("BEGIN")),
+            ("id", string("571:53195829")),
+            ("event_count", null()),
+            ("data_collections", null()),
+            ("ts_ms", Value::Long(1_486_500_577_125)),
+        ]);
+        let end = record(vec![
+            ("status", string("END")),
+            ("id", string("571:53195829")),
+            ("event_count", union(1, Value::Long(2))),
+            (
+                "data_collections",
+                union(
+                    1,
+                    Value::Array(vec![collection("s1.a", 1), collection("s2.a", 1)]),
+                ),
+            ),
+            ("ts_ms", Value::Long(1_486_500_577_691)),
+        ]);
+        for (value, json) in [
+            (
+                begin,
+                r#"{"status":"BEGIN","id":"571:53195829","event_count":null,"data_collections":null,"ts_ms":1486500577125}"#,
+            ),
+            (
+                end,
+                r#"{"status":"END","id":"571:53195829","event_count":2,"data_collections":[{"data_collection":"s1.a","event_count":1},{"data_collection":"s2.a","event_count":1}],"ts_ms":1486500577691}"#,
+            ),
+        ] {
+            let envelope = decoded(&schema, value);
+            let from_json = decode_cdc(Some(json), Flattened::Nowhere).unwrap();
+            assert!(matches!(from_json, DecodedCdc::Transaction(_)), "{json}");
+            assert_eq!(envelope.view().unwrap(), from_json, "{json}");
+        }
+        let other = record(vec![
+            ("status", string("ROLLBACK")),
+            ("id", string("1")),
+            ("event_count", null()),
+            ("data_collections", null()),
+            ("ts_ms", Value::Long(1)),
+        ]);
+        let err = decoded(&schema, other).view().unwrap_err();
+        assert_eq!(err.reason, Reason::UnknownFormat, "{err}");
     }
 
     #[test]

@@ -23,8 +23,8 @@ use serde::Serializer;
 use serde_json::value::RawValue;
 
 use crate::dead_letter::{Reason, RecordError};
-use crate::formats::cdc::{self, SourceMeta, Transaction};
-use crate::formats::json::{Field, millis};
+use crate::formats::cdc::{self, SourceMeta, Transaction, transaction};
+use crate::formats::json::{Field, Object, millis};
 use crate::formats::{DecodedCdc, Row, Skip};
 use crate::model::{Millis, Op};
 
@@ -36,6 +36,10 @@ pub(in crate::formats) type OwnedRow = Vec<(String, Box<RawValue>)>;
 #[derive(Debug)]
 pub enum BinaryEnvelope {
     Change(Box<EnvelopeParts>),
+    /// A transaction's BEGIN or END record (Debezium's
+    /// `TransactionMetadataValue`): its fields as JSON text, read by the
+    /// JSON decoder's reader of such records.
+    Transaction(OwnedRow),
     /// A heartbeat with its `ts_ms` (see [`DecodedCdc::Heartbeat`]).
     Heartbeat(Millis),
     Skipped(Skip),
@@ -101,7 +105,7 @@ pub(in crate::formats) fn read_envelope<F: Fields>(
 ) -> Result<BinaryEnvelope, RecordError> {
     let has = |name: &str| top.has(name);
     if has("id") && has("status") && has("event_count") {
-        Ok(BinaryEnvelope::Skipped(Skip::TransactionMetadata))
+        Ok(BinaryEnvelope::Transaction(top.row()?))
     } else if top.field_count() == 1 && has("ts_ms") {
         // A heartbeat whose time does not read as one is still a heartbeat.
         let ts = top.count("ts_ms").ok().flatten();
@@ -171,6 +175,17 @@ impl BinaryEnvelope {
         let parts = match self {
             BinaryEnvelope::Skipped(skip) => return Ok(DecodedCdc::Skipped(*skip)),
             BinaryEnvelope::Heartbeat(ts) => return Ok(DecodedCdc::Heartbeat(*ts)),
+            BinaryEnvelope::Transaction(fields) => {
+                let object = Object::top(borrow(fields));
+                return if transaction::is_marker(&object) {
+                    transaction::decode(&object)
+                } else {
+                    Err(RecordError::new(
+                        Reason::UnknownFormat,
+                        "a transaction metadata record whose status is neither BEGIN nor END",
+                    ))
+                };
+            }
             BinaryEnvelope::Change(parts) => parts,
         };
         let mut source = SourceMeta::default();

@@ -125,10 +125,7 @@ pub(crate) enum Top<O> {
 /// trailing garbage...) is an `invalid_json` error.
 pub(crate) fn parse(text: &str) -> Result<Top<Object<'_>>, RecordError> {
     Ok(match parse_with(text, FieldsVisitor)? {
-        Top::Object(fields) => Top::Object(Object {
-            fields,
-            parent: None,
-        }),
+        Top::Object(fields) => Top::Object(Object::top(fields)),
         Top::Null => Top::Null,
         Top::Other(kind) => Top::Other(kind),
     })
@@ -291,6 +288,14 @@ pub(crate) struct Object<'a> {
 }
 
 impl<'a> Object<'a> {
+    /// The object a record is (its fields named by themselves in errors).
+    pub(crate) fn top(fields: Row<'a>) -> Self {
+        Object {
+            fields,
+            parent: None,
+        }
+    }
+
     /// The object that is the value of field `parent` (named so in errors).
     pub(crate) fn nested(parent: &'static str) -> impl FnOnce(Row<'a>) -> Self {
         move |fields| Object {
