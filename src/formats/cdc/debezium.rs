@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::{SourceMeta, Transaction, change, parse_op};
+use super::{Plain, SourceField, SourceMeta, Transaction, change, parse_op};
 use crate::dead_letter::RecordError;
 use crate::formats::json::{Field, Fields, Name, Object, millis, row, string};
 use crate::formats::{DecodedCdc, Row, Skip};
@@ -243,19 +243,81 @@ impl<'de> Visitor<'de> for SourceVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut source = SourceMeta::default();
-        while let Some(Name(name)) = map.next_key()? {
-            if !SourceMeta::reads(&name) {
+        while let Some(SourceKey(key)) = map.next_key()? {
+            match key {
                 // Skipped without keeping its text: most fields of a source
                 // block are of no use here.
-                map.next_value::<IgnoredAny>()?;
-                continue;
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                Some(key @ (SourceField::Sequence | SourceField::TxId)) => {
+                    let value: &RawValue = map.next_value()?;
+                    // The error is not kept: the general reader words it.
+                    source
+                        .read_field(key, value, Field::new("source"))
+                        .map_err(|_| not_plain())?;
+                }
+                Some(key) => source.set(key, map.next_value()?).ok_or_else(not_plain)?,
             }
-            let value: &RawValue = map.next_value()?;
-            source
-                .read(&name, value, Field::new(&name))
-                .map_err(|_| not_plain())?;
         }
         Ok(source)
+    }
+}
+
+/// A key of the `source` block: the field it names, if one that is read.
+struct SourceKey(Option<SourceField>);
+
+impl<'de> Deserialize<'de> for SourceKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_identifier(SourceKeyVisitor)
+    }
+}
+
+struct SourceKeyVisitor;
+
+impl Visitor<'_> for SourceKeyVisitor {
+    type Value = SourceKey;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(SourceKey(SourceField::named(v)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Plain<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(PlainVisitor)
+    }
+}
+
+/// Reads `null`, a non-negative integer or a string; any other value stops
+/// the one-pass reader.
+struct PlainVisitor;
+
+impl<'de> Visitor<'de> for PlainVisitor {
+    type Value = Plain<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("null, a non-negative integer or a string")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Plain::Null)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Plain::Uint(v))
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Plain::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Plain::Str(Cow::Owned(v.to_owned())))
     }
 }
 
@@ -263,7 +325,7 @@ impl<'de> Visitor<'de> for SourceVisitor {
 mod tests {
     use std::borrow::Cow;
 
-    use super::{Field, SourceMeta};
+    use super::{Field, SourceField, SourceMeta};
     use crate::dead_letter::Reason;
     use crate::formats::testing::{change, cols, data_file, failure, samples, skipped};
     use crate::formats::{
@@ -591,28 +653,34 @@ mod tests {
         );
     }
 
-    /// The one-pass reader skips the fields `read` ignores: the list of
-    /// those it reads must be whole.
+    /// The one-pass reader skips the fields that are not named: `read`
+    /// must ignore those and only those.
     #[test]
-    fn the_source_fields_read_are_those_listed() {
+    fn the_source_fields_read_are_those_named() {
         let wrong = serde_json::value::to_raw_value(&serde_json::json!({"x": 1})).unwrap();
         for name in [
             "ts_ms",
+            "ts_us",
+            "ts_usec",
             "lsn",
+            "sequence",
+            "file",
+            "pos",
+            "row",
+            "gtid",
             "txId",
+            "schema",
+            "db",
             "table",
             "connector",
             "version",
             "snapshot",
             "xmin",
+            "name",
         ] {
             let mut meta = SourceMeta::default();
             let read = meta.read(name, &wrong, Field::new(name)).is_err();
-            assert_eq!(read, SourceMeta::reads(name), "{name}");
-        }
-        for name in SourceMeta::FIELDS {
-            let mut meta = SourceMeta::default();
-            assert!(meta.read(name, &wrong, Field::new(name)).is_err(), "{name}");
+            assert_eq!(read, SourceField::named(name).is_some(), "{name}");
         }
     }
 

@@ -109,18 +109,57 @@ pub(in crate::formats) struct SourceMeta<'a> {
     pub(in crate::formats) envelope_ts_ms: Option<Millis>,
 }
 
-impl<'a> SourceMeta<'a> {
-    /// The fields [`SourceMeta::read`] reads (it ignores the others).
-    const FIELDS: [&'static str; 13] = [
-        "ts_ms", "ts_us", "ts_usec", "lsn", "sequence", "file", "pos", "row", "gtid", "txId",
-        "schema", "db", "table",
-    ];
+/// A field of the `source` block that [`SourceMeta`] reads; the others are
+/// of no use here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::formats) enum SourceField {
+    TsMs,
+    TsUs,
+    TsUsec,
+    Lsn,
+    Sequence,
+    File,
+    Pos,
+    Row,
+    Gtid,
+    TxId,
+    Schema,
+    Db,
+    Table,
+}
 
-    /// Whether [`SourceMeta::read`] reads a field of this name.
-    pub(in crate::formats) fn reads(key: &str) -> bool {
-        Self::FIELDS.contains(&key)
+impl SourceField {
+    /// The field of this name in the `source` block, `None` for one that
+    /// is not read.
+    pub(in crate::formats) fn named(key: &str) -> Option<Self> {
+        Some(match key {
+            "ts_ms" => Self::TsMs,
+            "ts_us" => Self::TsUs,
+            "ts_usec" => Self::TsUsec,
+            "lsn" => Self::Lsn,
+            "sequence" => Self::Sequence,
+            "file" => Self::File,
+            "pos" => Self::Pos,
+            "row" => Self::Row,
+            "gtid" => Self::Gtid,
+            "txId" => Self::TxId,
+            "schema" => Self::Schema,
+            "db" => Self::Db,
+            "table" => Self::Table,
+            _ => return None,
+        })
     }
+}
 
+/// A `source` value as serde reads it straight from the text, without its
+/// raw text kept: what [`SourceMeta::set`] takes.
+pub(in crate::formats) enum Plain<'a> {
+    Null,
+    Uint(u64),
+    Str(Cow<'a, str>),
+}
+
+impl<'a> SourceMeta<'a> {
     /// Reads one field of the source block, `key` being its name there and
     /// `field` how errors name it. `null` and unknown fields are ignored.
     pub(in crate::formats) fn read(
@@ -129,26 +168,64 @@ impl<'a> SourceMeta<'a> {
         value: &'a RawValue,
         field: Field,
     ) -> Result<(), RecordError> {
+        match SourceField::named(key) {
+            Some(source_field) => self.read_field(source_field, value, field),
+            None => Ok(()),
+        }
+    }
+
+    /// [`SourceMeta::read`] for a field known to be read.
+    pub(in crate::formats) fn read_field(
+        &mut self,
+        key: SourceField,
+        value: &'a RawValue,
+        field: Field,
+    ) -> Result<(), RecordError> {
         if value.get() == "null" {
             return Ok(());
         }
         match key {
-            "ts_ms" => self.ts_ms = Some(millis(value, field)?),
-            "ts_us" => self.ts_us = Some(uint(value, field)?),
-            "ts_usec" => self.ts_usec = Some(uint(value, field)?),
-            "lsn" => self.pos.lsn = Some(uint_or_digits(value, field)?),
-            "sequence" => self.pos.commit_lsn = commit_lsn(value, field)?,
-            "file" => self.pos.binlog_file = binlog_file(value, field)?,
-            "pos" => self.pos.binlog_pos = Some(uint_or_digits(value, field)?),
-            "row" => self.pos.binlog_row = Some(uint(value, field)?),
-            "gtid" => self.pos.gtid_seq = Some(gtid_seq(value, field)?),
-            "txId" => self.pos.tx_id = Some(text(value, field)?),
-            "schema" => self.table.schema = name(value, field)?,
-            "db" => self.table.db = name(value, field)?,
-            "table" => self.table.table = name(value, field)?,
-            _ => {}
+            SourceField::TsMs => self.ts_ms = Some(millis(value, field)?),
+            SourceField::TsUs => self.ts_us = Some(uint(value, field)?),
+            SourceField::TsUsec => self.ts_usec = Some(uint(value, field)?),
+            SourceField::Lsn => self.pos.lsn = Some(uint_or_digits(value, field)?),
+            SourceField::Sequence => self.pos.commit_lsn = commit_lsn(value, field)?,
+            SourceField::File => self.pos.binlog_file = binlog_file(value, field)?,
+            SourceField::Pos => self.pos.binlog_pos = Some(uint_or_digits(value, field)?),
+            SourceField::Row => self.pos.binlog_row = Some(uint(value, field)?),
+            SourceField::Gtid => self.pos.gtid_seq = Some(gtid_seq(value, field)?),
+            SourceField::TxId => self.pos.tx_id = Some(text(value, field)?),
+            SourceField::Schema => self.table.schema = name(value, field)?,
+            SourceField::Db => self.table.db = name(value, field)?,
+            SourceField::Table => self.table.table = name(value, field)?,
         }
         Ok(())
+    }
+
+    /// Sets a field from its value read as a [`Plain`] one, as
+    /// [`SourceMeta::read_field`] does from its raw text; `None` where that
+    /// gives an error. `sequence` and `txId` (whose number is taken as
+    /// written) are read from their raw text only: `None` too.
+    pub(in crate::formats) fn set(&mut self, key: SourceField, value: Plain<'a>) -> Option<()> {
+        use SourceField as F;
+        match (key, value) {
+            (_, Plain::Null) => {}
+            (F::TsMs, Plain::Uint(n)) => self.ts_ms = Some(Millis::try_from(n).ok()?),
+            (F::TsUs, Plain::Uint(n)) => self.ts_us = Some(n),
+            (F::TsUsec, Plain::Uint(n)) => self.ts_usec = Some(n),
+            (F::Lsn, Plain::Uint(n)) => self.pos.lsn = Some(n),
+            (F::Lsn, Plain::Str(s)) => self.pos.lsn = Some(digits(&s)?),
+            (F::Pos, Plain::Uint(n)) => self.pos.binlog_pos = Some(n),
+            (F::Pos, Plain::Str(s)) => self.pos.binlog_pos = Some(digits(&s)?),
+            (F::Row, Plain::Uint(n)) => self.pos.binlog_row = Some(n),
+            (F::File, Plain::Str(s)) => self.pos.binlog_file = binlog_file_in(&s)?,
+            (F::Gtid, Plain::Str(s)) => self.pos.gtid_seq = Some(gtid_seq_in(&s)?),
+            (F::Schema, Plain::Str(s)) => self.table.schema = non_empty(s),
+            (F::Db, Plain::Str(s)) => self.table.db = non_empty(s),
+            (F::Table, Plain::Str(s)) => self.table.table = non_empty(s),
+            _ => return None,
+        }
+        Some(())
     }
 
     /// The table and position. The commit time is the first positive one of
@@ -176,8 +253,12 @@ impl<'a> SourceMeta<'a> {
 /// A table-naming field; the empty string (logical messages carry
 /// `"table": ""`) names nothing.
 fn name<'a>(value: &'a RawValue, field: Field) -> Result<Option<Cow<'a, str>>, RecordError> {
-    let name = string(value, field)?;
-    Ok((!name.is_empty()).then_some(name))
+    string(value, field).map(non_empty)
+}
+
+/// A name, `None` when empty.
+fn non_empty(name: Cow<'_, str>) -> Option<Cow<'_, str>> {
+    (!name.is_empty()).then_some(name)
 }
 
 /// PostgreSQL's `source.sequence`: a string holding a JSON array of LSN
@@ -219,23 +300,30 @@ fn usual_sequence_head(raw: &str) -> Option<Option<u64>> {
 /// MySQL's `source.file` (`mysql-bin.000003` -> 3); the empty name, which
 /// some snapshot events carry, gives `None`.
 fn binlog_file(value: &RawValue, field: Field) -> Result<Option<u64>, RecordError> {
-    let file = string(value, field)?;
-    if file.is_empty() {
-        return Ok(None);
-    }
-    binlog_file_index(&file)
-        .map(Some)
+    binlog_file_in(&string(value, field)?)
         .ok_or_else(|| wrong_type(field, "a binlog file name like \"mysql-bin.000003\"", value))
+}
+
+/// [`binlog_file`] of the file name; `None` for a name that is none.
+fn binlog_file_in(file: &str) -> Option<Option<u64>> {
+    if file.is_empty() {
+        return Some(None);
+    }
+    binlog_file_index(file).map(Some)
 }
 
 /// The transaction number of `source.gtid`: a MySQL GTID `uuid:23`, the
 /// upper end of a GTID set interval `uuid:1-23`, or the sequence number of a
 /// MariaDB GTID `0-1-23`.
 fn gtid_seq(value: &RawValue, field: Field) -> Result<u64, RecordError> {
-    let gtid = string(value, field)?;
+    gtid_seq_in(&string(value, field)?)
+        .ok_or_else(|| wrong_type(field, "a GTID like \"uuid:23\"", value))
+}
+
+/// [`gtid_seq`] of the GTID's text.
+fn gtid_seq_in(gtid: &str) -> Option<u64> {
     let last = gtid.rsplit(':').next().unwrap_or_default();
-    let seq = last.rsplit('-').next().unwrap_or_default();
-    digits(seq).ok_or_else(|| wrong_type(field, "a GTID like \"uuid:23\"", value))
+    digits(last.rsplit('-').next().unwrap_or_default())
 }
 
 #[cfg(test)]
