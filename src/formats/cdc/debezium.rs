@@ -12,6 +12,7 @@ use super::{Plain, SourceField, SourceMeta, Transaction, change, parse_op};
 use crate::dead_letter::RecordError;
 use crate::formats::json::{Field, Fields, Name, Object, millis, row, string};
 use crate::formats::{DecodedCdc, Row, Skip};
+use crate::model::Millis;
 
 /// Whether a record bears the marks of a Debezium envelope: `op`, with
 /// `before`, `after` or `source` beside it.
@@ -73,8 +74,11 @@ pub(in crate::formats) fn decode_one_pass(text: &str) -> Option<DecodedCdc<'_>> 
         return Some(DecodedCdc::Skipped(Skip::LogicalMessage));
     };
     let mut source = source.unwrap_or_default();
-    if let Some(ts_ms) = ts_ms.filter(|v| v.get() != "null") {
-        source.envelope_ts_ms = Some(millis(ts_ms, Field::new("ts_ms")).ok()?);
+    match ts_ms {
+        None | Some(Plain::Null) => {}
+        Some(Plain::Uint(ms)) => source.envelope_ts_ms = Some(Millis::try_from(ms).ok()?),
+        // Not a time: the general reader says so.
+        Some(_) => return None,
     }
     let transaction = transaction.flatten().map(Object::nested("transaction"));
     let transaction = Transaction::read(transaction.as_ref()).ok()?;
@@ -123,7 +127,7 @@ struct Parts<'a> {
     before: Option<Option<Row<'a>>>,
     after: Option<Option<Row<'a>>>,
     source: Option<SourceMeta<'a>>,
-    ts_ms: Option<&'a RawValue>,
+    ts_ms: Option<Plain<'a>>,
     transaction: Option<Option<Row<'a>>>,
 }
 

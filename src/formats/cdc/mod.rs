@@ -151,8 +151,9 @@ impl SourceField {
     }
 }
 
-/// A `source` value as serde reads it straight from the text, without its
-/// raw text kept: what [`SourceMeta::set`] takes.
+/// A value as serde reads it straight from the text, without its raw text
+/// kept: what [`SourceMeta::set`] takes, and the one-pass Debezium reader's
+/// envelope `ts_ms`.
 pub(in crate::formats) enum Plain<'a> {
     Null,
     Uint(u64),
