@@ -20,13 +20,7 @@ fn generated(dir: &Path, format: &str, extra: &[&str]) -> Value {
 }
 
 fn assert_every_kind_expected(expected: &Path) {
-    let kinds = expected_kinds(expected);
-    for k in KINDS {
-        assert!(
-            kinds.get(k).copied().unwrap_or(0) > 0,
-            "the workload should expect some {k}: {kinds:?}"
-        );
-    }
+    assert_expects_some(expected, &KINDS);
 }
 
 #[test]

@@ -160,6 +160,18 @@ pub fn expected_kinds(expected_file: &Path) -> BTreeMap<String, usize> {
     m
 }
 
+/// Asserts that a generated workload expects some violations of each of
+/// `kinds`, so that matching it exactly tests each of them.
+pub fn assert_expects_some(expected_file: &Path, kinds: &[&str]) {
+    let counts = expected_kinds(expected_file);
+    for kind in kinds {
+        assert!(
+            counts.get(*kind).copied().unwrap_or(0) > 0,
+            "the workload should expect some {kind}: {counts:?}"
+        );
+    }
+}
+
 /// A configuration mapping one table, `public.users`, versioned by a column.
 pub const USERS_CONFIG: &str = r#"
 [[tables]]
