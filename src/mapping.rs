@@ -61,6 +61,16 @@ pub struct Change {
     pub provenance: Provenance,
 }
 
+impl Change {
+    /// When the invalidations of its keys are due (commit time plus the
+    /// table's deadline), if it obliges any.
+    pub fn invalidations_due(&self) -> Option<Millis> {
+        self.op
+            .obliges_invalidation()
+            .then(|| self.commit_ts_ms.saturating_add(self.rules.deadline_ms))
+    }
+}
+
 /// What mapping a decoded change gives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mapped {

@@ -255,18 +255,12 @@ impl Router {
         let change = Arc::new(change);
         if self.transactions.is_some()
             && let Some(tx) = &change.tx_id
+            && (change.tx_order.is_some() || change.invalidations_due().is_some())
         {
-            let due = change
-                .op
-                .obliges_invalidation()
-                .then(|| change.commit_ts_ms.saturating_add(change.rules.deadline_ms));
-            if change.tx_order.is_some() || due.is_some() {
-                self.pending_tx.push(TxItem::Change {
-                    tx: TxId::new(Arc::clone(tx)),
-                    change: Arc::clone(&change),
-                    due,
-                });
-            }
+            self.pending_tx.push(TxItem::Change {
+                tx: TxId::new(Arc::clone(tx)),
+                change: Arc::clone(&change),
+            });
         }
         if change.op.is_row_change() {
             self.route_item(WorkItem::Entity {

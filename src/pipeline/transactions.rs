@@ -66,13 +66,11 @@ pub(super) enum TxMsg {
 /// One record, as the transaction checks see it.
 pub(super) enum TxItem {
     /// A change of a transaction that carries its number in it, or that
-    /// obliges invalidations (due at `due`), or both. The change is the
-    /// one the workers get: its table and record are read from it, not
-    /// copied.
+    /// obliges invalidations, or both. The change is the one the workers
+    /// get: its table and record are read from it, not copied.
     Change {
         tx: TxId,
         change: Arc<Change>,
-        due: Option<Millis>,
     },
     Boundary(TxBoundary),
 }
@@ -104,12 +102,10 @@ impl TxItem {
     /// that obliges invalidations, and when they are due.
     fn due(&self) -> Option<(&Arc<str>, Millis)> {
         match self {
-            TxItem::Change {
-                change,
-                due: Some(due),
-                ..
-            } => Some((&change.table, *due)),
-            _ => None,
+            TxItem::Change { change, .. } => {
+                change.invalidations_due().map(|due| (&change.table, due))
+            }
+            TxItem::Boundary(_) => None,
         }
     }
 }
