@@ -922,10 +922,10 @@ impl Generator {
         let faults = self.spec.transactions?;
         let form = self.format_of(table).tx_form()?;
         if self.open_tx[form as usize].is_none() {
-            let (id, episodes_left, maxwell) = match form {
+            let episodes_left = self.rng.range(1, 3) as u64;
+            let (id, maxwell) = match form {
                 TxForm::Debezium => {
                     let id = format!("{}:{}", self.tx + 1, self.position);
-                    let episodes_left = self.rng.range(1, 3) as u64;
                     self.tx_record(
                         json!({
                             "status": "BEGIN", "id": id, "ts_ms": ts,
@@ -934,12 +934,11 @@ impl Generator {
                         ts,
                         &id,
                     );
-                    (id, episodes_left, None)
+                    (id, None)
                 }
                 TxForm::Maxwell => {
                     // The xid of the change it opens with.
                     let xid = self.tx;
-                    let episodes_left = self.rng.range(1, 3) as u64;
                     let u = self.rng.unit();
                     let lose = (u < faults.lost_event).then(|| self.rng.range(0, 1) as u64);
                     let unterminated =
@@ -952,7 +951,7 @@ impl Generator {
                         lost: false,
                         unterminated,
                     };
-                    (xid.to_string(), episodes_left, Some(maxwell))
+                    (xid.to_string(), Some(maxwell))
                 }
             };
             self.open_tx[form as usize] = Some(OpenTx {
