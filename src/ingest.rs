@@ -36,9 +36,34 @@ pub struct RawInput<'a> {
     pub stream: Stream,
     pub key: Option<&'a [u8]>,
     /// `None` is a tombstone.
-    pub value: Option<&'a [u8]>,
+    pub value: Option<Payload<'a>>,
     /// Kafka timestamp, the fallback event time.
     pub timestamp_ms: Option<Millis>,
+}
+
+/// A record's value: bytes as a Kafka message carries them, or text its
+/// source has already found to be UTF-8 (a line of a file), which is not
+/// checked a second time.
+#[derive(Debug, Clone, Copy)]
+pub enum Payload<'a> {
+    Bytes(&'a [u8]),
+    Text(&'a str),
+}
+
+impl<'a> Payload<'a> {
+    pub fn bytes(self) -> &'a [u8] {
+        match self {
+            Payload::Bytes(bytes) => bytes,
+            Payload::Text(text) => text.as_bytes(),
+        }
+    }
+
+    fn text(self) -> Result<&'a str, RecordError> {
+        match self {
+            Payload::Bytes(bytes) => utf8(bytes, "message value"),
+            Payload::Text(text) => Ok(text),
+        }
+    }
 }
 
 /// A decoded, mapped input record on its way through the pipeline.
@@ -136,7 +161,7 @@ impl Ingest {
     ) -> Result<(), RecordError> {
         match input.stream {
             Stream::Cache => {
-                let value = input.value.map(|v| utf8(v, "message value")).transpose()?;
+                let value = input.value.map(Payload::text).transpose()?;
                 let Some(text) = value else {
                     self.stats.emit(RecordSkipped(formats::Skip::Tombstone));
                     return Ok(());
@@ -145,7 +170,7 @@ impl Ingest {
                 out.push(Record::Cache(event, provenance.clone()));
                 Ok(())
             }
-            Stream::Cdc => match input.value.and_then(|v| self.framed(v)) {
+            Stream::Cdc => match input.value.and_then(|v| self.framed(v.bytes())) {
                 Some(framed) => self.ingest_framed(input, framed?, provenance, out),
                 None => self.ingest_cdc(input, provenance, out),
             },
@@ -193,7 +218,7 @@ impl Ingest {
         provenance: &Provenance,
         out: &mut Vec<Record>,
     ) -> Result<(), RecordError> {
-        let value = input.value.map(|v| utf8(v, "message value")).transpose()?;
+        let value = input.value.map(Payload::text).transpose()?;
         // Where a record without any format's marks is a flattened row:
         // anywhere on a flattened topic, else on tables declared so.
         let declared =
@@ -236,7 +261,7 @@ impl Ingest {
             }
             Registered::JsonSchema => {
                 let unframed = RawInput {
-                    value: Some(framed.datum),
+                    value: Some(Payload::Bytes(framed.datum)),
                     ..input
                 };
                 return self.ingest_cdc(unframed, provenance, out);
@@ -522,7 +547,7 @@ mod tests {
         let input = RawInput {
             stream: Stream::Cdc,
             key: Some(key),
-            value: Some(value),
+            value: Some(Payload::Bytes(value)),
             timestamp_ms: Some(1),
         };
         let mut out = Vec::new();

@@ -20,7 +20,7 @@ use crate::detect::incident::IncidentEvent;
 use crate::detect::storm::StormEvent;
 use crate::events::Violation;
 use crate::formats::KcatBuffers;
-use crate::ingest::{Ingest, RawInput, Record, Stream};
+use crate::ingest::{Ingest, Payload, RawInput, Record, Stream};
 use crate::model::{Millis, Provenance};
 use crate::pipeline::{OutputError, Outputs, PartitionBatch, Position, SourceMsg};
 use crate::telemetry::{RecordsRead, Stage, StageTimed, Stats};
@@ -480,7 +480,7 @@ impl LineDecoder {
                 let input = RawInput {
                     stream,
                     key: k.key.map(str::as_bytes),
-                    value: k.payload.map(str::as_bytes),
+                    value: k.payload.map(Payload::Text),
                     timestamp_ms: k.ts_ms,
                 };
                 ingest
@@ -498,7 +498,7 @@ impl LineDecoder {
                 let input = RawInput {
                     stream,
                     key: None,
-                    value: Some(bytes),
+                    value: Some(Payload::Text(text)),
                     timestamp_ms: None,
                 };
                 ingest

@@ -33,7 +33,7 @@ use crate::cli::{ReplayArgs, ReplayTarget};
 use crate::config::Config;
 use crate::dead_letter::KafkaRecord;
 use crate::events::ViolationKind;
-use crate::ingest::{Ingest, RawInput, Record};
+use crate::ingest::{Ingest, Payload, RawInput, Record};
 use crate::io::file::{FileOutputs, check_inputs, input_name, is_stdin, open_input};
 use crate::io::kafka::outputs::KafkaOutputs;
 use crate::io::kafka::{TopicKinds, client_config, reach_brokers, send_waiting};
@@ -539,7 +539,7 @@ fn decode(
     let input = RawInput {
         stream,
         key: record.key.as_deref(),
-        value: record.value.as_deref(),
+        value: record.value.as_deref().map(Payload::Bytes),
         timestamp_ms: origin.timestamp_ms.or(record.timestamp_ms),
     };
     match ingest.ingest(input, &provenance, out) {

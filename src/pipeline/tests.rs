@@ -10,7 +10,7 @@ use super::*;
 use crate::config::Config;
 use crate::dead_letter::DeadLetter;
 use crate::events::Violation;
-use crate::ingest::{Ingest, RawInput, Stream};
+use crate::ingest::{Ingest, Payload, RawInput, Stream};
 use crate::model::Provenance;
 use crate::state::{Cf, MemStore, codec};
 use crate::time::{END_OF_TIME, SystemClock};
@@ -208,7 +208,7 @@ fn send(tx: &Sender<SourceMsg>, ingest: &Ingest, partition: usize, line: &str, o
     let input = RawInput {
         stream,
         key: None,
-        value: Some(line.as_bytes()),
+        value: Some(Payload::Text(line)),
         timestamp_ms: None,
     };
     ingest.ingest(input, &provenance, &mut records).unwrap();

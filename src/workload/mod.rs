@@ -29,7 +29,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::events::ViolationKind;
-use crate::ingest::{RawInput, Stream};
+use crate::ingest::{Payload, RawInput, Stream};
 use crate::model::{Millis, Op};
 use crate::registry::SchemaKind;
 use avro::AvroTable;
@@ -326,7 +326,7 @@ impl GenRecord {
         RawInput {
             stream: self.stream,
             key: self.key.as_deref(),
-            value: self.value.as_deref(),
+            value: self.value.as_deref().map(Payload::Bytes),
             timestamp_ms: Some(self.ts_ms),
         }
     }

@@ -37,7 +37,7 @@ use super::repartition::{self, Marks};
 use super::{KafkaSetupError, TopicKinds, client_config, log_to_tracing, owned_headers};
 use crate::config::{Config, Guarantee};
 use crate::dead_letter::{DeadLetter, KafkaRecord, Origin, Reason, RecordError};
-use crate::ingest::{Ingest, RawInput, Record, Stream};
+use crate::ingest::{Ingest, Payload, RawInput, Record, Stream};
 use crate::model::Provenance;
 use crate::pipeline::{KeyedItem, PartitionBatch, Position, Repartitioned, SourceMsg, Transfer};
 use crate::state::{Cf, Store, codec};
@@ -797,7 +797,7 @@ impl KafkaSource {
                 let input = RawInput {
                     stream,
                     key: msg.key(),
-                    value: msg.payload(),
+                    value: msg.payload().map(Payload::Bytes),
                     timestamp_ms,
                 };
                 ingest.ingest(input, &provenance, &mut part.records)
