@@ -320,21 +320,14 @@ impl Router {
         match event.action() {
             CacheAction::Invalidate => {
                 self.stats.emit(InvalidationDecoded);
-                let keys = std::mem::take(&mut event.keys);
-                if self.storms.is_some() {
-                    self.pending_storms.push(Observed {
-                        ts: event.ts_ms,
-                        keys: keys.clone(),
-                        service: service.clone(),
-                    });
-                }
                 let inv = Invalidation {
                     ts: event.ts_ms,
                     version: event.version,
                     service,
                     evidence,
                 };
-                for key in keys {
+                for key in &event.keys {
+                    let key = Arc::clone(key);
                     self.route_item(if is_glob(&key) {
                         WorkItem::Wildcard {
                             pattern: key,
@@ -347,6 +340,14 @@ impl Router {
                             inv: inv.clone(),
                             scope,
                         }
+                    });
+                }
+                // The event's own list of keys, not a copy of it.
+                if self.storms.is_some() {
+                    self.pending_storms.push(Observed {
+                        ts: event.ts_ms,
+                        keys: event.keys,
+                        service: inv.service,
                     });
                 }
             }
