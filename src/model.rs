@@ -176,8 +176,7 @@ pub struct CacheEvent {
     /// invalidations may carry globs). Shared: the pipeline hands them on
     /// without copying.
     pub keys: Vec<Arc<str>>,
-    pub entity_type: Option<String>,
-    pub entity_id: Option<String>,
+    /// Shared by the events of a reader that carry the same name.
     pub source_service: Option<Arc<str>>,
     pub version: Option<u64>,
     pub ts_ms: Millis,

@@ -1,9 +1,11 @@
 //! Cache events: what a service did to its cache (DESIGN.md section 2).
 
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::fmt;
 use std::sync::Arc;
 
-use std::fmt;
-
+use foldhash::fast::RandomState;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
@@ -17,7 +19,9 @@ use crate::model::{CacheAction, CacheEvent, CacheOperation, Millis, is_glob};
 
 /// Decodes one cache event. Without a `timestamp` the event time is the
 /// Kafka timestamp `kafka_ts_ms`; without either the record is a
-/// `missing_timestamp` error. Unknown fields are ignored.
+/// `missing_timestamp` error. Unknown fields are ignored. `entity_type` and
+/// `entity_id` are checked (a string; a string or a number) but not kept:
+/// nothing reads them.
 pub fn decode_cache(value: &str, kafka_ts_ms: Option<Millis>) -> Result<CacheEvent, RecordError> {
     let event = parse_object_with(value, FieldsVisitor)?;
     let field = Field::new;
@@ -38,13 +42,13 @@ pub fn decode_cache(value: &str, kafka_ts_ms: Option<Millis>) -> Result<CacheEve
             )
         })?,
     };
+    optional(event.entity_type, field("entity_type"), string)?;
+    optional(event.entity_id, field("entity_id"), text)?;
     Ok(CacheEvent {
         operation,
         keys,
-        entity_type: optional(event.entity_type, field("entity_type"), string)?.map(Into::into),
-        entity_id: optional(event.entity_id, field("entity_id"), text)?.map(Into::into),
         source_service: optional(event.source_service, field("source_service"), string)?
-            .map(Into::into),
+            .map(|name| service(&name)),
         version: optional(event.version, field("version"), uint_or_digits)?,
         ts_ms,
     })
@@ -161,6 +165,35 @@ fn timestamp(value: &RawValue, field: Field) -> Result<Millis, RecordError> {
     })
 }
 
+/// `source_service` names longer than this are not interned.
+const MAX_INTERNED_SERVICE_BYTES: usize = 128;
+/// Distinct `source_service` names a thread interns at most; past them,
+/// each event allocates its own.
+const MAX_INTERNED_SERVICES: usize = 4096;
+
+thread_local! {
+    /// The `source_service` names this thread's events have carried, each
+    /// allocated once (a reader decodes its records on its own thread).
+    static SERVICES: RefCell<HashSet<Arc<str>, RandomState>> = RefCell::default();
+}
+
+/// A `source_service` name, shared with the earlier events that carried it.
+fn service(name: &str) -> Arc<str> {
+    if name.len() > MAX_INTERNED_SERVICE_BYTES {
+        return Arc::from(name);
+    }
+    SERVICES.with_borrow_mut(|names| {
+        if let Some(shared) = names.get(name) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(name);
+        if names.len() < MAX_INTERNED_SERVICES {
+            names.insert(Arc::clone(&shared));
+        }
+        shared
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use crate::formats::testing::data_file;
@@ -181,8 +214,6 @@ mod tests {
         CacheEvent {
             operation,
             keys: keys.iter().map(|&k| Arc::from(k)).collect(),
-            entity_type: None,
-            entity_id: None,
             source_service: None,
             version,
             ts_ms,
@@ -202,8 +233,6 @@ mod tests {
             decoded,
             [
                 CacheEvent {
-                    entity_type: Some("order".into()),
-                    entity_id: Some("42".into()),
                     source_service: Some("orders-api".into()),
                     ..event(
                         CacheOperation::Invalidate,
@@ -212,22 +241,14 @@ mod tests {
                         1714564801000
                     )
                 },
-                CacheEvent {
-                    entity_type: Some("order".into()),
-                    entity_id: Some("42".into()),
-                    ..event(CacheOperation::Delete, &["order:42"], None, 1714564802500)
-                },
+                event(CacheOperation::Delete, &["order:42"], None, 1714564802500),
                 event(
                     CacheOperation::Update,
                     &["order:42", "order-list:7"],
                     Some(3),
                     1714564803123
                 ),
-                CacheEvent {
-                    entity_type: Some("order".into()),
-                    entity_id: Some("42".into()),
-                    ..event(CacheOperation::Set, &["order:42"], Some(2), 1714564804000)
-                },
+                event(CacheOperation::Set, &["order:42"], Some(2), 1714564804000),
                 event(CacheOperation::Fill, &["order:42"], None, 1714564805250),
                 CacheEvent {
                     source_service: Some("admin".into()),
@@ -331,6 +352,11 @@ mod tests {
                 "\"version\"",
             ),
             (
+                r#"{"operation":"set","cache_key":"a","entity_type":7}"#,
+                Reason::WrongType,
+                "\"entity_type\"",
+            ),
+            (
                 r#"{"operation":"set","cache_key":"a","entity_id":{}}"#,
                 Reason::WrongType,
                 "\"entity_id\"",
@@ -379,5 +405,27 @@ mod tests {
             decode_cache(value, None).map(|e| e.ts_ms),
             Ok(1700000000000)
         );
+    }
+
+    #[test]
+    fn source_services_are_shared() {
+        let line = r#"{"operation":"set","cache_key":"a","source_service":"svc-shared"}"#;
+        let first = decode_cache(line, Some(KAFKA_TS)).expect("decodes");
+        let second = decode_cache(line, Some(KAFKA_TS)).expect("decodes");
+        let (Some(a), Some(b)) = (first.source_service, second.source_service) else {
+            panic!("no source_service");
+        };
+        assert!(Arc::ptr_eq(&a, &b));
+        let long = format!(
+            r#"{{"operation":"set","cache_key":"a","source_service":"{}"}}"#,
+            "s".repeat(200)
+        );
+        let first = decode_cache(&long, Some(KAFKA_TS)).expect("decodes");
+        let second = decode_cache(&long, Some(KAFKA_TS)).expect("decodes");
+        assert_eq!(first, second);
+        assert!(!Arc::ptr_eq(
+            first.source_service.as_ref().expect("a service"),
+            second.source_service.as_ref().expect("a service")
+        ));
     }
 }
