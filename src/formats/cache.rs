@@ -1,19 +1,20 @@
 //! Cache events: what a service did to its cache (DESIGN.md section 2).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
 use foldhash::fast::RandomState;
-use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::dead_letter::{Reason, RecordError};
 use crate::formats::json::timestamp::{epoch_number_ms, parse_rfc3339};
 use crate::formats::json::{
-    Field, Name, Scalar, array, optional, parse_object_with, required, scalar, string, text,
-    uint_or_digits, wrong_type,
+    Field, Name, Scalar, array, digits, optional, parse_object_with, required, scalar, string,
+    text, uint_or_digits, wrong_type,
 };
 use crate::model::{CacheAction, CacheEvent, CacheOperation, Millis, is_glob};
 
@@ -23,6 +24,15 @@ use crate::model::{CacheAction, CacheEvent, CacheOperation, Millis, is_glob};
 /// `entity_id` are checked (a string; a string or a number) but not kept:
 /// nothing reads them.
 pub fn decode_cache(value: &str, kafka_ts_ms: Option<Millis>) -> Result<CacheEvent, RecordError> {
+    match decode_one_pass(value, kafka_ts_ms) {
+        Some(event) => Ok(event),
+        None => decode_general(value, kafka_ts_ms),
+    }
+}
+
+/// Decodes a cache event from its fields read as raw values first, then
+/// each as its type: every record, with every error worded.
+fn decode_general(value: &str, kafka_ts_ms: Option<Millis>) -> Result<CacheEvent, RecordError> {
     let event = parse_object_with(value, FieldsVisitor)?;
     let field = Field::new;
     let name = required(event.operation, field("operation"), string)?;
@@ -33,15 +43,10 @@ pub fn decode_cache(value: &str, kafka_ts_ms: Option<Millis>) -> Result<CacheEve
         )
     })?;
     let keys = keys(&event, operation)?;
-    let ts_ms = match optional(event.timestamp, field("timestamp"), timestamp)? {
-        Some(ts_ms) => ts_ms,
-        None => kafka_ts_ms.ok_or_else(|| {
-            RecordError::new(
-                Reason::MissingTimestamp,
-                "field \"timestamp\" is missing and the record has no Kafka timestamp",
-            )
-        })?,
-    };
+    let ts_ms = event_time(
+        optional(event.timestamp, field("timestamp"), timestamp)?,
+        kafka_ts_ms,
+    )?;
     optional(event.entity_type, field("entity_type"), string)?;
     optional(event.entity_id, field("entity_id"), text)?;
     Ok(CacheEvent {
@@ -51,6 +56,16 @@ pub fn decode_cache(value: &str, kafka_ts_ms: Option<Millis>) -> Result<CacheEve
             .map(|name| service(&name)),
         version: optional(event.version, field("version"), uint_or_digits)?,
         ts_ms,
+    })
+}
+
+/// The event time: the event's own, else the Kafka timestamp.
+fn event_time(ts_ms: Option<Millis>, kafka_ts_ms: Option<Millis>) -> Result<Millis, RecordError> {
+    ts_ms.or(kafka_ts_ms).ok_or_else(|| {
+        RecordError::new(
+            Reason::MissingTimestamp,
+            "field \"timestamp\" is missing and the record has no Kafka timestamp",
+        )
     })
 }
 
@@ -113,10 +128,11 @@ fn keys(event: &Fields, operation: CacheOperation) -> Result<Vec<Arc<str>>, Reco
         .zip(fields)
         .chain(single.map(|v| (v, Field::new("cache_key"))))
     {
-        let key = key(value, field, operation)?;
-        if !keys.contains(&key) {
-            keys.push(key);
+        let key = string(value, field)?;
+        if let Some(fault) = KeyFault::of(&key, operation) {
+            return Err(fault.error(&key, field, operation));
         }
+        push_once(&mut keys, &key);
     }
     if keys.is_empty() {
         return Err(RecordError::new(
@@ -127,25 +143,45 @@ fn keys(event: &Fields, operation: CacheOperation) -> Result<Vec<Arc<str>>, Reco
     Ok(keys)
 }
 
-/// One cache key: a non-empty string, a glob only in an invalidation.
-fn key(value: &RawValue, field: Field, operation: CacheOperation) -> Result<Arc<str>, RecordError> {
-    let key = string(value, field)?;
-    if key.is_empty() {
-        return Err(RecordError::new(
-            Reason::InvalidKey,
-            format!("{field} is an empty cache key"),
-        ));
+/// Appends a key unless it is there already.
+fn push_once(keys: &mut Vec<Arc<str>>, key: &str) {
+    if !keys.iter().any(|k| **k == *key) {
+        keys.push(Arc::from(key));
     }
-    if operation.action() == CacheAction::Fill && is_glob(&key) {
-        return Err(RecordError::new(
-            Reason::InvalidKey,
-            format!(
+}
+
+/// Why a text cannot be a cache key of an event.
+#[derive(Debug, Clone, Copy)]
+enum KeyFault {
+    Empty,
+    /// A glob in an event that writes keys: only invalidations may use them.
+    GlobInFill,
+}
+
+impl KeyFault {
+    /// What is wrong with `key` as a key of an event of `operation`, if
+    /// anything: a key is a non-empty string, a glob only in an
+    /// invalidation.
+    fn of(key: &str, operation: CacheOperation) -> Option<Self> {
+        if key.is_empty() {
+            Some(KeyFault::Empty)
+        } else if operation.action() == CacheAction::Fill && is_glob(key) {
+            Some(KeyFault::GlobInFill)
+        } else {
+            None
+        }
+    }
+
+    fn error(self, key: &str, field: Field, operation: CacheOperation) -> RecordError {
+        let message = match self {
+            KeyFault::Empty => format!("{field} is an empty cache key"),
+            KeyFault::GlobInFill => format!(
                 "{field} is the glob {key:?}, but a {} writes keys: only invalidations may use globs",
                 operation.as_str()
             ),
-        ));
+        };
+        RecordError::new(Reason::InvalidKey, message)
     }
-    Ok(Arc::from(key.as_ref()))
 }
 
 /// `timestamp`: an epoch number (seconds below 1e11, else ms) or an RFC 3339
@@ -194,12 +230,246 @@ fn service(name: &str) -> Arc<str> {
     })
 }
 
+// ---------------------------------------------------------------------------
+// One pass
+
+/// Decodes a cache event in one pass over the text, each field read as its
+/// type as it comes (the general reader keeps the raw text of each field,
+/// then parses it again).
+///
+/// Gives `None` whenever the record is anything but a well-formed event: a
+/// wrong type, a field twice, a value the general reader would reject. The
+/// caller then decodes the record with [`decode_general`], which words
+/// every error; where this gives an event, it is the one the general reader
+/// gives.
+fn decode_one_pass(text: &str, kafka_ts_ms: Option<Millis>) -> Option<CacheEvent> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let parts = deserializer.deserialize_map(PartsVisitor).ok()?;
+    deserializer.end().ok()?;
+    let Parts {
+        operation,
+        mut keys,
+        cache_key,
+        timestamp: ts,
+        source_service,
+        version,
+        ..
+    } = parts;
+    let operation = operation?;
+    if let Some(key) = cache_key.flatten() {
+        push_once(&mut keys, &key);
+    }
+    // Each key checked once: a duplicate is the same text.
+    if keys.is_empty() || keys.iter().any(|k| KeyFault::of(k, operation).is_some()) {
+        return None;
+    }
+    let ts_ms = match ts.flatten() {
+        Some(value) => Some(timestamp(value, Field::new("timestamp")).ok()?),
+        None => None,
+    };
+    Some(CacheEvent {
+        operation,
+        keys,
+        source_service: source_service.flatten().map(|name| service(&name)),
+        version: version.flatten(),
+        ts_ms: event_time(ts_ms, kafka_ts_ms).ok()?,
+    })
+}
+
+/// What [`decode_one_pass`] reads: each field at most once (`Some` when
+/// present, with `None` inside for a `null`). The keys of `cache_keys` are
+/// collected as they come, each once.
+#[derive(Default)]
+struct Parts<'a> {
+    operation: Option<CacheOperation>,
+    cache_keys: bool,
+    keys: Vec<Arc<str>>,
+    cache_key: Option<Option<Cow<'a, str>>>,
+    timestamp: Option<Option<&'a RawValue>>,
+    entity_type: bool,
+    entity_id: bool,
+    source_service: Option<Option<Cow<'a, str>>>,
+    version: Option<Option<u64>>,
+}
+
+/// Stops the one-pass reader: the general one decodes the record.
+fn not_plain<E: de::Error>() -> E {
+    E::custom("not a plain cache event")
+}
+
+/// Notes that a field was read; a second one stops the reader.
+fn first<E: de::Error>(seen: &mut bool) -> Result<(), E> {
+    if std::mem::replace(seen, true) {
+        Err(not_plain())
+    } else {
+        Ok(())
+    }
+}
+
+/// Sets a field read once; a second one stops the reader.
+fn once<T, E: de::Error>(slot: &mut Option<T>, value: T) -> Result<(), E> {
+    match slot.replace(value) {
+        Some(_) => Err(not_plain()),
+        None => Ok(()),
+    }
+}
+
+struct PartsVisitor;
+
+impl<'de> Visitor<'de> for PartsVisitor {
+    type Value = Parts<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a cache event")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut parts = Parts::default();
+        while let Some(Name(name)) = map.next_key()? {
+            match name.as_ref() {
+                "operation" => {
+                    let Name(name) = map.next_value()?;
+                    let operation = CacheOperation::parse(&name).ok_or_else(not_plain)?;
+                    once(&mut parts.operation, operation)?;
+                }
+                "cache_keys" => {
+                    first(&mut parts.cache_keys)?;
+                    map.next_value_seed(KeyList(&mut parts.keys))?;
+                }
+                "cache_key" => once(
+                    &mut parts.cache_key,
+                    map.next_value::<Option<Name>>()?.map(|n| n.0),
+                )?,
+                "timestamp" => once(&mut parts.timestamp, map.next_value()?)?,
+                "entity_type" => {
+                    first(&mut parts.entity_type)?;
+                    map.next_value::<Option<Name>>()?;
+                }
+                "entity_id" => {
+                    first(&mut parts.entity_id)?;
+                    map.next_value::<Option<EntityId>>()?;
+                }
+                "source_service" => once(
+                    &mut parts.source_service,
+                    map.next_value::<Option<Name>>()?.map(|n| n.0),
+                )?,
+                "version" => once(
+                    &mut parts.version,
+                    map.next_value::<Option<Version>>()?.map(|v| v.0),
+                )?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(parts)
+    }
+}
+
+/// The strings of `cache_keys` (or `null`), added to the keys each once.
+struct KeyList<'k>(&'k mut Vec<Arc<str>>);
+
+impl<'de> DeserializeSeed<'de> for KeyList<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyList<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of strings")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(Name(key)) = seq.next_element()? {
+            push_once(self.0, &key);
+        }
+        Ok(())
+    }
+}
+
+/// An `entity_id`, checked and dropped: a string or a number.
+struct EntityId;
+
+impl<'de> de::Deserialize<'de> for EntityId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(EntityIdVisitor)
+    }
+}
+
+struct EntityIdVisitor;
+
+impl Visitor<'_> for EntityIdVisitor {
+    type Value = EntityId;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string or a number")
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<EntityId, E> {
+        Ok(EntityId)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<EntityId, E> {
+        Ok(EntityId)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<EntityId, E> {
+        Ok(EntityId)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<EntityId, E> {
+        Ok(EntityId)
+    }
+}
+
+/// A `version`: a non-negative JSON integer or a string of its digits.
+struct Version(u64);
+
+impl<'de> de::Deserialize<'de> for Version {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(VersionVisitor)
+    }
+}
+
+struct VersionVisitor;
+
+impl Visitor<'_> for VersionVisitor {
+    type Value = Version;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a non-negative integer")
+    }
+
+    // Only an integer without sign, fraction or exponent that fits a `u64`
+    // comes as one: what `digits` takes of a number's text.
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Version, E> {
+        Ok(Version(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Version, E> {
+        digits(v).map(Version).ok_or_else(not_plain)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::formats::testing::data_file;
     use std::sync::Arc;
 
-    use super::decode_cache;
+    use super::{decode_cache, decode_general, decode_one_pass};
     use crate::dead_letter::Reason;
     use crate::model::{CacheEvent, CacheOperation};
 
@@ -405,6 +675,59 @@ mod tests {
             decode_cache(value, None).map(|e| e.ts_ms),
             Ok(1700000000000)
         );
+    }
+
+    /// Where the one-pass reader gives an event, it is the general reader's;
+    /// it gives one for the usual shapes.
+    #[test]
+    fn one_pass_agrees_with_the_general_reader() {
+        let fixture = data_file("formats/cache-events.ndjson");
+        let usual = fixture.lines().chain([
+            r#"{"cache_key":"t1:602:row","entity_id":"602","entity_type":"t1","operation":"update","source_service":"svc-t1","timestamp":1699999999.938,"version":1}"#,
+            r#"{"cache_key":"t2:285:row","entity_id":"285","entity_type":"t2","operation":"update","source_service":"svc-t2","timestamp":"2023-11-14T22:13:19.938Z","version":2}"#,
+            r#"{"cache_keys":["a","b","a"],"cache_key":"b","operation":"invalidate","timestamp":1699999999949}"#,
+            r#" { "oper\u0061tion" : "set" , "cache_key" : "k\"1" , "source_service" : "svc\u002d1" , "version" : "12" } "#,
+            r#"{"operation":"delete","cache_key":"a","timestamp":1699999999.9385}"#,
+            r#"{"operation":"delete","cache_key":"a","timestamp":-1.5,"entity_id":-3}"#,
+            r#"{"operation":"delete","cache_key":"a","entity_id":2.5e3,"other":[1,{"x":1e999}]}"#,
+            r#"{"operation":"fill","cache_keys":null,"cache_key":"a","version":18446744073709551615}"#,
+        ]);
+        for line in usual {
+            let general =
+                decode_general(line, Some(KAFKA_TS)).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(
+                decode_one_pass(line, Some(KAFKA_TS)),
+                Some(general),
+                "{line}"
+            );
+        }
+        // Left to the general reader, which words the error or takes what
+        // the one-pass reader does not.
+        for line in [
+            r#"{"operation":"set","cache_key":"a","version":18446744073709551616}"#,
+            r#"{"operation":"set","cache_key":"a","version":-0}"#,
+            r#"{"operation":"set","cache_key":"a","version":"-1"}"#,
+            r#"{"operation":"set","cache_key":"a","version":1e2}"#,
+            r#"{"operation":"set","cache_key":"a","entity_id":1e999}"#,
+            r#"{"operation":"set","cache_key":"a","entity_id":true}"#,
+            r#"{"operation":"set","cache_key":"a","cache_key":"b"}"#,
+            r#"{"operation":"set","operation":"fill","cache_key":"a"}"#,
+            r#"{"operation":"set","cache_key":"\ud800"}"#,
+            r#"{"operation":"set","cache_keys":["a",null]}"#,
+            r#"{"operation":"set","cache_key":"a","timestamp":"2024-13-01T00:00:00Z"}"#,
+            r#"{"operation":"set","cache_key":"a","timestamp":1e300}"#,
+            r#"{"operation":"set","cache_key":"a"} x"#,
+            r#"{"operation":null,"cache_key":"a"}"#,
+            r#"{"operation":"purge","cache_key":"a"}"#,
+            r#"{"operation":"set","cache_key":""}"#,
+            r#"{"operation":"set","cache_key":"a*"}"#,
+            r#"{"operation":"set","cache_keys":[]}"#,
+            r#"{"operation":"set","cache_key":"a","timestamp":null}"#,
+        ] {
+            assert_eq!(decode_one_pass(line, None), None, "{line}");
+            let event = decode_general(line, None);
+            assert_eq!(decode_cache(line, None), event, "{line}");
+        }
     }
 
     #[test]
