@@ -168,7 +168,7 @@ const BOUNDS: [(CdcFormat, &str, f64); 5] = [
     (CdcFormat::Canal, "canal", 22.5),
 ];
 /// Bound of a cache event.
-const CACHE_BOUND: f64 = 7.0;
+const CACHE_BOUND: f64 = 2.3;
 /// Bound of the records of `vigil bench --check`, CDC and cache.
 const MIX_BOUND: f64 = 10.5;
 /// Bound of the `kcat -J` lines of `vigil bench --check-kcat`.
