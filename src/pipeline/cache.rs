@@ -76,11 +76,13 @@ impl SlotKey for [u8; 12] {
     }
 }
 
-/// Bytes of a shared (`Arc`) string: the bytes, the counts, the
-/// allocator's header. Strings shared with other slots are counted in each
-/// (the estimate errs on the side of memory).
-fn arc_bytes(s: &str) -> usize {
-    s.len() + 2 * size_of::<usize>() + 16
+/// A holder's share of a shared (`Arc`) string: its bytes, counts and
+/// allocator header over the holders it has as the share is taken. A
+/// primary key held by the changes of each of an entity's keys is counted
+/// once among them; a service name interned by the decoder (one string for
+/// all its events) is next to nothing for each.
+fn shared_bytes(s: &Arc<str>) -> usize {
+    (s.len() + 2 * size_of::<usize>() + 16) / Arc::strong_count(s)
 }
 
 impl Footprint for CompactString {
@@ -101,15 +103,15 @@ impl Footprint for [u8; 12] {
 }
 
 impl Footprint for KeyState {
-    /// The vectors, and the strings a key holds alone: primary keys (shared
-    /// with the entity's other keys, counted in each) and services. Table
-    /// and topic names are shared by every key that names them.
+    /// The vectors, and the key's share of the strings it holds: primary
+    /// keys and services (see [`shared_bytes`]). Table and topic names are
+    /// shared by every key that names them.
     fn heap_bytes(&self) -> usize {
-        let service = |s: &Option<Arc<str>>| s.as_deref().map_or(0, arc_bytes);
+        let service = |s: &Option<Arc<str>>| s.as_ref().map_or(0, shared_bytes);
         let changes: usize = self
             .changes
             .iter()
-            .map(|c| arc_bytes(&c.pk) + c.cover.as_ref().map_or(0, |cv| service(&cv.service)))
+            .map(|c| shared_bytes(&c.pk) + c.cover.as_ref().map_or(0, |cv| service(&cv.service)))
             .sum();
         let invalidations: usize = self.invalidations.iter().map(|i| service(&i.service)).sum();
         let fills: usize = self
