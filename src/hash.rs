@@ -253,6 +253,55 @@ mod tests {
     }
 
     #[test]
+    fn ids_of_every_kind_and_length_are_pinned() {
+        // As above, for every id function, with fields long enough to
+        // stream and without the optional parts.
+        let long = format!("{{\"id\":\"{}\"}}", "k".repeat(300));
+        let e = entity("public.t1", "{\"id\":1,\"region\":\"eu\"}");
+        let ids = [
+            e,
+            entity("public.t0", "{\"id\":19999}"),
+            entity("public.t0", &long),
+            entity("", ""),
+            change(e, Op::Create, None, 0, 0),
+            change(e, Op::Delete, Some(Version::new(u64::MAX, 7)), -5, u64::MAX),
+            change(e, Op::Truncate, Some(Version::scalar(1)), 1, 2),
+            fill("user:1", 5, None, None),
+            fill(&long, 5, Some(1), Some(&long)),
+            transaction("604", "public.t0"),
+            transaction_summary("604"),
+            storm(1_700_000_000_000, 1_700_000_001_000),
+        ];
+        assert_eq!(
+            ids,
+            [
+                8_825_156_219_326_125_375,
+                9_316_562_515_607_133_286,
+                11_472_242_336_762_300_829,
+                4_690_945_378_595_828_187,
+                13_191_554_180_946_726_830,
+                6_916_832_450_018_805_257,
+                11_481_948_228_250_530_164,
+                7_267_039_963_767_284_153,
+                9_005_533_628_284_293_158,
+                17_059_819_327_196_449_790,
+                15_340_533_201_397_167_340,
+                8_352_418_290_671_949_034,
+            ]
+        );
+        assert_eq!(
+            [
+                event_id("stale_fill", None, e),
+                event_id("stale_fill", Some(&long), e)
+            ],
+            [
+                "6da21e254e6d1771e80dc0a24b9f8882",
+                "9bed64077c844ef13da9c35059ba42c8"
+            ]
+        );
+    }
+
+    #[test]
     fn a_digest_gathered_on_the_stack_is_the_streaming_one() {
         for len in [
             0,

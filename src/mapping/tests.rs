@@ -987,6 +987,28 @@ fn change_carries_identity_rules_and_provenance() {
 }
 
 #[test]
+fn ids_and_texts_of_a_change_are_pinned_across_releases() {
+    // A primary-key name that JSON escapes (a quote, a backslash, control
+    // characters; not its non-ASCII letter), keys from escaped strings.
+    let m = table(
+        "public.users",
+        "pk = [\"id\", \"r\\\"e\\\\g\\b\\u001fión\"]\nkeys = [\"user:{id}:{email}\", \"user:{email}\"]",
+    );
+    let row = r#"{"id":1,"r\"e\\g\b\u001fión":"eu","email":"a\u0040x","tags":[1, "a b"],"n":null}"#;
+    let c = mapped(&m, &debezium("u", "null", row, PG_SOURCE), None);
+    assert_eq!(&*c.pk, r#"{"id":1,"r\"e\\g\b\u001fión":"eu"}"#);
+    assert_eq!(keys(&c), ["user:1:a@x", "user:a@x"]);
+    assert_eq!(
+        [c.entity, c.row_hash, c.id],
+        [
+            8_099_958_932_498_936_358,
+            5_012_044_095_952_664_401,
+            9_578_511_510_227_230_071
+        ]
+    );
+}
+
+#[test]
 fn row_hash_is_of_the_after_image_or_the_before_image_of_a_delete() {
     let m = table("public.users", "pk = [\"id\"]\nkeys = [\"user:{id}\"]");
     let row = r#"{"id":1,"email":"a@x"}"#;
