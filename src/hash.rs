@@ -38,18 +38,33 @@ impl Digest {
         self.stream = None;
     }
 
+    /// Adds bytes. Inlined: the parts of ids are mostly a few bytes, often
+    /// of a length known here (the 8 of an integer), copied with a word or
+    /// two rather than a call to `memcpy`.
+    #[inline]
     pub fn update(&mut self, bytes: &[u8]) {
-        if let Some(stream) = &mut self.stream {
-            stream.update(bytes);
-        } else if let Some(room) = self.buf.get_mut(self.len..self.len + bytes.len()) {
-            room.copy_from_slice(bytes);
-            self.len += bytes.len();
-        } else {
-            let mut stream = Box::new(Xxh3::new());
-            stream.update(&self.buf[..self.len]);
-            stream.update(bytes);
-            self.stream = Some(stream);
+        let end = self.len + bytes.len();
+        match self.buf.get_mut(self.len..end) {
+            Some(room) if self.stream.is_none() => {
+                copy_short(room, bytes);
+                self.len = end;
+            }
+            _ => self.update_streaming(bytes),
         }
+    }
+
+    /// Adds bytes once they no longer fit the buffer.
+    #[cold]
+    #[inline(never)]
+    fn update_streaming(&mut self, bytes: &[u8]) {
+        let buf = &self.buf[..self.len];
+        self.stream
+            .get_or_insert_with(|| {
+                let mut stream = Box::new(Xxh3::new());
+                stream.update(buf);
+                stream
+            })
+            .update(bytes);
     }
 
     pub fn digest(&self) -> u64 {
@@ -64,6 +79,31 @@ impl Digest {
             Some(stream) => stream.digest128(),
             None => xxh3_128(&self.buf[..self.len]),
         }
+    }
+}
+
+/// Copies `src` to `dst`, of the same length: up to 32 bytes with two
+/// overlapping copies of a fixed size (a load and a store each), longer
+/// ones with `copy_from_slice`.
+#[inline(always)]
+fn copy_short(dst: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    debug_assert_eq!(dst.len(), n);
+    if n > 32 {
+        dst.copy_from_slice(src);
+    } else if n >= 16 {
+        dst[..16].copy_from_slice(&src[..16]);
+        dst[n - 16..].copy_from_slice(&src[n - 16..]);
+    } else if n >= 8 {
+        dst[..8].copy_from_slice(&src[..8]);
+        dst[n - 8..].copy_from_slice(&src[n - 8..]);
+    } else if n >= 4 {
+        dst[..4].copy_from_slice(&src[..4]);
+        dst[n - 4..].copy_from_slice(&src[n - 4..]);
+    } else if n > 0 {
+        dst[0] = src[0];
+        dst[n / 2] = src[n / 2];
+        dst[n - 1] = src[n - 1];
     }
 }
 
@@ -323,6 +363,24 @@ mod tests {
                 streamed.update(&bytes);
                 assert_eq!(gathered.digest(), streamed.digest(), "{len} bytes");
                 assert_eq!(gathered.digest128(), streamed.digest128(), "{len} bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn pieces_of_every_short_length_are_copied_whole() {
+        let bytes: Vec<u8> = (1..=80).collect();
+        let mut gathered = Digest::default();
+        for n in 0..=40 {
+            // After an odd number of bytes, then at the start.
+            for at in [3, 0] {
+                gathered.reset();
+                gathered.update(&bytes[..at]);
+                gathered.update(&bytes[at..at + n]);
+                gathered.update(&[0xff]);
+                let mut whole = bytes[..at + n].to_vec();
+                whole.push(0xff);
+                assert_eq!(gathered.digest(), xxh3_64(&whole), "{n} bytes at {at}");
             }
         }
     }

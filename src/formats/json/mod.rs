@@ -71,15 +71,21 @@ pub fn row_hash(row: &Row) -> u64 {
         hasher.reset();
         hasher.update(name.as_bytes());
         hasher.update(&[0xff]);
-        match scalar(value) {
-            Scalar::Str(s) => {
+        let text = value.get();
+        match text.as_bytes() {
+            // Without escapes, the marker and the content are the text
+            // up to its closing quote, fed as it is ([`scalar`] and
+            // [`unescape`] give the same bytes).
+            [b'"', inner @ .., b'"'] if memchr::memchr(b'\\', inner).is_none() => {
+                hasher.update(&text.as_bytes()[..text.len() - 1]);
+            }
+            [b'"', ..] => {
                 hasher.update(b"\"");
-                hasher.update(s.as_bytes());
+                hasher.update(unescape(text).as_bytes());
             }
-            Scalar::Nested(text) => update_without_whitespace(&mut hasher, text),
-            Scalar::Null | Scalar::Bool(_) | Scalar::Number(_) => {
-                hasher.update(value.get().as_bytes());
-            }
+            [b'{' | b'[', ..] => update_without_whitespace(&mut hasher, text),
+            // Null, booleans and numbers, as written.
+            _ => hasher.update(text.as_bytes()),
         }
         sum.wrapping_add(hasher.digest())
     })
