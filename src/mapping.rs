@@ -2,11 +2,13 @@
 //! [`Change`] out, with its entity (table + primary key), its cache keys
 //! rendered from the key templates, its version and its commit time.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use compact_str::CompactString;
+use hashbrown::Equivalent;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, KeyTemplate, Segment, TableConfig, TableFormat, VersionSource};
@@ -14,6 +16,7 @@ use crate::dead_letter::{Reason, RecordError};
 use crate::formats::{self, CdcFormat, RawChange, Row, Scalar, TableRef, column};
 use crate::hash;
 use crate::model::{Millis, Op, Provenance, Version};
+use serde_json::value::RawValue;
 
 /// The per-table rules the detectors need, carried with every change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,26 +92,37 @@ struct Table {
     globs: Vec<Arc<str>>,
 }
 
+thread_local! {
+    /// A decoding thread's buffer for the texts of a change (its primary
+    /// key, then each cache key), each then copied into its `Arc<str>`.
+    static TEXT: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
 /// Compiled `[[tables]]`, shared by the decoding threads.
 pub struct Mapper {
     tables: Vec<Table>,
     /// Qualified name -> table index.
     by_name: Names,
+    /// The configured names cut at each of their dots, (before, after) ->
+    /// table index: `qualifier.name` is in `by_name` exactly when
+    /// (qualifier, name) is here, found without joining them.
+    by_parts: hashbrown::HashMap<(String, String), usize, foldhash::fast::RandomState>,
     /// Bare table name -> table index, for names that are unambiguous.
     by_bare_name: Names,
 }
 
-/// Table names to table indexes, looked up once or twice per change: a
-/// fast hash, and qualified names built on the stack ([`qualified`]).
+/// Table names to table indexes, looked up once or twice per change.
 type Names = HashMap<String, usize, foldhash::fast::RandomState>;
 
-/// `qualifier.name`, inline up to 24 bytes.
-fn qualified(qualifier: &str, name: &str) -> CompactString {
-    let mut joined = CompactString::with_capacity(qualifier.len() + 1 + name.len());
-    joined.push_str(qualifier);
-    joined.push('.');
-    joined.push_str(name);
-    joined
+/// A key of [`Mapper::by_parts`], borrowed: it hashes as the tuple of
+/// `String`s does (field by field, as `str`s).
+#[derive(Hash)]
+struct Parts<'a>(&'a str, &'a str);
+
+impl Equivalent<(String, String)> for Parts<'_> {
+    fn equivalent(&self, key: &(String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
 }
 
 impl Mapper {
@@ -132,6 +146,15 @@ impl Mapper {
             .enumerate()
             .map(|(i, t)| (t.config.table.clone(), i))
             .collect();
+        let by_parts = tables
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| {
+                let name = &t.config.table;
+                name.match_indices('.')
+                    .map(move |(dot, _)| ((name[..dot].into(), name[dot + 1..].into()), i))
+            })
+            .collect();
         let mut bare: HashMap<String, Option<usize>> = HashMap::new();
         for (i, t) in tables.iter().enumerate() {
             let name = t
@@ -152,6 +175,7 @@ impl Mapper {
         Mapper {
             tables,
             by_name,
+            by_parts,
             by_bare_name,
         }
     }
@@ -178,19 +202,20 @@ impl Mapper {
         })?;
         let (pk, version, keys, row_hash) = if raw.op == Op::Truncate {
             // No row, no version: the table's every key, as globs.
-            ("{}".to_string(), None, table.globs.clone(), 0)
+            (Arc::from("{}"), None, table.globs.clone(), 0)
         } else {
             let image = match raw.op {
                 Op::Delete => raw.before.as_ref(),
                 _ => raw.after.as_ref(),
             };
-            let pk_row = primary_key(table, raw, key, image)?;
-            (
-                pk_json(&pk_row),
-                version_of(table, raw, image, commit_ts_ms)?,
-                render_keys(table, raw, &pk_row)?,
-                image.map_or(0, formats::row_hash),
-            )
+            let pk = primary_key(table, raw, key, image)?;
+            let version = version_of(table, raw, image, commit_ts_ms)?;
+            let (json, keys) = TEXT.with_borrow_mut(|text| {
+                pk.write_json(text);
+                let json = Arc::<str>::from(text.as_str());
+                render_keys(table, raw, &pk, text).map(|keys| (json, keys))
+            })?;
+            (json, version, keys, image.map_or(0, formats::row_hash))
         };
         let entity = hash::entity(&table.name, &pk);
         let id = hash::change(entity, raw.op, version, commit_ts_ms, row_hash);
@@ -198,7 +223,7 @@ impl Mapper {
             id,
             entity,
             table: table.name.clone(),
-            pk: Arc::from(pk),
+            pk,
             op: raw.op,
             version,
             commit_ts_ms,
@@ -229,8 +254,8 @@ impl Mapper {
         let index = self.by_name.get(collection).or_else(|| {
             let (qualifier, table) = collection.rsplit_once('.')?;
             let last = qualifier.rsplit('.').next().unwrap_or(qualifier);
-            self.by_name
-                .get(&format!("{last}.{table}"))
+            self.by_parts
+                .get(&Parts(last, table))
                 .or_else(|| self.by_bare_name.get(table))
         });
         index.map(|&i| Arc::clone(&self.tables[i].name))
@@ -244,7 +269,7 @@ impl Mapper {
             Some(name) => [t.schema.as_deref(), t.db.as_deref()]
                 .into_iter()
                 .flatten()
-                .find_map(|q| self.by_name.get(qualified(q, name).as_str()))
+                .find_map(|q| self.by_parts.get(&Parts(q, name)))
                 .or_else(|| self.by_name.get(name.as_ref()))
                 .or_else(|| self.by_bare_name.get(name.as_ref())),
             None if provenance.from_file => None,
@@ -252,9 +277,9 @@ impl Mapper {
                 let topic = provenance.topic.as_ref();
                 let mut parts = topic.rsplitn(3, '.');
                 let last = parts.next()?;
-                let joined = parts.next().map(|q| qualified(q, last));
-                joined
-                    .and_then(|q| self.by_name.get(q.as_str()))
+                parts
+                    .next()
+                    .and_then(|q| self.by_parts.get(&Parts(q, last)))
                     .or_else(|| self.by_bare_name.get(last))
             }
         };
@@ -283,34 +308,147 @@ fn describe_table(t: &TableRef<'_>, provenance: &Provenance) -> String {
     }
 }
 
+/// The primary key of a change: columns of one row, all present and not
+/// null, borrowed from it.
+struct Pk<'r> {
+    row: &'r Row<'r>,
+    names: PkNames<'r>,
+}
+
+/// Which columns of its row a [`Pk`] is, in key order.
+#[derive(Debug, Clone, Copy)]
+enum PkNames<'r> {
+    /// Every column (a Kafka key taken whole).
+    All,
+    /// The table's `pk` columns.
+    Configured(&'r [String]),
+    /// The record's own primary-key list.
+    Record(&'r [Cow<'r, str>]),
+}
+
+impl<'r> PkNames<'r> {
+    /// How many columns are named (none for `All`).
+    fn len(self) -> usize {
+        match self {
+            PkNames::All => 0,
+            PkNames::Configured(names) => names.len(),
+            PkNames::Record(names) => names.len(),
+        }
+    }
+
+    fn get(self, i: usize) -> Option<&'r str> {
+        match self {
+            PkNames::All => None,
+            PkNames::Configured(names) => names.get(i).map(String::as_str),
+            PkNames::Record(names) => names.get(i).map(|n| n.as_ref()),
+        }
+    }
+
+    fn iter(self) -> impl Iterator<Item = &'r str> {
+        (0..self.len()).filter_map(move |i| self.get(i))
+    }
+}
+
+impl<'r> Pk<'r> {
+    /// The named columns of a row, if it has them all (non-null).
+    fn pick(names: PkNames<'r>, row: &'r Row<'r>) -> Option<Self> {
+        names
+            .iter()
+            .all(|n| non_null(row, n).is_some())
+            .then_some(Pk { row, names })
+    }
+
+    /// The columns, in key order.
+    fn columns(&self) -> impl Iterator<Item = (&'r str, &'r RawValue)> {
+        let (row, names) = (self.row, self.names);
+        let count = match names {
+            PkNames::All => row.len(),
+            named => named.len(),
+        };
+        (0..count).filter_map(move |i| match names {
+            PkNames::All => row.get(i).map(|(c, v)| (c.as_ref(), *v)),
+            named => {
+                let name = named.get(i)?;
+                non_null(row, name).map(|v| (name, v))
+            }
+        })
+    }
+
+    /// A column of the key.
+    fn column(&self, name: &str) -> Option<&'r RawValue> {
+        match self.names {
+            PkNames::All => column(self.row, name),
+            names => names
+                .iter()
+                .any(|n| n == name)
+                .then(|| non_null(self.row, name))
+                .flatten(),
+        }
+    }
+
+    /// Writes the key as a compact JSON object.
+    fn write_json(&self, out: &mut String) {
+        out.clear();
+        out.push('{');
+        for (i, (name, value)) in self.columns().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_string(out, name);
+            out.push(':');
+            out.push_str(value.get().trim());
+        }
+        out.push('}');
+    }
+}
+
+/// The first value of a column that is not null.
+fn non_null<'r>(row: &'r Row<'r>, name: &str) -> Option<&'r RawValue> {
+    row.iter()
+        .find(|(c, v)| c == name && v.get() != "null")
+        .map(|(_, v)| *v)
+}
+
+/// Appends a JSON string of `text` as `serde_json` writes it: between quotes
+/// as it is, unless it has a character that JSON escapes (a control
+/// character, `"` or a backslash), which is left to `serde_json`.
+fn push_json_string(out: &mut String, text: &str) {
+    if text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(&serde_json::to_string(text).unwrap_or_default());
+    } else {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+    }
+}
+
 /// The primary-key columns of the change, in key order: from the Kafka key,
 /// else the `pk` columns of the table, else the record's own primary-key list.
-fn primary_key<'a>(
-    table: &Table,
-    raw: &RawChange<'a>,
-    key: Option<&Row<'a>>,
-    image: Option<&Row<'a>>,
-) -> Result<Row<'a>, RecordError> {
+fn primary_key<'r>(
+    table: &'r Table,
+    raw: &'r RawChange<'r>,
+    key: Option<&'r Row<'r>>,
+    image: Option<&'r Row<'r>>,
+) -> Result<Pk<'r>, RecordError> {
     let configured = &table.config.pk;
     if let Some(key) = key.filter(|k| !k.is_empty()) {
         if configured.is_empty() {
-            return Ok(key.clone());
+            return Ok(Pk {
+                row: key,
+                names: PkNames::All,
+            });
         }
-        if let Some(cols) = pick(configured.iter().map(String::as_str), key) {
-            return Ok(cols);
+        if let Some(pk) = Pk::pick(PkNames::Configured(configured), key) {
+            return Ok(pk);
         }
     }
     let image = image.or(raw.after.as_ref()).or(raw.before.as_ref());
-    let names: Vec<&str> = if configured.is_empty() {
-        raw.pk_columns
-            .iter()
-            .flatten()
-            .map(|c| c.as_ref())
-            .collect()
+    let names = if configured.is_empty() {
+        PkNames::Record(raw.pk_columns.as_deref().unwrap_or_default())
     } else {
-        configured.iter().map(String::as_str).collect()
+        PkNames::Configured(configured)
     };
-    if names.is_empty() {
+    if names.len() == 0 {
         return Err(RecordError::new(
             Reason::MissingPk,
             format!(
@@ -319,44 +457,16 @@ fn primary_key<'a>(
             ),
         ));
     }
-    image
-        .and_then(|row| pick(names.iter().copied(), row))
-        .ok_or_else(|| {
-            RecordError::new(
-                Reason::MissingPk,
-                format!(
-                    "primary-key columns {names:?} of table {} are not all in the record (and no Kafka key supplies them)",
-                    table.name
-                ),
-            )
-        })
-}
-
-/// The named columns of a row, if it has them all (non-null).
-fn pick<'a, 'n>(names: impl Iterator<Item = &'n str>, row: &Row<'a>) -> Option<Row<'a>> {
-    names
-        .map(|n| {
-            row.iter()
-                .find(|(c, v)| c == n && v.get() != "null")
-                .map(|(c, v)| (c.clone(), *v))
-        })
-        .collect()
-}
-
-/// The primary key as a compact JSON object.
-fn pk_json(row: &Row<'_>) -> String {
-    let mut out = String::with_capacity(32);
-    out.push('{');
-    for (i, (name, value)) in row.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&serde_json::to_string(name.as_ref()).unwrap_or_default());
-        out.push(':');
-        out.push_str(value.get().trim());
-    }
-    out.push('}');
-    out
+    image.and_then(|row| Pk::pick(names, row)).ok_or_else(|| {
+        let names: Vec<&str> = names.iter().collect();
+        RecordError::new(
+            Reason::MissingPk,
+            format!(
+                "primary-key columns {names:?} of table {} are not all in the record (and no Kafka key supplies them)",
+                table.name
+            ),
+        )
+    })
 }
 
 /// The version of a change according to its table's version source.
@@ -429,19 +539,19 @@ fn integer(v: &serde_json::value::RawValue) -> Option<u64> {
 fn render_keys(
     table: &Table,
     raw: &RawChange<'_>,
-    pk: &Row<'_>,
+    pk: &Pk<'_>,
+    buf: &mut String,
 ) -> Result<Vec<Arc<str>>, RecordError> {
     let mut keys: Vec<Arc<str>> = Vec::with_capacity(table.config.keys.len() * 2);
-    let mut buf = String::with_capacity(48);
     for template in &table.config.keys {
         let images = [raw.after.as_ref(), raw.before.as_ref()];
         let mut rendered_any = false;
         for (i, image) in images.into_iter().enumerate() {
             let Some(image) = image else { continue };
-            match render(template, image, pk, &mut buf) {
+            match render(template, image, pk, buf) {
                 Ok(()) => {
                     rendered_any = true;
-                    if !keys.iter().any(|k| k.as_ref() == buf) {
+                    if !keys.iter().any(|k| k.as_ref() == buf.as_str()) {
                         keys.push(Arc::from(buf.as_str()));
                     }
                 }
@@ -452,7 +562,7 @@ fn render_keys(
             }
         }
         if !rendered_any {
-            render(template, &Row::new(), pk, &mut buf)?;
+            render(template, &Row::new(), pk, buf)?;
             keys.push(Arc::from(buf.as_str()));
         }
     }
@@ -462,7 +572,7 @@ fn render_keys(
 fn render(
     template: &KeyTemplate,
     image: &Row<'_>,
-    pk: &Row<'_>,
+    pk: &Pk<'_>,
     out: &mut String,
 ) -> Result<(), RecordError> {
     out.clear();
@@ -470,7 +580,7 @@ fn render(
         match segment {
             Segment::Literal(text) => out.push_str(text),
             Segment::Column(name) => {
-                let value = column(image, name).or_else(|| column(pk, name));
+                let value = column(image, name).or_else(|| pk.column(name));
                 match value.map(formats::scalar) {
                     Some(Scalar::Str(s)) => out.push_str(&s),
                     Some(Scalar::Number(n)) => out.push_str(n),

@@ -161,11 +161,11 @@ fn of_stream(records: &[GenRecord], stream: Stream) -> Vec<&GenRecord> {
 /// The bounds of the test, about a tenth above what the code allocates
 /// today (the figures of BENCHMARKS.md).
 const BOUNDS: [(CdcFormat, &str, f64); 5] = [
-    (CdcFormat::Debezium, "debezium", 14.5),
-    (CdcFormat::DebeziumSchema, "debezium_schema", 15.5),
-    (CdcFormat::DebeziumFlat, "debezium_flat", 12.0),
-    (CdcFormat::Maxwell, "maxwell", 18.5),
-    (CdcFormat::Canal, "canal", 22.5),
+    (CdcFormat::Debezium, "debezium", 8.5),
+    (CdcFormat::DebeziumSchema, "debezium_schema", 9.5),
+    (CdcFormat::DebeziumFlat, "debezium_flat", 6.7),
+    (CdcFormat::Maxwell, "maxwell", 13.0),
+    (CdcFormat::Canal, "canal", 14.7),
 ];
 /// Bound of a cache event.
 const CACHE_BOUND: f64 = 2.3;

@@ -190,6 +190,29 @@ fn schema_qualified_name_is_preferred_to_the_db_qualified_one() {
 }
 
 #[test]
+fn qualified_names_match_whichever_part_holds_a_dot() {
+    // `a.b.c` is `a` + `b.c` and `a.b` + `c`; the bare name `c` is ambiguous.
+    let m = mapper(
+        "[[tables]]\ntable = \"a.b.c\"\npk = [\"id\"]\nkeys = [\"abc:{id}\"]\n\
+         [[tables]]\ntable = \"x.c\"\npk = [\"id\"]\nkeys = [\"xc:{id}\"]\n",
+    );
+    for (schema, table) in [("a", "b.c"), ("a.b", "c")] {
+        let source = format!(r#""schema":"{schema}","table":"{table}","ts_ms":1700000000000"#);
+        let c = mapped(&m, &debezium("c", "null", r#"{"id":1}"#, &source), None);
+        assert_eq!(&*c.table, "a.b.c", "{schema} {table}");
+    }
+    let source = r#""schema":"a","table":"c","ts_ms":1700000000000"#;
+    assert_eq!(
+        unmapped(
+            &m,
+            &debezium("c", "null", r#"{"id":1}"#, source),
+            &kafka("cdc")
+        ),
+        "a.c"
+    );
+}
+
+#[test]
 fn unqualified_configured_name_resolves() {
     let m = table("products", "pk = [\"id\"]\nkeys = [\"product:{id}\"]");
     assert_eq!(&*mapped(&m, &pg_create(), None).table, "products");
