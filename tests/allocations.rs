@@ -170,9 +170,9 @@ const BOUNDS: [(CdcFormat, &str, f64); 5] = [
 /// Bound of a cache event.
 const CACHE_BOUND: f64 = 2.3;
 /// Bound of the records of `vigil bench --check`, CDC and cache.
-const MIX_BOUND: f64 = 10.5;
+const MIX_BOUND: f64 = 5.0;
 /// Bound of the `kcat -J` lines of `vigil bench --check-kcat`.
-const KCAT_BOUND: f64 = 11.0;
+const KCAT_BOUND: f64 = 5.7;
 
 #[test]
 fn allocations_per_record_stay_within_their_bounds() {
