@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 use hashbrown::Equivalent;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::config::{Config, KeyTemplate, Segment, TableConfig, TableFormat, VersionSource};
 use crate::dead_letter::{Reason, RecordError};
 use crate::formats::{self, CdcFormat, RawChange, Row, Scalar, TableRef, column};
 use crate::hash;
 use crate::model::{Millis, Op, Provenance, Version};
-use serde_json::value::RawValue;
 
 /// The per-table rules the detectors need, carried with every change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
