@@ -13,8 +13,8 @@ use serde_json::value::RawValue;
 use crate::dead_letter::{Reason, RecordError};
 use crate::formats::json::timestamp::{epoch_number_ms, parse_rfc3339};
 use crate::formats::json::{
-    Field, Name, Scalar, array, digits, optional, parse_object_with, required, scalar, string,
-    text, uint_or_digits, wrong_type,
+    Field, Name, Plain, Scalar, array, digits, not_plain, once, optional, parse_object_with,
+    required, scalar, string, text, uint_or_digits, wrong_type,
 };
 use crate::model::{CacheAction, CacheEvent, CacheOperation, Millis, is_glob};
 
@@ -292,25 +292,12 @@ struct Parts<'a> {
     version: Option<Option<u64>>,
 }
 
-/// Stops the one-pass reader: the general one decodes the record.
-fn not_plain<E: de::Error>() -> E {
-    E::custom("not a plain cache event")
-}
-
 /// Notes that a field was read; a second one stops the reader.
 fn first<E: de::Error>(seen: &mut bool) -> Result<(), E> {
     if std::mem::replace(seen, true) {
         Err(not_plain())
     } else {
         Ok(())
-    }
-}
-
-/// Sets a field read once; a second one stops the reader.
-fn once<T, E: de::Error>(slot: &mut Option<T>, value: T) -> Result<(), E> {
-    match slot.replace(value) {
-        Some(_) => Err(not_plain()),
-        None => Ok(()),
     }
 }
 
@@ -353,10 +340,15 @@ impl<'de> Visitor<'de> for PartsVisitor {
                     &mut parts.source_service,
                     map.next_value::<Option<Name>>()?.map(|n| n.0),
                 )?,
-                "version" => once(
-                    &mut parts.version,
-                    map.next_value::<Option<Version>>()?.map(|v| v.0),
-                )?,
+                "version" => {
+                    // A non-negative integer, or a string of its digits.
+                    let version = match map.next_value::<Option<Plain>>()? {
+                        None | Some(Plain::Null) => None,
+                        Some(Plain::Uint(n)) => Some(n),
+                        Some(Plain::Str(s)) => Some(digits(&s).ok_or_else(not_plain)?),
+                    };
+                    once(&mut parts.version, version)?;
+                }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -432,35 +424,6 @@ impl Visitor<'_> for EntityIdVisitor {
 
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<EntityId, E> {
         Ok(EntityId)
-    }
-}
-
-/// A `version`: a non-negative JSON integer or a string of its digits.
-struct Version(u64);
-
-impl<'de> de::Deserialize<'de> for Version {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(VersionVisitor)
-    }
-}
-
-struct VersionVisitor;
-
-impl Visitor<'_> for VersionVisitor {
-    type Value = Version;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a non-negative integer")
-    }
-
-    // Only an integer without sign, fraction or exponent that fits a `u64`
-    // comes as one: what `digits` takes of a number's text.
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Version, E> {
-        Ok(Version(v))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Version, E> {
-        digits(v).map(Version).ok_or_else(not_plain)
     }
 }
 

@@ -8,9 +8,11 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::{Plain, SourceField, SourceMeta, Transaction, change, parse_op};
+use super::{SourceField, SourceMeta, Transaction, change, parse_op};
 use crate::dead_letter::RecordError;
-use crate::formats::json::{Field, Fields, Name, Object, millis, row, string};
+use crate::formats::json::{
+    Field, Fields, Name, Object, Plain, millis, not_plain, once, row, string,
+};
 use crate::formats::{DecodedCdc, Row, Skip};
 use crate::model::Millis;
 
@@ -159,19 +161,6 @@ struct EnvelopeVisitor {
     wrapped: bool,
 }
 
-/// Stops the one-pass reader: the general one decodes the record.
-fn not_plain<E: de::Error>() -> E {
-    E::custom("not a plain Debezium envelope")
-}
-
-/// Sets a field read once; a second one stops the reader.
-fn once<T, E: de::Error>(slot: &mut Option<T>, value: T) -> Result<(), E> {
-    match slot.replace(value) {
-        Some(_) => Err(not_plain()),
-        None => Ok(()),
-    }
-}
-
 impl<'de> Visitor<'de> for EnvelopeVisitor {
     type Value = Parts<'de>;
 
@@ -288,40 +277,6 @@ impl Visitor<'_> for SourceKeyVisitor {
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
         Ok(SourceKey(SourceField::named(v)))
-    }
-}
-
-impl<'de> Deserialize<'de> for Plain<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(PlainVisitor)
-    }
-}
-
-/// Reads `null`, a non-negative integer or a string; any other value stops
-/// the one-pass reader.
-struct PlainVisitor;
-
-impl<'de> Visitor<'de> for PlainVisitor {
-    type Value = Plain<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("null, a non-negative integer or a string")
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Plain::Null)
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(Plain::Uint(v))
-    }
-
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Plain::Str(Cow::Borrowed(v)))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Plain::Str(Cow::Owned(v.to_owned())))
     }
 }
 

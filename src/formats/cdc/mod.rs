@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 
 use crate::dead_letter::{Reason, RecordError};
 use crate::formats::json::{
-    Field, Object, binlog_file_index, digits, millis, string, text, uint, uint_or_digits,
+    Field, Object, Plain, binlog_file_index, digits, millis, string, text, uint, uint_or_digits,
     wrong_type,
 };
 use crate::formats::{CdcFormat, DecodedCdc, RawChange, Row, SourcePos, TableRef};
@@ -149,15 +149,6 @@ impl SourceField {
             _ => return None,
         })
     }
-}
-
-/// A value as serde reads it straight from the text, without its raw text
-/// kept: what [`SourceMeta::set`] takes, and the one-pass Debezium reader's
-/// envelope `ts_ms`.
-pub(in crate::formats) enum Plain<'a> {
-    Null,
-    Uint(u64),
-    Str(Cow<'a, str>),
 }
 
 impl<'a> SourceMeta<'a> {

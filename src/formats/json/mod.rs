@@ -251,6 +251,63 @@ impl<'de> Visitor<'de> for FieldsVisitor {
     }
 }
 
+/// Stops a one-pass reader (of a Debezium envelope, of a cache event): the
+/// general reader decodes the record and words any error.
+pub(crate) fn not_plain<E: de::Error>() -> E {
+    E::custom("not a plain record")
+}
+
+/// Sets a field a one-pass reader reads once; a second one stops it.
+pub(crate) fn once<T, E: de::Error>(slot: &mut Option<T>, value: T) -> Result<(), E> {
+    match slot.replace(value) {
+        Some(_) => Err(not_plain()),
+        None => Ok(()),
+    }
+}
+
+/// A value as serde reads it straight from the text, without its raw text
+/// kept: `null`, a non-negative integer or a string; any other value stops
+/// the one-pass reader that asks for one.
+pub(crate) enum Plain<'a> {
+    Null,
+    Uint(u64),
+    Str(Cow<'a, str>),
+}
+
+impl<'de> Deserialize<'de> for Plain<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(PlainVisitor)
+    }
+}
+
+/// Reads `null`, a non-negative integer or a string; any other value stops
+/// the one-pass reader.
+struct PlainVisitor;
+
+impl<'de> Visitor<'de> for PlainVisitor {
+    type Value = Plain<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("null, a non-negative integer or a string")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Plain::Null)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Plain::Uint(v))
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Plain::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Plain::Str(Cow::Owned(v.to_owned())))
+    }
+}
+
 /// An object key (or a string value), borrowed from the input unless it
 /// has escapes.
 pub(crate) struct Name<'a>(pub(crate) Cow<'a, str>);
