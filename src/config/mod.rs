@@ -278,7 +278,9 @@ pub struct StateConfig {
     /// Memory for state: keys and entities kept in memory (three quarters,
     /// shared by the workers), RocksDB's block cache and its memtables (an
     /// eighth each). Beyond it, the least recently written keys and
-    /// entities leave memory and are read back from RocksDB when needed.
+    /// entities leave memory and are read back from RocksDB when needed;
+    /// state that is kept once a checkpoint has saved it (a worker over its
+    /// share asks for a checkpoint sooner than `checkpoint_interval`).
     /// Default `"1GiB"`.
     pub cache_size: ByteSize,
 }

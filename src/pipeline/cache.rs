@@ -422,6 +422,9 @@ pub(super) struct Slots<K, V> {
     /// The store holds none of these slots (state not kept, nothing
     /// spilled yet): a slot not in memory is new, without a read.
     store_empty: bool,
+    /// Slots created since they were last persisted: their bytes are not
+    /// measured yet (see [`Slots::estimated_bytes`]).
+    unmeasured: usize,
 }
 
 /// Bytes a slot costs beyond its value's heap: its place in the arena and
@@ -455,6 +458,7 @@ where
             leaving_bytes: 0,
             peak_bytes: 0,
             store_empty: !durable,
+            unmeasured: 0,
         }
     }
 
@@ -465,6 +469,23 @@ where
     /// Approximate bytes in memory, less what is already leaving.
     pub fn resident_bytes(&self) -> usize {
         self.bytes.saturating_sub(self.leaving_bytes)
+    }
+
+    /// Approximate bytes in memory, leaving or not, with the slots created
+    /// since the last checkpoint counted at the average bytes of the others
+    /// (before any is measured, at those of the slot changed last): what
+    /// the budget is held to between checkpoints.
+    pub fn estimated_bytes(&self) -> usize {
+        let measured = self.arena.len - self.unmeasured;
+        let each = match measured {
+            0 => self
+                .dirty
+                .last()
+                .and_then(|&handle| self.arena.get(handle))
+                .map_or(0, |node| Self::size_of_slot(&node.key, &node.slot.value)),
+            n => self.bytes / n,
+        };
+        self.bytes + self.unmeasured * each
     }
 
     /// The most bytes the slots have taken in memory (as of their last
@@ -641,7 +662,10 @@ where
                         };
                         (slot, true)
                     }
-                    None if create => (Slot::new(scope), false),
+                    None if create => {
+                        self.unmeasured += 1;
+                        (Slot::new(scope), false)
+                    }
                     None => return Ok(None),
                 };
                 let wanted = wanted(&slot.value);
@@ -718,6 +742,9 @@ where
         };
         let Node { key, slot, .. } = node;
         slot.changed_in = UNCHANGED;
+        if slot.bytes == 0 {
+            self.unmeasured -= 1;
+        }
         let bytes = Self::size_of_slot(key, &slot.value);
         self.bytes = self.bytes + bytes - slot.bytes;
         self.peak_bytes = self.peak_bytes.max(self.bytes);
@@ -890,6 +917,9 @@ where
         for i in leaving {
             let node = self.remove(i);
             self.bytes -= node.slot.bytes;
+            if node.slot.bytes == 0 {
+                self.unmeasured -= 1;
+            }
         }
         let arena = &mut self.arena;
         self.dirty.retain(|&h| arena.get_mut(h).is_some());

@@ -27,7 +27,9 @@
 //! Files: `router`, `worker` (the loop and the detector calls), `shard`
 //! (what a worker keeps: its keys and entities in `cache`'s slots over the
 //! store, its timers, open keys and globs), `storms`, `transactions`,
-//! `incidents`, `sink` (with the committer), `repartition` (the key-level
+//! `incidents`, `sink` (with the committer), `checkpoints` (the latest
+//! commit, which a worker over its budget of kept state waits for, and its
+//! request for a checkpoint sooner), `repartition` (the key-level
 //! items and watermark marks that cross the repartition topic when the
 //! engine runs as two stages: stage one's router publishes them through a
 //! [`Repartition`] instead of handing them to its key workers, stage two's
@@ -35,9 +37,15 @@
 //!
 //! Channels only flow downstream (no cycles), so back-pressure cannot
 //! deadlock, and watermarks and barriers travel in-band: everything a
-//! worker receives before a watermark was routed before it.
+//! worker receives before a watermark was routed before it. The one wait
+//! upstream, a worker over its budget waiting for a checkpoint to commit,
+//! waits only for a checkpoint it has sent its part of: the router sent
+//! that checkpoint's barrier and every stage's mark before the worker saw
+//! its own, and the other stages finish their parts without input (a
+//! worker saving a checkpoint saves it while its inbox is empty).
 
 mod cache;
+mod checkpoints;
 mod incidents;
 mod repartition;
 mod router;
@@ -54,7 +62,6 @@ pub use storms::load_storms;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -443,7 +450,7 @@ impl Engine {
         let (sink_tx, sink_rx) = crossbeam_channel::bounded(cap * (n + 1));
         let mut work_txs = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
-        let committed = Arc::new(AtomicU64::new(0));
+        let checkpoints = Arc::new(checkpoints::Checkpoints::default());
         // Batches go back to the router once applied, to be filled again.
         let (spare_tx, spare_rx) = crossbeam_channel::bounded((cap + 1) * n);
         let mut incident_tx = None;
@@ -476,7 +483,7 @@ impl Engine {
                 &self,
                 sink_tx.clone(),
                 spare_tx.clone(),
-                Arc::clone(&committed),
+                Arc::clone(&checkpoints),
                 worker::Listeners {
                     incidents: incident_tx.clone(),
                     transactions: tx_tx.clone(),
@@ -501,7 +508,7 @@ impl Engine {
             Arc::clone(&self.store),
             Arc::clone(&self.stats),
             self.options.retention_ms,
-            committed,
+            Arc::clone(&checkpoints),
             committed_tx,
         );
         let committer_handle = spawn("vigil-commit", move || committer.run(commit_rx));
@@ -519,8 +526,16 @@ impl Engine {
         // The workers hold the incident stage's senders: it ends after them.
         drop(incident_tx);
         let repartition = self.repartition.take();
-        let router = router::Router::new(&self, work_txs, spare_rx, storm_tx, tx_tx, sink_tx)
-            .with_repartition(repartition);
+        let router = router::Router::new(
+            &self,
+            work_txs,
+            spare_rx,
+            storm_tx,
+            tx_tx,
+            sink_tx,
+            checkpoints,
+        )
+        .with_repartition(repartition);
         let routed = router.run(sources);
         let mut stages: Vec<Result<(), PipelineError>> = handles
             .into_iter()

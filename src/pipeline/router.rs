@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use super::checkpoints::Checkpoints;
 use super::repartition::{KeyedItem, Repartition};
 use super::storms::{Observed, StormMsg};
 use super::transactions::{TxItem, TxMsg};
@@ -71,6 +72,8 @@ pub(super) struct Router {
     epoch: u64,
     last_checkpoint: Instant,
     checkpoint_every: Duration,
+    /// Where a worker over its state budget asks for a checkpoint sooner.
+    checkpoints: Arc<Checkpoints>,
     clock: Arc<dyn Clock>,
     stats: Arc<Stats>,
 }
@@ -87,6 +90,7 @@ impl Router {
         storms: Option<Sender<StormMsg>>,
         transactions: Option<Sender<TxMsg>>,
         sink: Sender<SinkMsg>,
+        checkpoints: Arc<Checkpoints>,
     ) -> Self {
         let o = &engine.options;
         let now = engine.clock.now_ms();
@@ -117,6 +121,7 @@ impl Router {
             epoch: 0,
             last_checkpoint: Instant::now(),
             checkpoint_every: o.checkpoint_every,
+            checkpoints,
             clock: Arc::clone(&engine.clock),
             stats: Arc::clone(&engine.stats),
         }
@@ -175,12 +180,30 @@ impl Router {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             self.dispatch()?;
-            if !waiting.is_empty() || self.last_checkpoint.elapsed() >= self.checkpoint_every {
+            if !waiting.is_empty()
+                || self.last_checkpoint.elapsed() >= self.checkpoint_every
+                || self.checkpoints.take_request()
+            {
                 self.checkpoint(waiting)?;
             }
         }
-        self.checkpoint(Vec::new())?;
+        self.finish()?;
         Ok(self.sent_watermark)
+    }
+
+    /// Commits a last checkpoint, and another as long as a worker asked for
+    /// one: a worker over its budget of kept state fires the timers left
+    /// due only as checkpoints let memory free (see
+    /// [`super::checkpoints`]), and asks before it sends its part.
+    fn finish(&mut self) -> Result<(), PipelineError> {
+        loop {
+            let (done, committed) = crossbeam_channel::bounded(1);
+            self.checkpoint(vec![done])?;
+            // A commit that fails is the committer's error to report.
+            if committed.recv().is_err() || !self.checkpoints.take_request() {
+                return Ok(());
+            }
+        }
     }
 
     fn route(&mut self, batch: PartitionBatch) -> Result<(), PipelineError> {

@@ -22,13 +22,13 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use super::Engine;
 use super::cache::{Cached, Footprint, Handle, Save, Slot, Slots, Waits};
+use super::checkpoints::Checkpoints;
 use crate::detect::entity::EntityState;
 use crate::detect::key::{
     Decisions, KeyRules, KeyState, RetainedGlob, Wildcards, glob_matches, glob_prefix,
@@ -444,8 +444,12 @@ pub(super) struct Shard {
     entities: Slots<[u8; 12], EntityEntry>,
     /// Bytes of keys and entities this shard may keep in memory.
     budget: usize,
-    /// The latest checkpoint the committer committed.
-    committed: Arc<AtomicU64>,
+    /// The latest checkpoint committed.
+    checkpoints: Arc<Checkpoints>,
+    /// The latest committed checkpoint as of the last eviction.
+    evicted_by: u64,
+    /// See [`Shard::holds_back_timers`].
+    held_back: bool,
     /// The checkpoint being saved, or saved last.
     epoch: u64,
     /// The glob writes of checkpoint `epoch` while its keys and entities
@@ -472,7 +476,7 @@ impl Shard {
         index: usize,
         shards: usize,
         engine: &Engine,
-        committed: Arc<AtomicU64>,
+        checkpoints: Arc<Checkpoints>,
     ) -> Self {
         debug_assert!(index < shards);
         Shard {
@@ -485,7 +489,9 @@ impl Shard {
             keys: Slots::new(engine.options.durable, save_key),
             entities: Slots::new(engine.options.durable, save_entity),
             budget: engine.options.slot_budget / shards,
-            committed,
+            checkpoints,
+            evicted_by: 0,
+            held_back: false,
             epoch: 0,
             saving: None,
             timers: TimerQueue::default(),
@@ -509,9 +515,34 @@ impl Shard {
     /// Whether there is work to do behind the records: timers due by `wm`,
     /// or a checkpoint being saved.
     pub(super) fn is_behind(&self, wm: Millis) -> bool {
-        self.saving.is_some()
-            || self.timers.is_due(wm)
-            || self.restored.values().any(|r| r.is_due(wm))
+        self.saving.is_some() || self.has_due(wm)
+    }
+
+    /// Whether there is work behind the records that the worker can do
+    /// now: a checkpoint being saved, or timers due by `wm` that may fire
+    /// (see [`Shard::may_fire`]).
+    pub(super) fn can_work_behind(&self, wm: Millis) -> bool {
+        self.saving.is_some() || (self.may_fire() && self.has_due(wm))
+    }
+
+    /// Whether timers are due by `wm`, in memory or in the store.
+    fn has_due(&self, wm: Millis) -> bool {
+        self.timers.is_due(wm) || self.restored.values().any(|r| r.is_due(wm))
+    }
+
+    /// Whether timers due wait for memory: a firing stopped at the budget
+    /// (see [`Shard::may_fire`]) since the due timers last ran out.
+    pub(super) fn holds_back_timers(&self) -> bool {
+        self.held_back
+    }
+
+    /// Whether timers may fire now. Firing reads keys back into memory,
+    /// where kept state stays until a checkpoint saves it and commits: a
+    /// shard of kept state over its budget fires no more until then (see
+    /// [`super::worker`]'s `keep_within_budget`). State that is not kept
+    /// is written out on the way instead (see [`Shard::fire_due`]).
+    fn may_fire(&self) -> bool {
+        !(self.durable && self.over_budget())
     }
 
     /// Whether keys armed in the store are yet to be filed among the open
@@ -690,7 +721,7 @@ impl Shard {
     }
 
     /// Fires up to `n` of the timers `wm` has passed, their decisions going
-    /// to `out`.
+    /// to `out`, while they may (see [`Shard::may_fire`]).
     pub(super) fn fire_due(
         &mut self,
         wm: Millis,
@@ -698,8 +729,13 @@ impl Shard {
         out: &mut Decisions,
     ) -> Result<(), StateError> {
         for _ in 0..n {
+            if !self.may_fire() {
+                self.held_back |= self.has_due(wm);
+                break;
+            }
             self.read_due(wm)?;
             let Some((due, Armed { key, scope, slot })) = self.timers.pop_due(wm) else {
+                self.held_back = false;
                 break;
             };
             if !self.durable && self.over_budget() {
@@ -772,36 +808,65 @@ impl Shard {
     /// Saves what is left of the checkpoint begun last, and returns its
     /// batch: the glob writes, the slots, and the writes of the keys and
     /// entities that leave memory to keep the shard within its budget (see
-    /// [`super::cache`]). State that is not kept is not encoded unless it
-    /// leaves memory, and then it is written to the store at once: the
-    /// batch is then empty.
+    /// [`Shard::leave_memory`]). State that is not kept is not encoded
+    /// unless it leaves memory, and then it is written to the store at
+    /// once: the batch is then empty.
     pub(super) fn finish_persist(&mut self) -> Result<StateBatch, StateError> {
-        let epoch = self.epoch;
         self.keys.save_some(usize::MAX);
         self.entities.save_some(usize::MAX);
         let mut batch = self.saving.take().unwrap_or_default();
         batch.append(self.keys.take_saved());
         batch.append(self.entities.take_saved());
+        self.leave_memory(&mut batch)?;
+        Ok(batch)
+    }
+
+    /// Lets the keys and entities that kept state holds as of the latest
+    /// committed checkpoint leave memory, down to the budget, unless
+    /// nothing was committed since the last eviction. No checkpoint may be
+    /// being saved.
+    pub(super) fn evict_committed(&mut self) -> Result<(), StateError> {
+        debug_assert!(self.durable && self.saving.is_none());
+        if self.checkpoints.committed() == self.evicted_by {
+            return Ok(());
+        }
+        let mut batch = StateBatch::default();
+        self.leave_memory(&mut batch)?;
+        debug_assert!(
+            batch.is_empty(),
+            "kept state is in the store before it may leave memory"
+        );
+        Ok(())
+    }
+
+    /// Lets keys and entities leave memory: those past the retention, and
+    /// enough others to bring the shard under nine tenths of its budget
+    /// (see [`super::cache`]). What the store does not hold yet is written
+    /// to `batch` (kept state: the checkpoint's), or to the store at once
+    /// (state not kept).
+    fn leave_memory(&mut self, batch: &mut StateBatch) -> Result<(), StateError> {
+        let epoch = self.epoch;
         let expired = self.expire();
         let (keys, entities) = (self.keys.resident_bytes(), self.entities.resident_bytes());
         let excess = (keys + entities).saturating_sub(self.budget / 10 * 9);
         let from_keys = (excess as u128 * keys as u128 / (keys + entities).max(1) as u128) as usize;
-        let committed = self.committed.load(Ordering::Acquire);
-        let mut evicted = self.keys.evict(from_keys, epoch, committed, &mut batch)
+        let committed = self.checkpoints.committed();
+        self.evicted_by = committed;
+        let mut evicted = self.keys.evict(from_keys, epoch, committed, batch)
             + self
                 .entities
-                .evict(excess - from_keys, epoch, committed, &mut batch);
+                .evict(excess - from_keys, epoch, committed, batch);
         let written = if self.durable {
             committed
         } else {
             if !batch.is_empty() {
-                self.store.write(std::mem::take(&mut batch))?;
+                self.store.write(std::mem::take(batch))?;
             }
             epoch
         };
         evicted += expired + self.keys.drop_leaving(written) + self.entities.drop_leaving(written);
         self.stats.emit(StateEvicted(evicted));
-        Ok(batch)
+        Ok(())
     }
 
     /// How much state the shard holds.
@@ -906,9 +971,10 @@ impl Shard {
                 .expire(|entity| horizon.expired(entity.touched))
     }
 
-    /// Whether the keys and entities in memory exceed this shard's budget.
-    fn over_budget(&self) -> bool {
-        self.keys.resident_bytes() + self.entities.resident_bytes() > self.budget
+    /// Whether the keys and entities in memory exceed this shard's budget
+    /// (see [`super::cache::Slots::estimated_bytes`]).
+    pub(super) fn over_budget(&self) -> bool {
+        self.keys.estimated_bytes() + self.entities.estimated_bytes() > self.budget
     }
 
     /// Whether this shard writes the globs to the store: every shard holds

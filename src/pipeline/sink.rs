@@ -7,10 +7,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::checkpoints::Checkpoints;
 use super::{Outputs, PipelineError, Position, SinkMsg};
 use crate::model::Millis;
 use crate::state::{Cf, StateBatch, Store, codec};
@@ -226,7 +226,7 @@ pub(super) struct Committer {
     swept: Option<Millis>,
     /// The latest checkpoint committed, for the workers (what they wrote
     /// by then may leave their memory).
-    committed_epoch: Arc<AtomicU64>,
+    checkpoints: Arc<Checkpoints>,
     /// The epochs committed, for the sink.
     committed: Sender<u64>,
 }
@@ -236,7 +236,7 @@ impl Committer {
         store: Arc<dyn Store>,
         stats: Arc<Stats>,
         retention_ms: Millis,
-        committed_epoch: Arc<AtomicU64>,
+        checkpoints: Arc<Checkpoints>,
         committed: Sender<u64>,
     ) -> Self {
         Committer {
@@ -244,7 +244,7 @@ impl Committer {
             stats,
             retention_ms,
             swept: None,
-            committed_epoch,
+            checkpoints,
             committed,
         }
     }
@@ -267,7 +267,16 @@ impl Committer {
     }
 
     /// Commits until the sink hangs up; returns the checkpoints committed.
+    /// Workers waiting for a commit hear when it stops, for whatever
+    /// reason.
     pub(super) fn run(mut self, inbox: Receiver<Commit>) -> Result<u64, PipelineError> {
+        let checkpoints = Arc::clone(&self.checkpoints);
+        let committed = self.commit_all(inbox);
+        checkpoints.stop();
+        committed
+    }
+
+    fn commit_all(&mut self, inbox: Receiver<Commit>) -> Result<u64, PipelineError> {
         let mut count = 0;
         for commit in inbox {
             let started = std::time::Instant::now();
@@ -282,7 +291,7 @@ impl Committer {
                 self.age(commit.watermark.saturating_sub(self.retention_ms))?;
             }
             count += 1;
-            self.committed_epoch.store(commit.epoch, Ordering::Release);
+            self.checkpoints.commit(commit.epoch);
             self.stats.emit(CheckpointCommitted);
             // The sink is gone only when the run is failing.
             let _ = self.committed.send(commit.epoch);

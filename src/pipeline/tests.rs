@@ -480,6 +480,52 @@ fn a_watermark_that_fires_many_timers_keeps_unkept_state_within_the_budget() {
     );
 }
 
+#[test]
+fn kept_state_stays_within_its_budget_between_checkpoints_and_while_timers_fire() {
+    // Rows changed within a deadline of each other and never invalidated:
+    // every key stays armed while the records come, and every timer fires
+    // when the inputs end. No checkpoint comes on its own (the interval is
+    // an hour): only a worker over its budget asks for them.
+    let cdc: Vec<(usize, String)> = (0..200)
+        .map(|id| (0, change(id, 1, "c", 1_000 + id as i64)))
+        .collect();
+    let config = Harness::new().config;
+    let run = |slot_budget| {
+        let options = EngineOptions {
+            durable: true,
+            slot_budget,
+            checkpoint_every: std::time::Duration::from_secs(3600),
+            queue_batches: 1,
+            batch_size: 4,
+            ..EngineOptions::from_config(&config, true)
+        };
+        let (out, _, stats) = Harness::new().run_with(options, &cdc, true, false);
+        let stats = stats.snapshot();
+        (out, stats.state_peak_bytes as usize, stats.state_evictions)
+    };
+    let (whole, everything, _) = run(usize::MAX);
+    assert_eq!(
+        whole
+            .iter()
+            .filter(|v| v.starts_with("missing_invalidation"))
+            .count(),
+        400
+    );
+    let budget = everything / 10;
+    let (out, peak, evictions) = run(budget);
+    let missing: Vec<&String> = whole.iter().filter(|v| !out.contains(v)).collect();
+    let extra: Vec<&String> = out.iter().filter(|v| !whole.contains(v)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
+    assert!(evictions > 0, "keys and entities left memory");
+    assert!(
+        peak <= budget + everything / 20,
+        "peak {peak} B over a budget of {budget} B ({everything} B for everything)"
+    );
+}
+
 /// The in-memory store, with each write held until the test lets it go.
 struct HeldWrites {
     inner: MemStore,

@@ -6,10 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
+use super::checkpoints::Checkpoints;
 use super::incidents::IncidentMsg;
 use super::shard::Shard;
 use super::transactions::TxMsg;
@@ -34,6 +34,11 @@ pub(super) struct Worker {
     /// Where applied batches go back to the router, empty.
     spare: Sender<Vec<WorkItem>>,
     shard: Shard,
+    /// Where the worker hears of commits and asks for checkpoints (see
+    /// [`Worker::keep_within_budget`]).
+    checkpoints: Arc<Checkpoints>,
+    /// The checkpoint after which the worker last asked for another.
+    asked_after: Option<u64>,
     watermark: Millis,
     /// The latest event time of the records applied (the globs' history
     /// runs back from it).
@@ -141,7 +146,7 @@ impl Worker {
         engine: &Engine,
         sink: Sender<SinkMsg>,
         spare: Sender<Vec<WorkItem>>,
-        committed: Arc<AtomicU64>,
+        checkpoints: Arc<Checkpoints>,
         listeners: Listeners,
     ) -> Self {
         let Listeners {
@@ -153,7 +158,9 @@ impl Worker {
             exits_after: engine.options.exits_after,
             sink,
             spare,
-            shard: Shard::new(index, shards, engine, committed),
+            shard: Shard::new(index, shards, engine, Arc::clone(&checkpoints)),
+            checkpoints,
+            asked_after: None,
             watermark: Millis::MIN,
             latest: Millis::MIN,
             verdicts: Verdicts {
@@ -188,7 +195,7 @@ impl Worker {
             // While timers are due, a checkpoint is being saved or keys
             // armed in the store are to be filed, work on them whenever
             // nothing waits.
-            let msg = if self.shard.is_behind(self.watermark) || self.shard.is_filing() {
+            let msg = if self.shard.can_work_behind(self.watermark) || self.shard.is_filing() {
                 match inbox.try_recv() {
                     Ok(msg) => msg,
                     Err(TryRecvError::Empty) => {
@@ -218,6 +225,7 @@ impl Worker {
                     self.verdicts.stats.emit(BatchProcessed(started.elapsed()));
                     self.send_violations()?;
                     self.save_some()?;
+                    self.keep_within_budget()?;
                 }
                 WorkMsg::Release { scopes } => {
                     self.finish_checkpoint()?;
@@ -246,6 +254,7 @@ impl Worker {
         self.shard.file_some(FIRE_CHUNK)?;
         self.send_violations()?;
         self.save_some()?;
+        self.keep_within_budget()?;
         if !self.shard.is_behind(self.watermark) {
             // Caught up: incident detection hears it now, not with the next
             // batch.
@@ -295,9 +304,10 @@ impl Worker {
         Ok(())
     }
 
-    /// Takes part in checkpoint `epoch`, with every timer due fired first:
-    /// state that is kept is saved behind the work ([`Worker::save_some`]),
-    /// state that is not at once.
+    /// Takes part in checkpoint `epoch`, with every timer due fired first
+    /// (kept state over its budget fires the rest as memory frees, see
+    /// [`Worker::keep_within_budget`]): state that is kept is saved behind
+    /// the work ([`Worker::save_some`]), state that is not at once.
     fn checkpoint(&mut self, epoch: u64) -> Result<(), PipelineError> {
         self.finish_checkpoint()?;
         self.fire_due(usize::MAX)?;
@@ -328,10 +338,46 @@ impl Worker {
         Ok(())
     }
 
+    /// Holds kept state to the shard's budget: state saved by a checkpoint
+    /// may leave memory only once that checkpoint is committed (see
+    /// [`super::cache`]), so a shard over its budget asks for the next
+    /// checkpoint sooner, finishes the one it is saving, waits for the last
+    /// one it sent to commit, and lets what that saved leave memory. State
+    /// that is not kept leaves memory at once, at checkpoints.
+    fn keep_within_budget(&mut self) -> Result<(), PipelineError> {
+        if !self.shard.durable() || !self.shard.over_budget() {
+            return Ok(());
+        }
+        self.ask_for_checkpoint();
+        if self.shard.is_saving() {
+            self.finish_checkpoint()?;
+        }
+        if !self.checkpoints.wait_for(self.shard.epoch()) {
+            return Err(PipelineError::Disconnected("committer"));
+        }
+        self.shard.evict_committed()?;
+        Ok(())
+    }
+
+    /// Asks for the next checkpoint sooner than the interval, once a
+    /// checkpoint.
+    fn ask_for_checkpoint(&mut self) {
+        if self.asked_after != Some(self.shard.epoch()) {
+            self.asked_after = Some(self.shard.epoch());
+            self.checkpoints.ask();
+        }
+    }
+
     /// Saves the rest of the checkpoint being saved, if any, and sends it.
+    /// Timers held back for memory (see [`Worker::keep_within_budget`]) ask
+    /// for another checkpoint first: the router ends a run only once a
+    /// checkpoint commits with no request, so every timer fires.
     fn finish_checkpoint(&mut self) -> Result<(), PipelineError> {
         if self.shard.is_saving() {
             let batch = self.shard.finish_persist()?;
+            if self.shard.holds_back_timers() {
+                self.ask_for_checkpoint();
+            }
             self.verdicts.stats.emit(StateMeasured {
                 worker: self.index,
                 size: self.shard.size(),
