@@ -12,15 +12,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
-/// How long a worker waits for a commit before it says so in the log (and
-/// goes on waiting).
+use super::PipelineError;
+
+/// How long a wait for a commit lasts before it is said in the log (and
+/// goes on).
 const WAIT_NOTICE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default)]
 pub(super) struct Checkpoints {
     /// The latest checkpoint committed (0: none yet).
     committed: AtomicU64,
-    /// The committer has stopped: nothing more will commit.
+    /// Nothing more will commit (see [`Checkpoints::stop`]).
     stopped: AtomicBool,
     /// A worker asked for a checkpoint sooner than the interval.
     wanted: AtomicBool,
@@ -41,8 +43,8 @@ impl Checkpoints {
         self.notify();
     }
 
-    /// Notes that nothing more will commit (the committer stopped), and
-    /// wakes who waits.
+    /// Notes that nothing more will commit (the committer stopped, or a
+    /// stage that takes part in checkpoints failed), and wakes who waits.
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
         self.notify();
@@ -73,11 +75,38 @@ impl Checkpoints {
                     epoch,
                     committed = self.committed(),
                     waited_s = waited.as_secs(),
-                    "a worker over its state budget still waits for a checkpoint to commit"
+                    "still waiting for a checkpoint to commit"
                 );
             }
         }
         true
+    }
+
+    /// Runs `stage`, a stage that takes part in checkpoints: if it fails or
+    /// panics, no checkpoint will commit any more, and whoever waits for
+    /// one hears it.
+    pub fn stop_on_failure<T>(
+        &self,
+        stage: impl FnOnce() -> Result<T, PipelineError>,
+    ) -> Result<T, PipelineError> {
+        struct Guard<'a> {
+            checkpoints: &'a Checkpoints,
+            ok: bool,
+        }
+        impl Drop for Guard<'_> {
+            fn drop(&mut self) {
+                if !self.ok {
+                    self.checkpoints.stop();
+                }
+            }
+        }
+        let mut guard = Guard {
+            checkpoints: self,
+            ok: false,
+        };
+        let result = stage();
+        guard.ok = result.is_ok();
+        result
     }
 
     /// Asks for a checkpoint sooner than the interval.
@@ -95,7 +124,7 @@ impl Checkpoints {
 mod tests {
     use std::sync::Arc;
 
-    use super::Checkpoints;
+    use super::{Checkpoints, PipelineError};
 
     #[test]
     fn a_waiter_wakes_at_the_commit_it_waits_for_or_at_the_stop() {
@@ -117,6 +146,28 @@ mod tests {
         };
         checkpoints.stop();
         assert!(!waiter.join().unwrap(), "the committer stopped before 4");
+    }
+
+    #[test]
+    fn a_stage_that_fails_or_panics_wakes_who_waits_for_a_commit() {
+        let failing = Checkpoints::default();
+        let failed: Result<(), _> =
+            failing.stop_on_failure(|| Err(PipelineError::Disconnected("sink")));
+        assert!(failed.is_err());
+        assert!(!failing.wait_for(1), "nothing more will commit");
+
+        let panicking = Arc::new(Checkpoints::default());
+        let c = Arc::clone(&panicking);
+        let stage = std::thread::spawn(move || {
+            c.stop_on_failure(|| -> Result<(), PipelineError> { panic!("a stage panics") })
+        });
+        assert!(stage.join().is_err());
+        assert!(!panicking.wait_for(1), "nothing more will commit");
+
+        let fine = Checkpoints::default();
+        assert!(fine.stop_on_failure(|| Ok(())).is_ok());
+        fine.commit(1);
+        assert!(fine.wait_for(1), "a stage that ends well stops nothing");
     }
 
     #[test]

@@ -422,6 +422,17 @@ fn spawn<T: Send + 'static>(
         .expect("spawning a thread only fails when the OS is out of resources")
 }
 
+/// [`spawn`] for a stage that takes part in checkpoints (see
+/// [`checkpoints::Checkpoints::stop_on_failure`]).
+fn spawn_stage<T: Send + 'static>(
+    name: impl Into<String>,
+    checkpoints: &Arc<checkpoints::Checkpoints>,
+    run: impl FnOnce() -> Result<T, PipelineError> + Send + 'static,
+) -> std::thread::JoinHandle<Result<T, PipelineError>> {
+    let checkpoints = Arc::clone(checkpoints);
+    spawn(name, move || checkpoints.stop_on_failure(run))
+}
+
 /// A configured engine, ready to run over the sources' channel.
 pub struct Engine {
     pub options: EngineOptions,
@@ -459,7 +470,9 @@ impl Engine {
                 let (tx, rx) = crossbeam_channel::bounded(cap * n);
                 incident_tx = Some(tx);
                 let stage = incidents::IncidentStage::new(&self, rules, n, sink_tx.clone())?;
-                Some(spawn("vigil-incidents", move || stage.run(rx)))
+                Some(spawn_stage("vigil-incidents", &checkpoints, move || {
+                    stage.run(rx)
+                }))
             }
             None => None,
         };
@@ -470,7 +483,9 @@ impl Engine {
                 let (tx, rx) = crossbeam_channel::bounded(cap * (n + 1));
                 tx_tx = Some(tx);
                 let stage = transactions::TxStage::new(&self, rules, n, sink_tx.clone())?;
-                Some(spawn("vigil-transactions", move || stage.run(rx)))
+                Some(spawn_stage("vigil-transactions", &checkpoints, move || {
+                    stage.run(rx)
+                }))
             }
             None => None,
         };
@@ -489,7 +504,11 @@ impl Engine {
                     transactions: tx_tx.clone(),
                 },
             );
-            handles.push(spawn(format!("vigil-worker-{index}"), move || w.run(rx)));
+            handles.push(spawn_stage(
+                format!("vigil-worker-{index}"),
+                &checkpoints,
+                move || w.run(rx),
+            ));
         }
         let mut storm_tx = None;
         let storm_handle = match self.options.storms.clone() {
@@ -497,7 +516,9 @@ impl Engine {
                 let (tx, rx) = crossbeam_channel::bounded(cap);
                 storm_tx = Some(tx);
                 let stage = storms::StormStage::new(&self, rules, sink_tx.clone())?;
-                Some(spawn("vigil-storms", move || stage.run(rx)))
+                Some(spawn_stage("vigil-storms", &checkpoints, move || {
+                    stage.run(rx)
+                }))
             }
             None => None,
         };
@@ -521,7 +542,7 @@ impl Engine {
             commit_tx,
             committed_rx,
         );
-        let sink_handle = spawn("vigil-sink", move || sink.run(sink_rx));
+        let sink_handle = spawn_stage("vigil-sink", &checkpoints, move || sink.run(sink_rx));
 
         // The workers hold the incident stage's senders: it ends after them.
         drop(incident_tx);

@@ -197,10 +197,9 @@ impl Router {
     /// [`super::checkpoints`]), and asks before it sends its part.
     fn finish(&mut self) -> Result<(), PipelineError> {
         loop {
-            let (done, committed) = crossbeam_channel::bounded(1);
-            self.checkpoint(vec![done])?;
-            // A commit that fails is the committer's error to report.
-            if committed.recv().is_err() || !self.checkpoints.take_request() {
+            self.checkpoint(Vec::new())?;
+            // When nothing more will commit, the stage that failed reports why.
+            if !self.checkpoints.wait_for(self.epoch) || !self.checkpoints.take_request() {
                 return Ok(());
             }
         }
