@@ -13,14 +13,18 @@
 //! change ids; storms in progress with their scope, start,
 //! rates, count and top keys and services; incidents open with their
 //! table, start, window counts and share, violations and top keys.
+//!
+//! [`verdict_entries`] and [`compare_entries`] compare two states entry by
+//! entry, as `vigil torture` and the two-stage tests do against `vigil
+//! check`'s.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
 use crate::detect::entity::EntityState;
 use crate::detect::incident::IncidentEvent;
-use crate::detect::key::{Fill, Invalidation, KeyChange};
+use crate::detect::key::{Fill, Invalidation, KeyChange, KeyState};
 use crate::detect::storm::StormEvent;
 use crate::model::Millis;
 use crate::pipeline::{load_incidents, load_storms, read_entity, read_key};
@@ -134,4 +138,114 @@ pub fn storms_view(store: &dyn Store) -> Result<Vec<StormEvent>, StateError> {
 /// report it.
 pub fn incidents_view(store: &dyn Store) -> Result<Vec<IncidentEvent>, StateError> {
     Ok(load_incidents(store)?.in_progress())
+}
+
+/// The families that hold what verdicts depend on: two runs over the same
+/// records must leave the same entries in them.
+pub const VERDICT_FAMILIES: [Cf; 4] = [Cf::Entities, Cf::Keys, Cf::Timers, Cf::Wildcards];
+
+/// Entries of [`VERDICT_FAMILIES`], by family and stored key.
+pub type Entries = BTreeMap<(Cf, Vec<u8>), Vec<u8>>;
+
+/// Every entry of [`VERDICT_FAMILIES`] in `store` whose scope `keep`
+/// accepts.
+pub fn verdict_entries(
+    store: &dyn Store,
+    keep: impl Fn(i32) -> bool,
+) -> Result<Entries, StateError> {
+    let mut out = Entries::new();
+    for cf in VERDICT_FAMILIES {
+        store.scan(cf, &[], &mut |k, v| {
+            if codec::unscoped(k).is_none_or(|(scope, _)| keep(scope)) {
+                out.insert((cf, k.to_vec()), v.to_vec());
+            }
+            true
+        })?;
+    }
+    Ok(out)
+}
+
+/// What comparing two states found.
+#[derive(Debug)]
+pub struct StateComparison {
+    /// Entries compared (the keys of either state).
+    pub compared: u64,
+    /// A description of each entry that differs.
+    pub differing: Vec<String>,
+    /// Keys equal but for an invalidation held twice.
+    pub twice: u64,
+}
+
+/// Compares the entries of a run (named `run_name` in the descriptions)
+/// with those of `vigil check`. Key states are compared with the ids they
+/// have seen sorted and each invalidation once (see [`key_state`]); every
+/// other entry byte for byte.
+pub fn compare_entries(run: &Entries, run_name: &str, check: &Entries) -> StateComparison {
+    let mut compared = 0;
+    let mut differing = Vec::new();
+    let mut twice = 0;
+    let keys: BTreeSet<&(Cf, Vec<u8>)> = run.keys().chain(check.keys()).collect();
+    for k in keys {
+        compared += 1;
+        let (cf, key) = k;
+        let (l, r) = (run.get(k), check.get(k));
+        if !same_entry(*cf, l, r, &mut twice) {
+            differing.push(format!(
+                "{} {}:\n  {run_name}: {}\n  check: {}",
+                cf.name(),
+                String::from_utf8_lossy(key),
+                describe(*cf, l),
+                describe(*cf, r)
+            ));
+        }
+    }
+    StateComparison {
+        compared,
+        differing,
+        twice,
+    }
+}
+
+fn same_entry(cf: Cf, l: Option<&Vec<u8>>, r: Option<&Vec<u8>>, twice: &mut u64) -> bool {
+    match (l, r) {
+        (Some(l), Some(r)) if l == r => true,
+        (Some(l), Some(r)) if cf == Cf::Keys => match (key_state(l), key_state(r)) {
+            (Ok((a, a_twice)), Ok((b, _))) if a == b => {
+                *twice += u64::from(a_twice);
+                true
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// A key's state, comparable between runs: the ids it has seen in order
+/// (the order in which records of different partitions reached the key
+/// may differ; which ids were seen may not), and each invalidation once.
+/// Also whether an invalidation was held twice (a record read again after
+/// a crash, whose invalidation the state already held).
+fn key_state(bytes: &[u8]) -> Result<(String, bool), StateError> {
+    let (touched, mut state) = codec::decode::<KeyState>(Cf::Keys, bytes)?;
+    state.seen.sort_unstable();
+    let held = state.invalidations.len();
+    let mut once = Vec::with_capacity(held);
+    for inv in state.invalidations {
+        if !once.contains(&inv) {
+            once.push(inv);
+        }
+    }
+    let twice = once.len() < held;
+    state.invalidations = once;
+    Ok((format!("{touched} {state:?}"), twice))
+}
+
+fn describe(cf: Cf, v: Option<&Vec<u8>>) -> String {
+    match v {
+        None => "absent".to_string(),
+        Some(bytes) if cf == Cf::Keys => key_state(bytes)
+            .map(|(s, _)| s)
+            .unwrap_or_else(|e| e.to_string()),
+        Some(bytes) => format!("{} bytes", bytes.len()),
+    }
 }

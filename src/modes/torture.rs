@@ -39,8 +39,8 @@ use serde_json::Value;
 
 use super::{ExitStatus, UsageError, create_dir};
 use crate::cli::TortureArgs;
-use crate::detect::key::KeyState;
 use crate::ingest::Stream;
+use crate::inspect::{StateComparison, compare_entries, verdict_entries};
 use crate::io::file::kcat_line;
 use crate::io::kafka::send_waiting;
 use crate::model::Op;
@@ -1537,100 +1537,18 @@ fn compare(
     Ok(!report.failures.is_empty())
 }
 
-/// What comparing two states found.
-struct StateComparison {
-    compared: u64,
-    /// A description of each entry that differs.
-    differing: Vec<String>,
-    /// Keys equal but for an invalidation held twice.
-    twice: u64,
-}
-
-/// Compares two states key by key in the families that hold verdicts'
+/// Compares two states entry by entry in the families that hold verdicts'
 /// state.
 fn compare_states(run: &Path, check: &Path) -> anyhow::Result<StateComparison> {
     let (a, b) = (
         RocksStore::open_read_only(run)?,
         RocksStore::open_read_only(check)?,
     );
-    let mut compared = 0;
-    let mut differing = Vec::new();
-    let mut twice = 0;
-    for cf in [Cf::Entities, Cf::Keys, Cf::Timers, Cf::Wildcards] {
-        let (left, right) = (entries(&a, cf)?, entries(&b, cf)?);
-        let keys: BTreeSet<&Vec<u8>> = left.keys().chain(right.keys()).collect();
-        for k in keys {
-            compared += 1;
-            let (l, r) = (left.get(k), right.get(k));
-            if !same_entry(cf, l, r, &mut twice) {
-                differing.push(format!(
-                    "{} {}:\n  tortured run: {}\n  check:        {}",
-                    cf.name(),
-                    String::from_utf8_lossy(k),
-                    describe(cf, l),
-                    describe(cf, r)
-                ));
-            }
-        }
-    }
-    Ok(StateComparison {
-        compared,
-        differing,
-        twice,
-    })
-}
-
-fn entries(store: &RocksStore, cf: Cf) -> anyhow::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
-    let mut out = BTreeMap::new();
-    store.scan(cf, &[], &mut |k, v| {
-        out.insert(k.to_vec(), v.to_vec());
-        true
-    })?;
-    Ok(out)
-}
-
-fn same_entry(cf: Cf, l: Option<&Vec<u8>>, r: Option<&Vec<u8>>, twice: &mut u64) -> bool {
-    match (l, r) {
-        (Some(l), Some(r)) if l == r => true,
-        (Some(l), Some(r)) if cf == Cf::Keys => match (key_state(l), key_state(r)) {
-            (Ok((a, a_twice)), Ok((b, _))) if a == b => {
-                *twice += u64::from(a_twice);
-                true
-            }
-            _ => false,
-        },
-        _ => false,
-    }
-}
-
-/// A key's state, comparable between runs: the ids it has seen in order
-/// (the order in which records of different partitions reached the key
-/// may differ; which ids were seen may not), and each invalidation once.
-/// Also whether an invalidation was held twice (a record read again after
-/// a crash, whose invalidation the state already held).
-fn key_state(bytes: &[u8]) -> Result<(String, bool), crate::state::StateError> {
-    let (touched, mut state) = codec::decode::<KeyState>(Cf::Keys, bytes)?;
-    state.seen.sort_unstable();
-    let held = state.invalidations.len();
-    let mut once = Vec::with_capacity(held);
-    for inv in state.invalidations {
-        if !once.contains(&inv) {
-            once.push(inv);
-        }
-    }
-    let twice = once.len() < held;
-    state.invalidations = once;
-    Ok((format!("{touched} {state:?}"), twice))
-}
-
-fn describe(cf: Cf, v: Option<&Vec<u8>>) -> String {
-    match v {
-        None => "absent".to_string(),
-        Some(bytes) if cf == Cf::Keys => key_state(bytes)
-            .map(|(s, _)| s)
-            .unwrap_or_else(|e| e.to_string()),
-        Some(bytes) => format!("{} bytes", bytes.len()),
-    }
+    let (left, right) = (
+        verdict_entries(&a, |_| true)?,
+        verdict_entries(&b, |_| true)?,
+    );
+    Ok(compare_entries(&left, "tortured run", &right))
 }
 
 /// The lines of a torture run, and whether any says something was lost.
