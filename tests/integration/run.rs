@@ -13,9 +13,12 @@ use rdkafka::mocking::MockCoordinator;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use serde_json::Value;
 
+use vigil::detect::key::{KeyState, RetainedGlob};
 use vigil::detect::storm::ScopeType;
 use vigil::ingest::Stream;
-use vigil::model::Op;
+use vigil::inspect::{Entries, compare_entries, verdict_entries};
+use vigil::model::{Op, Provenance};
+use vigil::state::{Cf, RocksStore, codec};
 use vigil::workload::encode::{
     CdcFormat, GenCacheEvent, GenChange, GenRow, TsForm, encode_cache, encode_change,
 };
@@ -198,6 +201,11 @@ impl Workload {
 
     /// `vigil check` over the same records, from files written in `dir`.
     fn check_files(&self, dir: &Path) -> Checked {
+        self.check_files_with(dir, &[])
+    }
+
+    /// As [`Workload::check_files`], with further flags for `vigil check`.
+    fn check_files_with(&self, dir: &Path, extra: &[&str]) -> Checked {
         let (cdc, cache) = (dir.join("cdc.ndjson"), dir.join("cache.ndjson"));
         let mut files = (
             fs::File::create(&cdc).unwrap(),
@@ -218,7 +226,7 @@ impl Workload {
             &[&cdc],
             &[&cache],
             &dir.join("out"),
-            &[],
+            extra,
         );
         assert_eq!(checked.code, 0, "{}", checked.stderr);
         checked
@@ -1278,7 +1286,8 @@ fn two_stages(kill: bool, on_tansu: bool) {
         Broker::new(&with_partitions)
     };
 
-    let checked = w.check_files(dir.path());
+    let check_state = dir.path().join("check-state");
+    let checked = w.check_files_with(dir.path(), &["--state", check_state.to_str().unwrap()]);
     let expected = multiset(checked.violations().iter().map(|v| fingerprint(&v["data"])));
     let check_ids: BTreeSet<String> = checked
         .violations()
@@ -1348,20 +1357,21 @@ fn two_stages(kill: bool, on_tansu: bool) {
     let mut a = Daemon::start_with(&one, &["--stage", "one"]);
 
     // The cache topic keyed, and partitioned, by service.
+    let place = |r: &GenRecord| match w.generator.stream_of_topic(&r.topic) {
+        Some(Stream::Cache) => {
+            let event: Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+            let service = event["source_service"].as_str().unwrap().to_string();
+            let hash = service
+                .bytes()
+                .fold(0i32, |h, b| (h * 31 + b as i32) % 1_000);
+            (hash % PARTITIONS, Some(service.into_bytes()))
+        }
+        _ => (r.partition, r.key.clone()),
+    };
     let produce = |records: std::ops::Range<usize>| {
         for r in &w.records[records] {
             let value = r.value.as_deref();
-            let (partition, key) = match w.generator.stream_of_topic(&r.topic) {
-                Some(Stream::Cache) => {
-                    let event: Value = serde_json::from_slice(value.unwrap()).unwrap();
-                    let service = event["source_service"].as_str().unwrap().to_string();
-                    let hash = service
-                        .bytes()
-                        .fold(0i32, |h, b| (h * 31 + b as i32) % 1_000);
-                    (hash % PARTITIONS, Some(service.into_bytes()))
-                }
-                _ => (r.partition, r.key.clone()),
-            };
+            let (partition, key) = place(r);
             broker.produce(&Out {
                 topic: &r.topic,
                 partition,
@@ -1471,8 +1481,214 @@ fn two_stages(kill: bool, on_tansu: bool) {
             }
         }
     }
-    for daemon in std::iter::once(a).chain(stage_two) {
+    let (code, log) = a.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    let instances: &[usize] = if kill { &[0, 2, 3] } else { &[0, 1] };
+    let mut stores = Vec::new();
+    for (daemon, i) in stage_two.into_iter().zip(instances) {
         let (code, log) = daemon.terminate();
         assert_eq!(code, Some(0), "{log}");
+        stores.push((dir.path().join(format!("two-{i}/state")), log));
     }
+    let origins = file_origins(&w, dir.path(), |r| place(r).0);
+    assert_same_final_state(
+        &dir.path().join("one/state"),
+        &stores,
+        &check_state,
+        &origins,
+        w.records.iter().map(|r| r.ts_ms).max().unwrap() + END_AFTER_MS,
+    );
+}
+
+/// For each record the stages read from Kafka, where `vigil check` read it
+/// (the file and line `Workload::check_files` wrote it to), the records
+/// going to the topic partitions `partition_of` says, in order.
+fn file_origins(
+    w: &Workload,
+    dir: &Path,
+    partition_of: impl Fn(&GenRecord) -> i32,
+) -> BTreeMap<(String, i32, i64), Provenance> {
+    let mut next_offset: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut lines = BTreeMap::new();
+    let mut origins = BTreeMap::new();
+    for r in &w.records {
+        let file = match w.generator.stream_of_topic(&r.topic) {
+            Some(Stream::Cache) => dir.join("cache.ndjson"),
+            _ => dir.join("cdc.ndjson"),
+        };
+        let partition = partition_of(r);
+        let offset = next_offset
+            .entry((r.topic.to_string(), partition))
+            .or_default();
+        let line = lines.entry(file.clone()).or_insert(0);
+        *line += 1;
+        origins.insert(
+            (r.topic.to_string(), partition, *offset),
+            Provenance {
+                topic: file.display().to_string().into(),
+                partition: 0,
+                offset: *line,
+                from_file: true,
+            },
+        );
+        *offset += 1;
+    }
+    origins
+}
+
+/// The scopes a stage-two instance held when it was told to stop, from its
+/// log: the partitions whose state it restored and did not release since.
+/// (Stopping, it releases them all, but their state stays in its store.)
+fn held_scopes(log: &str) -> BTreeSet<i32> {
+    let mut held = BTreeSet::new();
+    for line in log.lines() {
+        if line.contains("stopping: ") {
+            break;
+        } else if line.contains("state of partition restored") {
+            let scope = line
+                .split_once("scope=")
+                .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("a restored partition has its scope: {line}"));
+            held.insert(scope);
+        } else if line.contains("state of released partitions forgotten") {
+            let (list, _) = line
+                .split_once("scopes=[")
+                .and_then(|(_, rest)| rest.split_once(']'))
+                .unwrap_or_else(|| panic!("released partitions have their scopes: {line}"));
+            for n in list.split(',').filter(|n| !n.trim().is_empty()) {
+                held.remove(&n.trim().parse::<i32>().unwrap());
+            }
+        }
+    }
+    held
+}
+
+/// The final state of two stages equals that of `vigil check` over the
+/// same records: stage one's entities, and the keys, timers and wildcards
+/// of each repartition partition in the store of the instance of stage two
+/// that held it last (`twos`, with their logs, in the order they stopped;
+/// an instance that released a partition keeps a stale copy until it takes
+/// it again, and one that stopped before the partition's next owner took it
+/// over holds what that owner restored). Entries are compared without their
+/// scope: `vigil check` keeps everything in scope 0, stage one scopes
+/// entities by CDC partition, stage two keys by repartition partition.
+/// Every repartition partition holds each glob invalidation (stage one
+/// sends it to all); those copies must be the same but for their scope.
+///
+/// The stages read the records from Kafka, `vigil check` from files: the
+/// evidence of what the run holds is translated to the file and line
+/// `origins` gives, and the end markers (records only the stages read) are
+/// left out: the entries touched at their time.
+fn assert_same_final_state(
+    one: &Path,
+    twos: &[(std::path::PathBuf, String)],
+    check: &Path,
+    origins: &BTreeMap<(String, i32, i64), Provenance>,
+    end_ms: i64,
+) {
+    let mut owner = BTreeMap::new();
+    for (i, (_, log)) in twos.iter().enumerate() {
+        for scope in held_scopes(log) {
+            owner.insert(scope, i);
+        }
+    }
+    assert_eq!(
+        owner.keys().copied().collect::<Vec<i32>>(),
+        (0..4).collect::<Vec<i32>>(),
+        "every repartition partition has an owner at the end"
+    );
+    let mut run = Entries::new();
+    let mut clashes = Vec::new();
+    let mut add = |entries: Entries| {
+        for ((cf, key), value) in entries {
+            if codec::touched(&value) == Some(end_ms) {
+                continue;
+            }
+            let (key, value) = unscope(cf, &key, in_files(cf, value, origins));
+            if let Some(held) = run.insert((cf, key.clone()), value.clone())
+                && !(cf == Cf::Wildcards && held == value)
+            {
+                clashes.push(format!("{} {}", cf.name(), String::from_utf8_lossy(&key)));
+            }
+        }
+    };
+    add(verdict_entries(&RocksStore::open_read_only(one).unwrap(), |_| true).unwrap());
+    for (i, (path, _)) in twos.iter().enumerate() {
+        let store = RocksStore::open_read_only(path).unwrap();
+        add(verdict_entries(&store, |scope| owner.get(&scope) == Some(&i)).unwrap());
+    }
+    assert!(
+        clashes.is_empty(),
+        "entries held differently by two scopes: {:?}",
+        &clashes[..clashes.len().min(5)]
+    );
+    let check = verdict_entries(&RocksStore::open_read_only(check).unwrap(), |_| true).unwrap();
+    let check: Entries = check
+        .into_iter()
+        .map(|((cf, key), value)| {
+            let (key, value) = unscope(cf, &key, value);
+            ((cf, key), value)
+        })
+        .collect();
+    let compared = compare_entries(&run, "two stages", &check);
+    assert!(
+        compared.compared > 1_000,
+        "the states hold entries: {compared:?}"
+    );
+    assert!(
+        compared.differing.is_empty(),
+        "{} of {} entries differ from vigil check's, the first:\n{}",
+        compared.differing.len(),
+        compared.compared,
+        compared.differing[..compared.differing.len().min(5)].join("\n")
+    );
+}
+
+/// An entry with the evidence of its key state or retained glob where
+/// `vigil check` read the same records.
+fn in_files(cf: Cf, value: Vec<u8>, origins: &BTreeMap<(String, i32, i64), Provenance>) -> Vec<u8> {
+    let file = |p: &mut Provenance| {
+        if let Some(origin) = origins.get(&(p.topic.to_string(), p.partition, p.offset)) {
+            *p = origin.clone();
+        }
+    };
+    match cf {
+        Cf::Keys => {
+            let (touched, mut state): (i64, KeyState) = codec::decode(cf, &value).unwrap();
+            for c in &mut state.changes {
+                file(&mut c.evidence);
+                if let Some(cover) = &mut c.cover {
+                    file(&mut cover.evidence);
+                }
+            }
+            for i in &mut state.invalidations {
+                file(&mut i.evidence);
+            }
+            for f in state.fills.iter_mut().chain(&mut state.judged) {
+                file(&mut f.evidence);
+            }
+            codec::encode(touched, &state)
+        }
+        Cf::Wildcards => {
+            let (touched, mut glob): (i64, RetainedGlob) = codec::decode(cf, &value).unwrap();
+            file(&mut glob.inv.evidence);
+            codec::encode(touched, &glob)
+        }
+        _ => value,
+    }
+}
+
+/// An entry's key without its scope, and for a retained glob its value
+/// with scope 0.
+fn unscope(cf: Cf, key: &[u8], value: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+    let (_, rest) = codec::unscoped(key).expect("a scoped family's key starts with its scope");
+    let value = if cf == Cf::Wildcards {
+        let (touched, mut glob): (i64, RetainedGlob) = codec::decode(cf, &value).unwrap();
+        glob.scope = 0;
+        codec::encode(touched, &glob)
+    } else {
+        value
+    };
+    (rest.to_vec(), value)
 }
