@@ -554,10 +554,11 @@ impl Engine {
             storm_tx,
             tx_tx,
             sink_tx,
-            checkpoints,
+            Arc::clone(&checkpoints),
         )
         .with_repartition(repartition);
-        let routed = router.run(sources);
+        // A router that fails sends no more barriers: nothing more commits.
+        let routed = checkpoints.stop_on_failure(|| router.run(sources));
         let mut stages: Vec<Result<(), PipelineError>> = handles
             .into_iter()
             .map(|h| h.join().unwrap_or(Err(PipelineError::Panicked("worker"))))
