@@ -270,9 +270,8 @@ impl Committer {
     /// Workers waiting for a commit hear when it stops, for whatever
     /// reason.
     pub(super) fn run(mut self, inbox: Receiver<Commit>) -> Result<u64, PipelineError> {
-        let checkpoints = Arc::clone(&self.checkpoints);
         let committed = self.commit_all(inbox);
-        checkpoints.stop();
+        self.checkpoints.stop();
         committed
     }
 
