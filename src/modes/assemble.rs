@@ -232,6 +232,7 @@ fn stage_options(mut options: EngineOptions, stage: Stage) -> EngineOptions {
         Stage::Two => {
             options.partitioned = true;
             options.allowed_lateness_ms = 0;
+            options.idle_partitions = false;
             options.storms = None;
         }
     }

@@ -650,6 +650,64 @@ fn outputs_do_not_wait_for_the_store_to_write_a_checkpoint() {
 }
 
 /// A Debezium change of `users` row `id` in transaction `tx`.
+/// The watermark a live engine reaches once both partitions, read to their
+/// end at event time 1 s, have been quiet for longer than the idle timeout.
+fn watermark_after_quiet_partitions(idle_partitions: bool) -> i64 {
+    let config = Config::parse_with_env("test", CONFIG, Vec::new()).unwrap();
+    let stats = Arc::new(crate::telemetry::Stats::default());
+    let ingest = Ingest::new(&config, Arc::clone(&stats)).expect("ingest");
+    let clock = crate::time::ManualClock::new(100_000);
+    let mut options = EngineOptions::from_config(&config, false);
+    options.idle_timeout_ms = 1_000;
+    options.idle_partitions = idle_partitions;
+    let engine = Engine {
+        options,
+        store: Arc::new(MemStore::new()) as Arc<dyn Store>,
+        stats: Arc::clone(&stats),
+        clock: Arc::new(clock.clone()),
+        partitions: 2,
+        repartition: None,
+    };
+    let (tx, rx) = crossbeam_channel::unbounded();
+    // The router takes its messages in order: once a checkpoint sent after
+    // them commits, it has handled them.
+    let handled = |tx: &Sender<SourceMsg>| {
+        let (done, committed) = crossbeam_channel::bounded(1);
+        tx.send(SourceMsg::Checkpoint { done }).unwrap();
+        committed
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the checkpoint commits");
+    };
+    std::thread::scope(|s| {
+        let engine = s.spawn(move || engine.run(rx, Box::new(Collected::default())));
+        send(&tx, &ingest, 0, &change(1, 1, "c", 1_000), 0);
+        send(&tx, &ingest, 1, &invalidation("user:1", 1, 1_000), 0);
+        for partition in 0..2 {
+            tx.send(SourceMsg::CaughtUp {
+                partition,
+                caught_up: true,
+            })
+            .unwrap();
+        }
+        handled(&tx);
+        clock.advance(60_000);
+        handled(&tx);
+        drop(tx);
+        engine.join().unwrap().unwrap();
+    });
+    stats.watermark()
+}
+
+/// Stage two of two takes its time from stage one's marks only: quiet
+/// repartition partitions do not let its watermark follow its own clock
+/// (which ran ahead of stage one's watermark, and fired deadlines early),
+/// where live inputs of one process do.
+#[test]
+fn partitions_that_never_idle_keep_the_watermark_on_their_event_time() {
+    assert_eq!(watermark_after_quiet_partitions(true), 160_000);
+    assert_eq!(watermark_after_quiet_partitions(false), 1_000);
+}
+
 fn tx_change(id: u64, ts: i64, tx: &str, order: u64) -> String {
     format!(
         r#"{{"op":"c","after":{{"id":{id},"version":1}},"source":{{"ts_ms":{ts},"schema":"public","table":"users"}},"transaction":{{"id":"{tx}","total_order":{order},"data_collection_order":{order}}}}}"#
