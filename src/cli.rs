@@ -474,9 +474,19 @@ pub struct BenchArgs {
     #[arg(long, default_value = "20s")]
     pub latency_seconds: crate::config::Dur,
 
-    /// Only the vigil check runs (and the decoding measure, and --instances).
+    /// Only the vigil check runs (and the decoding measure, --instances and
+    /// --latency-two-stages).
     #[arg(long)]
     pub skip_kafka: bool,
+
+    /// The latency measure also runs through two stages: a vigil run
+    /// --stage one and a --stage two pipeline (in this process) over the
+    /// repartition topic, at the same rate (--latency-rate, needed with
+    /// --skip-kafka). Key verdicts then come from stage two, and deadline
+    /// firing is measured from when stage one's watermark passed the
+    /// deadline.
+    #[arg(long)]
+    pub latency_two_stages: bool,
 
     /// Scaling out: for each N, 1 vigil run --stage one process and N
     /// --stage two processes (after one --stage both process, the

@@ -12,7 +12,9 @@
 //! - latency at a fixed rate: from a record's produce time to its
 //!   violation's produce time, for the kinds that fire without waiting
 //!   (regression, gap, conflict), and how long after the watermark passes a
-//!   deadline its missing invalidation is produced;
+//!   deadline its missing invalidation is produced; with
+//!   `--latency-two-stages` also through a `--stage one` and a `--stage two`
+//!   pipeline, from stage one's watermark to stage two's violation;
 //! - decoding ([`bench_decode`]): the CPU time per record of decoding the
 //!   same Debezium changes written by the JSON converter and by Confluent's
 //!   Avro and Protobuf converters.
@@ -45,7 +47,7 @@ use serde_json::value::RawValue;
 
 mod instances;
 
-use super::assemble::{open_store, serve};
+use super::assemble::{open_store, serve, serve_stage};
 use super::shutdown::Control;
 use super::{ExitStatus, produce_generated};
 use crate::cli::BenchArgs;
@@ -57,7 +59,9 @@ use crate::formats::{
 };
 use crate::ingest::Stream;
 use crate::io::file::{Line, LineReader};
+use crate::io::kafka::repartition::Stage;
 use crate::registry::{ProtoSchema, RegistryError, WriterSchema};
+use crate::state::Store;
 use crate::telemetry::{Stats, thread_cpu_seconds};
 use crate::time::{Clock, SystemClock};
 use crate::workload::encode::CdcFormat;
@@ -199,6 +203,10 @@ struct Report {
     check: Vec<CheckFigures>,
     kafka: Option<KafkaFigures>,
     latency: Option<LatencyFigures>,
+    /// With `--latency-two-stages`: the same measure through a `--stage
+    /// one` and a `--stage two` pipeline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_two_stages: Option<LatencyFigures>,
     decode: Option<DecodeFigures>,
     #[serde(skip_serializing_if = "Option::is_none")]
     instances: Option<instances::InstancesFigures>,
@@ -214,6 +222,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitStatus> {
         check: Vec::new(),
         kafka: None,
         latency: None,
+        latency_two_stages: None,
         decode: None,
         instances: None,
     };
@@ -227,17 +236,29 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitStatus> {
             .check
             .push(bench_check(&work, input, events, keys, tx_rounds)?);
     }
+    let mut rate = args.latency_rate;
     if !args.skip_kafka {
         let kafka = bench_kafka(&work, args.kafka_events, args.keys)?;
-        let rate = args
-            .latency_rate
-            .unwrap_or((kafka.records_per_second * LATENCY_LOAD) as u64);
+        let at = *rate.get_or_insert((kafka.records_per_second * LATENCY_LOAD) as u64);
         report.kafka = Some(kafka);
         report.latency = Some(bench_latency(
             &work,
-            rate,
+            at,
             args.latency_seconds.0,
             args.keys,
+            Layout::Both,
+        )?);
+    }
+    if args.latency_two_stages {
+        let Some(at) = rate else {
+            bail!("--latency-two-stages with --skip-kafka needs --latency-rate");
+        };
+        report.latency_two_stages = Some(bench_latency(
+            &work,
+            at,
+            args.latency_seconds.0,
+            args.keys,
+            Layout::TwoStages,
         )?);
     }
     if !args.instances.is_empty() {
@@ -919,35 +940,124 @@ fn percentiles(mut samples: Vec<i64>) -> Option<Percentiles> {
     })
 }
 
-/// A live workload at `rate` for `seconds`; latencies read back from the
-/// violations topic.
+/// Where the latency measure's records go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// One `vigil run --stage both` pipeline.
+    Both,
+    /// A `--stage one` and a `--stage two` pipeline through the repartition
+    /// topic: key verdicts come from stage two, on stage one's watermark.
+    TwoStages,
+}
+
+/// One pipeline of a latency measure.
+struct Pipeline {
+    stage: Stage,
+    config: Config,
+    store: Arc<dyn Store>,
+    stats: Arc<Stats>,
+}
+
+/// The pipelines of a latency measure: the first reads the inputs (its
+/// watermark is the one deadlines are measured against), the last fires
+/// the deadlines.
+struct Pipelines(Vec<Pipeline>);
+
+impl Pipelines {
+    fn new(bench: &Bench, state: &Path, layout: Layout) -> anyhow::Result<Self> {
+        let stages = match layout {
+            Layout::Both => vec![(Stage::Both, bench.config.clone())],
+            Layout::TwoStages => {
+                for topic in [
+                    &bench.config.inputs.repartition_topic,
+                    &bench.config.outputs.changelog_topic,
+                    &bench.config.outputs.repartition_changelog_topic,
+                ] {
+                    bench.cluster.create_topic(topic, LATENCY_PARTITIONS, 1)?;
+                }
+                [Stage::One, Stage::Two]
+                    .into_iter()
+                    .map(|stage| {
+                        let mut config = bench.config.clone();
+                        config.state.path = state.join(format!("{stage:?}").to_lowercase());
+                        config.validate_for_stages(stage == Stage::One)?;
+                        Ok((stage, config))
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            }
+        };
+        let pipelines = stages
+            .into_iter()
+            .map(|(stage, config)| {
+                let store = open_store(&config.state.path, config.state.cache_size)?;
+                let stats = Arc::new(Stats::default());
+                Ok(Pipeline {
+                    stage,
+                    config,
+                    store,
+                    stats,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Pipelines(pipelines))
+    }
+
+    /// The stats of the pipeline that reads the inputs.
+    fn reader(&self) -> &Stats {
+        &self.0[0].stats
+    }
+
+    /// The stats of the pipeline that fires the deadlines.
+    fn judge(&self) -> &Stats {
+        &self.0[self.0.len() - 1].stats
+    }
+
+    fn violations_total(&self) -> u64 {
+        self.0.iter().map(|p| p.stats.violations_total()).sum()
+    }
+}
+
+/// A live workload at `rate` for `seconds` through `layout`; latencies read
+/// back from the violations topic.
 fn bench_latency(
     work: &Path,
     rate: u64,
     seconds: Duration,
     keys: u64,
+    layout: Layout,
 ) -> anyhow::Result<LatencyFigures> {
     eprintln!(
-        "vigil bench: latency at {rate} records/s for {}s",
+        "vigil bench: latency at {rate} records/s for {}s ({layout:?})",
         seconds.as_secs()
     );
     let clock = SystemClock;
-    let start_ms = clock.now_ms() + 5_000;
+    // Time for the pipelines to join their groups (one at a time on the
+    // embedded broker) before the first record is due.
+    let lead_ms = match layout {
+        Layout::Both => 5_000,
+        Layout::TwoStages => 10_000,
+    };
+    let start_ms = clock.now_ms() + lead_ms;
     let events = rate * seconds.as_secs().max(1);
     let mut generator = Generator::new(spec(events, keys, rate, start_ms, LATENCY_PARTITIONS));
-    let state = work.join("latency-state");
+    let state = work.join(format!("latency-state-{layout:?}").to_lowercase());
     let bench = Bench::new(&generator, state.clone(), LATENCY_PARTITIONS)?;
     let lateness = bench.config.detect.allowed_lateness.as_millis_i64();
-    let store = open_store(&state, bench.config.state.cache_size)?;
-    let stats = Arc::new(Stats::default());
+    let pipelines = Pipelines::new(&bench, &state, layout)?;
     let control = Control::default();
     let producer = producer(&bench.bootstrap())?;
     let last_ts = AtomicI64::new(start_ms);
     let mut produced = 0u64;
     let mut moves = Vec::new();
     std::thread::scope(|s| -> anyhow::Result<()> {
-        let pipeline = s.spawn(|| serve(&bench.config, store, Arc::clone(&stats), &control));
-        let sampler = s.spawn(|| watermark_moves(&stats, &control.stop));
+        let running: Vec<_> = (pipelines.0.iter())
+            .map(|p| {
+                let (store, stats) = (Arc::clone(&p.store), Arc::clone(&p.stats));
+                let control = &control;
+                s.spawn(move || serve_stage(&p.config, p.stage, store, stats, control))
+            })
+            .collect();
+        let sampler = s.spawn(|| watermark_moves(pipelines.reader(), &control.stop));
         let mut stream = || -> anyhow::Result<()> {
             for record in generator.by_ref() {
                 let wait = record.ts_ms - clock.now_ms();
@@ -966,12 +1076,15 @@ fn bench_latency(
             last_ts.load(Ordering::Relaxed) + workload::DEADLINE_MS + workload::LATE_WINDOW_MS;
         let settled = streamed.is_ok()
             && wait_until(CATCH_UP, || {
-                stats.records_total() >= produced && stats.watermark() > final_ms
+                pipelines.reader().records_total() >= produced
+                    && pipelines.judge().watermark() > final_ms
             });
-        // Stop the pipeline and the sampler whatever happened, or the scope
-        // waits for them forever.
+        // Stop the pipelines and the sampler whatever happened, or the
+        // scope waits for them forever.
         control.stop.store(true, Ordering::SeqCst);
-        pipeline.join().expect("the pipeline does not panic")?;
+        for pipeline in running {
+            pipeline.join().expect("the pipeline does not panic")?;
+        }
         moves = sampler.join().expect("the sampler does not panic");
         streamed?;
         if !settled {
@@ -988,7 +1101,7 @@ fn bench_latency(
     );
     let measured_from = start_ms + LATENCY_WARMUP_MS;
     let (mut immediate, mut firing, mut waits) = (Vec::new(), Vec::new(), Vec::new());
-    for (produced_at, event) in read_violations(&bench.bootstrap(), stats.violations_total())? {
+    for (produced_at, event) in read_violations(&bench.bootstrap(), pipelines.violations_total())? {
         let data = &event["data"];
         match data["kind"].as_str() {
             Some("version_regression" | "version_gap" | "conflicting_version") => {
@@ -1025,7 +1138,10 @@ fn bench_latency(
         deadline_firing: percentiles(firing),
         watermark_wait: percentiles(waits),
     };
-    eprintln!("vigil bench: latency {:?}", figures.immediate);
+    eprintln!(
+        "vigil bench: latency ({layout:?}) immediate {:?}, deadline firing {:?}",
+        figures.immediate, figures.deadline_firing
+    );
     Ok(figures)
 }
 
