@@ -125,10 +125,35 @@ impl Part {
 /// The broker's view of a partition, from librdkafka's statistics.
 #[derive(Debug, Clone, Copy)]
 struct BrokerView {
-    hi_offset: i64,
+    /// The end the consumer reads to: with `isolation.level =
+    /// read_committed` the last stable offset (records of a transaction
+    /// still open wait behind it), else the high watermark.
+    end_offset: i64,
+    /// The next offset to fetch: past the transaction markers, which take
+    /// offsets but are not records.
     fetch_offset: i64,
     queued: i64,
     active: bool,
+}
+
+impl BrokerView {
+    /// Where reading stands, `next_offset` after the last record consumed:
+    /// the fetch position once nothing fetched waits to be consumed (the
+    /// marker that ends a transaction follows its last record, and only
+    /// the fetch position moves past it).
+    fn position(&self, next_offset: Option<i64>) -> Option<i64> {
+        let fetched = (self.fetch_offset >= 0 && self.queued == 0).then_some(self.fetch_offset);
+        next_offset.max(fetched)
+    }
+
+    /// Whether a partition read up to `next_offset` is read to its end. An
+    /// unknown end (negative: the leader is away) is not an end reached.
+    fn caught_up(&self, next_offset: Option<i64>) -> bool {
+        self.active
+            && self.end_offset >= 0
+            && self.queued == 0
+            && self.position(next_offset) >= Some(self.end_offset)
+    }
 }
 
 /// State shared by the poll loop and the callbacks librdkafka runs inside
@@ -489,10 +514,11 @@ impl SourceContext {
                 let position = part
                     .next_offset
                     .or((view.fetch_offset >= 0).then_some(view.fetch_offset))?;
-                (view.hi_offset >= 0).then(|| {
+                let position = view.position(Some(position))?;
+                (view.end_offset >= 0).then(|| {
                     (
                         (topic.to_string(), *partition),
-                        (view.hi_offset - position).max(0),
+                        (view.end_offset - position).max(0),
                     )
                 })
             })
@@ -511,14 +537,7 @@ impl SourceContext {
             let caught_up = shared
                 .views
                 .get(&(topic.to_string(), *partition))
-                .is_some_and(|v| {
-                    // An unknown end (negative: the leader is away) is not
-                    // an end reached.
-                    v.active
-                        && v.hi_offset >= 0
-                        && v.queued == 0
-                        && part.next_offset.unwrap_or(v.fetch_offset) >= v.hi_offset
-                });
+                .is_some_and(|v| v.caught_up(part.next_offset));
             if caught_up != part.caught_up {
                 changes.push(((Arc::clone(topic), *partition), part.index, caught_up));
             }
@@ -548,7 +567,7 @@ impl ClientContext for SourceContext {
                     continue;
                 }
                 let view = BrokerView {
-                    hi_offset: p.hi_offset,
+                    end_offset: p.ls_offset,
                     fetch_offset: p.next_offset,
                     queued: p.fetchq_cnt,
                     active: p.fetch_state == "active",
@@ -863,5 +882,34 @@ fn kafka_record(msg: &BorrowedMessage<'_>) -> KafkaRecord {
         value: msg.payload().map(<[u8]>::to_vec),
         headers: owned_headers(msg),
         timestamp_ms: msg.timestamp().to_millis(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_ending_in_a_transaction_marker_is_read_to_its_end() {
+        // Records at offsets 0..=9 committed by a transaction whose marker
+        // takes offset 10: the end is 11, the last record consumed 9.
+        let view = |fetch_offset, queued, end_offset| BrokerView {
+            end_offset,
+            fetch_offset,
+            queued,
+            active: true,
+        };
+        // The fetcher has passed the marker and nothing waits: read.
+        assert!(view(11, 0, 11).caught_up(Some(10)));
+        assert_eq!(view(11, 0, 11).position(Some(10)), Some(11));
+        // Records fetched wait to be consumed: not yet.
+        assert!(!view(11, 3, 11).caught_up(Some(7)));
+        assert_eq!(view(11, 3, 11).position(Some(7)), Some(7));
+        // A transaction still open wrote 11..=14 (the high watermark is
+        // 15): read_committed, the end is the last stable offset, 11.
+        assert!(view(11, 0, 11).caught_up(None));
+        assert!(!view(5, 0, 11).caught_up(Some(5)));
+        // An unknown end is not an end reached.
+        assert!(!view(11, 0, -1).caught_up(Some(11)));
     }
 }
