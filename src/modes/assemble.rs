@@ -169,25 +169,21 @@ pub fn serve_stage(
     let queue = options.queue_batches * 4;
     let assembly = Assembly::new(options, Arc::clone(&store), Arc::clone(&stats), 0, queue);
     let source = KafkaSource::new(config, stage, store, Arc::clone(&stats), assembly.sender())?;
-    let instance = instance_name(&config.state.path);
+    let member = member_name(config);
     let outputs = KafkaOutputs::new(
         config,
         stage,
         source.consumer(),
         Arc::clone(&stats),
-        &instance,
+        &member,
         Arc::clone(&control.give_up),
     )?;
     let assembly = match stage {
         Stage::One => {
-            let producer_id = match config.kafka.get("group.instance.id") {
-                Some(id) => id.0.clone(),
-                None => format!("{}-{instance}", host_name()),
-            };
-            let repartition = KafkaRepartition::new(config, outputs.producer(), &producer_id)?;
+            let repartition = KafkaRepartition::new(config, outputs.producer(), &member)?;
             tracing::info!(
                 topic = %config.inputs.repartition_topic,
-                producer = %producer_id,
+                producer = %member,
                 "stage one: key-level records go to the repartition topic"
             );
             assembly.repartition(Box::new(repartition))
@@ -239,8 +235,19 @@ fn stage_options(mut options: EngineOptions, stage: Stage) -> EngineOptions {
     options
 }
 
-/// This machine's name, to tell apart the stage-one instances of several
-/// machines whose state directories have the same path.
+/// This instance's name among those of its group, the same across its
+/// restarts (its transactional id, and in stage one its marks' producer):
+/// `group.instance.id` when set, else this machine's name and its state
+/// directory's ([`instance_name`]), so that instances on several machines
+/// whose state directories have the same path are told apart.
+fn member_name(config: &Config) -> String {
+    match config.kafka.get("group.instance.id") {
+        Some(id) => id.0.clone(),
+        None => format!("{}-{}", host_name(), instance_name(&config.state.path)),
+    }
+}
+
+/// This machine's name.
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_string())
@@ -271,7 +278,7 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the I/O runtime")
 }
 
-/// A stable name for this instance (transactional ids): its state directory.
+/// A stable name for this instance's state directory.
 pub fn instance_name(path: &Path) -> String {
     let canonical: PathBuf = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     format!(

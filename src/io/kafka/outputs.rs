@@ -140,17 +140,21 @@ pub struct KafkaOutputs {
 
 impl KafkaOutputs {
     /// Creates the producer (and, for exactly-once, opens its first
-    /// transaction) of `stage`. `instance` tells apart the transactional
-    /// ids of the instances of one group.
+    /// transaction) of `stage`. `member` names this instance among those of
+    /// its group, the same across its restarts: its transactional id is
+    /// `vigil-<the stage's group>-<member>`, so that a restarted instance
+    /// fences out what is left of its previous run (and aborts its open
+    /// transaction), while instances of either stage never share an id.
     pub fn new(
         config: &Config,
         stage: Stage,
         consumer: Arc<VigilConsumer>,
         stats: Arc<Stats>,
-        instance: &str,
+        member: &str,
         give_up: Arc<AtomicBool>,
     ) -> Result<Self, KafkaSetupError> {
-        let mut outputs = Self::build(config, Some(consumer), stats, instance, give_up)?;
+        let transactional_id = format!("vigil-{}-{member}", stage.group_id(config));
+        let mut outputs = Self::build(config, Some(consumer), stats, &transactional_id, give_up)?;
         outputs.changelog_topic = stage.changelog_topic(config).map(str::to_string);
         Ok(outputs)
     }
@@ -173,7 +177,7 @@ impl KafkaOutputs {
             config,
             None,
             stats,
-            instance,
+            &format!("vigil-{}-{instance}", config.inputs.group_id),
             Arc::new(AtomicBool::new(false)),
         )
     }
@@ -182,7 +186,7 @@ impl KafkaOutputs {
         config: &Config,
         consumer: Option<Arc<VigilConsumer>>,
         stats: Arc<Stats>,
-        instance: &str,
+        transactional_id: &str,
         give_up: Arc<AtomicBool>,
     ) -> Result<Self, KafkaSetupError> {
         let guarantee = config.processing.guarantee;
@@ -196,10 +200,7 @@ impl KafkaOutputs {
             }
         };
         if guarantee == Guarantee::ExactlyOnce {
-            client.set(
-                "transactional.id",
-                format!("vigil-{}-{instance}", config.inputs.group_id),
-            );
+            client.set("transactional.id", transactional_id);
         }
         let context = DeliveryContext {
             failed: Mutex::new(Vec::new()),
