@@ -1300,12 +1300,6 @@ impl Config {
                 "is true: co-partitioned inputs run in one stage (vigil run --stage both, the default); the two stages are for inputs keyed otherwise",
             ));
         }
-        if self.processing.guarantee == Guarantee::ExactlyOnce {
-            return Err(invalid(
-                "processing.guarantee",
-                "\"exactly_once\" is not available across two stages yet: use \"at_least_once\" (violations keep their ids, so duplicates are recognisable)",
-            ));
-        }
         if self.detect.transactions {
             return Err(invalid(
                 "detect.transactions",
@@ -1780,15 +1774,13 @@ mod tests {
         let roundrobin = "\"partition.assignment.strategy\" = \"roundrobin\"";
         with("", "", "", true).unwrap();
         with(roundrobin, "", "", false).unwrap();
+        // Each stage commits in transactions of its own.
+        let exactly_once = "[processing]\nguarantee = \"exactly_once\"";
+        with("", "", exactly_once, true).unwrap();
+        with("", "", exactly_once, false).unwrap();
         for (kafka, inputs, tail, field) in [
             (roundrobin, "", "", "partition.assignment.strategy"),
             ("", "co_partitioned = true", "", "inputs.co_partitioned"),
-            (
-                "",
-                "",
-                "[processing]\nguarantee = \"exactly_once\"",
-                "processing.guarantee",
-            ),
             (
                 "",
                 "",

@@ -139,11 +139,28 @@ impl Broker {
         client.set("bootstrap.servers", &self.bootstrap);
         read_until(client, topic, partitions, timeout, enough)
     }
+
+    /// As [`Broker::read_until`], reading only records of committed
+    /// transactions (and records written outside transactions).
+    pub fn read_committed_until(
+        &self,
+        topic: &str,
+        partitions: i32,
+        timeout: Duration,
+        enough: impl Fn(&[OwnedMessage]) -> bool,
+    ) -> Vec<OwnedMessage> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("isolation.level", "read_committed");
+        read_until(client, topic, partitions, timeout, enough)
+    }
 }
 
 /// Reads `topic` from its beginning with a consumer of `client` (the
-/// brokers and any TLS settings) until `enough` says so or `timeout`
-/// passes; returns what was read.
+/// brokers and any TLS settings; records uncommitted too unless it sets
+/// `isolation.level`) until `enough` says so or `timeout` passes; returns
+/// what was read.
 pub fn read_until(
     mut client: ClientConfig,
     topic: &str,
@@ -151,12 +168,12 @@ pub fn read_until(
     timeout: Duration,
     enough: impl Fn(&[OwnedMessage]) -> bool,
 ) -> Vec<OwnedMessage> {
+    if client.get("isolation.level").is_none() {
+        client.set("isolation.level", "read_uncommitted");
+    }
     let consumer: BaseConsumer = client
         .set("group.id", "vigil-test-reader")
         .set("enable.auto.commit", "false")
-        // The mock cluster writes no transaction markers: transactional
-        // outputs are only visible uncommitted.
-        .set("isolation.level", "read_uncommitted")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();

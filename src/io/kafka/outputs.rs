@@ -13,9 +13,44 @@
 //! wait). Exactly-once: outputs and consumed offsets are committed in one
 //! Kafka transaction, before the state; a crash between the two makes the
 //! last checkpoint's outputs appear again, with the same ids.
+//!
+//! # Exactly-once across two stages
+//!
+//! Each stage commits one transaction per checkpoint, under a
+//! transactional id of its own (`vigil-<the stage's group>-<member>`, see
+//! [`KafkaOutputs::new`]). Stage one's holds its outputs, its repartition
+//! records and marks (same producer, [`SharedProducer`]), its changelog
+//! writes and its input offsets; stage two's its outputs, its changelog
+//! writes and its repartition offsets. Stage two and the changelog
+//! restores read `read_committed`, and so should the readers of the
+//! outputs.
+//!
+//! - **A stage killed**: its open transaction is aborted when an instance
+//!   with its name starts (the restarted one), else by the broker after
+//!   `transaction.timeout.ms` (300 s by default); no `read_committed`
+//!   reader ever sees its records. Until then such readers wait at its
+//!   first record in every partition it wrote to: for stage one that is
+//!   every repartition partition (marks go to all), so stage two waits
+//!   with it. The instance resumes from the checkpoint in its store, or
+//!   the partitions' next owners from the changelog, which holds what the
+//!   last committed transaction held, offsets with state.
+//! - **What a `read_committed` reader can see twice** (identical, with
+//!   the same ids): the checkpoint of a crash between its transaction's
+//!   commit and the write of its state (its inputs are read again); and
+//!   records sent after a checkpoint's barrier while the sink still waited
+//!   for the workers' parts, which join that checkpoint's transaction
+//!   though their inputs are read again after a crash. Stage two applies a
+//!   repartition record read twice as a redelivery: the verdicts stay.
+//! - **Latency**: a transaction's records become visible when it commits,
+//!   once per `state.checkpoint_interval` (1 s by default). Stage two sees
+//!   stage one's records and marks up to one interval (plus the commit)
+//!   later than at-least-once, so deadlines fire that much later; its own
+//!   violations reach readers up to one interval more later. Stage two
+//!   forgets a stage-one producer after `detect.idle_timeout` plus one
+//!   interval of silence, since its marks come at each commit only.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
@@ -110,11 +145,33 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
+/// The outputs' producer as stage one's
+/// [`super::repartition::KafkaRepartition`] shares it: the flush of a
+/// checkpoint acknowledges (at-least-once) or commits (exactly-once) its
+/// records too.
+#[derive(Clone)]
+pub struct SharedProducer {
+    pub producer: Arc<ThreadedProducer<DeliveryContext>>,
+    /// Held while a checkpoint's transaction is committed and the next one
+    /// begun (exactly-once): librdkafka refuses records in between, so a
+    /// thread other than the outputs' holds it while it sends.
+    between_transactions: Arc<Mutex<()>>,
+}
+
+impl SharedProducer {
+    /// Held by a sender on another thread while it sends (exactly-once: it
+    /// waits for the next transaction to be open, and keeps it open), and by
+    /// the flush while it commits a transaction and begins the next.
+    pub fn transaction_lock(&self) -> MutexGuard<'_, ()> {
+        self.between_transactions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// Violations, storm and incident events and dead letters to Kafka topics.
 pub struct KafkaOutputs {
-    /// Shared with stage one's [`super::repartition::KafkaRepartition`]:
-    /// the flush of a checkpoint acknowledges its records too.
-    producer: Arc<ThreadedProducer<DeliveryContext>>,
+    producer: SharedProducer,
     /// The consumer whose positions the outputs commit (`vigil run`); none
     /// for a replay, which keeps its positions with its state.
     consumer: Option<Arc<VigilConsumer>>,
@@ -160,8 +217,8 @@ impl KafkaOutputs {
     }
 
     /// The producer, for stage one's repartition records.
-    pub fn producer(&self) -> Arc<ThreadedProducer<DeliveryContext>> {
-        Arc::clone(&self.producer)
+    pub fn producer(&self) -> SharedProducer {
+        self.producer.clone()
     }
 
     /// The outputs of `vigil replay --to pipeline`: the topics and records
@@ -225,7 +282,10 @@ impl KafkaOutputs {
             OutputFormat::Avro => Some(AvroEvents::new(config)?),
         };
         Ok(KafkaOutputs {
-            producer: Arc::new(producer),
+            producer: SharedProducer {
+                producer: Arc::new(producer),
+                between_transactions: Arc::new(Mutex::new(())),
+            },
             resend_failed: consumer.is_some(),
             consumer,
             guarantee,
@@ -273,7 +333,7 @@ impl KafkaOutputs {
             if let Some(p) = out.partition {
                 record = record.partition(p);
             }
-            match self.producer.send(record) {
+            match self.producer.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     if self.give_up.load(Ordering::Relaxed) {
@@ -283,7 +343,7 @@ impl KafkaOutputs {
                         ));
                     }
                     // Waits for deliveries to make room.
-                    let _ = self.producer.flush(Duration::from_millis(100));
+                    let _ = self.producer.producer.flush(Duration::from_millis(100));
                 }
                 Err((e, _)) => return Err(Self::err(&out.topic, e)),
             }
@@ -299,12 +359,13 @@ impl KafkaOutputs {
             let failed = std::mem::take(
                 &mut *self
                     .producer
+                    .producer
                     .context()
                     .failed
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()),
             );
-            let in_flight = self.producer.in_flight_count();
+            let in_flight = self.producer.producer.in_flight_count();
             self.stats.emit(ProducerQueueMeasured(
                 i64::from(in_flight) + failed.len() as i64,
             ));
@@ -354,8 +415,8 @@ impl KafkaOutputs {
     /// failed). A flush also sends what lingers at once.
     fn await_deliveries(&self, step: Duration) {
         let until = Instant::now() + step;
-        while self.producer.in_flight_count() > 0 && Instant::now() < until {
-            let _ = self.producer.flush(ACK_LOOK);
+        while self.producer.producer.in_flight_count() > 0 && Instant::now() < until {
+            let _ = self.producer.producer.flush(ACK_LOOK);
         }
     }
 
@@ -567,7 +628,7 @@ impl Outputs for KafkaOutputs {
                         let group = consumer.group_metadata().ok_or_else(|| {
                             Self::err(&self.violations_topic, "the consumer has no group metadata")
                         })?;
-                        self.producer.send_offsets_to_transaction(
+                        self.producer.producer.send_offsets_to_transaction(
                             &offsets,
                             &group,
                             TRANSACTION_TIMEOUT,
@@ -575,16 +636,18 @@ impl Outputs for KafkaOutputs {
                     }
                     None => Ok(()),
                 };
+                let _between = self.producer.transaction_lock();
+                let producer = &self.producer.producer;
                 let committed =
-                    sent.and_then(|()| self.producer.commit_transaction(TRANSACTION_TIMEOUT));
+                    sent.and_then(|()| producer.commit_transaction(TRANSACTION_TIMEOUT));
                 if let Err(e) = committed {
-                    let _ = self.producer.abort_transaction(TRANSACTION_TIMEOUT);
+                    let _ = producer.abort_transaction(TRANSACTION_TIMEOUT);
                     return Err(Self::err(
                         &self.violations_topic,
                         format!("transaction failed: {e}"),
                     ));
                 }
-                self.producer
+                producer
                     .begin_transaction()
                     .map_err(|e| Self::err(&self.violations_topic, e))
             }

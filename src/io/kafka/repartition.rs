@@ -7,7 +7,8 @@
 //!   `inputs.repartition_topic`, keyed by cache key, with its watermark after
 //!   them in every partition ([`KafkaRepartition`]). The records go through
 //!   the outputs' producer, so each checkpoint has them acknowledged before
-//!   it commits the input offsets they came from.
+//!   it commits the input offsets they came from; with exactly-once they
+//!   are in the checkpoint's transaction (see [`super::outputs`]).
 //! - **Stage two** consumes the repartition topic in `<group_id>-stage2`,
 //!   keeps key state per repartition partition (handed over through
 //!   `outputs.repartition_changelog_topic`), and takes as each partition's
@@ -18,9 +19,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer};
 
-use super::outputs::DeliveryContext;
+use super::outputs::SharedProducer;
 use super::{KafkaSetupError, send_waiting};
 use crate::config::Config;
 use crate::hash;
@@ -68,7 +69,7 @@ impl Stage {
 /// Stage one's side of the repartition topic: a [`Repartition`] over the
 /// outputs' producer.
 pub struct KafkaRepartition {
-    producer: Arc<ThreadedProducer<DeliveryContext>>,
+    producer: SharedProducer,
     topic: String,
     partitions: usize,
     /// This producer's name in its marks.
@@ -81,11 +82,12 @@ impl KafkaRepartition {
     /// fails unless the topic exists.
     pub fn new(
         config: &Config,
-        producer: Arc<ThreadedProducer<DeliveryContext>>,
+        producer: SharedProducer,
         producer_id: &str,
     ) -> Result<Self, KafkaSetupError> {
         let topic = config.inputs.repartition_topic.clone();
         let metadata = producer
+            .producer
             .client()
             .fetch_metadata(Some(&topic), METADATA_WAIT)
             .map_err(|source| KafkaSetupError::Client {
@@ -113,7 +115,7 @@ impl KafkaRepartition {
             .partition(partition as i32)
             .key(key)
             .payload(value);
-        send_waiting(&self.producer, record).map_err(|e| OutputError::Kafka {
+        send_waiting(&self.producer.producer, record).map_err(|e| OutputError::Kafka {
             topic: self.topic.clone(),
             message: e.to_string(),
         })
@@ -122,6 +124,8 @@ impl KafkaRepartition {
 
 impl Repartition for KafkaRepartition {
     fn publish(&mut self, items: &[KeyedItem], mark: Option<Millis>) -> Result<(), OutputError> {
+        // The router publishes while the sink commits checkpoints.
+        let _open = self.producer.transaction_lock();
         for item in items {
             let value = Transfer::Item(item.clone()).encode();
             match item {

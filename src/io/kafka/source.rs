@@ -606,7 +606,9 @@ pub struct KafkaSource {
     consumer: Arc<VigilConsumer>,
     stage: repartition::Stage,
     /// Stage two: how long a stage-one producer may be silent before it no
-    /// longer holds a partition's event time back (`detect.idle_timeout`).
+    /// longer holds a partition's event time back: `detect.idle_timeout`,
+    /// plus `state.checkpoint_interval` with exactly-once, where its marks
+    /// come only as often as it commits a transaction.
     producer_idle: Duration,
     group: String,
     /// `group.instance.id`, with static membership.
@@ -678,7 +680,12 @@ impl KafkaSource {
         Ok(KafkaSource {
             consumer: Arc::new(consumer),
             stage,
-            producer_idle: config.detect.idle_timeout.0,
+            producer_idle: match config.processing.guarantee {
+                Guarantee::AtLeastOnce => config.detect.idle_timeout.0,
+                Guarantee::ExactlyOnce => {
+                    config.detect.idle_timeout.0 + config.state.checkpoint_interval.0
+                }
+            },
             group,
             instance: config.kafka.get("group.instance.id").map(|v| v.0.clone()),
             batch_size: config.pipeline.batch_size,
