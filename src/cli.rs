@@ -195,7 +195,9 @@ pub enum Command {
     ///                  does not answer within --broker-timeout, or a
     ///                  record it does not take within message.timeout.ms
     ///                  ([kafka]), stops the replay with status 4 (run it
-    ///                  again to continue). The changelog is not written;
+    ///                  again to continue). The changelog is not written.
+    ///                  With --stage one, into a running two-stage
+    ///                  deployment: see --stage;
     ///   --to original  publish it again to its original topic and partition
     ///                  with its key, value and headers (error headers
     ///                  removed, vigil.replay.count added); a record replayed
@@ -358,6 +360,16 @@ pub enum ReplayTarget {
     Original,
 }
 
+/// Which stages of the engine `vigil replay --to pipeline` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReplayStage {
+    /// Every check, in the replay's state.
+    Both,
+    /// Decoding, mapping and entity checks; key-level items to the
+    /// repartition topic, for a running stage two.
+    One,
+}
+
 /// Flags of `vigil replay`.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
@@ -389,9 +401,27 @@ pub struct ReplayArgs {
     pub out: Option<PathBuf>,
 
     /// State directory of --to files and --to pipeline [default:
-    /// state.path].
+    /// state.path; with --stage one, STATE_PATH/replay/stage-one].
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
+
+    /// The stages of the engine --to pipeline runs: `both` (every check, in
+    /// the state of --state: a deployment of vigil run --stage both stopped,
+    /// or a copy of its state), or `one`, into a two-stage deployment while
+    /// it runs: the replay is one more producer of stage one, running the
+    /// entity checks in its own --state and publishing each change's
+    /// obligations, invalidations and fills to inputs.repartition_topic,
+    /// where the running stage two judges them against its live key state:
+    /// missing and late invalidations with the ids and verdicts of a run
+    /// that had the fixed configuration from the start (within
+    /// detect.history). It publishes no watermark marks, so it never holds
+    /// stage two's watermark back: its records come as late records, judged
+    /// at once when their deadline has passed (a fill is judged again on
+    /// each replayed change of its key, so it can be reported on part of
+    /// them: see the README). Refused with inputs.co_partitioned (one
+    /// stage) or a missing repartition topic.
+    #[arg(long, value_enum, default_value_t = ReplayStage::Both)]
+    pub stage: ReplayStage,
 
     /// Replay only records dead-lettered for this reason (vigil's code, or
     /// the exception class of Kafka Connect or Spring); repeatable.

@@ -4,7 +4,10 @@
 //! it had arrived on its original topic (its events into files with
 //! `--to files`, to the output topics as `vigil run` publishes them with
 //! `--to pipeline`), back to that topic (`--to original`), or nowhere
-//! (`--dry-run`).
+//! (`--dry-run`). With `--to pipeline --stage one` the replay is a producer
+//! of stage one of a running two-stage deployment: its entity checks run in
+//! its own state, its key-level items go to the repartition topic for the
+//! running stage two to judge, without watermark marks ([`ItemsOnly`]).
 //!
 //! Progress is kept so that a replay stopped half-way continues where it
 //! stopped: with the engine's state and positions in RocksDB through the
@@ -29,16 +32,20 @@ use serde_json::json;
 
 use super::assemble::Assembly;
 use super::{ExitStatus, UsageError, create_dir};
-use crate::cli::{ReplayArgs, ReplayTarget};
+use crate::cli::{ReplayArgs, ReplayStage, ReplayTarget};
 use crate::config::Config;
 use crate::dead_letter::KafkaRecord;
 use crate::events::ViolationKind;
 use crate::ingest::{Ingest, Payload, RawInput, Record};
 use crate::io::file::{FileOutputs, check_inputs, input_name, is_stdin, open_input};
 use crate::io::kafka::outputs::KafkaOutputs;
-use crate::io::kafka::{TopicKinds, client_config, reach_brokers, send_waiting};
-use crate::model::Provenance;
-use crate::pipeline::{EngineOptions, Outputs, PartitionBatch, Position, SourceMsg};
+use crate::io::kafka::repartition::KafkaRepartition;
+use crate::io::kafka::{KafkaSetupError, TopicKinds, client_config, reach_brokers, send_waiting};
+use crate::model::{Millis, Provenance};
+use crate::pipeline::{
+    EngineOptions, KeyedItem, OutputError, Outputs, PartitionBatch, Position, Repartition,
+    SourceMsg,
+};
 use crate::replay::{self, Tally};
 use crate::state::{Cf, Store, codec};
 use crate::telemetry::Stats;
@@ -69,6 +76,12 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitStatus> {
     };
     if args.from_offset.is_some() && args.since.is_some() {
         return Err(UsageError("give at most one of --from-offset and --since".into()).into());
+    }
+    if args.stage == ReplayStage::One && args.to != ReplayTarget::Pipeline {
+        return Err(UsageError(
+            "--stage one is for --to pipeline: it publishes to the repartition topic of a running stage two".into(),
+        )
+        .into());
     }
     let kinds = TopicKinds::from_config(&config.inputs).map_err(|e| UsageError(e.to_string()))?;
     let started = Instant::now();
@@ -114,18 +127,27 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitStatus> {
         extra.insert("progress_file".into(), json!(progress_file));
     } else {
         check_destination(&config, args)?;
-        let state = args
-            .state
-            .clone()
-            .unwrap_or_else(|| config.state.path.clone());
+        let state = args.state.clone().unwrap_or_else(|| match args.stage {
+            ReplayStage::Both => config.state.path.clone(),
+            // Beside the running stage one's state, which it holds.
+            ReplayStage::One => config.state.path.join("replay").join("stage-one"),
+        });
         let store = super::assemble::open_store(&state, config.state.cache_size)?;
-        let outputs = engine_outputs(&config, args, &state, &stats, &mut extra)?;
+        let (outputs, repartition) = engine_outputs(&config, args, &state, &stats, &mut extra)?;
         let resume = stored_positions(&*store, &name)?;
         let mut records = source.open(&config, args, &resume, &mut tally)?;
         let partitions = records.partitions();
         let ingest = Ingest::new(&config, Arc::clone(&stats))?;
-        let options = EngineOptions::from_config(&config, true);
+        let mut options = EngineOptions::from_config(&config, true);
+        if repartition.is_some() {
+            // The key verdicts incidents are made of are stage two's.
+            options.incidents = None;
+        }
         let assembly = Assembly::new(options, store, Arc::clone(&stats), partitions.len(), 8);
+        let assembly = match repartition {
+            Some(repartition) => assembly.repartition(repartition),
+            None => assembly,
+        };
         let tx = assembly.sender();
         let name: Arc<str> = Arc::from(name.as_str());
         let (records, tally) = (&mut *records, &mut tally);
@@ -173,7 +195,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitStatus> {
 
 /// Checks, before anything is opened, what the engine's destination needs:
 /// `--out` for `--to files`; for `--to pipeline`, the settings of `vigil
-/// run` and a broker that answers.
+/// run` (and of two stages with `--stage one`) and a broker that answers.
 fn check_destination(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     match (args.to, &args.out) {
         (ReplayTarget::Files, None) => {
@@ -188,46 +210,91 @@ fn check_destination(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
             config.validate_for_run().map_err(|e| {
                 UsageError(format!("--to pipeline publishes to Kafka as vigil run does: {e}"))
             })?;
+            if args.stage == ReplayStage::One {
+                // The replay reads the DLQ by assignment, in no group: the
+                // assignor of stage one's group does not concern it.
+                config.validate_for_stages(false).map_err(|e| {
+                    UsageError(format!(
+                        "--stage one replays into a running two-stage deployment: {e}"
+                    ))
+                })?;
+            }
             reach_brokers(config, args.broker_timeout.0)
                 .context("publishing to the output topics")
         }
     }
 }
 
+/// Where the engine's events go, and its key-level items with `--stage one`.
+type EngineOutputs = (Box<dyn Outputs>, Option<Box<dyn Repartition>>);
+
 /// The engine's outputs: files in `--out`, or the output topics as `vigil
-/// run` writes them (the replay of the state in `state`); where they go is
-/// added to the summary.
+/// run` writes them (the replay of the state in `state`), and with
+/// `--stage one` the repartition topic through the same producer, so that
+/// each checkpoint has its items acknowledged too; where they go is added
+/// to the summary.
 fn engine_outputs(
     config: &Config,
     args: &ReplayArgs,
     state: &Path,
     stats: &Arc<Stats>,
     summary: &mut serde_json::Map<String, serde_json::Value>,
-) -> anyhow::Result<Box<dyn Outputs>> {
+) -> anyhow::Result<EngineOutputs> {
     Ok(match &args.out {
         Some(out) => {
             create_dir(out, "output directory")?;
             summary.insert("out".into(), json!(out));
-            Box::new(FileOutputs::create(out, &config.outputs.source)?)
+            (
+                Box::new(FileOutputs::create(out, &config.outputs.source)?),
+                None,
+            )
         }
         None => {
             let o = &config.outputs;
-            summary.insert(
-                "topics".into(),
-                json!({
-                    "violations": o.violations_topic,
-                    "storms": o.storms_topic,
-                    "incidents": o.incidents_topic,
-                }),
-            );
+            let mut topics = json!({
+                "violations": o.violations_topic,
+                "storms": o.storms_topic,
+                "incidents": o.incidents_topic,
+            });
             let instance = format!("replay-{}", super::assemble::instance_name(state));
-            Box::new(KafkaOutputs::for_replay(
-                config,
-                Arc::clone(stats),
-                &instance,
-            )?)
+            let outputs = KafkaOutputs::for_replay(config, Arc::clone(stats), &instance)?;
+            let repartition: Option<Box<dyn Repartition>> = match args.stage {
+                ReplayStage::Both => None,
+                ReplayStage::One => {
+                    topics["repartition"] = json!(config.inputs.repartition_topic);
+                    let items = KafkaRepartition::new(config, outputs.producer(), &instance)
+                        .map_err(|e| match e {
+                            KafkaSetupError::NoRepartitionTopic { .. } => anyhow::Error::new(
+                                UsageError(format!("--stage one needs a running stage two: {e}")),
+                            ),
+                            e => anyhow::Error::new(e),
+                        })?;
+                    Some(Box::new(ItemsOnly(items)))
+                }
+            };
+            summary.insert("topics".into(), topics);
+            (Box::new(outputs), repartition)
         }
     })
+}
+
+/// The repartition topic as a replay publishes to it: the key-level items,
+/// never a watermark mark. A replay's records are old: its mark would be
+/// the least of stage two's producers and hold back stage two's watermark,
+/// and every live verdict with it, for as long as the replay runs (and its
+/// end-of-input mark is no event time at all). Without marks, stage two
+/// applies the items at its own watermark like any others (they are not
+/// counted as late records): a change whose deadline has passed is judged
+/// at once against the invalidations its keys kept (`detect.history`), as
+/// `vigil check` judges it with the record in its input from the start; one
+/// still within its deadline waits for it. (The fills after it are judged
+/// again at once too, on the replayed changes of their key read so far.)
+struct ItemsOnly(KafkaRepartition);
+
+impl Repartition for ItemsOnly {
+    fn publish(&mut self, items: &[KeyedItem], _mark: Option<Millis>) -> Result<(), OutputError> {
+        self.0.publish(items, None)
+    }
 }
 
 /// Where the DLQ is read from.

@@ -5,8 +5,10 @@
 //! done again. Through the engine to the output topics of the embedded
 //! broker, a replay publishes exactly the violations it adds, and a broker
 //! that cannot be reached or does not take them stops it with status 4.
+//! Into a running two-stage deployment (`--stage one`), the running stage
+//! two then reports what `vigil check` reports with the fix from the start.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Stdio;
@@ -18,9 +20,12 @@ use rdkafka::message::{Headers, Message};
 use serde_json::Value;
 use vigil::detect::key::KeyState;
 use vigil::model::Millis;
+use vigil::pipeline::Transfer;
 use vigil::state::{Cf, RocksStore, Store, codec};
 
-use crate::broker::{Broker, DLQ, Out, STORMS, VIOLATIONS, headers_of, json_values, run_config};
+use crate::broker::{
+    Broker, DLQ, Daemon, Out, STORMS, VIOLATIONS, headers_of, json_values, run_config,
+};
 use crate::support::*;
 
 /// A generated workload in `kcat -J` lines, checked with table t2 unmapped
@@ -615,4 +620,358 @@ fn replay_to_pipeline_without_a_broker_fails_clearly() {
         .arg(dir.path().join("out")));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--out is for --to files"));
+}
+
+/// The repartition topic between the stages, and stage two's changelog.
+const REPARTITION: &str = "vigil.repartition";
+const REPARTITION_CHANGELOG: &str = "vigil.repartition.changelog";
+
+/// Produces the `kcat -J` lines of `file` to their topics and partitions,
+/// with their keys and timestamps.
+fn produce_kcat(broker: &Broker, file: &Path) {
+    for line in read_ndjson(file) {
+        broker.produce(&Out {
+            topic: line["topic"].as_str().unwrap(),
+            partition: line["partition"].as_i64().unwrap() as i32,
+            key: line["key"].as_str().map(str::as_bytes),
+            value: line["payload"].as_str().map(str::as_bytes),
+            headers: &[],
+            ts_ms: line["ts"].as_i64(),
+        });
+    }
+    broker.flush();
+}
+
+/// Ends a workload by event time: on every partition of `cdc` and `cache`,
+/// a record ten minutes after `last_ms` (past every deadline, late window
+/// and allowed lateness) that reports nothing: a snapshot read of a row the
+/// workload does not have, an invalidation of a key no change has.
+fn produce_end(broker: &Broker, cdc: &[&str], cache: &[&str], last_ms: Millis) {
+    use vigil::model::Op;
+    use vigil::workload::encode::{
+        CdcFormat, GenCacheEvent, GenChange, GenRow, TsForm, encode_cache, encode_change,
+    };
+    let ts_ms = last_ms + 600_000;
+    let topics = cdc
+        .iter()
+        .map(|t| (t, true))
+        .chain(cache.iter().map(|t| (t, false)));
+    for (i, (topic, is_cdc)) in topics.enumerate() {
+        for partition in 0..vigil::workload::PARTITIONS {
+            let marker = format!("end-marker:{i}:{partition}");
+            let (key, value) = if is_cdc {
+                encode_change(
+                    CdcFormat::Debezium,
+                    &GenChange {
+                        table: 0,
+                        op: Op::Read,
+                        before: None,
+                        after: Some(GenRow {
+                            id: (1 << 40) + (i as u64) * 16 + partition as u64,
+                            version: 1,
+                            note: "end marker",
+                        }),
+                        commit_ts_ms: ts_ms,
+                        position: 1,
+                        tx_id: 1,
+                        tx: None,
+                    },
+                )
+            } else {
+                encode_cache(&GenCacheEvent {
+                    operation: "invalidate",
+                    keys: vec![marker],
+                    service: "end-marker".into(),
+                    version: None,
+                    entity: None,
+                    ts_ms,
+                    ts_form: TsForm::Millis,
+                })
+            };
+            broker.produce(&Out {
+                topic,
+                partition,
+                key: key.as_deref().map(str::as_bytes),
+                value: Some(value.as_bytes()),
+                headers: &[],
+                ts_ms: Some(ts_ms),
+            });
+        }
+    }
+    broker.flush();
+}
+
+/// The kinds stage two judges per fill, against the changes of its key it
+/// holds when the fill is judged again.
+const FILL_KINDS: [&str; 2] = ["stale_fill", "fill_after_delete"];
+
+/// Reads the violations topic until every violation of `expected` is in it
+/// (by id, with the same kind, key, table, pk, version and lag), then
+/// checks that nothing else is, but for violations of [`FILL_KINDS`] on the
+/// keys of `replayed` (a table replayed into stage two).
+fn assert_published(
+    broker: &Broker,
+    expected: &BTreeMap<String, Value>,
+    replayed: Option<&str>,
+    what: &str,
+) {
+    let fingerprints = |m: &[rdkafka::message::OwnedMessage]| -> BTreeMap<String, Fingerprint> {
+        json_values(m)
+            .into_iter()
+            .map(|v| {
+                (
+                    v["id"].as_str().unwrap().to_owned(),
+                    fingerprint(&v["data"]),
+                )
+            })
+            .collect()
+    };
+    let expected: BTreeMap<String, Fingerprint> = expected
+        .iter()
+        .map(|(id, v)| (id.clone(), fingerprint(&v["data"])))
+        .collect();
+    broker.read_until(VIOLATIONS, 3, Duration::from_secs(120), |m| {
+        m.len() >= expected.len() && {
+            let got = fingerprints(m);
+            expected.iter().all(|(id, f)| got.get(id) == Some(f))
+        }
+    });
+    let written = records_in(broker, VIOLATIONS) as usize;
+    let got = fingerprints(
+        &broker.read_until(VIOLATIONS, 3, Duration::from_secs(60), |m| {
+            m.len() >= written
+        }),
+    );
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|(id, f)| got.get(*id) != Some(f))
+        .take(5)
+        .collect();
+    let unexpected: Vec<_> = got
+        .iter()
+        .filter(|(id, _)| !expected.contains_key(*id))
+        .filter(|(_, f)| !(FILL_KINDS.contains(&f.0.as_str()) && replayed == Some(f.2.as_str())))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && unexpected.is_empty(),
+        "{} violations {what}, {} expected; not reported or different: {missing:?}; unexpected: {unexpected:?}",
+        got.len(),
+        expected.len(),
+    );
+}
+
+/// A running two-stage deployment with table t2 unmapped: stage one
+/// dead-letters its changes, and the stages report what `vigil check`
+/// reports with t2 unmapped. Then `vigil replay --to pipeline --stage one`
+/// of the DLQ topic with t2 mapped, while both stages run: the replay runs
+/// the entity checks of t2's changes, the running stage two judges their
+/// obligations against the invalidations and fills its keys kept, and the
+/// violations topic then holds every violation of `vigil check` with t2
+/// mapped from the start, by id, and no other violation but of a fill of
+/// a t2 key (README, replay: stage two judges a fill again at once on each replayed
+/// change of its key, so one judged before the key's next replayed change
+/// came can be reported falsely). The replay publishes no watermark mark
+/// (only stage one's producer marks), reports no key verdict itself, and
+/// run again has nothing left to do.
+#[test]
+fn replay_through_stage_two_of_a_running_deployment_reports_what_check_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dead_lettered(dir.path());
+    let cdc = [
+        "gen.public.t0",
+        "gen.public.t1",
+        "gen.public.t2",
+        "__debezium-heartbeat.gen",
+    ];
+    let cache = ["cache-events"];
+    let partitions = vigil::workload::PARTITIONS;
+    let mut topics: Vec<(&str, i32)> = cdc.iter().chain(&cache).map(|t| (*t, partitions)).collect();
+    topics.extend([(REPARTITION, 4), (REPARTITION_CHANGELOG, 4)]);
+    let broker = Broker::new(&topics);
+
+    // Event time alone moves the watermarks: end markers end the workload.
+    let text = |s: &str| toml::Value::String(s.into());
+    let overrides = [
+        ("detect", "idle_timeout", text("1h")),
+        ("inputs", "repartition_topic", text(REPARTITION)),
+        (
+            "outputs",
+            "repartition_changelog_topic",
+            text(REPARTITION_CHANGELOG),
+        ),
+    ];
+    let config = |name: &str, base: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let base = std::fs::read_to_string(dir.path().join(base)).unwrap();
+        run_config(&d, &base, &broker.bootstrap, &cdc, &cache, &overrides)
+    };
+    let two = Daemon::start_with(&config("two", "broken.toml"), &["--stage", "two"]);
+    assert!(
+        two.wait_for_log("partitions assigned", Duration::from_secs(120)),
+        "stage two joins its group:\n{}",
+        two.log()
+    );
+    let one = Daemon::start_with(&config("one", "broken.toml"), &["--stage", "one"]);
+    produce_kcat(&broker, &dir.path().join("cdc.ndjson"));
+    produce_kcat(&broker, &dir.path().join("cache.ndjson"));
+    let last_ms = read_ndjson(&dir.path().join("cdc.ndjson"))
+        .iter()
+        .chain(&read_ndjson(&dir.path().join("cache.ndjson")))
+        .filter_map(|l| l["ts"].as_i64())
+        .max()
+        .unwrap();
+    produce_end(&broker, &cdc, &cache, last_ms);
+
+    let broken = by_id(&[&dir.path().join("o1/violations.ndjson")]);
+    assert_published(&broker, &broken, None, "of the deployment with t2 unmapped");
+    assert!(
+        wait_until(Duration::from_secs(60), || records_in(&broker, DLQ)
+            == dead as i64),
+        "t2's changes are dead letters: {} of {dead}",
+        records_in(&broker, DLQ)
+    );
+
+    let fixed = config("replay", "vigil.toml");
+    let replay_state = dir.path().join("replay-state");
+    let replay = || {
+        let out = run(vigil()
+            .args([
+                "replay",
+                "--from-topic",
+                DLQ,
+                "--to",
+                "pipeline",
+                "--stage",
+                "one",
+            ])
+            .arg("--config")
+            .arg(&fixed)
+            .arg("--state")
+            .arg(&replay_state));
+        let summary: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{summary} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        summary
+    };
+    let s = replay();
+    assert_eq!(s["replayed"].as_u64(), Some(dead), "{s}");
+    assert_eq!(s["topics"]["repartition"], REPARTITION, "{s}");
+    // The replay reports the entity verdicts; the key verdicts are stage
+    // two's.
+    let found: BTreeSet<&str> = s["violations"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert!(
+        found.is_subset(&BTreeSet::from([
+            "version_regression",
+            "version_gap",
+            "conflicting_version"
+        ])),
+        "{s}"
+    );
+
+    let from_start = check(
+        Some(&dir.path().join("vigil.toml")),
+        &[&dir.path().join("cdc.ndjson")],
+        &[&dir.path().join("cache.ndjson")],
+        &dir.path().join("fixed"),
+        &["--state", dir.path().join("s2").to_str().unwrap()],
+    );
+    assert_eq!(from_start.code, 0, "{}", from_start.stderr);
+    let expected = by_id(&[&dir.path().join("fixed/violations.ndjson")]);
+    let keys_added = expected
+        .iter()
+        .filter(|(id, v)| !broken.contains_key(*id) && !v["data"]["key"].is_null())
+        .count();
+    assert!(keys_added > 20, "{keys_added} key violations to add");
+    assert_published(
+        &broker,
+        &expected,
+        Some("public.t2"),
+        "after the replay through stage two",
+    );
+
+    let written = records_in(&broker, REPARTITION) as usize;
+    let producers: BTreeSet<String> = broker
+        .read_until(REPARTITION, 4, Duration::from_secs(60), |m| {
+            m.len() >= written
+        })
+        .iter()
+        .filter_map(|m| match Transfer::decode(m.payload()?) {
+            Ok(Transfer::Mark { producer, .. }) => Some(producer.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(producers.len(), 1, "only stage one marks: {producers:?}");
+
+    let s = replay();
+    assert_eq!(s["read"], 0, "a finished replay is not done again: {s}");
+    for daemon in [one, two] {
+        let (code, log) = daemon.terminate();
+        assert_eq!(code, Some(0), "{log}");
+    }
+}
+
+/// `--stage one` is for `--to pipeline` and refuses co-partitioned inputs
+/// (one stage), with status 2 and a message saying why, before anything is
+/// read or any broker asked.
+#[test]
+fn replay_through_stage_two_refuses_what_cannot_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let dlq = dir.path().join("dlq.ndjson");
+    std::fs::write(&dlq, "{}\n").unwrap();
+    let bootstrap = format!("127.0.0.1:{}", free_port());
+    let config = |overrides: &[(&str, &str, toml::Value)]| {
+        run_config(
+            dir.path(),
+            USERS_CONFIG,
+            &bootstrap,
+            &["cdc"],
+            &[],
+            overrides,
+        )
+    };
+    let out = dir.path().join("out");
+    let replay = |config: &Path, to: &[&str]| {
+        let out = run(vigil()
+            .arg("replay")
+            .arg("--from-file")
+            .arg(&dlq)
+            .arg("--config")
+            .arg(config)
+            .args(["--stage", "one", "--to"])
+            .args(to)
+            .arg("--state")
+            .arg(dir.path().join("replay-state")));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.stdout.is_empty(),
+            "no summary of a replay not done: {stderr}"
+        );
+        (out.status.code(), stderr)
+    };
+    let (code, stderr) = replay(&config(&[]), &["files", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--stage one is for --to pipeline"),
+        "{stderr}"
+    );
+
+    let co_partitioned = config(&[("inputs", "co_partitioned", toml::Value::Boolean(true))]);
+    let (code, stderr) = replay(&co_partitioned, &["pipeline"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--stage one replays into a running two-stage deployment")
+            && stderr.contains("inputs.co_partitioned"),
+        "{stderr}"
+    );
 }
