@@ -43,15 +43,12 @@ use crate::ingest::Stream;
 use crate::inspect::{StateComparison, compare_entries, verdict_entries};
 use crate::io::file::kcat_line;
 use crate::io::kafka::send_waiting;
-use crate::model::Op;
 use crate::state::failing::{FAIL_AFTER_ENV, INJECTED};
 use crate::state::{Cf, RocksStore, Store, codec};
-use crate::workload::encode::{
-    CdcFormat, GenCacheEvent, GenChange, GenRow, TsForm, encode_cache, encode_change,
-};
+use crate::workload::encode::CdcFormat;
 use crate::workload::rng::Rng;
 use crate::workload::storms::Traffic;
-use crate::workload::{FaultRates, Generator, PARTITIONS, START_MS, Spec};
+use crate::workload::{FaultRates, Generator, PARTITIONS, START_MS, Spec, end_marker};
 
 /// Fault rates of the workload: every kind, and redeliveries.
 const FAULTS: FaultRates = FaultRates {
@@ -76,8 +73,6 @@ const GARBAGE_EVERY: u64 = 10_000;
 /// How far after the workload's last record its end markers are: past every
 /// deadline, late window and allowed lateness.
 const END_AFTER_MS: i64 = 600_000;
-/// Entity ids of the end markers' snapshot reads: rows no workload has.
-const MARKER_IDS: u64 = 1 << 40;
 /// How long vigil may go without committing anything it was given before
 /// the run is declared stuck.
 const STUCK: Duration = Duration::from_secs(300);
@@ -749,45 +744,6 @@ fn quiet_client() -> ClientConfig {
 
 fn text(bytes: &[u8]) -> anyhow::Result<&str> {
     std::str::from_utf8(bytes).context("the workload's records are text")
-}
-
-/// A record that reports nothing and moves the partition's event time to
-/// `ts_ms`: on a CDC topic the snapshot read of a row the workload does not
-/// have, on the cache topic an invalidation of a key no change has.
-pub(super) fn end_marker(
-    stream: Stream,
-    topic: usize,
-    partition: i32,
-    ts_ms: i64,
-) -> (Option<String>, String) {
-    match stream {
-        Stream::Cache => encode_cache(&GenCacheEvent {
-            operation: "invalidate",
-            keys: vec![format!("end-marker:{partition}")],
-            service: "end-marker".into(),
-            version: None,
-            entity: None,
-            ts_ms,
-            ts_form: TsForm::Millis,
-        }),
-        Stream::Cdc => encode_change(
-            CdcFormat::Debezium,
-            &GenChange {
-                table: 0,
-                op: Op::Read,
-                before: None,
-                after: Some(GenRow {
-                    id: MARKER_IDS + (topic as u64) * PARTITIONS as u64 + partition as u64,
-                    version: 1,
-                    note: "end marker",
-                }),
-                commit_ts_ms: ts_ms,
-                position: 1,
-                tx_id: 1,
-                tx: None,
-            },
-        ),
-    }
 }
 
 /// The faults of a torture, each at a number of records vigil has

@@ -131,6 +131,48 @@ const RECORDS_PER_EPISODE: f64 = 2.6;
 const HEARTBEAT_EVERY: u64 = 2_000;
 /// Default number of Kafka partitions of each generated topic.
 pub const PARTITIONS: i32 = 3;
+
+/// Entity ids of the end markers' snapshot reads: rows no workload has.
+const MARKER_IDS: u64 = 1 << 40;
+
+/// A record that reports nothing and moves the partition's event time to
+/// `ts_ms`: on a CDC topic the snapshot read of a row the workload does not
+/// have, on the cache topic an invalidation of a key no change has.
+pub fn end_marker(
+    stream: Stream,
+    topic: usize,
+    partition: i32,
+    ts_ms: i64,
+) -> (Option<String>, String) {
+    match stream {
+        Stream::Cache => encode_cache(&GenCacheEvent {
+            operation: "invalidate",
+            keys: vec![format!("end-marker:{partition}")],
+            service: "end-marker".into(),
+            version: None,
+            entity: None,
+            ts_ms,
+            ts_form: TsForm::Millis,
+        }),
+        Stream::Cdc => encode_change(
+            CdcFormat::Debezium,
+            &GenChange {
+                table: 0,
+                op: Op::Read,
+                before: None,
+                after: Some(GenRow {
+                    id: MARKER_IDS + (topic as u64) * PARTITIONS as u64 + partition as u64,
+                    version: 1,
+                    note: "end marker",
+                }),
+                commit_ts_ms: ts_ms,
+                position: 1,
+                tx_id: 1,
+                tx: None,
+            },
+        ),
+    }
+}
 /// Topic of the Debezium heartbeats the generator writes.
 const HEARTBEAT_TOPIC: &str = "__debezium-heartbeat.gen";
 /// Topic of the transactions' BEGIN and END records.

@@ -19,6 +19,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use serde_json::Value;
 use vigil::detect::key::KeyState;
+use vigil::ingest::Stream;
 use vigil::model::Millis;
 use vigil::pipeline::Transfer;
 use vigil::state::{Cf, RocksStore, Store, codec};
@@ -647,47 +648,12 @@ fn produce_kcat(broker: &Broker, file: &Path) {
 /// and allowed lateness) that reports nothing: a snapshot read of a row the
 /// workload does not have, an invalidation of a key no change has.
 fn produce_end(broker: &Broker, cdc: &[&str], cache: &[&str], last_ms: Millis) {
-    use vigil::model::Op;
-    use vigil::workload::encode::{
-        CdcFormat, GenCacheEvent, GenChange, GenRow, TsForm, encode_cache, encode_change,
-    };
     let ts_ms = last_ms + 600_000;
-    let topics = cdc
-        .iter()
-        .map(|t| (t, true))
-        .chain(cache.iter().map(|t| (t, false)));
-    for (i, (topic, is_cdc)) in topics.enumerate() {
+    let topics =
+        (cdc.iter().map(|t| (t, Stream::Cdc))).chain(cache.iter().map(|t| (t, Stream::Cache)));
+    for (i, (topic, stream)) in topics.enumerate() {
         for partition in 0..vigil::workload::PARTITIONS {
-            let marker = format!("end-marker:{i}:{partition}");
-            let (key, value) = if is_cdc {
-                encode_change(
-                    CdcFormat::Debezium,
-                    &GenChange {
-                        table: 0,
-                        op: Op::Read,
-                        before: None,
-                        after: Some(GenRow {
-                            id: (1 << 40) + (i as u64) * 16 + partition as u64,
-                            version: 1,
-                            note: "end marker",
-                        }),
-                        commit_ts_ms: ts_ms,
-                        position: 1,
-                        tx_id: 1,
-                        tx: None,
-                    },
-                )
-            } else {
-                encode_cache(&GenCacheEvent {
-                    operation: "invalidate",
-                    keys: vec![marker],
-                    service: "end-marker".into(),
-                    version: None,
-                    entity: None,
-                    ts_ms,
-                    ts_form: TsForm::Millis,
-                })
-            };
+            let (key, value) = vigil::workload::end_marker(stream, i, partition, ts_ms);
             broker.produce(&Out {
                 topic,
                 partition,

@@ -17,13 +17,13 @@ use vigil::detect::key::{KeyState, RetainedGlob};
 use vigil::detect::storm::ScopeType;
 use vigil::ingest::Stream;
 use vigil::inspect::{Entries, compare_entries, verdict_entries};
-use vigil::model::{Op, Provenance};
+use vigil::model::Provenance;
 use vigil::state::{Cf, RocksStore, codec};
-use vigil::workload::encode::{
-    CdcFormat, GenCacheEvent, GenChange, GenRow, TsForm, encode_cache, encode_change,
-};
+use vigil::workload::encode::CdcFormat;
 use vigil::workload::storms::{StormSchedule, Traffic};
-use vigil::workload::{FaultRates, GenRecord, Generator, PARTITIONS, START_MS, Spec, TxFaults};
+use vigil::workload::{
+    FaultRates, GenRecord, Generator, PARTITIONS, START_MS, Spec, TxFaults, end_marker,
+};
 
 use crate::broker::*;
 use crate::fake_registry::FakeRegistry;
@@ -46,9 +46,6 @@ const VERDICTS: Duration = Duration::from_secs(120);
 /// How far after a workload's last record its end markers are: far past
 /// every deadline (1 s), late window (0.5 s) and allowed lateness (2 s).
 const END_AFTER_MS: i64 = 600_000;
-
-/// Entity ids of the end markers' snapshot reads: rows no workload has.
-const MARKER_IDS: u64 = 1 << 40;
 
 /// A generated workload, produced to the broker and written to files.
 struct Workload {
@@ -131,35 +128,9 @@ impl Workload {
     fn produce_end(&self, broker: &Broker) {
         let ts_ms = self.records.iter().map(|r| r.ts_ms).max().unwrap() + END_AFTER_MS;
         for (t, topic) in self.generator.topics().iter().enumerate() {
+            let stream = self.generator.stream_of_topic(topic).unwrap_or(Stream::Cdc);
             for partition in 0..PARTITIONS {
-                let (key, value) = match self.generator.stream_of_topic(topic) {
-                    Some(Stream::Cache) => encode_cache(&GenCacheEvent {
-                        operation: "invalidate",
-                        keys: vec![format!("end-marker:{partition}")],
-                        service: "end-marker".into(),
-                        version: None,
-                        entity: None,
-                        ts_ms,
-                        ts_form: TsForm::Millis,
-                    }),
-                    _ => encode_change(
-                        CdcFormat::Debezium,
-                        &GenChange {
-                            table: 0,
-                            op: Op::Read,
-                            before: None,
-                            after: Some(GenRow {
-                                id: MARKER_IDS + (t as u64) * PARTITIONS as u64 + partition as u64,
-                                version: 1,
-                                note: "end marker",
-                            }),
-                            commit_ts_ms: ts_ms,
-                            position: 1,
-                            tx_id: 1,
-                            tx: None,
-                        },
-                    ),
-                };
+                let (key, value) = end_marker(stream, t, partition, ts_ms);
                 broker.produce(&Out {
                     topic,
                     partition,

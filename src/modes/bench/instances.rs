@@ -25,10 +25,10 @@ use serde_json::Value;
 use super::{CATCH_UP, DLQ, VIOLATIONS, producer, read_violations, spec, wait_until};
 use crate::ingest::Stream;
 use crate::modes::produce_generated;
-use crate::modes::torture::{end_marker, set_text};
+use crate::modes::torture::set_text;
 use crate::telemetry::child_cpu_seconds;
 use crate::time::{Clock, SystemClock};
-use crate::workload::{self, GenRecord, Generator};
+use crate::workload::{self, GenRecord, Generator, end_marker};
 
 /// Partitions of the input topics: those of `vigil gen`, which the end
 /// markers are numbered for.
