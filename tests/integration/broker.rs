@@ -135,9 +135,7 @@ impl Broker {
         timeout: Duration,
         enough: impl Fn(&[OwnedMessage]) -> bool,
     ) -> Vec<OwnedMessage> {
-        let mut client = ClientConfig::new();
-        client.set("bootstrap.servers", &self.bootstrap);
-        read_until(client, topic, partitions, timeout, enough)
+        self.read_isolated_until("read_uncommitted", topic, partitions, timeout, enough)
     }
 
     /// As [`Broker::read_until`], reading only records of committed
@@ -149,10 +147,21 @@ impl Broker {
         timeout: Duration,
         enough: impl Fn(&[OwnedMessage]) -> bool,
     ) -> Vec<OwnedMessage> {
+        self.read_isolated_until("read_committed", topic, partitions, timeout, enough)
+    }
+
+    fn read_isolated_until(
+        &self,
+        isolation: &str,
+        topic: &str,
+        partitions: i32,
+        timeout: Duration,
+        enough: impl Fn(&[OwnedMessage]) -> bool,
+    ) -> Vec<OwnedMessage> {
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &self.bootstrap)
-            .set("isolation.level", "read_committed");
+            .set("isolation.level", isolation);
         read_until(client, topic, partitions, timeout, enough)
     }
 }

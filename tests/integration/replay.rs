@@ -548,16 +548,8 @@ fn replay_to_pipeline_publishes_exactly_the_added_violations_to_the_output_topic
 
     // What the replay must add: the violations of the fixed configuration
     // from the start that the broken run did not report.
-    let from_start = check(
-        Some(&dir.path().join("vigil.toml")),
-        &[&dir.path().join("cdc.ndjson")],
-        &[&dir.path().join("cache.ndjson")],
-        &dir.path().join("fixed"),
-        &["--state", dir.path().join("s2").to_str().unwrap()],
-    );
-    assert_eq!(from_start.code, 0, "{}", from_start.stderr);
     let broken = by_id(&[&dir.path().join("o1/violations.ndjson")]);
-    let mut expected = by_id(&[&dir.path().join("fixed/violations.ndjson")]);
+    let mut expected = fixed_from_start(dir.path());
     expected.retain(|id, _| !broken.contains_key(id));
     assert!(expected.len() > 50, "{} violations added", expected.len());
 
@@ -641,6 +633,20 @@ fn produce_kcat(broker: &Broker, file: &Path) {
         });
     }
     broker.flush();
+}
+
+/// The violations, by id, of `vigil check` with the fixed configuration
+/// (`dir/vigil.toml`) over the workload's files from the start.
+fn fixed_from_start(dir: &Path) -> BTreeMap<String, Value> {
+    let from_start = check(
+        Some(&dir.join("vigil.toml")),
+        &[&dir.join("cdc.ndjson")],
+        &[&dir.join("cache.ndjson")],
+        &dir.join("fixed"),
+        &["--state", dir.join("s2").to_str().unwrap()],
+    );
+    assert_eq!(from_start.code, 0, "{}", from_start.stderr);
+    by_id(&[&dir.join("fixed/violations.ndjson")])
 }
 
 /// Ends a workload by event time: on every partition of `cdc` and `cache`,
@@ -845,15 +851,7 @@ fn replay_through_stage_two_of_a_running_deployment_reports_what_check_reports()
         "{s}"
     );
 
-    let from_start = check(
-        Some(&dir.path().join("vigil.toml")),
-        &[&dir.path().join("cdc.ndjson")],
-        &[&dir.path().join("cache.ndjson")],
-        &dir.path().join("fixed"),
-        &["--state", dir.path().join("s2").to_str().unwrap()],
-    );
-    assert_eq!(from_start.code, 0, "{}", from_start.stderr);
-    let expected = by_id(&[&dir.path().join("fixed/violations.ndjson")]);
+    let expected = fixed_from_start(dir.path());
     let keys_added = expected
         .iter()
         .filter(|(id, v)| !broken.contains_key(*id) && !v["data"]["key"].is_null())
