@@ -21,6 +21,7 @@ use crate::ingest::Ingest;
 use crate::io::kafka::outputs::KafkaOutputs;
 use crate::io::kafka::repartition::{KafkaRepartition, Stage};
 use crate::io::kafka::source::KafkaSource;
+use crate::model::Millis;
 use crate::pipeline::{Engine, EngineOptions, Outputs, Repartition, RunReport, SourceMsg};
 use crate::state::{FailingStore, MemoryBudget, RocksStore, Store};
 use crate::telemetry::{self, Stats};
@@ -228,7 +229,8 @@ fn stage_options(mut options: EngineOptions, stage: Stage) -> EngineOptions {
         Stage::Two => {
             options.partitioned = true;
             options.allowed_lateness_ms = 0;
-            options.idle_partitions = false;
+            // Its time is stage one's marks: its partitions never idle.
+            options.idle_timeout_ms = Millis::MAX;
             options.storms = None;
         }
     }

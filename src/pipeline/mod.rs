@@ -302,15 +302,14 @@ pub struct EngineOptions {
     pub finite: bool,
     /// State is scoped by input partition number (`inputs.co_partitioned`).
     pub partitioned: bool,
-    pub idle_timeout_ms: Millis,
-    /// A caught-up input partition without records for `idle_timeout_ms`
-    /// stops holding the watermark back, and with all of them idle the
-    /// watermark follows the wall clock (live inputs). False in stage two
+    /// A caught-up input partition without records for this long stops
+    /// holding the watermark back, and with all of them idle the watermark
+    /// follows the wall clock (live inputs). [`Millis::MAX`] in stage two
     /// of two: a repartition partition's time is the marks of the stage-one
     /// producers, which apply that rule to their own inputs; a repartition
     /// partition gone quiet means stage one has not moved its time, and
     /// stage two must wait for it, not run ahead on its own clock.
-    pub idle_partitions: bool,
+    pub idle_timeout_ms: Millis,
     pub checkpoint_every: Duration,
     pub retention_ms: Millis,
     /// Key and entity state is written to the store at checkpoints. False
@@ -352,7 +351,6 @@ impl EngineOptions {
             finite: finite_inputs,
             partitioned: config.inputs.co_partitioned && !finite_inputs,
             idle_timeout_ms: d.idle_timeout.as_millis_i64(),
-            idle_partitions: true,
             checkpoint_every: config.state.checkpoint_interval.0,
             retention_ms: config.state.retention.as_millis_i64(),
             durable: true,

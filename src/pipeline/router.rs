@@ -94,12 +94,7 @@ impl Router {
     ) -> Self {
         let o = &engine.options;
         let now = engine.clock.now_ms();
-        // Partitions that never idle never time out.
-        let idle_timeout = (!o.finite).then_some(if o.idle_partitions {
-            o.idle_timeout_ms
-        } else {
-            Millis::MAX
-        });
+        let idle_timeout = (!o.finite).then_some(o.idle_timeout_ms);
         let mut watermarks = Watermarks::new(o.allowed_lateness_ms, idle_timeout);
         for _ in 0..engine.partitions {
             watermarks.add_partition(now);

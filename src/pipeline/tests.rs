@@ -658,8 +658,7 @@ fn watermark_after_quiet_partitions(idle_partitions: bool) -> i64 {
     let ingest = Ingest::new(&config, Arc::clone(&stats)).expect("ingest");
     let clock = crate::time::ManualClock::new(100_000);
     let mut options = EngineOptions::from_config(&config, false);
-    options.idle_timeout_ms = 1_000;
-    options.idle_partitions = idle_partitions;
+    options.idle_timeout_ms = if idle_partitions { 1_000 } else { Millis::MAX };
     let engine = Engine {
         options,
         store: Arc::new(MemStore::new()) as Arc<dyn Store>,
