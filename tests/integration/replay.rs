@@ -135,15 +135,7 @@ fn replay_reports_what_still_fails_and_replays_what_a_fix_decodes() {
 /// `o1`) and of the replays (in `replayed`) are those of a run with the
 /// fixed configuration from the start.
 fn assert_ends_as_from_start(dir: &Path, state: &Path, replayed: &[&Path]) {
-    let from_start = check(
-        Some(&dir.join("vigil.toml")),
-        &[&dir.join("cdc.ndjson")],
-        &[&dir.join("cache.ndjson")],
-        &dir.join("fixed"),
-        &["--state", dir.join("s2").to_str().unwrap()],
-    );
-    assert_eq!(from_start.code, 0, "{}", from_start.stderr);
-    let live = by_id(&[&dir.join("fixed/violations.ndjson")]);
+    let live = fixed_from_start(dir);
     let mut dirs = vec![dir.join("o1")];
     dirs.extend(replayed.iter().map(|d| d.to_path_buf()));
     let files: Vec<_> = dirs.iter().map(|d| d.join("violations.ndjson")).collect();
@@ -636,7 +628,8 @@ fn produce_kcat(broker: &Broker, file: &Path) {
 }
 
 /// The violations, by id, of `vigil check` with the fixed configuration
-/// (`dir/vigil.toml`) over the workload's files from the start.
+/// (`dir/vigil.toml`) over the workload's files from the start; its state
+/// in `dir/s2`.
 fn fixed_from_start(dir: &Path) -> BTreeMap<String, Value> {
     let from_start = check(
         Some(&dir.join("vigil.toml")),
