@@ -22,7 +22,7 @@ use crate::events::Violation;
 use crate::formats::KcatBuffers;
 use crate::ingest::{Ingest, Payload, RawInput, Record, Stream};
 use crate::model::{Millis, Provenance};
-use crate::pipeline::{OutputError, Outputs, PartitionBatch, Position, SourceMsg};
+use crate::pipeline::{Acknowledgement, OutputError, Outputs, PartitionBatch, Position, SourceMsg};
 use crate::telemetry::{RecordsRead, Stage, StageTimed, Stats};
 
 /// One line of a file, or the start of a line that exceeded the limit.
@@ -594,7 +594,10 @@ impl Outputs for FileOutputs {
         writeln!(self.dlq, "{line}").map_err(|e| self.io_err("dlq.ndjson", e))
     }
 
-    fn flush(&mut self, _positions: &[Position]) -> Result<(), OutputError> {
+    fn flush(
+        &mut self,
+        _positions: &[Position],
+    ) -> Result<Option<Box<dyn Acknowledgement>>, OutputError> {
         self.violations
             .flush()
             .map_err(|e| self.io_err("violations.ndjson", e))?;
@@ -604,7 +607,8 @@ impl Outputs for FileOutputs {
         self.incidents
             .flush()
             .map_err(|e| self.io_err("incidents.ndjson", e))?;
-        self.dlq.flush().map_err(|e| self.io_err("dlq.ndjson", e))
+        self.dlq.flush().map_err(|e| self.io_err("dlq.ndjson", e))?;
+        Ok(None)
     }
 }
 

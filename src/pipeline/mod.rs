@@ -22,7 +22,9 @@
 //! outputs and, once every worker has delivered its state changes for a
 //! checkpoint (and the storm stage its baselines), flushes the outputs and
 //! hands those changes with the input positions to the committer, which
-//! writes them in one atomic write on a thread of its own.
+//! waits on a thread of its own until the outputs up to the flush are
+//! acknowledged, then writes them in one atomic write; the sink goes on
+//! writing outputs meanwhile.
 //!
 //! Files: `router`, `worker` (the loop and the detector calls), `shard`
 //! (what a worker keeps: its keys and entities in `cache`'s slots over the
@@ -256,13 +258,26 @@ pub trait Outputs: Send {
     fn state(&mut self, _batch: &StateBatch) -> Result<(), OutputError> {
         Ok(())
     }
-    /// Makes everything written so far durable (files flushed, records
-    /// acknowledged by the broker, or a transaction committed with the input
-    /// `positions`). Called before the state and positions are committed.
-    fn flush(&mut self, positions: &[Position]) -> Result<(), OutputError>;
+    /// Makes everything written so far durable (files flushed, or a
+    /// transaction committed with the input `positions`), or returns what
+    /// is left to wait for (records the broker has not acknowledged yet).
+    /// Called before the state and positions are committed; the committer
+    /// waits for the [`Acknowledgement`] before it commits, while the sink
+    /// goes on writing.
+    fn flush(
+        &mut self,
+        positions: &[Position],
+    ) -> Result<Option<Box<dyn Acknowledgement>>, OutputError>;
     /// Called once the state and `positions` are committed, to publish the
     /// progress (Kafka's committed offsets, for lag monitoring).
     fn committed(&mut self, _positions: &[Position]) {}
+}
+
+/// What a checkpoint's flush left to wait for before the checkpoint may
+/// commit: the outputs written up to the flush becoming durable.
+pub trait Acknowledgement: Send {
+    /// Blocks until they are durable, or fails if they cannot be.
+    fn wait(self: Box<Self>) -> Result<(), OutputError>;
 }
 
 #[derive(Debug, thiserror::Error)]

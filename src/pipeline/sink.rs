@@ -2,8 +2,10 @@
 //! and completes each checkpoint once it is whole (the router's positions,
 //! every worker's state changes and the storm stage's): it flushes the
 //! outputs, then hands the state and positions to the committer, which
-//! writes them in one atomic write (DESIGN.md section 8). The write runs on
-//! the committer's thread so that outputs never wait for the store.
+//! waits until the outputs up to that flush are acknowledged and writes
+//! them in one atomic write (DESIGN.md section 8). The wait and the write
+//! run on the committer's thread so that outputs never wait for the broker's
+//! acknowledgements or for the store.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::checkpoints::Checkpoints;
-use super::{Outputs, PipelineError, Position, SinkMsg};
+use super::{Acknowledgement, Outputs, PipelineError, Position, SinkMsg};
 use crate::model::Millis;
 use crate::state::{Cf, StateBatch, Store, codec};
 use crate::telemetry::{
@@ -175,10 +177,11 @@ impl Sink {
         for fragment in &fragments {
             self.outputs.state(fragment)?;
         }
-        self.outputs.flush(&positions)?;
+        let acknowledgement = self.outputs.flush(&positions)?;
         self.commits
             .send(Commit {
                 epoch,
+                acknowledgement,
                 fragments,
                 watermark,
                 done,
@@ -204,6 +207,8 @@ fn publish(
 /// A checkpoint whose outputs are flushed, for the committer to write.
 pub(super) struct Commit {
     epoch: u64,
+    /// What the flush left to wait for before the write.
+    acknowledgement: Option<Box<dyn Acknowledgement>>,
     /// Its state changes and positions, written together.
     fragments: Vec<StateBatch>,
     watermark: Millis,
@@ -216,7 +221,7 @@ pub(super) struct Commit {
 const SWEEPS_PER_RETENTION: i64 = 4;
 
 /// Writes the checkpoints the sink completes, in order, each in one atomic
-/// write, and tells who waits for them.
+/// write once its outputs are acknowledged, and tells who waits for them.
 pub(super) struct Committer {
     store: Arc<dyn Store>,
     stats: Arc<Stats>,
@@ -278,6 +283,9 @@ impl Committer {
     fn commit_all(&mut self, inbox: Receiver<Commit>) -> Result<u64, PipelineError> {
         let mut count = 0;
         for commit in inbox {
+            if let Some(acknowledgement) = commit.acknowledgement {
+                acknowledgement.wait()?;
+            }
             let started = std::time::Instant::now();
             let mut batch = StateBatch::default();
             for fragment in commit.fragments {

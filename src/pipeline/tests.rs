@@ -30,12 +30,42 @@ version = "column:version"
 contiguous = true
 "#;
 
+/// Outputs kept in memory, as lines.
 #[derive(Clone, Default)]
-struct Collected(Arc<Mutex<Vec<String>>>);
+struct Collected {
+    lines: Arc<Mutex<Vec<String>>>,
+    /// Holds the acknowledgement of every flush, when set.
+    held: Option<Held>,
+}
+
+/// Something the pipeline waits for, held until the test lets it go: it
+/// tells `started` when the wait starts, then waits for a message on
+/// `release` (or for the test to hang up).
+#[derive(Clone)]
+struct Held {
+    started: Sender<()>,
+    release: crossbeam_channel::Receiver<()>,
+}
+
+impl Held {
+    fn wait(&self) {
+        let _ = self.started.send(());
+        let _ = self
+            .release
+            .recv_timeout(std::time::Duration::from_secs(30));
+    }
+}
+
+impl Acknowledgement for Held {
+    fn wait(self: Box<Self>) -> Result<(), OutputError> {
+        Held::wait(&self);
+        Ok(())
+    }
+}
 
 impl Outputs for Collected {
     fn violation(&mut self, v: &Violation) -> Result<(), OutputError> {
-        self.0
+        self.lines
             .lock()
             .unwrap()
             .push(format!("{} {} {}", v.kind.as_str(), v.subject(), v.id));
@@ -43,7 +73,7 @@ impl Outputs for Collected {
     }
 
     fn storm(&mut self, e: &StormEvent) -> Result<(), OutputError> {
-        self.0.lock().unwrap().push(format!(
+        self.lines.lock().unwrap().push(format!(
             "storm.{} {} {}",
             e.phase.as_str(),
             e.subject(),
@@ -53,7 +83,7 @@ impl Outputs for Collected {
     }
 
     fn incident(&mut self, e: &IncidentEvent) -> Result<(), OutputError> {
-        self.0.lock().unwrap().push(format!(
+        self.lines.lock().unwrap().push(format!(
             "incident.{} {} {}",
             e.phase.as_str(),
             e.subject(),
@@ -66,8 +96,11 @@ impl Outputs for Collected {
         Ok(())
     }
 
-    fn flush(&mut self, _: &[Position]) -> Result<(), OutputError> {
-        Ok(())
+    fn flush(&mut self, _: &[Position]) -> Result<Option<Box<dyn Acknowledgement>>, OutputError> {
+        Ok(self
+            .held
+            .clone()
+            .map(|held| Box::new(held) as Box<dyn Acknowledgement>))
     }
 }
 
@@ -186,7 +219,7 @@ impl Harness {
             drop(tx);
             engine.join().unwrap().unwrap()
         });
-        let mut out = collected.0.lock().unwrap().clone();
+        let mut out = collected.lines.lock().unwrap().clone();
         out.sort();
         (out, report, stats)
     }
@@ -521,10 +554,7 @@ fn kept_state_stays_within_its_budget_between_checkpoints_and_while_timers_fire(
 /// The in-memory store, with each write held until the test lets it go.
 struct HeldWrites {
     inner: MemStore,
-    /// Hears of each write as it starts.
-    started: Sender<()>,
-    /// Each write waits for a message here (or for the test to hang up).
-    release: crossbeam_channel::Receiver<()>,
+    held: Held,
 }
 
 impl Store for HeldWrites {
@@ -533,10 +563,7 @@ impl Store for HeldWrites {
     }
 
     fn write(&self, batch: StateBatch) -> Result<(), StateError> {
-        let _ = self.started.send(());
-        let _ = self
-            .release
-            .recv_timeout(std::time::Duration::from_secs(30));
+        self.held.wait();
         self.inner.write(batch)
     }
 
@@ -580,28 +607,39 @@ impl Store for HeldWrites {
     }
 }
 
-#[test]
-fn outputs_do_not_wait_for_the_store_to_write_a_checkpoint() {
+/// A hold on checkpoints, and how the test lets it go.
+fn hold() -> (Held, crossbeam_channel::Receiver<()>, Sender<()>) {
+    let (started, started_rx) = crossbeam_channel::unbounded();
+    let (release, release_rx) = crossbeam_channel::unbounded();
+    let held = Held {
+        started,
+        release: release_rx,
+    };
+    (held, started_rx, release)
+}
+
+/// While a checkpoint is held (by `store`'s write or by `outputs`'
+/// acknowledgement, told by `started`), a version regression still reaches
+/// the outputs at once, and the checkpoint commits, position included,
+/// only once `release` lets it go.
+fn outputs_flow_while_a_checkpoint_is_held(
+    store: Arc<dyn Store>,
+    collected: Collected,
+    started: crossbeam_channel::Receiver<()>,
+    release: Sender<()>,
+) {
     let wait = std::time::Duration::from_secs(10);
     let config = Harness::new().config;
-    let (started_tx, started) = crossbeam_channel::unbounded();
-    let (release, release_rx) = crossbeam_channel::unbounded();
-    let store = Arc::new(HeldWrites {
-        inner: MemStore::new(),
-        started: started_tx,
-        release: release_rx,
-    });
     let stats = Arc::new(crate::telemetry::Stats::default());
     let ingest = Ingest::new(&config, Arc::clone(&stats)).expect("ingest");
     let engine = Engine {
         options: EngineOptions::from_config(&config, true),
-        store: Arc::clone(&store) as Arc<dyn Store>,
+        store: Arc::clone(&store),
         stats,
         clock: Arc::new(SystemClock),
         partitions: 2,
         repartition: None,
     };
-    let collected = Collected::default();
     let (tx, rx) = crossbeam_channel::unbounded();
     std::thread::scope(|s| {
         let outputs = Box::new(collected.clone());
@@ -609,15 +647,13 @@ fn outputs_do_not_wait_for_the_store_to_write_a_checkpoint() {
         send(&tx, &ingest, 0, &change(1, 5, "c", 1_000), 0);
         let (done, committed) = crossbeam_channel::bounded(1);
         tx.send(SourceMsg::Checkpoint { done }).unwrap();
-        started
-            .recv_timeout(wait)
-            .expect("the checkpoint is written");
+        started.recv_timeout(wait).expect("the checkpoint is held");
 
         // A version regression is reported as soon as it is seen.
         send(&tx, &ingest, 0, &change(1, 3, "u", 2_000), 1);
         let until = std::time::Instant::now() + wait;
         let reported = || {
-            let out = collected.0.lock().unwrap();
+            let out = collected.lines.lock().unwrap();
             out.iter().any(|v| v.starts_with("version_regression"))
         };
         while !reported() && std::time::Instant::now() < until {
@@ -625,17 +661,17 @@ fn outputs_do_not_wait_for_the_store_to_write_a_checkpoint() {
         }
         assert!(
             reported(),
-            "the regression reaches the outputs while the store writes"
+            "the regression reaches the outputs while the checkpoint is held"
         );
         assert!(
             committed.try_recv().is_err(),
-            "the checkpoint is not committed before its write ends"
+            "the checkpoint is not committed while it is held"
         );
 
         drop(release);
         committed
             .recv_timeout(wait)
-            .expect("the checkpoint commits once its write ends");
+            .expect("the checkpoint commits once let go");
         drop(tx);
         engine.join().unwrap().unwrap();
     });
@@ -649,7 +685,28 @@ fn outputs_do_not_wait_for_the_store_to_write_a_checkpoint() {
     assert_eq!(positions, 1, "the checkpoint's position is in the store");
 }
 
-/// A Debezium change of `users` row `id` in transaction `tx`.
+#[test]
+fn outputs_do_not_wait_for_the_store_to_write_a_checkpoint() {
+    let (held, started, release) = hold();
+    let store = Arc::new(HeldWrites {
+        inner: MemStore::new(),
+        held,
+    });
+    outputs_flow_while_a_checkpoint_is_held(store, Collected::default(), started, release);
+}
+
+/// The broker acknowledging a checkpoint's outputs holds its commit, not
+/// the outputs that come after.
+#[test]
+fn outputs_do_not_wait_for_a_checkpoint_to_be_acknowledged() {
+    let (held, started, release) = hold();
+    let collected = Collected {
+        held: Some(held),
+        ..Collected::default()
+    };
+    outputs_flow_while_a_checkpoint_is_held(Arc::new(MemStore::new()), collected, started, release);
+}
+
 /// The watermark a live engine reaches once both partitions, read to their
 /// end at event time 1 s, have been quiet for longer than the idle timeout.
 fn watermark_after_quiet_partitions(idle_partitions: bool) -> i64 {
@@ -707,6 +764,7 @@ fn partitions_that_never_idle_keep_the_watermark_on_their_event_time() {
     assert_eq!(watermark_after_quiet_partitions(false), 1_000);
 }
 
+/// A Debezium change of `users` row `id` in transaction `tx`.
 fn tx_change(id: u64, ts: i64, tx: &str, order: u64) -> String {
     format!(
         r#"{{"op":"c","after":{{"id":{id},"version":1}},"source":{{"ts_ms":{ts},"schema":"public","table":"users"}},"transaction":{{"id":"{tx}","total_order":{order},"data_collection_order":{order}}}}}"#

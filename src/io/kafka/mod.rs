@@ -14,6 +14,7 @@ pub mod source;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
@@ -35,8 +36,25 @@ const QUEUE_FULL_WAIT: Duration = Duration::from_millis(10);
 /// its queue is full.
 pub fn send_waiting<C, K, P>(
     producer: &ThreadedProducer<C>,
-    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+    record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
 ) -> KafkaResult<()>
+where
+    C: ProducerContext + 'static,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    send_unless(producer, record, &AtomicBool::new(false)).map_err(|(e, _)| e)
+}
+
+/// [`send_waiting`], unless `give_up` is set while the queue is full; a
+/// record not handed over comes back with the error, as from
+/// [`ThreadedProducer::send`].
+#[allow(clippy::result_large_err, clippy::type_complexity)]
+fn send_unless<'a, C, K, P>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
+    give_up: &AtomicBool,
+) -> Result<(), (KafkaError, BaseRecord<'a, K, P, C::DeliveryOpaque>)>
 where
     C: ProducerContext + 'static,
     K: ToBytes + ?Sized,
@@ -44,12 +62,13 @@ where
 {
     loop {
         match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                if !give_up.load(Ordering::Relaxed) =>
+            {
                 record = back;
                 let _ = producer.flush(QUEUE_FULL_WAIT);
             }
-            Err((e, _)) => return Err(e),
+            sent => return sent,
         }
     }
 }

@@ -7,12 +7,18 @@
 //! no consumer group behind it (its positions are kept with its state) and
 //! no changelog; there a record the broker did not take fails the replay.
 //!
-//! At-least-once: at each checkpoint every record sent is acknowledged by
-//! the broker before the state is committed; a record the broker rejected
-//! is sent again (and the broker being away only makes the checkpoint
-//! wait). Exactly-once: outputs and consumed offsets are committed in one
-//! Kafka transaction, before the state; a crash between the two makes the
-//! last checkpoint's outputs appear again, with the same ids.
+//! At-least-once: every record sent before a checkpoint's flush (outputs,
+//! changelog writes, stage one's repartition records) is acknowledged by
+//! the broker before the checkpoint's state is committed; a record the
+//! broker rejected is sent again (and the broker being away only makes the
+//! checkpoint wait). Each record carries the [`Round`] of records sent
+//! between two flushes it belongs to, and the committer waits for the
+//! round of its checkpoint ([`Acknowledged`]) while the sink goes on
+//! writing: violations never wait behind a checkpoint.
+//!
+//! Exactly-once: outputs and consumed offsets are committed in one Kafka
+//! transaction, before the state; a crash between the two makes the last
+//! checkpoint's outputs appear again, with the same ids.
 //!
 //! # Exactly-once across two stages
 //!
@@ -50,13 +56,13 @@
 //!   interval of silence, since its marks come at each commit only.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -65,7 +71,7 @@ use super::avro::{AvroEvents, Family};
 use super::handover::record_key;
 use super::repartition::Stage;
 use super::source::VigilConsumer;
-use super::{KafkaSetupError, client_config, log_to_tracing, owned_headers};
+use super::{KafkaSetupError, client_config, log_to_tracing, owned_headers, send_unless};
 use crate::config::{CloudEventsMode, Config, Guarantee, OutputFormat};
 use crate::dead_letter::{DeadLetter, Origin};
 use crate::detect::incident::IncidentEvent;
@@ -73,7 +79,7 @@ use crate::detect::storm::StormEvent;
 use crate::events::{
     AVRO_CONTENT_TYPE, CLOUDEVENTS_CONTENT_TYPE, CloudEvent, DATA_CONTENT_TYPE, Violation,
 };
-use crate::pipeline::{OutputError, Outputs, Position};
+use crate::pipeline::{Acknowledgement, OutputError, Outputs, Position};
 use crate::state::StateBatch;
 use crate::telemetry::{OutputSchemaUnregistered, ProducerQueueMeasured, Stats};
 
@@ -89,10 +95,6 @@ const PRODUCER_DEFAULTS: [(&str, &str); 5] = [
 /// How long one wait for acknowledgements lasts before it is logged and
 /// resumed.
 const FLUSH_STEP: Duration = Duration::from_secs(5);
-/// How long each look for acknowledgements waits. rdkafka's `flush` looks
-/// every 100 ms while the producer's poll thread serves the deliveries,
-/// which held every checkpoint, and the outputs behind it, that long.
-const ACK_LOOK: Duration = Duration::from_millis(1);
 /// Timeout of transactional calls.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -108,10 +110,62 @@ struct Outgoing {
     timestamp_ms: Option<i64>,
 }
 
-/// Collects records the broker did not take, with why, for sending again.
-pub struct DeliveryContext {
-    failed: Mutex<Vec<(Outgoing, KafkaError)>>,
+/// The records sent between two checkpoints' flushes (with those sent
+/// again for them): the later checkpoint commits once the broker has
+/// acknowledged every one. Each record carries its round to its delivery
+/// report.
+#[derive(Default)]
+pub struct Round {
+    state: Mutex<RoundState>,
+    /// Signalled when the last record is reported, or one fails.
+    changed: Condvar,
 }
+
+#[derive(Default)]
+struct RoundState {
+    /// Sent, and not reported yet.
+    in_flight: usize,
+    /// Reported as not delivered, with why, for sending again.
+    failed: Vec<(Outgoing, KafkaError)>,
+}
+
+impl Round {
+    fn lock(&self) -> MutexGuard<'_, RoundState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts one more record of the round, to carry with it.
+    fn join(self: &Arc<Self>) -> Arc<Self> {
+        self.lock().in_flight += 1;
+        Arc::clone(self)
+    }
+
+    /// A record of the round is reported: delivered, failed (with the
+    /// record, to send again), or never handed to librdkafka.
+    fn report(&self, failed: Option<(Outgoing, KafkaError)>) {
+        let mut state = self.lock();
+        state.in_flight -= 1;
+        state.failed.extend(failed);
+        if state.in_flight == 0 || !state.failed.is_empty() {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Waits up to `step` until every record is reported or one failed;
+    /// returns how many are still in flight, and takes the failed ones.
+    fn settle(&self, step: Duration) -> (usize, Vec<(Outgoing, KafkaError)>) {
+        let (mut state, _) = self
+            .changed
+            .wait_timeout_while(self.lock(), step, |s| {
+                s.in_flight > 0 && s.failed.is_empty()
+            })
+            .unwrap_or_else(PoisonError::into_inner);
+        (state.in_flight, std::mem::take(&mut state.failed))
+    }
+}
+
+/// Reports each record's delivery to its round.
+pub struct DeliveryContext;
 
 impl ClientContext for DeliveryContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -124,10 +178,10 @@ impl ClientContext for DeliveryContext {
 }
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = Arc<Round>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((error, msg)) = result {
+    fn delivery(&self, result: &DeliveryResult<'_>, round: Arc<Round>) {
+        let failed = result.as_ref().err().map(|(error, msg)| {
             tracing::warn!(topic = msg.topic(), error = %error, "a record was not delivered");
             let outgoing = Outgoing {
                 topic: msg.topic().to_string(),
@@ -137,11 +191,9 @@ impl ProducerContext for DeliveryContext {
                 headers: owned_headers(msg),
                 timestamp_ms: msg.timestamp().to_millis(),
             };
-            self.failed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((outgoing, error.clone()));
-        }
+            (outgoing, error.clone())
+        });
+        round.report(failed);
     }
 }
 
@@ -156,6 +208,10 @@ pub struct SharedProducer {
     /// begun (exactly-once): librdkafka refuses records in between, so a
     /// thread other than the outputs' holds it while it sends.
     between_transactions: Arc<Mutex<()>>,
+    /// The round records sent now belong to; a flush begins the next.
+    round: Arc<Mutex<Arc<Round>>>,
+    /// Set when the process must stop waiting for the broker (shutdown).
+    give_up: Arc<AtomicBool>,
 }
 
 impl SharedProducer {
@@ -166,6 +222,137 @@ impl SharedProducer {
         self.between_transactions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands a record to librdkafka in the current round, waiting while
+    /// its queue is full.
+    pub fn send<K, P>(&self, record: BaseRecord<'_, K, P>) -> Result<(), KafkaError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        // Joined under the lock a flush ends the round with: a round ended
+        // gains no record but those sent again for it.
+        let round = self
+            .round
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .join();
+        self.send_in(round, record)
+    }
+
+    /// Ends the current round and begins the next; returns the one ended.
+    fn end_round(&self) -> Arc<Round> {
+        let mut current = self.round.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *current)
+    }
+
+    /// Hands a record, counted in `round`, to librdkafka, waiting while its
+    /// queue is full (unless the process is stopping).
+    fn send_in<K, P>(
+        &self,
+        round: Arc<Round>,
+        record: BaseRecord<'_, K, P>,
+    ) -> Result<(), KafkaError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        let record = BaseRecord {
+            topic: record.topic,
+            partition: record.partition,
+            payload: record.payload,
+            key: record.key,
+            timestamp: record.timestamp,
+            headers: record.headers,
+            delivery_opaque: round,
+        };
+        send_unless(&self.producer, record, &self.give_up).map_err(|(e, back)| {
+            back.delivery_opaque.report(None);
+            e
+        })
+    }
+}
+
+/// A record to send (again), as a librdkafka record.
+fn base_record<'a>(out: &'a Outgoing) -> BaseRecord<'a, [u8], [u8]> {
+    let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
+    for (key, value) in &out.headers {
+        headers = headers.insert(Header {
+            key,
+            value: value.as_deref(),
+        });
+    }
+    let mut record = BaseRecord::to(&out.topic).headers(headers);
+    record.key = out.key.as_deref();
+    record.payload = out.payload.as_deref();
+    record.timestamp = out.timestamp_ms;
+    record.partition = out.partition;
+    record
+}
+
+/// The round of records a checkpoint's flush ended, which the committer
+/// waits for (at-least-once): every record acknowledged, those the broker
+/// rejected sent again (`vigil run`) or an error (a replay).
+struct Acknowledged {
+    round: Arc<Round>,
+    producer: SharedProducer,
+    resend_failed: bool,
+    stats: Arc<Stats>,
+    /// Named in errors.
+    topic: String,
+}
+
+impl Acknowledgement for Acknowledged {
+    fn wait(self: Box<Self>) -> Result<(), OutputError> {
+        let started = Instant::now();
+        loop {
+            let (in_flight, failed) = self.round.settle(FLUSH_STEP);
+            self.stats.emit(ProducerQueueMeasured(
+                i64::from(self.producer.producer.in_flight_count()) + failed.len() as i64,
+            ));
+            if in_flight == 0 && failed.is_empty() {
+                return Ok(());
+            }
+            if !self.resend_failed
+                && let Some((out, error)) = failed.first()
+            {
+                return Err(KafkaOutputs::err(
+                    &out.topic,
+                    format!(
+                        "{} records were not delivered ({in_flight} more in flight): {error}",
+                        failed.len()
+                    ),
+                ));
+            }
+            if self.producer.give_up.load(Ordering::Relaxed) {
+                return Err(KafkaOutputs::err(
+                    &self.topic,
+                    format!(
+                        "stopping with {} records not acknowledged",
+                        in_flight + failed.len()
+                    ),
+                ));
+            }
+            if !failed.is_empty() {
+                tracing::warn!(
+                    records = failed.len(),
+                    "sending again records the broker did not take"
+                );
+            }
+            for (out, _) in &failed {
+                self.producer
+                    .send_in(self.round.join(), base_record(out))
+                    .map_err(|e| KafkaOutputs::err(&out.topic, e))?;
+            }
+            if failed.is_empty() {
+                tracing::warn!(
+                    records = in_flight,
+                    waited_s = started.elapsed().as_secs(),
+                    "waiting for the broker to acknowledge outputs before committing"
+                );
+            }
+        }
     }
 }
 
@@ -191,8 +378,6 @@ pub struct KafkaOutputs {
     /// With `outputs.format = "avro"`: the encoder of the events' data.
     avro: Option<AvroEvents>,
     stats: Arc<Stats>,
-    /// Set when the process must stop waiting for the broker (shutdown).
-    give_up: Arc<AtomicBool>,
 }
 
 impl KafkaOutputs {
@@ -259,11 +444,8 @@ impl KafkaOutputs {
         if guarantee == Guarantee::ExactlyOnce {
             client.set("transactional.id", transactional_id);
         }
-        let context = DeliveryContext {
-            failed: Mutex::new(Vec::new()),
-        };
         let producer: ThreadedProducer<DeliveryContext> = client
-            .create_with_context(context)
+            .create_with_context(DeliveryContext)
             .map_err(|source| KafkaSetupError::Client {
                 what: "producer",
                 source,
@@ -285,6 +467,8 @@ impl KafkaOutputs {
             producer: SharedProducer {
                 producer: Arc::new(producer),
                 between_transactions: Arc::new(Mutex::new(())),
+                round: Arc::default(),
+                give_up,
             },
             resend_failed: consumer.is_some(),
             consumer,
@@ -298,7 +482,6 @@ impl KafkaOutputs {
             cloudevents_mode: config.outputs.cloudevents_mode,
             avro,
             stats,
-            give_up,
         })
     }
 
@@ -311,113 +494,9 @@ impl KafkaOutputs {
 
     /// Hands a record to librdkafka, waiting while its queue is full.
     fn send(&self, out: &Outgoing) -> Result<(), OutputError> {
-        let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
-        for (key, value) in &out.headers {
-            headers = headers.insert(Header {
-                key,
-                value: value.as_deref(),
-            });
-        }
-        loop {
-            let mut record: BaseRecord<'_, [u8], [u8]> =
-                BaseRecord::to(&out.topic).headers(headers.clone());
-            if let Some(k) = &out.key {
-                record = record.key(k.as_slice());
-            }
-            if let Some(p) = &out.payload {
-                record = record.payload(p.as_slice());
-            }
-            if let Some(ts) = out.timestamp_ms {
-                record = record.timestamp(ts);
-            }
-            if let Some(p) = out.partition {
-                record = record.partition(p);
-            }
-            match self.producer.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    if self.give_up.load(Ordering::Relaxed) {
-                        return Err(Self::err(
-                            &out.topic,
-                            "stopping with the producer queue full",
-                        ));
-                    }
-                    // Waits for deliveries to make room.
-                    let _ = self.producer.producer.flush(Duration::from_millis(100));
-                }
-                Err((e, _)) => return Err(Self::err(&out.topic, e)),
-            }
-        }
-    }
-
-    /// Waits until every record sent is acknowledged, sending again the
-    /// ones the broker rejected.
-    fn acknowledge_all(&self) -> Result<(), OutputError> {
-        let started = Instant::now();
-        loop {
-            self.await_deliveries(FLUSH_STEP);
-            let failed = std::mem::take(
-                &mut *self
-                    .producer
-                    .producer
-                    .context()
-                    .failed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()),
-            );
-            let in_flight = self.producer.producer.in_flight_count();
-            self.stats.emit(ProducerQueueMeasured(
-                i64::from(in_flight) + failed.len() as i64,
-            ));
-            if in_flight == 0 && failed.is_empty() {
-                return Ok(());
-            }
-            if !self.resend_failed
-                && let Some((out, error)) = failed.first()
-            {
-                return Err(Self::err(
-                    &out.topic,
-                    format!(
-                        "{} records were not delivered ({in_flight} more in flight): {error}",
-                        failed.len()
-                    ),
-                ));
-            }
-            if self.give_up.load(Ordering::Relaxed) {
-                return Err(Self::err(
-                    &self.violations_topic,
-                    format!(
-                        "stopping with {} records not acknowledged",
-                        in_flight as usize + failed.len()
-                    ),
-                ));
-            }
-            if !failed.is_empty() {
-                tracing::warn!(
-                    records = failed.len(),
-                    "sending again records the broker did not take"
-                );
-            }
-            for (out, _) in &failed {
-                self.send(out)?;
-            }
-            if in_flight > 0 {
-                tracing::warn!(
-                    records = in_flight,
-                    waited_s = started.elapsed().as_secs(),
-                    "waiting for the broker to acknowledge outputs before committing"
-                );
-            }
-        }
-    }
-
-    /// Waits up to `step` until no record is in flight (each delivered or
-    /// failed). A flush also sends what lingers at once.
-    fn await_deliveries(&self, step: Duration) {
-        let until = Instant::now() + step;
-        while self.producer.producer.in_flight_count() > 0 && Instant::now() < until {
-            let _ = self.producer.producer.flush(ACK_LOOK);
-        }
+        self.producer
+            .send(base_record(out))
+            .map_err(|e| Self::err(&out.topic, e))
     }
 
     fn offsets(consumer: &VigilConsumer, positions: &[Position]) -> TopicPartitionList {
@@ -544,7 +623,7 @@ impl KafkaOutputs {
         let payload = loop {
             match avro.encode(family, &event.data) {
                 Ok(payload) => break payload,
-                Err(e) if e.is_retryable() && !self.give_up.load(Ordering::Relaxed) => {
+                Err(e) if e.is_retryable() && !self.producer.give_up.load(Ordering::Relaxed) => {
                     self.stats.emit(OutputSchemaUnregistered {
                         topic,
                         error: &e,
@@ -618,9 +697,18 @@ impl Outputs for KafkaOutputs {
         Ok(())
     }
 
-    fn flush(&mut self, positions: &[Position]) -> Result<(), OutputError> {
+    fn flush(
+        &mut self,
+        positions: &[Position],
+    ) -> Result<Option<Box<dyn Acknowledgement>>, OutputError> {
         match self.guarantee {
-            Guarantee::AtLeastOnce => self.acknowledge_all(),
+            Guarantee::AtLeastOnce => Ok(Some(Box::new(Acknowledged {
+                round: self.producer.end_round(),
+                producer: self.producer.clone(),
+                resend_failed: self.resend_failed,
+                stats: Arc::clone(&self.stats),
+                topic: self.violations_topic.clone(),
+            }))),
             Guarantee::ExactlyOnce => {
                 let sent = match &self.consumer {
                     Some(consumer) => {
@@ -637,6 +725,8 @@ impl Outputs for KafkaOutputs {
                     None => Ok(()),
                 };
                 let _between = self.producer.transaction_lock();
+                // The transaction's commit waits for its records.
+                self.producer.end_round();
                 let producer = &self.producer.producer;
                 let committed =
                     sent.and_then(|()| producer.commit_transaction(TRANSACTION_TIMEOUT));
@@ -649,7 +739,8 @@ impl Outputs for KafkaOutputs {
                 }
                 producer
                     .begin_transaction()
-                    .map_err(|e| Self::err(&self.violations_topic, e))
+                    .map_err(|e| Self::err(&self.violations_topic, e))?;
+                Ok(None)
             }
         }
     }
@@ -665,5 +756,88 @@ impl Outputs for KafkaOutputs {
                 tracing::warn!(error = %e, "cannot commit offsets to Kafka (lag monitoring only; vigil's state has them)");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::ClientConfig;
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+
+    /// A producer of the outputs on a mock cluster of two brokers, where
+    /// broker 1 leads topic `fast` and broker 2 topic `slow`.
+    fn producer(
+        cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    ) -> SharedProducer {
+        for (topic, leader) in [("fast", 1), ("slow", 2)] {
+            cluster.create_topic(topic, 1, 1).unwrap();
+            cluster.partition_leader(topic, 0, Some(leader)).unwrap();
+        }
+        let producer: ThreadedProducer<DeliveryContext> = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("linger.ms", "0")
+            .create_with_context(DeliveryContext)
+            .unwrap();
+        SharedProducer {
+            producer: Arc::new(producer),
+            between_transactions: Arc::default(),
+            round: Arc::default(),
+            give_up: Arc::default(),
+        }
+    }
+
+    /// What a flush that ended `round` leaves the committer to wait for.
+    fn acknowledged(producer: &SharedProducer, round: Arc<Round>) -> Box<dyn Acknowledgement> {
+        Box::new(Acknowledged {
+            round,
+            producer: producer.clone(),
+            resend_failed: true,
+            stats: Arc::new(Stats::default()),
+            topic: "fast".into(),
+        })
+    }
+
+    /// Waits for `acknowledgement` on a thread of its own, at most `limit`.
+    fn settles_within(acknowledgement: Box<dyn Acknowledgement>, limit: Duration) -> bool {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || tx.send(acknowledgement.wait().is_ok()));
+        rx.recv_timeout(limit) == Ok(true)
+    }
+
+    #[test]
+    fn a_checkpoint_waits_for_the_records_of_its_own_round_only() {
+        let cluster = MockCluster::new(2).unwrap();
+        let producer = producer(&cluster);
+        // Round 1 goes to a live broker.
+        for i in 0..10 {
+            let payload = format!("first {i}");
+            producer
+                .send(BaseRecord::<(), _>::to("fast").payload(&payload))
+                .unwrap();
+        }
+        let first = acknowledged(&producer, producer.end_round());
+        // Round 2 goes to a broker that is down: it stays in flight.
+        cluster.broker_down(2).unwrap();
+        producer
+            .send(BaseRecord::<(), _>::to("slow").payload("second"))
+            .unwrap();
+        let second = producer.end_round();
+        assert!(
+            settles_within(first, Duration::from_secs(30)),
+            "the first round is acknowledged while the second waits"
+        );
+        assert_eq!(
+            second.settle(Duration::ZERO).0,
+            1,
+            "the second round's record is still in flight"
+        );
+        // The broker back, the second round settles too.
+        cluster.broker_up(2).unwrap();
+        assert!(settles_within(
+            acknowledged(&producer, second),
+            Duration::from_secs(60)
+        ));
     }
 }

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseRecord, Producer};
 
+use super::KafkaSetupError;
 use super::outputs::SharedProducer;
-use super::{KafkaSetupError, send_waiting};
 use crate::config::Config;
 use crate::hash;
 use crate::model::Millis;
@@ -115,7 +115,7 @@ impl KafkaRepartition {
             .partition(partition as i32)
             .key(key)
             .payload(value);
-        send_waiting(&self.producer.producer, record).map_err(|e| OutputError::Kafka {
+        self.producer.send(record).map_err(|e| OutputError::Kafka {
             topic: self.topic.clone(),
             message: e.to_string(),
         })
