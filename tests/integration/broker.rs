@@ -280,15 +280,17 @@ impl Daemon {
         wait_until(timeout, || self.log()[from..].contains(needle))
     }
 
-    /// Sends SIGTERM and waits for a clean exit.
-    pub fn terminate(mut self) -> (Option<i32>, String) {
+    /// Sends SIGTERM and asserts a clean exit (status 0); returns the log.
+    pub fn terminate(mut self) -> String {
         let status = std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
         let code = self.child.wait().unwrap().code();
-        (code, self.log())
+        let log = self.log();
+        assert_eq!(code, Some(0), "a clean stop exits 0:\n{log}");
+        log
     }
 
     /// Waits for the process to exit on its own, for at most `timeout`

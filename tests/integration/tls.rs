@@ -202,8 +202,7 @@ fn vigil_reaches_a_broker_only_through_tls_and_names_a_wrong_ca() {
         Duration::from_secs(60),
         |m| m.len() >= 10,
     );
-    let (code, log) = daemon.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    let log = daemon.terminate();
     assert!(violations.len() >= 10, "violations through TLS:\n{log}");
     for m in &violations {
         let event: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
