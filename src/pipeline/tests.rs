@@ -48,7 +48,7 @@ struct Held {
 }
 
 impl Held {
-    fn wait(&self) {
+    fn wait_for_release(&self) {
         let _ = self.started.send(());
         let _ = self
             .release
@@ -58,7 +58,7 @@ impl Held {
 
 impl Acknowledgement for Held {
     fn wait(self: Box<Self>) -> Result<(), OutputError> {
-        Held::wait(&self);
+        self.wait_for_release();
         Ok(())
     }
 }
@@ -563,7 +563,7 @@ impl Store for HeldWrites {
     }
 
     fn write(&self, batch: StateBatch) -> Result<(), StateError> {
-        self.held.wait();
+        self.held.wait_for_release();
         self.inner.write(batch)
     }
 

@@ -63,7 +63,7 @@ use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
+use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders, ToBytes};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -228,8 +228,8 @@ impl SharedProducer {
     /// its queue is full.
     pub fn send<K, P>(&self, record: BaseRecord<'_, K, P>) -> Result<(), KafkaError>
     where
-        K: rdkafka::message::ToBytes + ?Sized,
-        P: rdkafka::message::ToBytes + ?Sized,
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
     {
         // Joined under the lock a flush ends the round with: a round ended
         // gains no record but those sent again for it.
@@ -255,8 +255,8 @@ impl SharedProducer {
         record: BaseRecord<'_, K, P>,
     ) -> Result<(), KafkaError>
     where
-        K: rdkafka::message::ToBytes + ?Sized,
-        P: rdkafka::message::ToBytes + ?Sized,
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
     {
         let record = BaseRecord {
             topic: record.topic,
