@@ -17,6 +17,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use vigil::ingest::Stream;
+use vigil::workload::{PARTITIONS, end_marker};
+
 use crate::support::{vigil, wait_until};
 use crate::tansu::Tansu;
 
@@ -120,6 +123,30 @@ impl Broker {
             record = record.timestamp(ts);
         }
         self.producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+
+    /// On every partition of each topic, the workload's end marker for its
+    /// stream at `ts_ms` ([`vigil::workload::end_marker`], the topic's
+    /// place in `topics` telling the markers apart); then flushes.
+    pub fn produce_end_markers<'a>(
+        &self,
+        topics: impl IntoIterator<Item = (&'a str, Stream)>,
+        ts_ms: i64,
+    ) {
+        for (t, (topic, stream)) in topics.into_iter().enumerate() {
+            for partition in 0..PARTITIONS {
+                let (key, value) = end_marker(stream, t, partition, ts_ms);
+                self.produce(&Out {
+                    topic,
+                    partition,
+                    key: key.as_deref().map(str::as_bytes),
+                    value: Some(value.as_bytes()),
+                    headers: &[],
+                    ts_ms: Some(ts_ms),
+                });
+            }
+        }
+        self.flush();
     }
 
     pub fn flush(&self) {

@@ -647,23 +647,9 @@ fn fixed_from_start(dir: &Path) -> BTreeMap<String, Value> {
 /// and allowed lateness) that reports nothing: a snapshot read of a row the
 /// workload does not have, an invalidation of a key no change has.
 fn produce_end(broker: &Broker, cdc: &[&str], cache: &[&str], last_ms: Millis) {
-    let ts_ms = last_ms + 600_000;
     let topics =
-        (cdc.iter().map(|t| (t, Stream::Cdc))).chain(cache.iter().map(|t| (t, Stream::Cache)));
-    for (i, (topic, stream)) in topics.enumerate() {
-        for partition in 0..vigil::workload::PARTITIONS {
-            let (key, value) = vigil::workload::end_marker(stream, i, partition, ts_ms);
-            broker.produce(&Out {
-                topic,
-                partition,
-                key: key.as_deref().map(str::as_bytes),
-                value: Some(value.as_bytes()),
-                headers: &[],
-                ts_ms: Some(ts_ms),
-            });
-        }
-    }
-    broker.flush();
+        (cdc.iter().map(|t| (*t, Stream::Cdc))).chain(cache.iter().map(|t| (*t, Stream::Cache)));
+    broker.produce_end_markers(topics, last_ms + 600_000);
 }
 
 /// The kinds stage two judges per fill, against the changes of its key it

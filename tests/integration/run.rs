@@ -21,9 +21,7 @@ use vigil::model::Provenance;
 use vigil::state::{Cf, RocksStore, codec};
 use vigil::workload::encode::CdcFormat;
 use vigil::workload::storms::{StormSchedule, Traffic};
-use vigil::workload::{
-    FaultRates, GenRecord, Generator, PARTITIONS, START_MS, Spec, TxFaults, end_marker,
-};
+use vigil::workload::{FaultRates, GenRecord, Generator, PARTITIONS, START_MS, Spec, TxFaults};
 
 use crate::broker::*;
 use crate::fake_registry::FakeRegistry;
@@ -127,21 +125,14 @@ impl Workload {
     /// deadline of the workload, without waiting for partitions to be idle.
     fn produce_end(&self, broker: &Broker) {
         let ts_ms = self.records.iter().map(|r| r.ts_ms).max().unwrap() + END_AFTER_MS;
-        for (t, topic) in self.generator.topics().iter().enumerate() {
-            let stream = self.generator.stream_of_topic(topic).unwrap_or(Stream::Cdc);
-            for partition in 0..PARTITIONS {
-                let (key, value) = end_marker(stream, t, partition, ts_ms);
-                broker.produce(&Out {
-                    topic,
-                    partition,
-                    key: key.as_deref().map(str::as_bytes),
-                    value: Some(value.as_bytes()),
-                    headers: &[],
-                    ts_ms: Some(ts_ms),
-                });
-            }
-        }
-        broker.flush();
+        let topics = self.generator.topics();
+        broker.produce_end_markers(
+            topics.iter().map(|topic| {
+                let stream = self.generator.stream_of_topic(topic).unwrap_or(Stream::Cdc);
+                (topic.as_str(), stream)
+            }),
+            ts_ms,
+        );
     }
 
     fn config(
