@@ -721,22 +721,23 @@ impl Shard {
     }
 
     /// Fires up to `n` of the timers `wm` has passed, their decisions going
-    /// to `out`, while they may (see [`Shard::may_fire`]).
+    /// to `out`, while they may (see [`Shard::may_fire`]); false once none
+    /// is due or may fire.
     pub(super) fn fire_due(
         &mut self,
         wm: Millis,
         n: usize,
         out: &mut Decisions,
-    ) -> Result<(), StateError> {
+    ) -> Result<bool, StateError> {
         for _ in 0..n {
             if !self.may_fire() {
                 self.held_back |= self.has_due(wm);
-                break;
+                return Ok(false);
             }
             self.read_due(wm)?;
             let Some((due, Armed { key, scope, slot })) = self.timers.pop_due(wm) else {
                 self.held_back = false;
-                break;
+                return Ok(false);
             };
             if !self.durable && self.over_budget() {
                 // A watermark that passes many deadlines at once (the end of
@@ -774,7 +775,7 @@ impl Shard {
                 out,
             );
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The checkpoint being saved, or saved last.

@@ -130,9 +130,10 @@ impl Verdicts {
 const SAVE_CHUNK: usize = if cfg!(test) { 1 } else { 256 };
 
 /// Timers fired at a time, after each batch of work and whenever the inbox
-/// is empty, so that a watermark passing many deadlines at once does not
-/// hold back the records behind it: 2 to 5 ms. Tests fire one at a time,
-/// so that their verdicts check the firing behind the work.
+/// is empty (and chunk after chunk at a checkpoint), so that a watermark
+/// passing many deadlines at once does not hold back the records behind
+/// it: 2 to 5 ms. Tests fire one at a time, so that their verdicts check
+/// the firing behind the work.
 const FIRE_CHUNK: usize = if cfg!(test) { 1 } else { 1024 };
 
 fn disconnected<T>(_: T) -> PipelineError {
@@ -310,7 +311,9 @@ impl Worker {
     /// the work ([`Worker::save_some`]), state that is not at once.
     fn checkpoint(&mut self, epoch: u64) -> Result<(), PipelineError> {
         self.finish_checkpoint()?;
-        self.fire_due(usize::MAX)?;
+        // A chunk at a time, so that the decisions' buffers stay the size
+        // of a chunk however many timers are due.
+        while self.fire_due(FIRE_CHUNK)? {}
         self.send_violations()?;
         if let Some(tx) = &self.incidents {
             tx.send(IncidentMsg::Checkpoint { epoch })
@@ -462,11 +465,13 @@ impl Worker {
         Ok(())
     }
 
-    /// Fires up to `n` of the timers the watermark has passed.
-    fn fire_due(&mut self, n: usize) -> Result<(), PipelineError> {
-        self.shard
+    /// Fires up to `n` of the timers the watermark has passed; false once
+    /// none is due or may fire.
+    fn fire_due(&mut self, n: usize) -> Result<bool, PipelineError> {
+        let more = self
+            .shard
             .fire_due(self.watermark, n, &mut self.verdicts.decided)?;
         self.verdicts.record();
-        Ok(())
+        Ok(more)
     }
 }
