@@ -59,7 +59,7 @@ mod worker;
 
 pub use incidents::load_incidents;
 pub use repartition::{KeyedItem, Repartition, Repartitioned, Transfer, TransferError};
-pub use shard::{read_entity, read_key};
+pub use shard::{index_timers, read_entity, read_key};
 pub use storms::load_storms;
 
 use std::collections::BTreeMap;

@@ -294,6 +294,49 @@ pub fn read_key(
     Ok(read_stored(store, key, scope)?.map(|stored| (stored.state, stored.armed)))
 }
 
+/// Writes the timers of the keys of `scope` the store holds, armed as each
+/// key says: the index of due times that the changelog does not carry (see
+/// [`Cf::handed_over`]), for keys restored from it. Returns how many.
+pub fn index_timers(store: &dyn Store, scope: i32) -> Result<u64, StateError> {
+    /// Timers written at a time.
+    const BATCH: usize = 10_000;
+    let mut batch = StateBatch::default();
+    let mut written = 0;
+    let mut failed = None;
+    store.scan(Cf::Keys, &codec::scope_prefix(scope), &mut |k, v| {
+        let armed = codec::decode::<StoredKey>(Cf::Keys, v).map(|(_, stored)| stored.armed);
+        let key = codec::unscoped(k).and_then(|(_, key)| std::str::from_utf8(key).ok());
+        match (armed, key) {
+            (Ok(None), _) => {}
+            (Ok(Some(due)), Some(key)) => {
+                batch.put(
+                    Cf::Timers,
+                    scope,
+                    codec::timer_key(scope, due, key),
+                    Vec::new(),
+                );
+                written += 1;
+                if batch.len() >= BATCH {
+                    failed = store.write(std::mem::take(&mut batch)).err();
+                }
+            }
+            (Ok(Some(_)), None) => {
+                failed = Some(StateError::Corrupt {
+                    cf: Cf::Keys.name(),
+                    message: "a key that is not UTF-8".into(),
+                })
+            }
+            (Err(e), _) => failed = Some(e),
+        }
+        failed.is_none()
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    store.write(batch)?;
+    Ok(written)
+}
+
 /// Reads an entity from the store.
 fn load_entity(store: &dyn Store, key: &[u8; 12]) -> Result<Option<EntityEntry>, StateError> {
     let Some(bytes) = store.get(Cf::Entities, key)? else {
@@ -1027,5 +1070,49 @@ mod tests {
         open.sort();
         let sorted: Vec<&str> = open.iter().map(|k| k.key.as_str()).collect();
         assert_eq!(sorted, keys);
+    }
+
+    /// Keys restored from a changelog (which carries no timers) get the
+    /// timers they say they are armed for, in their own scope only.
+    #[test]
+    fn timers_are_indexed_from_the_keys_of_a_scope() {
+        use super::{KeyEntry, Save, StoredKey, index_timers, save_key};
+        use crate::state::{Cf, MemStore, StateBatch, Store, codec};
+
+        let store = MemStore::new();
+        let mut batch = StateBatch::default();
+        for (scope, key, armed) in [
+            (3, "user:1", Some(5_000)),
+            (3, "user:2", None),
+            (3, "user:3", Some(1_000)),
+            (4, "user:4", Some(2_000)),
+        ] {
+            let mut entry = KeyEntry {
+                stored: StoredKey {
+                    armed,
+                    ..StoredKey::default()
+                },
+                ..KeyEntry::default()
+            };
+            // Not durable: the key alone, as a restore writes it.
+            save_key(&mut batch, false, &key.into(), scope, &mut entry, Save::Put);
+        }
+        store.write(batch).unwrap();
+
+        assert_eq!(index_timers(&store, 3).unwrap(), 2);
+        let mut timers = Vec::new();
+        store
+            .scan(Cf::Timers, &[], &mut |k, _| {
+                timers.push(k.to_vec());
+                true
+            })
+            .unwrap();
+        assert_eq!(
+            timers,
+            vec![
+                codec::timer_key(3, 1_000, "user:3"),
+                codec::timer_key(3, 5_000, "user:1"),
+            ]
+        );
     }
 }

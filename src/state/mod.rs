@@ -86,9 +86,11 @@ impl Cf {
     }
 
     /// Whether entries go to the changelog, for the next owner of their
-    /// scope (all but storms and transactions: each instance's own).
+    /// scope: all but storms and transactions (each instance's own) and
+    /// timers (an index of the due times the keys hold, which the next
+    /// owner rebuilds from them).
     pub fn handed_over(self) -> bool {
-        !matches!(self, Cf::Storms | Cf::Transactions)
+        !matches!(self, Cf::Storms | Cf::Transactions | Cf::Timers)
     }
 
     /// Whether entries of this family expire with the state retention.

@@ -1,10 +1,11 @@
 //! State handover between the instances of a group (with
 //! `inputs.co_partitioned`, and in each stage of two): every committed state
-//! change is also written to the changelog topic, in the partition of its
-//! scope (the input partition number it belongs to, the repartition
-//! partition in stage two), and an instance that is assigned a partition
-//! number it did not hold replaces its local state of that scope by the
-//! changelog's before reading the partition.
+//! change but the timers' (which the keys imply, see [`Cf::handed_over`])
+//! is also written to the changelog topic, in the partition of its scope
+//! (the input partition number it belongs to, the repartition partition in
+//! stage two), and an instance that is assigned a partition number it did
+//! not hold replaces its local state of that scope by the changelog's, and
+//! indexes the timers of its keys, before reading the partition.
 //!
 //! A changelog record's key is the column family's code followed by the
 //! storage key; its value is the stored value, or null for a delete.
@@ -20,6 +21,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use super::client_config;
 use super::repartition::Stage;
 use crate::config::Config;
+use crate::pipeline::index_timers;
 use crate::state::{Cf, StateBatch, StateError, Store, Write};
 
 /// Writes applied to the store at a time while restoring.
@@ -84,7 +86,9 @@ impl Changelog {
         &self.topic
     }
 
-    /// Replaces the local state of `scope` by the changelog's; returns the
+    /// Replaces the local state of `scope` by the changelog's, and indexes
+    /// the timers of its keys (timers a changelog written by an earlier
+    /// version holds are left out: the keys say the same); returns the
     /// number of changelog records applied.
     pub fn restore(&self, store: &dyn Store, scope: i32) -> Result<u64, HandoverError> {
         let kafka = |source| HandoverError::Kafka {
@@ -124,6 +128,9 @@ impl Changelog {
                     let (&code, storage_key) =
                         key.split_first().ok_or_else(|| corrupt("empty key"))?;
                     let cf = Cf::from_code(code).ok_or_else(|| corrupt("unknown column family"))?;
+                    if !cf.handed_over() {
+                        continue;
+                    }
                     match msg.payload() {
                         Some(v) => batch.put(cf, scope, storage_key.to_vec(), v.to_vec()),
                         None => batch.delete(cf, scope, storage_key.to_vec()),
@@ -136,6 +143,7 @@ impl Changelog {
             }
         }
         store.write(batch)?;
+        index_timers(store, scope)?;
         Ok(applied)
     }
 }
