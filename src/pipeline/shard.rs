@@ -296,45 +296,55 @@ pub fn read_key(
 
 /// Writes the timers of the keys of `scope` the store holds, armed as each
 /// key says: the index of due times that the changelog does not carry (see
-/// [`Cf::handed_over`]), for keys restored from it. Returns how many.
+/// [`Cf::handed_over`]), for keys restored from it. Returns how many. The
+/// keys are read a batch at a time, each batch's timers written before the
+/// next is read (no store is written while it is read).
 pub fn index_timers(store: &dyn Store, scope: i32) -> Result<u64, StateError> {
     /// Timers written at a time.
     const BATCH: usize = 10_000;
-    let mut batch = StateBatch::default();
+    let (from, to) = codec::scope_range(scope);
+    let mut from = from.to_vec();
     let mut written = 0;
-    let mut failed = None;
-    store.scan(Cf::Keys, &codec::scope_prefix(scope), &mut |k, v| {
-        let armed = codec::decode::<StoredKey>(Cf::Keys, v).map(|(_, stored)| stored.armed);
-        let key = codec::unscoped(k).and_then(|(_, key)| std::str::from_utf8(key).ok());
-        match (armed, key) {
-            (Ok(None), _) => {}
-            (Ok(Some(due)), Some(key)) => {
-                batch.put(
-                    Cf::Timers,
-                    scope,
-                    codec::timer_key(scope, due, key),
-                    Vec::new(),
-                );
-                written += 1;
-                if batch.len() >= BATCH {
-                    failed = store.write(std::mem::take(&mut batch)).err();
+    loop {
+        let mut batch = StateBatch::default();
+        let (mut next, mut failed) = (None, None);
+        store.scan_range(Cf::Keys, &from, &to, &mut |k, v| {
+            if batch.len() >= BATCH {
+                next = Some(k.to_vec());
+                return false;
+            }
+            let armed = codec::decode::<StoredKey>(Cf::Keys, v).map(|(_, stored)| stored.armed);
+            let key = codec::unscoped(k).and_then(|(_, key)| std::str::from_utf8(key).ok());
+            match (armed, key) {
+                (Ok(None), _) => {}
+                (Ok(Some(due)), Some(key)) => {
+                    batch.put(
+                        Cf::Timers,
+                        scope,
+                        codec::timer_key(scope, due, key),
+                        Vec::new(),
+                    );
                 }
+                (Ok(Some(_)), None) => {
+                    failed = Some(StateError::Corrupt {
+                        cf: Cf::Keys.name(),
+                        message: "a key that is not UTF-8".into(),
+                    })
+                }
+                (Err(e), _) => failed = Some(e),
             }
-            (Ok(Some(_)), None) => {
-                failed = Some(StateError::Corrupt {
-                    cf: Cf::Keys.name(),
-                    message: "a key that is not UTF-8".into(),
-                })
-            }
-            (Err(e), _) => failed = Some(e),
+            failed.is_none()
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
         }
-        failed.is_none()
-    })?;
-    if let Some(e) = failed {
-        return Err(e);
+        written += batch.len() as u64;
+        store.write(batch)?;
+        match next {
+            Some(key) => from = key,
+            None => return Ok(written),
+        }
     }
-    store.write(batch)?;
-    Ok(written)
 }
 
 /// Reads an entity from the store.
@@ -1114,5 +1124,38 @@ mod tests {
                 codec::timer_key(3, 5_000, "user:1"),
             ]
         );
+    }
+
+    /// More armed keys than are indexed at a time: every one gets its
+    /// timer, each batch written after it is read.
+    #[test]
+    fn timers_are_indexed_a_batch_at_a_time() {
+        use super::{KeyEntry, Save, StoredKey, index_timers, save_key};
+        use crate::state::{Cf, MemStore, StateBatch, Store};
+
+        let store = MemStore::new();
+        let mut batch = StateBatch::default();
+        for i in 0..25_000 {
+            let mut entry = KeyEntry {
+                stored: StoredKey {
+                    armed: Some(i),
+                    ..StoredKey::default()
+                },
+                ..KeyEntry::default()
+            };
+            let key = format!("user:{i}");
+            save_key(&mut batch, false, &key.into(), 5, &mut entry, Save::Put);
+        }
+        store.write(batch).unwrap();
+
+        assert_eq!(index_timers(&store, 5).unwrap(), 25_000);
+        let mut timers = 0;
+        store
+            .scan(Cf::Timers, &[], &mut |_, _| {
+                timers += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(timers, 25_000);
     }
 }
