@@ -313,25 +313,10 @@ pub fn index_timers(store: &dyn Store, scope: i32) -> Result<u64, StateError> {
                 next = Some(k.to_vec());
                 return false;
             }
-            let armed = codec::decode::<StoredKey>(Cf::Keys, v).map(|(_, stored)| stored.armed);
-            let key = codec::unscoped(k).and_then(|(_, key)| std::str::from_utf8(key).ok());
-            match (armed, key) {
-                (Ok(None), _) => {}
-                (Ok(Some(due)), Some(key)) => {
-                    batch.put(
-                        Cf::Timers,
-                        scope,
-                        codec::timer_key(scope, due, key),
-                        Vec::new(),
-                    );
-                }
-                (Ok(Some(_)), None) => {
-                    failed = Some(StateError::Corrupt {
-                        cf: Cf::Keys.name(),
-                        message: "a key that is not UTF-8".into(),
-                    })
-                }
-                (Err(e), _) => failed = Some(e),
+            match armed_key(k, v) {
+                Ok(Some((due, key))) => put_timer(&mut batch, scope, due, key),
+                Ok(None) => {}
+                Err(e) => failed = Some(e),
             }
             failed.is_none()
         })?;
@@ -345,6 +330,32 @@ pub fn index_timers(store: &dyn Store, scope: i32) -> Result<u64, StateError> {
             None => return Ok(written),
         }
     }
+}
+
+/// The due time and cache key of a stored key (storage key `k`, value
+/// `v`), if it is armed.
+fn armed_key<'k>(k: &'k [u8], v: &[u8]) -> Result<Option<(Millis, &'k str)>, StateError> {
+    let (_, stored): (Millis, StoredKey) = codec::decode(Cf::Keys, v)?;
+    let Some(due) = stored.armed else {
+        return Ok(None);
+    };
+    let key = codec::unscoped(k)
+        .and_then(|(_, key)| std::str::from_utf8(key).ok())
+        .ok_or_else(|| StateError::Corrupt {
+            cf: Cf::Keys.name(),
+            message: "a key that is not UTF-8".into(),
+        })?;
+    Ok(Some((due, key)))
+}
+
+/// Writes the timer of `key`, due at `due`, to `batch`.
+fn put_timer(batch: &mut StateBatch, scope: i32, due: Millis, key: &str) {
+    batch.put(
+        Cf::Timers,
+        scope,
+        codec::timer_key(scope, due, key),
+        Vec::new(),
+    );
 }
 
 /// Reads an entity from the store.
@@ -442,12 +453,7 @@ fn save_key(
             batch.delete(Cf::Timers, scope, codec::timer_key(scope, old, key));
         }
         if let Some(new) = entry.stored.armed {
-            batch.put(
-                Cf::Timers,
-                scope,
-                codec::timer_key(scope, new, key),
-                Vec::new(),
-            );
+            put_timer(batch, scope, new, key);
         }
         entry.persisted_armed = entry.stored.armed;
     }
