@@ -59,7 +59,7 @@ pub fn key_view(store: &dyn Store, key: &str) -> Result<Option<KeyView>, StateEr
         scope,
         armed_deadline_ms: armed,
         touched_ms: state.touched,
-        changes: state.changes,
+        changes: state.changes.into_vec(),
         invalidations: state.invalidations,
         pending_fills: state.fills,
         judged_fills: state.judged,

@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 /// Event time in milliseconds since the Unix epoch.
 pub type Millis = i64;
@@ -17,6 +18,24 @@ pub fn room_for_one<T>(items: &mut Vec<T>) {
     if items.len() == items.capacity() {
         items.reserve_exact(items.len().max(1));
     }
+}
+
+/// Ids remembered to recognise redeliveries, oldest first. Most keys and
+/// entities see one or two records: their ids are held inline, so checking
+/// them reads nothing elsewhere and remembering them allocates nothing.
+pub type SeenIds = SmallVec<[u64; 2]>;
+
+/// Remembers `id` among at most `max` ids, forgetting the oldest first;
+/// false if it is already there (a redelivery).
+pub fn first_sighting(ids: &mut SeenIds, id: u64, max: usize) -> bool {
+    if ids.contains(&id) {
+        return false;
+    }
+    if ids.len() >= max {
+        ids.remove(0);
+    }
+    ids.push(id);
+    true
 }
 
 /// Appends `item`, first dropping the oldest item if `items` holds `max`.

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::{Violation, ViolationKind};
 use crate::mapping::Change;
-use crate::model::{Op, Version};
+use crate::model::{Op, SeenIds, Version, first_sighting};
 
 /// Changes remembered per entity to recognise redeliveries.
 pub const RECENT_CHANGES: usize = 16;
@@ -23,7 +23,7 @@ pub struct EntityState {
     /// The last change was a delete: a create then starts a new life.
     pub deleted: bool,
     /// Ids of recent changes, oldest first, for duplicate detection.
-    pub recent: Vec<u64>,
+    pub recent: SeenIds,
 }
 
 /// The verdict on one change.
@@ -38,10 +38,9 @@ pub enum EntityVerdict {
 
 /// Checks one change of an entity against its state and updates the state.
 pub fn check(state: &mut EntityState, change: &Change) -> EntityVerdict {
-    if state.recent.contains(&change.id) {
+    if !first_sighting(&mut state.recent, change.id, RECENT_CHANGES) {
         return EntityVerdict::Duplicate;
     }
-    crate::model::push_bounded(&mut state.recent, change.id, RECENT_CHANGES);
 
     let verdict = match (change.version, state.highest) {
         (Some(v), Some(highest)) if applies(state, change) => {

@@ -21,10 +21,13 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::events::{Violation, ViolationKind};
 use crate::mapping::Change;
-use crate::model::{Millis, Op, Provenance, Version, push_bounded, room_for_one};
+use crate::model::{
+    Millis, Op, Provenance, SeenIds, Version, first_sighting, push_bounded, room_for_one,
+};
 
 /// Ids of changes and fills remembered per key to recognise redeliveries.
 pub const SEEN_IDS: usize = 32;
@@ -168,11 +171,15 @@ pub struct Decisions {
     pub evicted: u64,
 }
 
+/// A key's changes: most keys hold one at a time, kept inline in the key's
+/// record (no allocation of its own, nothing to read elsewhere).
+pub type Changes = SmallVec<[KeyChange; 1]>;
+
 /// Everything vigil remembers of one cache key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyState {
     /// Sorted by [`KeyChange::order`].
-    pub changes: Vec<KeyChange>,
+    pub changes: Changes,
     /// Recent invalidations, kept for changes that arrive after them.
     pub invalidations: Vec<Invalidation>,
     /// Fills waiting for the watermark.
@@ -181,21 +188,12 @@ pub struct KeyState {
     /// change committed before them arrives late.
     pub judged: Vec<Fill>,
     /// Recent change and fill ids, oldest first.
-    pub seen: Vec<u64>,
+    pub seen: SeenIds,
     /// Latest event time seen at this key (drives retention).
     pub touched: Millis,
 }
 
 impl KeyState {
-    /// Remembers an id; false if it was already seen (a redelivery).
-    fn first_sighting(&mut self, id: u64) -> bool {
-        if self.seen.contains(&id) {
-            return false;
-        }
-        push_bounded(&mut self.seen, id, SEEN_IDS);
-        true
-    }
-
     fn touch(&mut self, ts: Millis) {
         self.touched = self.touched.max(ts);
     }
@@ -210,7 +208,7 @@ impl KeyState {
         rules: &KeyRules,
     ) -> bool {
         debug_assert!(change.op.obliges_invalidation());
-        if !self.first_sighting(change.id) {
+        if !first_sighting(&mut self.seen, change.id, SEEN_IDS) {
             return false;
         }
         self.touch(change.commit_ts_ms);
@@ -238,7 +236,6 @@ impl KeyState {
             offer_cover(&mut entry, inv, rules.skew_ms);
         }
         let at = self.changes.partition_point(|c| c.order() < entry.order());
-        room_for_one(&mut self.changes);
         self.changes.insert(at, entry);
         self.fills
             .extend(self.judged.extract_if(.., |f| f.ts > change.commit_ts_ms));
@@ -261,7 +258,7 @@ impl KeyState {
 
     /// A fill of this key. Returns false for a redelivery.
     pub fn on_fill(&mut self, fill: Fill) -> bool {
-        if !self.first_sighting(fill.id) {
+        if !first_sighting(&mut self.seen, fill.id, SEEN_IDS) {
             return false;
         }
         self.touch(fill.ts);

@@ -28,9 +28,10 @@ use std::sync::Arc;
 use compact_str::CompactString;
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
+use smallvec::SmallVec;
 
 use crate::detect::entity::EntityState;
-use crate::detect::key::{Fill, Invalidation, KeyChange, KeyState};
+use crate::detect::key::{Fill, Invalidation, KeyState};
 use crate::state::{StateBatch, StateError};
 
 /// Approximate heap bytes of a value, for the budget.
@@ -85,6 +86,16 @@ fn shared_bytes(s: &Arc<str>) -> usize {
     (s.len() + 2 * size_of::<usize>() + 16) / Arc::strong_count(s)
 }
 
+/// The heap bytes of a vector that holds its first items inline: none
+/// until it outgrows them.
+fn spilled_bytes<A: smallvec::Array>(items: &SmallVec<A>) -> usize {
+    if items.spilled() {
+        items.capacity() * size_of::<A::Item>()
+    } else {
+        0
+    }
+}
+
 impl Footprint for CompactString {
     /// Nothing, unless the key is too long to be held inline.
     fn heap_bytes(&self) -> usize {
@@ -120,10 +131,10 @@ impl Footprint for KeyState {
             .chain(&self.judged)
             .map(|f| service(&f.service))
             .sum();
-        self.changes.capacity() * size_of::<KeyChange>()
+        spilled_bytes(&self.changes)
             + self.invalidations.capacity() * size_of::<Invalidation>()
             + (self.fills.capacity() + self.judged.capacity()) * size_of::<Fill>()
-            + self.seen.capacity() * size_of::<u64>()
+            + spilled_bytes(&self.seen)
             + changes
             + invalidations
             + fills
@@ -132,7 +143,7 @@ impl Footprint for KeyState {
 
 impl Footprint for EntityState {
     fn heap_bytes(&self) -> usize {
-        self.recent.capacity() * size_of::<u64>()
+        spilled_bytes(&self.recent)
     }
 }
 
@@ -930,6 +941,22 @@ where
 mod tests {
     use super::*;
     use crate::state::Cf;
+
+    /// Ids seen are held in the key's record while there are two: they
+    /// cost the budget nothing more until a third moves them to the heap.
+    #[test]
+    fn ids_held_inline_cost_no_heap_until_they_outgrow_it() {
+        use crate::detect::key::SEEN_IDS;
+        use crate::model::first_sighting;
+        let mut state = KeyState::default();
+        for id in 1..=2 {
+            assert!(first_sighting(&mut state.seen, id, SEEN_IDS));
+        }
+        assert!(!first_sighting(&mut state.seen, 2, SEEN_IDS));
+        assert_eq!(state.heap_bytes(), 0);
+        assert!(first_sighting(&mut state.seen, 3, SEEN_IDS));
+        assert_eq!(state.heap_bytes(), 4 * size_of::<u64>());
+    }
 
     /// A counter: the simplest value a slot can hold.
     #[derive(Default)]

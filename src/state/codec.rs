@@ -187,6 +187,21 @@ mod tests {
         assert_eq!((t, v), (-42, ("abc".to_string(), 7, Some(3))));
     }
 
+    /// A key's changes and ids are held inline while few; the store keeps
+    /// them as it kept vectors, so stores written before read the same.
+    #[test]
+    fn vectors_held_inline_are_stored_as_vectors() {
+        let ids: crate::model::SeenIds = [7u64, 9].into_iter().collect();
+        assert_eq!(encode(1, &ids), encode(1, &vec![7u64, 9]));
+        let (_, back): (i64, Vec<u64>) = decode(Cf::Keys, &encode(1, &ids)).unwrap();
+        assert_eq!(back, [7, 9]);
+        let spilled: crate::model::SeenIds = (1..=5u64).collect();
+        assert_eq!(
+            encode(1, &spilled),
+            encode(1, &(1..=5u64).collect::<Vec<_>>())
+        );
+    }
+
     #[test]
     fn corrupt_values_are_errors_not_panics() {
         assert!(decode::<u64>(Cf::Keys, &[]).is_err());

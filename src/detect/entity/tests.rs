@@ -126,7 +126,7 @@ fn first_change_is_accepted_and_becomes_the_highest() {
     assert_eq!(check(&mut state, &c), EntityVerdict::Accepted);
     assert_eq!(state.highest, v(1));
     assert!(!state.deleted);
-    assert_eq!(state.recent, vec![c.id]);
+    assert_eq!(state.recent.as_slice(), [c.id]);
 }
 
 #[test]
