@@ -60,9 +60,9 @@ pub fn key_view(store: &dyn Store, key: &str) -> Result<Option<KeyView>, StateEr
         armed_deadline_ms: armed,
         touched_ms: state.touched,
         changes: state.changes.into_vec(),
-        invalidations: state.invalidations,
-        pending_fills: state.fills,
-        judged_fills: state.judged,
+        invalidations: state.invalidations.into_vec(),
+        pending_fills: state.fills.into_vec(),
+        judged_fills: state.judged.into_vec(),
     }))
 }
 
@@ -236,7 +236,7 @@ fn key_state(bytes: &[u8]) -> Result<(String, bool), StateError> {
         }
     }
     let twice = once.len() < held;
-    state.invalidations = once;
+    state.invalidations = once.into();
     Ok((format!("{touched} {state:?}"), twice))
 }
 

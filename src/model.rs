@@ -11,15 +11,6 @@ use smallvec::SmallVec;
 /// Event time in milliseconds since the Unix epoch.
 pub type Millis = i64;
 
-/// Makes room for one more item in a vector of per-key state, growing from
-/// one item and doubling: most keys hold one or two items, and a vector's
-/// first allocation would otherwise take room for four.
-pub fn room_for_one<T>(items: &mut Vec<T>) {
-    if items.len() == items.capacity() {
-        items.reserve_exact(items.len().max(1));
-    }
-}
-
 /// Ids remembered to recognise redeliveries, oldest first. Most keys and
 /// entities see one or two records: their ids are held inline, so checking
 /// them reads nothing elsewhere and remembering them allocates nothing.
@@ -31,19 +22,19 @@ pub fn first_sighting(ids: &mut SeenIds, id: u64, max: usize) -> bool {
     if ids.contains(&id) {
         return false;
     }
-    if ids.len() >= max {
-        ids.remove(0);
-    }
-    ids.push(id);
+    push_bounded(ids, id, max);
     true
 }
 
-/// Appends `item`, first dropping the oldest item if `items` holds `max`.
-pub fn push_bounded<T>(items: &mut Vec<T>, item: T, max: usize) {
+/// Appends `item` to a vector of per-key or per-entity state, first
+/// dropping the oldest item if it holds `max`. Such vectors hold their
+/// first items inline (as many as their type says, often none), and beyond
+/// that grow from one item and double: most keys hold one or two items of
+/// each kind.
+pub fn push_bounded<A: smallvec::Array>(items: &mut SmallVec<A>, item: A::Item, max: usize) {
     if items.len() >= max {
         items.remove(0);
     }
-    room_for_one(items);
     items.push(item);
 }
 

@@ -25,9 +25,7 @@ use smallvec::SmallVec;
 
 use crate::events::{Violation, ViolationKind};
 use crate::mapping::Change;
-use crate::model::{
-    Millis, Op, Provenance, SeenIds, Version, first_sighting, push_bounded, room_for_one,
-};
+use crate::model::{Millis, Op, Provenance, SeenIds, Version, first_sighting, push_bounded};
 
 /// Ids of changes and fills remembered per key to recognise redeliveries.
 pub const SEEN_IDS: usize = 32;
@@ -175,18 +173,24 @@ pub struct Decisions {
 /// record (no allocation of its own, nothing to read elsewhere).
 pub type Changes = SmallVec<[KeyChange; 1]>;
 
+/// A key's retained invalidations: most keys hold one, kept inline.
+pub type Invalidations = SmallVec<[Invalidation; 1]>;
+
+/// A key's fills: most keys hold none, so none is kept inline.
+pub type Fills = SmallVec<[Fill; 0]>;
+
 /// Everything vigil remembers of one cache key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyState {
     /// Sorted by [`KeyChange::order`].
     pub changes: Changes,
     /// Recent invalidations, kept for changes that arrive after them.
-    pub invalidations: Vec<Invalidation>,
+    pub invalidations: Invalidations,
     /// Fills waiting for the watermark.
-    pub fills: Vec<Fill>,
+    pub fills: Fills,
     /// Judged fills of the history, oldest first, judged again when a
     /// change committed before them arrives late.
-    pub judged: Vec<Fill>,
+    pub judged: Fills,
     /// Recent change and fill ids, oldest first.
     pub seen: SeenIds,
     /// Latest event time seen at this key (drives retention).
@@ -238,7 +242,7 @@ impl KeyState {
         let at = self.changes.partition_point(|c| c.order() < entry.order());
         self.changes.insert(at, entry);
         self.fills
-            .extend(self.judged.extract_if(.., |f| f.ts > change.commit_ts_ms));
+            .extend(self.judged.drain_filter(|f| f.ts > change.commit_ts_ms));
         true
     }
 
@@ -262,7 +266,6 @@ impl KeyState {
             return false;
         }
         self.touch(fill.ts);
-        room_for_one(&mut self.fills);
         self.fills.push(fill);
         true
     }
@@ -301,7 +304,7 @@ impl KeyState {
         }
         if self.fills.is_empty() {
             // Most keys see a fill or two: their room is not kept.
-            self.fills = Vec::new();
+            self.fills = Fills::new();
         }
         let cutoff = rules.forget_before(wm, self.touched);
         self.invalidations.retain(|i| i.ts >= cutoff);

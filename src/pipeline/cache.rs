@@ -31,7 +31,7 @@ use hashbrown::HashTable;
 use smallvec::SmallVec;
 
 use crate::detect::entity::EntityState;
-use crate::detect::key::{Fill, Invalidation, KeyState};
+use crate::detect::key::KeyState;
 use crate::state::{StateBatch, StateError};
 
 /// Approximate heap bytes of a value, for the budget.
@@ -132,8 +132,9 @@ impl Footprint for KeyState {
             .map(|f| service(&f.service))
             .sum();
         spilled_bytes(&self.changes)
-            + self.invalidations.capacity() * size_of::<Invalidation>()
-            + (self.fills.capacity() + self.judged.capacity()) * size_of::<Fill>()
+            + spilled_bytes(&self.invalidations)
+            + spilled_bytes(&self.fills)
+            + spilled_bytes(&self.judged)
             + spilled_bytes(&self.seen)
             + changes
             + invalidations
