@@ -80,7 +80,7 @@ use vigil::hash;
 use vigil::ingest::{Ingest, RawInput, Record, Stream};
 use vigil::io::file::kcat_line;
 use vigil::mapping::{Change, Mapper};
-use vigil::model::{CacheAction, Millis, Provenance, is_glob};
+use vigil::model::{CacheAction, CacheKey, Millis, Provenance, is_glob};
 use vigil::pipeline::{EngineOptions, storm_rules};
 use vigil::registry::{ProtoSchema, WriterSchema};
 use vigil::state::{Cf, RocksStore, StateBatch, Store, codec};
@@ -557,22 +557,22 @@ fn entity_checks(c: &mut Criterion) {
 /// invalidated key (a glob's for every key of a change that it matches, not
 /// retained) and per filled key, in order.
 struct KeyInputs {
-    changes: Vec<(Arc<str>, &'static Change)>,
+    changes: Vec<(CacheKey, &'static Change)>,
     /// With whether the key retains the invalidation.
-    invalidations: Vec<(Arc<str>, Invalidation, bool)>,
-    fills: Vec<(Arc<str>, Fill)>,
+    invalidations: Vec<(CacheKey, Invalidation, bool)>,
+    fills: Vec<(CacheKey, Fill)>,
 }
 
 fn key_inputs(records: &'static [Record]) -> KeyInputs {
-    let changes: Vec<(Arc<str>, &Change)> = records
+    let changes: Vec<(CacheKey, &Change)> = records
         .iter()
         .filter_map(|r| match r {
             Record::Change(c) if c.op.obliges_invalidation() => Some(c),
             _ => None,
         })
-        .flat_map(|c| c.keys.iter().map(move |k| (Arc::clone(k), c)))
+        .flat_map(|c| c.keys.iter().map(move |k| (k.clone(), c)))
         .collect();
-    let changed: BTreeSet<Arc<str>> = changes.iter().map(|(k, _)| Arc::clone(k)).collect();
+    let changed: BTreeSet<CacheKey> = changes.iter().map(|(k, _)| k.clone()).collect();
     let (mut invalidations, mut fills) = (Vec::new(), Vec::new());
     for (event, evidence) in records.iter().filter_map(|r| match r {
         Record::Cache(e, evidence) => Some((e, evidence)),
@@ -595,10 +595,10 @@ fn key_inputs(records: &'static [Record]) -> KeyInputs {
                                 .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
                                 .take_while(|k| k.starts_with(prefix))
                                 .filter(|k| glob_matches(key, k))
-                                .map(|k| (Arc::clone(k), inv.clone(), false)),
+                                .map(|k| (k.clone(), inv.clone(), false)),
                         );
                     } else {
-                        invalidations.push((Arc::clone(key), inv.clone(), true));
+                        invalidations.push((key.clone(), inv.clone(), true));
                     }
                 }
             }
@@ -611,7 +611,7 @@ fn key_inputs(records: &'static [Record]) -> KeyInputs {
                     evidence: evidence.clone(),
                     reported: None,
                 };
-                (Arc::clone(key), fill)
+                (key.clone(), fill)
             })),
         }
     }
@@ -622,15 +622,15 @@ fn key_inputs(records: &'static [Record]) -> KeyInputs {
     }
 }
 
-type KeyStates = HashMap<Arc<str>, KeyState>;
+type KeyStates = HashMap<CacheKey, KeyState>;
 
 fn key_rules() -> KeyRules {
     EngineOptions::from_config(&DEBEZIUM.config, true).key_rules
 }
 
 /// The state of a key, created empty on first use.
-fn key_state<'a>(states: &'a mut KeyStates, key: &Arc<str>) -> &'a mut KeyState {
-    states.entry(Arc::clone(key)).or_default()
+fn key_state<'a>(states: &'a mut KeyStates, key: &CacheKey) -> &'a mut KeyState {
+    states.entry(key.clone()).or_default()
 }
 
 fn apply_changes(states: &mut KeyStates, rules: &KeyRules) {
@@ -645,7 +645,7 @@ fn apply_invalidations(states: &mut KeyStates, rules: &KeyRules) {
     }
 }
 
-fn apply_fills(states: &mut KeyStates, fills: Vec<(Arc<str>, Fill)>) {
+fn apply_fills(states: &mut KeyStates, fills: Vec<(CacheKey, Fill)>) {
     for (key, fill) in fills {
         key_state(states, &key).on_fill(fill);
     }
@@ -722,7 +722,7 @@ fn key_checks(c: &mut Criterion) {
 /// Invalidation events of a busy service fleet: one key each over a million
 /// distinct keys, three prefixes, ten services, every tenth event a bulk of
 /// 25 keys, 10,000 events a second of event time.
-fn invalidations(n: usize) -> Vec<(Millis, Vec<Arc<str>>, &'static str)> {
+fn invalidations(n: usize) -> Vec<(Millis, Vec<CacheKey>, &'static str)> {
     const SERVICES: [&str; 10] = [
         "users-api",
         "orders-api",
@@ -742,7 +742,7 @@ fn invalidations(n: usize) -> Vec<(Millis, Vec<Arc<str>>, &'static str)> {
             let keys = (0..width)
                 .map(|j| {
                     let k = (i * 7_919 + j * 104_729) % 1_000_000;
-                    Arc::from(format!("{}:{k}", PREFIXES[k % 3]))
+                    CacheKey::from(format!("{}:{k}", PREFIXES[k % 3]))
                 })
                 .collect();
             (i as Millis / 10, keys, SERVICES[i % 10])

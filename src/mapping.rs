@@ -16,7 +16,7 @@ use crate::config::{Config, KeyTemplate, Segment, TableConfig, TableFormat, Vers
 use crate::dead_letter::{Reason, RecordError};
 use crate::formats::{self, CdcFormat, RawChange, Row, Scalar, TableRef, column};
 use crate::hash;
-use crate::model::{Millis, Op, Provenance, Version};
+use crate::model::{CacheKey, CacheKeys, Millis, Op, Provenance, Version};
 
 /// The per-table rules the detectors need, carried with every change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +59,7 @@ pub struct Change {
     pub row_hash: u64,
     /// Cache keys of the row (from the after and the before image); for a
     /// truncate, the glob of each key template of the table.
-    pub keys: Vec<Arc<str>>,
+    pub keys: CacheKeys,
     pub rules: TableRules,
     pub provenance: Provenance,
 }
@@ -74,8 +74,11 @@ impl Change {
     }
 }
 
-/// What mapping a decoded change gives.
+/// What mapping a decoded change gives. Returned once a record and taken
+/// apart at once: boxing the change (its keys held inline) would cost an
+/// allocation a record to save a move.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Mapped {
     Change(Change),
     /// A change of a table that `[[tables]]` does not map.
@@ -89,7 +92,7 @@ struct Table {
     config: TableConfig,
     rules: TableRules,
     /// The globs of the key templates, without repeats: a truncate's keys.
-    globs: Vec<Arc<str>>,
+    globs: CacheKeys,
 }
 
 thread_local! {
@@ -289,11 +292,11 @@ impl Mapper {
 
 /// The globs of the key templates, each once (two templates may differ only
 /// in their columns).
-fn globs(templates: &[KeyTemplate]) -> Vec<Arc<str>> {
-    let mut globs: Vec<Arc<str>> = Vec::with_capacity(templates.len());
+fn globs(templates: &[KeyTemplate]) -> CacheKeys {
+    let mut globs = CacheKeys::new();
     for glob in templates.iter().map(KeyTemplate::glob) {
-        if !globs.iter().any(|g| **g == *glob) {
-            globs.push(Arc::from(glob));
+        if !globs.iter().any(|g| *g == *glob) {
+            globs.push(CacheKey::from(glob));
         }
     }
     globs
@@ -541,8 +544,8 @@ fn render_keys(
     raw: &RawChange<'_>,
     pk: &Pk<'_>,
     buf: &mut String,
-) -> Result<Vec<Arc<str>>, RecordError> {
-    let mut keys: Vec<Arc<str>> = Vec::with_capacity(table.config.keys.len() * 2);
+) -> Result<CacheKeys, RecordError> {
+    let mut keys = CacheKeys::new();
     for template in &table.config.keys {
         let images = [raw.after.as_ref(), raw.before.as_ref()];
         let mut rendered_any = false;
@@ -551,8 +554,8 @@ fn render_keys(
             match render(template, image, pk, buf) {
                 Ok(()) => {
                     rendered_any = true;
-                    if !keys.iter().any(|k| k.as_ref() == buf.as_str()) {
-                        keys.push(Arc::from(buf.as_str()));
+                    if !keys.iter().any(|k| k.as_str() == buf.as_str()) {
+                        keys.push(CacheKey::from(buf.as_str()));
                     }
                 }
                 // A partial before image (PostgreSQL's default replica
@@ -563,7 +566,7 @@ fn render_keys(
         }
         if !rendered_any {
             render(template, &Row::new(), pk, buf)?;
-            keys.push(Arc::from(buf.as_str()));
+            keys.push(CacheKey::from(buf.as_str()));
         }
     }
     Ok(keys)

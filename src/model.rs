@@ -5,6 +5,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
@@ -178,14 +179,21 @@ impl CacheOperation {
     }
 }
 
+/// A cache key. Keys of up to 24 bytes (most) are held inline: a key
+/// travels from its decoder to its worker inside the record's batch,
+/// without an allocation or a count shared between threads.
+pub type CacheKey = CompactString;
+
+/// The cache keys of a record, the first two held inline.
+pub type CacheKeys = SmallVec<[CacheKey; 2]>;
+
 /// A decoded cache event (DESIGN.md section 2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheEvent {
     pub operation: CacheOperation,
     /// The cache keys, never empty; a key containing `*` is a glob (only
-    /// invalidations may carry globs). Shared: the pipeline hands them on
-    /// without copying.
-    pub keys: Vec<Arc<str>>,
+    /// invalidations may carry globs).
+    pub keys: CacheKeys,
     /// Shared by the events of a reader that carry the same name.
     pub source_service: Option<Arc<str>>,
     pub version: Option<u64>,

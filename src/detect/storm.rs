@@ -18,14 +18,13 @@
 //! seconds (hysteresis: no flapping).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use super::lifecycle::{self, Cadence, Episode, Transition, merge_top};
 use super::sketch::{HeavyHitters, KeyHash, display_name};
-use crate::model::{Millis, is_glob};
+use crate::model::{CacheKey, Millis, is_glob};
 
 /// Keys followed per bucket in each heavy-hitter summary.
 const BUCKET_TOP: usize = 32;
@@ -492,7 +491,7 @@ impl StormDetector {
     pub fn observe(
         &mut self,
         ts: Millis,
-        keys: &[Arc<str>],
+        keys: &[CacheKey],
         service: Option<&str>,
         rules: &StormRules,
     ) {

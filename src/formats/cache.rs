@@ -16,7 +16,7 @@ use crate::formats::json::{
     Field, Name, Plain, Scalar, array, digits, not_plain, once, optional, parse_object_with,
     required, scalar, string, text, uint_or_digits, wrong_type,
 };
-use crate::model::{CacheAction, CacheEvent, CacheOperation, Millis, is_glob};
+use crate::model::{CacheAction, CacheEvent, CacheKey, CacheKeys, CacheOperation, Millis, is_glob};
 
 /// Decodes one cache event. Without a `timestamp` the event time is the
 /// Kafka timestamp `kafka_ts_ms`; without either the record is a
@@ -118,10 +118,10 @@ impl<'de> Visitor<'de> for FieldsVisitor {
 }
 
 /// The keys of `cache_keys` then `cache_key`, each once, in that order.
-fn keys(event: &Fields, operation: CacheOperation) -> Result<Vec<Arc<str>>, RecordError> {
+fn keys(event: &Fields, operation: CacheOperation) -> Result<CacheKeys, RecordError> {
     let listed = optional(event.cache_keys, Field::new("cache_keys"), array)?.unwrap_or_default();
     let single = event.cache_key.filter(|value| value.get() != "null");
-    let mut keys: Vec<Arc<str>> = Vec::with_capacity(listed.len() + 1);
+    let mut keys = CacheKeys::new();
     let fields = (0..).map(|i| Field::new("cache_keys").at(i));
     for (value, field) in listed
         .into_iter()
@@ -144,9 +144,9 @@ fn keys(event: &Fields, operation: CacheOperation) -> Result<Vec<Arc<str>>, Reco
 }
 
 /// Appends a key unless it is there already.
-fn push_once(keys: &mut Vec<Arc<str>>, key: &str) {
-    if !keys.iter().any(|k| **k == *key) {
-        keys.push(Arc::from(key));
+fn push_once(keys: &mut CacheKeys, key: &str) {
+    if !keys.iter().any(|k| *k == *key) {
+        keys.push(CacheKey::from(key));
     }
 }
 
@@ -283,7 +283,7 @@ fn decode_one_pass(text: &str, kafka_ts_ms: Option<Millis>) -> Option<CacheEvent
 struct Parts<'a> {
     operation: Option<CacheOperation>,
     cache_keys: bool,
-    keys: Vec<Arc<str>>,
+    keys: CacheKeys,
     cache_key: Option<Option<Cow<'a, str>>>,
     timestamp: Option<Option<&'a RawValue>>,
     entity_type: bool,
@@ -359,7 +359,7 @@ impl<'de> Visitor<'de> for PartsVisitor {
 }
 
 /// The strings of `cache_keys` (or `null`), added to the keys each once.
-struct KeyList<'k>(&'k mut Vec<Arc<str>>);
+struct KeyList<'k>(&'k mut CacheKeys);
 
 impl<'de> DeserializeSeed<'de> for KeyList<'_> {
     type Value = ();
@@ -446,7 +446,7 @@ mod tests {
     ) -> CacheEvent {
         CacheEvent {
             operation,
-            keys: keys.iter().map(|&k| Arc::from(k)).collect(),
+            keys: keys.iter().map(|&k| k.into()).collect(),
             source_service: None,
             version,
             ts_ms,

@@ -78,7 +78,7 @@ use crate::detect::transaction::TxRules;
 use crate::events::Violation;
 use crate::ingest::Record;
 use crate::mapping::Change;
-use crate::model::Millis;
+use crate::model::{CacheKey, Millis};
 use crate::state::{MemoryBudget, StateBatch, StateError, Store};
 use crate::telemetry::Stats;
 use crate::time::Clock;
@@ -162,12 +162,12 @@ enum WorkItem {
     Entity { change: Arc<Change>, scope: i32 },
     /// A change, for one of its cache keys.
     Change {
-        key: Arc<str>,
+        key: CacheKey,
         change: Arc<Change>,
         scope: i32,
     },
     Invalidation {
-        key: Arc<str>,
+        key: CacheKey,
         inv: Invalidation,
         scope: i32,
     },
@@ -178,7 +178,7 @@ enum WorkItem {
         scope: i32,
     },
     Fill {
-        key: Arc<str>,
+        key: CacheKey,
         fill: Fill,
         scope: i32,
     },

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::{OutputError, WorkItem};
 use crate::detect::key::{Fill, Invalidation};
 use crate::mapping::Change;
-use crate::model::Millis;
+use crate::model::{CacheKey, Millis};
 
 /// The leading byte of every repartition record's value.
 pub const FORMAT_VERSION: u8 = 1;
@@ -28,16 +28,16 @@ pub const FORMAT_VERSION: u8 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyedItem {
     /// A change's obligation for one of its cache keys.
-    Change { key: Arc<str>, change: Arc<Change> },
+    Change { key: CacheKey, change: Arc<Change> },
     /// An invalidation of one cache key.
-    Invalidation { key: Arc<str>, inv: Invalidation },
+    Invalidation { key: CacheKey, inv: Invalidation },
     /// A glob invalidation: every partition gets it.
     Wildcard {
         pattern: Arc<str>,
         inv: Invalidation,
     },
     /// A fill of one cache key.
-    Fill { key: Arc<str>, fill: Fill },
+    Fill { key: CacheKey, fill: Fill },
 }
 
 impl KeyedItem {
@@ -189,7 +189,9 @@ mod tests {
             tx_id: Some("tx-1".into()),
             tx_order: Some(2),
             row_hash: 11,
-            keys: vec!["user:1".into(), "user:1:profile".into()],
+            keys: ["user:1".into(), "user:1:profile".into()]
+                .into_iter()
+                .collect(),
             rules: TableRules {
                 deadline_ms: 1_000,
                 contiguous: true,

@@ -293,7 +293,7 @@ impl Router {
         if change.op.obliges_invalidation() {
             for key in &change.keys {
                 self.route_item(WorkItem::Change {
-                    key: Arc::clone(key),
+                    key: key.clone(),
                     change: Arc::clone(&change),
                     scope,
                 });
@@ -349,10 +349,10 @@ impl Router {
                     evidence,
                 };
                 for key in &event.keys {
-                    let key = Arc::clone(key);
+                    let key = key.clone();
                     self.route_item(if is_glob(&key) {
                         WorkItem::Wildcard {
-                            pattern: key,
+                            pattern: Arc::from(key.as_str()),
                             inv: inv.clone(),
                             scope,
                         }

@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::{Engine, PipelineError, SinkMsg};
 use crate::detect::storm::{StormDetector, StormRules, StormState};
-use crate::model::Millis;
+use crate::model::{CacheKeys, Millis};
 use crate::state::{Cf, StateBatch, StateError, Store, codec};
 use crate::telemetry::{Stage, StageTimed, Stats, StormsMeasured};
 
@@ -32,7 +32,7 @@ pub(super) enum StormMsg {
 /// One invalidation event, as storm detection sees it.
 pub(super) struct Observed {
     pub ts: Millis,
-    pub keys: Vec<Arc<str>>,
+    pub keys: CacheKeys,
     pub service: Option<Arc<str>>,
 }
 

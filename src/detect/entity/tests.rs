@@ -50,7 +50,7 @@ fn change(rules: TableRules, op: Op, version: Option<Version>, row: u64, seq: i6
         tx_id: None,
         tx_order: None,
         row_hash: row,
-        keys: vec![Arc::from("user:1")],
+        keys: ["user:1".into()].into_iter().collect(),
         rules,
         provenance: Provenance {
             topic: Arc::from("cdc.public.users"),

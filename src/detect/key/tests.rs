@@ -65,7 +65,7 @@ fn change_of(pk: u64, op: Op, version: Option<u64>, ts: Millis, offset: i64) -> 
         tx_id: None,
         tx_order: None,
         row_hash,
-        keys: vec![key()],
+        keys: [key().as_ref().into()].into_iter().collect(),
         rules: TABLE_RULES,
         provenance: prov("cdc.public.users", 0, offset),
     }

@@ -5,9 +5,9 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::Arc;
 
 use super::*;
+use crate::model::CacheKey;
 
 /// Counts the bytes each thread has allocated and not freed, so that a test
 /// can measure what a structure holds, and its allocations of a sketch's
@@ -93,7 +93,7 @@ fn rules() -> StormRules {
 #[derive(Debug, Clone)]
 struct Inv {
     ts: Millis,
-    keys: Vec<Arc<str>>,
+    keys: Vec<CacheKey>,
     service: Option<&'static str>,
 }
 
@@ -112,7 +112,7 @@ fn background(seconds: i64, per_s: impl Fn(i64) -> u64) -> Vec<Inv> {
             let p = (n % 3) as usize;
             out.push(Inv {
                 ts: s * 1000 + (i * 1000 / count) as i64,
-                keys: vec![Arc::from(format!("{}:{}", PREFIXES[p], n % 5000))],
+                keys: vec![CacheKey::from(format!("{}:{}", PREFIXES[p], n % 5000))],
                 service: Some(SERVICES[(n / 3 % 3) as usize]),
             });
         }
@@ -125,7 +125,7 @@ fn extra(
     from: i64,
     to: i64,
     per_s: u64,
-    make: impl Fn(u64) -> (Vec<Arc<str>>, Option<&'static str>),
+    make: impl Fn(u64) -> (Vec<CacheKey>, Option<&'static str>),
 ) -> Vec<Inv> {
     let mut out = Vec::new();
     for s in from..to {
@@ -249,7 +249,7 @@ fn a_global_spike_is_a_global_storm_with_its_top_keys_and_services() {
     let mut traffic = background(240, steady);
     traffic.extend(extra(100, 130, 3_000, |n| {
         (
-            vec![Arc::from(format!("product:{}", n % 997))],
+            vec![CacheKey::from(format!("product:{}", n % 997))],
             Some("search"),
         )
     }));
@@ -273,7 +273,7 @@ fn a_global_spike_is_a_global_storm_with_its_top_keys_and_services() {
 fn a_prefix_storm_is_reported_for_its_prefix_only() {
     let mut traffic = background(240, steady);
     traffic.extend(extra(100, 120, 600, |n| {
-        (vec![Arc::from(format!("order:{n}"))], None)
+        (vec![CacheKey::from(format!("order:{n}"))], None)
     }));
     let events = detect(traffic);
     assert_storm(&events, ScopeType::Prefix, "order", 100_000, 120_000);
@@ -285,7 +285,7 @@ fn a_new_service_invalidating_in_a_loop_is_a_service_storm() {
     let mut traffic = background(240, steady);
     traffic.extend(extra(100, 120, 200, |n| {
         (
-            vec![Arc::from(format!("user:{}", n % 300))],
+            vec![CacheKey::from(format!("user:{}", n % 300))],
             Some("runaway-job"),
         )
     }));
@@ -299,7 +299,7 @@ fn a_new_service_invalidating_in_a_loop_is_a_service_storm() {
 fn a_key_invalidated_many_times_a_second_is_a_hot_key() {
     let mut traffic = background(240, steady);
     traffic.extend(extra(100, 120, 50, |_| {
-        (vec![Arc::from("user:42")], Some("users-api"))
+        (vec![CacheKey::from("user:42")], Some("users-api"))
     }));
     let events = detect(traffic);
     let storm = assert_storm(&events, ScopeType::HotKey, "user:42", 100_000, 120_000);
@@ -313,12 +313,12 @@ fn bulk_events_and_wildcards_are_counted_by_their_fan_out() {
     let mut traffic = background(400, steady);
     traffic.extend(extra(100, 120, 20, |n| {
         let keys = (0..100)
-            .map(|i| Arc::from(format!("user:{}", n * 100 + i)))
+            .map(|i| CacheKey::from(format!("user:{}", n * 100 + i)))
             .collect();
         (keys, Some("batch-import"))
     }));
     traffic.extend(extra(250, 270, 40, |_| {
-        (vec![Arc::from("product:*")], Some("admin"))
+        (vec![CacheKey::from("product:*")], Some("admin"))
     }));
     let events = detect(traffic);
     assert_storm(&events, ScopeType::Bulk, "bulk", 100_000, 120_000);
@@ -330,7 +330,7 @@ fn bulk_events_and_wildcards_are_counted_by_their_fan_out() {
 fn nothing_is_reported_during_the_warm_up() {
     let mut traffic = background(200, steady);
     traffic.extend(extra(10, 30, 3_000, |n| {
-        (vec![Arc::from(format!("user:{n}"))], None)
+        (vec![CacheKey::from(format!("user:{n}"))], None)
     }));
     let events = detect(traffic);
     assert!(
@@ -363,7 +363,7 @@ fn a_short_warm_up_learns_the_whole_baseline() {
 fn verdicts_do_not_depend_on_arrival_order_within_the_lateness() {
     let mut traffic = background(200, steady);
     traffic.extend(extra(100, 120, 2_000, |n| {
-        (vec![Arc::from(format!("user:{n}"))], Some("x"))
+        (vec![CacheKey::from(format!("user:{n}"))], Some("x"))
     }));
     let sorted = detect(traffic.clone());
     // Shuffle within windows of one second: still within the lateness.
@@ -416,7 +416,7 @@ fn verdicts_do_not_depend_on_arrival_order_within_the_lateness() {
 fn user_storm() -> Vec<Inv> {
     let mut traffic = background(240, steady);
     traffic.extend(extra(100, 130, 3_000, |n| {
-        (vec![Arc::from(format!("user:{n}"))], None)
+        (vec![CacheKey::from(format!("user:{n}"))], None)
     }));
     traffic.sort_by_key(|i| i.ts);
     traffic
@@ -507,7 +507,12 @@ fn memory_is_bounded_with_ten_million_distinct_keys() {
         use std::fmt::Write;
         key.clear();
         let _ = write!(key, "user:{n}");
-        d.observe(ts, &[Arc::from(key.as_str())], Some("users-api"), &rules);
+        d.observe(
+            ts,
+            &[CacheKey::from(key.as_str())],
+            Some("users-api"),
+            &rules,
+        );
     }
     d.advance(Millis::MAX, &rules, &mut out);
     let held = live_bytes() - before;
