@@ -29,9 +29,9 @@ pub fn first_sighting(ids: &mut SeenIds, id: u64, max: usize) -> bool {
 
 /// Appends `item` to a vector of per-key or per-entity state, first
 /// dropping the oldest item if it holds `max`. Such vectors hold their
-/// first items inline (as many as their type says, often none), and beyond
-/// that grow from one item and double: most keys hold one or two items of
-/// each kind.
+/// first items inline (as many as their type says, sometimes none) and then
+/// move to the heap, doubling as they grow (from one item when none is
+/// inline): most keys hold one or two items of each kind.
 pub fn push_bounded<A: smallvec::Array>(items: &mut SmallVec<A>, item: A::Item, max: usize) {
     if items.len() >= max {
         items.remove(0);
