@@ -97,7 +97,8 @@ struct Table {
 
 thread_local! {
     /// A decoding thread's buffer for the texts of a change (its primary
-    /// key, then each cache key), each then copied into its `Arc<str>`.
+    /// key, then each cache key), each then copied: the primary key into
+    /// its `Arc<str>`, a cache key into its [`CacheKey`].
     static TEXT: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
