@@ -1049,6 +1049,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::OpenKey;
+    use crate::model::Millis;
 
     /// Short keys, with bytes that make the heads' padding matter: NUL,
     /// and keys that are prefixes of one another.
@@ -1088,12 +1089,31 @@ mod tests {
         assert_eq!(sorted, keys);
     }
 
+    /// Writes `key` of `scope`, armed at `armed`, as a restore from the
+    /// changelog writes it: the key alone, no timer.
+    fn put_restored_key(
+        batch: &mut crate::state::StateBatch,
+        scope: i32,
+        key: &str,
+        armed: Option<Millis>,
+    ) {
+        use super::{KeyEntry, Save, StoredKey, save_key};
+        let mut entry = KeyEntry {
+            stored: StoredKey {
+                armed,
+                ..StoredKey::default()
+            },
+            ..KeyEntry::default()
+        };
+        save_key(batch, false, &key.into(), scope, &mut entry, Save::Put);
+    }
+
     /// Keys restored from a changelog (which carries no timers) get the
     /// timers they say they are armed for, in their own scope only.
     #[test]
     fn timers_are_indexed_from_the_keys_of_a_scope() {
-        use super::{KeyEntry, Save, StoredKey, index_timers, save_key};
-        use crate::state::{Cf, MemStore, StateBatch, Store, codec};
+        use super::index_timers;
+        use crate::state::{Cf, MemStore, StateBatch, Store, codec, scan_all};
 
         let store = MemStore::new();
         let mut batch = StateBatch::default();
@@ -1103,26 +1123,15 @@ mod tests {
             (3, "user:3", Some(1_000)),
             (4, "user:4", Some(2_000)),
         ] {
-            let mut entry = KeyEntry {
-                stored: StoredKey {
-                    armed,
-                    ..StoredKey::default()
-                },
-                ..KeyEntry::default()
-            };
-            // Not durable: the key alone, as a restore writes it.
-            save_key(&mut batch, false, &key.into(), scope, &mut entry, Save::Put);
+            put_restored_key(&mut batch, scope, key, armed);
         }
         store.write(batch).unwrap();
 
         assert_eq!(index_timers(&store, 3).unwrap(), 2);
-        let mut timers = Vec::new();
-        store
-            .scan(Cf::Timers, &[], &mut |k, _| {
-                timers.push(k.to_vec());
-                true
-            })
-            .unwrap();
+        let timers: Vec<Vec<u8>> = scan_all(&store, Cf::Timers, &[])
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         assert_eq!(
             timers,
             vec![
@@ -1136,32 +1145,18 @@ mod tests {
     /// timer, each batch written after it is read.
     #[test]
     fn timers_are_indexed_a_batch_at_a_time() {
-        use super::{KeyEntry, Save, StoredKey, index_timers, save_key};
-        use crate::state::{Cf, MemStore, StateBatch, Store};
+        use super::index_timers;
+        use crate::state::{Cf, MemStore, StateBatch, Store, scan_all};
 
         let store = MemStore::new();
         let mut batch = StateBatch::default();
         for i in 0..25_000 {
-            let mut entry = KeyEntry {
-                stored: StoredKey {
-                    armed: Some(i),
-                    ..StoredKey::default()
-                },
-                ..KeyEntry::default()
-            };
-            let key = format!("user:{i}");
-            save_key(&mut batch, false, &key.into(), 5, &mut entry, Save::Put);
+            put_restored_key(&mut batch, 5, &format!("user:{i}"), Some(i));
         }
         store.write(batch).unwrap();
 
         assert_eq!(index_timers(&store, 5).unwrap(), 25_000);
-        let mut timers = 0;
-        store
-            .scan(Cf::Timers, &[], &mut |_, _| {
-                timers += 1;
-                true
-            })
-            .unwrap();
+        let timers = scan_all(&store, Cf::Timers, &[]).len();
         assert_eq!(timers, 25_000);
     }
 }

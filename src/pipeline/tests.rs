@@ -12,7 +12,7 @@ use crate::dead_letter::DeadLetter;
 use crate::events::Violation;
 use crate::ingest::{Ingest, Payload, RawInput, Stream};
 use crate::model::Provenance;
-use crate::state::{Cf, MemStore, codec};
+use crate::state::{Cf, MemStore, codec, scan_all};
 use crate::time::{END_OF_TIME, SystemClock};
 
 const CONFIG: &str = r#"
@@ -463,13 +463,7 @@ fn state_that_leaves_memory_comes_back_with_the_same_verdicts() {
                 stats.snapshot().state_evictions > 0,
                 "durable {durable}: keys and entities left memory"
             );
-            let mut stored_keys = 0;
-            h.store
-                .scan(Cf::Keys, &[], &mut |_, _| {
-                    stored_keys += 1;
-                    true
-                })
-                .unwrap();
+            let stored_keys = scan_all(&*h.store, Cf::Keys, &[]).len();
             assert!(
                 stored_keys > 0,
                 "durable {durable}: what left memory is in the store"
@@ -675,13 +669,7 @@ fn outputs_flow_while_a_checkpoint_is_held(
         drop(tx);
         engine.join().unwrap().unwrap();
     });
-    let mut positions = 0;
-    store
-        .scan(Cf::Offsets, &[], &mut |_, _| {
-            positions += 1;
-            true
-        })
-        .unwrap();
+    let positions = scan_all(&*store, Cf::Offsets, &[]).len();
     assert_eq!(positions, 1, "the checkpoint's position is in the store");
 }
 

@@ -258,5 +258,18 @@ pub trait Store: Send + Sync {
     fn approximate_len(&self, cf: Cf) -> u64;
 }
 
+/// Every entry of `cf` under `prefix`, in key order: what a test reads back.
+#[cfg(test)]
+pub(crate) fn scan_all(store: &dyn Store, cf: Cf, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    store
+        .scan(cf, prefix, &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            true
+        })
+        .unwrap();
+    out
+}
+
 #[cfg(test)]
 mod tests;

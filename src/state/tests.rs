@@ -36,17 +36,6 @@ fn action() -> impl Strategy<Value = Action> {
     ]
 }
 
-fn scan_all(store: &dyn Store, cf: Cf, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut out = Vec::new();
-    store
-        .scan(cf, prefix, &mut |k, v| {
-            out.push((k.to_vec(), v.to_vec()));
-            true
-        })
-        .unwrap();
-    out
-}
-
 /// The entries of `[from, to)`, and its last key as [`Store::last_in`]
 /// finds it, which must be the last of them.
 fn range(store: &dyn Store, cf: Cf, from: &[u8], to: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
