@@ -5,8 +5,8 @@
 //! bounded together, each an eighth of `state.cache_size` ([`MemoryBudget`];
 //! 128 MiB each by default, a memtable flushed at half that), bloom filters
 //! on the families that are read by point lookups (entities, keys), in
-//! their tables and their memtables, LZ4
-//! compression, WAL on without an fsync per batch (a crash of the machine, not
+//! their tables and their memtables, LZ4 compression, writes in key
+//! order, WAL on without an fsync per batch (a crash of the machine, not
 //! of the process, can lose the last batches; vigil then resumes from the
 //! offsets of the last batch that reached disk, so state and position still
 //! agree). Entries of the expiring families are dropped by a compaction
@@ -22,7 +22,7 @@ use rocksdb::{
 };
 
 use super::codec;
-use super::{Cf, MemoryBudget, RetentionHorizon, StateBatch, StateError, Store};
+use super::{Cf, MemoryBudget, RetentionHorizon, StateBatch, StateError, Store, Write};
 use crate::config::StateConfig;
 
 pub struct RocksStore {
@@ -197,9 +197,15 @@ impl Store for RocksStore {
             .map_err(|e| self.err(e))
     }
 
+    /// The writes go to RocksDB in key order (a stable sort, so that two
+    /// writes of one key keep theirs): a memtable takes keys in order at
+    /// a fraction of the cost of keys in random order, since each insert
+    /// starts its search where the last one ended.
     fn write(&self, batch: StateBatch) -> Result<(), StateError> {
+        let mut writes: Vec<&Write> = batch.writes.iter().collect();
+        writes.sort_by(|a, b| (a.cf.code(), &a.key).cmp(&(b.cf.code(), &b.key)));
         let mut wb = WriteBatch::default();
-        for w in &batch.writes {
+        for w in writes {
             let h = self.handle(w.cf);
             match &w.value {
                 Some(v) => wb.put_cf(h, &w.key, v),
