@@ -15,8 +15,8 @@
 //! store holds nothing of a slot until it is evicted: the worker then
 //! writes it ("spills" it) to the store at once, outside the checkpoint
 //! (nothing resumes from that store), and it leaves; such a worker also
-//! persists and evicts between checkpoints while a watermark fires more
-//! timers than its budget holds. Slots that hold
+//! persists and evicts between checkpoints, as soon as it is over its
+//! budget. Slots that hold
 //! nothing any more (finished keys) leave the same way, once their deletion
 //! is in the store.
 

@@ -798,18 +798,9 @@ impl Shard {
                 self.held_back = false;
                 return Ok(false);
             };
-            if !self.durable && self.over_budget() {
-                // A watermark that passes many deadlines at once (the end of
-                // the input) reads many keys back: spill them on the way.
-                // Nothing resumes from state that is not kept, so this may
-                // happen between checkpoints.
-                self.begin_persist(self.epoch);
-                let batch = self.finish_persist()?;
-                debug_assert!(
-                    batch.is_empty(),
-                    "state that is not kept is written at once"
-                );
-            }
+            // A watermark that passes many deadlines at once (the end of
+            // the input) reads many keys back: spill them on the way.
+            self.spill_over_budget()?;
             // A key not in memory left it (the store says whether its timer
             // is still armed) or was removed; a timer armed since (or fired
             // before a record of the key) replaces this one.
@@ -1035,6 +1026,25 @@ impl Shard {
     /// (see [`super::cache::Slots::estimated_bytes`]).
     pub(super) fn over_budget(&self) -> bool {
         self.keys.estimated_bytes() + self.entities.estimated_bytes() > self.budget
+    }
+
+    /// Lets state that is not kept leave memory while it is over the
+    /// budget, between checkpoints too: what leaves is written to the
+    /// store at once (spilled), as at a checkpoint. Nothing resumes from
+    /// such state, so no checkpoint need commit first; spilling as soon as
+    /// the budget is passed keeps memory near it however many records come
+    /// between checkpoints.
+    pub(super) fn spill_over_budget(&mut self) -> Result<(), StateError> {
+        if self.durable || !self.over_budget() {
+            return Ok(());
+        }
+        self.begin_persist(self.epoch);
+        let batch = self.finish_persist()?;
+        debug_assert!(
+            batch.is_empty(),
+            "state that is not kept is written at once"
+        );
+        Ok(())
     }
 
     /// Whether this shard writes the globs to the store: every shard holds

@@ -346,9 +346,13 @@ impl Worker {
     /// [`super::cache`]), so a shard over its budget asks for the next
     /// checkpoint sooner, finishes the one it is saving, waits for the last
     /// one it sent to commit, and lets what that saved leave memory. State
-    /// that is not kept leaves memory at once, at checkpoints.
+    /// that is not kept leaves memory at once ([`Shard::spill_over_budget`]).
     fn keep_within_budget(&mut self) -> Result<(), PipelineError> {
-        if !self.shard.durable() || !self.shard.over_budget() {
+        if !self.shard.durable() {
+            self.shard.spill_over_budget()?;
+            return Ok(());
+        }
+        if !self.shard.over_budget() {
             return Ok(());
         }
         self.ask_for_checkpoint();
