@@ -16,7 +16,7 @@ use crate::config::{Config, KeyTemplate, Segment, TableConfig, TableFormat, Vers
 use crate::dead_letter::{Reason, RecordError};
 use crate::formats::{self, CdcFormat, RawChange, Row, Scalar, TableRef, column};
 use crate::hash;
-use crate::model::{CacheKey, CacheKeys, Millis, Op, Provenance, Version};
+use crate::model::{CacheKey, CacheKeys, Millis, Op, Provenance, Version, push_key_once};
 
 /// The per-table rules the detectors need, carried with every change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,9 +296,7 @@ impl Mapper {
 fn globs(templates: &[KeyTemplate]) -> CacheKeys {
     let mut globs = CacheKeys::new();
     for glob in templates.iter().map(KeyTemplate::glob) {
-        if !globs.iter().any(|g| *g == *glob) {
-            globs.push(CacheKey::from(glob));
-        }
+        push_key_once(&mut globs, &glob);
     }
     globs
 }
@@ -555,9 +553,7 @@ fn render_keys(
             match render(template, image, pk, buf) {
                 Ok(()) => {
                     rendered_any = true;
-                    if !keys.iter().any(|k| k.as_str() == buf.as_str()) {
-                        keys.push(CacheKey::from(buf.as_str()));
-                    }
+                    push_key_once(&mut keys, buf);
                 }
                 // A partial before image (PostgreSQL's default replica
                 // identity) need not carry every key column.

@@ -187,6 +187,13 @@ pub type CacheKey = CompactString;
 /// The cache keys of a record, the first two held inline.
 pub type CacheKeys = SmallVec<[CacheKey; 2]>;
 
+/// Appends a key to a record's keys unless it is there already.
+pub fn push_key_once(keys: &mut CacheKeys, key: &str) {
+    if !keys.iter().any(|k| k == key) {
+        keys.push(CacheKey::from(key));
+    }
+}
+
 /// A decoded cache event (DESIGN.md section 2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheEvent {

@@ -16,7 +16,9 @@ use crate::formats::json::{
     Field, Name, Plain, Scalar, array, digits, not_plain, once, optional, parse_object_with,
     required, scalar, string, text, uint_or_digits, wrong_type,
 };
-use crate::model::{CacheAction, CacheEvent, CacheKey, CacheKeys, CacheOperation, Millis, is_glob};
+use crate::model::{
+    CacheAction, CacheEvent, CacheKeys, CacheOperation, Millis, is_glob, push_key_once,
+};
 
 /// Decodes one cache event. Without a `timestamp` the event time is the
 /// Kafka timestamp `kafka_ts_ms`; without either the record is a
@@ -132,7 +134,7 @@ fn keys(event: &Fields, operation: CacheOperation) -> Result<CacheKeys, RecordEr
         if let Some(fault) = KeyFault::of(&key, operation) {
             return Err(fault.error(&key, field, operation));
         }
-        push_once(&mut keys, &key);
+        push_key_once(&mut keys, &key);
     }
     if keys.is_empty() {
         return Err(RecordError::new(
@@ -141,13 +143,6 @@ fn keys(event: &Fields, operation: CacheOperation) -> Result<CacheKeys, RecordEr
         ));
     }
     Ok(keys)
-}
-
-/// Appends a key unless it is there already.
-fn push_once(keys: &mut CacheKeys, key: &str) {
-    if !keys.iter().any(|k| *k == *key) {
-        keys.push(CacheKey::from(key));
-    }
 }
 
 /// Why a text cannot be a cache key of an event.
@@ -257,7 +252,7 @@ fn decode_one_pass(text: &str, kafka_ts_ms: Option<Millis>) -> Option<CacheEvent
     } = parts;
     let operation = operation?;
     if let Some(key) = cache_key.flatten() {
-        push_once(&mut keys, &key);
+        push_key_once(&mut keys, &key);
     }
     // Each key checked once: a duplicate is the same text.
     if keys.is_empty() || keys.iter().any(|k| KeyFault::of(k, operation).is_some()) {
@@ -386,7 +381,7 @@ impl<'de> Visitor<'de> for KeyList<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while let Some(Name(key)) = seq.next_element()? {
-            push_once(self.0, &key);
+            push_key_once(self.0, &key);
         }
         Ok(())
     }

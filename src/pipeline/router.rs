@@ -349,8 +349,7 @@ impl Router {
                     evidence,
                 };
                 for key in &event.keys {
-                    let key = key.clone();
-                    self.route_item(if is_glob(&key) {
+                    self.route_item(if is_glob(key) {
                         WorkItem::Wildcard {
                             pattern: Arc::from(key.as_str()),
                             inv: inv.clone(),
@@ -358,7 +357,7 @@ impl Router {
                         }
                     } else {
                         WorkItem::Invalidation {
-                            key,
+                            key: key.clone(),
                             inv: inv.clone(),
                             scope,
                         }

@@ -22,7 +22,7 @@ use rocksdb::{
 };
 
 use super::codec;
-use super::{Cf, MemoryBudget, RetentionHorizon, StateBatch, StateError, Store, Write};
+use super::{Cf, MemoryBudget, RetentionHorizon, StateBatch, StateError, Store};
 use crate::config::StateConfig;
 
 pub struct RocksStore {
@@ -201,11 +201,12 @@ impl Store for RocksStore {
     /// writes of one key keep theirs): a memtable takes keys in order at
     /// a fraction of the cost of keys in random order, since each insert
     /// starts its search where the last one ended.
-    fn write(&self, batch: StateBatch) -> Result<(), StateError> {
-        let mut writes: Vec<&Write> = batch.writes.iter().collect();
-        writes.sort_by(|a, b| (a.cf.code(), &a.key).cmp(&(b.cf.code(), &b.key)));
+    fn write(&self, mut batch: StateBatch) -> Result<(), StateError> {
+        batch
+            .writes
+            .sort_by(|a, b| (a.cf.code(), &a.key).cmp(&(b.cf.code(), &b.key)));
         let mut wb = WriteBatch::default();
-        for w in writes {
+        for w in &batch.writes {
             let h = self.handle(w.cf);
             match &w.value {
                 Some(v) => wb.put_cf(h, &w.key, v),
