@@ -54,15 +54,18 @@ pub struct KeyView {
 /// The key's view, from whichever scope holds it; `None` if no scope does.
 pub fn key_view(store: &dyn Store, key: &str) -> Result<Option<KeyView>, StateError> {
     let found = first_scope(store, |scope| read_key(store, key, scope))?;
-    Ok(found.map(|(scope, (state, armed))| KeyView {
-        key: key.to_string(),
-        scope,
-        armed_deadline_ms: armed,
-        touched_ms: state.touched,
-        changes: state.changes.into_vec(),
-        invalidations: state.invalidations.into_vec(),
-        pending_fills: state.fills.into_vec(),
-        judged_fills: state.judged.into_vec(),
+    Ok(found.map(|(scope, (state, armed))| {
+        let (pending_fills, judged_fills) = state.fills.into_vecs();
+        KeyView {
+            key: key.to_string(),
+            scope,
+            armed_deadline_ms: armed,
+            touched_ms: state.touched,
+            changes: state.changes.into_vec(),
+            invalidations: state.invalidations.into_vec(),
+            pending_fills,
+            judged_fills,
+        }
     }))
 }
 

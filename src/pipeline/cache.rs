@@ -31,7 +31,7 @@ use hashbrown::HashTable;
 use smallvec::SmallVec;
 
 use crate::detect::entity::EntityState;
-use crate::detect::key::KeyState;
+use crate::detect::key::{FillLists, KeyState};
 use crate::state::{StateBatch, StateError};
 
 /// Approximate heap bytes of a value, for the budget.
@@ -114,9 +114,10 @@ impl Footprint for [u8; 12] {
 }
 
 impl Footprint for KeyState {
-    /// The vectors, and the key's share of the strings it holds: primary
-    /// keys and services (see [`shared_bytes`]). Table and topic names are
-    /// shared by every key that names them.
+    /// The vectors (the fills' two behind their own allocation, with its
+    /// allocator header), and the key's share of the strings it holds:
+    /// primary keys and services (see [`shared_bytes`]). Table and topic
+    /// names are shared by every key that names them.
     fn heap_bytes(&self) -> usize {
         let service = |s: &Option<Arc<str>>| s.as_ref().map_or(0, shared_bytes);
         let changes: usize = self
@@ -125,16 +126,20 @@ impl Footprint for KeyState {
             .map(|c| shared_bytes(&c.pk) + c.cover.as_ref().map_or(0, |cv| service(&cv.service)))
             .sum();
         let invalidations: usize = self.invalidations.iter().map(|i| service(&i.service)).sum();
-        let fills: usize = self
-            .fills
-            .iter()
-            .chain(&self.judged)
-            .map(|f| service(&f.service))
-            .sum();
+        let fills = self.fills.lists().map_or(0, |lists| {
+            size_of::<FillLists>()
+                + 16
+                + spilled_bytes(&lists.waiting)
+                + spilled_bytes(&lists.judged)
+                + lists
+                    .waiting
+                    .iter()
+                    .chain(&lists.judged)
+                    .map(|f| service(&f.service))
+                    .sum::<usize>()
+        });
         spilled_bytes(&self.changes)
             + spilled_bytes(&self.invalidations)
-            + spilled_bytes(&self.fills)
-            + spilled_bytes(&self.judged)
             + spilled_bytes(&self.seen)
             + changes
             + invalidations

@@ -1659,7 +1659,7 @@ fn in_files(cf: Cf, value: Vec<u8>, origins: &BTreeMap<(String, i32, i64), Prove
             for i in &mut state.invalidations {
                 file(&mut i.evidence);
             }
-            for f in state.fills.iter_mut().chain(&mut state.judged) {
+            for f in state.fills.iter_mut() {
                 file(&mut f.evidence);
             }
             codec::encode(touched, &state)

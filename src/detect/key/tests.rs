@@ -981,7 +981,7 @@ fn redelivered_fill_after_its_verdict_gives_no_new_verdict() {
     state.advance(&key(), T0 + 2_000, &RULES, &mut d);
     assert_eq!(d.violations, vec![stale_fill(&f, &update)]);
     assert!(!state.on_fill(f), "the fill id is still remembered");
-    assert!(state.fills.is_empty());
+    assert!(state.fills.waiting().is_empty());
     let mut d = Decisions::default();
     state.advance(&key(), END_OF_TIME, &RULES, &mut d);
     assert_eq!(d.violations, vec![]);
@@ -1601,7 +1601,7 @@ fn history_keeps_what_the_last_hour_of_the_key_saw_and_no_more() {
     );
     let kept: Vec<Millis> = state.invalidations.iter().map(|i| i.ts).collect();
     assert_eq!(kept, vec![recent.ts, newest.ts]);
-    let judged: Vec<Millis> = state.judged.iter().map(|f| f.ts).collect();
+    let judged: Vec<Millis> = state.fills.judged().iter().map(|f| f.ts).collect();
     assert_eq!(judged, vec![recent.ts, newest.ts]);
 
     let mut state = KeyState::default();
@@ -1633,4 +1633,32 @@ fn a_change_awaits_its_cover_until_an_invalidation_covers_it_or_its_deadline_pas
         "missed: only a late invalidation can come, which may never"
     );
     assert!(state.has_undecided());
+}
+
+/// A key's fills share one allocation in memory but are stored as the two
+/// lists they were stored as before: state written earlier reads the same.
+#[test]
+fn fills_are_stored_as_their_two_lists() {
+    use crate::state::{Cf, codec};
+    let (judged, waiting) = (fill(T0, Some(1), 1), fill(T0 + 5_000, Some(2), 2));
+    let mut state = KeyState::default();
+    assert!(state.on_fill(judged.clone()));
+    state.advance(&key(), T0, &WITH_HISTORY, &mut Decisions::default());
+    assert!(state.on_fill(waiting.clone()));
+    assert_eq!(state.fills.waiting(), std::slice::from_ref(&waiting));
+    assert_eq!(state.fills.judged(), std::slice::from_ref(&judged));
+
+    let as_before: (Fills, Fills) = (
+        Fills::from_vec(vec![waiting]),
+        Fills::from_vec(vec![judged]),
+    );
+    let stored = codec::encode(T0, &state.fills);
+    assert_eq!(stored, codec::encode(T0, &as_before));
+    let (_, read): (Millis, KeyFills) = codec::decode(Cf::Keys, &stored).unwrap();
+    assert_eq!(read, state.fills);
+
+    let none = codec::encode(T0, &KeyFills::default());
+    assert_eq!(none, codec::encode(T0, &(Fills::new(), Fills::new())));
+    let (_, read): (Millis, KeyFills) = codec::decode(Cf::Keys, &none).unwrap();
+    assert!(read.is_empty() && read.lists().is_none());
 }
