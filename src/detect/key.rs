@@ -608,9 +608,11 @@ impl Wildcards {
         self.oldest = Some(self.oldest.map_or(glob.inv.ts, |o| o.min(glob.inv.ts)));
         let prefix = glob_prefix(&glob.pattern);
         *self.lengths.entry(prefix.len()).or_default() += 1;
+        // Most prefixes have one glob (one an entity: `t1:42:*`): room for
+        // one, not the four a first push makes.
         self.by_prefix
             .entry(Box::from(prefix))
-            .or_default()
+            .or_insert_with(|| Vec::with_capacity(1))
             .push(glob);
     }
 
