@@ -196,14 +196,16 @@ pub struct FillLists {
     pub judged: Fills,
 }
 
+impl FillLists {
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty() && self.judged.is_empty()
+    }
+}
+
 impl KeyFills {
     /// Holds both lists, or nothing if both are empty.
     fn of(lists: FillLists) -> Self {
-        if lists.waiting.is_empty() && lists.judged.is_empty() {
-            KeyFills(None)
-        } else {
-            KeyFills(Some(Box::new(lists)))
-        }
+        KeyFills((!lists.is_empty()).then(|| Box::new(lists)))
     }
 
     /// The lists, if the key has a fill.
@@ -385,7 +387,8 @@ impl KeyState {
                 lists.waiting = Fills::new();
             }
             lists.judged.retain(|f| f.ts > history);
-            self.fills = KeyFills::of(*lists);
+            // The allocation is kept while a list holds a fill.
+            self.fills = KeyFills((!lists.is_empty()).then_some(lists));
         }
         let cutoff = rules.forget_before(wm, self.touched);
         self.invalidations.retain(|i| i.ts >= cutoff);
