@@ -77,13 +77,17 @@ impl SlotKey for [u8; 12] {
     }
 }
 
+/// Bytes the estimate counts for the allocator's own bookkeeping of each
+/// allocation.
+const ALLOCATION_HEADER: usize = 16;
+
 /// A holder's share of a shared (`Arc`) string: its bytes, counts and
 /// allocator header over the holders it has as the share is taken. A
 /// primary key held by the changes of each of an entity's keys is counted
 /// once among them; a service name interned by the decoder (one string for
 /// all its events) is next to nothing for each.
 fn shared_bytes(s: &Arc<str>) -> usize {
-    (s.len() + 2 * size_of::<usize>() + 16) / Arc::strong_count(s)
+    (s.len() + 2 * size_of::<usize>() + ALLOCATION_HEADER) / Arc::strong_count(s)
 }
 
 /// The heap bytes of a vector that holds its first items inline: none
@@ -100,7 +104,7 @@ impl Footprint for CompactString {
     /// Nothing, unless the key is too long to be held inline.
     fn heap_bytes(&self) -> usize {
         if self.is_heap_allocated() {
-            self.capacity() + 16
+            self.capacity() + ALLOCATION_HEADER
         } else {
             0
         }
@@ -128,7 +132,7 @@ impl Footprint for KeyState {
         let invalidations: usize = self.invalidations.iter().map(|i| service(&i.service)).sum();
         let fills = self.fills.lists().map_or(0, |lists| {
             size_of::<FillLists>()
-                + 16
+                + ALLOCATION_HEADER
                 + spilled_bytes(&lists.waiting)
                 + spilled_bytes(&lists.judged)
                 + lists
