@@ -199,16 +199,41 @@ impl Watermarks {
 /// a due time takes its keys in one step. Within a due time the keys come
 /// out last queued first. A key may be queued more than once; the owner
 /// ignores entries that no longer match the key's armed time.
+///
+/// The buckets of due times less than [`WHEEL_MS`] apart are a ring indexed
+/// by the due time (a timing wheel): queueing a timer there is an index,
+/// whatever the number of timers pending. A timer due outside the ring's
+/// span when it is queued (much earlier or later than the others) waits in
+/// an ordered map instead, and the queue takes the earlier of the two.
 #[derive(Debug)]
 pub struct TimerQueue<K> {
-    buckets: BTreeMap<Millis, Vec<K>>,
+    /// Bucket `due % WHEEL_MS` holds the timers due at `due`, for every
+    /// `due` from `first` through `last`; allocated on first use.
+    wheel: Vec<Vec<K>>,
+    /// The earliest due time in the wheel (its bucket is not empty while
+    /// the wheel holds any timer).
+    first: Millis,
+    /// No due time in the wheel is later (an upper bound: it is not moved
+    /// back as timers fire).
+    last: Millis,
+    in_wheel: usize,
+    /// Timers due outside the wheel's span when queued.
+    outside: BTreeMap<Millis, Vec<K>>,
     len: usize,
 }
+
+/// Milliseconds of due times the wheel spans: deadlines, lateness and late
+/// windows of seconds fit in it many times over.
+const WHEEL_MS: Millis = 1 << 14;
 
 impl<K> Default for TimerQueue<K> {
     fn default() -> Self {
         TimerQueue {
-            buckets: BTreeMap::new(),
+            wheel: Vec::new(),
+            first: 0,
+            last: 0,
+            in_wheel: 0,
+            outside: BTreeMap::new(),
             len: 0,
         }
     }
@@ -216,43 +241,88 @@ impl<K> Default for TimerQueue<K> {
 
 impl<K> TimerQueue<K> {
     pub fn push(&mut self, due: Millis, key: K) {
-        self.buckets.entry(due).or_default().push(key);
         self.len += 1;
+        let (first, last) = if self.in_wheel == 0 {
+            (due, due)
+        } else {
+            (self.first.min(due), self.last.max(due))
+        };
+        if last.abs_diff(first) >= WHEEL_MS as u64 {
+            self.outside.entry(due).or_default().push(key);
+            return;
+        }
+        if self.wheel.is_empty() {
+            self.wheel.resize_with(WHEEL_MS as usize, Vec::new);
+        }
+        (self.first, self.last) = (first, last);
+        self.in_wheel += 1;
+        self.wheel[bucket(due)].push(key);
     }
 
     /// Removes and returns an earliest timer due at or before `wm`.
     pub fn pop_due(&mut self, wm: Millis) -> Option<(Millis, K)> {
-        let mut first = self.buckets.first_entry().filter(|e| *e.key() <= wm)?;
-        let due = *first.key();
-        let key = first.get_mut().pop();
-        if first.get().is_empty() {
-            first.remove();
+        let due = self.first_due().filter(|due| *due <= wm)?;
+        if let Some(mut outside) = self.outside.first_entry().filter(|e| *e.key() == due) {
+            let key = outside.get_mut().pop().expect("no empty bucket");
+            if outside.get().is_empty() {
+                outside.remove();
+            }
+            self.len -= 1;
+            return Some((due, key));
         }
-        self.len -= usize::from(key.is_some());
-        key.map(|key| (due, key))
+        let keys = &mut self.wheel[bucket(due)];
+        let key = keys.pop().expect("the first bucket is not empty");
+        if keys.is_empty() {
+            // A bucket's room is not kept for the due time that comes to
+            // it a turn of the ring later.
+            *keys = Vec::new();
+        }
+        self.len -= 1;
+        self.in_wheel -= 1;
+        self.find_first();
+        Some((due, key))
+    }
+
+    /// Moves `first` to the earliest bucket with timers, if any.
+    fn find_first(&mut self) {
+        if self.in_wheel == 0 {
+            return;
+        }
+        while self.wheel[bucket(self.first)].is_empty() {
+            self.first += 1;
+        }
     }
 
     /// The due time of the earliest timer.
     pub fn first_due(&self) -> Option<Millis> {
-        self.buckets.first_key_value().map(|(due, _)| *due)
+        let in_wheel = (self.in_wheel > 0).then_some(self.first);
+        let outside = self.outside.first_key_value().map(|(due, _)| *due);
+        match (in_wheel, outside) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Whether a timer is due at or before `wm`.
     pub fn is_due(&self, wm: Millis) -> bool {
-        self.buckets
-            .first_key_value()
-            .is_some_and(|(due, _)| *due <= wm)
+        self.first_due().is_some_and(|due| due <= wm)
     }
 
     /// Keeps only the timers whose key `keep` accepts.
     pub fn retain(&mut self, keep: impl Fn(&K) -> bool) {
-        let mut len = 0;
-        self.buckets.retain(|_, keys| {
+        self.in_wheel = 0;
+        for keys in &mut self.wheel {
             keys.retain(&keep);
-            len += keys.len();
+            self.in_wheel += keys.len();
+        }
+        let mut outside = 0;
+        self.outside.retain(|_, keys| {
+            keys.retain(&keep);
+            outside += keys.len();
             !keys.is_empty()
         });
-        self.len = len;
+        self.len = self.in_wheel + outside;
+        self.find_first();
     }
 
     pub fn len(&self) -> usize {
@@ -262,6 +332,11 @@ impl<K> TimerQueue<K> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
+
+/// The wheel's bucket of a due time.
+fn bucket(due: Millis) -> usize {
+    due.rem_euclid(WHEEL_MS) as usize
 }
 
 #[cfg(test)]
@@ -364,5 +439,64 @@ mod tests {
         assert_eq!(q.pop_due(25).map(|t| t.0), Some(20));
         assert_eq!(q.pop_due(25), None);
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn timers_inside_and_outside_the_wheel_pop_in_due_order() {
+        let mut q: TimerQueue<u32> = TimerQueue::default();
+        let start = 1_700_000_000_000;
+        // Within the wheel's span, in no order, one time twice; then one
+        // far later, one far earlier, and one at the end of time.
+        for (i, due) in [5, 3, WHEEL_MS - 1, 3, 0].into_iter().enumerate() {
+            q.push(start + due, i as u32);
+        }
+        q.push(start + 10 * WHEEL_MS, 10);
+        q.push(start - 10 * WHEEL_MS, 11);
+        q.push(END_OF_TIME, 12);
+        assert_eq!(q.len(), 8);
+        assert_eq!(q.first_due(), Some(start - 10 * WHEEL_MS));
+        assert!(!q.is_due(start - 10 * WHEEL_MS - 1));
+        let mut popped = Vec::new();
+        while let Some(t) = q.pop_due(start + 10 * WHEEL_MS) {
+            popped.push(t);
+        }
+        let expected = [
+            (start - 10 * WHEEL_MS, 11),
+            (start, 4),
+            (start + 3, 3),
+            (start + 3, 1),
+            (start + 5, 0),
+            (start + WHEEL_MS - 1, 2),
+            (start + 10 * WHEEL_MS, 10),
+        ];
+        assert_eq!(popped, expected, "earliest first, last queued first");
+        assert_eq!((q.len(), q.first_due()), (1, Some(END_OF_TIME)));
+    }
+
+    #[test]
+    fn the_wheel_turns_as_timers_fire() {
+        let mut q: TimerQueue<i64> = TimerQueue::default();
+        let (mut fired, steps) = (0, 10 * WHEEL_MS / 100);
+        // Timers a second ahead of a watermark that moves on by 100 ms:
+        // over ten turns of the ring, each fires once, in order.
+        for step in 0..steps {
+            let wm = step * 100;
+            q.push(wm + 1_000, wm + 1_000);
+            q.push(wm + 1_050, wm + 1_050);
+            let mut last = Millis::MIN;
+            while let Some((due, at)) = q.pop_due(wm) {
+                assert!(due == at && due <= wm && due >= last);
+                last = due;
+                fired += 1;
+            }
+        }
+        assert_eq!(fired + q.len() as i64, 2 * steps);
+        let wm = (steps - 1) * 100;
+        assert_eq!(q.first_due(), Some(wm + 50), "the earliest not yet due");
+        q.retain(|at| at % 100 == 0);
+        assert!(
+            q.pop_due(END_OF_TIME)
+                .is_some_and(|(due, _)| due % 100 == 0)
+        );
     }
 }
