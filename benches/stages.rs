@@ -80,7 +80,7 @@ use vigil::hash;
 use vigil::ingest::{Ingest, RawInput, Record, Stream};
 use vigil::io::file::kcat_line;
 use vigil::mapping::{Change, Mapper};
-use vigil::model::{CacheAction, CacheKey, Millis, Provenance, is_glob};
+use vigil::model::{CacheAction, CacheKey, Millis, Name, Provenance, is_glob};
 use vigil::pipeline::{EngineOptions, storm_rules};
 use vigil::registry::{ProtoSchema, WriterSchema};
 use vigil::state::{Cf, RocksStore, StateBatch, Store, codec};
@@ -229,7 +229,7 @@ fn last_of(records: &[GenRecord], stream: Stream, n: usize) -> Vec<&GenRecord> {
 /// Where a record sits, its offset being its index among those benchmarked.
 fn provenance(record: &GenRecord, offset: usize) -> Provenance {
     Provenance {
-        topic: Arc::clone(&record.topic),
+        topic: Name::new(&record.topic),
         partition: record.partition,
         offset: offset as i64,
         from_file: false,

@@ -660,7 +660,7 @@ mod tests {
             transaction_id: None,
             transaction: None,
             evidence: vec![Provenance {
-                topic: Arc::from("cache"),
+                topic: crate::model::Name::new("cache"),
                 partition: 2,
                 offset: 17,
                 from_file: false,

@@ -536,7 +536,7 @@ mod tests {
 
     fn provenance() -> Provenance {
         Provenance {
-            topic: Arc::from("mysql.demo.users"),
+            topic: crate::model::Name::new("mysql.demo.users"),
             partition: 0,
             offset: 7,
             from_file: false,

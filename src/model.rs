@@ -2,8 +2,9 @@
 //! decoded cache event are once they leave the decoders, and where a record
 //! came from.
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
@@ -116,12 +117,146 @@ impl fmt::Display for Version {
     }
 }
 
+/// A name many records share (a topic, an input file's path), held once
+/// for the process: copying it copies a pointer. A shared string (`Arc`)
+/// would do too, but every copy and drop then writes its count, one
+/// memory location for all the records of the name, which the reader and
+/// the workers, on other cores, take from each other: about 3 % of the CPU
+/// of `vigil check` for the topic alone (see BENCHMARKS.md). The names held are few (the
+/// topics and files read); past [`MAX_NAMES`] of them (say, dead letters of
+/// many topics replayed), a name is a shared string again.
+///
+/// A shared name is a `String` behind the `Arc`, not a `str`: its pointer
+/// is then one word, which fits beside the held name's, and a `Name` takes
+/// 16 bytes as an `Arc<str>` did (24 otherwise).
+#[derive(Clone)]
+pub enum Name {
+    Held(&'static str),
+    Shared(Arc<String>),
+}
+
+/// Distinct names held for the process at most (see [`Name`]).
+const MAX_NAMES: usize = 4096;
+
+/// The names held, see [`Name`].
+static NAMES: RwLock<Option<HashSet<&'static str>>> = RwLock::new(None);
+
+impl Name {
+    /// `name`, held if it is or may be (see [`Name`]). Callers that make
+    /// one for each record keep the names they made (the names held are
+    /// behind a lock).
+    pub fn new(name: &str) -> Name {
+        let names = NAMES.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = names.as_ref().and_then(|n| n.get(name)) {
+            return Name::Held(held);
+        }
+        drop(names);
+        let mut names = NAMES.write().unwrap_or_else(|e| e.into_inner());
+        hold(names.get_or_insert_with(HashSet::new), name, MAX_NAMES)
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Name::Held(s) => s,
+            Name::Shared(s) => s,
+        }
+    }
+}
+
+/// `name` held among `names` (found there, or added while they are fewer
+/// than `max`), else shared.
+fn hold(names: &mut HashSet<&'static str>, name: &str, max: usize) -> Name {
+    if let Some(held) = names.get(name) {
+        return Name::Held(held);
+    }
+    if names.len() >= max {
+        return Name::Shared(Arc::new(name.to_owned()));
+    }
+    let held: &'static str = Box::leak(Box::from(name));
+    names.insert(held);
+    Name::Held(held)
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&str> for Name {
+    fn from(name: &str) -> Name {
+        Name::new(name)
+    }
+}
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Name) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Name {}
+
+impl std::hash::Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Written as the string it is, so stored state and events read the same.
+impl Serialize for Name {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl serde::de::Visitor<'_> for NameVisitor {
+            type Value = Name;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Name, E> {
+                Ok(Name::new(v))
+            }
+        }
+        deserializer.deserialize_str(NameVisitor)
+    }
+}
+
 /// Where a record came from, carried into the `evidence` of the events that
 /// rest on it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Provenance {
     /// The Kafka topic, or the input file's path for a bare line of a file.
-    pub topic: Arc<str>,
+    pub topic: Name,
     /// The Kafka partition (0 for a bare line of a file).
     pub partition: i32,
     /// The Kafka offset, or the 1-based line number for a bare line of a file.
@@ -216,4 +351,60 @@ impl CacheEvent {
 /// Whether a cache key is a glob pattern (wildcard invalidation).
 pub fn is_glob(key: &str) -> bool {
     key.contains('*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_held_once_and_reads_as_its_text() {
+        let (a, b) = (
+            Name::new("cdc.public.orders"),
+            Name::new("cdc.public.orders"),
+        );
+        let (Name::Held(x), Name::Held(y)) = (&a, &b) else {
+            panic!("a name of a few held is held");
+        };
+        assert!(std::ptr::eq(*x, *y), "one copy of the text");
+        assert_eq!(
+            (a.as_str(), a.to_string()),
+            ("cdc.public.orders", "cdc.public.orders".into())
+        );
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(
+            json, r#""cdc.public.orders""#,
+            "written as the string it is"
+        );
+        assert_eq!(serde_json::from_str::<Name>(&json).unwrap(), a);
+        let stored = bincode::serde::encode_to_vec(&a, bincode::config::standard()).unwrap();
+        let as_str =
+            bincode::serde::encode_to_vec("cdc.public.orders", bincode::config::standard());
+        assert_eq!(
+            stored,
+            as_str.unwrap(),
+            "stored state reads the same as before"
+        );
+    }
+
+    #[test]
+    fn names_past_the_most_held_are_shared_and_equal_all_the_same() {
+        let mut names = HashSet::new();
+        assert!(matches!(hold(&mut names, "a", 2), Name::Held(_)));
+        assert!(matches!(hold(&mut names, "b", 2), Name::Held(_)));
+        let c = hold(&mut names, "c", 2);
+        assert!(matches!(c, Name::Shared(_)), "no third name is held");
+        assert!(
+            matches!(hold(&mut names, "a", 2), Name::Held(_)),
+            "held ones still are"
+        );
+        assert_eq!((names.len(), c.as_str()), (2, "c"));
+        assert_eq!(c, Name::Held("c"));
+    }
+
+    #[test]
+    fn a_name_is_as_small_as_a_shared_string() {
+        assert_eq!(std::mem::size_of::<Name>(), std::mem::size_of::<Arc<str>>());
+        assert_eq!(std::mem::size_of::<Provenance>(), 32);
+    }
 }

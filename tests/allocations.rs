@@ -20,7 +20,7 @@ use std::sync::Arc;
 use vigil::config::Config;
 use vigil::ingest::{Ingest, RawInput, Stream};
 use vigil::io::file::{LineDecoder, kcat_line};
-use vigil::model::Provenance;
+use vigil::model::{Name, Provenance};
 use vigil::telemetry::Stats;
 use vigil::workload::encode::CdcFormat;
 use vigil::workload::storms::Traffic;
@@ -102,7 +102,7 @@ fn per_record(records: &[&GenRecord], config: &Config) -> f64 {
         .map(|(offset, r)| {
             let input = r.raw_input();
             let provenance = Provenance {
-                topic: Arc::clone(&r.topic),
+                topic: Name::new(&r.topic),
                 partition: r.partition,
                 offset: offset as i64,
                 from_file: false,
@@ -141,7 +141,7 @@ fn per_kcat_line(records: &[GenRecord], config: &Config) -> f64 {
             (r.stream, line)
         })
         .collect();
-    let file: Arc<str> = Arc::from("kcat.ndjson");
+    let file = Name::new("kcat.ndjson");
     let mut decoder = LineDecoder::default();
     let mut out = Vec::with_capacity(16);
     let before = allocations();

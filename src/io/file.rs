@@ -21,7 +21,7 @@ use crate::detect::storm::StormEvent;
 use crate::events::Violation;
 use crate::formats::KcatBuffers;
 use crate::ingest::{Ingest, Payload, RawInput, Record, Stream};
-use crate::model::{Millis, Provenance};
+use crate::model::{Millis, Name, Provenance};
 use crate::pipeline::{Acknowledgement, OutputError, Outputs, PartitionBatch, Position, SourceMsg};
 use crate::telemetry::{RecordsRead, Stage, StageTimed, Stats};
 
@@ -217,23 +217,24 @@ pub struct FileError {
 }
 
 /// The topic names of `kcat -J` lines, each shared by every record of its
-/// topic.
+/// topic (looked up here first: the names held for the process are behind a
+/// lock).
 #[derive(Default)]
-struct Topics(HashSet<Arc<str>, RandomState>);
+struct Topics(HashSet<Name, RandomState>);
 
 /// Topic names kept at most: a file of more topics starts the set anew.
 const MAX_TOPICS: usize = 1024;
 
 impl Topics {
-    fn get(&mut self, name: &str) -> Arc<str> {
+    fn get(&mut self, name: &str) -> Name {
         if let Some(t) = self.0.get(name) {
-            return Arc::clone(t);
+            return t.clone();
         }
         if self.0.len() >= MAX_TOPICS {
             self.0.clear();
         }
-        let t: Arc<str> = Arc::from(name);
-        self.0.insert(Arc::clone(&t));
+        let t = Name::new(name);
+        self.0.insert(t.clone());
         t
     }
 }
@@ -330,6 +331,7 @@ pub fn read_file(
         opts.max_record_bytes,
     );
     let name: Arc<str> = Arc::from(input_name(&input.path));
+    let topic = Name::new(&name);
     let mut decoder = LineDecoder::default();
     let mut records = Vec::with_capacity(opts.batch_size);
     let mut dead = Vec::new();
@@ -347,7 +349,7 @@ pub fn read_file(
                 if let Err((error, kafka)) = decoder.decode(
                     bytes,
                     line_no,
-                    &name,
+                    &topic,
                     input.stream,
                     opts.ingest,
                     &mut records,
@@ -454,7 +456,7 @@ impl LineDecoder {
         &mut self,
         bytes: &[u8],
         line_no: u64,
-        file: &Arc<str>,
+        file: &Name,
         stream: Stream,
         ingest: &Ingest,
         out: &mut Vec<Record>,
@@ -490,7 +492,7 @@ impl LineDecoder {
             Some(Err(e)) => Err((e, None)),
             None => {
                 let provenance = Provenance {
-                    topic: Arc::clone(file),
+                    topic: file.clone(),
                     partition: 0,
                     offset: line_no as i64,
                     from_file: true,

@@ -24,7 +24,7 @@ fn table(table: &str, extra: &str) -> Mapper {
 
 fn kafka(topic: &str) -> Provenance {
     Provenance {
-        topic: Arc::from(topic),
+        topic: crate::model::Name::new(topic),
         partition: 2,
         offset: 42,
         from_file: false,
@@ -33,7 +33,7 @@ fn kafka(topic: &str) -> Provenance {
 
 fn file() -> Provenance {
     Provenance {
-        topic: Arc::from("/data/cdc.ndjson"),
+        topic: crate::model::Name::new("/data/cdc.ndjson"),
         partition: 0,
         offset: 7,
         from_file: true,
@@ -352,7 +352,7 @@ fn record_without_table_from_a_file_is_unmapped() {
     // A file path is not a topic: it never names a table.
     let m = table("products", "pk = [\"id\"]\nkeys = [\"product:{id}\"]");
     let mut from_file = file();
-    from_file.topic = Arc::from("products");
+    from_file.topic = crate::model::Name::new("products");
     assert_eq!(unmapped(&m, FLAT_NO_TABLE, &from_file), "(unnamed)");
 }
 

@@ -41,7 +41,7 @@ use crate::io::file::{FileOutputs, check_inputs, input_name, is_stdin, open_inpu
 use crate::io::kafka::outputs::KafkaOutputs;
 use crate::io::kafka::repartition::KafkaRepartition;
 use crate::io::kafka::{KafkaSetupError, TopicKinds, client_config, reach_brokers, send_waiting};
-use crate::model::{Millis, Provenance};
+use crate::model::{Millis, Name, Provenance};
 use crate::pipeline::{
     EngineOptions, KeyedItem, OutputError, Outputs, PartitionBatch, Position, Repartition,
     SourceMsg,
@@ -598,7 +598,7 @@ fn decode(
         return;
     };
     let provenance = Provenance {
-        topic: Arc::from(origin.topic.as_str()),
+        topic: Name::new(&origin.topic),
         partition: origin.partition,
         offset: origin.offset,
         from_file: false,

@@ -232,7 +232,7 @@ fn send(tx: &Sender<SourceMsg>, ingest: &Ingest, partition: usize, line: &str, o
         Stream::Cache
     };
     let provenance = Provenance {
-        topic: Arc::from(format!("p{partition}")),
+        topic: crate::model::Name::new(&format!("p{partition}")),
         partition: 0,
         offset,
         from_file: false,
@@ -246,7 +246,7 @@ fn send(tx: &Sender<SourceMsg>, ingest: &Ingest, partition: usize, line: &str, o
     };
     ingest.ingest(input, &provenance, &mut records).unwrap();
     let position = Some(Position {
-        source: Arc::clone(&provenance.topic),
+        source: Arc::from(provenance.topic.as_str()),
         partition: 0,
         next_offset: offset + 1,
         event_time: None,

@@ -1519,7 +1519,7 @@ fn file_origins(
         origins.insert(
             (r.topic.to_string(), partition, *offset),
             Provenance {
-                topic: file.display().to_string().into(),
+                topic: file.display().to_string().as_str().into(),
                 partition: 0,
                 offset: *line,
                 from_file: true,

@@ -53,7 +53,7 @@ fn change(rules: TableRules, op: Op, version: Option<Version>, row: u64, seq: i6
         keys: ["user:1".into()].into_iter().collect(),
         rules,
         provenance: Provenance {
-            topic: Arc::from("cdc.public.users"),
+            topic: crate::model::Name::new("cdc.public.users"),
             partition: 3,
             offset: 100 + seq,
             from_file: false,

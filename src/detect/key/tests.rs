@@ -38,7 +38,7 @@ fn key() -> Arc<str> {
 
 fn prov(topic: &str, partition: i32, offset: i64) -> Provenance {
     Provenance {
-        topic: Arc::from(topic),
+        topic: crate::model::Name::new(topic),
         partition,
         offset,
         from_file: false,

@@ -18,7 +18,7 @@ const RULES: TxRules = TxRules {
 
 fn at(topic: &str, partition: i32, offset: i64) -> Provenance {
     Provenance {
-        topic: Arc::from(topic),
+        topic: crate::model::Name::new(topic),
         partition,
         offset,
         from_file: false,

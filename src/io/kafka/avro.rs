@@ -212,7 +212,7 @@ mod tests {
         v.change_ts_ms = Some(1_596_010_889_629);
         v.deadline_ms = Some(30_000);
         v.evidence = vec![Provenance {
-            topic: Arc::from("cache"),
+            topic: crate::model::Name::new("cache"),
             partition: 2,
             offset: 17,
             from_file: false,
@@ -235,7 +235,7 @@ mod tests {
         late.source_service = Some(Arc::from("users-api"));
         late.transaction_id = Some(Arc::from("571:53462048"));
         late.evidence.push(Provenance {
-            topic: Arc::from("/data/cache.ndjson"),
+            topic: crate::model::Name::new("/data/cache.ndjson"),
             partition: 0,
             offset: 12,
             from_file: true,

@@ -38,7 +38,7 @@ use super::{KafkaSetupError, TopicKinds, client_config, log_to_tracing, owned_he
 use crate::config::{Config, Guarantee};
 use crate::dead_letter::{DeadLetter, KafkaRecord, Origin, Reason, RecordError};
 use crate::ingest::{Ingest, Payload, RawInput, Record, Stream};
-use crate::model::Provenance;
+use crate::model::{Name, Provenance};
 use crate::pipeline::{KeyedItem, PartitionBatch, Position, Repartitioned, SourceMsg, Transfer};
 use crate::state::{Cf, Store, codec};
 use crate::telemetry::{PartitionsMeasured, RecordsRead, Stage, StageTimed, Stats};
@@ -86,6 +86,8 @@ struct Part {
     /// Index of the partition in the pipeline's watermark.
     index: usize,
     topic: Arc<str>,
+    /// The topic as the records' provenance names it.
+    name: Name,
     stream: Option<Stream>,
     assigned: bool,
     records: Vec<Record>,
@@ -288,6 +290,7 @@ impl SourceContext {
         let part = shared.parts.entry(key.clone()).or_insert_with(|| Part {
             index: next_index,
             topic: Arc::clone(&key.0),
+            name: Name::new(topic),
             stream: self.kinds.stream_of(topic),
             assigned: false,
             records: Vec::new(),
@@ -809,7 +812,7 @@ impl KafkaSource {
         let mut shared = ctx.shared();
         let part = ctx.part(&mut shared, msg.topic(), msg.partition());
         let provenance = Provenance {
-            topic: Arc::clone(&part.topic),
+            topic: part.name.clone(),
             partition: msg.partition(),
             offset: msg.offset(),
             from_file: false,

@@ -19,7 +19,7 @@ const RULES: SummaryRules = SummaryRules {
 
 fn at(offset: i64) -> Provenance {
     Provenance {
-        topic: Arc::from("db.public"),
+        topic: crate::model::Name::new("db.public"),
         partition: 0,
         offset,
         from_file: false,
