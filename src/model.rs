@@ -122,9 +122,10 @@ impl fmt::Display for Version {
 /// would do too, but every copy and drop then writes its count, one
 /// memory location for all the records of the name, which the reader and
 /// the workers, on other cores, take from each other: about 3 % of the CPU
-/// of `vigil check` for the topic alone (see BENCHMARKS.md). The names held are few (the
-/// topics and files read); past [`MAX_NAMES`] of them (say, dead letters of
-/// many topics replayed), a name is a shared string again.
+/// of `vigil check` for the topic alone (see BENCHMARKS.md). The names
+/// held are few (the topics and files read); past [`MAX_NAMES`] of them
+/// (say, dead letters of many topics replayed), a name is a shared string
+/// again.
 ///
 /// A shared name is a `String` behind the `Arc`, not a `str`: its pointer
 /// is then one word, which fits beside the held name's, and a `Name` takes

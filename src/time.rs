@@ -204,7 +204,8 @@ impl Watermarks {
 /// by the due time (a timing wheel): queueing a timer there is an index,
 /// whatever the number of timers pending. A timer due outside the ring's
 /// span when it is queued (much earlier or later than the others) waits in
-/// an ordered map instead, and the queue takes the earlier of the two.
+/// an ordered map instead, and the queue takes the earlier of the two (at
+/// one due time, those of the map first).
 #[derive(Debug)]
 pub struct TimerQueue<K> {
     /// Bucket `due % WHEEL_MS` holds the timers due at `due`, for every
