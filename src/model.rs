@@ -142,18 +142,36 @@ const MAX_NAMES: usize = 4096;
 /// The names held, see [`Name`].
 static NAMES: RwLock<Option<HashSet<&'static str>>> = RwLock::new(None);
 
+thread_local! {
+    /// The names held that this thread has made: found without the lock
+    /// of [`NAMES`], whose count every thread would write (a name made for
+    /// each line of a `kcat -J` file, each state read).
+    static MADE: std::cell::RefCell<HashSet<&'static str, foldhash::fast::RandomState>> =
+        Default::default();
+}
+
 impl Name {
-    /// `name`, held if it is or may be (see [`Name`]). Callers that make
-    /// one for each record keep the names they made (the names held are
-    /// behind a lock).
+    /// `name`, held if it is or may be (see [`Name`]).
     pub fn new(name: &str) -> Name {
-        let names = NAMES.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(held) = names.as_ref().and_then(|n| n.get(name)) {
+        if let Some(held) = MADE.with_borrow(|made| made.get(name).copied()) {
             return Name::Held(held);
         }
-        drop(names);
-        let mut names = NAMES.write().unwrap_or_else(|e| e.into_inner());
-        hold(names.get_or_insert_with(HashSet::new), name, MAX_NAMES)
+        let held = NAMES
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|n| n.get(name).copied());
+        let made = match held {
+            Some(held) => Name::Held(held),
+            None => {
+                let mut names = NAMES.write().unwrap_or_else(|e| e.into_inner());
+                hold(names.get_or_insert_with(HashSet::new), name, MAX_NAMES)
+            }
+        };
+        if let Name::Held(held) = made {
+            MADE.with_borrow_mut(|made| made.insert(held));
+        }
+        made
     }
 
     pub fn as_str(&self) -> &str {

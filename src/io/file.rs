@@ -4,7 +4,6 @@
 //! An input is a regular file, a named pipe, or standard input (`-`), read
 //! front to back as a stream either way.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileTypeExt;
@@ -13,7 +12,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use foldhash::fast::RandomState;
 
 use crate::dead_letter::{DeadLetter, KEPT_PREFIX_BYTES, KafkaRecord, Origin, Reason, RecordError};
 use crate::detect::incident::IncidentEvent;
@@ -214,29 +212,6 @@ pub struct FileError {
     pub path: PathBuf,
     #[source]
     pub source: io::Error,
-}
-
-/// The topic names of `kcat -J` lines, each shared by every record of its
-/// topic (looked up here first: the names held for the process are behind a
-/// lock).
-#[derive(Default)]
-struct Topics(HashSet<Name, RandomState>);
-
-/// Topic names kept at most: a file of more topics starts the set anew.
-const MAX_TOPICS: usize = 1024;
-
-impl Topics {
-    fn get(&mut self, name: &str) -> Name {
-        if let Some(t) = self.0.get(name) {
-            return t.clone();
-        }
-        if self.0.len() >= MAX_TOPICS {
-            self.0.clear();
-        }
-        let t = Name::new(name);
-        self.0.insert(t.clone());
-        t
-    }
 }
 
 /// Settings of a file reader.
@@ -441,11 +416,10 @@ fn send_batch(
 
 /// What a file reader keeps from one line to the next so that decoding a
 /// line allocates nothing of its own: the buffers a `kcat -J` line's key and
-/// payload are unescaped into, and the topic names seen.
+/// payload are unescaped into.
 #[derive(Default)]
 pub struct LineDecoder {
     kcat: KcatBuffers,
-    topics: Topics,
 }
 
 impl LineDecoder {
@@ -474,7 +448,7 @@ impl LineDecoder {
         match self.kcat.parse(text) {
             Some(Ok(k)) => {
                 let provenance = Provenance {
-                    topic: self.topics.get(k.topic),
+                    topic: Name::new(k.topic),
                     partition: k.partition,
                     offset: k.offset,
                     from_file: false,
