@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::detect::incident::{IncidentEvent, Sample};
 use crate::detect::storm::StormEvent;
-use crate::model::{Millis, Op, Provenance, Version};
+use crate::model::{Millis, Name, Op, Provenance, Version};
 
 /// The seven kinds of DESIGN.md section 4, and the two of transactions
 /// ([`crate::detect::transaction`]).
@@ -173,7 +173,7 @@ pub struct Violation {
     pub deadline_ms: Option<i64>,
     /// Invalidation lag (late invalidations).
     pub lag_ms: Option<i64>,
-    pub source_service: Option<Arc<str>>,
+    pub source_service: Option<Name>,
     /// The transaction of the change concerned, when the change names one.
     pub transaction_id: Option<Arc<str>>,
     /// For the transaction-level kinds.
@@ -656,7 +656,7 @@ mod tests {
             cache_ts_ms: Some(1_596_010_890_000),
             deadline_ms: Some(30_000),
             lag_ms: None,
-            source_service: Some(Arc::from("users-api")),
+            source_service: Some(Name::new("users-api")),
             transaction_id: None,
             transaction: None,
             evidence: vec![Provenance {

@@ -117,15 +117,16 @@ impl fmt::Display for Version {
     }
 }
 
-/// A name many records share (a topic, an input file's path), held once
-/// for the process: copying it copies a pointer. A shared string (`Arc`)
-/// would do too, but every copy and drop then writes its count, one
-/// memory location for all the records of the name, which the reader and
-/// the workers, on other cores, take from each other: about 3 % of the CPU
-/// of `vigil check` for the topic alone (see BENCHMARKS.md). The names
-/// held are few (the topics and files read); past [`MAX_NAMES`] of them
-/// (say, dead letters of many topics replayed), a name is a shared string
-/// again.
+/// A name many records share (a topic, an input file's path, a table, a
+/// cache event's service), held once for the process: copying it copies a
+/// pointer. A shared string (`Arc`) would do too, but every copy and drop
+/// then writes its count, one memory location for all the records of the
+/// name, which the reader and the workers, on other cores, take from each
+/// other: about 3 % of the CPU of `vigil check` for the topic alone (see
+/// BENCHMARKS.md). The names held are few (the topics, files, tables and
+/// services read); past [`MAX_NAMES`] of them (say, dead letters of many
+/// topics replayed), or longer than [`MAX_HELD_BYTES`], a name is a shared
+/// string again.
 ///
 /// A shared name is a `String` behind the `Arc`, not a `str`: its pointer
 /// is then one word, which fits beside the held name's, and a `Name` takes
@@ -138,6 +139,11 @@ pub enum Name {
 
 /// Distinct names held for the process at most (see [`Name`]).
 const MAX_NAMES: usize = 4096;
+
+/// Names longer than this are shared, not held: what the names held take
+/// stays within `MAX_NAMES` times this, whatever names the input carries
+/// (a cache event's service, a `kcat -J` line's topic).
+const MAX_HELD_BYTES: usize = 256;
 
 /// The names held, see [`Name`].
 static NAMES: RwLock<Option<HashSet<&'static str>>> = RwLock::new(None);
@@ -153,6 +159,9 @@ thread_local! {
 impl Name {
     /// `name`, held if it is or may be (see [`Name`]).
     pub fn new(name: &str) -> Name {
+        if name.len() > MAX_HELD_BYTES {
+            return Name::Shared(Arc::new(name.to_owned()));
+        }
         if let Some(held) = MADE.with_borrow(|made| made.get(name).copied()) {
             return Name::Held(held);
         }
@@ -228,6 +237,18 @@ impl PartialEq for Name {
 }
 
 impl Eq for Name {}
+
+impl Ord for Name {
+    fn cmp(&self, other: &Name) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl PartialOrd for Name {
+    fn partial_cmp(&self, other: &Name) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl std::hash::Hash for Name {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
@@ -356,7 +377,7 @@ pub struct CacheEvent {
     /// invalidations may carry globs).
     pub keys: CacheKeys,
     /// Shared by the events of a reader that carry the same name.
-    pub source_service: Option<Arc<str>>,
+    pub source_service: Option<Name>,
     pub version: Option<u64>,
     pub ts_ms: Millis,
 }
@@ -419,6 +440,22 @@ mod tests {
         );
         assert_eq!((names.len(), c.as_str()), (2, "c"));
         assert_eq!(c, Name::Held("c"));
+    }
+
+    #[test]
+    fn long_names_are_shared_not_held() {
+        let long = "s".repeat(MAX_HELD_BYTES + 1);
+        let name = Name::new(&long);
+        assert!(matches!(name, Name::Shared(_)), "a long name is not held");
+        assert_eq!(name.as_str(), long);
+        let limit = "s".repeat(MAX_HELD_BYTES);
+        assert!(matches!(Name::new(&limit), Name::Held(_)));
+    }
+
+    #[test]
+    fn names_order_as_their_text() {
+        let shared = Name::Shared(Arc::new("b".to_owned()));
+        assert!(Name::new("a") < shared && shared < Name::new("c"));
     }
 
     #[test]

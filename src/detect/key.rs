@@ -25,7 +25,7 @@ use smallvec::SmallVec;
 
 use crate::events::{Violation, ViolationKind};
 use crate::mapping::Change;
-use crate::model::{Millis, Op, Provenance, SeenIds, Version, first_sighting, push_bounded};
+use crate::model::{Millis, Name, Op, Provenance, SeenIds, Version, first_sighting, push_bounded};
 
 /// Ids of changes and fills remembered per key to recognise redeliveries.
 pub const SEEN_IDS: usize = 32;
@@ -69,7 +69,7 @@ pub enum Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cover {
     pub ts: Millis,
-    pub service: Option<Arc<str>>,
+    pub service: Option<Name>,
     pub evidence: Provenance,
 }
 
@@ -121,7 +121,7 @@ impl KeyChange {
 pub struct Invalidation {
     pub ts: Millis,
     pub version: Option<u64>,
-    pub service: Option<Arc<str>>,
+    pub service: Option<Name>,
     pub evidence: Provenance,
 }
 
@@ -143,7 +143,7 @@ pub struct Fill {
     pub id: u64,
     pub ts: Millis,
     pub version: Option<u64>,
-    pub service: Option<Arc<str>>,
+    pub service: Option<Name>,
     pub evidence: Provenance,
     /// The violation already reported for it, if any: judged again after a
     /// late change, a fill reports only a verdict it did not report before.
@@ -152,7 +152,7 @@ pub struct Fill {
 
 /// Of a change invalidated in time: when it was due, the service whose
 /// invalidation covered it, and its transaction.
-pub type InTimeDue = (Millis, Option<Arc<str>>, Option<Arc<str>>);
+pub type InTimeDue = (Millis, Option<Name>, Option<Arc<str>>);
 
 /// What advancing the watermark over a key decided.
 #[derive(Debug, Default)]

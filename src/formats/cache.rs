@@ -1,12 +1,8 @@
 //! Cache events: what a service did to its cache (DESIGN.md section 2).
 
 use std::borrow::Cow;
-use std::cell::RefCell;
-use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
 
-use foldhash::fast::RandomState;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
@@ -17,7 +13,7 @@ use crate::formats::json::{
     required, scalar, string, text, uint_or_digits, wrong_type,
 };
 use crate::model::{
-    CacheAction, CacheEvent, CacheKeys, CacheOperation, Millis, is_glob, push_key_once,
+    self, CacheAction, CacheEvent, CacheKeys, CacheOperation, Millis, is_glob, push_key_once,
 };
 
 /// Decodes one cache event. Without a `timestamp` the event time is the
@@ -55,7 +51,7 @@ fn decode_general(value: &str, kafka_ts_ms: Option<Millis>) -> Result<CacheEvent
         operation,
         keys,
         source_service: optional(event.source_service, field("source_service"), string)?
-            .map(|name| service(&name)),
+            .map(|name| model::Name::new(&name)),
         version: optional(event.version, field("version"), uint_or_digits)?,
         ts_ms,
     })
@@ -196,35 +192,6 @@ fn timestamp(value: &RawValue, field: Field) -> Result<Millis, RecordError> {
     })
 }
 
-/// `source_service` names longer than this are not interned.
-const MAX_INTERNED_SERVICE_BYTES: usize = 128;
-/// Distinct `source_service` names a thread interns at most; past them,
-/// each event allocates its own.
-const MAX_INTERNED_SERVICES: usize = 4096;
-
-thread_local! {
-    /// The `source_service` names this thread's events have carried, each
-    /// allocated once (a reader decodes its records on its own thread).
-    static SERVICES: RefCell<HashSet<Arc<str>, RandomState>> = RefCell::default();
-}
-
-/// A `source_service` name, shared with the earlier events that carried it.
-fn service(name: &str) -> Arc<str> {
-    if name.len() > MAX_INTERNED_SERVICE_BYTES {
-        return Arc::from(name);
-    }
-    SERVICES.with_borrow_mut(|names| {
-        if let Some(shared) = names.get(name) {
-            return Arc::clone(shared);
-        }
-        let shared: Arc<str> = Arc::from(name);
-        if names.len() < MAX_INTERNED_SERVICES {
-            names.insert(Arc::clone(&shared));
-        }
-        shared
-    })
-}
-
 // ---------------------------------------------------------------------------
 // One pass
 
@@ -265,7 +232,7 @@ fn decode_one_pass(text: &str, kafka_ts_ms: Option<Millis>) -> Option<CacheEvent
     Some(CacheEvent {
         operation,
         keys,
-        source_service: source_service.flatten().map(|name| service(&name)),
+        source_service: source_service.flatten().map(|name| model::Name::new(&name)),
         version: version.flatten(),
         ts_ms: event_time(ts_ms, kafka_ts_ms).ok()?,
     })
@@ -425,7 +392,7 @@ impl Visitor<'_> for EntityIdVisitor {
 #[cfg(test)]
 mod tests {
     use crate::formats::testing::data_file;
-    use std::sync::Arc;
+    use crate::model;
 
     use super::{decode_cache, decode_general, decode_one_pass};
     use crate::dead_letter::Reason;
@@ -689,24 +656,26 @@ mod tests {
     }
 
     #[test]
-    fn source_services_are_shared() {
+    fn source_services_are_held_once_unless_long() {
         let line = r#"{"operation":"set","cache_key":"a","source_service":"svc-shared"}"#;
         let first = decode_cache(line, Some(KAFKA_TS)).expect("decodes");
         let second = decode_cache(line, Some(KAFKA_TS)).expect("decodes");
-        let (Some(a), Some(b)) = (first.source_service, second.source_service) else {
-            panic!("no source_service");
+        let (Some(model::Name::Held(a)), Some(model::Name::Held(b))) =
+            (first.source_service, second.source_service)
+        else {
+            panic!("the service is not held");
         };
-        assert!(Arc::ptr_eq(&a, &b));
+        assert!(std::ptr::eq(a, b), "one copy for the process");
         let long = format!(
             r#"{{"operation":"set","cache_key":"a","source_service":"{}"}}"#,
-            "s".repeat(200)
+            "s".repeat(300)
         );
         let first = decode_cache(&long, Some(KAFKA_TS)).expect("decodes");
         let second = decode_cache(&long, Some(KAFKA_TS)).expect("decodes");
         assert_eq!(first, second);
-        assert!(!Arc::ptr_eq(
-            first.source_service.as_ref().expect("a service"),
-            second.source_service.as_ref().expect("a service")
-        ));
+        assert!(
+            matches!(first.source_service, Some(model::Name::Shared(_))),
+            "a long service is not held for the process"
+        );
     }
 }

@@ -32,6 +32,7 @@ use smallvec::SmallVec;
 
 use crate::detect::entity::EntityState;
 use crate::detect::key::{FillLists, KeyState};
+use crate::model::Name;
 use crate::state::{StateBatch, StateError};
 
 /// Approximate heap bytes of a value, for the budget.
@@ -84,10 +85,21 @@ const ALLOCATION_HEADER: usize = 16;
 /// A holder's share of a shared (`Arc`) string: its bytes, counts and
 /// allocator header over the holders it has as the share is taken. A
 /// primary key held by the changes of each of an entity's keys is counted
-/// once among them; a service name interned by the decoder (one string for
-/// all its events) is next to nothing for each.
+/// once among them.
 fn shared_bytes(s: &Arc<str>) -> usize {
     (s.len() + 2 * size_of::<usize>() + ALLOCATION_HEADER) / Arc::strong_count(s)
+}
+
+/// A holder's share of a service's name: nothing when the name is held for
+/// the process (read without touching it), else as a shared string's.
+fn name_bytes(name: &Option<Name>) -> usize {
+    match name {
+        None | Some(Name::Held(_)) => 0,
+        Some(Name::Shared(s)) => {
+            (s.capacity() + size_of::<String>() + 2 * size_of::<usize>() + 2 * ALLOCATION_HEADER)
+                / Arc::strong_count(s)
+        }
+    }
 }
 
 /// The heap bytes of a vector that holds its first items inline: none
@@ -120,10 +132,10 @@ impl Footprint for [u8; 12] {
 impl Footprint for KeyState {
     /// The vectors (the fills' two behind their own allocation, with its
     /// allocator header), and the key's share of the strings it holds:
-    /// primary keys and services (see [`shared_bytes`]). Table and topic
-    /// names are shared by every key that names them.
+    /// primary keys and services (see [`shared_bytes`], [`name_bytes`]).
+    /// Table and topic names are shared by every key that names them.
     fn heap_bytes(&self) -> usize {
-        let service = |s: &Option<Arc<str>>| s.as_ref().map_or(0, shared_bytes);
+        let service = name_bytes;
         let changes: usize = self
             .changes
             .iter()

@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::{Engine, PipelineError, SinkMsg};
 use crate::detect::storm::{StormDetector, StormRules, StormState};
-use crate::model::{CacheKeys, Millis};
+use crate::model::{CacheKeys, Millis, Name};
 use crate::state::{Cf, StateBatch, StateError, Store, codec};
 use crate::telemetry::{Stage, StageTimed, Stats, StormsMeasured};
 
@@ -33,7 +33,7 @@ pub(super) enum StormMsg {
 pub(super) struct Observed {
     pub ts: Millis,
     pub keys: CacheKeys,
-    pub service: Option<Arc<str>>,
+    pub service: Option<Name>,
 }
 
 pub(super) struct StormStage {

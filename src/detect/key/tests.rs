@@ -79,7 +79,7 @@ fn inv(ts: Millis, version: Option<u64>, offset: i64) -> Invalidation {
     Invalidation {
         ts,
         version,
-        service: Some(Arc::from("users-api")),
+        service: Some(Name::new("users-api")),
         evidence: prov("cache-events", 1, offset),
     }
 }
@@ -89,7 +89,7 @@ fn fill(ts: Millis, version: Option<u64>, offset: i64) -> Fill {
         id: hash::fill(KEY, ts, version, Some("users-web")),
         ts,
         version,
-        service: Some(Arc::from("users-web")),
+        service: Some(Name::new("users-web")),
         evidence: prov("cache-events", 2, offset),
         reported: None,
     }

@@ -232,7 +232,7 @@ mod tests {
         let mut late = violation(ViolationKind::LateInvalidation);
         late.cache_ts_ms = Some(1_596_010_920_000);
         late.lag_ms = Some(30_371);
-        late.source_service = Some(Arc::from("users-api"));
+        late.source_service = Some(crate::model::Name::new("users-api"));
         late.transaction_id = Some(Arc::from("571:53462048"));
         late.evidence.push(Provenance {
             topic: crate::model::Name::new("/data/cache.ndjson"),
