@@ -120,7 +120,7 @@ pub struct TxDetail {
     pub missing_xoffsets: Option<Vec<u64>>,
     /// The mapped tables whose changes were seen (Maxwell: every table
     /// whose rows were seen, mapped or not).
-    pub tables: Vec<Arc<str>>,
+    pub tables: Vec<Name>,
     /// How its changes' invalidations went (`transaction_not_invalidated`).
     pub keys: Option<KeyCounts>,
 }
@@ -154,7 +154,7 @@ pub struct Violation {
     pub kind: ViolationKind,
     /// The cache key; `None` for entity-level kinds.
     pub key: Option<Arc<str>>,
-    pub table: Arc<str>,
+    pub table: Name,
     /// The primary key as a JSON object text.
     pub pk: Arc<str>,
     /// Op of the change concerned (for fills: of the latest change).
@@ -283,7 +283,7 @@ impl Violation {
         kind: ViolationKind,
         key: Option<Arc<str>>,
         about: u64,
-        table: Arc<str>,
+        table: Name,
         pk: Arc<str>,
         time_ms: Millis,
     ) -> Self {
@@ -646,7 +646,7 @@ mod tests {
             id: "0123".into(),
             kind: ViolationKind::StaleFill,
             key: Some(Arc::from("user:1")),
-            table: Arc::from("public.users"),
+            table: Name::new("public.users"),
             pk: Arc::from("{\"id\":1}"),
             op: Some(Op::Update),
             version: Some(Version::scalar(3)),

@@ -12,7 +12,7 @@ use crate::formats::{
     self, BinaryKey, DecodedCdc, Framed, RawChange, Row, Skip, TxMarker, TxStatus,
 };
 use crate::mapping::{Change, Mapped, Mapper};
-use crate::model::{CacheEvent, Millis, Provenance};
+use crate::model::{CacheEvent, Millis, Name, Provenance};
 use crate::registry::{Registered, RegistryError, SchemaKind, SchemaRegistry, SetupError};
 use crate::telemetry::{RecordSkipped, RegistryUnavailable, Stats, UnmappedChange};
 
@@ -350,7 +350,7 @@ impl Ingest {
         let mark = match marker.status {
             TxStatus::Begin => TxMark::Begin,
             TxStatus::End => TxMark::End({
-                let mut tables: Vec<(Arc<str>, u64)> = Vec::new();
+                let mut tables: Vec<(Name, u64)> = Vec::new();
                 let mut all_mapped = true;
                 for (name, count) in &marker.data_collections {
                     match self.mapper.collection_table(name) {
@@ -397,9 +397,9 @@ impl Ingest {
         }
         let tx = raw.pos.tx_id.as_deref()?;
         let (table, ts) = match mapped {
-            Mapped::Change(c) => (Arc::clone(&c.table), c.commit_ts_ms),
+            Mapped::Change(c) => (c.table.clone(), c.commit_ts_ms),
             Mapped::Unmapped { table } => (
-                Arc::from(table.as_str()),
+                Name::new(table.as_str()),
                 raw.pos.commit_ts_ms.or(kafka_ts_ms)?,
             ),
         };

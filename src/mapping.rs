@@ -16,7 +16,7 @@ use crate::config::{Config, KeyTemplate, Segment, TableConfig, TableFormat, Vers
 use crate::dead_letter::{Reason, RecordError};
 use crate::formats::{self, CdcFormat, RawChange, Row, Scalar, TableRef, column};
 use crate::hash;
-use crate::model::{CacheKey, CacheKeys, Millis, Op, Provenance, Version, push_key_once};
+use crate::model::{CacheKey, CacheKeys, Millis, Name, Op, Provenance, Version, push_key_once};
 
 /// The per-table rules the detectors need, carried with every change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,7 +39,7 @@ pub struct Change {
     pub id: u64,
     /// Identity of the entity (table + primary key).
     pub entity: u64,
-    pub table: Arc<str>,
+    pub table: Name,
     /// The primary key as a JSON object, columns in key order: `{"id":1}`;
     /// `{}` for a truncate, which has no row.
     pub pk: Arc<str>,
@@ -88,7 +88,7 @@ pub enum Mapped {
 }
 
 struct Table {
-    name: Arc<str>,
+    name: Name,
     config: TableConfig,
     rules: TableRules,
     /// The globs of the key templates, without repeats: a truncate's keys.
@@ -135,7 +135,7 @@ impl Mapper {
             .tables
             .iter()
             .map(|t| Table {
-                name: Arc::from(t.table.as_str()),
+                name: Name::new(&t.table),
                 config: t.clone(),
                 rules: TableRules {
                     deadline_ms: config.deadline_of(t).as_millis_i64(),
@@ -254,7 +254,7 @@ impl Mapper {
     /// The `[[tables]]` name of a table as a transaction's END names it
     /// (`schema.table`, `db.table`, or longer for SQL Server: the last two
     /// parts), `None` when it is not mapped.
-    pub fn collection_table(&self, collection: &str) -> Option<Arc<str>> {
+    pub fn collection_table(&self, collection: &str) -> Option<Name> {
         let index = self.by_name.get(collection).or_else(|| {
             let (qualifier, table) = collection.rsplit_once('.')?;
             let last = qualifier.rsplit('.').next().unwrap_or(qualifier);
@@ -262,7 +262,7 @@ impl Mapper {
                 .get(&Parts(last, table))
                 .or_else(|| self.by_bare_name.get(table))
         });
-        index.map(|&i| Arc::clone(&self.tables[i].name))
+        index.map(|&i| self.tables[i].name.clone())
     }
 
     /// Finds the `[[tables]]` entry of a record: `schema.table`, `db.table`,

@@ -130,7 +130,7 @@ fn violation(
             kind,
             None,
             change.id,
-            Arc::clone(&change.table),
+            change.table.clone(),
             Arc::clone(&change.pk),
             change.commit_ts_ms,
         )

@@ -24,14 +24,13 @@
 //! tables followed, a bounded number of keys and services per second.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::lifecycle::{self, Cadence, Episode, Transition, merge_top};
 use crate::events::{Violation, ViolationKind};
-use crate::model::Millis;
+use crate::model::{Millis, Name};
 
 /// Keys of missed changes sampled per table and second.
 const KEYS_PER_SECOND: usize = 16;
@@ -164,18 +163,18 @@ impl Second {
 /// Verdicts by second of event time and table: what a worker gathers over a
 /// batch of work and hands over at once.
 #[derive(Debug, Default)]
-pub struct Tallies(BTreeMap<(i64, Arc<str>), Second>);
+pub struct Tallies(BTreeMap<(i64, Name), Second>);
 
 impl Tallies {
-    fn second(&mut self, ts: Millis, table: &Arc<str>) -> &mut Second {
+    fn second(&mut self, ts: Millis, table: &Name) -> &mut Second {
         self.0
-            .entry((ts.div_euclid(1000), Arc::clone(table)))
+            .entry((ts.div_euclid(1000), table.clone()))
             .or_default()
     }
 
     /// A change of `table` due at `due_ms`, covered in time by an
     /// invalidation of `service`.
-    pub fn in_time(&mut self, due_ms: Millis, table: &Arc<str>, service: Option<&str>) {
+    pub fn in_time(&mut self, due_ms: Millis, table: &Name, service: Option<&str>) {
         let s = self.second(due_ms, table);
         s.in_time += 1;
         if let Some(service) = service {

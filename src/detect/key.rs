@@ -78,7 +78,7 @@ pub struct Cover {
 pub struct KeyChange {
     pub id: u64,
     pub entity: u64,
-    pub table: Arc<str>,
+    pub table: Name,
     pub pk: Arc<str>,
     pub op: Op,
     pub version: Option<Version>,
@@ -159,7 +159,7 @@ pub type InTimeDue = (Millis, Option<Name>, Option<Arc<str>>);
 pub struct Decisions {
     pub violations: Vec<Violation>,
     /// Changes invalidated within their deadline: table and lag (ms).
-    pub in_time: Vec<(Arc<str>, i64)>,
+    pub in_time: Vec<(Name, i64)>,
     /// For each change of `in_time`, in the same order: when it was due,
     /// the service whose invalidation covered it, and its transaction.
     pub in_time_due: Vec<InTimeDue>,
@@ -296,7 +296,7 @@ impl KeyState {
         let mut entry = KeyChange {
             id: change.id,
             entity: change.entity,
-            table: Arc::clone(&change.table),
+            table: change.table.clone(),
             pk: Arc::clone(&change.pk),
             op: change.op,
             version: change.version,
@@ -478,7 +478,7 @@ impl KeyState {
                 kind,
                 Some(Arc::from(key)),
                 fill.id,
-                Arc::clone(&latest.table),
+                latest.table.clone(),
                 Arc::clone(&latest.pk),
                 fill.ts,
             )
@@ -530,7 +530,7 @@ fn decide_change(c: &mut KeyChange, key: &str, wm: Millis, rules: &KeyRules, out
             Some(cover) if cover.ts <= c.due() => {
                 c.status = Status::Decided;
                 out.in_time
-                    .push((Arc::clone(&c.table), (cover.ts - c.ts).max(0)));
+                    .push((c.table.clone(), (cover.ts - c.ts).max(0)));
                 out.in_time_due
                     .push((c.due(), cover.service.clone(), c.tx.clone()));
             }
@@ -577,7 +577,7 @@ fn change_violation(c: &KeyChange, key: &str, kind: ViolationKind, time_ms: Mill
             kind,
             Some(Arc::from(key)),
             c.id,
-            Arc::clone(&c.table),
+            c.table.clone(),
             Arc::clone(&c.pk),
             time_ms,
         )

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::events::{TxDetail, Violation, ViolationKind};
-use crate::model::{Millis, Provenance};
+use crate::model::{Millis, Name, Provenance};
 
 use due::DueQueue;
 pub use tracked::{IdMap, Tracked, Writes};
@@ -90,7 +90,7 @@ pub struct TxRules {
 /// record carries the transaction block), borrowed from the change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxChange<'a> {
-    pub table: &'a Arc<str>,
+    pub table: &'a Name,
     /// The change's `total_order` in the transaction (from 1).
     pub order: u64,
     pub ts: Millis,
@@ -116,7 +116,7 @@ pub enum TxMark {
     /// database's): its `xoffset` when Maxwell writes them (every row but
     /// the last), and whether it is the last (`commit`).
     Row {
-        table: Arc<str>,
+        table: Name,
         xoffset: Option<u64>,
         commit: bool,
     },
@@ -151,7 +151,7 @@ pub struct EndCounts {
     /// Events over every table, mapped or not.
     pub event_count: Option<u64>,
     /// Events per mapped table, by its `[[tables]]` name.
-    pub tables: Vec<(Arc<str>, u64)>,
+    pub tables: Vec<(Name, u64)>,
     /// Whether every table the END names is mapped.
     pub all_mapped: bool,
     /// The END is a Maxwell commit row: the rows before it are numbered
@@ -174,7 +174,7 @@ impl EndCounts {
 /// The changes of one mapped table seen in a transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableTally {
-    pub table: Arc<str>,
+    pub table: Name,
     /// `total_order` numbers seen, sorted, each once.
     pub orders: Vec<u64>,
 }
@@ -265,14 +265,14 @@ impl Tally {
 
     /// Notes a change or row of `table`, and its number in the transaction
     /// if it has one (a redelivery counts once).
-    fn count(&mut self, table: &Arc<str>, order: Option<u64>) {
+    fn count(&mut self, table: &Name, order: Option<u64>) {
         let i = match self.tables.binary_search_by(|t| t.table.cmp(table)) {
             Ok(i) => i,
             Err(i) => {
                 self.tables.insert(
                     i,
                     TableTally {
-                        table: Arc::clone(table),
+                        table: table.clone(),
                         orders: Vec::new(),
                     },
                 );
@@ -313,8 +313,8 @@ impl Tally {
         self.tables.iter().map(|t| t.orders.len() as u64).sum()
     }
 
-    fn table_names(&self) -> Vec<Arc<str>> {
-        self.tables.iter().map(|t| Arc::clone(&t.table)).collect()
+    fn table_names(&self) -> Vec<Name> {
+        self.tables.iter().map(|t| t.table.clone()).collect()
     }
 }
 
@@ -649,7 +649,7 @@ fn judge(id: &Arc<str>, tally: &Tally, due: Millis, out: &mut TxDecisions) {
         let table = tally
             .tables
             .first()
-            .map_or_else(|| Arc::from("(none)"), |t| Arc::clone(&t.table));
+            .map_or_else(|| Name::new("(none)"), |t| t.table.clone());
         out.violations.push(Violation {
             change_ts_ms: Some(tally.first_ts),
             transaction_id: Some(Arc::clone(id)),
@@ -695,7 +695,7 @@ fn judge(id: &Arc<str>, tally: &Tally, due: Millis, out: &mut TxDecisions) {
             tables: tally.table_names(),
             keys: None,
         };
-        let violation = incomplete(id, (Arc::clone(table), table), detail, end, due);
+        let violation = incomplete(id, (table.clone(), table), detail, end, due);
         out.violations.push(violation);
     }
 }
@@ -705,7 +705,7 @@ fn judge(id: &Arc<str>, tally: &Tally, due: Millis, out: &mut TxDecisions) {
 /// Maxwell's lost rows are of no known table).
 fn incomplete(
     id: &Arc<str>,
-    (table, id_table): (Arc<str>, &str),
+    (table, id_table): (Name, &str),
     detail: TxDetail,
     end: &EndSeen,
     due: Millis,
@@ -743,7 +743,7 @@ fn judge_rows(id: &Arc<str>, tally: &Tally, end: &EndSeen, due: Millis, out: &mu
         tables: tally.table_names(),
         keys: None,
     };
-    let violation = incomplete(id, (Arc::from(UNKNOWN_TABLE), ""), detail, end, due);
+    let violation = incomplete(id, (Name::new(UNKNOWN_TABLE), ""), detail, end, due);
     out.violations.push(violation);
 }
 

@@ -24,7 +24,7 @@ use crate::detect::transaction::{
 };
 use crate::events::Violation;
 use crate::mapping::Change;
-use crate::model::Millis;
+use crate::model::{Millis, Name};
 use crate::state::{Cf, StateBatch, StateError, Store, codec};
 use crate::telemetry::{
     LateRecords, LateTransactionVerdicts, Stage, StageTimed, Stats, TransactionsTracked,
@@ -100,7 +100,7 @@ impl TxItem {
 
     /// What the transaction's summary takes of it: the table of a change
     /// that obliges invalidations, and when they are due.
-    fn due(&self) -> Option<(&Arc<str>, Millis)> {
+    fn due(&self) -> Option<(&Name, Millis)> {
         match self {
             TxItem::Change { change, .. } => {
                 change.invalidations_due().map(|due| (&change.table, due))

@@ -19,7 +19,7 @@ use crate::detect::incident::Tallies;
 use crate::detect::key::{Decisions, RetainedGlob};
 use crate::detect::transaction::summary::TxTallies;
 use crate::events::{Violation, ViolationKind};
-use crate::model::Millis;
+use crate::model::{Millis, Name};
 use crate::telemetry::{
     BatchProcessed, CacheRedelivered, DuplicateChange, InvalidatedInTime, KeyHistoryEvicted,
     MissedExpired, StateMeasured, Stats, TableTally, TablesDecided,
@@ -69,7 +69,7 @@ struct Verdicts {
     decided: Decisions,
     violations: Vec<Violation>,
     /// Changes decided since the last checkpoint, by table.
-    tallies: BTreeMap<Arc<str>, TableTally>,
+    tallies: BTreeMap<Name, TableTally>,
     /// Verdicts for incident detection since they were last sent (when it
     /// is on).
     incidents: Option<Tallies>,
@@ -110,10 +110,7 @@ impl Verdicts {
         }
         for v in &d.violations {
             if v.kind == ViolationKind::MissingInvalidation {
-                self.tallies
-                    .entry(Arc::clone(&v.table))
-                    .or_default()
-                    .decided += 1;
+                self.tallies.entry(v.table.clone()).or_default().decided += 1;
             }
         }
         self.stats

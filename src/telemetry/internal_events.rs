@@ -6,7 +6,6 @@
 //! and the events that feed it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use crate::detect::incident;
 use crate::detect::storm::{Phase, ScopeType};
 use crate::events::ViolationKind;
 use crate::formats::Skip;
-use crate::model::Op;
+use crate::model::{Name, Op};
 
 /// Metric names: `vigil_` prefix, base units, `_total` on counters.
 pub mod names {
@@ -555,7 +554,7 @@ impl<'a, I: Iterator<Item = &'a str>> Event for IncidentsOpen<I> {
 }
 
 /// Per-table outcomes decided by a worker.
-pub struct TablesDecided<'a>(pub &'a BTreeMap<Arc<str>, TableTally>);
+pub struct TablesDecided<'a>(pub &'a BTreeMap<Name, TableTally>);
 
 impl Event for TablesDecided<'_> {
     fn emit(self, stats: &Stats) {
@@ -727,7 +726,7 @@ mod tests {
         let s = Stats::default();
         let mut tallies = BTreeMap::new();
         tallies.insert(
-            Arc::from("t"),
+            Name::new("t"),
             TableTally {
                 decided: 4,
                 in_time: 3,

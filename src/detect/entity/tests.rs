@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::*;
 use crate::hash;
 use crate::mapping::TableRules;
-use crate::model::Provenance;
+use crate::model::{Name, Provenance};
 
 const TABLE: &str = "public.users";
 const PK: &str = "{\"id\":1}";
@@ -42,7 +42,7 @@ fn change(rules: TableRules, op: Op, version: Option<Version>, row: u64, seq: i6
     Change {
         id: hash::change(entity, op, version, ts, row),
         entity,
-        table: Arc::from(TABLE),
+        table: Name::new(TABLE),
         pk: Arc::from(PK),
         op,
         version,
@@ -98,7 +98,7 @@ fn expected(
         id: hash::event_id(kind.as_str(), None, c.id),
         kind,
         key: None,
-        table: Arc::from(TABLE),
+        table: Name::new(TABLE),
         pk: Arc::from(PK),
         op: Some(c.op),
         version: c.version,

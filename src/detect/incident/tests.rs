@@ -22,7 +22,7 @@ fn missing(table: &str, key: &str, due: Millis) -> Violation {
         ViolationKind::MissingInvalidation,
         Some(Arc::from(key)),
         due as u64,
-        Arc::from(table),
+        Name::new(table),
         Arc::from("{\"id\":1}"),
         due,
     )
@@ -37,7 +37,7 @@ fn traffic(
     per_second: i64,
     missed: impl Fn(i64, i64) -> bool,
 ) -> Vec<Tallies> {
-    let table: Arc<str> = Arc::from(table);
+    let table = Name::new(table);
     (from_s..from_s + seconds)
         .map(|s| {
             let mut t = Tallies::default();
@@ -137,7 +137,7 @@ fn ids_and_events_do_not_depend_on_how_verdicts_are_split_and_handed_over() {
     // the time they are decided up to advancing by 3 s at a time.
     let mut d = IncidentDetector::default();
     let mut out = Vec::new();
-    let table: Arc<str> = Arc::from("orders");
+    let table = Name::new("orders");
     for chunk in (0..40).collect::<Vec<i64>>().chunks(3) {
         for worker in 0..2 {
             let mut t = Tallies::default();
@@ -185,7 +185,7 @@ fn the_state_saved_between_two_seconds_carries_on_as_if_never_stopped() {
 fn verdicts_of_a_second_already_judged_count_in_the_next() {
     let mut d = IncidentDetector::default();
     let mut out = Vec::new();
-    let table: Arc<str> = Arc::from("t");
+    let table = Name::new("t");
     let mut t = Tallies::default();
     t.in_time(T0, &table, None);
     d.add(t);
@@ -202,7 +202,7 @@ fn verdicts_of_a_second_already_judged_count_in_the_next() {
 #[test]
 fn a_table_owned_by_no_single_service_names_none_and_lists_them() {
     let mut d = IncidentDetector::default();
-    let table: Arc<str> = Arc::from("shared");
+    let table = Name::new("shared");
     let mut seconds = Vec::new();
     for s in 0..5 {
         let mut t = Tallies::default();
@@ -253,7 +253,7 @@ fn other_violations_are_counted_by_kind_but_the_incident_starts_with_its_first_m
         ViolationKind::StaleFill,
         Some(Arc::from("orders:x:row")),
         1,
-        Arc::from("orders"),
+        Name::new("orders"),
         Arc::from("{}"),
         T0 + 1_000,
     );

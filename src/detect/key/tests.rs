@@ -49,7 +49,7 @@ fn prov(topic: &str, partition: i32, offset: i64) -> Provenance {
 /// the row and version only, so building the same change twice gives a
 /// redelivery (the same id).
 fn change_of(pk: u64, op: Op, version: Option<u64>, ts: Millis, offset: i64) -> Change {
-    let table: Arc<str> = Arc::from(TABLE);
+    let table = Name::new(TABLE);
     let pk_text = format!("{{\"id\":{pk}}}");
     let entity = hash::entity(&table, &pk_text);
     let version = version.map(Version::scalar);
@@ -103,7 +103,7 @@ fn missing(c: &Change) -> Violation {
         id: hash::event_id("missing_invalidation", Some(KEY), c.id),
         kind: ViolationKind::MissingInvalidation,
         key: Some(key()),
-        table: Arc::from(TABLE),
+        table: Name::new(TABLE),
         pk: c.pk.clone(),
         op: Some(c.op),
         version: c.version,
@@ -126,7 +126,7 @@ fn late(c: &Change, i: &Invalidation) -> Violation {
         id: hash::event_id("late_invalidation", Some(KEY), c.id),
         kind: ViolationKind::LateInvalidation,
         key: Some(key()),
-        table: Arc::from(TABLE),
+        table: Name::new(TABLE),
         pk: c.pk.clone(),
         op: Some(c.op),
         version: c.version,
@@ -149,7 +149,7 @@ fn fill_violation(kind: ViolationKind, f: &Fill, latest: &Change) -> Violation {
         id: hash::event_id(kind.as_str(), Some(KEY), f.id),
         kind,
         key: Some(key()),
-        table: Arc::from(TABLE),
+        table: Name::new(TABLE),
         pk: latest.pk.clone(),
         op: Some(latest.op),
         version: f.version.map(Version::scalar),
@@ -232,7 +232,7 @@ struct Outcome {
     /// Sorted by time, kind and id (the order within one `advance` is not
     /// part of the contract).
     violations: Vec<Violation>,
-    in_time: Vec<(Arc<str>, i64)>,
+    in_time: Vec<(Name, i64)>,
     expired: u64,
     evicted: u64,
 }
@@ -354,8 +354,8 @@ fn same_in_every_order(records: &[Rec]) -> Outcome {
     reference
 }
 
-fn in_time(lag: i64) -> Vec<(Arc<str>, i64)> {
-    vec![(Arc::from(TABLE), lag)]
+fn in_time(lag: i64) -> Vec<(Name, i64)> {
+    vec![(Name::new(TABLE), lag)]
 }
 
 // ---------------------------------------------------------------------------
@@ -534,7 +534,7 @@ fn one_invalidation_covers_every_change_of_the_key_it_follows() {
     let i = inv(T0 + 1_010, None, 20);
     let outcome = same_in_every_order(&[Rec::Change(a), Rec::Change(b), Rec::Inv(i)]);
     assert_eq!(outcome.violations, vec![]);
-    let mut expected = vec![(Arc::from(TABLE), 10), (Arc::from(TABLE), 1_010)];
+    let mut expected = vec![(Name::new(TABLE), 10), (Name::new(TABLE), 1_010)];
     expected.sort();
     assert_eq!(outcome.in_time, expected);
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::due::DueQueue;
 use super::{IdMap, Tracked, TxId, Writes};
 use crate::events::{KeyCounts, TxDetail, Violation, ViolationKind};
-use crate::model::{Millis, Provenance};
+use crate::model::{Millis, Name, Provenance};
 
 /// The knobs of the summaries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub struct TxSum {
     /// The latest due time (commit time plus deadline) of its changes.
     pub due: Millis,
     /// The tables of its changes, sorted, each once.
-    pub tables: Vec<Arc<str>>,
+    pub tables: Vec<Name>,
     pub keys: KeyCounts,
     /// The earliest missed change's commit time and record (of changes as
     /// early, the first in the input).
@@ -54,9 +54,9 @@ impl TxSum {
         }
     }
 
-    fn table(&mut self, table: &Arc<str>) {
+    fn table(&mut self, table: &Name) {
         if let Err(at) = self.tables.binary_search(table) {
-            self.tables.insert(at, Arc::clone(table));
+            self.tables.insert(at, table.clone());
         }
     }
 
@@ -102,7 +102,7 @@ impl TxTallies {
     }
 
     /// A change of transaction `tx` invalidated in time.
-    pub fn in_time(&mut self, tx: &Arc<str>, table: &Arc<str>, due: Millis) {
+    pub fn in_time(&mut self, tx: &Arc<str>, table: &Name, due: Millis) {
         let sum = self.of(tx);
         sum.due = sum.due.max(due);
         sum.table(table);
@@ -212,7 +212,7 @@ impl TxSummaries {
     pub fn on_change(
         &mut self,
         tx: &Arc<str>,
-        table: &Arc<str>,
+        table: &Name,
         due: Millis,
         rules: &SummaryRules,
         out: &mut SummaryDecisions,
@@ -226,11 +226,11 @@ impl TxSummaries {
     pub fn on_changes<'a>(
         &mut self,
         tx: &TxId,
-        changes: impl IntoIterator<Item = (&'a Arc<str>, Millis)>,
+        changes: impl IntoIterator<Item = (&'a Name, Millis)>,
         rules: &SummaryRules,
         out: &mut SummaryDecisions,
     ) {
-        let add = |sum: &mut TxSum, (table, due): (&Arc<str>, Millis)| {
+        let add = |sum: &mut TxSum, (table, due): (&Name, Millis)| {
             sum.due = sum.due.max(due);
             sum.table(table);
         };
@@ -376,7 +376,7 @@ fn judge(id: &Arc<str>, sum: &TxSum, at: Millis, out: &mut SummaryDecisions) {
     let table = sum
         .tables
         .first()
-        .map_or_else(|| Arc::from("(none)"), Arc::clone);
+        .map_or_else(|| Name::new("(none)"), Name::clone);
     out.violations.push(Violation {
         change_ts_ms: Some(*ts),
         transaction_id: Some(Arc::clone(id)),

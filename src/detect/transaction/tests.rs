@@ -28,7 +28,7 @@ fn at(topic: &str, partition: i32, offset: i64) -> Provenance {
 /// A change of transaction [`TX`], owning what [`TxChange`] borrows.
 #[derive(Debug, Clone)]
 struct Change {
-    table: Arc<str>,
+    table: Name,
     order: u64,
     ts: Millis,
     evidence: Provenance,
@@ -54,7 +54,7 @@ enum Rec {
 
 fn change(table: &str, order: u64, partition: i32) -> Rec {
     Rec::Change(Change {
-        table: Arc::from(table),
+        table: Name::new(table),
         order,
         ts: T0,
         evidence: at(&format!("cdc.{table}"), partition, 10 + order as i64),
@@ -76,7 +76,7 @@ fn end(event_count: u64, tables: &[(&str, u64)], all_mapped: bool) -> Rec {
         ts: T0 + 5,
         mark: TxMark::End(EndCounts {
             event_count: Some(event_count),
-            tables: tables.iter().map(|(t, n)| (Arc::from(*t), *n)).collect(),
+            tables: tables.iter().map(|(t, n)| (Name::new(t), *n)).collect(),
             all_mapped,
             rows_numbered: false,
         }),
@@ -93,7 +93,7 @@ fn row(table: &str, xoffset: Option<u64>, commit: bool, partition: i32, offset: 
         // Maxwell's `ts` is in seconds: the rows share it.
         ts: T0,
         mark: TxMark::Row {
-            table: Arc::from(table),
+            table: Name::new(table),
             xoffset,
             commit,
         },
@@ -178,7 +178,7 @@ fn a_lost_event_is_an_incomplete_transaction_in_any_order() {
     assert_eq!(detail.expected_events, Some(2));
     assert_eq!(detail.seen_events, 1);
     assert_eq!(detail.missing_total_orders, Some(vec![2]));
-    assert_eq!(detail.tables, [Arc::from(LINES), Arc::from(ORDERS)]);
+    assert_eq!(detail.tables, [Name::new(LINES), Name::new(ORDERS)]);
     assert_eq!(v.evidence, [at("cdc.transaction", 0, 2)], "the END");
     assert_eq!(v.time_ms, T0 + 5);
 }
@@ -318,7 +318,7 @@ fn open_transactions_are_bounded() {
     for i in 0..10_000u64 {
         let tx = TxId::new(Arc::from(format!("tx-{i}")));
         let c = Change {
-            table: Arc::from(ORDERS),
+            table: Name::new(ORDERS),
             order: 1,
             ts: T0 + i as Millis,
             evidence: at("cdc", 0, i as i64),
@@ -405,7 +405,7 @@ fn a_maxwell_row_lost_before_the_highest_xoffset_is_an_incomplete_transaction() 
     assert_eq!(detail.missing_xoffsets, Some(vec![1, 2]));
     assert_eq!((detail.expected_events, detail.seen_events), (None, 3));
     assert_eq!(detail.missing_total_orders, None);
-    assert_eq!(detail.tables, [Arc::from(LINES), Arc::from(ORDERS)]);
+    assert_eq!(detail.tables, [Name::new(LINES), Name::new(ORDERS)]);
 }
 
 #[test]

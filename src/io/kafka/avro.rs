@@ -179,7 +179,7 @@ mod tests {
     use crate::detect::incident::{IncidentEvent, Phase as IncidentPhase, Sample};
     use crate::detect::storm::{Phase, ScopeType, StormEvent};
     use crate::events::{KeyCounts, TxDetail, Violation, ViolationKind};
-    use crate::model::{Op, Provenance, Version};
+    use crate::model::{Name, Op, Provenance, Version};
 
     /// Encodes `data` and reads the datum back with the same schema, as
     /// JSON without the optional fields the JSON form leaves out.
@@ -203,7 +203,7 @@ mod tests {
             kind,
             Some(Arc::from("user:1")),
             7,
-            Arc::from("public.users"),
+            Name::new("public.users"),
             Arc::from("{\"id\":1,\"region\":\"eu\"}"),
             1_596_010_890_000,
         );
@@ -232,7 +232,7 @@ mod tests {
         let mut late = violation(ViolationKind::LateInvalidation);
         late.cache_ts_ms = Some(1_596_010_920_000);
         late.lag_ms = Some(30_371);
-        late.source_service = Some(crate::model::Name::new("users-api"));
+        late.source_service = Some(Name::new("users-api"));
         late.transaction_id = Some(Arc::from("571:53462048"));
         late.evidence.push(Provenance {
             topic: crate::model::Name::new("/data/cache.ndjson"),
@@ -255,7 +255,7 @@ mod tests {
             seen_events: 3,
             missing_total_orders: Some(vec![2]),
             missing_xoffsets: None,
-            tables: vec![Arc::from("public.users"), Arc::from("public.orders")],
+            tables: vec![Name::new("public.users"), Name::new("public.orders")],
             keys: Some(KeyCounts {
                 in_time: 2,
                 missing: 1,

@@ -37,7 +37,7 @@ fn verdict(kind: ViolationKind, table: &str, ts: Millis, offset: i64) -> Violati
             kind,
             Some(Arc::from("k")),
             offset as u64,
-            Arc::from(table),
+            Name::new(table),
             Arc::from("{}"),
             ts + DEADLINE,
         )
@@ -71,7 +71,7 @@ fn run(msgs: &[Msg]) -> SummaryDecisions {
         match m {
             Msg::Change { table, ts } => s.on_change(
                 &Arc::from(TX),
-                &Arc::from(*table),
+                &Name::new(table),
                 ts + DEADLINE,
                 &RULES,
                 &mut out,
@@ -150,7 +150,7 @@ fn scenario() -> Vec<Msg> {
         },
         Msg::Verdicts {
             worker: 0,
-            sums: tallies(|t| t.in_time(&Arc::from(TX), &Arc::from(ORDERS), T0 + DEADLINE)),
+            sums: tallies(|t| t.in_time(&Arc::from(TX), &Name::new(ORDERS), T0 + DEADLINE)),
             until: T0 + DEADLINE,
         },
         Msg::Verdicts {
@@ -234,7 +234,7 @@ fn a_transaction_invalidated_in_time_is_not_summarised() {
         },
         Msg::Verdicts {
             worker: 0,
-            sums: tallies(|t| t.in_time(&Arc::from(TX), &Arc::from(ORDERS), T0 + DEADLINE)),
+            sums: tallies(|t| t.in_time(&Arc::from(TX), &Name::new(ORDERS), T0 + DEADLINE)),
             until: Millis::MAX,
         },
         Msg::Verdicts {
@@ -273,7 +273,7 @@ fn transactions_over_the_maximum_are_dropped_first_final_first() {
     for (i, tx) in ["a", "b", "c"].into_iter().enumerate() {
         s.on_change(
             &Arc::from(tx),
-            &Arc::from(ORDERS),
+            &Name::new(ORDERS),
             T0 + i as i64,
             &rules,
             &mut out,
