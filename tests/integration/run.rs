@@ -1372,6 +1372,8 @@ fn two_stages(kill: bool, on_tansu: bool, exactly_once: bool) {
         broker.flush();
     };
     let half = w.records.len() / 2;
+    // The instance of stage two killed, if any (see below).
+    let mut killed = None;
     if kill {
         produce(0..half);
         // Both stages have checkpointed part of the first half (each
@@ -1402,12 +1404,13 @@ fn two_stages(kill: bool, on_tansu: bool, exactly_once: bool) {
             stage_two[1].log(),
             stage_two[2].log()
         );
-        let killed = reading.expect("found above");
+        let k = reading.expect("found above");
+        killed = Some(k);
         let before: Vec<usize> = stage_two.iter().map(|d| d.log().len()).collect();
-        stage_two.remove(killed).kill();
+        stage_two.remove(k).kill();
         a.kill();
         a = Daemon::start_with(&one, &["--stage", "one"]);
-        let left: Vec<usize> = (0..3).filter(|&i| i != killed).map(|i| before[i]).collect();
+        let left: Vec<usize> = (0..3).filter(|&i| i != k).map(|i| before[i]).collect();
         assert!(
             wait_until(VERDICTS, || stage_two.iter().zip(&left).any(|(d, from)| d
                 .log()[*from..]
@@ -1485,9 +1488,14 @@ fn two_stages(kill: bool, on_tansu: bool, exactly_once: bool) {
         }
     }
     a.terminate();
-    let instances: &[usize] = if kill { &[0, 2, 3] } else { &[0, 1] };
+    // The instances left, in the order of `stage_two`: those started first
+    // but the one killed, then the one added.
+    let instances: Vec<usize> = match killed {
+        Some(k) => (0..4).filter(|&i| i != k).collect(),
+        None => vec![0, 1],
+    };
     let mut stores = Vec::new();
-    for (daemon, i) in stage_two.into_iter().zip(instances) {
+    for (daemon, i) in stage_two.into_iter().zip(&instances) {
         let log = daemon.terminate();
         stores.push((dir.path().join(format!("two-{i}/state")), log));
     }
