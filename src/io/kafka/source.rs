@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
+use hashbrown::Equivalent;
 use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
@@ -82,6 +83,17 @@ fn assignor(stage: repartition::Stage) -> &'static str {
 }
 
 /// Read state of one topic partition.
+/// A partition's key in [`Shared::parts`], borrowed: it hashes as the
+/// key it stands for.
+#[derive(Hash)]
+struct PartOf<'a>(&'a str, i32);
+
+impl Equivalent<(Arc<str>, i32)> for PartOf<'_> {
+    fn equivalent(&self, key: &(Arc<str>, i32)) -> bool {
+        self.1 == key.1 && self.0 == &*key.0
+    }
+}
+
 struct Part {
     /// Index of the partition in the pipeline's watermark.
     index: usize,
@@ -161,7 +173,7 @@ impl BrokerView {
 /// State shared by the poll loop and the callbacks librdkafka runs inside
 /// `poll` (rebalances, statistics): all on the consumer thread.
 struct Shared {
-    parts: HashMap<(Arc<str>, i32), Part>,
+    parts: hashbrown::HashMap<(Arc<str>, i32), Part>,
     next_index: usize,
     /// Messages the pipeline had no room for yet.
     outbox: VecDeque<SourceMsg>,
@@ -284,27 +296,32 @@ impl SourceContext {
         self.seal(shared, |_| true);
     }
 
+    /// The partition `partition` of `topic`, found without copying the
+    /// topic (once per message); added with the next index if new.
     fn part<'a>(&self, shared: &'a mut Shared, topic: &str, partition: i32) -> &'a mut Part {
-        let key = (Arc::<str>::from(topic), partition);
-        let next_index = shared.next_index;
-        let part = shared.parts.entry(key.clone()).or_insert_with(|| Part {
-            index: next_index,
-            topic: Arc::clone(&key.0),
-            name: Name::new(topic),
-            stream: self.kinds.stream_of(topic),
-            assigned: false,
-            records: Vec::new(),
-            keyed: Vec::new(),
-            marks: Marks::default(),
-            dead: Vec::new(),
-            read: 0,
-            next_offset: None,
-            caught_up: false,
-        });
-        if part.index == next_index {
+        if !shared.parts.contains_key(&PartOf(topic, partition)) {
+            let topic: Arc<str> = Arc::from(topic);
+            let part = Part {
+                index: shared.next_index,
+                topic: Arc::clone(&topic),
+                name: Name::new(&topic),
+                stream: self.kinds.stream_of(&topic),
+                assigned: false,
+                records: Vec::new(),
+                keyed: Vec::new(),
+                marks: Marks::default(),
+                dead: Vec::new(),
+                read: 0,
+                next_offset: None,
+                caught_up: false,
+            };
             shared.next_index += 1;
+            shared.parts.insert((topic, partition), part);
         }
-        part
+        shared
+            .parts
+            .get_mut(&PartOf(topic, partition))
+            .expect("added above")
     }
 
     /// With a changelog: forgets the scopes this instance no longer holds,
@@ -645,7 +662,7 @@ impl KafkaSource {
         let group = stage.group_id(config);
         let context = SourceContext {
             shared: Mutex::new(Shared {
-                parts: HashMap::new(),
+                parts: hashbrown::HashMap::new(),
                 next_index: 0,
                 outbox: VecDeque::new(),
                 tx: Some(tx),
