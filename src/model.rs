@@ -376,7 +376,7 @@ pub struct CacheEvent {
     /// The cache keys, never empty; a key containing `*` is a glob (only
     /// invalidations may carry globs).
     pub keys: CacheKeys,
-    /// Shared by the events of a reader that carry the same name.
+    /// Held once for the process (see [`Name`]).
     pub source_service: Option<Name>,
     pub version: Option<u64>,
     pub ts_ms: Millis,

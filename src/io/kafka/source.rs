@@ -82,7 +82,6 @@ fn assignor(stage: repartition::Stage) -> &'static str {
     }
 }
 
-/// Read state of one topic partition.
 /// A partition's key in [`Shared::parts`], borrowed: it hashes as the
 /// key it stands for.
 #[derive(Hash)]
@@ -94,6 +93,7 @@ impl Equivalent<(Arc<str>, i32)> for PartOf<'_> {
     }
 }
 
+/// Read state of one topic partition.
 struct Part {
     /// Index of the partition in the pipeline's watermark.
     index: usize,
