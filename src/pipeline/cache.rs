@@ -20,7 +20,7 @@
 //! nothing any more (finished keys) leave the same way, once their deletion
 //! is in the store.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::hash::BuildHasher;
 use std::mem::size_of;
 use std::sync::Arc;
@@ -316,10 +316,31 @@ struct Place<K, V> {
     node: Option<Node<K, V>>,
 }
 
-/// The nodes of one kind of slot, addressed by index.
+/// The nodes of one kind of slot, addressed by index, in chunks of
+/// [`CHUNK`] places. A node takes the free place of the lowest chunk that
+/// has one, so that, as slots leave memory, the highest chunks empty out;
+/// an empty chunk gives its memory back, but for a quarter as many as
+/// hold nodes (at least one), kept ready, so that a count of slots going
+/// up and down does not give back and build again the same chunks. The
+/// other kind of slot can then use the memory: the entities peak early in
+/// a long check and leave as keys take the budget.
 struct Arena<K, V> {
+    /// The chunks, each holding [`CHUNK`] places, or none once given back.
     chunks: Vec<Vec<Place<K, V>>>,
-    free: Vec<u32>,
+    /// The free places of each chunk.
+    free: Vec<Vec<u32>>,
+    /// Live nodes of each chunk.
+    live: Vec<u32>,
+    /// The generation a given-back chunk's places start from when it is
+    /// built again, above every generation its places had (so that no
+    /// handle to them matches a later node).
+    base: Vec<u32>,
+    /// Chunks with a free place, lowest first.
+    with_free: BTreeSet<u32>,
+    /// Chunks given back, lowest first.
+    released: BTreeSet<u32>,
+    /// Empty chunks kept ready.
+    spare: BTreeSet<u32>,
     len: usize,
 }
 
@@ -328,80 +349,154 @@ impl<K, V> Arena<K, V> {
         Arena {
             chunks: Vec::new(),
             free: Vec::new(),
+            live: Vec::new(),
+            base: Vec::new(),
+            with_free: BTreeSet::new(),
+            released: BTreeSet::new(),
+            spare: BTreeSet::new(),
             len: 0,
         }
     }
 
-    fn place(&self, index: u32) -> &Place<K, V> {
+    /// The place at `index`; `None` in a chunk given back.
+    fn place(&self, index: u32) -> Option<&Place<K, V>> {
         let i = index as usize;
-        &self.chunks[i / CHUNK][i % CHUNK]
+        self.chunks.get(i / CHUNK)?.get(i % CHUNK)
     }
 
-    fn place_mut(&mut self, index: u32) -> &mut Place<K, V> {
+    fn place_mut(&mut self, index: u32) -> Option<&mut Place<K, V>> {
         let i = index as usize;
-        &mut self.chunks[i / CHUNK][i % CHUNK]
+        self.chunks.get_mut(i / CHUNK)?.get_mut(i % CHUNK)
     }
 
     /// The node at `index`, which holds one.
     fn at(&self, index: u32) -> &Node<K, V> {
-        self.place(index).node.as_ref().expect("a live node")
+        self.place(index)
+            .and_then(|p| p.node.as_ref())
+            .expect("a live node")
     }
 
     fn at_mut(&mut self, index: u32) -> &mut Node<K, V> {
-        self.place_mut(index).node.as_mut().expect("a live node")
+        self.place_mut(index)
+            .and_then(|p| p.node.as_mut())
+            .expect("a live node")
     }
 
     /// The node `handle` names, if it still holds the same slot.
     fn get(&self, handle: Handle) -> Option<&Node<K, V>> {
-        let place = self.place(handle.index);
-        if place.generation == handle.generation {
-            place.node.as_ref()
-        } else {
-            None
-        }
+        self.place(handle.index)
+            .filter(|p| p.generation == handle.generation)?
+            .node
+            .as_ref()
     }
 
     fn get_mut(&mut self, handle: Handle) -> Option<&mut Node<K, V>> {
-        let place = self.place_mut(handle.index);
-        if place.generation == handle.generation {
-            place.node.as_mut()
-        } else {
-            None
-        }
+        self.place_mut(handle.index)
+            .filter(|p| p.generation == handle.generation)?
+            .node
+            .as_mut()
     }
 
     fn handle(&self, index: u32) -> Handle {
         Handle {
             index,
-            generation: self.place(index).generation,
+            generation: self.place(index).expect("a live node").generation,
         }
     }
 
     fn insert(&mut self, node: Node<K, V>) -> u32 {
+        let c = match self.with_free.first() {
+            Some(&c) => c,
+            None => self.build_chunk(),
+        };
+        let free = &mut self.free[c as usize];
+        let index = free.pop().expect("a chunk with a free place");
+        if free.is_empty() {
+            self.with_free.remove(&c);
+        }
+        if self.live[c as usize] == 0 {
+            self.spare.remove(&c);
+        }
+        self.live[c as usize] += 1;
         self.len += 1;
-        if let Some(index) = self.free.pop() {
-            let place = self.place_mut(index);
-            place.generation = place.generation.wrapping_add(1);
-            place.node = Some(node);
-            return index;
-        }
-        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
-            self.chunks.push(Vec::with_capacity(CHUNK));
-        }
-        let index = (self.chunks.len() - 1) * CHUNK + self.chunks.last().map_or(0, Vec::len);
-        let index = u32::try_from(index).expect("fewer than 2^32 slots per worker");
-        let chunk = self.chunks.last_mut().expect("pushed above");
-        chunk.push(Place {
-            generation: 0,
-            node: Some(node),
-        });
+        let place = self.place_mut(index).expect("a built chunk");
+        place.generation = place.generation.wrapping_add(1);
+        place.node = Some(node);
         index
     }
 
+    /// Builds the lowest chunk given back, or a new one; returns it.
+    fn build_chunk(&mut self) -> u32 {
+        let c = match self.released.pop_first() {
+            Some(c) => c,
+            None => {
+                let c = u32::try_from(self.chunks.len())
+                    .ok()
+                    .filter(|&c| (c as usize + 1) * CHUNK <= u32::MAX as usize)
+                    .expect("fewer than 2^32 slots per worker");
+                self.chunks.push(Vec::new());
+                self.free.push(Vec::new());
+                self.live.push(0);
+                self.base.push(0);
+                c
+            }
+        };
+        let (ci, base) = (c as usize, self.base[c as usize]);
+        // A place's generation moves on as a node takes it: start one below.
+        let generation = base.wrapping_sub(1);
+        self.chunks[ci] = (0..CHUNK)
+            .map(|_| Place {
+                generation,
+                node: None,
+            })
+            .collect();
+        // Popped from the end: the chunk fills from its first place.
+        let first = ci * CHUNK;
+        self.free[ci] = (first..first + CHUNK).rev().map(|i| i as u32).collect();
+        self.with_free.insert(c);
+        c
+    }
+
     fn remove(&mut self, index: u32) -> Node<K, V> {
+        let node = self
+            .place_mut(index)
+            .and_then(|p| p.node.take())
+            .expect("a live node");
         self.len -= 1;
-        self.free.push(index);
-        self.place_mut(index).node.take().expect("a live node")
+        let c = index / CHUNK as u32;
+        self.free[c as usize].push(index);
+        self.with_free.insert(c);
+        self.live[c as usize] -= 1;
+        if self.live[c as usize] == 0 {
+            self.emptied(c);
+        }
+        node
+    }
+
+    /// Chunk `c` holds no node: kept ready, and the highest chunks kept
+    /// ready beyond a quarter of those that hold nodes given back.
+    fn emptied(&mut self, c: u32) {
+        self.spare.insert(c);
+        let holding = self.chunks.len() - self.released.len() - self.spare.len();
+        while self.spare.len() > (holding / 4).max(1) {
+            let give = self.spare.pop_last().expect("more than one");
+            self.give_back(give);
+        }
+    }
+
+    /// Gives back the memory of chunk `give`, which holds no node.
+    fn give_back(&mut self, give: u32) {
+        let gi = give as usize;
+        let next = self.chunks[gi]
+            .iter()
+            .map(|p| p.generation)
+            .max()
+            .map_or(0, |g| g.wrapping_add(1));
+        self.base[gi] = next;
+        self.chunks[gi] = Vec::new();
+        self.free[gi] = Vec::new();
+        self.with_free.remove(&give);
+        self.released.insert(give);
     }
 
     /// Indices of the live nodes.
@@ -963,6 +1058,61 @@ where
 mod tests {
     use super::*;
     use crate::state::Cf;
+
+    fn node(n: u32) -> Node<[u8; 12], EntityState> {
+        let mut key = [0; 12];
+        key[..4].copy_from_slice(&n.to_be_bytes());
+        Node {
+            key,
+            hash: u64::from(n),
+            slot: Slot::new(0),
+            listed: None,
+            prev: NIL,
+            next: NIL,
+        }
+    }
+
+    /// Places are taken lowest chunk first, so that the highest chunks
+    /// empty out as nodes leave; an emptied chunk is given back (but one,
+    /// kept ready), and a handle to a place it had never names a later node.
+    #[test]
+    fn the_arena_fills_low_and_gives_back_emptied_chunks() {
+        let mut arena = Arena::new();
+        let placed: Vec<u32> = (0..3 * CHUNK as u32)
+            .map(|n| arena.insert(node(n)))
+            .collect();
+        assert_eq!(placed, (0..3 * CHUNK as u32).collect::<Vec<_>>());
+        let stale = arena.handle(2 * CHUNK as u32);
+        // Half of the first chunk and all of the other two leave.
+        for &i in placed.iter().filter(|&&i| i % 2 == 1 || i >= CHUNK as u32) {
+            arena.remove(i);
+        }
+        assert_eq!(arena.len, CHUNK / 2);
+        let kept = arena.chunks.iter().filter(|c| !c.is_empty()).count();
+        assert_eq!(kept, 2, "the first chunk and one empty chunk kept ready");
+        assert!(
+            arena.chunks[2].is_empty(),
+            "the highest empty chunk is given back"
+        );
+        assert!(arena.get(stale).is_none());
+        // New nodes fill the first chunk's holes before any other chunk.
+        let again: Vec<u32> = (0..CHUNK as u32 / 2)
+            .map(|n| arena.insert(node(n)))
+            .collect();
+        assert!(again.iter().all(|&i| i < CHUNK as u32 && i % 2 == 1));
+        // Then the chunk kept ready, then the one given back, built again.
+        let mut next: Vec<u32> = (0..2 * CHUNK as u32)
+            .map(|n| arena.insert(node(n)))
+            .collect();
+        assert!(next[..CHUNK].iter().all(|&i| i / CHUNK as u32 == 1));
+        next.sort_unstable();
+        assert_eq!(next, (CHUNK as u32..3 * CHUNK as u32).collect::<Vec<_>>());
+        assert!(
+            arena.get(stale).is_none(),
+            "a place built again has a later generation"
+        );
+        assert_eq!(arena.indices().count(), 3 * CHUNK);
+    }
 
     /// Ids seen are held in the key's record while there are two: they
     /// cost the budget nothing more until a third moves them to the heap.
