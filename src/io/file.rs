@@ -371,7 +371,7 @@ pub fn read_file(
             if let Some(ts) = records.iter().map(Record::event_time).max() {
                 opts.alignment.advance(partition, ts);
             }
-            if !send_batch(tx, partition, &mut records, &mut dead, &name, line_no) {
+            if !send_batch(tx, partition, &mut records, &mut dead, &topic, line_no) {
                 return Ok(());
             }
             started = Instant::now();
@@ -383,7 +383,7 @@ pub fn read_file(
     });
     opts.stats
         .emit(StageTimed(Stage::Ingest, started.elapsed()));
-    if send_batch(tx, partition, &mut records, &mut dead, &name, line_no) {
+    if send_batch(tx, partition, &mut records, &mut dead, &topic, line_no) {
         let _ = tx.send(SourceMsg::End {
             partitions: vec![partition],
         });
@@ -396,7 +396,7 @@ fn send_batch(
     partition: usize,
     records: &mut Vec<Record>,
     dead: &mut Vec<DeadLetter>,
-    name: &Arc<str>,
+    source: &Name,
     line_no: u64,
 ) -> bool {
     let msg = SourceMsg::Batch(vec![PartitionBatch {
@@ -404,7 +404,7 @@ fn send_batch(
         records: std::mem::replace(records, Vec::with_capacity(records.capacity())),
         dead: std::mem::take(dead),
         position: Some(Position {
-            source: Arc::clone(name),
+            source: source.clone(),
             partition: 0,
             next_offset: line_no as i64 + 1,
             event_time: None,

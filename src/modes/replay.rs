@@ -149,7 +149,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitStatus> {
             None => assembly,
         };
         let tx = assembly.sender();
-        let name: Arc<str> = Arc::from(name.as_str());
+        let name = Name::new(&name);
         let (records, tally) = (&mut *records, &mut tally);
         let (partitions, name, kinds, ingest, reasons) =
             (&partitions, &name, &kinds, &ingest, &reasons);
@@ -621,7 +621,7 @@ fn decode(
 fn feed(
     records: &mut dyn DlqReader,
     partitions: &[i32],
-    name: &Arc<str>,
+    name: &Name,
     kinds: &TopicKinds,
     ingest: &Ingest,
     reasons: &BTreeSet<String>,
@@ -643,7 +643,7 @@ fn feed(
             records: batch.0,
             dead: Vec::new(),
             position: Some(Position {
-                source: Arc::clone(name),
+                source: name.clone(),
                 partition: p,
                 next_offset: batch.1,
                 event_time: None,

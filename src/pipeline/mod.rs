@@ -78,7 +78,7 @@ use crate::detect::transaction::TxRules;
 use crate::events::Violation;
 use crate::ingest::Record;
 use crate::mapping::Change;
-use crate::model::{CacheKey, Millis};
+use crate::model::{CacheKey, Millis, Name};
 use crate::state::{MemoryBudget, StateBatch, StateError, Store};
 use crate::telemetry::Stats;
 use crate::time::Clock;
@@ -87,7 +87,7 @@ use crate::time::Clock;
 /// (a topic partition, or a file with its line number).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
-    pub source: Arc<str>,
+    pub source: Name,
     pub partition: i32,
     pub next_offset: i64,
     /// The highest event time read from the partition, filled in by the

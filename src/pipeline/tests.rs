@@ -246,7 +246,7 @@ fn send(tx: &Sender<SourceMsg>, ingest: &Ingest, partition: usize, line: &str, o
     };
     ingest.ingest(input, &provenance, &mut records).unwrap();
     let position = Some(Position {
-        source: Arc::from(provenance.topic.as_str()),
+        source: provenance.topic.clone(),
         partition: 0,
         next_offset: offset + 1,
         event_time: None,

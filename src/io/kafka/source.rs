@@ -87,9 +87,9 @@ fn assignor(stage: repartition::Stage) -> &'static str {
 #[derive(Hash)]
 struct PartOf<'a>(&'a str, i32);
 
-impl Equivalent<(Arc<str>, i32)> for PartOf<'_> {
-    fn equivalent(&self, key: &(Arc<str>, i32)) -> bool {
-        self.1 == key.1 && self.0 == &*key.0
+impl Equivalent<(Name, i32)> for PartOf<'_> {
+    fn equivalent(&self, key: &(Name, i32)) -> bool {
+        self.1 == key.1 && self.0 == key.0.as_str()
     }
 }
 
@@ -97,9 +97,7 @@ impl Equivalent<(Arc<str>, i32)> for PartOf<'_> {
 struct Part {
     /// Index of the partition in the pipeline's watermark.
     index: usize,
-    topic: Arc<str>,
-    /// The topic as the records' provenance names it.
-    name: Name,
+    topic: Name,
     stream: Option<Stream>,
     assigned: bool,
     records: Vec<Record>,
@@ -173,7 +171,7 @@ impl BrokerView {
 /// State shared by the poll loop and the callbacks librdkafka runs inside
 /// `poll` (rebalances, statistics): all on the consumer thread.
 struct Shared {
-    parts: hashbrown::HashMap<(Arc<str>, i32), Part>,
+    parts: hashbrown::HashMap<(Name, i32), Part>,
     next_index: usize,
     /// Messages the pipeline had no room for yet.
     outbox: VecDeque<SourceMsg>,
@@ -270,7 +268,7 @@ impl SourceContext {
             }),
             dead: std::mem::take(&mut part.dead),
             position: part.next_offset.map(|next_offset| Position {
-                source: Arc::clone(&part.topic),
+                source: part.topic.clone(),
                 partition,
                 next_offset,
                 event_time: None,
@@ -280,7 +278,7 @@ impl SourceContext {
 
     /// Moves the pending records of the partitions `keys` selects into the
     /// outbox, as one message.
-    fn seal(&self, shared: &mut Shared, keys: impl Fn(&(Arc<str>, i32)) -> bool) {
+    fn seal(&self, shared: &mut Shared, keys: impl Fn(&(Name, i32)) -> bool) {
         let batches: Vec<PartitionBatch> = shared
             .parts
             .iter_mut()
@@ -300,11 +298,10 @@ impl SourceContext {
     /// topic (once per message); added with the next index if new.
     fn part<'a>(&self, shared: &'a mut Shared, topic: &str, partition: i32) -> &'a mut Part {
         if !shared.parts.contains_key(&PartOf(topic, partition)) {
-            let topic: Arc<str> = Arc::from(topic);
+            let topic = Name::new(topic);
             let part = Part {
                 index: shared.next_index,
-                topic: Arc::clone(&topic),
-                name: Name::new(&topic),
+                topic: topic.clone(),
                 stream: self.kinds.stream_of(&topic),
                 assigned: false,
                 records: Vec::new(),
@@ -455,11 +452,13 @@ impl SourceContext {
         self.seal(&mut shared, |(topic, partition)| {
             elements
                 .iter()
-                .any(|e| e.topic() == topic.as_ref() && e.partition() == *partition)
+                .any(|e| e.topic() == topic.as_str() && e.partition() == *partition)
         });
         for elem in &elements {
-            let key = (Arc::<str>::from(elem.topic()), elem.partition());
-            if let Some(part) = shared.parts.get_mut(&key) {
+            if let Some(part) = shared
+                .parts
+                .get_mut(&PartOf(elem.topic(), elem.partition()))
+            {
                 part.assigned = false;
                 if let Some(next) = part.next_offset {
                     let _ = offsets.add_partition_offset(
@@ -559,7 +558,7 @@ impl SourceContext {
                 .get(&(topic.to_string(), *partition))
                 .is_some_and(|v| v.caught_up(part.next_offset));
             if caught_up != part.caught_up {
-                changes.push(((Arc::clone(topic), *partition), part.index, caught_up));
+                changes.push(((topic.clone(), *partition), part.index, caught_up));
             }
         }
         for (key, index, caught_up) in changes {
@@ -829,7 +828,7 @@ impl KafkaSource {
         let mut shared = ctx.shared();
         let part = ctx.part(&mut shared, msg.topic(), msg.partition());
         let provenance = Provenance {
-            topic: part.name.clone(),
+            topic: part.topic.clone(),
             partition: msg.partition(),
             offset: msg.offset(),
             from_file: false,
@@ -868,7 +867,7 @@ impl KafkaSource {
             || part.keyed.len() >= self.batch_size
             || part.dead.len() >= self.batch_size
         {
-            let key = (Arc::clone(&part.topic), msg.partition());
+            let key = (part.topic.clone(), msg.partition());
             ctx.seal(&mut shared, |k| *k == key);
         }
     }
