@@ -327,10 +327,8 @@ struct Place<K, V> {
 struct Arena<K, V> {
     /// The chunks, each holding [`CHUNK`] places, or none once given back.
     chunks: Vec<Vec<Place<K, V>>>,
-    /// The free places of each chunk.
+    /// The free places of each chunk (all [`CHUNK`] of an empty one).
     free: Vec<Vec<u32>>,
-    /// Live nodes of each chunk.
-    live: Vec<u32>,
     /// The generation a given-back chunk's places start from when it is
     /// built again, above every generation its places had (so that no
     /// handle to them matches a later node).
@@ -349,7 +347,6 @@ impl<K, V> Arena<K, V> {
         Arena {
             chunks: Vec::new(),
             free: Vec::new(),
-            live: Vec::new(),
             base: Vec::new(),
             with_free: BTreeSet::new(),
             released: BTreeSet::new(),
@@ -410,14 +407,13 @@ impl<K, V> Arena<K, V> {
             None => self.build_chunk(),
         };
         let free = &mut self.free[c as usize];
+        if free.len() == CHUNK {
+            self.spare.remove(&c);
+        }
         let index = free.pop().expect("a chunk with a free place");
         if free.is_empty() {
             self.with_free.remove(&c);
         }
-        if self.live[c as usize] == 0 {
-            self.spare.remove(&c);
-        }
-        self.live[c as usize] += 1;
         self.len += 1;
         let place = self.place_mut(index).expect("a built chunk");
         place.generation = place.generation.wrapping_add(1);
@@ -436,7 +432,6 @@ impl<K, V> Arena<K, V> {
                     .expect("fewer than 2^32 slots per worker");
                 self.chunks.push(Vec::new());
                 self.free.push(Vec::new());
-                self.live.push(0);
                 self.base.push(0);
                 c
             }
@@ -466,8 +461,7 @@ impl<K, V> Arena<K, V> {
         let c = index / CHUNK as u32;
         self.free[c as usize].push(index);
         self.with_free.insert(c);
-        self.live[c as usize] -= 1;
-        if self.live[c as usize] == 0 {
+        if self.free[c as usize].len() == CHUNK {
             self.emptied(c);
         }
         node
