@@ -257,14 +257,32 @@ impl<V: Default> Slot<V> {
 
 /// Parts of the slots' index. A hash table grows by moving every entry to a
 /// table twice the size, during which the worker does nothing else; a part
-/// grows with a sixty-fourth of the slots (the entries are 4-byte indices
-/// into the arena, so growing one is quick).
+/// grows with a sixty-fourth of the slots (the entries are 8 bytes that
+/// carry the hash bits the table needs, so growing one reads no node).
 const PARTS: usize = 64;
 
-/// Which part of the index holds a hash: bits that neither choose a bucket
-/// (the low ones) nor tag it (the top seven).
+/// Which part of the index holds a hash: bits that [`Entry`] does not keep.
 fn part_of(hash: u64) -> usize {
     ((hash >> 32) % PARTS as u64) as usize
+}
+
+/// An entry of the index: the arena position of a slot and the low half of
+/// its key's hash, from which the table's own hash of the entry is made
+/// ([`Entry::table_hash`]): the table grows without reading the nodes.
+#[derive(Clone, Copy)]
+struct Entry {
+    at: u32,
+    low: u32,
+}
+
+impl Entry {
+    /// The hash the index files a key of hash `hash` by: its low half
+    /// chooses the bucket and, repeated above, gives the top seven bits
+    /// that tag it (the bits of `part_of` are the same for a whole part).
+    fn table_hash(hash: u64) -> u64 {
+        let low = hash & 0xffff_ffff;
+        low | (low << 32)
+    }
 }
 
 /// Nodes per chunk of the arena: it grows a chunk at a time and never moves
@@ -512,7 +530,7 @@ pub(super) struct Slots<K, V> {
     hasher: RandomState,
     /// Arena positions of the slots, in [`PARTS`] tables by [`part_of`]
     /// their hash.
-    index: Vec<HashTable<u32>>,
+    index: Vec<HashTable<Entry>>,
     arena: Arena<K, V>,
     /// Slots changed since the last checkpoint.
     dirty: Vec<Handle>,
@@ -552,7 +570,7 @@ pub(super) struct Slots<K, V> {
 /// Bytes a slot costs beyond its value's heap: its place in the arena and
 /// its entry in the index (with the index's spare room).
 fn entry_bytes<K, V>() -> usize {
-    size_of::<Place<K, V>>() + (size_of::<u32>() + 1) * 8 / 7
+    size_of::<Place<K, V>>() + (size_of::<Entry>() + 1) * 8 / 7
 }
 
 impl<K, V> Slots<K, V>
@@ -625,20 +643,27 @@ where
     fn find(&self, hash: u64, key: &K::Lookup) -> Option<u32> {
         let (arena, key) = (&self.arena, K::bytes(key));
         self.index[part_of(hash)]
-            .find(hash, |&i| {
-                let node = arena.at(i);
-                node.hash == hash && K::bytes(node.key.as_lookup()) == key
+            .find(Entry::table_hash(hash), |e| {
+                e.low == hash as u32 && {
+                    let node = arena.at(e.at);
+                    node.hash == hash && K::bytes(node.key.as_lookup()) == key
+                }
             })
-            .copied()
+            .map(|e| e.at)
     }
 
     /// Adds a node to the arena and the index; returns its position.
     fn insert(&mut self, node: Node<K, V>) -> u32 {
         let hash = node.hash;
-        let i = self.arena.insert(node);
-        let arena = &self.arena;
-        self.index[part_of(hash)].insert_unique(hash, i, |&j| arena.at(j).hash);
-        i
+        let at = self.arena.insert(node);
+        let entry = Entry {
+            at,
+            low: hash as u32,
+        };
+        self.index[part_of(hash)].insert_unique(Entry::table_hash(hash), entry, |e| {
+            Entry::table_hash(e.low.into())
+        });
+        at
     }
 
     /// Takes the node at `i` out of the arena, the index and the recency
@@ -646,7 +671,9 @@ where
     fn remove(&mut self, i: u32) -> Node<K, V> {
         self.unlink(i);
         let hash = self.arena.at(i).hash;
-        if let Ok(entry) = self.index[part_of(hash)].find_entry(hash, |&j| j == i) {
+        if let Ok(entry) =
+            self.index[part_of(hash)].find_entry(Entry::table_hash(hash), |e| e.at == i)
+        {
             entry.remove();
         }
         self.arena.remove(i)
