@@ -3,6 +3,7 @@
 //! binary mode's data and headers. The `data` of each follows a JSON Schema
 //! under `schemas/`, named by its `dataschema`.
 
+use smol_str::SmolStr;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -156,7 +157,7 @@ pub struct Violation {
     pub key: Option<Arc<str>>,
     pub table: Name,
     /// The primary key as a JSON object text.
-    pub pk: Arc<str>,
+    pub pk: SmolStr,
     /// Op of the change concerned (for fills: of the latest change).
     pub op: Option<Op>,
     /// Version of the change (or, for fills, of the fill) concerned.
@@ -175,7 +176,7 @@ pub struct Violation {
     pub lag_ms: Option<i64>,
     pub source_service: Option<Name>,
     /// The transaction of the change concerned, when the change names one.
-    pub transaction_id: Option<Arc<str>>,
+    pub transaction_id: Option<SmolStr>,
     /// For the transaction-level kinds.
     pub transaction: Option<Box<TxDetail>>,
     /// The input records the verdict rests on.
@@ -284,7 +285,7 @@ impl Violation {
         key: Option<Arc<str>>,
         about: u64,
         table: Name,
-        pk: Arc<str>,
+        pk: SmolStr,
         time_ms: Millis,
     ) -> Self {
         Violation {
@@ -647,7 +648,7 @@ mod tests {
             kind: ViolationKind::StaleFill,
             key: Some(Arc::from("user:1")),
             table: Name::new("public.users"),
-            pk: Arc::from("{\"id\":1}"),
+            pk: SmolStr::new("{\"id\":1}"),
             op: Some(Op::Update),
             version: Some(Version::scalar(3)),
             latest_version: Some(Version::scalar(4)),

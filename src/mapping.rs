@@ -2,11 +2,11 @@
 //! [`Change`] out, with its entity (table + primary key), its cache keys
 //! rendered from the key templates, its version and its commit time.
 
+use smol_str::SmolStr;
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
 
 use hashbrown::Equivalent;
 use serde::{Deserialize, Serialize};
@@ -41,16 +41,17 @@ pub struct Change {
     pub entity: u64,
     pub table: Name,
     /// The primary key as a JSON object, columns in key order: `{"id":1}`;
-    /// `{}` for a truncate, which has no row.
-    pub pk: Arc<str>,
+    /// `{}` for a truncate, which has no row. Held inline up to 23 bytes
+    /// (no allocation), else shared by every copy.
+    pub pk: SmolStr,
     pub op: Op,
     /// `None` only for a delete without a before image in a table versioned
     /// by a column: coverage then falls back to timestamps.
     pub version: Option<Version>,
     pub commit_ts_ms: Millis,
     /// The transaction (Debezium `transaction.id` or `source.txId`,
-    /// Maxwell `xid`).
-    pub tx_id: Option<Arc<str>>,
+    /// Maxwell `xid`), held as the primary key is.
+    pub tx_id: Option<SmolStr>,
     /// The change's `total_order` in its transaction, from a Debezium
     /// `transaction` block: present only when the connector publishes the
     /// transactions' BEGIN and END records, which it is counted against.
@@ -206,7 +207,7 @@ impl Mapper {
         })?;
         let (pk, version, keys, row_hash) = if raw.op == Op::Truncate {
             // No row, no version: the table's every key, as globs.
-            (Arc::from("{}"), None, table.globs.clone(), 0)
+            (SmolStr::new_static("{}"), None, table.globs.clone(), 0)
         } else {
             let image = match raw.op {
                 Op::Delete => raw.before.as_ref(),
@@ -216,7 +217,7 @@ impl Mapper {
             let version = version_of(table, raw, image, commit_ts_ms)?;
             let (json, keys) = TEXT.with_borrow_mut(|text| {
                 pk.write_json(text);
-                let json = Arc::<str>::from(text.as_str());
+                let json = SmolStr::new(text.as_str());
                 render_keys(table, raw, &pk, text).map(|keys| (json, keys))
             })?;
             (json, version, keys, image.map_or(0, formats::row_hash))
@@ -231,7 +232,7 @@ impl Mapper {
             op: raw.op,
             version,
             commit_ts_ms,
-            tx_id: raw.pos.tx_id.as_deref().map(Arc::from),
+            tx_id: raw.pos.tx_id.as_deref().map(SmolStr::new),
             tx_order: match raw.format {
                 CdcFormat::Debezium => raw.pos.tx_order,
                 CdcFormat::DebeziumFlat | CdcFormat::Maxwell | CdcFormat::Canal => None,

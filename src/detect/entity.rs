@@ -2,8 +2,6 @@
 //! stream of one row (DESIGN.md section 4). Pure: a change and the entity's
 //! state in, the verdict out.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 
 use crate::events::{Violation, ViolationKind};
@@ -131,7 +129,7 @@ fn violation(
             None,
             change.id,
             change.table.clone(),
-            Arc::clone(&change.pk),
+            change.pk.clone(),
             change.commit_ts_ms,
         )
     }

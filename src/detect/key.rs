@@ -18,6 +18,7 @@
 //! as it would have been live: covered by the invalidations already seen, and
 //! the fills after it judged again, reporting what their verdict gained.
 
+use smol_str::SmolStr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -79,7 +80,7 @@ pub struct KeyChange {
     pub id: u64,
     pub entity: u64,
     pub table: Name,
-    pub pk: Arc<str>,
+    pub pk: SmolStr,
     pub op: Op,
     pub version: Option<Version>,
     pub ts: Millis,
@@ -87,8 +88,9 @@ pub struct KeyChange {
     pub status: Status,
     pub cover: Option<Cover>,
     pub evidence: Provenance,
-    /// The change's transaction, shared with every change of it.
-    pub tx: Option<Arc<str>>,
+    /// The change's transaction (inline up to 23 bytes, else shared with
+    /// every change of it).
+    pub tx: Option<SmolStr>,
 }
 
 impl KeyChange {
@@ -152,7 +154,7 @@ pub struct Fill {
 
 /// Of a change invalidated in time: when it was due, the service whose
 /// invalidation covered it, and its transaction.
-pub type InTimeDue = (Millis, Option<Name>, Option<Arc<str>>);
+pub type InTimeDue = (Millis, Option<Name>, Option<SmolStr>);
 
 /// What advancing the watermark over a key decided.
 #[derive(Debug, Default)]
@@ -297,7 +299,7 @@ impl KeyState {
             id: change.id,
             entity: change.entity,
             table: change.table.clone(),
-            pk: Arc::clone(&change.pk),
+            pk: change.pk.clone(),
             op: change.op,
             version: change.version,
             ts: change.commit_ts_ms,
@@ -479,7 +481,7 @@ impl KeyState {
                 Some(Arc::from(key)),
                 fill.id,
                 latest.table.clone(),
-                Arc::clone(&latest.pk),
+                latest.pk.clone(),
                 fill.ts,
             )
         })
@@ -578,7 +580,7 @@ fn change_violation(c: &KeyChange, key: &str, kind: ViolationKind, time_ms: Mill
             Some(Arc::from(key)),
             c.id,
             c.table.clone(),
-            Arc::clone(&c.pk),
+            c.pk.clone(),
             time_ms,
         )
     }

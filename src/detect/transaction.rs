@@ -31,7 +31,7 @@
 //! many remembered): beyond it the one due first is dropped undecided and
 //! counted.
 
-use std::sync::Arc;
+use smol_str::SmolStr;
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
@@ -50,11 +50,11 @@ pub use tracked::{IdMap, Tracked, Writes};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxId {
     pub key: u64,
-    pub id: Arc<str>,
+    pub id: SmolStr,
 }
 
 impl TxId {
-    pub fn new(id: Arc<str>) -> Self {
+    pub fn new(id: SmolStr) -> Self {
         TxId {
             key: TxId::key_of(&id),
             id,
@@ -69,7 +69,7 @@ impl TxId {
 
 impl From<&str> for TxId {
     fn from(id: &str) -> Self {
-        TxId::new(Arc::from(id))
+        TxId::new(SmolStr::new(id))
     }
 }
 
@@ -356,7 +356,7 @@ pub struct TxDecisions {
 #[derive(Debug)]
 pub struct TxCheckpoint<'a> {
     pub writes: Writes<'a, TxEntry>,
-    pub closed: Vec<(Arc<str>, Millis)>,
+    pub closed: Vec<(SmolStr, Millis)>,
 }
 
 /// The open and recently decided transactions.
@@ -373,7 +373,7 @@ pub struct TxDetector {
     closed_held: usize,
     /// Transactions closed since the last checkpoint, and when each is
     /// forgotten.
-    closed: Vec<(Arc<str>, Millis)>,
+    closed: Vec<(SmolStr, Millis)>,
 }
 
 impl TxDetector {
@@ -384,8 +384,8 @@ impl TxDetector {
     /// them); an id both open and closed is open (it was closed, forgotten
     /// and opened again).
     pub fn new(
-        entries: impl IntoIterator<Item = (Arc<str>, TxEntry)>,
-        closed: impl IntoIterator<Item = (Arc<str>, Millis)>,
+        entries: impl IntoIterator<Item = (SmolStr, TxEntry)>,
+        closed: impl IntoIterator<Item = (SmolStr, Millis)>,
         watermark: Millis,
         rules: &TxRules,
     ) -> Self {
@@ -394,7 +394,7 @@ impl TxDetector {
             .map(|(id, entry)| (TxId::new(id), entry))
             .collect();
         let held: IdMap<()> = entries.iter().map(|(tx, _)| (tx.key, ())).collect();
-        let mut last: IdMap<(Arc<str>, Millis)> = IdMap::default();
+        let mut last: IdMap<(SmolStr, Millis)> = IdMap::default();
         for (id, forget) in closed {
             let tx = TxId::new(id);
             if forget > watermark && !held.contains_key(&tx.key) {
@@ -402,7 +402,7 @@ impl TxDetector {
                 *f = (*f).max(forget);
             }
         }
-        let mut closed: Vec<(Millis, Arc<str>)> = last
+        let mut closed: Vec<(Millis, SmolStr)> = last
             .into_values()
             .map(|(id, forget)| (forget, id))
             .collect();
@@ -600,7 +600,7 @@ impl TxDetector {
         if self.txs.tracking()
             && let Some(id) = self.txs.id(key)
         {
-            self.closed.push((Arc::clone(id), forget));
+            self.closed.push((id.clone(), forget));
         }
         while self.closed_held > rules.max_open
             && let Some((_, old)) = self
@@ -644,7 +644,7 @@ impl TxDetector {
 }
 
 /// The verdict on a transaction due at `due`.
-fn judge(id: &Arc<str>, tally: &Tally, due: Millis, out: &mut TxDecisions) {
+fn judge(id: &SmolStr, tally: &Tally, due: Millis, out: &mut TxDecisions) {
     let Some(end) = &tally.end else {
         let table = tally
             .tables
@@ -652,7 +652,7 @@ fn judge(id: &Arc<str>, tally: &Tally, due: Millis, out: &mut TxDecisions) {
             .map_or_else(|| Name::new("(none)"), |t| t.table.clone());
         out.violations.push(Violation {
             change_ts_ms: Some(tally.first_ts),
-            transaction_id: Some(Arc::clone(id)),
+            transaction_id: Some(id.clone()),
             transaction: Some(Box::new(TxDetail {
                 expected_events: None,
                 seen_events: tally.seen_events(),
@@ -667,7 +667,7 @@ fn judge(id: &Arc<str>, tally: &Tally, due: Millis, out: &mut TxDecisions) {
                 None,
                 crate::hash::transaction(id, ""),
                 table,
-                Arc::from("{}"),
+                SmolStr::new_static("{}"),
                 due,
             )
         });
@@ -704,7 +704,7 @@ fn judge(id: &Arc<str>, tally: &Tally, due: Millis, out: &mut TxDecisions) {
 /// `table` as reported, and as its id names it (one violation per table;
 /// Maxwell's lost rows are of no known table).
 fn incomplete(
-    id: &Arc<str>,
+    id: &SmolStr,
     (table, id_table): (Name, &str),
     detail: TxDetail,
     end: &EndSeen,
@@ -712,7 +712,7 @@ fn incomplete(
 ) -> Violation {
     Violation {
         change_ts_ms: Some(end.ts),
-        transaction_id: Some(Arc::clone(id)),
+        transaction_id: Some(id.clone()),
         transaction: Some(Box::new(detail)),
         evidence: vec![end.evidence.clone()],
         ..Violation::new(
@@ -720,7 +720,7 @@ fn incomplete(
             None,
             crate::hash::transaction(id, id_table),
             table,
-            Arc::from("{}"),
+            SmolStr::new_static("{}"),
             due,
         )
     }
@@ -728,7 +728,7 @@ fn incomplete(
 
 /// The verdict on a Maxwell transaction whose commit row came: rows lost
 /// below the highest `xoffset` seen.
-fn judge_rows(id: &Arc<str>, tally: &Tally, end: &EndSeen, due: Millis, out: &mut TxDecisions) {
+fn judge_rows(id: &SmolStr, tally: &Tally, end: &EndSeen, due: Millis, out: &mut TxDecisions) {
     let (listed, missing) = tally.unnumbered_rows();
     if missing == 0 {
         return;

@@ -29,6 +29,7 @@ use compact_str::CompactString;
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 use smallvec::SmallVec;
+use smol_str::SmolStr;
 
 use crate::detect::entity::EntityState;
 use crate::detect::key::{FillLists, KeyState};
@@ -82,12 +83,17 @@ impl SlotKey for [u8; 12] {
 /// allocation.
 const ALLOCATION_HEADER: usize = 16;
 
-/// A holder's share of a shared (`Arc`) string: its bytes, counts and
-/// allocator header over the holders it has as the share is taken. A
-/// primary key held by the changes of each of an entity's keys is counted
-/// once among them.
-fn shared_bytes(s: &Arc<str>) -> usize {
-    (s.len() + 2 * size_of::<usize>() + ALLOCATION_HEADER) / Arc::strong_count(s)
+/// Heap bytes of a primary key: none when held inline (up to 23 bytes), else
+/// its shared string whole, counts and allocator header. The changes of an
+/// entity's keys share such a string, but their number is not read (a
+/// cache miss a key for a figure that only decides eviction): each counts
+/// it whole.
+fn pk_bytes(pk: &SmolStr) -> usize {
+    if pk.is_heap_allocated() {
+        pk.len() + 2 * size_of::<usize>() + ALLOCATION_HEADER
+    } else {
+        0
+    }
 }
 
 /// A holder's share of a service's name: nothing when the name is held for
@@ -132,14 +138,14 @@ impl Footprint for [u8; 12] {
 impl Footprint for KeyState {
     /// The vectors (the fills' two behind their own allocation, with its
     /// allocator header), and the key's share of the strings it holds:
-    /// primary keys and services (see [`shared_bytes`], [`name_bytes`]).
+    /// primary keys and services (see [`pk_bytes`], [`name_bytes`]).
     /// Table and topic names are shared by every key that names them.
     fn heap_bytes(&self) -> usize {
         let service = name_bytes;
         let changes: usize = self
             .changes
             .iter()
-            .map(|c| shared_bytes(&c.pk) + c.cover.as_ref().map_or(0, |cv| service(&cv.service)))
+            .map(|c| pk_bytes(&c.pk) + c.cover.as_ref().map_or(0, |cv| service(&cv.service)))
             .sum();
         let invalidations: usize = self.invalidations.iter().map(|i| service(&i.service)).sum();
         let fills = self.fills.lists().map_or(0, |lists| {

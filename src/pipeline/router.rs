@@ -280,7 +280,7 @@ impl Router {
             && (change.tx_order.is_some() || change.invalidations_due().is_some())
         {
             self.pending_tx.push(TxItem::Change {
-                tx: TxId::new(Arc::clone(tx)),
+                tx: TxId::new(tx.clone()),
                 change: Arc::clone(&change),
             });
         }

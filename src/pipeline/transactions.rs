@@ -10,6 +10,7 @@
 //! that a restart does not forget them. Unless state is durable (`vigil
 //! check` without `--state`), nothing is written.
 
+use smol_str::SmolStr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -137,12 +138,12 @@ fn disconnected<T>(_: T) -> PipelineError {
 #[derive(Default)]
 struct Loaded {
     /// Open transactions, by id.
-    entries: Vec<(Arc<str>, TxEntry)>,
+    entries: Vec<(SmolStr, TxEntry)>,
     /// Closed transactions and when each is forgotten, and the values
     /// that hold them: (interval number, the last forgotten).
-    closed: Vec<(Arc<str>, Millis)>,
+    closed: Vec<(SmolStr, Millis)>,
     closed_values: Vec<(u64, Millis)>,
-    sums: Vec<(Arc<str>, TxSum)>,
+    sums: Vec<(SmolStr, TxSum)>,
     watermark: Option<Millis>,
 }
 
@@ -153,9 +154,9 @@ fn corrupt(message: &str) -> StateError {
     }
 }
 
-fn utf8_id(id: &[u8]) -> Result<Arc<str>, StateError> {
+fn utf8_id(id: &[u8]) -> Result<SmolStr, StateError> {
     std::str::from_utf8(id)
-        .map(Arc::<str>::from)
+        .map(SmolStr::new)
         .map_err(|_| corrupt("a transaction id that is not UTF-8"))
 }
 
@@ -171,7 +172,7 @@ impl Loaded {
                     .map(u64::from_be_bytes)
                     .map_err(|_| corrupt("a closed transactions key of the wrong length"))?;
                 let (last, closed) =
-                    codec::decode::<Vec<(Arc<str>, Millis)>>(Cf::Transactions, value)?;
+                    codec::decode::<Vec<(SmolStr, Millis)>>(Cf::Transactions, value)?;
                 self.closed_values.push((number, last));
                 self.closed.extend(closed);
             }
@@ -337,7 +338,7 @@ impl TxStage {
             .delete
             .iter()
             .map(|id| id.as_bytes().to_vec());
-        let sum_key = |id: &Arc<str>| {
+        let sum_key = |id: &SmolStr| {
             let mut key = Vec::with_capacity(id.len() + 1);
             key.push(SUM_PREFIX);
             key.extend_from_slice(id.as_bytes());

@@ -2,7 +2,7 @@
 //! stream of one row is ordered (one Kafka partition per primary key), so
 //! these checks are order-dependent by nature: each test is a sequence.
 
-use std::sync::Arc;
+use smol_str::SmolStr;
 
 use super::*;
 use crate::hash;
@@ -43,7 +43,7 @@ fn change(rules: TableRules, op: Op, version: Option<Version>, row: u64, seq: i6
         id: hash::change(entity, op, version, ts, row),
         entity,
         table: Name::new(TABLE),
-        pk: Arc::from(PK),
+        pk: SmolStr::new(PK),
         op,
         version,
         commit_ts_ms: ts,
@@ -99,7 +99,7 @@ fn expected(
         kind,
         key: None,
         table: Name::new(TABLE),
-        pk: Arc::from(PK),
+        pk: SmolStr::new(PK),
         op: Some(c.op),
         version: c.version,
         latest_version: latest,

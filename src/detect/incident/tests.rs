@@ -1,5 +1,7 @@
 use std::sync::Arc;
 
+use smol_str::SmolStr;
+
 use super::*;
 
 const T0: Millis = 1_700_000_000_000;
@@ -23,7 +25,7 @@ fn missing(table: &str, key: &str, due: Millis) -> Violation {
         Some(Arc::from(key)),
         due as u64,
         Name::new(table),
-        Arc::from("{\"id\":1}"),
+        SmolStr::new("{\"id\":1}"),
         due,
     )
 }
@@ -254,7 +256,7 @@ fn other_violations_are_counted_by_kind_but_the_incident_starts_with_its_first_m
         Some(Arc::from("orders:x:row")),
         1,
         Name::new("orders"),
-        Arc::from("{}"),
+        SmolStr::new("{}"),
         T0 + 1_000,
     );
     seconds[1].violation(&stale);

@@ -58,7 +58,7 @@ fn change_of(pk: u64, op: Op, version: Option<u64>, ts: Millis, offset: i64) -> 
         id: hash::change(entity, op, version, ts, row_hash),
         entity,
         table,
-        pk: Arc::from(pk_text),
+        pk: SmolStr::new(pk_text),
         op,
         version,
         commit_ts_ms: ts,

@@ -13,7 +13,7 @@
 //! are late, and counted only; at most `max_open` transactions are summed
 //! at a time, beyond it the one final first is dropped and counted.
 
-use std::sync::Arc;
+use smol_str::SmolStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -89,20 +89,20 @@ fn place(p: &Provenance) -> (&str, i32, i64) {
 
 /// A worker's key verdicts by transaction, since they were last sent.
 #[derive(Debug, Default)]
-pub struct TxTallies(IdMap<(Arc<str>, TxSum)>);
+pub struct TxTallies(IdMap<(SmolStr, TxSum)>);
 
 impl TxTallies {
-    fn of(&mut self, tx: &Arc<str>) -> &mut TxSum {
+    fn of(&mut self, tx: &SmolStr) -> &mut TxSum {
         let key = TxId::key_of(tx);
         let (_, sum) = self
             .0
             .entry(key)
-            .or_insert_with(|| (Arc::clone(tx), TxSum::none()));
+            .or_insert_with(|| (tx.clone(), TxSum::none()));
         sum
     }
 
     /// A change of transaction `tx` invalidated in time.
-    pub fn in_time(&mut self, tx: &Arc<str>, table: &Name, due: Millis) {
+    pub fn in_time(&mut self, tx: &SmolStr, table: &Name, due: Millis) {
         let sum = self.of(tx);
         sum.due = sum.due.max(due);
         sum.table(table);
@@ -173,7 +173,7 @@ impl TxSummaries {
     /// The summaries of `workers` workers, over the sums of a checkpoint.
     pub fn new(
         workers: usize,
-        sums: impl IntoIterator<Item = (Arc<str>, TxSum)>,
+        sums: impl IntoIterator<Item = (SmolStr, TxSum)>,
         rules: &SummaryRules,
     ) -> Self {
         let sums: Vec<(TxId, TxSum, bool)> = sums
@@ -211,13 +211,13 @@ impl TxSummaries {
     /// A change of `tx` of `table`, due at `due`, as the router saw it.
     pub fn on_change(
         &mut self,
-        tx: &Arc<str>,
+        tx: &SmolStr,
         table: &Name,
         due: Millis,
         rules: &SummaryRules,
         out: &mut SummaryDecisions,
     ) {
-        self.on_changes(&TxId::new(Arc::clone(tx)), [(table, due)], rules, out);
+        self.on_changes(&TxId::new(tx.clone()), [(table, due)], rules, out);
     }
 
     /// Changes of `tx`, each of a table and due at a time, in their order:
@@ -369,7 +369,7 @@ pub fn final_at(sum: &TxSum, rules: &SummaryRules) -> Millis {
 
 /// The summary of a transaction final at `at`, if any of its changes
 /// missed its deadline.
-fn judge(id: &Arc<str>, sum: &TxSum, at: Millis, out: &mut SummaryDecisions) {
+fn judge(id: &SmolStr, sum: &TxSum, at: Millis, out: &mut SummaryDecisions) {
     let Some((ts, evidence)) = sum.missed.as_ref().filter(|_| sum.keys.missing > 0) else {
         return;
     };
@@ -379,7 +379,7 @@ fn judge(id: &Arc<str>, sum: &TxSum, at: Millis, out: &mut SummaryDecisions) {
         .map_or_else(|| Name::new("(none)"), Name::clone);
     out.violations.push(Violation {
         change_ts_ms: Some(*ts),
-        transaction_id: Some(Arc::clone(id)),
+        transaction_id: Some(id.clone()),
         transaction: Some(Box::new(TxDetail {
             expected_events: None,
             seen_events: sum.keys.in_time + sum.keys.missing,
@@ -394,7 +394,7 @@ fn judge(id: &Arc<str>, sum: &TxSum, at: Millis, out: &mut SummaryDecisions) {
             None,
             crate::hash::transaction_summary(id),
             table,
-            Arc::from("{}"),
+            SmolStr::new_static("{}"),
             at,
         )
     });

@@ -2,7 +2,7 @@
 //! and END interleave, nor on redeliveries or the partitions they come
 //! from; each scenario is run in every arrival order.
 
-use std::sync::Arc;
+use smol_str::SmolStr;
 
 use super::*;
 
@@ -316,7 +316,7 @@ fn open_transactions_are_bounded() {
     let mut d = TxDetector::default();
     let mut out = TxDecisions::default();
     for i in 0..10_000u64 {
-        let tx = TxId::new(Arc::from(format!("tx-{i}")));
+        let tx = TxId::new(SmolStr::new(format!("tx-{i}")));
         let c = Change {
             table: Name::new(ORDERS),
             order: 1,
@@ -343,7 +343,7 @@ fn a_checkpoint_restores_the_same_verdicts() {
             Rec::Boundary(b) => d.on_boundary(&b, T0 - 1, &RULES, &mut out),
         }
     }
-    let saved: Vec<(Arc<str>, TxEntry)> = d
+    let saved: Vec<(SmolStr, TxEntry)> = d
         .take_changed()
         .writes
         .put

@@ -4,8 +4,8 @@
 //! goes between two checkpoints costs the store nothing, and one that goes
 //! costs a delete only if it was written.
 
+use smol_str::SmolStr;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
@@ -18,7 +18,7 @@ pub type IdMap<V> = HashMap<u64, V, RandomState>;
 #[derive(Debug)]
 struct Slot<V> {
     /// The transaction's id, for the verdicts and the store.
-    id: Arc<str>,
+    id: SmolStr,
     value: V,
     /// Changed since the last checkpoint (and listed in `dirty`).
     dirty: bool,
@@ -31,8 +31,8 @@ struct Slot<V> {
 /// since the last checkpoint is in both.
 #[derive(Debug)]
 pub struct Writes<'a, V> {
-    pub delete: Vec<Arc<str>>,
-    pub put: Vec<(Arc<str>, &'a V)>,
+    pub delete: Vec<SmolStr>,
+    pub put: Vec<(SmolStr, &'a V)>,
 }
 
 /// Values by transaction, tracked for the checkpoints.
@@ -43,7 +43,7 @@ pub struct Tracked<V> {
     /// checkpoint (some perhaps gone since).
     dirty: Vec<u64>,
     /// Ids gone since the last checkpoint whose value the store holds.
-    unstored: Vec<Arc<str>>,
+    unstored: Vec<SmolStr>,
     /// Changes are tracked (else nothing is written at checkpoints).
     track: bool,
 }
@@ -105,12 +105,12 @@ impl<V> Tracked<V> {
     }
 
     /// The id and value of transaction `key`.
-    pub fn get(&self, key: u64) -> Option<(&Arc<str>, &V)> {
+    pub fn get(&self, key: u64) -> Option<(&SmolStr, &V)> {
         self.map.get(&key).map(|s| (&s.id, &s.value))
     }
 
     /// The id of transaction `key`.
-    pub fn id(&self, key: u64) -> Option<&Arc<str>> {
+    pub fn id(&self, key: u64) -> Option<&SmolStr> {
         self.map.get(&key).map(|s| &s.id)
     }
 
@@ -132,7 +132,7 @@ impl<V> Tracked<V> {
         self.map.insert(
             tx.key,
             Slot {
-                id: Arc::clone(&tx.id),
+                id: tx.id.clone(),
                 value,
                 dirty: self.track,
                 stored: false,
@@ -141,10 +141,10 @@ impl<V> Tracked<V> {
     }
 
     /// Takes out the id and value of transaction `key`.
-    pub fn remove(&mut self, key: u64) -> Option<(Arc<str>, V)> {
+    pub fn remove(&mut self, key: u64) -> Option<(SmolStr, V)> {
         let slot = self.map.remove(&key)?;
         if self.track && slot.stored {
-            self.unstored.push(Arc::clone(&slot.id));
+            self.unstored.push(slot.id.clone());
         }
         Some((slot.id, slot.value))
     }
@@ -169,15 +169,15 @@ impl<V> Tracked<V> {
                 put_keys.push(key);
             } else if slot.stored {
                 slot.stored = false;
-                delete.push(Arc::clone(&slot.id));
+                delete.push(slot.id.clone());
             }
         }
         delete.sort_unstable();
-        let mut put: Vec<(Arc<str>, &V)> = put_keys
+        let mut put: Vec<(SmolStr, &V)> = put_keys
             .into_iter()
             .filter_map(|key| {
                 let slot = self.map.get(&key)?;
-                Some((Arc::clone(&slot.id), &slot.value))
+                Some((slot.id.clone(), &slot.value))
             })
             .collect();
         put.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
@@ -209,7 +209,7 @@ mod tests {
         let mut t: Tracked<u32> = Tracked::default();
         t.insert(&tx("a"), 1);
         t.insert(&tx("b"), 2);
-        assert_eq!(t.remove(key("a")), Some((Arc::from("a"), 1)));
+        assert_eq!(t.remove(key("a")), Some((SmolStr::new("a"), 1)));
         let w = t.take_writes(|_| true);
         assert_eq!(ids(&w), (vec![], vec!["b".to_string()]));
         // Nothing changed since.
@@ -255,7 +255,7 @@ mod tests {
         t.insert(&tx("b"), 2);
         *t.touch(key("b")).unwrap() = 3;
         t.remove(key("a"));
-        assert_eq!(t.get(key("b")), Some((&Arc::from("b"), &3)));
+        assert_eq!(t.get(key("b")), Some((&SmolStr::new("b"), &3)));
         assert_eq!(ids(&t.take_writes(|_| true)), (vec![], vec![]));
         assert!(t.dirty.is_empty() && t.unstored.is_empty());
     }

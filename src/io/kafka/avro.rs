@@ -173,6 +173,8 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
+    use smol_str::SmolStr;
+
     use apache_avro::reader::datum::GenericDatumReader;
 
     use super::*;
@@ -204,7 +206,7 @@ mod tests {
             Some(Arc::from("user:1")),
             7,
             Name::new("public.users"),
-            Arc::from("{\"id\":1,\"region\":\"eu\"}"),
+            SmolStr::new("{\"id\":1,\"region\":\"eu\"}"),
             1_596_010_890_000,
         );
         v.op = Some(Op::Update);
@@ -233,7 +235,7 @@ mod tests {
         late.cache_ts_ms = Some(1_596_010_920_000);
         late.lag_ms = Some(30_371);
         late.source_service = Some(Name::new("users-api"));
-        late.transaction_id = Some(Arc::from("571:53462048"));
+        late.transaction_id = Some(SmolStr::new("571:53462048"));
         late.evidence.push(Provenance {
             topic: crate::model::Name::new("/data/cache.ndjson"),
             partition: 0,
@@ -249,7 +251,7 @@ mod tests {
         summary.key = None;
         summary.op = None;
         summary.version = None;
-        summary.transaction_id = Some(Arc::from("tx-9"));
+        summary.transaction_id = Some(SmolStr::new("tx-9"));
         summary.transaction = Some(Box::new(TxDetail {
             expected_events: Some(4),
             seen_events: 3,

@@ -31,14 +31,14 @@ fn verdict(kind: ViolationKind, table: &str, ts: Millis, offset: i64) -> Violati
     Violation {
         change_ts_ms: Some(ts),
         deadline_ms: Some(DEADLINE),
-        transaction_id: Some(Arc::from(TX)),
+        transaction_id: Some(SmolStr::new(TX)),
         evidence: vec![at(offset)],
         ..Violation::new(
             kind,
             Some(Arc::from("k")),
             offset as u64,
             Name::new(table),
-            Arc::from("{}"),
+            SmolStr::new("{}"),
             ts + DEADLINE,
         )
     }
@@ -70,7 +70,7 @@ fn run(msgs: &[Msg]) -> SummaryDecisions {
     for m in msgs {
         match m {
             Msg::Change { table, ts } => s.on_change(
-                &Arc::from(TX),
+                &SmolStr::new(TX),
                 &Name::new(table),
                 ts + DEADLINE,
                 &RULES,
@@ -150,7 +150,7 @@ fn scenario() -> Vec<Msg> {
         },
         Msg::Verdicts {
             worker: 0,
-            sums: tallies(|t| t.in_time(&Arc::from(TX), &Name::new(ORDERS), T0 + DEADLINE)),
+            sums: tallies(|t| t.in_time(&SmolStr::new(TX), &Name::new(ORDERS), T0 + DEADLINE)),
             until: T0 + DEADLINE,
         },
         Msg::Verdicts {
@@ -234,7 +234,7 @@ fn a_transaction_invalidated_in_time_is_not_summarised() {
         },
         Msg::Verdicts {
             worker: 0,
-            sums: tallies(|t| t.in_time(&Arc::from(TX), &Name::new(ORDERS), T0 + DEADLINE)),
+            sums: tallies(|t| t.in_time(&SmolStr::new(TX), &Name::new(ORDERS), T0 + DEADLINE)),
             until: Millis::MAX,
         },
         Msg::Verdicts {
@@ -272,7 +272,7 @@ fn transactions_over_the_maximum_are_dropped_first_final_first() {
     let mut out = SummaryDecisions::default();
     for (i, tx) in ["a", "b", "c"].into_iter().enumerate() {
         s.on_change(
-            &Arc::from(tx),
+            &SmolStr::new(tx),
             &Name::new(ORDERS),
             T0 + i as i64,
             &rules,
@@ -295,7 +295,7 @@ fn a_checkpoint_restores_the_sums() {
     let miss =
         tallies(|t| t.violation(&verdict(ViolationKind::MissingInvalidation, ORDERS, T0, 1)));
     s.on_verdicts(0, miss, T0, &RULES, &mut out);
-    let saved: Vec<(Arc<str>, TxSum)> = s
+    let saved: Vec<(SmolStr, TxSum)> = s
         .take_changed()
         .put
         .into_iter()
