@@ -9,7 +9,7 @@ use crate::config::{Config, Framing, TopicSelector, UnmappedTables};
 use crate::dead_letter::{Reason, RecordError};
 use crate::detect::transaction::{EndCounts, TxBoundary, TxId, TxMark};
 use crate::formats::{
-    self, BinaryKey, DecodedCdc, Framed, RawChange, Row, Skip, TxMarker, TxStatus,
+    self, BinaryKey, DecodedCdc, Framed, RawChange, RawChanges, Row, Skip, TxMarker, TxStatus,
 };
 use crate::mapping::{Change, Mapped, Mapper};
 use crate::model::{CacheEvent, Millis, Name, Provenance};
@@ -424,7 +424,7 @@ impl Ingest {
         provenance: &Provenance,
         out: &mut Vec<Record>,
     ) -> Result<(), RecordError> {
-        let changes: Vec<RawChange<'_>> = match decoded {
+        let changes: RawChanges<'_> = match decoded {
             DecodedCdc::Skipped(kind) => {
                 self.stats.emit(RecordSkipped(kind));
                 return Ok(());

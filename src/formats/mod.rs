@@ -41,6 +41,7 @@ pub(crate) mod testing;
 use std::borrow::Cow;
 
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 
 use crate::dead_letter::RecordError;
 use crate::model::{Millis, Op};
@@ -127,6 +128,9 @@ pub struct SourcePos<'a> {
     /// The last row of its transaction: Maxwell `commit`.
     pub tx_last: bool,
 }
+
+/// The changes of one record: most formats carry one, held inline.
+pub type RawChanges<'a> = SmallVec<[RawChange<'a>; 1]>;
 
 /// A change as a format describes it, before mapping to cache keys.
 /// Equality compares row values by their raw JSON text.
@@ -243,11 +247,14 @@ pub struct TxMarker<'a> {
     pub data_collections: Vec<(Cow<'a, str>, u64)>,
 }
 
-/// What one CDC value decodes to.
+/// What one CDC value decodes to. Returned once a record and taken apart at
+/// once: boxing its change would cost the allocation that holding it inline
+/// saves.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
 pub enum DecodedCdc<'a> {
     /// One change per row (a Canal message can carry several rows).
-    Changes(Vec<RawChange<'a>>),
+    Changes(RawChanges<'a>),
     /// A transaction's BEGIN or END.
     Transaction(TxMarker<'a>),
     /// A Debezium heartbeat, with its `ts_ms`: nothing to check, but the

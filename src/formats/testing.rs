@@ -5,7 +5,7 @@ use apache_avro::types::Value;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{DecodedCdc, Flattened, RawChange, Row, Skip, decode_cdc};
+use super::{DecodedCdc, Flattened, RawChange, RawChanges, Row, Skip, decode_cdc};
 use crate::dead_letter::Reason;
 
 /// The text of a file under `tests/data`. The crate's directory is read when
@@ -35,7 +35,7 @@ pub(crate) fn samples(text: &str) -> Vec<Sample<'_>> {
 
 /// The changes of a CDC value that must decode to changes (on a table
 /// declared flattened).
-pub(crate) fn changes(value: &str) -> Vec<RawChange<'_>> {
+pub(crate) fn changes(value: &str) -> RawChanges<'_> {
     match decode_cdc(Some(value), Flattened::Everywhere) {
         Ok(DecodedCdc::Changes(changes)) => changes,
         other => panic!("{value}: expected changes, got {other:?}"),

@@ -2,7 +2,7 @@
 //! decoded changes put in a comparable order.
 
 use super::encode::{GenChange, GenRow};
-use crate::formats::{DecodedCdc, RawChange};
+use crate::formats::{DecodedCdc, RawChanges};
 use crate::model::Op;
 
 /// A change of row 42 of table 1, with the given versions before and after.
@@ -25,7 +25,7 @@ pub(super) fn change(op: Op, before: Option<u64>, after: Option<u64>) -> GenChan
 }
 
 /// Changes with the columns of their rows in name order.
-pub(super) fn sorted(decoded: DecodedCdc<'_>) -> Vec<RawChange<'_>> {
+pub(super) fn sorted(decoded: DecodedCdc<'_>) -> RawChanges<'_> {
     let DecodedCdc::Changes(mut changes) = decoded else {
         panic!("not a change: {decoded:?}");
     };

@@ -7,9 +7,13 @@
 //! batch Canal fetched (up to `canal.mq.canalBatchSize` entries, which may
 //! hold several transactions or part of one), so it is not read as one.
 
+use smallvec::smallvec;
+
 use crate::dead_letter::{Reason, RecordError};
 use crate::formats::json::{Field, Object, array, flag, millis, overlay, row, string, strings};
-use crate::formats::{CdcFormat, DecodedCdc, RawChange, Row, Skip, SourcePos, TableRef};
+use crate::formats::{
+    CdcFormat, DecodedCdc, RawChange, RawChanges, Row, Skip, SourcePos, TableRef,
+};
 use crate::model::Op;
 
 /// Whether a record is a Canal flat message: it has `isDdl`, or an upper-case
@@ -72,7 +76,7 @@ pub(in crate::formats) fn decode<'a>(message: &Object<'a>) -> Result<DecodedCdc<
         },
     };
     if op == Op::Truncate {
-        return Ok(DecodedCdc::Changes(vec![change(None, None, None)]));
+        return Ok(DecodedCdc::Changes(smallvec![change(None, None, None)]));
     }
 
     let rows = message.required("data", array)?;
@@ -87,7 +91,7 @@ pub(in crate::formats) fn decode<'a>(message: &Object<'a>) -> Result<DecodedCdc<
         _ => Vec::new(),
     };
     let data = Field::new("data");
-    let mut changes = Vec::with_capacity(rows.len());
+    let mut changes = RawChanges::with_capacity(rows.len());
     for (i, value) in rows.into_iter().enumerate() {
         let image = row(value, data.at(i))?;
         let (before, after) = match op {

@@ -3,6 +3,8 @@
 //! `__table`, `__lsn`, `__source_ts_ms`, `__deleted`...).
 
 use super::{SourceMeta, parse_op};
+use smallvec::smallvec;
+
 use crate::dead_letter::RecordError;
 use crate::formats::json::{Field, Object, flag, millis, string, unrecognised};
 use crate::formats::{CdcFormat, DecodedCdc, RawChange, Skip, TableRef};
@@ -71,7 +73,7 @@ pub(in crate::formats) fn decode(record: Object<'_>) -> Result<DecodedCdc<'_>, R
         Op::Create | Op::Update | Op::Read => (None, Some(row)),
     };
     let (table, pos) = source.finish();
-    Ok(DecodedCdc::Changes(vec![RawChange {
+    Ok(DecodedCdc::Changes(smallvec![RawChange {
         format: CdcFormat::DebeziumFlat,
         table,
         op,

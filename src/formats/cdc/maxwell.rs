@@ -3,6 +3,8 @@
 
 use serde_json::value::RawValue;
 
+use smallvec::smallvec;
+
 use crate::dead_letter::{Reason, RecordError};
 use crate::formats::json::{
     Field, Object, binlog_file_index, digits, flag, millis, overlay, row, string, strings, text,
@@ -73,7 +75,7 @@ pub(in crate::formats) fn decode<'a>(message: &Object<'a>) -> Result<DecodedCdc<
         Some(ms) => Some(ms),
         None => message.field("ts", seconds_to_millis)?,
     };
-    Ok(DecodedCdc::Changes(vec![RawChange {
+    Ok(DecodedCdc::Changes(smallvec![RawChange {
         format: CdcFormat::Maxwell,
         table: TableRef {
             schema: None,

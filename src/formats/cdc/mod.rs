@@ -17,6 +17,8 @@ use std::borrow::Cow;
 
 use serde_json::value::RawValue;
 
+use smallvec::smallvec;
+
 use crate::dead_letter::{Reason, RecordError};
 use crate::formats::json::{
     Field, Object, Plain, binlog_file_index, digits, millis, string, text, uint, uint_or_digits,
@@ -59,7 +61,7 @@ pub(in crate::formats) fn change<'a>(
         pos.tx_id = Some(id);
     }
     pos.tx_order = transaction.total_order;
-    DecodedCdc::Changes(vec![RawChange {
+    DecodedCdc::Changes(smallvec![RawChange {
         format: CdcFormat::Debezium,
         table,
         op,
