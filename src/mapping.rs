@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::config::{Config, KeyTemplate, Segment, TableConfig, TableFormat, VersionSource};
 use crate::dead_letter::{Reason, RecordError};
-use crate::formats::{self, CdcFormat, RawChange, Row, Scalar, TableRef, column};
+use crate::formats::{self, CdcFormat, Column, RawChange, Row, Scalar, TableRef, column};
 use crate::hash;
 use crate::model::{CacheKey, CacheKeys, Millis, Name, Op, Provenance, Version, push_key_once};
 
@@ -210,10 +210,10 @@ impl Mapper {
             (SmolStr::new_static("{}"), None, table.globs.clone(), 0)
         } else {
             let image = match raw.op {
-                Op::Delete => raw.before.as_ref(),
-                _ => raw.after.as_ref(),
+                Op::Delete => raw.before.as_deref(),
+                _ => raw.after.as_deref(),
             };
-            let pk = primary_key(table, raw, key, image)?;
+            let pk = primary_key(table, raw, key.map(|k| &k[..]), image)?;
             let version = version_of(table, raw, image, commit_ts_ms)?;
             let (json, keys) = TEXT.with_borrow_mut(|text| {
                 pk.write_json(text);
@@ -314,7 +314,7 @@ fn describe_table(t: &TableRef<'_>, provenance: &Provenance) -> String {
 /// The primary key of a change: columns of one row, all present and not
 /// null, borrowed from it.
 struct Pk<'r> {
-    row: &'r Row<'r>,
+    row: &'r [Column<'r>],
     names: PkNames<'r>,
 }
 
@@ -354,7 +354,7 @@ impl<'r> PkNames<'r> {
 
 impl<'r> Pk<'r> {
     /// The named columns of a row, if it has them all (non-null).
-    fn pick(names: PkNames<'r>, row: &'r Row<'r>) -> Option<Self> {
+    fn pick(names: PkNames<'r>, row: &'r [Column<'r>]) -> Option<Self> {
         names
             .iter()
             .all(|n| non_null(row, n).is_some())
@@ -406,7 +406,7 @@ impl<'r> Pk<'r> {
 }
 
 /// The first value of a column that is not null.
-fn non_null<'r>(row: &'r Row<'r>, name: &str) -> Option<&'r RawValue> {
+fn non_null<'r>(row: &'r [Column<'r>], name: &str) -> Option<&'r RawValue> {
     row.iter()
         .find(|(c, v)| c == name && v.get() != "null")
         .map(|(_, v)| *v)
@@ -427,11 +427,11 @@ fn push_json_string(out: &mut String, text: &str) {
 
 /// The primary-key columns of the change, in key order: from the Kafka key,
 /// else the `pk` columns of the table, else the record's own primary-key list.
-fn primary_key<'r>(
+fn primary_key<'r, 'a: 'r>(
     table: &'r Table,
-    raw: &'r RawChange<'r>,
-    key: Option<&'r Row<'r>>,
-    image: Option<&'r Row<'r>>,
+    raw: &'r RawChange<'a>,
+    key: Option<&'r [Column<'r>]>,
+    image: Option<&'r [Column<'r>]>,
 ) -> Result<Pk<'r>, RecordError> {
     let configured = &table.config.pk;
     if let Some(key) = key.filter(|k| !k.is_empty()) {
@@ -445,7 +445,7 @@ fn primary_key<'r>(
             return Ok(pk);
         }
     }
-    let image = image.or(raw.after.as_ref()).or(raw.before.as_ref());
+    let image = image.or(raw.after.as_deref()).or(raw.before.as_deref());
     let names = if configured.is_empty() {
         PkNames::Record(raw.pk_columns.as_deref().unwrap_or_default())
     } else {
@@ -476,7 +476,7 @@ fn primary_key<'r>(
 fn version_of(
     table: &Table,
     raw: &RawChange<'_>,
-    image: Option<&Row<'_>>,
+    image: Option<&[Column<'_>]>,
     commit_ts_ms: Millis,
 ) -> Result<Option<Version>, RecordError> {
     let missing = |what: String| {
@@ -547,7 +547,7 @@ fn render_keys(
 ) -> Result<CacheKeys, RecordError> {
     let mut keys = CacheKeys::new();
     for template in &table.config.keys {
-        let images = [raw.after.as_ref(), raw.before.as_ref()];
+        let images = [raw.after.as_deref(), raw.before.as_deref()];
         let mut rendered_any = false;
         for (i, image) in images.into_iter().enumerate() {
             let Some(image) = image else { continue };
@@ -563,7 +563,7 @@ fn render_keys(
             }
         }
         if !rendered_any {
-            render(template, &Row::new(), pk, buf)?;
+            render(template, &[], pk, buf)?;
             keys.push(CacheKey::from(buf.as_str()));
         }
     }
@@ -572,7 +572,7 @@ fn render_keys(
 
 fn render(
     template: &KeyTemplate,
-    image: &Row<'_>,
+    image: &[Column<'_>],
     pk: &Pk<'_>,
     out: &mut String,
 ) -> Result<(), RecordError> {

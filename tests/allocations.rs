@@ -161,18 +161,18 @@ fn of_stream(records: &[GenRecord], stream: Stream) -> Vec<&GenRecord> {
 /// The bounds of the test, about a tenth above what the code allocates
 /// today (the figures of BENCHMARKS.md).
 const BOUNDS: [(CdcFormat, &str, f64); 5] = [
-    (CdcFormat::Debezium, "debezium", 2.9),
-    (CdcFormat::DebeziumSchema, "debezium_schema", 3.9),
-    (CdcFormat::DebeziumFlat, "debezium_flat", 2.2),
-    (CdcFormat::Maxwell, "maxwell", 7.0),
-    (CdcFormat::Canal, "canal", 9.9),
+    (CdcFormat::Debezium, "debezium", 1.8),
+    (CdcFormat::DebeziumSchema, "debezium_schema", 2.8),
+    (CdcFormat::DebeziumFlat, "debezium_flat", 1.1),
+    (CdcFormat::Maxwell, "maxwell", 6.7),
+    (CdcFormat::Canal, "canal", 9.6),
 ];
 /// Bound of a cache event.
 const CACHE_BOUND: f64 = 0.1;
 /// Bound of the records of `vigil bench --check`, CDC and cache.
-const MIX_BOUND: f64 = 1.3;
+const MIX_BOUND: f64 = 0.8;
 /// Bound of the `kcat -J` lines of `vigil bench --check-kcat`.
-const KCAT_BOUND: f64 = 2.1;
+const KCAT_BOUND: f64 = 1.8;
 
 #[test]
 fn allocations_per_record_stay_within_their_bounds() {

@@ -629,6 +629,8 @@ mod tests {
             assert_eq!(record.key, Some(r#"{"id":1}"#));
             let (kcat, plain) = (change(record.payload.unwrap()), change(bare));
             assert_eq!(format!("{kcat:?}"), format!("{plain:?}"));
+            // The change borrows the buffer, which is read next.
+            drop(kcat);
             let now = buffers.payload.capacity();
             assert_eq!(*capacity.get_or_insert(now), now, "the buffer is reused");
         }

@@ -64,11 +64,17 @@ pub use kcat::{Headers, KcatBuffers, KcatLine, KcatRecord, parse_kcat_line};
 pub(crate) use testing::mysql_update as avro_mysql_update;
 
 /// One row image: column names and their undecoded JSON values, in the order
-/// of the record.
-pub type Row<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+/// of the record. Up to two columns are held inline, so that a Kafka key
+/// such as `{"id":1}` needs no allocation.
+pub type Row<'a> = SmallVec<[Column<'a>; 2]>;
+
+/// A column of a [`Row`]: its name and undecoded JSON value. Code that only
+/// reads a row takes a slice of columns, which (unlike the row) shortens
+/// its lifetime where two rows of different lifetimes meet.
+pub type Column<'a> = (Cow<'a, str>, &'a RawValue);
 
 /// Finds a column of a row image.
-pub fn column<'a>(row: &Row<'a>, name: &str) -> Option<&'a RawValue> {
+pub fn column<'a>(row: &[Column<'a>], name: &str) -> Option<&'a RawValue> {
     row.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
 }
 

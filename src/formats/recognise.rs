@@ -87,7 +87,7 @@ pub(super) fn decode_key_text(text: &str) -> Option<Row<'_>> {
 fn maxwell_array_key(text: &str) -> Option<Row<'_>> {
     let parts: Vec<&RawValue> = serde_json::from_str(text).ok()?;
     let pk = parts.get(2)?;
-    let mut columns = Vec::new();
+    let mut columns = Row::new();
     for part in array(pk, Field::new("pk")).ok()? {
         columns.extend(row(part, Field::new("pk")).ok()?);
     }

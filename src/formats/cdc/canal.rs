@@ -99,7 +99,7 @@ pub(in crate::formats) fn decode<'a>(message: &Object<'a>) -> Result<DecodedCdc<
             Op::Update => {
                 let previous = match old.get(i) {
                     Some(v) if v.get() != "null" => row(v, Field::new("old").at(i))?,
-                    _ => Vec::new(),
+                    _ => Row::new(),
                 };
                 (Some(overlay(&image, previous)), Some(image))
             }

@@ -147,8 +147,8 @@ mod tests {
         assert_eq!(lines.len(), 5);
 
         // `data` in the JSON converter's schema/payload wrapper.
-        let wrapped = change(lines[0]);
         let sample = data_file("samples/debezium-cloudevents.ndjson");
+        let wrapped = change(lines[0]);
         assert_eq!(wrapped, change(samples(&sample)[0].value.get()));
 
         // A MySQL update: binlog position attributes, before and after.

@@ -15,7 +15,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::dead_letter::{Reason, RecordError};
-use crate::formats::Row;
+use crate::formats::{Column, Row};
 use crate::hash::Digest;
 use crate::model::Millis;
 
@@ -65,7 +65,7 @@ fn unescape(quoted: &str) -> Cow<'_, str> {
 /// and null; the raw text without insignificant whitespace for objects and
 /// arrays). The field hashes are combined by wrapping addition, so neither
 /// field order nor whitespace changes the result.
-pub fn row_hash(row: &Row) -> u64 {
+pub fn row_hash(row: &[Column]) -> u64 {
     let mut hasher = Digest::default();
     row.iter().fold(0u64, |sum, (name, value)| {
         hasher.reset();
@@ -235,6 +235,9 @@ impl<'de> Deserialize<'de> for Fields<'de> {
 
 struct FieldsVisitor;
 
+/// The columns a row gets room for once it outgrows its inline ones.
+const ROW_COLUMNS: usize = 16;
+
 impl<'de> Visitor<'de> for FieldsVisitor {
     type Value = Row<'de>;
 
@@ -243,8 +246,12 @@ impl<'de> Visitor<'de> for FieldsVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut fields = Vec::with_capacity(16);
+        let mut fields = Row::new();
         while let Some(Name(name)) = map.next_key()? {
+            if fields.len() == fields.inline_size() {
+                // Past the inline columns, room for a row image at once.
+                fields.reserve(ROW_COLUMNS - fields.len());
+            }
             fields.push((name, map.next_value()?));
         }
         Ok(fields)
