@@ -93,6 +93,13 @@ impl Equivalent<(Name, i32)> for PartOf<'_> {
     }
 }
 
+/// The key a borrowed one stands for, made when a partition is first seen.
+impl From<&PartOf<'_>> for (Name, i32) {
+    fn from(key: &PartOf<'_>) -> Self {
+        (Name::new(key.0), key.1)
+    }
+}
+
 /// Read state of one topic partition.
 struct Part {
     /// Index of the partition in the pipeline's watermark.
@@ -294,15 +301,18 @@ impl SourceContext {
         self.seal(shared, |_| true);
     }
 
-    /// The partition `partition` of `topic`, found without copying the
-    /// topic (once per message); added with the next index if new.
+    /// The partition `partition` of `topic`, found by one lookup without
+    /// copying the topic (once per message); added with the next index if
+    /// new.
     fn part<'a>(&self, shared: &'a mut Shared, topic: &str, partition: i32) -> &'a mut Part {
-        if !shared.parts.contains_key(&PartOf(topic, partition)) {
-            let topic = Name::new(topic);
-            let part = Part {
-                index: shared.next_index,
-                topic: topic.clone(),
-                stream: self.kinds.stream_of(&topic),
+        let next_index = shared.next_index;
+        let part = shared
+            .parts
+            .entry_ref(&PartOf(topic, partition))
+            .or_insert_with(|| Part {
+                index: next_index,
+                topic: Name::new(topic),
+                stream: self.kinds.stream_of(topic),
                 assigned: false,
                 records: Vec::new(),
                 keyed: Vec::new(),
@@ -311,14 +321,11 @@ impl SourceContext {
                 read: 0,
                 next_offset: None,
                 caught_up: false,
-            };
+            });
+        if part.index == next_index {
             shared.next_index += 1;
-            shared.parts.insert((topic, partition), part);
         }
-        shared
-            .parts
-            .get_mut(&PartOf(topic, partition))
-            .expect("added above")
+        part
     }
 
     /// With a changelog: forgets the scopes this instance no longer holds,
