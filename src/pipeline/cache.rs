@@ -27,10 +27,10 @@ use std::sync::Arc;
 
 use compact_str::CompactString;
 use foldhash::fast::RandomState;
-use hashbrown::HashTable;
 use smallvec::SmallVec;
 use smol_str::SmolStr;
 
+use super::index::{ENTRY_BYTES, Index, prefetch};
 use crate::detect::entity::EntityState;
 use crate::detect::key::{FillLists, KeyState};
 use crate::model::Name;
@@ -209,6 +209,15 @@ pub(super) enum Save {
     Delete,
 }
 
+/// What [`Slots::prefetch`] asks the CPU to load.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Prefetch {
+    /// The index entries of a key's hash.
+    Index,
+    /// The node of a key, found through its index entries.
+    Node,
+}
+
 /// Writes a slot to a batch: the slot's key, scope and value, whether state
 /// is kept (`durable`), and what to write.
 pub(super) type Saver<K, V> = fn(&mut StateBatch, bool, &K, i32, &mut V, Save);
@@ -258,36 +267,6 @@ impl<V: Default> Slot<V> {
     /// checkpoint `at` still speaks for it).
     fn unchanged_since(&self, at: u64) -> bool {
         self.changed_in == UNCHANGED && self.persisted_at == at
-    }
-}
-
-/// Parts of the slots' index. A hash table grows by moving every entry to a
-/// table twice the size, during which the worker does nothing else; a part
-/// grows with a sixty-fourth of the slots (the entries are 8 bytes that
-/// carry the hash bits the table needs, so growing one reads no node).
-const PARTS: usize = 64;
-
-/// Which part of the index holds a hash: bits that [`Entry`] does not keep.
-fn part_of(hash: u64) -> usize {
-    ((hash >> 32) % PARTS as u64) as usize
-}
-
-/// An entry of the index: the arena position of a slot and the low half of
-/// its key's hash, from which the table's own hash of the entry is made
-/// ([`Entry::table_hash`]): the table grows without reading the nodes.
-#[derive(Clone, Copy)]
-struct Entry {
-    at: u32,
-    low: u32,
-}
-
-impl Entry {
-    /// The hash the index files a key of hash `hash` by: its low half
-    /// chooses the bucket and, repeated above, gives the top seven bits
-    /// that tag it (the bits of `part_of` are the same for a whole part).
-    fn table_hash(hash: u64) -> u64 {
-        let low = hash & 0xffff_ffff;
-        low | (low << 32)
     }
 }
 
@@ -534,9 +513,8 @@ impl<K, V> Arena<K, V> {
 /// an index of arena positions; the queues of work name arena positions.
 pub(super) struct Slots<K, V> {
     hasher: RandomState,
-    /// Arena positions of the slots, in [`PARTS`] tables by [`part_of`]
-    /// their hash.
-    index: Vec<HashTable<Entry>>,
+    /// Arena positions of the slots by their key's hash.
+    index: Index,
     arena: Arena<K, V>,
     /// Slots changed since the last checkpoint.
     dirty: Vec<Handle>,
@@ -576,7 +554,7 @@ pub(super) struct Slots<K, V> {
 /// Bytes a slot costs beyond its value's heap: its place in the arena and
 /// its entry in the index (with the index's spare room).
 fn entry_bytes<K, V>() -> usize {
-    size_of::<Place<K, V>>() + (size_of::<Entry>() + 1) * 8 / 7
+    size_of::<Place<K, V>>() + ENTRY_BYTES
 }
 
 impl<K, V> Slots<K, V>
@@ -589,7 +567,7 @@ where
     pub fn new(durable: bool, save: Saver<K, V>) -> Self {
         Slots {
             hasher: RandomState::default(),
-            index: (0..PARTS).map(|_| HashTable::new()).collect(),
+            index: Index::new(),
             arena: Arena::new(),
             dirty: Vec::new(),
             stamp: 1,
@@ -648,27 +626,17 @@ where
     /// memory.
     fn find(&self, hash: u64, key: &K::Lookup) -> Option<u32> {
         let (arena, key) = (&self.arena, K::bytes(key));
-        self.index[part_of(hash)]
-            .find(Entry::table_hash(hash), |e| {
-                e.low == hash as u32 && {
-                    let node = arena.at(e.at);
-                    node.hash == hash && K::bytes(node.key.as_lookup()) == key
-                }
-            })
-            .map(|e| e.at)
+        self.index.find(hash, |at| {
+            let node = arena.at(at);
+            node.hash == hash && K::bytes(node.key.as_lookup()) == key
+        })
     }
 
     /// Adds a node to the arena and the index; returns its position.
     fn insert(&mut self, node: Node<K, V>) -> u32 {
         let hash = node.hash;
         let at = self.arena.insert(node);
-        let entry = Entry {
-            at,
-            low: hash as u32,
-        };
-        self.index[part_of(hash)].insert_unique(Entry::table_hash(hash), entry, |e| {
-            Entry::table_hash(e.low.into())
-        });
+        self.index.insert(hash, at);
         at
     }
 
@@ -677,11 +645,7 @@ where
     fn remove(&mut self, i: u32) -> Node<K, V> {
         self.unlink(i);
         let hash = self.arena.at(i).hash;
-        if let Ok(entry) =
-            self.index[part_of(hash)].find_entry(Entry::table_hash(hash), |e| e.at == i)
-        {
-            entry.remove();
-        }
+        self.index.remove(hash, i);
         self.arena.remove(i)
     }
 
@@ -719,6 +683,28 @@ where
             self.lists[list as usize].newest = prev;
         } else {
             self.arena.at_mut(next).prev = prev;
+        }
+    }
+
+    /// Asks the CPU to load what a lookup of `key` a little later reads:
+    /// with [`Prefetch::Index`], the index entries of its hash; with
+    /// [`Prefetch::Node`], the node they name (reading the entries). A
+    /// worker asks for the index of an item two steps ahead of the node,
+    /// and for the node a few items ahead of the one it applies, so that
+    /// these loads overlap instead of each lookup waiting for memory in
+    /// turn. Changes nothing.
+    pub fn prefetch(&self, key: &K::Lookup, what: Prefetch) {
+        let hash = self.hasher.hash_one(K::bytes(key));
+        match what {
+            Prefetch::Index => self.index.prefetch(hash),
+            Prefetch::Node => {
+                // The first position whose node may be the key's: reading
+                // the node to be sure is what the hint is for.
+                let at = self.index.find(hash, |_| true);
+                if let Some(place) = at.and_then(|at| self.arena.place(at)) {
+                    prefetch(place);
+                }
+            }
         }
     }
 

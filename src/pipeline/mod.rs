@@ -28,7 +28,7 @@
 //!
 //! Files: `router`, `worker` (the loop and the detector calls), `shard`
 //! (what a worker keeps: its keys and entities in `cache`'s slots over the
-//! store, its timers, open keys and globs), `storms`, `transactions`,
+//! store, found through `index`, its timers, open keys and globs), `storms`, `transactions`,
 //! `incidents`, `sink` (with the committer), `checkpoints` (the latest
 //! commit, which a worker over its budget of kept state waits for, and its
 //! request for a checkpoint sooner), `repartition` (the key-level
@@ -49,6 +49,7 @@
 mod cache;
 mod checkpoints;
 mod incidents;
+mod index;
 mod repartition;
 mod router;
 mod shard;

@@ -26,9 +26,9 @@ use std::sync::Arc;
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
-use super::Engine;
-use super::cache::{Cached, Footprint, Handle, Save, Slot, Slots, Waits};
+use super::cache::{Cached, Footprint, Handle, Prefetch, Save, Slot, Slots, Waits};
 use super::checkpoints::Checkpoints;
+use super::{Engine, WorkItem};
 use crate::detect::entity::EntityState;
 use crate::detect::key::{
     Decisions, KeyRules, KeyState, RetainedGlob, Wildcards, glob_matches, glob_prefix,
@@ -713,6 +713,20 @@ impl Shard {
             &mut self.open,
         );
         Ok(result)
+    }
+
+    /// Asks the CPU to load what applying `item` will read of the state
+    /// (see [`Slots::prefetch`]): a hint, which changes nothing.
+    pub(super) fn prefetch(&self, item: &WorkItem, what: Prefetch) {
+        match item {
+            WorkItem::Entity { change, scope } => self
+                .entities
+                .prefetch(&entity_key(*scope, change.entity), what),
+            WorkItem::Change { key, .. }
+            | WorkItem::Invalidation { key, .. }
+            | WorkItem::Fill { key, .. } => self.keys.prefetch(key, what),
+            WorkItem::Wildcard { .. } => {}
+        }
     }
 
     /// The state of a change's entity (read from the store if not in

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
+use super::cache::Prefetch;
 use super::checkpoints::Checkpoints;
 use super::incidents::IncidentMsg;
 use super::shard::Shard;
@@ -133,6 +134,12 @@ const SAVE_CHUNK: usize = if cfg!(test) { 1 } else { 256 };
 /// the firing behind the work.
 const FIRE_CHUNK: usize = if cfg!(test) { 1 } else { 1024 };
 
+/// How many items ahead of the one it applies a worker asks the CPU for
+/// an item's state (and twice as far ahead, for its index entries; see
+/// [`Shard::prefetch`]): far enough that the loads are done when the item's
+/// turn comes, near enough that what they load is still in the cache then.
+const PREFETCH_AHEAD: usize = 8;
+
 fn disconnected<T>(_: T) -> PipelineError {
     PipelineError::Disconnected("sink")
 }
@@ -214,9 +221,18 @@ impl Worker {
                     watermark,
                 } => {
                     let started = std::time::Instant::now();
-                    for item in items.drain(..) {
+                    let mut left = items.drain(..);
+                    while let Some(item) = left.next() {
+                        let ahead = left.as_slice();
+                        if let Some(far) = ahead.get(2 * PREFETCH_AHEAD - 1) {
+                            self.shard.prefetch(far, Prefetch::Index);
+                        }
+                        if let Some(near) = ahead.get(PREFETCH_AHEAD - 1) {
+                            self.shard.prefetch(near, Prefetch::Node);
+                        }
                         self.apply(item)?;
                     }
+                    drop(left);
                     // When the router has spares enough, this one is freed.
                     let _ = self.spare.try_send(items);
                     self.advance(watermark)?;
