@@ -4,8 +4,9 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
+use arcstr::ArcStr;
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -126,16 +127,14 @@ impl fmt::Display for Version {
 /// BENCHMARKS.md). The names held are few (the topics, files, tables and
 /// services read); past [`MAX_NAMES`] of them (say, dead letters of many
 /// topics replayed), or longer than [`MAX_HELD_BYTES`], a name is a shared
-/// string again.
+/// string again, freed with its last copy.
 ///
-/// A shared name is a `String` behind the `Arc`, not a `str`: its pointer
-/// is then one word, which fits beside the held name's, and a `Name` takes
-/// 16 bytes as an `Arc<str>` did (24 otherwise).
+/// Both are an [`ArcStr`], one pointer (8 bytes): a held name is one made
+/// static, whose copies and drops do not touch its count. A key's state
+/// holds several names for each of its changes and invalidations (table,
+/// topics, service), so their size counts.
 #[derive(Clone)]
-pub enum Name {
-    Held(&'static str),
-    Shared(Arc<String>),
-}
+pub struct Name(ArcStr);
 
 /// Distinct names held for the process at most (see [`Name`]).
 const MAX_NAMES: usize = 4096;
@@ -146,13 +145,13 @@ const MAX_NAMES: usize = 4096;
 const MAX_HELD_BYTES: usize = 256;
 
 /// The names held, see [`Name`].
-static NAMES: RwLock<Option<HashSet<&'static str>>> = RwLock::new(None);
+static NAMES: RwLock<Option<HashSet<ArcStr>>> = RwLock::new(None);
 
 thread_local! {
     /// The names held that this thread has made: found without the lock
     /// of [`NAMES`], whose count every thread would write (a name made for
     /// each line of a `kcat -J` file, each state read).
-    static MADE: std::cell::RefCell<HashSet<&'static str, foldhash::fast::RandomState>> =
+    static MADE: std::cell::RefCell<HashSet<ArcStr, foldhash::fast::RandomState>> =
         Default::default();
 }
 
@@ -160,49 +159,58 @@ impl Name {
     /// `name`, held if it is or may be (see [`Name`]).
     pub fn new(name: &str) -> Name {
         if name.len() > MAX_HELD_BYTES {
-            return Name::Shared(Arc::new(name.to_owned()));
+            return Name(ArcStr::from(name));
         }
-        if let Some(held) = MADE.with_borrow(|made| made.get(name).copied()) {
-            return Name::Held(held);
+        if let Some(held) = MADE.with_borrow(|made| made.get(name).cloned()) {
+            return Name(held);
         }
         let held = NAMES
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .and_then(|n| n.get(name).copied());
+            .and_then(|n| n.get(name).cloned());
         let made = match held {
-            Some(held) => Name::Held(held),
+            Some(held) => Name(held),
             None => {
                 let mut names = NAMES.write().unwrap_or_else(|e| e.into_inner());
                 hold(names.get_or_insert_with(HashSet::new), name, MAX_NAMES)
             }
         };
-        if let Name::Held(held) = made {
-            MADE.with_borrow_mut(|made| made.insert(held));
+        if made.is_held() {
+            MADE.with_borrow_mut(|made_here| made_here.insert(made.0.clone()));
         }
         made
     }
 
     pub fn as_str(&self) -> &str {
-        match self {
-            Name::Held(s) => s,
-            Name::Shared(s) => s,
-        }
+        self.0.as_str()
+    }
+
+    /// Whether the name is held for the process (else shared, see
+    /// [`Name`]).
+    pub fn is_held(&self) -> bool {
+        ArcStr::is_static(&self.0)
+    }
+
+    /// The copies of a shared name (none for a held one).
+    pub fn shared_count(&self) -> Option<usize> {
+        ArcStr::strong_count(&self.0)
     }
 }
 
 /// `name` held among `names` (found there, or added while they are fewer
 /// than `max`), else shared.
-fn hold(names: &mut HashSet<&'static str>, name: &str, max: usize) -> Name {
+fn hold(names: &mut HashSet<ArcStr>, name: &str, max: usize) -> Name {
     if let Some(held) = names.get(name) {
-        return Name::Held(held);
+        return Name(held.clone());
     }
+    let made = ArcStr::from(name);
     if names.len() >= max {
-        return Name::Shared(Arc::new(name.to_owned()));
+        return Name(made);
     }
-    let held: &'static str = Box::leak(Box::from(name));
-    names.insert(held);
-    Name::Held(held)
+    made.leak();
+    names.insert(made.clone());
+    Name(made)
 }
 
 impl std::ops::Deref for Name {
@@ -403,10 +411,8 @@ mod tests {
             Name::new("cdc.public.orders"),
             Name::new("cdc.public.orders"),
         );
-        let (Name::Held(x), Name::Held(y)) = (&a, &b) else {
-            panic!("a name of a few held is held");
-        };
-        assert!(std::ptr::eq(*x, *y), "one copy of the text");
+        assert!(a.is_held() && b.is_held(), "a name of a few held is held");
+        assert!(std::ptr::eq(a.as_str(), b.as_str()), "one copy of the text");
         assert_eq!(
             (a.as_str(), a.to_string()),
             ("cdc.public.orders", "cdc.public.orders".into())
@@ -430,37 +436,35 @@ mod tests {
     #[test]
     fn names_past_the_most_held_are_shared_and_equal_all_the_same() {
         let mut names = HashSet::new();
-        assert!(matches!(hold(&mut names, "a", 2), Name::Held(_)));
-        assert!(matches!(hold(&mut names, "b", 2), Name::Held(_)));
+        assert!(hold(&mut names, "a", 2).is_held());
+        assert!(hold(&mut names, "b", 2).is_held());
         let c = hold(&mut names, "c", 2);
-        assert!(matches!(c, Name::Shared(_)), "no third name is held");
-        assert!(
-            matches!(hold(&mut names, "a", 2), Name::Held(_)),
-            "held ones still are"
-        );
+        assert!(!c.is_held(), "no third name is held");
+        assert!(hold(&mut names, "a", 2).is_held(), "held ones still are");
         assert_eq!((names.len(), c.as_str()), (2, "c"));
-        assert_eq!(c, Name::Held("c"));
+        assert_eq!(c, Name(ArcStr::from("c")));
     }
 
     #[test]
     fn long_names_are_shared_not_held() {
         let long = "s".repeat(MAX_HELD_BYTES + 1);
         let name = Name::new(&long);
-        assert!(matches!(name, Name::Shared(_)), "a long name is not held");
+        assert!(!name.is_held(), "a long name is not held");
         assert_eq!(name.as_str(), long);
         let limit = "s".repeat(MAX_HELD_BYTES);
-        assert!(matches!(Name::new(&limit), Name::Held(_)));
+        assert!(Name::new(&limit).is_held());
     }
 
     #[test]
     fn names_order_as_their_text() {
-        let shared = Name::Shared(Arc::new("b".to_owned()));
+        let shared = Name(ArcStr::from("b"));
         assert!(Name::new("a") < shared && shared < Name::new("c"));
     }
 
     #[test]
-    fn a_name_is_as_small_as_a_shared_string() {
-        assert_eq!(std::mem::size_of::<Name>(), std::mem::size_of::<Arc<str>>());
-        assert_eq!(std::mem::size_of::<Provenance>(), 32);
+    fn a_name_is_one_pointer() {
+        assert_eq!(size_of::<Name>(), size_of::<usize>());
+        assert_eq!(size_of::<Option<Name>>(), size_of::<usize>());
+        assert_eq!(size_of::<Provenance>(), 24);
     }
 }

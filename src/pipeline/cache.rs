@@ -23,7 +23,6 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::hash::BuildHasher;
 use std::mem::size_of;
-use std::sync::Arc;
 
 use compact_str::CompactString;
 use foldhash::fast::RandomState;
@@ -99,11 +98,10 @@ fn pk_bytes(pk: &SmolStr) -> usize {
 /// A holder's share of a service's name: nothing when the name is held for
 /// the process (read without touching it), else as a shared string's.
 fn name_bytes(name: &Option<Name>) -> usize {
-    match name {
-        None | Some(Name::Held(_)) => 0,
-        Some(Name::Shared(s)) => {
-            (s.capacity() + size_of::<String>() + 2 * size_of::<usize>() + 2 * ALLOCATION_HEADER)
-                / Arc::strong_count(s)
+    match name.as_ref().and_then(|n| Some((n, n.shared_count()?))) {
+        None => 0,
+        Some((name, count)) => {
+            (name.len() + 2 * size_of::<usize>() + ALLOCATION_HEADER) / count.max(1)
         }
     }
 }
