@@ -208,6 +208,7 @@ fn hold(names: &mut HashSet<ArcStr>, name: &str, max: usize) -> Name {
     if names.len() >= max {
         return Name(made);
     }
+    // Made static: never freed, and its copies do not count.
     made.leak();
     names.insert(made.clone());
     Name(made)

@@ -687,10 +687,10 @@ where
     /// Asks the CPU to load what a lookup of `key` a little later reads:
     /// with [`Prefetch::Index`], the index entries of its hash; with
     /// [`Prefetch::Node`], the node they name (reading the entries). A
-    /// worker asks for the index of an item two steps ahead of the node,
-    /// and for the node a few items ahead of the one it applies, so that
-    /// these loads overlap instead of each lookup waiting for memory in
-    /// turn. Changes nothing.
+    /// worker asks for the node of an item a few items ahead of the one it
+    /// applies, and for its index entries twice as far ahead, so that these
+    /// loads overlap instead of each lookup waiting for memory in turn.
+    /// Changes nothing.
     pub fn prefetch(&self, key: &K::Lookup, what: Prefetch) {
         let hash = self.hasher.hash_one(K::bytes(key));
         match what {

@@ -28,14 +28,15 @@
 //!
 //! Files: `router`, `worker` (the loop and the detector calls), `shard`
 //! (what a worker keeps: its keys and entities in `cache`'s slots over the
-//! store, found through `index`, its timers, open keys and globs), `storms`, `transactions`,
-//! `incidents`, `sink` (with the committer), `checkpoints` (the latest
-//! commit, which a worker over its budget of kept state waits for, and its
-//! request for a checkpoint sooner), `repartition` (the key-level
-//! items and watermark marks that cross the repartition topic when the
-//! engine runs as two stages: stage one's router publishes them through a
-//! [`Repartition`] instead of handing them to its key workers, stage two's
-//! sources bring them back as [`Repartitioned`] batches).
+//! store, found through `index`, its timers, open keys and globs),
+//! `storms`, `transactions`, `incidents`, `sink` (with the committer),
+//! `checkpoints` (the latest commit, which a worker over its budget of kept
+//! state waits for, and its request for a checkpoint sooner), `repartition`
+//! (the key-level items and watermark marks that cross the repartition
+//! topic when the engine runs as two stages: stage one's router publishes
+//! them through a [`Repartition`] instead of handing them to its key
+//! workers, stage two's sources bring them back as [`Repartitioned`]
+//! batches).
 //!
 //! Channels only flow downstream (no cycles), so back-pressure cannot
 //! deadlock, and watermarks and barriers travel in-band: everything a
