@@ -118,7 +118,11 @@ fn keys_and_entities_older_than_the_retention_leave_memory_and_the_store() {
     );
 
     // Memory: the same run keeping a week holds every key and entity; with
-    // half an hour, what has expired leaves memory as the run goes.
+    // half an hour, what has expired leaves memory as the run goes. State
+    // leaves once the committer has moved the horizon, and how far it trails
+    // the workers depends on the machine's load: the half-hour peak was 1.6
+    // to 3.0 MB over runs, against 8.2 MB for the week (without expiry the
+    // two would be equal).
     let peak = |retention: &str| -> u64 {
         let checked = check(
             Some(&config(dir.path(), retention)),
@@ -133,7 +137,7 @@ fn keys_and_entities_older_than_the_retention_leave_memory_and_the_store() {
     };
     let (week, half_hour) = (peak("7d"), peak("30m"));
     assert!(
-        half_hour * 3 < week,
+        half_hour * 2 < week,
         "state in memory at its peak: {half_hour} bytes keeping 30 minutes, {week} keeping 7 days"
     );
 }
