@@ -98,12 +98,10 @@ fn pk_bytes(pk: &SmolStr) -> usize {
 /// A holder's share of a service's name: nothing when the name is held for
 /// the process (read without touching it), else as a shared string's.
 fn name_bytes(name: &Option<Name>) -> usize {
-    match name.as_ref().and_then(|n| Some((n, n.shared_count()?))) {
-        None => 0,
-        Some((name, count)) => {
-            (name.len() + 2 * size_of::<usize>() + ALLOCATION_HEADER) / count.max(1)
-        }
-    }
+    let Some(name) = name else { return 0 };
+    name.shared_count().map_or(0, |count| {
+        (name.len() + 2 * size_of::<usize>() + ALLOCATION_HEADER) / count
+    })
 }
 
 /// The heap bytes of a vector that holds its first items inline: none

@@ -2,9 +2,9 @@
 //! row's columns plus metadata fields named with a `__` prefix (`__op`,
 //! `__table`, `__lsn`, `__source_ts_ms`, `__deleted`...).
 
-use super::{SourceMeta, parse_op};
 use smallvec::smallvec;
 
+use super::{SourceMeta, parse_op};
 use crate::dead_letter::RecordError;
 use crate::formats::json::{Field, Object, flag, millis, string, unrecognised};
 use crate::formats::{CdcFormat, DecodedCdc, RawChange, Skip, TableRef};

@@ -2,7 +2,6 @@
 //! updates, the previous values of the changed columns in `old`.
 
 use serde_json::value::RawValue;
-
 use smallvec::smallvec;
 
 use crate::dead_letter::{Reason, RecordError};

@@ -16,7 +16,6 @@ pub(in crate::formats) mod transaction;
 use std::borrow::Cow;
 
 use serde_json::value::RawValue;
-
 use smallvec::smallvec;
 
 use crate::dead_letter::{Reason, RecordError};

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 use hashbrown::Equivalent;
+use hashbrown::hash_map::EntryRef;
 use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
@@ -305,27 +306,26 @@ impl SourceContext {
     /// copying the topic (once per message); added with the next index if
     /// new.
     fn part<'a>(&self, shared: &'a mut Shared, topic: &str, partition: i32) -> &'a mut Part {
-        let next_index = shared.next_index;
-        let part = shared
-            .parts
-            .entry_ref(&PartOf(topic, partition))
-            .or_insert_with(|| Part {
-                index: next_index,
-                topic: Name::new(topic),
-                stream: self.kinds.stream_of(topic),
-                assigned: false,
-                records: Vec::new(),
-                keyed: Vec::new(),
-                marks: Marks::default(),
-                dead: Vec::new(),
-                read: 0,
-                next_offset: None,
-                caught_up: false,
-            });
-        if part.index == next_index {
-            shared.next_index += 1;
+        match shared.parts.entry_ref(&PartOf(topic, partition)) {
+            EntryRef::Occupied(part) => part.into_mut(),
+            EntryRef::Vacant(place) => {
+                let index = shared.next_index;
+                shared.next_index += 1;
+                place.insert(Part {
+                    index,
+                    topic: Name::new(topic),
+                    stream: self.kinds.stream_of(topic),
+                    assigned: false,
+                    records: Vec::new(),
+                    keyed: Vec::new(),
+                    marks: Marks::default(),
+                    dead: Vec::new(),
+                    read: 0,
+                    next_offset: None,
+                    caught_up: false,
+                })
+            }
         }
-        part
     }
 
     /// With a changelog: forgets the scopes this instance no longer holds,
