@@ -906,21 +906,23 @@ impl Shard {
 
     /// Lets keys and entities leave memory: those past the retention, and
     /// enough others to bring the shard under nine tenths of its budget
-    /// (see [`super::cache`]). What the store does not hold yet is written
-    /// to `batch` (kept state: the checkpoint's), or to the store at once
-    /// (state not kept).
+    /// (see [`super::cache`]), entities first: an entity is needed again
+    /// only when its row changes again, while a key whose timer is armed
+    /// is read back when the timer fires. What the store does not hold yet
+    /// is written to `batch` (kept state: the checkpoint's), or to the
+    /// store at once (state not kept).
     fn leave_memory(&mut self, batch: &mut StateBatch) -> Result<(), StateError> {
         let epoch = self.epoch;
         let expired = self.expire();
         let (keys, entities) = (self.keys.resident_bytes(), self.entities.resident_bytes());
         let excess = (keys + entities).saturating_sub(self.budget / 10 * 9);
-        let from_keys = (excess as u128 * keys as u128 / (keys + entities).max(1) as u128) as usize;
         let committed = self.checkpoints.committed();
         self.evicted_by = committed;
-        let mut evicted = self.keys.evict(from_keys, epoch, committed, batch)
-            + self
-                .entities
-                .evict(excess - from_keys, epoch, committed, batch);
+        let mut evicted = self.entities.evict(excess, epoch, committed, batch);
+        let freed = entities.saturating_sub(self.entities.resident_bytes());
+        evicted += self
+            .keys
+            .evict(excess.saturating_sub(freed), epoch, committed, batch);
         let written = if self.durable {
             committed
         } else {
