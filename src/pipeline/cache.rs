@@ -82,14 +82,19 @@ impl SlotKey for [u8; 12] {
 /// allocation.
 const ALLOCATION_HEADER: usize = 16;
 
+/// Heap bytes of a shared string of `len` bytes (a primary key's or a
+/// name's): its text, its two counts and the allocator's header.
+fn shared_str_bytes(len: usize) -> usize {
+    len + 2 * size_of::<usize>() + ALLOCATION_HEADER
+}
+
 /// Heap bytes of a primary key: none when held inline (up to 23 bytes), else
-/// its shared string whole, counts and allocator header. The changes of an
-/// entity's keys share such a string, but their number is not read (a
-/// cache miss a key for a figure that only decides eviction): each counts
-/// it whole.
+/// its shared string whole. The changes of an entity's keys share such a
+/// string, but their number is not read (a cache miss a key for a figure
+/// that only decides eviction): each counts it whole.
 fn pk_bytes(pk: &SmolStr) -> usize {
     if pk.is_heap_allocated() {
-        pk.len() + 2 * size_of::<usize>() + ALLOCATION_HEADER
+        shared_str_bytes(pk.len())
     } else {
         0
     }
@@ -99,9 +104,8 @@ fn pk_bytes(pk: &SmolStr) -> usize {
 /// the process (read without touching it), else as a shared string's.
 fn name_bytes(name: &Option<Name>) -> usize {
     let Some(name) = name else { return 0 };
-    name.shared_count().map_or(0, |count| {
-        (name.len() + 2 * size_of::<usize>() + ALLOCATION_HEADER) / count
-    })
+    name.shared_count()
+        .map_or(0, |count| shared_str_bytes(name.len()) / count)
 }
 
 /// The heap bytes of a vector that holds its first items inline: none
