@@ -154,8 +154,12 @@ pub enum Command {
     ///     in this process): records per second end to end;
     ///   latency at --latency-rate records per second: from a record's
     ///     produce time to its violation's produce time, for the kinds that
-    ///     fire at once (regression, gap, conflict); and how long after the
-    ///     watermark passes a deadline its missing invalidation is produced;
+    ///     fire at once (regression, gap, conflict), beside its delivery
+    ///     floor (the same workload through a new embedded broker to a
+    ///     consumer that only reads: the load generator's batching and the
+    ///     broker's fetch wait, which vigil's latency includes); and how
+    ///     long after the watermark passes a deadline its missing
+    ///     invalidation is produced;
     ///   decoding, in this process, of the Debezium changes (value and
     ///     key) of a workload of --decode-records records, written by the
     ///     JSON converter and by Confluent's Avro converter (writer schemas

@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -167,6 +167,11 @@ struct LatencyFigures {
     /// Produce of the record to produce of its violation, for kinds that
     /// fire at once (regression, gap, conflict).
     immediate: Option<Percentiles>,
+    /// Produce of a record to its receipt by a consumer that does nothing
+    /// else, on the same workload through the same broker without vigil
+    /// (see [`delivery_floor`]): the part of `immediate` that the load
+    /// generator's batching and the broker take.
+    delivery_floor: Option<Percentiles>,
     /// Produce of a missing invalidation after the watermark passed its
     /// deadline.
     deadline_firing: Option<Percentiles>,
@@ -1058,20 +1063,10 @@ fn bench_latency(
             })
             .collect();
         let sampler = s.spawn(|| watermark_moves(pipelines.reader(), &control.stop));
-        let mut stream = || -> anyhow::Result<()> {
-            for record in generator.by_ref() {
-                let wait = record.ts_ms - clock.now_ms();
-                if wait > 0 {
-                    std::thread::sleep(Duration::from_millis(wait as u64));
-                }
-                let now = clock.now_ms();
-                produce_generated(&producer, &record, now, Box::new(now))?;
-                last_ts.fetch_max(record.ts_ms, Ordering::Relaxed);
-                produced += 1;
-            }
-            producer.flush(CATCH_UP).context("flushing the workload")
-        };
-        let streamed = stream();
+        let streamed = stream_live(&mut generator, &producer, |ts_ms| {
+            last_ts.fetch_max(ts_ms, Ordering::Relaxed);
+            produced += 1;
+        });
         let final_ms =
             last_ts.load(Ordering::Relaxed) + workload::DEADLINE_MS + workload::LATE_WINDOW_MS;
         let settled = streamed.is_ok()
@@ -1135,14 +1130,131 @@ fn bench_latency(
         rate,
         seconds: seconds.as_secs(),
         immediate: percentiles(immediate),
+        delivery_floor: delivery_floor(work, rate, seconds, keys)?,
         deadline_firing: percentiles(firing),
         watermark_wait: percentiles(waits),
     };
     eprintln!(
-        "vigil bench: latency ({layout:?}) immediate {:?}, deadline firing {:?}",
-        figures.immediate, figures.deadline_firing
+        "vigil bench: latency ({layout:?}) immediate {:?} (delivery floor {:?}), deadline firing {:?}",
+        figures.immediate, figures.delivery_floor, figures.deadline_firing
     );
     Ok(figures)
+}
+
+/// The delivery floor of the latency measure: the same live workload (rate,
+/// seconds, topics and partitions, producer) through a new embedded broker,
+/// read by a consumer with the fetch settings vigil has there and nothing
+/// else to do. Each record's latency is its receipt time less its produce
+/// time (the record's timestamp); the first second is not counted, as in
+/// [`bench_latency`].
+fn delivery_floor(
+    work: &Path,
+    rate: u64,
+    seconds: Duration,
+    keys: u64,
+) -> anyhow::Result<Option<Percentiles>> {
+    eprintln!(
+        "vigil bench: delivery floor at {rate} records/s for {}s (a consumer that only reads)",
+        seconds.as_secs()
+    );
+    let clock = SystemClock;
+    let events = rate * seconds.as_secs().max(1);
+    let workload =
+        |start_ms| Generator::new(spec(events, keys, rate, start_ms, LATENCY_PARTITIONS));
+    let bench = Bench::new(&workload(0), work.join("floor-state"), LATENCY_PARTITIONS)?;
+    let mut config = ClientConfig::new();
+    for (name, value) in &bench.config.kafka {
+        config.set(name, &value.0);
+    }
+    let consumer: BaseConsumer = config
+        .set("group.id", "vigil-bench-floor")
+        .set("enable.auto.commit", "false")
+        // As vigil's: a fetch the broker answers out of range (before its
+        // first records are in) starts again from the first record.
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .context("creating the floor's consumer")?;
+    let mut partitions = TopicPartitionList::new();
+    for topic in workload(0).topics() {
+        for p in 0..LATENCY_PARTITIONS {
+            partitions.add_partition_offset(&topic, p, Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&partitions)?;
+    let producer = producer(&bench.bootstrap())?;
+    // The clients are made: the records start after time for their first
+    // metadata and fetches.
+    let start_ms = clock.now_ms() + 2_000;
+    let mut generator = workload(start_ms);
+    let (received, stop) = (AtomicU64::new(0), AtomicBool::new(false));
+    let measured_from = start_ms + LATENCY_WARMUP_MS;
+    std::thread::scope(|s| -> anyhow::Result<Option<Percentiles>> {
+        let reader = s.spawn(|| {
+            let mut lags = Vec::new();
+            // The next offset of each partition: the embedded broker now
+            // and then answers a fetch out of range, and the consumer reads
+            // the partition again from its first record. Only the first
+            // receipt of a record counts.
+            let mut next: HashMap<(String, i32), i64> = HashMap::new();
+            while !stop.load(Ordering::SeqCst) {
+                let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let now = clock.now_ms();
+                let next = next
+                    .entry((m.topic().to_string(), m.partition()))
+                    .or_default();
+                if m.offset() < *next {
+                    continue;
+                }
+                *next = m.offset() + 1;
+                received.fetch_add(1, Ordering::SeqCst);
+                if let Some(ts) = m.timestamp().to_millis()
+                    && ts >= measured_from
+                {
+                    lags.push(now - ts);
+                }
+            }
+            lags
+        });
+        let mut produced = 0u64;
+        let streamed = stream_live(&mut generator, &producer, |_| produced += 1);
+        let settled = streamed.is_ok()
+            && wait_until(Duration::from_secs(20), || {
+                received.load(Ordering::SeqCst) >= produced
+            });
+        stop.store(true, Ordering::SeqCst);
+        let lags = reader.join().expect("the reader does not panic");
+        streamed?;
+        if !settled {
+            bail!(
+                "the floor's consumer read {} of the {produced} records in time",
+                received.load(Ordering::SeqCst)
+            );
+        }
+        Ok(percentiles(lags))
+    })
+}
+
+/// Produces the workload live: each record at its event time (at once if
+/// that has passed), stamped with the time it is produced; `produced` is
+/// told each one's event time. Then waits for every record to be sent.
+fn stream_live(
+    generator: &mut Generator,
+    producer: &ThreadedProducer<ProduceTimes>,
+    mut produced: impl FnMut(i64),
+) -> anyhow::Result<()> {
+    let clock = SystemClock;
+    for record in generator.by_ref() {
+        let wait = record.ts_ms - clock.now_ms();
+        if wait > 0 {
+            std::thread::sleep(Duration::from_millis(wait as u64));
+        }
+        let now = clock.now_ms();
+        produce_generated(producer, &record, now, Box::new(now))?;
+        produced(record.ts_ms);
+    }
+    producer.flush(CATCH_UP).context("flushing the workload")
 }
 
 /// The wall-clock times (ms) at which the pipeline's watermark moved, with
