@@ -930,6 +930,17 @@ fn bench_kafka(work: &Path, events: u64, keys: u64) -> anyhow::Result<KafkaFigur
     Ok(figures)
 }
 
+/// Percentiles as the progress lines show them.
+fn shown(p: &Option<Percentiles>) -> String {
+    match p {
+        Some(p) => format!(
+            "p50 {} ms, p99 {} ms, max {} ms ({} samples)",
+            p.p50_ms, p.p99_ms, p.max_ms, p.samples
+        ),
+        None => "no samples".into(),
+    }
+}
+
 fn percentiles(mut samples: Vec<i64>) -> Option<Percentiles> {
     if samples.is_empty() {
         return None;
@@ -1135,8 +1146,10 @@ fn bench_latency(
         watermark_wait: percentiles(waits),
     };
     eprintln!(
-        "vigil bench: latency ({layout:?}) immediate {:?} (delivery floor {:?}), deadline firing {:?}",
-        figures.immediate, figures.delivery_floor, figures.deadline_firing
+        "vigil bench: latency ({layout:?}): immediate {}; delivery floor {}; deadline firing {}",
+        shown(&figures.immediate),
+        shown(&figures.delivery_floor),
+        shown(&figures.deadline_firing)
     );
     Ok(figures)
 }
