@@ -168,7 +168,7 @@ struct LatencyFigures {
     /// fire at once (regression, gap, conflict).
     immediate: Option<Percentiles>,
     /// Produce of a record to its receipt by a consumer that does nothing
-    /// else, on the same workload through the same broker without vigil
+    /// else, on the same workload through a new embedded broker, one pass
     /// (see [`delivery_floor`]): the part of `immediate` that the load
     /// generator's batching and the broker take.
     delivery_floor: Option<Percentiles>,
@@ -1182,8 +1182,9 @@ fn delivery_floor(
     let consumer: BaseConsumer = config
         .set("group.id", "vigil-bench-floor")
         .set("enable.auto.commit", "false")
-        // As vigil's: a fetch the broker answers out of range (before its
-        // first records are in) starts again from the first record.
+        // As vigil's consumer: should the broker answer a fetch out of
+        // range, reading starts again from the first record instead of
+        // skipping to the last.
         .set("auto.offset.reset", "earliest")
         .create()
         .context("creating the floor's consumer")?;
@@ -1204,10 +1205,8 @@ fn delivery_floor(
     std::thread::scope(|s| -> anyhow::Result<Option<Percentiles>> {
         let reader = s.spawn(|| {
             let mut lags = Vec::new();
-            // The next offset of each partition: the embedded broker now
-            // and then answers a fetch out of range, and the consumer reads
-            // the partition again from its first record. Only the first
-            // receipt of a record counts.
+            // The next offset of each partition: records read again (after
+            // such a reset) count once, at their first receipt.
             let mut next: HashMap<(String, i32), i64> = HashMap::new();
             while !stop.load(Ordering::SeqCst) {
                 let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
