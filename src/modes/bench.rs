@@ -89,6 +89,10 @@ const LATENCY_LOAD: f64 = 0.7;
 const LATENCY_WARMUP_MS: i64 = 1_000;
 /// How long a phase may wait for vigil to catch up.
 const CATCH_UP: Duration = Duration::from_secs(300);
+/// How long the delivery floor's consumer may take, after the last record is
+/// sent, to have read every one (it keeps up with the rate, or the floor
+/// means nothing).
+const FLOOR_CATCH_UP: Duration = Duration::from_secs(20);
 
 const VIOLATIONS: &str = "vigil.violations";
 const DLQ: &str = "vigil.dlq";
@@ -152,7 +156,7 @@ struct KafkaFigures {
     elapsed_seconds: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct Percentiles {
     samples: usize,
     p50_ms: i64,
@@ -242,6 +246,20 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitStatus> {
             .push(bench_check(&work, input, events, keys, tx_rounds)?);
     }
     let mut rate = args.latency_rate;
+    // The delivery floor is measured once, for the latency measures of the
+    // run, which share its rate.
+    let mut floor = None;
+    let mut floor_at = |at| -> anyhow::Result<Option<Percentiles>> {
+        if floor.is_none() {
+            floor = Some(delivery_floor(
+                &work,
+                at,
+                args.latency_seconds.0,
+                args.keys,
+            )?);
+        }
+        Ok(floor.clone().flatten())
+    };
     if !args.skip_kafka {
         let kafka = bench_kafka(&work, args.kafka_events, args.keys)?;
         let at = *rate.get_or_insert((kafka.records_per_second * LATENCY_LOAD) as u64);
@@ -252,6 +270,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitStatus> {
             args.latency_seconds.0,
             args.keys,
             Layout::Both,
+            floor_at(at)?,
         )?);
     }
     if args.latency_two_stages {
@@ -264,6 +283,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitStatus> {
             args.latency_seconds.0,
             args.keys,
             Layout::TwoStages,
+            floor_at(at)?,
         )?);
     }
     if !args.instances.is_empty() {
@@ -1034,13 +1054,15 @@ impl Pipelines {
 }
 
 /// A live workload at `rate` for `seconds` through `layout`; latencies read
-/// back from the violations topic.
+/// back from the violations topic, reported beside `floor`, the delivery
+/// floor at the same rate (see [`delivery_floor`]).
 fn bench_latency(
     work: &Path,
     rate: u64,
     seconds: Duration,
     keys: u64,
     layout: Layout,
+    floor: Option<Percentiles>,
 ) -> anyhow::Result<LatencyFigures> {
     eprintln!(
         "vigil bench: latency at {rate} records/s for {}s ({layout:?})",
@@ -1141,7 +1163,7 @@ fn bench_latency(
         rate,
         seconds: seconds.as_secs(),
         immediate: percentiles(immediate),
-        delivery_floor: delivery_floor(work, rate, seconds, keys)?,
+        delivery_floor: floor,
         deadline_firing: percentiles(firing),
         watermark_wait: percentiles(waits),
     };
@@ -1174,7 +1196,10 @@ fn delivery_floor(
     let events = rate * seconds.as_secs().max(1);
     let workload =
         |start_ms| Generator::new(spec(events, keys, rate, start_ms, LATENCY_PARTITIONS));
-    let bench = Bench::new(&workload(0), work.join("floor-state"), LATENCY_PARTITIONS)?;
+    // The topics and configuration; the records come from a generator made
+    // once the clients are (below).
+    let setup = workload(0);
+    let bench = Bench::new(&setup, work.join("floor-state"), LATENCY_PARTITIONS)?;
     let mut config = ClientConfig::new();
     for (name, value) in &bench.config.kafka {
         config.set(name, &value.0);
@@ -1189,7 +1214,7 @@ fn delivery_floor(
         .create()
         .context("creating the floor's consumer")?;
     let mut partitions = TopicPartitionList::new();
-    for topic in workload(0).topics() {
+    for topic in setup.topics() {
         for p in 0..LATENCY_PARTITIONS {
             partitions.add_partition_offset(&topic, p, Offset::Beginning)?;
         }
@@ -1232,7 +1257,7 @@ fn delivery_floor(
         let mut produced = 0u64;
         let streamed = stream_live(&mut generator, &producer, |_| produced += 1);
         let settled = streamed.is_ok()
-            && wait_until(Duration::from_secs(20), || {
+            && wait_until(FLOOR_CATCH_UP, || {
                 received.load(Ordering::SeqCst) >= produced
             });
         stop.store(true, Ordering::SeqCst);
