@@ -151,7 +151,11 @@ pub enum Command {
     ///     a kcat -J line's payload unescaped into a reused buffer and
     ///     parsed too), and nothing else: the work vigil cannot avoid;
     ///   vigil run through an embedded broker (librdkafka's mock cluster,
-    ///     in this process): records per second end to end;
+    ///     in this process): records per second from its first record read
+    ///     to its last (the seconds before, mostly the consumer group's
+    ///     join, are reported apart), and the CPU time per record of
+    ///     vigil's threads apart from that of the broker's and the load
+    ///     generator's;
     ///   latency at --latency-rate records per second: from a record's
     ///     produce time to its violation's produce time, for the kinds that
     ///     fire at once (regression, gap, conflict), beside its delivery

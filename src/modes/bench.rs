@@ -7,8 +7,10 @@
 //!   CDC formats; then, in this process, the parse floor of the same files
 //!   ([`parse_floor`]);
 //! - `vigil run` through the embedded broker (librdkafka's mock cluster, in
-//!   this process): records per second end to end, the producer kept just
-//!   ahead of vigil (the mock keeps only about 5 MB a partition);
+//!   this process): records per second from its first record read to its
+//!   last, the producer kept just ahead of vigil (the mock keeps only about
+//!   5 MB a partition), and the CPU time per record of vigil's threads and
+//!   of the others (the broker, the load generator);
 //! - latency at a fixed rate: from a record's produce time to its
 //!   violation's produce time, for the kinds that fire without waiting
 //!   (regression, gap, conflict), and how long after the watermark passes a
@@ -25,7 +27,7 @@
 //!
 //! The report is one JSON object on stdout; progress goes to stderr.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -62,7 +64,7 @@ use crate::io::file::{Line, LineReader};
 use crate::io::kafka::repartition::Stage;
 use crate::registry::{ProtoSchema, RegistryError, WriterSchema};
 use crate::state::Store;
-use crate::telemetry::{Stats, thread_cpu_seconds};
+use crate::telemetry::{Stats, thread_cpu_seconds, threads_cpu_seconds};
 use crate::time::{Clock, SystemClock};
 use crate::workload::encode::CdcFormat;
 use crate::workload::storms::Traffic;
@@ -152,8 +154,28 @@ struct CheckFigures {
 #[derive(Debug, Serialize)]
 struct KafkaFigures {
     events: u64,
+    /// From `vigil run`'s start to its first record read: mostly the
+    /// consumer group's first join, about 3 s on the embedded broker.
+    seconds_to_first_record: f64,
+    /// The records read from the first record read to the last, over that
+    /// time: the startup above is not in it.
     records_per_second: f64,
     elapsed_seconds: f64,
+    /// CPU time (user + system) per record over the same time, of vigil's
+    /// threads: its pipeline's and its Kafka clients'.
+    vigil_cpu_us_per_record: Option<f64>,
+    /// The same of the bench's other threads: the embedded broker's, and
+    /// the load generator's and its producer's.
+    broker_and_generator_cpu_us_per_record: Option<f64>,
+}
+
+/// Where the run's measure starts: at vigil's first record read.
+struct RunStart {
+    at: Instant,
+    /// Records read by then.
+    read: u64,
+    /// The CPU time of each thread then.
+    cpu: Option<HashMap<u32, f64>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -900,6 +922,8 @@ fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
 }
 
 /// `vigil run` reading as fast as it can, the producer kept just ahead.
+/// Measured from vigil's first record read to its last, so that the
+/// consumer group's join is not counted as reading.
 fn bench_kafka(work: &Path, events: u64, keys: u64) -> anyhow::Result<KafkaFigures> {
     eprintln!("vigil bench: vigil run through the embedded broker, {events} records");
     let clock = SystemClock;
@@ -910,9 +934,30 @@ fn bench_kafka(work: &Path, events: u64, keys: u64) -> anyhow::Result<KafkaFigur
     let stats = Arc::new(Stats::default());
     let control = Control::default();
     let producer = producer(&bench.bootstrap())?;
+    // The producer starts a thread for each broker once it knows them: from
+    // then on, every thread of this process is the broker's or the load
+    // generator's, until vigil starts its own.
+    producer
+        .client()
+        .fetch_metadata(None, CATCH_UP)
+        .context("reading the embedded broker's metadata")?;
+    let others: HashSet<u32> = threads_cpu_seconds()
+        .map(|threads| threads.into_keys().collect())
+        .unwrap_or_default();
     let mut produced = 0u64;
-    let mut started = None;
-    let elapsed = std::thread::scope(|s| -> anyhow::Result<Duration> {
+    let mut start = None;
+    let spawned = Instant::now();
+    let note_start = |start: &mut Option<RunStart>| {
+        let read = stats.records_total();
+        if start.is_none() && read > 0 {
+            *start = Some(RunStart {
+                at: Instant::now(),
+                read,
+                cpu: threads_cpu_seconds(),
+            });
+        }
+    };
+    let (end, cpu_at_end) = std::thread::scope(|s| {
         let pipeline = s.spawn(|| serve(&bench.config, store, Arc::clone(&stats), &control));
         for record in generator.by_ref() {
             if !wait_until(CATCH_UP, || {
@@ -923,31 +968,66 @@ fn bench_kafka(work: &Path, events: u64, keys: u64) -> anyhow::Result<KafkaFigur
                     stats.records_total()
                 );
             }
+            note_start(&mut start);
             let now = clock.now_ms();
             produce_generated(&producer, &record, now, Box::new(now))?;
-            started.get_or_insert_with(Instant::now);
             produced += 1;
         }
         producer.flush(CATCH_UP).context("flushing the workload")?;
+        wait_until(CATCH_UP, || stats.records_total() > 0);
+        note_start(&mut start);
         let caught_up = wait_until(CATCH_UP, || stats.records_total() >= produced);
-        let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
+        let end = (Instant::now(), threads_cpu_seconds());
         control.stop.store(true, Ordering::SeqCst);
         pipeline.join().expect("the pipeline does not panic")?;
         if !caught_up {
             bail!("vigil read {} of {produced} records", stats.records_total());
         }
-        Ok(elapsed)
+        Ok(end)
     })?;
+    let start = start.context("vigil read no record")?;
+    let elapsed = end.duration_since(start.at);
+    let measured = produced - start.read;
+    let split = start
+        .cpu
+        .zip(cpu_at_end)
+        .map(|(at_start, at_end)| cpu_split(&at_start, &at_end, &others));
+    let per_record = |seconds: f64| seconds * 1e6 / measured as f64;
     let figures = KafkaFigures {
         events: produced,
-        records_per_second: produced as f64 / elapsed.as_secs_f64(),
+        seconds_to_first_record: start.at.duration_since(spawned).as_secs_f64(),
+        records_per_second: measured as f64 / elapsed.as_secs_f64(),
         elapsed_seconds: elapsed.as_secs_f64(),
+        vigil_cpu_us_per_record: split.map(|(vigil, _)| per_record(vigil)),
+        broker_and_generator_cpu_us_per_record: split.map(|(_, rest)| per_record(rest)),
     };
     eprintln!(
-        "vigil bench: run: {:.0} records/s",
-        figures.records_per_second
+        "vigil bench: run: {:.0} records/s after its first record ({:.1} s from its start); \
+         CPU a record: vigil {} µs, the broker and the load generator {} µs",
+        figures.records_per_second,
+        figures.seconds_to_first_record,
+        micros(figures.vigil_cpu_us_per_record),
+        micros(figures.broker_and_generator_cpu_us_per_record),
     );
     Ok(figures)
+}
+
+/// CPU seconds each thread used from `start` to `end` (a thread started
+/// since counts from zero), summed over the threads not in `others` and
+/// over those in it.
+fn cpu_split(
+    start: &HashMap<u32, f64>,
+    end: &HashMap<u32, f64>,
+    others: &HashSet<u32>,
+) -> (f64, f64) {
+    end.iter().fold((0.0, 0.0), |(mine, rest), (tid, cpu)| {
+        let used = cpu - start.get(tid).copied().unwrap_or(0.0);
+        if others.contains(tid) {
+            (mine, rest + used)
+        } else {
+            (mine + used, rest)
+        }
+    })
 }
 
 /// Percentiles as the progress lines show them.

@@ -41,7 +41,9 @@ pub use internal_events::{
     WatermarkAdvanced, names,
 };
 pub use logging::init_logging;
-pub use process::{child_cpu_seconds, peak_rss_bytes, process_cpu_seconds, thread_cpu_seconds};
+pub use process::{
+    child_cpu_seconds, peak_rss_bytes, process_cpu_seconds, thread_cpu_seconds, threads_cpu_seconds,
+};
 pub use registry::{MAX_UNMAPPED_NAMES, Progress, Stage, StateSize, Stats, TableTally};
 pub use summary::{LagSummary, StatsSnapshot};
 

@@ -1,6 +1,8 @@
 //! What the operating system tells of this process: peak resident memory
 //! and CPU time.
 
+use std::collections::HashMap;
+
 /// The peak resident memory of this process in bytes (Linux: `VmHWM` of
 /// `/proc/self/status`), if known.
 pub fn peak_rss_bytes() -> Option<u64> {
@@ -52,6 +54,26 @@ pub fn thread_cpu_seconds() -> Option<f64> {
     Some(time.tv_sec as f64 + time.tv_nsec as f64 / 1e9)
 }
 
+/// CPU time of each thread of this process, by thread id, in seconds (the
+/// first field of `/proc/self/task/TID/schedstat`: time on a CPU, counted
+/// in nanoseconds), if known. A thread that has ended is not listed.
+pub fn threads_cpu_seconds() -> Option<HashMap<u32, f64>> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    let mut threads = HashMap::new();
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        // A thread may end between the listing and the read.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+        threads.insert(tid, ns as f64 / 1e9);
+    }
+    Some(threads)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +93,36 @@ mod tests {
             assert!(process_cpu_seconds().unwrap() < limit, "no tick counted");
         }
         std::hint::black_box(spin);
+    }
+
+    /// A thread's own CPU time is found under its id, and a thread that
+    /// spins shows more of it than one that waits.
+    #[test]
+    fn cpu_time_by_thread_tells_a_busy_thread_from_an_idle_one() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let idle = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            let _ = done_rx.recv();
+        });
+        let idle_tid = rx.recv().unwrap();
+        // SAFETY: as above.
+        let busy_tid = unsafe { libc::gettid() } as u32;
+        let before = threads_cpu_seconds().unwrap();
+        let start = thread_cpu_seconds().unwrap();
+        let mut spin = 0u64;
+        while thread_cpu_seconds().unwrap() < start + 0.05 {
+            spin = (0..std::hint::black_box(10_000u64))
+                .fold(spin, |a, i| a.wrapping_mul(31).wrapping_add(i));
+        }
+        std::hint::black_box(spin);
+        let after = threads_cpu_seconds().unwrap();
+        done_tx.send(()).unwrap();
+        idle.join().unwrap();
+        let used = |tid: u32| after[&tid] - before[&tid];
+        assert!(used(busy_tid) >= 0.04, "busy thread: {} s", used(busy_tid));
+        assert!(used(idle_tid) < 0.01, "idle thread: {} s", used(idle_tid));
     }
 
     #[test]
