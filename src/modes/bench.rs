@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::mocking::MockCluster;
@@ -244,6 +244,10 @@ struct Report {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<ExitStatus> {
+    ensure!(
+        args.skip_kafka || args.kafka_events > 0,
+        "--kafka-events 0: no records to run (--skip-kafka skips the run and its latency measure)"
+    );
     let work = args.work.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("vigil-bench-{}", std::process::id()))
     });
