@@ -149,9 +149,14 @@ struct BrokerView {
     /// read_committed` the last stable offset (records of a transaction
     /// still open wait behind it), else the high watermark.
     end_offset: i64,
+    /// The partition's first offset (negative: unknown).
+    start_offset: i64,
     /// The next offset to fetch: past the transaction markers, which take
     /// offsets but are not records.
     fetch_offset: i64,
+    /// Records fetched and not yet consumed, of every partition: librdkafka
+    /// forwards each partition's fetch queue to the consumer's queue, and
+    /// its statistics count the queue a partition's is forwarded to.
     queued: i64,
     active: bool,
 }
@@ -166,13 +171,19 @@ impl BrokerView {
         next_offset.max(fetched)
     }
 
-    /// Whether a partition read up to `next_offset` is read to its end. An
-    /// unknown end (negative: the leader is away) is not an end reached.
+    /// Whether a partition read up to `next_offset` (`None`: nothing
+    /// consumed) is read to its end: consumed to it, or holding no record.
+    /// Records of the other partitions waiting in the consumer's queue do
+    /// not keep it from its end (with them counted, under load no partition
+    /// was ever read to its end, and an empty one held the watermark back
+    /// until the next statistics showed the queue empty). An unknown end
+    /// (negative: the leader is away) is not an end reached.
     fn caught_up(&self, next_offset: Option<i64>) -> bool {
+        let holds_none =
+            next_offset.is_none() && self.start_offset >= 0 && self.start_offset >= self.end_offset;
         self.active
             && self.end_offset >= 0
-            && self.queued == 0
-            && self.position(next_offset) >= Some(self.end_offset)
+            && (holds_none || self.position(next_offset) >= Some(self.end_offset))
     }
 }
 
@@ -594,6 +605,7 @@ impl ClientContext for SourceContext {
                 }
                 let view = BrokerView {
                     end_offset: p.ls_offset,
+                    start_offset: p.lo_offset,
                     fetch_offset: p.next_offset,
                     queued: p.fetchq_cnt,
                     active: p.fetch_state == "active",
@@ -928,6 +940,7 @@ mod tests {
         // takes offset 10: the end is 11, the last record consumed 9.
         let view = |fetch_offset, queued, end_offset| BrokerView {
             end_offset,
+            start_offset: 0,
             fetch_offset,
             queued,
             active: true,
@@ -944,5 +957,29 @@ mod tests {
         assert!(!view(5, 0, 11).caught_up(Some(5)));
         // An unknown end is not an end reached.
         assert!(!view(11, 0, -1).caught_up(Some(11)));
+    }
+
+    #[test]
+    fn records_queued_for_other_partitions_do_not_keep_a_partition_from_its_end() {
+        // The consumer's queue, shared by every partition, holds 117
+        // records (the statistics give each partition that count).
+        let view = |start_offset, fetch_offset, end_offset| BrokerView {
+            end_offset,
+            start_offset,
+            fetch_offset,
+            queued: 117,
+            active: true,
+        };
+        // Consumed to the end.
+        assert!(view(0, 20, 20).caught_up(Some(20)));
+        // Nothing consumed, and nothing to consume: an empty partition, or
+        // one whose records are all deleted.
+        assert!(view(0, 0, 0).caught_up(None));
+        assert!(view(30, 30, 30).caught_up(None));
+        // Records fetched that may wait in the queue: not yet.
+        assert!(!view(0, 20, 20).caught_up(Some(12)));
+        assert!(!view(0, 20, 20).caught_up(None));
+        // An unknown start says nothing.
+        assert!(!view(-1, 0, 0).caught_up(None));
     }
 }
