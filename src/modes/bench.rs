@@ -27,6 +27,7 @@
 //!
 //! The report is one JSON object on stdout; progress goes to stderr.
 
+use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::BufReader;
@@ -949,38 +950,36 @@ fn bench_kafka(work: &Path, events: u64, keys: u64) -> anyhow::Result<KafkaFigur
         .map(|threads| threads.into_keys().collect())
         .unwrap_or_default();
     let mut produced = 0u64;
-    let mut start = None;
+    let start = OnceCell::new();
     let spawned = Instant::now();
-    let note_start = |start: &mut Option<RunStart>| {
+    // Reads how many records vigil has read, noting the start of the
+    // measure at the first.
+    let read = || {
         let read = stats.records_total();
-        if start.is_none() && read > 0 {
-            *start = Some(RunStart {
+        if read > 0 && start.get().is_none() {
+            let _ = start.set(RunStart {
                 at: Instant::now(),
                 read,
                 cpu: threads_cpu_seconds(),
             });
         }
+        read
     };
     let (end, cpu_at_end) = std::thread::scope(|s| {
         let pipeline = s.spawn(|| serve(&bench.config, store, Arc::clone(&stats), &control));
         for record in generator.by_ref() {
-            if !wait_until(CATCH_UP, || {
-                produced.saturating_sub(stats.records_total()) < MAX_BACKLOG
-            }) {
+            if !wait_until(CATCH_UP, || produced.saturating_sub(read()) < MAX_BACKLOG) {
                 bail!(
                     "vigil did not keep up: {} of {produced} records read",
                     stats.records_total()
                 );
             }
-            note_start(&mut start);
             let now = clock.now_ms();
             produce_generated(&producer, &record, now, Box::new(now))?;
             produced += 1;
         }
         producer.flush(CATCH_UP).context("flushing the workload")?;
-        wait_until(CATCH_UP, || stats.records_total() > 0);
-        note_start(&mut start);
-        let caught_up = wait_until(CATCH_UP, || stats.records_total() >= produced);
+        let caught_up = wait_until(CATCH_UP, || read() >= produced);
         let end = (Instant::now(), threads_cpu_seconds());
         control.stop.store(true, Ordering::SeqCst);
         pipeline.join().expect("the pipeline does not panic")?;
@@ -989,7 +988,7 @@ fn bench_kafka(work: &Path, events: u64, keys: u64) -> anyhow::Result<KafkaFigur
         }
         Ok(end)
     })?;
-    let start = start.context("vigil read no record")?;
+    let start = start.into_inner().context("vigil read no record")?;
     let elapsed = end.duration_since(start.at);
     let measured = produced - start.read;
     let split = start
