@@ -227,6 +227,9 @@ pub struct TimerQueue<K> {
 /// windows of seconds fit in it many times over.
 const WHEEL_MS: Millis = 1 << 14;
 
+/// The most due times [`TimerQueue::peek_ahead`] looks through.
+const PEEK_BUCKETS: Millis = 64;
+
 impl<K> Default for TimerQueue<K> {
     fn default() -> Self {
         TimerQueue {
@@ -282,6 +285,30 @@ impl<K> TimerQueue<K> {
         self.in_wheel -= 1;
         self.find_first();
         Some((due, key))
+    }
+
+    /// The timer `n` places after the one [`TimerQueue::pop_due`] returns
+    /// next at `wm`, if the wheel holds it within [`PEEK_BUCKETS`] due
+    /// times (timers outside the wheel are not looked at): a hint of what
+    /// firing reads soon, for the CPU to load ahead.
+    pub fn peek_ahead(&self, wm: Millis, mut n: usize) -> Option<&K> {
+        if self.in_wheel == 0 {
+            return None;
+        }
+        let end = wm
+            .min(self.last)
+            .min(self.first.saturating_add(PEEK_BUCKETS));
+        let mut due = self.first;
+        while due <= end {
+            let keys = &self.wheel[bucket(due)];
+            if n < keys.len() {
+                // Popped from the end.
+                return keys.get(keys.len() - 1 - n);
+            }
+            n -= keys.len();
+            due += 1;
+        }
+        None
     }
 
     /// Moves `first` to the earliest bucket with timers, if any.
@@ -499,5 +526,30 @@ mod tests {
             q.pop_due(END_OF_TIME)
                 .is_some_and(|(due, _)| due % 100 == 0)
         );
+    }
+
+    #[test]
+    fn peeking_ahead_names_the_timers_that_pop_next() {
+        let mut q: TimerQueue<u32> = TimerQueue::default();
+        // Several timers a due time, gaps between due times, and one far
+        // enough ahead to wait outside the wheel.
+        let dues = [100, 100, 101, 103, 103, 103, 140, 100 + PEEK_BUCKETS + 5];
+        for (i, due) in dues.into_iter().enumerate() {
+            q.push(due, i as u32);
+        }
+        q.push(100 + 2 * WHEEL_MS, 99);
+        let wm = 200;
+        let peeked: Vec<Option<u32>> = (0..10).map(|n| q.peek_ahead(wm, n).copied()).collect();
+        let mut popped = Vec::new();
+        while let Some((_, i)) = q.pop_due(wm) {
+            popped.push(i);
+        }
+        assert_eq!(popped.len(), 8, "all but the one outside the wheel");
+        // Within the due times peeking looks through, it names what pops;
+        // the timer due past them, and beyond the due ones, it does not.
+        let within: Vec<Option<u32>> = popped[..7].iter().copied().map(Some).collect();
+        assert_eq!(peeked[..7], within[..]);
+        assert_eq!(peeked[7..], [None, None, None]);
+        assert_eq!(q.peek_ahead(wm, 0), None, "nothing due is left");
     }
 }

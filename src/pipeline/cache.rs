@@ -708,6 +708,29 @@ where
         }
     }
 
+    /// Asks the CPU to load the node of the slot `handle` names, as
+    /// [`Prefetch::Node`] does for a key. Changes nothing.
+    pub fn prefetch_node(&self, handle: Handle) {
+        if let Some(place) = self.arena.place(handle.index) {
+            prefetch(place);
+        }
+    }
+
+    /// Asks the CPU to load the nodes either side of the slot `handle`
+    /// names in its recency list, which changing the slot writes (it leaves
+    /// the list). Reads the slot's node: asked for once that is loaded.
+    /// Changes nothing.
+    pub fn prefetch_neighbours(&self, handle: Handle) {
+        let Some(node) = self.arena.get(handle).filter(|n| n.listed.is_some()) else {
+            return;
+        };
+        for i in [node.prev, node.next] {
+            if let Some(place) = self.arena.place(i) {
+                prefetch(place);
+            }
+        }
+    }
+
     /// Whether `key` is in memory.
     pub fn contains(&self, key: &K::Lookup) -> bool {
         self.find(self.hasher.hash_one(K::bytes(key)), key)

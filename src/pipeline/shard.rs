@@ -212,6 +212,10 @@ fn due_of(key: &[u8]) -> Millis {
 /// Timers read from the store, or filed among the open keys, at a time.
 const RESTORE_CHUNK: usize = 1024;
 
+/// How many timers after the next one firing asks the CPU for a timer's
+/// slot (see [`Shard::prefetch_timers`]).
+const FIRE_AHEAD: usize = 8;
+
 /// Calls `f` on the timers of `scope` from `from` through `last` while it
 /// returns true, at most `n` of them; returns the store key of the next,
 /// `None` when every one through `last` was passed.
@@ -793,6 +797,21 @@ impl Shard {
         }
     }
 
+    /// Asks the CPU to load the slots of timers about to fire: the node of
+    /// the timer [`FIRE_AHEAD`] timers after the next, and the neighbours
+    /// in its recency list of the one half as far (its node loaded by
+    /// then), so that these loads overlap instead of each firing waiting
+    /// for memory in turn.
+    fn prefetch_timers(&self, wm: Millis) {
+        let slot = |n| self.timers.peek_ahead(wm, n).and_then(|armed| armed.slot);
+        if let Some(far) = slot(FIRE_AHEAD) {
+            self.keys.prefetch_node(far);
+        }
+        if let Some(near) = slot(FIRE_AHEAD / 2) {
+            self.keys.prefetch_neighbours(near);
+        }
+    }
+
     /// Fires up to `n` of the timers `wm` has passed, their decisions going
     /// to `out`, while they may (see [`Shard::may_fire`]); false once none
     /// is due or may fire.
@@ -808,6 +827,7 @@ impl Shard {
                 return Ok(false);
             }
             self.read_due(wm)?;
+            self.prefetch_timers(wm);
             let Some((due, Armed { key, scope, slot })) = self.timers.pop_due(wm) else {
                 self.held_back = false;
                 return Ok(false);
