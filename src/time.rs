@@ -531,8 +531,9 @@ mod tests {
     #[test]
     fn peeking_ahead_names_the_timers_that_pop_next() {
         let mut q: TimerQueue<u32> = TimerQueue::default();
-        // Several timers a due time, gaps between due times, and one far
-        // enough ahead to wait outside the wheel.
+        // Several timers a due time, gaps between due times, one due past
+        // the due times peeking looks through, and (pushed last) one not
+        // due yet, far enough ahead to wait outside the wheel.
         let dues = [100, 100, 101, 103, 103, 103, 140, 100 + PEEK_BUCKETS + 5];
         for (i, due) in dues.into_iter().enumerate() {
             q.push(due, i as u32);
@@ -544,7 +545,7 @@ mod tests {
         while let Some((_, i)) = q.pop_due(wm) {
             popped.push(i);
         }
-        assert_eq!(popped.len(), 8, "all but the one outside the wheel");
+        assert_eq!(popped.len(), 8, "all but the one not due yet");
         // Within the due times peeking looks through, it names what pops;
         // the timer due past them, and beyond the due ones, it does not.
         let within: Vec<Option<u32>> = popped[..7].iter().copied().map(Some).collect();
