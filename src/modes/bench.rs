@@ -956,8 +956,8 @@ fn bench_kafka(work: &Path, events: u64, keys: u64) -> anyhow::Result<KafkaFigur
     // measure at the first.
     let read = || {
         let read = stats.records_total();
-        if read > 0 && start.get().is_none() {
-            let _ = start.set(RunStart {
+        if read > 0 {
+            start.get_or_init(|| RunStart {
                 at: Instant::now(),
                 read,
                 cpu: threads_cpu_seconds(),

@@ -700,9 +700,8 @@ where
             Prefetch::Node => {
                 // The first position whose node may be the key's: reading
                 // the node to be sure is what the hint is for.
-                let at = self.index.find(hash, |_| true);
-                if let Some(place) = at.and_then(|at| self.arena.place(at)) {
-                    prefetch(place);
+                if let Some(at) = self.index.find(hash, |_| true) {
+                    self.prefetch_place(at);
                 }
             }
         }
@@ -711,9 +710,7 @@ where
     /// Asks the CPU to load the node of the slot `handle` names, as
     /// [`Prefetch::Node`] does for a key. Changes nothing.
     pub fn prefetch_node(&self, handle: Handle) {
-        if let Some(place) = self.arena.place(handle.index) {
-            prefetch(place);
-        }
+        self.prefetch_place(handle.index);
     }
 
     /// Asks the CPU to load the nodes either side of the slot `handle`
@@ -725,9 +722,14 @@ where
             return;
         };
         for i in [node.prev, node.next] {
-            if let Some(place) = self.arena.place(i) {
-                prefetch(place);
-            }
+            self.prefetch_place(i);
+        }
+    }
+
+    /// Asks the CPU to load the arena's place `index`, if there is one.
+    fn prefetch_place(&self, index: u32) {
+        if let Some(place) = self.arena.place(index) {
+            prefetch(place);
         }
     }
 

@@ -179,8 +179,8 @@ impl BrokerView {
     /// until the next statistics showed the queue empty). An unknown end
     /// (negative: the leader is away) is not an end reached.
     fn caught_up(&self, next_offset: Option<i64>) -> bool {
-        let holds_none =
-            next_offset.is_none() && self.start_offset >= 0 && self.start_offset >= self.end_offset;
+        // An unknown start (negative) is below any known end.
+        let holds_none = next_offset.is_none() && self.start_offset >= self.end_offset;
         self.active
             && self.end_offset >= 0
             && (holds_none || self.position(next_offset) >= Some(self.end_offset))
