@@ -280,7 +280,9 @@ pub struct StateConfig {
     /// eighth each). Beyond it, the least recently written keys and
     /// entities leave memory and are read back from RocksDB when needed;
     /// state that is kept once a checkpoint has saved it (a worker over its
-    /// share asks for a checkpoint sooner than `checkpoint_interval`).
+    /// share asks for a checkpoint sooner than `checkpoint_interval`, and
+    /// so does one whose changes since the last checkpoint pass a quarter
+    /// of its share, so that no checkpoint writes more).
     /// Default `"1GiB"`.
     pub cache_size: ByteSize,
 }

@@ -600,16 +600,27 @@ where
     /// (before any is measured, at those of the slot changed last): what
     /// the budget is held to between checkpoints.
     pub fn estimated_bytes(&self) -> usize {
-        let measured = self.arena.len - self.unmeasured;
-        let each = match measured {
+        self.bytes + self.unmeasured * self.average_bytes()
+    }
+
+    /// Approximate bytes of the slots changed since the last checkpoint,
+    /// each at the average bytes of a slot: about what the next checkpoint
+    /// writes.
+    pub fn changed_bytes(&self) -> usize {
+        self.dirty.len() * self.average_bytes()
+    }
+
+    /// The average bytes of the slots measured (before any is, those of
+    /// the slot changed last).
+    fn average_bytes(&self) -> usize {
+        match self.arena.len - self.unmeasured {
             0 => self
                 .dirty
                 .last()
                 .and_then(|&handle| self.arena.get(handle))
                 .map_or(0, |node| Self::size_of_slot(&node.key, &node.slot.value)),
-            n => self.bytes / n,
-        };
-        self.bytes + self.unmeasured * each
+            measured => self.bytes / measured,
+        }
     }
 
     /// The most bytes the slots have taken in memory (as of their last

@@ -7,6 +7,8 @@
 //! budget therefore asks for a checkpoint, and once it has sent its part,
 //! waits for the committer to commit it before it reads more work: the
 //! budget then bounds the state, however far the committer falls behind.
+//! A worker whose changes since the last checkpoint pass a quarter of its
+//! budget asks too, without waiting, so that no checkpoint carries more.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};

@@ -216,6 +216,16 @@ const RESTORE_CHUNK: usize = 1024;
 /// slot (see [`Shard::prefetch_timers`]).
 const FIRE_AHEAD: usize = 8;
 
+/// The share of a shard's budget that the kept keys and entities changed
+/// since the last checkpoint may take before the shard asks for the next
+/// one (see [`Shard::checkpoint_full`]): a checkpoint then writes about a
+/// quarter of the budget at most, however many keys a burst of firing
+/// reads back and changes (RocksDB holds a checkpoint whole twice more, in
+/// its write batch and its memtable). A live stream at a million records a
+/// second changes less than that between two checkpoints of the default
+/// interval; a smaller share made such a stream write its keys more often.
+const CHECKPOINT_SHARE: usize = 4;
+
 /// Calls `f` on the timers of `scope` from `from` through `last` while it
 /// returns true, at most `n` of them; returns the store key of the next,
 /// `None` when every one through `last` was passed.
@@ -605,7 +615,7 @@ impl Shard {
     /// [`super::worker`]'s `keep_within_budget`). State that is not kept
     /// is written out on the way instead (see [`Shard::fire_due`]).
     fn may_fire(&self) -> bool {
-        !(self.durable && self.over_budget())
+        !(self.durable && (self.over_budget() || self.checkpoint_full()))
     }
 
     /// Whether keys armed in the store are yet to be filed among the open
@@ -1062,6 +1072,16 @@ impl Shard {
     /// (see [`super::cache::Slots::estimated_bytes`]).
     pub(super) fn over_budget(&self) -> bool {
         self.keys.estimated_bytes() + self.entities.estimated_bytes() > self.budget
+    }
+
+    /// Whether the kept keys and entities changed since the last checkpoint
+    /// pass [`CHECKPOINT_SHARE`] of the budget: the shard then asks for the
+    /// next checkpoint, and fires no timer until it begins (see
+    /// [`Shard::may_fire`]).
+    pub(super) fn checkpoint_full(&self) -> bool {
+        self.durable
+            && self.keys.changed_bytes() + self.entities.changed_bytes()
+                > self.budget / CHECKPOINT_SHARE
     }
 
     /// Lets state that is not kept leave memory while it is over the

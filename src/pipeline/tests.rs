@@ -154,14 +154,19 @@ fn inputs() -> (Vec<String>, Vec<String>) {
 }
 
 struct Harness {
-    store: Arc<MemStore>,
+    store: Arc<dyn Store>,
     config: Config,
 }
 
 impl Harness {
     fn new() -> Self {
+        Self::on(Arc::new(MemStore::new()))
+    }
+
+    /// A harness whose engine keeps its state in `store`.
+    fn on(store: Arc<dyn Store>) -> Self {
         Harness {
-            store: Arc::new(MemStore::new()),
+            store,
             config: Config::parse_with_env("test", CONFIG, Vec::new()).unwrap(),
         }
     }
@@ -187,7 +192,7 @@ impl Harness {
         let ingest = Ingest::new(&self.config, Arc::clone(&stats)).expect("ingest");
         let engine = Engine {
             options,
-            store: Arc::clone(&self.store) as Arc<dyn Store>,
+            store: Arc::clone(&self.store),
             stats: Arc::clone(&stats),
             clock: Arc::new(SystemClock),
             partitions: 2,
@@ -558,19 +563,73 @@ fn kept_state_stays_within_its_budget_between_checkpoints_and_while_timers_fire(
     assert!(evictions > 0, "keys and entities left memory");
 }
 
-/// The in-memory store, with each write held until the test lets it go.
-struct HeldWrites {
-    inner: MemStore,
-    held: Held,
+#[test]
+fn a_checkpoint_of_kept_state_writes_about_a_quarter_of_the_budget_at_most() {
+    // Every timer fires when the inputs end, each key read back and changed
+    // by its firing: without a bound, a checkpoint would carry every key
+    // the budget holds.
+    let plan = armed_rows(200);
+    let options = no_checkpoint_on_its_own(true);
+    let all = Harness::new().run_with(
+        EngineOptions {
+            slot_budget: usize::MAX,
+            ..options.clone()
+        },
+        &plan,
+        true,
+        false,
+    );
+    let slots = 200 + 2 * 200;
+    let slot_bytes = all.2.snapshot().state_peak_bytes as usize / slots;
+    let budget = 60 * slot_bytes;
+
+    let largest = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&largest);
+    let store = Arc::new(WatchedWrites {
+        inner: MemStore::new(),
+        before: Box::new(move |batch| {
+            let slots = batch
+                .writes
+                .iter()
+                .filter(|w| matches!(w.cf, Cf::Keys | Cf::Entities))
+                .count();
+            seen.fetch_max(slots, std::sync::atomic::Ordering::Relaxed);
+        }),
+    });
+    let (out, _, stats) = Harness::on(store).run_with(
+        EngineOptions {
+            slot_budget: budget,
+            ..options
+        },
+        &plan,
+        true,
+        false,
+    );
+    assert_eq!(out, all.0, "the same verdicts");
+    assert!(stats.snapshot().state_evictions > 0, "keys left memory");
+    let largest = largest.load(std::sync::atomic::Ordering::Relaxed);
+    // A quarter of the 60 slots the budget holds, and the records of a
+    // batch or two applied before the checkpoint begins.
+    assert!(
+        largest <= 60 / 4 + 15,
+        "a checkpoint wrote {largest} keys and entities, of 60 the budget holds"
+    );
 }
 
-impl Store for HeldWrites {
+/// The in-memory store, with each write shown to `before` before it is
+/// written (which may hold it until the test lets it go).
+struct WatchedWrites {
+    inner: MemStore,
+    before: Box<dyn Fn(&StateBatch) + Send + Sync>,
+}
+
+impl Store for WatchedWrites {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         self.inner.get(cf, key)
     }
 
     fn write(&self, batch: StateBatch) -> Result<(), StateError> {
-        self.held.wait_for_release();
+        (self.before)(&batch);
         self.inner.write(batch)
     }
 
@@ -689,9 +748,9 @@ fn outputs_flow_while_a_checkpoint_is_held(
 #[test]
 fn outputs_do_not_wait_for_the_store_to_write_a_checkpoint() {
     let (held, started, release) = hold();
-    let store = Arc::new(HeldWrites {
+    let store = Arc::new(WatchedWrites {
         inner: MemStore::new(),
-        held,
+        before: Box::new(move |_| held.wait_for_release()),
     });
     outputs_flow_while_a_checkpoint_is_held(store, Collected::default(), started, release);
 }

@@ -358,12 +358,18 @@ impl Worker {
     /// may leave memory only once that checkpoint is committed (see
     /// [`super::cache`]), so a shard over its budget asks for the next
     /// checkpoint sooner, finishes the one it is saving, waits for the last
-    /// one it sent to commit, and lets what that saved leave memory. State
-    /// that is not kept leaves memory at once ([`Shard::spill_over_budget`]).
+    /// one it sent to commit, and lets what that saved leave memory. A
+    /// shard whose changes since the last checkpoint fill their share
+    /// ([`Shard::checkpoint_full`]) asks for the next one too, without
+    /// waiting. State that is not kept leaves memory at once
+    /// ([`Shard::spill_over_budget`]).
     fn keep_within_budget(&mut self) -> Result<(), PipelineError> {
         if !self.shard.durable() {
             self.shard.spill_over_budget()?;
             return Ok(());
+        }
+        if self.shard.checkpoint_full() {
+            self.ask_for_checkpoint();
         }
         if !self.shard.over_budget() {
             return Ok(());
