@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::ingest::{Ingest, Stream};
 use crate::io::file::{Alignment, FileInput, FileOutputs, ReadOptions, check_inputs, read_file};
 use crate::pipeline::EngineOptions;
-use crate::state::{MemoryBudget, RocksStore};
+use crate::state::{MemoryBudget, RocksStore, ScratchStore, Store};
 use crate::telemetry::{Stats, StatsSnapshot};
 
 /// How often progress is printed on long runs.
@@ -110,13 +110,13 @@ pub fn check(
     let started = Instant::now();
     let memory = MemoryBudget::of(config.state.cache_size.0);
     let scratch = out.join(SCRATCH_DIR);
-    let store = Arc::new(match state {
-        Some(dir) => RocksStore::open_with(dir, memory)?,
+    let store: Arc<dyn Store> = match state {
+        Some(dir) => Arc::new(RocksStore::open_with(dir, memory)?),
         None => {
             remove_scratch(&scratch)?;
-            RocksStore::open_scratch(&scratch, memory)?
+            Arc::new(ScratchStore::new(scratch.clone(), memory))
         }
-    });
+    };
     let stats = Arc::new(Stats::default());
     let ingest = Ingest::new(config, Arc::clone(&stats))?;
     let options = EngineOptions {

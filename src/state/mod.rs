@@ -1,7 +1,8 @@
 //! Durable state: a key-value [`Store`] with column families, written in
-//! atomic batches. [`RocksStore`] is the real one; [`MemStore`] keeps the same
-//! contract in memory for unit tests (a property test keeps them in
-//! agreement). Values are encoded by [`codec`] with a leading format byte.
+//! atomic batches. [`RocksStore`] is the real one; [`ScratchStore`] is the
+//! RocksDB store of a run that keeps no state, created when state first
+//! leaves memory; [`MemStore`] keeps the same contract in memory for unit
+//! tests (a property test keeps them in agreement). Values are encoded by [`codec`] with a leading format byte.
 //! [`FailingStore`] wraps a store to fail as a full disk does, for
 //! `vigil torture`.
 
@@ -9,6 +10,7 @@ pub mod codec;
 pub mod failing;
 mod memory;
 mod rocks;
+mod scratch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -16,6 +18,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 pub use failing::FailingStore;
 pub use memory::MemStore;
 pub use rocks::RocksStore;
+pub use scratch::ScratchStore;
 
 /// The column families of DESIGN.md section 8.
 ///

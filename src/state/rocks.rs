@@ -70,11 +70,16 @@ impl RocksStore {
         Self::open_with(path, MemoryBudget::of(StateConfig::default().cache_size.0))
     }
 
-    /// Opens a scratch store at `path` (`vigil check` without `--state`):
-    /// as [`RocksStore::open_with`], but its writes skip the write-ahead
-    /// log, since nothing is ever read back from it after a crash.
-    pub fn open_scratch(path: &Path, memory: MemoryBudget) -> Result<Self, StateError> {
-        let mut store = Self::open_with(path, memory)?;
+    /// Opens the RocksDB store of a [`super::ScratchStore`] at `path`,
+    /// expiring entries at `retention`: as [`RocksStore::open_with`], but
+    /// its writes skip the write-ahead log, since nothing is ever read back
+    /// from it after a crash.
+    pub(super) fn open_scratch(
+        path: &Path,
+        memory: MemoryBudget,
+        retention: RetentionHorizon,
+    ) -> Result<Self, StateError> {
+        let mut store = Self::open_db(path, memory, false, retention)?;
         store.logged = false;
         Ok(store)
     }
@@ -82,17 +87,26 @@ impl RocksStore {
     /// Opens (creating if needed) the store at `path`, with the block cache
     /// and memtable sizes of `memory`.
     pub fn open_with(path: &Path, memory: MemoryBudget) -> Result<Self, StateError> {
-        Self::open_db(path, memory, false)
+        Self::open_db(path, memory, false, RetentionHorizon::new())
     }
 
     /// Opens the store of a stopped instance without writing to it (for
     /// `vigil inspect`); writes through it fail.
     pub fn open_read_only(path: &Path) -> Result<Self, StateError> {
-        Self::open_db(path, MemoryBudget::of(64 << 20), true)
+        Self::open_db(
+            path,
+            MemoryBudget::of(64 << 20),
+            true,
+            RetentionHorizon::new(),
+        )
     }
 
-    fn open_db(path: &Path, memory: MemoryBudget, read_only: bool) -> Result<Self, StateError> {
-        let retention = RetentionHorizon::new();
+    fn open_db(
+        path: &Path,
+        memory: MemoryBudget,
+        read_only: bool,
+        retention: RetentionHorizon,
+    ) -> Result<Self, StateError> {
         let cache = Cache::new_lru_cache(memory.block_cache);
         let memtable = memory.memtables / 2;
         let descriptors = Cf::ALL.map(|cf| {

@@ -218,8 +218,8 @@ fn wal_bytes(dir: &std::path::Path) -> u64 {
 }
 
 #[test]
-fn a_scratch_store_writes_no_write_ahead_log_and_a_kept_one_does_until_closed() {
-    let write = |store: &RocksStore| {
+fn a_scratch_store_is_created_at_its_first_key_and_logs_nothing_and_a_kept_one_logs_until_closed() {
+    let write = |store: &dyn Store| {
         let mut batch = StateBatch::default();
         batch.put(Cf::Keys, 0, b"key".to_vec(), vec![7; 100]);
         store.write(batch).unwrap();
@@ -239,6 +239,22 @@ fn a_scratch_store_writes_no_write_ahead_log_and_a_kept_one_does_until_closed() 
     let reopened = RocksStore::open_with(kept.path(), memory).unwrap();
     assert_eq!(reopened.get(Cf::Keys, b"key").unwrap(), Some(vec![7; 100]));
     let scratch = tempfile::tempdir().unwrap();
-    write(&RocksStore::open_scratch(scratch.path(), memory).unwrap());
-    assert_eq!(wal_bytes(scratch.path()), 0, "a scratch store does not");
+    let dir = scratch.path().join("scratch");
+    let store = ScratchStore::new(dir.clone(), memory);
+    let mut nothing_to_keep = StateBatch::default();
+    nothing_to_keep.put(Cf::Offsets, 0, codec::offset_key("cdc", 0), vec![1]);
+    nothing_to_keep.put(Cf::Storms, 0, b"storms".to_vec(), vec![2]);
+    store.write(nothing_to_keep).unwrap();
+    assert!(!dir.exists(), "a scratch store is created at its first key");
+    assert_eq!(store.get(Cf::Keys, b"key").unwrap(), None);
+    write(&store);
+    assert!(dir.exists());
+    assert_eq!(wal_bytes(&dir), 0, "a scratch store does not log");
+    assert_eq!(
+        store
+            .get(Cf::Offsets, &codec::offset_key("cdc", 0))
+            .unwrap(),
+        None,
+        "nothing resumes from a scratch store: it keeps no input positions"
+    );
 }
