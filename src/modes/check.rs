@@ -98,7 +98,8 @@ fn inputs(args: &CheckArgs) -> Result<Vec<FileInput>, UsageError> {
 /// kept there (RocksDB, written at every checkpoint, resumed from); without,
 /// it lives in memory for the run and is not encoded, except what leaves
 /// memory beyond `state.cache_size`: that goes to a scratch store in
-/// `out/.vigil-check-state`, removed at the end.
+/// `out/.vigil-check-state` ([`ScratchStore`], created only then), removed
+/// at the end.
 pub fn check(
     config: &Config,
     inputs: &[FileInput],
