@@ -99,7 +99,7 @@ fn inputs(args: &CheckArgs) -> Result<Vec<FileInput>, UsageError> {
 /// it lives in memory for the run and is not encoded, except what leaves
 /// memory beyond `state.cache_size`: that goes to a scratch store in
 /// `out/.vigil-check-state` ([`ScratchStore`], created only then), removed
-/// at the end.
+/// at the end. `out` must exist ([`run`] creates it).
 pub fn check(
     config: &Config,
     inputs: &[FileInput],

@@ -202,6 +202,7 @@ fn expected_and_reported(
             }
         });
     let out = dir.join("out");
+    std::fs::create_dir(&out).unwrap();
     let summary = crate::modes::check::check(&config, &inputs, &out, None, true).unwrap();
     assert_eq!(summary.dead_letters_total, 0);
     let count = |items: Vec<Value>| -> BTreeMap<_, usize> {
