@@ -221,9 +221,10 @@ const FIRE_AHEAD: usize = 8;
 /// one (see [`Shard::checkpoint_full`]): a checkpoint then writes about a
 /// quarter of the budget at most, however many keys a burst of firing
 /// reads back and changes (RocksDB holds a checkpoint whole twice more, in
-/// its write batch and its memtable). A live stream at a million records a
-/// second changes less than that between two checkpoints of the default
-/// interval; a smaller share made such a stream write its keys more often.
+/// its write batch and its memtable). The bench's 1 M workload with kept
+/// state changed less than that between two checkpoints of the default
+/// interval; a smaller share made it write its keys more often, for more
+/// CPU (see BENCHMARKS.md).
 const CHECKPOINT_SHARE: usize = 4;
 
 /// Calls `f` on the timers of `scope` from `from` through `last` while it

@@ -2,9 +2,9 @@
 //! atomic batches. [`RocksStore`] is the real one; [`ScratchStore`] is the
 //! RocksDB store of a run that keeps no state, created when state first
 //! leaves memory; [`MemStore`] keeps the same contract in memory for unit
-//! tests (a property test keeps them in agreement). Values are encoded by [`codec`] with a leading format byte.
-//! [`FailingStore`] wraps a store to fail as a full disk does, for
-//! `vigil torture`.
+//! tests (a property test keeps them in agreement). Values are encoded by
+//! [`codec`] with a leading format byte. [`FailingStore`] wraps a store to
+//! fail as a full disk does, for `vigil torture`.
 
 pub mod codec;
 pub mod failing;
