@@ -565,12 +565,17 @@ fn kept_state_stays_within_its_budget_between_checkpoints_and_while_timers_fire(
 
 #[test]
 fn a_checkpoint_of_kept_state_writes_about_a_quarter_of_the_budget_at_most() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     // Every timer fires when the inputs end, each key read back and changed
     // by its firing: without a bound, a checkpoint would carry every key
     // the budget holds.
-    let plan = armed_rows(200);
+    const ROWS: usize = 200;
+    /// Keys and entities the budget holds.
+    const HELD: usize = 60;
+    let plan = armed_rows(ROWS as u64);
     let options = no_checkpoint_on_its_own(true);
-    let all = Harness::new().run_with(
+    let (whole, _, unbounded) = Harness::new().run_with(
         EngineOptions {
             slot_budget: usize::MAX,
             ..options.clone()
@@ -579,11 +584,10 @@ fn a_checkpoint_of_kept_state_writes_about_a_quarter_of_the_budget_at_most() {
         true,
         false,
     );
-    let slots = 200 + 2 * 200;
-    let slot_bytes = all.2.snapshot().state_peak_bytes as usize / slots;
-    let budget = 60 * slot_bytes;
+    // Each row: its entity and its two keys.
+    let slot_bytes = unbounded.snapshot().state_peak_bytes as usize / (3 * ROWS);
 
-    let largest = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let largest = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&largest);
     let store = Arc::new(WatchedWrites {
         inner: MemStore::new(),
@@ -593,26 +597,26 @@ fn a_checkpoint_of_kept_state_writes_about_a_quarter_of_the_budget_at_most() {
                 .iter()
                 .filter(|w| matches!(w.cf, Cf::Keys | Cf::Entities))
                 .count();
-            seen.fetch_max(slots, std::sync::atomic::Ordering::Relaxed);
+            seen.fetch_max(slots, Ordering::Relaxed);
         }),
     });
     let (out, _, stats) = Harness::on(store).run_with(
         EngineOptions {
-            slot_budget: budget,
+            slot_budget: HELD * slot_bytes,
             ..options
         },
         &plan,
         true,
         false,
     );
-    assert_eq!(out, all.0, "the same verdicts");
+    assert_eq!(out, whole, "the same verdicts");
     assert!(stats.snapshot().state_evictions > 0, "keys left memory");
-    let largest = largest.load(std::sync::atomic::Ordering::Relaxed);
-    // A quarter of the 60 slots the budget holds, and the records of a
-    // batch or two applied before the checkpoint begins.
+    let largest = largest.load(Ordering::Relaxed);
+    // A quarter of what the budget holds, and the records of a batch or
+    // two applied before the checkpoint begins.
     assert!(
-        largest <= 60 / 4 + 15,
-        "a checkpoint wrote {largest} keys and entities, of 60 the budget holds"
+        largest <= HELD / 4 + 15,
+        "a checkpoint wrote {largest} keys and entities, of {HELD} the budget holds"
     );
 }
 

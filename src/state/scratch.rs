@@ -56,12 +56,11 @@ impl ScratchStore {
     }
 }
 
+/// Before the RocksDB store is created it holds nothing: reads find
+/// nothing, and there is nothing to delete, sweep or count.
 impl Store for ScratchStore {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        match self.db.get() {
-            Some(db) => db.get(cf, key),
-            None => Ok(None),
-        }
+        self.db.get().map_or(Ok(None), |db| db.get(cf, key))
     }
 
     fn write(&self, mut batch: StateBatch) -> Result<(), StateError> {
@@ -78,10 +77,7 @@ impl Store for ScratchStore {
         prefix: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StateError> {
-        match self.db.get() {
-            Some(db) => db.scan(cf, prefix, f),
-            None => Ok(()),
-        }
+        self.db.get().map_or(Ok(()), |db| db.scan(cf, prefix, f))
     }
 
     fn scan_range(
@@ -91,24 +87,19 @@ impl Store for ScratchStore {
         to: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StateError> {
-        match self.db.get() {
-            Some(db) => db.scan_range(cf, from, to, f),
-            None => Ok(()),
-        }
+        self.db
+            .get()
+            .map_or(Ok(()), |db| db.scan_range(cf, from, to, f))
     }
 
     fn last_in(&self, cf: Cf, from: &[u8], to: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        match self.db.get() {
-            Some(db) => db.last_in(cf, from, to),
-            None => Ok(None),
-        }
+        self.db
+            .get()
+            .map_or(Ok(None), |db| db.last_in(cf, from, to))
     }
 
     fn delete_scope(&self, scope: i32) -> Result<(), StateError> {
-        match self.db.get() {
-            Some(db) => db.delete_scope(scope),
-            None => Ok(()),
-        }
+        self.db.get().map_or(Ok(()), |db| db.delete_scope(scope))
     }
 
     fn retention(&self) -> &RetentionHorizon {
@@ -116,10 +107,7 @@ impl Store for ScratchStore {
     }
 
     fn sweep(&self) -> Result<(), StateError> {
-        match self.db.get() {
-            Some(db) => db.sweep(),
-            None => Ok(()),
-        }
+        self.db.get().map_or(Ok(()), |db| db.sweep())
     }
 
     fn approximate_len(&self, cf: Cf) -> u64 {
