@@ -275,8 +275,11 @@ pub struct StateConfig {
     /// How often state and input offsets are committed together.
     /// Default `"1s"`.
     pub checkpoint_interval: Dur,
-    /// Memory for state: keys and entities kept in memory (three quarters,
-    /// shared by the workers), RocksDB's block cache and its memtables (an
+    /// Memory for state: keys and entities kept in memory with their
+    /// deadline timers and the index of keys awaiting an invalidation
+    /// (three quarters, shared by the workers; the timers and that index,
+    /// which every armed key has in memory or not, leave the keys a
+    /// quarter of it at least), RocksDB's block cache and its memtables (an
     /// eighth each). Beyond it, the least recently written keys and
     /// entities leave memory and are read back from RocksDB when needed;
     /// state that is kept once a checkpoint has saved it (a worker over its

@@ -335,7 +335,8 @@ pub struct EngineOptions {
     /// (what leaves memory to keep within `slot_budget` is written still).
     /// When false, the store must start empty of keys and entities.
     pub durable: bool,
-    /// Bytes of key and entity state kept in memory, over all workers (see
+    /// Bytes of key and entity state kept in memory, with the keys' timers
+    /// and index of open keys, over all workers (see
     /// [`crate::state::MemoryBudget`]).
     pub slot_budget: usize,
     /// Storm detection, unless `storms.enabled` is false.

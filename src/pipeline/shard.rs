@@ -227,6 +227,20 @@ const FIRE_AHEAD: usize = 8;
 /// CPU (see BENCHMARKS.md).
 const CHECKPOINT_SHARE: usize = 4;
 
+/// The least share of a shard's budget left to its keys and entities in
+/// memory however much its timers and open keys take (see
+/// [`Shard::slot_budget`]).
+const LEAST_SLOT_SHARE: usize = 4;
+
+/// Approximate bytes of a timer in the queue: its entry, and the spare room
+/// of the bucket it is in (a bucket's room doubles as it grows).
+const TIMER_BYTES: usize = size_of::<Armed>() * 3 / 2;
+
+/// Approximate bytes of a key in the index of open keys: its entry in a
+/// B-tree node (nodes are about two-thirds full), and its share of the
+/// nodes' headers and of the index's inner nodes.
+const OPEN_KEY_BYTES: usize = (size_of::<OpenKey>() + size_of::<i32>()) * 3 / 2 + 8;
+
 /// Calls `f` on the timers of `scope` from `from` through `last` while it
 /// returns true, at most `n` of them; returns the store key of the next,
 /// `None` when every one through `last` was passed.
@@ -946,7 +960,7 @@ impl Shard {
         let epoch = self.epoch;
         let expired = self.expire();
         let (keys, entities) = (self.keys.resident_bytes(), self.entities.resident_bytes());
-        let excess = (keys + entities).saturating_sub(self.budget / 10 * 9);
+        let excess = (keys + entities).saturating_sub(self.slot_budget() / 10 * 9);
         let committed = self.checkpoints.committed();
         self.evicted_by = committed;
         let mut evicted = self.entities.evict(excess, epoch, committed, batch);
@@ -972,7 +986,9 @@ impl Shard {
         StateSize {
             keys: self.keys.len() as u64,
             entities: self.entities.len() as u64,
-            bytes: (self.keys.resident_bytes() + self.entities.resident_bytes()) as u64,
+            bytes: (self.keys.resident_bytes()
+                + self.entities.resident_bytes()
+                + self.index_bytes()) as u64,
             peak_bytes: (self.keys.peak_bytes() + self.entities.peak_bytes()) as u64,
         }
     }
@@ -1069,10 +1085,29 @@ impl Shard {
                 .expire(|entity| horizon.expired(entity.touched))
     }
 
-    /// Whether the keys and entities in memory exceed this shard's budget
-    /// (see [`super::cache::Slots::estimated_bytes`]).
+    /// Whether the keys and entities in memory exceed what the budget
+    /// leaves them (see [`super::cache::Slots::estimated_bytes`] and
+    /// [`Shard::slot_budget`]).
     pub(super) fn over_budget(&self) -> bool {
-        self.keys.estimated_bytes() + self.entities.estimated_bytes() > self.budget
+        self.keys.estimated_bytes() + self.entities.estimated_bytes() > self.slot_budget()
+    }
+
+    /// Approximate bytes of the timers and the index of open keys. Every
+    /// armed or open key has them, in memory or not: they leave memory only
+    /// as timers fire and keys are decided.
+    fn index_bytes(&self) -> usize {
+        self.timers.len() * TIMER_BYTES + self.open.len() * OPEN_KEY_BYTES
+    }
+
+    /// What the budget leaves to the keys and entities in memory: the
+    /// budget less the timers and open keys (in a stream dense in event
+    /// time, they took a quarter of it), but [`LEAST_SLOT_SHARE`] of it at
+    /// least, so that a shard whose timers take the budget still keeps
+    /// keys in memory to fire them (its memory then passes the budget).
+    fn slot_budget(&self) -> usize {
+        self.budget
+            .saturating_sub(self.index_bytes())
+            .max(self.budget / LEAST_SLOT_SHARE)
     }
 
     /// Whether the kept keys and entities changed since the last checkpoint

@@ -563,6 +563,46 @@ fn kept_state_stays_within_its_budget_between_checkpoints_and_while_timers_fire(
     assert!(evictions > 0, "keys and entities left memory");
 }
 
+/// Runs `plan` to the end of its inputs with `options` and all the memory
+/// it takes: its verdicts and its stats.
+fn run_unbounded(
+    plan: &[(usize, String)],
+    options: &EngineOptions,
+) -> (Vec<String>, crate::telemetry::StatsSnapshot) {
+    let options = EngineOptions {
+        slot_budget: usize::MAX,
+        ..options.clone()
+    };
+    let (out, _, stats) = Harness::new().run_with(options, plan, true, false);
+    (out, stats.snapshot())
+}
+
+#[test]
+fn timers_and_open_keys_take_their_share_of_the_budget() {
+    // Every key stays armed and open while the records come. A budget a
+    // fifth over what the keys and entities take at their peak keeps them
+    // all in memory if it leaves out their timers and the index of open
+    // keys (about a quarter of what the keys take here).
+    let plan = armed_rows(1_000);
+    let options = no_checkpoint_on_its_own(false);
+    let (whole, unbounded) = run_unbounded(&plan, &options);
+    assert_eq!(unbounded.state_evictions, 0, "nothing left memory");
+    let (out, _, stats) = Harness::new().run_with(
+        EngineOptions {
+            slot_budget: unbounded.state_peak_bytes as usize / 5 * 6,
+            ..options
+        },
+        &plan,
+        true,
+        false,
+    );
+    assert_eq!(out, whole, "the same verdicts");
+    assert!(
+        stats.snapshot().state_evictions > 0,
+        "keys and entities left memory to their timers and open keys"
+    );
+}
+
 #[test]
 fn a_checkpoint_of_kept_state_writes_about_a_quarter_of_the_budget_at_most() {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -575,17 +615,9 @@ fn a_checkpoint_of_kept_state_writes_about_a_quarter_of_the_budget_at_most() {
     const HELD: usize = 60;
     let plan = armed_rows(ROWS as u64);
     let options = no_checkpoint_on_its_own(true);
-    let (whole, _, unbounded) = Harness::new().run_with(
-        EngineOptions {
-            slot_budget: usize::MAX,
-            ..options.clone()
-        },
-        &plan,
-        true,
-        false,
-    );
+    let (whole, unbounded) = run_unbounded(&plan, &options);
     // Each row: its entity and its two keys.
-    let slot_bytes = unbounded.snapshot().state_peak_bytes as usize / (3 * ROWS);
+    let slot_bytes = unbounded.state_peak_bytes as usize / (3 * ROWS);
 
     let largest = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&largest);

@@ -190,11 +190,12 @@ impl RetentionHorizon {
 }
 
 /// How `state.cache_size` is shared out: three quarters for the keys and
-/// entities the workers keep in memory, an eighth for RocksDB's block cache,
-/// an eighth for its memtables.
+/// entities the workers keep in memory (with their timers and index of open
+/// keys), an eighth for RocksDB's block cache, an eighth for its memtables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryBudget {
-    /// Bytes of key and entity state in memory, over all workers.
+    /// Bytes of key and entity state in memory, with the keys' timers and
+    /// index of open keys, over all workers.
     pub slots: usize,
     pub block_cache: usize,
     pub memtables: usize,

@@ -188,7 +188,7 @@ pub(super) const METRICS: [Metric; 30] = [
     Metric {
         name: names::STATE_MEMORY,
         kind: Kind::Gauge,
-        help: "Approximate bytes of the cache keys and entities held in memory.",
+        help: "Approximate bytes of the cache keys and entities held in memory, and of their timers and index of open keys.",
     },
     // Fed by StateEvicted.
     Metric {

@@ -36,7 +36,8 @@ pub struct TableTally {
 pub struct StateSize {
     pub keys: u64,
     pub entities: u64,
-    /// Approximate bytes of those keys and entities.
+    /// Approximate bytes of those keys and entities, and of the timers
+    /// and the index of open keys.
     pub bytes: u64,
     /// The most bytes its keys and entities have taken since the start
     /// (the highest of each, added).
