@@ -646,7 +646,7 @@ fn bench_check(
     };
     eprintln!(
         "vigil bench: check {events}:{keys} ({input:?}): {:.0} records/s, CPU {} µs a record, \
-         parse floor {} µs a record ({} times), peak {} MB",
+         parse floor {} µs a record ({} times), peak {} MiB",
         figures.records_per_second,
         micros(figures.cpu_us_per_record),
         micros(figures.floor_cpu_us_per_record),

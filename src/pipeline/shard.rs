@@ -1100,10 +1100,11 @@ impl Shard {
     }
 
     /// What the budget leaves to the keys and entities in memory: the
-    /// budget less the timers and open keys (in a stream dense in event
-    /// time, they took a quarter of it), but [`LEAST_SLOT_SHARE`] of it at
-    /// least, so that a shard whose timers take the budget still keeps
-    /// keys in memory to fire them (its memory then passes the budget).
+    /// budget less the timers and open keys (about a third of it in the
+    /// bench's 10 M check, dense in event time), but [`LEAST_SLOT_SHARE`]
+    /// of it at least, so that a shard whose timers take the budget still
+    /// keeps keys in memory to fire them (its memory then passes the
+    /// budget).
     fn slot_budget(&self) -> usize {
         self.budget
             .saturating_sub(self.index_bytes())
