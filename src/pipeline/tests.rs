@@ -582,7 +582,7 @@ fn timers_and_open_keys_take_their_share_of_the_budget() {
     // Every key stays armed and open while the records come. A budget a
     // fifth over what the keys and entities take at their peak keeps them
     // all in memory if it leaves out their timers and the index of open
-    // keys (about a quarter of what the keys take here).
+    // keys (about a quarter of what the keys and entities take here).
     let plan = armed_rows(1_000);
     let options = no_checkpoint_on_its_own(false);
     let (whole, unbounded) = run_unbounded(&plan, &options);
