@@ -18,7 +18,9 @@
 //! persists and evicts between checkpoints, as soon as it is over its
 //! budget. Slots that hold
 //! nothing any more (finished keys) leave the same way, once their deletion
-//! is in the store.
+//! is in the store. Slots leave from every part of the arena that holds
+//! them; [`Slots::compact`] then moves the others together, so that the
+//! memory of the parts emptied goes back.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::hash::BuildHasher;
@@ -277,6 +279,12 @@ const CHUNK: usize = 4096;
 /// No node: the end of a recency list.
 const NIL: u32 = u32::MAX;
 
+/// The places of the chunks that hold nodes may be free up to one in this
+/// many before [`Slots::compact`] moves nodes down, which leaves half as
+/// many free: the slots a worker keeps go up and down by a tenth of its
+/// budget between evictions, which moving nodes closer would only chase.
+const SPARSE: usize = 8;
+
 /// The ends of a recency list.
 #[derive(Debug, Clone, Copy)]
 struct Ends {
@@ -322,11 +330,13 @@ struct Place<K, V> {
 /// The nodes of one kind of slot, addressed by index, in chunks of
 /// [`CHUNK`] places. A node takes the free place of the lowest chunk that
 /// has one, so that, as slots leave memory, the highest chunks empty out;
-/// an empty chunk gives its memory back, but for a quarter as many as
-/// hold nodes (at least one), kept ready, so that a count of slots going
-/// up and down does not give back and build again the same chunks. The
-/// other kind of slot can then use the memory: the entities peak early in
-/// a long check and leave as keys take the budget.
+/// an empty chunk gives its memory back, but one, kept ready, so that a
+/// count of slots going up and down about a chunk's edge does not give
+/// back and build again the same chunk. The other kind of slot can then
+/// use the memory: the entities peak early in a long check and leave as
+/// keys take the budget. Slots that leave from everywhere in the arena
+/// leave free places in every chunk, which no chunk's emptying gives back:
+/// [`Slots::compact`] moves nodes down into them.
 struct Arena<K, V> {
     /// The chunks, each holding [`CHUNK`] places, or none once given back.
     chunks: Vec<Vec<Place<K, V>>>,
@@ -471,11 +481,10 @@ impl<K, V> Arena<K, V> {
     }
 
     /// Chunk `c` holds no node: kept ready, and the highest chunks kept
-    /// ready beyond a quarter of those that hold nodes given back.
+    /// ready beyond one given back.
     fn emptied(&mut self, c: u32) {
         self.spare.insert(c);
-        let holding = self.chunks.len() - self.released.len() - self.spare.len();
-        while self.spare.len() > (holding / 4).max(1) {
+        while self.spare.len() > 1 {
             let give = self.spare.pop_last().expect("more than one");
             self.give_back(give);
         }
@@ -494,6 +503,34 @@ impl<K, V> Arena<K, V> {
         self.free[gi] = Vec::new();
         self.with_free.remove(&give);
         self.released.insert(give);
+    }
+
+    /// Whether more than [`SPARSE`] of the places of the chunks that hold
+    /// nodes are free, and two chunks' worth at least.
+    fn is_sparse(&self) -> bool {
+        let places = self.holding_chunks() * CHUNK;
+        places - self.len > (places / SPARSE).max(2 * CHUNK)
+    }
+
+    /// Whether free places are no more than half of [`SPARSE`] of the
+    /// places of the chunks that hold nodes (or a chunk's worth).
+    fn is_dense(&self) -> bool {
+        let places = self.holding_chunks() * CHUNK;
+        places - self.len <= (places / SPARSE / 2).max(CHUNK)
+    }
+
+    /// Chunks built and holding a node.
+    fn holding_chunks(&self) -> usize {
+        self.chunks.len() - self.released.len() - self.spare.len()
+    }
+
+    /// The highest chunk that holds a node, if a lower one has a free place.
+    fn top_above_free(&self) -> Option<u32> {
+        let top = (0..self.chunks.len())
+            .rev()
+            .find(|&c| !self.chunks[c].is_empty() && self.free[c].len() < CHUNK)?;
+        let top = u32::try_from(top).expect("chunks are numbered as u32");
+        self.with_free.first().filter(|&&c| c < top).map(|_| top)
     }
 
     /// Indices of the live nodes.
@@ -1025,6 +1062,69 @@ where
         evicted
     }
 
+    /// Moves nodes out of the highest chunks that hold any into the free
+    /// places of lower ones, while the arena is sparse (see [`SPARSE`]),
+    /// so that those chunks empty and give their memory back: slots leave
+    /// memory from every chunk, in the order of their recency lists, and
+    /// their places would otherwise stay in memory, outside the budget,
+    /// however few slots are left. Only nodes in a recency list move. The
+    /// dirty and saving queues name slots changed since they were
+    /// persisted, which are in none; the leaving queue names slots in none,
+    /// or slots changed since they were queued, which it would not drop
+    /// anyway; the handles that timers keep are hints, found stale by the
+    /// moved node's new generation. A moved node keeps its place in its
+    /// recency list.
+    pub fn compact(&mut self) {
+        if !self.arena.is_sparse() {
+            return;
+        }
+        while !self.arena.is_dense() {
+            let Some(top) = self.arena.top_above_free() else {
+                return;
+            };
+            let first = top * CHUNK as u32;
+            for i in first..first + CHUNK as u32 {
+                let movable = self
+                    .arena
+                    .place(i)
+                    .and_then(|p| p.node.as_ref())
+                    .is_some_and(|n| n.listed.is_some());
+                if movable && !self.relocate(i, top) {
+                    return;
+                }
+            }
+            if self.arena.free[top as usize].len() < CHUNK {
+                // A node that may not move holds the chunk: it moves later.
+                return;
+            }
+        }
+    }
+
+    /// Moves the node at `i`, in chunk `top`, to the lowest free place, if
+    /// that is in a lower chunk; false if none is.
+    fn relocate(&mut self, i: u32, top: u32) -> bool {
+        if self.arena.with_free.first().is_none_or(|&c| c >= top) {
+            return false;
+        }
+        let node = self.arena.remove(i);
+        let (hash, listed, prev, next) = (node.hash, node.listed, node.prev, node.next);
+        let to = self.arena.insert(node);
+        self.index.remove(hash, i);
+        self.index.insert(hash, to);
+        let list = listed.expect("only listed nodes move") as usize;
+        if prev == NIL {
+            self.lists[list].oldest = to;
+        } else {
+            self.arena.at_mut(prev).next = to;
+        }
+        if next == NIL {
+            self.lists[list].newest = to;
+        } else {
+            self.arena.at_mut(next).prev = to;
+        }
+        true
+    }
+
     /// The next slot of `list` to leave memory, if one may (see [`Waits`]).
     /// Slots saved by a checkpoint not yet committed are the newest of a
     /// list: when the newest may not leave yet, the oldest is taken.
@@ -1328,6 +1428,105 @@ mod tests {
             order.push(gone.to_string());
         }
         order
+    }
+
+    /// Four chunks of slots, persisted; then every fourth changes and is
+    /// persisted again, and the others leave memory, oldest first: a
+    /// quarter of every chunk is left. Returns the slots and the handle of
+    /// the last slot changed, in the highest chunk.
+    fn scattered() -> (Slots<CompactString, Count>, Vec<String>, Handle) {
+        let mut slots = Slots::new(true, save);
+        let keys: Vec<String> = (0..4 * CHUNK).map(|n| format!("k{n}")).collect();
+        let mut last = None;
+        for epoch in 1..=2 {
+            for (n, key) in keys.iter().enumerate() {
+                if epoch == 1 || n % 4 == 0 {
+                    let (handle, slot) = slots.change(key, 0, |_| Ok(None)).unwrap();
+                    slot.value.0 = 2 * epoch;
+                    last = Some(handle);
+                }
+            }
+            slots.begin(epoch);
+            assert!(slots.save_some(usize::MAX));
+            slots.take_saved();
+        }
+        let slot = entry_bytes::<CompactString, Count>();
+        let left = slots.evict(3 * CHUNK * slot, 2, 2, &mut StateBatch::default());
+        assert_eq!(left, 3 * CHUNK as u64);
+        (slots, keys, last.unwrap())
+    }
+
+    /// Slots that leave from every chunk leave free places in all of them,
+    /// which emptying a chunk never gives back. Compacting moves the nodes
+    /// down into them: the emptied chunks are given back, every slot is
+    /// still found with its value and leaves in the same order, and a
+    /// handle to a moved slot no longer names it (a timer's hint, then a
+    /// lookup).
+    #[test]
+    fn compacting_gives_back_the_chunks_that_slots_left_from_everywhere() {
+        let holding = |slots: &Slots<CompactString, Count>| {
+            let mut chunks: Vec<u32> = slots.arena.indices().map(|i| i / CHUNK as u32).collect();
+            chunks.dedup();
+            chunks.len()
+        };
+        let (mut slots, keys, moved) = scattered();
+        assert_eq!(holding(&slots), 4);
+        slots.compact();
+        // A chunk's worth of slots, with a chunk's worth of free places
+        // left (see `SPARSE`).
+        assert_eq!(holding(&slots), 2);
+        let built = slots.arena.chunks.iter().filter(|c| !c.is_empty()).count();
+        assert_eq!(built, 3, "the two chunks holding them and one kept ready");
+        for (n, key) in keys.iter().enumerate() {
+            assert_eq!(holds(&slots, key), n % 4 == 0, "{key}");
+        }
+        assert!(slots.arena.get(moved).is_none());
+        let (_, slot) = slots
+            .find_to_change(&keys[4 * CHUNK - 4], Some(moved), 0, |_| Ok(None), |_| true)
+            .unwrap()
+            .expect("found by its key");
+        assert_eq!(slot.value.0, 4);
+
+        let (before, _, _) = scattered();
+        let (mut after, _, _) = scattered();
+        after.compact();
+        assert_eq!(
+            recency(&after),
+            recency(&before),
+            "moved slots keep their places in the recency list"
+        );
+    }
+
+    /// The keys of the slots that wait for nothing, oldest first.
+    fn recency(slots: &Slots<CompactString, Count>) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut at = slots.lists[Waits::Nothing as usize].oldest;
+        while at != NIL {
+            let node = slots.arena.at(at);
+            keys.push(node.key.to_string());
+            at = node.next;
+        }
+        keys
+    }
+
+    /// A slot changed since it was persisted is named by the queue of the
+    /// next checkpoint, by its handle: it does not move, and holds its
+    /// chunk until it is persisted.
+    #[test]
+    fn a_changed_slot_does_not_move() {
+        let (mut slots, keys, _) = scattered();
+        let key = &keys[4 * CHUNK - 4];
+        let (changed, slot) = slots.change(key, 0, |_| Ok(None)).unwrap();
+        slot.value.0 = 6;
+        slots.compact();
+        assert!(
+            slots.arena.get(changed).is_some(),
+            "still where the queue names it"
+        );
+        assert_eq!(changed.index / CHUNK as u32, 3);
+        slots.begin(3);
+        assert!(slots.save_some(usize::MAX));
+        assert_eq!(saved(&mut slots), [(key.clone(), 6)]);
     }
 
     #[test]

@@ -977,6 +977,8 @@ impl Shard {
             epoch
         };
         evicted += expired + self.keys.drop_leaving(written) + self.entities.drop_leaving(written);
+        self.keys.compact();
+        self.entities.compact();
         self.stats.emit(StateEvicted(evicted));
         Ok(())
     }
