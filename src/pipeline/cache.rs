@@ -272,8 +272,8 @@ impl<V: Default> Slot<V> {
     }
 }
 
-/// Nodes per chunk of the arena: it grows a chunk at a time and never moves
-/// the nodes already in it.
+/// Nodes per chunk of the arena: it grows a chunk at a time, and moves the
+/// nodes already in it only to compact it ([`Slots::compact`]).
 const CHUNK: usize = 4096;
 
 /// No node: the end of a recency list.
