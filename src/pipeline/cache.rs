@@ -505,15 +505,15 @@ impl<K, V> Arena<K, V> {
         self.released.insert(give);
     }
 
-    /// Whether more than [`SPARSE`] of the places of the chunks that hold
-    /// nodes are free, and two chunks' worth at least.
+    /// Whether more than one in [`SPARSE`] of the places of the chunks
+    /// that hold nodes are free, and more than two chunks' worth.
     fn is_sparse(&self) -> bool {
         let places = self.holding_chunks() * CHUNK;
         places - self.len > (places / SPARSE).max(2 * CHUNK)
     }
 
-    /// Whether free places are no more than half of [`SPARSE`] of the
-    /// places of the chunks that hold nodes (or a chunk's worth).
+    /// Whether no more than one in twice [`SPARSE`] of the places of the
+    /// chunks that hold nodes are free, or no more than a chunk's worth.
     fn is_dense(&self) -> bool {
         let places = self.holding_chunks() * CHUNK;
         places - self.len <= (places / SPARSE / 2).max(CHUNK)
@@ -1432,8 +1432,8 @@ mod tests {
 
     /// Four chunks of slots, persisted; then every fourth changes and is
     /// persisted again, and the others leave memory, oldest first: a
-    /// quarter of every chunk is left. Returns the slots and the handle of
-    /// the last slot changed, in the highest chunk.
+    /// quarter of every chunk is left. Returns the slots, all the keys, and
+    /// the handle of the last slot changed, in the highest chunk.
     fn scattered() -> (Slots<CompactString, Count>, Vec<String>, Handle) {
         let mut slots = Slots::new(true, save);
         let keys: Vec<String> = (0..4 * CHUNK).map(|n| format!("k{n}")).collect();
