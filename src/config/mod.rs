@@ -278,8 +278,9 @@ pub struct StateConfig {
     /// Memory for state: keys and entities kept in memory with their
     /// deadline timers and the index of keys awaiting an invalidation
     /// (three quarters, shared by the workers; the timers and that index,
-    /// which every armed key has in memory or not, leave the keys a
-    /// quarter of it at least), RocksDB's block cache and its memtables (an
+    /// which every armed key has in memory or not, take the most they have
+    /// taken since they were last empty, and leave the keys a quarter of it
+    /// at least), RocksDB's block cache and its memtables (an
     /// eighth each). Beyond it, the least recently written keys and
     /// entities leave memory and are read back from RocksDB when needed;
     /// state that is kept once a checkpoint has saved it (a worker over its

@@ -604,6 +604,41 @@ fn timers_and_open_keys_take_their_share_of_the_budget() {
 }
 
 #[test]
+fn keys_read_back_as_timers_fire_do_not_take_what_the_timers_free() {
+    use super::shard::{OPEN_KEY_BYTES, TIMER_BYTES};
+
+    // Every row's key stays armed and open while the records come (the
+    // index then takes the share of 1,000 timers and open keys), and
+    // fires when the inputs end, read back if it left memory. The index
+    // frees its entries as they fire, but not memory the keys can take
+    // (see `Shard::slot_budget`): the keys stay within what the budget
+    // left them at the index's most, give or take a fortieth of it.
+    const ROWS: usize = 1_000;
+    let plan = armed_rows(ROWS as u64);
+    let options = no_checkpoint_on_its_own(false);
+    let (whole, unbounded) = run_unbounded(&plan, &options);
+    let budget = unbounded.state_peak_bytes as usize;
+    let (out, _, stats) = Harness::new().run_with(
+        EngineOptions {
+            slot_budget: budget,
+            ..options
+        },
+        &plan,
+        true,
+        false,
+    );
+    assert_eq!(out, whole, "the same verdicts");
+    let stats = stats.snapshot();
+    assert!(stats.state_evictions > 0, "keys left memory to the index");
+    let share = budget - ROWS * (TIMER_BYTES + OPEN_KEY_BYTES);
+    assert!(
+        stats.state_peak_bytes as usize <= share + budget / 40,
+        "the keys' peak {} within their share {share} at the index's most",
+        stats.state_peak_bytes
+    );
+}
+
+#[test]
 fn a_checkpoint_of_kept_state_writes_about_a_quarter_of_the_budget_at_most() {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
