@@ -1120,8 +1120,10 @@ impl Shard {
     /// they are not memory that the keys' slots can take. When the input
     /// of the 10 M check ends and about 2 M timers fire, reading back the
     /// keys that left memory, the slots took that share as it was freed,
-    /// and the process's resident memory rose by about 140 MiB in its last
-    /// seconds (see BENCHMARKS.md, twenty-sixth round).
+    /// and the process's resident memory rose by 110 to 160 MiB in its
+    /// last seconds (see BENCHMARKS.md, twenty-sixth round). A shard whose
+    /// timers never all fire (a live run that is never idle) keeps the
+    /// share of its largest burst of keys in flight.
     fn slot_budget(&self) -> usize {
         let index = match self.index_bytes() {
             0 => 0,
