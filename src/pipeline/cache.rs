@@ -706,13 +706,7 @@ where
         node.listed = Some(list);
         node.prev = newest;
         node.next = NIL;
-        let ends = &mut self.lists[list as usize];
-        if newest == NIL {
-            ends.oldest = i;
-        } else {
-            self.arena.at_mut(newest).next = i;
-        }
-        self.lists[list as usize].newest = i;
+        self.relink(list, (newest, NIL), (i, i));
     }
 
     /// Takes the node at `i` out of its recency list, if in one.
@@ -722,15 +716,27 @@ where
             return;
         };
         let (prev, next) = (node.prev, node.next);
+        self.relink(list, (prev, next), (next, prev));
+    }
+
+    /// Points the links of `list` around a place, between the nodes
+    /// `prev` and `next` (or the list's ends, where [`NIL`]): `after_prev`
+    /// follows `prev`, and `before_next` precedes `next`.
+    fn relink(
+        &mut self,
+        list: Waits,
+        (prev, next): (u32, u32),
+        (after_prev, before_next): (u32, u32),
+    ) {
         if prev == NIL {
-            self.lists[list as usize].oldest = next;
+            self.lists[list as usize].oldest = after_prev;
         } else {
-            self.arena.at_mut(prev).next = next;
+            self.arena.at_mut(prev).next = after_prev;
         }
         if next == NIL {
-            self.lists[list as usize].newest = prev;
+            self.lists[list as usize].newest = before_next;
         } else {
-            self.arena.at_mut(next).prev = prev;
+            self.arena.at_mut(next).prev = before_next;
         }
     }
 
@@ -1111,17 +1117,8 @@ where
         let to = self.arena.insert(node);
         self.index.remove(hash, i);
         self.index.insert(hash, to);
-        let list = listed.expect("only listed nodes move") as usize;
-        if prev == NIL {
-            self.lists[list].oldest = to;
-        } else {
-            self.arena.at_mut(prev).next = to;
-        }
-        if next == NIL {
-            self.lists[list].newest = to;
-        } else {
-            self.arena.at_mut(next).prev = to;
-        }
+        let list = listed.expect("only listed nodes move");
+        self.relink(list, (prev, next), (to, to));
         true
     }
 

@@ -563,18 +563,27 @@ fn kept_state_stays_within_its_budget_between_checkpoints_and_while_timers_fire(
     assert!(evictions > 0, "keys and entities left memory");
 }
 
-/// Runs `plan` to the end of its inputs with `options` and all the memory
-/// it takes: its verdicts and its stats.
-fn run_unbounded(
+/// Runs `plan` to the end of its inputs with `options` and `slot_budget`
+/// bytes for state: its verdicts and its stats.
+fn run_within(
     plan: &[(usize, String)],
     options: &EngineOptions,
+    slot_budget: usize,
 ) -> (Vec<String>, crate::telemetry::StatsSnapshot) {
     let options = EngineOptions {
-        slot_budget: usize::MAX,
+        slot_budget,
         ..options.clone()
     };
     let (out, _, stats) = Harness::new().run_with(options, plan, true, false);
     (out, stats.snapshot())
+}
+
+/// [`run_within`] with all the memory the run takes.
+fn run_unbounded(
+    plan: &[(usize, String)],
+    options: &EngineOptions,
+) -> (Vec<String>, crate::telemetry::StatsSnapshot) {
+    run_within(plan, options, usize::MAX)
 }
 
 #[test]
@@ -587,18 +596,10 @@ fn timers_and_open_keys_take_their_share_of_the_budget() {
     let options = no_checkpoint_on_its_own(false);
     let (whole, unbounded) = run_unbounded(&plan, &options);
     assert_eq!(unbounded.state_evictions, 0, "nothing left memory");
-    let (out, _, stats) = Harness::new().run_with(
-        EngineOptions {
-            slot_budget: unbounded.state_peak_bytes as usize / 5 * 6,
-            ..options
-        },
-        &plan,
-        true,
-        false,
-    );
+    let (out, stats) = run_within(&plan, &options, unbounded.state_peak_bytes as usize / 5 * 6);
     assert_eq!(out, whole, "the same verdicts");
     assert!(
-        stats.snapshot().state_evictions > 0,
+        stats.state_evictions > 0,
         "keys and entities left memory to their timers and open keys"
     );
 }
@@ -618,17 +619,8 @@ fn keys_read_back_as_timers_fire_do_not_take_what_the_timers_free() {
     let options = no_checkpoint_on_its_own(false);
     let (whole, unbounded) = run_unbounded(&plan, &options);
     let budget = unbounded.state_peak_bytes as usize;
-    let (out, _, stats) = Harness::new().run_with(
-        EngineOptions {
-            slot_budget: budget,
-            ..options
-        },
-        &plan,
-        true,
-        false,
-    );
+    let (out, stats) = run_within(&plan, &options, budget);
     assert_eq!(out, whole, "the same verdicts");
-    let stats = stats.snapshot();
     assert!(stats.state_evictions > 0, "keys left memory to the index");
     let share = budget - ROWS * (TIMER_BYTES + OPEN_KEY_BYTES);
     assert!(
