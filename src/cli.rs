@@ -53,8 +53,9 @@ pub enum Command {
     /// Check CDC and cache-event files offline: every violation, every dead
     /// letter, and a JSON summary.
     ///
-    /// Reads CDC files and cache-event files as parallel streams, runs the same
-    /// engine as `vigil run`, and writes:
+    /// Reads CDC files and cache-event files as parallel streams, kept in
+    /// step by event time (merged a batch at a time), runs the same engine as
+    /// `vigil run`, and writes:
     ///
     ///   DIR/violations.ndjson  one CloudEvents 1.0 JSON object a line per
     ///                          violation (type vigil.violation.<kind>);

@@ -223,14 +223,18 @@ pub struct ReadOptions<'a> {
     pub alignment: &'a Alignment,
 }
 
-/// Keeps the readers of several files within a window of event time of
-/// each other. The watermark is the minimum over the files, so a reader far
-/// ahead would only fill memory with records waiting for it, and storm
-/// detection (which counts each second once the watermark has passed it)
-/// would see a different split of traffic on every run. Aligned, a file run
-/// is deterministic and its memory bounded.
+/// Keeps the readers of several files in step by event time: a reader
+/// sends a batch only once every other reader still reading has sent
+/// records up to the batch's latest time, so the files are merged by event
+/// time a batch at a time (each reader decodes its next batch while it
+/// waits). The watermark is the minimum over the files, so a reader ahead
+/// would only fill memory with state waiting for it: the keys of changes
+/// whose invalidations, in the other file, are not read yet, which a
+/// shard over its budget writes out and reads back. Storm detection (which
+/// counts each second once the watermark has passed it) would also see a
+/// different split of traffic on every run. In step, a file run is
+/// deterministic and its memory bounded.
 pub struct Alignment {
-    window_ms: Millis,
     /// Per reader, the highest event time it has sent ([`Millis::MAX`] once
     /// it has finished).
     progress: Mutex<Vec<Millis>>,
@@ -241,24 +245,23 @@ pub struct Alignment {
 const ALIGNMENT_POLL: Duration = Duration::from_millis(100);
 
 impl Alignment {
-    pub fn new(readers: usize, window_ms: Millis) -> Self {
+    pub fn new(readers: usize) -> Self {
         Alignment {
-            window_ms,
             progress: Mutex::new(vec![Millis::MIN; readers]),
             moved: Condvar::new(),
         }
     }
 
     /// Reader `reader` is about to send records up to event time `ts`:
-    /// records its progress and waits while it is more than the window
-    /// ahead of the slowest reader still reading.
+    /// records its progress and waits while it is ahead of the slowest
+    /// reader still reading.
     fn advance(&self, reader: usize, ts: Millis) {
         let mut progress = self.progress.lock().unwrap_or_else(|e| e.into_inner());
         progress[reader] = progress[reader].max(ts);
         self.moved.notify_all();
         loop {
             let slowest = progress.iter().copied().min().unwrap_or(Millis::MAX);
-            if progress[reader] <= slowest.saturating_add(self.window_ms) {
+            if progress[reader] <= slowest {
                 return;
             }
             progress = self
@@ -605,8 +608,8 @@ mod tests {
     }
 
     #[test]
-    fn a_reader_ahead_of_the_window_waits_for_the_slowest_or_its_end() {
-        let align = Alignment::new(2, 30_000);
+    fn a_reader_ahead_waits_for_the_slowest_or_its_end() {
+        let align = Alignment::new(2);
         let (tx, rx) = crossbeam_channel::unbounded();
         let quiet = |what: &str| {
             assert!(
@@ -617,20 +620,22 @@ mod tests {
         std::thread::scope(|s| {
             s.spawn(|| {
                 align.advance(0, 100_000);
-                tx.send("within the window").unwrap();
+                tx.send("the other reader caught up").unwrap();
                 align.advance(0, 200_000);
                 tx.send("the other reader finished").unwrap();
             });
             quiet("reader 1 has sent nothing yet: reader 0 waits");
             // The slowest reader never waits.
             align.advance(1, 50_000);
-            quiet("50 s behind is more than the window");
-            align.advance(1, 75_000);
+            quiet("reader 1 is still behind");
+            align.advance(1, 99_999);
+            quiet("a millisecond behind is still behind");
+            align.advance(1, 100_000);
             assert_eq!(
                 rx.recv_timeout(Duration::from_secs(10)),
-                Ok("within the window")
+                Ok("the other reader caught up")
             );
-            quiet("reader 0 is 125 s ahead again");
+            quiet("reader 0 is ahead again");
             align.finish(1);
             assert_eq!(
                 rx.recv_timeout(Duration::from_secs(10)),

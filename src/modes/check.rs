@@ -21,8 +21,6 @@ use crate::telemetry::{Stats, StatsSnapshot};
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// The scratch store of a run without `--state`, in the output directory.
 const SCRATCH_DIR: &str = ".vigil-check-state";
-/// How far (event time) one input file may be read ahead of the slowest.
-const ALIGNMENT_WINDOW_MS: i64 = 30_000;
 
 /// The summary printed on stdout.
 #[derive(Debug, Serialize)]
@@ -126,7 +124,7 @@ pub fn check(
         ..EngineOptions::from_config(config, true)
     };
     let outputs = FileOutputs::create(out, &config.outputs.source)?;
-    let alignment = Alignment::new(inputs.len(), ALIGNMENT_WINDOW_MS);
+    let alignment = Alignment::new(inputs.len());
     let read_opts = ReadOptions {
         ingest: &ingest,
         stats: &stats,
