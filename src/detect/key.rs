@@ -408,6 +408,15 @@ impl KeyState {
         self.changes.iter().any(|c| c.status != Status::Decided)
     }
 
+    /// Whether a change waiting for its deadline has no invalidation that
+    /// covers it by then (yet): unless one comes, it is reported missing
+    /// when the watermark passes its deadline.
+    pub fn uncovered_by_deadline(&self) -> bool {
+        self.changes.iter().any(|c| {
+            c.status == Status::Pending && c.cover.as_ref().is_none_or(|cover| cover.ts > c.due())
+        })
+    }
+
     /// Whether a change within its deadline waits for an invalidation to
     /// cover it (which then usually comes soon).
     pub fn awaits_cover(&self) -> bool {

@@ -806,6 +806,11 @@ where
             .expect("created when absent"))
     }
 
+    /// The key and slot `handle` names, if that still holds it.
+    pub fn held(&self, handle: Handle) -> Option<(&K, &Slot<V>)> {
+        self.arena.get(handle).map(|node| (&node.key, &node.slot))
+    }
+
     /// The slot of `key` (and its handle) if in memory or in the store (read
     /// by `load`) and `wanted` says the caller changes it; it is then
     /// persisted at the next checkpoint. A slot read from the store stays in

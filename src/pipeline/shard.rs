@@ -57,6 +57,8 @@ struct KeyEntry {
     persisted_armed: Option<Millis>,
     /// Whether the key is in the index of keys with undecided changes.
     open: bool,
+    /// Whether the key is among [`Timers::alerts`], at its armed time.
+    alert: bool,
 }
 
 impl Footprint for KeyEntry {
@@ -165,6 +167,58 @@ struct Armed {
     slot: Option<Handle>,
 }
 
+/// A shard's timers: every armed key's, and apart, to fire first, the
+/// alerts: the slots of the keys in memory with a change that no
+/// invalidation covers by its deadline (see
+/// [`KeyState::uncovered_by_deadline`]), at the key's armed time. Such a
+/// key reports a missing invalidation when it fires, unless an
+/// invalidation in time comes first. A watermark that passes many
+/// deadlines at once (a partition going idle, a lagging one catching up)
+/// fires their keys in due order, about a microsecond each, most of them
+/// covered in time: the alerts are fired first, so that what is missing is
+/// reported without waiting for them. An alert is not taken out of the
+/// queue when an invalidation covers its key (that would search its due
+/// time's bucket, on every invalidation): the key is marked, and the alert
+/// is passed by when it comes due, as is one whose key has left memory or
+/// was armed again since. A key an alert names fires once, whichever queue
+/// reaches it first: the other then no longer matches its armed time.
+/// Alerts are kept for live inputs only: over files nobody waits for a
+/// verdict.
+#[derive(Default)]
+struct Timers {
+    queue: TimerQueue<Armed>,
+    alerts: TimerQueue<Handle>,
+    /// Whether alerts are kept (live inputs).
+    alerting: bool,
+}
+
+impl Timers {
+    fn new(alerting: bool) -> Self {
+        Timers {
+            alerting,
+            ..Timers::default()
+        }
+    }
+
+    /// Queues an alert of the key (in memory at `at`) if its state now
+    /// calls for one and it has none at its armed time, or marks it as
+    /// having none: `before` is the time it was armed for before the
+    /// change (where its alert, if marked, is queued).
+    fn file_alert(&mut self, entry: &mut KeyEntry, before: Option<Millis>, at: Handle) {
+        if !self.alerting {
+            return;
+        }
+        let wants = (entry.stored.armed).filter(|_| entry.stored.state.uncovered_by_deadline());
+        let has = before.filter(|_| entry.alert);
+        if has != wants {
+            if let Some(due) = wants {
+                self.alerts.push(due, at);
+            }
+            entry.alert = wants.is_some();
+        }
+    }
+}
+
 /// The timers of a scope that were in the store when it was loaded: read
 /// in due order as the watermark comes to them, and filed among the open
 /// keys behind the work. Timers armed since are in memory; those the store
@@ -237,6 +291,9 @@ const LEAST_SLOT_SHARE: usize = 4;
 /// of the bucket it is in (a bucket's room doubles as it grows).
 pub(super) const TIMER_BYTES: usize = size_of::<Armed>() * 3 / 2;
 
+/// Approximate bytes of an alert in the queue, as [`TIMER_BYTES`].
+pub(super) const ALERT_BYTES: usize = size_of::<Handle>() * 3 / 2;
+
 /// Approximate bytes of a key in the index of open keys: its entry in a
 /// B-tree node (nodes are about two-thirds full), and its share of the
 /// nodes' headers and of the index's inner nodes.
@@ -302,6 +359,7 @@ fn load_key(
     Ok(Some(KeyEntry {
         persisted_armed: stored.armed,
         open: open.contains_key(&OpenKey::new(key)),
+        alert: false,
         stored,
     }))
 }
@@ -411,31 +469,17 @@ pub fn read_entity(
     Ok(load_entity(store, &key)?.map(|entry| (entry.state, entry.touched)))
 }
 
-/// Bookkeeping after a key's state changed: its timer, and the index of
-/// keys with undecided changes.
+/// Bookkeeping after a key's state changed: its timer, its alert, and the
+/// index of keys with undecided changes.
 fn after_change(
     key: &str,
     (at, slot): (Handle, &mut Slot<KeyEntry>),
     rules: &KeyRules,
-    timers: &mut TimerQueue<Armed>,
+    timers: &mut Timers,
     open: &mut OpenKeys,
 ) {
-    let entry = &mut slot.value;
-    if let Some(due) = entry.stored.state.next_due(rules)
-        && entry.stored.armed.is_none_or(|armed| due < armed)
-    {
-        entry.stored.armed = Some(due);
-        timers.push(due, armed(key, slot.scope, at));
-    }
-    let is_open = entry.stored.state.has_undecided();
-    if is_open != entry.open {
-        entry.open = is_open;
-        if is_open {
-            open.insert(OpenKey::new(key), slot.scope);
-        } else {
-            open.remove(&OpenKey::new(key));
-        }
-    }
+    let before = slot.value.stored.armed;
+    rearm(key, (at, slot), before, rules, timers, open);
 }
 
 /// Fires the timer of a key, armed and due by `wm`: the detector settles
@@ -446,18 +490,48 @@ fn fire(
     (at, slot): (Handle, &mut Slot<KeyEntry>),
     wm: Millis,
     rules: &KeyRules,
-    timers: &mut TimerQueue<Armed>,
+    timers: &mut Timers,
     open: &mut OpenKeys,
     out: &mut Decisions,
 ) {
     let entry = &mut slot.value;
-    entry.stored.armed = None;
+    let before = entry.stored.armed.take();
     let next = entry.stored.state.advance(key, wm, rules, out);
     if let Some(next) = next.filter(|n| *n > wm) {
         entry.stored.armed = Some(next);
-        timers.push(next, armed(key, slot.scope, at));
+        timers.queue.push(next, armed(key, slot.scope, at));
     }
-    after_change(key, (at, slot), rules, timers, open);
+    rearm(key, (at, slot), before, rules, timers, open);
+}
+
+/// Arms a key for its next due time if that comes before the one it is
+/// armed for, files its alert (`before`: the time it was armed for, see
+/// [`Timers::file_alert`]), and files it among the open keys or out.
+fn rearm(
+    key: &str,
+    (at, slot): (Handle, &mut Slot<KeyEntry>),
+    before: Option<Millis>,
+    rules: &KeyRules,
+    timers: &mut Timers,
+    open: &mut OpenKeys,
+) {
+    let entry = &mut slot.value;
+    if let Some(due) = entry.stored.state.next_due(rules)
+        && entry.stored.armed.is_none_or(|armed| due < armed)
+    {
+        entry.stored.armed = Some(due);
+        timers.queue.push(due, armed(key, slot.scope, at));
+    }
+    timers.file_alert(entry, before, at);
+    let is_open = entry.stored.state.has_undecided();
+    if is_open != entry.open {
+        entry.open = is_open;
+        if is_open {
+            open.insert(OpenKey::new(key), slot.scope);
+        } else {
+            open.remove(&OpenKey::new(key));
+        }
+    }
 }
 
 /// The timer of a key in memory.
@@ -544,7 +618,7 @@ pub(super) struct Shard {
     /// The glob writes of checkpoint `epoch` while its keys and entities
     /// are saved (behind the work, when state is kept).
     saving: Option<StateBatch>,
-    timers: TimerQueue<Armed>,
+    timers: Timers,
     /// The timers each loaded scope had in the store, as yet unread or
     /// unfiled.
     restored: BTreeMap<i32, Restored>,
@@ -586,7 +660,7 @@ impl Shard {
             held_back: false,
             epoch: 0,
             saving: None,
-            timers: TimerQueue::default(),
+            timers: Timers::new(!engine.options.finite),
             restored: BTreeMap::new(),
             open: BTreeMap::new(),
             index_peak: Cell::new(0),
@@ -620,7 +694,7 @@ impl Shard {
 
     /// Whether timers are due by `wm`, in memory or in the store.
     fn has_due(&self, wm: Millis) -> bool {
-        self.timers.is_due(wm) || self.restored.values().any(|r| r.is_due(wm))
+        self.timers.queue.is_due(wm) || self.restored.values().any(|r| r.is_due(wm))
     }
 
     /// Whether timers due wait for memory: a firing stopped at the budget
@@ -676,7 +750,7 @@ impl Shard {
     fn read_due(&mut self, wm: Millis) -> Result<(), StateError> {
         let (index, shards) = (self.index, self.shards);
         loop {
-            let first = self.timers.first_due();
+            let first = self.timers.queue.first_due();
             let Some((&scope, restored)) = self.restored.iter_mut().find(|(_, r)| {
                 r.next
                     .as_ref()
@@ -685,7 +759,7 @@ impl Shard {
                 return Ok(());
             };
             let (_, from) = restored.next.take().expect("due, so not yet read");
-            let timers = &mut self.timers;
+            let timers = &mut self.timers.queue;
             let next = walk_timers(
                 &*self.store,
                 scope,
@@ -833,7 +907,11 @@ impl Shard {
     /// then), so that these loads overlap instead of each firing waiting
     /// for memory in turn.
     fn prefetch_timers(&self, wm: Millis) {
-        let slot = |n| self.timers.peek_ahead(wm, n).and_then(|armed| armed.slot);
+        let slot = |n| {
+            (self.timers.queue)
+                .peek_ahead(wm, n)
+                .and_then(|armed| armed.slot)
+        };
         if let Some(far) = slot(FIRE_AHEAD) {
             self.keys.prefetch_node(far);
         }
@@ -842,9 +920,10 @@ impl Shard {
         }
     }
 
-    /// Fires up to `n` of the timers `wm` has passed, their decisions going
-    /// to `out`, while they may (see [`Shard::may_fire`]); false once none
-    /// is due or may fire.
+    /// Fires up to `n` of the timers `wm` has passed, the alerts first (see
+    /// [`Timers`]; each alert counts as one, passed by or not), their
+    /// decisions going to `out`, while they may (see [`Shard::may_fire`]);
+    /// false once none is due or may fire.
     pub(super) fn fire_due(
         &mut self,
         wm: Millis,
@@ -856,15 +935,23 @@ impl Shard {
                 self.held_back |= self.has_due(wm);
                 return Ok(false);
             }
-            self.read_due(wm)?;
-            self.prefetch_timers(wm);
-            let Some((due, Armed { key, scope, slot })) = self.timers.pop_due(wm) else {
-                self.held_back = false;
-                return Ok(false);
+            let (due, Armed { key, scope, slot }) = match self.pop_alert(wm) {
+                Some(Some(alert)) => alert,
+                Some(None) => continue,
+                None => {
+                    self.read_due(wm)?;
+                    self.prefetch_timers(wm);
+                    let Some(timer) = self.timers.queue.pop_due(wm) else {
+                        self.held_back = false;
+                        return Ok(false);
+                    };
+                    // A watermark that passes many deadlines at once (the
+                    // end of the input) reads many keys back: spill them on
+                    // the way.
+                    self.spill_over_budget()?;
+                    timer
+                }
             };
-            // A watermark that passes many deadlines at once (the end of
-            // the input) reads many keys back: spill them on the way.
-            self.spill_over_budget()?;
             // A key not in memory left it (the store says whether its timer
             // is still armed) or was removed; a timer armed since (or fired
             // before a record of the key) replaces this one.
@@ -890,6 +977,26 @@ impl Shard {
             );
         }
         Ok(true)
+    }
+
+    /// Takes the earliest alert `wm` has passed (`None` if none is due):
+    /// the timer of its key if the alert still holds (the key's slot in
+    /// memory, marked, and armed for that time), else nothing (the alert is
+    /// passed by, see [`Timers`]).
+    fn pop_alert(&mut self, wm: Millis) -> Option<Option<(Millis, Armed)>> {
+        let (due, at) = self.timers.alerts.pop_due(wm)?;
+        let held = self
+            .keys
+            .held(at)
+            .filter(|(_, slot)| slot.value.alert && slot.value.stored.armed == Some(due));
+        Some(held.map(|(key, slot)| {
+            let timer = Armed {
+                key: key.clone(),
+                scope: slot.scope,
+                slot: Some(at),
+            };
+            (due, timer)
+        }))
     }
 
     /// The checkpoint being saved, or saved last.
@@ -1007,7 +1114,10 @@ impl Shard {
         let gone = |scope: i32| scopes.contains(&scope);
         self.keys.release(gone);
         self.entities.release(gone);
-        self.timers.retain(|t| !gone(t.scope));
+        self.timers.queue.retain(|t| !gone(t.scope));
+        // Their slots are gone, so their alerts name none.
+        let keys = &self.keys;
+        self.timers.alerts.retain(|at| keys.held(*at).is_some());
         self.restored.retain(|scope, _| !gone(*scope));
         self.open.retain(|_, scope| !gone(*scope));
         self.wildcards.remove(|g| gone(g.scope));
@@ -1104,7 +1214,9 @@ impl Shard {
     /// armed or open key has them, in memory or not: they leave memory only
     /// as timers fire and keys are decided.
     fn index_bytes(&self) -> usize {
-        self.timers.len() * TIMER_BYTES + self.open.len() * OPEN_KEY_BYTES
+        self.timers.queue.len() * TIMER_BYTES
+            + self.timers.alerts.len() * ALERT_BYTES
+            + self.open.len() * OPEN_KEY_BYTES
     }
 
     /// What the budget leaves to the keys and entities in memory: the

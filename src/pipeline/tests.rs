@@ -188,6 +188,19 @@ impl Harness {
         end: bool,
         checkpoint_each: bool,
     ) -> (Vec<String>, RunReport, Arc<crate::telemetry::Stats>) {
+        let (mut out, report, stats) = self.run_in_order(options, plan, end, checkpoint_each);
+        out.sort();
+        (out, report, stats)
+    }
+
+    /// [`Harness::run_with`], the outputs in the order the engine wrote them.
+    fn run_in_order(
+        &self,
+        options: EngineOptions,
+        plan: &[(usize, String)],
+        end: bool,
+        checkpoint_each: bool,
+    ) -> (Vec<String>, RunReport, Arc<crate::telemetry::Stats>) {
         let stats = Arc::new(crate::telemetry::Stats::default());
         let ingest = Ingest::new(&self.config, Arc::clone(&stats)).expect("ingest");
         let engine = Engine {
@@ -224,8 +237,7 @@ impl Harness {
             drop(tx);
             engine.join().unwrap().unwrap()
         });
-        let mut out = collected.lines.lock().unwrap().clone();
-        out.sort();
+        let out = collected.lines.lock().unwrap().clone();
         (out, report, stats)
     }
 }
@@ -312,6 +324,53 @@ fn verdicts_do_not_depend_on_how_partitions_interleave() {
         "{results:#?}"
     );
     assert!(results.iter().all(|r| *r == results[0]), "{results:#?}");
+}
+
+#[test]
+fn a_watermark_passing_many_deadlines_reports_the_missing_invalidations_first() {
+    // user:1's change is invalidated in time and then filled with an older
+    // version (a stale fill, judged at 1,500); user:2's change (due at
+    // 2,200) is never invalidated, user:4's (due at 2,300) only late. The
+    // cache events come first, so the watermark follows the changes, and
+    // user:3's change at 10,000 then passes them all at once: the missing
+    // (and late) invalidations come first, though due later. (Live inputs:
+    // over files, nobody waits for a verdict, and keys fire in due order.)
+    let plan = [
+        (1, invalidation("user:1", 1, 1_100)),
+        (1, invalidation("user:1:profile", 1, 1_100)),
+        (1, fill("user:1", 0, 1_500)),
+        (1, invalidation("user:4", 1, 2_500)),
+        (1, invalidation("user:4:profile", 1, 2_500)),
+        (1, invalidation("user:3", 1, 10_000)),
+        (1, invalidation("user:3:profile", 1, 10_000)),
+        (0, change(1, 1, "c", 1_000)),
+        (0, change(2, 1, "c", 1_200)),
+        (0, change(4, 1, "c", 1_300)),
+        (0, change(3, 1, "c", 10_000)),
+    ];
+    let harness = Harness::new();
+    let options = EngineOptions {
+        workers: 1,
+        ..EngineOptions::from_config(&harness.config, false)
+    };
+    let (out, _, _) = harness.run_in_order(options, &plan, true, false);
+    let kinds: Vec<&str> = out.iter().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(kinds.last(), Some(&"stale_fill"), "{out:#?}");
+    let mut sorted = kinds.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            "late_invalidation",
+            "late_invalidation",
+            "missing_invalidation",
+            "missing_invalidation",
+            "missing_invalidation",
+            "missing_invalidation",
+            "stale_fill"
+        ],
+        "{out:#?}"
+    );
 }
 
 /// A truncate of `public.users` at `ts` ms.
