@@ -226,8 +226,8 @@ pub struct ReadOptions<'a> {
 /// Keeps the readers of several files in step by event time: a reader
 /// sends a batch only once every other reader still reading has sent
 /// records up to the batch's latest time, so the files are merged by event
-/// time a batch at a time (each reader decodes its next batch while it
-/// waits). The watermark is the minimum over the files, so a reader ahead
+/// time a batch at a time (a reader that waits has its batch decoded,
+/// ready to send, while the others read on). The watermark is the minimum over the files, so a reader ahead
 /// would only fill memory with state waiting for it: the keys of changes
 /// whose invalidations, in the other file, are not read yet, which a
 /// shard over its budget writes out and reads back. Storm detection (which

@@ -57,7 +57,8 @@ struct KeyEntry {
     persisted_armed: Option<Millis>,
     /// Whether the key is in the index of keys with undecided changes.
     open: bool,
-    /// Whether the key is among [`Timers::alerts`], at its armed time.
+    /// Whether an alert of the key waits among [`Timers::alerts`] at its
+    /// armed time (an alert of a key not marked is passed by).
     alert: bool,
 }
 
@@ -179,7 +180,8 @@ struct Armed {
 /// reported without waiting for them. An alert is not taken out of the
 /// queue when an invalidation covers its key (that would search its due
 /// time's bucket, on every invalidation): the key is marked, and the alert
-/// is passed by when it comes due, as is one whose key has left memory or
+/// is passed by when it comes due, as is one whose key has left memory,
+/// moved in it ([`Slots::compact`]: the key then fires in due order) or
 /// was armed again since. A key an alert names fires once, whichever queue
 /// reaches it first: the other then no longer matches its armed time.
 /// Alerts are kept for live inputs only: over files nobody waits for a
@@ -292,7 +294,7 @@ const LEAST_SLOT_SHARE: usize = 4;
 pub(super) const TIMER_BYTES: usize = size_of::<Armed>() * 3 / 2;
 
 /// Approximate bytes of an alert in the queue, as [`TIMER_BYTES`].
-pub(super) const ALERT_BYTES: usize = size_of::<Handle>() * 3 / 2;
+const ALERT_BYTES: usize = size_of::<Handle>() * 3 / 2;
 
 /// Approximate bytes of a key in the index of open keys: its entry in a
 /// B-tree node (nodes are about two-thirds full), and its share of the
