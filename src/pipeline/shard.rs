@@ -937,10 +937,13 @@ impl Shard {
                 self.held_back |= self.has_due(wm);
                 return Ok(false);
             }
-            let (due, Armed { key, scope, slot }) = match self.pop_alert(wm) {
-                Some(Some(alert)) => alert,
-                Some(None) => continue,
-                None => {
+            let (due, Armed { key, scope, slot }) =
+                if let Some((due, at)) = self.timers.alerts.pop_due(wm) {
+                    let Some(timer) = self.alerted(due, at) else {
+                        continue;
+                    };
+                    (due, timer)
+                } else {
                     self.read_due(wm)?;
                     self.prefetch_timers(wm);
                     let Some(timer) = self.timers.queue.pop_due(wm) else {
@@ -952,8 +955,7 @@ impl Shard {
                     // the way.
                     self.spill_over_budget()?;
                     timer
-                }
-            };
+                };
             // A key not in memory left it (the store says whether its timer
             // is still armed) or was removed; a timer armed since (or fired
             // before a record of the key) replaces this one.
@@ -981,24 +983,17 @@ impl Shard {
         Ok(true)
     }
 
-    /// Takes the earliest alert `wm` has passed (`None` if none is due):
-    /// the timer of its key if the alert still holds (the key's slot in
-    /// memory, marked, and armed for that time), else nothing (the alert is
-    /// passed by, see [`Timers`]).
-    fn pop_alert(&mut self, wm: Millis) -> Option<Option<(Millis, Armed)>> {
-        let (due, at) = self.timers.alerts.pop_due(wm)?;
-        let held = self
-            .keys
-            .held(at)
-            .filter(|(_, slot)| slot.value.alert && slot.value.stored.armed == Some(due));
-        Some(held.map(|(key, slot)| {
-            let timer = Armed {
-                key: key.clone(),
-                scope: slot.scope,
-                slot: Some(at),
-            };
-            (due, timer)
-        }))
+    /// The timer of the key an alert due at `due` names (at `at`), if the
+    /// alert still holds: the key's slot in memory, marked, and armed for
+    /// that time (else the alert is passed by, see [`Timers`]).
+    fn alerted(&self, due: Millis, at: Handle) -> Option<Armed> {
+        let (key, slot) = self.keys.held(at)?;
+        let entry = &slot.value;
+        (entry.alert && entry.stored.armed == Some(due)).then(|| Armed {
+            key: key.clone(),
+            scope: slot.scope,
+            slot: Some(at),
+        })
     }
 
     /// The checkpoint being saved, or saved last.
