@@ -615,6 +615,8 @@ pub struct Wildcards {
     lengths: std::collections::BTreeMap<usize, usize>,
     /// The time of the oldest glob, if any.
     oldest: Option<Millis>,
+    /// Bytes of the patterns' and prefixes' text.
+    text_bytes: usize,
 }
 
 impl Wildcards {
@@ -622,12 +624,36 @@ impl Wildcards {
         self.oldest = Some(self.oldest.map_or(glob.inv.ts, |o| o.min(glob.inv.ts)));
         let prefix = glob_prefix(&glob.pattern);
         *self.lengths.entry(prefix.len()).or_default() += 1;
+        self.text_bytes += glob.pattern.len();
         // Most prefixes have one glob (one an entity: `t1:42:*`): room for
         // one, not the four a first push makes.
         self.by_prefix
             .entry(Box::from(prefix))
-            .or_insert_with(|| Vec::with_capacity(1))
+            .or_insert_with(|| {
+                self.text_bytes += prefix.len();
+                Vec::with_capacity(1)
+            })
             .push(glob);
+    }
+
+    /// How many globs are retained.
+    pub fn len(&self) -> usize {
+        self.lengths.values().sum()
+    }
+
+    /// Whether no glob is retained.
+    pub fn is_empty(&self) -> bool {
+        self.by_prefix.is_empty()
+    }
+
+    /// How many distinct prefixes the globs have.
+    pub fn prefixes(&self) -> usize {
+        self.by_prefix.len()
+    }
+
+    /// Bytes of the text of the globs' patterns and of their prefixes.
+    pub fn text_bytes(&self) -> usize {
+        self.text_bytes
     }
 
     /// The retained invalidations whose glob matches `key`.
@@ -644,13 +670,20 @@ impl Wildcards {
     pub fn remove(&mut self, drop: impl Fn(&RetainedGlob) -> bool) -> Vec<RetainedGlob> {
         let mut removed = Vec::new();
         let mut oldest = None;
-        let lengths = &mut self.lengths;
+        let (lengths, text_bytes) = (&mut self.lengths, &mut self.text_bytes);
         self.by_prefix.retain(|prefix, globs| {
-            let before = globs.len();
+            let before = removed.len();
             removed.extend(globs.extract_if(.., |g| drop(g)));
             oldest = globs.iter().map(|g| g.inv.ts).chain(oldest).min();
             if let Some(n) = lengths.get_mut(&prefix.len()) {
-                *n -= before - globs.len();
+                *n -= removed.len() - before;
+            }
+            *text_bytes -= removed[before..]
+                .iter()
+                .map(|g| g.pattern.len())
+                .sum::<usize>();
+            if globs.is_empty() {
+                *text_bytes -= prefix.len();
             }
             !globs.is_empty()
         });

@@ -190,7 +190,7 @@ fn progress(stats: &Stats, started: Instant) {
     let records = stats.records_total();
     let state = stats.state_size();
     eprintln!(
-        "vigil check: {secs:.0}s, {records} records read ({:.0}/s), {} violations, {} dead letters, {} keys and {} entities in memory (about {} MiB with their timers)",
+        "vigil check: {secs:.0}s, {records} records read ({:.0}/s), {} violations, {} dead letters, {} keys and {} entities in memory (about {} MiB with their timers and globs)",
         records as f64 / secs,
         stats.violations_total(),
         stats.dead_letters_total(),

@@ -33,7 +33,7 @@ use smol_str::SmolStr;
 
 use super::index::{ENTRY_BYTES, Index, prefetch};
 use crate::detect::entity::EntityState;
-use crate::detect::key::{FillLists, KeyState};
+use crate::detect::key::{FillLists, KeyState, RetainedGlob, Wildcards};
 use crate::model::Name;
 use crate::state::{StateBatch, StateError};
 
@@ -168,6 +168,18 @@ impl Footprint for KeyState {
             + changes
             + invalidations
             + fills
+    }
+}
+
+impl Footprint for Wildcards {
+    /// The globs in their lists, each pattern's shared string, and per
+    /// prefix its entry in the map (with the map's spare room), its text
+    /// and its list's allocation.
+    fn heap_bytes(&self) -> usize {
+        let entry = size_of::<(Box<str>, Vec<RetainedGlob>)>() * 2 + 2 * ALLOCATION_HEADER;
+        self.len() * (size_of::<RetainedGlob>() + shared_str_bytes(0))
+            + self.prefixes() * entry
+            + self.text_bytes()
     }
 }
 

@@ -1207,13 +1207,15 @@ impl Shard {
         self.keys.estimated_bytes() + self.entities.estimated_bytes() > self.slot_budget()
     }
 
-    /// Approximate bytes of the timers and the index of open keys. Every
-    /// armed or open key has them, in memory or not: they leave memory only
-    /// as timers fire and keys are decided.
+    /// Approximate bytes of the timers, the index of open keys and the
+    /// retained globs. Every armed or open key has the first two, in memory
+    /// or not: they leave memory only as timers fire and keys are decided;
+    /// the globs stay in memory until they expire.
     fn index_bytes(&self) -> usize {
         self.timers.queue.len() * TIMER_BYTES
             + self.timers.alerts.len() * ALERT_BYTES
             + self.open.len() * OPEN_KEY_BYTES
+            + self.wildcards.heap_bytes()
     }
 
     /// What the budget leaves to the keys and entities in memory: the

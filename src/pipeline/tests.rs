@@ -664,6 +664,33 @@ fn timers_and_open_keys_take_their_share_of_the_budget() {
 }
 
 #[test]
+fn retained_globs_take_their_share_of_the_budget() {
+    // Three times what the rows' keys and entities take at their peak
+    // holds them with their timers and open keys; with many globs retained
+    // beside them (of other keys), keys and entities leave memory.
+    let rows = armed_rows(200);
+    let options = no_checkpoint_on_its_own(false);
+    let (whole, alone) = run_unbounded(&rows, &options);
+    let budget = alone.state_peak_bytes as usize * 3;
+    let (out, stats) = run_within(&rows, &options, budget);
+    assert_eq!(
+        (out, stats.state_evictions),
+        (whole, 0),
+        "the rows alone fit"
+    );
+    let globs = (0..10_000).map(|i| (1, invalidation(&format!("other:{i}:*"), 1, 1_000 + i / 100)));
+    let plan: Vec<(usize, String)> = rows.into_iter().chain(globs).collect();
+    let (whole, unbounded) = run_unbounded(&plan, &options);
+    assert_eq!(unbounded.state_evictions, 0, "nothing left memory");
+    let (out, stats) = run_within(&plan, &options, budget);
+    assert_eq!(out, whole, "the same verdicts");
+    assert!(
+        stats.state_evictions > 0,
+        "keys and entities left memory to the globs"
+    );
+}
+
+#[test]
 fn keys_read_back_as_timers_fire_do_not_take_what_the_timers_free() {
     use super::shard::{OPEN_KEY_BYTES, TIMER_BYTES};
 

@@ -36,8 +36,8 @@ pub struct TableTally {
 pub struct StateSize {
     pub keys: u64,
     pub entities: u64,
-    /// Approximate bytes of those keys and entities, and of the timers
-    /// and the index of open keys.
+    /// Approximate bytes of those keys and entities, and of the timers,
+    /// the index of open keys and the retained glob invalidations.
     pub bytes: u64,
     /// The most bytes its keys and entities have taken since the start
     /// (the highest of each, added).

@@ -554,6 +554,30 @@ fn invalidation_between_two_changes_covers_only_the_first() {
 // Wildcards
 
 #[test]
+fn retained_globs_count_their_text_as_they_come_and_go() {
+    let glob = |pattern: &str, at: Millis| RetainedGlob {
+        pattern: pattern.into(),
+        inv: inv(at, None, 20),
+        scope: 0,
+    };
+    let mut globs = Wildcards::default();
+    globs.insert(glob("t1:42:*", T0));
+    globs.insert(glob("t1:42:*:page", T0 + 10));
+    globs.insert(glob("t2:*", T0 + 20));
+    assert_eq!((globs.len(), globs.prefixes()), (3, 2));
+    // The patterns, and the prefixes `t1:42:` and `t2:` once each.
+    assert_eq!(globs.text_bytes(), 7 + 12 + 4 + 6 + 3);
+    assert_eq!(globs.prune(T0 + 15, 0).len(), 2);
+    assert_eq!(
+        (globs.len(), globs.prefixes(), globs.text_bytes()),
+        (1, 1, 4 + 3)
+    );
+    globs.remove(|_| true);
+    assert!(globs.is_empty());
+    assert_eq!((globs.len(), globs.text_bytes()), (0, 0));
+}
+
+#[test]
 fn wildcard_invalidation_covers_in_every_order() {
     let c = change(Op::Update, Some(2), T0, 10);
     let g = inv(T0 + 20, None, 20);
