@@ -284,6 +284,14 @@ const FIRE_AHEAD: usize = 8;
 /// CPU (see BENCHMARKS.md).
 const CHECKPOINT_SHARE: usize = 4;
 
+/// Bytes of slots (as the budget counts them) that leave memory in one
+/// write to the scratch store when state is not kept: until a write
+/// returns, the slots stay in memory beside their encoded writes and
+/// RocksDB's copy of them. A tenth of a worker's share at once (see
+/// [`Shard::leave_memory`]) held about 40 MB of write batches a worker in
+/// the bench's 10 M check (see BENCHMARKS.md).
+const SPILL_STEP: usize = 4 << 20;
+
 /// The least share of a shard's budget left to its keys and entities in
 /// memory however much its timers and open keys take (see
 /// [`Shard::slot_budget`]).
@@ -1068,25 +1076,35 @@ impl Shard {
     /// together where they are scattered ([`Slots::compact`]).
     fn leave_memory(&mut self, batch: &mut StateBatch) -> Result<(), StateError> {
         let epoch = self.epoch;
-        let expired = self.expire();
-        let (keys, entities) = (self.keys.resident_bytes(), self.entities.resident_bytes());
-        let excess = (keys + entities).saturating_sub(self.slot_budget() / 10 * 9);
+        let mut evicted = self.expire();
+        let resident = |shard: &Self| shard.keys.resident_bytes() + shard.entities.resident_bytes();
+        let mut excess = resident(self).saturating_sub(self.slot_budget() / 10 * 9);
         let committed = self.checkpoints.committed();
         self.evicted_by = committed;
-        let mut evicted = self.entities.evict(excess, epoch, committed, batch);
-        let freed = entities.saturating_sub(self.entities.resident_bytes());
-        evicted += self
-            .keys
-            .evict(excess.saturating_sub(freed), epoch, committed, batch);
-        let written = if self.durable {
-            committed
-        } else {
+        let written = loop {
+            let step = if self.durable {
+                excess
+            } else {
+                excess.min(SPILL_STEP)
+            };
+            let (before, entities) = (resident(self), self.entities.resident_bytes());
+            evicted += self.entities.evict(step, epoch, committed, batch);
+            let freed = entities.saturating_sub(self.entities.resident_bytes());
+            evicted += (self.keys).evict(step.saturating_sub(freed), epoch, committed, batch);
+            if self.durable {
+                break committed;
+            }
             if !batch.is_empty() {
                 self.store.write(std::mem::take(batch))?;
             }
-            epoch
+            evicted += self.keys.drop_leaving(epoch) + self.entities.drop_leaving(epoch);
+            let freed = before.saturating_sub(resident(self));
+            excess = excess.saturating_sub(freed);
+            if freed == 0 || excess == 0 {
+                break epoch;
+            }
         };
-        evicted += expired + self.keys.drop_leaving(written) + self.entities.drop_leaving(written);
+        evicted += self.keys.drop_leaving(written) + self.entities.drop_leaving(written);
         self.keys.compact();
         self.entities.compact();
         self.stats.emit(StateEvicted(evicted));
