@@ -392,9 +392,9 @@ impl Workload<'_> {
 
     /// Every record, then an end marker on every input partition.
     fn produce(&self, bootstrap: &str) -> anyhow::Result<()> {
-        let producer = producer(bootstrap)?;
+        let producer = producer(bootstrap, DefaultProducerContext)?;
         for r in self.records {
-            produce_generated(&producer, r, r.ts_ms, Box::new(r.ts_ms))?;
+            produce_generated(&producer, r, r.ts_ms, ())?;
         }
         let end_ms = self.records.iter().map(|r| r.ts_ms).max().unwrap_or(0) + END_AFTER_MS;
         for (t, (topic, stream)) in self.topics.iter().zip(self.streams).enumerate() {
@@ -408,7 +408,7 @@ impl Workload<'_> {
                     value: Some(value.into_bytes()),
                     ts_ms: end_ms,
                 };
-                produce_generated(&producer, &marker, end_ms, Box::new(end_ms))?;
+                produce_generated(&producer, &marker, end_ms, ())?;
             }
         }
         producer.flush(CATCH_UP).context("flushing the workload")
