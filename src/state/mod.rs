@@ -51,6 +51,7 @@ pub enum Cf {
 }
 
 impl Cf {
+    /// Every family, each at the index of its [`Cf::code`].
     pub const ALL: [Cf; 7] = [
         Cf::Entities,
         Cf::Keys,

@@ -193,6 +193,18 @@ fn cf_options(cf: Cf, cache: &Cache, memtable: usize, retention: &RetentionHoriz
     opts
 }
 
+/// The size of `batch` as a RocksDB write batch, at most: a 12-byte header,
+/// and for each write its key and value, and up to 16 bytes of tag, family
+/// and lengths.
+fn encoded_len(batch: &StateBatch) -> usize {
+    const HEADER: usize = 12;
+    const PER_WRITE: usize = 16;
+    HEADER
+        + (batch.writes.iter())
+            .map(|w| PER_WRITE + w.key.len() + w.value.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
+}
+
 /// Reads of the keys at or after `from` and before `to` only: an iterator
 /// so bounded seeks and steps within them, without looking at (possibly
 /// many deleted) entries beyond.
@@ -214,14 +226,18 @@ impl Store for RocksStore {
     /// The writes go to RocksDB in key order (a stable sort, so that two
     /// writes of one key keep theirs): a memtable takes keys in order at
     /// a fraction of the cost of keys in random order, since each insert
-    /// starts its search where the last one ended.
+    /// starts its search where the last one ended. The RocksDB batch is
+    /// allocated at its final size (see [`encoded_len`]), not grown and
+    /// copied as the writes are added, and each family's handle is looked
+    /// up once.
     fn write(&self, mut batch: StateBatch) -> Result<(), StateError> {
         batch
             .writes
             .sort_by(|a, b| (a.cf.code(), &a.key).cmp(&(b.cf.code(), &b.key)));
-        let mut wb = WriteBatch::default();
+        let handles = Cf::ALL.map(|cf| self.handle(cf));
+        let mut wb = WriteBatch::with_capacity_bytes(encoded_len(&batch));
         for w in &batch.writes {
-            let h = self.handle(w.cf);
+            let h = handles[usize::from(w.cf.code())];
             match &w.value {
                 Some(v) => wb.put_cf(h, &w.key, v),
                 None => wb.delete_cf(h, &w.key),
