@@ -747,12 +747,16 @@ impl KafkaSource {
         let mut wait = Duration::ZERO;
         let mut failed = None;
         while !stop.load(Ordering::Relaxed) {
-            match self.consumer.poll(wait) {
+            // The clock is read once a message after it is ingested (that
+            // reading times the ingest and the seals and checks below).
+            let now = match self.consumer.poll(wait) {
                 Some(Ok(msg)) => {
                     let started = Instant::now();
                     self.on_message(ctx, ingest, &msg);
-                    ctx.stats.emit(StageTimed(Stage::Ingest, started.elapsed()));
+                    let now = Instant::now();
+                    ctx.stats.emit(StageTimed(Stage::Ingest, now - started));
                     wait = Duration::ZERO;
+                    now
                 }
                 Some(Err(e)) => {
                     failed = self.fatal_error();
@@ -761,25 +765,27 @@ impl KafkaSource {
                     }
                     tracing::warn!(error = %e, "Kafka consumer error (librdkafka retries)");
                     wait = POLL_WAIT;
+                    Instant::now()
                 }
                 None => {
                     // Nothing more to read now: send what is there.
                     ctx.seal_all(&mut ctx.shared());
                     last_seal = Instant::now();
                     wait = POLL_WAIT.min(self.linger);
+                    last_seal
                 }
-            }
-            if last_seal.elapsed() >= self.linger {
+            };
+            if now - last_seal >= self.linger {
                 ctx.seal_all(&mut ctx.shared());
-                last_seal = Instant::now();
+                last_seal = now;
             }
-            if last_check.elapsed() >= CAUGHT_UP_EVERY {
+            if now - last_check >= CAUGHT_UP_EVERY {
                 failed = self.fatal_error();
                 if failed.is_some() {
                     break;
                 }
                 ctx.update_caught_up();
-                last_check = Instant::now();
+                last_check = now;
             }
             self.deliver(ctx);
         }
