@@ -1072,8 +1072,9 @@ impl Shard {
     /// only when its row changes again, while a key whose timer is armed
     /// is read back when the timer fires. What the store does not hold yet
     /// is written to `batch` (kept state: the checkpoint's), or to the
-    /// store at once, [`SPILL_STEP`] at a time (state not kept). Then the slots that stay are moved
-    /// together where they are scattered ([`Slots::compact`]).
+    /// store at once, [`SPILL_STEP`] at a time (state not kept). Then the
+    /// slots that stay are moved together where they are scattered
+    /// ([`Slots::compact`]).
     fn leave_memory(&mut self, batch: &mut StateBatch) -> Result<(), StateError> {
         let epoch = self.epoch;
         let mut evicted = self.expire();
