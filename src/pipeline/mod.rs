@@ -339,6 +339,11 @@ pub struct EngineOptions {
     /// and index of open keys, over all workers (see
     /// [`crate::state::MemoryBudget`]).
     pub slot_budget: usize,
+    /// Bytes of state (as `slot_budget` counts them) that leave memory in
+    /// one write to the store when it is not kept (`durable` false):
+    /// `shard::SPILL_STEP` (4 MiB) from the configuration; tests set it
+    /// smaller, so that a spill is written in many parts.
+    pub spill_step: usize,
     /// Storm detection, unless `storms.enabled` is false.
     pub storms: Option<StormRules>,
     /// Transaction checks, with `detect.transactions`.
@@ -373,6 +378,7 @@ impl EngineOptions {
             retention_ms: config.state.retention.as_millis_i64(),
             durable: true,
             slot_budget: MemoryBudget::of(config.state.cache_size.0).slots,
+            spill_step: shard::SPILL_STEP,
             storms: config.storms.enabled.then(|| storm_rules(&config.storms)),
             transactions: d.transactions.then(|| TxRules {
                 timeout_ms: d.transaction_timeout.as_millis_i64(),

@@ -285,12 +285,13 @@ const FIRE_AHEAD: usize = 8;
 const CHECKPOINT_SHARE: usize = 4;
 
 /// Bytes of slots (as the budget counts them) that leave memory in one
-/// write to the scratch store when state is not kept: until a write
-/// returns, the slots stay in memory beside their encoded writes and
-/// RocksDB's copy of them. A tenth of a worker's share at once (see
-/// [`Shard::leave_memory`]) held about 40 MB of write batches a worker in
-/// the bench's 10 M check (see BENCHMARKS.md).
-const SPILL_STEP: usize = 4 << 20;
+/// write to the scratch store when state is not kept (the default of
+/// [`super::EngineOptions::spill_step`]): until a write returns, the slots
+/// stay in memory beside their encoded writes and RocksDB's copy of them.
+/// A tenth of a worker's share at once (see [`Shard::leave_memory`]) held
+/// about 40 MB of write batches a worker in the bench's 10 M check (see
+/// BENCHMARKS.md).
+pub(super) const SPILL_STEP: usize = 4 << 20;
 
 /// The least share of a shard's budget left to its keys and entities in
 /// memory however much its timers and open keys take (see
@@ -617,6 +618,8 @@ pub(super) struct Shard {
     entities: Slots<[u8; 12], EntityEntry>,
     /// Bytes of keys and entities this shard may keep in memory.
     budget: usize,
+    /// Bytes of unkept state that leave memory in one write to the store.
+    spill_step: usize,
     /// The latest checkpoint committed.
     checkpoints: Arc<Checkpoints>,
     /// The latest committed checkpoint as of the last eviction.
@@ -665,6 +668,7 @@ impl Shard {
             keys: Slots::new(engine.options.durable, save_key),
             entities: Slots::new(engine.options.durable, save_entity),
             budget: engine.options.slot_budget / shards,
+            spill_step: engine.options.spill_step,
             checkpoints,
             evicted_by: 0,
             held_back: false,
@@ -1072,7 +1076,7 @@ impl Shard {
     /// only when its row changes again, while a key whose timer is armed
     /// is read back when the timer fires. What the store does not hold yet
     /// is written to `batch` (kept state: the checkpoint's), or to the
-    /// store at once, [`SPILL_STEP`] at a time (state not kept). Then the
+    /// store at once, `spill_step` at a time (state not kept). Then the
     /// slots that stay are moved together where they are scattered
     /// ([`Slots::compact`]).
     fn leave_memory(&mut self, batch: &mut StateBatch) -> Result<(), StateError> {
@@ -1086,7 +1090,7 @@ impl Shard {
             let step = if self.durable {
                 excess
             } else {
-                excess.min(SPILL_STEP)
+                excess.min(self.spill_step)
             };
             let (before, entities) = (resident(self), self.entities.resident_bytes());
             evicted += self.entities.evict(step, epoch, committed, batch);

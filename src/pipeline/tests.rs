@@ -615,6 +615,19 @@ fn unkept_state_stays_within_its_budget_between_checkpoints() {
 }
 
 #[test]
+fn unkept_state_leaves_memory_in_parts() {
+    // A spill written a slot at a time (each part dropped from memory
+    // before the next is chosen) ends with the same verdicts, within the
+    // budget.
+    let options = EngineOptions {
+        spill_step: 1,
+        ..no_checkpoint_on_its_own(false)
+    };
+    let evictions = stays_within_a_tenth(&armed_rows(200), options, false, 20);
+    assert!(evictions > 0, "keys and entities left memory");
+}
+
+#[test]
 fn kept_state_stays_within_its_budget_between_checkpoints_and_while_timers_fire() {
     // Only a worker over its budget asks for checkpoints.
     let evictions =
