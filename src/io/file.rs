@@ -227,13 +227,13 @@ pub struct ReadOptions<'a> {
 /// sends a batch only once every other reader still reading has sent
 /// records up to the batch's latest time, so the files are merged by event
 /// time a batch at a time (a reader that waits has its batch decoded,
-/// ready to send, while the others read on). The watermark is the minimum over the files, so a reader ahead
-/// would only fill memory with state waiting for it: the keys of changes
-/// whose invalidations, in the other file, are not read yet, which a
-/// shard over its budget writes out and reads back. Storm detection (which
-/// counts each second once the watermark has passed it) would also see a
-/// different split of traffic on every run. In step, a file run is
-/// deterministic and its memory bounded.
+/// ready to send, while the others read on). The watermark is the minimum
+/// over the files, so a reader ahead would only fill memory with state
+/// waiting for it: the keys of changes whose invalidations, in the other
+/// file, are not read yet, which a shard over its budget writes out and
+/// reads back. Storm detection (which counts each second once the
+/// watermark has passed it) would also see a different split of traffic on
+/// every run. In step, a file run is deterministic and its memory bounded.
 pub struct Alignment {
     /// Per reader, the highest event time it has sent ([`Millis::MAX`] once
     /// it has finished).

@@ -480,19 +480,6 @@ pub fn read_entity(
     Ok(load_entity(store, &key)?.map(|entry| (entry.state, entry.touched)))
 }
 
-/// Bookkeeping after a key's state changed: its timer, its alert, and the
-/// index of keys with undecided changes.
-fn after_change(
-    key: &str,
-    (at, slot): (Handle, &mut Slot<KeyEntry>),
-    rules: &KeyRules,
-    timers: &mut Timers,
-    open: &mut OpenKeys,
-) {
-    let before = slot.value.stored.armed;
-    rearm(key, (at, slot), before, rules, timers, open);
-}
-
 /// Fires the timer of a key, armed and due by `wm`: the detector settles
 /// what the watermark decides (into `out`), and the key is armed again for
 /// what is left.
@@ -515,8 +502,9 @@ fn fire(
     rearm(key, (at, slot), before, rules, timers, open);
 }
 
-/// Arms a key for its next due time if that comes before the one it is
-/// armed for, files its alert (`before`: the time it was armed for, see
+/// Bookkeeping after a key's state changed or its timer fired: arms the
+/// key for its next due time if that comes before the one it is armed
+/// for, files its alert (`before`: the time it was armed for, see
 /// [`Timers::file_alert`]), and files it among the open keys or out.
 fn rearm(
     key: &str,
@@ -827,9 +815,11 @@ impl Shard {
             fire(key, (at, &mut *slot), wm, rules, timers, open, out);
         }
         let result = f(&mut slot.value.stored.state, &self.rules, &self.wildcards);
-        after_change(
+        let before = slot.value.stored.armed;
+        rearm(
             key,
             (at, slot),
+            before,
             &self.rules,
             &mut self.timers,
             &mut self.open,
@@ -1086,34 +1076,37 @@ impl Shard {
         let mut excess = resident(self).saturating_sub(self.slot_budget() / 10 * 9);
         let committed = self.checkpoints.committed();
         self.evicted_by = committed;
-        let written = loop {
-            let step = if self.durable {
-                excess
-            } else {
-                excess.min(self.spill_step)
-            };
-            let (before, entities) = (resident(self), self.entities.resident_bytes());
-            evicted += self.entities.evict(step, epoch, committed, batch);
-            let freed = entities.saturating_sub(self.entities.resident_bytes());
-            evicted += (self.keys).evict(step.saturating_sub(freed), epoch, committed, batch);
-            if self.durable {
-                break committed;
+        if self.durable {
+            evicted += self.evict(excess, committed, batch);
+            evicted += self.keys.drop_leaving(committed) + self.entities.drop_leaving(committed);
+        } else {
+            loop {
+                let before = resident(self);
+                evicted += self.evict(excess.min(self.spill_step), committed, batch);
+                if !batch.is_empty() {
+                    self.store.write(std::mem::take(batch))?;
+                }
+                evicted += self.keys.drop_leaving(epoch) + self.entities.drop_leaving(epoch);
+                let freed = before.saturating_sub(resident(self));
+                excess = excess.saturating_sub(freed);
+                if freed == 0 || excess == 0 {
+                    break;
+                }
             }
-            if !batch.is_empty() {
-                self.store.write(std::mem::take(batch))?;
-            }
-            evicted += self.keys.drop_leaving(epoch) + self.entities.drop_leaving(epoch);
-            let freed = before.saturating_sub(resident(self));
-            excess = excess.saturating_sub(freed);
-            if freed == 0 || excess == 0 {
-                break epoch;
-            }
-        };
-        evicted += self.keys.drop_leaving(written) + self.entities.drop_leaving(written);
+        }
         self.keys.compact();
         self.entities.compact();
         self.stats.emit(StateEvicted(evicted));
         Ok(())
+    }
+
+    /// Lets about `free` bytes of entities, then of keys, leave memory (see
+    /// [`Slots::evict`]); returns how many slots were dropped.
+    fn evict(&mut self, free: usize, committed: u64, batch: &mut StateBatch) -> u64 {
+        let entities = self.entities.resident_bytes();
+        let evicted = self.entities.evict(free, self.epoch, committed, batch);
+        let freed = entities.saturating_sub(self.entities.resident_bytes());
+        evicted + (self.keys).evict(free.saturating_sub(freed), self.epoch, committed, batch)
     }
 
     /// How much state the shard holds.
